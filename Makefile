@@ -1,0 +1,70 @@
+# procpool: one entry point for setting up, running, testing and benchmarking.
+#
+#   make run     set everything up, start a daemon on ./run/control.sock, run the demo, stop it
+#   make test    set everything up and run the whole suite (lint, types, sanitizers, all test tiers)
+#   make bench   the benchmarks under bench/
+#
+# Works on a fresh Debian 12 machine as root: missing apt packages are installed first.
+
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := python3-venv python3-dev gcc make pkg-config libsystemd-dev systemd-container
+STAMP := $(VENV)/.procpool-installed
+
+.PHONY: all deps venv run test lint typecheck native-check unit integration e2e bench clean distclean
+
+all: venv
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing apt packages:$$missing (run 'make deps' as root)"; exit 1; fi; \
+	  echo "installing apt packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml native/generated/_ring.c native/src/ring.c native/include/procpool/ring.h
+	@$(MAKE) --no-print-directory deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+run: venv
+	@PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+lint: venv
+	$(BIN)/ruff check ctl daemon tests bench native examples
+	$(BIN)/mypy
+
+native-check: venv
+	$(MAKE) -C native check-sanitize
+
+unit: venv
+	$(BIN)/python -m pytest -m unit -q
+
+integration: venv
+	$(BIN)/python -m pytest -m integration -q
+
+e2e: venv
+	$(BIN)/python -m pytest -m e2e -q
+
+test: lint native-check
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache native/build run
+	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -f daemon/procpoold/_ring*.so
+
+distclean: clean
+	rm -rf $(VENV)

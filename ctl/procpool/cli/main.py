@@ -1,0 +1,156 @@
+"""``procctl``: global options, exit codes and the one-line error policy.
+
+Every command talks to the daemon through :class:`procpool.Client`. Errors are
+printed as ``procctl: error: <message>`` plus a ``hint:`` line; the traceback
+only appears with ``--debug``. ``--json`` makes every command print one JSON
+document on stdout instead of text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from procpool.client import Client
+from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.paths import default_socket
+from procpool.contract.version import __version__
+
+#: Exit codes (documented in ``procctl --help``).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+_USAGE_CODES = {
+    ErrorCode.INVALID_ARGUMENT,
+    ErrorCode.INVALID_TREE,
+    ErrorCode.UNKNOWN_OPERATION,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.TOO_LARGE,
+    ErrorCode.PROTOCOL_VERSION,
+}
+
+
+@dataclass
+class Settings:
+    """Global options, shared by every command through click's context object."""
+
+    socket: Path
+    json: bool
+    timeout: float
+    debug: bool
+
+    def client(self) -> Client:
+        return Client(self.socket, timeout=self.timeout)
+
+
+def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
+    """Print one error line (and a hint) and exit."""
+    click.echo(f"procctl: error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    sys.exit(code)
+
+
+def emit(settings: Settings, data: Any, text: Callable[[], str] | str) -> None:
+    """Print ``data`` as JSON with --json, else the human text."""
+    if settings.json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(text() if callable(text) else text)
+
+
+class ProcctlGroup(click.Group):
+    """A click group that turns procpool errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:]
+        try:
+            return super().invoke(ctx)
+        except ProcpoolError as exc:
+            if debug:
+                raise
+            code = EXIT_UNREACHABLE if exc.code is ErrorCode.UNREACHABLE else (
+                EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED
+            )
+            fail(exc.message, exc.hint, code)
+        except (OSError, ValueError) as exc:
+            if debug:
+                raise
+            fail(str(exc), "run with --debug for the traceback", EXIT_FAILED)
+
+
+HELP = """Drive the procpool daemon (procpoold).
+
+\b
+Exit codes:
+  0  success
+  1  the operation's subject failed (a failed job, a task that did not complete)
+  2  usage or validation error (bad option, bad job file, unknown id)
+  3  the daemon is unreachable (not running, or wrong --socket)
+"""
+
+
+@click.group(cls=ProcctlGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Control socket [env PROCPOOL_SOCKET; default /run/procpoold/control.sock for root, "
+                   "$XDG_RUNTIME_DIR/procpoold/control.sock otherwise].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+              help="Seconds to wait for the daemon's answer.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="procctl")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: Path | None, as_json: bool, timeout: float, debug: bool) -> None:
+    ctx.obj = Settings(socket_path or default_socket(), as_json, timeout, debug)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@cli.command()
+@pass_settings
+def ping(settings: Settings) -> None:
+    """Check that the daemon answers; print its version."""
+    with settings.client() as client:
+        info = client.ping()
+    emit(settings, info, f"procpoold {info['version']} (protocol {info['protocol']}, pid {info['pid']})")
+
+
+@cli.command()
+@click.argument("job", required=False)
+@pass_settings
+def status(settings: Settings, job: str | None) -> None:
+    """Show the daemon summary."""
+    from procpool.cli import render
+
+    with settings.client() as client:
+        data = client.status(job)
+    emit(settings, data, lambda: render.summary(data))
+
+
+@cli.command()
+@pass_settings
+def shutdown(settings: Settings) -> None:
+    """Ask the daemon to stop gracefully."""
+    with settings.client() as client:
+        client.shutdown()
+    emit(settings, {"stopping": True}, f"procpoold on {settings.socket} is stopping")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli(prog_name="procctl")
+
+
+if __name__ == "__main__":
+    main()

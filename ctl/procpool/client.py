@@ -1,0 +1,188 @@
+"""The Python client: what ``procctl`` itself uses, so scripts never shell out.
+
+Example::
+
+    from procpool import Client
+
+    with Client() as client:          # PROCPOOL_SOCKET or the default path
+        print(client.ping()["version"])
+
+A client holds one ZeroMQ DEALER socket (not REQ: a timed-out request must not
+wedge the socket's state machine). Each call gets a fresh request id and
+replies with any other id (late answers to calls that timed out) are dropped.
+An error reply raises :class:`procpool.ProcpoolError` with the daemon's code;
+no answer within the timeout raises :class:`procpool.DaemonUnreachable`.
+A client is not thread-safe; use one per thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE, decode_reply, encode_request
+from procpool.contract.errors import DaemonUnreachable, ErrorCode, ProcpoolError
+from procpool.contract.ops import check_args
+from procpool.contract.paths import default_socket, endpoint
+
+#: Longest single server-side wait; longer waits are split so a dead daemon is noticed.
+_WAIT_SLICE = 30.0
+
+
+def _probe(path: Path) -> bool:
+    """True when something accepts connections on ``path`` (cheap, no ZeroMQ).
+
+    ZeroMQ connects lazily and retries forever, so without this a client would
+    wait out its whole timeout in front of a missing daemon.
+    """
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(os.fspath(path))
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOTDIR):
+            return False
+        raise
+    finally:
+        s.close()
+    return True
+
+
+class Client:
+    """A connection to one procpoold control socket."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> None:
+        self.socket_path = Path(socket_path) if socket_path is not None else default_socket()
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._prefix = f"{os.getpid()}-"
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            try:
+                reachable = _probe(self.socket_path)
+            except PermissionError:
+                raise ProcpoolError(
+                    ErrorCode.UNREACHABLE,
+                    f"permission denied on {self.socket_path}",
+                    "ask an administrator to add you to the daemon's group (see --group)",
+                ) from None
+            if not reachable:
+                raise DaemonUnreachable(os.fspath(self.socket_path), 0)
+            self._ctx = zmq.Context()
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, 4 * DEFAULT_MAX_MESSAGE_SIZE)
+            sock.connect(endpoint(self.socket_path))
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        """Close the socket and its context (idempotent)."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """Send one request and return its result; raise :class:`ProcpoolError` on an error reply.
+
+        ``timeout`` overrides the client's timeout for this call (seconds).
+        """
+        args = args or {}
+        check_args(op, args)  # the daemon checks again; this gives the same error without a round trip
+        sock = self._socket()
+        request_id = f"{self._prefix}{next(self._ids)}"
+        sock.send(encode_request(request_id, op, args))
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                # Drop the socket: a late reply must not be read as the answer to the next call.
+                self.close()
+                raise DaemonUnreachable(os.fspath(self.socket_path), limit)
+            reply = decode_reply(sock.recv())
+            if reply.id != request_id:
+                continue  # a late reply to an earlier call that timed out
+            if reply.error is not None:
+                raise reply.error
+            return reply.result
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """The daemon's ``version``, ``protocol`` and ``pid``."""
+        result: dict[str, Any] = self.call("ping")
+        return result
+
+    def status(
+        self,
+        job: str | None = None,
+        *,
+        state: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """The daemon summary and job list, or with ``job`` that job's full status."""
+        args: dict[str, Any] = {}
+        for key, value in (("job", job), ("state", state), ("since", since), ("limit", limit)):
+            if value is not None:
+                args[key] = value
+        result: dict[str, Any] = self.call("status", args)
+        return result
+
+    def shutdown(self) -> None:
+        """Ask the daemon to stop gracefully; returns once it has accepted the request."""
+        self.call("shutdown")
+
+    def submit(self, job: dict[str, Any], after: list[str] | None = None) -> dict[str, Any]:
+        """Submit a job tree (a dict in the job-file format); returns ``{"id", "existing"}``."""
+        args: dict[str, Any] = {"job": job}
+        if after:
+            args["after"] = after
+        result: dict[str, Any] = self.call("submit", args)
+        return result
+
+    def wait(self, id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job or task ``id`` has finished; returns its final status.
+
+        With ``timeout`` (seconds) it returns the status as it stands when time is up
+        (check its ``finished`` field).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            chunk = _WAIT_SLICE
+            if deadline is not None:
+                chunk = max(0.0, min(chunk, deadline - time.monotonic()))
+            result: dict[str, Any] = self.call(
+                "wait", {"id": id, "timeout": chunk}, timeout=chunk + self.timeout
+            )
+            if result.get("finished") or (deadline is not None and time.monotonic() >= deadline):
+                return result
+
+    def cancel(self, id: str) -> dict[str, Any]:
+        """Cancel a job or one task; returns what was cancelled."""
+        result: dict[str, Any] = self.call("cancel", {"id": id})
+        return result

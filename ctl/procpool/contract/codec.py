@@ -1,0 +1,151 @@
+"""The wire envelope: msgpack maps with a version, a request id and an operation.
+
+This module is the one definition of the framing that both sides import::
+
+    request  = {"v": PROTOCOL_VERSION, "id": <str|int>, "op": <str>, "args": {<str>: value}}
+    reply ok = {"v": PROTOCOL_VERSION, "id": <same id>, "ok": True,  "result": value}
+    reply er = {"v": PROTOCOL_VERSION, "id": <same id or None>, "ok": False,
+                "error": {"code": <ErrorCode>, "message": <str>, "hint"?: <str>}}
+
+Each message is one ZeroMQ frame (after the ROUTER's identity frame on the
+daemon side). Decoding is strict: msgpack only, string map keys, no extension
+types, bounded size. Nothing received is ever unpickled or evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.version import PROTOCOL_VERSION
+
+#: Default upper bound of one request or reply, in bytes.
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+RequestId = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded, envelope-checked request (its args are checked by :mod:`procpool.contract.ops`)."""
+
+    id: RequestId
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class RequestError(ProcpoolError):
+    """A request that cannot be served; carries the request id when it was readable."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, request_id: RequestId | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(code, message, hint)
+        self.request_id = request_id
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        ext_hook=_reject_ext,
+        timestamp=0,
+    )
+
+
+def pack(value: Any) -> bytes:
+    """Encode one value as msgpack (binary-safe: bytes stay bytes)."""
+    data: bytes = msgpack.packb(value, use_bin_type=True, datetime=False)
+    return data
+
+
+def encode_request(request_id: RequestId, op: str, args: dict[str, Any] | None = None) -> bytes:
+    """Encode a request frame."""
+    return pack({"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": args or {}})
+
+
+def decode_request(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Request:
+    """Decode and check a request frame; raise :class:`RequestError` naming what is wrong."""
+    if len(data) > max_size:
+        raise RequestError(
+            ErrorCode.TOO_LARGE,
+            f"request of {len(data)} bytes exceeds the maximum message size of {max_size} bytes",
+            hint="split the work into smaller jobs or raise max_message_size in the daemon's config",
+        )
+    try:
+        msg = _unpack(data)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise RequestError(ErrorCode.MALFORMED, f"request is not valid msgpack: {exc}") from None
+    if not isinstance(msg, dict):
+        raise RequestError(ErrorCode.MALFORMED, f"request must be a msgpack map, got {type(msg).__name__}")
+    raw_id = msg.get("id")
+    request_id: RequestId | None = (
+        raw_id if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
+    )
+    if request_id is None:
+        raise RequestError(ErrorCode.MALFORMED, "request has no 'id' (a string or an integer)")
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RequestError(
+            ErrorCode.PROTOCOL_VERSION,
+            f"protocol version {version!r} is not supported; this daemon speaks version {PROTOCOL_VERSION}",
+            request_id,
+            hint="use a procctl of the same release as the daemon",
+        )
+    unknown = sorted(set(msg) - {"v", "id", "op", "args"})
+    if unknown:
+        raise RequestError(
+            ErrorCode.MALFORMED, f"unknown envelope field(s): {', '.join(unknown)}", request_id
+        )
+    op = msg.get("op")
+    if not isinstance(op, str) or not op:
+        raise RequestError(ErrorCode.MALFORMED, "request has no 'op' (a non-empty string)", request_id)
+    args = msg.get("args", {})
+    if not isinstance(args, dict):
+        raise RequestError(
+            ErrorCode.INVALID_ARGUMENT, f"'args' must be a map, got {type(args).__name__}", request_id
+        )
+    return Request(request_id, op, args)
+
+
+def encode_result(request_id: RequestId | None, result: Any) -> bytes:
+    """Encode a success reply."""
+    return pack({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result})
+
+
+def encode_error(request_id: RequestId | None, error: ProcpoolError) -> bytes:
+    """Encode an error reply."""
+    return pack({"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error.to_wire()})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A decoded reply: ``error`` is set exactly when the request failed."""
+
+    id: RequestId | None
+    result: Any = None
+    error: ProcpoolError | None = None
+
+
+def decode_reply(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Reply:
+    """Decode a reply frame (client side); a malformed reply raises :class:`ProcpoolError`."""
+    if len(data) > max_size:
+        raise ProcpoolError(ErrorCode.TOO_LARGE, f"reply of {len(data)} bytes exceeds {max_size} bytes")
+    try:
+        msg = _unpack(data)
+    except Exception as exc:
+        raise ProcpoolError(ErrorCode.MALFORMED, f"daemon sent invalid msgpack: {exc}") from None
+    if not isinstance(msg, dict) or "ok" not in msg:
+        raise ProcpoolError(ErrorCode.MALFORMED, "daemon sent a reply without 'ok'")
+    rid = msg.get("id")
+    if msg["ok"]:
+        return Reply(rid, msg.get("result"))
+    return Reply(rid, None, ProcpoolError.from_wire(msg.get("error")))

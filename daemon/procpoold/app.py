@@ -1,0 +1,84 @@
+"""``procpoold``: the composition root. Parses options, builds the daemon, runs it.
+
+Order matters: settings are read and logging is set up before anything starts
+a thread; the ZeroMQ context (which owns I/O threads) is created only after the
+process-forking parts exist, so no child is ever forked from a threaded process.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from procpool.contract.version import __version__
+from procpoold import systemd
+from procpoold.config import LOG_LEVELS, ConfigError, load
+from procpoold.control.server import BindError
+from procpoold.journal import setup_logging
+
+log = logging.getLogger("procpoold")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Control socket path [env PROCPOOL_SOCKET; default /run/procpoold/control.sock "
+                   "for root, $XDG_RUNTIME_DIR/procpoold/control.sock otherwise].")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the state store [default $STATE_DIRECTORY or /var/lib/procpoold].")
+@click.option("--workers", type=click.IntRange(1, 1024), help="Number of worker processes [default: CPUs].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config file; command-line options override it.")
+@click.option("--group", help="Group that owns the socket and may use it (mode 0660).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Least severe level logged [default info].")
+@click.option("--debug", is_flag=True, help="Show tracebacks on fatal errors.")
+@click.version_option(__version__, prog_name="procpoold")
+def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
+    """Run the procpool daemon in the foreground (as systemd expects).
+
+    SIGTERM or SIGINT stops it gracefully; it exits 0 and removes its socket.
+    """
+    overrides = {"socket": options["socket_path"], "state_dir": options["state_dir"],
+                 "workers": options["workers"], "group": options["group"], "log_level": options["log_level"]}
+    try:
+        config = load(config_file, overrides)
+    except ConfigError as exc:
+        _fatal(str(exc), "check the option or the config file named above", debug)
+    setup_logging(config.log_level)
+    inherited = systemd.listen_fds()
+    from procpoold.supervisor import (
+        Daemon,  # after logging: importing zmq is harmless, creating a context is not
+    )
+
+    daemon = Daemon(config, inherited_fd=inherited[0] if inherited else None)
+    try:
+        daemon.start()
+    except BindError as exc:
+        daemon.close()
+        _fatal(str(exc), None, debug)
+    except Exception as exc:
+        daemon.close()
+        if debug:
+            raise
+        _fatal(f"cannot start: {exc}", "run with --debug for the traceback", debug)
+    try:
+        daemon.run()
+    finally:
+        daemon.close()
+
+
+def _fatal(message: str, hint: str | None, debug: bool) -> None:
+    if debug:
+        logging.getLogger("procpoold").debug("fatal", exc_info=True)
+    click.echo(f"procpoold: error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    sys.exit(2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

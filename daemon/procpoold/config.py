@@ -1,0 +1,106 @@
+"""Typed settings of the daemon: defaults < config file (TOML) < environment < command line.
+
+Validated once at start; a bad value stops the daemon with a message that names
+the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
+from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon can be told. Field names are the TOML keys."""
+
+    socket: Path = field(default_factory=default_socket)
+    state_dir: Path = field(default_factory=default_state_dir)
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    group: str | None = None
+    log_level: str = "info"
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Seconds a graceful stop waits for running attempts before stopping them.
+    drain_timeout: float = 30.0
+    #: Where a timed-out or cancelled attempt's process gets SIGKILL after SIGTERM (seconds).
+    kill_grace: float = 5.0
+
+    def validate(self) -> Config:
+        if self.workers < 1 or self.workers > 1024:
+            raise ConfigError(f"workers must be between 1 and 1024, got {self.workers}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.max_message_size < 1024:
+            raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        if self.drain_timeout < 0 or self.kill_grace < 0:
+            raise ConfigError("drain_timeout and kill_grace must not be negative")
+        if self.group is not None:
+            try:
+                grp.getgrnam(self.group)
+            except KeyError:
+                raise ConfigError(f"group {self.group!r} does not exist") from None
+        if len(os.fsencode(self.socket)) > 107:
+            raise ConfigError(f"socket path is longer than 107 bytes (a Unix socket limit): {self.socket}")
+        return self
+
+
+_CONVERT: dict[str, Any] = {
+    "socket": Path,
+    "state_dir": Path,
+    "workers": int,
+    "group": str,
+    "log_level": str,
+    "max_message_size": int,
+    "drain_timeout": float,
+    "kill_grace": float,
+}
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    convert = _CONVERT[key]
+    if convert is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{origin}: {key} must be an integer, got {value!r}")
+    if convert is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{origin}: {key} must be a number, got {value!r}")
+    if convert in (str, Path) and not isinstance(value, str):
+        raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
+    return convert(value)
+
+
+def load(config_file: Path | None, overrides: dict[str, Any]) -> Config:
+    """Build the config from a TOML file (optional), the environment and command-line overrides."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        origin = str(config_file)
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        section = data.get("procpoold", data)
+        for key, value in section.items():
+            norm = key.replace("-", "_")
+            if norm not in _CONVERT:
+                raise ConfigError(f"{origin}: unknown setting {key!r}")
+            values[norm] = _coerce(norm, value, origin)
+    env_socket = os.environ.get(SOCKET_ENV)
+    if env_socket:
+        values["socket"] = Path(env_socket)
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = _CONVERT[key](value)
+    return replace(Config(), **values).validate()

@@ -1,0 +1,166 @@
+"""The daemon's single-threaded event loop: one poll set, timers, signals.
+
+One loop owns all mutable state of the daemon. It blocks in a single
+``zmq.Poller.poll`` over the control socket, the signal wakeup fd and any fd an
+executor registers (worker doorbells, process pidfds, output pipes), with a
+timeout set by the nearest timer. An idle daemon therefore sleeps in the
+kernel: no periodic wakeups, no CPU.
+
+Signal handlers do nothing but let CPython write the signal number to the
+wakeup fd (``signal.set_wakeup_fd``); the loop reads it and dispatches to the
+callback registered for that signal, in the loop's own context.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+log = logging.getLogger("procpoold.loop")
+
+Callback = Callable[[], None]
+Pollable = zmq.Socket[Any] | int
+
+
+@dataclass(order=True)
+class Timer:
+    """A pending call; :meth:`cancel` makes it a no-op."""
+
+    when: float
+    seq: int
+    callback: Callback = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """Readers, timers and signals on one thread. Times are ``time.monotonic()`` seconds."""
+
+    def __init__(self) -> None:
+        self._poller = zmq.Poller()
+        self._readers: dict[Pollable, Callback] = {}
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._soon: list[Callback] = []
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._sig_r: socket.socket | None = None
+        self._sig_w: socket.socket | None = None
+        self._old_wakeup_fd = -1
+        self._stopping = False
+        #: monotonic time of the last completed loop iteration (the watchdog reads it).
+        self.last_tick = time.monotonic()
+
+    # -- registration -------------------------------------------------------------------------
+
+    def add_reader(self, source: Pollable, callback: Callback) -> None:
+        """Call ``callback`` whenever ``source`` (a zmq socket or an fd) is readable."""
+        self._readers[source] = callback
+        self._poller.register(source, zmq.POLLIN)
+
+    def remove_reader(self, source: Pollable) -> None:
+        if self._readers.pop(source, None) is not None:
+            self._poller.unregister(source)
+
+    def call_at(self, when: float, callback: Callback) -> Timer:
+        timer = Timer(when, next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def call_soon(self, callback: Callback) -> None:
+        """Run ``callback`` at the end of the current iteration (before the next poll)."""
+        self._soon.append(callback)
+
+    def add_signal_handler(self, signum: int, handler: Callable[[int], None]) -> None:
+        """Dispatch ``signum`` to ``handler`` from the loop (never from the signal context)."""
+        if self._sig_r is None:
+            self._sig_r, self._sig_w = socket.socketpair()
+            self._sig_r.setblocking(False)
+            self._sig_w.setblocking(False)
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
+            self.add_reader(self._sig_r.fileno(), self._read_signals)
+        self._signal_handlers[signum] = handler
+        # The Python-level handler only has to exist; the wakeup fd carries the news.
+        signal.signal(signum, lambda _n, _f: None)
+
+    def _read_signals(self) -> None:
+        assert self._sig_r is not None
+        try:
+            data = self._sig_r.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler(signum)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Leave :meth:`run` after the current iteration."""
+        self._stopping = True
+
+    def _next_timeout_ms(self) -> int | None:
+        if self._soon:
+            return 0
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None  # block until something happens: an idle daemon uses no CPU
+        delay = self._timers[0].when - time.monotonic()
+        return max(0, int(delay * 1000) + 1)
+
+    def run_once(self, timeout_ms: int | None = None) -> None:
+        """Poll once and run everything that became due."""
+        events = self._poller.poll(self._next_timeout_ms() if timeout_ms is None else timeout_ms)
+        for source, _mask in events:
+            callback = self._readers.get(source)
+            if callback is not None:
+                callback()
+        now = time.monotonic()
+        while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+        while self._soon:
+            soon, self._soon = self._soon, []
+            for callback in soon:
+                callback()
+        self.last_tick = time.monotonic()
+
+    def run(self) -> None:
+        """Run until :meth:`stop`."""
+        self._stopping = False
+        while not self._stopping:
+            try:
+                self.run_once()
+            except InterruptedError:  # pragma: no cover - PEP 475 retries most of these
+                continue
+
+    def close(self) -> None:
+        """Restore signal dispositions and release the wakeup socket pair."""
+        for signum in self._signal_handlers:
+            signal.signal(signum, signal.SIG_DFL)
+        self._signal_handlers.clear()
+        if self._sig_r is not None and self._sig_w is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self.remove_reader(self._sig_r.fileno())
+            self._sig_r.close()
+            self._sig_w.close()
+            self._sig_r = self._sig_w = None
+        for source in list(self._readers):
+            self.remove_reader(source)
+

@@ -1,0 +1,1 @@
+"""Worker pool of procpoold: forked workers fed through shared-memory rings."""

@@ -1,0 +1,49 @@
+"""Daemon settings: file < environment < command line, and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from procpoold.config import ConfigError, load
+
+
+def test_file_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "procpoold.toml"
+    cfg.write_text('[procpoold]\nworkers = 3\nsocket = "/tmp/from-file.sock"\nlog-level = "debug"\n')
+    monkeypatch.delenv("PROCPOOL_SOCKET", raising=False)
+    c = load(cfg, {})
+    assert (c.workers, str(c.socket), c.log_level) == (3, "/tmp/from-file.sock", "debug")
+    monkeypatch.setenv("PROCPOOL_SOCKET", "/tmp/from-env.sock")
+    assert str(load(cfg, {}).socket) == "/tmp/from-env.sock"
+    c = load(cfg, {"socket": Path("/tmp/from-cli.sock"), "workers": 5})
+    assert (str(c.socket), c.workers) == ("/tmp/from-cli.sock", 5)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("workers = 0", "workers must be between"),
+        ('workers = "4"', "workers must be an integer"),
+        ("bogus = 1", "unknown setting 'bogus'"),
+        ('log_level = "loud"', "log_level must be one of"),
+        ("workers = [", "not valid TOML"),
+        ('group = "no-such-group-xyz"', "does not exist"),
+    ],
+)
+def test_bad_settings_name_themselves(tmp_path: Path, text: str, fragment: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=fragment):
+        load(cfg, {})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(tmp_path / "absent.toml", {})
+
+
+def test_socket_path_length_limit() -> None:
+    with pytest.raises(ConfigError, match="longer than 107"):
+        load(None, {"socket": Path("/tmp/" + "x" * 120)})
