@@ -53,7 +53,11 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         Daemon,  # after logging: importing zmq is harmless, creating a context is not
     )
 
-    daemon = Daemon(config, inherited_fd=inherited[0] if inherited else None)
+    from procpoold.engines import Executor
+    from procpoold.engines.commands import CommandExecutor
+
+    executors: dict[str, Executor] = {"cmd": CommandExecutor(config.workers, config.kill_grace)}
+    daemon = Daemon(config, executors, inherited_fd=inherited[0] if inherited else None)
     try:
         daemon.start()
     except BindError as exc:

@@ -37,6 +37,8 @@ class Config:
     drain_timeout: float = 30.0
     #: Where a timed-out or cancelled attempt's process gets SIGKILL after SIGTERM (seconds).
     kill_grace: float = 5.0
+    #: Seconds of waiting that are worth one priority level (see core/queue.py: no starvation).
+    priority_aging: float = 30.0
 
     def validate(self) -> Config:
         if self.workers < 1 or self.workers > 1024:
@@ -66,6 +68,7 @@ _CONVERT: dict[str, Any] = {
     "max_message_size": int,
     "drain_timeout": float,
     "kill_grace": float,
+    "priority_aging": float,
 }
 
 

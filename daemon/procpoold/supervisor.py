@@ -17,12 +17,15 @@ from typing import Any
 
 import zmq
 
+from procpool.contract.errors import ProcpoolError
 from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
-from procpoold.control.server import ControlServer
+from procpoold.control.server import ControlServer, Deferred
+from procpoold.engines import Executor
 from procpoold.loop import EventLoop
+from procpoold.scheduler import Scheduler
 
 log = logging.getLogger("procpoold")
 
@@ -30,9 +33,17 @@ log = logging.getLogger("procpoold")
 class Daemon:
     """One running procpoold."""
 
-    def __init__(self, config: Config, inherited_fd: int | None = None) -> None:
+    def __init__(self, config: Config, executors: dict[str, Executor], inherited_fd: int | None = None) -> None:
         self.config = config
         self.loop = EventLoop()
+        self.executors = executors
+        # Executors that fork (the worker pool's zygote) must do it before any thread exists,
+        # and the ZeroMQ context below starts I/O threads.
+        for executor in {id(e): e for e in executors.values()}.values():
+            executor.prefork()
+        self.scheduler = Scheduler(self.loop, executors, aging=config.priority_aging)
+        self.scheduler.listeners.append(self._on_finished)
+        self._waits: dict[str, list[Deferred]] = {}
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.started_at = time.time()
         self._started_mono = time.monotonic()
@@ -48,8 +59,13 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def _unique_executors(self) -> list[Executor]:
+        return list({id(e): e for e in self.executors.values()}.values())
+
     def start(self) -> None:
         """Bind the socket and announce readiness."""
+        for executor in self._unique_executors():
+            executor.start(self.loop, self.scheduler)
         self.control.bind()
         self.loop.add_reader(self.control.sock, self.control.on_readable)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -69,6 +85,12 @@ class Daemon:
     def close(self) -> None:
         """Release everything the daemon holds."""
         systemd.notify(STOPPING=1, STATUS=f"stopping: {self.stop_reason or 'closing'}")
+        self.scheduler.stop_accepting()
+        for executor in self._unique_executors():
+            try:
+                executor.shutdown(self.config.drain_timeout)
+            except Exception:
+                log.exception("executor %s did not shut down cleanly", executor.name)
         self.control.close()
         self.loop.close()
         self.ctx.term()
@@ -96,6 +118,50 @@ class Daemon:
             "uptime": time.monotonic() - self._started_mono,
             "socket": os.fspath(self.config.socket),
             "workers": {"configured": self.config.workers},
-            "jobs": {"by_state": {}},
+            "executors": {e.name: e.info() for e in self._unique_executors()},
+            "jobs": {"by_state": self.scheduler.by_state(), "queued": self.scheduler.queued(),
+                     "running": self.scheduler.running()},
+            "counters": dict(self.scheduler.counters),
             "requests": {"served": self.control.requests_served, "errors": self.control.errors_replied},
         }
+
+    def submit(self, job: dict[str, Any], uid: int | None, after: list[str] | None) -> dict[str, Any]:
+        accepted, existing = self.scheduler.submit(job, uid, after)
+        return {"id": accepted.id, "name": accepted.spec.name, "existing": existing,
+                "tasks": len(accepted.tasks)}
+
+    def job_status(self, ref: str) -> dict[str, Any]:
+        job, index = self.scheduler.resolve(ref)
+        if index is not None:
+            return self.scheduler.finished_status(ref)
+        return job.status()
+
+    def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]:
+        return self.scheduler.job_list(state, since, limit)
+
+    def cancel(self, ref: str) -> dict[str, Any]:
+        return self.scheduler.cancel(ref)
+
+    def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred:
+        """Answer now if ``ref`` has finished, else when it finishes or ``timeout`` runs out."""
+        status = self.scheduler.finished_status(ref)
+        if status["finished"] or timeout <= 0:
+            return status
+        deferred = Deferred()
+        self._waits.setdefault(ref, []).append(deferred)
+
+        def expire() -> None:
+            waits = self._waits.get(ref, [])
+            if deferred in waits:
+                waits.remove(deferred)
+            try:
+                deferred.resolve(self.scheduler.finished_status(ref))
+            except ProcpoolError as exc:
+                deferred.reject(exc)
+
+        self.loop.call_later(timeout, expire)
+        return deferred
+
+    def _on_finished(self, ref: str) -> None:
+        for deferred in self._waits.pop(ref, []):
+            deferred.resolve(self.scheduler.finished_status(ref))

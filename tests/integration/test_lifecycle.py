@@ -97,7 +97,7 @@ def test_stale_socket_file_is_replaced() -> None:
 
 def test_unreachable_daemon_exit_code_and_message() -> None:
     path = f"/tmp/pp-nonexistent-{os.getpid()}/control.sock"
-    out = subprocess.run([sys.executable, "-m", "procpool.cli.main", "--socket", path, "ping"],
+    out = subprocess.run([sys.executable, "-m", "procpool.cli", "--socket", path, "ping"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 3
     lines = out.stderr.strip().splitlines()
@@ -117,7 +117,7 @@ def test_environment_socket_is_honoured_by_both_programs() -> None:
     d.command = lambda: cmd_without_socket  # type: ignore[method-assign]
     try:
         d.start()
-        out = subprocess.run([sys.executable, "-m", "procpool.cli.main", "ping"], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "procpool.cli", "ping"], capture_output=True,
                              text=True, timeout=30, env={**os.environ, "PROCPOOL_SOCKET": str(sock)})
         assert out.returncode == 0, out.stderr
         d.stop()

@@ -107,7 +107,7 @@ class DaemonProcess:
     def procctl(self, *args: str, input: bytes | None = None, timeout: float = 60.0,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real procctl against this daemon."""
-        cmd = [sys.executable, "-m", "procpool.cli.main", "--socket", str(self.socket), *args]
+        cmd = [sys.executable, "-m", "procpool.cli", "--socket", str(self.socket), *args]
         return subprocess.run(cmd, input=input.decode() if input else None, capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, **(env or {})})
 

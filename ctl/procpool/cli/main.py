@@ -126,18 +126,6 @@ def ping(settings: Settings) -> None:
 
 
 @cli.command()
-@click.argument("job", required=False)
-@pass_settings
-def status(settings: Settings, job: str | None) -> None:
-    """Show the daemon summary."""
-    from procpool.cli import render
-
-    with settings.client() as client:
-        data = client.status(job)
-    emit(settings, data, lambda: render.summary(data))
-
-
-@cli.command()
 @pass_settings
 def shutdown(settings: Settings) -> None:
     """Ask the daemon to stop gracefully."""
@@ -146,11 +134,13 @@ def shutdown(settings: Settings) -> None:
     emit(settings, {"stopping": True}, f"procpoold on {settings.socket} is stopping")
 
 
+from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
+
+del _jobs
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     cli(prog_name="procctl")
 
-
-if __name__ == "__main__":
-    main()

@@ -31,3 +31,108 @@ def summary(data: dict[str, Any]) -> str:
         "jobs     " + (", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"),
     ]
     return "\n".join(lines)
+
+
+MARKS = {
+    "pending": "·", "ready": "○", "running": "▶", "completed": "✔", "failed": "✘", "timeout": "⏱",
+    "cancelled": "⊘", "skipped": "↷",
+}
+
+
+def _progress(p: dict[str, Any] | None) -> str:
+    if not p:
+        return ""
+    if "fraction" in p:
+        text = f"{p['fraction'] * 100:.0f}%"
+    elif "done" in p:
+        text = f"{p['done']}/{p['total']}" if "total" in p else str(p["done"])
+    else:
+        text = ""
+    if p.get("message"):
+        text = f"{text} {p['message']}".strip()
+    return text
+
+
+def _task_line(t: dict[str, Any], now: float) -> str:
+    end = t.get("finished_at") or (now if t.get("started_at") else None)
+    took = duration(end - t["started_at"]) if end and t.get("started_at") else "-"
+    attempts = t.get("attempts", 0)
+    parts = [f"{MARKS.get(t['state'], '?')} {t['name']}", t["state"]]
+    if attempts:
+        parts.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
+    parts.append(took)
+    progress = _progress(t.get("progress"))
+    if progress and t["state"] == "running":
+        parts.append(progress)
+    if t.get("exit_code") not in (None, 0):
+        parts.append(f"exit {t['exit_code']}")
+    if t.get("error"):
+        parts.append(f"{t['error'].get('type', 'Error')}: {t['error'].get('message', '')}".strip())
+    elif t.get("reason"):
+        parts.append(t["reason"])
+    return "  ".join(parts)
+
+
+def job_tree(status: dict[str, Any], now: float) -> str:
+    """``procctl status JOB``: the job header and its tree, like a file tree."""
+    job = status["job"]
+    groups = status["groups"]
+    tasks = status["tasks"]
+    repeat = job.get("repeat", 1)
+    runs = f"run {job['run']}/{'∞' if repeat == 'forever' else repeat}"
+    end = job.get("finished_at") or now
+    took = duration(end - job["started_at"]) if job.get("started_at") else "-"
+    lines = [f"job {job['id']} \"{job['name']}\"  {job['state']}  {runs}  {took}"]
+    if job.get("reason"):
+        lines.append(f"  reason: {job['reason']}")
+
+    def walk(node: list[Any], prefix: str, last: bool, top: bool) -> None:
+        kind, index = node
+        branch = "" if top else ("└─ " if last else "├─ ")
+        if kind == "task":
+            lines.append(prefix + branch + _task_line(tasks[index], now))
+            return
+        g = groups[index]
+        lines.append(f"{prefix}{branch}{g['kind']} {g['name']}")
+        inner = prefix + ("" if top else ("   " if last else "│  "))
+        for i, child in enumerate(g["children"]):
+            walk(child, inner, i == len(g["children"]) - 1, False)
+
+    walk(job["root"], "", True, True)
+    if job.get("namespace"):
+        lines.append("namespace: " + ", ".join(f"{k}={v!r}" for k, v in sorted(job["namespace"].items())))
+    for t in tasks:
+        if t.get("tail") and t["state"] in ("failed", "timeout"):
+            lines.append(f"last lines of {t['name']}:")
+            lines.extend(f"  | {line}" for line in t["tail"][-10:])
+    return "\n".join(lines)
+
+
+def job_table(jobs: list[dict[str, Any]], now: float) -> str:
+    """The job list of ``procctl status``."""
+    if not jobs:
+        return "no jobs"
+    rows = [("ID", "NAME", "STATE", "RUN", "TASKS", "AGE")]
+    for j in jobs:
+        counts = j.get("counts", {})
+        done = counts.get("completed", 0)
+        rows.append((j["id"], j["name"], j["state"], str(j["run"]), f"{done}/{j['tasks']}",
+                     duration(now - j["created_at"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def progress_line(status: dict[str, Any], width: int = 30) -> str:
+    """One line for live progress: a bar, the counts and the running tasks."""
+    tasks = status["tasks"]
+    total = len(tasks)
+    final = sum(1 for t in tasks if t["state"] in ("completed", "failed", "timeout", "cancelled", "skipped"))
+    filled = int(width * final / total) if total else width
+    running = [t["name"] + (f" {_progress(t.get('progress'))}" if t.get("progress") else "")
+               for t in tasks if t["state"] == "running"]
+    job = status["job"]
+    text = f"[{'#' * filled}{'.' * (width - filled)}] {final}/{total}  run {job['run']}  {job['state']}"
+    if running:
+        shown = ", ".join(running[:4]) + (f" +{len(running) - 4}" if len(running) > 4 else "")
+        text += f"  running: {shown}"
+    return text

@@ -78,6 +78,20 @@ OPS: dict[str, Op] = {
             limit=Arg((int,)),
         ),
         _op("shutdown", "Stop the daemon gracefully.", mutating=True),
+        _op(
+            "submit",
+            "Accept a job tree; returns its id (an existing id for a known idempotency key).",
+            mutating=True,
+            job=Arg((dict,), required=True),
+            after=Arg((list,)),
+        ),
+        _op(
+            "wait",
+            "Block until a job or task has finished or 'timeout' seconds passed.",
+            id=Arg(_STR, required=True),
+            timeout=Arg(_NUM),
+        ),
+        _op("cancel", "Cancel a job or a single task.", mutating=True, id=Arg(_STR, required=True)),
     )
 }
 

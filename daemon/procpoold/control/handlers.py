@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from procpool.contract.codec import Request
+from procpool.contract.codec import Request, RequestError
+from procpool.contract.errors import ErrorCode
 from procpool.contract.ops import OPS
-from procpoold.control.server import Handler, Peer
+from procpoold.control.server import Deferred, Handler, Peer
 
 
 class DaemonAPI(Protocol):
@@ -19,6 +20,11 @@ class DaemonAPI(Protocol):
     def info(self) -> dict[str, Any]: ...
     def summary(self) -> dict[str, Any]: ...
     def request_shutdown(self, reason: str) -> None: ...
+    def submit(self, job: dict[str, Any], uid: int | None, after: list[str] | None) -> dict[str, Any]: ...
+    def job_status(self, ref: str) -> dict[str, Any]: ...
+    def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]: ...
+    def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred: ...
+    def cancel(self, ref: str) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -28,13 +34,32 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         return api.info()
 
     def status(req: Request, peer: Peer | None) -> Any:
-        return api.summary()
+        a = req.args
+        if "job" in a:
+            return api.job_status(a["job"])
+        summary = api.summary()
+        summary["jobs"]["list"] = api.job_list(a.get("state"), a.get("since"), a.get("limit", 50))
+        return summary
 
     def shutdown(req: Request, peer: Peer | None) -> Any:
         api.request_shutdown(f"requested by {_who(peer)}")
         return {"stopping": True}
 
-    handlers: dict[str, Handler] = {"ping": ping, "status": status, "shutdown": shutdown}
+    def submit(req: Request, peer: Peer | None) -> Any:
+        after = req.args.get("after")
+        if after is not None and not all(isinstance(a, str) for a in after):
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, "submit: 'after' must be a list of ids", req.id)
+        return api.submit(req.args["job"], peer.uid if peer else None, after)
+
+    def wait(req: Request, peer: Peer | None) -> Any:
+        return api.wait(req.args["id"], float(req.args.get("timeout", 30.0)))
+
+    def cancel(req: Request, peer: Peer | None) -> Any:
+        return api.cancel(req.args["id"])
+
+    handlers: dict[str, Handler] = {
+        "ping": ping, "status": status, "shutdown": shutdown, "submit": submit, "wait": wait, "cancel": cancel,
+    }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start
         raise RuntimeError(f"no handler for operation(s): {', '.join(sorted(missing))}")

@@ -1,0 +1,237 @@
+"""Job commands: submit, validate, run, status, wait, cancel."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from procpool.cli import render
+from procpool.cli.main import EXIT_FAILED, EXIT_OK, Settings, cli, emit, fail, pass_settings
+from procpool.client import Client
+from procpool.contract.tree import PRIORITIES, TreeError, compile_job, parse_job
+
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_POLL = 0.2  # seconds between live-progress refreshes (client side only)
+
+
+def load_job_file(source: str) -> dict[str, Any]:
+    """Read a job file (``-`` for stdin) and validate it locally, exiting 2 on any error."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as exc:
+        fail(f"cannot read {source}: {exc.strerror}", "check the path")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    try:
+        parse_job(raw)
+    except TreeError as exc:
+        fail(f"{source}: {exc.message}", exc.hint or "see docs/job-trees.md for the format")
+    return raw  # type: ignore[no-any-return]
+
+
+def _finish(settings: Settings, client: Client, job_id: str, live: bool) -> None:
+    """Wait for a job with live progress; exit 0 if it completed, 1 if not."""
+    tty = sys.stderr.isatty() and not settings.json
+    last = ""
+    while True:
+        if live:
+            status = client.status(job_id)
+            line = render.progress_line(status)
+            if tty:
+                click.echo("\r\x1b[2K" + line, nl=False, err=True)
+            elif line != last:
+                click.echo(line, err=True)
+            last = line
+            if status["job"]["state"] in ("completed", "failed", "cancelled"):
+                break
+            client.wait(job_id, timeout=_POLL)
+        else:
+            result = client.wait(job_id)
+            status = result["status"]
+            break
+    if tty:
+        click.echo("", err=True)
+    emit(settings, status, lambda: render.job_tree(status, time.time()))
+    sys.exit(EXIT_OK if status["job"]["state"] == "completed" else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job, with live progress; exit 1 unless it completed.")
+@click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
+@pass_settings
+def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...]) -> None:
+    """Submit the job tree in FILE (or - for stdin); prints the job id."""
+    raw = load_job_file(file)
+    with settings.client() as client:
+        reply = client.submit(raw, list(after) or None)
+        note = " (already submitted with this key)" if reply["existing"] else ""
+        if not wait_:
+            emit(settings, reply, f"{reply['id']}{note}")
+            return
+        if not settings.json:
+            click.echo(f"job {reply['id']} \"{reply['name']}\" submitted{note}", err=True)
+        _finish(settings, client, reply["id"], live=not settings.json)
+
+
+@cli.command()
+@click.argument("file")
+@pass_settings
+def validate(settings: Settings, file: str) -> None:
+    """Check a job file without submitting it; print the order tasks could start in."""
+    raw = load_job_file(file)
+    job = parse_job(raw)
+    plan = compile_job(job)
+    order = [{"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind}
+             for i in plan.order]
+    data = {"valid": True, "name": job.name, "tasks": len(job.tasks), "order": order}
+
+    def text() -> str:
+        lines = [f'{file}: valid job "{job.name}" with {len(job.tasks)} task(s); start order:']
+        lines += [f"  {n + 1:>3}. {o['name']}  ({o['kind']} at {o['path']})" for n, o in enumerate(order)]
+        return "\n".join(lines)
+
+    emit(settings, data, text)
+
+
+def _parse_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--name", help="Task (and job) name.")
+@click.option("--timeout", "task_timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt.")
+@click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
+@click.option("--retry-delay", type=click.FloatRange(min=0), help="Seconds before the first retry.")
+@click.option("--priority", type=click.Choice(PRIORITIES), help="Dispatch priority.")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
+@click.option("--cwd", help="Working directory.")
+@click.option("--tag", "tags", multiple=True, help="Label (repeatable).")
+@click.option("--shell", is_flag=True, help="Run the command words as one /bin/sh -c string.")
+@click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=JSON", help="Keyword argument of a callable.")
+@click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
+@click.option("--key", help="Idempotency key.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the task; exit 1 unless it completed.")
+@pass_settings
+def run(settings: Settings, argv: tuple[str, ...], name: str | None, task_timeout: float | None,
+        retries: int | None, retry_delay: float | None, priority: str | None, env: tuple[str, ...],
+        cwd: str | None, tags: tuple[str, ...], shell: bool, kwargs: tuple[str, ...], after: tuple[str, ...],
+        key: str | None, wait_: bool) -> None:
+    """Submit a one-task job: a callable or a command.
+
+    \b
+      procctl run [OPTIONS] pkg.module:function [ARG...]   (ARGs are JSON, else strings)
+      procctl run [OPTIONS] -- CMD [ARG...]
+    """
+    words = list(argv)
+    task: dict[str, Any] = {}
+    if _CALLABLE.match(words[0]) and not shell:
+        task["call"] = words[0]
+        task["args"] = [_parse_arg(a) for a in words[1:]]
+        if kwargs:
+            task["kwargs"] = {}
+            for item in kwargs:
+                k, sep, v = item.partition("=")
+                if not sep:
+                    fail(f"--kwarg {item!r} is not KEY=JSON")
+                task["kwargs"][k] = _parse_arg(v)
+    else:
+        if kwargs:
+            fail("--kwarg applies to callables, not commands")
+        task["cmd"] = " ".join(words) if shell else words
+        if shell:
+            task["shell"] = True
+    for field, value in (("name", name), ("timeout", task_timeout), ("retries", retries),
+                         ("retry_delay", retry_delay), ("priority", priority), ("cwd", cwd)):
+        if value is not None:
+            task[field] = value
+    if env:
+        task["env"] = {}
+        for item in env:
+            k, sep, v = item.partition("=")
+            if not sep:
+                fail(f"--env {item!r} is not KEY=VALUE")
+            task["env"][k] = v
+    if tags:
+        task["tags"] = list(tags)
+    job: dict[str, Any] = {"name": name or (task.get("call") or words[0]), "root": task}
+    if key:
+        job["key"] = key
+    try:
+        parse_job(job)
+    except TreeError as exc:
+        fail(exc.message, exc.hint)
+    with settings.client() as client:
+        reply = client.submit(job, list(after) or None)
+        if not wait_:
+            emit(settings, reply, reply["id"])
+            return
+        _finish(settings, client, reply["id"], live=False)
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.option("--state", help="Only jobs in this state (with no JOB).")
+@click.option("--since", metavar="AGE", help="Only jobs created within AGE (30s, 15m, 2h, 1d).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs.")
+@pass_settings
+def status(settings: Settings, job: str | None, state: str | None, since: str | None, limit: int) -> None:
+    """Show the daemon and its jobs, or one job's tree (JOB is an id like 12, or a task: 12.3, 12/name)."""
+    with settings.client() as client:
+        if job is not None:
+            data = client.status(job)
+            if "task" in data:  # a task id
+                emit(settings, data, lambda: render._task_line(data["task"], time.time()))
+                return
+            emit(settings, data, lambda: render.job_tree(data, time.time()))
+            return
+        since_ts = time.time() - _age(since) if since else None
+        data = client.status(state=state, since=since_ts, limit=limit)
+    emit(settings, data, lambda: render.summary(data) + "\n\n" + render.job_table(data["jobs"]["list"], time.time()))
+
+
+def _age(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not match:
+        fail(f"--since {text!r} is not an age like 30s, 15m, 2h or 1d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@cli.command()
+@click.argument("id")
+@click.option("--timeout", "wait_timeout", type=click.FloatRange(min=0), help="Give up after this many seconds.")
+@pass_settings
+def wait(settings: Settings, id: str, wait_timeout: float | None) -> None:
+    """Wait until a job or task has finished; exit 0 if it completed, 1 if not."""
+    with settings.client() as client:
+        result = client.wait(id, timeout=wait_timeout)
+    if result.get("status"):
+        emit(settings, result, lambda: render.job_tree(result["status"], time.time()))
+    else:
+        emit(settings, result, lambda: render._task_line(result["task"], time.time()))
+    if not result["finished"]:
+        fail(f"{id} has not finished after {wait_timeout:g}s", code=EXIT_FAILED)
+    sys.exit(EXIT_OK if result["state"] == "completed" else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("id")
+@pass_settings
+def cancel(settings: Settings, id: str) -> None:
+    """Cancel a job, or a single task (12.3 or 12/name)."""
+    with settings.client() as client:
+        result = client.cancel(id)
+    emit(settings, result, f"cancelled {id}" + (f"; stopping {result['stopping']} running attempt(s)"
+                                              if result["stopping"] else ""))

@@ -1,0 +1,570 @@
+"""The job-tree format: one definition, used by ``procctl`` (local validation) and the daemon.
+
+A job file is a JSON object (see ``docs/job-trees.md`` and ``jobtree.schema.json``,
+which is generated from the field tables below)::
+
+    {"name": "nightly", "repeat": 3, "on_failure": "stop",
+     "root": {"sequential": [
+         {"name": "fetch", "cmd": ["curl", "-o", "data.csv", "https://..."], "retries": 2},
+         {"concurrent": [{"call": "etl.steps:clean", "args": ["data.csv"]},
+                         {"call": "etl.steps:index", "depends_on": ["fetch"]}]}]}}
+
+:func:`parse_job` checks a decoded document and returns a :class:`JobSpec`
+whose tasks carry their inherited defaults; every error names the JSON path of
+the bad node (``root.sequential[2].concurrent[0]: unknown field "retrys" (did
+you mean "retries"?)``). :func:`compile_job` adds the ordering: the
+predecessor edges implied by ``sequential`` groups and ``depends_on``, checked
+for unknown names and cycles.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from procpool.contract.errors import ErrorCode, ProcpoolError
+
+PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
+ON_FAILURE: tuple[str, ...] = ("stop", "continue")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
+#: Longest retry delay after doubling, in seconds.
+RETRY_DELAY_CAP = 300.0
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
+class TreeError(ProcpoolError):
+    """An invalid job tree; ``path`` is the JSON path of the bad node."""
+
+    def __init__(self, path: str, message: str, hint: str | None = None) -> None:
+        super().__init__(ErrorCode.INVALID_TREE, f"{path}: {message}" if path else message, hint)
+        self.path = path
+
+
+# -- the field tables: the single definition behind validation and the JSON Schema -------------
+
+@dataclass(frozen=True)
+class FieldSpec:
+    kind: str  # see _check_value
+    description: str
+    inheritable: bool = False  # groups (and the job) may set it as a default for the tasks inside
+
+
+TASK_FIELDS: dict[str, FieldSpec] = {
+    "name": FieldSpec("name", "Unique name in the job; default derived from the path in the tree."),
+    "call": FieldSpec("callable", 'Python callable "pkg.module:function" (sync or async def).'),
+    "args": FieldSpec("list", "Positional arguments of the callable (msgpack-able values)."),
+    "kwargs": FieldSpec("map", "Keyword arguments of the callable (msgpack-able values)."),
+    "cmd": FieldSpec("cmd", "Command as an argv list, or a string together with shell: true."),
+    "shell": FieldSpec("bool", "Run the cmd string with /bin/sh -c."),
+    "timeout": FieldSpec("positive", "Seconds one attempt may run before it is stopped.", True),
+    "retries": FieldSpec("count", "How many times a failed attempt is retried.", True),
+    "retry_delay": FieldSpec("nonnegative", "Seconds before the first retry; doubles, with jitter.", True),
+    "priority": FieldSpec("priority", "critical, high, normal, low or batch.", True),
+    "depends_on": FieldSpec("names", "Names of tasks (or groups) of this job that must complete first."),
+    "env": FieldSpec("env", "Environment variables added for the task.", True),
+    "cwd": FieldSpec("string", "Working directory of the task.", True),
+    "tags": FieldSpec("names", "Free-form labels shown by status.", True),
+}
+GROUP_KEYS = ("sequential", "concurrent")
+GROUP_FIELDS: dict[str, FieldSpec] = {
+    "name": FieldSpec("name", "Name of the group (usable in depends_on)."),
+    "depends_on": TASK_FIELDS["depends_on"],
+    **{k: v for k, v in TASK_FIELDS.items() if v.inheritable},
+}
+JOB_FIELDS: dict[str, FieldSpec] = {
+    "name": FieldSpec("string", "Name of the job."),
+    "root": FieldSpec("node", "The root node: a task or a group."),
+    "repeat": FieldSpec("repeat", 'Run the tree this many times (a positive integer or "forever").'),
+    "on_failure": FieldSpec("on_failure", '"stop" (default) or "continue".'),
+    "priority": TASK_FIELDS["priority"],
+    "namespace": FieldSpec("map", "Initial values of the job's shared namespace."),
+    "env": TASK_FIELDS["env"],
+    "cwd": TASK_FIELDS["cwd"],
+    "python_path": FieldSpec("strings", "Extra import paths for call tasks."),
+    "key": FieldSpec("string", "Idempotency key: a second submit with this key returns the first job."),
+    "timeout": TASK_FIELDS["timeout"],
+    "retries": TASK_FIELDS["retries"],
+    "retry_delay": TASK_FIELDS["retry_delay"],
+    "tags": TASK_FIELDS["tags"],
+}
+INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
+
+
+# -- the parsed model ---------------------------------------------------------------------------
+
+@dataclass
+class TaskSpec:
+    """One task with its defaults resolved. ``index`` is its position in depth-first order."""
+
+    index: int
+    name: str
+    path: str
+    kind: Literal["call", "cmd"]
+    call: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    cmd: list[str] | str | None = None
+    shell: bool = False
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 1.0
+    priority: str = "normal"
+    depends_on: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    tags: list[str] = field(default_factory=list)
+    parent: int | None = None  # index into JobSpec.groups
+
+
+@dataclass
+class GroupSpec:
+    """A sequential or concurrent group; children are ("task", i) or ("group", i)."""
+
+    index: int
+    name: str
+    path: str
+    kind: Literal["sequential", "concurrent"]
+    children: list[tuple[str, int]] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
+    parent: int | None = None
+
+
+@dataclass
+class JobSpec:
+    """A validated job: its tasks and groups in depth-first order."""
+
+    name: str
+    root: tuple[str, int]
+    tasks: list[TaskSpec]
+    groups: list[GroupSpec]
+    repeat: int | None = 1  # None means forever
+    on_failure: str = "stop"
+    priority: str = "normal"
+    namespace: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    python_path: list[str] = field(default_factory=list)
+    key: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_value(kind: str, value: Any, path: str) -> Any:
+    def bad(expected: str) -> TreeError:
+        return TreeError(path, f"must be {expected}, got {_type_name(value)}")
+
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "string":
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif kind == "name":
+        if not isinstance(value, str):
+            raise bad("a string")
+        if not NAME_RE.match(value):
+            raise TreeError(path, f'invalid name "{value}": use letters, digits and _ . : @ + - (max 128)')
+    elif kind == "callable":
+        if not isinstance(value, str):
+            raise bad('a string "pkg.module:function"')
+        mod, sep, fn = value.partition(":")
+        if not sep or not mod or not fn or not all(p.isidentifier() for p in mod.split(".") + fn.split(".")):
+            raise TreeError(path, f'"{value}" is not of the form "pkg.module:function"')
+    elif kind == "cmd":
+        if isinstance(value, str):
+            if not value.strip():
+                raise TreeError(path, "must not be empty")
+        elif isinstance(value, list):
+            if not value or not all(isinstance(v, str) for v in value):
+                raise TreeError(path, "must be a non-empty array of strings (or a string with shell: true)")
+        else:
+            raise bad("an array of strings or a string")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif kind in ("positive", "nonnegative"):
+        if not is_num or value < 0 or (kind == "positive" and value == 0):
+            raise bad("a positive number" if kind == "positive" else "a number >= 0")
+        return float(value)
+    elif kind == "count":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad("an integer >= 0")
+    elif kind == "priority":
+        if value not in PRIORITIES:
+            shown = value if isinstance(value, str) else _type_name(value)
+            raise TreeError(path, f'unknown priority "{shown}"; use one of {", ".join(PRIORITIES)}'
+                            + (_suggest(value, PRIORITIES) if isinstance(value, str) else ""))
+    elif kind == "on_failure":
+        if value not in ON_FAILURE:
+            raise TreeError(path, f'must be "stop" or "continue", got {value!r}')
+    elif kind == "repeat":
+        if value == "forever":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TreeError(path, f'must be a positive integer or "forever", got {value!r}')
+    elif kind == "names":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("an array of strings")
+    elif kind == "strings":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("an array of strings")
+    elif kind == "env":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise bad("an object of string values")
+        for k in value:
+            if not k or "=" in k or "\0" in k:
+                raise TreeError(path, f"invalid environment variable name {k!r}")
+    elif kind == "list":
+        if not isinstance(value, list):
+            raise bad("an array")
+    elif kind == "map":
+        if not isinstance(value, dict):
+            raise bad("an object")
+    else:  # pragma: no cover - a table entry without a checker is a bug
+        raise AssertionError(kind)
+    return value
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.tasks: list[TaskSpec] = []
+        self.groups: list[GroupSpec] = []
+        self.names: dict[str, str] = {}  # name -> path, for uniqueness
+
+    def claim(self, name: str, path: str) -> None:
+        if name in self.names:
+            raise TreeError(path, f'duplicate name "{name}" (also used at {self.names[name]})')
+        self.names[name] = path
+
+    def node(self, raw: Any, path: str, defaults: dict[str, Any], parent: int | None, default_name: str,
+             depth: int) -> tuple[str, int]:
+        if depth > MAX_DEPTH:
+            raise TreeError(path, f"nesting deeper than {MAX_DEPTH} levels")
+        if len(self.tasks) + len(self.groups) >= MAX_NODES:
+            raise TreeError(path, f"more than {MAX_NODES} nodes")
+        if not isinstance(raw, dict):
+            raise TreeError(path, f"a node must be an object, got {_type_name(raw)}")
+        group_keys = [k for k in GROUP_KEYS if k in raw]
+        kinds = group_keys + [k for k in ("call", "cmd") if k in raw]
+        if len(kinds) != 1:
+            if not kinds:
+                raise TreeError(path, 'a node needs one of "call", "cmd", "sequential" or "concurrent"'
+                                + _suggest_keys(raw, ("call", "cmd", *GROUP_KEYS)))
+            raise TreeError(path, f"a node has exactly one of call, cmd, sequential, concurrent; got {', '.join(kinds)}")
+        if group_keys:
+            return self.group(raw, path, group_keys[0], defaults, parent, default_name, depth)
+        return self.task(raw, path, defaults, parent, default_name)
+
+    def _fields(self, raw: dict[str, Any], path: str, table: dict[str, FieldSpec], skip: tuple[str, ...] = ()
+                ) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in skip:
+                continue
+            spec = table.get(key)
+            if spec is None:
+                raise TreeError(path, f'unknown field "{key}"{_suggest(key, list(table) + list(skip))}')
+            values[key] = _check_value(spec.kind, value, f"{path}.{key}")
+        return values
+
+    def group(self, raw: dict[str, Any], path: str, kind: str, defaults: dict[str, Any], parent: int | None,
+              default_name: str, depth: int) -> tuple[str, int]:
+        values = self._fields(raw, path, GROUP_FIELDS, skip=(kind,))
+        children_raw = raw[kind]
+        cpath = f"{path}.{kind}"
+        if not isinstance(children_raw, list):
+            raise TreeError(cpath, f"must be an array of nodes, got {_type_name(children_raw)}")
+        if not children_raw:
+            raise TreeError(cpath, "must not be empty")
+        name = values.get("name", default_name)
+        self.claim(name, path)
+        index = len(self.groups)
+        group = GroupSpec(index, name, path, kind, [], list(values.get("depends_on", [])), parent)  # type: ignore[arg-type]
+        self.groups.append(group)
+        inner = _merge_defaults(defaults, values)
+        for i, child in enumerate(children_raw):
+            group.children.append(self.node(child, f"{cpath}[{i}]", inner, index, f"{name}.{i}", depth + 1))
+        return ("group", index)
+
+    def task(self, raw: dict[str, Any], path: str, defaults: dict[str, Any], parent: int | None,
+             default_name: str) -> tuple[str, int]:
+        values = self._fields(raw, path, TASK_FIELDS)
+        kind: Literal["call", "cmd"] = "call" if "call" in values else "cmd"
+        if kind == "call":
+            for bad in ("cmd", "shell"):
+                if bad in values:
+                    raise TreeError(path, f'"{bad}" belongs to cmd tasks, not call tasks')
+        else:
+            for bad in ("args", "kwargs"):
+                if bad in values:
+                    raise TreeError(path, f'"{bad}" belongs to call tasks; put arguments in "cmd"')
+            shell = values.get("shell", False)
+            if isinstance(values["cmd"], str) and not shell:
+                raise TreeError(f"{path}.cmd", "a string command needs \"shell\": true (or use an argv array)")
+            if isinstance(values["cmd"], list) and shell:
+                raise TreeError(f"{path}.shell", "shell: true takes the command as one string")
+        merged = _merge_defaults(defaults, values)
+        name = values.get("name", default_name)
+        self.claim(name, path)
+        index = len(self.tasks)
+        self.tasks.append(TaskSpec(
+            index=index, name=name, path=path, kind=kind, call=values.get("call"),
+            args=list(values.get("args", [])), kwargs=dict(values.get("kwargs", {})), cmd=values.get("cmd"),
+            shell=bool(values.get("shell", False)), timeout=merged.get("timeout"),
+            retries=int(merged.get("retries", 0)), retry_delay=float(merged.get("retry_delay", 1.0)),
+            priority=str(merged.get("priority", "normal")), depends_on=list(values.get("depends_on", [])),
+            env=dict(merged.get("env", {})), cwd=merged.get("cwd"), tags=list(merged.get("tags", [])),
+            parent=parent,
+        ))
+        return ("task", index)
+
+
+def _suggest_keys(raw: dict[str, Any], wanted: tuple[str, ...]) -> str:
+    for key in raw:
+        hint = _suggest(str(key), wanted)
+        if hint:
+            return f'; unknown field "{key}"{hint}'
+    return ""
+
+
+def _merge_defaults(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Inner values win; ``env`` maps and ``tags`` lists are combined instead."""
+    merged = dict(defaults)
+    for key in INHERITABLE:
+        if key not in values:
+            continue
+        if key == "env":
+            merged["env"] = {**defaults.get("env", {}), **values["env"]}
+        elif key == "tags":
+            merged["tags"] = [*defaults.get("tags", []), *[t for t in values["tags"] if t not in defaults.get("tags", [])]]
+        else:
+            merged[key] = values[key]
+    return merged
+
+
+def parse_job(raw: Any) -> JobSpec:
+    """Validate a decoded job document; raise :class:`TreeError` naming the bad node's path."""
+    if not isinstance(raw, dict):
+        raise TreeError("", f"a job must be a JSON object, got {_type_name(raw)}")
+    if "root" not in raw:
+        hint = _suggest_keys(raw, ("root",))
+        raise TreeError("", 'missing field "root" (the top node of the tree)' + hint)
+    values = {}
+    for key, value in raw.items():
+        spec = JOB_FIELDS.get(key)
+        if spec is None:
+            raise TreeError(key, f'unknown field "{key}"{_suggest(key, list(JOB_FIELDS))}')
+        if spec.kind != "node":
+            values[key] = _check_value(spec.kind, value, key)
+    parser = _Parser()
+    defaults = {k: values[k] for k in INHERITABLE if k in values}
+    root = parser.node(raw["root"], "root", defaults, None, "root", 0)
+    job = JobSpec(
+        name=str(values.get("name") or (parser.groups[0].name if root[0] == "group" else parser.tasks[0].name)),
+        root=root, tasks=parser.tasks, groups=parser.groups,
+        repeat=values["repeat"] if "repeat" in values else 1,
+        on_failure=str(values.get("on_failure", "stop")),
+        priority=str(values.get("priority", "normal")),
+        namespace=dict(values.get("namespace", {})), env=dict(values.get("env", {})), cwd=values.get("cwd"),
+        python_path=list(values.get("python_path", [])), key=values.get("key"), tags=list(values.get("tags", [])),
+    )
+    compile_job(job)
+    return job
+
+
+# -- ordering -----------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """The ordering of a job. Node ids: ``("task", i)`` or ``("group", i)``.
+
+    ``preds[node]`` are the nodes that must complete before ``node`` starts (from
+    depends_on and from the previous sibling in a sequential group). A task may
+    start when its own preds and those of every enclosing group are complete; a
+    group is complete when all its children are.
+    """
+
+    preds: dict[tuple[str, int], list[tuple[str, int]]]
+    order: list[int]  # task indices in a valid start order
+
+
+def compile_job(job: JobSpec) -> Plan:
+    """Resolve names and sequential order into edges; reject unknown names and cycles."""
+    by_name: dict[str, tuple[str, int]] = {t.name: ("task", t.index) for t in job.tasks}
+    by_name.update({g.name: ("group", g.index) for g in job.groups})
+    preds: dict[tuple[str, int], list[tuple[str, int]]] = {}
+
+    def resolve(names: list[str], path: str, me: tuple[str, int]) -> list[tuple[str, int]]:
+        out = []
+        for i, name in enumerate(names):
+            target = by_name.get(name)
+            if target is None:
+                raise TreeError(f"{path}.depends_on[{i}]", f'unknown task "{name}"{_suggest(name, list(by_name))}')
+            if target == me:
+                raise TreeError(f"{path}.depends_on[{i}]", f'"{name}" depends on itself')
+            out.append(target)
+        return out
+
+    for t in job.tasks:
+        preds[("task", t.index)] = resolve(t.depends_on, t.path, ("task", t.index))
+    for g in job.groups:
+        preds[("group", g.index)] = resolve(g.depends_on, g.path, ("group", g.index))
+    for g in job.groups:
+        if g.kind == "sequential":
+            for prev, cur in zip(g.children, g.children[1:], strict=False):
+                preds[cur].append(prev)
+
+    # Cycle check on start/end vertices: a group starts before its children and ends after them;
+    # a task's start and end are one vertex. An edge p -> n reads "end(p) before start(n)".
+    def start(n: tuple[str, int]) -> tuple[str, int, str]:
+        return (n[0], n[1], "s" if n[0] == "group" else "t")
+
+    def end(n: tuple[str, int]) -> tuple[str, int, str]:
+        return (n[0], n[1], "e" if n[0] == "group" else "t")
+
+    graph: dict[tuple[str, int, str], list[tuple[str, int, str]]] = {}
+    for g in job.groups:
+        for child in g.children:
+            graph.setdefault(start(("group", g.index)), []).append(start(child))
+            graph.setdefault(end(child), []).append(end(("group", g.index)))
+    for node, ps in preds.items():
+        for p in ps:
+            graph.setdefault(end(p), []).append(start(node))
+    cycle = _find_cycle(graph)
+    if cycle:
+        names: list[str] = []
+        for kind, idx, _ in cycle:
+            name = job.tasks[idx].name if kind == "task" else job.groups[idx].name
+            if not names or names[-1] != name:
+                names.append(name)
+        if len(names) > 1 and names[0] == names[-1]:
+            names.pop()
+        first = cycle[0]
+        path = job.tasks[first[1]].path if first[0] == "task" else job.groups[first[1]].path
+        raise TreeError(path, "dependency cycle: " + " -> ".join(f'"{n}"' for n in [*names, names[0]]))
+    return Plan(preds, _start_order(job, preds))
+
+
+def _find_cycle(graph: dict[Any, list[Any]]) -> list[Any] | None:
+    """One cycle of ``graph`` as a vertex list, or None (iterative DFS: trees can be deep)."""
+    color: dict[Any, int] = {}
+    for root in list(graph):
+        if color.get(root):
+            continue
+        stack: list[tuple[Any, int]] = [(root, 0)]
+        trail: list[Any] = [root]
+        color[root] = 1
+        while stack:
+            v, i = stack[-1]
+            succ = graph.get(v, [])
+            if i < len(succ):
+                stack[-1] = (v, i + 1)
+                w = succ[i]
+                c = color.get(w, 0)
+                if c == 1:
+                    return trail[trail.index(w):]
+                if c == 0:
+                    color[w] = 1
+                    stack.append((w, 0))
+                    trail.append(w)
+            else:
+                color[v] = 2
+                stack.pop()
+                trail.pop()
+    return None
+
+
+def _start_order(job: JobSpec, preds: dict[tuple[str, int], list[tuple[str, int]]]) -> list[int]:
+    """Tasks in an order the scheduler could start them (by waves), for ``procctl validate``."""
+    done: set[tuple[str, int]] = set()
+    remaining = [t.index for t in job.tasks]
+    order: list[int] = []
+
+    def chain(node: tuple[str, int]) -> list[tuple[str, int]]:
+        out = [node]
+        parent = job.tasks[node[1]].parent if node[0] == "task" else job.groups[node[1]].parent
+        while parent is not None:
+            out.append(("group", parent))
+            parent = job.groups[parent].parent
+        return out
+
+    def complete(node: tuple[str, int]) -> bool:
+        if node[0] == "task":
+            return node in done
+        return all(complete(c) for c in job.groups[node[1]].children)
+
+    while remaining:
+        wave = [i for i in remaining if all(complete(p) for n in chain(("task", i)) for p in preds[n])]
+        if not wave:  # pragma: no cover - compile_job rejected cycles already
+            raise TreeError("root", "no task can start")
+        order.extend(wave)
+        done.update(("task", i) for i in wave)
+        remaining = [i for i in remaining if i not in set(wave)]
+    return order
+
+
+# -- JSON Schema --------------------------------------------------------------------------------
+
+_SCHEMA_KINDS: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "name": {"type": "string", "pattern": NAME_RE.pattern},
+    "callable": {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
+    "cmd": {"oneOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1},
+                      {"type": "string", "minLength": 1}]},
+    "bool": {"type": "boolean"},
+    "positive": {"type": "number", "exclusiveMinimum": 0},
+    "nonnegative": {"type": "number", "minimum": 0},
+    "count": {"type": "integer", "minimum": 0},
+    "priority": {"enum": list(PRIORITIES)},
+    "on_failure": {"enum": list(ON_FAILURE)},
+    "repeat": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "forever"}]},
+    "names": {"type": "array", "items": {"type": "string"}},
+    "strings": {"type": "array", "items": {"type": "string"}},
+    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    "list": {"type": "array"},
+    "map": {"type": "object"},
+    "node": {"$ref": "#/$defs/node"},
+}
+
+
+def _props(table: dict[str, FieldSpec]) -> dict[str, Any]:
+    return {k: {**_SCHEMA_KINDS[v.kind], "description": v.description} for k, v in table.items()}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a job file, generated from the field tables."""
+    group_props = _props(GROUP_FIELDS)
+    children = {"type": "array", "items": {"$ref": "#/$defs/node"}, "minItems": 1}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://procpool.invalid/jobtree.schema.json",
+        "title": "procpool job tree",
+        "type": "object",
+        "required": ["root"],
+        "additionalProperties": False,
+        "properties": _props(JOB_FIELDS),
+        "$defs": {
+            "node": {"oneOf": [{"$ref": "#/$defs/task"}, {"$ref": "#/$defs/sequential"},
+                               {"$ref": "#/$defs/concurrent"}]},
+            "task": {
+                "type": "object", "additionalProperties": False, "properties": _props(TASK_FIELDS),
+                "oneOf": [{"required": ["call"]}, {"required": ["cmd"]}],
+            },
+            "sequential": {"type": "object", "additionalProperties": False, "required": ["sequential"],
+                           "properties": {**group_props, "sequential": children}},
+            "concurrent": {"type": "object", "additionalProperties": False, "required": ["concurrent"],
+                           "properties": {**group_props, "concurrent": children}},
+        },
+    }

@@ -1,0 +1,372 @@
+"""The runtime of one job: task states, readiness, failure propagation, repeat.
+
+A :class:`Job` is built from a validated :class:`~procpool.contract.tree.JobSpec`.
+Its methods change state and return what the caller (the scheduler) must do
+next — tasks that became ready, attempts to stop — and never perform I/O or
+read the clock: times are passed in.
+
+Readiness: a task may start when every *blocker* is complete. Its blockers are
+its own predecessors plus those of every enclosing group (see
+:class:`~procpool.contract.tree.Plan`); a group is complete when all its
+children are. Counting incomplete blockers per task makes each completion cost
+time proportional to the tasks waiting on it.
+
+Failure: when a task ends unsuccessfully, every task that waits (directly or
+through groups) on it or on a group that can therefore never complete is
+``skipped`` with the reason recorded. With ``on_failure: stop`` every other
+task that has not started is ``cancelled``; running ones finish.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
+from procpoold.core.states import (
+    FINAL_TASK_STATES,
+    TASK_TRANSITIONS,
+    UNSUCCESSFUL,
+    IllegalTransition,
+    JobState,
+    TaskState,
+)
+
+Node = tuple[str, int]
+
+
+@dataclass
+class Attempt:
+    """One run of a task."""
+
+    number: int
+    attempt_id: str
+    started_at: float | None = None
+    finished_at: float | None = None
+    status: str | None = None  # the executor's outcome status
+    pid: int | None = None
+    worker: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"number": self.number, "id": self.attempt_id, "started_at": self.started_at,
+                "finished_at": self.finished_at, "status": self.status, "pid": self.pid, "worker": self.worker}
+
+
+@dataclass
+class TaskRun:
+    """A task's state within the current run of its job."""
+
+    spec: TaskSpec
+    id: str
+    state: TaskState = "pending"
+    waiting: int = 0  # blockers not yet complete
+    attempts: list[Attempt] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    exit_code: int | None = None
+    error: dict[str, str] | None = None
+    reason: str | None = None  # why skipped / cancelled
+    progress: dict[str, Any] | None = None
+    retry_at: float | None = None
+    cancel_requested: bool = False
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def running_attempt(self) -> Attempt | None:
+        if self.state == "running" and self.attempts:
+            return self.attempts[-1]
+        return None
+
+    def move(self, new: TaskState) -> None:
+        """The only way a task changes state; an illegal edge is a bug and says which task."""
+        if new not in TASK_TRANSITIONS[self.state]:
+            raise IllegalTransition(f"task {self.id} ({self.spec.name}): {self.state} -> {new}")
+        self.state = new
+
+
+@dataclass
+class Effects:
+    """What the scheduler must do after a state change."""
+
+    ready: list[int] = field(default_factory=list)  # task indices to enqueue
+    stop: list[str] = field(default_factory=list)  # attempt ids to stop (cancelled)
+    finished_tasks: list[int] = field(default_factory=list)  # tasks that reached a final state
+    run_finished: bool = False
+
+    def merge(self, other: Effects) -> Effects:
+        self.ready += other.ready
+        self.stop += other.stop
+        self.finished_tasks += other.finished_tasks
+        self.run_finished = self.run_finished or other.run_finished
+        return self
+
+
+class Job:
+    """A submitted job tree and the state of its current run."""
+
+    def __init__(self, job_id: str, spec: JobSpec, raw: dict[str, Any], now: float,
+                 submitter_uid: int | None = None, after: list[str] | None = None) -> None:
+        self.id = job_id
+        self.spec = spec
+        self.raw = raw  # the document as submitted (kept for the store and for status)
+        self.plan: Plan = compile_job(spec)
+        self.state: JobState = "pending"
+        self.run = 1
+        self.runs: list[dict[str, Any]] = []  # summaries of finished runs
+        self.created_at = now
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.namespace: dict[str, Any] = dict(spec.namespace)
+        self.submitter_uid = submitter_uid
+        self.after = list(after or [])
+        self.reason: str | None = None
+        self.cancel_requested = False
+        self.tasks = [TaskRun(t, f"{job_id}.{t.index}") for t in spec.tasks]
+        self.by_name = {t.spec.name: t.spec.index for t in self.tasks}
+        # blockers and their reverse, from the plan (see the module docstring)
+        self._ancestors: list[list[int]] = [self._chain(t) for t in spec.tasks]
+        self._blockers: list[list[Node]] = [
+            [p for n in [("task", t.index), *[("group", g) for g in self._ancestors[t.index]]]
+             for p in self.plan.preds[n]]
+            for t in spec.tasks
+        ]
+        self._waiters: dict[Node, list[int]] = {}
+        for i, blockers in enumerate(self._blockers):
+            for b in blockers:
+                self._waiters.setdefault(b, []).append(i)
+        self._group_tasks: list[list[int]] = [[] for _ in spec.groups]
+        for t in spec.tasks:
+            for g in self._ancestors[t.index]:
+                self._group_tasks[g].append(t.index)
+        self._complete: set[Node] = set()
+        self._group_left: list[int] = []
+
+    def _chain(self, t: TaskSpec) -> list[int]:
+        out = []
+        parent = t.parent
+        while parent is not None:
+            out.append(parent)
+            parent = self.spec.groups[parent].parent
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start_run(self, now: float) -> Effects:
+        """Reset every task to pending and return those ready at once."""
+        self.state = "running"
+        if self.started_at is None:
+            self.started_at = now
+        self._complete = set()
+        self._group_left = [len(g.children) for g in self.spec.groups]
+        effects = Effects()
+        for t in self.tasks:
+            if t.state != "pending":
+                t.move("pending")
+            t.attempts = []
+            t.started_at = t.finished_at = t.retry_at = None
+            t.result = t.error = t.exit_code = t.reason = t.progress = None
+            t.cancel_requested = False
+            t.tail.clear()
+            t.waiting = len(self._blockers[t.spec.index])
+            if t.waiting == 0:
+                t.move("ready")
+                effects.ready.append(t.spec.index)
+        return effects
+
+    def fail_before_start(self, reason: str, now: float) -> Effects:
+        """A prerequisite (``after``) failed: skip every task and fail the job."""
+        self.state = "running"
+        self._group_left = [len(g.children) for g in self.spec.groups]
+        effects = Effects()
+        for t in self.tasks:
+            t.move("skipped")
+            t.reason = reason
+            t.finished_at = now
+            effects.finished_tasks.append(t.spec.index)
+        self.reason = reason
+        effects.run_finished = True
+        return effects
+
+    def mark_running(self, index: int, attempt_id: str, now: float) -> Attempt:
+        t = self.tasks[index]
+        t.move("running")
+        attempt = Attempt(len(t.attempts) + 1, attempt_id, started_at=now)
+        t.attempts.append(attempt)
+        if t.started_at is None:
+            t.started_at = now
+        return attempt
+
+    def complete(self, index: int, now: float, result: Any = None, exit_code: int | None = None) -> Effects:
+        """A task's attempt succeeded."""
+        t = self.tasks[index]
+        t.move("completed")
+        t.finished_at = now
+        t.result, t.exit_code, t.error = result, exit_code, None
+        effects = Effects(finished_tasks=[index])
+        self._node_complete(("task", index), effects)
+        parents = self._ancestors[index]
+        for g in parents:
+            self._group_left[g] -= 1
+            if self._group_left[g] > 0:
+                break
+            self._node_complete(("group", g), effects)
+        self._check_run_finished(effects)
+        return effects
+
+    def _node_complete(self, node: Node, effects: Effects) -> None:
+        self._complete.add(node)
+        for i in self._waiters.get(node, ()):
+            w = self.tasks[i]
+            w.waiting -= 1
+            if w.waiting == 0 and w.state == "pending":
+                w.move("ready")
+                effects.ready.append(i)
+
+    def retry_later(self, index: int, retry_at: float) -> None:
+        """The attempt failed and a retry is due at ``retry_at``."""
+        t = self.tasks[index]
+        t.move("pending")
+        t.retry_at = retry_at
+
+    def retry_due(self, index: int) -> bool:
+        """The retry delay ran out: back to ready (False if the task was cancelled meanwhile)."""
+        t = self.tasks[index]
+        if t.state != "pending" or t.retry_at is None:
+            return False
+        t.retry_at = None
+        t.move("ready")
+        return True
+
+    def end_unsuccessfully(self, index: int, state: TaskState, now: float, error: dict[str, str] | None = None,
+                           exit_code: int | None = None, reason: str | None = None) -> Effects:
+        """A task ended failed, timeout or cancelled: doom what comes after it."""
+        t = self.tasks[index]
+        t.move(state)
+        t.finished_at = now
+        t.retry_at = None
+        t.error, t.reason = error, reason
+        if exit_code is not None:
+            t.exit_code = exit_code
+        effects = Effects(finished_tasks=[index])
+        self._doom(index, effects)
+        if self.spec.on_failure == "stop" and state != "cancelled" and not self.cancel_requested:
+            stop_reason = f'job stopped: task "{t.spec.name}" {"timed out" if state == "timeout" else "failed"}'
+            for other in self.tasks:
+                if other.state in ("pending", "ready"):
+                    other.move("cancelled")
+                    other.reason = stop_reason
+                    other.finished_at = now
+                    other.retry_at = None
+                    effects.finished_tasks.append(other.spec.index)
+        self._check_run_finished(effects)
+        return effects
+
+    def _doom(self, index: int, effects: Effects) -> None:
+        """Skip everything that waits on task ``index`` or on a group it keeps from completing."""
+        origin = self.tasks[index].spec.name
+        verb = {"failed": "failed", "timeout": "timed out", "cancelled": "was cancelled",
+                "skipped": "was skipped"}[self.tasks[index].state]
+        reason = f'upstream "{origin}" {verb}'
+        queue: deque[Node] = deque([("task", index), *[("group", g) for g in self._ancestors[index]]])
+        seen: set[Node] = set()
+        while queue:
+            node = queue.popleft()
+            if node in seen:
+                continue
+            seen.add(node)
+            for i in self._waiters.get(node, ()):
+                w = self.tasks[i]
+                if w.state in ("pending", "ready"):
+                    w.move("skipped")
+                    w.reason = reason
+                    w.retry_at = None
+                    effects.finished_tasks.append(i)
+                    queue.append(("task", i))
+                    queue.extend(("group", g) for g in self._ancestors[i])
+
+    def cancel(self, now: float, indices: list[int] | None = None, reason: str = "cancelled by request"
+               ) -> Effects:
+        """Cancel the whole job (``indices`` None) or some tasks."""
+        effects = Effects()
+        if indices is None:
+            self.cancel_requested = True
+            self.reason = reason
+            indices = list(range(len(self.tasks)))
+        for i in indices:
+            t = self.tasks[i]
+            if t.state in ("pending", "ready"):
+                effects.merge(self.end_unsuccessfully(i, "cancelled", now, reason=reason))
+            elif t.state == "running" and not t.cancel_requested:
+                t.cancel_requested = True
+                attempt = t.running_attempt
+                assert attempt is not None
+                effects.stop.append(attempt.attempt_id)
+        self._check_run_finished(effects)
+        return effects
+
+    def _check_run_finished(self, effects: Effects) -> None:
+        if self.state == "running" and all(t.state in FINAL_TASK_STATES for t in self.tasks):
+            effects.run_finished = True
+
+    def finish_run(self, now: float) -> bool:
+        """Record the finished run; return True when another run should start (repeat)."""
+        ok = all(t.state == "completed" for t in self.tasks)
+        self.runs.append({"run": self.run, "state": "completed" if ok else "failed", "finished_at": now})
+        more = self.spec.repeat is None or self.run < self.spec.repeat
+        if ok and more and not self.cancel_requested:
+            self.run += 1
+            return True
+        self.finished_at = now
+        if self.cancel_requested:
+            self.state = "cancelled"
+        else:
+            self.state = "completed" if ok else "failed"
+        return False
+
+    # -- queries ------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("completed", "failed", "cancelled")
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.tasks:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+    def unsuccessful(self) -> bool:
+        return any(t.state in UNSUCCESSFUL for t in self.tasks)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.spec.name, "state": self.state, "run": self.run,
+            "repeat": "forever" if self.spec.repeat is None else self.spec.repeat,
+            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+            "tasks": len(self.tasks), "counts": self.counts(), "reason": self.reason,
+        }
+
+    def task_status(self, t: TaskRun) -> dict[str, Any]:
+        return {
+            "id": t.id, "name": t.spec.name, "path": t.spec.path, "kind": t.spec.kind, "state": t.state,
+            "attempts": len(t.attempts), "attempt_history": [a.to_wire() for a in t.attempts],
+            "started_at": t.started_at, "finished_at": t.finished_at, "result": t.result,
+            "error": t.error, "exit_code": t.exit_code, "progress": t.progress, "reason": t.reason,
+            "retry_at": t.retry_at, "priority": t.spec.priority, "tags": t.spec.tags,
+            "depends_on": t.spec.depends_on, "tail": list(t.tail) if t.state in UNSUCCESSFUL else [],
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The versioned status structure (see docs/job-trees.md)."""
+        groups = [{"name": g.name, "path": g.path, "kind": g.kind, "parent": g.parent,
+                   "children": [[kind, i] for kind, i in g.children]} for g in self.spec.groups]
+        return {
+            "format": 1,
+            "job": {**self.summary(), "namespace": self.namespace, "runs": self.runs,
+                    "on_failure": self.spec.on_failure, "after": self.after,
+                    "root": list(self.spec.root)},
+            "groups": groups,
+            "tasks": [self.task_status(t) for t in self.tasks],
+        }

@@ -1,0 +1,138 @@
+"""The executor interface: where attempts run.
+
+The scheduler decides *what* runs *when*; an executor decides *where* and
+*how*. The scheduler talks to executors only through :class:`Executor`, and
+executors report back only through :class:`ExecutorEvents`, so a local
+process pool, the daemon's own command runner and (later) a distributed
+engine are interchangeable. Nothing here assumes a local process: starting,
+stopping and learning the outcome of an attempt are all asynchronous, and
+everything a task does to its job's namespace or log arrives as a message.
+
+All methods are called on the daemon's event-loop thread, and executors call
+:class:`ExecutorEvents` on that thread too (from the callbacks they register
+with the loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from procpoold.loop import EventLoop
+
+#: How an attempt ended. ``interrupted`` is used when the executor itself lost
+#: the attempt (a worker died, the daemon stopped) rather than the task failing.
+OutcomeStatus = Literal["completed", "failed", "timeout", "cancelled", "interrupted"]
+#: Why the scheduler asks an executor to stop an attempt.
+StopReason = Literal["timeout", "cancelled", "shutdown"]
+Stream = Literal["log", "stdout", "stderr"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSpec:
+    """Everything needed to run one attempt of one task (all fields msgpack-able)."""
+
+    attempt_id: str  # "<task_id>#<attempt>", unique in the daemon's lifetime
+    job_id: str
+    job_name: str
+    task_id: str
+    task_name: str
+    attempt: int  # 1 for the first attempt
+    kind: Literal["call", "cmd"]
+    call: str | None = None  # "pkg.module:function"
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    cmd: list[str] | str | None = None  # argv list, or a string with shell=True
+    shell: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # merged job + task env (added to the daemon's)
+    cwd: str | None = None
+    python_path: list[str] = field(default_factory=list)
+    timeout: float | None = None  # informational: the scheduler enforces it via stop_attempt()
+    run: int = 1  # the job's run number (repeat)
+
+    def context(self) -> dict[str, Any]:
+        """The fields task code sees through ``procpool.task.context()``."""
+        return {
+            "job_id": self.job_id,
+            "job_name": self.job_name,
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "attempt": self.attempt,
+            "run": self.run,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """An exception raised by task code (or a failure of the executor), as data."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    def to_wire(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended."""
+
+    attempt_id: str
+    status: OutcomeStatus
+    result: Any = None  # a call task's return value (msgpack-able)
+    exit_code: int | None = None  # a cmd task's exit code (negative: killed by that signal)
+    error: TaskError | None = None
+
+
+class ExecutorEvents(Protocol):
+    """What an executor reports to the daemon (implemented by the scheduler side)."""
+
+    def attempt_started(self, attempt_id: str, pid: int | None, worker: str | None) -> None:
+        """The attempt began running (``pid`` of the process running it, if local)."""
+
+    def attempt_finished(self, outcome: Outcome) -> None:
+        """The attempt ended; called exactly once per attempt, also after stop_attempt()."""
+
+    def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
+        """Task code reported progress (``{"fraction": 0.4}`` or ``{"done": 4, "total": 10}``)."""
+
+    def attempt_log(self, attempt_id: str, stream: Stream, level: int, message: str,
+                    fields: dict[str, str] | None = None) -> None:
+        """One log record or one line of output of the attempt."""
+
+    def namespace_op(self, attempt_id: str, op: str, args: dict[str, Any]) -> Any:
+        """Apply a namespace operation for the attempt's job and return its result.
+
+        Raises :class:`procpool.ProcpoolError` for a bad operation (the executor sends
+        the error back to the task, where it is raised).
+        """
+
+
+class Executor(Protocol):
+    """Runs attempts. The scheduler calls these; see the module docstring for threading."""
+
+    name: str
+
+    def prefork(self) -> None:
+        """Called before the daemon creates any thread or ZeroMQ context (e.g. start a zygote)."""
+
+    def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
+        """Register fds/timers with the loop; from now on events may be reported."""
+
+    def free_slots(self) -> int:
+        """How many more attempts may be submitted right now (0 when saturated)."""
+
+    def submit(self, spec: AttemptSpec) -> None:
+        """Start the attempt (asynchronously); must not block the loop."""
+
+    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+        """Stop a running attempt; its outcome is later reported with status = ``timeout``,
+        ``cancelled`` or ``interrupted`` (for ``shutdown``), unless it finished first."""
+
+    def shutdown(self, grace: float) -> None:
+        """Stop everything: running attempts are stopped (``interrupted``), processes reaped.
+        Blocks at most ``grace`` seconds plus the time to SIGKILL and reap."""
+
+    def info(self) -> dict[str, Any]:
+        """A summary for ``procctl status`` (msgpack-able)."""

@@ -1,0 +1,212 @@
+"""Runs ``cmd`` tasks as child processes of the daemon (executor name ``commands``).
+
+Runs on the daemon's loop thread. Each attempt is one child in its own session
+and process group (so a timeout or cancel reaches everything it started), with
+stdin from /dev/null and stdout/stderr on pipes read by the loop, line by line,
+into the attempt's log. Exit is noticed through a pidfd registered with the
+loop (no SIGCHLD handler, no polling), and the child is reaped right there, so
+there are never zombies. When the main process exits, whatever is left of its
+process group is killed: a task leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, Stream, TaskError
+from procpoold.loop import EventLoop, Timer
+
+log = logging.getLogger("procpoold.commands")
+
+#: Longest line passed on as one record; longer lines are split (never dropped).
+MAX_LINE = 16 * 1024
+_READ = 65536
+
+
+def attempt_env(spec: AttemptSpec) -> dict[str, str]:
+    """The environment of a task: the daemon's, the job's and task's additions, and its identity."""
+    return {
+        **os.environ,
+        **spec.env,
+        "PROCPOOL_JOB_ID": spec.job_id,
+        "PROCPOOL_JOB_NAME": spec.job_name,
+        "PROCPOOL_TASK_ID": spec.task_id,
+        "PROCPOOL_TASK_NAME": spec.task_name,
+        "PROCPOOL_ATTEMPT": str(spec.attempt),
+    }
+
+
+@dataclass
+class _Running:
+    spec: AttemptSpec
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    pipes: dict[int, Stream] = field(default_factory=dict)
+    files: dict[int, IO[bytes]] = field(default_factory=dict)  # fd -> the Popen pipe that owns it
+    partial: dict[int, bytes] = field(default_factory=dict)
+    stop_reason: StopReason | None = None
+    kill_timer: Timer | None = None
+
+
+class CommandExecutor:
+    """Runs at most ``slots`` commands at once."""
+
+    name = "commands"
+
+    def __init__(self, slots: int, kill_grace: float = 5.0) -> None:
+        self.slots = slots
+        self.kill_grace = kill_grace
+        self._running: dict[str, _Running] = {}
+        self._loop: EventLoop | None = None
+        self._events: ExecutorEvents | None = None
+        self.started_total = 0
+
+    # -- Executor -----------------------------------------------------------------------------
+
+    def prefork(self) -> None:
+        """Nothing to prepare: commands are spawned with fork+exec from C (thread-safe)."""
+
+    def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
+        self._loop = loop
+        self._events = events
+
+    def free_slots(self) -> int:
+        return max(0, self.slots - len(self._running))
+
+    def submit(self, spec: AttemptSpec) -> None:
+        assert self._loop is not None and self._events is not None
+        argv: list[str] = ["/bin/sh", "-c", spec.cmd] if isinstance(spec.cmd, str) else list(spec.cmd or [])
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=spec.cwd, env=attempt_env(spec), start_new_session=True, close_fds=True,
+            )
+        except OSError as exc:
+            # Report asynchronously, like any other outcome.
+            error = TaskError(type(exc).__name__, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+            outcome = Outcome(spec.attempt_id, "failed", error=error)
+            self._loop.call_soon(lambda: self._finish(outcome))
+            return
+        self.started_total += 1
+        run = _Running(spec, proc, os.pidfd_open(proc.pid))
+        self._running[spec.attempt_id] = run
+        for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            assert pipe is not None
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            run.pipes[fd] = stream  # type: ignore[assignment]
+            run.files[fd] = pipe
+            self._loop.add_reader(fd, functools.partial(self._on_output, run, fd))
+        self._loop.add_reader(run.pidfd, functools.partial(self._on_exit, run))
+        self._events.attempt_started(spec.attempt_id, proc.pid, None)
+
+    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+        run = self._running.get(attempt_id)
+        if run is None or run.stop_reason is not None:
+            return
+        run.stop_reason = reason
+        self._signal_group(run, signal.SIGTERM)
+        assert self._loop is not None
+        run.kill_timer = self._loop.call_later(self.kill_grace, lambda: self._signal_group(run, signal.SIGKILL))
+
+    def shutdown(self, grace: float) -> None:
+        """Stop every command: SIGTERM, up to ``kill_grace`` seconds, then SIGKILL; reap all."""
+        for attempt_id in list(self._running):
+            self.stop_attempt(attempt_id, "shutdown")
+        for run in list(self._running.values()):
+            try:
+                run.proc.wait(self.kill_grace)
+            except subprocess.TimeoutExpired:
+                self._signal_group(run, signal.SIGKILL)
+                run.proc.wait()
+            self._on_exit(run)
+
+    def info(self) -> dict[str, Any]:
+        return {"slots": self.slots, "running": len(self._running), "started": self.started_total}
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _signal_group(run: _Running, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.proc.pid, signum)
+
+    def _on_output(self, run: _Running, fd: int) -> None:
+        try:
+            data = os.read(fd, _READ)
+        except BlockingIOError:
+            return
+        if not data:
+            self._close_pipe(run, fd)
+            return
+        self._emit_lines(run, fd, data)
+
+    def _emit_lines(self, run: _Running, fd: int, data: bytes, final: bool = False) -> None:
+        assert self._events is not None
+        buf = run.partial.get(fd, b"") + data
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        if final and rest:
+            lines.append(rest)
+            rest = b""
+        while len(rest) > MAX_LINE:  # a line with no end in sight: pass it on in pieces
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        run.partial[fd] = rest
+        stream = run.pipes[fd]
+        level = logging.INFO if stream == "stdout" else logging.WARNING
+        for line in lines:
+            for start in range(0, max(len(line), 1), MAX_LINE):
+                chunk = line[start:start + MAX_LINE].decode("utf-8", "replace").rstrip("\r")
+                self._events.attempt_log(run.spec.attempt_id, stream, level, chunk)
+
+    def _close_pipe(self, run: _Running, fd: int) -> None:
+        assert self._loop is not None
+        if fd not in run.pipes:
+            return
+        self._emit_lines(run, fd, b"", final=True)
+        self._loop.remove_reader(fd)
+        del run.pipes[fd]
+        run.files.pop(fd).close()  # closed through its owner, so the fd is closed exactly once
+
+    def _on_exit(self, run: _Running) -> None:
+        assert self._loop is not None
+        if run.spec.attempt_id not in self._running:
+            return
+        code = run.proc.wait()  # the pidfd said it exited: this reaps without blocking
+        del self._running[run.spec.attempt_id]
+        self._loop.remove_reader(run.pidfd)
+        os.close(run.pidfd)
+        if run.kill_timer is not None:
+            run.kill_timer.cancel()
+        # Whatever the task left in its process group goes with it.
+        self._signal_group(run, signal.SIGKILL)
+        for fd in list(run.pipes):  # what the task wrote before it exited
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    data = os.read(fd, _READ)
+                    if not data:
+                        break
+                    self._emit_lines(run, fd, data)
+            self._close_pipe(run, fd)
+        if run.stop_reason is not None:
+            status = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}[run.stop_reason]
+            outcome = Outcome(run.spec.attempt_id, status, exit_code=code)  # type: ignore[arg-type]
+        elif code == 0:
+            outcome = Outcome(run.spec.attempt_id, "completed", exit_code=0)
+        else:
+            what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code,
+                              error=TaskError("CommandFailed", f"command {what}"))
+        self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        assert self._events is not None
+        self._events.attempt_finished(outcome)

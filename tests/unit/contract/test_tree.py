@@ -1,0 +1,117 @@
+"""The job-tree format: parsing, defaults, error paths, ordering, cycles, the published schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procpool.contract.tree import TreeError, compile_job, json_schema, parse_job
+
+
+def job(root: Any, **extra: Any) -> dict[str, Any]:
+    return {"name": "t", "root": root, **extra}
+
+
+def error(doc: Any) -> str:
+    with pytest.raises(TreeError) as info:
+        parse_job(doc)
+    return info.value.message
+
+
+def test_defaults_inherit_through_groups_and_inner_values_win() -> None:
+    spec = parse_job(job(
+        {"sequential": [{"cmd": ["a"]}, {"concurrent": [{"cmd": ["b"], "retries": 5}], "retries": 2,
+                                            "env": {"B": "2"}}],
+         "timeout": 9, "env": {"A": "1"}},
+        priority="high",
+    ))
+    a, b = spec.tasks
+    assert (a.timeout, a.retries, a.priority, a.env) == (9.0, 0, "high", {"A": "1"})
+    assert (b.timeout, b.retries, b.env) == (9.0, 5, {"A": "1", "B": "2"})
+    assert [t.name for t in spec.tasks] == ["root.0", "root.1.0"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        (job({"sequential": [{"cmd": ["x"]}, {"concurrent": [{"cmd": ["y"], "retrys": 1}]}]}),
+         'root.sequential[1].concurrent[0]: unknown field "retrys" (did you mean "retries"?)'),
+        (job({"cmd": ["x"], "priority": "urgent"}), "root.priority: unknown priority \"urgent\""),
+        (job({"call": "nomodule"}), 'root.call: "nomodule" is not of the form "pkg.module:function"'),
+        (job({"cmd": "echo hi"}), 'root.cmd: a string command needs "shell": true'),
+        (job({"cmd": []}), "root.cmd: must be a non-empty array"),
+        (job({"call": "a:b", "cmd": ["x"]}), "exactly one of call, cmd"),
+        (job({"sequential": []}), "root.sequential: must not be empty"),
+        (job({"sequential": [1]}), "root.sequential[0]: a node must be an object"),
+        (job({"seqential": [{"cmd": ["x"]}]}), 'did you mean "sequential"'),
+        (job({"cmd": ["x"], "timeout": -1}), "root.timeout: must be a positive number"),
+        (job({"cmd": ["x"], "retries": 1.5}), "root.retries: must be an integer >= 0"),
+        (job({"cmd": ["x"]}, repeat=0), 'repeat: must be a positive integer or "forever"'),
+        (job({"cmd": ["x"]}, on_failure="ignore"), "on_failure"),
+        (job({"cmd": ["x"]}, bogus=1), 'unknown field "bogus"'),
+        ({"name": "x"}, 'missing field "root"'),
+        ([1], "a job must be a JSON object"),
+        (job({"concurrent": [{"name": "a", "cmd": ["x"]}, {"name": "a", "cmd": ["y"]}]}),
+         'root.concurrent[1]: duplicate name "a" (also used at root.concurrent[0])'),
+        (job({"call": "a:b", "args": {"x": 1}}), "root.args: must be an array"),
+        (job({"cmd": ["x"], "args": [1]}), '"args" belongs to call tasks'),
+        (job({"cmd": ["x"], "env": {"A": 1}}), "root.env: must be an object of string values"),
+        (job({"cmd": ["x"], "name": "bad name"}), 'invalid name "bad name"'),
+    ],
+)
+def test_errors_name_the_json_path(doc: Any, fragment: str) -> None:
+    assert fragment in error(doc)
+
+
+def test_unknown_dependency_and_self_dependency() -> None:
+    msg = error(job({"concurrent": [{"name": "fetch", "cmd": ["x"]}, {"cmd": ["y"], "depends_on": ["fetc"]}]}))
+    assert msg == 'root.concurrent[1].depends_on[0]: unknown task "fetc" (did you mean "fetch"?)'
+    assert "depends on itself" in error(job({"name": "a", "cmd": ["x"], "depends_on": ["a"]}))
+
+
+def test_cycles_are_named_including_those_formed_with_sequential_order() -> None:
+    direct = error(job({"concurrent": [{"name": "a", "cmd": ["x"], "depends_on": ["b"]},
+                                       {"name": "b", "cmd": ["x"], "depends_on": ["a"]}]}))
+    assert "dependency cycle" in direct and '"a"' in direct and '"b"' in direct
+    # sequential order says first -> second; the edge says second -> first
+    seq = error(job({"sequential": [{"name": "first", "cmd": ["x"], "depends_on": ["second"]},
+                                    {"name": "second", "cmd": ["x"]}]}))
+    assert "dependency cycle" in seq and '"first"' in seq and '"second"' in seq
+    # a task that depends on its own enclosing group can never start
+    own = error(job({"name": "g", "concurrent": [{"name": "a", "cmd": ["x"], "depends_on": ["g"]}]}))
+    assert "dependency cycle" in own
+
+
+def test_compiled_order_respects_every_edge() -> None:
+    spec = parse_job(job({"sequential": [
+        {"name": "a", "cmd": ["x"]},
+        {"concurrent": [{"name": "b", "cmd": ["x"]}, {"name": "c", "cmd": ["x"], "depends_on": ["b"]}]},
+        {"name": "d", "cmd": ["x"]},
+    ]}))
+    order = [spec.tasks[i].name for i in compile_job(spec).order]
+    assert order == ["a", "b", "c", "d"]
+
+
+def test_repeat_forever_and_key() -> None:
+    spec = parse_job(job({"cmd": ["x"]}, repeat="forever", key="k1"))
+    assert spec.repeat is None and spec.key == "k1"
+
+
+def test_deep_nesting_is_bounded() -> None:
+    node: dict[str, Any] = {"cmd": ["x"]}
+    for _ in range(70):
+        node = {"sequential": [node]}
+    assert "nesting deeper than" in error(job(node))
+
+
+def test_published_schema_is_generated_from_the_same_tables() -> None:
+    path = Path(__file__).parents[3] / "ctl" / "procpool" / "contract" / "jobtree.schema.json"
+    assert json.loads(path.read_text()) == json_schema(), "run 'make schema' to regenerate it"
+
+
+def test_examples_are_valid() -> None:
+    for path in (Path(__file__).parents[3] / "examples").glob("*.json"):
+        parse_job(json.loads(path.read_text()))

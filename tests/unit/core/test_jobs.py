@@ -1,0 +1,108 @@
+"""Job state without processes: readiness, failure propagation, cancel, repeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from procpool.contract.tree import parse_job
+from procpoold.core.jobs import Job
+from procpoold.core.states import IllegalTransition
+
+
+def make(root: Any, **extra: Any) -> Job:
+    return Job("1", parse_job({"name": "j", "root": root, **extra}), {}, now=0.0)
+
+
+def names(job: Job, indices: list[int]) -> list[str]:
+    return [job.tasks[i].spec.name for i in indices]
+
+
+def run_ok(job: Job, name: str) -> list[str]:
+    i = job.by_name[name]
+    job.mark_running(i, f"{name}#1", 1.0)
+    return names(job, job.complete(i, 2.0).ready)
+
+
+def test_sequential_then_concurrent_then_depends_on() -> None:
+    job = make({"sequential": [
+        {"name": "a", "cmd": ["x"]},
+        {"concurrent": [{"name": "b", "cmd": ["x"]}, {"name": "c", "cmd": ["x"], "depends_on": ["b"]}]},
+        {"name": "d", "cmd": ["x"]},
+    ]})
+    assert names(job, job.start_run(0).ready) == ["a"]
+    assert run_ok(job, "a") == ["b"]
+    assert run_ok(job, "b") == ["c"]
+    assert run_ok(job, "c") == ["d"]
+    job.mark_running(job.by_name["d"], "d#1", 3)
+    assert job.complete(job.by_name["d"], 4).run_finished
+    assert job.finish_run(5) is False and job.state == "completed"
+
+
+def test_failure_skips_downstream_and_stop_cancels_the_rest() -> None:
+    job = make({"concurrent": [
+        {"sequential": [{"name": "fetch", "cmd": ["x"]}, {"name": "parse", "cmd": ["x"]}]},
+        {"name": "other", "cmd": ["x"], "depends_on": ["later"]},
+        {"name": "later", "cmd": ["x"], "depends_on": ["parse"]},
+        {"name": "free", "cmd": ["x"]},
+        {"name": "running", "cmd": ["x"]},
+    ]})
+    assert set(names(job, job.start_run(0).ready)) == {"fetch", "free", "running"}
+    job.mark_running(job.by_name["running"], "r#1", 1)
+    job.mark_running(job.by_name["fetch"], "f#1", 1)
+    effects = job.end_unsuccessfully(job.by_name["fetch"], "failed", 2, {"type": "E", "message": "m"})
+    state = {t.spec.name: (t.state, t.reason) for t in job.tasks}
+    assert state["parse"] == ("skipped", 'upstream "fetch" failed')
+    assert state["later"] == ("skipped", 'upstream "fetch" failed')
+    assert state["other"][0] == "skipped"
+    assert state["free"] == ("cancelled", 'job stopped: task "fetch" failed')
+    assert state["running"][0] == "running"  # running tasks finish
+    assert not effects.run_finished
+    job.complete(job.by_name["running"], 3)
+    assert job.finish_run(4) is False and job.state == "failed"
+
+
+def test_continue_keeps_independent_branches() -> None:
+    job = make({"concurrent": [{"name": "bad", "cmd": ["x"]}, {"name": "after", "cmd": ["x"], "depends_on": ["bad"]},
+                               {"name": "free", "cmd": ["x"], "depends_on": ["other"]},
+                               {"name": "other", "cmd": ["x"]}]}, on_failure="continue")
+    job.start_run(0)
+    job.mark_running(job.by_name["bad"], "b#1", 1)
+    job.end_unsuccessfully(job.by_name["bad"], "failed", 2)
+    assert job.tasks[job.by_name["after"]].state == "skipped"
+    assert job.tasks[job.by_name["free"]].state == "pending"
+    assert run_ok(job, "other") == ["free"]
+    run_ok(job, "free")
+    assert job.finish_run(5) is False and job.state == "failed"
+
+
+def test_cancel_running_and_pending() -> None:
+    job = make({"sequential": [{"name": "a", "cmd": ["x"]}, {"name": "b", "cmd": ["x"]}]})
+    job.start_run(0)
+    job.mark_running(0, "a#1", 1)
+    effects = job.cancel(2)
+    assert effects.stop == ["a#1"]
+    assert job.tasks[1].state == "cancelled"
+    job.end_unsuccessfully(0, "cancelled", 3, reason="cancelled by request")
+    assert job.finish_run(4) is False and job.state == "cancelled"
+
+
+def test_repeat_resets_tasks_and_keeps_the_namespace() -> None:
+    job = make({"name": "a", "cmd": ["x"]}, repeat=2, namespace={"n": 1})
+    job.start_run(0)
+    job.namespace["n"] = 2
+    job.mark_running(0, "a#1", 1)
+    job.complete(0, 2)
+    assert job.finish_run(3) is True and job.run == 2
+    assert names(job, job.start_run(4).ready) == ["a"]
+    assert job.tasks[0].attempts == [] and job.namespace == {"n": 2}
+    job.mark_running(0, "a#2", 5)
+    job.complete(0, 6)
+    assert job.finish_run(7) is False and job.state == "completed" and len(job.runs) == 2
+
+
+def test_illegal_transition_names_the_task() -> None:
+    job = make({"name": "a", "cmd": ["x"]})
+    with pytest.raises(IllegalTransition, match=r"task 1.0 \(a\): pending -> completed"):
+        job.complete(0, 1)
