@@ -182,6 +182,21 @@ class Client:
             if result.get("finished") or (deadline is not None and time.monotonic() >= deadline):
                 return result
 
+    def resume(self, id: str) -> dict[str, Any]:
+        """Release a job held after a restart (``on_interrupt: hold``)."""
+        result: dict[str, Any] = self.call("resume", {"id": id})
+        return result
+
+    def clean(self, state: str | None = None, before: float | None = None) -> list[str]:
+        """Remove finished jobs from the history; returns the ids removed."""
+        args: dict[str, Any] = {}
+        if state is not None:
+            args["state"] = state
+        if before is not None:
+            args["before"] = before
+        result: dict[str, Any] = self.call("clean", args)
+        return list(result["removed"])
+
     def cancel(self, id: str) -> dict[str, Any]:
         """Cancel a job or one task; returns what was cancelled."""
         result: dict[str, Any] = self.call("cancel", {"id": id})

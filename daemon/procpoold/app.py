@@ -57,7 +57,14 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     from procpoold.engines.commands import CommandExecutor
 
     executors: dict[str, Executor] = {"cmd": CommandExecutor(config.workers, config.kill_grace)}
-    daemon = Daemon(config, executors, inherited_fd=inherited[0] if inherited else None)
+    from procpoold.store import StoreError
+
+    try:
+        daemon = Daemon(config, executors, inherited_fd=inherited[0] if inherited else None)
+    except StoreError as exc:
+        for executor in {id(e): e for e in executors.values()}.values():
+            executor.shutdown(0)
+        _fatal(str(exc), None, debug)
     try:
         daemon.start()
     except BindError as exc:

@@ -39,6 +39,11 @@ class Config:
     kill_grace: float = 5.0
     #: Seconds of waiting that are worth one priority level (see core/queue.py: no starvation).
     priority_aging: float = 30.0
+    #: Finished jobs are kept this many seconds (0: forever) and at most this many (0: no limit).
+    retention_age: float = 7 * 86400.0
+    retention_count: int = 10_000
+    #: "normal": commits survive a daemon crash; "full": they also survive power loss (fsync each).
+    sync: str = "normal"
 
     def validate(self) -> Config:
         if self.workers < 1 or self.workers > 1024:
@@ -47,6 +52,10 @@ class Config:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_message_size < 1024:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        if self.sync not in ("normal", "full"):
+            raise ConfigError(f'sync must be "normal" or "full", got {self.sync!r}')
+        if self.retention_age < 0 or self.retention_count < 0:
+            raise ConfigError("retention_age and retention_count must not be negative")
         if self.drain_timeout < 0 or self.kill_grace < 0:
             raise ConfigError("drain_timeout and kill_grace must not be negative")
         if self.group is not None:
@@ -69,6 +78,9 @@ _CONVERT: dict[str, Any] = {
     "drain_timeout": float,
     "kill_grace": float,
     "priority_aging": float,
+    "retention_age": float,
+    "retention_count": int,
+    "sync": str,
 }
 
 

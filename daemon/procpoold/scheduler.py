@@ -11,8 +11,11 @@ delays are loop timers. Executors report back through the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +28,7 @@ from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import AttemptSpec, Executor, Outcome, Stream
 from procpoold.loop import EventLoop, Timer
+from procpoold.store import StateStore
 
 log = logging.getLogger("procpoold.scheduler")
 task_log = logging.getLogger("procpoold.task")
@@ -41,8 +45,15 @@ class Scheduler:
     """Jobs, queues, attempts; see the module docstring."""
 
     def __init__(self, loop: EventLoop, executors: dict[str, Executor], aging: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, store: StateStore | None = None,
+                 retention_age: float | None = None, retention_count: int | None = None) -> None:
         self.loop = loop
+        self.store = store
+        self.retention_age = retention_age
+        self.retention_count = retention_count
+        self._dirty_jobs: set[str] = set()
+        self._dirty_tasks: set[Ref] = set()
+        self._flush_scheduled = False
         self.executors = executors  # by task kind: "call", "cmd"
         self.clock = clock
         self.jobs: dict[str, Job] = {}
@@ -75,6 +86,10 @@ class Scheduler:
         job_id = str(self._next_id)
         self._next_id += 1
         job = Job(job_id, spec, raw, self.clock(), uid, after)
+        if self.store is not None:
+            # Durable before the reply: the caller answers only after this commit.
+            self.store.insert_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump(),
+                                  [(i, t.state, job.dump_task(i)) for i, t in enumerate(job.tasks)])
         self.jobs[job_id] = job
         if spec.key is not None:
             self.keys[spec.key] = job_id
@@ -157,6 +172,7 @@ class Scheduler:
     # -- the engine room ----------------------------------------------------------------------
 
     def _apply(self, job: Job, effects: Effects) -> None:
+        self._touch(job, effects.ready + effects.finished_tasks)
         now_mono = time.monotonic()
         for i in effects.ready:
             spec = job.tasks[i].spec
@@ -190,6 +206,7 @@ class Scheduler:
 
     def _run_finished(self, job: Job) -> None:
         now = self.clock()
+        self._touch(job, [])
         if job.finish_run(now):
             log.info("job %s run %d starting", job.id, job.run, extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}})
             # Start the next run from the loop, not from inside the previous run's last callback.
@@ -198,8 +215,7 @@ class Scheduler:
         log.info('job %s "%s" %s', job.id, job.spec.name, job.state,
                  extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, "PROCPOOL_JOB_NAME": job.spec.name}})
         self._notify(job.id)
-        for waiting_id in self._after.pop(job.id, []):
-            self._prerequisite_done(waiting_id)
+        self._prune(now)
 
     def _notify(self, ref: str) -> None:
         for listener in list(self.listeners):
@@ -228,6 +244,7 @@ class Scheduler:
         self._pump_scheduled = False
         if not self.accepting:
             return
+        batch: list[tuple[Executor, AttemptSpec]] = []
         for kind, queue in self.queues.items():
             executor = self.executors[kind]
             free = executor.free_slots()
@@ -238,13 +255,21 @@ class Scheduler:
                 job = self.jobs[ref[0]]
                 if job.tasks[ref[1]].state != "ready":
                     continue
-                self._dispatch(job, ref[1], executor)
+                batch.append((executor, self._prepare(job, ref[1], executor)))
                 free -= 1
+        if not batch:
+            return
+        # Write-ahead: the attempts are recorded as running before any of them starts, so after a
+        # crash an attempt that ran is known (and counted) instead of silently run again as new.
+        self.flush()
+        for executor, spec in batch:
+            executor.submit(spec)
 
-    def _dispatch(self, job: Job, index: int, executor: Executor) -> None:
+    def _prepare(self, job: Job, index: int, executor: Executor) -> AttemptSpec:
         t = job.tasks[index]
         attempt_id = f"{t.id}@{job.run}#{len(t.attempts) + 1}"
         attempt = job.mark_running(index, attempt_id, self.clock())
+        self._touch(job, [index])
         spec = AttemptSpec(
             attempt_id=attempt_id, job_id=job.id, job_name=job.spec.name, task_id=t.id, task_name=t.spec.name,
             attempt=attempt.number, kind=t.spec.kind, call=t.spec.call, args=t.spec.args, kwargs=t.spec.kwargs,
@@ -258,7 +283,7 @@ class Scheduler:
                 t.spec.timeout, lambda: executor.stop_attempt(attempt_id, "timeout"))
         task_log.info('task "%s" attempt %d starting', t.spec.name, attempt.number,
                       extra={"journal_fields": self._fields(job, index)})
-        executor.submit(spec)
+        return spec
 
     def _fields(self, job: Job, index: int) -> dict[str, str]:
         t = job.tasks[index]
@@ -271,9 +296,11 @@ class Scheduler:
         ref = self.attempts.get(attempt_id)
         if ref is None:
             return
-        attempt = self.jobs[ref[0]].tasks[ref[1]].running_attempt
+        job = self.jobs[ref[0]]
+        attempt = job.tasks[ref[1]].running_attempt
         if attempt is not None:
             attempt.pid, attempt.worker = pid, worker
+            self._touch(job, [ref[1]])
 
     def attempt_finished(self, outcome: Outcome) -> None:
         ref = self.attempts.pop(outcome.attempt_id, None)
@@ -291,6 +318,11 @@ class Scheduler:
         if attempt is not None:
             attempt.finished_at, attempt.status = now, outcome.status
         error = outcome.error.to_wire() if outcome.error else None
+        self._touch(job, [index])
+        if outcome.status == "interrupted" and not self.accepting:
+            # The daemon is stopping: leave the task "running" in the store, so the next start
+            # applies the job's on_interrupt policy to it (see Job.recover).
+            return
         if outcome.status == "completed":
             effects = job.complete(index, now, outcome.result, outcome.exit_code)
         elif outcome.status == "cancelled" or t.cancel_requested:
@@ -325,7 +357,9 @@ class Scheduler:
     def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
         ref = self.attempts.get(attempt_id)
         if ref is not None:
-            self.jobs[ref[0]].tasks[ref[1]].progress = progress
+            job = self.jobs[ref[0]]
+            job.tasks[ref[1]].progress = progress
+            self._touch(job, [ref[1]])
 
     def attempt_log(self, attempt_id: str, stream: Stream, level: int, message: str,
                     fields: dict[str, str] | None = None) -> None:
@@ -342,7 +376,116 @@ class Scheduler:
         ref = self.attempts.get(attempt_id)
         if ref is None:
             raise ProcpoolError(ErrorCode.CONFLICT, "the attempt is no longer running")
-        return namespace.apply(self.jobs[ref[0]].namespace, op, args)
+        job = self.jobs[ref[0]]
+        result = namespace.apply(job.namespace, op, args)
+        if op not in ("get", "snapshot"):
+            self._touch(job, [])
+        return result
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def _touch(self, job: Job, indices: list[int]) -> None:
+        """Remember what changed; written in one transaction at the end of this loop iteration."""
+        if self.store is None:
+            return
+        self._dirty_jobs.add(job.id)
+        self._dirty_tasks.update((job.id, i) for i in indices)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Group commit: dump every object changed since the last flush and write them at once."""
+        self._flush_scheduled = False
+        if self.store is None:
+            return
+        for job_id in self._dirty_jobs:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self.store.job_changed(job_id, job.state, job.finished_at, job.dump())
+        for job_id, index in self._dirty_tasks:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self.store.task_changed(job_id, index, job.tasks[index].state, job.dump_task(index))
+        self._dirty_jobs.clear()
+        self._dirty_tasks.clear()
+        self.store.flush()
+
+    def recover(self) -> dict[str, int]:
+        """Load every stored job; resume the unfinished ones (see Job.recover)."""
+        if self.store is None:
+            return {}
+        self._next_id = self.store.max_job_id() + 1
+        now = self.clock()
+        counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
+        resumable: list[tuple[Job, Effects]] = []
+        for job_id, doc, data, tasks in self.store.load_jobs():
+            try:
+                job = Job(job_id, parse_job(doc), doc, data.get("created_at", now), data.get("submitter_uid"),
+                          data.get("after"))
+                job.load(data, tasks)
+            except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
+                log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
+                continue
+            job.created_at = self.store.created_at(job_id)
+            self.jobs[job_id] = job
+            if job.spec.key is not None:
+                self.keys[job.spec.key] = job_id
+            counts["jobs"] += 1
+            if job.finished:
+                continue
+            if job.state == "pending":
+                resumable.append((job, Effects()))
+                continue
+            effects, interrupted = job.recover(now)
+            for attempt in interrupted:
+                _kill_leftover(attempt.pid, attempt.worker)
+            counts["interrupted"] += len(interrupted)
+            counts["held" if job.state == "held" else "resumed"] += 1
+            self._touch(job, list(range(len(job.tasks))))
+            resumable.append((job, effects))
+        for job, effects in resumable:
+            if job.state == "pending":
+                self._start_when_prerequisites_allow(job)
+            else:
+                self._apply(job, effects)
+        return counts
+
+    def _prune(self, now: float) -> None:
+        if self.store is None or (self.retention_age is None and self.retention_count is None):
+            return
+        self.flush()  # the job that just finished counts
+        expired = self.store.expired(self.retention_age, self.retention_count, now)
+        if expired:
+            self._drop_jobs(expired)
+
+    def _drop_jobs(self, job_ids: list[str]) -> None:
+        self.flush()
+        assert self.store is not None
+        self.store.delete_jobs(job_ids)
+        for job_id in job_ids:
+            job = self.jobs.pop(job_id, None)
+            if job is not None and job.spec.key is not None:
+                self.keys.pop(job.spec.key, None)
+
+    def clean(self, state: str | None = None, before: float | None = None) -> list[str]:
+        """Remove finished jobs (optionally only in ``state`` or finished before ``before``)."""
+        victims = [j.id for j in self.jobs.values() if j.finished and (state is None or j.state == state)
+                   and (before is None or (j.finished_at or 0) < before)]
+        if self.store is not None:
+            self._drop_jobs(victims)
+        else:
+            for job_id in victims:
+                self.jobs.pop(job_id, None)
+        return victims
+
+    def resume(self, ref: str) -> dict[str, Any]:
+        """Release a job held after a restart (on_interrupt: hold)."""
+        job, _ = self.resolve(ref)
+        if job.state != "held":
+            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, not held")
+        self._apply(job, job.resume())
+        return {"id": job.id, "state": job.state}
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -380,3 +523,23 @@ class Scheduler:
 
     def stop_accepting(self) -> None:
         self.accepting = False
+
+
+def _kill_leftover(pid: int | None, worker: str | None) -> None:
+    """Kill what a crashed daemon's command left running (its whole process group).
+
+    Only a process group led by ``pid`` whose leader still carries procpool's attempt
+    identity in its environment is killed, so a reused pid is never hit.
+    """
+    if pid is None or worker is not None:  # pool workers die with the daemon (PR_SET_PDEATHSIG)
+        return
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return
+    if not any(item.startswith(b"PROCPOOL_TASK_ID=") for item in env):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+        log.warning("killed process group %d left running by the previous daemon", pid)

@@ -24,8 +24,9 @@ from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
 from procpoold.control.server import ControlServer, Deferred
 from procpoold.engines import Executor
-from procpoold.loop import EventLoop
+from procpoold.loop import EventLoop, Timer
 from procpoold.scheduler import Scheduler
+from procpoold.store import StateStore
 
 log = logging.getLogger("procpoold")
 
@@ -37,23 +38,28 @@ class Daemon:
         self.config = config
         self.loop = EventLoop()
         self.executors = executors
-        # Executors that fork (the worker pool's zygote) must do it before any thread exists,
-        # and the ZeroMQ context below starts I/O threads.
-        for executor in {id(e): e for e in executors.values()}.values():
-            executor.prefork()
-        self.scheduler = Scheduler(self.loop, executors, aging=config.priority_aging)
-        self.scheduler.listeners.append(self._on_finished)
+        self.store: StateStore | None = None
+        self.ctx: zmq.Context[Any] | None = None
+        self.control: ControlServer | None = None
+        self.stop_reason: str | None = None
+        self._draining = False
+        self._drain_timer: Timer | None = None
         self._waits: dict[str, list[Deferred]] = {}
-        self.ctx: zmq.Context[Any] = zmq.Context()
         self.started_at = time.time()
         self._started_mono = time.monotonic()
-        self.stop_reason: str | None = None
+        # Executors that fork (the worker pool's zygote) must do it before any thread exists,
+        # and the ZeroMQ context below starts I/O threads.
+        for executor in self._unique_executors():
+            executor.prefork()
+        self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
+        self.scheduler = Scheduler(
+            self.loop, executors, aging=config.priority_aging, store=self.store,
+            retention_age=config.retention_age or None, retention_count=config.retention_count or None,
+        )
+        self.scheduler.listeners.append(self._on_finished)
+        self.ctx = zmq.Context()
         self.control = ControlServer(
-            self.ctx,
-            config.socket,
-            build_handlers(self),
-            config.max_message_size,
-            group=config.group,
+            self.ctx, config.socket, build_handlers(self), config.max_message_size, group=config.group,
             inherited_fd=inherited_fd,
         )
 
@@ -63,50 +69,84 @@ class Daemon:
         return list({id(e): e for e in self.executors.values()}.values())
 
     def start(self) -> None:
-        """Bind the socket and announce readiness."""
+        """Recover the store, start the executors, bind the socket, then announce readiness."""
+        assert self.control is not None
+        self.control.bind()  # first: a second daemon must be refused before it touches anything
         for executor in self._unique_executors():
             executor.start(self.loop, self.scheduler)
-        self.control.bind()
+        recovered = self.scheduler.recover()
+        self.scheduler.flush()
+        if recovered.get("jobs"):
+            log.info("state recovered: %(jobs)d jobs, %(resumed)d resumed, %(held)d held, "
+                     "%(interrupted)d interrupted attempts", recovered)
         self.loop.add_reader(self.control.sock, self.control.on_readable)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.handle_stop_signal)
-        log.info(
-            "procpoold %s ready on %s (pid %d, %d workers)",
-            __version__,
-            self.config.socket,
-            os.getpid(),
-            self.config.workers,
-        )
+        log.info("procpoold %s ready on %s (pid %d, %d workers)", __version__, self.config.socket, os.getpid(),
+                 self.config.workers)
         systemd.notify(READY=1, STATUS="ready")
 
     def run(self) -> None:
         self.loop.run()
 
     def close(self) -> None:
-        """Release everything the daemon holds."""
+        """Release everything the daemon holds (safe to call after a failed start)."""
         systemd.notify(STOPPING=1, STATUS=f"stopping: {self.stop_reason or 'closing'}")
-        self.scheduler.stop_accepting()
+        if hasattr(self, "scheduler"):
+            self.scheduler.stop_accepting()
         for executor in self._unique_executors():
             try:
-                executor.shutdown(self.config.drain_timeout)
+                executor.shutdown(0)  # the drain already waited; stop what is left
             except Exception:
                 log.exception("executor %s did not shut down cleanly", executor.name)
-        self.control.close()
+        if hasattr(self, "scheduler"):
+            self.loop.run_once(0)  # let outcomes reported during shutdown reach the store
+            self.scheduler.flush()
+        if self.store is not None:
+            self.store.close()
+        if self.control is not None:
+            self.control.close()
         self.loop.close()
-        self.ctx.term()
+        if self.ctx is not None:
+            self.ctx.term()
         log.info("procpoold stopped (%s)", self.stop_reason or "closed")
 
     def handle_stop_signal(self, signum: int) -> None:
+        if self._draining:  # a second signal: stop draining now
+            log.info("%s while draining: stopping running attempts now", signal.Signals(signum).name)
+            self.loop.call_soon(self.loop.stop)
+            return
         self.request_shutdown(f"received {signal.Signals(signum).name}")
 
     # -- DaemonAPI ----------------------------------------------------------------------------
 
     def request_shutdown(self, reason: str) -> None:
-        """Stop after the current iteration (so a shutdown request still gets its reply)."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            log.info("stopping: %s", reason)
-        self.loop.call_soon(self.loop.stop)
+        """Stop gracefully: take no new attempts, wait up to drain_timeout for running ones."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self._draining = True
+        self.scheduler.stop_accepting()
+        running = self.scheduler.running()
+        log.info("stopping: %s; %d running attempt(s) to drain", reason, running)
+        if running == 0:
+            self.loop.call_soon(self.loop.stop)  # after this iteration, so a shutdown request gets its reply
+            return
+        systemd.notify(STATUS=f"draining {running} running attempt(s)",
+                       EXTEND_TIMEOUT_USEC=int((self.config.drain_timeout + 10) * 1e6))
+        self._drain_timer = self.loop.call_later(self.config.drain_timeout, self._drain_expired)
+        self.scheduler.listeners.append(self._check_drained)
+
+    def _check_drained(self, _ref: str) -> None:
+        if self.scheduler.running() == 0:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            self.loop.call_soon(self.loop.stop)
+
+    def _drain_expired(self) -> None:
+        log.warning("drain timeout (%gs) reached with %d attempt(s) still running; they are interrupted",
+                    self.config.drain_timeout, self.scheduler.running())
+        self.loop.stop()
 
     def info(self) -> dict[str, Any]:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
@@ -122,7 +162,10 @@ class Daemon:
             "jobs": {"by_state": self.scheduler.by_state(), "queued": self.scheduler.queued(),
                      "running": self.scheduler.running()},
             "counters": dict(self.scheduler.counters),
-            "requests": {"served": self.control.requests_served, "errors": self.control.errors_replied},
+            "requests": {"served": self.control.requests_served if self.control else 0,
+                         "errors": self.control.errors_replied if self.control else 0},
+            "store": {"path": os.fspath(self.config.state_dir / "state.db"),
+                      "commits": self.store.commits if self.store else 0},
         }
 
     def submit(self, job: dict[str, Any], uid: int | None, after: list[str] | None) -> dict[str, Any]:
@@ -141,6 +184,13 @@ class Daemon:
 
     def cancel(self, ref: str) -> dict[str, Any]:
         return self.scheduler.cancel(ref)
+
+    def resume(self, ref: str) -> dict[str, Any]:
+        return self.scheduler.resume(ref)
+
+    def clean(self, state: str | None, before: float | None) -> dict[str, Any]:
+        removed = self.scheduler.clean(state, before)
+        return {"removed": removed}
 
     def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred:
         """Answer now if ``ref`` has finished, else when it finishes or ``timeout`` runs out."""

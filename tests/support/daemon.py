@@ -131,6 +131,23 @@ class DaemonProcess:
         self.returncode = self.proc.wait(timeout)
         return self.returncode
 
+    def crash(self, everything: bool = True) -> None:
+        """SIGKILL the daemon (and, like systemd's cgroup kill, everything it started)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        if everything:
+            for pid in tagged_pids(self.tag):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def restart(self, wait_ready: bool = True) -> DaemonProcess:
+        """Start a new daemon on the same socket and state (after stop() or crash())."""
+        assert self.proc is None or self.proc.poll() is not None
+        return self.start(wait_ready=wait_ready)
+
     def stop(self, check: bool = True) -> int | None:
         """SIGTERM, wait, then SIGKILL the whole group; then check that nothing leaked."""
         if self.proc is None:

@@ -235,3 +235,25 @@ def cancel(settings: Settings, id: str) -> None:
         result = client.cancel(id)
     emit(settings, result, f"cancelled {id}" + (f"; stopping {result['stopping']} running attempt(s)"
                                               if result["stopping"] else ""))
+
+
+@cli.command()
+@click.argument("id")
+@pass_settings
+def resume(settings: Settings, id: str) -> None:
+    """Release a job held after a daemon restart (on_interrupt: hold)."""
+    with settings.client() as client:
+        result = client.resume(id)
+    emit(settings, result, f"job {result['id']} resumed")
+
+
+@cli.command()
+@click.option("--state", type=click.Choice(["completed", "failed", "cancelled"]), help="Only jobs in this state.")
+@click.option("--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (30s, 15m, 2h, 1d).")
+@pass_settings
+def clean(settings: Settings, state: str | None, older_than: str | None) -> None:
+    """Remove finished jobs from the daemon's history."""
+    before = time.time() - _age(older_than) if older_than else None
+    with settings.client() as client:
+        removed = client.clean(state, before)
+    emit(settings, {"removed": removed}, f"removed {len(removed)} finished job(s)")

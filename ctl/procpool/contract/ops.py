@@ -92,6 +92,10 @@ OPS: dict[str, Op] = {
             timeout=Arg(_NUM),
         ),
         _op("cancel", "Cancel a job or a single task.", mutating=True, id=Arg(_STR, required=True)),
+        _op("resume", "Release a job held after a restart (on_interrupt: hold).", mutating=True,
+            id=Arg(_STR, required=True)),
+        _op("clean", "Remove finished jobs from the history.", mutating=True, state=Arg(_STR),
+            before=Arg(_NUM)),
     )
 }
 

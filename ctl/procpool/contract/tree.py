@@ -28,6 +28,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
+ON_INTERRUPT: tuple[str, ...] = ("retry", "fail", "hold")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
 #: Longest retry delay after doubling, in seconds.
 RETRY_DELAY_CAP = 300.0
@@ -79,6 +80,9 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     "root": FieldSpec("node", "The root node: a task or a group."),
     "repeat": FieldSpec("repeat", 'Run the tree this many times (a positive integer or "forever").'),
     "on_failure": FieldSpec("on_failure", '"stop" (default) or "continue".'),
+    "on_interrupt": FieldSpec(
+        "on_interrupt", 'What a daemon restart does to running attempts: "retry" (default), "fail" or "hold".'
+    ),
     "priority": TASK_FIELDS["priority"],
     "namespace": FieldSpec("map", "Initial values of the job's shared namespace."),
     "env": TASK_FIELDS["env"],
@@ -142,6 +146,7 @@ class JobSpec:
     groups: list[GroupSpec]
     repeat: int | None = 1  # None means forever
     on_failure: str = "stop"
+    on_interrupt: str = "retry"
     priority: str = "normal"
     namespace: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -209,6 +214,9 @@ def _check_value(kind: str, value: Any, path: str) -> Any:
     elif kind == "on_failure":
         if value not in ON_FAILURE:
             raise TreeError(path, f'must be "stop" or "continue", got {value!r}')
+    elif kind == "on_interrupt":
+        if value not in ON_INTERRUPT:
+            raise TreeError(path, f'must be "retry", "fail" or "hold", got {value!r}')
     elif kind == "repeat":
         if value == "forever":
             return None
@@ -376,6 +384,7 @@ def parse_job(raw: Any) -> JobSpec:
         root=root, tasks=parser.tasks, groups=parser.groups,
         repeat=values["repeat"] if "repeat" in values else 1,
         on_failure=str(values.get("on_failure", "stop")),
+        on_interrupt=str(values.get("on_interrupt", "retry")),
         priority=str(values.get("priority", "normal")),
         namespace=dict(values.get("namespace", {})), env=dict(values.get("env", {})), cwd=values.get("cwd"),
         python_path=list(values.get("python_path", [])), key=values.get("key"), tags=list(values.get("tags", [])),
@@ -529,6 +538,7 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     "count": {"type": "integer", "minimum": 0},
     "priority": {"enum": list(PRIORITIES)},
     "on_failure": {"enum": list(ON_FAILURE)},
+    "on_interrupt": {"enum": list(ON_INTERRUPT)},
     "repeat": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "forever"}]},
     "names": {"type": "array", "items": {"type": "string"}},
     "strings": {"type": "array", "items": {"type": "string"}},

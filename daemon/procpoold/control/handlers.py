@@ -25,6 +25,8 @@ class DaemonAPI(Protocol):
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]: ...
     def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred: ...
     def cancel(self, ref: str) -> dict[str, Any]: ...
+    def resume(self, ref: str) -> dict[str, Any]: ...
+    def clean(self, state: str | None, before: float | None) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -57,8 +59,15 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def cancel(req: Request, peer: Peer | None) -> Any:
         return api.cancel(req.args["id"])
 
+    def resume(req: Request, peer: Peer | None) -> Any:
+        return api.resume(req.args["id"])
+
+    def clean(req: Request, peer: Peer | None) -> Any:
+        return api.clean(req.args.get("state"), req.args.get("before"))
+
     handlers: dict[str, Handler] = {
         "ping": ping, "status": status, "shutdown": shutdown, "submit": submit, "wait": wait, "cancel": cancel,
+        "resume": resume, "clean": clean,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

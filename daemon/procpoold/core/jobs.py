@@ -143,6 +143,104 @@ class Job:
         self._complete: set[Node] = set()
         self._group_left: list[int] = []
 
+    # -- persistence ----------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """The job's own mutable fields, for the state store."""
+        return {"state": self.state, "run": self.run, "runs": self.runs, "started_at": self.started_at,
+                "finished_at": self.finished_at, "namespace": self.namespace, "reason": self.reason,
+                "cancel_requested": self.cancel_requested, "submitter_uid": self.submitter_uid,
+                "after": self.after}
+
+    def dump_task(self, index: int) -> dict[str, Any]:
+        """One task's mutable fields, for the state store."""
+        t = self.tasks[index]
+        return {"state": t.state, "attempts": [a.to_wire() for a in t.attempts], "started_at": t.started_at,
+                "finished_at": t.finished_at, "result": t.result, "exit_code": t.exit_code, "error": t.error,
+                "reason": t.reason, "progress": t.progress, "cancel_requested": t.cancel_requested,
+                "tail": list(t.tail)}
+
+    def load(self, data: dict[str, Any], tasks: dict[int, dict[str, Any]]) -> None:
+        """Restore what :meth:`dump` and :meth:`dump_task` saved (before :meth:`recover`)."""
+        self.state = data["state"]
+        self.run = data["run"]
+        self.runs = list(data["runs"])
+        self.started_at, self.finished_at = data["started_at"], data["finished_at"]
+        self.namespace = dict(data["namespace"])
+        self.reason, self.cancel_requested = data["reason"], data["cancel_requested"]
+        for index, td in tasks.items():
+            t = self.tasks[index]
+            t.state = td["state"]
+            t.attempts = [Attempt(a["number"], a["id"], a["started_at"], a["finished_at"], a["status"],
+                                  a["pid"], a["worker"]) for a in td["attempts"]]
+            t.started_at, t.finished_at = td["started_at"], td["finished_at"]
+            t.result, t.exit_code, t.error = td["result"], td["exit_code"], td["error"]
+            t.reason, t.progress, t.cancel_requested = td["reason"], td["progress"], td["cancel_requested"]
+            t.tail.extend(td["tail"])
+
+    def recover(self, now: float) -> tuple[Effects, list[Attempt]]:
+        """After a restart or crash: settle the attempts that were running, then rebuild readiness.
+
+        Returns the effects (ready tasks, finished tasks) and the interrupted attempts
+        (so the daemon can clean up what they left behind). ``on_interrupt`` decides:
+        ``retry`` runs the task again if it has retries left (the interrupted attempt
+        counts), ``fail`` fails it, ``hold`` parks the job until ``resume``.
+        """
+        effects = Effects()
+        interrupted: list[Attempt] = []
+        self._rebuild()
+        for t in self.tasks:
+            if t.state != "running":
+                continue
+            attempt = t.attempts[-1]
+            attempt.status, attempt.finished_at = "interrupted", now
+            interrupted.append(attempt)
+            policy = self.spec.on_interrupt
+            error = {"type": "Interrupted", "message": f"attempt {attempt.number} was interrupted when the "
+                     "daemon stopped", "traceback": ""}
+            if t.cancel_requested or self.cancel_requested:
+                effects.merge(self.end_unsuccessfully(t.spec.index, "cancelled", now, error,
+                                                      reason=self.reason or "cancelled by request"))
+            elif policy == "fail" or (policy == "retry" and len(t.attempts) > t.spec.retries):
+                effects.merge(self.end_unsuccessfully(t.spec.index, "failed", now, error))
+            else:
+                t.move("pending")
+                t.error = error
+        if self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished:
+            self.state = "held"
+            return effects, interrupted
+        for t in self.tasks:
+            if t.state == "ready":
+                effects.ready.append(t.spec.index)
+            elif t.state == "pending" and t.waiting == 0:
+                t.move("ready")
+                effects.ready.append(t.spec.index)
+        self._check_run_finished(effects)
+        return effects, interrupted
+
+    def resume(self) -> Effects:
+        """Release a held job."""
+        self.state = "running"
+        effects = Effects()
+        for t in self.tasks:
+            if t.state == "pending" and t.waiting == 0:
+                t.move("ready")
+                effects.ready.append(t.spec.index)
+        return effects
+
+    def _rebuild(self) -> None:
+        """Derive the readiness counters from the task states (after :meth:`load`)."""
+        self._complete = {("task", t.spec.index) for t in self.tasks if t.state == "completed"}
+        self._group_left = [len(g.children) for g in self.spec.groups]
+        # groups in reverse depth-first order: children before parents
+        for g in reversed(self.spec.groups):
+            left = sum(1 for child in g.children if child not in self._complete)
+            self._group_left[g.index] = left
+            if left == 0:
+                self._complete.add(("group", g.index))
+        for t in self.tasks:
+            t.waiting = sum(1 for b in self._blockers[t.spec.index] if b not in self._complete)
+
     def _chain(self, t: TaskSpec) -> list[int]:
         out = []
         parent = t.parent
@@ -331,6 +429,9 @@ class Job:
     def finished(self) -> bool:
         return self.state in ("completed", "failed", "cancelled")
 
+    def final_state(self, index: int) -> bool:
+        return self.tasks[index].state in FINAL_TASK_STATES
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.tasks:
@@ -365,7 +466,7 @@ class Job:
         return {
             "format": 1,
             "job": {**self.summary(), "namespace": self.namespace, "runs": self.runs,
-                    "on_failure": self.spec.on_failure, "after": self.after,
+                    "on_failure": self.spec.on_failure, "on_interrupt": self.spec.on_interrupt, "after": self.after,
                     "root": list(self.spec.root)},
             "groups": groups,
             "tasks": [self.task_status(t) for t in self.tasks],

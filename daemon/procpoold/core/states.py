@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 TaskState = Literal["pending", "ready", "running", "completed", "failed", "timeout", "cancelled", "skipped"]
-JobState = Literal["pending", "running", "completed", "failed", "cancelled"]
+JobState = Literal["pending", "running", "held", "completed", "failed", "cancelled"]
 
 TASK_STATES: tuple[TaskState, ...] = (
     "pending", "ready", "running", "completed", "failed", "timeout", "cancelled", "skipped",
 )
-JOB_STATES: tuple[JobState, ...] = ("pending", "running", "completed", "failed", "cancelled")
+JOB_STATES: tuple[JobState, ...] = ("pending", "running", "held", "completed", "failed", "cancelled")
 FINAL_TASK_STATES: frozenset[str] = frozenset({"completed", "failed", "timeout", "cancelled", "skipped"})
 FINAL_JOB_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 #: Final states that doom whatever must come after the task.
