@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv python3-dev gcc make pkg-config libsystemd-dev systemd-container
 STAMP := $(VENV)/.procpool-installed
 
-.PHONY: all deps venv run test lint typecheck native-check unit integration e2e bench clean distclean
+.PHONY: all deps venv run test lint native-check unit integration e2e bench schema clean distclean install uninstall
 
 all: venv
 
@@ -61,6 +61,10 @@ test: lint native-check
 bench: venv
 	$(BIN)/python bench/run.py
 
+schema: venv
+	$(BIN)/python -c 'import json; from procpool.contract.tree import json_schema; \
+	  print(json.dumps(json_schema(), indent=2, sort_keys=True))' > ctl/procpool/contract/jobtree.schema.json
+
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache native/build run
 	find . -name __pycache__ -prune -exec rm -rf {} +
@@ -68,3 +72,12 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Install procpoold as a systemd service (root): venv in /opt/procpoold, units, the procpool user.
+# WHEELHOUSE=DIR installs offline from prebuilt wheels; see docs/systemd.md.
+install:
+	WHEELHOUSE='$(WHEELHOUSE)' $(SHELL) systemd/install.sh install
+
+# Stop and remove it again; the state in /var/lib/procpoold is kept unless PURGE=1.
+uninstall:
+	PURGE='$(PURGE)' $(SHELL) systemd/install.sh uninstall

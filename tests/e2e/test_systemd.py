@@ -1,0 +1,337 @@
+"""procpoold under a real systemd: install, start, socket activation, reload, restart, stop, watchdog.
+
+Every test drives the container the way an administrator would: ``make
+install`` from the checkout, then ``systemctl``, ``procctl`` and ``journalctl``.
+One container (booted and installed once) serves the module; each test starts
+from stopped units and leaves them stopped with nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.e2e.conftest import REPO
+from tests.e2e.container import Bind, Container, booted
+
+T = TypeVar("T")
+
+#: Where the checkout and the wheelhouse appear in the container (read-only).
+SRC = "/srv/procpool"
+WHEELHOUSE = "/opt/wheelhouse"
+SOCKET = "/run/procpoold/control.sock"
+UNITS = ("procpoold.service", "procpoold.socket")
+DROP_IN = "/etc/systemd/system/procpoold.service.d/test-hooks.conf"
+
+#: The README's "Install as a service" targets, run in the checkout.
+INSTALL = ("install", f"WHEELHOUSE={WHEELHOUSE}")
+UNINSTALL = ("uninstall",)
+
+
+def poll(probe: Callable[[], T], accept: Callable[[T], bool], timeout: float = 30.0, what: str = "") -> T:
+    end = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if accept(value):
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}: last saw {value!r}")
+        time.sleep(0.1)
+
+
+def make(c: Container, *args: str) -> None:
+    c.run("make", "--no-print-directory", "-C", SRC, *args, timeout=300)
+
+
+@contextlib.contextmanager
+def boot_and_install(wheelhouse: Path) -> Iterator[Container]:
+    # /usr is the host's, read-only: /usr/local/bin (where procctl is linked) gets a tmpfs.
+    with booted([Bind(REPO, SRC), Bind(wheelhouse, WHEELHOUSE)], tmpfs=["/usr/local/bin"]) as c:
+        print(f"container {c.name} booted in {c.boot_seconds:.2f}s")
+        started = time.monotonic()
+        make(c, *INSTALL)
+        print(f"make install took {time.monotonic() - started:.1f}s")
+        yield c
+
+
+@pytest.fixture(scope="module")
+def installed(wheelhouse: Path) -> Iterator[Container]:
+    """A booted container with procpool installed by ``make install``."""
+    with boot_and_install(wheelhouse) as c:
+        yield c
+
+
+def daemon_pids(c: Container) -> list[int]:
+    """Pids (in the container) of every process running as the procpool user."""
+    out = c.run("pgrep", "-u", "procpool", check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.fixture
+def system(installed: Container, request: pytest.FixtureRequest) -> Iterator[Container]:
+    """The installed container with both units stopped before and after the test; checks for leftovers."""
+    c = installed
+    stop_all(c)
+    try:
+        yield c
+    finally:
+        report = getattr(request.node, "rep_call", None)  # set by conftest.pytest_runtest_makereport
+        if report is not None and report.failed:
+            print(c.journal("-u", "procpoold.service", "-u", "procpoold.socket", "-n", "200"))
+        c.run("rm", "-f", DROP_IN)
+        c.systemctl("daemon-reload")
+        stop_all(c)
+        assert daemon_pids(c) == [], "processes of the procpool user left after stopping the units"
+
+
+def stop_all(c: Container) -> None:
+    c.systemctl("stop", *UNITS, check=False)
+    c.systemctl("reset-failed", *UNITS, check=False)
+    poll(lambda: daemon_pids(c), lambda pids: not pids, what="the procpool processes to exit")
+
+
+def active(c: Container, unit: str = "procpoold.service") -> str:
+    return c.systemctl("is-active", unit, check=False).stdout.strip()
+
+
+def main_pid(c: Container) -> int:
+    return int(c.show("procpoold.service", "MainPID"))
+
+
+def procctl(c: Container, *args: str, check: bool = True) -> Any:
+    return c.run("procctl", *args, check=check, timeout=120)
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+def test_units_verify_inside_the_container(installed: Container) -> None:
+    # Here ExecStart= exists, so verify checks the units exactly as installed.
+    result = installed.run("systemd-analyze", "verify", "--recursive-errors=no",
+                           *(f"/etc/systemd/system/{u}" for u in UNITS), check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    security = installed.run("systemd-analyze", "security", "--threshold=15", "procpoold.service",
+                             check=False)
+    score = re.search(r"Overall exposure level for procpoold.service: ([0-9.]+)", security.stdout)
+    assert security.returncode == 0 and score, security.stdout + security.stderr
+    print(f"exposure of the installed unit: {score.group(1)}")
+
+
+def test_start_ping_status_journal(system: Container) -> None:
+    c = system
+    c.systemctl("start", "procpoold")  # returns once the daemon sent READY=1
+    assert active(c) == "active"
+    assert active(c, "procpoold.socket") == "active"  # pulled in by Requires=
+    pid = main_pid(c)
+    assert pid > 0
+
+    assert "procpoold" in procctl(c, "ping").stdout
+    status = procctl(c, "status").stdout
+    assert f"pid {pid}" in status, status
+    assert json.loads(procctl(c, "--json", "status").stdout)["pid"] == pid
+
+    # It runs as the procpool user, with its state in the StateDirectory.
+    assert c.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "procpool"
+    assert c.run("stat", "-c", "%U %G", "/var/lib/procpoold").stdout.split() == ["procpool", "procpool"]
+    # The socket came from systemd (fd 3), not from the daemon.
+    # Native journal records (not stderr lines caught by journald's stream transport).
+    daemon_lines = c.journal("-u", "procpoold", "-t", "procpoold", "_TRANSPORT=journal", "-o", "cat")
+    assert re.search(r"\bready\b", daemon_lines), daemon_lines
+    assert "from systemd" in daemon_lines, daemon_lines
+    assert c.show("procpoold.service", "StatusText"), "the daemon sent no STATUS="
+
+
+def test_reload_keeps_the_daemon(system: Container) -> None:
+    c = system
+    c.systemctl("start", "procpoold")
+    pid = main_pid(c)
+    c.systemctl("reload", "procpoold")
+    assert active(c) == "active"
+    assert main_pid(c) == pid
+    assert "procpoold" in procctl(c, "ping").stdout
+    # A second reload right after the first must work too.
+    c.systemctl("reload", "procpoold")
+    assert (active(c), main_pid(c)) == ("active", pid)
+    assert c.show("procpoold.service", "NRestarts") == "0"
+
+
+def test_restart_gets_a_new_daemon(system: Container) -> None:
+    c = system
+    c.systemctl("start", "procpoold")
+    pid = main_pid(c)
+    c.systemctl("restart", "procpoold")
+    assert active(c) == "active"
+    new = main_pid(c)
+    assert new not in (0, pid)
+    assert json.loads(procctl(c, "--json", "status").stdout)["pid"] == new
+
+
+def test_stop_leaves_nothing_behind(system: Container) -> None:
+    c = system
+    c.systemctl("start", "procpoold")
+    assert "procpoold" in procctl(c, "ping").stdout
+    c.systemctl("stop", "procpoold")
+    assert active(c) == "inactive"
+    assert c.show("procpoold.service", "Result") == "success"
+    assert daemon_pids(c) == []
+    shm = c.sh("ls /dev/shm | grep '^procpool-' || true").stdout.split()
+    assert shm == [], f"shared memory left behind: {shm}"
+    # The socket file belongs to systemd (the socket unit stays active and can start the daemon again).
+    assert active(c, "procpoold.socket") == "active"
+    assert c.run("stat", "-c", "%U %G %a %F", SOCKET).stdout.strip() == "root procpool 660 socket"
+    # Stopping the socket unit removes the file: nothing of procpool is left in /run.
+    c.systemctl("stop", "procpoold.socket")
+    assert c.run("test", "-e", SOCKET, check=False).returncode == 1
+
+
+def test_socket_activation(system: Container) -> None:
+    c = system
+    c.systemctl("start", "procpoold.socket")
+    assert active(c) == "inactive"
+    assert c.run("stat", "-c", "%U %G %a %F", SOCKET).stdout.strip() == "root procpool 660 socket"
+    started = time.monotonic()
+    assert "procpoold" in procctl(c, "ping").stdout  # the first request starts the daemon
+    print(f"first ping through socket activation: {time.monotonic() - started:.2f}s")
+    assert active(c) == "active"
+    pid = main_pid(c)
+    # Stopping the service alone keeps the socket: the next request starts a new daemon.
+    c.systemctl("stop", "procpoold.service")
+    assert active(c) == "inactive" and active(c, "procpoold.socket") == "active"
+    assert "procpoold" in procctl(c, "ping").stdout
+    assert main_pid(c) not in (0, pid)
+
+
+def as_user(c: Container, name: str, *args: str, env: dict[str, str] | None = None,
+            check: bool = True) -> Any:
+    """Run a command as another user (setpriv: the container's /etc has no PAM setup for runuser)."""
+    return c.run("setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups", *args,
+                 env={"HOME": f"/home/{name}", **(env or {})}, check=check)
+
+
+def test_socket_access_is_the_procpool_group(system: Container) -> None:
+    c = system
+    c.systemctl("start", "procpoold")
+    c.run("useradd", "--user-group", "-G", "procpool", "pp-member")
+    c.run("useradd", "--user-group", "pp-stranger")
+    try:
+        member = as_user(c, "pp-member", "procctl", "--socket", SOCKET, "ping", check=False)
+        assert member.returncode == 0, member.stderr
+        stranger = as_user(c, "pp-stranger", "procctl", "--socket", SOCKET, "--timeout", "2", "ping",
+                           check=False)
+        # Refused by the file mode: procctl names the socket it cannot use.
+        assert stranger.returncode != 0 and SOCKET in stranger.stderr, (stranger.stdout, stranger.stderr)
+    finally:
+        c.run("userdel", "pp-member", check=False)
+        c.run("userdel", "pp-stranger", check=False)
+
+
+def test_watchdog_restarts_a_wedged_daemon(system: Container) -> None:
+    c = system
+    c.write_file(DROP_IN, "[Service]\nEnvironment=PROCPOOL_TEST_HOOKS=1\nWatchdogSec=3s\n")
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "procpoold")
+    assert c.show("procpoold.service", "WatchdogUSec") == "3s"
+    pid = main_pid(c)
+    # A healthy daemon pings: it outlives the watchdog timeout.
+    time.sleep(4.5)
+    assert (active(c), main_pid(c), c.show("procpoold.service", "NRestarts")) == ("active", pid, "0")
+
+    c.systemctl("kill", "--kill-who=main", "-s", "SIGUSR2", "procpoold")  # the test hook wedges the loop
+    poll(lambda: c.show("procpoold.service", "NRestarts"), lambda n: n == "1", what="a watchdog restart")
+    poll(lambda: (active(c), main_pid(c)), lambda s: s[0] == "active" and s[1] not in (0, pid),
+         what="the restarted daemon")
+    assert "procpoold" in procctl(c, "ping").stdout
+    assert "Watchdog timeout" in c.journal("-u", "procpoold", "-o", "cat")
+
+
+def test_user_units(installed: Container) -> None:
+    """The per-user pair under a user's own manager (systemctl --user)."""
+    c = installed
+    # What PAM and logind provide on a real machine: the container's /etc starts empty.
+    c.write_file("/etc/pam.d/systemd-user",
+                 "".join(f"{kind} required pam_permit.so\n" for kind in ("auth", "account", "session")))
+    c.write_file("/etc/systemd/system/user@.service.d/e2e.conf",
+                 "[Service]\nEnvironment=XDG_RUNTIME_DIR=/run/user/%i\n")
+    c.systemctl("daemon-reload")
+    c.run("useradd", "--user-group", "--create-home", "pp-user")
+    uid = c.run("id", "-u", "pp-user").stdout.strip()
+    runtime = f"/run/user/{uid}"
+    user_socket = f"{runtime}/procpoold/control.sock"
+
+    def user(*args: str, check: bool = True) -> Any:
+        return as_user(c, "pp-user", *args, env={"XDG_RUNTIME_DIR": runtime}, check=check)
+
+    c.systemctl("start", f"user@{uid}.service")
+    try:
+        user("systemctl", "--user", "start", "procpoold.socket")
+        assert c.run("stat", "-c", "%U %a %F", user_socket).stdout.strip() == "pp-user 600 socket"
+        assert user("systemctl", "--user", "is-active", "procpoold.service", check=False).stdout.strip() \
+            == "inactive"
+        assert "procpoold" in user("procctl", "--socket", user_socket, "ping").stdout  # activates it
+        assert user("systemctl", "--user", "is-active", "procpoold.service").stdout.strip() == "active"
+        pid = user("systemctl", "--user", "show", "-p", "MainPID", "--value", "procpoold.service").stdout
+        pid = pid.strip()
+        assert c.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "pp-user"
+        user("systemctl", "--user", "stop", "procpoold.service", "procpoold.socket")
+        assert c.run("test", "-e", user_socket, check=False).returncode == 1
+        assert c.run("pgrep", "-u", "pp-user", "-f", "procpoold", check=False).stdout == ""
+    finally:
+        user("systemctl", "--user", "stop", "procpoold.service", "procpoold.socket", check=False)
+        c.systemctl("stop", f"user@{uid}.service", check=False)
+        c.run("userdel", "--remove", "pp-user", check=False)
+
+
+# -- job trees (need the scheduler and journal fields) -----------------------------------------------
+
+
+def _job_id(reply: Any) -> str:
+    for candidate in (reply.get("job_id"), reply.get("id"), (reply.get("job") or {}).get("id")):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    raise AssertionError(f"no job id in the submit reply: {reply!r}")
+
+
+def test_job_tree_under_systemd(system: Container) -> None:
+    c = system
+    c.systemctl("start", "procpoold")
+    submitted = c.sh(f"cd {SRC} && procctl --json submit examples/hello.json --wait", timeout=120)
+    job = _job_id(json.loads(submitted.stdout))
+    assert job in procctl(c, "status", job).stdout
+
+    lines = [json.loads(line) for line in c.journal(
+        "-u", "procpoold", f"PROCPOOL_JOB_ID={job}", "-o", "json").splitlines() if line.strip()]
+    assert lines, f"no journal entries with PROCPOOL_JOB_ID={job}"
+    assert all(entry["PROCPOOL_JOB_ID"] == job for entry in lines)
+
+    # Accepted work survives a reload and a restart (the state store is in /var/lib/procpoold).
+    c.systemctl("reload", "procpoold")
+    assert job in procctl(c, "status", job).stdout
+    c.systemctl("restart", "procpoold")
+    assert job in procctl(c, "status", job).stdout
+
+
+# -- install and uninstall -----------------------------------------------------------------------
+
+
+def test_install_is_idempotent_and_uninstall_removes_it(wheelhouse: Path) -> None:
+    with boot_and_install(wheelhouse) as c:
+        make(c, *INSTALL)  # twice is the same as once
+        c.systemctl("start", "procpoold")
+        assert "procpoold" in procctl(c, "ping").stdout
+        make(c, *UNINSTALL)
+        assert active(c) != "active" and active(c, "procpoold.socket") != "active"
+        assert daemon_pids(c) == []
+        for path in ("/opt/procpoold", "/usr/local/bin/procctl", "/etc/sysusers.d/procpool.conf",
+                     *(f"/etc/systemd/{kind}/{u}" for kind in ("system", "user") for u in UNITS), SOCKET):
+            assert c.run("test", "-e", path, check=False).returncode == 1, f"{path} left behind"
+        assert c.run("test", "-d", "/var/lib/procpoold", check=False).returncode == 0  # state is kept
+        make(c, *UNINSTALL)  # twice is fine too
+        make(c, "uninstall", "PURGE=1")
+        assert c.run("test", "-e", "/var/lib/procpoold", check=False).returncode == 1

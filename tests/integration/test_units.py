@@ -1,0 +1,234 @@
+"""The shipped unit files: systemd accepts them, they are hardened, and they agree with the code.
+
+``systemd-analyze verify`` checks that ExecStart= exists, and the installed
+path (/opt/procpoold/venv/bin/procpoold) only exists after ``make install``. So
+here it runs on a copy whose ExecStart= points at this environment's own
+``procpoold`` (every other line unchanged); the e2e tier verifies the units
+exactly as installed, inside the container. ``verify`` exits 0 on unknown keys
+and bad values, so the checks use ``--recursive-errors=no`` *and* require empty
+output; a deliberately broken copy proves the check can fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from procpool.contract.paths import SOCKET_NAME
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "systemd"
+INSTALLED_EXEC = "/opt/procpoold/venv/bin/procpoold"
+SOCKET = f"/run/procpoold/{SOCKET_NAME}"
+
+Unit = dict[str, dict[str, list[str]]]
+
+
+def parse(path: Path) -> Unit:
+    """Sections -> key -> every value assigned (systemd allows repeated keys)."""
+    unit: Unit = defaultdict(lambda: defaultdict(list))
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        unit[section][key.strip()].append(value.strip())
+    return unit
+
+
+def one(unit: Unit, section: str, key: str) -> str:
+    values = unit[section][key]
+    assert len(values) == 1, f"[{section}] {key}= is set {len(values)} times: {values}"
+    return values[0]
+
+
+def analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze not found (Debian package: systemd)")
+        pytest.skip("systemd-analyze not found")
+    return tool
+
+
+def local_exec() -> str:
+    """An executable standing in for the installed procpoold: this environment's own, if any."""
+    candidate = Path(sys.prefix) / "bin" / "procpoold"
+    if candidate.exists():
+        return str(candidate)
+    true = shutil.which("true")
+    assert true is not None
+    return true
+
+
+def copy_units(dest: Path, folder: Path, replace: tuple[str, str] | None = None) -> list[Path]:
+    copies = []
+    for name in ("procpoold.service", "procpoold.socket"):
+        text = (folder / name).read_text().replace(INSTALLED_EXEC, local_exec())
+        if replace:
+            text = text.replace(*replace)
+        (dest / name).write_text(text)
+        copies.append(dest / name)
+    return copies
+
+
+def verify(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([analyze(), *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+# -- systemd's own checks -------------------------------------------------------------------------
+
+
+def test_security_exposure_is_at_most_1_5() -> None:
+    result = subprocess.run(
+        [analyze(), "security", "--offline=yes", "--threshold=15", str(UNITS / "procpoold.service")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    score = re.search(r"Overall exposure level for procpoold.service: ([0-9.]+)", result.stdout)
+    assert score and float(score.group(1)) <= 1.5, result.stdout
+    print(f"exposure: {score.group(1)}")
+
+
+def test_verify_system_units(tmp_path: Path) -> None:
+    copies = copy_units(tmp_path, UNITS)
+    result = verify("verify", "--recursive-errors=no", *(p.name for p in copies), cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_verify_user_units(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"  # a user manager needs a runtime dir, even offline
+    runtime.mkdir(mode=0o700)
+    copies = copy_units(tmp_path, UNITS / "user")
+    result = verify("--user", "verify", "--recursive-errors=no", *(p.name for p in copies), cwd=tmp_path,
+                    env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_verify_catches_a_typo(tmp_path: Path) -> None:
+    copies = copy_units(tmp_path, UNITS, replace=("ProtectSystem=", "ProtectSytem="))
+    result = verify("verify", "--recursive-errors=no", *(p.name for p in copies), cwd=tmp_path)
+    assert result.returncode != 0 or result.stderr
+    assert "ProtectSytem" in result.stderr
+
+
+# -- what the units say ---------------------------------------------------------------------------
+
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "PrivateNetwork": "yes",
+    "RestrictAddressFamilies": "AF_UNIX",
+    "SystemCallFilter": "@system-service",
+    "SystemCallArchitectures": "native",
+    "MemoryDenyWriteExecute": "yes",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "ProtectProc": "invisible",
+    "ProcSubset": "pid",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "RemoveIPC": "yes",
+    "UMask": "0077",
+}
+
+
+def test_service_is_hardened() -> None:
+    unit = parse(UNITS / "procpoold.service")
+    for key, value in HARDENING.items():
+        assert unit["Service"][key] == [value], f"{key}= should be exactly {value!r}"
+    # libzmq's I/O thread needs @resources (sched_setscheduler): it must never be subtracted.
+    assert not any("~" in v and "@resources" in v for v in unit["Service"]["SystemCallFilter"])
+    # Real peer credentials on the control socket need the host's uids: no user namespace.
+    assert "PrivateUsers" not in unit["Service"]
+
+
+def test_service_lifecycle_settings() -> None:
+    unit = parse(UNITS / "procpoold.service")
+    service = unit["Service"]
+    assert one(unit, "Service", "Type") == "notify"
+    assert one(unit, "Service", "NotifyAccess") == "main"
+    assert one(unit, "Service", "Restart") == "on-failure"
+    assert one(unit, "Service", "KillMode") == "mixed"
+    assert one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert (one(unit, "Service", "User"), one(unit, "Service", "Group")) == ("procpool", "procpool")
+    assert one(unit, "Service", "StateDirectory") == "procpoold"
+    assert _seconds(one(unit, "Service", "WatchdogSec")) > 0
+    # Longer than the daemon's default drain (30 s) plus its kill grace (5 s).
+    assert _seconds(one(unit, "Service", "TimeoutStopSec")) > 35
+    argv = one(unit, "Service", "ExecStart").split()
+    assert argv[0] == INSTALLED_EXEC
+    assert argv[argv.index("--socket") + 1] == SOCKET
+    assert argv[argv.index("--group") + 1] == "procpool"
+    # The socket is always systemd's: the service pulls its socket unit in.
+    assert unit["Unit"]["Requires"] == ["procpoold.socket"] and unit["Unit"]["After"] == ["procpoold.socket"]
+    # A RuntimeDirectory would be removed on stop, and the socket file in it (systemd-e2e.md pitfall 7).
+    assert "RuntimeDirectory" not in service
+
+
+def test_socket_unit() -> None:
+    unit = parse(UNITS / "procpoold.socket")
+    assert one(unit, "Socket", "ListenStream") == SOCKET
+    assert one(unit, "Socket", "SocketMode") == "0660"
+    assert one(unit, "Socket", "SocketGroup") == "procpool"
+    assert one(unit, "Socket", "SocketUser") == "root"
+    assert one(unit, "Install", "WantedBy") == "sockets.target"
+
+
+def test_user_units() -> None:
+    service = parse(UNITS / "user" / "procpoold.service")
+    socket = parse(UNITS / "user" / "procpoold.socket")
+    assert one(socket, "Socket", "ListenStream") == "%t/procpoold/control.sock"
+    assert one(socket, "Socket", "SocketMode") == "0600"
+    argv = one(service, "Service", "ExecStart").split()
+    assert argv[0] == INSTALLED_EXEC and argv[argv.index("--socket") + 1] == "%t/procpoold/control.sock"
+    assert one(service, "Service", "Type") == "notify"
+    assert "User" not in service["Service"]
+
+
+def test_sysusers_entry() -> None:
+    lines = [line.split(None, 3) for line in (UNITS / "sysusers.d" / "procpool.conf").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert len(lines) == 1
+    kind, name, ident, rest = lines[0]
+    assert (kind, name, ident) == ("u", "procpool", "-")
+    assert rest.endswith(" /var/lib/procpoold")
+
+
+def test_install_script_and_make_targets() -> None:
+    script = UNITS / "install.sh"
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    assert "set -eu" in script.read_text()
+    makefile = (REPO / "Makefile").read_text()
+    for target in ("install", "uninstall"):
+        assert re.search(rf"^{target}:", makefile, re.M), f"no {target} target"
+        assert re.search(rf"systemd/install\.sh {target}$", makefile, re.M)
+
+
+def _seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|min)?", value)
+    assert match, f"unexpected time span {value!r}"
+    return int(match.group(1)) * (60 if match.group(2) == "min" else 1)
