@@ -182,6 +182,15 @@ class Client:
             if result.get("finished") or (deadline is not None and time.monotonic() >= deadline):
                 return result
 
+    def pool(self) -> dict[str, Any]:
+        """The worker pool: ``workers`` (one map per worker) and ``info`` (a summary)."""
+        result: dict[str, Any] = self.call("pool")
+        return result
+
+    def pool_resize(self, workers: int) -> None:
+        """Change the number of workers at run time."""
+        self.call("pool_resize", {"workers": workers})
+
     def resume(self, id: str) -> dict[str, Any]:
         """Release a job held after a restart (``on_interrupt: hold``)."""
         result: dict[str, Any] = self.call("resume", {"id": id})

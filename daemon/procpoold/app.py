@@ -56,7 +56,12 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     from procpoold.engines import Executor
     from procpoold.engines.commands import CommandExecutor
 
-    executors: dict[str, Executor] = {"cmd": CommandExecutor(config.workers, config.kill_grace)}
+    from procpoold.pool.pool import PoolExecutor
+
+    executors: dict[str, Executor] = {
+        "call": PoolExecutor(config.pool_settings()),
+        "cmd": CommandExecutor(config.workers, config.kill_grace),
+    }
     from procpoold.store import StoreError
 
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
+from procpoold.pool.slot import PoolSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -44,6 +45,22 @@ class Config:
     retention_count: int = 10_000
     #: "normal": commits survive a daemon crash; "full": they also survive power loss (fsync each).
     sync: str = "normal"
+    #: Worker pool: async attempts per worker, recycling limits (0: no limit), hang detection.
+    async_per_worker: int = 8
+    max_tasks_per_worker: int = 0
+    max_memory_per_worker: int = 0  # bytes of RSS
+    max_worker_age: float = 0.0
+    heartbeat_timeout: float = 30.0
+
+    def pool_settings(self) -> PoolSettings:
+        """The worker pool's settings from this config."""
+        return PoolSettings(
+            workers=self.workers, async_per_worker=self.async_per_worker,
+            max_tasks_per_worker=self.max_tasks_per_worker or None,
+            max_memory_per_worker=self.max_memory_per_worker or None,
+            max_worker_age=self.max_worker_age or None, kill_grace=self.kill_grace,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
 
     def validate(self) -> Config:
         if self.workers < 1 or self.workers > 1024:
@@ -52,6 +69,10 @@ class Config:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_message_size < 1024:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        if self.async_per_worker < 1 or self.heartbeat_timeout <= 0:
+            raise ConfigError("async_per_worker must be at least 1 and heartbeat_timeout positive")
+        if min(self.max_tasks_per_worker, self.max_memory_per_worker, self.max_worker_age) < 0:
+            raise ConfigError("max_tasks_per_worker, max_memory_per_worker and max_worker_age must not be negative")
         if self.sync not in ("normal", "full"):
             raise ConfigError(f'sync must be "normal" or "full", got {self.sync!r}')
         if self.retention_age < 0 or self.retention_count < 0:
@@ -81,6 +102,11 @@ _CONVERT: dict[str, Any] = {
     "retention_age": float,
     "retention_count": int,
     "sync": str,
+    "async_per_worker": int,
+    "max_tasks_per_worker": int,
+    "max_memory_per_worker": int,
+    "max_worker_age": float,
+    "heartbeat_timeout": float,
 }
 
 

@@ -234,6 +234,10 @@ class Scheduler:
                 refs.remove(job_id)
         self._start_when_prerequisites_allow(job)
 
+    def kick(self) -> None:
+        """Capacity changed (e.g. the pool grew): try to dispatch."""
+        self._schedule_pump()
+
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled:
             self._pump_scheduled = True

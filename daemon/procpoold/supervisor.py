@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 import zmq
@@ -24,7 +25,9 @@ from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
 from procpoold.control.server import ControlServer, Deferred
 from procpoold.engines import Executor
+from procpoold.engines.commands import CommandExecutor
 from procpoold.loop import EventLoop, Timer
+from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
 from procpoold.store import StateStore
 
@@ -157,7 +160,7 @@ class Daemon:
             "started_at": self.started_at,
             "uptime": time.monotonic() - self._started_mono,
             "socket": os.fspath(self.config.socket),
-            "workers": {"configured": self.config.workers},
+            "workers": self._workers_summary(),
             "executors": {e.name: e.info() for e in self._unique_executors()},
             "jobs": {"by_state": self.scheduler.by_state(), "queued": self.scheduler.queued(),
                      "running": self.scheduler.running()},
@@ -167,6 +170,14 @@ class Daemon:
             "store": {"path": os.fspath(self.config.state_dir / "state.db"),
                       "commits": self.store.commits if self.store else 0},
         }
+
+    def _workers_summary(self) -> dict[str, Any]:
+        pool = self._pool()
+        summary: dict[str, Any] = {"configured": self.config.workers}
+        if pool is not None:
+            info = pool.info()
+            summary.update({"states": info.get("states", {}), "busy": info.get("running", 0)})
+        return summary
 
     def submit(self, job: dict[str, Any], uid: int | None, after: list[str] | None) -> dict[str, Any]:
         accepted, existing = self.scheduler.submit(job, uid, after)
@@ -184,6 +195,28 @@ class Daemon:
 
     def cancel(self, ref: str) -> dict[str, Any]:
         return self.scheduler.cancel(ref)
+
+    def _pool(self) -> PoolExecutor | None:
+        executor = self.executors.get("call")
+        return executor if isinstance(executor, PoolExecutor) else None
+
+    def pool_info(self) -> dict[str, Any]:
+        pool = self._pool()
+        if pool is None:
+            return {"workers": [], "info": {}}
+        return {"workers": pool.workers_info(), "info": pool.info()}
+
+    def pool_resize(self, workers: int) -> dict[str, Any]:
+        pool = self._pool()
+        if pool is not None:
+            pool.resize(workers)
+        commands = self.executors.get("cmd")
+        if isinstance(commands, CommandExecutor):
+            commands.slots = workers
+        self.config = replace(self.config, workers=workers)
+        log.info("pool resized to %d workers", workers)
+        self.scheduler.kick()
+        return {"workers": workers}
 
     def resume(self, ref: str) -> dict[str, Any]:
         return self.scheduler.resume(ref)

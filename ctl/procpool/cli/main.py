@@ -135,8 +135,9 @@ def shutdown(settings: Settings) -> None:
 
 
 from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
+from procpool.cli import pool as _pool  # noqa: E402
 
-del _jobs
+del _jobs, _pool
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ class DaemonAPI(Protocol):
     def cancel(self, ref: str) -> dict[str, Any]: ...
     def resume(self, ref: str) -> dict[str, Any]: ...
     def clean(self, state: str | None, before: float | None) -> dict[str, Any]: ...
+    def pool_info(self) -> dict[str, Any]: ...
+    def pool_resize(self, workers: int) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -65,7 +67,18 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def clean(req: Request, peer: Peer | None) -> Any:
         return api.clean(req.args.get("state"), req.args.get("before"))
 
+    def pool(req: Request, peer: Peer | None) -> Any:
+        return api.pool_info()
+
+    def pool_resize(req: Request, peer: Peer | None) -> Any:
+        workers = req.args["workers"]
+        if not 0 <= workers <= 1024:
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"pool_resize: workers must be 0..1024, got {workers}",
+                               req.id)
+        return api.pool_resize(workers)
+
     handlers: dict[str, Handler] = {
+        "pool": pool, "pool_resize": pool_resize,
         "ping": ping, "status": status, "shutdown": shutdown, "submit": submit, "wait": wait, "cancel": cancel,
         "resume": resume, "clean": clean,
     }

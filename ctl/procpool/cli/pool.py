@@ -1,0 +1,49 @@
+"""``procctl pool`` and ``procctl pool resize N``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from procpool.cli.main import Settings, cli, emit, pass_settings
+from procpool.cli.render import duration
+
+
+def _mib(value: Any) -> str:
+    return f"{value / 1048576:.1f}M" if isinstance(value, (int, float)) else "-"
+
+
+def pool_table(data: dict[str, Any]) -> str:
+    rows = [("SLOT", "PID", "STATE", "TASK", "DONE", "RSS", "USS", "AGE")]
+    for w in data["workers"]:
+        tasks = ", ".join(a["task_name"] for a in w.get("attempts", [])) or "-"
+        rows.append((str(w["slot"]), str(w["pid"]), w["state"] + (" (retiring)" if w.get("retiring") else ""),
+                     tasks, str(w.get("tasks_done", 0)), _mib(w.get("rss")), _mib(w.get("uss")),
+                     duration(w.get("age"))))
+    if len(rows) == 1:
+        return "no workers"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def pool(ctx: click.Context) -> None:
+    """Show the worker pool (pid, state, current task, tasks done, memory)."""
+    if ctx.invoked_subcommand is None:
+        settings = ctx.find_object(Settings)
+        assert settings is not None
+        with settings.client() as client:
+            data = client.pool()
+        emit(settings, data, lambda: pool_table(data))
+
+
+@pool.command()
+@click.argument("workers", type=click.IntRange(0, 1024))
+@pass_settings
+def resize(settings: Settings, workers: int) -> None:
+    """Change the number of workers at run time (running work is not dropped)."""
+    with settings.client() as client:
+        client.pool_resize(workers)
+    emit(settings, {"workers": workers}, f"pool resized to {workers} workers")

@@ -1,0 +1,803 @@
+"""``PoolExecutor``: ``call`` tasks on pre-forked workers fed through shared-memory rings.
+
+Runs in the **daemon**, on its event-loop thread: every method and callback here is called from
+:class:`procpoold.loop.EventLoop` (``shutdown`` runs its own bounded poll because it must block).
+
+::
+
+    procpoold --socketpair (SEQPACKET, msgpack, SCM_RIGHTS)--> zygote --fork/reap--> worker 0..n-1
+        |  \\__ request ring (daemon -> worker), futex or eventfd wakeup ____________/ |
+        |  <-- result ring (worker -> daemon) + eventfd doorbell, polled by the loop ___/
+
+Messages (one msgpack map each). Request ring, daemon -> worker:
+
+* ``call``   ``{t, id, fn, ctx, a?, kw?, env?, cwd?, pp?}``: run attempt ``id`` of ``fn``.
+* ``cancel`` ``{t, id}``: stop attempt ``id`` (followed by ``SIGUSR1`` for a sync attempt).
+* ``reply``  ``{t, rid, ok, v | err}``: answer to a ``req``.
+* ``exit``   ``{t}``: finish and exit 0 (retirement, shutdown).
+
+Result ring, worker -> daemon:
+
+* ``done``   ``{t, id, ok, r | err, as?, stopped?}``: the attempt ended (``as``: it was async).
+* ``log``    ``{t, id, s, l, m, f?}``: a log record or an output line (``s`` is the stream).
+* ``prog``   ``{t, id, p}``: progress report.
+* ``req``    ``{t, id, rid, op, args}``: a blocking request (``ns``: a namespace operation).
+* ``hb``     ``{t}``: heartbeat of a busy worker (pushed without a wakeup).
+
+Dispatch: :meth:`PoolExecutor.submit` only queues; one ``call_soon`` pass assigns everything
+queued in the loop iteration and pushes each worker's share with one ``push_many`` (one wakeup).
+Results: each worker's result ring is armed before the loop blocks; the doorbell wakes the loop,
+which drains every ring. Right after a dispatch the loop spins on the result ring for at most
+``spin_us`` first (a round trip to a worker that is awake is far cheaper than a wakeup).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from collections import deque
+from typing import Any
+
+import msgpack
+
+from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
+from procpoold.loop import EventLoop
+from procpoold.pool import shm, zygote
+from procpoold.pool.ring import RingError, SpillError
+from procpoold.pool.slot import (
+    STOP_STATUS,
+    PoolSettings,
+    Running,
+    WorkerSlot,
+    WorkerState,
+    death_sentence,
+    memory_info,
+    read_rss,
+)
+from procpoold.pool.worker import INTERRUPT_SIGNAL
+
+log = logging.getLogger("procpoold.pool")
+
+#: Deaths within DEATH_WINDOW seconds that trigger backoff before refilling a slot.
+DEATH_BURST = 3
+DEATH_WINDOW = 10.0
+BACKOFF_START = 0.1
+#: Dispatch/spin round trips chained within one loop iteration before the loop polls again.
+INLINE_SPINS = 16
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
+_EXIT = msgpack.packb({"t": "exit"})
+_IDLE, _BUSY = WorkerState.IDLE, WorkerState.BUSY
+_STARTING, _STOPPING = WorkerState.STARTING, WorkerState.STOPPING
+
+
+class PoolExecutor:
+    """The ``pool`` executor (see the module docstring)."""
+
+    name = "pool"
+
+    def __init__(self, settings: PoolSettings | None = None) -> None:
+        self.settings = settings or PoolSettings()
+        self._target = self.settings.workers
+        self._zygote: zygote.Zygote | None = None
+        self._loop: EventLoop | None = None
+        self._events: ExecutorEvents | None = None
+        #: Current worker of each slot (None while a slot waits for a refill).
+        self._slots: dict[int, WorkerSlot | None] = {}
+        #: Every worker process not yet reported dead (slotted, retiring, being killed).
+        self._by_pid: dict[int, WorkerSlot] = {}
+        self._all: set[WorkerSlot] = set()
+        self._where: dict[str, WorkerSlot] = {}
+        self._pending: deque[AttemptSpec] = deque()
+        self._async_calls: set[str] = set()
+        self._gen = 0
+        self._deaths: deque[float] = deque()
+        self._backoff = BACKOFF_START
+        self._dispatch_soon = False
+        self._spin_due = False
+        self._last_dispatched: WorkerSlot | None = None
+        self._chain = 0
+        self._chain_tick = 0.0
+        self._check_timer: Any = None
+        self._closing = False
+        self._broken: str | None = None
+        self._started_at = time.monotonic()
+        self._stats = {"dispatched": 0, "completed": 0, "failed": 0, "deaths": 0, "recycled": 0}
+
+    # -- Executor protocol -------------------------------------------------------------------------
+
+    def prefork(self) -> None:
+        """Remove leftovers of a crashed daemon, then fork the zygote (no thread may exist yet)."""
+        removed = shm.cleanup_leftovers()
+        if removed:
+            log.info("removed %d leftover shared-memory objects: %s", len(removed), ", ".join(removed))
+        if self._zygote is None:
+            self._zygote = zygote.start()
+
+    def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
+        """Register with the loop and start the workers."""
+        if self._zygote is None:
+            raise RuntimeError("PoolExecutor.prefork() must run before start()")
+        self._loop, self._events = loop, events
+        loop.add_reader(self._zygote.fileno(), self._on_zygote)
+        for slot in range(self._target):
+            self._slots[slot] = None
+            self._spawn(slot)
+
+    def free_slots(self) -> int:
+        """Idle (or starting) workers, plus spare async capacity, minus what is queued."""
+        if self._closing or self._broken:
+            return 0
+        limit = self.settings.async_per_worker
+        free = 0
+        for w in self._slots.values():
+            if w is None or w.retire:
+                continue
+            if w.state is _IDLE or w.state is _STARTING:
+                free += 1
+            elif w.state is _BUSY and w.sync_running == 0:
+                free += limit - len(w.running)
+        return max(0, free - len(self._pending))
+
+    def submit(self, spec: AttemptSpec) -> None:
+        """Queue the attempt; it is dispatched at the end of this loop iteration."""
+        if spec.kind != "call" or not spec.call:
+            self._later_finish(Outcome(spec.attempt_id, "failed", error=TaskError(
+                "UnsupportedTask", f"the pool executor runs only 'call' tasks, not {spec.kind!r}")))
+            return
+        if self._closing or self._broken:
+            self._later_finish(Outcome(spec.attempt_id, "interrupted", error=TaskError(
+                "PoolUnavailable", self._broken or "the pool is shutting down")))
+            return
+        self._pending.append(spec)
+        self._schedule_dispatch()
+
+    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+        """Interrupt the attempt; SIGKILL its worker if it has not ended ``kill_grace`` later."""
+        status = STOP_STATUS[reason]
+        for spec in self._pending:
+            if spec.attempt_id == attempt_id:
+                self._pending.remove(spec)
+                self._later_finish(Outcome(attempt_id, status, error=TaskError(
+                    "TaskInterrupted", f"stopped ({reason}) before it started")))
+                return
+        w = self._where.get(attempt_id)
+        if w is None:
+            return  # already ended (its outcome was or will be reported)
+        run = w.running[attempt_id]
+        if run.stop is not None:
+            return
+        run.stop = reason
+        self._send(w, [_packb({"t": "cancel", "id": attempt_id})])
+        if not run.is_async and w.pid is not None and self._zygote is not None:
+            self._zygote.kill(w.pid, INTERRUPT_SIGNAL)
+        assert self._loop is not None
+        run.kill_timer = self._loop.call_later(
+            self.settings.kill_grace, lambda: self._kill_stopped(w, attempt_id))
+
+    def shutdown(self, grace: float) -> None:
+        """Let running attempts finish for ``grace`` s, interrupt the rest, stop and reap everything."""
+        if self._closing and self._zygote is None:
+            return
+        self._closing = True
+        while self._pending:
+            spec = self._pending.popleft()
+            self._finish(Outcome(spec.attempt_id, "interrupted", error=TaskError(
+                "PoolShutdown", "the daemon stopped before the attempt started")))
+        deadline = time.monotonic() + grace
+        while self._where and time.monotonic() < deadline:
+            self._pump(deadline - time.monotonic())
+        if self._where:
+            for aid in list(self._where):
+                self._interrupt_for_shutdown(aid)
+            soft = time.monotonic() + min(self.settings.kill_grace, 0.5)
+            while self._where and time.monotonic() < soft:
+                self._pump(soft - time.monotonic())
+        # Ask every worker to exit; the zygote SIGKILLs whoever is still there when it stops.
+        for w in list(self._all):
+            if w.pid is not None and not w.closed:
+                self._send(w, [_EXIT])
+        soft = time.monotonic() + 0.5
+        while self._by_pid and time.monotonic() < soft:
+            self._pump(soft - time.monotonic())
+        if self._zygote is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._zygote.fileno())
+            self._zygote.stop()
+            self._zygote = None
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+        for w in list(self._all):
+            for aid, run in list(w.running.items()):
+                status = STOP_STATUS[run.stop] if run.stop else "interrupted"
+                self._end(w, aid, Outcome(aid, status, error=TaskError(
+                    "WorkerKilled", f"{w.describe()} was killed at shutdown while running task "
+                                    f"{run.spec.task_name!r}")))
+            self._release(w)
+        self._slots.clear()
+
+    def info(self) -> dict[str, Any]:
+        """Summary for ``procctl status``."""
+        states: dict[str, int] = {}
+        for w in self._slots.values():
+            key = w.state.value if w is not None else "refilling"
+            states[key] = states.get(key, 0) + 1
+        return {
+            "executor": self.name,
+            "workers": self._target,
+            "states": states,
+            "running": len(self._where),
+            "queued": len(self._pending),
+            "free_slots": self.free_slots(),
+            "broken": self._broken,
+            **self._stats,
+        }
+
+    # -- extra API ---------------------------------------------------------------------------------
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """One map per worker process (slotted or leaving): slot, pid, state, attempts, memory, age."""
+        now = time.monotonic()
+        out = []
+        for w in sorted(self._all, key=lambda w: (w.slot, w.gen)):
+            out.append({
+                "slot": w.slot,
+                "pid": w.pid,
+                "state": w.state.value,
+                "attempts": [{"attempt_id": aid, "task_name": r.spec.task_name}
+                             for aid, r in w.running.items()],
+                "tasks_done": w.tasks_done,
+                "age": now - w.spawned_at,
+                "retiring": w.retire or self._slots.get(w.slot) is not w,
+                **memory_info(w.pid),
+            })
+        return out
+
+    def resize(self, workers: int) -> None:
+        """Change the number of workers at run time; shrinking retires idle workers first."""
+        if workers < 0:
+            raise ValueError("workers must be >= 0")
+        self._target = workers
+        if self._closing or self._loop is None:
+            self.settings.workers = workers
+            return
+        excess = len(self._slots) - workers
+        if excess > 0:
+            def cost(item: tuple[int, WorkerSlot | None]) -> tuple[int, int]:
+                w = item[1]
+                rank = 0 if w is None else {_STARTING: 1, _IDLE: 1, _BUSY: 2}.get(w.state, 0)
+                return rank, -item[0]
+
+            for slot, w in sorted(self._slots.items(), key=cost)[:excess]:
+                del self._slots[slot]
+                if w is not None:
+                    self._retire(w)
+        else:
+            free = (s for s in range(10**9) if s not in self._slots)
+            for _ in range(-excess):
+                slot = next(free)
+                self._slots[slot] = None
+                self._spawn(slot)
+        self._schedule_dispatch()
+
+    # -- spawning and retiring ---------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> None:
+        if self._closing or self._broken or self._zygote is None or slot not in self._slots:
+            return
+        if self._slots[slot] is not None:
+            return
+        self._gen += 1
+        try:
+            w = WorkerSlot(slot, self._gen, self.settings.ring_capacity)
+        except OSError as exc:
+            log.error("cannot create the segment for pool slot %d: %s", slot, exc)
+            self._refill(slot, crashed=True)
+            return
+        self._slots[slot] = w
+        self._all.add(w)
+        cfg = {"tick": self.settings.tick, "spin_ns": int(self.settings.worker_spin_us * 1000)}
+        try:
+            self._zygote.spawn(slot, w.gen, cfg, [w.segment.fd, w.res_efd, w.req_efd])
+        except OSError as exc:
+            self._zygote_gone(f"cannot talk to the zygote: {exc}")
+            return
+        assert self._loop is not None
+        self._loop.add_reader(w.res_efd, lambda: self._on_doorbell(w))
+        w.res.arm()
+
+    def _on_spawned(self, msg: dict[str, Any]) -> None:
+        w = next((w for w in self._all if w.gen == msg["gen"]), None)
+        pid = int(msg["pid"])
+        if w is None:  # pragma: no cover - we never forget a worker before it starts
+            assert self._zygote is not None
+            self._zygote.kill(pid, signal.SIGKILL)
+            return
+        w.pid = pid
+        self._by_pid[pid] = w
+        if w.state is not _STARTING:
+            # Retired before it started (the exit message waits in its ring), or killed.
+            if w.kill_reason is not None and self._zygote is not None:
+                self._zygote.kill(pid, signal.SIGKILL)
+            return
+        w.state = _IDLE  # STARTING -> IDLE
+        age = self.settings.max_worker_age
+        if age is not None:
+            assert self._loop is not None
+            w.timers.append(self._loop.call_later(age, lambda: self._age_out(w)))
+        self._schedule_dispatch()
+
+    def _retire(self, w: WorkerSlot) -> None:
+        """Take ``w`` out of service: now if idle, else when its attempts end."""
+        if self._slots.get(w.slot) is w:
+            self._slots[w.slot] = None
+            self._spawn(w.slot)
+        w.retire = True
+        if w.running or w.state is _STOPPING:
+            return
+        w.state = _STOPPING  # IDLE/STARTING -> STOPPING
+        self._stats["recycled"] += 1
+        self._send(w, [_EXIT])
+        # An exit message is obeyed at once by an idle worker; kill_grace bounds a broken one.
+        assert self._loop is not None
+        w.timers.append(self._loop.call_later(max(self.settings.kill_grace, 1.0), lambda: self._kill(w)))
+
+    def _age_out(self, w: WorkerSlot) -> None:
+        if not w.closed:
+            self._retire(w)
+
+    def _kill(self, w: WorkerSlot, reason: tuple[str, str] | None = None) -> None:
+        """SIGKILL ``w`` (its attempts are reported when the zygote reports the exit)."""
+        if w.closed:
+            return
+        if reason is not None and w.kill_reason is None:
+            w.kill_reason = reason
+        w.state = _STOPPING  # any -> STOPPING
+        if self._slots.get(w.slot) is w:
+            self._slots[w.slot] = None
+            self._spawn(w.slot)
+        if w.pid is not None and self._zygote is not None:
+            self._zygote.kill(w.pid, signal.SIGKILL)
+
+    def _kill_stopped(self, w: WorkerSlot, aid: str) -> None:
+        run = w.running.get(aid)
+        if run is None or w.closed:
+            return
+        self._kill(w, ("WorkerKilled", f"task {run.spec.task_name!r} did not stop within "
+                                       f"{self.settings.kill_grace:g} s of the {run.stop} request; "
+                                       f"{w.describe()} was killed"))
+
+    def _interrupt_for_shutdown(self, aid: str) -> None:
+        w = self._where.get(aid)
+        if w is None:
+            return
+        run = w.running[aid]
+        if run.stop is None:
+            run.stop = "shutdown"
+            self._send(w, [_packb({"t": "cancel", "id": aid})])
+            if w.pid is not None and self._zygote is not None:
+                self._zygote.kill(w.pid, INTERRUPT_SIGNAL)
+
+    # -- zygote reports ----------------------------------------------------------------------------
+
+    def _on_zygote(self) -> None:
+        assert self._zygote is not None
+        reports = self._zygote.read()
+        for msg in reports or []:
+            ev = msg.get("ev")
+            if ev == "spawned":
+                self._on_spawned(msg)
+            elif ev == "exited":
+                self._on_exit(int(msg["pid"]), msg.get("code"), msg.get("signal"))
+            elif ev == "failed":
+                log.error("the zygote could not start a worker for slot %s: %s", msg.get("slot"),
+                          msg.get("message"))
+                w = next((w for w in self._all if w.gen == msg.get("gen")), None)
+                if w is not None:
+                    self._bury(w, crashed=True)
+        if reports is None:
+            self._zygote_gone("the zygote exited unexpectedly")
+
+    def _zygote_gone(self, why: str) -> None:
+        # Workers die with the zygote (PR_SET_PDEATHSIG), and a new zygote cannot be forked from
+        # a daemon that has threads: the pool is broken until the daemon restarts.
+        if self._zygote is None:
+            return
+        log.error("%s; every pool worker died with it and the pool takes no more work", why)
+        self._broken = why
+        assert self._loop is not None
+        self._loop.remove_reader(self._zygote.fileno())
+        self._zygote.stop(timeout=1.0)
+        self._zygote = None
+        for w in list(self._all):
+            self._drain_worker(w)
+            for aid, run in list(w.running.items()):
+                self._end(w, aid, Outcome(aid, "failed", error=TaskError(
+                    "WorkerDied", f"{w.describe()} died with the zygote while running task "
+                                  f"{run.spec.task_name!r}")))
+            self._release(w)
+        while self._pending:
+            spec = self._pending.popleft()
+            self._finish(Outcome(spec.attempt_id, "interrupted", error=TaskError("PoolUnavailable", why)))
+
+    def _on_exit(self, pid: int, code: int | None, sig: int | None) -> None:
+        w = self._by_pid.get(pid)
+        if w is None:
+            return
+        # Its last words count: results posted before it died are real results.
+        self._drain_worker(w)
+        crashed = w.kill_reason is None and w.state is not _STOPPING
+        for aid, run in list(w.running.items()):
+            if w.kill_reason is not None:  # we killed it, and know why
+                etype, sentence = w.kill_reason
+            else:
+                etype, sentence = "WorkerDied", death_sentence(w, code, sig, run.spec.task_name)
+            status = STOP_STATUS[run.stop] if run.stop else "failed"
+            self._end(w, aid, Outcome(aid, status, error=TaskError(etype, sentence)))
+        if crashed or w.running:
+            self._stats["deaths"] += 1
+        self._bury(w, crashed=crashed)
+
+    def _bury(self, w: WorkerSlot, crashed: bool) -> None:
+        """The process is gone: release everything, refill its slot."""
+        slotted = self._slots.get(w.slot) is w
+        self._release(w)
+        if w.pid is not None:
+            with contextlib.suppress(OSError):
+                shm.cleanup_leftovers(shm.SPILL_PREFIX, owners={w.pid})
+        if slotted:
+            self._slots[w.slot] = None
+            self._refill(w.slot, crashed)
+        self._schedule_dispatch()
+
+    def _release(self, w: WorkerSlot) -> None:
+        if w.closed:
+            return
+        w.state = WorkerState.DEAD  # STOPPING/any -> DEAD
+        if self._loop is not None:
+            self._loop.remove_reader(w.res_efd)
+        if w.pid is not None:
+            self._by_pid.pop(w.pid, None)
+        self._all.discard(w)
+        if self._last_dispatched is w:
+            self._last_dispatched = None
+        try:
+            w.close()
+        except RingError as exc:  # pragma: no cover - a worker scribbled over its segment
+            log.warning("while releasing %s: %s", w.describe(), exc)
+
+    def _refill(self, slot: int, crashed: bool) -> None:
+        if self._closing or slot not in self._slots:
+            return
+        delay = 0.0
+        if crashed:
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and self._deaths[0] < now - DEATH_WINDOW:
+                self._deaths.popleft()
+            if len(self._deaths) >= DEATH_BURST:
+                delay = min(self._backoff, self.settings.respawn_backoff_max)
+                self._backoff = min(self._backoff * 2, self.settings.respawn_backoff_max)
+                log.warning("workers keep dying (%d in %g s): refilling slot %d in %g s",
+                            len(self._deaths), DEATH_WINDOW, slot, delay)
+            else:
+                self._backoff = BACKOFF_START
+        if delay and self._loop is not None:
+            self._loop.call_later(delay, lambda: self._spawn(slot))
+        else:
+            self._spawn(slot)
+
+    # -- dispatch ----------------------------------------------------------------------------------
+
+    def _schedule_dispatch(self) -> None:
+        if not self._dispatch_soon and self._pending and self._loop is not None:
+            self._dispatch_soon = True
+            self._loop.call_soon(self._dispatch)
+
+    def _pick(self, spec: AttemptSpec) -> WorkerSlot | None:
+        best: WorkerSlot | None = None
+        if spec.call in self._async_calls:
+            limit = self.settings.async_per_worker
+            for w in self._slots.values():
+                if w is None or w.retire:
+                    continue
+                n = len(w.running)
+                if w.state is _BUSY and w.sync_running == 0 and n < limit and (
+                        best is None or n < len(best.running)):
+                    best = w
+            if best is not None:
+                return best
+        for w in self._slots.values():
+            if w is not None and w.state is _IDLE and not w.retire:
+                return w
+        return None
+
+    def _has_room(self) -> bool:
+        limit = self.settings.async_per_worker
+        for w in self._slots.values():
+            if w is None or w.retire:
+                continue
+            if w.state is _IDLE or (w.state is _BUSY and w.sync_running == 0 and len(w.running) < limit):
+                return True
+        return False
+
+    def _dispatch(self) -> None:
+        self._dispatch_soon = False
+        if self._closing or not self._pending:
+            return
+        events = self._events
+        assert events is not None and self._loop is not None
+        batches: dict[WorkerSlot, list[bytes]] = {}
+        started: list[tuple[AttemptSpec, WorkerSlot]] = []
+        keep: list[AttemptSpec] = []
+        now = time.monotonic()
+        pending = self._pending
+        while pending:
+            spec = pending.popleft()
+            w = self._pick(spec)
+            if w is None:
+                keep.append(spec)
+                if not self._has_room():
+                    break  # nothing else fits either: leave the rest queued, in order
+                continue
+            is_async = spec.call in self._async_calls
+            w.running[spec.attempt_id] = Running(spec, is_async)
+            if not is_async:
+                w.sync_running += 1
+            if w.state is _IDLE:
+                w.state = _BUSY  # IDLE -> BUSY
+                w.last_beat = now
+            self._where[spec.attempt_id] = w
+            batches.setdefault(w, []).append(_encode_call(spec))
+            started.append((spec, w))
+        pending.extendleft(reversed(keep))  # O(skipped), not O(queued)
+        if not batches:
+            return
+        for w, msgs in batches.items():
+            self._send(w, msgs)
+            self._stats["dispatched"] += len(msgs)
+            self._last_dispatched = w
+        for spec, w in started:
+            events.attempt_started(spec.attempt_id, w.pid, w.name)
+        self._arm_check()
+        if self.settings.spin_us > 0 and not self._spin_due:
+            self._spin_due = True
+            loop = self._loop
+            if loop.last_tick != self._chain_tick:
+                self._chain_tick, self._chain = loop.last_tick, 0
+            if self._chain < INLINE_SPINS:
+                # Spin in this very iteration: a zmq poll costs more than the whole round trip.
+                self._chain += 1
+                loop.call_soon(self._spin)
+            else:
+                # Enough: let the next poll run (due at once: monotonic time 0 is in the past), so
+                # the control socket and timers get their turn between chained round trips.
+                loop.call_at(0.0, self._spin)
+
+    def _send(self, w: WorkerSlot, msgs: list[bytes]) -> None:
+        """Push to the worker's request ring in order, queueing what does not fit yet."""
+        if w.closed:
+            return
+        if w.backlog:
+            w.backlog.extend(msgs)
+            msgs, w.backlog = w.backlog, []
+        if not msgs:
+            return
+        try:
+            done = w.req.push(msgs[0]) if len(msgs) == 1 else w.req.push_many(msgs)
+        except RingError as exc:
+            log.error("cannot write to %s: %s", w.describe(), exc)
+            self._kill(w, ("WorkerDied", f"{w.describe()} was killed: its request ring failed ({exc})"))
+            return
+        if done < len(msgs):
+            w.backlog = msgs[int(done):]
+
+    def _spin(self) -> None:
+        self._spin_due = False
+        w = self._last_dispatched
+        if w is None or w.closed or not w.running:
+            return
+        ring = w.res
+        ring.disarm()  # while we spin, the worker need not write the doorbell
+        ring.spin(self.settings.spin_us * 1e-6)
+        self._drain_worker(w)
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def _on_doorbell(self, w: WorkerSlot) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.eventfd_read(w.res_efd)
+        self._drain_all()
+
+    def _drain_all(self) -> None:
+        for w in list(self._all):
+            self._drain_worker(w)
+
+    def _drain_worker(self, w: WorkerSlot) -> None:
+        ring = w.res
+        while not w.closed:
+            try:
+                raw = ring.pop_many(256)
+            except SpillError as exc:
+                log.error("%s: %s", w.describe(), exc)
+                raw = exc.partial
+            except RingError as exc:
+                log.error("%s wrote a corrupt result ring: %s", w.describe(), exc)
+                self._kill(w, ("WorkerDied", f"{w.describe()} was killed: corrupt result ring ({exc})"))
+                return
+            if raw:
+                w.last_beat = time.monotonic()
+                for data in raw:
+                    self._on_message(w, _unpackb(data))
+                    if w.closed:
+                        return
+                continue
+            if w.backlog:
+                self._send(w, [])
+            if ring.arm():
+                return
+
+    def _on_message(self, w: WorkerSlot, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        events = self._events
+        assert events is not None
+        if kind == "done":
+            self._on_done(w, msg)
+        elif kind == "log":
+            events.attempt_log(msg["id"], msg["s"], msg["l"], msg["m"], msg.get("f"))
+        elif kind == "prog":
+            events.attempt_progress(msg["id"], msg["p"])
+        elif kind == "req":
+            self._on_request(w, msg)
+        # "hb": its arrival already refreshed last_beat.
+
+    def _on_done(self, w: WorkerSlot, msg: dict[str, Any]) -> None:
+        aid = msg["id"]
+        run = w.running.get(aid)
+        if run is None:
+            return
+        call = run.spec.call
+        if msg.get("as") and call is not None:
+            self._async_calls.add(call)
+        if msg["ok"]:
+            outcome = Outcome(aid, "completed", result=msg.get("r"))
+        else:
+            err = msg.get("err") or {}
+            error = TaskError(str(err.get("type", "Error")), str(err.get("message", "")),
+                              str(err.get("traceback", "")))
+            outcome = Outcome(aid, STOP_STATUS[run.stop] if run.stop else "failed", error=error)
+        w.tasks_done += 1
+        self._end(w, aid, outcome, recycle=True)
+
+    def _end(self, w: WorkerSlot, aid: str, outcome: Outcome, recycle: bool = False) -> None:
+        """The attempt left ``w``: update the worker's state first, so that the scheduler sees
+        the freed capacity in ``free_slots()`` when it hears of the outcome."""
+        run = w.running.pop(aid)
+        self._where.pop(aid, None)
+        if not run.is_async:
+            w.sync_running -= 1
+        if run.kill_timer is not None:
+            run.kill_timer.cancel()
+        if not w.running and w.state is _BUSY:
+            w.state = _IDLE  # BUSY -> IDLE
+            if recycle:
+                self._maybe_recycle(w)
+        if w.retire and not w.running and w.state is not _STOPPING and not w.closed:
+            self._retire(w)
+        self._finish(outcome)
+        self._schedule_dispatch()
+
+    def _maybe_recycle(self, w: WorkerSlot) -> None:
+        s = self.settings
+        too_many = s.max_tasks_per_worker is not None and w.tasks_done >= s.max_tasks_per_worker
+        too_old = s.max_worker_age is not None and time.monotonic() - w.spawned_at >= s.max_worker_age
+        if too_many or too_old:
+            w.retire = True
+        elif s.max_memory_per_worker is not None and w.pid is not None:
+            rss = read_rss(w.pid)
+            if rss is not None and rss > s.max_memory_per_worker:
+                w.retire = True
+
+    def _finish(self, outcome: Outcome) -> None:
+        assert self._events is not None
+        self._stats["completed" if outcome.status == "completed" else "failed"] += 1
+        self._events.attempt_finished(outcome)
+
+    def _later_finish(self, outcome: Outcome) -> None:
+        # Never report from inside submit()/stop_attempt(): the caller may not expect re-entry.
+        if self._loop is None:
+            raise RuntimeError("PoolExecutor.start() has not run")
+        self._loop.call_soon(lambda: self._finish(outcome))
+
+    def _on_request(self, w: WorkerSlot, msg: dict[str, Any]) -> None:
+        assert self._events is not None
+        reply: dict[str, Any] = {"t": "reply", "rid": msg["rid"]}
+        try:
+            if msg.get("op") != "ns":
+                raise ProcpoolError(ErrorCode.UNKNOWN_OPERATION, f"unknown task request {msg.get('op')!r}")
+            args = dict(msg.get("args") or {})
+            op = str(args.pop("op", ""))
+            reply["v"] = self._events.namespace_op(msg["id"], op, args)
+            reply["ok"] = True
+            data = _packb(reply)
+        except ProcpoolError as exc:
+            data = _packb({"t": "reply", "rid": msg["rid"], "ok": False, "err": exc.to_wire()})
+        except Exception as exc:
+            log.exception("namespace operation of %s failed", msg.get("id"))
+            err = ProcpoolError(ErrorCode.INTERNAL, f"namespace operation failed: {exc}")
+            data = _packb({"t": "reply", "rid": msg["rid"], "ok": False, "err": err.to_wire()})
+        self._send(w, [data])
+
+    # -- supervision -------------------------------------------------------------------------------
+
+    def _arm_check(self) -> None:
+        if self._check_timer is None and self._loop is not None:
+            self._check_timer = self._loop.call_later(self.settings.check_interval, self._check)
+
+    def _check(self) -> None:
+        """Heartbeat and memory check of busy workers; re-armed only while some worker is busy."""
+        self._check_timer = None
+        self._drain_all()
+        now = time.monotonic()
+        s = self.settings
+        busy = False
+        for w in list(self._all):
+            if w.closed or not w.running or w.state is _STOPPING:
+                continue
+            busy = True
+            names = ", ".join(repr(r.spec.task_name) for r in w.running.values())
+            if now - w.last_beat > s.heartbeat_timeout:
+                self._kill(w, ("WorkerHung", f"{w.describe()} sent no heartbeat for "
+                                             f"{s.heartbeat_timeout:g} s while running task {names} "
+                                             "and was killed (hung, or stuck in native code holding "
+                                             "the GIL?)"))
+                continue
+            if s.max_memory_per_worker is not None and w.pid is not None:
+                rss = read_rss(w.pid)
+                if rss is not None and rss > s.max_memory_per_worker:
+                    self._kill(w, ("MemoryLimitExceeded", f"{w.describe()} used {rss / 2**20:.0f} MiB "
+                                   f"while running task {names}, over max_memory_per_worker "
+                                   f"({s.max_memory_per_worker / 2**20:.0f} MiB), and was killed"))
+        if busy:
+            self._arm_check()
+
+    # -- blocking poll for shutdown ----------------------------------------------------------------
+
+    def _pump(self, timeout: float) -> None:
+        poller = select.poll()
+        if self._zygote is not None:
+            poller.register(self._zygote.fileno(), select.POLLIN)
+        ready = False
+        for w in self._all:
+            if not w.closed:
+                ready = not w.res.arm() or ready
+                poller.register(w.res_efd, select.POLLIN)
+        poller.poll(0 if ready else max(0, int(timeout * 1000)) + 1)
+        if self._zygote is not None:
+            self._on_zygote()
+        for w in list(self._all):
+            if not w.closed:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.eventfd_read(w.res_efd)
+                self._drain_worker(w)
+
+
+def _encode_call(spec: AttemptSpec) -> bytes:
+    msg: dict[str, Any] = {"t": "call", "id": spec.attempt_id, "fn": spec.call, "ctx": spec.context()}
+    if spec.args:
+        msg["a"] = spec.args
+    if spec.kwargs:
+        msg["kw"] = spec.kwargs
+    if spec.env:
+        msg["env"] = spec.env
+    if spec.cwd:
+        msg["cwd"] = spec.cwd
+    if spec.python_path:
+        msg["pp"] = spec.python_path
+    return _packb(msg)  # type: ignore[no-any-return]

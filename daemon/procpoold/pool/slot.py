@@ -1,0 +1,219 @@
+"""The daemon's view of one worker: settings, the worker state machine, and death sentences.
+
+Runs in the **daemon**, on its event-loop thread (no I/O here beyond creating the worker's segment
+and eventfds and reading ``/proc`` for memory figures).
+
+Worker states and their transitions (all made by :mod:`procpoold.pool.pool`)::
+
+    STARTING --spawned--> IDLE --dispatch--> BUSY --last attempt done--> IDLE
+        |                  |                  |
+        +------------------+------------------+--retire / kill--> STOPPING --exit reported--> DEAD
+    (any state) --exit reported--> DEAD
+
+A *slot* is a stable position in the pool (``pool/3``); a *worker* is the process currently
+serving it. A retired or killed worker leaves its slot at once (the slot is refilled) and lives on
+as STOPPING until the zygote reports its exit.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from procpoold.engines import AttemptSpec, OutcomeStatus, StopReason
+from procpoold.loop import Timer
+from procpoold.pool.ring import Segment
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: Outcome status for each stop reason.
+STOP_STATUS: dict[StopReason, OutcomeStatus] = {
+    "timeout": "timeout",
+    "cancelled": "cancelled",
+    "shutdown": "interrupted",
+}
+
+
+@dataclass
+class PoolSettings:
+    """How the pool runs. Sizes in bytes, times in seconds; None disables a limit."""
+
+    #: Worker processes (slots).
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: ``async def`` attempts one worker runs at once.
+    async_per_worker: int = 8
+    #: Recycle a worker after this many attempts.
+    max_tasks_per_worker: int | None = None
+    #: Kill a worker (failing its attempt) when its RSS exceeds this while it runs a task;
+    #: recycle an idle worker above it.
+    max_memory_per_worker: int | None = None
+    #: Recycle a worker older than this (when idle).
+    max_worker_age: float | None = None
+    #: Between the interrupt of a stopped attempt and SIGKILL of its worker.
+    kill_grace: float = 5.0
+    #: A busy worker silent for this long is considered hung, killed and replaced.
+    heartbeat_timeout: float = 30.0
+    #: Data bytes of each ring (a power of two); larger messages spill to shm objects.
+    ring_capacity: int = 1 << 20
+    #: After a dispatch, spin this long on the result ring before blocking (0: never spin).
+    spin_us: float = 50.0
+    #: A worker spins this long for its next request before it sleeps on the futex (a fixed
+    #: budget: the ring's adaptive one shrinks to nothing when the daemon's turn takes longer
+    #: than the budget, and then every dispatch pays a futex wakeup).
+    worker_spin_us: float = 60.0
+    #: Longest delay before refilling a slot when workers keep dying (the delay doubles per death
+    #: while 3 or more died in the last 10 s).
+    respawn_backoff_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if self.async_per_worker < 1:
+            raise ValueError("async_per_worker must be >= 1")
+        if self.kill_grace < 0 or self.heartbeat_timeout <= 0:
+            raise ValueError("kill_grace must be >= 0 and heartbeat_timeout > 0")
+
+    @property
+    def tick(self) -> float:
+        """Heartbeat period of a busy worker."""
+        return min(0.25, self.heartbeat_timeout / 4)
+
+    @property
+    def check_interval(self) -> float:
+        """Period of the daemon's heartbeat and memory check (armed only while a worker is busy)."""
+        return min(1.0, self.heartbeat_timeout / 4)
+
+
+class WorkerState(enum.Enum):
+    """Life of a worker process; see the module docstring for the transitions."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+
+@dataclass(eq=False)
+class Running:
+    """One attempt dispatched to a worker."""
+
+    spec: AttemptSpec
+    #: The daemon believed the function is ``async def`` when it dispatched it.
+    is_async: bool
+    stop: StopReason | None = None
+    kill_timer: Timer | None = None
+
+
+class WorkerSlot:
+    """A worker process as the daemon sees it, with its segment and doorbells."""
+
+    def __init__(self, slot: int, gen: int, capacity: int) -> None:
+        self.slot = slot
+        self.gen = gen
+        self.segment = Segment.create(capacity)
+        try:
+            #: Written by the worker when the daemon armed the result ring.
+            self.res_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            #: Written by the daemon when the worker's asyncio loop armed the request ring.
+            self.req_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except BaseException:
+            self.segment.close()
+            raise
+        self.req = self.segment.request
+        self.res = self.segment.result
+        self.req.set_doorbell(self.req_efd)
+        self.state = WorkerState.STARTING
+        self.pid: int | None = None
+        self.running: dict[str, Running] = {}
+        #: Attempts running that the daemon believes are sync (0 means async capacity is usable).
+        self.sync_running = 0
+        self.tasks_done = 0
+        self.spawned_at = time.monotonic()
+        self.last_beat = self.spawned_at
+        #: Leave the pool as soon as idle (resize, age, task count).
+        self.retire = False
+        #: Why the pool killed it, as (error type, sentence); None for deaths it did not cause.
+        self.kill_reason: tuple[str, str] | None = None
+        #: Messages that did not fit the request ring yet (sent on the next drain).
+        self.backlog: list[bytes] = []
+        self.timers: list[Timer] = []
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        """The worker's name in events and status (``pool/<slot>``)."""
+        return f"pool/{self.slot}"
+
+    def describe(self) -> str:
+        return f"worker {self.slot} (pid {self.pid})"
+
+    def close(self) -> None:
+        """Release the segment and eventfds (after the process is gone); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for timer in self.timers:
+            timer.cancel()
+        for run in self.running.values():
+            if run.kill_timer is not None:
+                run.kill_timer.cancel()
+        try:
+            # Unlink spill objects still referenced from either ring. The request ring's producer
+            # handle takes over the consumer side (resync loads the worker's read position).
+            self.req.resync()
+            self.req.discard()
+            self.res.discard()
+        finally:
+            self.segment.close()
+            os.close(self.res_efd)
+            os.close(self.req_efd)
+
+
+def death_sentence(worker: WorkerSlot, code: int | None, sig: int | None, task_name: str) -> str:
+    """``worker 3 (pid 4711) was killed by SIGKILL while running task 'resize'; out of memory?``"""
+    who = worker.describe()
+    if sig is not None:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint: dict[int, str] = {
+            signal.SIGKILL: "; out of memory?", signal.SIGSEGV: "; a crash in native code?",
+            signal.SIGBUS: "; a crash in native code?", signal.SIGABRT: "; an abort in native code?"}
+        return f"{who} was killed by {name} while running task {task_name!r}{hint.get(sig, '')}"
+    return f"{who} exited with code {code} while running task {task_name!r}"
+
+
+def read_rss(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (from ``/proc/PID/statm``), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def read_uss(pid: int) -> int | None:
+    """Unshared memory of ``pid`` in bytes (private clean + dirty, ``smaps_rollup``)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            text = f.read().decode()
+    except OSError:
+        return None
+    total = 0
+    for line in text.splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def memory_info(pid: int | None) -> dict[str, Any]:
+    """``{"rss": bytes, "uss": bytes}`` for status output (None values if unknown)."""
+    if pid is None:
+        return {"rss": None, "uss": None}
+    return {"rss": read_rss(pid), "uss": read_uss(pid)}

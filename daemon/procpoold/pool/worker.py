@@ -1,0 +1,620 @@
+"""The worker's main loop: take messages off the request ring, run tasks, post results.
+
+Runs in a **worker process** forked by the zygote (:mod:`procpoold.pool.zygote`). The main thread
+owns the request ring (the only consumer) and runs task code: sync functions directly, ``async def``
+functions on the worker's own asyncio loop, several at once (the daemon enforces the limit). One
+small **heartbeat thread** runs only while an attempt is running: every ``tick`` it posts a
+heartbeat and flushes buffered log lines; while the worker is idle it blocks on an event, so an idle
+worker makes no system call at all (the main thread sleeps on the ring's futex).
+
+The result ring has one producer *handle*, shared by the two threads under :attr:`Worker.lock`.
+
+Stopping an attempt: the daemon pushes ``cancel`` and then has the zygote send ``SIGUSR1``. A sync
+attempt's thread is interrupted by the handler, which drains the ring and raises
+:class:`TaskInterrupted` if the cancel names the attempt running right now (the message makes the
+signal unambiguous: a late signal for an attempt that already ended does nothing). An async
+attempt's task is cancelled from the loop (the task sees ``asyncio.CancelledError``); the loop
+learns of the message through the request ring's eventfd doorbell.
+
+Message types are listed in :mod:`procpoold.pool.pool`. This module imports nothing from the
+control plane and no ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+import msgpack
+
+from procpool import task as task_api
+from procpool.contract.errors import ProcpoolError
+from procpoold.pool.ring import Segment, SpillError
+
+#: Signal the daemon (through the zygote) sends to interrupt a sync attempt.
+INTERRUPT_SIGNAL = signal.SIGUSR1
+#: Log messages buffered before a flush is forced (otherwise the heartbeat tick flushes them).
+LOG_BATCH = 64
+
+_HEARTBEAT = msgpack.packb({"t": "hb"})
+
+
+class TaskInterrupted(BaseException):
+    """Raised in a sync task when the daemon stops its attempt (timeout, cancel, shutdown).
+
+    A ``BaseException`` so that ``except Exception`` in task code does not swallow it.
+    """
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _error(exc: BaseException, skip_frames: int = 1) -> dict[str, str]:
+    """An exception as the wire error map; drops the runtime's own frames from the traceback."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return {"type": _type_name(exc), "message": str(exc), "traceback": text}
+
+
+class _Channel:
+    """The ``procpool.task`` channel of one attempt."""
+
+    __slots__ = ("aid", "worker")
+
+    def __init__(self, worker: Worker, aid: str) -> None:
+        self.worker = worker
+        self.aid = aid
+
+    def request(self, op: str, args: dict[str, Any]) -> Any:
+        return self.worker.request(self.aid, op, args)
+
+    def send(self, op: str, args: dict[str, Any]) -> None:
+        if op == "progress":
+            self.worker.emit(msgpack.packb({"t": "prog", "id": self.aid, "p": args}))
+        else:
+            self.worker.emit(msgpack.packb({"t": "send", "id": self.aid, "op": op, "args": args}))
+
+
+class _LineStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a worker: each complete line becomes a log message."""
+
+    def __init__(self, worker: Worker, stream: str, level: int, original: Any) -> None:
+        super().__init__()
+        self._worker = worker
+        self._stream = stream
+        self._level = level
+        self._original = original
+        self._partial: dict[str, str] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        # Subprocesses started by tasks write to the inherited descriptor, as before.
+        return int(self._original.fileno())
+
+    def write(self, s: str) -> int:
+        aid = self._worker.log_attempt
+        if aid is None:
+            return int(self._original.write(s))
+        text = self._partial.pop(aid, "") + s
+        *lines, rest = text.split("\n")
+        for line in lines:
+            self._worker.log(aid, self._stream, self._level, line)
+        if rest:
+            self._partial[aid] = rest
+        return len(s)
+
+    def flush(self) -> None:
+        if self._worker.log_attempt is None:
+            self._original.flush()
+
+    def end(self, aid: str) -> None:
+        """The attempt ended: send its unfinished line, if any."""
+        rest = self._partial.pop(aid, None)
+        if rest:
+            self._worker.log(aid, self._stream, self._level, rest)
+
+
+class _RingLogHandler(logging.Handler):
+    """Sends log records of the running attempt to the daemon as ``log`` messages."""
+
+    def __init__(self, worker: Worker, fallback: Any) -> None:
+        super().__init__(logging.NOTSET)
+        self._worker = worker
+        self._fallback = fallback
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            aid = self._worker.log_attempt
+            message = self.format(record)
+            if aid is None:
+                self._fallback.write(f"{record.levelname} {record.name}: {message}\n")
+                return
+            fields = {"CODE_FILE": record.pathname, "CODE_LINE": str(record.lineno),
+                      "CODE_FUNC": record.funcName, "LOGGER": record.name}
+            self._worker.log(aid, "log", record.levelno, message, fields)
+        except Exception:
+            self.handleError(record)
+
+
+class _Stepper:
+    """Drives a coroutine step by step, re-installing its attempt's context before each step.
+
+    ``procpool.task`` keeps the running task in module globals, and several async attempts
+    interleave on one loop, so the globals (and the attempt that log lines belong to) are set
+    each time the coroutine resumes. Cancellation and other thrown exceptions pass through.
+    """
+
+    def __init__(self, coro: Any, enter: Callable[[], None]) -> None:
+        self._coro = coro
+        self._enter = enter
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        value: Any = None
+        thrown: BaseException | None = None
+        while True:
+            self._enter()
+            try:
+                if thrown is not None:
+                    exc, thrown = thrown, None
+                    yielded = coro.throw(exc)
+                else:
+                    yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                value = yield yielded
+            except BaseException as exc:  # CancelledError and friends go to the task's code
+                thrown, value = exc, None
+
+
+class Worker:
+    """State of one worker process (main thread plus the heartbeat thread)."""
+
+    def __init__(self, slot: int, seg_fd: int, res_efd: int, req_efd: int, cfg: dict[str, Any]) -> None:
+        self.slot = slot
+        self.segment = Segment(seg_fd, None)
+        self.req = self.segment.request
+        self.res = self.segment.result
+        self.res.set_doorbell(res_efd)
+        self.res_efd = res_efd
+        self.req_efd = req_efd
+        self.tick = float(cfg.get("tick", 0.25))
+        spin_ns = int(cfg.get("spin_ns", 0))
+        if spin_ns > 0:
+            self.req.set_spin(spin_ns, spin_ns)
+        #: Guards the result ring's producer handle and :attr:`outbuf` (main + heartbeat thread).
+        self.lock = threading.Lock()
+        self.outbuf: list[bytes] = []
+        self.inbox: deque[dict[str, Any]] = deque()
+        self.funcs: dict[str, tuple[Callable[..., Any], bool]] = {}
+        #: The sync attempt whose code runs on the main thread right now (the interrupt target).
+        self.current: str | None = None
+        #: The attempt that log records and printed lines belong to right now.
+        self.log_attempt: str | None = None
+        self.async_tasks: dict[str, asyncio.Task[None]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.idle: asyncio.Future[None] | None = None
+        self.draining = False
+        self.exiting = False
+        self.busy = False
+        self.rid = 0
+        self._hb_sleeping = False
+        self._hb_wake = threading.Event()
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._loggers: dict[str, logging.Logger] = {}
+        self.stdout = _LineStream(self, "stdout", logging.INFO, sys.__stdout__)
+        self.stderr = _LineStream(self, "stderr", logging.WARNING, sys.__stderr__)
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Signal handler, output capture, logging handler and the heartbeat thread."""
+        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt)
+        sys.stdout = self.stdout
+        sys.stderr = self.stderr
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # the daemon's handlers must not write from here
+            root.removeHandler(handler)
+        root.addHandler(_RingLogHandler(self, sys.__stderr__))
+        # The heartbeat thread must never take the interrupt: block it while the thread starts
+        # (it inherits the mask), so the signal always lands on the main thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {INTERRUPT_SIGNAL})
+        try:
+            threading.Thread(target=self._heartbeat_loop, name="procpool-heartbeat", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTERRUPT_SIGNAL})
+
+    # -- main loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until asked to exit; returns the exit code."""
+        inbox = self.inbox
+        while True:
+            while inbox:
+                self._handle(inbox.popleft())
+            if self.async_tasks:
+                # (Tasks may also have been created by the last reader callback of the previous
+                # phase, after its idle future resolved: hence the check before blocking.)
+                self._run_async_phase()
+                continue
+            if self.exiting:
+                return 0
+            self.req.wait()
+            self._drain()
+
+    def _drain(self) -> None:
+        # The interrupt handler drains too; the flag keeps it from interleaving with us.
+        # Messages reach the inbox before the flag drops, so the order is kept.
+        self.draining = True
+        try:
+            try:
+                raw = self.req.pop_many(256)
+            except SpillError as exc:
+                raw = exc.partial
+                print(f"procpool worker {self.slot}: {exc}", file=sys.__stderr__, flush=True)
+            unpack = msgpack.unpackb
+            self.inbox.extend(unpack(m) for m in raw)
+        finally:
+            self.draining = False
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        if kind == "call":
+            self._start(msg)
+        elif kind == "cancel":
+            self._cancel(msg["id"])
+        elif kind == "exit":
+            self.exiting = True
+        # "reply" here is stale (its request was interrupted): dropped.
+
+    def _resolve(self, call: str, python_path: list[str] | None) -> tuple[Callable[..., Any], bool]:
+        found = self.funcs.get(call)
+        if found is not None:
+            return found
+        for entry in reversed(python_path or []):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        module_name, _, qualname = call.partition(":")
+        if not module_name or not qualname:
+            raise ValueError(f"bad call {call!r}: expected 'package.module:function'")
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise TypeError(f"{call!r} is not callable")
+        found = (obj, inspect.iscoroutinefunction(obj))
+        self.funcs[call] = found
+        return found
+
+    def _start(self, msg: dict[str, Any]) -> None:
+        aid = msg["id"]
+        try:
+            fn, is_async = self._resolve(msg["fn"], msg.get("pp"))
+        except Exception as exc:
+            self.post(self._pack({"t": "done", "id": aid, "ok": False, "err": _error(exc, 0)}))
+            return
+        self._set_busy()
+        if is_async:
+            self._start_async(aid, fn, msg)
+        else:
+            self._run_sync(aid, fn, msg)
+            if not self.async_tasks:
+                self.busy = False
+
+    def _cancel(self, aid: str) -> None:
+        task = self.async_tasks.get(aid)
+        if task is not None:
+            task.cancel()
+            return
+        for i, m in enumerate(self.inbox):
+            if m["t"] == "call" and m["id"] == aid:  # not started yet: it ends right here
+                del self.inbox[i]
+                self.post(self._pack({"t": "done", "id": aid, "ok": False, "stopped": True,
+                                      "err": {"type": "TaskInterrupted", "traceback": "",
+                                              "message": "stopped before it started"}}))
+                return
+
+    # -- sync attempts -----------------------------------------------------------------------------
+
+    def _enter(self, aid: str, msg: dict[str, Any]) -> Callable[[], None]:
+        """Apply the attempt's context, env and cwd; return the function that undoes them."""
+        self._install(aid, msg["ctx"])
+        self.log_attempt = aid
+        env: dict[str, str] | None = msg.get("env")
+        cwd: str | None = msg.get("cwd")
+        if not env and not cwd:
+            return _clear_task
+        saved = {k: os.environ.get(k) for k in env} if env else {}
+        if env:
+            os.environ.update(env)
+        old_cwd = None
+        try:
+            if cwd:
+                old_cwd = os.getcwd()
+                os.chdir(cwd)
+        except BaseException:
+            _restore_env(saved)
+            raise
+
+        def leave() -> None:
+            _clear_task()
+            _restore_env(saved)
+            if old_cwd is not None:
+                with contextlib.suppress(OSError):
+                    os.chdir(old_cwd)
+
+        return leave
+
+    def _install(self, aid: str, ctx: dict[str, Any]) -> None:
+        """``procpool.task._install``, with the task's logger cached (``getLogger`` takes a lock)."""
+        name = ctx["task_name"]
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = self._loggers[name] = logging.getLogger(f"procpool.task.{name}")
+        task_api._channel = _Channel(self, aid)
+        task_api._context = task_api.TaskContext(
+            job_id=ctx["job_id"], job_name=ctx.get("job_name", ""), task_id=ctx["task_id"], task_name=name,
+            attempt=ctx["attempt"], run=ctx.get("run", 1), logger=logger)
+
+    def _run_sync(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
+        leave = _clear_task
+        try:
+            leave = self._enter(aid, msg)
+            try:
+                # From here a signal may raise TaskInterrupted; ``current`` bounds the window.
+                self.current = aid
+                result = fn(*msg.get("a", ()), **msg.get("kw", {}))
+            finally:
+                self.current = None
+            out = self._encode_result(aid, result, False)
+        except TaskInterrupted as exc:
+            out = self._pack({"t": "done", "id": aid, "ok": False, "stopped": True, "err": _error(exc)})
+        except BaseException as exc:  # task code may raise anything, SystemExit included
+            out = self._pack({"t": "done", "id": aid, "ok": False, "err": _error(exc)})
+        finally:
+            leave()
+            self._end_output(aid)
+        self.post(out)
+
+    def _encode_result(self, aid: str, result: Any, is_async: bool) -> bytes:
+        try:
+            data: bytes = self._pack({"t": "done", "id": aid, "ok": True, "r": result, "as": is_async})
+            return data
+        except Exception as exc:
+            self._pack = msgpack.Packer(use_bin_type=True).pack  # drop a half-written buffer
+            message = f"return value of type {type(result).__qualname__} is not msgpack-able ({exc})"
+            data = self._pack({"t": "done", "id": aid, "ok": False, "as": is_async,
+                               "err": {"type": "ResultNotSerializable", "message": message,
+                                       "traceback": ""}})
+            return data
+
+    def _end_output(self, aid: str) -> None:
+        self.stdout.end(aid)
+        self.stderr.end(aid)
+        self.log_attempt = None
+
+    # -- async attempts ----------------------------------------------------------------------------
+
+    def _start_async(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        self.async_tasks[aid] = self.loop.create_task(self._async_attempt(aid, fn, msg))
+
+    async def _async_attempt(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
+        channel = _Channel(self, aid)
+        task_api._install(channel, msg["ctx"])
+        context = task_api._context
+        env: dict[str, str] | None = msg.get("env")
+        cwd: str | None = msg.get("cwd")
+
+        def enter() -> None:
+            # Concurrent async attempts share the process: env and cwd are applied per step.
+            task_api._channel, task_api._context = channel, context
+            self.log_attempt = aid
+            if env:
+                os.environ.update(env)
+            if cwd:
+                os.chdir(cwd)
+
+        try:
+            try:
+                enter()
+                result = await _Stepper(fn(*msg.get("a", ()), **msg.get("kw", {})), enter)
+            finally:
+                _clear_task()
+            out = self._encode_result(aid, result, True)
+        except asyncio.CancelledError as exc:
+            out = self._pack({"t": "done", "id": aid, "ok": False, "stopped": True, "as": True,
+                              "err": _error(exc)})
+        except BaseException as exc:
+            out = self._pack({"t": "done", "id": aid, "ok": False, "as": True, "err": _error(exc)})
+        finally:
+            self._end_output(aid)
+            self.async_tasks.pop(aid, None)
+        self.post(out)
+        if not self.async_tasks:
+            self.busy = False
+            if self.idle is not None and not self.idle.done():
+                self.idle.set_result(None)
+
+    def _run_async_phase(self) -> None:
+        """Run the asyncio loop until no async attempt is left, watching the request ring."""
+        loop = self.loop
+        assert loop is not None
+        self.idle = loop.create_future()
+        loop.add_reader(self.req_efd, self._on_request_async)
+        loop.call_soon(self._on_request_async)
+        try:
+            loop.run_until_complete(self.idle)
+        finally:
+            loop.remove_reader(self.req_efd)
+            self.req.disarm()
+            self.idle = None
+
+    def _on_request_async(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.req_efd)
+        self._drain()
+        while self.inbox:
+            self._handle(self.inbox.popleft())
+        # Arm the doorbell: the daemon then writes the eventfd for the next message. If
+        # something arrived meanwhile, arm() says so and we come back at once instead.
+        if not self.req.arm() and self.loop is not None:
+            self.loop.call_soon(self._on_request_async)
+
+    # -- interrupts --------------------------------------------------------------------------------
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        # Runs on the main thread between two bytecodes of whatever it was doing.
+        if self.current is None or self.draining:
+            return  # not in sync task code, or the main thread is reading the ring: it will see it
+        self._drain()
+        self._take_cancel()
+
+    def _take_cancel(self) -> None:
+        """Raise TaskInterrupted if a cancel for the running sync attempt is in the inbox."""
+        current = self.current
+        if current is None:
+            return
+        for i, m in enumerate(self.inbox):
+            if m["t"] == "cancel" and m["id"] == current:
+                del self.inbox[i]
+                raise TaskInterrupted(f"attempt {current} was stopped by procpoold")
+
+    # -- talking to the daemon ---------------------------------------------------------------------
+
+    def request(self, aid: str, op: str, args: dict[str, Any]) -> Any:
+        """A blocking round trip to the daemon (namespace operations)."""
+        self.rid += 1
+        rid = self.rid
+        self.post(msgpack.packb({"t": "req", "id": aid, "rid": rid, "op": op, "args": args}))
+        inbox = self.inbox
+        try:
+            while True:
+                for i, m in enumerate(inbox):
+                    if m["t"] == "reply" and m["rid"] == rid:
+                        del inbox[i]
+                        if m.get("ok"):
+                            return m.get("v")
+                        raise ProcpoolError.from_wire(m.get("err"))
+                self._take_cancel()
+                self.req.wait()
+                self._drain()
+        finally:
+            if self.loop is not None and self.loop.is_running():
+                # We consumed ring messages the async reader has not seen: let it look.
+                self.loop.call_soon(self._on_request_async)
+
+    def log(self, aid: str, stream: str, level: int, message: str,
+            fields: dict[str, str] | None = None) -> None:
+        """Queue one log message of attempt ``aid`` (sent in batches)."""
+        msg: dict[str, Any] = {"t": "log", "id": aid, "s": stream, "l": level, "m": message}
+        if fields:
+            msg["f"] = fields
+        self.emit(msgpack.packb(msg))
+
+    def emit(self, data: bytes) -> None:
+        """Queue a message; flush when the batch is full (the heartbeat tick flushes the rest)."""
+        with self.lock:
+            self.outbuf.append(data)
+            full = len(self.outbuf) >= LOG_BATCH
+        if full:
+            self.flush()
+
+    def post(self, data: bytes) -> None:
+        """Queue a message and send everything queued now, waking the daemon if it sleeps."""
+        with self.lock:
+            self.outbuf.append(data)
+            self._flush_locked(True)
+
+    def flush(self, wake: bool = True) -> None:
+        """Send everything queued."""
+        with self.lock:
+            self._flush_locked(wake)
+
+    def _flush_locked(self, wake: bool) -> None:
+        buf = self.outbuf
+        if not buf:
+            return
+        self.outbuf = []
+        done = self.res.push_many(buf, wake=wake) if len(buf) > 1 else int(self.res.push(buf[0], wake=wake))
+        delay = 2e-5
+        while done < len(buf):
+            # The ring is full: the daemon drains it soon (it was woken by what filled it).
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+            done += self.res.push_many(buf[done:], wake=True)
+
+    def _set_busy(self) -> None:
+        self.busy = True
+        if self._hb_sleeping:
+            self._hb_wake.set()
+
+    def _heartbeat_loop(self) -> None:
+        # While busy: a heartbeat (no wakeup; the daemon reads them when it drains) and the
+        # queued log lines (with a wakeup) every tick. While idle: blocked, no wakeups at all.
+        while True:
+            if not self.busy:
+                self._hb_sleeping = True
+                if not self.busy:  # re-check after announcing: _set_busy may have run in between
+                    self._hb_wake.wait()
+                self._hb_sleeping = False
+                self._hb_wake.clear()
+                continue
+            time.sleep(self.tick)
+            if not self.busy:
+                continue
+            with self.lock:
+                wake = bool(self.outbuf)  # log lines deserve a wakeup; a bare heartbeat does not
+                self.outbuf.append(_HEARTBEAT)
+                self._flush_locked(wake)
+
+
+def _clear_task() -> None:
+    task_api._clear()
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def main(slot: int, seg_fd: int, res_efd: int, req_efd: int, cfg: dict[str, Any]) -> int:
+    """Entry point of a worker process (called by the zygote in the child after fork)."""
+    worker = Worker(slot, seg_fd, res_efd, req_efd, cfg)
+    worker.install()
+    try:
+        code = worker.run()
+        worker.flush()
+        return code
+    except BaseException:
+        # A failure of the runtime itself (not of task code): say so on the inherited stderr; the
+        # daemon turns the exit status into a sentence for the attempt that was running.
+        traceback.print_exc(file=sys.__stderr__)
+        return 70

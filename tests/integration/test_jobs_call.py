@@ -1,0 +1,123 @@
+"""Job-tree semantics with Python callables on the worker pool (through a real daemon)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.daemon import DaemonProcess
+from tests.support.jobs import run_job, tasks_by_name
+
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def call(fn: str, *args: Any, **extra: Any) -> dict[str, Any]:
+    return {"call": f"tests.support.tasks:{fn}", "args": list(args), **extra}
+
+
+def job(daemon: DaemonProcess, root: Any, **extra: Any) -> dict[str, Any]:
+    return run_job(daemon, root, python_path=[ROOT], **extra)
+
+
+def test_results_and_exceptions_are_recorded(daemon: DaemonProcess) -> None:
+    status = job(daemon, {"concurrent": [
+        {"name": "sum", **call("add", 2, 3)}, {"name": "asum", **call("async_add", 4, 5)},
+        {"name": "bad", **call("boom", "no good")}, {"name": "odd", **call("not_msgpackable")}]},
+        on_failure="continue")
+    t = tasks_by_name(status)
+    assert (t["sum"]["state"], t["sum"]["result"]) == ("completed", 5)
+    assert (t["asum"]["state"], t["asum"]["result"]) == ("completed", 9)
+    assert t["bad"]["state"] == "failed"
+    assert (t["bad"]["error"]["type"], t["bad"]["error"]["message"]) == ("ValueError", "no good")
+    assert "in boom" in t["bad"]["error"]["traceback"]
+    assert t["odd"]["state"] == "failed" and "msgpack" in t["odd"]["error"]["message"]
+
+
+def test_200_concurrent_increments_leave_exactly_200(daemon: DaemonProcess) -> None:
+    status = job(daemon, {"concurrent": [{"name": f"i{i}", **call("incr", "n")} for i in range(200)]},
+                 namespace={"n": 0})
+    assert status["job"]["state"] == "completed"
+    assert status["job"]["namespace"] == {"n": 200}
+    assert sorted(t["result"] for t in status["tasks"]) == list(range(1, 201))
+
+
+def test_namespace_cas_and_append(daemon: DaemonProcess) -> None:
+    status = job(daemon, {"concurrent": [{"name": f"w{i}", **call("cas_append", "seen")} for i in range(10)]})
+    ns = status["job"]["namespace"]
+    assert sorted(ns["seen"]) == sorted(f"w{i}" for i in range(10))
+    assert ns["first"] in ns["seen"]
+
+
+def test_task_context_env_and_progress(daemon: DaemonProcess, tmp_path: Path) -> None:
+    status = job(daemon, {"name": "ctx", **call("context"), "env": {"SPECIAL": "yes"}})
+    result = tasks_by_name(status)["ctx"]["result"]
+    job_id = status["job"]["id"]
+    assert result == {"job_id": job_id, "task_id": f"{job_id}.0", "task_name": "ctx", "attempt": 1, "run": 1,
+                      "env": "yes"}
+    gate = tmp_path / "gate"
+    with daemon.client() as client:
+        job_id = client.submit({"name": "p", "python_path": [ROOT],
+                                "root": {"name": "half", **call("progress_then_wait", str(gate))}})["id"]
+        deadline = time.monotonic() + 30
+        while (client.status(job_id)["tasks"][0]["progress"] or {}).get("fraction") != 0.5:
+            assert time.monotonic() < deadline
+            client.wait(job_id, timeout=0.05)
+        out = daemon.procctl("status", job_id)
+        assert "50% halfway" in out.stdout
+        gate.touch()
+        assert client.wait(job_id, timeout=30)["state"] == "completed"
+
+
+def test_retry_after_an_exception(daemon: DaemonProcess, tmp_path: Path) -> None:
+    status = job(daemon, {"name": "f", **call("flaky", str(tmp_path / "m")), "retries": 1, "retry_delay": 0.01})
+    t = tasks_by_name(status)["f"]
+    assert (t["state"], t["attempts"], t["result"]) == ("completed", 2, "second attempt")
+
+
+def test_timeout_of_a_call_task(daemon: DaemonProcess) -> None:
+    status = job(daemon, {"name": "spin", **call("sleep_forever"), "timeout": 0.3})
+    t = tasks_by_name(status)["spin"]
+    assert t["state"] == "timeout"
+    with daemon.client() as client:  # the worker survived or was replaced: the pool still works
+        assert client.status()["workers"]["configured"] == 2
+    assert tasks_by_name(job(daemon, {"name": "ok", **call("add", 1, 1)}))["ok"]["result"] == 2
+
+
+def test_cancelled_async_task_sees_cancelled_error(daemon: DaemonProcess, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    with daemon.client() as client:
+        job_id = client.submit({"name": "a", "python_path": [ROOT],
+                                "root": {"name": "waiter", **call("async_wait_cancel", str(marker))}})["id"]
+        deadline = time.monotonic() + 30
+        while client.status(job_id)["tasks"][0]["state"] != "running":
+            assert time.monotonic() < deadline
+            client.wait(job_id, timeout=0.05)
+        client.cancel(job_id)
+        status = client.wait(job_id, timeout=30)["status"]
+    assert status["tasks"][0]["state"] == "cancelled"
+    assert marker.read_text() == "cancelled"
+
+
+def test_procctl_run_a_callable(daemon: DaemonProcess) -> None:
+    out = daemon.procctl("--json", "run", "--wait", "procpool.demo:checksum", '"abc"')
+    assert out.returncode == 0, out.stderr
+    import json
+
+    data = json.loads(out.stdout)
+    assert data["tasks"][0]["result"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_pool_command_and_resize(daemon: DaemonProcess) -> None:
+    out = daemon.procctl("pool")
+    assert out.returncode == 0 and "SLOT" in out.stdout and "idle" in out.stdout
+    assert daemon.procctl("pool", "resize", "3").returncode == 0
+    with daemon.client() as client:
+        deadline = time.monotonic() + 30
+        while len([w for w in client.pool()["workers"] if w["state"] == "idle"]) != 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.status()["workers"]["configured"] == 3
+    assert daemon.procctl("pool", "resize", "1").returncode == 0
+    status = job(daemon, {"concurrent": [{"name": f"x{i}", **call("add", i, 1)} for i in range(5)]})
+    assert status["job"]["state"] == "completed"

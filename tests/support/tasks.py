@@ -1,0 +1,74 @@
+"""Task functions for the daemon-level job tests (imported by workers through python_path)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from procpool import task
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def incr(key: str = "n") -> Any:
+    return task.namespace().incr(key)
+
+
+def context() -> dict[str, Any]:
+    ctx = task.context()
+    ctx.logger.info("context of %s", ctx.task_name)
+    return {"job_id": ctx.job_id, "task_id": ctx.task_id, "task_name": ctx.task_name, "attempt": ctx.attempt,
+            "run": ctx.run, "env": os.environ.get("SPECIAL", "")}
+
+
+def progress_then_wait(gate: str) -> str:
+    task.progress(fraction=0.5, message="halfway")
+    while not Path(gate).exists():
+        time.sleep(0.01)
+    return "done"
+
+
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+def flaky(marker: str) -> str:
+    """Fails on the first attempt, succeeds on the second."""
+    if task.context().attempt == 1:
+        Path(marker).write_text("failed once")
+        raise RuntimeError("first attempt fails")
+    return "second attempt"
+
+
+def not_msgpackable() -> object:
+    return object()
+
+
+def sleep_forever() -> None:
+    while True:
+        time.sleep(0.05)
+
+
+async def async_wait_cancel(marker: str) -> str:
+    try:
+        await asyncio.sleep(1000)
+    except asyncio.CancelledError:
+        Path(marker).write_text("cancelled")
+        raise
+    return "not reached"
+
+
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+def cas_append(key: str) -> int:
+    ns = task.namespace()
+    ns.cas("first", None, task.context().task_name)
+    return ns.append(key, task.context().task_name)
