@@ -65,7 +65,8 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     from procpoold.store import StoreError
 
     try:
-        daemon = Daemon(config, executors, inherited_fd=inherited[0] if inherited else None)
+        daemon = Daemon(config, executors, inherited_fd=inherited[0] if inherited else None,
+                        reload_config=lambda: load(config_file, overrides))
     except StoreError as exc:
         for executor in {id(e): e for e in executors.values()}.values():
             executor.shutdown(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -51,12 +51,12 @@ class JournalHandler(logging.Handler):
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            fields = {
+            fields: dict[str, Any] = {
                 "PRIORITY": str(_priority(record.levelno)),
                 "SYSLOG_IDENTIFIER": "procpoold",
                 "LOGGER": record.name,
                 "CODE_FILE": record.pathname,
-                "CODE_LINE": str(record.lineno),
+                "CODE_LINE": record.lineno,  # systemd-python formats it with {:d}
                 "CODE_FUNC": record.funcName,
             }
             extra = getattr(record, "journal_fields", None)

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -33,12 +34,19 @@ from procpoold.store import StateStore
 
 log = logging.getLogger("procpoold")
 
+MESSAGE_READY = "b7e4a2f0c41d4a0e9a6f2d8c3e5b1a70"
+
 
 class Daemon:
     """One running procpoold."""
 
-    def __init__(self, config: Config, executors: dict[str, Executor], inherited_fd: int | None = None) -> None:
+    def __init__(self, config: Config, executors: dict[str, Executor], inherited_fd: int | None = None,
+                 reload_config: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self.reload_config = reload_config
+        self._status_timer: Timer | None = None
+        self._watchdog_interval = systemd.watchdog_interval()
+        self._ready = False
         self.loop = EventLoop()
         self.executors = executors
         self.store: StateStore | None = None
@@ -85,16 +93,92 @@ class Daemon:
         self.loop.add_reader(self.control.sock, self.control.on_readable)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.handle_stop_signal)
+        self.loop.add_signal_handler(signal.SIGHUP, self.handle_sighup)
+        if os.environ.get("PROCPOOL_TEST_HOOKS") == "1":
+            # Tests only: SIGUSR2 wedges the loop, to prove the watchdog restarts a stuck daemon.
+            self.loop.add_signal_handler(signal.SIGUSR2, self._wedge)
+        self.scheduler.listeners.append(lambda _ref: self._status_changed())
+        if self._watchdog_interval is not None:
+            self.loop.call_later(self._watchdog_interval, self._watchdog_tick)
+        self._announce_when_warm(time.monotonic() + 30)
+
+    def _announce_when_warm(self, deadline: float) -> None:
+        """READY=1 once the socket answers (bound above), the store is recovered and the pool is warm."""
+        pool = self._pool()
+        starting = pool.info().get("states", {}).get("starting", 0) if pool is not None else 0
+        if starting and time.monotonic() < deadline:
+            self.loop.call_later(0.005, lambda: self._announce_when_warm(deadline))  # start-up only
+            return
+        if starting:
+            log.warning("%d worker(s) still starting after 30s; announcing readiness anyway", starting)
+        self._ready = True
         log.info("procpoold %s ready on %s (pid %d, %d workers)", __version__, self.config.socket, os.getpid(),
-                 self.config.workers)
-        systemd.notify(READY=1, STATUS="ready")
+                 self.config.workers, extra={"journal_fields": {"MESSAGE_ID": MESSAGE_READY}})
+        systemd.ready(self._status_text())
+
+    def _status_text(self) -> str:
+        pool = self._pool()
+        busy = pool.info().get("running", 0) if pool is not None else 0
+        running = self.scheduler.by_state().get("running", 0)
+        return (f"{running} job{'s' if running != 1 else ''} running, {self.scheduler.queued()} queued, "
+                f"{busy}/{self.config.workers} workers busy")
+
+    def _status_changed(self) -> None:
+        """Refresh systemd's STATUS= at most once a second, and only while things change."""
+        if self._status_timer is None and self._ready and os.environ.get("NOTIFY_SOCKET"):
+            self._status_timer = self.loop.call_later(1.0, self._push_status)
+
+    def _push_status(self) -> None:
+        self._status_timer = None
+        if not self._draining:
+            systemd.status(self._status_text())
+
+    def _watchdog_tick(self) -> None:
+        """WATCHDOG=1 from a loop timer: the ping is sent only when the loop gets round to its
+        timers, so a wedged loop (a handler that never returns) stops the pings and systemd
+        restarts the daemon."""
+        assert self._watchdog_interval is not None
+        systemd.watchdog()
+        self.loop.call_later(self._watchdog_interval, self._watchdog_tick)
+
+    def _wedge(self, _signum: int) -> None:
+        log.warning("SIGUSR2 with PROCPOOL_TEST_HOOKS=1: wedging the event loop on purpose")
+        while True:
+            time.sleep(3600)
+
+    def handle_sighup(self, _signum: int) -> None:
+        """Reload: re-read the config, apply what can change at run time, resize the pool."""
+        if self.reload_config is None:
+            return
+        systemd.reloading()
+        try:
+            new = self.reload_config()
+        except Exception as exc:  # a bad config keeps the old one running
+            log.error("reload failed, keeping the current settings: %s", exc)
+            systemd.reloaded(self._status_text())
+            return
+        fixed = [name for name in ("socket", "state_dir", "group", "max_message_size", "sync")
+                 if getattr(new, name) != getattr(self.config, name)]
+        if fixed:
+            log.warning("reload: %s take effect only after a restart", ", ".join(fixed))
+        if new.workers != self.config.workers:
+            self.pool_resize(new.workers)
+        logging.getLogger().setLevel(new.log_level.upper())
+        self.scheduler.retention_age = new.retention_age or None
+        self.scheduler.retention_count = new.retention_count or None
+        for queue in self.scheduler.queues.values():
+            queue.aging = new.priority_aging
+        self.config = replace(new, **{name: getattr(self.config, name) for name in fixed},
+                              workers=self.config.workers)
+        log.info("configuration reloaded (%d workers)", self.config.workers)
+        systemd.reloaded(self._status_text())
 
     def run(self) -> None:
         self.loop.run()
 
     def close(self) -> None:
         """Release everything the daemon holds (safe to call after a failed start)."""
-        systemd.notify(STOPPING=1, STATUS=f"stopping: {self.stop_reason or 'closing'}")
+        systemd.stopping(f"stopping: {self.stop_reason or 'closing'}")
         if hasattr(self, "scheduler"):
             self.scheduler.stop_accepting()
         for executor in self._unique_executors():
@@ -135,8 +219,8 @@ class Daemon:
         if running == 0:
             self.loop.call_soon(self.loop.stop)  # after this iteration, so a shutdown request gets its reply
             return
-        systemd.notify(STATUS=f"draining {running} running attempt(s)",
-                       EXTEND_TIMEOUT_USEC=int((self.config.drain_timeout + 10) * 1e6))
+        systemd.stopping(f"draining {running} running attempt(s)")
+        systemd.extend_timeout(self.config.drain_timeout + 10)
         self._drain_timer = self.loop.call_later(self.config.drain_timeout, self._drain_expired)
         self.scheduler.listeners.append(self._check_drained)
 

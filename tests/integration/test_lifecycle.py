@@ -156,3 +156,23 @@ def test_idle_daemon_uses_no_cpu(daemon: DaemonProcess) -> None:
     after = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
     # Blocking in poll() costs nothing; a 10 ms polling loop would burn far more than this.
     assert after - before < 0.05, f"idle daemon used {after - before:.3f}s of CPU in 2s"
+
+
+def test_sighup_reloads_the_config_and_resizes_the_pool(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("workers = 2\n")
+    with DaemonProcess(extra_args=["--config", str(cfg)]) as d, d.client() as client:
+        cfg.write_text("workers = 3\nretention_count = 5\n")
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while client.status()["workers"]["configured"] != 3:
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.02)
+        assert client.ping()["pid"] == d.pid
+        cfg.write_text("workers = [\n")  # broken: the running settings stay
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload failed, keeping the current settings" not in d.log():
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.02)
+        assert client.status()["workers"]["configured"] == 3
