@@ -24,7 +24,12 @@ for _ in $(seq 1 100); do
 done
 
 step procctl ping
+step procctl validate examples/hello.json
+step procctl submit examples/hello.json --wait
+JOB=$(procctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"]["list"][-1]["id"])')
 step procctl status
+step procctl status "$JOB"
+step procctl pool
 step procctl shutdown
 wait "$DAEMON"
 echo "procpoold exited with status $?"

@@ -309,12 +309,20 @@ def test_job_tree_under_systemd(system: Container) -> None:
         "-u", "procpoold", f"PROCPOOL_JOB_ID={job}", "-o", "json").splitlines() if line.strip()]
     assert lines, f"no journal entries with PROCPOOL_JOB_ID={job}"
     assert all(entry["PROCPOOL_JOB_ID"] == job for entry in lines)
+    # the task's own output, captured in its worker, with the task's fields
+    printed = [e for e in lines if e.get("PROCPOOL_STREAM") == "stdout" and e["MESSAGE"] == "hello, procpool"]
+    assert printed and printed[0]["PROCPOOL_TASK_NAME"] == "greet" and printed[0]["SYSLOG_IDENTIFIER"] == "procpoold"
 
-    # Accepted work survives a reload and a restart (the state store is in /var/lib/procpoold).
+    # Accepted work survives a reload and a restart (the state store is in /var/lib/procpoold): a job
+    # that is running when they happen still completes.
+    running = json.loads(c.sh("procctl --json run --retries 1 --name nap -- sleep 2").stdout)["id"]
+    poll(lambda: json.loads(procctl(c, "--json", "status", running).stdout)["tasks"][0]["state"],
+         lambda state: state == "running", what="the nap task to run")
     c.systemctl("reload", "procpoold")
     assert job in procctl(c, "status", job).stdout
     c.systemctl("restart", "procpoold")
     assert job in procctl(c, "status", job).stdout
+    assert procctl(c, "wait", running).returncode == 0  # interrupted by the restart, retried, completed
 
 
 # -- install and uninstall -----------------------------------------------------------------------

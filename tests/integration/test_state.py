@@ -251,7 +251,11 @@ def test_fault_injection_nothing_accepted_is_lost(tmp_path: Path) -> None:
                     # ran after the completion was recorded
                     assert attempts.count(completing) == 1, (t, attempts)
                     assert all(int(a) <= int(completing) for a in attempts), (t, attempts)
-            assert len({j["name"] for j in client.status(limit=10_000)["jobs"]["list"]}) == len(acked)
+            stored = {j["id"] for j in client.status(limit=10_000)["jobs"]["list"]}
+            assert set(acked) <= stored
+            # a submit committed just before a crash loses only its reply: at most one per crash, and
+            # resubmitting with the same key returns it (the next round does exactly that)
+            assert len(stored - set(acked)) <= 30
         assert len(acked) >= 30
         d.stop()
     finally:
