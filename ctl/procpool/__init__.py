@@ -24,6 +24,7 @@ def __getattr__(name: str) -> Any:
         return Client
     raise AttributeError(name)
 
+
 __all__ = [
     "PROTOCOL_VERSION",
     "Client",

@@ -99,8 +99,13 @@ def context() -> TaskContext:
     return _need()[1]
 
 
-def progress(fraction: float | None = None, *, done: int | None = None, total: int | None = None,
-             message: str | None = None) -> None:
+def progress(
+    fraction: float | None = None,
+    *,
+    done: int | None = None,
+    total: int | None = None,
+    message: str | None = None,
+) -> None:
     """Report progress: a ``fraction`` in [0, 1], or ``done`` out of ``total``; shown by status."""
     channel, _ = _need()
     report: dict[str, Any] = {}

@@ -24,14 +24,25 @@ log = logging.getLogger("procpoold")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Control socket path [env PROCPOOL_SOCKET; default /run/procpoold/control.sock "
-                   "for root, $XDG_RUNTIME_DIR/procpoold/control.sock otherwise].")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the state store [default $STATE_DIRECTORY or /var/lib/procpoold].")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Control socket path [env PROCPOOL_SOCKET; default /run/procpoold/control.sock "
+    "for root, $XDG_RUNTIME_DIR/procpoold/control.sock otherwise].",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the state store [default $STATE_DIRECTORY or /var/lib/procpoold].",
+)
 @click.option("--workers", type=click.IntRange(1, 1024), help="Number of worker processes [default: CPUs].")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config file; command-line options override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file; command-line options override it.",
+)
 @click.option("--group", help="Group that owns the socket and may use it (mode 0660).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Least severe level logged [default info].")
 @click.option("--debug", is_flag=True, help="Show tracebacks on fatal errors.")
@@ -41,22 +52,25 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
 
     SIGTERM or SIGINT stops it gracefully; it exits 0 and removes its socket.
     """
-    overrides = {"socket": options["socket_path"], "state_dir": options["state_dir"],
-                 "workers": options["workers"], "group": options["group"], "log_level": options["log_level"]}
+    overrides = {
+        "socket": options["socket_path"],
+        "state_dir": options["state_dir"],
+        "workers": options["workers"],
+        "group": options["group"],
+        "log_level": options["log_level"],
+    }
     try:
         config = load(config_file, overrides)
     except ConfigError as exc:
         _fatal(str(exc), "check the option or the config file named above", debug)
     setup_logging(config.log_level)
     inherited = systemd.listen_fds()
+    from procpoold.engines import Executor
+    from procpoold.engines.commands import CommandExecutor
+    from procpoold.pool.pool import PoolExecutor
     from procpoold.supervisor import (
         Daemon,  # after logging: importing zmq is harmless, creating a context is not
     )
-
-    from procpoold.engines import Executor
-    from procpoold.engines.commands import CommandExecutor
-
-    from procpoold.pool.pool import PoolExecutor
 
     executors: dict[str, Executor] = {
         "call": PoolExecutor(config.pool_settings()),
@@ -65,8 +79,12 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     from procpoold.store import StoreError
 
     try:
-        daemon = Daemon(config, executors, inherited_fd=inherited[0] if inherited else None,
-                        reload_config=lambda: load(config_file, overrides))
+        daemon = Daemon(
+            config,
+            executors,
+            inherited_fd=inherited[0] if inherited else None,
+            reload_config=lambda: load(config_file, overrides),
+        )
     except StoreError as exc:
         for executor in {id(e): e for e in executors.values()}.values():
             executor.shutdown(0)

@@ -55,10 +55,12 @@ class Config:
     def pool_settings(self) -> PoolSettings:
         """The worker pool's settings from this config."""
         return PoolSettings(
-            workers=self.workers, async_per_worker=self.async_per_worker,
+            workers=self.workers,
+            async_per_worker=self.async_per_worker,
             max_tasks_per_worker=self.max_tasks_per_worker or None,
             max_memory_per_worker=self.max_memory_per_worker or None,
-            max_worker_age=self.max_worker_age or None, kill_grace=self.kill_grace,
+            max_worker_age=self.max_worker_age or None,
+            kill_grace=self.kill_grace,
             heartbeat_timeout=self.heartbeat_timeout,
         )
 
@@ -72,7 +74,9 @@ class Config:
         if self.async_per_worker < 1 or self.heartbeat_timeout <= 0:
             raise ConfigError("async_per_worker must be at least 1 and heartbeat_timeout positive")
         if min(self.max_tasks_per_worker, self.max_memory_per_worker, self.max_worker_age) < 0:
-            raise ConfigError("max_tasks_per_worker, max_memory_per_worker and max_worker_age must not be negative")
+            raise ConfigError(
+                "max_tasks_per_worker, max_memory_per_worker and max_worker_age must not be negative"
+            )
         if self.sync not in ("normal", "full"):
             raise ConfigError(f'sync must be "normal" or "full", got {self.sync!r}')
         if self.retention_age < 0 or self.retention_count < 0:

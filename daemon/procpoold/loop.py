@@ -163,4 +163,3 @@ class EventLoop:
             self._sig_r = self._sig_w = None
         for source in list(self._readers):
             self.remove_reader(source)
-

@@ -44,9 +44,16 @@ def not_found(what: str) -> ProcpoolError:
 class Scheduler:
     """Jobs, queues, attempts; see the module docstring."""
 
-    def __init__(self, loop: EventLoop, executors: dict[str, Executor], aging: float = 30.0,
-                 clock: Callable[[], float] = time.time, store: StateStore | None = None,
-                 retention_age: float | None = None, retention_count: int | None = None) -> None:
+    def __init__(
+        self,
+        loop: EventLoop,
+        executors: dict[str, Executor],
+        aging: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        store: StateStore | None = None,
+        retention_age: float | None = None,
+        retention_count: int | None = None,
+    ) -> None:
         self.loop = loop
         self.store = store
         self.retention_age = retention_age
@@ -72,12 +79,16 @@ class Scheduler:
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, raw: dict[str, Any], uid: int | None = None, after: list[str] | None = None
-               ) -> tuple[Job, bool]:
+    def submit(
+        self, raw: dict[str, Any], uid: int | None = None, after: list[str] | None = None
+    ) -> tuple[Job, bool]:
         """Validate and accept a job; returns (job, existing) where existing means a known key."""
         if not self.accepting:
-            raise ProcpoolError(ErrorCode.SHUTTING_DOWN, "procpoold is stopping and takes no new jobs",
-                                "submit again once it has restarted")
+            raise ProcpoolError(
+                ErrorCode.SHUTTING_DOWN,
+                "procpoold is stopping and takes no new jobs",
+                "submit again once it has restarted",
+            )
         spec = parse_job(raw)
         if spec.key is not None and spec.key in self.keys:
             return self.jobs[self.keys[spec.key]], True
@@ -88,14 +99,27 @@ class Scheduler:
         job = Job(job_id, spec, raw, self.clock(), uid, after)
         if self.store is not None:
             # Durable before the reply: the caller answers only after this commit.
-            self.store.insert_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump(),
-                                  [(i, t.state, job.dump_task(i)) for i, t in enumerate(job.tasks)])
+            self.store.insert_job(
+                job_id,
+                spec.key,
+                spec.name,
+                job.state,
+                job.created_at,
+                raw,
+                job.dump(),
+                [(i, t.state, job.dump_task(i)) for i, t in enumerate(job.tasks)],
+            )
         self.jobs[job_id] = job
         if spec.key is not None:
             self.keys[spec.key] = job_id
         self.counters["submitted"] += 1
-        log.info('job %s "%s" submitted: %d tasks', job_id, spec.name, len(job.tasks),
-                 extra={"journal_fields": {"PROCPOOL_JOB_ID": job_id, "PROCPOOL_JOB_NAME": spec.name}})
+        log.info(
+            'job %s "%s" submitted: %d tasks',
+            job_id,
+            spec.name,
+            len(job.tasks),
+            extra={"journal_fields": {"PROCPOOL_JOB_ID": job_id, "PROCPOOL_JOB_NAME": spec.name}},
+        )
         self._start_when_prerequisites_allow(job)
         return job, False
 
@@ -151,15 +175,20 @@ class Scheduler:
                 job.cancel_requested = True
         else:
             if job.tasks[index].state in FINAL_TASK_STATES:
-                raise ProcpoolError(ErrorCode.CONFLICT,
-                                    f"task {job.tasks[index].id} already {job.tasks[index].state}")
+                raise ProcpoolError(
+                    ErrorCode.CONFLICT, f"task {job.tasks[index].id} already {job.tasks[index].state}"
+                )
             effects = job.cancel(now, [index])
         for ref_ in [(job.id, i) for i in effects.finished_tasks]:
             self._forget_queued(ref_)
         stopping = list(effects.stop)
         self._apply(job, effects)
-        log.info("cancel %s: %d running attempt(s) being stopped", ref, len(stopping),
-                 extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}})
+        log.info(
+            "cancel %s: %d running attempt(s) being stopped",
+            ref,
+            len(stopping),
+            extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}},
+        )
         return {"id": ref, "stopping": len(stopping)}
 
     def _forget_queued(self, ref: Ref) -> None:
@@ -196,24 +225,44 @@ class Scheduler:
             self.counters["completed"] += 1
             task_log.info('task "%s" completed', t.spec.name, extra={"journal_fields": fields})
         elif t.state in ("skipped", "cancelled"):
-            task_log.info('task "%s" %s: %s', t.spec.name, t.state, t.reason, extra={"journal_fields": fields})
+            task_log.info(
+                'task "%s" %s: %s', t.spec.name, t.state, t.reason, extra={"journal_fields": fields}
+            )
         else:
             self.counters["failed"] += 1
             msg = (t.error or {}).get("message", "")
-            task_log.warning('task "%s" %s after %d attempt(s): %s', t.spec.name, t.state, len(t.attempts),
-                             msg, extra={"journal_fields": fields})
+            task_log.warning(
+                'task "%s" %s after %d attempt(s): %s',
+                t.spec.name,
+                t.state,
+                len(t.attempts),
+                msg,
+                extra={"journal_fields": fields},
+            )
         self._notify(t.id)
 
     def _run_finished(self, job: Job) -> None:
         now = self.clock()
         self._touch(job, [])
         if job.finish_run(now):
-            log.info("job %s run %d starting", job.id, job.run, extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}})
+            log.info(
+                "job %s run %d starting",
+                job.id,
+                job.run,
+                extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}},
+            )
             # Start the next run from the loop, not from inside the previous run's last callback.
-            self.loop.call_soon(lambda: self._apply(job, job.start_run(self.clock())) if not job.finished else None)
+            self.loop.call_soon(
+                lambda: self._apply(job, job.start_run(self.clock())) if not job.finished else None
+            )
             return
-        log.info('job %s "%s" %s', job.id, job.spec.name, job.state,
-                 extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, "PROCPOOL_JOB_NAME": job.spec.name}})
+        log.info(
+            'job %s "%s" %s',
+            job.id,
+            job.spec.name,
+            job.state,
+            extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, "PROCPOOL_JOB_NAME": job.spec.name}},
+        )
         self._notify(job.id)
         self._prune(now)
 
@@ -275,24 +324,47 @@ class Scheduler:
         attempt = job.mark_running(index, attempt_id, self.clock())
         self._touch(job, [index])
         spec = AttemptSpec(
-            attempt_id=attempt_id, job_id=job.id, job_name=job.spec.name, task_id=t.id, task_name=t.spec.name,
-            attempt=attempt.number, kind=t.spec.kind, call=t.spec.call, args=t.spec.args, kwargs=t.spec.kwargs,
-            cmd=t.spec.cmd, shell=t.spec.shell, env={**job.spec.env, **t.spec.env},
-            cwd=t.spec.cwd or job.spec.cwd, python_path=job.spec.python_path, timeout=t.spec.timeout, run=job.run,
+            attempt_id=attempt_id,
+            job_id=job.id,
+            job_name=job.spec.name,
+            task_id=t.id,
+            task_name=t.spec.name,
+            attempt=attempt.number,
+            kind=t.spec.kind,
+            call=t.spec.call,
+            args=t.spec.args,
+            kwargs=t.spec.kwargs,
+            cmd=t.spec.cmd,
+            shell=t.spec.shell,
+            env={**job.spec.env, **t.spec.env},
+            cwd=t.spec.cwd or job.spec.cwd,
+            python_path=job.spec.python_path,
+            timeout=t.spec.timeout,
+            run=job.run,
         )
         self.attempts[attempt_id] = (job.id, index)
         self.counters["attempts"] += 1
         if t.spec.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
-                t.spec.timeout, lambda: executor.stop_attempt(attempt_id, "timeout"))
-        task_log.info('task "%s" attempt %d starting', t.spec.name, attempt.number,
-                      extra={"journal_fields": self._fields(job, index)})
+                t.spec.timeout, lambda: executor.stop_attempt(attempt_id, "timeout")
+            )
+        task_log.info(
+            'task "%s" attempt %d starting',
+            t.spec.name,
+            attempt.number,
+            extra={"journal_fields": self._fields(job, index)},
+        )
         return spec
 
     def _fields(self, job: Job, index: int) -> dict[str, str]:
         t = job.tasks[index]
-        return {"PROCPOOL_JOB_ID": job.id, "PROCPOOL_JOB_NAME": job.spec.name, "PROCPOOL_TASK_ID": t.id,
-                "PROCPOOL_TASK_NAME": t.spec.name, "PROCPOOL_ATTEMPT": str(len(t.attempts))}
+        return {
+            "PROCPOOL_JOB_ID": job.id,
+            "PROCPOOL_JOB_NAME": job.spec.name,
+            "PROCPOOL_TASK_ID": t.id,
+            "PROCPOOL_TASK_NAME": t.spec.name,
+            "PROCPOOL_ATTEMPT": str(len(t.attempts)),
+        }
 
     # -- ExecutorEvents -----------------------------------------------------------------------
 
@@ -330,21 +402,31 @@ class Scheduler:
         if outcome.status == "completed":
             effects = job.complete(index, now, outcome.result, outcome.exit_code)
         elif outcome.status == "cancelled" or t.cancel_requested:
-            effects = job.end_unsuccessfully(index, "cancelled", now, error, outcome.exit_code,
-                                             reason=job.reason or "cancelled by request")
+            effects = job.end_unsuccessfully(
+                index, "cancelled", now, error, outcome.exit_code, reason=job.reason or "cancelled by request"
+            )
         else:
             state: TaskState = "timeout" if outcome.status == "timeout" else "failed"
             if state == "timeout" and error is None:
-                error = {"type": "Timeout", "message": f"attempt ran longer than {t.spec.timeout:g}s",
-                         "traceback": ""}
+                error = {
+                    "type": "Timeout",
+                    "message": f"attempt ran longer than {t.spec.timeout:g}s",
+                    "traceback": "",
+                }
             if len(t.attempts) <= t.spec.retries and not job.cancel_requested:
                 delay = min(t.spec.retry_delay * 2 ** (len(t.attempts) - 1), RETRY_DELAY_CAP)
                 delay *= random.uniform(0.8, 1.2)  # jitter: retries of many tasks do not stampede
                 t.error, t.exit_code = error, outcome.exit_code
                 job.retry_later(index, now + delay)
-                task_log.warning('task "%s" attempt %d %s; retrying in %.1fs: %s', t.spec.name, len(t.attempts),
-                                 "timed out" if state == "timeout" else "failed", delay,
-                                 (error or {}).get("message", ""), extra={"journal_fields": self._fields(job, index)})
+                task_log.warning(
+                    'task "%s" attempt %d %s; retrying in %.1fs: %s',
+                    t.spec.name,
+                    len(t.attempts),
+                    "timed out" if state == "timeout" else "failed",
+                    delay,
+                    (error or {}).get("message", ""),
+                    extra={"journal_fields": self._fields(job, index)},
+                )
                 self._retry_timers[ref] = self.loop.call_later(delay, lambda: self._retry(ref))
                 self._schedule_pump()
                 return
@@ -365,8 +447,9 @@ class Scheduler:
             job.tasks[ref[1]].progress = progress
             self._touch(job, [ref[1]])
 
-    def attempt_log(self, attempt_id: str, stream: Stream, level: int, message: str,
-                    fields: dict[str, str] | None = None) -> None:
+    def attempt_log(
+        self, attempt_id: str, stream: Stream, level: int, message: str, fields: dict[str, str] | None = None
+    ) -> None:
         ref = self.attempts.get(attempt_id)
         if ref is None:
             return
@@ -425,8 +508,14 @@ class Scheduler:
         resumable: list[tuple[Job, Effects]] = []
         for job_id, doc, data, tasks in self.store.load_jobs():
             try:
-                job = Job(job_id, parse_job(doc), doc, data.get("created_at", now), data.get("submitter_uid"),
-                          data.get("after"))
+                job = Job(
+                    job_id,
+                    parse_job(doc),
+                    doc,
+                    data.get("created_at", now),
+                    data.get("submitter_uid"),
+                    data.get("after"),
+                )
                 job.load(data, tasks)
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
@@ -474,8 +563,13 @@ class Scheduler:
 
     def clean(self, state: str | None = None, before: float | None = None) -> list[str]:
         """Remove finished jobs (optionally only in ``state`` or finished before ``before``)."""
-        victims = [j.id for j in self.jobs.values() if j.finished and (state is None or j.state == state)
-                   and (before is None or (j.finished_at or 0) < before)]
+        victims = [
+            j.id
+            for j in self.jobs.values()
+            if j.finished
+            and (state is None or j.state == state)
+            and (before is None or (j.finished_at or 0) < before)
+        ]
         if self.store is not None:
             self._drop_jobs(victims)
         else:
@@ -493,13 +587,20 @@ class Scheduler:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def job_list(self, state: str | None = None, since: float | None = None, limit: int | None = None
-                 ) -> list[dict[str, Any]]:
+    def job_list(
+        self, state: str | None = None, since: float | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         if state is not None and state not in JOB_STATES:
-            raise ProcpoolError(ErrorCode.INVALID_ARGUMENT, f"unknown job state {state!r}",
-                                f"use one of {', '.join(JOB_STATES)}")
-        jobs = [j for j in self.jobs.values()
-                if (state is None or j.state == state) and (since is None or j.created_at >= since)]
+            raise ProcpoolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"unknown job state {state!r}",
+                f"use one of {', '.join(JOB_STATES)}",
+            )
+        jobs = [
+            j
+            for j in self.jobs.values()
+            if (state is None or j.state == state) and (since is None or j.created_at >= since)
+        ]
         if limit is not None:
             jobs = jobs[-limit:]
         return [j.summary() for j in jobs]
@@ -522,8 +623,13 @@ class Scheduler:
         if index is None:
             return {"id": ref, "finished": job.finished, "state": job.state, "status": job.status()}
         t = job.tasks[index]
-        return {"id": ref, "finished": t.state in FINAL_TASK_STATES, "state": t.state,
-                "task": job.task_status(t), "job": job.summary()}
+        return {
+            "id": ref,
+            "finished": t.state in FINAL_TASK_STATES,
+            "state": t.state,
+            "task": job.task_status(t),
+            "job": job.summary(),
+        }
 
     def stop_accepting(self) -> None:
         self.accepting = False

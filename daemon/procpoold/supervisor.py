@@ -40,8 +40,13 @@ MESSAGE_READY = "b7e4a2f0c41d4a0e9a6f2d8c3e5b1a70"
 class Daemon:
     """One running procpoold."""
 
-    def __init__(self, config: Config, executors: dict[str, Executor], inherited_fd: int | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        executors: dict[str, Executor],
+        inherited_fd: int | None = None,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
         self.reload_config = reload_config
         self._status_timer: Timer | None = None
@@ -64,13 +69,21 @@ class Daemon:
             executor.prefork()
         self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
         self.scheduler = Scheduler(
-            self.loop, executors, aging=config.priority_aging, store=self.store,
-            retention_age=config.retention_age or None, retention_count=config.retention_count or None,
+            self.loop,
+            executors,
+            aging=config.priority_aging,
+            store=self.store,
+            retention_age=config.retention_age or None,
+            retention_count=config.retention_count or None,
         )
         self.scheduler.listeners.append(self._on_finished)
         self.ctx = zmq.Context()
         self.control = ControlServer(
-            self.ctx, config.socket, build_handlers(self), config.max_message_size, group=config.group,
+            self.ctx,
+            config.socket,
+            build_handlers(self),
+            config.max_message_size,
+            group=config.group,
             inherited_fd=inherited_fd,
         )
 
@@ -88,8 +101,11 @@ class Daemon:
         recovered = self.scheduler.recover()
         self.scheduler.flush()
         if recovered.get("jobs"):
-            log.info("state recovered: %(jobs)d jobs, %(resumed)d resumed, %(held)d held, "
-                     "%(interrupted)d interrupted attempts", recovered)
+            log.info(
+                "state recovered: %(jobs)d jobs, %(resumed)d resumed, %(held)d held, "
+                "%(interrupted)d interrupted attempts",
+                recovered,
+            )
         self.loop.add_reader(self.control.sock, self.control.on_readable)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.handle_stop_signal)
@@ -112,16 +128,24 @@ class Daemon:
         if starting:
             log.warning("%d worker(s) still starting after 30s; announcing readiness anyway", starting)
         self._ready = True
-        log.info("procpoold %s ready on %s (pid %d, %d workers)", __version__, self.config.socket, os.getpid(),
-                 self.config.workers, extra={"journal_fields": {"MESSAGE_ID": MESSAGE_READY}})
+        log.info(
+            "procpoold %s ready on %s (pid %d, %d workers)",
+            __version__,
+            self.config.socket,
+            os.getpid(),
+            self.config.workers,
+            extra={"journal_fields": {"MESSAGE_ID": MESSAGE_READY}},
+        )
         systemd.ready(self._status_text())
 
     def _status_text(self) -> str:
         pool = self._pool()
         busy = pool.info().get("running", 0) if pool is not None else 0
         running = self.scheduler.by_state().get("running", 0)
-        return (f"{running} job{'s' if running != 1 else ''} running, {self.scheduler.queued()} queued, "
-                f"{busy}/{self.config.workers} workers busy")
+        return (
+            f"{running} job{'s' if running != 1 else ''} running, {self.scheduler.queued()} queued, "
+            f"{busy}/{self.config.workers} workers busy"
+        )
 
     def _status_changed(self) -> None:
         """Refresh systemd's STATUS= at most once a second, and only while things change."""
@@ -157,8 +181,11 @@ class Daemon:
             log.error("reload failed, keeping the current settings: %s", exc)
             systemd.reloaded(self._status_text())
             return
-        fixed = [name for name in ("socket", "state_dir", "group", "max_message_size", "sync")
-                 if getattr(new, name) != getattr(self.config, name)]
+        fixed = [
+            name
+            for name in ("socket", "state_dir", "group", "max_message_size", "sync")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
         if fixed:
             log.warning("reload: %s take effect only after a restart", ", ".join(fixed))
         if new.workers != self.config.workers:
@@ -168,8 +195,9 @@ class Daemon:
         self.scheduler.retention_count = new.retention_count or None
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
-        self.config = replace(new, **{name: getattr(self.config, name) for name in fixed},
-                              workers=self.config.workers)
+        self.config = replace(
+            new, **{name: getattr(self.config, name) for name in fixed}, workers=self.config.workers
+        )
         log.info("configuration reloaded (%d workers)", self.config.workers)
         systemd.reloaded(self._status_text())
 
@@ -231,8 +259,11 @@ class Daemon:
             self.loop.call_soon(self.loop.stop)
 
     def _drain_expired(self) -> None:
-        log.warning("drain timeout (%gs) reached with %d attempt(s) still running; they are interrupted",
-                    self.config.drain_timeout, self.scheduler.running())
+        log.warning(
+            "drain timeout (%gs) reached with %d attempt(s) still running; they are interrupted",
+            self.config.drain_timeout,
+            self.scheduler.running(),
+        )
         self.loop.stop()
 
     def info(self) -> dict[str, Any]:
@@ -246,13 +277,20 @@ class Daemon:
             "socket": os.fspath(self.config.socket),
             "workers": self._workers_summary(),
             "executors": {e.name: e.info() for e in self._unique_executors()},
-            "jobs": {"by_state": self.scheduler.by_state(), "queued": self.scheduler.queued(),
-                     "running": self.scheduler.running()},
+            "jobs": {
+                "by_state": self.scheduler.by_state(),
+                "queued": self.scheduler.queued(),
+                "running": self.scheduler.running(),
+            },
             "counters": dict(self.scheduler.counters),
-            "requests": {"served": self.control.requests_served if self.control else 0,
-                         "errors": self.control.errors_replied if self.control else 0},
-            "store": {"path": os.fspath(self.config.state_dir / "state.db"),
-                      "commits": self.store.commits if self.store else 0},
+            "requests": {
+                "served": self.control.requests_served if self.control else 0,
+                "errors": self.control.errors_replied if self.control else 0,
+            },
+            "store": {
+                "path": os.fspath(self.config.state_dir / "state.db"),
+                "commits": self.store.commits if self.store else 0,
+            },
         }
 
     def _workers_summary(self) -> dict[str, Any]:
@@ -265,8 +303,12 @@ class Daemon:
 
     def submit(self, job: dict[str, Any], uid: int | None, after: list[str] | None) -> dict[str, Any]:
         accepted, existing = self.scheduler.submit(job, uid, after)
-        return {"id": accepted.id, "name": accepted.spec.name, "existing": existing,
-                "tasks": len(accepted.tasks)}
+        return {
+            "id": accepted.id,
+            "name": accepted.spec.name,
+            "existing": existing,
+            "tasks": len(accepted.tasks),
+        }
 
     def job_status(self, ref: str) -> dict[str, Any]:
         job, index = self.scheduler.resolve(ref)

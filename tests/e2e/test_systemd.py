@@ -114,11 +114,17 @@ def procctl(c: Container, *args: str, check: bool = True) -> Any:
 
 def test_units_verify_inside_the_container(installed: Container) -> None:
     # Here ExecStart= exists, so verify checks the units exactly as installed.
-    result = installed.run("systemd-analyze", "verify", "--recursive-errors=no",
-                           *(f"/etc/systemd/system/{u}" for u in UNITS), check=False)
+    result = installed.run(
+        "systemd-analyze",
+        "verify",
+        "--recursive-errors=no",
+        *(f"/etc/systemd/system/{u}" for u in UNITS),
+        check=False,
+    )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    security = installed.run("systemd-analyze", "security", "--threshold=15", "procpoold.service",
-                             check=False)
+    security = installed.run(
+        "systemd-analyze", "security", "--threshold=15", "procpoold.service", check=False
+    )
     score = re.search(r"Overall exposure level for procpoold.service: ([0-9.]+)", security.stdout)
     assert security.returncode == 0 and score, security.stdout + security.stderr
     print(f"exposure of the installed unit: {score.group(1)}")
@@ -208,11 +214,19 @@ def test_socket_activation(system: Container) -> None:
     assert main_pid(c) not in (0, pid)
 
 
-def as_user(c: Container, name: str, *args: str, env: dict[str, str] | None = None,
-            check: bool = True) -> Any:
+def as_user(
+    c: Container, name: str, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> Any:
     """Run a command as another user (setpriv: the container's /etc has no PAM setup for runuser)."""
-    return c.run("setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups", *args,
-                 env={"HOME": f"/home/{name}", **(env or {})}, check=check)
+    return c.run(
+        "setpriv",
+        f"--reuid={name}",
+        f"--regid={name}",
+        "--init-groups",
+        *args,
+        env={"HOME": f"/home/{name}", **(env or {})},
+        check=check,
+    )
 
 
 def test_socket_access_is_the_procpool_group(system: Container) -> None:
@@ -223,8 +237,9 @@ def test_socket_access_is_the_procpool_group(system: Container) -> None:
     try:
         member = as_user(c, "pp-member", "procctl", "--socket", SOCKET, "ping", check=False)
         assert member.returncode == 0, member.stderr
-        stranger = as_user(c, "pp-stranger", "procctl", "--socket", SOCKET, "--timeout", "2", "ping",
-                           check=False)
+        stranger = as_user(
+            c, "pp-stranger", "procctl", "--socket", SOCKET, "--timeout", "2", "ping", check=False
+        )
         # Refused by the file mode: procctl names the socket it cannot use.
         assert stranger.returncode != 0 and SOCKET in stranger.stderr, (stranger.stdout, stranger.stderr)
     finally:
@@ -245,8 +260,11 @@ def test_watchdog_restarts_a_wedged_daemon(system: Container) -> None:
 
     c.systemctl("kill", "--kill-who=main", "-s", "SIGUSR2", "procpoold")  # the test hook wedges the loop
     poll(lambda: c.show("procpoold.service", "NRestarts"), lambda n: n == "1", what="a watchdog restart")
-    poll(lambda: (active(c), main_pid(c)), lambda s: s[0] == "active" and s[1] not in (0, pid),
-         what="the restarted daemon")
+    poll(
+        lambda: (active(c), main_pid(c)),
+        lambda s: s[0] == "active" and s[1] not in (0, pid),
+        what="the restarted daemon",
+    )
     assert "procpoold" in procctl(c, "ping").stdout
     assert "Watchdog timeout" in c.journal("-u", "procpoold", "-o", "cat")
 
@@ -255,10 +273,14 @@ def test_user_units(installed: Container) -> None:
     """The per-user pair under a user's own manager (systemctl --user)."""
     c = installed
     # What PAM and logind provide on a real machine: the container's /etc starts empty.
-    c.write_file("/etc/pam.d/systemd-user",
-                 "".join(f"{kind} required pam_permit.so\n" for kind in ("auth", "account", "session")))
-    c.write_file("/etc/systemd/system/user@.service.d/e2e.conf",
-                 "[Service]\nEnvironment=XDG_RUNTIME_DIR=/run/user/%i\n")
+    c.write_file(
+        "/etc/pam.d/systemd-user",
+        "".join(f"{kind} required pam_permit.so\n" for kind in ("auth", "account", "session")),
+    )
+    c.write_file(
+        "/etc/systemd/system/user@.service.d/e2e.conf",
+        "[Service]\nEnvironment=XDG_RUNTIME_DIR=/run/user/%i\n",
+    )
     c.systemctl("daemon-reload")
     c.run("useradd", "--user-group", "--create-home", "pp-user")
     uid = c.run("id", "-u", "pp-user").stdout.strip()
@@ -272,8 +294,10 @@ def test_user_units(installed: Container) -> None:
     try:
         user("systemctl", "--user", "start", "procpoold.socket")
         assert c.run("stat", "-c", "%U %a %F", user_socket).stdout.strip() == "pp-user 600 socket"
-        assert user("systemctl", "--user", "is-active", "procpoold.service", check=False).stdout.strip() \
+        assert (
+            user("systemctl", "--user", "is-active", "procpoold.service", check=False).stdout.strip()
             == "inactive"
+        )
         assert "procpoold" in user("procctl", "--socket", user_socket, "ping").stdout  # activates it
         assert user("systemctl", "--user", "is-active", "procpoold.service").stdout.strip() == "active"
         pid = user("systemctl", "--user", "show", "-p", "MainPID", "--value", "procpoold.service").stdout
@@ -305,19 +329,29 @@ def test_job_tree_under_systemd(system: Container) -> None:
     job = _job_id(json.loads(submitted.stdout))
     assert job in procctl(c, "status", job).stdout
 
-    lines = [json.loads(line) for line in c.journal(
-        "-u", "procpoold", f"PROCPOOL_JOB_ID={job}", "-o", "json").splitlines() if line.strip()]
+    lines = [
+        json.loads(line)
+        for line in c.journal("-u", "procpoold", f"PROCPOOL_JOB_ID={job}", "-o", "json").splitlines()
+        if line.strip()
+    ]
     assert lines, f"no journal entries with PROCPOOL_JOB_ID={job}"
     assert all(entry["PROCPOOL_JOB_ID"] == job for entry in lines)
     # the task's own output, captured in its worker, with the task's fields
     printed = [e for e in lines if e.get("PROCPOOL_STREAM") == "stdout" and e["MESSAGE"] == "hello, procpool"]
-    assert printed and printed[0]["PROCPOOL_TASK_NAME"] == "greet" and printed[0]["SYSLOG_IDENTIFIER"] == "procpoold"
+    assert (
+        printed
+        and printed[0]["PROCPOOL_TASK_NAME"] == "greet"
+        and printed[0]["SYSLOG_IDENTIFIER"] == "procpoold"
+    )
 
     # Accepted work survives a reload and a restart (the state store is in /var/lib/procpoold): a job
     # that is running when they happen still completes.
     running = json.loads(c.sh("procctl --json run --retries 1 --name nap -- sleep 2").stdout)["id"]
-    poll(lambda: json.loads(procctl(c, "--json", "status", running).stdout)["tasks"][0]["state"],
-         lambda state: state == "running", what="the nap task to run")
+    poll(
+        lambda: json.loads(procctl(c, "--json", "status", running).stdout)["tasks"][0]["state"],
+        lambda state: state == "running",
+        what="the nap task to run",
+    )
     c.systemctl("reload", "procpoold")
     assert job in procctl(c, "status", job).stdout
     c.systemctl("restart", "procpoold")
@@ -336,8 +370,13 @@ def test_install_is_idempotent_and_uninstall_removes_it(wheelhouse: Path) -> Non
         make(c, *UNINSTALL)
         assert active(c) != "active" and active(c, "procpoold.socket") != "active"
         assert daemon_pids(c) == []
-        for path in ("/opt/procpoold", "/usr/local/bin/procctl", "/etc/sysusers.d/procpool.conf",
-                     *(f"/etc/systemd/{kind}/{u}" for kind in ("system", "user") for u in UNITS), SOCKET):
+        for path in (
+            "/opt/procpoold",
+            "/usr/local/bin/procctl",
+            "/etc/sysusers.d/procpool.conf",
+            *(f"/etc/systemd/{kind}/{u}" for kind in ("system", "user") for u in UNITS),
+            SOCKET,
+        ):
             assert c.run("test", "-e", path, check=False).returncode == 1, f"{path} left behind"
         assert c.run("test", "-d", "/var/lib/procpoold", check=False).returncode == 0  # state is kept
         make(c, *UNINSTALL)  # twice is fine too

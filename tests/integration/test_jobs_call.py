@@ -21,10 +21,18 @@ def job(daemon: DaemonProcess, root: Any, **extra: Any) -> dict[str, Any]:
 
 
 def test_results_and_exceptions_are_recorded(daemon: DaemonProcess) -> None:
-    status = job(daemon, {"concurrent": [
-        {"name": "sum", **call("add", 2, 3)}, {"name": "asum", **call("async_add", 4, 5)},
-        {"name": "bad", **call("boom", "no good")}, {"name": "odd", **call("not_msgpackable")}]},
-        on_failure="continue")
+    status = job(
+        daemon,
+        {
+            "concurrent": [
+                {"name": "sum", **call("add", 2, 3)},
+                {"name": "asum", **call("async_add", 4, 5)},
+                {"name": "bad", **call("boom", "no good")},
+                {"name": "odd", **call("not_msgpackable")},
+            ]
+        },
+        on_failure="continue",
+    )
     t = tasks_by_name(status)
     assert (t["sum"]["state"], t["sum"]["result"]) == ("completed", 5)
     assert (t["asum"]["state"], t["asum"]["result"]) == ("completed", 9)
@@ -35,8 +43,11 @@ def test_results_and_exceptions_are_recorded(daemon: DaemonProcess) -> None:
 
 
 def test_200_concurrent_increments_leave_exactly_200(daemon: DaemonProcess) -> None:
-    status = job(daemon, {"concurrent": [{"name": f"i{i}", **call("incr", "n")} for i in range(200)]},
-                 namespace={"n": 0})
+    status = job(
+        daemon,
+        {"concurrent": [{"name": f"i{i}", **call("incr", "n")} for i in range(200)]},
+        namespace={"n": 0},
+    )
     assert status["job"]["state"] == "completed"
     assert status["job"]["namespace"] == {"n": 200}
     assert sorted(t["result"] for t in status["tasks"]) == list(range(1, 201))
@@ -53,12 +64,23 @@ def test_task_context_env_and_progress(daemon: DaemonProcess, tmp_path: Path) ->
     status = job(daemon, {"name": "ctx", **call("context"), "env": {"SPECIAL": "yes"}})
     result = tasks_by_name(status)["ctx"]["result"]
     job_id = status["job"]["id"]
-    assert result == {"job_id": job_id, "task_id": f"{job_id}.0", "task_name": "ctx", "attempt": 1, "run": 1,
-                      "env": "yes"}
+    assert result == {
+        "job_id": job_id,
+        "task_id": f"{job_id}.0",
+        "task_name": "ctx",
+        "attempt": 1,
+        "run": 1,
+        "env": "yes",
+    }
     gate = tmp_path / "gate"
     with daemon.client() as client:
-        job_id = client.submit({"name": "p", "python_path": [ROOT],
-                                "root": {"name": "half", **call("progress_then_wait", str(gate))}})["id"]
+        job_id = client.submit(
+            {
+                "name": "p",
+                "python_path": [ROOT],
+                "root": {"name": "half", **call("progress_then_wait", str(gate))},
+            }
+        )["id"]
         deadline = time.monotonic() + 30
         while (client.status(job_id)["tasks"][0]["progress"] or {}).get("fraction") != 0.5:
             assert time.monotonic() < deadline
@@ -70,7 +92,9 @@ def test_task_context_env_and_progress(daemon: DaemonProcess, tmp_path: Path) ->
 
 
 def test_retry_after_an_exception(daemon: DaemonProcess, tmp_path: Path) -> None:
-    status = job(daemon, {"name": "f", **call("flaky", str(tmp_path / "m")), "retries": 1, "retry_delay": 0.01})
+    status = job(
+        daemon, {"name": "f", **call("flaky", str(tmp_path / "m")), "retries": 1, "retry_delay": 0.01}
+    )
     t = tasks_by_name(status)["f"]
     assert (t["state"], t["attempts"], t["result"]) == ("completed", 2, "second attempt")
 
@@ -87,8 +111,13 @@ def test_timeout_of_a_call_task(daemon: DaemonProcess) -> None:
 def test_cancelled_async_task_sees_cancelled_error(daemon: DaemonProcess, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     with daemon.client() as client:
-        job_id = client.submit({"name": "a", "python_path": [ROOT],
-                                "root": {"name": "waiter", **call("async_wait_cancel", str(marker))}})["id"]
+        job_id = client.submit(
+            {
+                "name": "a",
+                "python_path": [ROOT],
+                "root": {"name": "waiter", **call("async_wait_cancel", str(marker))},
+            }
+        )["id"]
         deadline = time.monotonic() + 30
         while client.status(job_id)["tasks"][0]["state"] != "running":
             assert time.monotonic() < deadline

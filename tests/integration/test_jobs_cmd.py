@@ -19,9 +19,16 @@ def sh(script: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_sequential_children_start_only_after_the_previous_completed(daemon: DaemonProcess) -> None:
-    status = run_job(daemon, {"sequential": [
-        {"name": "one", **sh("sleep 0.1; echo one")}, {"name": "two", **sh("echo two")},
-        {"name": "three", "cmd": ["true"]}]})
+    status = run_job(
+        daemon,
+        {
+            "sequential": [
+                {"name": "one", **sh("sleep 0.1; echo one")},
+                {"name": "two", **sh("echo two")},
+                {"name": "three", "cmd": ["true"]},
+            ]
+        },
+    )
     t = tasks_by_name(status)
     assert status["job"]["state"] == "completed"
     assert t["two"]["started_at"] >= t["one"]["finished_at"]
@@ -32,24 +39,52 @@ def test_sequential_children_start_only_after_the_previous_completed(daemon: Dae
 def test_concurrent_children_run_together(daemon: DaemonProcess, tmp_path: Path) -> None:
     # Each child waits for the other's file: this only completes if both run at once.
     a, b = tmp_path / "a", tmp_path / "b"
-    status = run_job(daemon, {"concurrent": [
-        {"name": "left", **sh(f"touch {a}; until [ -e {b} ]; do sleep 0.01; done", timeout=30)},
-        {"name": "right", **sh(f"touch {b}; until [ -e {a} ]; do sleep 0.01; done", timeout=30)}]})
+    status = run_job(
+        daemon,
+        {
+            "concurrent": [
+                {"name": "left", **sh(f"touch {a}; until [ -e {b} ]; do sleep 0.01; done", timeout=30)},
+                {"name": "right", **sh(f"touch {b}; until [ -e {a} ]; do sleep 0.01; done", timeout=30)},
+            ]
+        },
+    )
     assert status["job"]["state"] == "completed", status
 
 
 def test_depends_on_adds_edges_across_the_tree(daemon: DaemonProcess) -> None:
-    status = run_job(daemon, {"concurrent": [
-        {"sequential": [{"name": "x1", "cmd": ["true"]}, {"name": "x2", "cmd": ["true"], "depends_on": ["y"]}]},
-        {"name": "y", **sh("sleep 0.2")}]})
+    status = run_job(
+        daemon,
+        {
+            "concurrent": [
+                {
+                    "sequential": [
+                        {"name": "x1", "cmd": ["true"]},
+                        {"name": "x2", "cmd": ["true"], "depends_on": ["y"]},
+                    ]
+                },
+                {"name": "y", **sh("sleep 0.2")},
+            ]
+        },
+    )
     t = tasks_by_name(status)
     assert t["x2"]["started_at"] >= t["y"]["finished_at"]
 
 
 def test_failure_skips_what_comes_after_and_stop_cancels_the_rest(daemon: DaemonProcess) -> None:
-    status = run_job(daemon, {"sequential": [
-        {"concurrent": [{"name": "fetch", **sh("echo boom >&2; exit 4")}, {"name": "side", **sh("sleep 0.3")}]},
-        {"name": "parse", "cmd": ["true"]}]})
+    status = run_job(
+        daemon,
+        {
+            "sequential": [
+                {
+                    "concurrent": [
+                        {"name": "fetch", **sh("echo boom >&2; exit 4")},
+                        {"name": "side", **sh("sleep 0.3")},
+                    ]
+                },
+                {"name": "parse", "cmd": ["true"]},
+            ]
+        },
+    )
     t = tasks_by_name(status)
     assert status["job"]["state"] == "failed"
     assert (t["fetch"]["state"], t["fetch"]["exit_code"]) == ("failed", 4)
@@ -59,20 +94,33 @@ def test_failure_skips_what_comes_after_and_stop_cancels_the_rest(daemon: Daemon
 
 
 def test_on_failure_stop_cancels_unstarted_branches(daemon: DaemonProcess) -> None:
-    status = run_job(daemon, {"concurrent": [
-        {"name": "bad", "cmd": ["false"]},
-        {"name": "gate", **sh("sleep 0.3")},
-        {"name": "later", "cmd": ["true"], "depends_on": ["gate"]}]})
+    status = run_job(
+        daemon,
+        {
+            "concurrent": [
+                {"name": "bad", "cmd": ["false"]},
+                {"name": "gate", **sh("sleep 0.3")},
+                {"name": "later", "cmd": ["true"], "depends_on": ["gate"]},
+            ]
+        },
+    )
     t = tasks_by_name(status)
     assert t["later"]["state"] == "cancelled" and "job stopped" in t["later"]["reason"]
 
 
 def test_on_failure_continue_keeps_independent_branches(daemon: DaemonProcess) -> None:
-    status = run_job(daemon, {"concurrent": [
-        {"name": "bad", "cmd": ["false"]},
-        {"name": "after-bad", "cmd": ["true"], "depends_on": ["bad"]},
-        {"name": "gate", **sh("sleep 0.3")},
-        {"name": "later", "cmd": ["true"], "depends_on": ["gate"]}]}, on_failure="continue")
+    status = run_job(
+        daemon,
+        {
+            "concurrent": [
+                {"name": "bad", "cmd": ["false"]},
+                {"name": "after-bad", "cmd": ["true"], "depends_on": ["bad"]},
+                {"name": "gate", **sh("sleep 0.3")},
+                {"name": "later", "cmd": ["true"], "depends_on": ["gate"]},
+            ]
+        },
+        on_failure="continue",
+    )
     t = tasks_by_name(status)
     assert status["job"]["state"] == "failed"
     assert t["after-bad"]["state"] == "skipped"
@@ -83,10 +131,14 @@ def test_on_failure_continue_keeps_independent_branches(daemon: DaemonProcess) -
 def test_priority_orders_ready_tasks_across_jobs(daemon: DaemonProcess, tmp_path: Path) -> None:
     go = tmp_path / "go"
     with daemon.client() as client:
-        blocker = client.submit({"name": "blocker", "root": sh(f"until [ -e {go} ]; do sleep 0.01; done")})["id"]
+        blocker = client.submit({"name": "blocker", "root": sh(f"until [ -e {go} ]; do sleep 0.01; done")})[
+            "id"
+        ]
         low = client.submit({"name": "low", "root": {"cmd": ["true"], "priority": "low"}})["id"]
         normal = client.submit({"name": "normal", "root": {"cmd": ["true"]}})["id"]
-        critical = client.submit({"name": "critical", "root": {"cmd": ["true"], "priority": "critical"}})["id"]
+        critical = client.submit({"name": "critical", "root": {"cmd": ["true"], "priority": "critical"}})[
+            "id"
+        ]
         go.touch()
         starts = {}
         for job_id in (blocker, low, normal, critical):
@@ -97,8 +149,16 @@ def test_priority_orders_ready_tasks_across_jobs(daemon: DaemonProcess, tmp_path
 
 
 def test_timeout_stops_the_process_group_and_retries(daemon: DaemonProcess) -> None:
-    status = run_job(daemon, {"name": "slow", **sh("sleep 100 & sleep 100; wait"), "timeout": 0.3,
-                              "retries": 1, "retry_delay": 0.05})
+    status = run_job(
+        daemon,
+        {
+            "name": "slow",
+            **sh("sleep 100 & sleep 100; wait"),
+            "timeout": 0.3,
+            "retries": 1,
+            "retry_delay": 0.05,
+        },
+    )
     t = tasks_by_name(status)["slow"]
     assert t["state"] == "timeout" and t["attempts"] == 2
     assert t["error"]["type"] == "Timeout"
@@ -117,8 +177,14 @@ def test_sigterm_is_followed_by_sigkill_after_the_grace(tmp_path: Path) -> None:
 
 def test_cancel_a_job_stops_running_cancels_pending_skips_dependents(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
-        job_id = client.submit({"name": "c", "root": {"sequential": [
-            {"name": "long", **sh("sleep 100")}, {"name": "next", "cmd": ["true"]}]}})["id"]
+        job_id = client.submit(
+            {
+                "name": "c",
+                "root": {
+                    "sequential": [{"name": "long", **sh("sleep 100")}, {"name": "next", "cmd": ["true"]}]
+                },
+            }
+        )["id"]
         # wait until the first task runs (bounded; never a sleep)
         deadline = time.monotonic() + 30
         while client.status(job_id)["tasks"][0]["state"] != "running":
@@ -134,9 +200,19 @@ def test_cancel_a_job_stops_running_cancels_pending_skips_dependents(daemon: Dae
 
 def test_cancel_a_single_task(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
-        job_id = client.submit({"name": "c", "root": {"concurrent": [
-            {"name": "victim", **sh("sleep 100")}, {"name": "dependent", "cmd": ["true"], "depends_on": ["victim"]},
-            {"name": "bystander", **sh("sleep 0.2")}]}, "on_failure": "continue"})["id"]
+        job_id = client.submit(
+            {
+                "name": "c",
+                "root": {
+                    "concurrent": [
+                        {"name": "victim", **sh("sleep 100")},
+                        {"name": "dependent", "cmd": ["true"], "depends_on": ["victim"]},
+                        {"name": "bystander", **sh("sleep 0.2")},
+                    ]
+                },
+                "on_failure": "continue",
+            }
+        )["id"]
         client.cancel(f"{job_id}/victim")
         status = client.wait(job_id, timeout=30)["status"]
         with pytest.raises(ProcpoolError) as info:
@@ -144,7 +220,10 @@ def test_cancel_a_single_task(daemon: DaemonProcess) -> None:
         assert info.value.code is ErrorCode.CONFLICT
     t = tasks_by_name(status)
     assert t["victim"]["state"] == "cancelled"
-    assert (t["dependent"]["state"], t["dependent"]["reason"]) == ("skipped", 'upstream "victim" was cancelled')
+    assert (t["dependent"]["state"], t["dependent"]["reason"]) == (
+        "skipped",
+        'upstream "victim" was cancelled',
+    )
     assert t["bystander"]["state"] == "completed"
 
 
@@ -193,13 +272,25 @@ def test_after_waits_for_a_job_and_fails_with_it(daemon: DaemonProcess, tmp_path
 
 def test_bad_submissions_name_the_problem(daemon: DaemonProcess, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"root": {"sequential": [{"cmd": ["x"]}, {"concurrent": [{"cmd": ["y"], "retrys": 1}]}]}}))
+    bad.write_text(
+        json.dumps({"root": {"sequential": [{"cmd": ["x"]}, {"concurrent": [{"cmd": ["y"], "retrys": 1}]}]}})
+    )
     out = daemon.procctl("submit", str(bad))
     assert out.returncode == 2
     assert 'root.sequential[1].concurrent[0]: unknown field "retrys" (did you mean "retries"?)' in out.stderr
     cyc = tmp_path / "cycle.json"
-    cyc.write_text(json.dumps({"root": {"sequential": [{"name": "a", "cmd": ["x"], "depends_on": ["b"]},
-                                                       {"name": "b", "cmd": ["x"]}]}}))
+    cyc.write_text(
+        json.dumps(
+            {
+                "root": {
+                    "sequential": [
+                        {"name": "a", "cmd": ["x"], "depends_on": ["b"]},
+                        {"name": "b", "cmd": ["x"]},
+                    ]
+                }
+            }
+        )
+    )
     out = daemon.procctl("submit", str(cyc))
     assert out.returncode == 2 and "dependency cycle" in out.stderr
     # the daemon validates too, independently of the client
@@ -225,8 +316,20 @@ def test_procctl_submit_wait_status_run_cancel(daemon: DaemonProcess, tmp_path: 
     out = daemon.procctl("--json", "status", "1")
     data = json.loads(out.stdout)
     assert data["format"] == 1 and data["job"]["name"] == "ok"
-    assert set(data["tasks"][0]) >= {"id", "name", "path", "kind", "state", "attempts", "started_at",
-                                     "finished_at", "result", "error", "exit_code", "progress"}
+    assert set(data["tasks"][0]) >= {
+        "id",
+        "name",
+        "path",
+        "kind",
+        "state",
+        "attempts",
+        "started_at",
+        "finished_at",
+        "result",
+        "error",
+        "exit_code",
+        "progress",
+    }
     out = daemon.procctl("validate", str(ok))
     assert out.returncode == 0 and "1. a" in out.stdout
     out = daemon.procctl("wait", "1")
@@ -238,8 +341,15 @@ def test_procctl_submit_wait_status_run_cancel(daemon: DaemonProcess, tmp_path: 
 
 
 def test_cmd_env_cwd_and_identity(daemon: DaemonProcess, tmp_path: Path) -> None:
-    status = run_job(daemon, {"name": "envy", "cwd": str(tmp_path), "env": {"GREETING": "hi"},
-                              **sh('echo "$GREETING $PROCPOOL_TASK_NAME $PROCPOOL_ATTEMPT $(pwd)" > out.txt')})
+    status = run_job(
+        daemon,
+        {
+            "name": "envy",
+            "cwd": str(tmp_path),
+            "env": {"GREETING": "hi"},
+            **sh('echo "$GREETING $PROCPOOL_TASK_NAME $PROCPOOL_ATTEMPT $(pwd)" > out.txt'),
+        },
+    )
     assert tasks_by_name(status)["envy"]["state"] == "completed"
     assert (tmp_path / "out.txt").read_text() == f"hi envy 1 {tmp_path}\n"
 

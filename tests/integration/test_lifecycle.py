@@ -97,8 +97,12 @@ def test_stale_socket_file_is_replaced() -> None:
 
 def test_unreachable_daemon_exit_code_and_message() -> None:
     path = f"/tmp/pp-nonexistent-{os.getpid()}/control.sock"
-    out = subprocess.run([sys.executable, "-m", "procpool.cli", "--socket", path, "ping"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "procpool.cli", "--socket", path, "ping"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 3
     lines = out.stderr.strip().splitlines()
     assert lines[0] == f"procctl: error: no procpoold is listening on {path}"
@@ -117,8 +121,13 @@ def test_environment_socket_is_honoured_by_both_programs() -> None:
     d.command = lambda: cmd_without_socket  # type: ignore[method-assign]
     try:
         d.start()
-        out = subprocess.run([sys.executable, "-m", "procpool.cli", "ping"], capture_output=True,
-                             text=True, timeout=30, env={**os.environ, "PROCPOOL_SOCKET": str(sock)})
+        out = subprocess.run(
+            [sys.executable, "-m", "procpool.cli", "ping"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PROCPOOL_SOCKET": str(sock)},
+        )
         assert out.returncode == 0, out.stderr
         d.stop()
     finally:
@@ -127,7 +136,7 @@ def test_environment_socket_is_honoured_by_both_programs() -> None:
 
 def test_config_file_is_read_and_options_override_it(tmp_path: Path) -> None:
     cfg = tmp_path / "procpoold.toml"
-    cfg.write_text("[procpoold]\nworkers = 3\nlog_level = \"info\"\n")
+    cfg.write_text('[procpoold]\nworkers = 3\nlog_level = "info"\n')
     for extra, expected in ((["--config", str(cfg)], 3), (["--config", str(cfg), "--workers", "1"], 1)):
         with DaemonProcess(extra_args=extra) as d, d.client() as client:
             assert client.status()["workers"]["configured"] == expected

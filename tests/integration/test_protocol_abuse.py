@@ -53,8 +53,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("frame", "code"), CASES)
-def test_each_bad_request_gets_its_error(peer: RawPeer, daemon: DaemonProcess, frame: bytes,
-                                         code: ErrorCode) -> None:
+def test_each_bad_request_gets_its_error(
+    peer: RawPeer, daemon: DaemonProcess, frame: bytes, code: ErrorCode
+) -> None:
     reply = peer.exchange(frame)
     assert reply.error is not None and reply.error.code is code, reply
     assert peer.exchange(encode_request("after", "ping")).result["pid"] == daemon.pid
@@ -94,16 +95,25 @@ def test_a_client_that_never_reads_does_not_stall_others(daemon: DaemonProcess) 
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 envelope_like = st.fixed_dictionaries(
     {},
-    optional={"v": msgpack_values | st.just(1), "id": msgpack_values, "op": st.sampled_from(
-        ["ping", "status", "shutdown_nope", "", "x"]) | msgpack_values, "args": msgpack_values},
+    optional={
+        "v": msgpack_values | st.just(1),
+        "id": msgpack_values,
+        "op": st.sampled_from(["ping", "status", "shutdown_nope", "", "x"]) | msgpack_values,
+        "args": msgpack_values,
+    },
 )
 
 

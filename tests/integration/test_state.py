@@ -33,11 +33,21 @@ def wait_running(client: Client, job_id: str, name: str) -> None:
 
 def marker_job(marks: Path, gate: Path, policy: str = "retry", retries: int = 0) -> dict[str, Any]:
     """first (quick) -> slow (waits for the gate file) -> last; each appends its name to marks."""
-    return {"name": "m", "on_interrupt": policy, "root": {"sequential": [
-        {"name": "first", **sh(f"echo first >> {marks}")},
-        {"name": "slow", **sh(f"until [ -e {gate} ]; do sleep 0.01; done; echo slow >> {marks}"),
-         "retries": retries},
-        {"name": "last", **sh(f"echo last >> {marks}")}]}}
+    return {
+        "name": "m",
+        "on_interrupt": policy,
+        "root": {
+            "sequential": [
+                {"name": "first", **sh(f"echo first >> {marks}")},
+                {
+                    "name": "slow",
+                    **sh(f"until [ -e {gate} ]; do sleep 0.01; done; echo slow >> {marks}"),
+                    "retries": retries,
+                },
+                {"name": "last", **sh(f"echo last >> {marks}")},
+            ]
+        },
+    }
 
 
 @pytest.mark.parametrize("how", ["graceful", "crash"])
@@ -71,8 +81,9 @@ def test_restart_resumes_without_rerunning_completed_tasks(tmp_path: Path, how: 
         d.cleanup()
 
 
-@pytest.mark.parametrize(("policy", "retries", "expected"), [("retry", 0, "failed"), ("fail", 3, "failed"),
-                                                              ("hold", 0, "held")])
+@pytest.mark.parametrize(
+    ("policy", "retries", "expected"), [("retry", 0, "failed"), ("fail", 3, "failed"), ("hold", 0, "held")]
+)
 def test_on_interrupt_policies(tmp_path: Path, policy: str, retries: int, expected: str) -> None:
     marks, gate = tmp_path / "marks", tmp_path / "gate"
     d = DaemonProcess()
@@ -149,7 +160,9 @@ def test_history_filters_retention_and_clean(tmp_path: Path) -> None:
         with d.client() as client:
             ids = []
             for i in range(5):
-                ids.append(client.submit({"name": f"j{i}", "root": {"cmd": ["true" if i % 2 else "false"]}})["id"])
+                ids.append(
+                    client.submit({"name": f"j{i}", "root": {"cmd": ["true" if i % 2 else "false"]}})["id"]
+                )
                 client.wait(ids[-1], timeout=30)
             listed = [j["id"] for j in client.status()["jobs"]["list"]]
             assert listed == ids[-3:]  # the two oldest were pruned
@@ -180,11 +193,23 @@ def test_repeat_resumes_at_the_right_run(tmp_path: Path) -> None:
         d.start()
         with d.client() as client:
             # run 2 waits for the gate; runs 1 and 3 go straight through
-            job_id = client.submit({"name": "r", "repeat": 3, "namespace": {"seed": 42}, "retries": 1, "root": {
-                "name": "tick", **sh(f'[ "$(cat {tmp_path}/count 2>/dev/null)" != 1 ] || '
-                                     f"until [ -e {gate} ]; do sleep 0.01; done; "
-                                     f"echo $(( $(cat {tmp_path}/count 2>/dev/null || echo 0) + 1 )) "
-                                     f"> {tmp_path}/count.new && mv {tmp_path}/count.new {tmp_path}/count")}})["id"]
+            job_id = client.submit(
+                {
+                    "name": "r",
+                    "repeat": 3,
+                    "namespace": {"seed": 42},
+                    "retries": 1,
+                    "root": {
+                        "name": "tick",
+                        **sh(
+                            f'[ "$(cat {tmp_path}/count 2>/dev/null)" != 1 ] || '
+                            f"until [ -e {gate} ]; do sleep 0.01; done; "
+                            f"echo $(( $(cat {tmp_path}/count 2>/dev/null || echo 0) + 1 )) "
+                            f"> {tmp_path}/count.new && mv {tmp_path}/count.new {tmp_path}/count"
+                        ),
+                    },
+                }
+            )["id"]
             deadline = time.monotonic() + 30
             while client.status(job_id)["job"]["run"] < 2:
                 assert time.monotonic() < deadline
@@ -216,14 +241,28 @@ def test_fault_injection_nothing_accepted_is_lost(tmp_path: Path) -> None:
             d.start()
             stop = threading.Event()
 
-            def submitter() -> None:
+            def submitter(stop: threading.Event = stop) -> None:
                 with Client(d.socket, timeout=1) as client:
                     while not stop.wait(0.005):
                         n = len(acked)
-                        doc = {"name": f"f{n}", "key": f"fault-{n}", "retries": 3, "root": {"sequential": [
-                            {"name": f"a{i}", "cmd": ["sh", "-c",
-                                                      f'echo "$PROCPOOL_ATTEMPT" >> {marks}/$PROCPOOL_TASK_ID']}
-                            for i in range(3)]}}
+                        doc = {
+                            "name": f"f{n}",
+                            "key": f"fault-{n}",
+                            "retries": 3,
+                            "root": {
+                                "sequential": [
+                                    {
+                                        "name": f"a{i}",
+                                        "cmd": [
+                                            "sh",
+                                            "-c",
+                                            f'echo "$PROCPOOL_ATTEMPT" >> {marks}/$PROCPOOL_TASK_ID',
+                                        ],
+                                    }
+                                    for i in range(3)
+                                ]
+                            },
+                        }
                         try:
                             acked.append(client.submit(doc)["id"])
                         except ProcpoolError:
@@ -241,8 +280,10 @@ def test_fault_injection_nothing_accepted_is_lost(tmp_path: Path) -> None:
                 result = client.wait(job_id, timeout=60)
                 assert result["finished"], result
                 if result["state"] != "completed":  # only a task interrupted more often than it may retry
-                    assert any(t["error"] and t["error"]["type"] == "Interrupted" and t["attempts"] == 4
-                               for t in result["status"]["tasks"]), result
+                    assert any(
+                        t["error"] and t["error"]["type"] == "Interrupted" and t["attempts"] == 4
+                        for t in result["status"]["tasks"]
+                    ), result
                     continue
                 for t in result["status"]["tasks"]:
                     attempts = (marks / t["id"]).read_text().split()

@@ -46,8 +46,12 @@ def tagged_pids(tag: str) -> list[int]:
 class DaemonProcess:
     """One procpoold subprocess with its own socket, state dir and log file."""
 
-    def __init__(self, workdir: Path | None = None, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.owns_dir = workdir is None
         # Short paths: a Unix socket path must fit in 107 bytes.
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="pp-", dir="/tmp"))
@@ -61,8 +65,18 @@ class DaemonProcess:
         self.returncode: int | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "procpoold", "--socket", str(self.socket), "--state-dir",
-                str(self.state_dir), "--log-level", "debug", *self.extra_args]
+        return [
+            sys.executable,
+            "-m",
+            "procpoold",
+            "--socket",
+            str(self.socket),
+            "--state-dir",
+            str(self.state_dir),
+            "--log-level",
+            "debug",
+            *self.extra_args,
+        ]
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> DaemonProcess:
         notify_path = self.dir / "notify.sock"
@@ -74,8 +88,14 @@ class DaemonProcess:
         if "PROCPOOL_SOCKET" not in self.env:
             env.pop("PROCPOOL_SOCKET", None)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
         try:
             if wait_ready:
                 self._wait_ready(notify, timeout)
@@ -104,12 +124,19 @@ class DaemonProcess:
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.socket, timeout=timeout)
 
-    def procctl(self, *args: str, input: bytes | None = None, timeout: float = 60.0,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def procctl(
+        self, *args: str, input: bytes | None = None, timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real procctl against this daemon."""
         cmd = [sys.executable, "-m", "procpool.cli", "--socket", str(self.socket), *args]
-        return subprocess.run(cmd, input=input.decode() if input else None, capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **(env or {})})
+        return subprocess.run(
+            cmd,
+            input=input.decode() if input else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
 
     def log(self) -> str:
         try:

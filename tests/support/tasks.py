@@ -22,8 +22,14 @@ def incr(key: str = "n") -> Any:
 def context() -> dict[str, Any]:
     ctx = task.context()
     ctx.logger.info("context of %s", ctx.task_name)
-    return {"job_id": ctx.job_id, "task_id": ctx.task_id, "task_name": ctx.task_name, "attempt": ctx.attempt,
-            "run": ctx.run, "env": os.environ.get("SPECIAL", "")}
+    return {
+        "job_id": ctx.job_id,
+        "task_id": ctx.task_id,
+        "task_name": ctx.task_name,
+        "attempt": ctx.attempt,
+        "run": ctx.run,
+        "env": os.environ.get("SPECIAL", ""),
+    }
 
 
 def progress_then_wait(gate: str) -> str:

@@ -65,7 +65,9 @@ def _finish(settings: Settings, client: Client, job_id: str, live: bool) -> None
 
 @cli.command()
 @click.argument("file")
-@click.option("--wait", "wait_", is_flag=True, help="Wait for the job, with live progress; exit 1 unless it completed.")
+@click.option(
+    "--wait", "wait_", is_flag=True, help="Wait for the job, with live progress; exit 1 unless it completed."
+)
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
 @pass_settings
 def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...]) -> None:
@@ -78,7 +80,7 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...]) -
             emit(settings, reply, f"{reply['id']}{note}")
             return
         if not settings.json:
-            click.echo(f"job {reply['id']} \"{reply['name']}\" submitted{note}", err=True)
+            click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
         _finish(settings, client, reply["id"], live=not settings.json)
 
 
@@ -90,8 +92,9 @@ def validate(settings: Settings, file: str) -> None:
     raw = load_job_file(file)
     job = parse_job(raw)
     plan = compile_job(job)
-    order = [{"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind}
-             for i in plan.order]
+    order = [
+        {"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind} for i in plan.order
+    ]
     data = {"valid": True, "name": job.name, "tasks": len(job.tasks), "order": order}
 
     def text() -> str:
@@ -112,7 +115,9 @@ def _parse_arg(text: str) -> Any:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--name", help="Task (and job) name.")
-@click.option("--timeout", "task_timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt.")
+@click.option(
+    "--timeout", "task_timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt."
+)
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--retry-delay", type=click.FloatRange(min=0), help="Seconds before the first retry.")
 @click.option("--priority", type=click.Choice(PRIORITIES), help="Dispatch priority.")
@@ -125,10 +130,23 @@ def _parse_arg(text: str) -> Any:
 @click.option("--key", help="Idempotency key.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the task; exit 1 unless it completed.")
 @pass_settings
-def run(settings: Settings, argv: tuple[str, ...], name: str | None, task_timeout: float | None,
-        retries: int | None, retry_delay: float | None, priority: str | None, env: tuple[str, ...],
-        cwd: str | None, tags: tuple[str, ...], shell: bool, kwargs: tuple[str, ...], after: tuple[str, ...],
-        key: str | None, wait_: bool) -> None:
+def run(
+    settings: Settings,
+    argv: tuple[str, ...],
+    name: str | None,
+    task_timeout: float | None,
+    retries: int | None,
+    retry_delay: float | None,
+    priority: str | None,
+    env: tuple[str, ...],
+    cwd: str | None,
+    tags: tuple[str, ...],
+    shell: bool,
+    kwargs: tuple[str, ...],
+    after: tuple[str, ...],
+    key: str | None,
+    wait_: bool,
+) -> None:
     """Submit a one-task job: a callable or a command.
 
     \b
@@ -153,8 +171,14 @@ def run(settings: Settings, argv: tuple[str, ...], name: str | None, task_timeou
         task["cmd"] = " ".join(words) if shell else words
         if shell:
             task["shell"] = True
-    for field, value in (("name", name), ("timeout", task_timeout), ("retries", retries),
-                         ("retry_delay", retry_delay), ("priority", priority), ("cwd", cwd)):
+    for field, value in (
+        ("name", name),
+        ("timeout", task_timeout),
+        ("retries", retries),
+        ("retry_delay", retry_delay),
+        ("priority", priority),
+        ("cwd", cwd),
+    ):
         if value is not None:
             task[field] = value
     if env:
@@ -185,7 +209,9 @@ def run(settings: Settings, argv: tuple[str, ...], name: str | None, task_timeou
 @click.argument("job", required=False)
 @click.option("--state", help="Only jobs in this state (with no JOB).")
 @click.option("--since", metavar="AGE", help="Only jobs created within AGE (30s, 15m, 2h, 1d).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs."
+)
 @pass_settings
 def status(settings: Settings, job: str | None, state: str | None, since: str | None, limit: int) -> None:
     """Show the daemon and its jobs, or one job's tree (JOB is an id like 12, or a task: 12.3, 12/name)."""
@@ -199,7 +225,11 @@ def status(settings: Settings, job: str | None, state: str | None, since: str | 
             return
         since_ts = time.time() - _age(since) if since else None
         data = client.status(state=state, since=since_ts, limit=limit)
-    emit(settings, data, lambda: render.summary(data) + "\n\n" + render.job_table(data["jobs"]["list"], time.time()))
+    emit(
+        settings,
+        data,
+        lambda: render.summary(data) + "\n\n" + render.job_table(data["jobs"]["list"], time.time()),
+    )
 
 
 def _age(text: str) -> float:
@@ -211,7 +241,9 @@ def _age(text: str) -> float:
 
 @cli.command()
 @click.argument("id")
-@click.option("--timeout", "wait_timeout", type=click.FloatRange(min=0), help="Give up after this many seconds.")
+@click.option(
+    "--timeout", "wait_timeout", type=click.FloatRange(min=0), help="Give up after this many seconds."
+)
 @pass_settings
 def wait(settings: Settings, id: str, wait_timeout: float | None) -> None:
     """Wait until a job or task has finished; exit 0 if it completed, 1 if not."""
@@ -233,8 +265,12 @@ def cancel(settings: Settings, id: str) -> None:
     """Cancel a job, or a single task (12.3 or 12/name)."""
     with settings.client() as client:
         result = client.cancel(id)
-    emit(settings, result, f"cancelled {id}" + (f"; stopping {result['stopping']} running attempt(s)"
-                                              if result["stopping"] else ""))
+    emit(
+        settings,
+        result,
+        f"cancelled {id}"
+        + (f"; stopping {result['stopping']} running attempt(s)" if result["stopping"] else ""),
+    )
 
 
 @cli.command()
@@ -248,8 +284,12 @@ def resume(settings: Settings, id: str) -> None:
 
 
 @cli.command()
-@click.option("--state", type=click.Choice(["completed", "failed", "cancelled"]), help="Only jobs in this state.")
-@click.option("--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (30s, 15m, 2h, 1d).")
+@click.option(
+    "--state", type=click.Choice(["completed", "failed", "cancelled"]), help="Only jobs in this state."
+)
+@click.option(
+    "--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (30s, 15m, 2h, 1d)."
+)
 @pass_settings
 def clean(settings: Settings, state: str | None, older_than: str | None) -> None:
     """Remove finished jobs from the daemon's history."""

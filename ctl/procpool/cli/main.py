@@ -78,8 +78,10 @@ class ProcctlGroup(click.Group):
         except ProcpoolError as exc:
             if debug:
                 raise
-            code = EXIT_UNREACHABLE if exc.code is ErrorCode.UNREACHABLE else (
-                EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED
+            code = (
+                EXIT_UNREACHABLE
+                if exc.code is ErrorCode.UNREACHABLE
+                else (EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED)
             )
             fail(exc.message, exc.hint, code)
         except (OSError, ValueError) as exc:
@@ -100,12 +102,22 @@ Exit codes:
 
 
 @click.group(cls=ProcctlGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Control socket [env PROCPOOL_SOCKET; default /run/procpoold/control.sock for root, "
-                   "$XDG_RUNTIME_DIR/procpoold/control.sock otherwise].")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Control socket [env PROCPOOL_SOCKET; default /run/procpoold/control.sock for root, "
+    "$XDG_RUNTIME_DIR/procpoold/control.sock otherwise].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
-              help="Seconds to wait for the daemon's answer.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the daemon's answer.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="procctl")
 @click.pass_context
@@ -144,4 +156,3 @@ def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     cli(prog_name="procctl")
-

@@ -18,9 +18,18 @@ def pool_table(data: dict[str, Any]) -> str:
     rows = [("SLOT", "PID", "STATE", "TASK", "DONE", "RSS", "USS", "AGE")]
     for w in data["workers"]:
         tasks = ", ".join(a["task_name"] for a in w.get("attempts", [])) or "-"
-        rows.append((str(w["slot"]), str(w["pid"]), w["state"] + (" (retiring)" if w.get("retiring") else ""),
-                     tasks, str(w.get("tasks_done", 0)), _mib(w.get("rss")), _mib(w.get("uss")),
-                     duration(w.get("age"))))
+        rows.append(
+            (
+                str(w["slot"]),
+                str(w["pid"]),
+                w["state"] + (" (retiring)" if w.get("retiring") else ""),
+                tasks,
+                str(w.get("tasks_done", 0)),
+                _mib(w.get("rss")),
+                _mib(w.get("uss")),
+                duration(w.get("age")),
+            )
+        )
     if len(rows) == 1:
         return "no workers"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -34,8 +34,14 @@ def summary(data: dict[str, Any]) -> str:
 
 
 MARKS = {
-    "pending": "·", "ready": "○", "running": "▶", "completed": "✔", "failed": "✘", "timeout": "⏱",
-    "cancelled": "⊘", "skipped": "↷",
+    "pending": "·",
+    "ready": "○",
+    "running": "▶",
+    "completed": "✔",
+    "failed": "✘",
+    "timeout": "⏱",
+    "cancelled": "⊘",
+    "skipped": "↷",
 }
 
 
@@ -82,7 +88,7 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     runs = f"run {job['run']}/{'∞' if repeat == 'forever' else repeat}"
     end = job.get("finished_at") or now
     took = duration(end - job["started_at"]) if job.get("started_at") else "-"
-    lines = [f"job {job['id']} \"{job['name']}\"  {job['state']}  {runs}  {took}"]
+    lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}']
     if job.get("reason"):
         lines.append(f"  reason: {job['reason']}")
 
@@ -116,10 +122,20 @@ def job_table(jobs: list[dict[str, Any]], now: float) -> str:
     for j in jobs:
         counts = j.get("counts", {})
         done = counts.get("completed", 0)
-        rows.append((j["id"], j["name"], j["state"], str(j["run"]), f"{done}/{j['tasks']}",
-                     duration(now - j["created_at"])))
+        rows.append(
+            (
+                j["id"],
+                j["name"],
+                j["state"],
+                str(j["run"]),
+                f"{done}/{j['tasks']}",
+                duration(now - j["created_at"]),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def progress_line(status: dict[str, Any], width: int = 30) -> str:
@@ -128,8 +144,11 @@ def progress_line(status: dict[str, Any], width: int = 30) -> str:
     total = len(tasks)
     final = sum(1 for t in tasks if t["state"] in ("completed", "failed", "timeout", "cancelled", "skipped"))
     filled = int(width * final / total) if total else width
-    running = [t["name"] + (f" {_progress(t.get('progress'))}" if t.get("progress") else "")
-               for t in tasks if t["state"] == "running"]
+    running = [
+        t["name"] + (f" {_progress(t.get('progress'))}" if t.get("progress") else "")
+        for t in tasks
+        if t["state"] == "running"
+    ]
     job = status["job"]
     text = f"[{'#' * filled}{'.' * (width - filled)}] {final}/{total}  run {job['run']}  {job['state']}"
     if running:

@@ -93,12 +93,25 @@ OPS: dict[str, Op] = {
         ),
         _op("cancel", "Cancel a job or a single task.", mutating=True, id=Arg(_STR, required=True)),
         _op("pool", "The worker pool: one entry per worker (pid, state, current task, tasks done, memory)."),
-        _op("pool_resize", "Change the number of workers at run time.", mutating=True,
-            workers=Arg((int,), required=True)),
-        _op("resume", "Release a job held after a restart (on_interrupt: hold).", mutating=True,
-            id=Arg(_STR, required=True)),
-        _op("clean", "Remove finished jobs from the history.", mutating=True, state=Arg(_STR),
-            before=Arg(_NUM)),
+        _op(
+            "pool_resize",
+            "Change the number of workers at run time.",
+            mutating=True,
+            workers=Arg((int,), required=True),
+        ),
+        _op(
+            "resume",
+            "Release a job held after a restart (on_interrupt: hold).",
+            mutating=True,
+            id=Arg(_STR, required=True),
+        ),
+        _op(
+            "clean",
+            "Remove finished jobs from the history.",
+            mutating=True,
+            state=Arg(_STR),
+            before=Arg(_NUM),
+        ),
     )
 }
 
@@ -117,9 +130,7 @@ def check_args(op_name: str, args: dict[str, Any], request_id: Any = None) -> Op
     for key, value in args.items():
         spec = op.args.get(key)
         if spec is None:
-            raise RequestError(
-                ErrorCode.INVALID_ARGUMENT, f"{op_name}: unknown argument {key!r}", request_id
-            )
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: unknown argument {key!r}", request_id)
         if not spec.accepts(value):
             raise RequestError(
                 ErrorCode.INVALID_ARGUMENT,
@@ -128,7 +139,5 @@ def check_args(op_name: str, args: dict[str, Any], request_id: Any = None) -> Op
             )
     for key, spec in op.args.items():
         if spec.required and key not in args:
-            raise RequestError(
-                ErrorCode.INVALID_ARGUMENT, f"{op_name}: missing argument {key!r}", request_id
-            )
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: missing argument {key!r}", request_id)
     return op

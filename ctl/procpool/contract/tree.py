@@ -46,6 +46,7 @@ class TreeError(ProcpoolError):
 
 # -- the field tables: the single definition behind validation and the JSON Schema -------------
 
+
 @dataclass(frozen=True)
 class FieldSpec:
     kind: str  # see _check_value
@@ -98,6 +99,7 @@ INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
 
 # -- the parsed model ---------------------------------------------------------------------------
+
 
 @dataclass
 class TaskSpec:
@@ -158,14 +160,22 @@ class JobSpec:
 
 # -- validation ---------------------------------------------------------------------------------
 
+
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _check_value(kind: str, value: Any, path: str) -> Any:
@@ -209,8 +219,11 @@ def _check_value(kind: str, value: Any, path: str) -> Any:
     elif kind == "priority":
         if value not in PRIORITIES:
             shown = value if isinstance(value, str) else _type_name(value)
-            raise TreeError(path, f'unknown priority "{shown}"; use one of {", ".join(PRIORITIES)}'
-                            + (_suggest(value, PRIORITIES) if isinstance(value, str) else ""))
+            raise TreeError(
+                path,
+                f'unknown priority "{shown}"; use one of {", ".join(PRIORITIES)}'
+                + (_suggest(value, PRIORITIES) if isinstance(value, str) else ""),
+            )
     elif kind == "on_failure":
         if value not in ON_FAILURE:
             raise TreeError(path, f'must be "stop" or "continue", got {value!r}')
@@ -222,10 +235,7 @@ def _check_value(kind: str, value: Any, path: str) -> Any:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TreeError(path, f'must be a positive integer or "forever", got {value!r}')
-    elif kind == "names":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad("an array of strings")
-    elif kind == "strings":
+    elif kind == "names" or kind == "strings":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("an array of strings")
     elif kind == "env":
@@ -256,8 +266,9 @@ class _Parser:
             raise TreeError(path, f'duplicate name "{name}" (also used at {self.names[name]})')
         self.names[name] = path
 
-    def node(self, raw: Any, path: str, defaults: dict[str, Any], parent: int | None, default_name: str,
-             depth: int) -> tuple[str, int]:
+    def node(
+        self, raw: Any, path: str, defaults: dict[str, Any], parent: int | None, default_name: str, depth: int
+    ) -> tuple[str, int]:
         if depth > MAX_DEPTH:
             raise TreeError(path, f"nesting deeper than {MAX_DEPTH} levels")
         if len(self.tasks) + len(self.groups) >= MAX_NODES:
@@ -268,15 +279,21 @@ class _Parser:
         kinds = group_keys + [k for k in ("call", "cmd") if k in raw]
         if len(kinds) != 1:
             if not kinds:
-                raise TreeError(path, 'a node needs one of "call", "cmd", "sequential" or "concurrent"'
-                                + _suggest_keys(raw, ("call", "cmd", *GROUP_KEYS)))
-            raise TreeError(path, f"a node has exactly one of call, cmd, sequential, concurrent; got {', '.join(kinds)}")
+                raise TreeError(
+                    path,
+                    'a node needs one of "call", "cmd", "sequential" or "concurrent"'
+                    + _suggest_keys(raw, ("call", "cmd", *GROUP_KEYS)),
+                )
+            raise TreeError(
+                path, f"a node has exactly one of call, cmd, sequential, concurrent; got {', '.join(kinds)}"
+            )
         if group_keys:
             return self.group(raw, path, group_keys[0], defaults, parent, default_name, depth)
         return self.task(raw, path, defaults, parent, default_name)
 
-    def _fields(self, raw: dict[str, Any], path: str, table: dict[str, FieldSpec], skip: tuple[str, ...] = ()
-                ) -> dict[str, Any]:
+    def _fields(
+        self, raw: dict[str, Any], path: str, table: dict[str, FieldSpec], skip: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for key, value in raw.items():
             if key in skip:
@@ -287,8 +304,16 @@ class _Parser:
             values[key] = _check_value(spec.kind, value, f"{path}.{key}")
         return values
 
-    def group(self, raw: dict[str, Any], path: str, kind: str, defaults: dict[str, Any], parent: int | None,
-              default_name: str, depth: int) -> tuple[str, int]:
+    def group(
+        self,
+        raw: dict[str, Any],
+        path: str,
+        kind: str,
+        defaults: dict[str, Any],
+        parent: int | None,
+        default_name: str,
+        depth: int,
+    ) -> tuple[str, int]:
         values = self._fields(raw, path, GROUP_FIELDS, skip=(kind,))
         children_raw = raw[kind]
         cpath = f"{path}.{kind}"
@@ -306,8 +331,9 @@ class _Parser:
             group.children.append(self.node(child, f"{cpath}[{i}]", inner, index, f"{name}.{i}", depth + 1))
         return ("group", index)
 
-    def task(self, raw: dict[str, Any], path: str, defaults: dict[str, Any], parent: int | None,
-             default_name: str) -> tuple[str, int]:
+    def task(
+        self, raw: dict[str, Any], path: str, defaults: dict[str, Any], parent: int | None, default_name: str
+    ) -> tuple[str, int]:
         values = self._fields(raw, path, TASK_FIELDS)
         kind: Literal["call", "cmd"] = "call" if "call" in values else "cmd"
         if kind == "call":
@@ -320,22 +346,35 @@ class _Parser:
                     raise TreeError(path, f'"{bad}" belongs to call tasks; put arguments in "cmd"')
             shell = values.get("shell", False)
             if isinstance(values["cmd"], str) and not shell:
-                raise TreeError(f"{path}.cmd", "a string command needs \"shell\": true (or use an argv array)")
+                raise TreeError(f"{path}.cmd", 'a string command needs "shell": true (or use an argv array)')
             if isinstance(values["cmd"], list) and shell:
                 raise TreeError(f"{path}.shell", "shell: true takes the command as one string")
         merged = _merge_defaults(defaults, values)
         name = values.get("name", default_name)
         self.claim(name, path)
         index = len(self.tasks)
-        self.tasks.append(TaskSpec(
-            index=index, name=name, path=path, kind=kind, call=values.get("call"),
-            args=list(values.get("args", [])), kwargs=dict(values.get("kwargs", {})), cmd=values.get("cmd"),
-            shell=bool(values.get("shell", False)), timeout=merged.get("timeout"),
-            retries=int(merged.get("retries", 0)), retry_delay=float(merged.get("retry_delay", 1.0)),
-            priority=str(merged.get("priority", "normal")), depends_on=list(values.get("depends_on", [])),
-            env=dict(merged.get("env", {})), cwd=merged.get("cwd"), tags=list(merged.get("tags", [])),
-            parent=parent,
-        ))
+        self.tasks.append(
+            TaskSpec(
+                index=index,
+                name=name,
+                path=path,
+                kind=kind,
+                call=values.get("call"),
+                args=list(values.get("args", [])),
+                kwargs=dict(values.get("kwargs", {})),
+                cmd=values.get("cmd"),
+                shell=bool(values.get("shell", False)),
+                timeout=merged.get("timeout"),
+                retries=int(merged.get("retries", 0)),
+                retry_delay=float(merged.get("retry_delay", 1.0)),
+                priority=str(merged.get("priority", "normal")),
+                depends_on=list(values.get("depends_on", [])),
+                env=dict(merged.get("env", {})),
+                cwd=merged.get("cwd"),
+                tags=list(merged.get("tags", [])),
+                parent=parent,
+            )
+        )
         return ("task", index)
 
 
@@ -356,7 +395,10 @@ def _merge_defaults(defaults: dict[str, Any], values: dict[str, Any]) -> dict[st
         if key == "env":
             merged["env"] = {**defaults.get("env", {}), **values["env"]}
         elif key == "tags":
-            merged["tags"] = [*defaults.get("tags", []), *[t for t in values["tags"] if t not in defaults.get("tags", [])]]
+            merged["tags"] = [
+                *defaults.get("tags", []),
+                *[t for t in values["tags"] if t not in defaults.get("tags", [])],
+            ]
         else:
             merged[key] = values[key]
     return merged
@@ -380,20 +422,29 @@ def parse_job(raw: Any) -> JobSpec:
     defaults = {k: values[k] for k in INHERITABLE if k in values}
     root = parser.node(raw["root"], "root", defaults, None, "root", 0)
     job = JobSpec(
-        name=str(values.get("name") or (parser.groups[0].name if root[0] == "group" else parser.tasks[0].name)),
-        root=root, tasks=parser.tasks, groups=parser.groups,
-        repeat=values["repeat"] if "repeat" in values else 1,
+        name=str(
+            values.get("name") or (parser.groups[0].name if root[0] == "group" else parser.tasks[0].name)
+        ),
+        root=root,
+        tasks=parser.tasks,
+        groups=parser.groups,
+        repeat=values.get("repeat", 1),
         on_failure=str(values.get("on_failure", "stop")),
         on_interrupt=str(values.get("on_interrupt", "retry")),
         priority=str(values.get("priority", "normal")),
-        namespace=dict(values.get("namespace", {})), env=dict(values.get("env", {})), cwd=values.get("cwd"),
-        python_path=list(values.get("python_path", [])), key=values.get("key"), tags=list(values.get("tags", [])),
+        namespace=dict(values.get("namespace", {})),
+        env=dict(values.get("env", {})),
+        cwd=values.get("cwd"),
+        python_path=list(values.get("python_path", [])),
+        key=values.get("key"),
+        tags=list(values.get("tags", [])),
     )
     compile_job(job)
     return job
 
 
 # -- ordering -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Plan:
@@ -420,7 +471,9 @@ def compile_job(job: JobSpec) -> Plan:
         for i, name in enumerate(names):
             target = by_name.get(name)
             if target is None:
-                raise TreeError(f"{path}.depends_on[{i}]", f'unknown task "{name}"{_suggest(name, list(by_name))}')
+                raise TreeError(
+                    f"{path}.depends_on[{i}]", f'unknown task "{name}"{_suggest(name, list(by_name))}'
+                )
             if target == me:
                 raise TreeError(f"{path}.depends_on[{i}]", f'"{name}" depends on itself')
             out.append(target)
@@ -483,7 +536,7 @@ def _find_cycle(graph: dict[Any, list[Any]]) -> list[Any] | None:
                 w = succ[i]
                 c = color.get(w, 0)
                 if c == 1:
-                    return trail[trail.index(w):]
+                    return trail[trail.index(w) :]
                 if c == 0:
                     color[w] = 1
                     stack.append((w, 0))
@@ -530,8 +583,12 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     "string": {"type": "string"},
     "name": {"type": "string", "pattern": NAME_RE.pattern},
     "callable": {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
-    "cmd": {"oneOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1},
-                      {"type": "string", "minLength": 1}]},
+    "cmd": {
+        "oneOf": [
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            {"type": "string", "minLength": 1},
+        ]
+    },
     "bool": {"type": "boolean"},
     "positive": {"type": "number", "exclusiveMinimum": 0},
     "nonnegative": {"type": "number", "minimum": 0},
@@ -566,15 +623,30 @@ def json_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": _props(JOB_FIELDS),
         "$defs": {
-            "node": {"oneOf": [{"$ref": "#/$defs/task"}, {"$ref": "#/$defs/sequential"},
-                               {"$ref": "#/$defs/concurrent"}]},
+            "node": {
+                "oneOf": [
+                    {"$ref": "#/$defs/task"},
+                    {"$ref": "#/$defs/sequential"},
+                    {"$ref": "#/$defs/concurrent"},
+                ]
+            },
             "task": {
-                "type": "object", "additionalProperties": False, "properties": _props(TASK_FIELDS),
+                "type": "object",
+                "additionalProperties": False,
+                "properties": _props(TASK_FIELDS),
                 "oneOf": [{"required": ["call"]}, {"required": ["cmd"]}],
             },
-            "sequential": {"type": "object", "additionalProperties": False, "required": ["sequential"],
-                           "properties": {**group_props, "sequential": children}},
-            "concurrent": {"type": "object", "additionalProperties": False, "required": ["concurrent"],
-                           "properties": {**group_props, "concurrent": children}},
+            "sequential": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["sequential"],
+                "properties": {**group_props, "sequential": children},
+            },
+            "concurrent": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["concurrent"],
+                "properties": {**group_props, "concurrent": children},
+            },
         },
     }

@@ -73,14 +73,22 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def pool_resize(req: Request, peer: Peer | None) -> Any:
         workers = req.args["workers"]
         if not 0 <= workers <= 1024:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"pool_resize: workers must be 0..1024, got {workers}",
-                               req.id)
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, f"pool_resize: workers must be 0..1024, got {workers}", req.id
+            )
         return api.pool_resize(workers)
 
     handlers: dict[str, Handler] = {
-        "pool": pool, "pool_resize": pool_resize,
-        "ping": ping, "status": status, "shutdown": shutdown, "submit": submit, "wait": wait, "cancel": cancel,
-        "resume": resume, "clean": clean,
+        "pool": pool,
+        "pool_resize": pool_resize,
+        "ping": ping,
+        "status": status,
+        "shutdown": shutdown,
+        "submit": submit,
+        "wait": wait,
+        "cancel": cancel,
+        "resume": resume,
+        "clean": clean,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

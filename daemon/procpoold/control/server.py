@@ -221,8 +221,15 @@ class ControlServer:
         identity = frames[0].bytes
         if len(frames) != 2:
             self.errors_replied += 1
-            self._send(identity, encode_error(None, RequestError(
-                ErrorCode.MALFORMED, f"expected one frame per request, got {len(frames) - 1}")))
+            self._send(
+                identity,
+                encode_error(
+                    None,
+                    RequestError(
+                        ErrorCode.MALFORMED, f"expected one frame per request, got {len(frames) - 1}"
+                    ),
+                ),
+            )
             return
         frame = frames[1]
         address = frame.get("Peer-Address")

@@ -1,1 +1,4 @@
-"""Pure domain logic: job state, the ready set, priorities, namespaces. No I/O, no clock: time is passed in."""
+"""Pure domain logic: job state, the ready set, priorities, namespaces.
+
+No I/O and no clock here: time is passed in.
+"""

@@ -49,8 +49,15 @@ class Attempt:
     worker: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"number": self.number, "id": self.attempt_id, "started_at": self.started_at,
-                "finished_at": self.finished_at, "status": self.status, "pid": self.pid, "worker": self.worker}
+        return {
+            "number": self.number,
+            "id": self.attempt_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "status": self.status,
+            "pid": self.pid,
+            "worker": self.worker,
+        }
 
 
 @dataclass
@@ -106,8 +113,15 @@ class Effects:
 class Job:
     """A submitted job tree and the state of its current run."""
 
-    def __init__(self, job_id: str, spec: JobSpec, raw: dict[str, Any], now: float,
-                 submitter_uid: int | None = None, after: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        raw: dict[str, Any],
+        now: float,
+        submitter_uid: int | None = None,
+        after: list[str] | None = None,
+    ) -> None:
         self.id = job_id
         self.spec = spec
         self.raw = raw  # the document as submitted (kept for the store and for status)
@@ -128,8 +142,11 @@ class Job:
         # blockers and their reverse, from the plan (see the module docstring)
         self._ancestors: list[list[int]] = [self._chain(t) for t in spec.tasks]
         self._blockers: list[list[Node]] = [
-            [p for n in [("task", t.index), *[("group", g) for g in self._ancestors[t.index]]]
-             for p in self.plan.preds[n]]
+            [
+                p
+                for n in [("task", t.index), *[("group", g) for g in self._ancestors[t.index]]]
+                for p in self.plan.preds[n]
+            ]
             for t in spec.tasks
         ]
         self._waiters: dict[Node, list[int]] = {}
@@ -147,18 +164,35 @@ class Job:
 
     def dump(self) -> dict[str, Any]:
         """The job's own mutable fields, for the state store."""
-        return {"state": self.state, "run": self.run, "runs": self.runs, "started_at": self.started_at,
-                "finished_at": self.finished_at, "namespace": self.namespace, "reason": self.reason,
-                "cancel_requested": self.cancel_requested, "submitter_uid": self.submitter_uid,
-                "after": self.after}
+        return {
+            "state": self.state,
+            "run": self.run,
+            "runs": self.runs,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "namespace": self.namespace,
+            "reason": self.reason,
+            "cancel_requested": self.cancel_requested,
+            "submitter_uid": self.submitter_uid,
+            "after": self.after,
+        }
 
     def dump_task(self, index: int) -> dict[str, Any]:
         """One task's mutable fields, for the state store."""
         t = self.tasks[index]
-        return {"state": t.state, "attempts": [a.to_wire() for a in t.attempts], "started_at": t.started_at,
-                "finished_at": t.finished_at, "result": t.result, "exit_code": t.exit_code, "error": t.error,
-                "reason": t.reason, "progress": t.progress, "cancel_requested": t.cancel_requested,
-                "tail": list(t.tail)}
+        return {
+            "state": t.state,
+            "attempts": [a.to_wire() for a in t.attempts],
+            "started_at": t.started_at,
+            "finished_at": t.finished_at,
+            "result": t.result,
+            "exit_code": t.exit_code,
+            "error": t.error,
+            "reason": t.reason,
+            "progress": t.progress,
+            "cancel_requested": t.cancel_requested,
+            "tail": list(t.tail),
+        }
 
     def load(self, data: dict[str, Any], tasks: dict[int, dict[str, Any]]) -> None:
         """Restore what :meth:`dump` and :meth:`dump_task` saved (before :meth:`recover`)."""
@@ -171,8 +205,18 @@ class Job:
         for index, td in tasks.items():
             t = self.tasks[index]
             t.state = td["state"]
-            t.attempts = [Attempt(a["number"], a["id"], a["started_at"], a["finished_at"], a["status"],
-                                  a["pid"], a["worker"]) for a in td["attempts"]]
+            t.attempts = [
+                Attempt(
+                    a["number"],
+                    a["id"],
+                    a["started_at"],
+                    a["finished_at"],
+                    a["status"],
+                    a["pid"],
+                    a["worker"],
+                )
+                for a in td["attempts"]
+            ]
             t.started_at, t.finished_at = td["started_at"], td["finished_at"]
             t.result, t.exit_code, t.error = td["result"], td["exit_code"], td["error"]
             t.reason, t.progress, t.cancel_requested = td["reason"], td["progress"], td["cancel_requested"]
@@ -196,11 +240,17 @@ class Job:
             attempt.status, attempt.finished_at = "interrupted", now
             interrupted.append(attempt)
             policy = self.spec.on_interrupt
-            error = {"type": "Interrupted", "message": f"attempt {attempt.number} was interrupted when the "
-                     "daemon stopped", "traceback": ""}
+            error = {
+                "type": "Interrupted",
+                "message": f"attempt {attempt.number} was interrupted when the daemon stopped",
+                "traceback": "",
+            }
             if t.cancel_requested or self.cancel_requested:
-                effects.merge(self.end_unsuccessfully(t.spec.index, "cancelled", now, error,
-                                                      reason=self.reason or "cancelled by request"))
+                effects.merge(
+                    self.end_unsuccessfully(
+                        t.spec.index, "cancelled", now, error, reason=self.reason or "cancelled by request"
+                    )
+                )
             elif policy == "fail" or (policy == "retry" and len(t.attempts) > t.spec.retries):
                 effects.merge(self.end_unsuccessfully(t.spec.index, "failed", now, error))
             else:
@@ -337,8 +387,15 @@ class Job:
         t.move("ready")
         return True
 
-    def end_unsuccessfully(self, index: int, state: TaskState, now: float, error: dict[str, str] | None = None,
-                           exit_code: int | None = None, reason: str | None = None) -> Effects:
+    def end_unsuccessfully(
+        self,
+        index: int,
+        state: TaskState,
+        now: float,
+        error: dict[str, str] | None = None,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> Effects:
         """A task ended failed, timeout or cancelled: doom what comes after it."""
         t = self.tasks[index]
         t.move(state)
@@ -350,7 +407,9 @@ class Job:
         effects = Effects(finished_tasks=[index])
         self._doom(index, effects)
         if self.spec.on_failure == "stop" and state != "cancelled" and not self.cancel_requested:
-            stop_reason = f'job stopped: task "{t.spec.name}" {"timed out" if state == "timeout" else "failed"}'
+            stop_reason = (
+                f'job stopped: task "{t.spec.name}" {"timed out" if state == "timeout" else "failed"}'
+            )
             for other in self.tasks:
                 if other.state in ("pending", "ready"):
                     other.move("cancelled")
@@ -364,8 +423,12 @@ class Job:
     def _doom(self, index: int, effects: Effects) -> None:
         """Skip everything that waits on task ``index`` or on a group it keeps from completing."""
         origin = self.tasks[index].spec.name
-        verb = {"failed": "failed", "timeout": "timed out", "cancelled": "was cancelled",
-                "skipped": "was skipped"}[self.tasks[index].state]
+        verb = {
+            "failed": "failed",
+            "timeout": "timed out",
+            "cancelled": "was cancelled",
+            "skipped": "was skipped",
+        }[self.tasks[index].state]
         reason = f'upstream "{origin}" {verb}'
         queue: deque[Node] = deque([("task", index), *[("group", g) for g in self._ancestors[index]]])
         seen: set[Node] = set()
@@ -384,8 +447,9 @@ class Job:
                     queue.append(("task", i))
                     queue.extend(("group", g) for g in self._ancestors[i])
 
-    def cancel(self, now: float, indices: list[int] | None = None, reason: str = "cancelled by request"
-               ) -> Effects:
+    def cancel(
+        self, now: float, indices: list[int] | None = None, reason: str = "cancelled by request"
+    ) -> Effects:
         """Cancel the whole job (``indices`` None) or some tasks."""
         effects = Effects()
         if indices is None:
@@ -443,31 +507,65 @@ class Job:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.spec.name, "state": self.state, "run": self.run,
+            "id": self.id,
+            "name": self.spec.name,
+            "state": self.state,
+            "run": self.run,
             "repeat": "forever" if self.spec.repeat is None else self.spec.repeat,
-            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
-            "tasks": len(self.tasks), "counts": self.counts(), "reason": self.reason,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "tasks": len(self.tasks),
+            "counts": self.counts(),
+            "reason": self.reason,
         }
 
     def task_status(self, t: TaskRun) -> dict[str, Any]:
         return {
-            "id": t.id, "name": t.spec.name, "path": t.spec.path, "kind": t.spec.kind, "state": t.state,
-            "attempts": len(t.attempts), "attempt_history": [a.to_wire() for a in t.attempts],
-            "started_at": t.started_at, "finished_at": t.finished_at, "result": t.result,
-            "error": t.error, "exit_code": t.exit_code, "progress": t.progress, "reason": t.reason,
-            "retry_at": t.retry_at, "priority": t.spec.priority, "tags": t.spec.tags,
-            "depends_on": t.spec.depends_on, "tail": list(t.tail) if t.state in UNSUCCESSFUL else [],
+            "id": t.id,
+            "name": t.spec.name,
+            "path": t.spec.path,
+            "kind": t.spec.kind,
+            "state": t.state,
+            "attempts": len(t.attempts),
+            "attempt_history": [a.to_wire() for a in t.attempts],
+            "started_at": t.started_at,
+            "finished_at": t.finished_at,
+            "result": t.result,
+            "error": t.error,
+            "exit_code": t.exit_code,
+            "progress": t.progress,
+            "reason": t.reason,
+            "retry_at": t.retry_at,
+            "priority": t.spec.priority,
+            "tags": t.spec.tags,
+            "depends_on": t.spec.depends_on,
+            "tail": list(t.tail) if t.state in UNSUCCESSFUL else [],
         }
 
     def status(self) -> dict[str, Any]:
         """The versioned status structure (see docs/job-trees.md)."""
-        groups = [{"name": g.name, "path": g.path, "kind": g.kind, "parent": g.parent,
-                   "children": [[kind, i] for kind, i in g.children]} for g in self.spec.groups]
+        groups = [
+            {
+                "name": g.name,
+                "path": g.path,
+                "kind": g.kind,
+                "parent": g.parent,
+                "children": [[kind, i] for kind, i in g.children],
+            }
+            for g in self.spec.groups
+        ]
         return {
             "format": 1,
-            "job": {**self.summary(), "namespace": self.namespace, "runs": self.runs,
-                    "on_failure": self.spec.on_failure, "on_interrupt": self.spec.on_interrupt, "after": self.after,
-                    "root": list(self.spec.root)},
+            "job": {
+                **self.summary(),
+                "namespace": self.namespace,
+                "runs": self.runs,
+                "on_failure": self.spec.on_failure,
+                "on_interrupt": self.spec.on_interrupt,
+                "after": self.after,
+                "root": list(self.spec.root),
+            },
             "groups": groups,
             "tasks": [self.task_status(t) for t in self.tasks],
         }

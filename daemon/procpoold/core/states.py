@@ -8,7 +8,14 @@ TaskState = Literal["pending", "ready", "running", "completed", "failed", "timeo
 JobState = Literal["pending", "running", "held", "completed", "failed", "cancelled"]
 
 TASK_STATES: tuple[TaskState, ...] = (
-    "pending", "ready", "running", "completed", "failed", "timeout", "cancelled", "skipped",
+    "pending",
+    "ready",
+    "running",
+    "completed",
+    "failed",
+    "timeout",
+    "cancelled",
+    "skipped",
 )
 JOB_STATES: tuple[JobState, ...] = ("pending", "running", "held", "completed", "failed", "cancelled")
 FINAL_TASK_STATES: frozenset[str] = frozenset({"completed", "failed", "timeout", "cancelled", "skipped"})

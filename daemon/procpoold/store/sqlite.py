@@ -75,8 +75,10 @@ class StateStore:
 
     def __init__(self, path: Path, sync: str = "normal") -> None:
         self.path = path
-        way_out = (f"move it aside (mv {path} {path}.broken) to start with an empty store, "
-                   "or restore it from a backup")
+        way_out = (
+            f"move it aside (mv {path} {path}.broken) to start with an empty store, "
+            "or restore it from a backup"
+        )
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -100,15 +102,17 @@ class StateStore:
             self._migrate(version)
         except sqlite3.DatabaseError as exc:
             self.db.close()
-            raise StoreError(f"state file {path} cannot be migrated from version {version}: {exc}; "
-                             f"{way_out}") from None
+            raise StoreError(
+                f"state file {path} cannot be migrated from version {version}: {exc}; {way_out}"
+            ) from None
         self._dirty_jobs: dict[str, Any] = {}
         self._dirty_tasks: dict[tuple[str, int], Any] = {}
         self.commits = 0
 
     def _version(self) -> int:
         has_meta = self.db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
         if not has_meta:
             tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables:
@@ -127,8 +131,10 @@ class StateStore:
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         self.db.execute(statement)
-                self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-                                (str(version + 1),))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(version + 1),),
+                )
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -137,8 +143,17 @@ class StateStore:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def insert_job(self, job_id: str, key: str | None, name: str, state: str, created_at: float,
-                   doc: dict[str, Any], data: dict[str, Any], tasks: list[tuple[int, str, dict[str, Any]]]) -> None:
+    def insert_job(
+        self,
+        job_id: str,
+        key: str | None,
+        name: str,
+        state: str,
+        created_at: float,
+        doc: dict[str, Any],
+        data: dict[str, Any],
+        tasks: list[tuple[int, str, dict[str, Any]]],
+    ) -> None:
         """Commit a new job at once (a job is durable before submit replies)."""
         self.db.execute("BEGIN")
         try:
@@ -146,11 +161,15 @@ class StateStore:
             self.db.execute(
                 "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data) "
                 "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-                (int(job_id), key, name, state, created_at, _pack(doc), _pack(data)))
-            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)",
-                            (str(int(job_id) + 1),))
-            self.db.executemany("INSERT INTO tasks(job_id, idx, state, data) VALUES (?, ?, ?, ?)",
-                                [(int(job_id), i, st, _pack(d)) for i, st, d in tasks])
+                (int(job_id), key, name, state, created_at, _pack(doc), _pack(data)),
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(int(job_id) + 1),)
+            )
+            self.db.executemany(
+                "INSERT INTO tasks(job_id, idx, state, data) VALUES (?, ?, ?, ?)",
+                [(int(job_id), i, st, _pack(d)) for i, st, d in tasks],
+            )
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -186,12 +205,14 @@ class StateStore:
         if self._dirty_jobs:
             self.db.executemany(
                 "UPDATE jobs SET state=?, finished_at=?, data=? WHERE id=?",
-                [(st, fin, _pack(d), int(jid)) for jid, (st, fin, d) in self._dirty_jobs.items()])
+                [(st, fin, _pack(d), int(jid)) for jid, (st, fin, d) in self._dirty_jobs.items()],
+            )
             self._dirty_jobs.clear()
         if self._dirty_tasks:
             self.db.executemany(
                 "UPDATE tasks SET state=?, data=? WHERE job_id=? AND idx=?",
-                [(st, _pack(d), int(jid), i) for (jid, i), (st, d) in self._dirty_tasks.items()])
+                [(st, _pack(d), int(jid), i) for (jid, i), (st, d) in self._dirty_tasks.items()],
+            )
             self._dirty_tasks.clear()
 
     def delete_jobs(self, job_ids: list[str]) -> None:
@@ -225,20 +246,31 @@ class StateStore:
         """Every stored job: (id, doc, data, {task index: data}), oldest first."""
         rows = self.db.execute("SELECT id, doc, data FROM jobs ORDER BY id").fetchall()
         for job_id, doc, data in rows:
-            tasks = {idx: _unpack(tdata) for idx, tdata in self.db.execute(
-                "SELECT idx, data FROM tasks WHERE job_id=?", (job_id,))}
+            tasks = {
+                idx: _unpack(tdata)
+                for idx, tdata in self.db.execute("SELECT idx, data FROM tasks WHERE job_id=?", (job_id,))
+            }
             yield str(job_id), _unpack(doc), _unpack(data), tasks
 
     def expired(self, max_age: float | None, max_count: int | None, now: float) -> list[str]:
         """Finished jobs beyond the retention limits (oldest first)."""
         out: set[str] = set()
         if max_age is not None:
-            out.update(str(r[0]) for r in self.db.execute(
-                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (now - max_age,)))
+            out.update(
+                str(r[0])
+                for r in self.db.execute(
+                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (now - max_age,)
+                )
+            )
         if max_count is not None:
-            out.update(str(r[0]) for r in self.db.execute(
-                "SELECT id FROM jobs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC "
-                "LIMIT -1 OFFSET ?", (max_count,)))
+            out.update(
+                str(r[0])
+                for r in self.db.execute(
+                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC "
+                    "LIMIT -1 OFFSET ?",
+                    (max_count,),
+                )
+            )
         return sorted(out, key=int)
 
     def close(self) -> None:

@@ -36,7 +36,10 @@ def test_result_and_error_replies_round_trip() -> None:
     reply = decode_reply(encode_error("b", err))
     assert reply.id == "b" and reply.error is not None
     assert (reply.error.code, reply.error.message, reply.error.hint) == (
-        ErrorCode.NOT_FOUND, "no job j-9", "see procctl status")
+        ErrorCode.NOT_FOUND,
+        "no job j-9",
+        "see procctl status",
+    )
 
 
 def test_unknown_error_code_from_a_newer_daemon_is_tolerated() -> None:

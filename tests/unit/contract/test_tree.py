@@ -22,12 +22,19 @@ def error(doc: Any) -> str:
 
 
 def test_defaults_inherit_through_groups_and_inner_values_win() -> None:
-    spec = parse_job(job(
-        {"sequential": [{"cmd": ["a"]}, {"concurrent": [{"cmd": ["b"], "retries": 5}], "retries": 2,
-                                            "env": {"B": "2"}}],
-         "timeout": 9, "env": {"A": "1"}},
-        priority="high",
-    ))
+    spec = parse_job(
+        job(
+            {
+                "sequential": [
+                    {"cmd": ["a"]},
+                    {"concurrent": [{"cmd": ["b"], "retries": 5}], "retries": 2, "env": {"B": "2"}},
+                ],
+                "timeout": 9,
+                "env": {"A": "1"},
+            },
+            priority="high",
+        )
+    )
     a, b = spec.tasks
     assert (a.timeout, a.retries, a.priority, a.env) == (9.0, 0, "high", {"A": "1"})
     assert (b.timeout, b.retries, b.env) == (9.0, 5, {"A": "1", "B": "2"})
@@ -37,9 +44,11 @@ def test_defaults_inherit_through_groups_and_inner_values_win() -> None:
 @pytest.mark.parametrize(
     ("doc", "fragment"),
     [
-        (job({"sequential": [{"cmd": ["x"]}, {"concurrent": [{"cmd": ["y"], "retrys": 1}]}]}),
-         'root.sequential[1].concurrent[0]: unknown field "retrys" (did you mean "retries"?)'),
-        (job({"cmd": ["x"], "priority": "urgent"}), "root.priority: unknown priority \"urgent\""),
+        (
+            job({"sequential": [{"cmd": ["x"]}, {"concurrent": [{"cmd": ["y"], "retrys": 1}]}]}),
+            'root.sequential[1].concurrent[0]: unknown field "retrys" (did you mean "retries"?)',
+        ),
+        (job({"cmd": ["x"], "priority": "urgent"}), 'root.priority: unknown priority "urgent"'),
         (job({"call": "nomodule"}), 'root.call: "nomodule" is not of the form "pkg.module:function"'),
         (job({"cmd": "echo hi"}), 'root.cmd: a string command needs "shell": true'),
         (job({"cmd": []}), "root.cmd: must be a non-empty array"),
@@ -54,8 +63,10 @@ def test_defaults_inherit_through_groups_and_inner_values_win() -> None:
         (job({"cmd": ["x"]}, bogus=1), 'unknown field "bogus"'),
         ({"name": "x"}, 'missing field "root"'),
         ([1], "a job must be a JSON object"),
-        (job({"concurrent": [{"name": "a", "cmd": ["x"]}, {"name": "a", "cmd": ["y"]}]}),
-         'root.concurrent[1]: duplicate name "a" (also used at root.concurrent[0])'),
+        (
+            job({"concurrent": [{"name": "a", "cmd": ["x"]}, {"name": "a", "cmd": ["y"]}]}),
+            'root.concurrent[1]: duplicate name "a" (also used at root.concurrent[0])',
+        ),
         (job({"call": "a:b", "args": {"x": 1}}), "root.args: must be an array"),
         (job({"cmd": ["x"], "args": [1]}), '"args" belongs to call tasks'),
         (job({"cmd": ["x"], "env": {"A": 1}}), "root.env: must be an object of string values"),
@@ -67,18 +78,36 @@ def test_errors_name_the_json_path(doc: Any, fragment: str) -> None:
 
 
 def test_unknown_dependency_and_self_dependency() -> None:
-    msg = error(job({"concurrent": [{"name": "fetch", "cmd": ["x"]}, {"cmd": ["y"], "depends_on": ["fetc"]}]}))
+    msg = error(
+        job({"concurrent": [{"name": "fetch", "cmd": ["x"]}, {"cmd": ["y"], "depends_on": ["fetc"]}]})
+    )
     assert msg == 'root.concurrent[1].depends_on[0]: unknown task "fetc" (did you mean "fetch"?)'
     assert "depends on itself" in error(job({"name": "a", "cmd": ["x"], "depends_on": ["a"]}))
 
 
 def test_cycles_are_named_including_those_formed_with_sequential_order() -> None:
-    direct = error(job({"concurrent": [{"name": "a", "cmd": ["x"], "depends_on": ["b"]},
-                                       {"name": "b", "cmd": ["x"], "depends_on": ["a"]}]}))
+    direct = error(
+        job(
+            {
+                "concurrent": [
+                    {"name": "a", "cmd": ["x"], "depends_on": ["b"]},
+                    {"name": "b", "cmd": ["x"], "depends_on": ["a"]},
+                ]
+            }
+        )
+    )
     assert "dependency cycle" in direct and '"a"' in direct and '"b"' in direct
     # sequential order says first -> second; the edge says second -> first
-    seq = error(job({"sequential": [{"name": "first", "cmd": ["x"], "depends_on": ["second"]},
-                                    {"name": "second", "cmd": ["x"]}]}))
+    seq = error(
+        job(
+            {
+                "sequential": [
+                    {"name": "first", "cmd": ["x"], "depends_on": ["second"]},
+                    {"name": "second", "cmd": ["x"]},
+                ]
+            }
+        )
+    )
     assert "dependency cycle" in seq and '"first"' in seq and '"second"' in seq
     # a task that depends on its own enclosing group can never start
     own = error(job({"name": "g", "concurrent": [{"name": "a", "cmd": ["x"], "depends_on": ["g"]}]}))
@@ -86,11 +115,22 @@ def test_cycles_are_named_including_those_formed_with_sequential_order() -> None
 
 
 def test_compiled_order_respects_every_edge() -> None:
-    spec = parse_job(job({"sequential": [
-        {"name": "a", "cmd": ["x"]},
-        {"concurrent": [{"name": "b", "cmd": ["x"]}, {"name": "c", "cmd": ["x"], "depends_on": ["b"]}]},
-        {"name": "d", "cmd": ["x"]},
-    ]}))
+    spec = parse_job(
+        job(
+            {
+                "sequential": [
+                    {"name": "a", "cmd": ["x"]},
+                    {
+                        "concurrent": [
+                            {"name": "b", "cmd": ["x"]},
+                            {"name": "c", "cmd": ["x"], "depends_on": ["b"]},
+                        ]
+                    },
+                    {"name": "d", "cmd": ["x"]},
+                ]
+            }
+        )
+    )
     order = [spec.tasks[i].name for i in compile_job(spec).order]
     assert order == ["a", "b", "c", "d"]
 

@@ -26,11 +26,20 @@ def run_ok(job: Job, name: str) -> list[str]:
 
 
 def test_sequential_then_concurrent_then_depends_on() -> None:
-    job = make({"sequential": [
-        {"name": "a", "cmd": ["x"]},
-        {"concurrent": [{"name": "b", "cmd": ["x"]}, {"name": "c", "cmd": ["x"], "depends_on": ["b"]}]},
-        {"name": "d", "cmd": ["x"]},
-    ]})
+    job = make(
+        {
+            "sequential": [
+                {"name": "a", "cmd": ["x"]},
+                {
+                    "concurrent": [
+                        {"name": "b", "cmd": ["x"]},
+                        {"name": "c", "cmd": ["x"], "depends_on": ["b"]},
+                    ]
+                },
+                {"name": "d", "cmd": ["x"]},
+            ]
+        }
+    )
     assert names(job, job.start_run(0).ready) == ["a"]
     assert run_ok(job, "a") == ["b"]
     assert run_ok(job, "b") == ["c"]
@@ -41,13 +50,17 @@ def test_sequential_then_concurrent_then_depends_on() -> None:
 
 
 def test_failure_skips_downstream_and_stop_cancels_the_rest() -> None:
-    job = make({"concurrent": [
-        {"sequential": [{"name": "fetch", "cmd": ["x"]}, {"name": "parse", "cmd": ["x"]}]},
-        {"name": "other", "cmd": ["x"], "depends_on": ["later"]},
-        {"name": "later", "cmd": ["x"], "depends_on": ["parse"]},
-        {"name": "free", "cmd": ["x"]},
-        {"name": "running", "cmd": ["x"]},
-    ]})
+    job = make(
+        {
+            "concurrent": [
+                {"sequential": [{"name": "fetch", "cmd": ["x"]}, {"name": "parse", "cmd": ["x"]}]},
+                {"name": "other", "cmd": ["x"], "depends_on": ["later"]},
+                {"name": "later", "cmd": ["x"], "depends_on": ["parse"]},
+                {"name": "free", "cmd": ["x"]},
+                {"name": "running", "cmd": ["x"]},
+            ]
+        }
+    )
     assert set(names(job, job.start_run(0).ready)) == {"fetch", "free", "running"}
     job.mark_running(job.by_name["running"], "r#1", 1)
     job.mark_running(job.by_name["fetch"], "f#1", 1)
@@ -64,9 +77,17 @@ def test_failure_skips_downstream_and_stop_cancels_the_rest() -> None:
 
 
 def test_continue_keeps_independent_branches() -> None:
-    job = make({"concurrent": [{"name": "bad", "cmd": ["x"]}, {"name": "after", "cmd": ["x"], "depends_on": ["bad"]},
-                               {"name": "free", "cmd": ["x"], "depends_on": ["other"]},
-                               {"name": "other", "cmd": ["x"]}]}, on_failure="continue")
+    job = make(
+        {
+            "concurrent": [
+                {"name": "bad", "cmd": ["x"]},
+                {"name": "after", "cmd": ["x"], "depends_on": ["bad"]},
+                {"name": "free", "cmd": ["x"], "depends_on": ["other"]},
+                {"name": "other", "cmd": ["x"]},
+            ]
+        },
+        on_failure="continue",
+    )
     job.start_run(0)
     job.mark_running(job.by_name["bad"], "b#1", 1)
     job.end_unsuccessfully(job.by_name["bad"], "failed", 2)

@@ -18,8 +18,16 @@ def drain(q: ReadyQueue[str]) -> list[str]:
 
 def test_higher_priority_first_fifo_within_priority() -> None:
     q: ReadyQueue[str] = ReadyQueue(aging=30)
-    for i, (name, prio) in enumerate([("n1", "normal"), ("b1", "batch"), ("c1", "critical"), ("n2", "normal"),
-                                      ("h1", "high"), ("c2", "critical")]):
+    for i, (name, prio) in enumerate(
+        [
+            ("n1", "normal"),
+            ("b1", "batch"),
+            ("c1", "critical"),
+            ("n2", "normal"),
+            ("h1", "high"),
+            ("c2", "critical"),
+        ]
+    ):
         q.push(name, prio, now=100 + i * 0.001)
     assert drain(q) == ["c1", "c2", "h1", "n1", "n2", "b1"]
 
