@@ -19,6 +19,7 @@ from procpoold import systemd
 from procpoold.config import LOG_LEVELS, ConfigError, load
 from procpoold.control.server import BindError
 from procpoold.journal import setup_logging
+from procpoold.logconfig import POLICIES, TARGETS
 
 log = logging.getLogger("procpoold")
 
@@ -45,6 +46,21 @@ log = logging.getLogger("procpoold")
 )
 @click.option("--group", help="Group that owns the socket and may use it (mode 0660).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Least severe level logged [default info].")
+@click.option(
+    "--log-target",
+    type=click.Choice(TARGETS),
+    help="Where records go: journald, stderr, or auto (journald under systemd) [default auto].",
+)
+@click.option(
+    "--log-queue-size",
+    type=click.IntRange(100, 10_000_000),
+    help="Records the log queue holds before its policy applies [default 10000].",
+)
+@click.option(
+    "--log-policy",
+    type=click.Choice(POLICIES),
+    help="When the log queue is full: block (pause the task's output) or drop [default block].",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on fatal errors.")
 @click.version_option(__version__, prog_name="procpoold")
 def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
@@ -58,12 +74,20 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         "workers": options["workers"],
         "group": options["group"],
         "log_level": options["log_level"],
+        "log_target": options["log_target"],
+        "log_queue_size": options["log_queue_size"],
+        "log_policy": options["log_policy"],
     }
     try:
         config = load(config_file, overrides)
     except ConfigError as exc:
         _fatal(str(exc), "check the option or the config file named above", debug)
-    setup_logging(config.log_level)
+    sink = setup_logging(
+        config.log_level,
+        config.log_target,  # type: ignore[arg-type]
+        config.log_queue_size,
+        config.log_policy,  # type: ignore[arg-type]
+    )
     inherited = systemd.listen_fds()
     from procpoold.engines import Executor
     from procpoold.engines.commands import CommandExecutor
@@ -74,7 +98,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
 
     executors: dict[str, Executor] = {
         "call": PoolExecutor(config.pool_settings()),
-        "cmd": CommandExecutor(config.workers, config.kill_grace),
+        "cmd": CommandExecutor(config.workers, config.kill_grace, sink=sink),
     }
     from procpoold.store import StoreError
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
+from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -33,6 +34,10 @@ class Config:
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     group: str | None = None
     log_level: str = "info"
+    #: Where records go (auto, journal, stderr), the log queue's size and its policy (block, drop).
+    log_target: str = "auto"
+    log_queue_size: int = DEFAULT_QUEUE_SIZE
+    log_policy: str = "block"
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: Seconds a graceful stop waits for running attempts before stopping them.
     drain_timeout: float = 30.0
@@ -65,6 +70,10 @@ class Config:
         )
 
     def validate(self) -> Config:
+        try:
+            LogConfig(self.log_target, self.log_queue_size, self.log_policy).validate()  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.workers < 1 or self.workers > 1024:
             raise ConfigError(f"workers must be between 1 and 1024, got {self.workers}")
         if self.log_level not in LOG_LEVELS:
@@ -99,6 +108,9 @@ _CONVERT: dict[str, Any] = {
     "workers": int,
     "group": str,
     "log_level": str,
+    "log_target": str,
+    "log_queue_size": int,
+    "log_policy": str,
     "max_message_size": int,
     "drain_timeout": float,
     "kill_grace": float,

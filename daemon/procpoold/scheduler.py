@@ -22,6 +22,7 @@ from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import RETRY_DELAY_CAP, parse_job
+from procpoold import journal
 from procpoold.core import namespace
 from procpoold.core.jobs import Effects, Job
 from procpoold.core.queue import ReadyQueue
@@ -68,6 +69,8 @@ class Scheduler:
         self._next_id = 1
         self.queues: dict[str, ReadyQueue[Ref]] = {kind: ReadyQueue(aging) for kind in executors}
         self.attempts: dict[str, Ref] = {}
+        #: attempt id -> (its log handle, its task's tail); see procpoold.journal.TaskLog
+        self._task_logs: dict[str, tuple[journal.TaskLog, Any]] = {}
         self._timeouts: dict[str, Timer] = {}
         self._retry_timers: dict[Ref, Timer] = {}
         self._pump_scheduled = False
@@ -118,7 +121,13 @@ class Scheduler:
             job_id,
             spec.name,
             len(job.tasks),
-            extra={"journal_fields": {"PROCPOOL_JOB_ID": job_id, "PROCPOOL_JOB_NAME": spec.name}},
+            extra={
+                "journal_fields": {
+                    "PROCPOOL_JOB_ID": job_id,
+                    "PROCPOOL_JOB_NAME": spec.name,
+                    "MESSAGE_ID": journal.MessageId.JOB_SUBMITTED,
+                }
+            },
         )
         self._start_when_prerequisites_allow(job)
         return job, False
@@ -223,14 +232,21 @@ class Scheduler:
         fields = self._fields(job, index)
         if t.state == "completed":
             self.counters["completed"] += 1
+            fields["MESSAGE_ID"] = journal.MessageId.TASK_COMPLETED
             task_log.info('task "%s" completed', t.spec.name, extra={"journal_fields": fields})
         elif t.state in ("skipped", "cancelled"):
+            fields["MESSAGE_ID"] = (
+                journal.MessageId.TASK_SKIPPED if t.state == "skipped" else journal.MessageId.TASK_CANCELLED
+            )
             task_log.info(
                 'task "%s" %s: %s', t.spec.name, t.state, t.reason, extra={"journal_fields": fields}
             )
         else:
             self.counters["failed"] += 1
             msg = (t.error or {}).get("message", "")
+            fields["MESSAGE_ID"] = (
+                journal.MessageId.TASK_TIMED_OUT if t.state == "timeout" else journal.MessageId.TASK_FAILED
+            )
             task_log.warning(
                 'task "%s" %s after %d attempt(s): %s',
                 t.spec.name,
@@ -261,7 +277,14 @@ class Scheduler:
             job.id,
             job.spec.name,
             job.state,
-            extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, "PROCPOOL_JOB_NAME": job.spec.name}},
+            extra={
+                "journal_fields": {
+                    "PROCPOOL_JOB_ID": job.id,
+                    "PROCPOOL_JOB_NAME": job.spec.name,
+                    "PROCPOOL_JOB_STATE": job.state,
+                    "MESSAGE_ID": journal.MessageId.JOB_FINISHED,
+                }
+            },
         )
         self._notify(job.id)
         self._prune(now)
@@ -348,11 +371,15 @@ class Scheduler:
             self._timeouts[attempt_id] = self.loop.call_later(
                 t.spec.timeout, lambda: executor.stop_attempt(attempt_id, "timeout")
             )
+        fields = self._fields(job, index)
+        sink = journal.active_sink()
+        if sink is not None:
+            self._task_logs[attempt_id] = (sink.task_log(fields), t.tail)
         task_log.info(
             'task "%s" attempt %d starting',
             t.spec.name,
             attempt.number,
-            extra={"journal_fields": self._fields(job, index)},
+            extra={"journal_fields": {**fields, "MESSAGE_ID": journal.MessageId.TASK_STARTED}},
         )
         return spec
 
@@ -377,9 +404,13 @@ class Scheduler:
         if attempt is not None:
             attempt.pid, attempt.worker = pid, worker
             self._touch(job, [ref[1]])
+        handle = self._task_logs.get(attempt_id)
+        if handle is not None:
+            handle[0].set_worker_pid(pid)
 
     def attempt_finished(self, outcome: Outcome) -> None:
         ref = self.attempts.pop(outcome.attempt_id, None)
+        self._task_logs.pop(outcome.attempt_id, None)
         timer = self._timeouts.pop(outcome.attempt_id, None)
         if timer is not None:
             timer.cancel()
@@ -425,7 +456,12 @@ class Scheduler:
                     "timed out" if state == "timeout" else "failed",
                     delay,
                     (error or {}).get("message", ""),
-                    extra={"journal_fields": self._fields(job, index)},
+                    extra={
+                        "journal_fields": {
+                            **self._fields(job, index),
+                            "MESSAGE_ID": journal.MessageId.TASK_RETRIED,
+                        }
+                    },
                 )
                 self._retry_timers[ref] = self.loop.call_later(delay, lambda: self._retry(ref))
                 self._schedule_pump()
@@ -450,6 +486,11 @@ class Scheduler:
     def attempt_log(
         self, attempt_id: str, stream: Stream, level: int, message: str, fields: dict[str, str] | None = None
     ) -> None:
+        handle = self._task_logs.get(attempt_id)
+        if handle is not None:  # the fast path: the fields were computed once per attempt
+            handle[1].append(message)
+            handle[0].line(stream, level, message, fields)
+            return
         ref = self.attempts.get(attempt_id)
         if ref is None:
             return

@@ -21,10 +21,11 @@ import zmq
 
 from procpool.contract.errors import ProcpoolError
 from procpool.contract.version import PROTOCOL_VERSION, __version__
-from procpoold import systemd
+from procpoold import journal, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
 from procpoold.control.server import ControlServer, Deferred
+from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
 from procpoold.loop import EventLoop, Timer
@@ -34,7 +35,7 @@ from procpoold.store import StateStore
 
 log = logging.getLogger("procpoold")
 
-MESSAGE_READY = "b7e4a2f0c41d4a0e9a6f2d8c3e5b1a70"
+MESSAGE_READY = journal.MessageId.DAEMON_READY
 
 
 class Daemon:
@@ -67,6 +68,7 @@ class Daemon:
         # and the ZeroMQ context below starts I/O threads.
         for executor in self._unique_executors():
             executor.prefork()
+        journal.start_writer(self.loop)  # the log writer thread: after the forking, before zmq's threads
         self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
         self.scheduler = Scheduler(
             self.loop,
@@ -225,6 +227,7 @@ class Daemon:
         if self.ctx is not None:
             self.ctx.term()
         log.info("procpoold stopped (%s)", self.stop_reason or "closed")
+        journal.stop_writer()  # flush; from here on records are written synchronously
 
     def handle_stop_signal(self, signum: int) -> None:
         if self._draining:  # a second signal: stop draining now
@@ -243,7 +246,12 @@ class Daemon:
         self._draining = True
         self.scheduler.stop_accepting()
         running = self.scheduler.running()
-        log.info("stopping: %s; %d running attempt(s) to drain", reason, running)
+        log.info(
+            "stopping: %s; %d running attempt(s) to drain",
+            reason,
+            running,
+            extra={"journal_fields": {"MESSAGE_ID": journal.MessageId.DAEMON_STOPPING}},
+        )
         if running == 0:
             self.loop.call_soon(self.loop.stop)  # after this iteration, so a shutdown request gets its reply
             return
@@ -283,6 +291,7 @@ class Daemon:
                 "running": self.scheduler.running(),
             },
             "counters": dict(self.scheduler.counters),
+            "logging": journal.stats(),
             "requests": {
                 "served": self.control.requests_served if self.control else 0,
                 "errors": self.control.errors_replied if self.control else 0,
@@ -346,6 +355,17 @@ class Daemon:
 
     def resume(self, ref: str) -> dict[str, Any]:
         return self.scheduler.resume(ref)
+
+    def logs(self, args: dict[str, Any]) -> dict[str, Any]:
+        job, index = self.scheduler.resolve(args["id"])
+        if index is None:
+            return journal.logs_op(
+                args, job_id=job.id, task_id=None, finished=job.finished, since=job.created_at
+            )
+        t = job.tasks[index]
+        return journal.logs_op(
+            args, job_id=job.id, task_id=t.id, finished=t.state in FINAL_TASK_STATES, since=job.created_at
+        )
 
     def clean(self, state: str | None, before: float | None) -> dict[str, Any]:
         removed = self.scheduler.clean(state, before)

@@ -147,9 +147,10 @@ def shutdown(settings: Settings) -> None:
 
 
 from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
+from procpool.cli import logs as _logs  # noqa: E402  (registers `procctl logs`)
 from procpool.cli import pool as _pool  # noqa: E402
 
-del _jobs, _pool
+del _jobs, _logs, _pool
 
 
 def main() -> None:

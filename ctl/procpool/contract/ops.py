@@ -100,6 +100,15 @@ OPS: dict[str, Op] = {
             workers=Arg((int,), required=True),
         ),
         _op(
+            "logs",
+            "Where to read a job's or task's log, or the daemon's own tail of its recent lines.",
+            id=Arg(_STR, required=True),
+            attempt=Arg((int,)),
+            lines=Arg((int,)),
+            after=Arg((int,)),
+            source=Arg(_STR),
+        ),
+        _op(
             "resume",
             "Release a job held after a restart (on_interrupt: hold).",
             mutating=True,

@@ -27,6 +27,7 @@ class DaemonAPI(Protocol):
     def cancel(self, ref: str) -> dict[str, Any]: ...
     def resume(self, ref: str) -> dict[str, Any]: ...
     def clean(self, state: str | None, before: float | None) -> dict[str, Any]: ...
+    def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
 
@@ -64,6 +65,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def resume(req: Request, peer: Peer | None) -> Any:
         return api.resume(req.args["id"])
 
+    def logs(req: Request, peer: Peer | None) -> Any:
+        return api.logs(req.args)
+
     def clean(req: Request, peer: Peer | None) -> Any:
         return api.clean(req.args.get("state"), req.args.get("before"))
 
@@ -88,6 +92,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "wait": wait,
         "cancel": cancel,
         "resume": resume,
+        "logs": logs,
         "clean": clean,
     }
     missing = set(OPS) - set(handlers)

@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from procpoold import journal
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, Stream, TaskError
 from procpoold.loop import EventLoop, Timer
 
@@ -51,6 +52,8 @@ class _Running:
     pipes: dict[int, Stream] = field(default_factory=dict)
     files: dict[int, IO[bytes]] = field(default_factory=dict)  # fd -> the Popen pipe that owns it
     partial: dict[int, bytes] = field(default_factory=dict)
+    paused: set[int] = field(default_factory=set)  # pipes not read while the log queue is full
+    held: dict[int, list[bytes]] = field(default_factory=dict)  # lines read but not yet passed on
     stop_reason: StopReason | None = None
     kill_timer: Timer | None = None
 
@@ -60,9 +63,11 @@ class CommandExecutor:
 
     name = "commands"
 
-    def __init__(self, slots: int, kill_grace: float = 5.0) -> None:
+    def __init__(self, slots: int, kill_grace: float = 5.0, sink: journal.LogSink | None = None) -> None:
         self.slots = slots
         self.kill_grace = kill_grace
+        #: The log queue: output is not read while it is full (policy block); see procpoold.journal.
+        self._sink = sink
         self._running: dict[str, _Running] = {}
         self._loop: EventLoop | None = None
         self._events: ExecutorEvents | None = None
@@ -76,6 +81,8 @@ class CommandExecutor:
     def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
         self._loop = loop
         self._events = events
+        if self._sink is None:
+            self._sink = journal.active_sink()
 
     def free_slots(self) -> int:
         return max(0, self.slots - len(self._running))
@@ -114,7 +121,9 @@ class CommandExecutor:
         run.stop_reason = reason
         self._signal_group(run, signal.SIGTERM)
         assert self._loop is not None
-        run.kill_timer = self._loop.call_later(self.kill_grace, lambda: self._signal_group(run, signal.SIGKILL))
+        run.kill_timer = self._loop.call_later(
+            self.kill_grace, lambda: self._signal_group(run, signal.SIGKILL)
+        )
 
     def shutdown(self, grace: float) -> None:
         """Stop every command: SIGTERM, up to ``kill_grace`` seconds, then SIGKILL; reap all."""
@@ -146,10 +155,27 @@ class CommandExecutor:
         if not data:
             self._close_pipe(run, fd)
             return
-        self._emit_lines(run, fd, data)
+        if not self._emit_lines(run, fd, data):
+            # Backpressure (log_policy block): the log queue is full. Stop reading this pipe until
+            # it drains; the task blocks on its full pipe meanwhile. Unsent lines wait in run.held.
+            assert self._loop is not None and self._sink is not None
+            self._loop.remove_reader(fd)
+            run.paused.add(fd)
+            self._sink.when_room(functools.partial(self._resume, run, fd))
 
-    def _emit_lines(self, run: _Running, fd: int, data: bytes, final: bool = False) -> None:
-        assert self._events is not None
+    def _resume(self, run: _Running, fd: int) -> None:
+        if fd not in run.paused or fd not in run.pipes or self._running.get(run.spec.attempt_id) is not run:
+            return
+        assert self._loop is not None and self._sink is not None
+        if not self._emit(run, fd, []):
+            self._sink.when_room(functools.partial(self._resume, run, fd))
+            return
+        run.paused.discard(fd)
+        self._loop.add_reader(fd, functools.partial(self._on_output, run, fd))
+
+    def _emit_lines(self, run: _Running, fd: int, data: bytes, final: bool = False,
+                    force: bool = False) -> bool:
+        """Pass complete lines on; False if the log queue filled up (the rest waits in run.held)."""
         buf = run.partial.get(fd, b"") + data
         lines = buf.split(b"\n")
         rest = lines.pop()
@@ -160,12 +186,24 @@ class CommandExecutor:
             lines.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
         run.partial[fd] = rest
+        return self._emit(run, fd, lines, force or final)
+
+    def _emit(self, run: _Running, fd: int, lines: list[bytes], force: bool = False) -> bool:
+        assert self._events is not None
+        held = run.held.pop(fd, None)
+        if held:
+            lines = held + lines
         stream = run.pipes[fd]
         level = logging.INFO if stream == "stdout" else logging.WARNING
-        for line in lines:
+        sink = None if force else self._sink
+        for i, line in enumerate(lines):
+            if sink is not None and not sink.has_room():
+                run.held[fd] = lines[i:]
+                return False
             for start in range(0, max(len(line), 1), MAX_LINE):
                 chunk = line[start:start + MAX_LINE].decode("utf-8", "replace").rstrip("\r")
                 self._events.attempt_log(run.spec.attempt_id, stream, level, chunk)
+        return True
 
     def _close_pipe(self, run: _Running, fd: int) -> None:
         assert self._loop is not None
@@ -173,6 +211,7 @@ class CommandExecutor:
             return
         self._emit_lines(run, fd, b"", final=True)
         self._loop.remove_reader(fd)
+        run.paused.discard(fd)
         del run.pipes[fd]
         run.files.pop(fd).close()  # closed through its owner, so the fd is closed exactly once
 
@@ -194,10 +233,12 @@ class CommandExecutor:
                     data = os.read(fd, _READ)
                     if not data:
                         break
-                    self._emit_lines(run, fd, data)
+                    self._emit_lines(run, fd, data, force=True)
             self._close_pipe(run, fd)
         if run.stop_reason is not None:
-            status = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}[run.stop_reason]
+            status = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}[
+                run.stop_reason
+            ]
             outcome = Outcome(run.spec.attempt_id, status, exit_code=code)  # type: ignore[arg-type]
         elif code == 0:
             outcome = Outcome(run.spec.attempt_id, "completed", exit_code=0)
