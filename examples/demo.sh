@@ -29,6 +29,7 @@ step procctl submit examples/hello.json --wait
 JOB=$(procctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"]["list"][-1]["id"])')
 step procctl status
 step procctl status "$JOB"
+step procctl logs "$JOB" -n 12
 step procctl pool
 step procctl shutdown
 wait "$DAEMON"

@@ -23,13 +23,24 @@ def duration(seconds: float | None) -> str:
 def summary(data: dict[str, Any]) -> str:
     """The daemon summary of ``procctl status``."""
     workers = data.get("workers", {})
-    jobs = data.get("jobs", {}).get("by_state", {})
+    jobs = data.get("jobs", {})
+    by_state = jobs.get("by_state", {})
+    states = ", ".join(f"{n} {s}" for s, n in sorted(workers.get("states", {}).items()))
     lines = [
         f"procpoold {data['version']}  pid {data['pid']}  up {duration(data.get('uptime'))}",
         f"socket   {data.get('socket', '-')}",
-        "workers  " + ", ".join(f"{k} {v}" for k, v in sorted(workers.items())),
-        "jobs     " + (", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"),
+        f"workers  {workers.get('configured', '-')} configured, {workers.get('busy', 0)} busy"
+        + (f" ({states})" if states else ""),
+        "jobs     "
+        + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none")
+        + f"; {jobs.get('running', 0)} attempt(s) running, {jobs.get('queued', 0)} queued",
     ]
+    logging = data.get("logging")
+    if logging:
+        line = f"logging  {logging.get('target')} ({logging.get('policy')})"
+        if logging.get("dropped"):
+            line += f", {logging['dropped']} record(s) dropped"
+        lines.append(line)
     return "\n".join(lines)
 
 
