@@ -26,14 +26,15 @@ from typing import Any
 
 import psutil
 
-sys.path.insert(0, os.getcwd())
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH))
 
-from procpoold.engines import AttemptSpec, Outcome
-from procpoold.loop import EventLoop
-from procpoold.pool.pool import PoolExecutor
-from procpoold.pool.slot import PoolSettings
+from procpoold.engines import AttemptSpec, Outcome  # noqa: E402
+from procpoold.loop import EventLoop  # noqa: E402
+from procpoold.pool.pool import PoolExecutor  # noqa: E402
+from procpoold.pool.slot import PoolSettings  # noqa: E402
 
-NOOP = "tests.support.pool_probes:noop"
+NOOP = "tasks:noop"  # bench/tasks.py
 
 
 def _noop() -> None:
@@ -56,7 +57,7 @@ class Driver:
     def spec(self) -> AttemptSpec:
         self.n += 1
         return AttemptSpec(attempt_id=f"a{self.n}#1", job_id="j", job_name="bench", task_id=f"a{self.n}",
-                           task_name="noop", attempt=1, kind="call", call=NOOP, python_path=[os.getcwd()])
+                           task_name="noop", attempt=1, kind="call", call=NOOP, python_path=[BENCH])
 
     def submit_one(self) -> None:
         self.left -= 1

@@ -96,6 +96,9 @@ class PoolExecutor:
         self._where: dict[str, WorkerSlot] = {}
         self._pending: deque[AttemptSpec] = deque()
         self._async_calls: set[str] = set()
+        #: Mean run time of each sync function (moving average of ``done.d``), and of all of them.
+        self._fn_mean: dict[str, float] = {}
+        self._recent_mean: float | None = None
         self._gen = 0
         self._deaths: deque[float] = deque()
         self._backoff = BACKOFF_START
@@ -135,15 +138,28 @@ class PoolExecutor:
         if self._closing or self._broken:
             return 0
         limit = self.settings.async_per_worker
+        depth = self._depth(self._recent_mean)  # what recent attempts suggest comes next
         free = 0
         for w in self._slots.values():
             if w is None or w.retire:
                 continue
             if w.state is _IDLE or w.state is _STARTING:
-                free += 1
-            elif w.state is _BUSY and w.sync_running == 0:
-                free += limit - len(w.running)
+                free += depth
+            elif w.state is _BUSY:
+                n = w.sync_running
+                if n == 0:
+                    free += limit - len(w.running)
+                elif depth > 1 and w.unshort == 0 and n == len(w.running) and n <= depth // 2:
+                    # Refill a short queue only once it is half empty: batches, not a trickle.
+                    free += depth - n
         return max(0, free - len(self._pending))
+
+    def _depth(self, mean: float | None) -> int:
+        """How many sync attempts of a function with this mean run time a worker may hold."""
+        s = self.settings
+        if mean is None or mean >= s.prefetch_below or s.prefetch <= 1:
+            return 1
+        return max(2, min(s.prefetch, int(s.prefetch_budget / max(mean, 1e-7))))
 
     def submit(self, spec: AttemptSpec) -> None:
         """Queue the attempt; it is dispatched at the end of this loop iteration."""
@@ -172,6 +188,14 @@ class PoolExecutor:
             return  # already ended (its outcome was or will be reported)
         run = w.running[attempt_id]
         if run.stop is not None:
+            return
+        if not run.is_async and self._head(w) is not run:
+            # Prefetched, not started: the worker drops it when it sees the cancel.
+            self._detach(w, attempt_id)
+            self._send(w, [_packb({"t": "cancel", "id": attempt_id})])
+            self._later_finish(Outcome(attempt_id, STOP_STATUS[reason], error=TaskError(
+                "TaskInterrupted", f"stopped ({reason}) before it started")))
+            self._schedule_dispatch()
             return
         run.stop = reason
         self._send(w, [_packb({"t": "cancel", "id": attempt_id})])
@@ -432,6 +456,7 @@ class PoolExecutor:
             return
         # Its last words count: results posted before it died are real results.
         self._drain_worker(w)
+        self._requeue_unstarted(w)
         crashed = w.kill_reason is None and w.state is not _STOPPING
         for aid, run in list(w.running.items()):
             if w.kill_reason is not None:  # we killed it, and know why
@@ -513,19 +538,34 @@ class PoolExecutor:
                     best = w
             if best is not None:
                 return best
+        depth = self._depth(self._fn_mean.get(spec.call or ""))
+        cap = self.settings.max_tasks_per_worker
         for w in self._slots.values():
-            if w is not None and w.state is _IDLE and not w.retire:
+            if w is None or w.retire:
+                continue
+            if w.state is _IDLE:
                 return w
-        return None
+            n = w.sync_running
+            if (depth > n and w.state is _BUSY and w.unshort == 0 and n and n == len(w.running)
+                    and (cap is None or w.tasks_done + n < cap) and (best is None or n < best.sync_running)):
+                best = w  # a worker busy with short attempts only: queue behind them
+        return best
 
     def _has_room(self) -> bool:
         limit = self.settings.async_per_worker
+        prefetch = self.settings.prefetch
         for w in self._slots.values():
             if w is None or w.retire:
                 continue
             if w.state is _IDLE or (w.state is _BUSY and w.sync_running == 0 and len(w.running) < limit):
                 return True
+            if w.state is _BUSY and w.unshort == 0 and 0 < w.sync_running < prefetch:
+                return True
         return False
+
+    def _head(self, w: WorkerSlot) -> Running | None:
+        """The sync attempt the worker runs now (it runs them in dispatch order)."""
+        return next((r for r in w.running.values() if not r.is_async), None)
 
     def _dispatch(self) -> None:
         self._dispatch_soon = False
@@ -538,6 +578,7 @@ class PoolExecutor:
         keep: list[AttemptSpec] = []
         now = time.monotonic()
         pending = self._pending
+        woke = False  # some worker was idle: its result is worth spinning for
         while pending:
             spec = pending.popleft()
             w = self._pick(spec)
@@ -547,12 +588,17 @@ class PoolExecutor:
                     break  # nothing else fits either: leave the rest queued, in order
                 continue
             is_async = spec.call in self._async_calls
-            w.running[spec.attempt_id] = Running(spec, is_async)
+            short = not is_async and self._depth(self._fn_mean.get(spec.call or "")) > 1
+            w.running[spec.attempt_id] = Running(spec, is_async, short)
             if not is_async:
                 w.sync_running += 1
+                if not short:
+                    w.unshort += 1
             if w.state is _IDLE:
                 w.state = _BUSY  # IDLE -> BUSY
                 w.last_beat = now
+                woke = True
+                self._last_dispatched = w
             self._where[spec.attempt_id] = w
             batches.setdefault(w, []).append(_encode_call(spec))
             started.append((spec, w))
@@ -562,11 +608,12 @@ class PoolExecutor:
         for w, msgs in batches.items():
             self._send(w, msgs)
             self._stats["dispatched"] += len(msgs)
-            self._last_dispatched = w
         for spec, w in started:
             events.attempt_started(spec.attempt_id, w.pid, w.name)
         self._arm_check()
-        if self.settings.spin_us > 0 and not self._spin_due:
+        # Spin only for a worker that was idle: one already busy posts when it gets there, and the
+        # CPU a spin burns is taken from the workers.
+        if woke and self.settings.spin_us > 0 and not self._spin_due:
             self._spin_due = True
             loop = self._loop
             if loop.last_tick != self._chain_tick:
@@ -665,6 +712,12 @@ class PoolExecutor:
         call = run.spec.call
         if msg.get("as") and call is not None:
             self._async_calls.add(call)
+        took = msg.get("d")
+        if took is not None and call is not None:
+            mean = self._fn_mean.get(call)
+            self._fn_mean[call] = took if mean is None else mean + (took - mean) * 0.25
+            recent = self._recent_mean
+            self._recent_mean = took if recent is None else recent + (took - recent) * 0.25
         if msg["ok"]:
             outcome = Outcome(aid, "completed", result=msg.get("r"))
         else:
@@ -678,20 +731,39 @@ class PoolExecutor:
     def _end(self, w: WorkerSlot, aid: str, outcome: Outcome, recycle: bool = False) -> None:
         """The attempt left ``w``: update the worker's state first, so that the scheduler sees
         the freed capacity in ``free_slots()`` when it hears of the outcome."""
-        run = w.running.pop(aid)
-        self._where.pop(aid, None)
-        if not run.is_async:
-            w.sync_running -= 1
+        was_busy = w.state is _BUSY
+        run = self._detach(w, aid)
         if run.kill_timer is not None:
             run.kill_timer.cancel()
-        if not w.running and w.state is _BUSY:
-            w.state = _IDLE  # BUSY -> IDLE
-            if recycle:
-                self._maybe_recycle(w)
+        if was_busy and w.state is _IDLE and recycle:
+            self._maybe_recycle(w)
         if w.retire and not w.running and w.state is not _STOPPING and not w.closed:
             self._retire(w)
         self._finish(outcome)
         self._schedule_dispatch()
+
+    def _detach(self, w: WorkerSlot, aid: str) -> Running:
+        """Take the attempt off the worker's books (not reported)."""
+        run = w.running.pop(aid)
+        self._where.pop(aid, None)
+        if not run.is_async:
+            w.sync_running -= 1
+            if not run.short:
+                w.unshort -= 1
+        if not w.running and w.state is _BUSY:
+            w.state = _IDLE  # BUSY -> IDLE
+        return run
+
+    def _requeue_unstarted(self, w: WorkerSlot) -> None:
+        """The worker died: prefetched attempts it never started go back to the front of the queue."""
+        if self._closing or self._broken:
+            return
+        head = self._head(w)
+        again = [r.spec for r in list(w.running.values())
+                 if not r.is_async and r is not head and r.stop is None]
+        for spec in again:
+            self._detach(w, spec.attempt_id)
+        self._pending.extendleft(reversed(again))
 
     def _maybe_recycle(self, w: WorkerSlot) -> None:
         s = self.settings

@@ -65,6 +65,13 @@ class PoolSettings:
     #: budget: the ring's adaptive one shrinks to nothing when the daemon's turn takes longer
     #: than the budget, and then every dispatch pays a futex wakeup).
     worker_spin_us: float = 60.0
+    #: Prefetch: sync attempts of a *short* function (mean run time under ``prefetch_below`` s)
+    #: are queued on a worker that is already busy with short attempts, so that it never waits for
+    #: the daemon between two of them. At most ``prefetch`` per worker, and about
+    #: ``prefetch_budget`` s of work (at least 2). ``prefetch = 1`` turns it off.
+    prefetch: int = 16
+    prefetch_below: float = 0.05
+    prefetch_budget: float = 0.002
     #: Longest delay before refilling a slot when workers keep dying (the delay doubles per death
     #: while 3 or more died in the last 10 s).
     respawn_backoff_max: float = 10.0
@@ -74,6 +81,8 @@ class PoolSettings:
             raise ValueError("workers must be >= 0")
         if self.async_per_worker < 1:
             raise ValueError("async_per_worker must be >= 1")
+        if self.prefetch < 1:
+            raise ValueError("prefetch must be >= 1")
         if self.kill_grace < 0 or self.heartbeat_timeout <= 0:
             raise ValueError("kill_grace must be >= 0 and heartbeat_timeout > 0")
 
@@ -105,6 +114,8 @@ class Running:
     spec: AttemptSpec
     #: The daemon believed the function is ``async def`` when it dispatched it.
     is_async: bool
+    #: Dispatched as a short sync attempt (prefetch allowed behind it).
+    short: bool = False
     stop: StopReason | None = None
     kill_timer: Timer | None = None
 
@@ -130,8 +141,11 @@ class WorkerSlot:
         self.state = WorkerState.STARTING
         self.pid: int | None = None
         self.running: dict[str, Running] = {}
-        #: Attempts running that the daemon believes are sync (0 means async capacity is usable).
+        #: Attempts running that the daemon believes are sync (0 means async capacity is usable),
+        #: including prefetched ones waiting in the worker's queue (run in dispatch order).
         self.sync_running = 0
+        #: Of those, attempts not dispatched as short: nothing is prefetched behind them.
+        self.unshort = 0
         self.tasks_done = 0
         self.spawned_at = time.monotonic()
         self.last_beat = self.spawned_at

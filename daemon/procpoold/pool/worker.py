@@ -253,6 +253,10 @@ class Worker:
         inbox = self.inbox
         while True:
             while inbox:
+                if len(inbox) > 1 or inbox[0]["t"] == "call":
+                    # Prefetched calls wait here: look at the ring first, so that a cancel of a
+                    # queued call (or an exit) is seen before that call starts.
+                    self._drain()
                 self._handle(inbox.popleft())
             if self.async_tasks:
                 # (Tasks may also have been created by the last reader callback of the previous
@@ -274,10 +278,24 @@ class Worker:
             except SpillError as exc:
                 raw = exc.partial
                 print(f"procpool worker {self.slot}: {exc}", file=sys.__stderr__, flush=True)
-            unpack = msgpack.unpackb
-            self.inbox.extend(unpack(m) for m in raw)
+            if raw:
+                self._take(raw)
         finally:
             self.draining = False
+
+    def _take(self, raw: list[bytes]) -> None:
+        inbox = self.inbox
+        for data in raw:
+            msg = msgpack.unpackb(data)
+            if msg["t"] == "cancel" and inbox:
+                # A cancel of a call still queued here: mark the call (its "done" is posted when
+                # the main loop reaches it; no I/O here, this may run in the signal handler).
+                aid = msg["id"]
+                queued = next((m for m in inbox if m["t"] == "call" and m["id"] == aid), None)
+                if queued is not None:
+                    queued["stopped"] = True
+                    continue
+            inbox.append(msg)
 
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["t"]
@@ -310,6 +328,9 @@ class Worker:
 
     def _start(self, msg: dict[str, Any]) -> None:
         aid = msg["id"]
+        if msg.get("stopped"):
+            self.post(_stopped_before_start(self._pack, aid))
+            return
         try:
             fn, is_async = self._resolve(msg["fn"], msg.get("pp"))
         except Exception as exc:
@@ -331,9 +352,7 @@ class Worker:
         for i, m in enumerate(self.inbox):
             if m["t"] == "call" and m["id"] == aid:  # not started yet: it ends right here
                 del self.inbox[i]
-                self.post(self._pack({"t": "done", "id": aid, "ok": False, "stopped": True,
-                                      "err": {"type": "TaskInterrupted", "traceback": "",
-                                              "message": "stopped before it started"}}))
+                self.post(_stopped_before_start(self._pack, aid))
                 return
 
     # -- sync attempts -----------------------------------------------------------------------------
@@ -385,10 +404,11 @@ class Worker:
             try:
                 # From here a signal may raise TaskInterrupted; ``current`` bounds the window.
                 self.current = aid
+                started = _clock()
                 result = fn(*msg.get("a", ()), **msg.get("kw", {}))
             finally:
                 self.current = None
-            out = self._encode_result(aid, result, False)
+            out = self._encode_result(aid, result, False, _clock() - started)
         except TaskInterrupted as exc:
             out = self._pack({"t": "done", "id": aid, "ok": False, "stopped": True, "err": _error(exc)})
         except BaseException as exc:  # task code may raise anything, SystemExit included
@@ -398,9 +418,12 @@ class Worker:
             self._end_output(aid)
         self.post(out)
 
-    def _encode_result(self, aid: str, result: Any, is_async: bool) -> bytes:
+    def _encode_result(self, aid: str, result: Any, is_async: bool, took: float | None = None) -> bytes:
         try:
-            data: bytes = self._pack({"t": "done", "id": aid, "ok": True, "r": result, "as": is_async})
+            done = {"t": "done", "id": aid, "ok": True, "r": result, "as": is_async}
+            if took is not None:
+                done["d"] = took  # run time of a sync call: the daemon prefetches short functions
+            data: bytes = self._pack(done)
             return data
         except Exception as exc:
             self._pack = msgpack.Packer(use_bin_type=True).pack  # drop a half-written buffer
@@ -591,6 +614,14 @@ class Worker:
                 wake = bool(self.outbuf)  # log lines deserve a wakeup; a bare heartbeat does not
                 self.outbuf.append(_HEARTBEAT)
                 self._flush_locked(wake)
+
+
+_clock = time.perf_counter
+
+
+def _stopped_before_start(pack: Callable[[Any], bytes], aid: str) -> bytes:
+    return pack({"t": "done", "id": aid, "ok": False, "stopped": True,
+                 "err": {"type": "TaskInterrupted", "traceback": "", "message": "stopped before it started"}})
 
 
 def _clear_task() -> None:

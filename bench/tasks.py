@@ -1,0 +1,29 @@
+"""Task functions of the benchmark (``tasks:<name>``).
+
+Imported by procpoold's workers (the benchmark's jobs put this folder in ``python_path``) and
+by the peers' workers (``bench/run.py`` puts it on ``PYTHONPATH``), so every contender runs
+exactly the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def noop() -> None:
+    return None
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def cpu(ms: float = 5.0) -> int:
+    """Pure-Python CPU work for ``ms`` milliseconds of thread CPU time (no sleeping)."""
+    end = time.thread_time() + ms / 1000.0
+    n = 0
+    while time.thread_time() < end:
+        for _ in range(200):
+            n += 1
+    return n
