@@ -29,6 +29,7 @@ import inspect
 import io
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -93,6 +94,9 @@ class _Channel:
             self.worker.emit(msgpack.packb({"t": "send", "id": self.aid, "op": op, "args": args}))
 
 
+#: Longest line passed on as one message (longer lines are split, never dropped).
+MAX_LINE = 16 * 1024
+
 class _LineStream(io.TextIOBase):
     """``sys.stdout``/``sys.stderr`` of a worker: each complete line becomes a log message."""
 
@@ -132,6 +136,78 @@ class _LineStream(io.TextIOBase):
         rest = self._partial.pop(aid, None)
         if rest:
             self._worker.log(aid, self._stream, self._level, rest)
+
+
+class _FdCapture:
+    """C-level output: file descriptors 1 and 2 are pipes that this worker reads itself.
+
+    Extension code, ``os.write(1, ...)`` and subprocesses started by a task write to the
+    descriptors, not to ``sys.stdout``. A reader thread drains the pipes as data arrives (a task
+    that writes a lot never blocks on a full pipe) and passes each line on as a log message of
+    the attempt that is running; at the end of an attempt the main thread drains what is left
+    under the same lock, so every byte written before the attempt returned is attributed to it.
+    Outside an attempt the bytes go to the worker's original descriptors.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._fds: dict[int, tuple[str, int, int]] = {}  # read end -> (stream, level, original fd)
+        self._partial: dict[int, bytes] = {}
+        for fd, stream, level in ((1, "stdout", logging.INFO), (2, "stderr", logging.WARNING)):
+            r, w = os.pipe()
+            original = os.dup(fd)
+            os.dup2(w, fd)
+            os.close(w)
+            os.set_blocking(r, False)
+            self._fds[r] = (stream, level, original)
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="procpool-fd-capture", daemon=True).start()
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        for r in self._fds:
+            poller.register(r, select.POLLIN)
+        while True:
+            for r, _ in poller.poll():
+                with self._lock:
+                    self._drain(r, self._worker.log_attempt)
+
+    def drain_all(self, aid: str | None) -> None:
+        """Pass on everything written so far (and the unfinished lines) as output of ``aid``."""
+        with self._lock:
+            for r in self._fds:
+                self._drain(r, aid)
+                rest = self._partial.pop(r, b"")
+                if rest:
+                    self._emit(r, aid, rest)
+
+    def _drain(self, r: int, aid: str | None) -> None:
+        while True:
+            try:
+                data = os.read(r, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            *lines, rest = (self._partial.pop(r, b"") + data).split(b"\n")
+            while len(rest) > MAX_LINE:  # a line with no end in sight: pass it on in pieces
+                lines.append(rest[:MAX_LINE])
+                rest = rest[MAX_LINE:]
+            if rest:
+                self._partial[r] = rest
+            for line in lines:
+                self._emit(r, aid, line)
+
+    def _emit(self, r: int, aid: str | None, line: bytes) -> None:
+        stream, level, original = self._fds[r]
+        if aid is None:
+            os.write(original, line + b"\n")
+            return
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        for start in range(0, max(len(text), 1), MAX_LINE):
+            self._worker.log(aid, stream, level, text[start:start + MAX_LINE])
 
 
 class _RingLogHandler(logging.Handler):
@@ -226,6 +302,7 @@ class Worker:
         self._loggers: dict[str, logging.Logger] = {}
         self.stdout = _LineStream(self, "stdout", logging.INFO, sys.__stdout__)
         self.stderr = _LineStream(self, "stderr", logging.WARNING, sys.__stderr__)
+        self.fd_capture: _FdCapture | None = None
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -240,9 +317,13 @@ class Worker:
         root.addHandler(_RingLogHandler(self, sys.__stderr__))
         # The heartbeat thread must never take the interrupt: block it while the thread starts
         # (it inherits the mask), so the signal always lands on the main thread.
+        if sys.__stdout__ is not None:
+            sys.__stdout__.flush()  # nothing buffered before the switch may land in the pipe
+        self.fd_capture = _FdCapture(self)
         signal.pthread_sigmask(signal.SIG_BLOCK, {INTERRUPT_SIGNAL})
         try:
             threading.Thread(target=self._heartbeat_loop, name="procpool-heartbeat", daemon=True).start()
+            self.fd_capture.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTERRUPT_SIGNAL})
 
@@ -434,6 +515,8 @@ class Worker:
             return data
 
     def _end_output(self, aid: str) -> None:
+        if self.fd_capture is not None:
+            self.fd_capture.drain_all(aid)
         self.stdout.end(aid)
         self.stderr.end(aid)
         self.log_attempt = None

@@ -70,8 +70,9 @@ def test_shutdown_reaps_everything(make_pool: type) -> None:
     assert zygote is not None
     me = psutil.Process()
     assert {c.pid for c in me.children(recursive=True)} == pids | {zygote.pid}
-    for pid in pids:  # stdio, the segment (and the dup mmap keeps), two eventfds
+    for pid in pids:  # stdio, the segment (and the dup mmap keeps), two eventfds, and the output
+        # capture: the read ends of the pipes now on fds 1 and 2, and the original fds 1 and 2
         fds = os.listdir(f"/proc/{pid}/fd")
-        assert len(fds) <= 3 + 2 + 2, [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+        assert len(fds) <= 3 + 2 + 2 + 4, [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
     pool.close()
     # make_pool's teardown checks children, shared memory and fds.
