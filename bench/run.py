@@ -12,7 +12,7 @@ ProcessPoolExecutor always; loky and Dask distributed when importable: ``pip ins
 Workloads (figures are medians of ``--repeat`` runs where a run is short):
 
 * W1 20,000 no-op tasks in one concurrent group: tasks/s from submit to all results;
-* W2 2,000 sequential single-task round trips: p50/p99 us (procpool: ``submit`` + ``wait`` of a
+* W2 2,000 sequential single-task round trips: p50/p99 us (procpool: ``submit(wait=...)`` of a
   one-task job; peers: ``apply_async(...).get()`` / ``submit(...).result()``);
 * W3 50 sequential stages of 40 concurrent no-ops: seconds (procpool: one job, a sequential group
   of 50 concurrent groups);
@@ -196,8 +196,10 @@ def _job(name: str, root: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(client: Client, job: dict[str, Any]) -> dict[str, Any]:
-    job_id = client.submit(job)["id"]
-    status = client.wait(job_id)
+    # Submit and wait in one round trip (the daemon replies when the job has finished).
+    status = client.submit(job, wait=600)
+    if not status.get("finished"):
+        status = client.wait(status["id"])
     if status["state"] != "completed":
         failed = [t for t in status["status"]["tasks"] if t["state"] != "completed"][:3]
         raise RuntimeError(f"benchmark job {job['name']} ended {status['state']}: {failed}")

@@ -157,12 +157,23 @@ class Client:
         """Ask the daemon to stop gracefully; returns once it has accepted the request."""
         self.call("shutdown")
 
-    def submit(self, job: dict[str, Any], after: list[str] | None = None) -> dict[str, Any]:
-        """Submit a job tree (a dict in the job-file format); returns ``{"id", "existing"}``."""
+    def submit(
+        self, job: dict[str, Any], after: list[str] | None = None, wait: float | None = None
+    ) -> dict[str, Any]:
+        """Submit a job tree (a dict in the job-file format); returns ``{"id", "existing", ...}``.
+
+        With ``wait`` (seconds) the call returns once the job has finished (or ``wait`` ran out),
+        in one round trip; the result then also has ``finished``, ``state`` and ``status`` (as
+        :meth:`wait` returns them).
+        """
         args: dict[str, Any] = {"job": job}
         if after:
             args["after"] = after
-        result: dict[str, Any] = self.call("submit", args)
+        if wait is not None:
+            args["wait"] = wait
+        result: dict[str, Any] = self.call(
+            "submit", args, timeout=None if wait is None else wait + self.timeout
+        )
         return result
 
     def wait(self, id: str, timeout: float | None = None) -> dict[str, Any]:

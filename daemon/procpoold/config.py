@@ -50,6 +50,8 @@ class Config:
     retention_count: int = 10_000
     #: "normal": commits survive a daemon crash; "full": they also survive power loss (fsync each).
     sync: str = "normal"
+    #: false: keep jobs in memory only (nothing survives a restart; for benchmarks and throwaway daemons).
+    store: bool = True
     #: Worker pool: async attempts per worker, recycling limits (0: no limit), hang detection.
     async_per_worker: int = 8
     max_tasks_per_worker: int = 0
@@ -118,6 +120,7 @@ _CONVERT: dict[str, Any] = {
     "retention_age": float,
     "retention_count": int,
     "sync": str,
+    "store": bool,
     "async_per_worker": int,
     "max_tasks_per_worker": int,
     "max_memory_per_worker": int,
@@ -132,6 +135,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {key} must be an integer, got {value!r}")
     if convert is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"{origin}: {key} must be a number, got {value!r}")
+    if convert is bool and not isinstance(value, bool):
+        raise ConfigError(f"{origin}: {key} must be true or false, got {value!r}")
     if convert in (str, Path) and not isinstance(value, str):
         raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
     return convert(value)

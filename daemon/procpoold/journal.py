@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -105,8 +106,12 @@ _PRIORITIES = {level: priority(level) for level in (logging.DEBUG, logging.INFO,
 _LEVEL_NAMES = {2: "CRITICAL", 3: "ERROR", 4: "WARNING", 5: "NOTICE", 6: "INFO", 7: "DEBUG"}
 
 
+@functools.lru_cache(maxsize=4096)
 def _field_name(name: str) -> str:
-    """journald field names: upper-case letters, digits and underscores, not starting with '_'."""
+    """journald field names: upper-case letters, digits and underscores, not starting with '_'.
+
+    Cached: the same few dozen names are checked for every record on the hot path.
+    """
     clean = "".join(c if c.isalnum() or c == "_" else "_" for c in name.upper()).lstrip("_")
     return clean or "FIELD"
 
@@ -127,14 +132,27 @@ def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
 class FieldSet:
     """Fields shared by many records (an attempt's, per stream), encoded once for both targets."""
 
-    __slots__ = ("fields", "text", "wire")
+    __slots__ = ("_text", "_wire", "fields")
 
     def __init__(self, fields: Mapping[str, str]) -> None:
         self.fields = {_field_name(k): str(v) for k, v in fields.items()}
         self.fields.setdefault("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER)
-        self.wire = encode_fields(self.fields.items())
-        shown = sorted((k, v) for k, v in self.fields.items() if k not in _NOT_SHOWN)
-        self.text = (" [" + " ".join(f"{k}={v}" for k, v in shown) + "]") if shown else ""
+        # Encoded on first use, by the writer thread: the loop only collects the fields.
+        self._wire: bytes | None = None
+        self._text: str | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = encode_fields(self.fields.items())
+        return self._wire
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            shown = sorted((k, v) for k, v in self.fields.items() if k not in _NOT_SHOWN)
+            self._text = (" [" + " ".join(f"{k}={v}" for k, v in shown) + "]") if shown else ""
+        return self._text
 
 
 #: Fields the stderr lines leave out (the level shows PRIORITY; the rest is noise on a terminal).
@@ -519,17 +537,20 @@ class TaskLog:
         self.task_id = self.fields.get("PROCPOOL_TASK_ID")
         self.attempt = int(self.fields.get("PROCPOOL_ATTEMPT", "0") or 0)
         self._tail = sink.store.owner(self.task_id or self.job_id, self.job_id)
-        self._sets: dict[str, FieldSet] = {}
-        self._build()
+        self._sets: dict[str, FieldSet] = {}  # per stream, made on first use (most tasks print nothing)
 
-    def _build(self) -> None:
-        self._sets = {s: FieldSet({**self.fields, "PROCPOOL_STREAM": s}) for s in ("log", "stdout", "stderr")}
+    def _fieldset(self, stream: str) -> FieldSet:
+        key = stream if stream in ("stdout", "stderr") else "log"
+        fset = self._sets.get(key)
+        if fset is None:
+            fset = self._sets[key] = FieldSet({**self.fields, "PROCPOOL_STREAM": key})
+        return fset
 
     def set_worker_pid(self, pid: int | None) -> None:
         """The pid of the process running the attempt (a pool worker or the command)."""
         if pid is not None:
             self.fields["PROCPOOL_WORKER_PID"] = str(pid)
-            self._build()
+            self._sets = {}
 
     def line(self, stream: str, level: int, message: str, fields: Mapping[str, str] | None = None) -> bool:
         """One output line or log record; returns False when the producer should pause (``block``)."""
@@ -546,7 +567,7 @@ class TaskLog:
         now = time.time()
         record = tuple.__new__(Record, (seq, now, prio, stream, self.attempt, self.task_id, message))
         self._tail.append(record)
-        fset = self._sets.get(stream) or self._sets["log"]
+        fset = self._fieldset(stream)
         return sink.put((seq, now, prio, message, fset, fields, "procpoold.task"), self.task_id)
 
     def lines(self, stream: str, level: int, messages: Iterable[str]) -> bool:

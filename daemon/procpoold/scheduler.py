@@ -12,6 +12,7 @@ delays are loop timers. Executors report back through the
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -60,6 +61,8 @@ class Scheduler:
         self.retention_age = retention_age
         self.retention_count = retention_count
         self._dirty_jobs: set[str] = set()
+        #: finished job ids -> finish time, in the order they finished (for retention)
+        self._finished: dict[str, float] = {}
         self._dirty_tasks: set[Ref] = set()
         self._flush_scheduled = False
         self.executors = executors  # by task kind: "call", "cmd"
@@ -286,6 +289,7 @@ class Scheduler:
                 }
             },
         )
+        self._finished[job.id] = job.finished_at or now
         self._notify(job.id)
         self._prune(now)
 
@@ -546,6 +550,7 @@ class Scheduler:
         self._next_id = self.store.max_job_id() + 1
         now = self.clock()
         counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
+        finished: list[tuple[float, str]] = []
         resumable: list[tuple[Job, Effects]] = []
         for job_id, doc, data, tasks in self.store.load_jobs():
             try:
@@ -567,6 +572,7 @@ class Scheduler:
                 self.keys[job.spec.key] = job_id
             counts["jobs"] += 1
             if job.finished:
+                finished.append((job.finished_at or 0.0, job.id))
                 continue
             if job.state == "pending":
                 resumable.append((job, Effects()))
@@ -578,6 +584,8 @@ class Scheduler:
             counts["held" if job.state == "held" else "resumed"] += 1
             self._touch(job, list(range(len(job.tasks))))
             resumable.append((job, effects))
+        self._finished = {job_id: at for at, job_id in sorted(finished)}
+        self._prune(now)
         for job, effects in resumable:
             if job.state == "pending":
                 self._start_when_prerequisites_allow(job)
@@ -586,18 +594,28 @@ class Scheduler:
         return counts
 
     def _prune(self, now: float) -> None:
-        if self.store is None or (self.retention_age is None and self.retention_count is None):
+        """Drop finished jobs beyond the retention limits (decided in memory: usually nothing to do)."""
+        if self.store is None:
             return
-        self.flush()  # the job that just finished counts
-        expired = self.store.expired(self.retention_age, self.retention_count, now)
-        if expired:
-            self._drop_jobs(expired)
+        finished = self._finished
+        victims: list[str] = []
+        if self.retention_count is not None and len(finished) > self.retention_count:
+            victims.extend(itertools.islice(finished, len(finished) - self.retention_count))
+        if self.retention_age is not None:
+            cutoff = now - self.retention_age
+            for job_id, finished_at in finished.items():  # in the order they finished
+                if finished_at >= cutoff:
+                    break
+                victims.append(job_id)
+        if victims:
+            self._drop_jobs(list(dict.fromkeys(victims)))
 
     def _drop_jobs(self, job_ids: list[str]) -> None:
         self.flush()
         assert self.store is not None
         self.store.delete_jobs(job_ids)
         for job_id in job_ids:
+            self._finished.pop(job_id, None)
             job = self.jobs.pop(job_id, None)
             if job is not None and job.spec.key is not None:
                 self.keys.pop(job.spec.key, None)

@@ -61,7 +61,7 @@ class Daemon:
         self.stop_reason: str | None = None
         self._draining = False
         self._drain_timer: Timer | None = None
-        self._waits: dict[str, list[Deferred]] = {}
+        self._waits: dict[str, list[tuple[Deferred, Callable[[], None]]]] = {}
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         # Executors that fork (the worker pool's zygote) must do it before any thread exists,
@@ -69,7 +69,8 @@ class Daemon:
         for executor in self._unique_executors():
             executor.prefork()
         journal.start_writer(self.loop)  # the log writer thread: after the forking, before zmq's threads
-        self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
+        if config.store:
+            self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
         self.scheduler = Scheduler(
             self.loop,
             executors,
@@ -297,7 +298,7 @@ class Daemon:
                 "errors": self.control.errors_replied if self.control else 0,
             },
             "store": {
-                "path": os.fspath(self.config.state_dir / "state.db"),
+                "path": os.fspath(self.config.state_dir / "state.db") if self.store else None,
                 "commits": self.store.commits if self.store else 0,
             },
         }
@@ -310,14 +311,19 @@ class Daemon:
             summary.update({"states": info.get("states", {}), "busy": info.get("running", 0)})
         return summary
 
-    def submit(self, job: dict[str, Any], uid: int | None, after: list[str] | None) -> dict[str, Any]:
+    def submit(
+        self, job: dict[str, Any], uid: int | None, after: list[str] | None, wait: float | None = None
+    ) -> dict[str, Any] | Deferred:
         accepted, existing = self.scheduler.submit(job, uid, after)
-        return {
+        reply = {
             "id": accepted.id,
             "name": accepted.spec.name,
             "existing": existing,
             "tasks": len(accepted.tasks),
         }
+        if wait is None:
+            return reply
+        return self.wait(accepted.id, wait, extra=reply)  # one round trip: the reply has the final status
 
     def job_status(self, ref: str) -> dict[str, Any]:
         job, index = self.scheduler.resolve(ref)
@@ -371,26 +377,34 @@ class Daemon:
         removed = self.scheduler.clean(state, before)
         return {"removed": removed}
 
-    def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred:
-        """Answer now if ``ref`` has finished, else when it finishes or ``timeout`` runs out."""
+    def wait(
+        self, ref: str, timeout: float, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any] | Deferred:
+        """Answer now if ``ref`` has finished, else when it finishes or ``timeout`` runs out.
+
+        ``extra`` is merged into the answer (submit-and-wait replies with the submit result too).
+        """
         status = self.scheduler.finished_status(ref)
         if status["finished"] or timeout <= 0:
-            return status
+            return {**(extra or {}), **status}
         deferred = Deferred()
-        self._waits.setdefault(ref, []).append(deferred)
 
-        def expire() -> None:
+        def answer() -> None:
             waits = self._waits.get(ref, [])
-            if deferred in waits:
-                waits.remove(deferred)
+            if entry in waits:
+                waits.remove(entry)
+            timer.cancel()
             try:
-                deferred.resolve(self.scheduler.finished_status(ref))
+                deferred.resolve({**(extra or {}), **self.scheduler.finished_status(ref)})
             except ProcpoolError as exc:
                 deferred.reject(exc)
 
-        self.loop.call_later(timeout, expire)
+        timer = self.loop.call_later(timeout, answer)
+        entry = (deferred, answer)
+        self._waits.setdefault(ref, []).append(entry)
         return deferred
 
     def _on_finished(self, ref: str) -> None:
-        for deferred in self._waits.pop(ref, []):
-            deferred.resolve(self.scheduler.finished_status(ref))
+        for _deferred, answer in list(self._waits.get(ref, [])):
+            answer()
+        self._waits.pop(ref, None)

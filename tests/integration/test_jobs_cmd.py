@@ -359,3 +359,22 @@ def test_a_missing_command_fails_with_a_clear_error(daemon: DaemonProcess) -> No
     t = tasks_by_name(status)["nope"]
     assert t["state"] == "failed" and t["error"]["type"] == "FileNotFoundError"
     assert "cannot start '/nonexistent/binary'" in t["error"]["message"]
+
+
+def test_submit_and_wait_in_one_round_trip(daemon: DaemonProcess) -> None:
+    with daemon.client() as client:
+        done = client.submit({"name": "one", "root": {"cmd": ["true"]}}, wait=30)
+        assert done["finished"] and done["state"] == "completed" and not done["existing"]
+        assert done["status"]["tasks"][0]["exit_code"] == 0
+        slow = client.submit({"name": "slow", "root": {"cmd": ["sleep", "100"]}}, wait=0.1)
+        assert not slow["finished"] and slow["id"]
+        client.cancel(slow["id"])
+
+
+def test_a_daemon_without_a_store_runs_jobs(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("store = false\n")
+    with DaemonProcess(extra_args=["--config", str(cfg)]) as d:
+        status = run_job(d, {"name": "x", "cmd": ["true"]})
+        assert status["job"]["state"] == "completed"
+        assert not (d.state_dir / "state.db").exists()

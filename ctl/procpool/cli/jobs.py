@@ -91,9 +91,10 @@ def validate(settings: Settings, file: str) -> None:
     """Check a job file without submitting it; print the order tasks could start in."""
     raw = load_job_file(file)
     job = parse_job(raw)
-    plan = compile_job(job)
+    plan = job.plan or compile_job(job)
     order = [
-        {"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind} for i in plan.order
+        {"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind}
+        for i in plan.start_order()
     ]
     data = {"valid": True, "name": job.name, "tasks": len(job.tasks), "order": order}
 

@@ -80,10 +80,12 @@ OPS: dict[str, Op] = {
         _op("shutdown", "Stop the daemon gracefully.", mutating=True),
         _op(
             "submit",
-            "Accept a job tree; returns its id (an existing id for a known idempotency key).",
+            "Accept a job tree; returns its id (an existing id for a known idempotency key). With "
+            "'wait' (seconds) the reply comes when the job has finished, or when the wait runs out.",
             mutating=True,
             job=Arg((dict,), required=True),
             after=Arg((list,)),
+            wait=Arg(_NUM),
         ),
         _op(
             "wait",

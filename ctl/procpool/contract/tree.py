@@ -156,6 +156,8 @@ class JobSpec:
     python_path: list[str] = field(default_factory=list)
     key: str | None = None
     tags: list[str] = field(default_factory=list)
+    #: the ordering, set by parse_job (compiled once, used by the daemon and by validate)
+    plan: Plan | None = None
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -439,7 +441,7 @@ def parse_job(raw: Any) -> JobSpec:
         key=values.get("key"),
         tags=list(values.get("tags", [])),
     )
-    compile_job(job)
+    job.plan = compile_job(job)
     return job
 
 
@@ -457,7 +459,27 @@ class Plan:
     """
 
     preds: dict[tuple[str, int], list[tuple[str, int]]]
-    order: list[int]  # task indices in a valid start order
+    #: the start/end graph used for the cycle check (see compile_job)
+    graph: dict[tuple[str, int, str], list[tuple[str, int, str]]]
+
+    def start_order(self) -> list[int]:
+        """Task indices in an order the scheduler could start them, wave by wave (Kahn's algorithm)."""
+        indegree: dict[tuple[str, int, str], int] = {v: 0 for v in self.graph}
+        for succ in self.graph.values():
+            for w in succ:
+                indegree[w] = indegree.get(w, 0) + 1
+        wave = sorted(v for v, n in indegree.items() if n == 0)
+        order: list[int] = []
+        while wave:
+            order.extend(v[1] for v in wave if v[0] == "task")
+            nxt = []
+            for v in wave:
+                for w in self.graph.get(v, ()):
+                    indegree[w] -= 1
+                    if indegree[w] == 0:
+                        nxt.append(w)
+            wave = sorted(nxt)
+        return order
 
 
 def compile_job(job: JobSpec) -> Plan:
@@ -516,7 +538,9 @@ def compile_job(job: JobSpec) -> Plan:
         first = cycle[0]
         path = job.tasks[first[1]].path if first[0] == "task" else job.groups[first[1]].path
         raise TreeError(path, "dependency cycle: " + " -> ".join(f'"{n}"' for n in [*names, names[0]]))
-    return Plan(preds, _start_order(job, preds))
+    for t in job.tasks:  # tasks outside every group and edge still belong to the graph
+        graph.setdefault(start(("task", t.index)), [])
+    return Plan(preds, graph)
 
 
 def _find_cycle(graph: dict[Any, list[Any]]) -> list[Any] | None:
@@ -546,35 +570,6 @@ def _find_cycle(graph: dict[Any, list[Any]]) -> list[Any] | None:
                 stack.pop()
                 trail.pop()
     return None
-
-
-def _start_order(job: JobSpec, preds: dict[tuple[str, int], list[tuple[str, int]]]) -> list[int]:
-    """Tasks in an order the scheduler could start them (by waves), for ``procctl validate``."""
-    done: set[tuple[str, int]] = set()
-    remaining = [t.index for t in job.tasks]
-    order: list[int] = []
-
-    def chain(node: tuple[str, int]) -> list[tuple[str, int]]:
-        out = [node]
-        parent = job.tasks[node[1]].parent if node[0] == "task" else job.groups[node[1]].parent
-        while parent is not None:
-            out.append(("group", parent))
-            parent = job.groups[parent].parent
-        return out
-
-    def complete(node: tuple[str, int]) -> bool:
-        if node[0] == "task":
-            return node in done
-        return all(complete(c) for c in job.groups[node[1]].children)
-
-    while remaining:
-        wave = [i for i in remaining if all(complete(p) for n in chain(("task", i)) for p in preds[n])]
-        if not wave:  # pragma: no cover - compile_job rejected cycles already
-            raise TreeError("root", "no task can start")
-        order.extend(wave)
-        done.update(("task", i) for i in wave)
-        remaining = [i for i in remaining if i not in set(wave)]
-    return order
 
 
 # -- JSON Schema --------------------------------------------------------------------------------

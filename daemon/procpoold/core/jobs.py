@@ -125,7 +125,7 @@ class Job:
         self.id = job_id
         self.spec = spec
         self.raw = raw  # the document as submitted (kept for the store and for status)
-        self.plan: Plan = compile_job(spec)
+        self.plan: Plan = spec.plan if spec.plan is not None else compile_job(spec)
         self.state: JobState = "pending"
         self.run = 1
         self.runs: list[dict[str, Any]] = []  # summaries of finished runs
@@ -158,6 +158,7 @@ class Job:
             for g in self._ancestors[t.index]:
                 self._group_tasks[g].append(t.index)
         self._complete: set[Node] = set()
+        self._scan = 0  # every task before this index is in a final state (this run)
         self._group_left: list[int] = []
 
     # -- persistence ----------------------------------------------------------------------------
@@ -280,6 +281,7 @@ class Job:
 
     def _rebuild(self) -> None:
         """Derive the readiness counters from the task states (after :meth:`load`)."""
+        self._scan = 0
         self._complete = {("task", t.spec.index) for t in self.tasks if t.state == "completed"}
         self._group_left = [len(g.children) for g in self.spec.groups]
         # groups in reverse depth-first order: children before parents
@@ -307,6 +309,7 @@ class Job:
         if self.started_at is None:
             self.started_at = now
         self._complete = set()
+        self._scan = 0
         self._group_left = [len(g.children) for g in self.spec.groups]
         effects = Effects()
         for t in self.tasks:
@@ -469,7 +472,14 @@ class Job:
         return effects
 
     def _check_run_finished(self, effects: Effects) -> None:
-        if self.state == "running" and all(t.state in FINAL_TASK_STATES for t in self.tasks):
+        # Within a run a final state is never left, so the first non-final task only moves
+        # forward: checking after every completion costs O(tasks) per run, not per completion.
+        tasks = self.tasks
+        scan = self._scan
+        while scan < len(tasks) and tasks[scan].state in FINAL_TASK_STATES:
+            scan += 1
+        self._scan = scan
+        if self.state == "running" and scan == len(tasks):
             effects.run_finished = True
 
     def finish_run(self, now: float) -> bool:

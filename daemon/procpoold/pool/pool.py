@@ -46,6 +46,7 @@ import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
+from procpoold.journal import MessageId
 from procpoold.loop import EventLoop
 from procpoold.pool import shm, zygote
 from procpoold.pool.ring import RingError, SpillError
@@ -351,6 +352,8 @@ class PoolExecutor:
                 self._zygote.kill(pid, signal.SIGKILL)
             return
         w.state = _IDLE  # STARTING -> IDLE
+        log.info("%s started", w.describe(), extra={"journal_fields": {
+            "MESSAGE_ID": MessageId.WORKER_SPAWNED, "PROCPOOL_WORKER_PID": str(pid)}})
         age = self.settings.max_worker_age
         if age is not None:
             assert self._loop is not None
@@ -467,6 +470,11 @@ class PoolExecutor:
             self._end(w, aid, Outcome(aid, status, error=TaskError(etype, sentence)))
         if crashed or w.running:
             self._stats["deaths"] += 1
+            task = next(iter(w.running.values())).spec.task_name if w.running else None
+            why = (death_sentence(w, code, sig, task) if task is not None
+                   else death_sentence(w, code, sig, "").replace(" while running task ''", " while idle"))
+            log.warning("%s", why, extra={"journal_fields": {
+                "MESSAGE_ID": MessageId.WORKER_DIED, "PROCPOOL_WORKER_PID": str(pid)}})
         self._bury(w, crashed=crashed)
 
     def _bury(self, w: WorkerSlot, crashed: bool) -> None:
@@ -513,6 +521,9 @@ class PoolExecutor:
                             len(self._deaths), DEATH_WINDOW, slot, delay)
             else:
                 self._backoff = BACKOFF_START
+        if crashed:
+            log.info("replacing the worker of slot %d%s", slot, f" in {delay:g}s" if delay else "",
+                     extra={"journal_fields": {"MESSAGE_ID": MessageId.WORKER_REPLACED}})
         if delay and self._loop is not None:
             self._loop.call_later(delay, lambda: self._spawn(slot))
         else:

@@ -252,27 +252,6 @@ class StateStore:
             }
             yield str(job_id), _unpack(doc), _unpack(data), tasks
 
-    def expired(self, max_age: float | None, max_count: int | None, now: float) -> list[str]:
-        """Finished jobs beyond the retention limits (oldest first)."""
-        out: set[str] = set()
-        if max_age is not None:
-            out.update(
-                str(r[0])
-                for r in self.db.execute(
-                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (now - max_age,)
-                )
-            )
-        if max_count is not None:
-            out.update(
-                str(r[0])
-                for r in self.db.execute(
-                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC "
-                    "LIMIT -1 OFFSET ?",
-                    (max_count,),
-                )
-            )
-        return sorted(out, key=int)
-
     def close(self) -> None:
         self.flush()
         self.db.close()

@@ -131,7 +131,7 @@ def test_compiled_order_respects_every_edge() -> None:
             }
         )
     )
-    order = [spec.tasks[i].name for i in compile_job(spec).order]
+    order = [spec.tasks[i].name for i in compile_job(spec).start_order()]
     assert order == ["a", "b", "c", "d"]
 
 

@@ -47,3 +47,12 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_socket_path_length_limit() -> None:
     with pytest.raises(ConfigError, match="longer than 107"):
         load(None, {"socket": Path("/tmp/" + "x" * 120)})
+
+
+def test_store_switch_is_a_boolean(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("store = false\n")
+    assert load(cfg, {}).store is False
+    cfg.write_text('store = "no"\n')
+    with pytest.raises(ConfigError, match="store must be true or false"):
+        load(cfg, {})
