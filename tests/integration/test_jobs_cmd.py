@@ -11,7 +11,7 @@ import pytest
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from tests.support.daemon import DaemonProcess
-from tests.support.jobs import run_job, tasks_by_name
+from tests.support.jobs import run_job, tasks_by_name, wait_task_state
 
 
 def sh(script: str, **extra: Any) -> dict[str, Any]:
@@ -185,11 +185,7 @@ def test_cancel_a_job_stops_running_cancels_pending_skips_dependents(daemon: Dae
                 },
             }
         )["id"]
-        # wait until the first task runs (bounded; never a sleep)
-        deadline = time.monotonic() + 30
-        while client.status(job_id)["tasks"][0]["state"] != "running":
-            assert time.monotonic() < deadline
-            client.wait(job_id, timeout=0.05)
+        wait_task_state(client, job_id, "long")  # bounded; never a bare sleep
         assert client.cancel(job_id)["stopping"] == 1
         status = client.wait(job_id, timeout=30)["status"]
     t = tasks_by_name(status)

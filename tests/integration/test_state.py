@@ -17,7 +17,7 @@ import pytest
 from procpool import Client
 from procpool.contract.errors import ProcpoolError
 from tests.support.daemon import DaemonProcess, tagged_pids
-from tests.support.jobs import tasks_by_name
+from tests.support.jobs import tasks_by_name, wait_task_state
 
 
 def sh(script: str, **extra: Any) -> dict[str, Any]:
@@ -25,10 +25,7 @@ def sh(script: str, **extra: Any) -> dict[str, Any]:
 
 
 def wait_running(client: Client, job_id: str, name: str) -> None:
-    deadline = time.monotonic() + 30
-    while tasks_by_name(client.status(job_id))[name]["state"] != "running":
-        assert time.monotonic() < deadline, client.status(job_id)
-        client.wait(job_id, timeout=0.05)
+    wait_task_state(client, job_id, name, "running")
 
 
 def marker_job(marks: Path, gate: Path, policy: str = "retry", retries: int = 0) -> dict[str, Any]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from procpool import Client
 from tests.support.daemon import DaemonProcess
+from tests.support.waiting import wait_until
 
 
 def run_job(daemon: DaemonProcess, root: Any, timeout: float = 60.0, **extra: Any) -> dict[str, Any]:
@@ -20,3 +22,13 @@ def run_job(daemon: DaemonProcess, root: Any, timeout: float = 60.0, **extra: An
 
 def tasks_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in status["tasks"]}
+
+
+def wait_task_state(client: Client, job_id: str, name: str, state: str = "running") -> dict[str, Any]:
+    """Wait (bounded) until task ``name`` of ``job_id`` is in ``state``; returns the job's status."""
+    status: dict[str, Any] = wait_until(
+        lambda: client.status(job_id),
+        lambda s: tasks_by_name(s)[name]["state"] == state,
+        what=f"task {name!r} of job {job_id} to be {state}",
+    )
+    return status
