@@ -88,6 +88,7 @@ def message_ids() -> dict[str, str]:
 
 # -- priorities and field encoding ----------------------------------------------------------------
 
+
 def priority(levelno: int) -> int:
     """The syslog priority journald expects for a ``logging`` level."""
     if levelno >= logging.CRITICAL:
@@ -101,8 +102,10 @@ def priority(levelno: int) -> int:
     return 7
 
 
-_PRIORITIES = {level: priority(level) for level in (logging.DEBUG, logging.INFO, logging.WARNING,
-                                                    logging.ERROR, logging.CRITICAL)}
+_PRIORITIES = {
+    level: priority(level)
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
 _LEVEL_NAMES = {2: "CRITICAL", 3: "ERROR", 4: "WARNING", 5: "NOTICE", 6: "INFO", 7: "DEBUG"}
 
 
@@ -175,6 +178,7 @@ def entry_fields(entry: Entry) -> dict[str, str]:
 
 # -- senders ----------------------------------------------------------------------------------
 
+
 class Sender(Protocol):
     """Writes a batch of entries somewhere; called from the writer thread only."""
 
@@ -195,8 +199,9 @@ class StderrSender:
         _seq, _created, prio, message, fset, extra, logger = entry
         text = fset.text
         if extra:
-            shown = sorted((_field_name(k), str(v)) for k, v in extra.items()
-                           if _field_name(k) not in _NOT_SHOWN)
+            shown = sorted(
+                (_field_name(k), str(v)) for k, v in extra.items() if _field_name(k) not in _NOT_SHOWN
+            )
             if shown:
                 more = " ".join(f"{k}={v}" for k, v in shown)
                 text = f"{text[:-1]} {more}]" if text else f" [{more}]"
@@ -246,10 +251,14 @@ class JournalSender:
             os.write(fd, data)
             import fcntl
 
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
-            self._sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
-                               0, self.path)
+            fcntl.fcntl(
+                fd,
+                fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
+            )
+            self._sock.sendmsg(
+                [], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))], 0, self.path
+            )
         finally:
             os.close(fd)
 
@@ -279,6 +288,7 @@ def choose_target(target: Target, path: str = JOURNAL_SOCKET) -> str:
 
 # -- the sink ---------------------------------------------------------------------------------
 
+
 class LoopLike(Protocol):
     def add_reader(self, source: int, callback: Callable[[], None]) -> None: ...
     def remove_reader(self, source: int) -> None: ...
@@ -287,8 +297,14 @@ class LoopLike(Protocol):
 class LogSink:
     """The bounded queue, its writer thread, its counters and its backpressure signal."""
 
-    def __init__(self, sender: Sender, queue_size: int = DEFAULT_QUEUE_SIZE, policy: Policy = "block",
-                 store: LogStore | None = None, fallback: Sender | None = None) -> None:
+    def __init__(
+        self,
+        sender: Sender,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        policy: Policy = "block",
+        store: LogStore | None = None,
+        fallback: Sender | None = None,
+    ) -> None:
         self.sender = sender
         self.target = sender.target
         self.capacity = queue_size
@@ -296,8 +312,9 @@ class LogSink:
         self.low_water = queue_size // 2
         self.policy: Policy = policy
         self.store = store if store is not None else LogStore()
-        self.fallback = fallback if fallback is not None else (
-            StderrSender() if sender.target != "stderr" else None)
+        self.fallback = (
+            fallback if fallback is not None else (StderrSender() if sender.target != "stderr" else None)
+        )
         self._q: deque[Entry] = deque()
         self._seq = itertools.count(1)
         self._wake = threading.Event()
@@ -472,8 +489,15 @@ class LogSink:
             if self.fallback is None:
                 return
             self.fallbacks += len(batch)
-            note = (0, time.time(), 3, f"cannot write {len(batch)} record(s) to the {self.target}: {exc}; "
-                    "they follow on stderr", _DAEMON_FIELDS, None, "procpoold.journal")
+            note = (
+                0,
+                time.time(),
+                3,
+                f"cannot write {len(batch)} record(s) to the {self.target}: {exc}; they follow on stderr",
+                _DAEMON_FIELDS,
+                None,
+                "procpoold.journal",
+            )
             with contextlib.suppress(Exception):
                 self.fallback.send([note, *batch])
 
@@ -491,15 +515,24 @@ class LogSink:
         notes: list[Entry] = []
         for key, count in drops.items():
             base = fields.get(key, _DAEMON_FIELDS)
-            keep = {k: v for k, v in base.fields.items()
-                    if k.startswith("PROCPOOL_") and k != "PROCPOOL_STREAM"}
+            keep = {
+                k: v for k, v in base.fields.items() if k.startswith("PROCPOOL_") and k != "PROCPOOL_STREAM"
+            }
             keep["MESSAGE_ID"] = MessageId.LOG_DROPPED
             keep["PROCPOOL_DROPPED"] = str(count)
             who = f"task {keep['PROCPOOL_TASK_ID']}" if "PROCPOOL_TASK_ID" in keep else "the daemon"
-            notes.append((self.next_seq(), time.time(), 4,
-                          f"dropped {count} log record(s) of {who}: the log queue was full "
-                          f"(log_policy={self.policy}, log_queue_size={self.capacity})",
-                          FieldSet(keep), None, "procpoold.journal"))
+            notes.append(
+                (
+                    self.next_seq(),
+                    time.time(),
+                    4,
+                    f"dropped {count} log record(s) of {who}: the log queue was full "
+                    f"(log_policy={self.policy}, log_queue_size={self.capacity})",
+                    FieldSet(keep),
+                    None,
+                    "procpoold.journal",
+                )
+            )
         self._write(notes)
 
     # -- queries --------------------------------------------------------------------------------
@@ -516,10 +549,18 @@ class LogSink:
 
     def stats(self) -> dict[str, Any]:
         """For ``procctl status``: where records go and what happened to them."""
-        return {"target": self.target, "policy": self.policy, "queue_size": self.capacity,
-                "queued": len(self._q), "written": self.written, "dropped": self.dropped,
-                "errors": self.errors, "fallbacks": self.fallbacks, "paused": self.paused,
-                "tail_lines": len(self.store)}
+        return {
+            "target": self.target,
+            "policy": self.policy,
+            "queue_size": self.capacity,
+            "queued": len(self._q),
+            "written": self.written,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "fallbacks": self.fallbacks,
+            "paused": self.paused,
+            "tail_lines": len(self.store),
+        }
 
 
 class TaskLog:
@@ -540,11 +581,43 @@ class TaskLog:
         self._sets: dict[str, FieldSet] = {}  # per stream, made on first use (most tasks print nothing)
 
     def _fieldset(self, stream: str) -> FieldSet:
-        key = stream if stream in ("stdout", "stderr") else "log"
+        key = stream if stream in ("stdout", "stderr", "daemon") else "log"
         fset = self._sets.get(key)
         if fset is None:
-            fset = self._sets[key] = FieldSet({**self.fields, "PROCPOOL_STREAM": key})
+            # The daemon's own records about the attempt carry no PROCPOOL_STREAM: they are not output.
+            extra = {} if key == "daemon" else {"PROCPOOL_STREAM": key}
+            fset = self._sets[key] = FieldSet({**self.fields, **extra})
         return fset
+
+    def event(self, level: int, message: str, message_id: str) -> None:
+        """A lifecycle record of the attempt (started, completed, failed...), from the daemon.
+
+        The cheap path for records written for every attempt: the attempt's fields are encoded
+        once, and the code location is that of the caller, as ``logging`` would record it.
+        """
+        frame = sys._getframe(1)
+        code = frame.f_code
+        fields = {
+            "MESSAGE_ID": message_id,
+            "CODE_FILE": code.co_filename,
+            "CODE_LINE": str(frame.f_lineno),
+            "CODE_FUNC": code.co_name,
+            "LOGGER": "procpoold.task",
+        }
+        prio = _PRIORITIES.get(level)
+        if prio is None:
+            prio = priority(level)
+        sink = self._sink
+        seq = next(sink._seq)
+        now = time.time()
+        self._tail.append(
+            tuple.__new__(Record, (seq, now, prio, "daemon", self.attempt, self.task_id, message))
+        )
+        sink.put(
+            (seq, now, prio, message, self._fieldset("daemon"), fields, "procpoold.task"),
+            self.task_id,
+            own=True,
+        )
 
     def set_worker_pid(self, pid: int | None) -> None:
         """The pid of the process running the attempt (a pool worker or the command)."""
@@ -557,7 +630,7 @@ class TaskLog:
         if len(message) > MAX_MESSAGE:
             ok = True
             for start in range(0, len(message), MAX_MESSAGE):
-                ok = self.line(stream, level, message[start:start + MAX_MESSAGE], fields) and ok
+                ok = self.line(stream, level, message[start : start + MAX_MESSAGE], fields) and ok
             return ok
         sink = self._sink
         prio = _PRIORITIES.get(level)
@@ -578,6 +651,7 @@ class TaskLog:
 
 
 # -- the root logger's handler ---------------------------------------------------------------
+
 
 class SinkHandler(logging.Handler):
     """The root logger's only handler: turns ``logging`` records into queue entries.
@@ -600,8 +674,12 @@ class SinkHandler(logging.Handler):
                 message += "\n" + record.exc_text
             given = getattr(record, "journal_fields", None)
             fields = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
-            extra = {"CODE_FILE": record.pathname, "CODE_LINE": str(record.lineno),
-                     "CODE_FUNC": record.funcName, "LOGGER": record.name}
+            extra = {
+                "CODE_FILE": record.pathname,
+                "CODE_LINE": str(record.lineno),
+                "CODE_FUNC": record.funcName,
+                "LOGGER": record.name,
+            }
             prio = priority(record.levelno)
             sink = self.sink
             seq = sink.next_seq()
@@ -609,11 +687,24 @@ class SinkHandler(logging.Handler):
             if job_id:
                 task_id = fields.get("PROCPOOL_TASK_ID")
                 attempt = fields.get("PROCPOOL_ATTEMPT", "0")
-                sink.store.add(task_id or job_id, job_id, Record(
-                    seq, record.created, prio, fields.get("PROCPOOL_STREAM", "daemon"),
-                    int(attempt) if attempt.isdigit() else 0, task_id, message))
-            sink.put((seq, record.created, prio, message, FieldSet(fields), extra, record.name),
-                     fields.get("PROCPOOL_TASK_ID"), own=True)
+                sink.store.add(
+                    task_id or job_id,
+                    job_id,
+                    Record(
+                        seq,
+                        record.created,
+                        prio,
+                        fields.get("PROCPOOL_STREAM", "daemon"),
+                        int(attempt) if attempt.isdigit() else 0,
+                        task_id,
+                        message,
+                    ),
+                )
+            sink.put(
+                (seq, record.created, prio, message, FieldSet(fields), extra, record.name),
+                fields.get("PROCPOOL_TASK_ID"),
+                own=True,
+            )
         except Exception:
             self.handleError(record)
 
@@ -628,9 +719,14 @@ def active_sink() -> LogSink | None:
     return _active
 
 
-def setup_logging(level: str, target: Target = "auto", queue_size: int = DEFAULT_QUEUE_SIZE,
-                  policy: Policy = "block", sender: Sender | None = None,
-                  store: LogStore | None = None) -> LogSink:
+def setup_logging(
+    level: str,
+    target: Target = "auto",
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    policy: Policy = "block",
+    sender: Sender | None = None,
+    store: LogStore | None = None,
+) -> LogSink:
     """Make a :class:`LogSink` the root logger's only handler; returns it (``.target`` tells which).
 
     No thread starts here: call :func:`start_writer` once the daemon has done its forking.
@@ -672,8 +768,16 @@ def stats() -> dict[str, Any]:
 
 # -- the ``logs`` operation (daemon side) ----------------------------------------------------
 
-def logs_op(args: Mapping[str, Any], *, job_id: str, task_id: str | None, finished: bool,
-            since: float | None = None, sink: LogSink | None = None) -> dict[str, Any]:
+
+def logs_op(
+    args: Mapping[str, Any],
+    *,
+    job_id: str,
+    task_id: str | None,
+    finished: bool,
+    since: float | None = None,
+    sink: LogSink | None = None,
+) -> dict[str, Any]:
     """Answer ``logs``: where to read a job's or task's log, and the daemon's tail when asked.
 
     ``args``: ``id`` (echoed), ``attempt`` (int), ``lines`` (int: only the last N), ``after``
@@ -696,9 +800,16 @@ def logs_op(args: Mapping[str, Any], *, job_id: str, task_id: str | None, finish
         match["PROCPOOL_ATTEMPT"] = str(attempt)
     last = store.last_seq(job_id, task_id)
     reply: dict[str, Any] = {
-        "id": args.get("id"), "job_id": job_id, "task_id": task_id, "target": sink.target,
-        "match": match, "since": since, "finished": bool(finished and sink.flushed(last)),
-        "records": [], "cursor": last, "truncated": False,
+        "id": args.get("id"),
+        "job_id": job_id,
+        "task_id": task_id,
+        "target": sink.target,
+        "match": match,
+        "since": since,
+        "finished": bool(finished and sink.flushed(last)),
+        "records": [],
+        "cursor": last,
+        "truncated": False,
     }
     if sink.target == "stderr" or source == "tail":
         records = store.records(job_id, task_id, attempt, after, limit)

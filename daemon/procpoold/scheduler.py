@@ -213,7 +213,8 @@ class Scheduler:
     # -- the engine room ----------------------------------------------------------------------
 
     def _apply(self, job: Job, effects: Effects) -> None:
-        self._touch(job, effects.ready + effects.finished_tasks)
+        # "ready" is derived again at recovery, so only final states need writing here.
+        self._touch(job, effects.finished_tasks)
         now_mono = time.monotonic()
         for i in effects.ready:
             spec = job.tasks[i].spec
@@ -232,32 +233,35 @@ class Scheduler:
 
     def _task_final(self, job: Job, index: int) -> None:
         t = job.tasks[index]
-        fields = self._fields(job, index)
         if t.state == "completed":
             self.counters["completed"] += 1
-            fields["MESSAGE_ID"] = journal.MessageId.TASK_COMPLETED
-            task_log.info('task "%s" completed', t.spec.name, extra={"journal_fields": fields})
+            level, message_id, message = (
+                logging.INFO,
+                journal.MessageId.TASK_COMPLETED,
+                f'task "{t.spec.name}" completed',
+            )
         elif t.state in ("skipped", "cancelled"):
-            fields["MESSAGE_ID"] = (
+            message_id = (
                 journal.MessageId.TASK_SKIPPED if t.state == "skipped" else journal.MessageId.TASK_CANCELLED
             )
-            task_log.info(
-                'task "%s" %s: %s', t.spec.name, t.state, t.reason, extra={"journal_fields": fields}
-            )
+            level, message = logging.INFO, f'task "{t.spec.name}" {t.state}: {t.reason}'
         else:
             self.counters["failed"] += 1
-            msg = (t.error or {}).get("message", "")
-            fields["MESSAGE_ID"] = (
+            message_id = (
                 journal.MessageId.TASK_TIMED_OUT if t.state == "timeout" else journal.MessageId.TASK_FAILED
             )
-            task_log.warning(
-                'task "%s" %s after %d attempt(s): %s',
-                t.spec.name,
-                t.state,
-                len(t.attempts),
-                msg,
-                extra={"journal_fields": fields},
+            level = logging.WARNING
+            message = (
+                f'task "{t.spec.name}" {t.state} after {len(t.attempts)} attempt(s): '
+                f"{(t.error or {}).get('message', '')}"
             )
+        attempt = t.attempts[-1] if t.attempts else None
+        handle = self._task_logs.get(attempt.attempt_id) if attempt is not None else None
+        if handle is not None:  # the attempt's own log handle: fields already encoded
+            handle[0].event(level, message, message_id)
+        else:
+            fields = {**self._fields(job, index), "MESSAGE_ID": message_id}
+            task_log.log(level, "%s", message, extra={"journal_fields": fields})
         self._notify(t.id)
 
     def _run_finished(self, job: Job) -> None:
@@ -377,14 +381,15 @@ class Scheduler:
             )
         fields = self._fields(job, index)
         sink = journal.active_sink()
+        message = f'task "{t.spec.name}" attempt {attempt.number} starting'
         if sink is not None:
-            self._task_logs[attempt_id] = (sink.task_log(fields), t.tail)
-        task_log.info(
-            'task "%s" attempt %d starting',
-            t.spec.name,
-            attempt.number,
-            extra={"journal_fields": {**fields, "MESSAGE_ID": journal.MessageId.TASK_STARTED}},
-        )
+            handle = sink.task_log(fields)
+            self._task_logs[attempt_id] = (handle, t.tail)
+            handle.event(logging.INFO, message, journal.MessageId.TASK_STARTED)
+        else:
+            task_log.info(
+                message, extra={"journal_fields": {**fields, "MESSAGE_ID": journal.MessageId.TASK_STARTED}}
+            )
         return spec
 
     def _fields(self, job: Job, index: int) -> dict[str, str]:
@@ -407,14 +412,20 @@ class Scheduler:
         attempt = job.tasks[ref[1]].running_attempt
         if attempt is not None:
             attempt.pid, attempt.worker = pid, worker
-            self._touch(job, [ref[1]])
+            if worker is None:  # a command's pid is what a restart needs to clean up after a crash
+                self._touch(job, [ref[1]])
         handle = self._task_logs.get(attempt_id)
         if handle is not None:
             handle[0].set_worker_pid(pid)
 
     def attempt_finished(self, outcome: Outcome) -> None:
         ref = self.attempts.pop(outcome.attempt_id, None)
-        self._task_logs.pop(outcome.attempt_id, None)
+        try:
+            self._attempt_finished(ref, outcome)
+        finally:
+            self._task_logs.pop(outcome.attempt_id, None)  # kept until here for the final record
+
+    def _attempt_finished(self, ref: Ref | None, outcome: Outcome) -> None:
         timer = self._timeouts.pop(outcome.attempt_id, None)
         if timer is not None:
             timer.cancel()

@@ -220,7 +220,7 @@ def status(settings: Settings, job: str | None, state: str | None, since: str | 
         if job is not None:
             data = client.status(job)
             if "task" in data:  # a task id
-                emit(settings, data, lambda: render._task_line(data["task"], time.time()))
+                emit(settings, data, lambda: render.task_line(data["task"], time.time()))
                 return
             emit(settings, data, lambda: render.job_tree(data, time.time()))
             return
@@ -253,7 +253,7 @@ def wait(settings: Settings, id: str, wait_timeout: float | None) -> None:
     if result.get("status"):
         emit(settings, result, lambda: render.job_tree(result["status"], time.time()))
     else:
-        emit(settings, result, lambda: render._task_line(result["task"], time.time()))
+        emit(settings, result, lambda: render.task_line(result["task"], time.time()))
     if not result["finished"]:
         fail(f"{id} has not finished after {wait_timeout:g}s", code=EXIT_FAILED)
     sys.exit(EXIT_OK if result["state"] == "completed" else EXIT_FAILED)

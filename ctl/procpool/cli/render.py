@@ -70,7 +70,7 @@ def _progress(p: dict[str, Any] | None) -> str:
     return text
 
 
-def _task_line(t: dict[str, Any], now: float) -> str:
+def task_line(t: dict[str, Any], now: float) -> str:
     end = t.get("finished_at") or (now if t.get("started_at") else None)
     took = duration(end - t["started_at"]) if end and t.get("started_at") else "-"
     attempts = t.get("attempts", 0)
@@ -107,7 +107,7 @@ def job_tree(status: dict[str, Any], now: float) -> str:
         kind, index = node
         branch = "" if top else ("└─ " if last else "├─ ")
         if kind == "task":
-            lines.append(prefix + branch + _task_line(tasks[index], now))
+            lines.append(prefix + branch + task_line(tasks[index], now))
             return
         g = groups[index]
         lines.append(f"{prefix}{branch}{g['kind']} {g['name']}")
