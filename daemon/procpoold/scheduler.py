@@ -28,7 +28,7 @@ from procpoold.core import namespace
 from procpoold.core.jobs import Effects, Job
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
-from procpoold.engines import AttemptSpec, Executor, Outcome, Stream
+from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
 from procpoold.loop import EventLoop, Timer
 from procpoold.store import StateStore
 
@@ -441,6 +441,14 @@ class Scheduler:
             attempt.finished_at, attempt.status = now, outcome.status
         error = outcome.error.to_wire() if outcome.error else None
         self._touch(job, [index])
+        if outcome.error is not None and outcome.error.type == NOT_STARTED and t.attempts:
+            # The attempt was still queued when it was stopped: it never ran, so it does not count.
+            t.attempts.pop()
+            if t.started_at is not None and not t.attempts:
+                t.started_at = None
+            if outcome.status == "interrupted" and not self.accepting:
+                t.move("pending")  # runs as if new after the restart
+                return
         if outcome.status == "interrupted" and not self.accepting:
             # The daemon is stopping: leave the task "running" in the store, so the next start
             # applies the job's on_interrupt policy to it (see Job.recover).

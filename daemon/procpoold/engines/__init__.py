@@ -27,6 +27,10 @@ OutcomeStatus = Literal["completed", "failed", "timeout", "cancelled", "interrup
 StopReason = Literal["timeout", "cancelled", "shutdown"]
 Stream = Literal["log", "stdout", "stderr"]
 
+#: ``TaskError.type`` of an outcome whose attempt never began executing (it was still queued
+#: when it was stopped); the scheduler does not count such an attempt.
+NOT_STARTED = "NotStarted"
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptSpec:

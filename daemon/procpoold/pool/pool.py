@@ -45,7 +45,7 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
+from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
 from procpoold.journal import MessageId
 from procpoold.loop import EventLoop
 from procpoold.pool import shm, zygote
@@ -182,7 +182,7 @@ class PoolExecutor:
             if spec.attempt_id == attempt_id:
                 self._pending.remove(spec)
                 self._later_finish(Outcome(attempt_id, status, error=TaskError(
-                    "TaskInterrupted", f"stopped ({reason}) before it started")))
+                    NOT_STARTED, f"stopped ({reason}) before it started")))
                 return
         w = self._where.get(attempt_id)
         if w is None:
@@ -195,7 +195,7 @@ class PoolExecutor:
             self._detach(w, attempt_id)
             self._send(w, [_packb({"t": "cancel", "id": attempt_id})])
             self._later_finish(Outcome(attempt_id, STOP_STATUS[reason], error=TaskError(
-                "TaskInterrupted", f"stopped ({reason}) before it started")))
+                NOT_STARTED, f"stopped ({reason}) before it started")))
             self._schedule_dispatch()
             return
         run.stop = reason
@@ -214,7 +214,7 @@ class PoolExecutor:
         while self._pending:
             spec = self._pending.popleft()
             self._finish(Outcome(spec.attempt_id, "interrupted", error=TaskError(
-                "PoolShutdown", "the daemon stopped before the attempt started")))
+                NOT_STARTED, "the daemon stopped before the attempt started")))
         deadline = time.monotonic() + grace
         while self._where and time.monotonic() < deadline:
             self._pump(deadline - time.monotonic())

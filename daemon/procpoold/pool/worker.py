@@ -704,7 +704,7 @@ _clock = time.perf_counter
 
 def _stopped_before_start(pack: Callable[[Any], bytes], aid: str) -> bytes:
     return pack({"t": "done", "id": aid, "ok": False, "stopped": True,
-                 "err": {"type": "TaskInterrupted", "traceback": "", "message": "stopped before it started"}})
+                 "err": {"type": "NotStarted", "traceback": "", "message": "stopped before it started"}})
 
 
 def _clear_task() -> None:
