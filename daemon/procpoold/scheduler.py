@@ -275,9 +275,7 @@ class Scheduler:
                 extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}},
             )
             # Start the next run from the loop, not from inside the previous run's last callback.
-            self.loop.call_soon(
-                lambda: self._apply(job, job.start_run(self.clock())) if not job.finished else None
-            )
+            self.loop.call_soon(lambda: self._start_next_run(job))
             return
         log.info(
             'job %s "%s" %s',
@@ -296,6 +294,14 @@ class Scheduler:
         self._finished[job.id] = job.finished_at or now
         self._notify(job.id)
         self._prune(now)
+
+    def _start_next_run(self, job: Job) -> None:
+        if job.finished:
+            return
+        effects = job.start_run(self.clock())
+        # Every task's stored row still describes the previous run: write them all as reset.
+        self._touch(job, list(range(len(job.tasks))))
+        self._apply(job, effects)
 
     def _notify(self, ref: str) -> None:
         for listener in list(self.listeners):

@@ -18,6 +18,7 @@ from procpool import Client
 from procpool.contract.errors import ProcpoolError
 from tests.support.daemon import DaemonProcess, tagged_pids
 from tests.support.jobs import tasks_by_name, wait_task_state
+from tests.support.waiting import wait_until
 
 
 def sh(script: str, **extra: Any) -> dict[str, Any]:
@@ -331,3 +332,38 @@ def test_status_json_lists_jobs_from_the_store(daemon: DaemonProcess) -> None:
     out = daemon.procctl("--json", "status")
     data = json.loads(out.stdout)
     assert data["store"]["commits"] >= 2 and data["jobs"]["list"][0]["id"] == job_id
+
+
+def test_a_crash_in_a_later_run_reruns_the_tasks_that_had_not_run_yet(tmp_path: Path) -> None:
+    gate, marks = tmp_path / "gate", tmp_path / "after-ran"
+    d = DaemonProcess()
+    try:
+        d.start()
+        with d.client() as client:
+            # run 2's first task waits for the gate; "after" must then still run in runs 2 and 3
+            job_id = client.submit(
+                {
+                    "name": "r2",
+                    "repeat": 3,
+                    "retries": 1,
+                    "root": {
+                        "sequential": [
+                            {"name": "first", **sh(f'[ "$(wc -l < {marks} 2>/dev/null)" != 1 ] || '
+                                                   f"until [ -e {gate} ]; do sleep 0.01; done")},
+                            {"name": "after", **sh(f"echo ran >> {marks}")},
+                        ]
+                    },
+                }
+            )["id"]
+            wait_until(lambda: client.status(job_id), lambda s: s["job"]["run"] == 2, what="run 2")
+            wait_running(client, job_id, "first")
+        d.crash()
+        gate.touch()
+        d.restart()
+        with d.client() as client:
+            status = client.wait(job_id, timeout=30)["status"]
+        assert status["job"]["state"] == "completed" and status["job"]["run"] == 3
+        assert marks.read_text().split() == ["ran", "ran", "ran"]
+        d.stop()
+    finally:
+        d.cleanup()

@@ -127,3 +127,20 @@ def test_illegal_transition_names_the_task() -> None:
     job = make({"name": "a", "cmd": ["x"]})
     with pytest.raises(IllegalTransition, match=r"task 1.0 \(a\): pending -> completed"):
         job.complete(0, 1)
+
+
+def test_a_crash_early_in_a_later_run_does_not_skip_tasks() -> None:
+    """What the store holds after run 1, then a restart before run 2's second task ran."""
+    job = make({"sequential": [{"name": "a", "cmd": ["x"]}, {"name": "b", "cmd": ["x"]}]}, repeat=2)
+    job.start_run(0)
+    for i in (0, 1):
+        job.mark_running(i, f"t{i}#1", 1)
+        job.complete(i, 2)
+    assert job.finish_run(3) is True
+    job.start_run(4)  # run 2: "b" is pending again
+    saved_job, saved_tasks = job.dump(), {i: job.dump_task(i) for i in range(2)}
+    fresh = make({"sequential": [{"name": "a", "cmd": ["x"]}, {"name": "b", "cmd": ["x"]}]}, repeat=2)
+    fresh.load(saved_job, saved_tasks)
+    effects, _ = fresh.recover(now=5)
+    assert fresh.run == 2 and [t.state for t in fresh.tasks] == ["ready", "pending"]
+    assert effects.ready == [0]
