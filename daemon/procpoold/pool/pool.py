@@ -460,7 +460,7 @@ class PoolExecutor:
         # Its last words count: results posted before it died are real results.
         self._drain_worker(w)
         self._requeue_unstarted(w)
-        crashed = w.kill_reason is None and w.state is not _STOPPING
+        crashed = w.kill_reason is None and w.state is not _STOPPING and not self._closing
         for aid, run in list(w.running.items()):
             if w.kill_reason is not None:  # we killed it, and know why
                 etype, sentence = w.kill_reason
