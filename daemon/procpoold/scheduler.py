@@ -105,16 +105,8 @@ class Scheduler:
         job = Job(job_id, spec, raw, self.clock(), uid, after)
         if self.store is not None:
             # Durable before the reply: the caller answers only after this commit.
-            self.store.insert_job(
-                job_id,
-                spec.key,
-                spec.name,
-                job.state,
-                job.created_at,
-                raw,
-                job.dump(),
-                [(i, t.state, job.dump_task(i)) for i, t in enumerate(job.tasks)],
-            )
+            # Tasks get their rows when they first change: a missing row means pending, no attempts.
+            self.store.insert_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump())
         self.jobs[job_id] = job
         if spec.key is not None:
             self.keys[spec.key] = job_id

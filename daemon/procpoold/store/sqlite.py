@@ -6,8 +6,8 @@ Runs on the daemon's loop thread (one connection, no sharing). Rows::
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
          doc BLOB, data BLOB)                      doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
-    tasks(job_id, idx, state, data BLOB,           data: Job.dump_task() (msgpack)
-          PRIMARY KEY(job_id, idx))
+    tasks(job_id, idx, state, data BLOB,           data: Job.dump_task() (msgpack); a task has
+          PRIMARY KEY(job_id, idx))                 no row until it first changes (pending)
 
 Durability: ``synchronous=NORMAL`` in WAL mode, so a committed transaction
 survives a crash of the daemon (``kill -9``) at the cost of no fsync per
@@ -152,7 +152,6 @@ class StateStore:
         created_at: float,
         doc: dict[str, Any],
         data: dict[str, Any],
-        tasks: list[tuple[int, str, dict[str, Any]]],
     ) -> None:
         """Commit a new job at once (a job is durable before submit replies)."""
         self.db.execute("BEGIN")
@@ -165,10 +164,6 @@ class StateStore:
             )
             self.db.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(int(job_id) + 1),)
-            )
-            self.db.executemany(
-                "INSERT INTO tasks(job_id, idx, state, data) VALUES (?, ?, ?, ?)",
-                [(int(job_id), i, st, _pack(d)) for i, st, d in tasks],
             )
             self.db.execute("COMMIT")
         except BaseException:
@@ -210,8 +205,9 @@ class StateStore:
             self._dirty_jobs.clear()
         if self._dirty_tasks:
             self.db.executemany(
-                "UPDATE tasks SET state=?, data=? WHERE job_id=? AND idx=?",
-                [(st, _pack(d), int(jid), i) for (jid, i), (st, d) in self._dirty_tasks.items()],
+                "INSERT INTO tasks(job_id, idx, state, data) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(job_id, idx) DO UPDATE SET state=excluded.state, data=excluded.data",
+                [(int(jid), i, st, _pack(d)) for (jid, i), (st, d) in self._dirty_tasks.items()],
             )
             self._dirty_tasks.clear()
 
