@@ -58,7 +58,7 @@ class EventLoop:
         self._sig_w: socket.socket | None = None
         self._old_wakeup_fd = -1
         self._stopping = False
-        #: monotonic time of the last completed loop iteration (the watchdog reads it).
+        #: monotonic time of the last completed loop iteration (the pool uses it to tell iterations apart).
         self.last_tick = time.monotonic()
 
     # -- registration -------------------------------------------------------------------------

@@ -569,13 +569,13 @@ class Scheduler:
         counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
         finished: list[tuple[float, str]] = []
         resumable: list[tuple[Job, Effects]] = []
-        for job_id, doc, data, tasks in self.store.load_jobs():
+        for job_id, created_at, doc, data, tasks in self.store.load_jobs():
             try:
                 job = Job(
                     job_id,
                     parse_job(doc),
                     doc,
-                    data.get("created_at", now),
+                    created_at,
                     data.get("submitter_uid"),
                     data.get("after"),
                 )
@@ -583,7 +583,6 @@ class Scheduler:
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
                 continue
-            job.created_at = self.store.created_at(job_id)
             self.jobs[job_id] = job
             if job.spec.key is not None:
                 self.keys[job.spec.key] = job_id

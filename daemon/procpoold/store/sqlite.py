@@ -228,25 +228,26 @@ class StateStore:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def created_at(self, job_id: str) -> float:
-        row = self.db.execute("SELECT created_at FROM jobs WHERE id=?", (int(job_id),)).fetchone()
-        return float(row[0]) if row else 0.0
-
     def max_job_id(self) -> int:
         """The highest job id ever handed out (ids are never reused, even after pruning)."""
         row = self.db.execute("SELECT value FROM meta WHERE key='next_job_id'").fetchone()
         stored = int(self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
         return max(stored, int(row[0]) - 1 if row else 0)
 
-    def load_jobs(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any], dict[int, dict[str, Any]]]]:
-        """Every stored job: (id, doc, data, {task index: data}), oldest first."""
-        rows = self.db.execute("SELECT id, doc, data FROM jobs ORDER BY id").fetchall()
-        for job_id, doc, data in rows:
-            tasks = {
-                idx: _unpack(tdata)
-                for idx, tdata in self.db.execute("SELECT idx, data FROM tasks WHERE job_id=?", (job_id,))
-            }
-            yield str(job_id), _unpack(doc), _unpack(data), tasks
+    def load_jobs(
+        self,
+    ) -> Iterator[tuple[str, float, dict[str, Any], dict[str, Any], dict[int, dict[str, Any]]]]:
+        """Every stored job: (id, created_at, doc, data, {task index: data}), oldest first.
+
+        Two queries in all (jobs, then every task row in job order), not one per job.
+        """
+        tasks: dict[int, dict[int, dict[str, Any]]] = {}
+        for job_id, idx, tdata in self.db.execute("SELECT job_id, idx, data FROM tasks ORDER BY job_id"):
+            tasks.setdefault(job_id, {})[idx] = _unpack(tdata)
+        for job_id, created_at, doc, data in self.db.execute(
+            "SELECT id, created_at, doc, data FROM jobs ORDER BY id"
+        ).fetchall():
+            yield str(job_id), float(created_at), _unpack(doc), _unpack(data), tasks.pop(job_id, {})
 
     def close(self) -> None:
         self.flush()
