@@ -36,6 +36,10 @@ log = logging.getLogger("procpoold.scheduler")
 task_log = logging.getLogger("procpoold.task")
 
 Ref = tuple[str, int]  # (job id, task index)
+
+#: A job's task log is compacted into a snapshot once it would hold more than
+#: 2 x (its number of tasks) + LOG_SLACK entries (see Scheduler.flush).
+LOG_SLACK = 64
 Listener = Callable[[str], None]
 
 
@@ -60,10 +64,14 @@ class Scheduler:
         self.store = store
         self.retention_age = retention_age
         self.retention_count = retention_count
-        self._dirty_jobs: set[str] = set()
         #: finished job ids -> finish time, in the order they finished (for retention)
         self._finished: dict[str, float] = {}
-        self._dirty_tasks: set[Ref] = set()
+        #: changed since the last flush: job id -> {task index: True for a full entry, False when
+        #: the task's only change is an attempt starting}; jobs whose own fields changed
+        self._dirty: dict[str, dict[int, bool]] = {}
+        self._dirty_jobs: set[str] = set()
+        #: the job fields last written per job, to skip rewriting a job row that did not change
+        self._job_rows: dict[str, tuple[Any, ...]] = {}
         self._flush_scheduled = False
         self.executors = executors  # by task kind: "call", "cmd"
         self.clock = clock
@@ -107,6 +115,7 @@ class Scheduler:
             # Durable before the reply: the caller answers only after this commit.
             # Tasks get their rows when they first change: a missing row means pending, no attempts.
             self.store.insert_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump())
+            self._job_rows[job_id] = _job_row(job)
         self.jobs[job_id] = job
         if spec.key is not None:
             self.keys[spec.key] = job_id
@@ -351,7 +360,7 @@ class Scheduler:
         t = job.tasks[index]
         attempt_id = f"{t.id}@{job.run}#{len(t.attempts) + 1}"
         attempt = job.mark_running(index, attempt_id, self.clock())
-        self._touch(job, [index])
+        self._touch_started(job, index)
         spec = AttemptSpec(
             attempt_id=attempt_id,
             job_id=job.id,
@@ -534,31 +543,59 @@ class Scheduler:
     # -- persistence --------------------------------------------------------------------------
 
     def _touch(self, job: Job, indices: list[int]) -> None:
-        """Remember what changed; written in one transaction at the end of this loop iteration."""
+        """Remember what changed (no indices: the job's own fields); written at the next flush."""
         if self.store is None:
             return
-        self._dirty_jobs.add(job.id)
-        self._dirty_tasks.update((job.id, i) for i in indices)
+        tasks = self._dirty.setdefault(job.id, {})
+        for i in indices:
+            tasks[i] = True
+        if not indices:
+            self._dirty_jobs.add(job.id)
+        self._schedule_flush()
+
+    def _touch_started(self, job: Job, index: int) -> None:
+        """The task's only change is that an attempt started: a small log entry will do."""
+        if self.store is None:
+            return
+        self._dirty.setdefault(job.id, {}).setdefault(index, False)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Group commit: dump every object changed since the last flush and write them at once."""
+        """Group commit: everything changed since the last flush, in one transaction.
+
+        A job's row is rewritten only when its own fields changed. Task changes are appended
+        to the job's task log; when the log would grow past twice the job's size (plus a
+        little), a snapshot of every task replaces it (see procpoold.store.sqlite).
+        """
         self._flush_scheduled = False
-        if self.store is None:
+        store = self.store
+        if store is None:
             return
-        for job_id in self._dirty_jobs:
+        for job_id, tasks in self._dirty.items():
             job = self.jobs.get(job_id)
-            if job is not None:
-                self.store.job_changed(job_id, job.state, job.finished_at, job.dump())
-        for job_id, index in self._dirty_tasks:
-            job = self.jobs.get(job_id)
-            if job is not None:
-                self.store.task_changed(job_id, index, job.tasks[index].state, job.dump_task(index))
+            if job is None:
+                continue
+            row = _job_row(job)
+            if job_id in self._dirty_jobs or self._job_rows.get(job_id) != row:
+                self._job_rows[job_id] = row
+                store.job_changed(job_id, job.state, job.finished_at, job.dump())
+            if not tasks:
+                continue
+            size = len(job.tasks)
+            if store.log_entries.get(job_id, 0) + len(tasks) > 2 * size + LOG_SLACK:
+                store.snapshot_tasks(job_id, [job.full_entry(i) for i in range(size)])
+            else:
+                store.append_tasks(
+                    job_id, [job.full_entry(i) if full else job.start_entry(i) for i, full in tasks.items()]
+                )
+        self._dirty.clear()
         self._dirty_jobs.clear()
-        self._dirty_tasks.clear()
-        self.store.flush()
+        store.flush()
 
     def recover(self) -> dict[str, int]:
         """Load every stored job; resume the unfinished ones (see Job.recover)."""
@@ -569,7 +606,7 @@ class Scheduler:
         counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
         finished: list[tuple[float, str]] = []
         resumable: list[tuple[Job, Effects]] = []
-        for job_id, created_at, doc, data, tasks in self.store.load_jobs():
+        for job_id, created_at, doc, data, entries in self.store.load_jobs():
             try:
                 job = Job(
                     job_id,
@@ -579,11 +616,12 @@ class Scheduler:
                     data.get("submitter_uid"),
                     data.get("after"),
                 )
-                job.load(data, tasks)
+                job.load(data, entries)
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
                 continue
             self.jobs[job_id] = job
+            self._job_rows[job_id] = _job_row(job)
             if job.spec.key is not None:
                 self.keys[job.spec.key] = job_id
             counts["jobs"] += 1
@@ -632,6 +670,7 @@ class Scheduler:
         self.store.delete_jobs(job_ids)
         for job_id in job_ids:
             self._finished.pop(job_id, None)
+            self._job_rows.pop(job_id, None)
             job = self.jobs.pop(job_id, None)
             if job is not None and job.spec.key is not None:
                 self.keys.pop(job.spec.key, None)
@@ -692,6 +731,11 @@ class Scheduler:
     def running(self) -> int:
         return len(self.attempts)
 
+    def is_finished(self, ref: str) -> bool:
+        """Whether a job or task has reached a final state (cheap: no status is built)."""
+        job, index = self.resolve(ref)
+        return job.finished if index is None else job.tasks[index].state in FINAL_TASK_STATES
+
     def finished_status(self, ref: str) -> dict[str, Any]:
         """The status a ``wait`` returns: the job's, or the task's with its job summary."""
         job, index = self.resolve(ref)
@@ -708,6 +752,19 @@ class Scheduler:
 
     def stop_accepting(self) -> None:
         self.accepting = False
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    """The job fields that change without an explicit touch (the namespace always has one)."""
+    return (
+        job.state,
+        job.run,
+        len(job.runs),
+        job.started_at,
+        job.finished_at,
+        job.reason,
+        job.cancel_requested,
+    )
 
 
 def _kill_leftover(pid: int | None, worker: str | None) -> None:

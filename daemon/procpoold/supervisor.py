@@ -384,9 +384,8 @@ class Daemon:
 
         ``extra`` is merged into the answer (submit-and-wait replies with the submit result too).
         """
-        status = self.scheduler.finished_status(ref)
-        if status["finished"] or timeout <= 0:
-            return {**(extra or {}), **status}
+        if self.scheduler.is_finished(ref) or timeout <= 0:
+            return {**(extra or {}), **self.scheduler.finished_status(ref)}
         deferred = Deferred()
 
         def answer() -> None:

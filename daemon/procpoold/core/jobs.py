@@ -35,6 +35,33 @@ from procpoold.core.states import (
 
 Node = tuple[str, int]
 
+#: Entries of a job's task log (the state store appends them; see replay_task_log):
+#: ``[FULL_ENTRY, index, Job.dump_task(index)]`` is the task's whole state;
+#: ``[START_ENTRY, index, number, attempt_id, started_at]`` records an attempt starting
+#: (written ahead of the start, much smaller than a full entry).
+FULL_ENTRY = 0
+START_ENTRY = 1
+
+
+def replay_task_log(entries: list[Any]) -> dict[int, dict[str, Any]]:
+    """The tasks' dumps (as :meth:`Job.dump_task` made them) after applying ``entries`` in order."""
+    tasks: dict[int, dict[str, Any]] = {}
+    for entry in entries:
+        if entry[0] == FULL_ENTRY:
+            tasks[entry[1]] = entry[2]
+        elif entry[0] == START_ENTRY:
+            _, index, number, attempt_id, started_at = entry
+            td = tasks[index] = dict(tasks.get(index, ()))
+            td["state"] = "running"
+            td["attempts"] = [
+                *td.get("attempts", ()),
+                [number, attempt_id, started_at, None, None, None, None],
+            ]
+            td.setdefault("started_at", started_at)
+        else:
+            raise ValueError(f"unknown task log entry type {entry[0]!r}")
+    return tasks
+
 
 @dataclass
 class Attempt:
@@ -179,24 +206,48 @@ class Job:
         }
 
     def dump_task(self, index: int) -> dict[str, Any]:
-        """One task's mutable fields, for the state store."""
-        t = self.tasks[index]
-        return {
-            "state": t.state,
-            "attempts": [a.to_wire() for a in t.attempts],
-            "started_at": t.started_at,
-            "finished_at": t.finished_at,
-            "result": t.result,
-            "exit_code": t.exit_code,
-            "error": t.error,
-            "reason": t.reason,
-            "progress": t.progress,
-            "cancel_requested": t.cancel_requested,
-            "tail": list(t.tail),
-        }
+        """One task's mutable fields, for the state store, compactly.
 
-    def load(self, data: dict[str, Any], tasks: dict[int, dict[str, Any]]) -> None:
-        """Restore what :meth:`dump` and :meth:`dump_task` saved (before :meth:`recover`)."""
+        Fields at their defaults (None, False, empty) are left out, and each attempt is the
+        list ``[number, id, started_at, finished_at, status, pid, worker]``: a task's entry
+        is written at least twice per attempt, so its size is the store's main cost.
+        """
+        t = self.tasks[index]
+        out: dict[str, Any] = {"state": t.state}
+        if t.attempts:
+            out["attempts"] = [
+                [a.number, a.attempt_id, a.started_at, a.finished_at, a.status, a.pid, a.worker]
+                for a in t.attempts
+            ]
+        for key, value in (
+            ("started_at", t.started_at),
+            ("finished_at", t.finished_at),
+            ("result", t.result),
+            ("exit_code", t.exit_code),
+            ("error", t.error),
+            ("reason", t.reason),
+            ("progress", t.progress),
+        ):
+            if value is not None:
+                out[key] = value
+        if t.cancel_requested:
+            out["cancel_requested"] = True
+        if t.tail:
+            out["tail"] = list(t.tail)
+        return out
+
+    def full_entry(self, index: int) -> list[Any]:
+        """The task log entry holding a task's whole state."""
+        return [FULL_ENTRY, index, self.dump_task(index)]
+
+    def start_entry(self, index: int) -> list[Any]:
+        """The task log entry for the task's latest attempt starting (see :meth:`mark_running`)."""
+        a = self.tasks[index].attempts[-1]
+        return [START_ENTRY, index, a.number, a.attempt_id, a.started_at]
+
+    def load(self, data: dict[str, Any], entries: list[Any]) -> None:
+        """Restore what :meth:`dump` and the task log saved (before :meth:`recover`)."""
+        tasks = replay_task_log(entries)
         self.state = data["state"]
         self.run = data["run"]
         self.runs = list(data["runs"])
@@ -206,22 +257,12 @@ class Job:
         for index, td in tasks.items():
             t = self.tasks[index]
             t.state = td["state"]
-            t.attempts = [
-                Attempt(
-                    a["number"],
-                    a["id"],
-                    a["started_at"],
-                    a["finished_at"],
-                    a["status"],
-                    a["pid"],
-                    a["worker"],
-                )
-                for a in td["attempts"]
-            ]
-            t.started_at, t.finished_at = td["started_at"], td["finished_at"]
-            t.result, t.exit_code, t.error = td["result"], td["exit_code"], td["error"]
-            t.reason, t.progress, t.cancel_requested = td["reason"], td["progress"], td["cancel_requested"]
-            t.tail.extend(td["tail"])
+            t.attempts = [Attempt(*a) for a in td.get("attempts", ())]
+            t.started_at, t.finished_at = td.get("started_at"), td.get("finished_at")
+            t.result, t.exit_code, t.error = td.get("result"), td.get("exit_code"), td.get("error")
+            t.reason, t.progress = td.get("reason"), td.get("progress")
+            t.cancel_requested = bool(td.get("cancel_requested"))
+            t.tail.extend(td.get("tail", ()))
 
     def recover(self, now: float) -> tuple[Effects, list[Attempt]]:
         """After a restart or crash: settle the attempts that were running, then rebuild readiness.

@@ -2,12 +2,21 @@
 
 Runs on the daemon's loop thread (one connection, no sharing). Rows::
 
-    meta(key PRIMARY KEY, value)                   schema_version, created_by
+    meta(key PRIMARY KEY, value)                   schema_version, next_job_id
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
          doc BLOB, data BLOB)                      doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
-    tasks(job_id, idx, state, data BLOB,           data: Job.dump_task() (msgpack); a task has
-          PRIMARY KEY(job_id, idx))                 no row until it first changes (pending)
+    task_log(job_id, seq, data BLOB,               data: a msgpack list of task entries
+             PRIMARY KEY(job_id, seq))             (see procpoold.core.jobs.replay_task_log)
+
+Task changes are appended, never rewritten in place: a group commit adds at most
+one ``task_log`` row per job, holding every task entry of that job from the
+commit (a task's full state, or the small record of an attempt starting). A task
+without entries is pending with no attempts. When a job's log has grown well past
+its number of tasks, or one commit touches most of its tasks (a new run of a
+repeat job, a recovery), the scheduler writes a *snapshot* instead: the job's rows
+are replaced by one row with a full entry per task. So the log of a job stays
+within a small multiple of its size, and replaying it in ``seq`` order rebuilds it.
 
 Durability: ``synchronous=NORMAL`` in WAL mode, so a committed transaction
 survives a crash of the daemon (``kill -9``) at the cost of no fsync per
@@ -18,18 +27,54 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from procpoold.core.jobs import FULL_ENTRY
+
 log = logging.getLogger("procpoold.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-#: Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1.
-MIGRATIONS: dict[int, str] = {
+
+def _pack(value: Any) -> bytes:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _v1_task_rows_to_log(db: sqlite3.Connection) -> None:
+    """Version 1 kept one row per task, rewritten on each change; version 2 appends (task_log)."""
+    db.execute(
+        "CREATE TABLE task_log ("
+        " job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+        " seq INTEGER NOT NULL,"
+        " data BLOB NOT NULL,"
+        " PRIMARY KEY (job_id, seq)"
+        ") WITHOUT ROWID"
+    )
+    by_job: dict[int, list[Any]] = {}
+    for job_id, idx, data in db.execute("SELECT job_id, idx, data FROM tasks ORDER BY job_id, idx"):
+        task = _unpack(data)
+        attempt_fields = ("number", "id", "started_at", "finished_at", "status", "pid", "worker")
+        task["attempts"] = [[a[f] for f in attempt_fields] for a in task["attempts"]]
+        by_job.setdefault(job_id, []).append([FULL_ENTRY, idx, task])
+    db.executemany(
+        "INSERT INTO task_log(job_id, seq, data) VALUES (?, 0, ?)",
+        [(job_id, _pack(entries)) for job_id, entries in by_job.items()],
+    )
+    db.execute("DROP TABLE tasks")
+
+
+#: Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1, either as SQL
+#: statements or as a function of the connection (inside the migration's transaction).
+MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     0: """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE jobs (
@@ -52,22 +97,13 @@ MIGRATIONS: dict[int, str] = {
             PRIMARY KEY (job_id, idx)
         ) WITHOUT ROWID;
     """,
+    1: _v1_task_rows_to_log,
 }
 
-FINISHED = ("completed", "failed", "cancelled")
 
 
 class StoreError(Exception):
     """The state file cannot be used; the message names it and the way out."""
-
-
-def _pack(value: Any) -> bytes:
-    data: bytes = msgpack.packb(value, use_bin_type=True)
-    return data
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 class StateStore:
@@ -106,7 +142,11 @@ class StateStore:
                 f"state file {path} cannot be migrated from version {version}: {exc}; {way_out}"
             ) from None
         self._dirty_jobs: dict[str, Any] = {}
-        self._dirty_tasks: dict[tuple[str, int], Any] = {}
+        self._appends: dict[str, list[Any]] = {}  # job id -> task entries for the next row
+        self._snapshots: dict[str, list[Any]] = {}  # job id -> full entries replacing its rows
+        self._next_seq: dict[str, int] = {}
+        #: task entries in each job's log since its last snapshot (the scheduler compacts by it)
+        self.log_entries: dict[str, int] = {}
         self.commits = 0
 
     def _version(self) -> int:
@@ -128,9 +168,13 @@ class StateStore:
             log.info("migrating state file %s from schema %d to %d", self.path, version, version + 1)
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                step = MIGRATIONS[version]
+                if isinstance(step, str):
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                else:
+                    step(self.db)
                 self.db.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(version + 1),),
@@ -175,13 +219,21 @@ class StateStore:
         """Queue a job update for the next :meth:`flush`."""
         self._dirty_jobs[job_id] = (state, finished_at, data)
 
-    def task_changed(self, job_id: str, index: int, state: str, data: dict[str, Any]) -> None:
-        """Queue a task update for the next :meth:`flush`."""
-        self._dirty_tasks[(job_id, index)] = (state, data)
+    def append_tasks(self, job_id: str, entries: list[Any]) -> None:
+        """Queue task entries to append to the job's log at the next :meth:`flush`."""
+        if job_id in self._snapshots:
+            self._snapshots[job_id].extend(entries)
+        else:
+            self._appends.setdefault(job_id, []).extend(entries)
+
+    def snapshot_tasks(self, job_id: str, entries: list[Any]) -> None:
+        """Queue full entries that replace the job's whole log at the next :meth:`flush`."""
+        self._appends.pop(job_id, None)
+        self._snapshots[job_id] = list(entries)
 
     @property
     def pending(self) -> bool:
-        return bool(self._dirty_jobs or self._dirty_tasks)
+        return bool(self._dirty_jobs or self._appends or self._snapshots)
 
     def flush(self) -> None:
         """Write every queued change in one transaction (group commit)."""
@@ -203,16 +255,29 @@ class StateStore:
                 [(st, fin, _pack(d), int(jid)) for jid, (st, fin, d) in self._dirty_jobs.items()],
             )
             self._dirty_jobs.clear()
-        if self._dirty_tasks:
+        rows: list[tuple[int, int, bytes]] = []
+        if self._snapshots:
             self.db.executemany(
-                "INSERT INTO tasks(job_id, idx, state, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(job_id, idx) DO UPDATE SET state=excluded.state, data=excluded.data",
-                [(int(jid), i, st, _pack(d)) for (jid, i), (st, d) in self._dirty_tasks.items()],
+                "DELETE FROM task_log WHERE job_id=?", [(int(jid),) for jid in self._snapshots]
             )
-            self._dirty_tasks.clear()
+            for job_id, entries in self._snapshots.items():
+                rows.append((int(job_id), self._seq(job_id), _pack(entries)))
+                self.log_entries[job_id] = len(entries)
+            self._snapshots.clear()
+        for job_id, entries in self._appends.items():
+            rows.append((int(job_id), self._seq(job_id), _pack(entries)))
+            self.log_entries[job_id] = self.log_entries.get(job_id, 0) + len(entries)
+        self._appends.clear()
+        if rows:
+            self.db.executemany("INSERT INTO task_log(job_id, seq, data) VALUES (?, ?, ?)", rows)
+
+    def _seq(self, job_id: str) -> int:
+        seq = self._next_seq.get(job_id, 0)
+        self._next_seq[job_id] = seq + 1
+        return seq
 
     def delete_jobs(self, job_ids: list[str]) -> None:
-        """Remove jobs (and their tasks) at once."""
+        """Remove jobs (and their task logs) at once."""
         if not job_ids:
             return
         self.db.execute("BEGIN")
@@ -224,7 +289,10 @@ class StateStore:
             raise
         for j in job_ids:
             self._dirty_jobs.pop(j, None)
-        self._dirty_tasks = {k: v for k, v in self._dirty_tasks.items() if k[0] not in set(job_ids)}
+            self._appends.pop(j, None)
+            self._snapshots.pop(j, None)
+            self._next_seq.pop(j, None)
+            self.log_entries.pop(j, None)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -234,20 +302,23 @@ class StateStore:
         stored = int(self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
         return max(stored, int(row[0]) - 1 if row else 0)
 
-    def load_jobs(
-        self,
-    ) -> Iterator[tuple[str, float, dict[str, Any], dict[str, Any], dict[int, dict[str, Any]]]]:
-        """Every stored job: (id, created_at, doc, data, {task index: data}), oldest first.
+    def load_jobs(self) -> Iterator[tuple[str, float, dict[str, Any], dict[str, Any], list[Any]]]:
+        """Every stored job: (id, created_at, doc, data, task log entries in order), oldest first.
 
-        Two queries in all (jobs, then every task row in job order), not one per job.
+        Two queries in all (jobs, then every log row in order), not one per job.
         """
-        tasks: dict[int, dict[int, dict[str, Any]]] = {}
-        for job_id, idx, tdata in self.db.execute("SELECT job_id, idx, data FROM tasks ORDER BY job_id"):
-            tasks.setdefault(job_id, {})[idx] = _unpack(tdata)
+        logs: dict[int, list[Any]] = {}
+        for job_id, seq, blob in self.db.execute(
+            "SELECT job_id, seq, data FROM task_log ORDER BY job_id, seq"
+        ):
+            logs.setdefault(job_id, []).extend(_unpack(blob))
+            self._next_seq[str(job_id)] = seq + 1
         for job_id, created_at, doc, data in self.db.execute(
             "SELECT id, created_at, doc, data FROM jobs ORDER BY id"
         ).fetchall():
-            yield str(job_id), float(created_at), _unpack(doc), _unpack(data), tasks.pop(job_id, {})
+            entries = logs.pop(job_id, [])
+            self.log_entries[str(job_id)] = len(entries)
+            yield str(job_id), float(created_at), _unpack(doc), _unpack(data), entries
 
     def close(self) -> None:
         self.flush()

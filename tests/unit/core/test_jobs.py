@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from procpool.contract.tree import parse_job
-from procpoold.core.jobs import Job
+from procpoold.core.jobs import Job, replay_task_log
 from procpoold.core.states import IllegalTransition
 
 
@@ -138,9 +138,36 @@ def test_a_crash_early_in_a_later_run_does_not_skip_tasks() -> None:
         job.complete(i, 2)
     assert job.finish_run(3) is True
     job.start_run(4)  # run 2: "b" is pending again
-    saved_job, saved_tasks = job.dump(), {i: job.dump_task(i) for i in range(2)}
+    saved_job, saved_tasks = job.dump(), [job.full_entry(i) for i in range(2)]
     fresh = make({"sequential": [{"name": "a", "cmd": ["x"]}, {"name": "b", "cmd": ["x"]}]}, repeat=2)
     fresh.load(saved_job, saved_tasks)
     effects, _ = fresh.recover(now=5)
     assert fresh.run == 2 and [t.state for t in fresh.tasks] == ["ready", "pending"]
     assert effects.ready == [0]
+
+
+def test_the_task_log_replays_starts_and_full_states_in_order() -> None:
+    tree = {"concurrent": [{"name": n, "cmd": ["x"], "retries": 1} for n in "abc"]}
+    job = make(tree, on_failure="continue")
+    job.start_run(0)
+    log: list[Any] = []
+    job.mark_running(0, "a#1", 1)
+    job.mark_running(1, "b#1", 1)
+    log += [job.start_entry(0), job.start_entry(1)]
+    job.complete(0, 2, result={"x": 1})
+    log.append(job.full_entry(0))
+    job.end_unsuccessfully(1, "failed", 2, {"type": "E", "message": "m", "traceback": ""})
+    log.append(job.full_entry(1))
+    job.mark_running(2, "c#1", 3)
+    log.append(job.start_entry(2))
+    tasks = replay_task_log(log)
+    assert tasks[0] == job.dump_task(0) and tasks[1] == job.dump_task(1)
+    assert tasks[2] == job.dump_task(2)  # the start entry alone rebuilds the running task
+    fresh = make(tree, on_failure="continue")
+    fresh.load(job.dump(), log)
+    effects, interrupted = fresh.recover(now=9)
+    assert [t.state for t in fresh.tasks] == ["completed", "failed", "ready"]
+    assert [a.attempt_id for a in interrupted] == ["c#1"] and effects.ready == [2]
+    assert fresh.tasks[0].result == {"x": 1} and len(fresh.tasks[2].attempts) == 1
+    with pytest.raises(ValueError, match="unknown task log entry"):
+        replay_task_log([[7, 0]])

@@ -1,0 +1,177 @@
+"""The SQLite store: the task log, its snapshots, the v1 -> v2 migration, and the scheduler's use of it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from procpoold.core.jobs import FULL_ENTRY, START_ENTRY
+from procpoold.engines import Outcome
+from procpoold.loop import EventLoop
+from procpoold.scheduler import LOG_SLACK, Scheduler
+from procpoold.store.sqlite import MIGRATIONS, SCHEMA_VERSION, StateStore
+from tests.unit.daemon.test_scheduler import RecordingExecutor
+
+pytestmark = pytest.mark.unit
+
+
+def new_job(store: StateStore, job_id: str) -> None:
+    store.insert_job(job_id, None, "j", "running", 1.0, {"root": {}}, {"state": "running"})
+
+
+def test_appends_become_rows_in_order_and_reload_with_their_sequence(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    new_job(store, "1")
+    store.append_tasks("1", [[START_ENTRY, 0, 1, "a#1", 2.0]])
+    store.append_tasks("1", [[START_ENTRY, 1, 1, "b#1", 2.0]])  # same commit: same row
+    store.flush()
+    store.append_tasks("1", [[FULL_ENTRY, 0, {"state": "completed"}]])
+    store.flush()
+    rows = store.db.execute("SELECT seq FROM task_log WHERE job_id=1 ORDER BY seq").fetchall()
+    assert rows == [(0,), (1,)] and store.log_entries["1"] == 3
+    store.close()
+
+    again = StateStore(path)
+    [(job_id, _, _, data, entries)] = list(again.load_jobs())
+    assert (job_id, data["state"]) == ("1", "running")
+    assert [e[:2] for e in entries] == [[START_ENTRY, 0], [START_ENTRY, 1], [FULL_ENTRY, 0]]
+    again.append_tasks("1", [[FULL_ENTRY, 1, {"state": "completed"}]])
+    again.flush()  # continues the sequence instead of colliding with row 1
+    assert again.db.execute("SELECT max(seq) FROM task_log").fetchone()[0] == 2
+    again.close()
+
+
+def test_a_snapshot_replaces_the_jobs_rows_and_delete_removes_them(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    new_job(store, "1")
+    new_job(store, "2")
+    for n in range(5):
+        store.append_tasks("1", [[FULL_ENTRY, 0, {"n": n}]])
+        store.append_tasks("2", [[FULL_ENTRY, 0, {"n": n}]])
+        store.flush()
+    store.append_tasks("1", [[FULL_ENTRY, 0, {"n": 5}]])
+    store.snapshot_tasks("1", [[FULL_ENTRY, 0, {"n": 6}], [FULL_ENTRY, 1, {"n": 6}]])
+    store.flush()
+    count = "SELECT count(*) FROM task_log WHERE job_id=?"
+    assert store.db.execute(count, (1,)).fetchone()[0] == 1
+    assert store.db.execute(count, (2,)).fetchone()[0] == 5
+    assert store.log_entries == {"1": 2, "2": 5}
+    logs = {job_id: entries for job_id, _, _, _, entries in store.load_jobs()}
+    assert logs["1"] == [[FULL_ENTRY, 0, {"n": 6}], [FULL_ENTRY, 1, {"n": 6}]]
+    store.delete_jobs(["2"])
+    assert store.db.execute(count, (2,)).fetchone()[0] == 0
+    store.close()
+
+
+def test_a_version_1_file_is_migrated_with_its_task_rows(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    step = MIGRATIONS[0]
+    assert isinstance(step, str)
+    db.executescript(step)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute(
+        "INSERT INTO jobs VALUES (7, NULL, 'old', 'running', 1.0, NULL, ?, ?)",
+        (msgpack.packb({"root": {}}), msgpack.packb({"state": "running"})),
+    )
+    for idx in (1, 0):
+        attempt = {"number": 1, "id": f"{idx}#1", "started_at": 2.0, "finished_at": 3.0}
+        attempt |= {"status": "completed", "pid": None, "worker": "w0"}
+        v1_task = {"state": "completed", "attempts": [attempt], "started_at": 2.0, "result": idx}
+        db.execute("INSERT INTO tasks VALUES (7, ?, 'completed', ?)", (idx, msgpack.packb(v1_task)))
+    db.commit()
+    db.close()
+
+    store = StateStore(path)
+    assert store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION
+    )
+    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "tasks" not in tables and "task_log" in tables
+    [(job_id, _, _, _, entries)] = list(store.load_jobs())
+    assert job_id == "7" and [e[:2] for e in entries] == [[FULL_ENTRY, 0], [FULL_ENTRY, 1]]
+    assert entries[1][2] == {
+        "state": "completed",
+        "attempts": [[1, "1#1", 2.0, 3.0, "completed", None, "w0"]],
+        "started_at": 2.0,
+        "result": 1,
+    }
+    store.close()
+
+
+def run_scheduler(store: StateStore) -> tuple[EventLoop, RecordingExecutor, Scheduler]:
+    loop = EventLoop()
+    executor = RecordingExecutor(slots=100)
+    scheduler = Scheduler(loop, {"call": executor, "cmd": executor}, store=store)
+    scheduler.recover()
+    return loop, executor, scheduler
+
+
+def finish_all(loop: EventLoop, executor: RecordingExecutor, scheduler: Scheduler) -> None:
+    for spec in list(executor.submitted):
+        if spec.attempt_id in executor.running:
+            executor.running.discard(spec.attempt_id)
+            scheduler.attempt_finished(Outcome(spec.attempt_id, "completed", result=spec.task_name))
+    loop.run_once(0)
+
+
+def stored_log(store: StateStore, job_id: str) -> list[Any]:
+    return {j: e for j, _, _, _, e in store.load_jobs()}[job_id]
+
+
+def test_starts_are_small_entries_and_a_restart_finds_them_running(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    tasks = [{"cmd": ["true"], "retries": 1}, {"cmd": ["true"], "retries": 1}]
+    job, _ = scheduler.submit({"name": "j", "root": {"concurrent": tasks}})
+    loop.run_once(0)  # both dispatched: written ahead as start entries
+    assert [e[0] for e in stored_log(store, job.id)] == [START_ENTRY, START_ENTRY]
+    first = executor.submitted[0]
+    executor.running.discard(first.attempt_id)
+    scheduler.attempt_finished(Outcome(first.attempt_id, "completed", result=1))
+    loop.run_once(0)
+    assert stored_log(store, job.id)[-1][:2] == [FULL_ENTRY, 0]
+    loop.close()
+    store.close()  # as after a crash: the second attempt never reported
+
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    again = scheduler.jobs[job.id]
+    assert again.tasks[0].state == "completed" and again.tasks[0].result == 1
+    assert again.tasks[1].attempts[0].status == "interrupted"
+    loop.run_once(0)
+    assert [s.attempt for s in executor.submitted] == [2]  # the retry counts the interrupted one
+    loop.close()
+    store.close()
+
+
+def test_a_repeat_jobs_log_stays_bounded_and_replays_to_the_same_state(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    tree = {"name": "r", "repeat": 200, "root": {"sequential": [{"cmd": ["true"]}, {"cmd": ["true"]}]}}
+    job, _ = scheduler.submit(tree)
+    peak = 0
+    for _ in range(1000):
+        loop.run_once(0)
+        finish_all(loop, executor, scheduler)
+        peak = max(peak, store.log_entries.get(job.id, 0))
+        if job.finished:
+            break
+    assert job.state == "completed" and job.run == 200
+    assert peak <= 2 * len(job.tasks) + LOG_SLACK
+    before = [job.dump_task(i) for i in range(len(job.tasks))]
+    loop.close()
+    store.close()
+
+    store = StateStore(tmp_path / "state.db")
+    loop, _, scheduler = run_scheduler(store)
+    again = scheduler.jobs[job.id]
+    assert again.state == "completed" and again.run == 200
+    assert [again.dump_task(i) for i in range(len(again.tasks))] == before
+    loop.close()
+    store.close()
