@@ -606,17 +606,20 @@ class Scheduler:
         counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
         finished: list[tuple[float, str]] = []
         resumable: list[tuple[Job, Effects]] = []
-        for job_id, created_at, doc, data, entries in self.store.load_jobs():
+        for stored in self.store.load_jobs():
+            job_id = stored.id
             try:
+                if stored.error is not None:
+                    raise ValueError(stored.error)
                 job = Job(
                     job_id,
-                    parse_job(doc),
-                    doc,
-                    created_at,
-                    data.get("submitter_uid"),
-                    data.get("after"),
+                    parse_job(stored.doc),
+                    stored.doc,
+                    stored.created_at,
+                    stored.data.get("submitter_uid"),
+                    stored.data.get("after"),
                 )
-                job.load(data, entries)
+                job.load(stored.data, stored.entries)
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
                 continue

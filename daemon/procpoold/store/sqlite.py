@@ -18,18 +18,29 @@ repeat job, a recovery), the scheduler writes a *snapshot* instead: the job's ro
 are replaced by one row with a full entry per task. So the log of a job stays
 within a small multiple of its size, and replaying it in ``seq`` order rebuilds it.
 
+Large values: a ``doc``, ``data`` or ``task_log.data`` value of 64 KiB or more
+(a job with a big argument, a task with a big result) is written to a file in
+``<state>-values/<job id>/`` beside the database, and the column holds an empty
+blob that points there. SQLite writes such a value about 15 times slower than a
+plain file (WAL frame per page, then the checkpoint). The file is complete before
+the commit that refers to it and is removed after the commit that drops it;
+directories of jobs the database does not know are removed at start.
+
 Durability: ``synchronous=NORMAL`` in WAL mode, so a committed transaction
 survives a crash of the daemon (``kill -9``) at the cost of no fsync per
-commit; ``sync = "full"`` in the config adds the fsync and survives power loss.
+commit; ``sync = "full"`` in the config adds the fsync (of large-value files
+too) and survives power loss.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -102,6 +113,86 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
 
 
 
+#: Values this large or larger go to files beside the database (see the module's docstring).
+LARGE_VALUE = 64 * 1024
+
+
+class LargeValues:
+    """Files for values of LARGE_VALUE bytes or more: ``<root>/<job id>/<name>``."""
+
+    def __init__(self, root: Path, fsync: bool) -> None:
+        self.root = root
+        self.fsync = fsync
+
+    def put(self, job_id: str, name: str, data: bytes) -> bytes:
+        """What the column holds: ``data`` itself, or b"" once it is in a file."""
+        if len(data) < LARGE_VALUE:
+            return data
+        folder = self.root / job_id
+        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        final = folder / name
+        tmp = folder / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        if self.fsync:
+            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return b""
+
+    def get(self, job_id: str, name: str, column: bytes) -> bytes:
+        if column:
+            return column
+        try:
+            return (self.root / job_id / name).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"its large value file {self.root / job_id / name} is missing ({exc})") from None
+
+    def drop_job(self, job_id: str) -> None:
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    def drop_logs(self, job_id: str, before: int) -> None:
+        """Remove the job's task log files with a sequence number below ``before``."""
+        try:
+            names = os.listdir(self.root / job_id)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith("log-") and int(name[4:]) < before:
+                (self.root / job_id / name).unlink(missing_ok=True)
+
+    def sweep(self, known: set[str]) -> None:
+        """Remove the folders of jobs the database does not have (left by a crash or a delete)."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name not in known:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+
+
+class StoredJob(NamedTuple):
+    """A job as :meth:`StateStore.load_jobs` reads it."""
+
+    id: str
+    created_at: float
+    doc: dict[str, Any]  # as submitted
+    data: dict[str, Any]  # Job.dump()
+    entries: list[Any]  # its task log, in order
+    error: str | None = None  # why it cannot be read (then the rest is empty)
+
+
 class StoreError(Exception):
     """The state file cannot be used; the message names it and the way out."""
 
@@ -141,6 +232,9 @@ class StateStore:
             raise StoreError(
                 f"state file {path} cannot be migrated from version {version}: {exc}; {way_out}"
             ) from None
+        self.values = LargeValues(path.with_name(path.stem + "-values"), fsync=sync == "full")
+        self.values.sweep({str(r[0]) for r in self.db.execute("SELECT id FROM jobs")})
+        self._dropped_logs: dict[str, int] = {}  # job id -> first seq kept, for after the commit
         self._dirty_jobs: dict[str, Any] = {}
         self._appends: dict[str, list[Any]] = {}  # job id -> task entries for the next row
         self._snapshots: dict[str, list[Any]] = {}  # job id -> full entries replacing its rows
@@ -204,7 +298,15 @@ class StateStore:
             self.db.execute(
                 "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data) "
                 "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-                (int(job_id), key, name, state, created_at, _pack(doc), _pack(data)),
+                (
+                    int(job_id),
+                    key,
+                    name,
+                    state,
+                    created_at,
+                    self.values.put(job_id, "doc", _pack(doc)),
+                    self.values.put(job_id, "job", _pack(data)),
+                ),
             )
             self.db.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(int(job_id) + 1),)
@@ -247,12 +349,18 @@ class StateStore:
             self.db.execute("ROLLBACK")
             raise
         self.commits += 1
+        for job_id, before in self._dropped_logs.items():
+            self.values.drop_logs(job_id, before)
+        self._dropped_logs.clear()
 
     def _flush_locked(self) -> None:
         if self._dirty_jobs:
             self.db.executemany(
                 "UPDATE jobs SET state=?, finished_at=?, data=? WHERE id=?",
-                [(st, fin, _pack(d), int(jid)) for jid, (st, fin, d) in self._dirty_jobs.items()],
+                [
+                    (st, fin, self.values.put(jid, "job", _pack(d)), int(jid))
+                    for jid, (st, fin, d) in self._dirty_jobs.items()
+                ],
             )
             self._dirty_jobs.clear()
         rows: list[tuple[int, int, bytes]] = []
@@ -261,11 +369,14 @@ class StateStore:
                 "DELETE FROM task_log WHERE job_id=?", [(int(jid),) for jid in self._snapshots]
             )
             for job_id, entries in self._snapshots.items():
-                rows.append((int(job_id), self._seq(job_id), _pack(entries)))
+                seq = self._seq(job_id)
+                rows.append((int(job_id), seq, self.values.put(job_id, f"log-{seq}", _pack(entries))))
                 self.log_entries[job_id] = len(entries)
+                self._dropped_logs[job_id] = seq
             self._snapshots.clear()
         for job_id, entries in self._appends.items():
-            rows.append((int(job_id), self._seq(job_id), _pack(entries)))
+            seq = self._seq(job_id)
+            rows.append((int(job_id), seq, self.values.put(job_id, f"log-{seq}", _pack(entries))))
             self.log_entries[job_id] = self.log_entries.get(job_id, 0) + len(entries)
         self._appends.clear()
         if rows:
@@ -288,6 +399,7 @@ class StateStore:
             self.db.execute("ROLLBACK")
             raise
         for j in job_ids:
+            self.values.drop_job(j)
             self._dirty_jobs.pop(j, None)
             self._appends.pop(j, None)
             self._snapshots.pop(j, None)
@@ -302,23 +414,36 @@ class StateStore:
         stored = int(self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
         return max(stored, int(row[0]) - 1 if row else 0)
 
-    def load_jobs(self) -> Iterator[tuple[str, float, dict[str, Any], dict[str, Any], list[Any]]]:
-        """Every stored job: (id, created_at, doc, data, task log entries in order), oldest first.
+    def load_jobs(self) -> Iterator[StoredJob]:
+        """Every stored job, oldest first; one that cannot be read comes with its ``error``.
 
         Two queries in all (jobs, then every log row in order), not one per job.
         """
         logs: dict[int, list[Any]] = {}
+        broken: dict[int, str] = {}
         for job_id, seq, blob in self.db.execute(
             "SELECT job_id, seq, data FROM task_log ORDER BY job_id, seq"
         ):
-            logs.setdefault(job_id, []).extend(_unpack(blob))
             self._next_seq[str(job_id)] = seq + 1
+            try:
+                logs.setdefault(job_id, []).extend(_unpack(self.values.get(str(job_id), f"log-{seq}", blob)))
+            except ValueError as exc:
+                broken[job_id] = str(exc)
         for job_id, created_at, doc, data in self.db.execute(
             "SELECT id, created_at, doc, data FROM jobs ORDER BY id"
         ).fetchall():
+            jid = str(job_id)
             entries = logs.pop(job_id, [])
-            self.log_entries[str(job_id)] = len(entries)
-            yield str(job_id), float(created_at), _unpack(doc), _unpack(data), entries
+            self.log_entries[jid] = len(entries)
+            try:
+                if job_id in broken:
+                    raise ValueError(broken[job_id])
+                doc = _unpack(self.values.get(jid, "doc", doc))
+                data = _unpack(self.values.get(jid, "job", data))
+            except ValueError as exc:
+                yield StoredJob(jid, float(created_at), {}, {}, [], str(exc))
+                continue
+            yield StoredJob(jid, float(created_at), doc, data, entries)
 
     def close(self) -> None:
         self.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from procpoold.core.jobs import FULL_ENTRY, START_ENTRY
 from procpoold.engines import Outcome
 from procpoold.loop import EventLoop
 from procpoold.scheduler import LOG_SLACK, Scheduler
-from procpoold.store.sqlite import MIGRATIONS, SCHEMA_VERSION, StateStore
+from procpoold.store.sqlite import LARGE_VALUE, MIGRATIONS, SCHEMA_VERSION, StateStore
 from tests.unit.daemon.test_scheduler import RecordingExecutor
 
 pytestmark = pytest.mark.unit
@@ -37,7 +38,7 @@ def test_appends_become_rows_in_order_and_reload_with_their_sequence(tmp_path: P
     store.close()
 
     again = StateStore(path)
-    [(job_id, _, _, data, entries)] = list(again.load_jobs())
+    [(job_id, _, _, data, entries, _)] = list(again.load_jobs())
     assert (job_id, data["state"]) == ("1", "running")
     assert [e[:2] for e in entries] == [[START_ENTRY, 0], [START_ENTRY, 1], [FULL_ENTRY, 0]]
     again.append_tasks("1", [[FULL_ENTRY, 1, {"state": "completed"}]])
@@ -61,7 +62,7 @@ def test_a_snapshot_replaces_the_jobs_rows_and_delete_removes_them(tmp_path: Pat
     assert store.db.execute(count, (1,)).fetchone()[0] == 1
     assert store.db.execute(count, (2,)).fetchone()[0] == 5
     assert store.log_entries == {"1": 2, "2": 5}
-    logs = {job_id: entries for job_id, _, _, _, entries in store.load_jobs()}
+    logs = {job.id: job.entries for job in store.load_jobs()}
     assert logs["1"] == [[FULL_ENTRY, 0, {"n": 6}], [FULL_ENTRY, 1, {"n": 6}]]
     store.delete_jobs(["2"])
     assert store.db.execute(count, (2,)).fetchone()[0] == 0
@@ -93,7 +94,7 @@ def test_a_version_1_file_is_migrated_with_its_task_rows(tmp_path: Path) -> None
     )
     tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "tasks" not in tables and "task_log" in tables
-    [(job_id, _, _, _, entries)] = list(store.load_jobs())
+    [(job_id, _, _, _, entries, _)] = list(store.load_jobs())
     assert job_id == "7" and [e[:2] for e in entries] == [[FULL_ENTRY, 0], [FULL_ENTRY, 1]]
     assert entries[1][2] == {
         "state": "completed",
@@ -121,7 +122,7 @@ def finish_all(loop: EventLoop, executor: RecordingExecutor, scheduler: Schedule
 
 
 def stored_log(store: StateStore, job_id: str) -> list[Any]:
-    return {j: e for j, _, _, _, e in store.load_jobs()}[job_id]
+    return {j.id: j.entries for j in store.load_jobs()}[job_id]
 
 
 def test_starts_are_small_entries_and_a_restart_finds_them_running(tmp_path: Path) -> None:
@@ -174,4 +175,34 @@ def test_a_repeat_jobs_log_stays_bounded_and_replays_to_the_same_state(tmp_path:
     assert again.state == "completed" and again.run == 200
     assert [again.dump_task(i) for i in range(len(again.tasks))] == before
     loop.close()
+    store.close()
+
+
+def test_large_values_live_in_files_that_follow_their_rows(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    big = b"x" * LARGE_VALUE
+    store = StateStore(path)
+    store.insert_job("1", None, "j", "running", 1.0, {"args": [big]}, {"state": "running"})
+    store.append_tasks("1", [[FULL_ENTRY, 0, {"result": big}]])
+    store.flush()
+    store.append_tasks("1", [[FULL_ENTRY, 0, {"result": 1}]])  # small: stays in its row
+    store.flush()
+    folder = tmp_path / "state-values" / "1"
+    assert sorted(os.listdir(folder)) == ["doc", "log-0"]
+    assert store.db.execute("SELECT doc FROM jobs").fetchone()[0] == b""
+    [job] = list(store.load_jobs())
+    assert job.doc == {"args": [big]} and job.entries[0][2]["result"] == big and job.error is None
+    store.snapshot_tasks("1", [[FULL_ENTRY, 0, {"result": 2}]])
+    store.flush()
+    assert sorted(os.listdir(folder)) == ["doc"]  # the replaced log's file went with its rows
+    (tmp_path / "state-values" / "99").mkdir()  # a job the database does not know
+    store.close()
+
+    store = StateStore(path)
+    assert sorted(os.listdir(tmp_path / "state-values")) == ["1"]
+    (folder / "doc").unlink()
+    [job] = list(store.load_jobs())
+    assert job.error is not None and "large value file" in job.error and str(folder / "doc") in job.error
+    store.delete_jobs(["1"])
+    assert not folder.exists()
     store.close()
