@@ -563,6 +563,10 @@ class LogSink:
         }
 
 
+#: (message id, code, line) -> the fields of lifecycle records written there (read-only)
+_EVENT_FIELDS: dict[tuple[str, Any, int], dict[str, str]] = {}
+
+
 class TaskLog:
     """Where one attempt's output and log records go: fields computed once, a tail, the queue.
 
@@ -596,14 +600,17 @@ class TaskLog:
         once, and the code location is that of the caller, as ``logging`` would record it.
         """
         frame = sys._getframe(1)
-        code = frame.f_code
-        fields = {
-            "MESSAGE_ID": message_id,
-            "CODE_FILE": code.co_filename,
-            "CODE_LINE": str(frame.f_lineno),
-            "CODE_FUNC": code.co_name,
-            "LOGGER": "procpoold.task",
-        }
+        site = (message_id, frame.f_code, frame.f_lineno)
+        fields = _EVENT_FIELDS.get(site)
+        if fields is None:  # once per call site: the same few lines write every lifecycle record
+            code = frame.f_code
+            fields = _EVENT_FIELDS[site] = {
+                "MESSAGE_ID": message_id,
+                "CODE_FILE": code.co_filename,
+                "CODE_LINE": str(frame.f_lineno),
+                "CODE_FUNC": code.co_name,
+                "LOGGER": "procpoold.task",
+            }
         prio = _PRIORITIES.get(level)
         if prio is None:
             prio = priority(level)

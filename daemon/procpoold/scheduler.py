@@ -386,17 +386,9 @@ class Scheduler:
             self._timeouts[attempt_id] = self.loop.call_later(
                 t.spec.timeout, lambda: executor.stop_attempt(attempt_id, "timeout")
             )
-        fields = self._fields(job, index)
         sink = journal.active_sink()
-        message = f'task "{t.spec.name}" attempt {attempt.number} starting'
         if sink is not None:
-            handle = sink.task_log(fields)
-            self._task_logs[attempt_id] = (handle, t.tail)
-            handle.event(logging.INFO, message, journal.MessageId.TASK_STARTED)
-        else:
-            task_log.info(
-                message, extra={"journal_fields": {**fields, "MESSAGE_ID": journal.MessageId.TASK_STARTED}}
-            )
+            self._task_logs[attempt_id] = (sink.task_log(self._fields(job, index)), t.tail)
         return spec
 
     def _fields(self, job: Job, index: int) -> dict[str, str]:
@@ -416,14 +408,23 @@ class Scheduler:
         if ref is None:
             return
         job = self.jobs[ref[0]]
-        attempt = job.tasks[ref[1]].running_attempt
+        t = job.tasks[ref[1]]
+        attempt = t.running_attempt
         if attempt is not None:
             attempt.pid, attempt.worker = pid, worker
             if worker is None:  # a command's pid is what a restart needs to clean up after a crash
                 self._touch(job, [ref[1]])
+        # The record is written once the attempt has a process, so it names the worker's pid.
+        message = f'task "{t.spec.name}" attempt {len(t.attempts)} starting'
         handle = self._task_logs.get(attempt_id)
         if handle is not None:
             handle[0].set_worker_pid(pid)
+            handle[0].event(logging.INFO, message, journal.MessageId.TASK_STARTED)
+        else:
+            fields = {**self._fields(job, ref[1]), "MESSAGE_ID": journal.MessageId.TASK_STARTED}
+            if pid is not None:
+                fields["PROCPOOL_WORKER_PID"] = str(pid)
+            task_log.info(message, extra={"journal_fields": fields})
 
     def attempt_finished(self, outcome: Outcome) -> None:
         ref = self.attempts.pop(outcome.attempt_id, None)

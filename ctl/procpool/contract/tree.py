@@ -20,6 +20,7 @@ for unknown names and cycles.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -180,6 +181,12 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+@functools.lru_cache(maxsize=1024)  # a big job repeats the same few references
+def _is_callable_ref(value: str) -> bool:
+    mod, sep, fn = value.partition(":")
+    return bool(sep and mod and fn and all(p.isidentifier() for p in mod.split(".") + fn.split(".")))
+
+
 def _check_value(kind: str, value: Any, path: str) -> Any:
     def bad(expected: str) -> TreeError:
         return TreeError(path, f"must be {expected}, got {_type_name(value)}")
@@ -196,8 +203,7 @@ def _check_value(kind: str, value: Any, path: str) -> Any:
     elif kind == "callable":
         if not isinstance(value, str):
             raise bad('a string "pkg.module:function"')
-        mod, sep, fn = value.partition(":")
-        if not sep or not mod or not fn or not all(p.isidentifier() for p in mod.split(".") + fn.split(".")):
+        if not _is_callable_ref(value):
             raise TreeError(path, f'"{value}" is not of the form "pkg.module:function"')
     elif kind == "cmd":
         if isinstance(value, str):
@@ -526,7 +532,9 @@ def compile_job(job: JobSpec) -> Plan:
     for node, ps in preds.items():
         for p in ps:
             graph.setdefault(end(p), []).append(start(node))
-    cycle = _find_cycle(graph)
+    # Without depends_on edges the graph is the tree plus sequential chains: it cannot have a cycle.
+    has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
+    cycle = _find_cycle(graph) if has_edges else None
     if cycle:
         names: list[str] = []
         for kind, idx, _ in cycle:
