@@ -53,6 +53,7 @@ class EventLoop:
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._soon: list[Callback] = []
+        self._last: list[Callback] = []
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._sig_r: socket.socket | None = None
         self._sig_w: socket.socket | None = None
@@ -84,6 +85,11 @@ class EventLoop:
         """Run ``callback`` at the end of the current iteration (before the next poll)."""
         self._soon.append(callback)
 
+    def call_last(self, callback: Callback) -> None:
+        """Run ``callback`` once nothing else is due in this iteration (after every call_soon,
+        including those scheduled meanwhile): for work that batches what the iteration did."""
+        self._last.append(callback)
+
     def add_signal_handler(self, signum: int, handler: Callable[[int], None]) -> None:
         """Dispatch ``signum`` to ``handler`` from the loop (never from the signal context)."""
         if self._sig_r is None:
@@ -114,7 +120,7 @@ class EventLoop:
         self._stopping = True
 
     def _next_timeout_ms(self) -> int | None:
-        if self._soon:
+        if self._soon or self._last:
             return 0
         while self._timers and self._timers[0].cancelled:
             heapq.heappop(self._timers)
@@ -135,9 +141,13 @@ class EventLoop:
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.callback()
-        while self._soon:
-            soon, self._soon = self._soon, []
-            for callback in soon:
+        while self._soon or self._last:
+            while self._soon:
+                soon, self._soon = self._soon, []
+                for callback in soon:
+                    callback()
+            last, self._last = self._last, []
+            for callback in last:
                 callback()
         self.last_tick = time.monotonic()
 

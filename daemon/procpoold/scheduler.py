@@ -120,17 +120,14 @@ class Scheduler:
         if spec.key is not None:
             self.keys[spec.key] = job_id
         self.counters["submitted"] += 1
-        log.info(
-            'job %s "%s" submitted: %d tasks',
-            job_id,
-            spec.name,
-            len(job.tasks),
-            extra={
-                "journal_fields": {
-                    "PROCPOOL_JOB_ID": job_id,
-                    "PROCPOOL_JOB_NAME": spec.name,
-                    "MESSAGE_ID": journal.MessageId.JOB_SUBMITTED,
-                }
+        journal.record(
+            log,
+            logging.INFO,
+            f'job {job_id} "{spec.name}" submitted: {len(job.tasks)} tasks',
+            {
+                "PROCPOOL_JOB_ID": job_id,
+                "PROCPOOL_JOB_NAME": spec.name,
+                "MESSAGE_ID": journal.MessageId.JOB_SUBMITTED,
             },
         )
         self._start_when_prerequisites_allow(job)
@@ -278,18 +275,15 @@ class Scheduler:
             # Start the next run from the loop, not from inside the previous run's last callback.
             self.loop.call_soon(lambda: self._start_next_run(job))
             return
-        log.info(
-            'job %s "%s" %s',
-            job.id,
-            job.spec.name,
-            job.state,
-            extra={
-                "journal_fields": {
-                    "PROCPOOL_JOB_ID": job.id,
-                    "PROCPOOL_JOB_NAME": job.spec.name,
-                    "PROCPOOL_JOB_STATE": job.state,
-                    "MESSAGE_ID": journal.MessageId.JOB_FINISHED,
-                }
+        journal.record(
+            log,
+            logging.INFO,
+            f'job {job.id} "{job.spec.name}" {job.state}',
+            {
+                "PROCPOOL_JOB_ID": job.id,
+                "PROCPOOL_JOB_NAME": job.spec.name,
+                "PROCPOOL_JOB_STATE": job.state,
+                "MESSAGE_ID": journal.MessageId.JOB_FINISHED,
             },
         )
         self._finished[job.id] = job.finished_at or now
@@ -562,9 +556,11 @@ class Scheduler:
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
+        # Last in the iteration: a dispatch in the same iteration flushes first (write-ahead),
+        # and everything changed meanwhile goes into that one commit.
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_last(self.flush)
 
     def flush(self) -> None:
         """Group commit: everything changed since the last flush, in one transaction.

@@ -465,8 +465,15 @@ class Plan:
     """
 
     preds: dict[tuple[str, int], list[tuple[str, int]]]
-    #: the start/end graph used for the cycle check (see compile_job)
-    graph: dict[tuple[str, int, str], list[tuple[str, int, str]]]
+    job: JobSpec
+    _graph: dict[tuple[str, int, str], list[tuple[str, int, str]]] | None = None
+
+    @property
+    def graph(self) -> dict[tuple[str, int, str], list[tuple[str, int, str]]]:
+        """The start/end graph used for the cycle check (built on first use; see compile_job)."""
+        if self._graph is None:
+            self._graph = _graph(self.job, self.preds)
+        return self._graph
 
     def start_order(self) -> list[int]:
         """Task indices in an order the scheduler could start them, wave by wave (Kahn's algorithm)."""
@@ -516,8 +523,30 @@ def compile_job(job: JobSpec) -> Plan:
             for prev, cur in zip(g.children, g.children[1:], strict=False):
                 preds[cur].append(prev)
 
-    # Cycle check on start/end vertices: a group starts before its children and ends after them;
-    # a task's start and end are one vertex. An edge p -> n reads "end(p) before start(n)".
+    # Without depends_on edges the graph is the tree plus sequential chains: it cannot have a cycle.
+    plan = Plan(preds, job)
+    has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
+    cycle = _find_cycle(plan.graph) if has_edges else None
+    if cycle:
+        names: list[str] = []
+        for kind, idx, _ in cycle:
+            name = job.tasks[idx].name if kind == "task" else job.groups[idx].name
+            if not names or names[-1] != name:
+                names.append(name)
+        if len(names) > 1 and names[0] == names[-1]:
+            names.pop()
+        first = cycle[0]
+        path = job.tasks[first[1]].path if first[0] == "task" else job.groups[first[1]].path
+        raise TreeError(path, "dependency cycle: " + " -> ".join(f'"{n}"' for n in [*names, names[0]]))
+    return plan
+
+
+def _graph(
+    job: JobSpec, preds: dict[tuple[str, int], list[tuple[str, int]]]
+) -> dict[tuple[str, int, str], list[tuple[str, int, str]]]:
+    """Start/end vertices: a group starts before its children and ends after them; a task's
+    start and end are one vertex. An edge p -> n reads "end(p) before start(n)"."""
+
     def start(n: tuple[str, int]) -> tuple[str, int, str]:
         return (n[0], n[1], "s" if n[0] == "group" else "t")
 
@@ -532,23 +561,9 @@ def compile_job(job: JobSpec) -> Plan:
     for node, ps in preds.items():
         for p in ps:
             graph.setdefault(end(p), []).append(start(node))
-    # Without depends_on edges the graph is the tree plus sequential chains: it cannot have a cycle.
-    has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
-    cycle = _find_cycle(graph) if has_edges else None
-    if cycle:
-        names: list[str] = []
-        for kind, idx, _ in cycle:
-            name = job.tasks[idx].name if kind == "task" else job.groups[idx].name
-            if not names or names[-1] != name:
-                names.append(name)
-        if len(names) > 1 and names[0] == names[-1]:
-            names.pop()
-        first = cycle[0]
-        path = job.tasks[first[1]].path if first[0] == "task" else job.groups[first[1]].path
-        raise TreeError(path, "dependency cycle: " + " -> ".join(f'"{n}"' for n in [*names, names[0]]))
     for t in job.tasks:  # tasks outside every group and edge still belong to the graph
         graph.setdefault(start(("task", t.index)), [])
-    return Plan(preds, graph)
+    return graph
 
 
 def _find_cycle(graph: dict[Any, list[Any]]) -> list[Any] | None:

@@ -49,3 +49,24 @@ def test_idle_loop_has_no_timeout() -> None:
     timeout = loop._next_timeout_ms()
     assert timeout is not None and 4000 < timeout <= 5001
     loop.close()
+
+
+def test_call_last_runs_after_every_soon_callback_of_the_iteration() -> None:
+    loop = EventLoop()
+    order: list[str] = []
+
+    def first() -> None:
+        order.append("soon")
+        loop.call_soon(lambda: order.append("soon, scheduled by soon"))
+
+    def last() -> None:
+        order.append("last")
+        loop.call_soon(lambda: order.append("soon, scheduled by last"))
+
+    loop.call_last(last)
+    loop.call_soon(first)
+    assert loop._next_timeout_ms() == 0
+    loop.run_once(0)
+    assert order == ["soon", "soon, scheduled by soon", "last", "soon, scheduled by last"]
+    assert loop._next_timeout_ms() is None
+    loop.close()
