@@ -100,7 +100,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         "call": PoolExecutor(config.pool_settings()),
         "cmd": CommandExecutor(config.workers, config.kill_grace, sink=sink),
     }
-    from procpoold.store import StoreError
+    from procpoold.store import StoreError, StoreFailure
 
     try:
         daemon = Daemon(
@@ -125,8 +125,13 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         _fatal(f"cannot start: {exc}", "run with --debug for the traceback", debug)
     try:
         daemon.run()
+    except StoreFailure as exc:
+        daemon.store_failed(exc)
     finally:
         daemon.close()
+    if daemon.store_failure is not None:
+        _fatal(daemon.store_failure, "check the state directory's disk; a restart resumes committed work",
+               debug)
 
 
 def _fatal(message: str, hint: str | None, debug: bool) -> None:

@@ -114,7 +114,7 @@ class Scheduler:
         if self.store is not None:
             # Durable before the reply: the caller answers only after this commit.
             # Tasks get their rows when they first change: a missing row means pending, no attempts.
-            self.store.insert_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump())
+            self.store.add_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump())
             self._job_rows[job_id] = _job_row(job)
         self.jobs[job_id] = job
         if spec.key is not None:
@@ -131,6 +131,9 @@ class Scheduler:
             },
         )
         self._start_when_prerequisites_allow(job)
+        if self._pump_scheduled:
+            self._pump()  # now, so the first attempts' write-ahead shares the job's commit
+        self.flush()  # durable before the caller replies
         return job, False
 
     def _start_when_prerequisites_allow(self, job: Job) -> None:

@@ -31,7 +31,7 @@ from procpoold.engines.commands import CommandExecutor
 from procpoold.loop import EventLoop, Timer
 from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
-from procpoold.store import StateStore
+from procpoold.store import StateStore, StoreFailure
 
 log = logging.getLogger("procpoold")
 
@@ -59,6 +59,8 @@ class Daemon:
         self.ctx: zmq.Context[Any] | None = None
         self.control: ControlServer | None = None
         self.stop_reason: str | None = None
+        #: why the state file could not be written, if it could not (the daemon then exits non-zero)
+        self.store_failure: str | None = None
         self._draining = False
         self._drain_timer: Timer | None = None
         self._waits: dict[str, list[tuple[Deferred, Callable[[], None]]]] = {}
@@ -217,11 +219,14 @@ class Daemon:
                 executor.shutdown(0)  # the drain already waited; stop what is left
             except Exception:
                 log.exception("executor %s did not shut down cleanly", executor.name)
-        if hasattr(self, "scheduler"):
-            self.loop.run_once(0)  # let outcomes reported during shutdown reach the store
-            self.scheduler.flush()
-        if self.store is not None:
-            self.store.close()
+        try:
+            if hasattr(self, "scheduler") and self.store_failure is None:
+                self.loop.run_once(0)  # let outcomes reported during shutdown reach the store
+                self.scheduler.flush()
+            if self.store is not None:
+                self.store.close()
+        except StoreFailure as exc:
+            self.store_failed(exc)
         if self.control is not None:
             self.control.close()
         self.loop.close()
@@ -229,6 +234,13 @@ class Daemon:
             self.ctx.term()
         log.info("procpoold stopped (%s)", self.stop_reason or "closed")
         journal.stop_writer()  # flush; from here on records are written synchronously
+
+    def store_failed(self, exc: StoreFailure) -> None:
+        """A write to the state file failed: say so once; the caller stops the daemon."""
+        if self.store_failure is None:
+            self.store_failure = str(exc)
+            self.stop_reason = "the state file cannot be written"
+            log.critical("%s; stopping (committed work is resumed at the next start)", exc)
 
     def handle_stop_signal(self, signum: int) -> None:
         if self._draining:  # a second signal: stop draining now

@@ -5,6 +5,6 @@ guarantees: a job is committed before ``submit`` replies; every other change is
 written in one transaction per loop iteration (group commit).
 """
 
-from procpoold.store.sqlite import SCHEMA_VERSION, StateStore, StoreError
+from procpoold.store.sqlite import SCHEMA_VERSION, StateStore, StoreError, StoreFailure
 
-__all__ = ["SCHEMA_VERSION", "StateStore", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "StateStore", "StoreError", "StoreFailure"]

@@ -197,6 +197,16 @@ class StoreError(Exception):
     """The state file cannot be used; the message names it and the way out."""
 
 
+class StoreFailure(BaseException):
+    """A write to the state file failed while running: the daemon must stop.
+
+    What was committed is safe and a restart resumes from it; going on would acknowledge
+    work that is not durable. A BaseException, so that no request handler turns it into an
+    error reply and carries on: it unwinds the loop and the daemon exits non-zero (and
+    systemd restarts it).
+    """
+
+
 class StateStore:
     """One SQLite database file under the state directory."""
 
@@ -235,6 +245,10 @@ class StateStore:
         self.values = LargeValues(path.with_name(path.stem + "-values"), fsync=sync == "full")
         self.values.sweep({str(r[0]) for r in self.db.execute("SELECT id FROM jobs")})
         self._dropped_logs: dict[str, int] = {}  # job id -> first seq kept, for after the commit
+        #: why writing failed (then nothing more is written; see StoreFailure)
+        self.failed: str | None = None
+        self._new_jobs: list[tuple[Any, ...]] = []  # rows for INSERT INTO jobs
+        self._next_job_id = 0
         self._dirty_jobs: dict[str, Any] = {}
         self._appends: dict[str, list[Any]] = {}  # job id -> task entries for the next row
         self._snapshots: dict[str, list[Any]] = {}  # job id -> full entries replacing its rows
@@ -281,6 +295,34 @@ class StateStore:
 
     # -- writes -------------------------------------------------------------------------------
 
+    def add_job(
+        self,
+        job_id: str,
+        key: str | None,
+        name: str,
+        state: str,
+        created_at: float,
+        doc: dict[str, Any],
+        data: dict[str, Any],
+    ) -> None:
+        """Queue a new job for the next :meth:`flush` (written before any other change of it).
+
+        The caller flushes before it acknowledges the job: a job is durable before ``submit``
+        replies, and the first attempts' write-ahead records share that commit.
+        """
+        self._new_jobs.append(
+            (
+                int(job_id),
+                key,
+                name,
+                state,
+                created_at,
+                self.values.put(job_id, "doc", _pack(doc)),
+                self.values.put(job_id, "job", _pack(data)),
+            )
+        )
+        self._next_job_id = int(job_id) + 1
+
     def insert_job(
         self,
         job_id: str,
@@ -291,31 +333,9 @@ class StateStore:
         doc: dict[str, Any],
         data: dict[str, Any],
     ) -> None:
-        """Commit a new job at once (a job is durable before submit replies)."""
-        self.db.execute("BEGIN")
-        try:
-            self._flush_locked()
-            self.db.execute(
-                "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-                (
-                    int(job_id),
-                    key,
-                    name,
-                    state,
-                    created_at,
-                    self.values.put(job_id, "doc", _pack(doc)),
-                    self.values.put(job_id, "job", _pack(data)),
-                ),
-            )
-            self.db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(int(job_id) + 1),)
-            )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.commits += 1
+        """:meth:`add_job` and commit at once."""
+        self.add_job(job_id, key, name, state, created_at, doc, data)
+        self.flush()
 
     def job_changed(self, job_id: str, state: str, finished_at: float | None, data: dict[str, Any]) -> None:
         """Queue a job update for the next :meth:`flush`."""
@@ -335,25 +355,42 @@ class StateStore:
 
     @property
     def pending(self) -> bool:
-        return bool(self._dirty_jobs or self._appends or self._snapshots)
+        return bool(self._new_jobs or self._dirty_jobs or self._appends or self._snapshots)
 
     def flush(self) -> None:
-        """Write every queued change in one transaction (group commit)."""
-        if not self.pending:
+        """Write every queued change in one transaction (group commit).
+
+        Raises :class:`StoreFailure` when the write fails; the store then writes nothing more.
+        """
+        if not self.pending or self.failed is not None:
             return
-        self.db.execute("BEGIN")
         try:
-            self._flush_locked()
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+            self.db.execute("BEGIN")
+            try:
+                self._flush_locked()
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self.failed = f"cannot write the state file {self.path}: {exc}"
+            raise StoreFailure(self.failed) from exc
         self.commits += 1
         for job_id, before in self._dropped_logs.items():
             self.values.drop_logs(job_id, before)
         self._dropped_logs.clear()
 
     def _flush_locked(self) -> None:
+        if self._new_jobs:
+            self.db.executemany(
+                "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data) "
+                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+                self._new_jobs,
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(self._next_job_id),)
+            )
+            self._new_jobs.clear()
         if self._dirty_jobs:
             self.db.executemany(
                 "UPDATE jobs SET state=?, finished_at=?, data=? WHERE id=?",
@@ -446,5 +483,7 @@ class StateStore:
             yield StoredJob(jid, float(created_at), doc, data, entries)
 
     def close(self) -> None:
-        self.flush()
-        self.db.close()
+        try:
+            self.flush()
+        finally:
+            self.db.close()

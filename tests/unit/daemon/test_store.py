@@ -14,7 +14,7 @@ from procpoold.core.jobs import FULL_ENTRY, START_ENTRY
 from procpoold.engines import Outcome
 from procpoold.loop import EventLoop
 from procpoold.scheduler import LOG_SLACK, Scheduler
-from procpoold.store.sqlite import LARGE_VALUE, MIGRATIONS, SCHEMA_VERSION, StateStore
+from procpoold.store.sqlite import LARGE_VALUE, MIGRATIONS, SCHEMA_VERSION, StateStore, StoreFailure
 from tests.unit.daemon.test_scheduler import RecordingExecutor
 
 pytestmark = pytest.mark.unit
@@ -206,3 +206,44 @@ def test_large_values_live_in_files_that_follow_their_rows(tmp_path: Path) -> No
     store.delete_jobs(["1"])
     assert not folder.exists()
     store.close()
+
+
+class FailingCommits:
+    """A connection whose COMMIT fails, as on a full or broken disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_a_failed_write_is_a_store_failure_and_nothing_more_is_written(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    new_job(store, "1")
+    real = store.db
+    store.db = FailingCommits(real)  # type: ignore[assignment]
+    store.append_tasks("1", [[START_ENTRY, 0, 1, "a#1", 2.0]])
+    with pytest.raises(StoreFailure, match=r"cannot write the state file .*: database or disk is full"):
+        store.flush()
+    assert store.failed is not None
+    store.db = real
+    store.append_tasks("1", [[FULL_ENTRY, 0, {"state": "completed"}]])
+    store.flush()  # refused quietly: the daemon is stopping and a restart reads what was committed
+    assert store.db.execute("SELECT count(*) FROM task_log").fetchone()[0] == 0
+    store.close()
+
+
+def test_a_store_failure_during_submit_is_not_swallowed_as_an_error_reply(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, _, scheduler = run_scheduler(store)
+    store.db = FailingCommits(store.db)  # type: ignore[assignment]
+    with pytest.raises(StoreFailure):
+        scheduler.submit({"name": "j", "root": {"cmd": ["true"]}})
+    assert not issubclass(StoreFailure, Exception)  # request handlers catch Exception, not this
+    loop.close()
