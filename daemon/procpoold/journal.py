@@ -58,6 +58,8 @@ SYSLOG_IDENTIFIER = "procpoold"
 #: Longest message sent as one record (characters); longer ones are split into several records.
 MAX_MESSAGE = 16 * 1024
 _BATCH = 256  # records the writer takes per round
+#: How long the writer, once woken, waits for more records before it writes a small batch.
+_LINGER = 0.01
 _DROP_REPORT_INTERVAL = 1.0
 
 
@@ -467,6 +469,10 @@ class LogSink:
                 if not q:
                     self._wake.wait(_DROP_REPORT_INTERVAL if self._drops else None)
                 self._idle = False
+                if len(q) < _BATCH and not self._stopping:
+                    # Linger: gather what the loop logs next instead of waking (and taking the GIL
+                    # from the loop) for every few records; producers do not wake a busy writer.
+                    time.sleep(_LINGER)
                 continue
             batch = []
             with contextlib.suppress(IndexError):
