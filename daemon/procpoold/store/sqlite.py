@@ -323,20 +323,6 @@ class StateStore:
         )
         self._next_job_id = int(job_id) + 1
 
-    def insert_job(
-        self,
-        job_id: str,
-        key: str | None,
-        name: str,
-        state: str,
-        created_at: float,
-        doc: dict[str, Any],
-        data: dict[str, Any],
-    ) -> None:
-        """:meth:`add_job` and commit at once."""
-        self.add_job(job_id, key, name, state, created_at, doc, data)
-        self.flush()
-
     def job_changed(self, job_id: str, state: str, finished_at: float | None, data: dict[str, Any]) -> None:
         """Queue a job update for the next :meth:`flush`."""
         self._dirty_jobs[job_id] = (state, finished_at, data)

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.unit
 
 
 def new_job(store: StateStore, job_id: str) -> None:
-    store.insert_job(job_id, None, "j", "running", 1.0, {"root": {}}, {"state": "running"})
+    store.add_job(job_id, None, "j", "running", 1.0, {"root": {}}, {"state": "running"})
+    store.flush()
 
 
 def test_appends_become_rows_in_order_and_reload_with_their_sequence(tmp_path: Path) -> None:
@@ -182,7 +183,7 @@ def test_large_values_live_in_files_that_follow_their_rows(tmp_path: Path) -> No
     path = tmp_path / "state.db"
     big = b"x" * LARGE_VALUE
     store = StateStore(path)
-    store.insert_job("1", None, "j", "running", 1.0, {"args": [big]}, {"state": "running"})
+    store.add_job("1", None, "j", "running", 1.0, {"args": [big]}, {"state": "running"})
     store.append_tasks("1", [[FULL_ENTRY, 0, {"result": big}]])
     store.flush()
     store.append_tasks("1", [[FULL_ENTRY, 0, {"result": 1}]])  # small: stays in its row
