@@ -148,8 +148,11 @@ def test_start_ping_status_journal(system: Container) -> None:
     assert c.run("stat", "-c", "%U %G", "/var/lib/procpoold").stdout.split() == ["procpool", "procpool"]
     # The socket came from systemd (fd 3), not from the daemon.
     # Native journal records (not stderr lines caught by journald's stream transport).
-    daemon_lines = c.journal("-u", "procpoold", "-t", "procpoold", "_TRANSPORT=journal", "-o", "cat")
-    assert re.search(r"\bready\b", daemon_lines), daemon_lines
+    daemon_lines = poll(
+        lambda: c.journal("-u", "procpoold", "-t", "procpoold", "_TRANSPORT=journal", "-o", "cat"),
+        lambda text: re.search(r"\bready\b", text) is not None,
+        what="the daemon's ready record in the journal",
+    )
     assert "from systemd" in daemon_lines, daemon_lines
     assert c.show("procpoold.service", "StatusText"), "the daemon sent no STATUS="
 
@@ -329,12 +332,16 @@ def test_job_tree_under_systemd(system: Container) -> None:
     job = _job_id(json.loads(submitted.stdout))
     assert job in procctl(c, "status", job).stdout
 
-    lines = [
-        json.loads(line)
-        for line in c.journal("-u", "procpoold", f"PROCPOOL_JOB_ID={job}", "-o", "json").splitlines()
-        if line.strip()
-    ]
-    assert lines, f"no journal entries with PROCPOOL_JOB_ID={job}"
+    def job_entries() -> list[dict[str, Any]]:
+        out = c.journal("-u", "procpoold", f"PROCPOOL_JOB_ID={job}", "-o", "json")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # The log writer sends records a few milliseconds after they are made: wait for the last one.
+    lines = poll(
+        job_entries,
+        lambda entries: any(e.get("PROCPOOL_JOB_STATE") == "completed" for e in entries),
+        what=f"journal entries with PROCPOOL_JOB_ID={job}",
+    )
     assert all(entry["PROCPOOL_JOB_ID"] == job for entry in lines)
     # the task's own output, captured in its worker, with the task's fields
     printed = [e for e in lines if e.get("PROCPOOL_STREAM") == "stdout" and e["MESSAGE"] == "hello, procpool"]

@@ -18,6 +18,7 @@ import pytest
 from procpool import Client, DaemonUnreachable
 from procpool.contract.version import __version__
 from tests.support.daemon import DaemonProcess
+from tests.support.waiting import wait_until
 
 
 def test_ping_and_status_through_client_and_procctl(daemon: DaemonProcess) -> None:
@@ -89,7 +90,7 @@ def test_stale_socket_file_is_replaced() -> None:
         d.start()
         with d.client() as client:
             assert client.ping()["pid"] == d.pid
-        assert "replacing the stale control socket" in d.log()
+        wait_until(d.log, lambda log: "replacing the stale control socket" in log, what="the record")
         d.stop()
     finally:
         d.cleanup()

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.jobs import run_job
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.daemon_args("--workers", "2", "--log-target", "stderr")
 
@@ -60,7 +61,7 @@ def test_print_logging_and_fd_writes_of_a_call_task_are_captured(daemon: DaemonP
     assert ("log", "logged warning") in got
     assert [len(m) for s, m in got if m.startswith("y")] == [16384, 16384, 40000 - 2 * 16384]
     assert ("stdout", "unterminated") in got
-    log = daemon.log()
+    log = wait_until(daemon.log, lambda text: "logged warning" in text, what="the warning on stderr")
     [line] = [x for x in log.splitlines() if "logged warning" in x]
     assert line.startswith("WARNING") and "PROCPOOL_TASK_ID=1.0" in line and "PROCPOOL_WORKER_PID=" in line
 

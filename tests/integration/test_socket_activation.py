@@ -84,7 +84,9 @@ def test_first_request_starts_the_daemon_on_the_inherited_socket(activated: Acti
     elapsed = time.monotonic() - started
     # The activator execs the daemon in place: same pid, fd 3 adopted.
     assert info["pid"] == activated.proc.pid
-    assert "adopted the control socket" in activated.log() and "(fd 3)" in activated.log(), activated.log()
+    # Records reach stderr through the log writer thread, a few milliseconds after they are made.
+    wait_until(activated.log, lambda log: "adopted the control socket" in log and "(fd 3)" in log,
+               what="the daemon's record of the adopted socket")
     print(f"first ping including activation: {elapsed:.2f}s")
 
     with Client(activated.socket, timeout=10) as client:
