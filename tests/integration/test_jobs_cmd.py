@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,45 @@ def test_cmd_env_cwd_and_identity(daemon: DaemonProcess, tmp_path: Path) -> None
     )
     assert tasks_by_name(status)["envy"]["state"] == "completed"
     assert (tmp_path / "out.txt").read_text() == f"hi envy 1 {tmp_path}\n"
+
+
+@pytest.mark.parametrize("with_cwd", [False, True], ids=["posix_spawn", "popen"])
+def test_a_command_gets_only_stdin_stdout_stderr_and_its_own_session(
+    daemon: DaemonProcess, tmp_path: Path, with_cwd: bool
+) -> None:
+    out = tmp_path / "seen.json"
+    probe = (
+        "import json, os, sys\n"
+        "fds = sorted(int(fd) for fd in os.listdir('/proc/self/fd'))  # 3: the listing's own\n"
+        "seen = {'fds': fds, 'sid': os.getsid(0), 'pgid': os.getpgid(0), 'pid': os.getpid(),\n"
+        "        'stdin': sys.stdin.read(), 'stdin_dev': os.readlink('/proc/self/fd/0')}\n"
+        "open(sys.argv[1], 'w').write(json.dumps(seen))\n"
+    )
+    task = {"name": "fds", "cmd": [sys.executable, "-c", probe, str(out)]}
+    status = run_job(daemon, {**task, "cwd": str(tmp_path)} if with_cwd else task)
+    assert tasks_by_name(status)["fds"]["state"] == "completed"
+    seen = json.loads(out.read_text())
+    assert seen["fds"] == [0, 1, 2, 3], seen  # nothing of the daemon's leaks into a task
+    assert seen["sid"] == seen["pgid"] == seen["pid"]  # a session and process group of its own
+    assert (seen["stdin"], seen["stdin_dev"]) == ("", "/dev/null")
+
+
+def test_the_tasks_own_path_finds_its_commands(daemon: DaemonProcess, tmp_path: Path) -> None:
+    tool = tmp_path / "bin" / "only-here"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho found\n")
+    tool.chmod(0o755)
+    status = run_job(
+        daemon,
+        {"concurrent": [
+            {"name": "own-path", "cmd": ["only-here"], "env": {"PATH": f"{tool.parent}:/usr/bin:/bin"}},
+            {"name": "daemon-path", "cmd": ["only-here"]},
+        ]},
+    )
+    tasks = tasks_by_name(status)
+    assert tasks["own-path"]["state"] == "completed"
+    assert tasks["daemon-path"]["state"] == "failed"
+    assert "cannot start 'only-here'" in tasks["daemon-path"]["error"]["message"]
 
 
 def test_a_missing_command_fails_with_a_clear_error(daemon: DaemonProcess) -> None:

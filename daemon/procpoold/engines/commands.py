@@ -15,10 +15,12 @@ import contextlib
 import functools
 import logging
 import os
+import select
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any, Protocol
 
 from procpoold import journal
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, Stream, TaskError
@@ -31,10 +33,10 @@ MAX_LINE = 16 * 1024
 _READ = 65536
 
 
-def attempt_env(spec: AttemptSpec) -> dict[str, str]:
+def attempt_env(spec: AttemptSpec, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a task: the daemon's, the job's and task's additions, and its identity."""
     return {
-        **os.environ,
+        **(os.environ if base is None else base),
         **spec.env,
         "PROCPOOL_JOB_ID": spec.job_id,
         "PROCPOOL_JOB_NAME": spec.job_name,
@@ -44,13 +46,37 @@ def attempt_env(spec: AttemptSpec) -> dict[str, str]:
     }
 
 
+class _Process(Protocol):
+    """What the executor needs of a child: ``subprocess.Popen`` or :class:`_Spawned`."""
+
+    pid: int
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class _Spawned:
+    """A child started with ``posix_spawn``: reaped once its pidfd is readable."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.pidfd = os.pidfd_open(pid)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if timeout is not None and not select.select([self.pidfd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
 @dataclass
 class _Running:
     spec: AttemptSpec
-    proc: subprocess.Popen[bytes]
+    proc: _Process
     pidfd: int
     pipes: dict[int, Stream] = field(default_factory=dict)
-    files: dict[int, IO[bytes]] = field(default_factory=dict)  # fd -> the Popen pipe that owns it
     partial: dict[int, bytes] = field(default_factory=dict)
     paused: set[int] = field(default_factory=set)  # pipes not read while the log queue is full
     held: dict[int, list[bytes]] = field(default_factory=dict)  # lines read but not yet passed on
@@ -69,6 +95,8 @@ class CommandExecutor:
         #: The log queue: output is not read while it is full (policy block); see procpoold.journal.
         self._sink = sink
         self._running: dict[str, _Running] = {}
+        #: the daemon's environment, read once (iterating os.environ decodes every variable)
+        self._base_env: dict[str, str] = dict(os.environ)
         self._loop: EventLoop | None = None
         self._events: ExecutorEvents | None = None
         self.started_total = 0
@@ -81,6 +109,7 @@ class CommandExecutor:
     def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
         self._loop = loop
         self._events = events
+        self._base_env = dict(os.environ)
         if self._sink is None:
             self._sink = journal.active_sink()
 
@@ -91,10 +120,7 @@ class CommandExecutor:
         assert self._loop is not None and self._events is not None
         argv: list[str] = ["/bin/sh", "-c", spec.cmd] if isinstance(spec.cmd, str) else list(spec.cmd or [])
         try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=spec.cwd, env=attempt_env(spec), start_new_session=True, close_fds=True,
-            )
+            proc, pidfd, fds = self._spawn(spec, argv)
         except OSError as exc:
             # Report asynchronously, like any other outcome.
             error = TaskError(type(exc).__name__, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
@@ -102,17 +128,59 @@ class CommandExecutor:
             self._loop.call_soon(lambda: self._finish(outcome))
             return
         self.started_total += 1
-        run = _Running(spec, proc, os.pidfd_open(proc.pid))
+        run = _Running(spec, proc, pidfd)
         self._running[spec.attempt_id] = run
-        for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-            assert pipe is not None
-            fd = pipe.fileno()
+        for fd, stream in zip(fds, ("stdout", "stderr"), strict=True):
             os.set_blocking(fd, False)
             run.pipes[fd] = stream  # type: ignore[assignment]
-            run.files[fd] = pipe
             self._loop.add_reader(fd, functools.partial(self._on_output, run, fd))
         self._loop.add_reader(run.pidfd, functools.partial(self._on_exit, run))
         self._events.attempt_started(spec.attempt_id, proc.pid, None)
+
+    def _spawn(self, spec: AttemptSpec, argv: list[str]) -> tuple[_Process, int, tuple[int, int]]:
+        """Start the command in its own session; its pid's pidfd and the read ends of its pipes.
+
+        ``posix_spawn`` (vfork and exec in C, no Python in the child) where it can; ``Popen``
+        when the task sets a working directory, which Python's ``posix_spawn`` cannot.
+        """
+        env = attempt_env(spec, self._base_env)
+        if spec.cwd is not None:
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=spec.cwd, env=env, start_new_session=True, close_fds=True,
+            )
+            fds = []
+            for pipe in (popen.stdout, popen.stderr):
+                assert pipe is not None
+                fds.append(os.dup(pipe.fileno()))  # non-inheritable, like every fd we open
+                pipe.close()
+            return popen, os.pidfd_open(popen.pid), (fds[0], fds[1])
+        program = argv[0]
+        if "/" not in program and env.get("PATH") != self._base_env.get("PATH"):
+            # posix_spawnp would search the daemon's PATH; the task's own PATH decides.
+            found = shutil.which(program, path=env.get("PATH", os.defpath))
+            if found is None:
+                raise FileNotFoundError(2, "No such file or directory", program)
+            program = found
+        out_r, out_w = os.pipe()  # created close-on-exec: the child keeps only its 0, 1 and 2
+        err_r, err_w = os.pipe()
+        try:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+            ]
+            spawn = os.posix_spawnp if "/" not in program else os.posix_spawn
+            pid = spawn(program, argv, env, file_actions=actions, setsid=True)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        child = _Spawned(pid)
+        return child, child.pidfd, (out_r, err_r)
 
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
         run = self._running.get(attempt_id)
@@ -213,7 +281,7 @@ class CommandExecutor:
         self._loop.remove_reader(fd)
         run.paused.discard(fd)
         del run.pipes[fd]
-        run.files.pop(fd).close()  # closed through its owner, so the fd is closed exactly once
+        os.close(fd)
 
     def _on_exit(self, run: _Running) -> None:
         assert self._loop is not None
