@@ -569,8 +569,24 @@ class LogSink:
         }
 
 
-#: (message id, code, line) -> the fields of lifecycle records written there (read-only)
-_EVENT_FIELDS: dict[tuple[str, Any, int], dict[str, str]] = {}
+#: (logger, message id, code, line) -> the fields of the records written there (read-only)
+_SITE_FIELDS: dict[tuple[str, str | None, Any, int], dict[str, str]] = {}
+
+
+def _site_fields(depth: int, logger: str, message_id: str | None = None) -> dict[str, str]:
+    """The code-location fields (and MESSAGE_ID) of the caller ``depth`` frames up, as ``logging``
+    would record them; computed once per call site, since the same few lines write most records."""
+    frame = sys._getframe(depth + 1)
+    site = (logger, message_id, frame.f_code, frame.f_lineno)
+    fields = _SITE_FIELDS.get(site)
+    if fields is None:
+        code = frame.f_code
+        fields = {"MESSAGE_ID": message_id} if message_id is not None else {}
+        fields.update(
+            CODE_FILE=code.co_filename, CODE_LINE=str(frame.f_lineno), CODE_FUNC=code.co_name, LOGGER=logger
+        )
+        _SITE_FIELDS[site] = fields
+    return fields
 
 
 class TaskLog:
@@ -605,18 +621,7 @@ class TaskLog:
         The cheap path for records written for every attempt: the attempt's fields are encoded
         once, and the code location is that of the caller, as ``logging`` would record it.
         """
-        frame = sys._getframe(1)
-        site = (message_id, frame.f_code, frame.f_lineno)
-        fields = _EVENT_FIELDS.get(site)
-        if fields is None:  # once per call site: the same few lines write every lifecycle record
-            code = frame.f_code
-            fields = _EVENT_FIELDS[site] = {
-                "MESSAGE_ID": message_id,
-                "CODE_FILE": code.co_filename,
-                "CODE_LINE": str(frame.f_lineno),
-                "CODE_FUNC": code.co_name,
-                "LOGGER": "procpoold.task",
-            }
+        fields = _site_fields(1, "procpoold.task", message_id)
         prio = _PRIORITIES.get(level)
         if prio is None:
             prio = priority(level)
@@ -693,31 +698,7 @@ class SinkHandler(logging.Handler):
                 "CODE_FUNC": record.funcName,
                 "LOGGER": record.name,
             }
-            prio = priority(record.levelno)
-            sink = self.sink
-            seq = sink.next_seq()
-            job_id = fields.get("PROCPOOL_JOB_ID")
-            if job_id:
-                task_id = fields.get("PROCPOOL_TASK_ID")
-                attempt = fields.get("PROCPOOL_ATTEMPT", "0")
-                sink.store.add(
-                    task_id or job_id,
-                    job_id,
-                    Record(
-                        seq,
-                        record.created,
-                        prio,
-                        fields.get("PROCPOOL_STREAM", "daemon"),
-                        int(attempt) if attempt.isdigit() else 0,
-                        task_id,
-                        message,
-                    ),
-                )
-            sink.put(
-                (seq, record.created, prio, message, FieldSet(fields), extra, record.name),
-                fields.get("PROCPOOL_TASK_ID"),
-                own=True,
-            )
+            _enqueue(self.sink, record.created, priority(record.levelno), message, fields, extra, record.name)
         except Exception:
             self.handleError(record)
 
@@ -743,25 +724,38 @@ def record(logger: logging.Logger, level: int, message: str, fields: dict[str, s
     if sink is None or not logger.isEnabledFor(level):
         logger.log(level, "%s", message, extra={"journal_fields": fields}, stacklevel=2)
         return
-    frame = sys._getframe(1)
-    site = (logger.name, frame.f_code, frame.f_lineno)
-    extra = _EVENT_FIELDS.get(site)
-    if extra is None:
-        code = frame.f_code
-        extra = _EVENT_FIELDS[site] = {
-            "CODE_FILE": code.co_filename,
-            "CODE_LINE": str(frame.f_lineno),
-            "CODE_FUNC": code.co_name,
-            "LOGGER": logger.name,
-        }
-    prio = priority(level)
+    _enqueue(sink, time.time(), priority(level), message, fields, _site_fields(1, logger.name), logger.name)
+
+
+def _enqueue(
+    sink: LogSink,
+    created: float,
+    prio: int,
+    message: str,
+    fields: dict[str, str],
+    extra: dict[str, str],
+    logger: str,
+) -> None:
+    """Queue a daemon record; one that names a job is also kept in the daemon's tail."""
     seq = sink.next_seq()
-    now = time.time()
     job_id = fields.get("PROCPOOL_JOB_ID")
     task_id = fields.get("PROCPOOL_TASK_ID")
     if job_id:
-        sink.store.add(task_id or job_id, job_id, Record(seq, now, prio, "daemon", 0, task_id, message))
-    sink.put((seq, now, prio, message, FieldSet(fields), extra, logger.name), task_id, own=True)
+        attempt = fields.get("PROCPOOL_ATTEMPT", "0")
+        sink.store.add(
+            task_id or job_id,
+            job_id,
+            Record(
+                seq,
+                created,
+                prio,
+                fields.get("PROCPOOL_STREAM", "daemon"),
+                int(attempt) if attempt.isdigit() else 0,
+                task_id,
+                message,
+            ),
+        )
+    sink.put((seq, created, prio, message, FieldSet(fields), extra, logger), task_id, own=True)
 
 
 def setup_logging(
