@@ -112,7 +112,6 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
 }
 
 
-
 #: Values this large or larger go to files beside the database (see the module's docstring).
 LARGE_VALUE = 64 * 1024
 
@@ -350,18 +349,7 @@ class StateStore:
         """
         if not self.pending or self.failed is not None:
             return
-        try:
-            self.db.execute("BEGIN")
-            try:
-                self._flush_locked()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        except (sqlite3.Error, OSError) as exc:
-            self.failed = f"cannot write the state file {self.path}: {exc}"
-            raise StoreFailure(self.failed) from exc
-        self.commits += 1
+        self._write(self._flush_locked)
         for job_id, before in self._dropped_logs.items():
             self.values.drop_logs(job_id, before)
         self._dropped_logs.clear()
@@ -405,6 +393,21 @@ class StateStore:
         if rows:
             self.db.executemany("INSERT INTO task_log(job_id, seq, data) VALUES (?, ?, ?)", rows)
 
+    def _write(self, work: Callable[[], object]) -> None:
+        """Run ``work`` in one committed transaction; a failure is a :class:`StoreFailure`."""
+        try:
+            self.db.execute("BEGIN")
+            try:
+                work()
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self.failed = f"cannot write the state file {self.path}: {exc}"
+            raise StoreFailure(self.failed) from exc
+        self.commits += 1
+
     def _seq(self, job_id: str) -> int:
         seq = self._next_seq.get(job_id, 0)
         self._next_seq[job_id] = seq + 1
@@ -412,15 +415,9 @@ class StateStore:
 
     def delete_jobs(self, job_ids: list[str]) -> None:
         """Remove jobs (and their task logs) at once."""
-        if not job_ids:
+        if not job_ids or self.failed is not None:
             return
-        self.db.execute("BEGIN")
-        try:
-            self.db.executemany("DELETE FROM jobs WHERE id=?", [(int(j),) for j in job_ids])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        self._write(lambda: self.db.executemany("DELETE FROM jobs WHERE id=?", [(int(j),) for j in job_ids]))
         for j in job_ids:
             self.values.drop_job(j)
             self._dirty_jobs.pop(j, None)

@@ -240,6 +240,18 @@ def test_a_failed_write_is_a_store_failure_and_nothing_more_is_written(tmp_path:
     store.close()
 
 
+def test_a_failed_delete_is_a_store_failure_too(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    new_job(store, "1")
+    real = store.db
+    store.db = FailingCommits(real)  # type: ignore[assignment]
+    with pytest.raises(StoreFailure, match="database or disk is full"):
+        store.delete_jobs(["1"])
+    store.db = real
+    assert store.db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1  # rolled back
+    store.close()
+
+
 def test_a_store_failure_during_submit_is_not_swallowed_as_an_error_reply(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     loop, _, scheduler = run_scheduler(store)
