@@ -36,11 +36,11 @@ log = logging.getLogger("procpoold.scheduler")
 task_log = logging.getLogger("procpoold.task")
 
 Ref = tuple[str, int]  # (job id, task index)
+Listener = Callable[[str], None]
 
 #: A job's task log is compacted into a snapshot once it would hold more than
 #: 2 x (its number of tasks) + LOG_SLACK entries (see Scheduler.flush).
 LOG_SLACK = 64
-Listener = Callable[[str], None]
 
 
 def not_found(what: str) -> ProcpoolError:
@@ -112,8 +112,8 @@ class Scheduler:
         self._next_id += 1
         job = Job(job_id, spec, raw, self.clock(), uid, after)
         if self.store is not None:
-            # Durable before the reply: the caller answers only after this commit.
-            # Tasks get their rows when they first change: a missing row means pending, no attempts.
+            # Queued here, committed by the flush below, before the caller replies. Tasks get log
+            # entries when they first change: a task without any is pending, with no attempts.
             self.store.add_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump())
             self._job_rows[job_id] = _job_row(job)
         self.jobs[job_id] = job

@@ -33,10 +33,11 @@ MAX_LINE = 16 * 1024
 _READ = 65536
 
 
-def attempt_env(spec: AttemptSpec, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a task: the daemon's, the job's and task's additions, and its identity."""
+def attempt_env(spec: AttemptSpec, base: dict[str, str]) -> dict[str, str]:
+    """The environment of a task: ``base`` (the daemon's), the job's and task's additions, and
+    its identity."""
     return {
-        **(os.environ if base is None else base),
+        **base,
         **spec.env,
         "PROCPOOL_JOB_ID": spec.job_id,
         "PROCPOOL_JOB_NAME": spec.job_name,
@@ -95,8 +96,8 @@ class CommandExecutor:
         #: The log queue: output is not read while it is full (policy block); see procpoold.journal.
         self._sink = sink
         self._running: dict[str, _Running] = {}
-        #: the daemon's environment, read once (iterating os.environ decodes every variable)
-        self._base_env: dict[str, str] = dict(os.environ)
+        #: the daemon's environment, read once at start (iterating os.environ decodes every variable)
+        self._base_env: dict[str, str] = {}
         self._loop: EventLoop | None = None
         self._events: ExecutorEvents | None = None
         self.started_total = 0
