@@ -6,17 +6,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from tests.support.daemon import DaemonProcess
-from tests.support.jobs import run_job, tasks_by_name, wait_task_state
-
-
-def sh(script: str, **extra: Any) -> dict[str, Any]:
-    return {"cmd": ["sh", "-c", script], **extra}
+from tests.support.jobs import run_job, sh, tasks_by_name, wait_task_state
 
 
 def test_sequential_children_start_only_after_the_previous_completed(daemon: DaemonProcess) -> None:

@@ -11,14 +11,10 @@ from typing import Any
 import pytest
 
 from tests.support.daemon import DaemonProcess
-from tests.support.jobs import run_job
+from tests.support.jobs import run_job, sh
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.daemon_args("--workers", "2", "--log-target", "stderr")
-
-
-def sh(script: str, **extra: Any) -> dict[str, Any]:
-    return {"cmd": ["sh", "-c", script], **extra}
 
 
 def logs_json(daemon: DaemonProcess, *args: str) -> list[dict[str, Any]]:

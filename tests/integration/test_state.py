@@ -17,16 +17,8 @@ import pytest
 from procpool import Client
 from procpool.contract.errors import ProcpoolError
 from tests.support.daemon import DaemonProcess, tagged_pids
-from tests.support.jobs import tasks_by_name, wait_task_state
+from tests.support.jobs import sh, tasks_by_name, wait_task_state
 from tests.support.waiting import wait_until
-
-
-def sh(script: str, **extra: Any) -> dict[str, Any]:
-    return {"cmd": ["sh", "-c", script], **extra}
-
-
-def wait_running(client: Client, job_id: str, name: str) -> None:
-    wait_task_state(client, job_id, name, "running")
 
 
 def marker_job(marks: Path, gate: Path, policy: str = "retry", retries: int = 0) -> dict[str, Any]:
@@ -58,7 +50,7 @@ def test_restart_resumes_without_rerunning_completed_tasks(tmp_path: Path, how: 
         d.start()
         with d.client() as client:
             job_id = client.submit(marker_job(marks, gate, retries=1))["id"]
-            wait_running(client, job_id, "slow")
+            wait_task_state(client, job_id, "slow")
         if how == "graceful":
             d.signal(signal.SIGTERM)
             assert d.wait() == 0
@@ -89,7 +81,7 @@ def test_on_interrupt_policies(tmp_path: Path, policy: str, retries: int, expect
         d.start()
         with d.client() as client:
             job_id = client.submit(marker_job(marks, gate, policy, retries))["id"]
-            wait_running(client, job_id, "slow")
+            wait_task_state(client, job_id, "slow")
         d.crash()
         d.restart()
         with d.client() as client:
@@ -117,7 +109,7 @@ def test_crash_leftover_command_is_killed_at_restart(tmp_path: Path) -> None:
         d.start()
         with d.client() as client:
             job_id = client.submit({"name": "orphan", "root": {"name": "hang", **sh("sleep 1000")}})["id"]
-            wait_running(client, job_id, "hang")
+            wait_task_state(client, job_id, "hang")
             pid = client.status(job_id)["tasks"][0]["attempt_history"][0]["pid"]
         d.crash(everything=False)  # only the daemon: its command is now an orphan
         assert pid in tagged_pids(d.tag)
@@ -212,7 +204,7 @@ def test_repeat_resumes_at_the_right_run(tmp_path: Path) -> None:
             while client.status(job_id)["job"]["run"] < 2:
                 assert time.monotonic() < deadline
                 client.wait(job_id, timeout=0.05)
-            wait_running(client, job_id, "tick")
+            wait_task_state(client, job_id, "tick")
         d.crash()
         gate.touch()
         d.restart()
@@ -356,7 +348,7 @@ def test_a_crash_in_a_later_run_reruns_the_tasks_that_had_not_run_yet(tmp_path: 
                 }
             )["id"]
             wait_until(lambda: client.status(job_id), lambda s: s["job"]["run"] == 2, what="run 2")
-            wait_running(client, job_id, "first")
+            wait_task_state(client, job_id, "first")
         d.crash()
         gate.touch()
         d.restart()

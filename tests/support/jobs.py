@@ -20,6 +20,11 @@ def run_job(daemon: DaemonProcess, root: Any, timeout: float = 60.0, **extra: An
     return status
 
 
+def sh(script: str, **extra: Any) -> dict[str, Any]:
+    """A ``cmd`` task that runs ``script`` with ``sh -c``."""
+    return {"cmd": ["sh", "-c", script], **extra}
+
+
 def tasks_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in status["tasks"]}
 
