@@ -62,41 +62,63 @@ class TaskContext:
     logger: logging.Logger
 
 
-_channel: Channel | None = None
-_context: TaskContext | None = None
+class _Attempt:
+    """The running attempt as the task API sees it; its :class:`TaskContext` is built on first use.
+
+    A no-op task never asks for its context, so the worker's per-attempt cost stays one small
+    object (a frozen dataclass takes microseconds to build).
+    """
+
+    __slots__ = ("_context", "channel", "fields", "logger")
+
+    def __init__(
+        self, channel: Channel, fields: dict[str, Any], logger: logging.Logger | None = None
+    ) -> None:
+        self.channel = channel
+        self.fields = fields
+        self.logger = logger
+        self._context: TaskContext | None = None
+
+    def context(self) -> TaskContext:
+        if self._context is None:
+            fields = self.fields
+            self._context = TaskContext(
+                job_id=str(fields["job_id"]),
+                job_name=str(fields.get("job_name", "")),
+                task_id=str(fields["task_id"]),
+                task_name=str(fields["task_name"]),
+                attempt=int(fields["attempt"]),
+                run=int(fields.get("run", 1)),
+                logger=self.logger or logging.getLogger(f"procpool.task.{fields['task_name']}"),
+            )
+        return self._context
 
 
-def _install(channel: Channel, fields: dict[str, Any]) -> None:
-    """Called by the worker runtime before the task function runs."""
-    global _channel, _context
-    _channel = channel
-    _context = TaskContext(
-        job_id=str(fields["job_id"]),
-        job_name=str(fields.get("job_name", "")),
-        task_id=str(fields["task_id"]),
-        task_name=str(fields["task_name"]),
-        attempt=int(fields["attempt"]),
-        run=int(fields.get("run", 1)),
-        logger=logging.getLogger(f"procpool.task.{fields['task_name']}"),
-    )
+_current: _Attempt | None = None
+
+
+def _install(channel: Channel, fields: dict[str, Any], logger: logging.Logger | None = None) -> _Attempt:
+    """Called by the worker runtime before the task function runs; returns what it installed."""
+    global _current
+    _current = _Attempt(channel, fields, logger)
+    return _current
 
 
 def _clear() -> None:
     """Called by the worker runtime after the task function returned."""
-    global _channel, _context
-    _channel = None
-    _context = None
+    global _current
+    _current = None
 
 
-def _need() -> tuple[Channel, TaskContext]:
-    if _channel is None or _context is None:
+def _need() -> _Attempt:
+    if _current is None:
         raise NotInTask("procpool.task is only available inside a task run by procpoold")
-    return _channel, _context
+    return _current
 
 
 def context() -> TaskContext:
     """The running task's context."""
-    return _need()[1]
+    return _need().context()
 
 
 def progress(
@@ -107,7 +129,7 @@ def progress(
     message: str | None = None,
 ) -> None:
     """Report progress: a ``fraction`` in [0, 1], or ``done`` out of ``total``; shown by status."""
-    channel, _ = _need()
+    channel = _need().channel
     report: dict[str, Any] = {}
     if fraction is not None:
         report["fraction"] = max(0.0, min(1.0, float(fraction)))
@@ -124,8 +146,7 @@ class Namespace:
     """The job's shared key-value namespace; every method is one atomic daemon operation."""
 
     def _op(self, op: str, **args: Any) -> Any:
-        channel, _ = _need()
-        return channel.request("ns", {"op": op, **args})
+        return _need().channel.request("ns", {"op": op, **args})
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default``."""

@@ -60,6 +60,10 @@ MAX_MESSAGE = 16 * 1024
 _BATCH = 256  # records the writer takes per round
 #: How long the writer, once woken, waits for more records before it writes a small batch.
 _LINGER = 0.01
+#: After its last record the writer keeps looking every ``_LINGER`` for this long before it parks:
+#: while records keep coming, the loop never has to wake it (an ``Event.set`` is a futex wake and
+#: a GIL handoff on the loop's thread, once per batch); an idle daemon parks it after a second.
+_PARK_AFTER = 1.0
 _DROP_REPORT_INTERVAL = 1.0
 
 
@@ -457,6 +461,7 @@ class LogSink:
 
     def _run(self) -> None:
         q = self._q
+        busy_until = 0.0
         while True:
             if not q:
                 self._report_drops()
@@ -464,6 +469,9 @@ class LogSink:
                     self._signal_room()
                 if self._stopping:
                     return
+                if time.monotonic() < busy_until:
+                    time.sleep(_LINGER)
+                    continue
                 self._wake.clear()
                 self._idle = True
                 if not q:
@@ -481,6 +489,7 @@ class LogSink:
             self._inflight_first = batch[0][0]
             self._write(batch)
             self._inflight_first = None
+            busy_until = time.monotonic() + _PARK_AFTER
             if self._want_room and len(q) <= self.low_water:
                 self._signal_room()
             if self._drops and time.monotonic() - self._last_drop_report >= _DROP_REPORT_INTERVAL:

@@ -161,6 +161,9 @@ class _FdCapture:
             os.close(w)
             os.set_blocking(r, False)
             self._fds[r] = (stream, level, original)
+        self._ready = select.poll()
+        for r in self._fds:
+            self._ready.register(r, select.POLLIN)
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="procpool-fd-capture", daemon=True).start()
@@ -176,6 +179,11 @@ class _FdCapture:
 
     def drain_all(self, aid: str | None) -> None:
         """Pass on everything written so far (and the unfinished lines) as output of ``aid``."""
+        # Fast path, one system call: nothing in the pipes, and the reader thread is not in the
+        # middle of passing something on (it holds the lock from before its reads until its
+        # last line is queued), so every byte written so far has been passed on already.
+        if not self._ready.poll(0) and not self._lock.locked() and not self._partial:
+            return
         with self._lock:
             for r in self._fds:
                 self._drain(r, aid)
@@ -473,10 +481,7 @@ class Worker:
         logger = self._loggers.get(name)
         if logger is None:
             logger = self._loggers[name] = logging.getLogger(f"procpool.task.{name}")
-        task_api._channel = _Channel(self, aid)
-        task_api._context = task_api.TaskContext(
-            job_id=ctx["job_id"], job_name=ctx.get("job_name", ""), task_id=ctx["task_id"], task_name=name,
-            attempt=ctx["attempt"], run=ctx.get("run", 1), logger=logger)
+        task_api._current = task_api._Attempt(_Channel(self, aid), ctx, logger)
 
     def _run_sync(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
         leave = _clear_task
@@ -530,15 +535,13 @@ class Worker:
         self.async_tasks[aid] = self.loop.create_task(self._async_attempt(aid, fn, msg))
 
     async def _async_attempt(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
-        channel = _Channel(self, aid)
-        task_api._install(channel, msg["ctx"])
-        context = task_api._context
+        current = task_api._install(_Channel(self, aid), msg["ctx"])
         env: dict[str, str] | None = msg.get("env")
         cwd: str | None = msg.get("cwd")
 
         def enter() -> None:
             # Concurrent async attempts share the process: env and cwd are applied per step.
-            task_api._channel, task_api._context = channel, context
+            task_api._current = current
             self.log_attempt = aid
             if env:
                 os.environ.update(env)

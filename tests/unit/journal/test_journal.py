@@ -255,6 +255,24 @@ def test_writer_thread_writes_everything_in_order(sender: ListSender) -> None:
     assert sink.written == 5000 and sink.dropped == 0
 
 
+def test_writer_keeps_looking_while_busy_and_parks_when_idle(sender: ListSender) -> None:
+    sink = LogSink(sender)
+    sink.start()
+    tlog = sink.task_log(FIELDS)
+    try:
+        tlog.line("stdout", logging.INFO, "first")
+        wait_for(lambda: sink.written == 1)
+        assert not sink._idle  # within _PARK_AFTER of a batch: it polls, nobody has to wake it
+        tlog.line("stdout", logging.INFO, "second")
+        wait_for(lambda: sink.written == 2)
+        wait_for(lambda: sink._idle)  # parked: an idle daemon's writer makes no wakeups
+        tlog.line("stdout", logging.INFO, "third")  # ... and a record wakes it again
+        wait_for(lambda: sink.written == 3)
+    finally:
+        sink.stop()
+    assert [f["MESSAGE"] for f in sender.fields()] == ["first", "second", "third"]
+
+
 def test_block_policy_pauses_the_producer_and_wakes_it_through_the_loop(sender: ListSender) -> None:
     sender.gate = threading.Event()  # journald is stuck
     sink = LogSink(sender, queue_size=100, policy="block")
