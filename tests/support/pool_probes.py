@@ -163,6 +163,21 @@ def die(how: str, stage: str) -> Any:
     return total
 
 
+def garble(message: Any) -> None:
+    """From now on the worker posts ``message`` (msgpack) instead of each result: a worker whose
+    result ring carries something that is not a result message."""
+    import msgpack
+
+    from procpoold.pool import worker as runtime
+
+    original = runtime.Worker.post
+
+    def post(self: Any, data: bytes) -> None:
+        original(self, msgpack.packb(message))
+
+    runtime.Worker.post = post  # type: ignore[method-assign]
+
+
 def output(lines: int) -> str:
     for i in range(lines):
         print(f"out {i}")

@@ -9,20 +9,7 @@ Runs in the **daemon**, on its event-loop thread: every method and callback here
         |  \\__ request ring (daemon -> worker), futex or eventfd wakeup ____________/ |
         |  <-- result ring (worker -> daemon) + eventfd doorbell, polled by the loop ___/
 
-Messages (one msgpack map each). Request ring, daemon -> worker:
-
-* ``call``   ``{t, id, fn, ctx, a?, kw?, env?, cwd?, pp?}``: run attempt ``id`` of ``fn``.
-* ``cancel`` ``{t, id}``: stop attempt ``id`` (followed by ``SIGUSR1`` for a sync attempt).
-* ``reply``  ``{t, rid, ok, v | err}``: answer to a ``req``.
-* ``exit``   ``{t}``: finish and exit 0 (retirement, shutdown).
-
-Result ring, worker -> daemon:
-
-* ``done``   ``{t, id, ok, r | err, as?, stopped?}``: the attempt ended (``as``: it was async).
-* ``log``    ``{t, id, s, l, m, f?}``: a log record or an output line (``s`` is the stream).
-* ``prog``   ``{t, id, p}``: progress report.
-* ``req``    ``{t, id, rid, op, args}``: a blocking request (``ns``: a namespace operation).
-* ``hb``     ``{t}``: heartbeat of a busy worker (pushed without a wakeup).
+Messages: one msgpack array each, defined in :mod:`procpoold.pool.protocol`.
 
 Dispatch: :meth:`PoolExecutor.submit` only queues; one ``call_soon`` pass assigns everything
 queued in the loop iteration and pushes each worker's share with one ``push_many`` (one wakeup).
@@ -49,6 +36,18 @@ from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome,
 from procpoold.journal import MessageId
 from procpoold.loop import EventLoop
 from procpoold.pool import shm, zygote
+from procpoold.pool.protocol import (
+    CALL,
+    CANCEL,
+    DONE,
+    EXIT_MESSAGE,
+    F_ASYNC,
+    HEARTBEAT,
+    LOG,
+    PROGRESS,
+    REPLY,
+    REQUEST,
+)
 from procpoold.pool.ring import RingError, SpillError
 from procpoold.pool.slot import (
     STOP_STATUS,
@@ -73,7 +72,7 @@ INLINE_SPINS = 16
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
-_EXIT = msgpack.packb({"t": "exit"})
+_RESULT_SIZES = {DONE: 6, LOG: 6, PROGRESS: 3, REQUEST: 5, HEARTBEAT: 1}
 _IDLE, _BUSY = WorkerState.IDLE, WorkerState.BUSY
 _STARTING, _STOPPING = WorkerState.STARTING, WorkerState.STOPPING
 
@@ -193,13 +192,13 @@ class PoolExecutor:
         if not run.is_async and self._head(w) is not run:
             # Prefetched, not started: the worker drops it when it sees the cancel.
             self._detach(w, attempt_id)
-            self._send(w, [_packb({"t": "cancel", "id": attempt_id})])
+            self._send(w, [_packb([CANCEL, attempt_id])])
             self._later_finish(Outcome(attempt_id, STOP_STATUS[reason], error=TaskError(
                 NOT_STARTED, f"stopped ({reason}) before it started")))
             self._schedule_dispatch()
             return
         run.stop = reason
-        self._send(w, [_packb({"t": "cancel", "id": attempt_id})])
+        self._send(w, [_packb([CANCEL, attempt_id])])
         if not run.is_async and w.pid is not None and self._zygote is not None:
             self._zygote.kill(w.pid, INTERRUPT_SIGNAL)
         assert self._loop is not None
@@ -227,7 +226,7 @@ class PoolExecutor:
         # Ask every worker to exit; the zygote SIGKILLs whoever is still there when it stops.
         for w in list(self._all):
             if w.pid is not None and not w.closed:
-                self._send(w, [_EXIT])
+                self._send(w, [EXIT_MESSAGE])
         soft = time.monotonic() + 0.5
         while self._by_pid and time.monotonic() < soft:
             self._pump(soft - time.monotonic())
@@ -370,7 +369,7 @@ class PoolExecutor:
             return
         w.state = _STOPPING  # IDLE/STARTING -> STOPPING
         self._stats["recycled"] += 1
-        self._send(w, [_EXIT])
+        self._send(w, [EXIT_MESSAGE])
         # An exit message is obeyed at once by an idle worker; kill_grace bounds a broken one.
         assert self._loop is not None
         w.timers.append(self._loop.call_later(max(self.settings.kill_grace, 1.0), lambda: self._kill(w)))
@@ -407,7 +406,7 @@ class PoolExecutor:
         run = w.running[aid]
         if run.stop is None:
             run.stop = "shutdown"
-            self._send(w, [_packb({"t": "cancel", "id": aid})])
+            self._send(w, [_packb([CANCEL, aid])])
             if w.pid is not None and self._zygote is not None:
                 self._zygote.kill(w.pid, INTERRUPT_SIGNAL)
 
@@ -692,7 +691,16 @@ class PoolExecutor:
             if raw:
                 w.last_beat = time.monotonic()
                 for data in raw:
-                    self._on_message(w, _unpackb(data))
+                    try:
+                        msg = _unpackb(data)
+                        if type(msg) is not list or _RESULT_SIZES.get(msg[0]) != len(msg):
+                            raise ValueError(f"not a result message: {msg!r:.80}")
+                    except Exception as exc:
+                        log.error("%s sent a malformed message: %s", w.describe(), exc)
+                        self._kill(w, ("WorkerDied", f"{w.describe()} was killed: it sent a malformed "
+                                                     f"message ({exc})"))
+                        return
+                    self._on_message(w, msg)
                     if w.closed:
                         return
                 continue
@@ -701,38 +709,37 @@ class PoolExecutor:
             if ring.arm():
                 return
 
-    def _on_message(self, w: WorkerSlot, msg: dict[str, Any]) -> None:
-        kind = msg["t"]
+    def _on_message(self, w: WorkerSlot, msg: list[Any]) -> None:
+        kind = msg[0]
         events = self._events
         assert events is not None
-        if kind == "done":
+        if kind == DONE:
             self._on_done(w, msg)
-        elif kind == "log":
-            events.attempt_log(msg["id"], msg["s"], msg["l"], msg["m"], msg.get("f"))
-        elif kind == "prog":
-            events.attempt_progress(msg["id"], msg["p"])
-        elif kind == "req":
+        elif kind == LOG:
+            events.attempt_log(msg[1], msg[2], msg[3], msg[4], msg[5])
+        elif kind == PROGRESS:
+            events.attempt_progress(msg[1], msg[2])
+        elif kind == REQUEST:
             self._on_request(w, msg)
-        # "hb": its arrival already refreshed last_beat.
+        # HEARTBEAT: its arrival already refreshed last_beat.
 
-    def _on_done(self, w: WorkerSlot, msg: dict[str, Any]) -> None:
-        aid = msg["id"]
+    def _on_done(self, w: WorkerSlot, msg: list[Any]) -> None:
+        _, aid, ok, value, flags, took = msg
         run = w.running.get(aid)
         if run is None:
             return
         call = run.spec.call
-        if msg.get("as") and call is not None:
+        if flags & F_ASYNC and call is not None:
             self._async_calls.add(call)
-        took = msg.get("d")
         if took is not None and call is not None:
             mean = self._fn_mean.get(call)
             self._fn_mean[call] = took if mean is None else mean + (took - mean) * 0.25
             recent = self._recent_mean
             self._recent_mean = took if recent is None else recent + (took - recent) * 0.25
-        if msg["ok"]:
-            outcome = Outcome(aid, "completed", result=msg.get("r"))
+        if ok:
+            outcome = Outcome(aid, "completed", result=value)
         else:
-            err = msg.get("err") or {}
+            err = value if isinstance(value, dict) else {}
             error = TaskError(str(err.get("type", "Error")), str(err.get("message", "")),
                               str(err.get("traceback", "")))
             outcome = Outcome(aid, STOP_STATUS[run.stop] if run.stop else "failed", error=error)
@@ -798,23 +805,21 @@ class PoolExecutor:
             raise RuntimeError("PoolExecutor.start() has not run")
         self._loop.call_soon(lambda: self._finish(outcome))
 
-    def _on_request(self, w: WorkerSlot, msg: dict[str, Any]) -> None:
+    def _on_request(self, w: WorkerSlot, msg: list[Any]) -> None:
         assert self._events is not None
-        reply: dict[str, Any] = {"t": "reply", "rid": msg["rid"]}
+        _, aid, rid, op, args = msg
         try:
-            if msg.get("op") != "ns":
-                raise ProcpoolError(ErrorCode.UNKNOWN_OPERATION, f"unknown task request {msg.get('op')!r}")
-            args = dict(msg.get("args") or {})
-            op = str(args.pop("op", ""))
-            reply["v"] = self._events.namespace_op(msg["id"], op, args)
-            reply["ok"] = True
-            data = _packb(reply)
+            if op != "ns":
+                raise ProcpoolError(ErrorCode.UNKNOWN_OPERATION, f"unknown task request {op!r}")
+            args = dict(args or {})
+            ns_op = str(args.pop("op", ""))
+            data = _packb([REPLY, rid, True, self._events.namespace_op(aid, ns_op, args)])
         except ProcpoolError as exc:
-            data = _packb({"t": "reply", "rid": msg["rid"], "ok": False, "err": exc.to_wire()})
+            data = _packb([REPLY, rid, False, exc.to_wire()])
         except Exception as exc:
-            log.exception("namespace operation of %s failed", msg.get("id"))
+            log.exception("namespace operation of %s failed", aid)
             err = ProcpoolError(ErrorCode.INTERNAL, f"namespace operation failed: {exc}")
-            data = _packb({"t": "reply", "rid": msg["rid"], "ok": False, "err": err.to_wire()})
+            data = _packb([REPLY, rid, False, err.to_wire()])
         self._send(w, [data])
 
     # -- supervision -------------------------------------------------------------------------------
@@ -872,15 +877,8 @@ class PoolExecutor:
 
 
 def _encode_call(spec: AttemptSpec) -> bytes:
-    msg: dict[str, Any] = {"t": "call", "id": spec.attempt_id, "fn": spec.call, "ctx": spec.context()}
-    if spec.args:
-        msg["a"] = spec.args
-    if spec.kwargs:
-        msg["kw"] = spec.kwargs
-    if spec.env:
-        msg["env"] = spec.env
-    if spec.cwd:
-        msg["cwd"] = spec.cwd
-    if spec.python_path:
-        msg["pp"] = spec.python_path
-    return _packb(msg)  # type: ignore[no-any-return]
+    return _packb([  # type: ignore[no-any-return]
+        CALL, spec.attempt_id, spec.call,
+        [spec.job_id, spec.job_name, spec.task_id, spec.task_name, spec.attempt, spec.run],
+        spec.args or None, spec.kwargs or None, spec.env or None, spec.cwd or None, spec.python_path or None,
+    ])

@@ -16,7 +16,7 @@ signal unambiguous: a late signal for an attempt that already ended does nothing
 attempt's task is cancelled from the loop (the task sees ``asyncio.CancelledError``); the loop
 learns of the message through the request ring's eventfd doorbell.
 
-Message types are listed in :mod:`procpoold.pool.pool`. This module imports nothing from the
+Message types are defined in :mod:`procpoold.pool.protocol`. This module imports nothing from the
 control plane and no ZeroMQ.
 """
 
@@ -43,14 +43,27 @@ import msgpack
 
 from procpool import task as task_api
 from procpool.contract.errors import ProcpoolError
+from procpoold.pool.protocol import (
+    CALL,
+    CANCEL,
+    DONE,
+    EXIT,
+    F_ASYNC,
+    F_STOPPED,
+    HEARTBEAT_MESSAGE,
+    LOG,
+    PROGRESS,
+    REPLY,
+    REQUEST,
+    context_fields,
+    stopped_before_start,
+)
 from procpoold.pool.ring import Segment, SpillError
 
 #: Signal the daemon (through the zygote) sends to interrupt a sync attempt.
 INTERRUPT_SIGNAL = signal.SIGUSR1
 #: Log messages buffered before a flush is forced (otherwise the heartbeat tick flushes them).
 LOG_BATCH = 64
-
-_HEARTBEAT = msgpack.packb({"t": "hb"})
 
 
 class TaskInterrupted(BaseException):
@@ -88,10 +101,9 @@ class _Channel:
         return self.worker.request(self.aid, op, args)
 
     def send(self, op: str, args: dict[str, Any]) -> None:
-        if op == "progress":
-            self.worker.emit(msgpack.packb({"t": "prog", "id": self.aid, "p": args}))
-        else:
-            self.worker.emit(msgpack.packb({"t": "send", "id": self.aid, "op": op, "args": args}))
+        if op != "progress":
+            raise ValueError(f"unknown task message {op!r}")
+        self.worker.emit(msgpack.packb([PROGRESS, self.aid, args]))
 
 
 #: Longest line passed on as one message (longer lines are split, never dropped).
@@ -291,7 +303,9 @@ class Worker:
         #: Guards the result ring's producer handle and :attr:`outbuf` (main + heartbeat thread).
         self.lock = threading.Lock()
         self.outbuf: list[bytes] = []
-        self.inbox: deque[dict[str, Any]] = deque()
+        self.inbox: deque[list[Any]] = deque()
+        #: Queued calls cancelled before they started (their "done" is posted when reached).
+        self.stopped: set[str] = set()
         self.funcs: dict[str, tuple[Callable[..., Any], bool]] = {}
         #: The sync attempt whose code runs on the main thread right now (the interrupt target).
         self.current: str | None = None
@@ -342,7 +356,7 @@ class Worker:
         inbox = self.inbox
         while True:
             while inbox:
-                if len(inbox) > 1 or inbox[0]["t"] == "call":
+                if len(inbox) > 1 or inbox[0][0] == CALL:
                     # Prefetched calls wait here: look at the ring first, so that a cancel of a
                     # queued call (or an exit) is seen before that call starts.
                     self._drain()
@@ -376,25 +390,24 @@ class Worker:
         inbox = self.inbox
         for data in raw:
             msg = msgpack.unpackb(data)
-            if msg["t"] == "cancel" and inbox:
+            if msg[0] == CANCEL and inbox:
                 # A cancel of a call still queued here: mark the call (its "done" is posted when
                 # the main loop reaches it; no I/O here, this may run in the signal handler).
-                aid = msg["id"]
-                queued = next((m for m in inbox if m["t"] == "call" and m["id"] == aid), None)
-                if queued is not None:
-                    queued["stopped"] = True
+                aid = msg[1]
+                if any(m[0] == CALL and m[1] == aid for m in inbox):
+                    self.stopped.add(aid)
                     continue
             inbox.append(msg)
 
-    def _handle(self, msg: dict[str, Any]) -> None:
-        kind = msg["t"]
-        if kind == "call":
+    def _handle(self, msg: list[Any]) -> None:
+        kind = msg[0]
+        if kind == CALL:
             self._start(msg)
-        elif kind == "cancel":
-            self._cancel(msg["id"])
-        elif kind == "exit":
+        elif kind == CANCEL:
+            self._cancel(msg[1])
+        elif kind == EXIT:
             self.exiting = True
-        # "reply" here is stale (its request was interrupted): dropped.
+        # REPLY here is stale (its request was interrupted): dropped.
 
     def _resolve(self, call: str, python_path: list[str] | None) -> tuple[Callable[..., Any], bool]:
         found = self.funcs.get(call)
@@ -415,15 +428,16 @@ class Worker:
         self.funcs[call] = found
         return found
 
-    def _start(self, msg: dict[str, Any]) -> None:
-        aid = msg["id"]
-        if msg.get("stopped"):
-            self.post(_stopped_before_start(self._pack, aid))
+    def _start(self, msg: list[Any]) -> None:
+        aid = msg[1]
+        if self.stopped and aid in self.stopped:
+            self.stopped.discard(aid)
+            self.post(stopped_before_start(aid))
             return
         try:
-            fn, is_async = self._resolve(msg["fn"], msg.get("pp"))
+            fn, is_async = self._resolve(msg[2], msg[8])
         except Exception as exc:
-            self.post(self._pack({"t": "done", "id": aid, "ok": False, "err": _error(exc, 0)}))
+            self.post(self._pack([DONE, aid, False, _error(exc, 0), 0, None]))
             return
         self._set_busy()
         if is_async:
@@ -439,19 +453,19 @@ class Worker:
             task.cancel()
             return
         for i, m in enumerate(self.inbox):
-            if m["t"] == "call" and m["id"] == aid:  # not started yet: it ends right here
+            if m[0] == CALL and m[1] == aid:  # not started yet: it ends right here
                 del self.inbox[i]
-                self.post(_stopped_before_start(self._pack, aid))
+                self.post(stopped_before_start(aid))
                 return
 
     # -- sync attempts -----------------------------------------------------------------------------
 
-    def _enter(self, aid: str, msg: dict[str, Any]) -> Callable[[], None]:
+    def _enter(self, aid: str, msg: list[Any]) -> Callable[[], None]:
         """Apply the attempt's context, env and cwd; return the function that undoes them."""
-        self._install(aid, msg["ctx"])
+        self._install(aid, msg[3])
         self.log_attempt = aid
-        env: dict[str, str] | None = msg.get("env")
-        cwd: str | None = msg.get("cwd")
+        env: dict[str, str] | None = msg[6]
+        cwd: str | None = msg[7]
         if not env and not cwd:
             return _clear_task
         saved = {k: os.environ.get(k) for k in env} if env else {}
@@ -475,15 +489,15 @@ class Worker:
 
         return leave
 
-    def _install(self, aid: str, ctx: dict[str, Any]) -> None:
+    def _install(self, aid: str, ctx: list[Any]) -> None:
         """``procpool.task._install``, with the task's logger cached (``getLogger`` takes a lock)."""
-        name = ctx["task_name"]
+        name = ctx[3]
         logger = self._loggers.get(name)
         if logger is None:
             logger = self._loggers[name] = logging.getLogger(f"procpool.task.{name}")
-        task_api._current = task_api._Attempt(_Channel(self, aid), ctx, logger)
+        task_api._current = task_api._Attempt(_Channel(self, aid), context_fields(ctx), logger)
 
-    def _run_sync(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
+    def _run_sync(self, aid: str, fn: Callable[..., Any], msg: list[Any]) -> None:
         leave = _clear_task
         try:
             leave = self._enter(aid, msg)
@@ -491,32 +505,30 @@ class Worker:
                 # From here a signal may raise TaskInterrupted; ``current`` bounds the window.
                 self.current = aid
                 started = _clock()
-                result = fn(*msg.get("a", ()), **msg.get("kw", {}))
+                result = fn(*(msg[4] or ()), **(msg[5] or {}))
             finally:
                 self.current = None
             out = self._encode_result(aid, result, False, _clock() - started)
         except TaskInterrupted as exc:
-            out = self._pack({"t": "done", "id": aid, "ok": False, "stopped": True, "err": _error(exc)})
+            out = self._pack([DONE, aid, False, _error(exc), F_STOPPED, None])
         except BaseException as exc:  # task code may raise anything, SystemExit included
-            out = self._pack({"t": "done", "id": aid, "ok": False, "err": _error(exc)})
+            out = self._pack([DONE, aid, False, _error(exc), 0, None])
         finally:
             leave()
             self._end_output(aid)
         self.post(out)
 
     def _encode_result(self, aid: str, result: Any, is_async: bool, took: float | None = None) -> bytes:
+        flags = F_ASYNC if is_async else 0
         try:
-            done = {"t": "done", "id": aid, "ok": True, "r": result, "as": is_async}
-            if took is not None:
-                done["d"] = took  # run time of a sync call: the daemon prefetches short functions
-            data: bytes = self._pack(done)
+            # ``took``: run time of a sync call (the daemon prefetches short functions).
+            data: bytes = self._pack([DONE, aid, True, result, flags, took])
             return data
         except Exception as exc:
             self._pack = msgpack.Packer(use_bin_type=True).pack  # drop a half-written buffer
             message = f"return value of type {type(result).__qualname__} is not msgpack-able ({exc})"
-            data = self._pack({"t": "done", "id": aid, "ok": False, "as": is_async,
-                               "err": {"type": "ResultNotSerializable", "message": message,
-                                       "traceback": ""}})
+            error = {"type": "ResultNotSerializable", "message": message, "traceback": ""}
+            data = self._pack([DONE, aid, False, error, flags, None])
             return data
 
     def _end_output(self, aid: str) -> None:
@@ -528,16 +540,16 @@ class Worker:
 
     # -- async attempts ----------------------------------------------------------------------------
 
-    def _start_async(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
+    def _start_async(self, aid: str, fn: Callable[..., Any], msg: list[Any]) -> None:
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         self.async_tasks[aid] = self.loop.create_task(self._async_attempt(aid, fn, msg))
 
-    async def _async_attempt(self, aid: str, fn: Callable[..., Any], msg: dict[str, Any]) -> None:
-        current = task_api._install(_Channel(self, aid), msg["ctx"])
-        env: dict[str, str] | None = msg.get("env")
-        cwd: str | None = msg.get("cwd")
+    async def _async_attempt(self, aid: str, fn: Callable[..., Any], msg: list[Any]) -> None:
+        current = task_api._install(_Channel(self, aid), context_fields(msg[3]))
+        env: dict[str, str] | None = msg[6]
+        cwd: str | None = msg[7]
 
         def enter() -> None:
             # Concurrent async attempts share the process: env and cwd are applied per step.
@@ -551,15 +563,14 @@ class Worker:
         try:
             try:
                 enter()
-                result = await _Stepper(fn(*msg.get("a", ()), **msg.get("kw", {})), enter)
+                result = await _Stepper(fn(*(msg[4] or ()), **(msg[5] or {})), enter)
             finally:
                 _clear_task()
             out = self._encode_result(aid, result, True)
         except asyncio.CancelledError as exc:
-            out = self._pack({"t": "done", "id": aid, "ok": False, "stopped": True, "as": True,
-                              "err": _error(exc)})
+            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC | F_STOPPED, None])
         except BaseException as exc:
-            out = self._pack({"t": "done", "id": aid, "ok": False, "as": True, "err": _error(exc)})
+            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC, None])
         finally:
             self._end_output(aid)
             self.async_tasks.pop(aid, None)
@@ -609,7 +620,7 @@ class Worker:
         if current is None:
             return
         for i, m in enumerate(self.inbox):
-            if m["t"] == "cancel" and m["id"] == current:
+            if m[0] == CANCEL and m[1] == current:
                 del self.inbox[i]
                 raise TaskInterrupted(f"attempt {current} was stopped by procpoold")
 
@@ -619,16 +630,16 @@ class Worker:
         """A blocking round trip to the daemon (namespace operations)."""
         self.rid += 1
         rid = self.rid
-        self.post(msgpack.packb({"t": "req", "id": aid, "rid": rid, "op": op, "args": args}))
+        self.post(msgpack.packb([REQUEST, aid, rid, op, args]))
         inbox = self.inbox
         try:
             while True:
                 for i, m in enumerate(inbox):
-                    if m["t"] == "reply" and m["rid"] == rid:
+                    if m[0] == REPLY and m[1] == rid:
                         del inbox[i]
-                        if m.get("ok"):
-                            return m.get("v")
-                        raise ProcpoolError.from_wire(m.get("err"))
+                        if m[2]:
+                            return m[3]
+                        raise ProcpoolError.from_wire(m[3])
                 self._take_cancel()
                 self.req.wait()
                 self._drain()
@@ -640,10 +651,7 @@ class Worker:
     def log(self, aid: str, stream: str, level: int, message: str,
             fields: dict[str, str] | None = None) -> None:
         """Queue one log message of attempt ``aid`` (sent in batches)."""
-        msg: dict[str, Any] = {"t": "log", "id": aid, "s": stream, "l": level, "m": message}
-        if fields:
-            msg["f"] = fields
-        self.emit(msgpack.packb(msg))
+        self.emit(msgpack.packb([LOG, aid, stream, level, message, fields or None]))
 
     def emit(self, data: bytes) -> None:
         """Queue a message; flush when the batch is full (the heartbeat tick flushes the rest)."""
@@ -698,16 +706,11 @@ class Worker:
                 continue
             with self.lock:
                 wake = bool(self.outbuf)  # log lines deserve a wakeup; a bare heartbeat does not
-                self.outbuf.append(_HEARTBEAT)
+                self.outbuf.append(HEARTBEAT_MESSAGE)
                 self._flush_locked(wake)
 
 
 _clock = time.perf_counter
-
-
-def _stopped_before_start(pack: Callable[[Any], bytes], aid: str) -> bytes:
-    return pack({"t": "done", "id": aid, "ok": False, "stopped": True,
-                 "err": {"type": "NotStarted", "traceback": "", "message": "stopped before it started"}})
 
 
 def _clear_task() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,25 @@ def test_crash_matrix(make_pool: type, how: str, stage: str) -> None:
     assert out.error.message.startswith("worker ") and f"(pid {pid}) " in out.error.message
     assert out.error.message.endswith(CRASHES[how]) or CRASHES[how] + ";" in out.error.message
     assert survivor.status == "completed" and survivor.result == 0.3
+    assert pool.call("add", 2, 2).result == 4  # the slot was refilled
+    pool.idle_workers(2)
+    assert pid not in pool.pids()
+
+
+MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3, 4, 5]]
+
+
+@pytest.mark.parametrize("message", MALFORMED)
+def test_a_malformed_result_message_kills_only_that_worker(make_pool: type, message: Any) -> None:
+    pool = make_pool(workers=2)
+    other = pool.submit("sleep", 0.3)
+    pool.run_until(lambda: other in pool.events.started)
+    aid = pool.submit("garble", message)
+    out, survivor = pool.wait(aid, other)
+    assert out.status == "failed" and out.error is not None and out.error.type == "WorkerDied"
+    assert "sent a malformed message" in out.error.message
+    assert survivor.status == "completed" and survivor.result == 0.3
+    pid = pool.events.started[aid][0]
     assert pool.call("add", 2, 2).result == 4  # the slot was refilled
     pool.idle_workers(2)
     assert pid not in pool.pids()
