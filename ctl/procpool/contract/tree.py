@@ -187,7 +187,28 @@ def _is_callable_ref(value: str) -> bool:
     return bool(sep and mod and fn and all(p.isidentifier() for p in mod.split(".") + fn.split(".")))
 
 
-def _check_value(kind: str, value: Any, path: str) -> Any:
+def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> Any:
+    """``value`` checked (and normalised) as a ``kind``; raise :class:`TreeError` at
+    ``where.key`` (the path is only built for the error: a big job checks many fields)."""
+    # Fast path: the kinds every task has, when they are right.
+    vtype = type(value)
+    if kind == "name":
+        if vtype is str and NAME_RE.match(value):
+            return value
+    elif kind == "callable":
+        if vtype is str and _is_callable_ref(value):
+            return value
+    elif kind == "list":
+        if vtype is list:
+            return value
+    elif kind == "cmd" and vtype is list and value:
+        for v in value:
+            if type(v) is not str:
+                break
+        else:
+            return value
+    path = f"{where}.{key}" if key is not None else where
+
     def bad(expected: str) -> TreeError:
         return TreeError(path, f"must be {expected}, got {_type_name(value)}")
 
@@ -283,6 +304,10 @@ class _Parser:
             raise TreeError(path, f"more than {MAX_NODES} nodes")
         if not isinstance(raw, dict):
             raise TreeError(path, f"a node must be an object, got {_type_name(raw)}")
+        if ("call" in raw) + ("cmd" in raw) + ("sequential" in raw) + ("concurrent" in raw) == 1 and (
+            "call" in raw or "cmd" in raw
+        ):
+            return self.task(raw, path, defaults, parent, default_name)  # the common case
         group_keys = [k for k in GROUP_KEYS if k in raw]
         kinds = group_keys + [k for k in ("call", "cmd") if k in raw]
         if len(kinds) != 1:
@@ -303,13 +328,14 @@ class _Parser:
         self, raw: dict[str, Any], path: str, table: dict[str, FieldSpec], skip: tuple[str, ...] = ()
     ) -> dict[str, Any]:
         values: dict[str, Any] = {}
+        get = table.get
         for key, value in raw.items():
-            if key in skip:
-                continue
-            spec = table.get(key)
+            spec = get(key)
             if spec is None:
+                if key in skip:
+                    continue
                 raise TreeError(path, f'unknown field "{key}"{_suggest(key, list(table) + list(skip))}')
-            values[key] = _check_value(spec.kind, value, f"{path}.{key}")
+            values[key] = _check_value(spec.kind, value, path, key)
         return values
 
     def group(
@@ -358,29 +384,31 @@ class _Parser:
             if isinstance(values["cmd"], list) and shell:
                 raise TreeError(f"{path}.shell", "shell: true takes the command as one string")
         merged = _merge_defaults(defaults, values)
-        name = values.get("name", default_name)
+        get = values.get
+        name = get("name", default_name)
         self.claim(name, path)
         index = len(self.tasks)
+        mget = merged.get
         self.tasks.append(
             TaskSpec(
-                index=index,
-                name=name,
-                path=path,
-                kind=kind,
-                call=values.get("call"),
-                args=list(values.get("args", [])),
-                kwargs=dict(values.get("kwargs", {})),
-                cmd=values.get("cmd"),
-                shell=bool(values.get("shell", False)),
-                timeout=merged.get("timeout"),
-                retries=int(merged.get("retries", 0)),
-                retry_delay=float(merged.get("retry_delay", 1.0)),
-                priority=str(merged.get("priority", "normal")),
-                depends_on=list(values.get("depends_on", [])),
-                env=dict(merged.get("env", {})),
-                cwd=merged.get("cwd"),
-                tags=list(merged.get("tags", [])),
-                parent=parent,
+                index,
+                name,
+                path,
+                kind,
+                get("call"),
+                list(get("args") or ()),
+                dict(get("kwargs") or ()),
+                get("cmd"),
+                bool(get("shell", False)),
+                mget("timeout"),
+                int(mget("retries", 0)),
+                float(mget("retry_delay", 1.0)),
+                str(mget("priority", "normal")),
+                list(get("depends_on") or ()),
+                dict(mget("env") or ()),
+                mget("cwd"),
+                list(mget("tags") or ()),
+                parent,
             )
         )
         return ("task", index)
@@ -395,7 +423,12 @@ def _suggest_keys(raw: dict[str, Any], wanted: tuple[str, ...]) -> str:
 
 
 def _merge_defaults(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Inner values win; ``env`` maps and ``tags`` lists are combined instead."""
+    """Inner values win; ``env`` maps and ``tags`` lists are combined instead.
+
+    Returns ``defaults`` itself when ``values`` overrides nothing (callers only read it).
+    """
+    if values.keys().isdisjoint(INHERITABLE):
+        return defaults
     merged = dict(defaults)
     for key in INHERITABLE:
         if key not in values:
