@@ -9,6 +9,7 @@ Everything here runs on the loop's thread. The lifecycle is::
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -34,6 +35,13 @@ from procpoold.scheduler import Scheduler
 from procpoold.store import StateStore, StoreFailure
 
 log = logging.getLogger("procpoold")
+
+#: Thresholds of the cyclic garbage collector while the loop runs. Python's default (700, 10, 10)
+#: collects the young generation every 700 container allocations, and a job of 20,000 tasks makes
+#: hundreds of thousands of long-lived objects that the older collections then scan again and
+#: again: with the default, about a fifth of the daemon's CPU in W1 goes to the collector. Cycles are
+#: still collected, just in larger and rarer batches.
+GC_THRESHOLDS = (100_000, 50, 100)
 
 MESSAGE_READY = journal.MessageId.DAEMON_READY
 
@@ -207,7 +215,12 @@ class Daemon:
         systemd.reloaded(self._status_text())
 
     def run(self) -> None:
-        self.loop.run()
+        old = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLDS)
+        try:
+            self.loop.run()
+        finally:
+            gc.set_threshold(*old)
 
     def close(self) -> None:
         """Release everything the daemon holds (safe to call after a failed start)."""
