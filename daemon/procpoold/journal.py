@@ -60,10 +60,10 @@ MAX_MESSAGE = 16 * 1024
 _BATCH = 256  # records the writer takes per round
 #: How long the writer, once woken, waits for more records before it writes a small batch.
 _LINGER = 0.01
-#: After its last record the writer keeps looking every ``_LINGER`` for this long before it parks:
+#: After its last batch the writer keeps looking every ``_LINGER`` for this long before it parks:
 #: while records keep coming, the loop never has to wake it (an ``Event.set`` is a futex wake and
-#: a GIL handoff on the loop's thread, once per batch); an idle daemon parks it after a second.
-_PARK_AFTER = 1.0
+#: a GIL handoff on the loop's thread, once per batch); an idle daemon parks it within 0.25 s.
+_PARK_AFTER = 0.25
 _DROP_REPORT_INTERVAL = 1.0
 
 

@@ -255,22 +255,28 @@ def test_writer_thread_writes_everything_in_order(sender: ListSender) -> None:
     assert sink.written == 5000 and sink.dropped == 0
 
 
-def test_writer_keeps_looking_while_busy_and_parks_when_idle(sender: ListSender) -> None:
+def test_writer_keeps_looking_while_busy_and_parks_when_idle(
+    sender: ListSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "_PARK_AFTER", 60.0)  # "busy" for the whole first half
     sink = LogSink(sender)
     sink.start()
     tlog = sink.task_log(FIELDS)
     try:
         tlog.line("stdout", logging.INFO, "first")
         wait_for(lambda: sink.written == 1)
-        assert not sink._idle  # within _PARK_AFTER of a batch: it polls, nobody has to wake it
+        assert not sink._idle  # within _PARK_AFTER of a batch it polls: nobody has to wake it
         tlog.line("stdout", logging.INFO, "second")
         wait_for(lambda: sink.written == 2)
-        wait_for(lambda: sink._idle)  # parked: an idle daemon's writer makes no wakeups
-        tlog.line("stdout", logging.INFO, "third")  # ... and a record wakes it again
+        monkeypatch.setattr(journal, "_PARK_AFTER", 0.0)
+        tlog.line("stdout", logging.INFO, "third")
         wait_for(lambda: sink.written == 3)
+        wait_for(lambda: sink._idle)  # parked: an idle daemon's writer makes no wakeups
+        tlog.line("stdout", logging.INFO, "fourth")  # ... and a record wakes it again
+        wait_for(lambda: sink.written == 4)
     finally:
         sink.stop()
-    assert [f["MESSAGE"] for f in sender.fields()] == ["first", "second", "third"]
+    assert [f["MESSAGE"] for f in sender.fields()] == ["first", "second", "third", "fourth"]
 
 
 def test_block_policy_pauses_the_producer_and_wakes_it_through_the_loop(sender: ListSender) -> None:
