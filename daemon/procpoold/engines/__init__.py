@@ -32,9 +32,13 @@ Stream = Literal["log", "stdout", "stderr"]
 NOT_STARTED = "NotStarted"
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ sets every field through
+# object.__setattr__, about three times the cost, and these are made once per attempt.
+
+
+@dataclass(slots=True, eq=False)
 class AttemptSpec:
-    """Everything needed to run one attempt of one task (all fields msgpack-able)."""
+    """Everything needed to run one attempt of one task (all fields msgpack-able); read-only."""
 
     attempt_id: str  # "<task_id>#<attempt>", unique in the daemon's lifetime
     job_id: str
@@ -66,9 +70,9 @@ class AttemptSpec:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskError:
-    """An exception raised by task code (or a failure of the executor), as data."""
+    """An exception raised by task code (or a failure of the executor), as data; read-only."""
 
     type: str
     message: str
@@ -78,9 +82,9 @@ class TaskError:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Outcome:
-    """How one attempt ended."""
+    """How one attempt ended; read-only."""
 
     attempt_id: str
     status: OutcomeStatus

@@ -535,9 +535,12 @@ class PoolExecutor:
             self._dispatch_soon = True
             self._loop.call_soon(self._dispatch)
 
-    def _pick(self, spec: AttemptSpec) -> WorkerSlot | None:
+    def _pick(self, is_async: bool, depth: int) -> WorkerSlot | None:
+        """The worker for an attempt: an async one joins a worker running only async attempts;
+        a sync one takes an idle worker, or queues behind short attempts (``depth``: how many
+        attempts of its function a worker may hold)."""
         best: WorkerSlot | None = None
-        if spec.call in self._async_calls:
+        if is_async:
             limit = self.settings.async_per_worker
             for w in self._slots.values():
                 if w is None or w.retire:
@@ -548,7 +551,6 @@ class PoolExecutor:
                     best = w
             if best is not None:
                 return best
-        depth = self._depth(self._fn_mean.get(spec.call or ""))
         cap = self.settings.max_tasks_per_worker
         for w in self._slots.values():
             if w is None or w.retire:
@@ -589,16 +591,18 @@ class PoolExecutor:
         now = time.monotonic()
         pending = self._pending
         woke = False  # some worker was idle: its result is worth spinning for
+        async_calls, fn_mean = self._async_calls, self._fn_mean
         while pending:
             spec = pending.popleft()
-            w = self._pick(spec)
+            is_async = spec.call in async_calls
+            depth = self._depth(fn_mean.get(spec.call or ""))
+            w = self._pick(is_async, depth)
             if w is None:
                 keep.append(spec)
                 if not self._has_room():
                     break  # nothing else fits either: leave the rest queued, in order
                 continue
-            is_async = spec.call in self._async_calls
-            short = not is_async and self._depth(self._fn_mean.get(spec.call or "")) > 1
+            short = not is_async and depth > 1
             w.running[spec.attempt_id] = Running(spec, is_async, short)
             if not is_async:
                 w.sync_running += 1

@@ -107,7 +107,7 @@ class WorkerState(enum.Enum):
     DEAD = "dead"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Running:
     """One attempt dispatched to a worker."""
 
