@@ -354,12 +354,14 @@ class Worker:
     def run(self) -> int:
         """Serve until asked to exit; returns the exit code."""
         inbox = self.inbox
+        fresh = False  # the ring was drained just now: nothing can be waiting behind the inbox
         while True:
             while inbox:
-                if len(inbox) > 1 or inbox[0][0] == CALL:
+                if not fresh and (len(inbox) > 1 or inbox[0][0] == CALL):
                     # Prefetched calls wait here: look at the ring first, so that a cancel of a
                     # queued call (or an exit) is seen before that call starts.
                     self._drain()
+                fresh = False
                 self._handle(inbox.popleft())
             if self.async_tasks:
                 # (Tasks may also have been created by the last reader callback of the previous
@@ -370,6 +372,7 @@ class Worker:
                 return 0
             self.req.wait()
             self._drain()
+            fresh = True
 
     def _drain(self) -> None:
         # The interrupt handler drains too; the flag keeps it from interleaving with us.
