@@ -61,6 +61,7 @@ class Daemon:
         self._status_timer: Timer | None = None
         self._watchdog_interval = systemd.watchdog_interval()
         self._ready = False
+        self._notify_status = bool(os.environ.get("NOTIFY_SOCKET"))  # read once: checked per task
         self.loop = EventLoop()
         self.executors = executors
         self.store: StateStore | None = None
@@ -162,7 +163,7 @@ class Daemon:
 
     def _status_changed(self) -> None:
         """Refresh systemd's STATUS= at most once a second, and only while things change."""
-        if self._status_timer is None and self._ready and os.environ.get("NOTIFY_SOCKET"):
+        if self._status_timer is None and self._ready and self._notify_status:
             self._status_timer = self.loop.call_later(1.0, self._push_status)
 
     def _push_status(self) -> None:
@@ -429,6 +430,7 @@ class Daemon:
         return deferred
 
     def _on_finished(self, ref: str) -> None:
-        for _deferred, answer in list(self._waits.get(ref, [])):
-            answer()
-        self._waits.pop(ref, None)
+        waits = self._waits.pop(ref, None)  # called for every task: usually nobody waits
+        if waits:
+            for _deferred, answer in waits:
+                answer()
