@@ -22,8 +22,9 @@ Workloads (figures are medians of ``--repeat`` runs where a run is short):
 
 plus the pool's own dispatch round trip inside the daemon (``bench/pool_bench.py``), the idle CPU
 of a daemon with 4 workers, the unshared memory (USS) of a worker before it runs user code, and
-W1 with the state store on and off in fresh daemons taken in turns (the store's cost). Dask is slow enough that its W1/W2/W4 use a tenth of the tasks (rates and percentiles do not
-depend on the count). Every process started here is stopped, also on Ctrl-C.
+W1 with the state store on and off in fresh daemons taken in turns (the store's cost). Dask is
+slow enough that its W1/W2/W4 use a tenth of the tasks (rates and percentiles do not depend on
+the count). Every process started here is stopped, also on Ctrl-C.
 """
 
 from __future__ import annotations

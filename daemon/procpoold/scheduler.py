@@ -41,6 +41,9 @@ Listener = Callable[[str], None]
 #: A job's task log is compacted into a snapshot once it would hold more than
 #: 2 x (its number of tasks) + LOG_SLACK entries (see Scheduler.flush).
 LOG_SLACK = 64
+#: A command's pid reaches the store with the next commit, or at most this many seconds after
+#: its start (see Scheduler._touch_pid).
+PID_FLUSH_DELAY = 1.0
 
 
 def not_found(what: str) -> ProcpoolError:
@@ -73,6 +76,9 @@ class Scheduler:
         #: the job fields last written per job, to skip rewriting a job row that did not change
         self._job_rows: dict[str, tuple[Any, ...]] = {}
         self._flush_scheduled = False
+        self._pid_timer: Timer | None = None
+        #: None: a command's pid is written only with another commit (tests of crash recovery).
+        self.pid_flush_delay: float | None = PID_FLUSH_DELAY
         self.executors = executors  # by task kind: "call", "cmd"
         self.clock = clock
         self.jobs: dict[str, Job] = {}
@@ -409,8 +415,8 @@ class Scheduler:
         attempt = t.running_attempt
         if attempt is not None:
             attempt.pid, attempt.worker = pid, worker
-            if worker is None:  # a command's pid is what a restart needs to clean up after a crash
-                self._touch(job, [ref[1]])
+            if worker is None:
+                self._touch_pid(job, ref[1])
         # The record is written once the attempt has a process, so it names the worker's pid.
         message = f'task "{t.spec.name}" attempt {len(t.attempts)} starting'
         handle = self._task_logs.get(attempt_id)
@@ -558,12 +564,33 @@ class Scheduler:
         self._dirty.setdefault(job.id, {}).setdefault(index, False)
         self._schedule_flush()
 
+    def _touch_pid(self, job: Job, index: int) -> None:
+        """A command's pid: written with the next commit, or ``PID_FLUSH_DELAY`` later at most.
+
+        Not worth a commit of its own (that was half of the commits of a job of short commands):
+        after a crash the next start finds a command by its environment when its pid was not
+        written (see :func:`_kill_leftovers`).
+        """
+        if self.store is None:
+            return
+        self._dirty.setdefault(job.id, {})[index] = True
+        if self._pid_timer is None and self.pid_flush_delay is not None:
+            self._pid_timer = self.loop.call_later(self.pid_flush_delay, self._flush_pids)
+
+    def _flush_pids(self) -> None:
+        self._pid_timer = None
+        self.flush()
+
     def _schedule_flush(self) -> None:
         # Last in the iteration: a dispatch in the same iteration flushes first (write-ahead),
         # and everything changed meanwhile goes into that one commit.
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_last(self.flush)
+            self.loop.call_last(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        if self._flush_scheduled:  # else a write-ahead flush in this iteration took it over
+            self.flush()
 
     def flush(self) -> None:
         """Group commit: everything changed since the last flush, in one transaction.
@@ -606,6 +633,7 @@ class Scheduler:
         counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
         finished: list[tuple[float, str]] = []
         resumable: list[tuple[Job, Effects]] = []
+        leftovers: list[tuple[str, str, int, int | None]] = []
         for stored in self.store.load_jobs():
             job_id = stored.id
             try:
@@ -634,13 +662,17 @@ class Scheduler:
             if job.state == "pending":
                 resumable.append((job, Effects()))
                 continue
+            task_of = {t.attempts[-1].attempt_id: t.id for t in job.tasks if t.state == "running"}
             effects, interrupted = job.recover(now)
             for attempt in interrupted:
-                _kill_leftover(attempt.pid, attempt.worker)
+                if attempt.worker is None:  # pool workers die with the daemon (PR_SET_PDEATHSIG)
+                    leftovers.append((job.id, task_of[attempt.attempt_id], attempt.number, attempt.pid))
             counts["interrupted"] += len(interrupted)
             counts["held" if job.state == "held" else "resumed"] += 1
             self._touch(job, list(range(len(job.tasks))))
             resumable.append((job, effects))
+        if leftovers:
+            _kill_leftovers(leftovers)
         self._finished = {job_id: at for at, job_id in sorted(finished)}
         self._prune(now)
         for job, effects in resumable:
@@ -770,21 +802,50 @@ def _job_row(job: Job) -> tuple[Any, ...]:
     )
 
 
-def _kill_leftover(pid: int | None, worker: str | None) -> None:
-    """Kill what a crashed daemon's command left running (its whole process group).
+def _kill_leftovers(attempts: list[tuple[str, str, int, int | None]]) -> None:
+    """Kill what a crashed daemon's commands left running: each one's whole process group.
 
-    Only a process group led by ``pid`` whose leader still carries procpool's attempt
-    identity in its environment is killed, so a reused pid is never hit.
+    ``attempts`` are ``(job id, task id, attempt number, pid or None)``. A command runs as the
+    leader of its own session and carries its attempt's identity in its environment
+    (``PROCPOOL_JOB_ID``, ``PROCPOOL_TASK_ID``, ``PROCPOOL_ATTEMPT``): a recorded pid is killed
+    only if its environment still says so (a reused pid is never hit), and an attempt whose pid
+    was not written before the crash is found by looking for that identity among session leaders.
     """
-    if pid is None or worker is not None:  # pool workers die with the daemon (PR_SET_PDEATHSIG)
-        return
+    wanted = {(job_id, task_id, str(number)): pid for job_id, task_id, number, pid in attempts}
+    found: dict[tuple[str, str, str], int] = {}
+    for key, pid in wanted.items():
+        if pid is not None and _identity(pid) == key:
+            found[key] = pid
+    if len(found) < len(wanted):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            ident = _identity(int(entry.name))
+            if ident is not None and ident in wanted and ident not in found:
+                found[ident] = int(entry.name)
+    for pid in found.values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+            log.warning("killed process group %d left running by the previous daemon", pid)
+
+
+def _identity(pid: int) -> tuple[str, str, str] | None:
+    """``(job id, task id, attempt)`` of a session leader started by procpoold, else None."""
     try:
+        if os.getsid(pid) != pid:
+            return None
         with open(f"/proc/{pid}/environ", "rb") as f:
             env = f.read().split(b"\0")
     except OSError:
-        return
-    if not any(item.startswith(b"PROCPOOL_TASK_ID=") for item in env):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-        log.warning("killed process group %d left running by the previous daemon", pid)
+        return None
+    fields: dict[bytes, str] = {}
+    for item in env:
+        name, sep, value = item.partition(b"=")
+        if sep and name in _IDENTITY:
+            fields[name] = value.decode("utf-8", "replace")
+    if len(fields) != len(_IDENTITY):
+        return None
+    return fields[b"PROCPOOL_JOB_ID"], fields[b"PROCPOOL_TASK_ID"], fields[b"PROCPOOL_ATTEMPT"]
+
+
+_IDENTITY = (b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")

@@ -125,8 +125,12 @@ class Daemon:
             self.loop.add_signal_handler(signum, self.handle_stop_signal)
         self.loop.add_signal_handler(signal.SIGHUP, self.handle_sighup)
         if os.environ.get("PROCPOOL_TEST_HOOKS") == "1":
-            # Tests only: SIGUSR2 wedges the loop, to prove the watchdog restarts a stuck daemon.
+            # Tests only: SIGUSR2 wedges the loop, to prove the watchdog restarts a stuck daemon;
+            # a command's pid that no other commit carries is never written (the crash tests then
+            # prove the next start finds the command by its identity).
             self.loop.add_signal_handler(signal.SIGUSR2, self._wedge)
+            if os.environ.get("PROCPOOL_TEST_NO_PID_FLUSH") == "1":
+                self.scheduler.pid_flush_delay = None
         self.scheduler.listeners.append(lambda _ref: self._status_changed())
         if self._watchdog_interval is not None:
             self.loop.call_later(self._watchdog_interval, self._watchdog_tick)

@@ -123,6 +123,32 @@ def test_crash_leftover_command_is_killed_at_restart(tmp_path: Path) -> None:
         d.cleanup()
 
 
+def test_crash_leftover_command_whose_pid_was_not_written_is_found_and_killed(tmp_path: Path) -> None:
+    # The second task starts in a later loop iteration than the submit's commit, and with this
+    # test hook its pid is never written: the restart must find the command by its identity.
+    d = DaemonProcess(env={"PROCPOOL_TEST_HOOKS": "1", "PROCPOOL_TEST_NO_PID_FLUSH": "1"})
+    try:
+        d.start()
+        with d.client() as client:
+            job_id = client.submit({"name": "orphan", "root": {"sequential": [
+                {"name": "first", "cmd": ["true"]}, {"name": "hang", **sh("sleep 1000")}]}})["id"]
+            wait_task_state(client, job_id, "hang")
+            pid = tasks_by_name(client.status(job_id))["hang"]["attempt_history"][0]["pid"]
+        d.crash(everything=False)  # only the daemon: its command is now an orphan
+        assert pid in tagged_pids(d.tag)
+        d.restart()
+        deadline = time.monotonic() + 10
+        while pid in tagged_pids(d.tag):
+            assert time.monotonic() < deadline, "the previous daemon's command survived the restart"
+            time.sleep(0.02)
+        with d.client() as client:  # (the task runs again: on_interrupt is "retry")
+            first_attempt = tasks_by_name(client.status(job_id))["hang"]["attempt_history"][0]
+            assert first_attempt["pid"] is None  # it really was never written
+        d.stop()
+    finally:
+        d.cleanup()
+
+
 def test_idempotency_key_survives_a_crash(tmp_path: Path) -> None:
     d = DaemonProcess()
     doc = {"name": "k", "key": "once-only", "root": {"cmd": ["true"]}}
