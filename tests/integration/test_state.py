@@ -103,35 +103,27 @@ def test_on_interrupt_policies(tmp_path: Path, policy: str, retries: int, expect
         d.cleanup()
 
 
-def test_crash_leftover_command_is_killed_at_restart(tmp_path: Path) -> None:
-    d = DaemonProcess()
+LEFTOVER_CASES: dict[str, tuple[dict[str, str], dict[str, Any], bool]] = {
+    # The command starts before the submit's commit, which writes its pid: killed by pid.
+    "pid written": ({}, {"name": "hang", **sh("sleep 1000")}, True),
+    # The second task starts in a later loop iteration, and with this test hook its pid is never
+    # written: the restart must find the command by its identity.
+    "pid not written": (
+        {"PROCPOOL_TEST_HOOKS": "1", "PROCPOOL_TEST_NO_PID_FLUSH": "1"},
+        {"sequential": [{"name": "first", "cmd": ["true"]}, {"name": "hang", **sh("sleep 1000")}]},
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEFTOVER_CASES))
+def test_crash_leftover_command_is_killed_at_restart(tmp_path: Path, case: str) -> None:
+    env, root, pid_written = LEFTOVER_CASES[case]
+    d = DaemonProcess(env=env)
     try:
         d.start()
         with d.client() as client:
-            job_id = client.submit({"name": "orphan", "root": {"name": "hang", **sh("sleep 1000")}})["id"]
-            wait_task_state(client, job_id, "hang")
-            pid = client.status(job_id)["tasks"][0]["attempt_history"][0]["pid"]
-        d.crash(everything=False)  # only the daemon: its command is now an orphan
-        assert pid in tagged_pids(d.tag)
-        d.restart()
-        deadline = time.monotonic() + 10
-        while pid in tagged_pids(d.tag):
-            assert time.monotonic() < deadline, "the previous daemon's command survived the restart"
-            time.sleep(0.02)
-        d.stop()
-    finally:
-        d.cleanup()
-
-
-def test_crash_leftover_command_whose_pid_was_not_written_is_found_and_killed(tmp_path: Path) -> None:
-    # The second task starts in a later loop iteration than the submit's commit, and with this
-    # test hook its pid is never written: the restart must find the command by its identity.
-    d = DaemonProcess(env={"PROCPOOL_TEST_HOOKS": "1", "PROCPOOL_TEST_NO_PID_FLUSH": "1"})
-    try:
-        d.start()
-        with d.client() as client:
-            job_id = client.submit({"name": "orphan", "root": {"sequential": [
-                {"name": "first", "cmd": ["true"]}, {"name": "hang", **sh("sleep 1000")}]}})["id"]
+            job_id = client.submit({"name": "orphan", "root": root})["id"]
             wait_task_state(client, job_id, "hang")
             pid = tasks_by_name(client.status(job_id))["hang"]["attempt_history"][0]["pid"]
         d.crash(everything=False)  # only the daemon: its command is now an orphan
@@ -143,7 +135,7 @@ def test_crash_leftover_command_whose_pid_was_not_written_is_found_and_killed(tm
             time.sleep(0.02)
         with d.client() as client:  # (the task runs again: on_interrupt is "retry")
             first_attempt = tasks_by_name(client.status(job_id))["hang"]["attempt_history"][0]
-            assert first_attempt["pid"] is None  # it really was never written
+            assert first_attempt["pid"] == (pid if pid_written else None)
         d.stop()
     finally:
         d.cleanup()
