@@ -42,11 +42,11 @@ from procpoold.pool.protocol import (
     DONE,
     EXIT_MESSAGE,
     F_ASYNC,
-    HEARTBEAT,
     LOG,
     PROGRESS,
     REPLY,
     REQUEST,
+    RESULT_SIZES,
 )
 from procpoold.pool.ring import RingError, SpillError
 from procpoold.pool.slot import (
@@ -72,7 +72,6 @@ INLINE_SPINS = 16
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
-_RESULT_SIZES = {DONE: 6, LOG: 6, PROGRESS: 3, REQUEST: 5, HEARTBEAT: 1}
 _IDLE, _BUSY = WorkerState.IDLE, WorkerState.BUSY
 _STARTING, _STOPPING = WorkerState.STARTING, WorkerState.STOPPING
 
@@ -697,7 +696,7 @@ class PoolExecutor:
                 for data in raw:
                     try:
                         msg = _unpackb(data)
-                        if type(msg) is not list or _RESULT_SIZES.get(msg[0]) != len(msg):
+                        if type(msg) is not list or RESULT_SIZES.get(msg[0]) != len(msg):
                             raise ValueError(f"not a result message: {msg!r:.80}")
                     except Exception as exc:
                         log.error("%s sent a malformed message: %s", w.describe(), exc)

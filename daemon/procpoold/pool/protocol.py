@@ -43,6 +43,9 @@ PROGRESS = 2
 REQUEST = 3
 HEARTBEAT = 4
 
+#: Length of each kind of result message (the daemon refuses any other shape).
+RESULT_SIZES = {DONE: 6, LOG: 6, PROGRESS: 3, REQUEST: 5, HEARTBEAT: 1}
+
 # DONE flags
 F_ASYNC = 1
 F_STOPPED = 2
