@@ -25,7 +25,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import RETRY_DELAY_CAP, parse_job
 from procpoold import journal
 from procpoold.core import namespace
-from procpoold.core.jobs import Effects, Job
+from procpoold.core.jobs import Effects, Job, TaskRun
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
@@ -86,8 +86,8 @@ class Scheduler:
         self._next_id = 1
         self.queues: dict[str, ReadyQueue[Ref]] = {kind: ReadyQueue(aging) for kind in executors}
         self.attempts: dict[str, Ref] = {}
-        #: attempt id -> (its log handle, its task's tail); see procpoold.journal.TaskLog
-        self._task_logs: dict[str, tuple[journal.TaskLog, Any]] = {}
+        #: attempt id -> (its log handle, its task); see procpoold.journal.TaskLog
+        self._task_logs: dict[str, tuple[journal.TaskLog, TaskRun]] = {}
         self._timeouts: dict[str, Timer] = {}
         self._retry_timers: dict[Ref, Timer] = {}
         self._pump_scheduled = False
@@ -391,7 +391,7 @@ class Scheduler:
             )
         sink = journal.active_sink()
         if sink is not None:
-            self._task_logs[attempt_id] = (sink.task_log(self._fields(job, index)), t.tail)
+            self._task_logs[attempt_id] = (sink.task_log(self._fields(job, index)), t)
         return spec
 
     def _fields(self, job: Job, index: int) -> dict[str, str]:
@@ -522,7 +522,7 @@ class Scheduler:
     ) -> None:
         handle = self._task_logs.get(attempt_id)
         if handle is not None:  # the fast path: the fields were computed once per attempt
-            handle[1].append(message)
+            handle[1].remember(message)
             handle[0].line(stream, level, message, fields)
             return
         ref = self.attempts.get(attempt_id)
@@ -530,7 +530,7 @@ class Scheduler:
             return
         job = self.jobs[ref[0]]
         t = job.tasks[ref[1]]
-        t.tail.append(message)
+        t.remember(message)
         extra = {**self._fields(job, ref[1]), "PROCPOOL_STREAM": stream, **(fields or {})}
         task_log.log(level, "%s", message, extra={"journal_fields": extra})
 

@@ -34,6 +34,8 @@ from procpoold.core.states import (
 )
 
 Node = tuple[str, int]
+#: Lines of output a task keeps for its status (shown when it failed).
+TAIL_LINES = 20
 
 #: Entries of a job's task log (the state store appends them; see replay_task_log):
 #: ``[FULL_ENTRY, index, Job.dump_task(index)]`` is the task's whole state;
@@ -63,7 +65,7 @@ def replay_task_log(entries: list[Any]) -> dict[int, dict[str, Any]]:
     return tasks
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One run of a task."""
 
@@ -87,7 +89,7 @@ class Attempt:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRun:
     """A task's state within the current run of its job."""
 
@@ -105,13 +107,21 @@ class TaskRun:
     progress: dict[str, Any] | None = None
     retry_at: float | None = None
     cancel_requested: bool = False
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    #: The last lines of the task's output (kept for the status of a failed task); made on the
+    #: first line, since most tasks print nothing and a deque per task costs more than the rest.
+    tail: deque[str] | None = None
 
     @property
     def running_attempt(self) -> Attempt | None:
         if self.state == "running" and self.attempts:
             return self.attempts[-1]
         return None
+
+    def remember(self, line: str) -> None:
+        """Keep ``line`` among the last lines of output."""
+        if self.tail is None:
+            self.tail = deque(maxlen=TAIL_LINES)
+        self.tail.append(line)
 
     def move(self, new: TaskState) -> None:
         """The only way a task changes state; an illegal edge is a bug and says which task."""
@@ -120,7 +130,7 @@ class TaskRun:
         self.state = new
 
 
-@dataclass
+@dataclass(slots=True)
 class Effects:
     """What the scheduler must do after a state change."""
 
@@ -168,13 +178,20 @@ class Job:
         self.by_name = {t.spec.name: t.spec.index for t in self.tasks}
         # blockers and their reverse, from the plan (see the module docstring)
         self._ancestors: list[list[int]] = [self._chain(t) for t in spec.tasks]
+        # A task's blockers: its own preds, then those of each enclosing group, innermost first
+        # (a group's share is computed once for all its tasks).
+        preds = self.plan.preds
+        inherited: dict[int | None, list[Node]] = {None: []}
+
+        def from_groups(g: int | None) -> list[Node]:
+            found = inherited.get(g)
+            if found is None:
+                assert g is not None
+                found = inherited[g] = [*preds[("group", g)], *from_groups(spec.groups[g].parent)]
+            return found
+
         self._blockers: list[list[Node]] = [
-            [
-                p
-                for n in [("task", t.index), *[("group", g) for g in self._ancestors[t.index]]]
-                for p in self.plan.preds[n]
-            ]
-            for t in spec.tasks
+            [*preds[("task", t.index)], *from_groups(t.parent)] for t in spec.tasks
         ]
         self._waiters: dict[Node, list[int]] = {}
         for i, blockers in enumerate(self._blockers):
@@ -262,7 +279,8 @@ class Job:
             t.result, t.exit_code, t.error = td.get("result"), td.get("exit_code"), td.get("error")
             t.reason, t.progress = td.get("reason"), td.get("progress")
             t.cancel_requested = bool(td.get("cancel_requested"))
-            t.tail.extend(td.get("tail", ()))
+            for line in td.get("tail", ()):
+                t.remember(line)
 
     def recover(self, now: float) -> tuple[Effects, list[Attempt]]:
         """After a restart or crash: settle the attempts that were running, then rebuild readiness.
@@ -360,7 +378,7 @@ class Job:
             t.started_at = t.finished_at = t.retry_at = None
             t.result = t.error = t.exit_code = t.reason = t.progress = None
             t.cancel_requested = False
-            t.tail.clear()
+            t.tail = None
             t.waiting = len(self._blockers[t.spec.index])
             if t.waiting == 0:
                 t.move("ready")
@@ -591,7 +609,7 @@ class Job:
             "priority": t.spec.priority,
             "tags": t.spec.tags,
             "depends_on": t.spec.depends_on,
-            "tail": list(t.tail) if t.state in UNSUCCESSFUL else [],
+            "tail": list(t.tail) if t.tail and t.state in UNSUCCESSFUL else [],
         }
 
     def status(self) -> dict[str, Any]:
