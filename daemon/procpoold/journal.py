@@ -391,8 +391,9 @@ class LogSink:
         if len(self._q) <= self.low_water or self._thread is None:
             self._signal_room()
 
-    def task_log(self, fields: Mapping[str, str]) -> TaskLog:
-        """The log of one attempt; ``fields`` has at least ``PROCPOOL_JOB_ID``."""
+    def task_log(self, fields: dict[str, str]) -> TaskLog:
+        """The log of one attempt; ``fields`` (kept by the handle, which adds to it) has at least
+        ``PROCPOOL_JOB_ID``."""
         return TaskLog(self, fields)
 
     # -- the loop side of backpressure ----------------------------------------------------------
@@ -606,9 +607,9 @@ class TaskLog:
 
     __slots__ = ("_sets", "_sink", "_tail", "attempt", "fields", "job_id", "task_id")
 
-    def __init__(self, sink: LogSink, fields: Mapping[str, str]) -> None:
+    def __init__(self, sink: LogSink, fields: dict[str, str]) -> None:
         self._sink = sink
-        self.fields = dict(fields)
+        self.fields = fields  # the caller's own dict: kept, not copied (one per attempt)
         self.job_id = self.fields["PROCPOOL_JOB_ID"]
         self.task_id = self.fields.get("PROCPOOL_TASK_ID")
         self.attempt = int(self.fields.get("PROCPOOL_ATTEMPT", "0") or 0)

@@ -53,7 +53,8 @@ class LogStore:
         self.lines_per_owner = lines_per_owner
         self.max_owners = max_owners
         self._owners: OrderedDict[str, _Owner] = OrderedDict()
-        self._jobs: dict[str, list[str]] = {}
+        #: job id -> its owners' keys, in creation order (a dict: an evicted key leaves in O(1))
+        self._jobs: dict[str, dict[str, None]] = {}
         self._lock = threading.Lock()
 
     def owner(self, key: str, job_id: str) -> deque[Record]:
@@ -66,13 +67,13 @@ class LogStore:
             if found is None:
                 found = _Owner(key, job_id, self.lines_per_owner)
                 self._owners[key] = found
-                self._jobs.setdefault(job_id, []).append(key)
+                self._jobs.setdefault(job_id, {})[key] = None
                 while len(self._owners) > self.max_owners:
                     _, old = self._owners.popitem(last=False)
                     old.evicted = True
                     keys = self._jobs.get(old.job_id)
                     if keys is not None:
-                        keys.remove(old.key)
+                        del keys[old.key]
                         if not keys:
                             del self._jobs[old.job_id]
             return found.lines
@@ -111,7 +112,7 @@ class LogStore:
     def forget_job(self, job_id: str) -> None:
         """Drop everything remembered about a job (when it is removed from the history)."""
         with self._lock:
-            for key in self._jobs.pop(job_id, []):
+            for key in self._jobs.pop(job_id, {}):
                 o = self._owners.pop(key, None)
                 if o is not None:
                     o.evicted = True

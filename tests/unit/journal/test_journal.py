@@ -129,7 +129,7 @@ def test_exceptions_travel_in_the_message(root_sink: LogSink, sender: ListSender
 
 def test_task_lines_carry_the_attempt_fields_stream_and_worker_pid(root_sink: LogSink,
                                                                    sender: ListSender) -> None:
-    tlog = root_sink.task_log(FIELDS)
+    tlog = root_sink.task_log(dict(FIELDS))
     tlog.set_worker_pid(4242)
     tlog.line("stdout", logging.INFO, "hello")
     tlog.line("stderr", logging.WARNING, "careful")
@@ -145,7 +145,7 @@ def test_task_lines_carry_the_attempt_fields_stream_and_worker_pid(root_sink: Lo
 
 
 def test_long_lines_are_split_never_dropped(root_sink: LogSink, sender: ListSender) -> None:
-    tlog = root_sink.task_log(FIELDS)
+    tlog = root_sink.task_log(dict(FIELDS))
     text = "".join(chr(ord("a") + i % 26) for i in range(journal.MAX_MESSAGE * 2 + 10))
     tlog.line("stdout", logging.INFO, text)
     parts = [f["MESSAGE"] for f in sender.fields()]
@@ -234,7 +234,7 @@ def test_a_failing_sender_falls_back_to_stderr(sender: ListSender) -> None:
 
     out = io.StringIO()
     sink = LogSink(Broken(), fallback=StderrSender(out))
-    sink.task_log(FIELDS).line("stdout", logging.INFO, "kept")
+    sink.task_log(dict(FIELDS)).line("stdout", logging.INFO, "kept")
     assert sink.errors == 1 and sink.fallbacks == 1
     assert "cannot write 1 record(s) to the journal" in out.getvalue() and "kept" in out.getvalue()
 
@@ -245,7 +245,7 @@ def test_writer_thread_writes_everything_in_order(sender: ListSender) -> None:
     sink = LogSink(sender, queue_size=1000)
     sink.attach(FakeLoop())
     sink.start()
-    tlog = sink.task_log(FIELDS)
+    tlog = sink.task_log(dict(FIELDS))
     for i in range(5000):
         if not tlog.line("stdout", logging.INFO, f"line {i}"):
             wait_for(sink.has_room)  # what a paused producer does, minus the loop
@@ -261,7 +261,7 @@ def test_writer_keeps_looking_while_busy_and_parks_when_idle(
     monkeypatch.setattr(journal, "_PARK_AFTER", 60.0)  # "busy" for the whole first half
     sink = LogSink(sender)
     sink.start()
-    tlog = sink.task_log(FIELDS)
+    tlog = sink.task_log(dict(FIELDS))
     try:
         tlog.line("stdout", logging.INFO, "first")
         wait_for(lambda: sink.written == 1)
@@ -285,7 +285,7 @@ def test_block_policy_pauses_the_producer_and_wakes_it_through_the_loop(sender: 
     loop = FakeLoop()
     sink.attach(loop)
     sink.start()
-    tlog = sink.task_log(FIELDS)
+    tlog = sink.task_log(dict(FIELDS))
     sent = 0
     while tlog.line("stdout", logging.INFO, f"line {sent}"):
         sent += 1
@@ -309,7 +309,7 @@ def test_drop_policy_drops_counts_and_reports_per_task(sender: ListSender) -> No
     sink = LogSink(sender, queue_size=100, policy="drop")
     sink.attach(FakeLoop())
     sink.start()
-    tlog = sink.task_log(FIELDS)
+    tlog = sink.task_log(dict(FIELDS))
     for i in range(1000):
         assert tlog.line("stdout", logging.INFO, f"line {i}")  # drop never pauses the producer
     assert sink.has_room()
@@ -332,7 +332,7 @@ def test_the_daemons_own_records_are_not_dropped_below_the_hard_limit(sender: Li
     sender.gate = threading.Event()
     sink = LogSink(sender, queue_size=100, policy="drop")
     sink.start()
-    tlog = sink.task_log(FIELDS)
+    tlog = sink.task_log(dict(FIELDS))
     for i in range(300):
         tlog.line("stdout", logging.INFO, f"{i}")
     own = (sink.next_seq(), time.time(), 4, "task failed", FieldSet(FIELDS), None, "procpoold.task")
@@ -344,11 +344,11 @@ def test_the_daemons_own_records_are_not_dropped_below_the_hard_limit(sender: Li
 
 def test_records_before_start_and_after_stop_are_written_synchronously(sender: ListSender) -> None:
     sink = LogSink(sender)
-    sink.task_log(FIELDS).line("stdout", logging.INFO, "early")
+    sink.task_log(dict(FIELDS)).line("stdout", logging.INFO, "early")
     assert len(sender.entries) == 1
     sink.start()
     sink.stop()
-    sink.task_log(FIELDS).line("stdout", logging.INFO, "late")
+    sink.task_log(dict(FIELDS)).line("stdout", logging.INFO, "late")
     assert [f["MESSAGE"] for f in sender.fields()] == ["early", "late"]
 
 
@@ -356,7 +356,7 @@ def test_flushed_tells_when_a_record_has_left_the_queue(sender: ListSender) -> N
     sender.gate = threading.Event()
     sink = LogSink(sender)
     sink.start()
-    tlog = sink.task_log(FIELDS)
+    tlog = sink.task_log(dict(FIELDS))
     tlog.line("stdout", logging.INFO, "one")
     seq = sink.store.last_seq("7", "7.2")
     assert not sink.flushed(seq)
@@ -390,7 +390,7 @@ def test_store_keeps_a_bounded_tail_per_task_and_merges_a_job() -> None:
 
 def test_logs_op_returns_the_tail_or_where_to_read_the_journal() -> None:
     tail_sink = LogSink(StderrSender(io.StringIO()))
-    tail_sink.task_log(FIELDS).line("stdout", logging.INFO, "hello")
+    tail_sink.task_log(dict(FIELDS)).line("stdout", logging.INFO, "hello")
     reply = journal.logs_op({"id": "7.2"}, job_id="7", task_id="7.2", finished=True, sink=tail_sink)
     assert reply["target"] == "stderr" and reply["source"] == "tail" and reply["finished"]
     assert [r["message"] for r in reply["records"]] == ["hello"]
