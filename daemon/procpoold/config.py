@@ -58,6 +58,8 @@ class Config:
     max_memory_per_worker: int = 0  # bytes of RSS
     max_worker_age: float = 0.0
     heartbeat_timeout: float = 30.0
+    #: Short sync attempts queued on a busy worker at most (1: none; see docs/pool.md, Prefetch).
+    prefetch: int = PoolSettings.prefetch
 
     def pool_settings(self) -> PoolSettings:
         """The worker pool's settings from this config."""
@@ -69,6 +71,7 @@ class Config:
             max_worker_age=self.max_worker_age or None,
             kill_grace=self.kill_grace,
             heartbeat_timeout=self.heartbeat_timeout,
+            prefetch=self.prefetch,
         )
 
     def validate(self) -> Config:
@@ -84,6 +87,8 @@ class Config:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
         if self.async_per_worker < 1 or self.heartbeat_timeout <= 0:
             raise ConfigError("async_per_worker must be at least 1 and heartbeat_timeout positive")
+        if self.prefetch < 1:
+            raise ConfigError(f"prefetch must be at least 1 (1: no prefetch), got {self.prefetch}")
         if min(self.max_tasks_per_worker, self.max_memory_per_worker, self.max_worker_age) < 0:
             raise ConfigError(
                 "max_tasks_per_worker, max_memory_per_worker and max_worker_age must not be negative"
@@ -126,6 +131,7 @@ _CONVERT: dict[str, Any] = {
     "max_memory_per_worker": int,
     "max_worker_age": float,
     "heartbeat_timeout": float,
+    "prefetch": int,
 }
 
 

@@ -30,6 +30,7 @@ def test_file_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ('log_level = "loud"', "log_level must be one of"),
         ("workers = [", "not valid TOML"),
         ('group = "no-such-group-xyz"', "does not exist"),
+        ("prefetch = 0", "prefetch must be at least 1"),
     ],
 )
 def test_bad_settings_name_themselves(tmp_path: Path, text: str, fragment: str) -> None:
@@ -56,3 +57,10 @@ def test_store_switch_is_a_boolean(tmp_path: Path) -> None:
     cfg.write_text('store = "no"\n')
     with pytest.raises(ConfigError, match="store must be true or false"):
         load(cfg, {})
+
+
+def test_prefetch_reaches_the_pool(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("prefetch = 1\n")
+    assert load(cfg, {}).pool_settings().prefetch == 1
+    assert load(None, {}).pool_settings().prefetch == 64
