@@ -672,7 +672,7 @@ class Scheduler:
             self._touch(job, list(range(len(job.tasks))))
             resumable.append((job, effects))
         if leftovers:
-            _kill_leftovers(leftovers)
+            _kill_leftovers(leftovers, self.store.daemon_id)
         self._finished = {job_id: at for at, job_id in sorted(finished)}
         self._prune(now)
         for job, effects in resumable:
@@ -802,17 +802,19 @@ def _job_row(job: Job) -> tuple[Any, ...]:
     )
 
 
-def _kill_leftovers(attempts: list[tuple[str, str, int, int | None]]) -> None:
+def _kill_leftovers(attempts: list[tuple[str, str, int, int | None]], daemon_id: str) -> None:
     """Kill what a crashed daemon's commands left running: each one's whole process group.
 
     ``attempts`` are ``(job id, task id, attempt number, pid or None)``. A command runs as the
-    leader of its own session and carries its attempt's identity in its environment
-    (``PROCPOOL_JOB_ID``, ``PROCPOOL_TASK_ID``, ``PROCPOOL_ATTEMPT``): a recorded pid is killed
-    only if its environment still says so (a reused pid is never hit), and an attempt whose pid
-    was not written before the crash is found by looking for that identity among session leaders.
+    leader of its own session and carries its identity in its environment: its daemon's
+    (``PROCPOOL_DAEMON_ID``, one per state file) and its attempt's (``PROCPOOL_JOB_ID``,
+    ``PROCPOOL_TASK_ID``, ``PROCPOOL_ATTEMPT``). A recorded pid is killed only if its process still
+    carries that identity (a reused pid is never hit), and an attempt whose pid was not written
+    before the crash is found by its identity among session leaders (another daemon's commands,
+    with job ids of their own, are never hit).
     """
-    wanted = {(job_id, task_id, str(number)): pid for job_id, task_id, number, pid in attempts}
-    found: dict[tuple[str, str, str], int] = {}
+    wanted = {(daemon_id, job_id, task_id, str(number)): pid for job_id, task_id, number, pid in attempts}
+    found: dict[tuple[str, str, str, str], int] = {}
     for key, pid in wanted.items():
         if pid is not None and _identity(pid) == key:
             found[key] = pid
@@ -829,8 +831,8 @@ def _kill_leftovers(attempts: list[tuple[str, str, int, int | None]]) -> None:
             log.warning("killed process group %d left running by the previous daemon", pid)
 
 
-def _identity(pid: int) -> tuple[str, str, str] | None:
-    """``(job id, task id, attempt)`` of a session leader started by procpoold, else None."""
+def _identity(pid: int) -> tuple[str, str, str, str] | None:
+    """``(daemon id, job id, task id, attempt)`` of a session leader started by procpoold, else None."""
     try:
         if os.getsid(pid) != pid:
             return None
@@ -845,7 +847,7 @@ def _identity(pid: int) -> tuple[str, str, str] | None:
             fields[name] = value.decode("utf-8", "replace")
     if len(fields) != len(_IDENTITY):
         return None
-    return fields[b"PROCPOOL_JOB_ID"], fields[b"PROCPOOL_TASK_ID"], fields[b"PROCPOOL_ATTEMPT"]
+    return tuple(fields[name] for name in _IDENTITY)  # type: ignore[return-value]
 
 
-_IDENTITY = (b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")
+_IDENTITY = (b"PROCPOOL_DAEMON_ID", b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")

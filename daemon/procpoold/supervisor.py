@@ -82,6 +82,9 @@ class Daemon:
         journal.start_writer(self.loop)  # the log writer thread: after the forking, before zmq's threads
         if config.store:
             self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
+            commands = executors.get("cmd")
+            if isinstance(commands, CommandExecutor):
+                commands.set_identity(self.store.daemon_id)
         self.scheduler = Scheduler(
             self.loop,
             executors,

@@ -33,12 +33,15 @@ MAX_LINE = 16 * 1024
 _READ = 65536
 
 
-def attempt_env(spec: AttemptSpec, base: dict[str, str]) -> dict[str, str]:
+def attempt_env(
+    spec: AttemptSpec, base: dict[str, str], identity: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of a task: ``base`` (the daemon's), the job's and task's additions, and
-    its identity."""
+    its identity (``identity`` adds the daemon's: see :meth:`CommandExecutor.set_identity`)."""
     return {
         **base,
         **spec.env,
+        **(identity or {}),
         "PROCPOOL_JOB_ID": spec.job_id,
         "PROCPOOL_JOB_NAME": spec.job_name,
         "PROCPOOL_TASK_ID": spec.task_id,
@@ -98,6 +101,7 @@ class CommandExecutor:
         self._running: dict[str, _Running] = {}
         #: the daemon's environment, read once at start (iterating os.environ decodes every variable)
         self._base_env: dict[str, str] = {}
+        self._identity: dict[str, str] = {}
         self._loop: EventLoop | None = None
         self._events: ExecutorEvents | None = None
         self.started_total = 0
@@ -113,6 +117,11 @@ class CommandExecutor:
         self._base_env = dict(os.environ)
         if self._sink is None:
             self._sink = journal.active_sink()
+
+    def set_identity(self, daemon_id: str) -> None:
+        """Give every command ``PROCPOOL_DAEMON_ID``: with its attempt's ids, it lets the next start
+        of the same daemon (same state) find the command if this one crashes."""
+        self._identity = {"PROCPOOL_DAEMON_ID": daemon_id}
 
     def free_slots(self) -> int:
         return max(0, self.slots - len(self._running))
@@ -144,7 +153,7 @@ class CommandExecutor:
         ``posix_spawn`` (vfork and exec in C, no Python in the child) where it can; ``Popen``
         when the task sets a working directory, which Python's ``posix_spawn`` cannot.
         """
-        env = attempt_env(spec, self._base_env)
+        env = attempt_env(spec, self._base_env, self._identity)
         if spec.cwd is not None:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -2,7 +2,7 @@
 
 Runs on the daemon's loop thread (one connection, no sharing). Rows::
 
-    meta(key PRIMARY KEY, value)                   schema_version, next_job_id
+    meta(key PRIMARY KEY, value)                   schema_version, next_job_id, daemon_id
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
          doc BLOB, data BLOB)                      doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -236,6 +237,9 @@ class StateStore:
             )
         try:
             self._migrate(version)
+            #: Names this store's daemon to the commands it starts (``PROCPOOL_DAEMON_ID``): after a
+            #: crash, the next start recognises its own leftovers among other daemons' commands.
+            self.daemon_id = self._daemon_id()
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise StoreError(
@@ -269,6 +273,14 @@ class StateStore:
         if row is None:
             raise sqlite3.DatabaseError("it has no schema version")
         return int(row[0])
+
+    def _daemon_id(self) -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key='daemon_id'").fetchone()
+        if row is not None:
+            return str(row[0])
+        daemon_id = uuid.uuid4().hex
+        self.db.execute("INSERT INTO meta(key, value) VALUES ('daemon_id', ?)", (daemon_id,))
+        return daemon_id
 
     def _migrate(self, version: int) -> None:
         while version < SCHEMA_VERSION:

@@ -15,11 +15,13 @@ from procpoold.scheduler import _kill_leftovers
 pytestmark = pytest.mark.unit
 
 
-def spawn_leader(identity: tuple[str, str, str] | None) -> int:
+DAEMON = f"test-daemon-{uuid.uuid4().hex}"
+
+
+def spawn_leader(identity: tuple[str, str, str], daemon: str = DAEMON) -> int:
     """A session leader running a shell with a second process in its group, like a command."""
-    env = {"PATH": os.defpath}
-    if identity is not None:
-        env.update(PROCPOOL_JOB_ID=identity[0], PROCPOOL_TASK_ID=identity[1], PROCPOOL_ATTEMPT=identity[2])
+    env = {"PATH": os.defpath, "PROCPOOL_DAEMON_ID": daemon, "PROCPOOL_JOB_ID": identity[0],
+           "PROCPOOL_TASK_ID": identity[1], "PROCPOOL_ATTEMPT": identity[2]}
     return os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 60 & exec sleep 60"], env, setsid=True)
 
 
@@ -88,7 +90,7 @@ def test_an_unrecorded_command_is_found_by_its_identity(leaders: list[int]) -> N
     while len(_group_alive(pid)) < 2:  # the shell has started its background sleep
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    _kill_leftovers([(me[0], me[1], int(me[2]), None)])
+    _kill_leftovers([(me[0], me[1], int(me[2]), None)], DAEMON)
     assert killed(pid)
     assert group_gone(pid)
 
@@ -98,8 +100,18 @@ def test_a_recorded_pid_is_killed_only_if_its_identity_matches(leaders: list[int
     mine, stranger = spawn_leader(me), spawn_leader(other)
     leaders.extend([mine, stranger])
     # The stranger's pid was recorded for an attempt it is not (as if the pid had been reused).
-    _kill_leftovers([(me[0], me[1], int(me[2]), mine), (other[0], other[1], 9, stranger)])
+    _kill_leftovers([(me[0], me[1], int(me[2]), mine), (other[0], other[1], 9, stranger)], DAEMON)
     assert killed(mine)
     assert group_gone(mine)
     done, _ = os.waitpid(stranger, os.WNOHANG)
     assert done == 0, "a process with another identity was killed"
+
+
+def test_another_daemons_command_with_the_same_ids_is_spared(leaders: list[int]) -> None:
+    # Job ids are per daemon: two daemons on one machine both have a job 1 with a task 1.0.
+    me = ident()
+    theirs = spawn_leader(me, daemon=f"other-{uuid.uuid4().hex}")
+    leaders.append(theirs)
+    _kill_leftovers([(me[0], me[1], int(me[2]), None)], DAEMON)
+    done, _ = os.waitpid(theirs, os.WNOHANG)
+    assert done == 0, "another daemon's command was killed"

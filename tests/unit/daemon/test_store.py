@@ -260,3 +260,15 @@ def test_a_store_failure_during_submit_is_not_swallowed_as_an_error_reply(tmp_pa
         scheduler.submit({"name": "j", "root": {"cmd": ["true"]}})
     assert not issubclass(StoreFailure, Exception)  # request handlers catch Exception, not this
     loop.close()
+
+
+def test_the_daemon_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    first = StateStore(tmp_path / "state.db")
+    daemon_id = first.daemon_id
+    first.close()
+    again = StateStore(tmp_path / "state.db")
+    assert again.daemon_id == daemon_id and len(daemon_id) == 32
+    other = StateStore(tmp_path / "other.db")
+    assert other.daemon_id != daemon_id
+    again.close()
+    other.close()
