@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from procpoold.engines import Outcome
 from tests.integration.pool.conftest import PoolHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -153,22 +154,29 @@ CRASHES = {
 }
 
 
-@pytest.mark.parametrize("stage", ["before", "inside", "after", "encoded"])
-@pytest.mark.parametrize("how", sorted(CRASHES))
-def test_crash_matrix(make_pool: type, how: str, stage: str) -> None:
-    pool = make_pool(workers=2, respawn_backoff_max=0.05)
+def kills_only_its_worker(pool: PoolHarness, fn: str, *args: Any) -> tuple[Outcome, int]:
+    """Run ``fn`` beside a task on another worker: it fails with WorkerDied, the other one
+    completes, the slot is refilled and the dead worker is gone. Returns the outcome and its pid."""
     other = pool.submit("sleep", 0.3)
     pool.run_until(lambda: other in pool.events.started)
-    aid = pool.submit("die", how, stage)
+    aid = pool.submit(fn, *args)
     out, survivor = pool.wait(aid, other)
     assert out.status == "failed" and out.error is not None and out.error.type == "WorkerDied"
-    pid = pool.events.started[aid][0]
-    assert out.error.message.startswith("worker ") and f"(pid {pid}) " in out.error.message
-    assert out.error.message.endswith(CRASHES[how]) or CRASHES[how] + ";" in out.error.message
     assert survivor.status == "completed" and survivor.result == 0.3
+    pid = pool.events.started[aid][0]
     assert pool.call("add", 2, 2).result == 4  # the slot was refilled
     pool.idle_workers(2)
     assert pid not in pool.pids()
+    return out, pid
+
+
+@pytest.mark.parametrize("stage", ["before", "inside", "after", "encoded"])
+@pytest.mark.parametrize("how", sorted(CRASHES))
+def test_crash_matrix(make_pool: type, how: str, stage: str) -> None:
+    out, pid = kills_only_its_worker(make_pool(workers=2, respawn_backoff_max=0.05), "die", how, stage)
+    assert out.error is not None
+    assert out.error.message.startswith("worker ") and f"(pid {pid}) " in out.error.message
+    assert out.error.message.endswith(CRASHES[how]) or CRASHES[how] + ";" in out.error.message
 
 
 MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3, 4, 5]]
@@ -176,18 +184,8 @@ MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3
 
 @pytest.mark.parametrize("message", MALFORMED)
 def test_a_malformed_result_message_kills_only_that_worker(make_pool: type, message: Any) -> None:
-    pool = make_pool(workers=2)
-    other = pool.submit("sleep", 0.3)
-    pool.run_until(lambda: other in pool.events.started)
-    aid = pool.submit("garble", message)
-    out, survivor = pool.wait(aid, other)
-    assert out.status == "failed" and out.error is not None and out.error.type == "WorkerDied"
-    assert "sent a malformed message" in out.error.message
-    assert survivor.status == "completed" and survivor.result == 0.3
-    pid = pool.events.started[aid][0]
-    assert pool.call("add", 2, 2).result == 4  # the slot was refilled
-    pool.idle_workers(2)
-    assert pid not in pool.pids()
+    out, _ = kills_only_its_worker(make_pool(workers=2), "garble", message)
+    assert out.error is not None and "sent a malformed message" in out.error.message
 
 
 def test_dying_workers_back_off(make_pool: type) -> None:
