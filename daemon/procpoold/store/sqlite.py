@@ -2,7 +2,7 @@
 
 Runs on the daemon's loop thread (one connection, no sharing). Rows::
 
-    meta(key PRIMARY KEY, value)                   schema_version, next_job_id, daemon_id
+    meta(key PRIMARY KEY, value)                   schema_version, daemon_id, next_job_id
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
          doc BLOB, data BLOB)                      doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
@@ -25,6 +25,11 @@ blob that points there. SQLite writes such a value about 15 times slower than a
 plain file (WAL frame per page, then the checkpoint). The file is complete before
 the commit that refers to it and is removed after the commit that drops it;
 directories of jobs the database does not know are removed at start.
+
+Every read is at start (the daemon keeps its jobs in memory), so the tables carry no index
+beyond their keys: an index is pages more to write per commit. Job ids are never reused:
+the next id is one past the highest job id stored, or past ``meta.next_job_id``, which is
+written only when jobs are deleted (the highest may be among them), not on every submit.
 
 Durability: ``synchronous=NORMAL`` in WAL mode, so a committed transaction
 survives a crash of the daemon (``kill -9``) at the cost of no fsync per
@@ -49,7 +54,7 @@ from procpoold.core.jobs import FULL_ENTRY
 
 log = logging.getLogger("procpoold.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _pack(value: Any) -> bytes:
@@ -110,6 +115,9 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
         ) WITHOUT ROWID;
     """,
     1: _v1_task_rows_to_log,
+    # Nothing reads jobs by state or finish time (every job is in memory), and each index cost
+    # two more pages per commit that changes a job's state.
+    2: "DROP INDEX IF EXISTS jobs_state; DROP INDEX IF EXISTS jobs_finished",
 }
 
 
@@ -251,7 +259,8 @@ class StateStore:
         #: why writing failed (then nothing more is written; see StoreFailure)
         self.failed: str | None = None
         self._new_jobs: list[tuple[Any, ...]] = []  # rows for INSERT INTO jobs
-        self._next_job_id = 0
+        #: one past the highest job id handed out (kept in meta when jobs are deleted)
+        self._next_job_id = self.max_job_id() + 1
         self._dirty_jobs: dict[str, Any] = {}
         self._appends: dict[str, list[Any]] = {}  # job id -> task entries for the next row
         self._snapshots: dict[str, list[Any]] = {}  # job id -> full entries replacing its rows
@@ -332,7 +341,7 @@ class StateStore:
                 self.values.put(job_id, "job", _pack(data)),
             )
         )
-        self._next_job_id = int(job_id) + 1
+        self._next_job_id = max(self._next_job_id, int(job_id) + 1)
 
     def job_changed(self, job_id: str, state: str, finished_at: float | None, data: dict[str, Any]) -> None:
         """Queue a job update for the next :meth:`flush`."""
@@ -372,9 +381,6 @@ class StateStore:
                 "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data) "
                 "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
                 self._new_jobs,
-            )
-            self.db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(self._next_job_id),)
             )
             self._new_jobs.clear()
         if self._dirty_jobs:
@@ -429,7 +435,15 @@ class StateStore:
         """Remove jobs (and their task logs) at once."""
         if not job_ids or self.failed is not None:
             return
-        self._write(lambda: self.db.executemany("DELETE FROM jobs WHERE id=?", [(int(j),) for j in job_ids]))
+
+        def delete() -> None:
+            self.db.executemany("DELETE FROM jobs WHERE id=?", [(int(j),) for j in job_ids])
+            # The highest id handed out may be among them: keep it, so that no id is reused.
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(self._next_job_id),)
+            )
+
+        self._write(delete)
         for j in job_ids:
             self.values.drop_job(j)
             self._dirty_jobs.pop(j, None)
@@ -441,7 +455,12 @@ class StateStore:
     # -- reads --------------------------------------------------------------------------------
 
     def max_job_id(self) -> int:
-        """The highest job id ever handed out (ids are never reused, even after pruning)."""
+        """The highest job id ever handed out (ids are never reused, even after pruning).
+
+        Ids are handed out in order and a job is stored before its id is acknowledged, so the
+        highest stored id is the answer unless the newest jobs were deleted since; deleting
+        records the next id in ``meta`` (see :meth:`delete_jobs`).
+        """
         row = self.db.execute("SELECT value FROM meta WHERE key='next_job_id'").fetchone()
         stored = int(self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
         return max(stored, int(row[0]) - 1 if row else 0)

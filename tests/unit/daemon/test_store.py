@@ -95,6 +95,8 @@ def test_a_version_1_file_is_migrated_with_its_task_rows(tmp_path: Path) -> None
     )
     tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "tasks" not in tables and "task_log" in tables
+    indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert not indexes & {"jobs_state", "jobs_finished"}  # version 3 dropped them
     [(job_id, _, _, _, entries, _)] = list(store.load_jobs())
     assert job_id == "7" and [e[:2] for e in entries] == [[FULL_ENTRY, 0], [FULL_ENTRY, 1]]
     assert entries[1][2] == {
@@ -272,3 +274,42 @@ def test_the_daemon_id_is_made_once_and_kept(tmp_path: Path) -> None:
     assert other.daemon_id != daemon_id
     again.close()
     other.close()
+
+
+def test_job_ids_are_not_reused_after_the_newest_jobs_are_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    for job_id in ("1", "2", "3"):
+        new_job(store, job_id)
+    next_id = "SELECT value FROM meta WHERE key='next_job_id'"
+    assert store.db.execute(next_id).fetchone() is None  # a submit writes no counter
+    assert store.max_job_id() == 3
+    store.delete_jobs(["2", "3"])
+    assert store.db.execute(next_id).fetchone() == ("4",)
+    store.close()
+
+    again = StateStore(path)
+    assert again.max_job_id() == 3  # 3 is gone, but was handed out
+    new_job(again, "4")
+    new_job(again, "5")
+    again.delete_jobs(["1"])  # an older job: the counter follows the newest id handed out
+    assert again.db.execute(next_id).fetchone() == ("6",)
+    again.close()
+    assert StateStore(path).max_job_id() == 5
+
+
+def test_the_scheduler_never_hands_out_a_deleted_jobs_id_again(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    ids = [scheduler.submit({"name": f"j{n}", "root": {"cmd": ["true"]}})[0].id for n in range(2)]
+    finish_all(loop, executor, scheduler)
+    assert scheduler.clean() == ids
+    loop.close()
+    store.close()
+
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    job, _ = scheduler.submit({"name": "after", "root": {"cmd": ["true"]}})
+    assert job.id == "3"
+    loop.close()
+    store.close()
