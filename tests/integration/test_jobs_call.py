@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.daemon import DaemonProcess
-from tests.support.jobs import run_job, tasks_by_name
+from tests.support.jobs import run_job, tasks_by_name, wait_task_state
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -137,9 +137,30 @@ def test_procctl_run_a_callable(daemon: DaemonProcess) -> None:
     assert data["tasks"][0]["result"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
-def test_pool_command_and_resize(daemon: DaemonProcess) -> None:
+def test_pool_command_and_resize(daemon: DaemonProcess, tmp_path: Path) -> None:
     out = daemon.procctl("pool")
     assert out.returncode == 0 and "SLOT" in out.stdout and "idle" in out.stdout
+    # A chain of no-ops, each sent alone to a worker: round trips the pool measures.
+    chain = job(daemon, {"sequential": [{"name": f"n{i}", **call("add", i, 0)} for i in range(20)]})
+    assert chain["job"]["state"] == "completed"
+    gate = tmp_path / "gate"
+    with daemon.client() as client:
+        held = {"name": "held", **call("progress_then_wait", str(gate))}
+        busy = client.submit({"name": "busy", "root": held, "python_path": [ROOT]})["id"]
+        wait_task_state(client, busy, "held")
+        info = client.pool()["info"]
+        trips = [info["round_trip"], info["round_trip_woken"]]
+        assert info["completed"] >= 20 and 20 <= sum(t["samples"] for t in trips) <= info["dispatched"]
+        assert all(0 < t["p50_us"] <= t["p99_us"] for t in trips if t["samples"])
+        out = daemon.procctl("pool")
+        gate.write_text("go")
+        assert client.wait(busy, timeout=30)["state"] == "completed"
+    header, *rows = out.stdout.split("\n\n")[0].splitlines()
+    assert header.split() == ["SLOT", "PID", "STATE", "TASK", "DONE", "RSS", "USS", "AGE"]
+    [held] = [r.split() for r in rows if "held" in r]
+    assert held[2:4] == ["busy", "held"] and int(held[1]) > 0 and held[5].endswith("M")
+    assert sum(int(r.split()[4]) for r in rows) >= 20  # tasks done, over the workers
+    assert "round trip " in out.stdout and "completed 2" in out.stdout
     assert daemon.procctl("pool", "resize", "3").returncode == 0
     with daemon.client() as client:
         deadline = time.monotonic() + 30

@@ -33,7 +33,23 @@ def pool_table(data: dict[str, Any]) -> str:
     if len(rows) == 1:
         return "no workers"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    summary = pool_summary(data.get("info") or {})
+    return f"{table}\n\n{summary}" if summary else table
+
+
+def pool_summary(info: dict[str, Any]) -> str:
+    """The pool's counters, and its round trip when it has measured some."""
+    counters = ("dispatched", "completed", "failed", "deaths", "recycled")
+    if not all(isinstance(info.get(k), int) for k in counters):
+        return ""
+    text = ", ".join(f"{k} {info[k]:,}" for k in counters)
+    for key, what in (("round_trip", "to an awake worker"), ("round_trip_woken", "with a wakeup")):
+        rt = info.get(key) or {}
+        if rt.get("samples"):
+            text += (f"\nround trip {what}: p50 {rt['p50_us']:g} us, p99 {rt['p99_us']:g} us"
+                     f" ({rt['samples']:,} attempts)")
+    return text
 
 
 @cli.group(invoke_without_command=True)

@@ -16,6 +16,12 @@ queued in the loop iteration and pushes each worker's share with one ``push_many
 Results: each worker's result ring is armed before the loop blocks; the doorbell wakes the loop,
 which drains every ring. Right after a dispatch the loop spins on the result ring for at most
 ``spin_us`` first (a round trip to a worker that is awake is far cheaper than a wakeup).
+
+Round trip: for each attempt pushed to a worker that held nothing else, the time from its push
+to the arrival of its result is kept (the last :data:`ROUND_TRIP_SAMPLES`), apart for workers that
+were awake (spinning after their last attempt: the busy case) and asleep (the push woke them);
+``info()`` reports the p50 and p99 of each (``procctl pool``): the pool's own cost per attempt,
+inside the daemon.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ from procpoold.pool.slot import (
     read_rss,
 )
 from procpoold.pool.worker import INTERRUPT_SIGNAL
+
+#: Round trips kept for ``info()`` (the newest).
+ROUND_TRIP_SAMPLES = 4096
 
 log = logging.getLogger("procpoold.pool")
 
@@ -111,6 +120,11 @@ class PoolExecutor:
         self._broken: str | None = None
         self._started_at = time.monotonic()
         self._stats = {"dispatched": 0, "completed": 0, "failed": 0, "deaths": 0, "recycled": 0}
+        #: seconds from push to result of attempts sent to an otherwise empty worker (newest last),
+        #: awake (spinning: the busy case) and asleep (woken by the push)
+        self._round_trips: deque[float] = deque(maxlen=ROUND_TRIP_SAMPLES)
+        self._woken_trips: deque[float] = deque(maxlen=ROUND_TRIP_SAMPLES)
+        self._popped_at = 0.0  # perf_counter() when the result batch being handled was popped
 
     # -- Executor protocol -------------------------------------------------------------------------
 
@@ -260,7 +274,15 @@ class PoolExecutor:
             "free_slots": self.free_slots(),
             "broken": self._broken,
             **self._stats,
+            "round_trip": _percentiles(self._round_trips),
+            "round_trip_woken": _percentiles(self._woken_trips),
         }
+
+    def round_trip(self, woken: bool = False) -> dict[str, float | int | None]:
+        """p50 and p99 in microseconds of the recent round trips (push to result; see the module)
+        to a worker that was awake, or (``woken``) asleep until the push."""
+        return _percentiles(self._woken_trips if woken else self._round_trips)
+
 
     # -- extra API ---------------------------------------------------------------------------------
 
@@ -459,6 +481,8 @@ class PoolExecutor:
         self._drain_worker(w)
         self._requeue_unstarted(w)
         crashed = w.kill_reason is None and w.state is not _STOPPING and not self._closing
+        # Named before the attempts end (that empties w.running): the log record says what it ran.
+        task = next(iter(w.running.values())).spec.task_name if w.running else None
         for aid, run in list(w.running.items()):
             if w.kill_reason is not None:  # we killed it, and know why
                 etype, sentence = w.kill_reason
@@ -466,9 +490,8 @@ class PoolExecutor:
                 etype, sentence = "WorkerDied", death_sentence(w, code, sig, run.spec.task_name)
             status = STOP_STATUS[run.stop] if run.stop else "failed"
             self._end(w, aid, Outcome(aid, status, error=TaskError(etype, sentence)))
-        if crashed or w.running:
+        if crashed:
             self._stats["deaths"] += 1
-            task = next(iter(w.running.values())).spec.task_name if w.running else None
             why = (death_sentence(w, code, sig, task) if task is not None
                    else death_sentence(w, code, sig, "").replace(" while running task ''", " while idle"))
             log.warning("%s", why, extra={"journal_fields": {
@@ -587,6 +610,7 @@ class PoolExecutor:
         batches: dict[WorkerSlot, list[bytes]] = {}
         started: list[tuple[AttemptSpec, WorkerSlot]] = []
         keep: list[AttemptSpec] = []
+        alone: list[tuple[WorkerSlot, Running]] = []  # sent to a worker holding nothing else
         now = time.monotonic()
         pending = self._pending
         woke = False  # some worker was idle: its result is worth spinning for
@@ -602,7 +626,9 @@ class PoolExecutor:
                     break  # nothing else fits either: leave the rest queued, in order
                 continue
             short = not is_async and depth > 1
-            w.running[spec.attempt_id] = Running(spec, is_async, short)
+            run = w.running[spec.attempt_id] = Running(spec, is_async, short)
+            if len(w.running) == 1:
+                alone.append((w, run))
             if not is_async:
                 w.sync_running += 1
                 if not short:
@@ -618,9 +644,13 @@ class PoolExecutor:
         pending.extendleft(reversed(keep))  # O(skipped), not O(queued)
         if not batches:
             return
+        wakes = {w: w.req.wake_syscalls for w, _ in alone}
+        sent = time.perf_counter()
         for w, msgs in batches.items():
             self._send(w, msgs)
             self._stats["dispatched"] += len(msgs)
+        for w, run in alone:
+            run.sent, run.woken = sent, w.req.wake_syscalls != wakes[w]
         for spec, w in started:
             events.attempt_started(spec.attempt_id, w.pid, w.name)
         self._arm_check()
@@ -692,6 +722,7 @@ class PoolExecutor:
                 self._kill(w, ("WorkerDied", f"{w.describe()} was killed: corrupt result ring ({exc})"))
                 return
             if raw:
+                self._popped_at = time.perf_counter()
                 w.last_beat = time.monotonic()
                 for data in raw:
                     try:
@@ -731,6 +762,8 @@ class PoolExecutor:
         run = w.running.get(aid)
         if run is None:
             return
+        if run.sent:
+            (self._woken_trips if run.woken else self._round_trips).append(self._popped_at - run.sent)
         call = run.spec.call
         if flags & F_ASYNC and call is not None:
             self._async_calls.add(call)
@@ -877,6 +910,18 @@ class PoolExecutor:
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.eventfd_read(w.res_efd)
                 self._drain_worker(w)
+
+
+def _percentiles(seconds: deque[float]) -> dict[str, float | int | None]:
+    samples = sorted(seconds)
+    n = len(samples)
+    if not n:
+        return {"samples": 0, "p50_us": None, "p99_us": None}
+    return {
+        "samples": n,
+        "p50_us": round(samples[n // 2] * 1e6, 1),
+        "p99_us": round(samples[min(n - 1, n * 99 // 100)] * 1e6, 1),
+    }
 
 
 def _encode_call(spec: AttemptSpec) -> bytes:
