@@ -58,7 +58,9 @@ e2e: venv
 test: lint native-check
 	$(BIN)/python -m pytest -q
 
+# The peers (loky, Dask) are an optional extra, installed for the benchmark only.
 bench: venv
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
 
 schema: venv
