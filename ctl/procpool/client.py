@@ -9,9 +9,15 @@ Example::
 
 A client holds one ZeroMQ DEALER socket (not REQ: a timed-out request must not
 wedge the socket's state machine). Each call gets a fresh request id and
-replies with any other id (late answers to calls that timed out) are dropped.
-An error reply raises :class:`procpool.ProcpoolError` with the daemon's code;
-no answer within the timeout raises :class:`procpool.DaemonUnreachable`.
+replies with any other id are dropped; a call that times out closes the socket, so
+a late answer never reaches the next call, and an error reply without an id (the
+daemon could not read the request, e.g. ``too_large``) is the answer to the call
+in flight. An error reply raises :class:`procpool.ProcpoolError` with the daemon's
+code; no answer within the timeout raises :class:`procpool.DaemonUnreachable`.
+
+Requests larger than ``max_message_size`` (16 MiB by default, as the daemon's) are
+refused before they are sent; raise both for jobs with bigger arguments. Replies
+have no limit: the daemon is trusted, and a big job's status or result may be big.
 A client is not thread-safe; use one per thread.
 """
 
@@ -21,6 +27,7 @@ import errno
 import itertools
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -58,9 +65,15 @@ def _probe(path: Path) -> bool:
 class Client:
     """A connection to one procpoold control socket."""
 
-    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
         self.socket_path = Path(socket_path) if socket_path is not None else default_socket()
         self.timeout = timeout
+        self.max_message_size = max_message_size
         self._ids = itertools.count(1)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
@@ -83,7 +96,6 @@ class Client:
             self._ctx = zmq.Context()
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, 4 * DEFAULT_MAX_MESSAGE_SIZE)
             sock.connect(endpoint(self.socket_path))
             self._sock = sock
         return self._sock
@@ -112,9 +124,18 @@ class Client:
         """
         args = args or {}
         check_args(op, args)  # the daemon checks again; this gives the same error without a round trip
-        sock = self._socket()
         request_id = f"{self._prefix}{next(self._ids)}"
-        sock.send(encode_request(request_id, op, args))
+        data = encode_request(request_id, op, args)
+        if len(data) > self.max_message_size:
+            raise ProcpoolError(
+                ErrorCode.TOO_LARGE,
+                f"request of {len(data)} bytes exceeds the maximum message size of "
+                f"{self.max_message_size} bytes",
+                "split the work into smaller jobs, or raise max_message_size in the daemon's config "
+                "and the client's (procctl --max-message-size)",
+            )
+        sock = self._socket()
+        sock.send(data)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         while True:
@@ -123,9 +144,9 @@ class Client:
                 # Drop the socket: a late reply must not be read as the answer to the next call.
                 self.close()
                 raise DaemonUnreachable(os.fspath(self.socket_path), limit)
-            reply = decode_reply(sock.recv())
-            if reply.id != request_id:
-                continue  # a late reply to an earlier call that timed out
+            reply = decode_reply(sock.recv(), max_size=sys.maxsize)
+            if reply.id != request_id and not (reply.id is None and reply.error is not None):
+                continue  # not ours (a late answer cannot come: a timeout closes the socket)
             if reply.error is not None:
                 raise reply.error
             return reply.result

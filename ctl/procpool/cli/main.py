@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from procpool.client import Client
+from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.paths import default_socket
 from procpool.contract.version import __version__
@@ -47,9 +48,10 @@ class Settings:
     json: bool
     timeout: float
     debug: bool
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     def client(self) -> Client:
-        return Client(self.socket, timeout=self.timeout)
+        return Client(self.socket, timeout=self.timeout, max_message_size=self.max_message_size)
 
 
 def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
@@ -118,11 +120,27 @@ Exit codes:
     show_default=True,
     help="Seconds to wait for the daemon's answer.",
 )
+@click.option(
+    "--max-message-size",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_MAX_MESSAGE_SIZE,
+    show_default=True,
+    envvar="PROCPOOL_MAX_MESSAGE_SIZE",
+    help="Largest request to send, in bytes; match the daemon's max_message_size "
+    "[env PROCPOOL_MAX_MESSAGE_SIZE].",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="procctl")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: Path | None, as_json: bool, timeout: float, debug: bool) -> None:
-    ctx.obj = Settings(socket_path or default_socket(), as_json, timeout, debug)
+def cli(
+    ctx: click.Context,
+    socket_path: Path | None,
+    as_json: bool,
+    timeout: float,
+    max_message_size: int,
+    debug: bool,
+) -> None:
+    ctx.obj = Settings(socket_path or default_socket(), as_json, timeout, debug, max_message_size)
 
 
 pass_settings = click.make_pass_decorator(Settings)
