@@ -45,6 +45,8 @@ lint: venv
 
 native-check: venv
 	$(MAKE) -C native check-sanitize
+	$(MAKE) -C native check-tsan
+	$(MAKE) -C native check
 
 unit: venv
 	$(BIN)/python -m pytest -m unit -q

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "procpool/ring.h"
+#include "testutil.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -21,80 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static int failures;
-
-#define CHECK(cond)                                                                               \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);              \
-            failures++;                                                                           \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                                            \
-    do {                                                                                          \
-        long long _a = (long long)(a), _b = (long long)(b);                                       \
-        if (_a != _b) {                                                                           \
-            fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld\n", __FILE__, __LINE__, #a, #b, \
-                    _a, _b);                                                                      \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
-
 static void *map_shared(size_t size) {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(p != MAP_FAILED);
     return p;
-}
-
-static int64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* xorshift PRNG so both processes derive the same message stream. */
-static uint64_t next_rand(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    return x;
-}
-
-static uint32_t fnv1a(const char *p, uint32_t n) {
-    uint32_t h = 2166136261u;
-    for (uint32_t i = 0; i < n; i++) {
-        h = (h ^ (uint8_t)p[i]) * 16777619u;
-    }
-    return h;
-}
-
-/* Fill `buf` with message `seq` of length `len`: seq and a checksum first, pseudo-random bytes after. */
-static void make_message(char *buf, uint32_t len, uint64_t seq) {
-    uint64_t s = seq * 0x9E3779B97F4A7C15ull + 1;
-    for (uint32_t i = 0; i < len; i++) {
-        buf[i] = (char)next_rand(&s);
-    }
-    if (len >= 12) {
-        memcpy(buf, &seq, 8);
-        uint32_t sum = fnv1a(buf + 12, len - 12);
-        memcpy(buf + 8, &sum, 4);
-    }
-}
-
-static void verify_message(const char *buf, uint32_t len, uint64_t seq, uint32_t want_len) {
-    CHECK_EQ(len, want_len);
-    if (len >= 12) {
-        uint64_t got;
-        memcpy(&got, buf, 8);
-        CHECK_EQ(got, seq);
-        uint32_t sum;
-        memcpy(&sum, buf + 8, 4);
-        CHECK_EQ(sum, fnv1a(buf + 12, len - 12));
-    }
 }
 
 static void test_sizes(void) {
@@ -340,7 +271,7 @@ static void test_two_processes(uint64_t count, uint32_t maxlen, uint32_t spin_ns
             }
         }
         free(buf);
-        _exit(failures ? 1 : 0);
+        _exit(0);
     }
     pp_ring_t req, res;
     CHECK_EQ(pp_ring_attach(&req, mem, size, PP_RING_REQUEST), PP_OK);
@@ -422,12 +353,18 @@ static void test_blocking_ping_pong(int rounds) {
     munmap(mem, size);
 }
 
-int main(void) {
+/* Usage: test_ring [messages]: messages of the main two-process stream. The plain run (make check)
+ * asks for a few million; the sanitizer run keeps this default so that it stays short. */
+#define STRESS_MESSAGES 300000
+
+int main(int argc, char **argv) {
+    uint64_t stress = argc > 1 ? strtoull(argv[1], NULL, 10) : STRESS_MESSAGES;
+    CHECK(stress > 0);
     test_sizes();
     test_header_validation();
     test_single_process();
     test_wakeups();
-    test_two_processes(300000, 300, 20000);
+    test_two_processes(stress, 300, 20000);
     test_two_processes(20000, 20000, 0);
     test_two_processes(50000, 2000, 2000);
     test_blocking_ping_pong(2000);

@@ -1,7 +1,8 @@
 """Unit tests of the native ring through the ``procpoold._ring`` extension, in one process.
 
 Edge cases of the ring (empty, full, wrap-around, maximum size, spill, batches), refusal of foreign
-segments, the eventfd doorbell and futex timeouts, and the freshness of the committed generated C.
+or damaged segment headers (every validated field), damaged record headers raising RingCorrupt, the
+eventfd doorbell and futex timeouts, and the freshness of the committed generated C.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import importlib.util
 import os
 import select
 import signal
+import struct
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +28,8 @@ from procpoold.pool.ring import (
     BadVersion,
     MessageTooLarge,
     RingClosed,
+    RingCorrupt,
+    RingError,
     Segment,
     SpillError,
 )
@@ -34,6 +38,11 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = 4096
+
+# struct pp_segment_header (native/src/ring.c): magic, version, header_size, segment_size,
+# ring_count, ring_capacity, ctl_size, reserved, ring_offset[2].
+HEADER = struct.Struct("<QIIQIIII2Q")
+RECORD = struct.Struct("<II")  # a record header: payload length, kind
 
 
 @pytest.fixture
@@ -90,19 +99,21 @@ def test_zero_length_message(seg: Segment) -> None:
 
 def test_full_then_room_again(seg: Segment) -> None:
     r = seg.request
-    msg = b"x" * 100  # a 112-byte record
+    msgs = [bytes([i]) * 100 for i in range(SMALL // 112 + 2)]  # 112-byte records, all different
     pushed = 0
-    while r.push(msg):
+    while r.push(msgs[pushed]):
         pushed += 1
     assert pushed == SMALL // 112
     assert r.free == SMALL - pushed * 112
-    assert not r.push(msg)
-    assert r.pop() == msg
-    assert r.push(msg)
-    got = 0
-    while r.pop() is not None:
-        got += 1
-    assert got >= pushed
+    assert not r.push(msgs[pushed])
+    assert r.pop() == msgs[0]
+    # The freed record makes room for one more, which wraps (with a padding record) to the start.
+    assert r.push(msgs[pushed])
+    rest: list[bytes] = []
+    while (m := r.pop()) is not None:
+        rest.append(m)
+    # Exactly the messages still queued, once each and in order: no loss, duplicate or reordering.
+    assert rest == msgs[1 : pushed + 1]
     assert r.used == 0
 
 
@@ -246,6 +257,92 @@ def test_bytes_like_inputs(seg: Segment) -> None:
     assert r.pop_many() == [b"ba", b"mv"]
 
 
+def _record_size(payload: bytes) -> int:
+    return RECORD.size + -(-len(payload) // ring.RECORD_ALIGN) * ring.RECORD_ALIGN
+
+
+def _scribble(seg: Segment, index: int, position: int, length: int, kind: int) -> None:
+    """Overwrite the header of the record at data offset ``position`` of ring ``index``.
+
+    Writes through the segment's fd: the same pages as the mapping, as a misbehaving peer would.
+    """
+    fields = HEADER.unpack(os.pread(seg.fd, HEADER.size, 0))
+    ctl_size, ring_offsets = fields[6], fields[8:]
+    os.pwrite(seg.fd, RECORD.pack(length, kind), ring_offsets[index] + ctl_size + position)
+
+
+# (length, kind) written over an intact record header, each one that pp_ring_peek must refuse.
+RECORD_DAMAGE = [
+    pytest.param(SMALL, 0, id="longer-than-the-ring"),
+    pytest.param(1000, 0, id="longer-than-published"),
+    pytest.param(0xFFFFFFF0, 0, id="huge-length"),
+    pytest.param(8, 256, id="kind-out-of-range"),
+    pytest.param(0, 0xFFFFFFFF, id="padding-short-of-the-end"),
+]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("length", "kind"), RECORD_DAMAGE)
+@pytest.mark.parametrize("consume", ["pop", "pop_many", "discard"])
+def test_corrupt_record_raises(seg: Segment, length: int, kind: int, consume: str) -> None:
+    r = seg.request
+    intact = [b"first", b"second message"]
+    for m in intact:
+        assert r.push(m)
+    assert r.push(b"victim") and r.push(b"after")
+    _scribble(seg, 0, sum(_record_size(m) for m in intact), length, kind)
+
+    def take() -> list[bytes]:
+        if consume == "pop":
+            m = r.pop()
+            return [] if m is None else [m]
+        if consume == "pop_many":
+            return r.pop_many(256)
+        r.discard()
+        return []
+
+    # What the daemon's drain loop does: call until empty or an error. The messages before the
+    # damage may come out (in order), then every call raises: nothing past the damaged record is
+    # returned, the ring is never reported empty, and no call blocks or spins.
+    got: list[bytes] = []
+    for _ in range(len(intact) + 1):
+        try:
+            batch = take()
+        except RingCorrupt as exc:
+            error = exc
+            break
+        assert batch, "a corrupt ring must not look empty"
+        got.extend(batch)
+    else:
+        pytest.fail("the damaged record was never reported")
+    assert got == intact[: len(got)]
+    # A RingError (what Pool._drain_worker catches to kill the worker) saying what is wrong.
+    assert isinstance(error, RingError)
+    assert error.code < 0
+    assert "corrupt record" in str(error) and f"code {error.code}" in str(error)
+    for _ in range(3):  # stays refused: no garbage and no skipping past the damage later
+        with pytest.raises(RingCorrupt):
+            take()
+    assert r.wait(0) is True  # a waiter is not put to sleep on a corrupt ring either
+    assert r.used > 0
+    seg.close()  # the handles can still be detached and the mapping released
+
+
+@pytest.mark.parametrize("consume", ["pop", "pop_many"])
+def test_foreign_record_kind_raises(seg: Segment, consume: str) -> None:
+    # A well-formed record of a user kind the Python side does not speak: refused by the binding.
+    r = seg.request
+    assert r.push(b"odd") and r.push(b"after")
+    _scribble(seg, 0, 0, 3, 7)
+    with pytest.raises(RingCorrupt, match="unexpected record kind 7"):
+        r.pop() if consume == "pop" else r.pop_many()
+    # The record is dropped (pop_many drops the batch it came in), never returned as data and not
+    # met again: the ring drains to empty instead of raising for ever.
+    leftover = r.pop_many()
+    assert set(leftover) <= {b"after"}
+    assert r.pop() is None and r.used == 0
+
+
 def _named_segment() -> tuple[Segment, str]:
     s = Segment.create(SMALL, named=True)
     assert s.name is not None and s.name.startswith(shm.SEGMENT_PREFIX)
@@ -267,22 +364,63 @@ def test_attach_by_name_and_fd(no_leftovers: None) -> None:
         assert not s.unlink()
 
 
-@pytest.mark.parametrize(
-    ("offset", "error"),
-    [(0, BadMagic), (7, BadMagic), (8, BadVersion), (16, BadSize), (29, BadSize)],
-)
-def test_corrupted_header_refused(offset: int, error: type[Exception], no_leftovers: None) -> None:
+def _flip(mask: int) -> Callable[[int], int]:
+    return lambda v: v ^ mask
+
+
+# (field offset, struct format, how to change the value, error): every field that
+# pp_segment_check validates, each changed both by a stray bit and to a plausible wrong value.
+HEADER_DAMAGE = [
+    pytest.param(0, "<B", _flip(0x20), BadMagic, id="magic-first-byte"),
+    pytest.param(7, "<B", _flip(0x20), BadMagic, id="magic-last-byte"),
+    pytest.param(8, "<B", _flip(0x20), BadVersion, id="version-bit"),
+    pytest.param(8, "<I", lambda v: v + 1, BadVersion, id="version-next"),
+    pytest.param(12, "<I", _flip(0x20), BadSize, id="header_size-bit"),
+    pytest.param(12, "<I", lambda v: v // 2, BadSize, id="header_size-half"),
+    pytest.param(16, "<B", _flip(0x20), BadSize, id="segment_size-bit"),
+    pytest.param(16, "<Q", lambda v: v + 8, BadSize, id="segment_size-plus-8"),
+    pytest.param(24, "<I", _flip(0x20), BadSize, id="ring_count-bit"),
+    pytest.param(24, "<I", lambda v: v - 1, BadSize, id="ring_count-one"),
+    pytest.param(24, "<I", lambda v: v + 1, BadSize, id="ring_count-three"),
+    pytest.param(29, "<B", _flip(0x20), BadSize, id="ring_capacity-not-power-of-two"),
+    pytest.param(28, "<I", lambda v: v * 2, BadSize, id="ring_capacity-doubled"),
+    pytest.param(32, "<I", _flip(0x20), BadSize, id="ctl_size-bit"),
+    pytest.param(32, "<I", lambda v: v - 128, BadSize, id="ctl_size-one-line-pair-less"),
+    pytest.param(40, "<Q", _flip(0x80), BadSize, id="ring_offset0-bit"),
+    pytest.param(40, "<Q", lambda v: v + 128, BadSize, id="ring_offset0-shifted"),
+    pytest.param(48, "<Q", _flip(0x80), BadSize, id="ring_offset1-bit"),
+    pytest.param(48, "<Q", lambda v: v - SMALL, BadSize, id="ring_offset1-overlapping"),
+]
+
+
+def test_header_layout_matches_c() -> None:
+    with Segment.create(SMALL) as s:
+        fields = HEADER.unpack(os.pread(s.fd, HEADER.size, 0))
+    magic, version, header_size, size, count, capacity, ctl_size, _, off0, off1 = fields
+    assert (magic, version, size, capacity) == (ring.MAGIC, ring.VERSION, ring.segment_size(SMALL), SMALL)
+    assert count == 2 and header_size == off0 and off1 == off0 + ctl_size + SMALL
+
+
+@pytest.mark.parametrize(("offset", "fmt", "change", "error"), HEADER_DAMAGE)
+def test_corrupted_header_refused(
+    offset: int, fmt: str, change: Callable[[int], int], error: type[Exception], no_leftovers: None
+) -> None:
     s, name = _named_segment()
     s.close()
     try:
         fd = shm.open_named(name)
         try:
-            byte = os.pread(fd, 1, offset)
-            os.pwrite(fd, bytes([byte[0] ^ 0x20]), offset)
+            field = struct.Struct(fmt)
+            (old,) = field.unpack(os.pread(fd, field.size, offset))
+            new = change(old)
+            assert new != old
+            os.pwrite(fd, field.pack(new), offset)
         finally:
             os.close(fd)
-        with pytest.raises(error):
+        with pytest.raises(error) as refused:
             Segment.attach(name=name)
+        assert type(refused.value) is error
+        assert isinstance(refused.value, RingError) and refused.value.code < 0
     finally:
         shm.unlink(name)
 
