@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ def echo(value: Any) -> Any:
 
 def noop() -> None:
     return None
+
+
+def describe(*args: Any, **kwargs: Any) -> str:
+    """The arguments as the task received them."""
+    return repr((args, kwargs))
 
 
 def add(a: int, b: int) -> int:
@@ -148,7 +154,10 @@ def _die(how: str) -> None:
 
 def die(how: str, stage: str) -> Any:
     """Die ``how`` (exit, sigkill, segv, runtime) ``before``/``inside``/``after`` computing or
-    while the result is ``encoded``."""
+    while the result is ``encoded``. Stage ``decode`` (the worker dies while it decodes this
+    call's arguments) needs a worker armed by :func:`die_when_decoding`: it never gets here."""
+    if stage == "decode":
+        raise AssertionError("die(..., 'decode') ran: the worker that decoded it was not armed")
     if stage == "before":
         _die(how)
     if stage == "encoded":
@@ -161,6 +170,28 @@ def die(how: str, stage: str) -> Any:
     if stage == "after":
         _die(how)
     return total
+
+
+def die_when_decoding() -> int:
+    """Arm this worker (returns its pid): from now on it dies while it decodes a call of
+    ``die(how, "decode")``, inside the runtime's decoder, before the call reaches its inbox. For
+    ``runtime`` the decoder fails and the runtime is broken (see :func:`_die`): the worker cannot
+    even report that the arguments could not be decoded."""
+    from procpoold.pool import worker as runtime
+    from procpoold.pool.protocol import CALL
+
+    decode = runtime._unpackb
+    target = f"{__name__}:die"
+
+    def unpackb(data: bytes, **options: Any) -> Any:
+        msg = decode(data, **options)
+        if msg[0] == CALL and msg[2] == target and msg[4] and msg[4][1:] == ["decode"]:
+            _die(msg[4][0])
+            raise RuntimeError("the worker's decoder is broken")
+        return msg
+
+    runtime._unpackb = unpackb
+    return os.getpid()
 
 
 def garble(message: Any) -> None:
@@ -191,6 +222,30 @@ def output(lines: int) -> str:
     return "printed"
 
 
+def gated(gate: str) -> int:
+    """Waits until the file ``gate`` exists (returns at once if it does, so the pool takes it for a
+    short function); then exits with code 5 if the file says ``exit``, else returns the pid."""
+    path = Path(gate)
+    while not path.exists():
+        time.sleep(0.002)
+    if path.read_text() == "exit":
+        os._exit(5)
+    return os.getpid()
+
+
+#: Memory a worker keeps after the attempt that allocated it (see ``hoard``).
+_hoard: list[bytearray] = []
+
+
+def hoard(mib: int) -> int:
+    """Allocates ``mib`` MiB (touched, so resident) and keeps it after returning; returns the pid."""
+    block = bytearray(mib * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _hoard.append(block)
+    return os.getpid()
+
+
 def progress() -> str:
     task.progress(0.5)
     task.progress(done=3, total=4, message="three")
@@ -202,6 +257,50 @@ def ns_incr(key: str, times: int = 1) -> Any:
     for _ in range(times):
         value = task.namespace().incr(key)
     return value
+
+
+def ns_get_behind_gil(key: str, fifo: str, ready: str) -> Any:
+    """``namespace().get(key)`` while, on the test's cue, another thread of this worker takes
+    the GIL and keeps it until the test lets go.
+
+    The thread waits (GIL released) until the test opens the FIFO ``fifo`` for writing, writes
+    its thread id to the file ``ready``, then reads one byte of ``fifo`` in C without releasing
+    the GIL: until the test writes that byte, the main thread cannot run Python code. The thread
+    blocks the interrupt signal, so a signal sent to the worker lands on the main thread.
+    """
+    libc = ctypes.PyDLL(None)
+    byte = ctypes.create_string_buffer(1)
+
+    def hold() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        fd = os.open(fifo, os.O_RDONLY)
+        try:
+            Path(ready).write_text(str(threading.get_native_id()))
+            libc.read(fd, byte, 1)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    value = task.namespace().get(key)
+    thread.join()
+    return value
+
+
+def ns_then_sleep(key: str, seconds: float) -> Any:
+    """``namespace().get(key)``, then sleeps (interruptibly) ``seconds``."""
+    value = task.namespace().get(key)
+    time.sleep(seconds)
+    return value
+
+
+def ns_try(key: str) -> str:
+    """``namespace().get(key)``: "ok", or the error it raised."""
+    try:
+        task.namespace().get(key)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
 
 
 def ns_bad() -> str:
@@ -237,6 +336,26 @@ async def async_cancellable(seconds: float, marker: str) -> str:
         path.write_text(str(count + 1))
         raise
     return "finished"
+
+
+#: ``async_gated`` attempts running in this worker right now, and the most there were at once.
+_gated_now = 0
+_gated_peak = 0
+
+
+async def async_gated(gate_dir: str, name: str) -> int:
+    """Creates ``started-<name>`` in ``gate_dir``, waits until ``gate_dir/open`` exists; returns
+    the most ``async_gated`` attempts this worker has run at once so far."""
+    global _gated_now, _gated_peak
+    _gated_now += 1
+    _gated_peak = max(_gated_peak, _gated_now)
+    try:
+        Path(gate_dir, f"started-{name}").touch()
+        while not Path(gate_dir, "open").exists():
+            await asyncio.sleep(0.005)
+    finally:
+        _gated_now -= 1
+    return _gated_peak
 
 
 async def async_context(delay: float) -> str:

@@ -12,9 +12,11 @@ The result ring has one producer *handle*, shared by the two threads under :attr
 Stopping an attempt: the daemon pushes ``cancel`` and then has the zygote send ``SIGUSR1``. A sync
 attempt's thread is interrupted by the handler, which drains the ring and raises
 :class:`TaskInterrupted` if the cancel names the attempt running right now (the message makes the
-signal unambiguous: a late signal for an attempt that already ended does nothing). An async
-attempt's task is cancelled from the loop (the task sees ``asyncio.CancelledError``); the loop
-learns of the message through the request ring's eventfd doorbell.
+signal unambiguous: a late signal for an attempt that already ended does nothing). While the
+attempt waits for a namespace reply the handler leaves the ring to that wait, which the cancel
+message wakes as well. An async attempt's task is cancelled from the loop (the task sees
+``asyncio.CancelledError``); the loop learns of the message through the request ring's eventfd
+doorbell.
 
 Message types are defined in :mod:`procpoold.pool.protocol`. This module imports nothing from the
 control plane and no ZeroMQ.
@@ -42,7 +44,7 @@ from typing import Any
 import msgpack
 
 from procpool import task as task_api
-from procpool.contract.errors import ProcpoolError
+from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.pool.protocol import (
     CALL,
     CANCEL,
@@ -62,6 +64,8 @@ from procpoold.pool.ring import Segment, SpillError
 
 #: Signal the daemon (through the zygote) sends to interrupt a sync attempt.
 INTERRUPT_SIGNAL = signal.SIGUSR1
+#: The decoder of request messages (strict and fast; :func:`_decode_lenient` takes the rest).
+_unpackb = msgpack.unpackb
 #: Log messages buffered before a flush is forced (otherwise the heartbeat tick flushes them).
 LOG_BATCH = 64
 
@@ -86,6 +90,63 @@ def _error(exc: BaseException, skip_frames: int = 1) -> dict[str, str]:
             tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return {"type": _type_name(exc), "message": str(exc), "traceback": text}
+
+
+class _Undecodable(Exception):
+    """Stands for the function of a ``CALL`` whose arguments could not be decoded: resolving it
+    fails the attempt with :attr:`error` (see :func:`_decode_lenient`)."""
+
+    def __init__(self, error: dict[str, str]) -> None:
+        super().__init__(error["message"])
+        self.error = error
+
+
+def _frozen(key: Any) -> Any:
+    """A map key decoded as a list (msgpack packs a tuple key as an array) as a tuple."""
+    return tuple(_frozen(k) for k in key) if type(key) is list else key
+
+
+def _map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    try:
+        return dict(pairs)
+    except TypeError:
+        return {_frozen(k): v for k, v in pairs}
+
+
+def _decode_lenient(data: bytes) -> list[Any]:
+    """A request message the fast decoder refused (off the hot path).
+
+    Any map key is accepted (an integer, a tuple packed as an array: whatever a dict the daemon
+    packed may hold). A ``CALL`` whose arguments still cannot be decoded (nested deeper than the
+    decoder's stack, say) becomes a call that fails with ``ArgumentsNotDecodable``, and a ``REPLY``
+    whose value cannot be decoded an error reply: only that attempt or request fails, the worker
+    keeps serving. Anything else is a broken ring, and raises.
+    """
+    try:
+        msg: list[Any] = _unpackb(data, strict_map_key=False, object_pairs_hook=_map)
+        return msg
+    except Exception as exc:
+        error = exc
+    reason = str(error) or ("nested too deeply" if isinstance(error, msgpack.StackError) else "")
+    what = type(error).__name__ + (f": {reason}" if reason else "")
+    head = msgpack.Unpacker(max_buffer_size=max(len(data), 1024), strict_map_key=False)
+    head.feed(data)
+    try:
+        size = head.read_array_header()
+        kind = head.unpack()
+        if kind == CALL and size == 9:
+            aid, _fn, ctx = head.unpack(), head.unpack(), head.unpack()
+            name = ctx[3] if isinstance(ctx, list) and len(ctx) > 3 else aid
+            message = f"cannot decode the arguments of task {name!r}: {what}"
+            bad = _Undecodable({"type": "ArgumentsNotDecodable", "message": message, "traceback": ""})
+            return [CALL, aid, bad, ctx, None, None, None, None, None]
+        if kind == REPLY and size == 4:
+            rid = head.unpack()
+            reply = ProcpoolError(ErrorCode.INTERNAL, f"cannot decode the daemon's reply: {what}")
+            return [REPLY, rid, False, reply.to_wire()]
+    except Exception:
+        pass
+    raise error
 
 
 class _Channel:
@@ -315,6 +376,10 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.idle: asyncio.Future[None] | None = None
         self.draining = False
+        #: A sync attempt waits in :meth:`request`, which reads the ring itself (the interrupt
+        #: handler leaves it alone then, and sets :attr:`interrupted` for it to look when done).
+        self.requesting = False
+        self.interrupted = False
         self.exiting = False
         self.busy = False
         self.rid = 0
@@ -392,7 +457,10 @@ class Worker:
     def _take(self, raw: list[bytes]) -> None:
         inbox = self.inbox
         for data in raw:
-            msg = msgpack.unpackb(data)
+            try:
+                msg = _unpackb(data)
+            except Exception:
+                msg = _decode_lenient(data)
             if msg[0] == CANCEL and inbox:
                 # A cancel of a call still queued here: mark the call (its "done" is posted when
                 # the main loop reaches it; no I/O here, this may run in the signal handler).
@@ -416,6 +484,8 @@ class Worker:
         found = self.funcs.get(call)
         if found is not None:
             return found
+        if isinstance(call, _Undecodable):
+            raise call
         for entry in reversed(python_path or []):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
@@ -439,6 +509,9 @@ class Worker:
             return
         try:
             fn, is_async = self._resolve(msg[2], msg[8])
+        except _Undecodable as exc:
+            self.post(self._pack([DONE, aid, False, exc.error, 0, None]))
+            return
         except Exception as exc:
             self.post(self._pack([DONE, aid, False, _error(exc, 0), 0, None]))
             return
@@ -612,8 +685,14 @@ class Worker:
 
     def _on_interrupt(self, signum: int, frame: Any) -> None:
         # Runs on the main thread between two bytecodes of whatever it was doing.
-        if self.current is None or self.draining:
-            return  # not in sync task code, or the main thread is reading the ring: it will see it
+        if self.current is None:
+            return  # not in sync task code
+        if self.draining or self.requesting:
+            # The main thread is reading the ring, or waits for a reply (and must be the only
+            # one to take messages then: were the reply taken here, its wait would go on with
+            # nothing left to wake it). It looks for the cancel itself.
+            self.interrupted = True
+            return
         self._drain()
         self._take_cancel()
 
@@ -633,23 +712,34 @@ class Worker:
         """A blocking round trip to the daemon (namespace operations)."""
         self.rid += 1
         rid = self.rid
-        self.post(msgpack.packb([REQUEST, aid, rid, op, args]))
         inbox = self.inbox
+        reply: list[Any] | None = None
+        self.requesting, self.interrupted = True, False
         try:
-            while True:
+            self.post(msgpack.packb([REQUEST, aid, rid, op, args]))
+            while reply is None:
                 for i, m in enumerate(inbox):
                     if m[0] == REPLY and m[1] == rid:
                         del inbox[i]
-                        if m[2]:
-                            return m[3]
-                        raise ProcpoolError.from_wire(m[3])
-                self._take_cancel()
-                self.req.wait()
-                self._drain()
+                        reply = m
+                        break
+                else:
+                    self._take_cancel()
+                    self.req.wait()  # a cancel wakes it too: the daemon pushes it before the signal
+                    self._drain()
         finally:
+            self.requesting = False
             if self.loop is not None and self.loop.is_running():
                 # We consumed ring messages the async reader has not seen: let it look.
                 self.loop.call_soon(self._on_request_async)
+        # A cancel may have come with the reply, its signal held back by the handler.
+        if self.interrupted:
+            self.interrupted = False
+            self._drain()
+        self._take_cancel()
+        if reply[2]:
+            return reply[3]
+        raise ProcpoolError.from_wire(reply[3])
 
     def log(self, aid: str, stream: str, level: int, message: str,
             fields: dict[str, str] | None = None) -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import psutil
 import pytest
 
 from procpoold.engines import Outcome
+from procpoold.pool import pool as pool_module
 from tests.integration.pool.conftest import PoolHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -170,13 +177,70 @@ def kills_only_its_worker(pool: PoolHarness, fn: str, *args: Any) -> tuple[Outco
     return out, pid
 
 
-@pytest.mark.parametrize("stage", ["before", "inside", "after", "encoded"])
+def arm_decoders(pool: PoolHarness) -> None:
+    """Arm both workers with ``die_when_decoding`` (two attempts dispatched together go to the
+    two idle workers, one each)."""
+    pool.idle_workers(2)
+    armed = pool.wait(pool.submit("die_when_decoding"), pool.submit("die_when_decoding"))
+    assert {o.result for o in armed} == pool.pids() and len(pool.pids()) == 2
+
+
+@pytest.mark.parametrize("stage", ["decode", "before", "inside", "after", "encoded"])
 @pytest.mark.parametrize("how", sorted(CRASHES))
 def test_crash_matrix(make_pool: type, how: str, stage: str) -> None:
-    out, pid = kills_only_its_worker(make_pool(workers=2, respawn_backoff_max=0.05), "die", how, stage)
+    pool = make_pool(workers=2, respawn_backoff_max=0.05)
+    if stage == "decode":  # the worker dies while it decodes the call's arguments
+        arm_decoders(pool)
+    out, pid = kills_only_its_worker(pool, "die", how, stage)
     assert out.error is not None
     assert out.error.message.startswith("worker ") and f"(pid {pid}) " in out.error.message
     assert out.error.message.endswith(CRASHES[how]) or CRASHES[how] + ";" in out.error.message
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def too_deep(inside: Callable[[Any], list[Any]]) -> list[Any]:
+    """A value that msgpack packs ``inside`` a message, but cannot decode (deeper than its
+    decoder's stack)."""
+    for depth in range(900, 1200):
+        value = nested(depth)
+        try:
+            data = msgpack.packb(inside(value))
+        except ValueError:
+            break
+        try:
+            msgpack.unpackb(data)
+        except msgpack.StackError:
+            return value
+    pytest.skip("this msgpack decodes everything it packs")
+
+
+def test_arguments_the_worker_cannot_decode_fail_only_their_attempt(make_pool: type) -> None:
+    pool = make_pool(workers=1)
+    pid = pool.call("pid").result
+    # Map keys msgpack's strict decoder refuses: a dict holds them, so the worker takes them.
+    value = {1: "int", (2, (3, "x")): "tuple", None: "nil", 1.5: "float", b"k": [{-1: True}]}
+    assert pool.call("describe", value).result == repr(((value,), {}))
+    # Nested deeper than the decoder's stack: this attempt fails, and says why.
+    out = pool.call("echo", too_deep(lambda v: [0, "a", "m:f", [], [v], None, None, None, None]))
+    assert out.status == "failed" and out.error is not None
+    assert (out.error.type, out.error.message) == (
+        "ArgumentsNotDecodable", "cannot decode the arguments of task 'echo': StackError: nested too deeply")
+    # Decoded, but not usable as keyword arguments.
+    out = pool.call("describe", kwargs={1: "a"})
+    assert out.status == "failed" and out.error is not None and out.error.type == "TypeError"
+    assert "keywords must be strings" in out.error.message
+    # A namespace value the worker cannot decode: that request fails, not the worker.
+    pool.events.namespace["deep"] = too_deep(lambda v: [2, 1, True, v])
+    assert pool.call("ns_try", "deep").result == (
+        "ProcpoolError: cannot decode the daemon's reply: StackError: nested too deeply")
+    assert pool.call("pid").result == pid  # the same worker served them all
+    assert pool.pool.info()["deaths"] == 0
 
 
 MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3, 4, 5]]
@@ -188,13 +252,35 @@ def test_a_malformed_result_message_kills_only_that_worker(make_pool: type, mess
     assert out.error is not None and "sent a malformed message" in out.error.message
 
 
-def test_dying_workers_back_off(make_pool: type) -> None:
-    pool = make_pool(workers=1, respawn_backoff_max=0.3)
-    for _ in range(4):
-        pool.call("exit_now", 1)
-    start = time.monotonic()
-    assert pool.call("add", 1, 1).result == 2
-    assert time.monotonic() - start > 0.15, "the fourth death in a row did not delay the refill"
+def test_dying_workers_back_off(make_pool: type, monkeypatch: pytest.MonkeyPatch,
+                                caplog: pytest.LogCaptureFixture) -> None:
+    """Deaths refill the slot at once until DEATH_BURST of them fall within DEATH_WINDOW; from
+    then on each refill waits, twice as long as the one before, up to respawn_backoff_max; a
+    worker that outlives the window puts the wait back to BACKOFF_START."""
+    start, burst = pool_module.BACKOFF_START, pool_module.DEATH_BURST
+    cap = 4 * start
+    monkeypatch.setattr(pool_module, "DEATH_WINDOW", 600.0)  # however slow this machine is
+    caplog.set_level(logging.WARNING, logger="procpoold.pool")
+    pool = make_pool(workers=1, respawn_backoff_max=cap)
+
+    def death() -> tuple[bool, float | None, float]:
+        """A worker dies: was its slot refilled at once, the refill's wait, the next wait."""
+        caplog.clear()
+        out = pool.call("exit_now", 1)
+        assert out.error is not None and out.error.type == "WorkerDied"
+        said = (re.search(r"keep dying .* slot 0 in ([0-9.]+) s", r.getMessage()) for r in caplog.records)
+        waits = [float(m.group(1)) for m in said if m]
+        assert len(waits) <= 1
+        return pool.pool._slots[0] is not None, waits[0] if waits else None, pool.pool._backoff
+
+    for _ in range(burst - 1):
+        assert death() == (True, None, start)
+    assert [death() for _ in range(4)] == [
+        (False, start, 2 * start), (False, 2 * start, cap), (False, cap, cap), (False, cap, cap)]
+    # The worker now outlives the window: the next death counts alone.
+    monkeypatch.setattr(pool_module, "DEATH_WINDOW", 0.5)
+    assert pool.call("sleep", 0.6).status == "completed"
+    assert death() == (True, None, start)
 
 
 def test_resize_up_and_down_without_dropping_work(make_pool: type) -> None:
@@ -213,6 +299,56 @@ def test_resize_up_and_down_without_dropping_work(make_pool: type) -> None:
     assert pool.pool.info()["workers"] == 1
 
 
+def test_async_attempts_per_worker_are_limited(make_pool: type, tmp_path: Path) -> None:
+    pool = make_pool(workers=1, async_per_worker=2)
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    (warm / "open").touch()
+    assert pool.call("async_gated", str(warm), "warm").result == 1  # the pool learns it is async
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    aids = [pool.submit("async_gated", str(gate), f"a{i}") for i in range(5)]
+    running = lambda: sorted(p.name for p in gate.iterdir())  # noqa: E731
+    pool.run_until(lambda: len(running()) == 2, what="two async attempts running")
+    end = time.monotonic() + 0.3
+    pool.run_until(lambda: time.monotonic() > end)
+    assert running() == ["started-a0", "started-a1"], "more than async_per_worker attempts started"
+    assert pool.pool.info()["queued"] == 3 and pool.pool.free_slots() == 0
+    assert not pool.events.finished.keys() & set(aids)
+    (gate / "open").touch()
+    outcomes = pool.wait(*aids)
+    assert [o.status for o in outcomes] == ["completed"] * 5
+    assert max(o.result for o in outcomes) == 2  # most at once, as the worker saw it
+    assert running() == ["open"] + [f"started-a{i}" for i in range(5)]
+
+
+def open_gate(gate: Path, text: str = "go") -> None:
+    """Create the file ``gate`` of a ``gated`` attempt, with ``text`` in it from the start."""
+    tmp = gate.with_name(gate.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(gate)
+
+
+def test_prefetched_attempts_of_a_dead_worker_run_on_its_successor(make_pool: type, tmp_path: Path) -> None:
+    pool = make_pool(workers=1)
+    warm = tmp_path / "warm"
+    open_gate(warm)
+    pid = pool.call("gated", str(warm)).result  # both functions are known to be short now
+    assert pool.call("add", 1, 1).result == 2
+    gate = tmp_path / "gate"
+    head = pool.submit("gated", str(gate))
+    queued = [pool.submit("add", i, 100) for i in range(5)]
+    pool.run_until(lambda: all(a in pool.events.started for a in [head, *queued]))
+    assert {pool.events.started[a][0] for a in [head, *queued]} == {pid}  # queued behind the head
+    open_gate(gate, "exit")  # the head's worker exits before it starts any of them
+    outcomes = pool.wait(head, *queued)
+    assert outcomes[0].error is not None and outcomes[0].error.message.endswith(
+        "exited with code 5 while running task 'gated'")
+    assert [(o.status, o.result) for o in outcomes[1:]] == [("completed", i + 100) for i in range(5)]
+    assert all(pool.events.started[a][0] not in (pid, None) for a in queued)
+    assert all(pool.events.finish_count[a] == 1 for a in queued)
+
+
 def test_recycle_after_max_tasks(make_pool: type) -> None:
     pool = make_pool(workers=1, max_tasks_per_worker=2)
     pids = [pool.call("pid").result for _ in range(5)]
@@ -224,6 +360,48 @@ def test_recycle_by_age_when_idle(make_pool: type) -> None:
     first = pool.call("pid").result
     pool.run_until(lambda: first not in pool.pids() and len(pool.pids()) == 1)
     assert pool.call("pid").result != first
+
+
+def test_recycle_by_age_waits_for_the_running_attempt(make_pool: type, tmp_path: Path) -> None:
+    pool = make_pool(workers=1, max_worker_age=0.3)
+    gate = tmp_path / "gate"
+    aid = pool.submit("gated", str(gate))
+    pool.run_until(lambda: aid in pool.events.started)
+    pid = pool.events.started[aid][0]
+
+    def mine() -> dict[str, Any]:
+        return next(w for w in pool.pool.workers_info() if w["pid"] == pid)
+
+    pool.run_until(lambda: mine()["retiring"], what="the busy worker to age out")
+    # Out of its slot (a new worker serves it), but left to finish its attempt.
+    assert mine()["state"] == "busy" and [a["attempt_id"] for a in mine()["attempts"]] == [aid]
+    pool.run_until(lambda: len(pool.pids()) == 2, what="the slot's new worker")
+    end = time.monotonic() + 0.2
+    pool.run_until(lambda: time.monotonic() > end)
+    assert aid not in pool.events.finished and psutil.pid_exists(pid)
+    open_gate(gate)
+    out = pool.wait(aid)[0]
+    assert (out.status, out.result) == ("completed", pid)
+    pool.run_until(lambda: pid not in pool.pids(), what="the aged worker to exit")
+    info = pool.pool.info()
+    assert info["recycled"] >= 1 and info["deaths"] == 0 and info["failed"] == 0
+
+
+def test_memory_limit_recycles_an_idle_worker(make_pool: type) -> None:
+    limit = 150 * 2**20
+    pool = make_pool(workers=1, max_memory_per_worker=limit)
+    pool.idle_workers(1)
+    [pid] = pool.pids()
+    assert psutil.Process(pid).memory_info().rss < limit
+    # The attempt grows the worker over the limit and ends long before the daemon's memory check
+    # of busy workers (check_interval, 1 s, after the dispatch) could kill it: the worker is
+    # retired once idle instead.
+    out = pool.call("hoard", 200)
+    assert (out.status, out.result) == ("completed", pid)
+    pool.run_until(lambda: pid not in pool.pids(), what="the worker over the limit to be retired")
+    info = pool.pool.info()
+    assert (info["recycled"], info["deaths"], info["failed"]) == (1, 0, 0)
+    assert pool.call("pid").result != pid
 
 
 def test_memory_limit_fails_the_attempt(make_pool: type) -> None:
@@ -263,3 +441,78 @@ def test_batch_of_many_small_attempts(make_pool: type) -> None:
     outcomes = pool.wait(*aids)
     assert [o.result for o in outcomes] == [i + 1 for i in range(500)]
     assert pool.pool.info()["completed"] == 500
+
+
+def _syscall(pid: int, tid: int) -> list[str]:
+    """What thread ``tid`` of ``pid`` is blocked in: [number, arg1, arg2, ...], or ["running"]."""
+    return Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+
+
+#: The request ring's futex wait: futex(2) (202 on x86-64), FUTEX_WAIT_BITSET, not private (the
+#: ring is shared memory; the GIL and the locks of a process wait with private futexes).
+RING_WAIT = ["202", "0x9"]
+
+
+def _until(predicate: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
+    end = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+    return value
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86-64 syscall numbers")
+def test_a_stale_interrupt_does_not_swallow_a_namespace_reply(make_pool: type, tmp_path: Path) -> None:
+    """A stale interrupt signal (its attempt ended, its cancel was read long ago) lands while a
+    task waits for a namespace reply, and its handler runs once the reply is in the ring: the
+    wait must still end with the reply.
+
+    To line the events up, another thread of the worker holds the GIL: the signal interrupts the
+    ring's futex wait, and the main thread then waits for the GIL (the handler cannot run); the
+    daemon pushes the reply; the thread lets go of the GIL, and the handler runs.
+    """
+    pool = make_pool(workers=1)
+    pool.events.namespace["k"] = 42
+    fifo, ready = tmp_path / "fifo", tmp_path / "ready"
+    os.mkfifo(fifo)
+    writers: list[int] = []
+
+    def stale_interrupt(aid: str, op: str, args: dict[str, Any]) -> None:
+        pid = pool.events.started[aid][0]
+        assert pid is not None
+        _until(lambda: _syscall(pid, pid)[:3:2] == RING_WAIT, "the task to wait for its reply")
+
+        def open_fifo() -> int | None:
+            try:
+                return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: the thread has not opened it yet
+                return None
+
+        writers.append(_until(open_fifo, "the GIL thread to open the fifo"))
+        tid = int(_until(lambda: ready.exists() and ready.read_text(), "the GIL thread's id"))
+        _until(lambda: _syscall(pid, tid)[0] == "0", "the GIL thread to hold the GIL in read()")
+        os.kill(pid, signal.SIGUSR1)  # as the zygote would send it, late
+        _until(lambda: (lambda s: s[0] == "202" and s[:3:2] != RING_WAIT)(_syscall(pid, pid)),
+               "the interrupted wait to wait for the GIL")
+        # After this returns the daemon pushes the reply; then the thread lets go of the GIL.
+        pool.loop.call_soon(lambda: os.write(writers[0], b"x"))
+
+    pool.events.on_namespace = stale_interrupt
+    try:
+        aid = pool.submit("ns_get_behind_gil", "k", str(fifo), str(ready))
+        out = pool.wait(aid, timeout=5)[0]
+    finally:
+        for fd in writers:
+            os.close(fd)
+    assert (out.status, out.result) == ("completed", 42), out.error
+
+
+def test_cancel_while_waiting_for_a_namespace_reply(make_pool: type) -> None:
+    pool = make_pool(workers=1, kill_grace=2.0)
+    pool.events.namespace["k"] = 1
+    pool.events.on_namespace = lambda aid, op, args: pool.pool.stop_attempt(aid, "cancelled")
+    aid = pool.submit("ns_then_sleep", "k", 30)
+    out = pool.wait(aid, timeout=10)[0]
+    assert out.status == "cancelled" and out.error is not None and out.error.type.endswith("TaskInterrupted")
+    assert pool.events.started[aid][0] in pool.pids()
