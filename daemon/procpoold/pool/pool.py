@@ -726,7 +726,10 @@ class PoolExecutor:
                 w.last_beat = time.monotonic()
                 for data in raw:
                     try:
-                        msg = _unpackb(data)
+                        try:
+                            msg = _unpackb(data)
+                        except ValueError as exc:  # off the hot path
+                            msg = _unusual_result(data, exc)
                         if type(msg) is not list or RESULT_SIZES.get(msg[0]) != len(msg):
                             raise ValueError(f"not a result message: {msg!r:.80}")
                     except Exception as exc:
@@ -910,6 +913,19 @@ class PoolExecutor:
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.eventfd_read(w.res_efd)
                 self._drain_worker(w)
+
+
+def _unusual_result(data: bytes, error: ValueError) -> Any:
+    """A result message the strict decoder refused: a task's return value with a map key that is
+    not a string (a worker packs any dict) fails its attempt, as a value that cannot be packed
+    does in the worker; the control protocol carries string keys only. Anything else raises."""
+    msg = msgpack.unpackb(data, strict_map_key=False)  # raises for what is not msgpack at all
+    if type(msg) is list and len(msg) == RESULT_SIZES[DONE] and msg[0] == DONE and msg[2]:
+        message = (f"the return value has a map key that is not a string ({error}); results "
+                   "travel to clients as msgpack maps with string keys")
+        return [DONE, msg[1], False, {"type": "ResultNotSerializable", "message": message, "traceback": ""},
+                msg[4], msg[5]]
+    raise error
 
 
 def _percentiles(seconds: deque[float]) -> dict[str, float | int | None]:

@@ -243,6 +243,16 @@ def test_arguments_the_worker_cannot_decode_fail_only_their_attempt(make_pool: t
     assert pool.pool.info()["deaths"] == 0
 
 
+def test_a_result_with_keys_that_are_not_strings_fails_only_its_attempt(make_pool: type) -> None:
+    pool = make_pool(workers=1)
+    pid = pool.call("pid").result
+    out = pool.call("echo", {"fine": {1: "a"}})  # the worker packs it; clients could not read it
+    assert out.status == "failed" and out.error is not None and out.error.type == "ResultNotSerializable"
+    assert out.error.message.startswith("the return value has a map key that is not a string (")
+    assert pool.call("echo", {"fine": {"1": "a"}}).result == {"fine": {"1": "a"}}
+    assert pool.call("pid").result == pid and pool.pool.info()["deaths"] == 0
+
+
 MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3, 4, 5]]
 
 
