@@ -4,7 +4,13 @@ Readiness comes from a fake ``NOTIFY_SOCKET`` (the daemon sends ``READY=1``
 exactly as it does to systemd), so no test sleeps. Every process the daemon
 starts inherits a unique ``PROCPOOL_TEST_TAG``; after stopping, the harness
 scans /proc for that tag and fails the test if anything is left, and checks
-that the socket file is gone.
+that the socket file is gone, that no shared-memory object created by one of
+its processes is left in /dev/shm, and that the test process holds no fd on the
+daemon's files or on procpool shared memory.
+
+Shared-memory objects carry their creator's pid (``procpool-spill-<pid>-<seq>``,
+see ``procpoold.pool.shm``), so the harness only looks at objects of the pids it
+saw in its own daemons' process trees: other tests may run daemons in parallel.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from procpool import Client
+from procpoold.pool import shm
 
 STOP_TIMEOUT = 20.0
 
@@ -40,6 +49,39 @@ def tagged_pids(tag: str) -> list[int]:
             continue
         if needle in env.split(b"\0"):
             found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not: it only waits to be reaped)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def shm_objects(owners: set[int] | frozenset[int]) -> list[str]:
+    """Names of the procpool objects in /dev/shm created by one of the pids ``owners``."""
+    return [name for name in shm.list_leftovers() if shm.owner_pid(name) in owners]
+
+
+def procpool_fds(pid: int | str = "self", under: tuple[Path, ...] = ()) -> dict[int, str]:
+    """fds of ``pid`` on procpool shared memory (named or memfd), or on a path below ``under``."""
+    found = {}
+    base = f"/proc/{pid}/fd"
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return {}
+    for entry in entries:
+        try:
+            target = os.readlink(f"{base}/{entry}")
+        except OSError:
+            continue
+        if target.startswith((f"{shm.SHM_DIR}/{shm.PREFIX}", f"/memfd:{shm.PREFIX}")) or any(
+            target == str(p) or target.startswith(f"{p}/") for p in under
+        ):
+            found[int(entry)] = target
     return found
 
 
@@ -63,6 +105,8 @@ class DaemonProcess:
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+        #: Every pid seen in the process trees of this harness's daemons (for the /dev/shm check).
+        self.pids_seen: set[int] = set()
 
     def command(self) -> list[str]:
         return [
@@ -96,6 +140,7 @@ class DaemonProcess:
                 env=env,
                 start_new_session=True,
             )
+        self.pids_seen.add(self.proc.pid)
         try:
             if wait_ready:
                 self._wait_ready(notify, timeout)
@@ -149,8 +194,15 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def note_pids(self) -> set[int]:
+        """Record (and return) the pids of this daemon's processes alive now."""
+        pids = set(tagged_pids(self.tag))
+        self.pids_seen |= pids
+        return pids
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
+        self.note_pids()
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float = STOP_TIMEOUT) -> int:
@@ -158,17 +210,51 @@ class DaemonProcess:
         self.returncode = self.proc.wait(timeout)
         return self.returncode
 
-    def crash(self, everything: bool = True) -> None:
-        """SIGKILL the daemon (and, like systemd's cgroup kill, everything it started)."""
+    def crash(self, everything: bool = True, reap: bool = True) -> None:
+        """SIGKILL the daemon and, like systemd's cgroup kill, everything it started.
+
+        With ``everything``, every process is stopped (SIGSTOP) before any is killed, so none of
+        them runs a line of cleanup (a zygote seeing its daemon die would otherwise start its own),
+        and this returns once all of them are dead. Without it only the daemon is killed: what it
+        started must then go away (or not) by itself.
+
+        With ``reap`` False the dead daemon stays a zombie until :meth:`restart` (or
+        :meth:`wait`): its pid cannot be reused, and to every procpoold its shared-memory objects
+        still have a live owner, so none sweeps them away in between (other tests may start
+        daemons in parallel, and each start sweeps the objects of every dead owner).
+        """
         assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        if everything:
-            for pid in tagged_pids(self.tag):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        pids = self.note_pids()
+        if not everything:
+            self.proc.kill()
+            self._wait_exit(reap)
+            return
+        stopped: set[int] = set()
+        while pids - stopped:  # (a process forked meanwhile is stopped by the next pass)
+            for pid in pids - stopped:
+                _send(pid, signal.SIGSTOP)
+            stopped |= pids
+            pids = self.note_pids()
+        for pid in stopped:
+            _send(pid, signal.SIGKILL)
+        self._wait_exit(reap)
+        _wait_dead(stopped)
+
+    def _wait_exit(self, reap: bool, timeout: float = 10.0) -> None:
+        """Wait until the daemon has exited; reap it, or leave it a zombie (``reap`` False)."""
+        assert self.proc is not None
+        if reap:
+            self.proc.wait(timeout)
+            return
+        # WNOWAIT: wait, but leave it waitable. (Its /proc state says zombie as soon as its main
+        # thread exits, before the other threads have: it cannot be reaped until they have.)
+        deadline = time.monotonic() + timeout
+        while self.proc.returncode is None and not os.waitid(
+            os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"procpoold (pid {self.proc.pid}) survived SIGKILL")
+            time.sleep(0.01)
 
     def restart(self, wait_ready: bool = True) -> DaemonProcess:
         """Start a new daemon on the same socket and state (after stop() or crash())."""
@@ -180,6 +266,7 @@ class DaemonProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            self.note_pids()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(STOP_TIMEOUT)
@@ -194,7 +281,8 @@ class DaemonProcess:
         return self.returncode
 
     def assert_clean(self) -> None:
-        """No process of this daemon left, no socket file left."""
+        """No process of this daemon left, no socket file, no shared-memory object created by one of
+        its processes, no fd of the test process on the daemon's files or on procpool memory."""
         deadline = time.monotonic() + 10
         leftovers = tagged_pids(self.tag)
         while leftovers and time.monotonic() < deadline:
@@ -208,6 +296,13 @@ class DaemonProcess:
                     pass
             raise AssertionError(f"processes left behind by procpoold: {leftovers}\n{self.log()}")
         assert not self.socket.exists(), f"socket file {self.socket} left behind"
+        objects = shm_objects(self.pids_seen)
+        while objects and time.monotonic() < deadline:  # (a dying zygote may still be sweeping)
+            time.sleep(0.05)
+            objects = shm_objects(self.pids_seen)
+        assert not objects, f"shared-memory objects left behind in {shm.SHM_DIR}: {objects}\n{self.log()}"
+        fds = procpool_fds("self", (self.socket.parent, self.state_dir, self.log_path))
+        assert not fds, f"the test process holds fds on the daemon's files or memory: {fds}"
 
     def cleanup(self) -> None:
         """Kill whatever is left (never raises) and remove the work dir."""
@@ -218,9 +313,13 @@ class DaemonProcess:
                 pass
             self.proc.wait(5)
         for pid in tagged_pids(self.tag):
+            _send(pid, signal.SIGKILL)
+        # Objects of our dead processes (after a crash with no restart to sweep them). Only of
+        # processes not running: a pid reused meanwhile belongs to someone else.
+        for name in shm_objects({pid for pid in self.pids_seen if not running(pid)}):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                shm.unlink(name)
+            except (OSError, ValueError):
                 pass
         if self.owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -233,3 +332,19 @@ class DaemonProcess:
             self.stop(check=exc[0] is None)
         finally:
             self.cleanup()
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_dead(pids: set[int], timeout: float = 10.0) -> None:
+    """Until every one of ``pids`` has exited (a zombie has), or fail."""
+    deadline = time.monotonic() + timeout
+    while left := [pid for pid in pids if running(pid)]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes survived SIGKILL: {left}")
+        time.sleep(0.01)

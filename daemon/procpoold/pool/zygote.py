@@ -209,6 +209,9 @@ class _ZygoteServer:
         self.exited: set[int] = set()  # every worker pid seen, for spill cleanup at exit
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stopping = False
+        #: The daemon said "exit"; stopping for any other reason (our parent-death signal, EOF on
+        #: the socket) means the daemon is gone, even while the kernel still shows it alive.
+        self.asked_to_exit = False
         self.selector = selectors.DefaultSelector()
 
     def serve(self) -> int:
@@ -275,7 +278,7 @@ class _ZygoteServer:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, int(msg["sig"]))
             elif op == "exit":
-                self.stopping = True
+                self.stopping = self.asked_to_exit = True
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -333,7 +336,9 @@ class _ZygoteServer:
             self.exited.add(pid)
         # Spill objects of the dead: the daemon's (if it died) and every worker's.
         owners = set(self.exited)
-        if not shm.pid_alive(self.parent_pid) or os.getppid() != self.parent_pid:
+        # A SIGKILLed daemon's other threads may still be exiting when its main thread's death
+        # signals us, so its pid can still look alive: stopping unasked is proof enough.
+        if not self.asked_to_exit or not shm.pid_alive(self.parent_pid) or os.getppid() != self.parent_pid:
             owners.add(self.parent_pid)
         with contextlib.suppress(OSError):
             shm.cleanup_leftovers(shm.SPILL_PREFIX, owners=owners)
