@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from procpool import task
+from procpoold.oom import OomCounter
 from tests.support.daemon import DaemonProcess
 from tests.support.jobs import tasks_by_name
 from tests.support.waiting import wait_until
@@ -28,9 +29,13 @@ HERE = "tests.integration.test_worker_deaths"
 #: Only reached when something is broken: a task waiting for a file gives up after this.
 GIVE_UP = 60.0
 
+#: What a SIGKILL the pool did not send is said to be: not the OOM killer's when the cgroup's count
+#: of OOM kills can be read (it did not go up), a question otherwise (see procpoold.oom).
+KILL_HINT = " (not by the OOM killer)" if OomCounter().read() is not None else "; out of memory?"
+
 #: How the victim dies, and the end of the sentence that must say so.
 DEATHS = {
-    "sigkill": "was killed by SIGKILL while running task 'victim'; out of memory?",
+    "sigkill": f"was killed by SIGKILL while running task 'victim'{KILL_HINT}",
     "exit3": "exited with code 3 while running task 'victim'",
 }
 

@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from procpoold import journal
+from procpoold import journal, oom
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, Stream, TaskError
 from procpoold.loop import EventLoop, Timer
 
@@ -115,6 +115,7 @@ class CommandExecutor:
         self._loop = loop
         self._events = events
         self._base_env = dict(os.environ)
+        oom.shared()  # read the count of OOM kills now, before any command can die
         if self._sink is None:
             self._sink = journal.active_sink()
 
@@ -320,6 +321,9 @@ class CommandExecutor:
             outcome = Outcome(run.spec.attempt_id, status, exit_code=code)  # type: ignore[arg-type]
         elif code == 0:
             outcome = Outcome(run.spec.attempt_id, "completed", exit_code=0)
+        elif code == -signal.SIGKILL and oom.shared().consume():
+            outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code, error=TaskError(
+                "CommandFailed", "command killed by the kernel's OOM killer (SIGKILL): out of memory"))
         else:
             what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
             outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code,

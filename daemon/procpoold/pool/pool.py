@@ -38,6 +38,7 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpoold import oom as oom_kills
 from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
 from procpoold.journal import MessageId
 from procpoold.loop import EventLoop
@@ -141,6 +142,7 @@ class PoolExecutor:
         if self._zygote is None:
             raise RuntimeError("PoolExecutor.prefork() must run before start()")
         self._loop, self._events = loop, events
+        oom_kills.shared()  # read the count of OOM kills now, before any of ours can die
         loop.add_reader(self._zygote.fileno(), self._on_zygote)
         for slot in range(self._target):
             self._slots[slot] = None
@@ -483,17 +485,19 @@ class PoolExecutor:
         crashed = w.kill_reason is None and w.state is not _STOPPING and not self._closing
         # Named before the attempts end (that empties w.running): the log record says what it ran.
         task = next(iter(w.running.values())).spec.task_name if w.running else None
+        # Asked for every SIGKILL we did not send, so that each counted kill is taken once.
+        oom = oom_kills.shared().consume() if sig == signal.SIGKILL and w.kill_reason is None else None
         for aid, run in list(w.running.items()):
             if w.kill_reason is not None:  # we killed it, and know why
                 etype, sentence = w.kill_reason
             else:
-                etype, sentence = "WorkerDied", death_sentence(w, code, sig, run.spec.task_name)
+                etype, sentence = "WorkerDied", death_sentence(w, code, sig, run.spec.task_name, oom)
             status = STOP_STATUS[run.stop] if run.stop else "failed"
             self._end(w, aid, Outcome(aid, status, error=TaskError(etype, sentence)))
         if crashed:
             self._stats["deaths"] += 1
-            why = (death_sentence(w, code, sig, task) if task is not None
-                   else death_sentence(w, code, sig, "").replace(" while running task ''", " while idle"))
+            why = (death_sentence(w, code, sig, task, oom) if task is not None else
+                   death_sentence(w, code, sig, "", oom).replace(" while running task ''", " while idle"))
             log.warning("%s", why, extra={"journal_fields": {
                 "MESSAGE_ID": MessageId.WORKER_DIED, "PROCPOOL_WORKER_PID": str(pid)}})
         self._bury(w, crashed=crashed)

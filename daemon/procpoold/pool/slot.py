@@ -195,16 +195,25 @@ class WorkerSlot:
             os.close(self.req_efd)
 
 
-def death_sentence(worker: WorkerSlot, code: int | None, sig: int | None, task_name: str) -> str:
-    """``worker 3 (pid 4711) was killed by SIGKILL while running task 'resize'; out of memory?``"""
+def death_sentence(worker: WorkerSlot, code: int | None, sig: int | None, task_name: str,
+                   oom: bool | None = None) -> str:
+    """``worker 3 (pid 4711) was killed by SIGKILL while running task 'resize'; out of memory?``
+
+    ``oom`` says whether the kernel's OOM killer sent a SIGKILL (see :mod:`procpoold.oom`): True
+    names it, False rules it out, None (unknown) leaves the question.
+    """
     who = worker.describe()
     if sig is not None:
         try:
             name = signal.Signals(sig).name
         except ValueError:
             name = f"signal {sig}"
+        if sig == signal.SIGKILL and oom:
+            return (f"{who} was killed by the kernel's OOM killer (SIGKILL) while running task "
+                    f"{task_name!r}: out of memory")
         hint: dict[int, str] = {
-            signal.SIGKILL: "; out of memory?", signal.SIGSEGV: "; a crash in native code?",
+            signal.SIGKILL: "; out of memory?" if oom is None else " (not by the OOM killer)",
+            signal.SIGSEGV: "; a crash in native code?",
             signal.SIGBUS: "; a crash in native code?", signal.SIGABRT: "; an abort in native code?"}
         return f"{who} was killed by {name} while running task {task_name!r}{hint.get(sig, '')}"
     return f"{who} exited with code {code} while running task {task_name!r}"

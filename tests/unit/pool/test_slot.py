@@ -28,6 +28,12 @@ def test_sentences_name_the_cause(worker: WorkerSlot) -> None:
     assert death_sentence(worker, None, signal.SIGTERM, "x").endswith("SIGTERM while running task 'x'")
     assert death_sentence(worker, 3, None, "x") == (
         "worker 3 (pid 4711) exited with code 3 while running task 'x'")
+    # When the cgroup's count of OOM kills says who sent the SIGKILL (procpoold.oom):
+    assert death_sentence(worker, None, signal.SIGKILL, "resize", oom=True) == (
+        "worker 3 (pid 4711) was killed by the kernel's OOM killer (SIGKILL) while running task "
+        "'resize': out of memory")
+    assert death_sentence(worker, None, signal.SIGKILL, "resize", oom=False) == (
+        "worker 3 (pid 4711) was killed by SIGKILL while running task 'resize' (not by the OOM killer)")
 
 
 def test_settings_defaults_and_validation() -> None:
