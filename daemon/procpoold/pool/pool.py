@@ -723,25 +723,17 @@ class PoolExecutor:
                 raw = exc.partial
             except RingError as exc:
                 log.error("%s wrote a corrupt result ring: %s", w.describe(), exc)
+                for data in exc.partial:  # the results before the damage are real results
+                    self._handle(w, data)
+                    if w.closed:
+                        return
                 self._kill(w, ("WorkerDied", f"{w.describe()} was killed: corrupt result ring ({exc})"))
                 return
             if raw:
                 self._popped_at = time.perf_counter()
                 w.last_beat = time.monotonic()
                 for data in raw:
-                    try:
-                        try:
-                            msg = _unpackb(data)
-                        except ValueError as exc:  # off the hot path
-                            msg = _unusual_result(data, exc)
-                        if type(msg) is not list or RESULT_SIZES.get(msg[0]) != len(msg):
-                            raise ValueError(f"not a result message: {msg!r:.80}")
-                    except Exception as exc:
-                        log.error("%s sent a malformed message: %s", w.describe(), exc)
-                        self._kill(w, ("WorkerDied", f"{w.describe()} was killed: it sent a malformed "
-                                                     f"message ({exc})"))
-                        return
-                    self._on_message(w, msg)
+                    self._handle(w, data)
                     if w.closed:
                         return
                 continue
@@ -749,6 +741,21 @@ class PoolExecutor:
                 self._send(w, [])
             if ring.arm():
                 return
+
+    def _handle(self, w: WorkerSlot, data: bytes) -> None:
+        """One message from the result ring; a malformed one gets its worker killed."""
+        try:
+            try:
+                msg = _unpackb(data)
+            except ValueError as exc:  # off the hot path
+                msg = _unusual_result(data, exc)
+            if type(msg) is not list or RESULT_SIZES.get(msg[0]) != len(msg):
+                raise ValueError(f"not a result message: {msg!r:.80}")
+        except Exception as exc:
+            log.error("%s sent a malformed message: %s", w.describe(), exc)
+            self._kill(w, ("WorkerDied", f"{w.describe()} was killed: it sent a malformed message ({exc})"))
+            return
+        self._on_message(w, msg)
 
     def _on_message(self, w: WorkerSlot, msg: list[Any]) -> None:
         kind = msg[0]

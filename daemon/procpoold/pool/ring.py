@@ -75,11 +75,15 @@ _unpack = ffi.unpack
 
 
 class RingError(Exception):
-    """Base class of ring errors; ``code`` is the C return code (0 when raised by Python)."""
+    """Base class of ring errors; ``code`` is the C return code (0 when raised by Python).
+
+    From :meth:`Ring.pop_many`, ``partial`` holds the messages popped before the error, in order.
+    """
 
     def __init__(self, message: str, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
+        self.partial: list[bytes] = []
 
 
 class SegmentMismatch(RingError):
@@ -432,12 +436,12 @@ class Ring:
                 continue
             if n == 0:
                 break
-            if n != _EPEEK:
-                raise error_for(n)
             try:
+                if n != _EPEEK:
+                    raise error_for(n)
                 out.extend(self._pop_many_slow(max_count - len(out)))
-            except SpillError as exc:
-                exc.partial = out + exc.partial
+            except RingError as exc:
+                exc.partial = out + exc.partial  # popped (gone from the ring): not to be lost
                 raise
         return out
 

@@ -18,6 +18,7 @@ import pytest
 from procpoold.engines import Outcome
 from procpoold.oom import OomCounter
 from procpoold.pool import pool as pool_module
+from procpoold.pool.ring import Ring, RingCorrupt
 from tests.integration.pool.conftest import PoolHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -256,6 +257,32 @@ def test_a_result_with_keys_that_are_not_strings_fails_only_its_attempt(make_poo
     assert out.error.message.startswith("the return value has a map key that is not a string (")
     assert pool.call("echo", {"fine": {"1": "a"}}).result == {"fine": {"1": "a"}}
     assert pool.call("pid").result == pid and pool.pool.info()["deaths"] == 0
+
+
+def test_results_popped_before_a_damaged_record_still_count(make_pool: type,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ring's own test damages a record for real and checks that pop_many hands what it popped
+    # before the damage over in the error (tests/unit/native); here the pool must use them.
+    pool = make_pool(workers=1)
+    pid = pool.call("pid").result
+    real = Ring.pop_many
+    damaged: list[bytes] = []
+
+    def pop_many(self: Ring, max_count: int = 256) -> list[bytes]:
+        got = real(self, max_count)
+        if got and not damaged and any(msgpack.unpackb(m)[0] == pool_module.DONE for m in got):
+            damaged.extend(got)
+            exc = RingCorrupt("corrupt record (code -8)", -8)
+            exc.partial = got
+            raise exc
+        return got
+
+    monkeypatch.setattr(Ring, "pop_many", pop_many)
+    out = pool.call("add", 20, 22)
+    assert damaged and (out.status, out.result) == ("completed", 42)  # not lost with the ring
+    monkeypatch.undo()
+    pool.idle_workers(1)  # the worker that wrote the damaged ring was replaced
+    assert pid not in pool.pids() and pool.pool.info()["completed"] >= 2
 
 
 MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3, 4, 5]]
