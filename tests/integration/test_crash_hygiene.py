@@ -19,15 +19,17 @@ the next daemon's start removes whatever a dead one left (``PoolExecutor.prefork
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from procpool import Client
 from tests.support.daemon import DaemonProcess, procpool_fds, running, shm_objects, tagged_pids
 from tests.support.jobs import run_job, tasks_by_name, wait_task_state
 from tests.support.waiting import wait_until
@@ -131,26 +133,53 @@ def busy_pool_with_a_spill_in_flight(d: DaemonProcess, tmp: Path) -> tuple[list[
     return [busy, big], spill
 
 
-def finish_jobs(client: Client, job_ids: list[str]) -> None:
-    """After a restart: every job of the dead daemon ends; its interrupted attempts say so."""
-    for job_id in job_ids:
-        result = client.wait(job_id, timeout=30)
-        assert result["finished"], result
-        for t in result["status"]["tasks"]:
-            assert t["attempt_history"][0]["status"] == "interrupted", t
+@dataclass
+class BusyPool:
+    """A daemon with both workers busy and a spilled request in flight (see the module)."""
+
+    daemon: DaemonProcess
+    jobs: list[str]
+    spill: str
+    zygote: int
+    workers: set[int]
+    old_pids: set[int]
+    old_memfds: set[tuple[int, int]]
 
 
-def nothing_of_the_first_daemon_remains(d: DaemonProcess, old_pids: set[int],
-                                        old_memfds: set[tuple[int, int]]) -> None:
+@contextlib.contextmanager
+def busy_pool(tmp_path: Path) -> Iterator[BusyPool]:
+    d = DaemonProcess(extra_args=["--workers", str(WORKERS)])
+    try:
+        d.start()
+        jobs, spill = busy_pool_with_a_spill_in_flight(d, tmp_path)
+        zygote, workers = pool_tree(d)
+        old_pids = {d.pid, zygote, *workers}
+        yield BusyPool(d, jobs, spill, zygote, workers, old_pids, memfd_inodes(old_pids))
+    finally:
+        d.cleanup()
+
+
+def recovered(b: BusyPool) -> None:
+    """After the restart: every job of the dead daemon ends (its interrupted attempts say so), on a
+    new pool, and nothing of the first daemon remains."""
+    d = b.daemon
+    with d.client() as client:
+        for job_id in b.jobs:
+            result = client.wait(job_id, timeout=30)
+            assert result["finished"], result
+            for t in result["status"]["tasks"]:
+                assert t["attempt_history"][0]["status"] == "interrupted", t
+        wait_until(lambda: [w["state"] for w in client.pool()["workers"]],
+                   lambda states: states == ["idle"] * WORKERS, what="the new pool to be idle")
     zygote, workers = pool_tree(d)
     new_pids = {d.pid, zygote, *workers}
-    assert not new_pids & old_pids
-    assert not [pid for pid in old_pids if running(pid)]
+    assert not new_pids & b.old_pids
+    assert not [pid for pid in b.old_pids if running(pid)]
     assert set(tagged_pids(d.tag)) == new_pids
-    assert shm_objects(old_pids) == []
+    assert shm_objects(b.old_pids) == []
     # No process of the new daemon holds a ring segment of the old one (a memfd lives exactly as
     # long as an fd or a mapping of it), and the test process holds no procpool memory at all.
-    assert memfd_inodes(new_pids) and not memfd_inodes(new_pids) & old_memfds
+    assert memfd_inodes(new_pids) and not memfd_inodes(new_pids) & b.old_memfds
     assert procpool_fds() == {}
 
 
@@ -158,74 +187,50 @@ def nothing_of_the_first_daemon_remains(d: DaemonProcess, old_pids: set[int],
 
 
 def test_sigkill_of_the_daemon_alone_takes_its_pool_down(tmp_path: Path) -> None:
-    d = DaemonProcess(extra_args=["--workers", str(WORKERS)])
-    try:
-        d.start()
-        jobs, spill = busy_pool_with_a_spill_in_flight(d, tmp_path)
-        zygote, workers = pool_tree(d)
-        old_pids = {d.pid, zygote, *workers}
-        old_memfds = memfd_inodes(old_pids)
-        assert spill in shm_objects(old_pids)
-
+    with busy_pool(tmp_path) as b:
+        d = b.daemon
+        assert b.spill in shm_objects(b.old_pids)
         d.crash(everything=False)  # SIGKILL of the daemon only; we reap it (it is our child)
         assert d.proc is not None and d.proc.returncode == -9
 
-        wait_until(lambda: [p for p in (zygote, *workers) if not dead_and_not_ours(p)],
+        wait_until(lambda: [p for p in (b.zygote, *b.workers) if not dead_and_not_ours(p)],
                    lambda left: not left, timeout=15,
                    what="the zygote and the workers to exit by themselves")
         assert tagged_pids(d.tag) == []
         # The zygote, on its way out, removed the spill objects of its workers and of the daemon.
-        assert shm_objects(old_pids) == []
+        assert shm_objects(b.old_pids) == []
 
         (tmp_path / "gate").touch()  # what was interrupted may run again and finish
         d.restart()  # READY comes after the pool's prefork, which sweeps /dev/shm
-        assert shm_objects(old_pids) == []
-        with d.client() as client:
-            finish_jobs(client, jobs)
-            wait_until(lambda: [w["state"] for w in client.pool()["workers"]],
-                       lambda states: states == ["idle"] * WORKERS, what="the new pool to be idle")
-        nothing_of_the_first_daemon_remains(d, old_pids, old_memfds)
+        assert shm_objects(b.old_pids) == []
+        recovered(b)
         again = run_job(d, {"name": "again", **call("hold", str(tmp_path / "gate"))}, python_path=[ROOT])
         assert tasks_by_name(again)["again"]["state"] == "completed"
         d.stop()  # checks processes, socket, shared memory and fds
-    finally:
-        d.cleanup()
 
 
 def test_after_a_cgroup_kill_the_next_start_removes_the_leftovers(tmp_path: Path) -> None:
-    d = DaemonProcess(extra_args=["--workers", str(WORKERS)])
-    try:
-        d.start()
-        jobs, spill = busy_pool_with_a_spill_in_flight(d, tmp_path)
-        zygote, workers = pool_tree(d)
-        old_pids = {d.pid, zygote, *workers}
-        old_memfds = memfd_inodes(old_pids)
-
+    with busy_pool(tmp_path) as b:
+        d = b.daemon
         # Every process stopped, then killed: nobody cleans anything up. The daemon stays a zombie
         # until the restart, so no procpoold started meanwhile (by a test running in parallel)
         # takes its objects for a dead owner's and sweeps them before ours can.
         d.crash(reap=False)
-        assert not [pid for pid in old_pids if running(pid)]
-        assert shm_objects(old_pids) == [spill]  # left for the next start
+        assert not [pid for pid in b.old_pids if running(pid)]
+        assert shm_objects(b.old_pids) == [b.spill]  # left for the next start
 
         (tmp_path / "gate").touch()
         d.restart()  # reaps the old daemon; READY comes after the pool's prefork, which sweeps
-        assert shm_objects(old_pids) == []
+        assert shm_objects(b.old_pids) == []
         # Records go through one writer thread, in order: once READY's record is there, so is the
         # sweep's.
         wait_until(d.log, lambda log: log.count(" ready on ") == 2, what="the new daemon's ready record")
         swept = [name for line in d.log().splitlines() if "leftover shared-memory objects: " in line
                  for name in line.split("objects: ", 1)[1].split(" [", 1)[0].split(", ")]
-        if spill not in swept:
+        if b.spill not in swept:
             # Only possible when a procpoold or a pool started by a test running in parallel swept
             # it in the instant between the reap and our prefork (every start sweeps the objects of
             # every dead owner). Run alone, this test always takes the other branch.
-            print(f"{spill} was swept by a procpool start running in parallel: {swept}")
-        with d.client() as client:
-            finish_jobs(client, jobs)
-            wait_until(lambda: [w["state"] for w in client.pool()["workers"]],
-                       lambda states: states == ["idle"] * WORKERS, what="the new pool to be idle")
-        nothing_of_the_first_daemon_remains(d, old_pids, old_memfds)
+            print(f"{b.spill} was swept by a procpool start running in parallel: {swept}")
+        recovered(b)
         d.stop()
-    finally:
-        d.cleanup()
