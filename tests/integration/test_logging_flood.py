@@ -74,3 +74,24 @@ def test_flood_with_drop_counts_and_reports_what_it_dropped(daemon: DaemonProces
     written = sum(1 for line in log.splitlines() if "procpoold.task: line " in line)
     assert written + dropped == LINES
     assert "MESSAGE_ID=0b2dee34cd1b4b10b1c0689c56c5793a" in log and "log record(s) of task 1.0" in log
+
+
+@pytest.mark.daemon_args("--workers", "2", "--log-target", "stderr", "--log-policy", "block",
+                         "--log-queue-size", "1000", "--log-level", "info")
+def test_a_command_that_exits_with_its_pipe_full_loses_nothing_with_block(daemon: DaemonProcess) -> None:
+    # seq writes faster than the daemon reads and exits at once: when it is reaped, its pipe (and
+    # the lines held back while the queue was full) still hold many times the queue's size. They
+    # are passed on as the queue drains, and the task's outcome is reported after its last line.
+    lines = 200_000
+    with daemon.client() as client:
+        job = client.submit({"name": "seq", "root": {"name": "seq", "cmd": ["seq", str(lines)]}})["id"]
+        assert client.wait(job, timeout=60)["state"] == "completed"
+        assert client.status()["logging"]["dropped"] == 0
+    daemon.stop()
+    log = daemon.log().splitlines()
+    out = [i for i, line in enumerate(log) if line.startswith("INFO    procpoold.task: ") and
+           line.split("procpoold.task: ", 1)[1].split(" [", 1)[0].isdigit()]
+    assert len(out) == lines
+    assert log[out[-1]].startswith(f"INFO    procpoold.task: {lines} [")
+    [done] = [i for i, line in enumerate(log) if 'task "seq" completed' in line]
+    assert done > out[-1]

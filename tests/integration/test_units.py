@@ -185,8 +185,10 @@ def test_service_lifecycle_settings() -> None:
     assert argv[argv.index("--group") + 1] == "procpool"
     # The socket is always systemd's: the service pulls its socket unit in.
     assert unit["Unit"]["Requires"] == ["procpoold.socket"] and unit["Unit"]["After"] == ["procpoold.socket"]
-    # A RuntimeDirectory would be removed on stop, and the socket file in it (systemd-e2e.md pitfall 7).
+    # A RuntimeDirectory would be removed on stop, and the socket file in it.
     assert "RuntimeDirectory" not in service
+    # journald's per-unit rate limit would drop a busy job tree's records.
+    assert one(unit, "Service", "LogRateLimitIntervalSec") == "0"
 
 
 def test_socket_unit() -> None:
@@ -207,6 +209,7 @@ def test_user_units() -> None:
     assert argv[0] == INSTALLED_EXEC and argv[argv.index("--socket") + 1] == "%t/procpoold/control.sock"
     assert one(service, "Service", "Type") == "notify"
     assert "User" not in service["Service"]
+    assert one(service, "Service", "LogRateLimitIntervalSec") == "0"
 
 
 def test_sysusers_entry() -> None:

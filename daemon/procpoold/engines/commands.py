@@ -84,6 +84,7 @@ class _Running:
     partial: dict[int, bytes] = field(default_factory=dict)
     paused: set[int] = field(default_factory=set)  # pipes not read while the log queue is full
     held: dict[int, list[bytes]] = field(default_factory=dict)  # lines read but not yet passed on
+    closed: set[int] = field(default_factory=set)  # pipes read to the end (kept in pipes for the stream)
     stop_reason: StopReason | None = None
     kill_timer: Timer | None = None
 
@@ -214,7 +215,7 @@ class CommandExecutor:
             except subprocess.TimeoutExpired:
                 self._signal_group(run, signal.SIGKILL)
                 run.proc.wait()
-            self._on_exit(run)
+            self._on_exit(run, wait_for_room=False)
 
     def info(self) -> dict[str, Any]:
         return {"slots": self.slots, "running": len(self._running), "started": self.started_total}
@@ -243,7 +244,7 @@ class CommandExecutor:
             self._sink.when_room(functools.partial(self._resume, run, fd))
 
     def _resume(self, run: _Running, fd: int) -> None:
-        if fd not in run.paused or fd not in run.pipes or self._running.get(run.spec.attempt_id) is not run:
+        if fd not in run.paused or fd in run.closed or self._running.get(run.spec.attempt_id) is not run:
             return
         assert self._loop is not None and self._sink is not None
         if not self._emit(run, fd, []):
@@ -252,20 +253,16 @@ class CommandExecutor:
         run.paused.discard(fd)
         self._loop.add_reader(fd, functools.partial(self._on_output, run, fd))
 
-    def _emit_lines(self, run: _Running, fd: int, data: bytes, final: bool = False,
-                    force: bool = False) -> bool:
+    def _emit_lines(self, run: _Running, fd: int, data: bytes) -> bool:
         """Pass complete lines on; False if the log queue filled up (the rest waits in run.held)."""
         buf = run.partial.get(fd, b"") + data
         lines = buf.split(b"\n")
         rest = lines.pop()
-        if final and rest:
-            lines.append(rest)
-            rest = b""
         while len(rest) > MAX_LINE:  # a line with no end in sight: pass it on in pieces
             lines.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
         run.partial[fd] = rest
-        return self._emit(run, fd, lines, force or final)
+        return self._emit(run, fd, lines)
 
     def _emit(self, run: _Running, fd: int, lines: list[bytes], force: bool = False) -> bool:
         assert self._events is not None
@@ -285,16 +282,43 @@ class CommandExecutor:
         return True
 
     def _close_pipe(self, run: _Running, fd: int) -> None:
+        """Read what is left in the pipe into ``run.held`` (lines are passed on as the log queue has
+        room, like any others) and close it; the stream stays known for those lines."""
         assert self._loop is not None
-        if fd not in run.pipes:
+        if fd in run.closed:
             return
-        self._emit_lines(run, fd, b"", final=True)
+        chunks = [run.partial.pop(fd, b"")]
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                data = os.read(fd, _READ)
+                if not data:
+                    break
+                chunks.append(data)
+        lines = b"".join(chunks).split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # the empty rest after the last newline
+        if lines:
+            run.held[fd] = run.held.get(fd, []) + lines
         self._loop.remove_reader(fd)
         run.paused.discard(fd)
-        del run.pipes[fd]
+        run.closed.add(fd)
         os.close(fd)
+        if run.spec.attempt_id in self._running:  # else _on_exit passes them on before the outcome
+            self._flush_closed(run)
 
-    def _on_exit(self, run: _Running) -> None:
+    def _flush_closed(self, run: _Running) -> None:
+        if not self._emit_held(run) and self._running.get(run.spec.attempt_id) is run:
+            assert self._sink is not None
+            self._sink.when_room(functools.partial(self._flush_closed, run))
+
+    def _emit_held(self, run: _Running) -> bool:
+        """Pass on held lines of closed pipes while there is room; True when none is left."""
+        for fd in list(run.held):
+            if fd in run.closed and not self._emit(run, fd, []):
+                return False
+        return not any(fd in run.closed for fd in run.held)
+
+    def _on_exit(self, run: _Running, wait_for_room: bool = True) -> None:
         assert self._loop is not None
         if run.spec.attempt_id not in self._running:
             return
@@ -307,12 +331,6 @@ class CommandExecutor:
         # Whatever the task left in its process group goes with it.
         self._signal_group(run, signal.SIGKILL)
         for fd in list(run.pipes):  # what the task wrote before it exited
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    data = os.read(fd, _READ)
-                    if not data:
-                        break
-                    self._emit_lines(run, fd, data, force=True)
             self._close_pipe(run, fd)
         if run.stop_reason is not None:
             status = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}[
@@ -328,7 +346,21 @@ class CommandExecutor:
             what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
             outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code,
                               error=TaskError("CommandFailed", f"command {what}"))
+        if wait_for_room:
+            self._finish_when_written(run, outcome)
+            return
+        for fd in list(run.held):  # shutting down: nobody waits for room any more
+            self._emit(run, fd, [], force=True)
         self._finish(outcome)
+
+    def _finish_when_written(self, run: _Running, outcome: Outcome) -> None:
+        """Report the outcome once the command's last lines are in the log queue: they come
+        before its final record, and with log_policy block none is dropped for want of room."""
+        if self._emit_held(run):
+            self._finish(outcome)
+            return
+        assert self._sink is not None
+        self._sink.when_room(functools.partial(self._finish_when_written, run, outcome))
 
     def _finish(self, outcome: Outcome) -> None:
         assert self._events is not None
