@@ -97,7 +97,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     )
 
     executors: dict[str, Executor] = {
-        "call": PoolExecutor(config.pool_settings()),
+        "call": PoolExecutor(config.pool_settings(), sink=sink),
         "cmd": CommandExecutor(config.workers, config.kill_grace, sink=sink),
     }
     from procpoold.store import StoreError, StoreFailure

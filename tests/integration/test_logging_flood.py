@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,4 +95,27 @@ def test_a_command_that_exits_with_its_pipe_full_loses_nothing_with_block(daemon
     assert len(out) == lines
     assert log[out[-1]].startswith(f"INFO    procpoold.task: {lines} [")
     [done] = [i for i, line in enumerate(log) if 'task "seq" completed' in line]
+    assert done > out[-1]
+
+
+@pytest.mark.daemon_args("--workers", "2", "--log-target", "stderr", "--log-policy", "block",
+                         "--log-queue-size", "1000", "--log-level", "info")
+def test_a_call_task_that_floods_loses_nothing_with_block(daemon: DaemonProcess) -> None:
+    # The pool stops reading the worker's result ring while the queue is full; the task waits on its
+    # full ring. (It used to read on and drop past twice the queue: 110,005 of 200,000 lines here.)
+    lines = 200_000
+    root = str(Path(__file__).resolve().parents[2])
+    with daemon.client() as client:
+        job = client.submit({"name": "spew", "python_path": [root],
+                             "root": {"name": "spew", "call": "tests.support.pool_probes:output",
+                                      "args": [lines]}})["id"]
+        assert client.wait(job, timeout=60)["state"] == "completed"
+        logging_stats = client.status()["logging"]
+    assert logging_stats["dropped"] == 0 and logging_stats["paused"] > 0
+    daemon.stop()
+    log = daemon.log().splitlines()
+    out = [i for i, line in enumerate(log) if line.startswith("INFO    procpoold.task: out ")]
+    assert len(out) == lines
+    assert log[out[-1]].startswith(f"INFO    procpoold.task: out {lines - 1} [")
+    [done] = [i for i, line in enumerate(log) if 'task "spew" completed' in line]
     assert done > out[-1]

@@ -40,7 +40,7 @@ import msgpack
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold import oom as oom_kills
 from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
-from procpoold.journal import MessageId
+from procpoold.journal import LogSink, MessageId
 from procpoold.loop import EventLoop
 from procpoold.pool import shm, zygote
 from procpoold.pool.protocol import (
@@ -91,8 +91,10 @@ class PoolExecutor:
 
     name = "pool"
 
-    def __init__(self, settings: PoolSettings | None = None) -> None:
+    def __init__(self, settings: PoolSettings | None = None, sink: LogSink | None = None) -> None:
         self.settings = settings or PoolSettings()
+        #: The log queue: a worker's result ring is not read while it is full (policy block).
+        self._sink = sink
         self._target = self.settings.workers
         self._zygote: zygote.Zygote | None = None
         self._loop: EventLoop | None = None
@@ -465,7 +467,7 @@ class PoolExecutor:
         self._zygote.stop(timeout=1.0)
         self._zygote = None
         for w in list(self._all):
-            self._drain_worker(w)
+            self._drain_worker(w, force=True)
             for aid, run in list(w.running.items()):
                 self._end(w, aid, Outcome(aid, "failed", error=TaskError(
                     "WorkerDied", f"{w.describe()} died with the zygote while running task "
@@ -480,7 +482,7 @@ class PoolExecutor:
         if w is None:
             return
         # Its last words count: results posted before it died are real results.
-        self._drain_worker(w)
+        self._drain_worker(w, force=True)
         self._requeue_unstarted(w)
         crashed = w.kill_reason is None and w.state is not _STOPPING and not self._closing
         # Named before the attempts end (that empties w.running): the log record says what it ran.
@@ -713,8 +715,14 @@ class PoolExecutor:
         for w in list(self._all):
             self._drain_worker(w)
 
-    def _drain_worker(self, w: WorkerSlot) -> None:
+    def _drain_worker(self, w: WorkerSlot, force: bool = False) -> None:
+        """Read the worker's result ring until it is empty (then arm its doorbell), or until the log
+        queue is full (log_policy block: then not again until it has room). ``force``: read it all
+        anyway (the worker died; shutting down)."""
+        if w.log_paused and not force:
+            return
         ring = w.res
+        sink = None if force else self._sink
         while not w.closed:
             try:
                 raw = ring.pop_many(256)
@@ -736,11 +744,27 @@ class PoolExecutor:
                     self._handle(w, data)
                     if w.closed:
                         return
+                if sink is not None and not sink.has_room():
+                    self._pause_for_logs(w)
+                    return
                 continue
             if w.backlog:
                 self._send(w, [])
             if ring.arm():
                 return
+
+    def _pause_for_logs(self, w: WorkerSlot) -> None:
+        """Leave the ring unread (and its doorbell unarmed) until the log queue has room."""
+        assert self._sink is not None
+        w.log_paused = True
+        self._sink.when_room(lambda: self._resume_logs(w))
+
+    def _resume_logs(self, w: WorkerSlot) -> None:
+        if w.closed or not w.log_paused:
+            return
+        w.log_paused = False
+        w.last_beat = time.monotonic()  # its heartbeats waited in the ring meanwhile
+        self._drain_worker(w)
 
     def _handle(self, w: WorkerSlot, data: bytes) -> None:
         """One message from the result ring; a malformed one gets its worker killed."""
@@ -890,7 +914,7 @@ class PoolExecutor:
                 continue
             busy = True
             names = ", ".join(repr(r.spec.task_name) for r in w.running.values())
-            if now - w.last_beat > s.heartbeat_timeout:
+            if now - w.last_beat > s.heartbeat_timeout and not w.log_paused:
                 self._kill(w, ("WorkerHung", f"{w.describe()} sent no heartbeat for "
                                              f"{s.heartbeat_timeout:g} s while running task {names} "
                                              "and was killed (hung, or stuck in native code holding "
@@ -923,7 +947,7 @@ class PoolExecutor:
             if not w.closed:
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.eventfd_read(w.res_efd)
-                self._drain_worker(w)
+                self._drain_worker(w, force=True)
 
 
 def _unusual_result(data: bytes, error: ValueError) -> Any:

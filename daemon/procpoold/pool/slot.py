@@ -164,6 +164,9 @@ class WorkerSlot:
         self.backlog: list[bytes] = []
         self.timers: list[Timer] = []
         self.closed = False
+        #: Its result ring is not read while the log queue is full (log_policy block): the worker
+        #: waits on its full ring, as a command waits on its full pipe.
+        self.log_paused = False
 
     @property
     def name(self) -> str:

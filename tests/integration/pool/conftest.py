@@ -66,10 +66,10 @@ class Recorder:
 class PoolHarness:
     """One pool, its loop and its recorder, with helpers to submit and wait."""
 
-    def __init__(self, settings: PoolSettings) -> None:
+    def __init__(self, settings: PoolSettings, sink: Any = None) -> None:
         self.loop = EventLoop()
         self.events = Recorder()
-        self.pool = PoolExecutor(settings)
+        self.pool = PoolExecutor(settings, sink=sink)
         self.pool.prefork()
         self.pool.start(self.loop, self.events)
         self.closed = False
@@ -136,9 +136,9 @@ def make_pool() -> Iterator[Callable[..., PoolHarness]]:
     shm_before = shm_entries()
     fds_before = open_fds()
 
-    def make(**settings: Any) -> PoolHarness:
+    def make(sink: Any = None, **settings: Any) -> PoolHarness:
         settings.setdefault("workers", 2)
-        harness = PoolHarness(PoolSettings(**settings))
+        harness = PoolHarness(PoolSettings(**settings), sink)
         harnesses.append(harness)
         return harness
 

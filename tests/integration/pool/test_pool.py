@@ -285,6 +285,48 @@ def test_results_popped_before_a_damaged_record_still_count(make_pool: type,
     assert pid not in pool.pids() and pool.pool.info()["completed"] >= 2
 
 
+class FullQueue:
+    """The log queue as the pool sees it (``has_room``, ``when_room``), full until ``drain()``."""
+
+    def __init__(self) -> None:
+        self.full = True
+        self.waiting: list[Callable[[], None]] = []
+
+    def has_room(self) -> bool:
+        return not self.full
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        self.waiting.append(callback)
+
+    def drain(self) -> None:
+        self.full = False
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
+
+
+def test_a_full_log_queue_pauses_the_worker_not_its_output(make_pool: type) -> None:
+    # log_policy block: while the log queue is full the worker's result ring is not read, so a task
+    # that prints blocks on its full ring, and nothing it printed is dropped; paused for longer than
+    # heartbeat_timeout, it is not taken for hung.
+    queue = FullQueue()
+    pool = make_pool(workers=1, heartbeat_timeout=0.4, ring_capacity=16384, sink=queue)
+    lines = 5000  # far more than a 16 KiB ring holds
+    aid = pool.submit("output", lines)
+    pool.run_until(lambda: len(queue.waiting) > 0, what="the pool to stop reading for the full queue")
+    printed = len([e for e in pool.events.logs if e[0] == aid])
+    assert printed < lines and aid not in pool.events.finished
+    deadline = time.monotonic() + 1.2  # three heartbeat timeouts with the ring left unread
+    pool.run_until(lambda: time.monotonic() > deadline, what="time to pass")
+    assert aid not in pool.events.finished and len([e for e in pool.events.logs if e[0] == aid]) == printed
+    queue.drain()
+    [out] = pool.wait(aid)
+    assert (out.status, out.result) == ("completed", "printed"), out.error
+    got = [e[3] for e in pool.events.logs if e[0] == aid and e[1] == "stdout"]
+    assert got[:lines] == [f"out {i}" for i in range(lines)] and got[-1] == "partial"
+    assert pool.pool.info()["deaths"] == 0
+
+
 MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3, 4, 5]]
 
 
