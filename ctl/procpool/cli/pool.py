@@ -22,7 +22,8 @@ def pool_table(data: dict[str, Any]) -> str:
             (
                 str(w["slot"]),
                 str(w["pid"]),
-                w["state"] + (" (retiring)" if w.get("retiring") else ""),
+                w["state"] + (" (retiring)" if w.get("retiring") else "")
+                + (" (waiting for the log)" if w.get("log_paused") else ""),
                 tasks,
                 str(w.get("tasks_done", 0)),
                 _mib(w.get("rss")),

@@ -304,6 +304,7 @@ class PoolExecutor:
                 "tasks_done": w.tasks_done,
                 "age": now - w.spawned_at,
                 "retiring": w.retire or self._slots.get(w.slot) is not w,
+                "log_paused": w.log_paused,
                 **memory_info(w.pid),
             })
         return out

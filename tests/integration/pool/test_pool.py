@@ -319,12 +319,13 @@ def test_a_full_log_queue_pauses_the_worker_not_its_output(make_pool: type) -> N
     deadline = time.monotonic() + 1.2  # three heartbeat timeouts with the ring left unread
     pool.run_until(lambda: time.monotonic() > deadline, what="time to pass")
     assert aid not in pool.events.finished and len([e for e in pool.events.logs if e[0] == aid]) == printed
+    assert [w["log_paused"] for w in pool.pool.workers_info()] == [True]  # procctl pool shows it
     queue.drain()
     [out] = pool.wait(aid)
     assert (out.status, out.result) == ("completed", "printed"), out.error
     got = [e[3] for e in pool.events.logs if e[0] == aid and e[1] == "stdout"]
     assert got[:lines] == [f"out {i}" for i in range(lines)] and got[-1] == "partial"
-    assert pool.pool.info()["deaths"] == 0
+    assert pool.pool.info()["deaths"] == 0 and not pool.pool.workers_info()[0]["log_paused"]
 
 
 MALFORMED = [{"t": "done", "id": "x"}, [], [0, "x"], "done", [99], [[0], 1, 2, 3, 4, 5]]
