@@ -31,6 +31,9 @@
 #include <unistd.h>
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free to live in shared memory");
+/* uint64_t is unsigned long on LP64 platforms: its atomics are the `long` ones. */
+_Static_assert(sizeof(uint64_t) != sizeof(long) || ATOMIC_LONG_LOCK_FREE == 2,
+               "64-bit atomics must be lock-free to live in shared memory");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free to live in shared memory");
 _Static_assert(sizeof(_Atomic uint64_t) == 8, "atomic 64-bit word must have the plain layout");
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "atomic 32-bit word must have the plain layout");
@@ -573,7 +576,9 @@ int pp_ring_wait(pp_ring_t *r, int64_t timeout_ns) {
     }
     struct pp_ring_ctl *ctl = r->ctl;
     int64_t start = now_ns();
-    int64_t deadline = timeout_ns < 0 ? INT64_MAX : start + timeout_ns;
+    /* A timeout too long to add to the clock (no overflow: that would be undefined) is forever. */
+    bool forever = timeout_ns < 0 || timeout_ns > INT64_MAX - start;
+    int64_t deadline = forever ? INT64_MAX : start + timeout_ns;
 
     /* Spin phase. The budget adapts: it grows towards twice the gaps that spinning bridged and
      * halves whenever spinning was in vain, so a worker fed back to back keeps spinning and an
@@ -597,7 +602,7 @@ int pp_ring_wait(pp_ring_t *r, int64_t timeout_ns) {
 
     /* Block phase. */
     struct timespec abs;
-    if (timeout_ns > 0) {
+    if (!forever) {
         abs.tv_sec = (time_t)(deadline / 1000000000);
         abs.tv_nsec = (long)(deadline % 1000000000);
     }
@@ -612,12 +617,12 @@ int pp_ring_wait(pp_ring_t *r, int64_t timeout_ns) {
             atomic_store_explicit(&ctl->sleeping, 0, memory_order_relaxed);
             return PP_OK;
         }
-        if (timeout_ns > 0 && now_ns() >= deadline) {
+        if (!forever && now_ns() >= deadline) {
             atomic_store_explicit(&ctl->sleeping, 0, memory_order_relaxed);
             return PP_ETIMEDOUT;
         }
         r->blocks++;
-        long rc = futex_wait_until(&ctl->wake_seq, seq, timeout_ns > 0 ? &abs : NULL);
+        long rc = futex_wait_until(&ctl->wake_seq, seq, forever ? NULL : &abs);
         int err = rc == -1 ? errno : 0;
         atomic_store_explicit(&ctl->sleeping, 0, memory_order_relaxed);
         if (has_data(r)) {

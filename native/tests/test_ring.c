@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/time.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -192,6 +194,8 @@ static void test_single_process(void) {
     munmap(mem, size);
 }
 
+static void on_alarm(int signum) { (void)signum; }
+
 static void test_wakeups(void) {
     uint32_t cap = 4096;
     size_t size = pp_segment_size(cap);
@@ -235,6 +239,18 @@ static void test_wakeups(void) {
     CHECK(dt >= 30 * 1000000 && dt < 500 * 1000000);
     CHECK_EQ(pp_ring_blocks(&c), 1);
     CHECK_EQ(pp_ring_spin(&c, 1000), 0);
+
+    /* A timeout too long to add to the clock waits like "forever" (no signed overflow: UBSan
+     * watches this in the sanitizer run); a signal ends the wait with PP_EINTR. */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_alarm;  /* no SA_RESTART: the futex wait returns EINTR */
+    CHECK(sigaction(SIGALRM, &sa, NULL) == 0);
+    struct itimerval it = {.it_value = {.tv_sec = 0, .tv_usec = 20000}};
+    CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0);
+    t0 = mono_ns();
+    CHECK_EQ(pp_ring_wait(&c, INT64_MAX - 1), PP_EINTR);
+    CHECK(mono_ns() - t0 >= 15 * 1000000);
+    signal(SIGALRM, SIG_DFL);
     close(efd);
     munmap(mem, size);
 }
