@@ -304,12 +304,7 @@ class CommandExecutor:
         run.closed.add(fd)
         os.close(fd)
         if run.spec.attempt_id in self._running:  # else _on_exit passes them on before the outcome
-            self._flush_closed(run)
-
-    def _flush_closed(self, run: _Running) -> None:
-        if not self._emit_held(run) and self._running.get(run.spec.attempt_id) is run:
-            assert self._sink is not None
-            self._sink.when_room(functools.partial(self._flush_closed, run))
+            self._pass_on_held(run)
 
     def _emit_held(self, run: _Running) -> bool:
         """Pass on held lines of closed pipes while there is room; True when none is left."""
@@ -347,20 +342,24 @@ class CommandExecutor:
             outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code,
                               error=TaskError("CommandFailed", f"command {what}"))
         if wait_for_room:
-            self._finish_when_written(run, outcome)
+            self._pass_on_held(run, outcome)
             return
         for fd in list(run.held):  # shutting down: nobody waits for room any more
             self._emit(run, fd, [], force=True)
         self._finish(outcome)
 
-    def _finish_when_written(self, run: _Running, outcome: Outcome) -> None:
-        """Report the outcome once the command's last lines are in the log queue: they come
-        before its final record, and with log_policy block none is dropped for want of room."""
-        if self._emit_held(run):
-            self._finish(outcome)
+    def _pass_on_held(self, run: _Running, outcome: Outcome | None = None) -> None:
+        """Pass on the held lines of closed pipes as the log queue has room (with log_policy block
+        none is dropped for want of it); then report ``outcome``, so that a command's last lines
+        come before its final record. Without an outcome (a pipe closed while the command runs),
+        this stops once the command has exited: its exit takes over with the outcome."""
+        if outcome is None and self._running.get(run.spec.attempt_id) is not run:
             return
-        assert self._sink is not None
-        self._sink.when_room(functools.partial(self._finish_when_written, run, outcome))
+        if not self._emit_held(run):
+            assert self._sink is not None
+            self._sink.when_room(functools.partial(self._pass_on_held, run, outcome))
+        elif outcome is not None:
+            self._finish(outcome)
 
     def _finish(self, outcome: Outcome) -> None:
         assert self._events is not None
