@@ -282,12 +282,6 @@ class PoolExecutor:
             "round_trip_woken": _percentiles(self._woken_trips),
         }
 
-    def round_trip(self, woken: bool = False) -> dict[str, float | int | None]:
-        """p50 and p99 in microseconds of the recent round trips (push to result; see the module)
-        to a worker that was awake, or (``woken``) asleep until the push."""
-        return _percentiles(self._woken_trips if woken else self._round_trips)
-
-
     # -- extra API ---------------------------------------------------------------------------------
 
     def workers_info(self) -> list[dict[str, Any]]:

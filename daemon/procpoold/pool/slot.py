@@ -121,7 +121,7 @@ class Running:
     stop: StopReason | None = None
     kill_timer: Timer | None = None
     #: ``perf_counter()`` when it was pushed to a worker that held nothing else (0.0 otherwise):
-    #: its result's arrival measures the pool's round trip (see ``PoolExecutor.round_trip``).
+    #: its result's arrival measures the pool's round trip (``PoolExecutor.info()``'s ``round_trip``).
     sent: float = 0.0
     #: ... and the push had to wake the worker (it slept): such a round trip includes a wakeup.
     woken: bool = False
