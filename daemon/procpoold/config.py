@@ -33,6 +33,9 @@ class Config:
     state_dir: Path = field(default_factory=default_state_dir)
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     group: str | None = None
+    #: Members of this group are administrators (as are root and the daemon's own user): they may
+    #: change anyone's jobs, stop the daemon and resize the pool. See daemon/procpoold/identity.py.
+    admin_group: str | None = None
     log_level: str = "info"
     #: Where records go (auto, journal, stderr), the log queue's size and its policy (block, drop).
     log_target: str = "auto"
@@ -99,11 +102,14 @@ class Config:
             raise ConfigError("retention_age and retention_count must not be negative")
         if self.drain_timeout < 0 or self.kill_grace < 0:
             raise ConfigError("drain_timeout and kill_grace must not be negative")
-        if self.group is not None:
+        for name in ("group", "admin_group"):
+            value = getattr(self, name)
+            if value is None:
+                continue
             try:
-                grp.getgrnam(self.group)
-            except KeyError:
-                raise ConfigError(f"group {self.group!r} does not exist") from None
+                grp.getgrnam(value)
+            except (KeyError, ValueError):
+                raise ConfigError(f"{name}: group {value!r} does not exist") from None
         if len(os.fsencode(self.socket)) > 107:
             raise ConfigError(f"socket path is longer than 107 bytes (a Unix socket limit): {self.socket}")
         return self
@@ -114,6 +120,7 @@ _CONVERT: dict[str, Any] = {
     "state_dir": Path,
     "workers": int,
     "group": str,
+    "admin_group": str,
     "log_level": str,
     "log_target": str,
     "log_queue_size": int,

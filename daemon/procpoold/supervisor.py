@@ -204,7 +204,7 @@ class Daemon:
             return
         fixed = [
             name
-            for name in ("socket", "state_dir", "group", "max_message_size", "sync")
+            for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync")
             if getattr(new, name) != getattr(self.config, name)
         ]
         if fixed:

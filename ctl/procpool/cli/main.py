@@ -29,6 +29,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_DENIED = 4
+EXIT_LIMIT = 5
 
 _USAGE_CODES = {
     ErrorCode.INVALID_ARGUMENT,
@@ -37,6 +39,12 @@ _USAGE_CODES = {
     ErrorCode.NOT_FOUND,
     ErrorCode.TOO_LARGE,
     ErrorCode.PROTOCOL_VERSION,
+}
+
+_EXIT_BY_CODE = {
+    ErrorCode.UNREACHABLE: EXIT_UNREACHABLE,
+    ErrorCode.PERMISSION_DENIED: EXIT_DENIED,
+    ErrorCode.LIMIT_EXCEEDED: EXIT_LIMIT,
 }
 
 
@@ -80,11 +88,7 @@ class ProcctlGroup(click.Group):
         except ProcpoolError as exc:
             if debug:
                 raise
-            code = (
-                EXIT_UNREACHABLE
-                if exc.code is ErrorCode.UNREACHABLE
-                else (EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED)
-            )
+            code = _EXIT_BY_CODE.get(exc.code, EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED)
             fail(exc.message, exc.hint, code)
         except (OSError, ValueError) as exc:
             if debug:
@@ -100,6 +104,8 @@ Exit codes:
   1  the operation's subject failed (a failed job, a task that did not complete)
   2  usage or validation error (bad option, bad job file, unknown id)
   3  the daemon is unreachable (not running, or wrong --socket)
+  4  permission denied (not the job's owner or an administrator)
+  5  a limit refused new work for now (queue full, quota, too many connections)
 """
 
 

@@ -34,6 +34,10 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "conflict"
     #: The daemon is shutting down and takes no new work.
     SHUTTING_DOWN = "shutting_down"
+    #: The peer may not do this (not the job's owner, not an administrator); the message names the rule.
+    PERMISSION_DENIED = "permission_denied"
+    #: A configured limit refuses new work for now (queue full, a user's quota, too many connections).
+    LIMIT_EXCEEDED = "limit_exceeded"
     #: A bug in the daemon; details are in its log.
     INTERNAL = "internal"
     #: Client side only: no daemon answered within the timeout.
