@@ -105,6 +105,14 @@ def _has_caps(*caps: int) -> bool:
     return False  # pragma: no cover
 
 
+def run_as_uid(submitter_uid: int | None) -> int | None:
+    """The uid a job submitted by ``submitter_uid`` runs as: its submitter when this daemon can
+    switch users, else None (the daemon's own user)."""
+    if submitter_uid is None or not can_switch_users():
+        return None
+    return submitter_uid
+
+
 class Authority:
     """Decides who is an administrator. Cheap: called for every request that changes something."""
 

@@ -29,6 +29,7 @@ from procpoold.core.jobs import Effects, Job, TaskRun
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
+from procpoold.identity import Identity, identity_of, run_as_uid
 from procpoold.loop import EventLoop, Timer
 from procpoold.store import StateStore
 
@@ -116,7 +117,7 @@ class Scheduler:
             self.resolve(ref)  # unknown prerequisites are an error now, not a hang later
         job_id = str(self._next_id)
         self._next_id += 1
-        job = Job(job_id, spec, raw, self.clock(), uid, after)
+        job = Job(job_id, spec, raw, self.clock(), uid, after, run_as_uid(uid))
         if self.store is not None:
             # Queued here, committed by the flush below, before the caller replies. Tasks get log
             # entries when they first change: a task without any is pending, with no attempts.
@@ -382,6 +383,7 @@ class Scheduler:
             python_path=job.spec.python_path,
             timeout=t.spec.timeout,
             run=job.run,
+            user=self._run_as(job),
         )
         self.attempts[attempt_id] = (job.id, index)
         self.counters["attempts"] += 1
@@ -393,6 +395,14 @@ class Scheduler:
         if sink is not None:
             self._task_logs[attempt_id] = (sink.task_log(self._fields(job, index)), t)
         return spec
+
+    @staticmethod
+    def _run_as(job: Job) -> Identity | None:
+        """The identity an attempt of ``job`` drops to; None when it runs as the daemon's user."""
+        uid = job.run_as_uid
+        if uid is None or uid == os.geteuid():
+            return None
+        return identity_of(uid)
 
     def _fields(self, job: Job, index: int) -> dict[str, str]:
         t = job.tasks[index]
@@ -646,6 +656,7 @@ class Scheduler:
                     stored.created_at,
                     stored.data.get("submitter_uid"),
                     stored.data.get("after"),
+                    stored.data.get("run_as_uid"),
                 )
                 job.load(stored.data, stored.entries)
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:

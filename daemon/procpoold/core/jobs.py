@@ -158,6 +158,7 @@ class Job:
         now: float,
         submitter_uid: int | None = None,
         after: list[str] | None = None,
+        run_as_uid: int | None = None,
     ) -> None:
         self.id = job_id
         self.spec = spec
@@ -171,6 +172,8 @@ class Job:
         self.finished_at: float | None = None
         self.namespace: dict[str, Any] = dict(spec.namespace)
         self.submitter_uid = submitter_uid
+        #: the uid every attempt of this job runs as; None: the daemon's own user (see identity.py)
+        self.run_as_uid = run_as_uid
         self.after = list(after or [])
         self.reason: str | None = None
         self.cancel_requested = False
@@ -219,6 +222,7 @@ class Job:
             "reason": self.reason,
             "cancel_requested": self.cancel_requested,
             "submitter_uid": self.submitter_uid,
+            "run_as_uid": self.run_as_uid,
             "after": self.after,
         }
 

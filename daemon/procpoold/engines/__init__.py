@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from procpoold.identity import Identity
 from procpoold.loop import EventLoop
 
 #: How an attempt ended. ``interrupted`` is used when the executor itself lost
@@ -57,6 +58,9 @@ class AttemptSpec:
     python_path: list[str] = field(default_factory=list)
     timeout: float | None = None  # informational: the scheduler enforces it via stop_attempt()
     run: int = 1  # the job's run number (repeat)
+    #: who the attempt runs as: an executor drops to this uid, gid and groups before any task code
+    #: runs; None means the daemon's own user (a daemon that cannot switch users, or a job of its own)
+    user: Identity | None = None
 
     def context(self) -> dict[str, Any]:
         """The fields task code sees through ``procpool.task.context()``."""

@@ -1,0 +1,80 @@
+"""Is a folder safe to import from, or to run in, on another user's behalf?
+
+A module planted in a folder that others may write runs as whoever imports it: a job that names
+``/tmp/lib`` in its ``python_path``, or runs in a folder anyone may rename, hands its user's
+rights to anyone on the machine. The rules, checked on the resolved path (symlinks followed):
+
+* every existing ancestor must not be writable by others unless the sticky bit protects its
+  entries (``/tmp`` is fine as an ancestor: nobody can rename another user's folder in it);
+* a ``python_path`` entry itself must not be writable by others at all (sticky or not, anyone
+  could add a module to it) and must be owned by root or by the user the task runs as (a folder
+  someone else created in ``/tmp`` is theirs to fill);
+* a ``cwd`` may itself be a sticky shared folder such as ``/tmp``.
+
+A path that does not exist yet passes (the import or the ``chdir`` fails on its own, with its own
+message); its existing ancestors are still checked. Pure functions of the file system; called on
+the daemon's loop thread at submission and again by the executor when the attempt starts.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+
+
+def unsafe_folder(path: str, *, imports: bool, owner_uid: int | None = None) -> str | None:
+    """Why ``path`` is unsafe (one short sentence), or None when it is safe.
+
+    ``imports``: the folder goes on ``sys.path`` (stricter, see the module docstring).
+    ``owner_uid``: the uid the task runs as (None: this process's), for the ownership rule.
+    """
+    if "\x00" in path:
+        return "contains a NUL byte"
+    if not os.path.isabs(path):
+        return None  # relative entries are resolved against the task's cwd, which is checked itself
+    real = os.path.realpath(path)
+    uid = os.geteuid() if owner_uid is None else owner_uid
+    for folder in _self_and_ancestors(real):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue  # not there (yet): the import or chdir reports it
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        others_write = bool(st.st_mode & stat.S_IWOTH)
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if folder == real:
+            if imports and others_write:
+                return f"{_short(real)} is writable by every user, so anyone could plant a module in it"
+            if imports and st.st_uid not in (0, uid):
+                return f"{_short(real)} belongs to uid {st.st_uid}, who could plant a module in it"
+            if others_write and not sticky:
+                return f"{_short(real)} is writable by every user and not sticky"
+        elif others_write and not sticky:
+            return f"{_short(folder)} (above {_short(real)}) is writable by every user and not sticky"
+    return None
+
+
+def check_folders(
+    paths: Iterable[str], *, imports: bool, owner_uid: int | None = None, what: str
+) -> str | None:
+    """The first problem among ``paths`` as ``"<what>[i] ...: reason"``, or None."""
+    for i, path in enumerate(paths):
+        problem = unsafe_folder(path, imports=imports, owner_uid=owner_uid)
+        if problem is not None:
+            return f"{what}[{i}]: {problem}"
+    return None
+
+
+def _self_and_ancestors(path: str) -> list[str]:
+    out = [path]
+    while True:
+        parent = os.path.dirname(out[-1])
+        if parent == out[-1]:
+            return out
+        out.append(parent)
+
+
+def _short(path: str, limit: int = 120) -> str:
+    return repr(path if len(path) <= limit else path[: limit - 3] + "...")
