@@ -29,7 +29,7 @@ from procpoold.core.jobs import Effects, Job, TaskRun
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
-from procpoold.identity import Identity, identity_of, run_as_uid
+from procpoold.identity import Identity, identity_of, run_as_uid, user_name
 from procpoold.loop import EventLoop, Timer
 from procpoold.store import StateStore
 
@@ -118,6 +118,7 @@ class Scheduler:
         job_id = str(self._next_id)
         self._next_id += 1
         job = Job(job_id, spec, raw, self.clock(), uid, after, run_as_uid(uid))
+        job.submitter_name = user_name(uid)
         if self.store is not None:
             # Queued here, committed by the flush below, before the caller replies. Tasks get log
             # entries when they first change: a task without any is pending, with no attempts.
@@ -134,6 +135,7 @@ class Scheduler:
             {
                 "PROCPOOL_JOB_ID": job_id,
                 "PROCPOOL_JOB_NAME": spec.name,
+                **_user_fields(job),
                 "MESSAGE_ID": journal.MessageId.JOB_SUBMITTED,
             },
         )
@@ -207,7 +209,7 @@ class Scheduler:
             "cancel %s: %d running attempt(s) being stopped",
             ref,
             len(stopping),
-            extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}},
+            extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}},
         )
         return {"id": ref, "stopping": len(stopping)}
 
@@ -280,7 +282,7 @@ class Scheduler:
                 "job %s run %d starting",
                 job.id,
                 job.run,
-                extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id}},
+                extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}},
             )
             # Start the next run from the loop, not from inside the previous run's last callback.
             self.loop.call_soon(lambda: self._start_next_run(job))
@@ -293,6 +295,7 @@ class Scheduler:
                 "PROCPOOL_JOB_ID": job.id,
                 "PROCPOOL_JOB_NAME": job.spec.name,
                 "PROCPOOL_JOB_STATE": job.state,
+                **_user_fields(job),
                 "MESSAGE_ID": journal.MessageId.JOB_FINISHED,
             },
         )
@@ -412,6 +415,7 @@ class Scheduler:
             "PROCPOOL_TASK_ID": t.id,
             "PROCPOOL_TASK_NAME": t.spec.name,
             "PROCPOOL_ATTEMPT": str(len(t.attempts)),
+            **_user_fields(job),
         }
 
     # -- ExecutorEvents -----------------------------------------------------------------------
@@ -659,6 +663,7 @@ class Scheduler:
                     stored.data.get("run_as_uid"),
                 )
                 job.load(stored.data, stored.entries)
+                job.submitter_name = user_name(job.submitter_uid)
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
                 continue
@@ -721,21 +726,28 @@ class Scheduler:
             if job is not None and job.spec.key is not None:
                 self.keys.pop(job.spec.key, None)
 
-    def clean(self, state: str | None = None, before: float | None = None) -> list[str]:
-        """Remove finished jobs (optionally only in ``state`` or finished before ``before``)."""
-        victims = [
-            j.id
+    def clean(
+        self, state: str | None = None, before: float | None = None, owner: int | None = None
+    ) -> tuple[list[str], int]:
+        """Remove finished jobs (optionally only in ``state`` or finished before ``before``).
+
+        With ``owner``, only the jobs that uid submitted. Returns the ids removed and how many
+        other finished jobs matched but were left (another user's).
+        """
+        matching = [
+            j
             for j in self.jobs.values()
             if j.finished
             and (state is None or j.state == state)
             and (before is None or (j.finished_at or 0) < before)
         ]
+        victims = [j.id for j in matching if owner is None or j.submitter_uid == owner]
         if self.store is not None:
             self._drop_jobs(victims)
         else:
             for job_id in victims:
                 self.jobs.pop(job_id, None)
-        return victims
+        return victims, len(matching) - len(victims)
 
     def resume(self, ref: str) -> dict[str, Any]:
         """Release a job held after a restart (on_interrupt: hold)."""
@@ -798,6 +810,14 @@ class Scheduler:
 
     def stop_accepting(self) -> None:
         self.accepting = False
+
+
+def _user_fields(job: Job) -> dict[str, str]:
+    """``PROCPOOL_USER`` and ``PROCPOOL_UID`` of the job's submitter (none when it is unknown)."""
+    if job.submitter_uid is None:
+        return {}
+    uid = str(job.submitter_uid)
+    return {"PROCPOOL_USER": job.submitter_name or uid, "PROCPOOL_UID": uid}
 
 
 def _job_row(job: Job) -> tuple[Any, ...]:

@@ -25,10 +25,12 @@ from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
+from procpoold.control.policy import Policy
 from procpoold.control.server import ControlServer, Deferred
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
+from procpoold.identity import Authority
 from procpoold.loop import EventLoop, Timer
 from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
@@ -95,6 +97,7 @@ class Daemon:
         )
         self.scheduler.listeners.append(self._on_finished)
         self.ctx = zmq.Context()
+        self.policy = Policy(Authority(config.admin_group), self.job_owner)
         self.control = ControlServer(
             self.ctx,
             config.socket,
@@ -102,6 +105,7 @@ class Daemon:
             config.max_message_size,
             group=config.group,
             inherited_fd=inherited_fd,
+            authorize=self.policy.authorize,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -406,9 +410,15 @@ class Daemon:
             args, job_id=job.id, task_id=t.id, finished=t.state in FINAL_TASK_STATES, since=job.created_at
         )
 
-    def clean(self, state: str | None, before: float | None) -> dict[str, Any]:
-        removed = self.scheduler.clean(state, before)
-        return {"removed": removed}
+    def clean(self, state: str | None, before: float | None, owner: int | None = None) -> dict[str, Any]:
+        """Remove finished jobs; with ``owner`` (a uid) only that user's, counting the others left."""
+        removed, left = self.scheduler.clean(state, before, owner)
+        return {"removed": removed, "others_left": left}
+
+    def job_owner(self, ref: str) -> tuple[str, int | None]:
+        """The job id and submitter uid of a job or task reference (for the access policy)."""
+        job, _ = self.scheduler.resolve(ref)
+        return job.id, job.submitter_uid
 
     def wait(
         self, ref: str, timeout: float, extra: dict[str, Any] | None = None

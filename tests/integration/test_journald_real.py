@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -131,8 +132,11 @@ def test_task_output_reaches_journald_with_all_fields(jdaemon: NamespacedDaemon,
     [out] = [e for e in entries if e["MESSAGE"] == "to-journal"]
     assert out["SYSLOG_IDENTIFIER"] == "procpoold" and out["PRIORITY"] == "6"
     assert out["_TRANSPORT"] == "journal" and out["_PID"] == str(jdaemon.pid)
-    names = ("JOB_ID", "JOB_NAME", "TASK_ID", "TASK_NAME", "ATTEMPT", "STREAM")
-    assert [out[f"PROCPOOL_{n}"] for n in names] == ["1", "jtest", "1.0", "speaker", "1", "stdout"]
+    names = ("JOB_ID", "JOB_NAME", "TASK_ID", "TASK_NAME", "ATTEMPT", "STREAM", "USER", "UID")
+    me = (pwd.getpwuid(os.getuid()).pw_name, str(os.getuid()))
+    assert [out[f"PROCPOOL_{n}"] for n in names] == ["1", "jtest", "1.0", "speaker", "1", "stdout", *me]
+    # Every record of the job names its user: submitted, tasks, finished.
+    assert all((e.get("PROCPOOL_USER"), e.get("PROCPOOL_UID")) == me for e in entries), entries
     assert int(out["PROCPOOL_WORKER_PID"]) > 0
     [err] = [e for e in entries if e["MESSAGE"] == "warn-journal"]
     assert (err["PRIORITY"], err["PROCPOOL_STREAM"]) == ("4", "stderr")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 import time
@@ -42,8 +44,12 @@ def test_cmd_output_is_captured_line_by_line_with_its_fields(daemon: DaemonProce
     [first] = [line for line in daemon.log().splitlines() if "procpoold.task: first" in line]
     for field in ("PROCPOOL_JOB_ID=1", "PROCPOOL_JOB_NAME=talky", "PROCPOOL_TASK_ID=1.0",
                   "PROCPOOL_TASK_NAME=talk",
-                  "PROCPOOL_ATTEMPT=1", "PROCPOOL_STREAM=stdout", "PROCPOOL_WORKER_PID="):
+                  "PROCPOOL_ATTEMPT=1", "PROCPOOL_STREAM=stdout", "PROCPOOL_WORKER_PID=",
+                  f"PROCPOOL_USER={pwd.getpwuid(os.getuid()).pw_name}", f"PROCPOOL_UID={os.getuid()}"):
         assert field in first, first
+    # The job's own records (submitted, finished) name its user too.
+    job_lines = [line for line in daemon.log().splitlines() if "PROCPOOL_JOB_ID=1 " in line]
+    assert job_lines and all(f"PROCPOOL_UID={os.getuid()}" in line for line in job_lines), job_lines
     assert "WARNING procpoold.task: oops [" in daemon.log()
 
 

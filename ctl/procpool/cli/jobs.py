@@ -293,8 +293,18 @@ def resume(settings: Settings, id: str) -> None:
 )
 @pass_settings
 def clean(settings: Settings, state: str | None, older_than: str | None) -> None:
-    """Remove finished jobs from the daemon's history."""
+    """Remove finished jobs from the daemon's history (only your own unless you are an administrator)."""
     before = time.time() - _age(older_than) if older_than else None
+    args: dict[str, Any] = {}
+    if state is not None:
+        args["state"] = state
+    if before is not None:
+        args["before"] = before
     with settings.client() as client:
-        removed = client.clean(state, before)
-    emit(settings, {"removed": removed}, f"removed {len(removed)} finished job(s)")
+        result = client.call("clean", args)
+    removed = list(result["removed"])
+    left = int(result.get("others_left", 0))
+    text = f"removed {len(removed)} finished job(s)"
+    if left:
+        text += f"; left {left} of other users (only an administrator may remove them)"
+    emit(settings, {"removed": removed, "others_left": left}, text)

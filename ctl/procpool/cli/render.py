@@ -70,6 +70,14 @@ def _progress(p: dict[str, Any] | None) -> str:
     return text
 
 
+def user(job: dict[str, Any]) -> str:
+    """Who submitted a job: ``alice (1000)``, ``1000`` for a uid without a name, ``-`` if unknown."""
+    uid, name = job.get("uid"), job.get("user")
+    if uid is None:
+        return "-"
+    return f"{name} ({uid})" if name and name != str(uid) else str(uid)
+
+
 def task_line(t: dict[str, Any], now: float) -> str:
     end = t.get("finished_at") or (now if t.get("started_at") else None)
     took = duration(end - t["started_at"]) if end and t.get("started_at") else "-"
@@ -99,7 +107,7 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     runs = f"run {job['run']}/{'∞' if repeat == 'forever' else repeat}"
     end = job.get("finished_at") or now
     took = duration(end - job["started_at"]) if job.get("started_at") else "-"
-    lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}']
+    lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
     if job.get("reason"):
         lines.append(f"  reason: {job['reason']}")
 
@@ -129,7 +137,7 @@ def job_table(jobs: list[dict[str, Any]], now: float) -> str:
     """The job list of ``procctl status``."""
     if not jobs:
         return "no jobs"
-    rows = [("ID", "NAME", "STATE", "RUN", "TASKS", "AGE")]
+    rows = [("ID", "NAME", "USER", "STATE", "RUN", "TASKS", "AGE")]
     for j in jobs:
         counts = j.get("counts", {})
         done = counts.get("completed", 0)
@@ -137,6 +145,7 @@ def job_table(jobs: list[dict[str, Any]], now: float) -> str:
             (
                 j["id"],
                 j["name"],
+                user(j),
                 j["state"],
                 str(j["run"]),
                 f"{done}/{j['tasks']}",

@@ -6,12 +6,15 @@ and call the narrow :class:`DaemonAPI`; they hold no state of their own.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from procpool.contract.codec import Request, RequestError
 from procpool.contract.errors import ErrorCode
 from procpool.contract.ops import OPS
 from procpoold.control.server import Deferred, Handler, Peer
+
+log = logging.getLogger("procpoold.control")
 
 
 class DaemonAPI(Protocol):
@@ -28,7 +31,7 @@ class DaemonAPI(Protocol):
     def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred: ...
     def cancel(self, ref: str) -> dict[str, Any]: ...
     def resume(self, ref: str) -> dict[str, Any]: ...
-    def clean(self, state: str | None, before: float | None) -> dict[str, Any]: ...
+    def clean(self, state: str | None, before: float | None, owner: int | None) -> dict[str, Any]: ...
     def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
@@ -71,7 +74,14 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         return api.logs(req.args)
 
     def clean(req: Request, peer: Peer | None) -> Any:
-        return api.clean(req.args.get("state"), req.args.get("before"))
+        # The access policy lets anyone identified clean, but only their own jobs unless admin.
+        owner = None if peer is None or peer.admin else peer.uid
+        result = api.clean(req.args.get("state"), req.args.get("before"), owner)
+        if owner is None and peer is not None and result["removed"]:
+            log.info(
+                "administrator %s cleaned %d finished job(s) of any user", _who(peer), len(result["removed"])
+            )
+        return result
 
     def pool(req: Request, peer: Peer | None) -> Any:
         return api.pool_info()

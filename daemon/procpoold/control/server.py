@@ -59,6 +59,8 @@ class Peer:
     uid: int
     gid: int
     pid: int
+    #: set by the access policy for the operations whose rule needs to know (False on reads)
+    admin: bool = False
 
     @classmethod
     def parse(cls, address: str | None) -> Peer | None:
@@ -73,6 +75,8 @@ class Peer:
 
 
 Handler = Callable[[Request, Peer | None], Any]
+#: The access policy (procpoold.control.policy): returns the peer or raises permission_denied.
+Authorizer = Callable[[Request, Peer | None], Peer | None]
 Responder = Callable[[Any], None]
 
 
@@ -141,9 +145,12 @@ class ControlServer:
         max_message_size: int,
         group: str | None = None,
         inherited_fd: int | None = None,
+        authorize: Authorizer | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
+        #: checked before every handler; None only for servers built without a policy (tests)
+        self.authorize = authorize
         self.max_message_size = max_message_size
         self.group = group
         self.inherited_fd = inherited_fd
@@ -240,6 +247,8 @@ class ControlServer:
             request = decode_request(frame.bytes, self.max_message_size)
             request_id = request.id
             check_args(request.op, request.args, request_id)
+            if self.authorize is not None:
+                peer = self.authorize(request, peer)
             result = self.handlers[request.op](request, peer)
         except RequestError as exc:
             self.errors_replied += 1
@@ -249,6 +258,8 @@ class ControlServer:
             return
         except ProcpoolError as exc:
             self.errors_replied += 1
+            if exc.code is ErrorCode.PERMISSION_DENIED:
+                log.info("refused a request from %s: %s", peer, exc.message)
             self._send(identity, encode_error(request_id, exc))
             return
         except Exception:

@@ -172,6 +172,8 @@ class Job:
         self.finished_at: float | None = None
         self.namespace: dict[str, Any] = dict(spec.namespace)
         self.submitter_uid = submitter_uid
+        #: the submitter's user name (the scheduler looks it up: the core reads no databases)
+        self.submitter_name: str | None = None
         #: the uid every attempt of this job runs as; None: the daemon's own user (see identity.py)
         self.run_as_uid = run_as_uid
         self.after = list(after or [])
@@ -582,6 +584,8 @@ class Job:
         return {
             "id": self.id,
             "name": self.spec.name,
+            "user": self.submitter_name,
+            "uid": self.submitter_uid,
             "state": self.state,
             "run": self.run,
             "repeat": "forever" if self.spec.repeat is None else self.spec.repeat,

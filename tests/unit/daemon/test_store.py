@@ -303,7 +303,7 @@ def test_the_scheduler_never_hands_out_a_deleted_jobs_id_again(tmp_path: Path) -
     loop, executor, scheduler = run_scheduler(store)
     ids = [scheduler.submit({"name": f"j{n}", "root": {"cmd": ["true"]}})[0].id for n in range(2)]
     finish_all(loop, executor, scheduler)
-    assert scheduler.clean() == ids
+    assert scheduler.clean() == (ids, 0)
     loop.close()
     store.close()
 
