@@ -15,6 +15,11 @@ daemon could not read the request, e.g. ``too_large``) is the answer to the call
 in flight. An error reply raises :class:`procpool.ProcpoolError` with the daemon's
 code; no answer within the timeout raises :class:`procpool.DaemonUnreachable`.
 
+Before it sends anything, a client checks that the socket is in trusted hands: every folder on its
+path and the socket file belong to root, the service user, the client's own user or a uid given in
+``trust_uids`` / ``PROCPOOL_TRUST_UID``, and the process listening runs as one of them (its
+``SO_PEERCRED``); see :mod:`procpool.trust`. Anything else is refused with an error naming it.
+
 Requests larger than ``max_message_size`` (16 MiB by default, as the daemon's) are
 refused before they are sent; raise both for jobs with bigger arguments. Replies
 have no limit: the daemon is trusted, and a big job's status or result may be big.
@@ -23,18 +28,18 @@ A client is not thread-safe; use one per thread.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
-import socket
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import zmq
 
+from procpool import trust
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE, decode_reply, encode_request
 from procpool.contract.errors import DaemonUnreachable, ErrorCode, ProcpoolError
 from procpool.contract.ops import check_args
@@ -42,24 +47,6 @@ from procpool.contract.paths import default_socket, endpoint
 
 #: Longest single server-side wait; longer waits are split so a dead daemon is noticed.
 _WAIT_SLICE = 30.0
-
-
-def _probe(path: Path) -> bool:
-    """True when something accepts connections on ``path`` (cheap, no ZeroMQ).
-
-    ZeroMQ connects lazily and retries forever, so without this a client would
-    wait out its whole timeout in front of a missing daemon.
-    """
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(os.fspath(path))
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOTDIR):
-            return False
-        raise
-    finally:
-        s.close()
-    return True
 
 
 class Client:
@@ -70,8 +57,11 @@ class Client:
         socket_path: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        trust_uids: Iterable[int] = (),
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path is not None else default_socket()
+        #: who may own the socket's path and listen on it (see procpool.trust); read once, here
+        self.trusted = trust.trusted_uids(trust_uids)
         self.timeout = timeout
         self.max_message_size = max_message_size
         self._ids = itertools.count(1)
@@ -84,14 +74,21 @@ class Client:
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
             try:
-                reachable = _probe(self.socket_path)
+                listener = trust.check(self.socket_path, self.trusted)
             except PermissionError:
                 raise ProcpoolError(
                     ErrorCode.UNREACHABLE,
                     f"permission denied on {self.socket_path}",
                     "ask an administrator to add you to the daemon's group (see --group)",
                 ) from None
-            if not reachable:
+            except trust.UntrustedSocket as exc:
+                raise ProcpoolError(
+                    ErrorCode.UNREACHABLE,
+                    str(exc),
+                    "nothing was sent; if you trust that user, pass --trust-uid UID (procctl) or set "
+                    f"{trust.TRUST_ENV}=UID",
+                ) from None
+            if listener is None:
                 raise DaemonUnreachable(os.fspath(self.socket_path), 0)
             self._ctx = zmq.Context()
             sock = self._ctx.socket(zmq.DEALER)

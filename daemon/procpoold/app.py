@@ -117,7 +117,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         daemon.start()
     except BindError as exc:
         daemon.close()
-        _fatal(str(exc), None, debug)
+        _fatal(str(exc), exc.hint, debug)
     except Exception as exc:
         daemon.close()
         if debug:

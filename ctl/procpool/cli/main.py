@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
+from procpool import trust
 from procpool.client import Client
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpool.contract.errors import ErrorCode, ProcpoolError
@@ -57,9 +58,15 @@ class Settings:
     timeout: float
     debug: bool
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    trust_uids: tuple[int, ...] = ()
 
     def client(self) -> Client:
-        return Client(self.socket, timeout=self.timeout, max_message_size=self.max_message_size)
+        return Client(
+            self.socket,
+            timeout=self.timeout,
+            max_message_size=self.max_message_size,
+            trust_uids=self.trust_uids,
+        )
 
 
 def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
@@ -103,7 +110,8 @@ Exit codes:
   0  success
   1  the operation's subject failed (a failed job, a task that did not complete)
   2  usage or validation error (bad option, bad job file, unknown id)
-  3  the daemon is unreachable (not running, or wrong --socket)
+  3  the daemon is unreachable (not running, wrong --socket, or not run by a
+     user procctl trusts: see --trust-uid)
   4  permission denied (not the job's owner or an administrator)
   5  a limit refused new work for now (queue full, quota, too many connections)
 """
@@ -135,6 +143,14 @@ Exit codes:
     help="Largest request to send, in bytes; match the daemon's max_message_size "
     "[env PROCPOOL_MAX_MESSAGE_SIZE].",
 )
+@click.option(
+    "--trust-uid",
+    "trust_uids",
+    multiple=True,
+    metavar="UID",
+    help="Also trust a daemon (and its socket's folders) owned by this uid or user name; root, the "
+    "service user 'procpool' and you are always trusted [env PROCPOOL_TRUST_UID, comma-separated].",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="procctl")
 @click.pass_context
@@ -144,9 +160,14 @@ def cli(
     as_json: bool,
     timeout: float,
     max_message_size: int,
+    trust_uids: tuple[str, ...],
     debug: bool,
 ) -> None:
-    ctx.obj = Settings(socket_path or default_socket(), as_json, timeout, debug, max_message_size)
+    try:
+        uids = tuple(trust.parse_uid(u) for u in trust_uids)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trust-uid") from None
+    ctx.obj = Settings(socket_path or default_socket(), as_json, timeout, debug, max_message_size, uids)
 
 
 pass_settings = click.make_pass_decorator(Settings)

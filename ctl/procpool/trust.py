@@ -1,0 +1,193 @@
+"""Is the process behind a control socket one this client may talk to?
+
+A client sends what it submits (commands, their environment, perhaps a token) to whatever listens
+on the socket's path. Before the first byte is sent, :class:`procpool.Client` checks two things:
+
+1. **The path.** Every folder from ``/`` down to the socket belongs to a trusted user (root, the
+   service user ``procpool``, the client's own user, or a uid the caller trusts) and is writable by
+   nobody else unless the sticky bit protects its entries (as in ``/tmp``); symlinks on the way
+   must belong to a trusted user too, and so must the socket file. Then nobody else can replace
+   the socket between this check and the connection, or when ZeroMQ reconnects later.
+2. **The listener.** A plain Unix-socket connection reads the kernel's credentials of the process
+   that listens (``SO_PEERCRED``, taken when it called ``listen()``): its uid must be trusted. A
+   socket created by systemd (socket activation) reports root's.
+
+The first alone lets a trusted user's daemon be any process that user runs; the second alone
+could be raced by someone able to swap the file between the check and ZeroMQ's connection. Both
+together leave the socket in trusted hands. Trust a further uid with ``trust_uids`` (``procctl
+--trust-uid``) or ``PROCPOOL_TRUST_UID`` (comma-separated uids or user names).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+TRUST_ENV = "PROCPOOL_TRUST_UID"
+#: The user the packaged system service runs as (systemd/sysusers.d).
+SERVICE_USER = "procpool"
+_MAX_SYMLINKS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """The kernel's credentials of the process listening on a socket."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class UntrustedSocket(Exception):
+    """The socket's path or its listener is not in trusted hands; the message says which."""
+
+
+def trusted_uids(extra: Iterable[int] = (), env: dict[str, str] | None = None) -> frozenset[int]:
+    """Root, this process's user, the service user (if it exists), ``extra`` and ``$PROCPOOL_TRUST_UID``."""
+    uids = {0, os.geteuid(), *extra}
+    try:
+        uids.add(pwd.getpwnam(SERVICE_USER).pw_uid)
+    except KeyError:
+        pass
+    raw = (os.environ if env is None else env).get(TRUST_ENV, "")
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        uids.add(parse_uid(item))
+    return frozenset(uids)
+
+
+def parse_uid(text: str) -> int:
+    """A uid from a number or a user name (raises ValueError naming it)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except (KeyError, ValueError):
+        raise ValueError(f"{TRUST_ENV} / --trust-uid: no user named {text[:64]!r}") from None
+
+
+def describe(uid: int) -> str:
+    """``alice (uid 1000)``, or ``uid 1000`` for a uid without a name."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def who_is_trusted(trusted: frozenset[int]) -> str:
+    """For messages: "root, procpool (uid 998), you" and any extra uids."""
+    me = os.geteuid()
+    names = ["root"]
+    try:
+        service = pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        service = None
+    if service is not None:
+        names.append(f"the service user {describe(service)}")
+    names.append("you")
+    names.extend(describe(u) for u in sorted(trusted - {0, me, service}))
+    return ", ".join(names)
+
+
+def unsafe_path(path: Path, trusted: frozenset[int]) -> str | None:
+    """Why someone untrusted could replace the socket at ``path`` (a clause), or None.
+
+    A missing component is no problem here (the connection then fails with its own message).
+    Raises PermissionError when a folder cannot be read (the caller reports it).
+    """
+    pending = list(Path(os.path.abspath(path)).parts[1:])
+    current = "/"
+    problem = _unsafe_folder(current, trusted)
+    if problem:
+        return problem
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        entry = os.path.join(current, name)
+        try:
+            st = os.lstat(entry)
+        except FileNotFoundError:
+            return None
+        if st.st_uid not in trusted:
+            return f"{_clip(entry)} belongs to {describe(st.st_uid)}, who could replace the socket"
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                return f"too many symbolic links in {_clip(os.fspath(path))}"
+            target = os.readlink(entry)
+            if os.path.isabs(target):
+                current = "/"
+            pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target) else Path(target).parts)
+            continue
+        if not pending:
+            return None  # the socket itself: its owner was checked above
+        if not stat.S_ISDIR(st.st_mode):
+            return None  # not a folder: the connection fails on its own
+        problem = _unsafe_folder(entry, trusted, st)
+        if problem:
+            return problem
+        current = entry
+    return None
+
+
+def _unsafe_folder(folder: str, trusted: frozenset[int], st: os.stat_result | None = None) -> str | None:
+    st = st or os.lstat(folder)
+    if st.st_uid not in trusted:
+        return f"{_clip(folder)} belongs to {describe(st.st_uid)}, who could replace the socket"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        return f"{_clip(folder)} is writable by others (mode {mode:04o}), who could replace the socket"
+    return None
+
+
+def probe(path: Path) -> Listener | None:
+    """The listener's credentials, or None when nothing accepts connections on ``path``.
+
+    A plain Unix-socket connection, closed at once (no ZeroMQ: it connects lazily and retries
+    forever, so without this a client would wait out its whole timeout in front of a missing
+    daemon). Raises PermissionError when the socket may not be opened.
+    """
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(os.fspath(path))
+        raw = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOTDIR):
+            return None
+        raise
+    finally:
+        s.close()
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Listener(pid, uid, gid)
+
+
+def check(path: Path, trusted: frozenset[int]) -> Listener | None:
+    """Check the path, then the listener; None when nothing listens. Raises :class:`UntrustedSocket`."""
+    problem = unsafe_path(path, trusted)
+    if problem is not None:
+        raise UntrustedSocket(f"refusing to use the socket {_clip(os.fspath(path))}: {problem}")
+    listener = probe(path)
+    if listener is not None and listener.uid not in trusted:
+        raise UntrustedSocket(
+            f"refusing to talk to the process on {_clip(os.fspath(path))} (pid {listener.pid}): it runs "
+            f"as {describe(listener.uid)}, not as {who_is_trusted(trusted)}"
+        )
+    return listener
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
