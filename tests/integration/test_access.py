@@ -1,0 +1,157 @@
+"""Who may do what, with real users: the real procctl run as two throwaway users, an administrator
+(a member of admin_group) and root, against a real daemon running as root."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import DaemonProcess
+from tests.support.users import User, procctl_as, throwaway
+from tests.support.waiting import wait_until
+
+EXIT_DENIED = 4
+LONG = {"name": "long", "cwd": "/", "root": {"cmd": ["sleep", "600"]}}
+QUICK = {"name": "quick", "cwd": "/", "root": {"cmd": ["true"]}}
+
+
+@dataclass
+class World:
+    daemon: DaemonProcess
+    alice: User
+    bob: User
+    boss: User  # in admin_group
+    admin_group: str
+
+    def procctl(self, user: User, *args: str, input: str | None = None) -> Any:
+        return procctl_as(user.name, str(self.daemon.socket), *args, input=input)
+
+    def submit(self, user: User, job: dict[str, Any]) -> str:
+        out = self.procctl(user, "submit", "-", input=json.dumps(job))
+        assert out.returncode == 0, out.stderr
+        return str(out.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with throwaway({"alice": ["sock"], "bob": ["sock"], "boss": ["sock", "admin"]}, ["sock", "admin"]) as (
+        users,
+        groups,
+    ):
+        d = DaemonProcess(extra_args=["--workers", "2", "--group", groups["sock"], "--log-target", "stderr"])
+        config = d.dir / "procpoold.toml"
+        config.write_text(f'[procpoold]\nadmin_group = "{groups["admin"]}"\n')
+        d.extra_args += ["--config", str(config)]
+        os.chmod(d.dir, 0o711)  # others may reach the socket's folder (which is the group's)
+        failed = True
+        try:
+            d.start()
+            yield World(d, users["alice"], users["bob"], users["boss"], groups["admin"])
+            failed = False
+        finally:
+            try:
+                if not failed:
+                    d.stop(check=True)
+            finally:
+                if failed:
+                    print(d.log())
+                d.cleanup()
+
+
+def assert_denied(out: Any, *needles: str) -> None:
+    assert out.returncode == EXIT_DENIED, (out.returncode, out.stdout, out.stderr)
+    first = out.stderr.splitlines()[0]
+    assert first.startswith("procctl: error: ") and "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in first, first
+
+
+def test_another_user_may_read_a_job_but_not_touch_it(world: World) -> None:
+    job = world.submit(world.alice, LONG)
+    bob = world.bob
+    # Reads are open: status (text and JSON) shows whose job it is.
+    out = world.procctl(bob, "status", job)
+    assert out.returncode == 0 and f"{world.alice.name} ({world.alice.uid})" in out.stdout, out.stdout
+    listing = json.loads(world.procctl(bob, "--json", "status").stdout)["jobs"]["list"]
+    [mine] = [j for j in listing if j["id"] == job]
+    assert (mine["user"], mine["uid"]) == (world.alice.name, world.alice.uid)
+    table = world.procctl(bob, "status").stdout
+    assert "USER" in table and world.alice.name in table
+    assert world.procctl(bob, "ping").returncode == 0
+    assert world.procctl(bob, "pool").returncode == 0
+    # Changing it, waiting on it and reading its logs are not.
+    rule = f"only its submitter ({world.alice.name}) or an administrator (root, group '{world.admin_group}')"
+    assert_denied(world.procctl(bob, "cancel", job), f"cancel job {job}: {rule} may cancel it")
+    assert_denied(world.procctl(bob, "cancel", f"{job}.0"), f"cancel job {job}: {rule}")
+    assert_denied(world.procctl(bob, "resume", job), f"resume job {job}: {rule} may resume it")
+    assert_denied(world.procctl(bob, "wait", job, "--timeout", "0.1"), f"wait job {job}: {rule}")
+    assert_denied(world.procctl(bob, "logs", job), f"logs job {job}: {rule} may read its logs")
+    with world.daemon.client() as client:
+        assert client.status(job)["job"]["state"] == "running"  # untouched
+    # Its submitter may.
+    assert world.procctl(world.alice, "wait", job, "--timeout", "0.1").returncode == 1  # not finished
+    assert world.procctl(world.alice, "logs", job).returncode == 0
+    out = world.procctl(world.alice, "resume", job)
+    assert out.returncode == 1 and "not held" in out.stderr  # allowed, but the job is not held
+    out = world.procctl(world.alice, "cancel", job)
+    assert out.returncode == 0, out.stderr
+
+
+def test_only_administrators_stop_or_resize_the_daemon(world: World) -> None:
+    rule = f"only an administrator (root, group '{world.admin_group}')"
+    assert_denied(world.procctl(world.bob, "shutdown"), f"shutdown: {rule} may stop the daemon")
+    assert_denied(
+        world.procctl(world.alice, "pool", "resize", "3"), f"pool_resize: {rule} may resize the pool"
+    )
+    out = world.procctl(world.boss, "pool", "resize", "3")
+    assert out.returncode == 0, out.stderr
+    with world.daemon.client() as client:
+        client.pool_resize(2)  # root, in process
+
+
+def test_clean_removes_only_the_peers_own_jobs_unless_administrator(world: World) -> None:
+    with world.daemon.client() as client:
+        ids = {u.name: world.submit(u, QUICK) for u in (world.alice, world.bob, world.boss)}
+        for job in ids.values():
+            client.wait(job, timeout=30)
+
+    def listed() -> set[str]:
+        with world.daemon.client() as client:
+            return {j["id"] for j in client.status(limit=1000)["jobs"]["list"]}
+
+    out = world.procctl(world.bob, "clean")
+    assert out.returncode == 0, out.stderr
+    assert "removed 1 finished job(s)" in out.stdout and "left" in out.stdout and "other users" in out.stdout
+    remaining = listed()
+    assert ids[world.bob.name] not in remaining
+    assert {ids[world.alice.name], ids[world.boss.name]} <= remaining
+    report = json.loads(world.procctl(world.alice, "--json", "clean").stdout)
+    assert ids[world.alice.name] in report["removed"] and report["others_left"] >= 1
+    assert ids[world.boss.name] in listed()
+    # An administrator cleans everyone's, and the daemon logs it.
+    report = json.loads(world.procctl(world.boss, "--json", "clean").stdout)
+    assert ids[world.boss.name] in report["removed"] and report["others_left"] == 0
+    wait_until(lambda: "cleaned" in world.daemon.log(), what="the administrator's clean in the log")
+
+
+def test_an_administrator_may_change_anyones_job_and_it_is_logged(world: World) -> None:
+    for admin in (world.boss, None):  # a member of admin_group, then root
+        job = world.submit(world.alice, LONG)
+        if admin is None:
+            with world.daemon.client() as client:
+                assert client.cancel(job)["id"] == job
+        else:
+            assert world.procctl(admin, "logs", job).returncode == 0
+            out = world.procctl(admin, "cancel", job)
+            assert out.returncode == 0, out.stderr
+        wait_until(
+            lambda job=job: (
+                f"cancel {job} of {world.alice.name} (uid {world.alice.uid})" in world.daemon.log()
+            ),
+            what="the administrator's cancel in the daemon's log",
+        )
