@@ -149,9 +149,10 @@ def test_an_administrator_may_change_anyones_job_and_it_is_logged(world: World) 
             assert world.procctl(admin, "logs", job).returncode == 0
             out = world.procctl(admin, "cancel", job)
             assert out.returncode == 0, out.stderr
+        who = "root (uid 0)" if admin is None else f"{admin.name} (uid {admin.uid})"
+        line = f"administrator {who}: cancel {job} of {world.alice.name} (uid {world.alice.uid})"
         wait_until(
-            lambda job=job: (
-                f"cancel {job} of {world.alice.name} (uid {world.alice.uid})" in world.daemon.log()
-            ),
-            what="the administrator's cancel in the daemon's log",
+            world.daemon.log,
+            lambda text, line=line: line in text,
+            what="the administrator's cancel in the log",
         )
