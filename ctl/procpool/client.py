@@ -226,7 +226,11 @@ class Client:
         return result
 
     def clean(self, state: str | None = None, before: float | None = None) -> list[str]:
-        """Remove finished jobs from the history; returns the ids removed."""
+        """Remove finished jobs from the history; returns the ids removed.
+
+        Only the caller's own jobs, unless the caller is an administrator (the daemon's reply also
+        says how many of other users' jobs it left: ``call("clean")["others_left"]``).
+        """
         args: dict[str, Any] = {}
         if state is not None:
             args["state"] = state

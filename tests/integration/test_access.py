@@ -156,3 +156,11 @@ def test_an_administrator_may_change_anyones_job_and_it_is_logged(world: World) 
             lambda text, line=line: line in text,
             what="the administrator's cancel in the log",
         )
+
+
+def test_an_administrator_may_stop_the_daemon(world: World) -> None:
+    """Last in this module: a member of admin_group stops the shared daemon."""
+    out = world.procctl(world.boss, "shutdown")
+    assert out.returncode == 0, out.stderr
+    assert world.daemon.wait() == 0
+    assert "stopping: requested by uid" in world.daemon.log()
