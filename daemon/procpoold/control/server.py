@@ -16,7 +16,7 @@ Binding follows these rules:
   else unless sticky: otherwise another user could replace the socket with their own and read
   what clients send (a submit's environment). A socket directly in a shared sticky folder such as
   ``/tmp`` is refused too (anyone may take its name while the daemon is down). The daemon refuses
-  to start with one line naming the folder and the fix; see :func:`unsafe_socket_folder`;
+  to start with one line naming the folder and the fix (:mod:`procpoold.control.socketdir`);
 * a socket file on which something still accepts connections means another
   daemon is running: refuse to start;
 * a socket file nobody accepts on is stale (a crashed daemon): replace it;
@@ -30,7 +30,6 @@ import errno
 import grp
 import logging
 import os
-import pwd
 import socket
 import stat
 import time
@@ -51,6 +50,7 @@ from procpool.contract.codec import (
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
+from procpoold.control.socketdir import clip, unsafe_socket_folder
 
 log = logging.getLogger("procpoold.control")
 
@@ -147,60 +147,10 @@ def prepare_socket_dir(path: Path, group: str | None) -> None:
     problem = unsafe_socket_folder(folder)
     if problem is not None:
         raise BindError(
-            f"refusing to put the control socket in {_clip(os.fspath(folder))}: {problem}",
+            f"refusing to put the control socket in {clip(os.fspath(folder))}: {problem}",
             "give the socket a folder of its own that only the daemon's user (or root) may write, "
             "e.g. remove that folder and let procpoold create it, or choose another --socket",
         )
-
-
-def unsafe_socket_folder(folder: Path, uid: int | None = None) -> str | None:
-    """Why another user could replace a socket in ``folder`` (one clause), or None when they cannot.
-
-    ``folder`` (resolved) must belong to ``uid`` (this process's by default) or root and be
-    writable by nobody else, sticky or not; each folder above it must belong to root or ``uid``
-    and be writable by nobody else unless the sticky bit stops others renaming its entries.
-    """
-    owner = os.geteuid() if uid is None else uid
-    trusted = (0, owner)
-    real = os.path.realpath(folder)
-    current = real
-    while True:
-        try:
-            st = os.stat(current)
-        except OSError as exc:
-            return f"cannot check {_clip(current)} ({exc.strerror})"
-        mode = stat.S_IMODE(st.st_mode)
-        above = "" if current == real else f" (above {_clip(real)})"
-        if st.st_uid not in trusted:
-            return (
-                f"{_clip(current)}{above} belongs to {_user(st.st_uid)}, who could replace the socket"
-            )
-        if mode & 0o022:
-            if current == real and mode & stat.S_ISVTX:
-                return (
-                    f"it is a shared folder (mode {mode:04o}): anyone could take the socket's name "
-                    "while the daemon is down"
-                )
-            if not mode & stat.S_ISVTX:
-                return (
-                    f"{_clip(current)}{above} is writable by others (mode {mode:04o}), "
-                    "who could replace the socket"
-                )
-        parent = os.path.dirname(current)
-        if parent == current:
-            return None
-        current = parent
-
-
-def _user(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class ControlServer:

@@ -1,0 +1,64 @@
+"""Could another user replace a control socket in this folder? (The daemon's side of the check.)
+
+Called once at start, before the daemon binds its socket (never under socket activation, where
+systemd made the socket). The client makes its own check of the socket's path and listener
+(``procpool.trust``); this one lets a daemon refuse, with one line, a folder that is not its own.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from pathlib import Path
+
+
+def unsafe_socket_folder(folder: Path, uid: int | None = None) -> str | None:
+    """Why another user could replace a socket in ``folder`` (one clause), or None when they cannot.
+
+    ``folder`` (resolved) must belong to ``uid`` (this process's by default) or root and be
+    writable by nobody else, sticky or not; each folder above it must belong to root or ``uid``
+    and be writable by nobody else unless the sticky bit stops others renaming its entries.
+    """
+    owner = os.geteuid() if uid is None else uid
+    trusted = (0, owner)
+    real = os.path.realpath(folder)
+    current = real
+    while True:
+        try:
+            st = os.stat(current)
+        except OSError as exc:
+            return f"cannot check {clip(current)} ({exc.strerror})"
+        mode = stat.S_IMODE(st.st_mode)
+        above = "" if current == real else f" (above {clip(real)})"
+        if st.st_uid not in trusted:
+            return (
+                f"{clip(current)}{above} belongs to {_user(st.st_uid)}, who could replace the socket"
+            )
+        if mode & 0o022:
+            if current == real and mode & stat.S_ISVTX:
+                return (
+                    f"it is a shared folder (mode {mode:04o}): anyone could take the socket's name "
+                    "while the daemon is down"
+                )
+            if not mode & stat.S_ISVTX:
+                return (
+                    f"{clip(current)}{above} is writable by others (mode {mode:04o}), "
+                    "who could replace the socket"
+                )
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """At most ``limit`` characters of ``text`` (an error never echoes more)."""
+    return text if len(text) <= limit else text[:limit] + "..."
