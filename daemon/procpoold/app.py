@@ -112,7 +112,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     except StoreError as exc:
         for executor in {id(e): e for e in executors.values()}.values():
             executor.shutdown(0)
-        _fatal(str(exc), None, debug)
+        _fatal(str(exc), getattr(exc, "hint", None), debug)
     try:
         daemon.start()
     except BindError as exc:

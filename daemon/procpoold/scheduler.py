@@ -25,7 +25,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import RETRY_DELAY_CAP, parse_job
 from procpoold import journal
 from procpoold.core import namespace
-from procpoold.core.jobs import Effects, Job, TaskRun
+from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, Job, TaskRun
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
@@ -42,6 +42,7 @@ Listener = Callable[[str], None]
 #: A job's task log is compacted into a snapshot once it would hold more than
 #: 2 x (its number of tasks) + LOG_SLACK entries (see Scheduler.flush).
 LOG_SLACK = 64
+_RETRIED = journal.MessageId.TASK_RETRIED
 #: A command's pid reaches the store with the next commit, or at most this many seconds after
 #: its start (see Scheduler._touch_pid).
 PID_FLUSH_DELAY = 1.0
@@ -63,8 +64,11 @@ class Scheduler:
         store: StateStore | None = None,
         retention_age: float | None = None,
         retention_count: int | None = None,
+        max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
     ) -> None:
         self.loop = loop
+        #: interruptions of a task by the daemon (restarts, lost workers) that use none of its retries
+        self.max_interruptions = max_interruptions
         self.store = store
         self.retention_age = retention_age
         self.retention_count = retention_count
@@ -467,8 +471,11 @@ class Scheduler:
             t.attempts.pop()
             if t.started_at is not None and not t.attempts:
                 t.started_at = None
-            if outcome.status == "interrupted" and not self.accepting:
-                t.move("pending")  # runs as if new after the restart
+            if outcome.status == "interrupted":
+                t.move("pending")  # runs as if new (after the restart, if the daemon is stopping)
+                if self.accepting and not (t.cancel_requested or job.cancel_requested):
+                    t.move("ready")
+                    self._apply(job, Effects(ready=[index]))
                 return
         if outcome.status == "interrupted" and not self.accepting:
             # The daemon is stopping: leave the task "running" in the store, so the next start
@@ -476,9 +483,22 @@ class Scheduler:
             return
         if outcome.status == "completed":
             effects = job.complete(index, now, outcome.result, outcome.exit_code)
-        elif outcome.status == "cancelled" or t.cancel_requested:
+        elif outcome.status == "cancelled" or t.cancel_requested or (
+            outcome.status == "interrupted" and job.cancel_requested
+        ):
             effects = job.end_unsuccessfully(
                 index, "cancelled", now, error, outcome.exit_code, reason=job.reason or "cancelled by request"
+            )
+        elif outcome.status == "interrupted":
+            # The daemon lost the attempt (not the task's doing): run it again without using a retry.
+            effects = job.interrupt(index, now, error, self.max_interruptions)
+            task_log.warning(
+                'task "%s" attempt %d interrupted (%s); %s',
+                t.spec.name,
+                len(t.attempts),
+                (error or {}).get("message", "its worker was lost"),
+                "running it again" if effects.ready else "not run again",
+                extra={"journal_fields": {**self._fields(job, index), "MESSAGE_ID": _RETRIED}},
             )
         else:
             state: TaskState = "timeout" if outcome.status == "timeout" else "failed"
@@ -488,8 +508,8 @@ class Scheduler:
                     "message": f"attempt ran longer than {t.spec.timeout:g}s",
                     "traceback": "",
                 }
-            if len(t.attempts) <= t.spec.retries and not job.cancel_requested:
-                delay = min(t.spec.retry_delay * 2 ** (len(t.attempts) - 1), RETRY_DELAY_CAP)
+            if t.failures <= t.spec.retries and not job.cancel_requested:
+                delay = min(t.spec.retry_delay * 2 ** (t.failures - 1), RETRY_DELAY_CAP)
                 delay *= random.uniform(0.8, 1.2)  # jitter: retries of many tasks do not stampede
                 t.error, t.exit_code = error, outcome.exit_code
                 job.retry_later(index, now + delay)
@@ -674,7 +694,7 @@ class Scheduler:
                 resumable.append((job, Effects()))
                 continue
             task_of = {t.attempts[-1].attempt_id: t.id for t in job.tasks if t.state == "running"}
-            effects, interrupted = job.recover(now)
+            effects, interrupted = job.recover(now, self.max_interruptions)
             for attempt in interrupted:
                 if attempt.worker is None:  # pool workers die with the daemon (PR_SET_PDEATHSIG)
                     leftovers.append((job.id, task_of[attempt.attempt_id], attempt.number, attempt.pid))

@@ -39,6 +39,8 @@ too) and survives power loss.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -202,7 +204,35 @@ class StoredJob(NamedTuple):
 
 
 class StoreError(Exception):
-    """The state file cannot be used; the message names it and the way out."""
+    """The state file cannot be used; the message names it and the way out (``hint``, if any)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    hint: str | None = None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the disk (or the quota) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.Error) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    )
+
+
+def full_disk_hint(path: Path) -> str:
+    return f"free space on the file system of {path.parent} (df -h {path.parent}), then start procpoold again"
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open: SQLite has already rolled back after some errors
+    (a full disk among them), and "cannot rollback - no transaction is active" must not hide them."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class StoreFailure(BaseException):
@@ -233,10 +263,15 @@ class StateStore:
                 raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             version = self._version()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            if disk_full(exc):
+                raise StoreError(
+                    f"state file {path} cannot be opened: the disk is full ({reason})", full_disk_hint(path)
+                ) from None
+            if isinstance(exc, OSError):
+                raise StoreError(f"state file {path} cannot be opened: {reason}") from None
             raise StoreError(f"state file {path} cannot be opened: {exc}; {way_out}") from None
-        except OSError as exc:
-            raise StoreError(f"state file {path} cannot be opened: {exc.strerror}") from None
         if version > SCHEMA_VERSION:
             self.db.close()
             raise StoreError(
@@ -248,8 +283,12 @@ class StateStore:
             #: Names this store's daemon to the commands it starts (``PROCPOOL_DAEMON_ID``): after a
             #: crash, the next start recognises its own leftovers among other daemons' commands.
             self.daemon_id = self._daemon_id()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             self.db.close()
+            if disk_full(exc):
+                raise StoreError(
+                    f"state file {path} cannot be written: the disk is full ({exc})", full_disk_hint(path)
+                ) from None
             raise StoreError(
                 f"state file {path} cannot be migrated from version {version}: {exc}; {way_out}"
             ) from None
@@ -309,7 +348,7 @@ class StateStore:
                 )
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                _rollback(self.db)
                 raise
             version += 1
 
@@ -419,10 +458,11 @@ class StateStore:
                 work()
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                _rollback(self.db)
                 raise
         except (sqlite3.Error, OSError) as exc:
-            self.failed = f"cannot write the state file {self.path}: {exc}"
+            what = "the disk is full: " if disk_full(exc) else ""
+            self.failed = f"cannot write the state file {self.path}: {what}{exc}"
             raise StoreFailure(self.failed) from exc
         self.commits += 1
 
