@@ -152,6 +152,19 @@ class TaskRun:
 
 
 @dataclass(slots=True)
+class FinishedJob:
+    """What the scheduler keeps in memory of a finished job (the rest is read from the store):
+    enough to list it by state, age and user, to apply retention and to find it by key."""
+
+    id: str
+    key: str | None
+    state: str
+    uid: int | None
+    created_at: float
+    finished_at: float
+
+
+@dataclass(slots=True)
 class Effects:
     """What the scheduler must do after a state change."""
 
@@ -619,6 +632,12 @@ class Job:
         return False
 
     # -- queries ------------------------------------------------------------------------------
+
+    def index_entry(self) -> FinishedJob:
+        """The small entry that stands for this job once it has finished (see FinishedJob)."""
+        return FinishedJob(
+            self.id, self.spec.key, self.state, self.submitter_uid, self.created_at, self.finished_at or 0.0
+        )
 
     @property
     def finished(self) -> bool:
