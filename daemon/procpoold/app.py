@@ -87,6 +87,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         config.log_target,  # type: ignore[arg-type]
         config.log_queue_size,
         config.log_policy,  # type: ignore[arg-type]
+        put_timeout=config.log_put_timeout,
     )
     inherited = systemd.listen_fds()
     from procpoold.engines import Executor

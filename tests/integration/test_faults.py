@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.jobs import sh, tasks_by_name, wait_task_state
+from tests.support.waiting import wait_until
 
 
 def gated_job(name: str, gate: Path, marks: Path) -> dict[str, object]:
@@ -148,3 +151,60 @@ def test_a_full_disk_while_running_keeps_its_own_message(tmp_path: Path) -> None
             assert "cannot rollback" not in log
         finally:
             d.cleanup()
+
+
+def test_a_log_target_that_accepts_nothing_stops_pausing_tasks(tmp_path: Path) -> None:
+    """stderr is a pipe that nobody reads: after log_put_timeout the flooding task is no longer
+    paused (its records are dropped and counted), status says so, and once the pipe is read again
+    one record says for how long and how many records were dropped."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("log_put_timeout = 1.0\n")
+    d = DaemonProcess(extra_args=["--config", str(cfg), "--log-target", "stderr", "--log-queue-size", "100"])
+    read_end, write_end = os.pipe()
+    out = bytearray()
+    reader: threading.Thread | None = None
+    try:
+        d.proc = subprocess.Popen(
+            d.command(), stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end,
+            env={**os.environ, "PROCPOOL_TEST_TAG": d.tag}, start_new_session=True,
+        )
+        os.close(write_end)
+        write_end = -1
+        with d.client() as client:
+            wait_until(lambda: _pings(d), what="the daemon to answer")
+            job = client.submit({"name": "flood", "root": sh("seq 1 200000")})["id"]
+            status = client.wait(job, timeout=60)["status"]  # not paused for ever
+            assert status["job"]["state"] == "completed"
+            logging_stats = client.status()["logging"]
+            assert logging_stats["stalled"] and logging_stats["stalls"] >= 1 and logging_stats["dropped"] > 0
+        shown = d.procctl("status")
+        assert "STALLED: the target accepted no record for" in shown.stdout, shown.stdout + shown.stderr
+
+        def drain() -> None:
+            while chunk := os.read(read_end, 1 << 16):
+                out.extend(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()  # the pipe is read again: the writer recovers
+        note = re.compile(rb"stderr accepted no record for (\d+\.\d) s; ([\d,]+) records dropped")
+        found = wait_until(lambda: note.search(bytes(out)), what="the stall's record")
+        assert float(found.group(1)) >= 1.0
+        with d.client() as client:
+            assert not client.status()["logging"]["stalled"]
+        d.stop()
+    finally:
+        d.cleanup()
+        if write_end >= 0:
+            os.close(write_end)
+        if reader is not None:
+            reader.join(10)
+        os.close(read_end)
+
+
+def _pings(d: DaemonProcess) -> bool:
+    try:
+        with d.client(timeout=1) as client:
+            client.ping()
+        return True
+    except Exception:
+        return False
