@@ -4,8 +4,10 @@ Runs on the daemon's loop thread (one connection, no sharing). Rows::
 
     meta(key PRIMARY KEY, value)                   schema_version, daemon_id, next_job_id
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
-         doc BLOB, data BLOB)                      doc: the job as submitted (msgpack)
+         doc BLOB, data BLOB, uid, summary BLOB)   doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
+                                                   uid: the submitter; summary: Job.summary()
+                                                   once finished (what status lists show)
     task_log(job_id, seq, data BLOB,               data: a msgpack list of task entries
              PRIMARY KEY(job_id, seq))             (see procpoold.core.jobs.replay_task_log)
 
@@ -26,8 +28,10 @@ plain file (WAL frame per page, then the checkpoint). The file is complete befor
 the commit that refers to it and is removed after the commit that drops it;
 directories of jobs the database does not know are removed at start.
 
-Every read is at start (the daemon keeps its jobs in memory), so the tables carry no index
-beyond their keys: an index is pages more to write per commit. Job ids are never reused:
+The daemon reads unfinished jobs at start and keeps them in memory; of a finished job it keeps
+an index entry and reads the rest by key when asked (:meth:`StateStore.load_job`,
+:meth:`StateStore.summaries`). So the tables carry no index beyond their keys: an index is pages
+more to write per commit. Job ids are never reused:
 the next id is one past the highest job id stored, or past ``meta.next_job_id``, which is
 written only when jobs are deleted (the highest may be among them), not on every submit.
 
