@@ -224,6 +224,9 @@ class Daemon:
         self.scheduler.retention_age = new.retention_age or None
         self.scheduler.retention_count = new.retention_count or None
         self.scheduler.max_interruptions = new.max_interruptions
+        sink = journal.active_sink()
+        if sink is not None:
+            sink.put_timeout = new.log_put_timeout
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
         self.config = replace(
