@@ -395,9 +395,10 @@ class Job:
         if self.spec.on_interrupt == "fail":
             return self.end_unsuccessfully(index, "failed", now, error)
         if t.interruptions > max_interruptions:
-            return self.end_unsuccessfully(
-                index, "failed", now, _too_many(t, max_interruptions, "the daemon (restarts or lost workers)")
-            )
+            final = _too_many(t, max_interruptions, "the daemon (restarts or lost workers)")
+            if error and error.get("message"):
+                final["message"] += f" (last: {error['message'][:200]})"
+            return self.end_unsuccessfully(index, "failed", now, final)
         t.move("pending")
         t.error = error
         t.move("ready")

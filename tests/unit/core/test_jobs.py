@@ -227,6 +227,7 @@ def test_the_daemon_losing_a_worker_uses_no_retry() -> None:
     assert job.tasks[0].state == "failed" and effects.run_finished
     assert job.tasks[0].error is not None
     assert job.tasks[0].error["message"].startswith("interrupted 3 times by the daemon")
+    assert job.tasks[0].error["message"].endswith("; max_interruptions = 2 (last: gone)")
     assert job.tasks[0].failures == 0  # none of them counted against retries
 
 
