@@ -114,8 +114,13 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         for executor in {id(e): e for e in executors.values()}.values():
             executor.shutdown(0)
         _fatal(str(exc), getattr(exc, "hint", None), debug)
+    hint = "check the state directory's disk; a restart resumes committed work"
     try:
         daemon.start()
+    except StoreFailure as exc:  # recovery's first commit (a full disk, most likely)
+        daemon.store_failed(exc)
+        daemon.close()
+        _fatal(str(exc), exc.hint or hint, debug)
     except BindError as exc:
         daemon.close()
         _fatal(str(exc), None, debug)
@@ -128,11 +133,11 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         daemon.run()
     except StoreFailure as exc:
         daemon.store_failed(exc)
+        hint = exc.hint or hint
     finally:
         daemon.close()
     if daemon.store_failure is not None:
-        _fatal(daemon.store_failure, "check the state directory's disk; a restart resumes committed work",
-               debug)
+        _fatal(daemon.store_failure, hint, debug)
 
 
 def _fatal(message: str, hint: str | None, debug: bool) -> None:

@@ -134,6 +134,29 @@ def test_starting_on_a_full_disk_is_one_line_and_a_hint(tmp_path: Path) -> None:
         assert lines[1].startswith("hint: free space on the file system of")
 
 
+def test_recovering_on_a_full_disk_is_one_line_and_a_hint(tmp_path: Path) -> None:
+    """The store opens, but recovery's first commit (the interrupted attempt) finds the disk full."""
+    with tiny_filesystem(tmp_path / "fs", size="4m") as fs:
+        d = DaemonProcess()
+        d.state_dir = fs / "state"
+        try:
+            d.start()
+            with d.client() as client:
+                job = client.submit({"name": "j", "root": {"name": "t", **sh("sleep 100")}})["id"]
+                wait_task_state(client, job, "t")
+            d.crash()
+            fill(fs)
+            run = subprocess.run(d.command(), capture_output=True, text=True, timeout=60)
+        finally:
+            d.cleanup()
+        assert run.returncode == 2, run.stderr
+        assert "Traceback" not in run.stderr, run.stderr
+        error, hint = run.stderr.strip().splitlines()[-2:]
+        assert error.startswith("procpoold: error: cannot write the state file")
+        assert "the disk is full" in error
+        assert hint.startswith("hint: free space on the file system of")
+
+
 def test_a_full_disk_while_running_keeps_its_own_message(tmp_path: Path) -> None:
     with tiny_filesystem(tmp_path / "fs", size="4m") as fs:
         d = DaemonProcess()

@@ -264,8 +264,12 @@ class StoreFailure(BaseException):
     What was committed is safe and a restart resumes from it; going on would acknowledge
     work that is not durable. A BaseException, so that no request handler turns it into an
     error reply and carries on: it unwinds the loop and the daemon exits non-zero (and
-    systemd restarts it).
+    systemd restarts it). ``hint`` says what to do, when that is known (a full disk).
     """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class StateStore:
@@ -502,9 +506,10 @@ class StateStore:
                 _rollback(self.db)
                 raise
         except (sqlite3.Error, OSError) as exc:
-            what = "the disk is full: " if disk_full(exc) else ""
+            full = disk_full(exc)
+            what = "the disk is full: " if full else ""
             self.failed = f"cannot write the state file {self.path}: {what}{exc}"
-            raise StoreFailure(self.failed) from exc
+            raise StoreFailure(self.failed, full_disk_hint(self.path) if full else None) from exc
         self.commits += 1
 
     def _seq(self, job_id: str) -> int:
