@@ -87,6 +87,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         config.log_target,  # type: ignore[arg-type]
         config.log_queue_size,
         config.log_policy,  # type: ignore[arg-type]
+        put_timeout=config.log_put_timeout,
     )
     inherited = systemd.listen_fds()
     from procpoold.engines import Executor
@@ -112,9 +113,14 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     except StoreError as exc:
         for executor in {id(e): e for e in executors.values()}.values():
             executor.shutdown(0)
-        _fatal(str(exc), None, debug)
+        _fatal(str(exc), getattr(exc, "hint", None), debug)
+    hint = "check the state directory's disk; a restart resumes committed work"
     try:
         daemon.start()
+    except StoreFailure as exc:  # recovery's first commit (a full disk, most likely)
+        daemon.store_failed(exc)
+        daemon.close()
+        _fatal(str(exc), exc.hint or hint, debug)
     except BindError as exc:
         daemon.close()
         _fatal(str(exc), exc.hint, debug)
@@ -127,11 +133,11 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         daemon.run()
     except StoreFailure as exc:
         daemon.store_failed(exc)
+        hint = exc.hint or hint
     finally:
         daemon.close()
     if daemon.store_failure is not None:
-        _fatal(daemon.store_failure, "check the state directory's disk; a restart resumes committed work",
-               debug)
+        _fatal(daemon.store_failure, hint, debug)
 
 
 def _fatal(message: str, hint: str | None, debug: bool) -> None:

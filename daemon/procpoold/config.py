@@ -51,6 +51,12 @@ class Config:
     #: Finished jobs are kept this many seconds (0: forever) and at most this many (0: no limit).
     retention_age: float = 7 * 86400.0
     retention_count: int = 10_000
+    #: Interruptions of a task by the daemon (its restart or crash, a worker it retired or lost) that
+    #: run it again without using its retries; one more fails it.
+    max_interruptions: int = 3
+    #: Seconds the log target may accept no record before the logger drops (and counts) records
+    #: instead of pausing tasks whose output fills the log queue.
+    log_put_timeout: float = 10.0
     #: "normal": commits survive a daemon crash; "full": they also survive power loss (fsync each).
     sync: str = "normal"
     #: false: keep jobs in memory only (nothing survives a restart; for benchmarks and throwaway daemons).
@@ -100,6 +106,12 @@ class Config:
             raise ConfigError(f'sync must be "normal" or "full", got {self.sync!r}')
         if self.retention_age < 0 or self.retention_count < 0:
             raise ConfigError("retention_age and retention_count must not be negative")
+        if not 0 <= self.max_interruptions <= 1000:
+            raise ConfigError(f"max_interruptions must be between 0 and 1000, got {self.max_interruptions}")
+        if not 0.1 <= self.log_put_timeout <= 86400:  # also refuses NaN
+            raise ConfigError(
+                f"log_put_timeout must be between 0.1 and 86400 seconds, got {self.log_put_timeout}"
+            )
         if self.drain_timeout < 0 or self.kill_grace < 0:
             raise ConfigError("drain_timeout and kill_grace must not be negative")
         for name in ("group", "admin_group"):
@@ -131,6 +143,8 @@ _CONVERT: dict[str, Any] = {
     "priority_aging": float,
     "retention_age": float,
     "retention_count": int,
+    "max_interruptions": int,
+    "log_put_timeout": float,
     "sync": str,
     "store": bool,
     "async_per_worker": int,

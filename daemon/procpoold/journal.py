@@ -85,6 +85,7 @@ class MessageId:
     DAEMON_READY = "b7e4a2f0c41d4a0e9a6f2d8c3e5b1a70"
     DAEMON_STOPPING = "d443cedd6cb14258a645e56a8f406e64"
     LOG_DROPPED = "0b2dee34cd1b4b10b1c0689c56c5793a"
+    LOG_STALLED = "ede317794a464965af7bb52e3eceb131"
 
 
 def message_ids() -> dict[str, str]:
@@ -310,6 +311,7 @@ class LogSink:
         policy: Policy = "block",
         store: LogStore | None = None,
         fallback: Sender | None = None,
+        put_timeout: float | None = None,
     ) -> None:
         self.sender = sender
         self.target = sender.target
@@ -335,6 +337,15 @@ class LogSink:
         self._block = False  # producers are paused only once a loop can resume them (attach)
         self._want_room = False
         self._room_waiters: list[Callable[[], None]] = []
+        # a target that accepts nothing (see _check_stall)
+        #: seconds the target may accept no record before ``block`` turns into dropping (None: never)
+        self.put_timeout = put_timeout
+        self._send_since: float | None = None  # writer: when its current send began (monotonic)
+        self._dropping = False  # the loop: the target stalled; records beyond the size are dropped
+        self._stall_began = 0.0
+        self._stall_dropped = 0  # ``dropped`` when the stall began
+        self._stall_timer: Any = None
+        self.stalls = 0
         # counters
         self.written = 0
         self.dropped = 0
@@ -353,7 +364,7 @@ class LogSink:
 
     def has_room(self) -> bool:
         """False while a producer honouring ``block`` should stop reading (the queue is full)."""
-        return not self._block or len(self._q) < self.capacity
+        return not self._block or self._dropping or len(self._q) < self.capacity
 
     def put(self, entry: Entry, owner: str | None = None, own: bool = False) -> bool:
         """Queue one record; returns :meth:`has_room` afterwards (False: pause the producer).
@@ -366,14 +377,16 @@ class LogSink:
             return True
         q = self._q
         n = len(q)
-        if n >= self.capacity and (n >= self.hard_limit or (self.policy == "drop" and not own)):
+        if n >= self.capacity and (
+            n >= self.hard_limit or ((self.policy == "drop" or self._dropping) and not own)
+        ):
             self._count_drop(owner, entry[4])
-            return self.policy == "drop"
+            return self.policy == "drop" or self._dropping
         q.append(entry)
         if self._idle:
             self._idle = False
             self._wake.set()
-        return not self._block or n + 1 < self.capacity
+        return not self._block or self._dropping or n + 1 < self.capacity
 
     def _count_drop(self, owner: str | None, fset: FieldSet) -> None:
         key = owner or "daemon"
@@ -388,8 +401,58 @@ class LogSink:
         self.paused += 1
         self._room_waiters.append(callback)
         self._want_room = True
-        if len(self._q) <= self.low_water or self._thread is None:
+        if len(self._q) <= self.low_water or self._thread is None or self._dropping:
             self._signal_room()
+        else:
+            self._arm_stall_check(self.put_timeout)
+
+    # -- a target that accepts nothing ----------------------------------------------------------
+
+    def _arm_stall_check(self, delay: float | None) -> None:
+        """On the loop: look again in ``delay`` s whether the paused producers wait on a dead target."""
+        call_later = getattr(self._loop, "call_later", None)
+        if delay is None or self._stall_timer is not None or call_later is None:
+            return
+        self._stall_timer = call_later(max(delay, 0.01), self._check_stall)
+
+    def _check_stall(self) -> None:
+        """On the loop: producers are paused; if the target has accepted nothing for ``put_timeout``
+        seconds, stop pausing them: drop (and count) what does not fit until it accepts again.
+
+        Pausing protects a slow journal from a fast task; a journal that accepts nothing at all
+        would otherwise stop every task that prints. The writer says when it recovers (see _write).
+        """
+        self._stall_timer = None
+        if not self._room_waiters or self._dropping or self.put_timeout is None:
+            return
+        since = self._send_since
+        now = time.monotonic()
+        if since is None or now - since < self.put_timeout:  # it is slow, not stuck: look again
+            self._arm_stall_check(self.put_timeout - (now - since) if since is not None else self.put_timeout)
+            return
+        self._stall_began, self._stall_dropped = since, self.dropped
+        self._dropping = True
+        self.stalls += 1
+        self._on_room()  # resume every paused producer: from now on what does not fit is dropped
+
+    def _recovered(self) -> None:
+        """On the writer: the target accepted a record again after a stall: back to pausing, and
+        say what happened (in the journal, or wherever the target is)."""
+        elapsed = time.monotonic() - self._stall_began
+        dropped = self.dropped - self._stall_dropped
+        self._dropping = False
+        self._signal_room()
+        note: Entry = (
+            self.next_seq(),
+            time.time(),
+            4,
+            f"{'journald' if self.target == 'journal' else self.target} accepted no record for "
+            f"{elapsed:.1f} s; {dropped:,} records dropped (log_put_timeout={self.put_timeout:g} s)",
+            FieldSet({"MESSAGE_ID": MessageId.LOG_STALLED, "PROCPOOL_DROPPED": str(dropped)}),
+            None,
+            "procpoold.journal",
+        )
+        self._write([note])
 
     def task_log(self, fields: dict[str, str]) -> TaskLog:
         """The log of one attempt; ``fields`` (kept by the handle, which adds to it) has at least
@@ -497,10 +560,15 @@ class LogSink:
                 self._report_drops()
 
     def _write(self, batch: list[Entry]) -> None:
+        self._send_since = time.monotonic()
         try:
             self.sender.send(batch)
             self.written += len(batch)
+            self._send_since = None
+            if self._dropping:
+                self._recovered()
         except Exception as exc:
+            self._send_since = None
             self.errors += 1
             if self.fallback is None:
                 return
@@ -575,6 +643,10 @@ class LogSink:
             "errors": self.errors,
             "fallbacks": self.fallbacks,
             "paused": self.paused,
+            "put_timeout": self.put_timeout,
+            "stalled": self._dropping,  # the target accepts nothing: records are being dropped
+            "stalled_for": time.monotonic() - self._stall_began if self._dropping else None,
+            "stalls": self.stalls,
             "tail_lines": len(self.store),
         }
 
@@ -775,6 +847,7 @@ def setup_logging(
     policy: Policy = "block",
     sender: Sender | None = None,
     store: LogStore | None = None,
+    put_timeout: float | None = None,
 ) -> LogSink:
     """Make a :class:`LogSink` the root logger's only handler; returns it (``.target`` tells which).
 
@@ -784,7 +857,7 @@ def setup_logging(
     if sender is None:
         chosen = choose_target(target)
         sender = JournalSender() if chosen == "journal" else StderrSender()
-    sink = LogSink(sender, queue_size, policy, store)
+    sink = LogSink(sender, queue_size, policy, store, put_timeout=put_timeout)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +26,14 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import RETRY_DELAY_CAP, parse_job
 from procpoold import journal
 from procpoold.core import namespace
-from procpoold.core.jobs import Effects, Job, TaskRun
+from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
 from procpoold.identity import Identity, identity_of, run_as_uid, user_name
 from procpoold.loop import EventLoop, Timer
 from procpoold.store import StateStore
+from procpoold.store.sqlite import StoredJob
 
 log = logging.getLogger("procpoold.scheduler")
 task_log = logging.getLogger("procpoold.task")
@@ -42,6 +44,9 @@ Listener = Callable[[str], None]
 #: A job's task log is compacted into a snapshot once it would hold more than
 #: 2 x (its number of tasks) + LOG_SLACK entries (see Scheduler.flush).
 LOG_SLACK = 64
+_RETRIED = journal.MessageId.TASK_RETRIED
+#: Finished jobs read back from the store that are kept for the next request (see Scheduler._job).
+LOADED_CACHE = 4
 #: A command's pid reaches the store with the next commit, or at most this many seconds after
 #: its start (see Scheduler._touch_pid).
 PID_FLUSH_DELAY = 1.0
@@ -63,13 +68,26 @@ class Scheduler:
         store: StateStore | None = None,
         retention_age: float | None = None,
         retention_count: int | None = None,
+        max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
     ) -> None:
         self.loop = loop
+        #: interruptions of a task by the daemon (restarts, lost workers) that use none of its retries
+        self.max_interruptions = max_interruptions
         self.store = store
         self.retention_age = retention_age
         self.retention_count = retention_count
-        #: finished job ids -> finish time, in the order they finished (for retention)
-        self._finished: dict[str, float] = {}
+        #: every finished job, in the order they finished: its small index entry (with a store, the
+        #: Job itself is dropped once its final state is committed and read back on demand)
+        self.finished: dict[str, FinishedJob] = {}
+        #: finished jobs per state (by_state is asked for at every status refresh)
+        self._finished_states: dict[str, int] = {}
+        #: the same per submitter uid, for retention_count (applied per user)
+        self._finished_by_uid: dict[int | None, dict[str, None]] = {}
+        #: finished jobs whose Job object goes once the commit in progress holds their final state
+        self._retiring: list[str] = []
+        #: finished jobs read back from the store lately (a client that polls one does not make
+        #: each request read it again); a few at most, so memory does not follow history
+        self._loaded: OrderedDict[str, Job] = OrderedDict()
         #: changed since the last flush: job id -> {task index: True for a full entry, False when
         #: the task's only change is an attempt starting}; jobs whose own fields changed
         self._dirty: dict[str, dict[int, bool]] = {}
@@ -112,7 +130,9 @@ class Scheduler:
             )
         spec = parse_job(raw)
         if spec.key is not None and spec.key in self.keys:
-            return self.jobs[self.keys[spec.key]], True
+            known = self._job(self.keys[spec.key])
+            if known is not None:
+                return known, True
         for ref in after or []:
             self.resolve(ref)  # unknown prerequisites are an error now, not a hang later
         job_id = str(self._next_id)
@@ -122,7 +142,9 @@ class Scheduler:
         if self.store is not None:
             # Queued here, committed by the flush below, before the caller replies. Tasks get log
             # entries when they first change: a task without any is pending, with no attempts.
-            self.store.add_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump())
+            self.store.add_job(
+                job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump(), job.submitter_uid
+            )
             self._job_rows[job_id] = _job_row(job)
         self.jobs[job_id] = job
         if spec.key is not None:
@@ -161,7 +183,49 @@ class Scheduler:
             return
         self._apply(job, job.start_run(self.clock()))
 
+    def _job(self, job_id: str) -> Job | None:
+        """A job by id: in memory while unfinished, else read back from the store (None: unknown)."""
+        job = self.jobs.get(job_id)
+        if job is not None or job_id not in self.finished or self.store is None:
+            return job
+        job = self._loaded.get(job_id)
+        if job is not None:
+            self._loaded.move_to_end(job_id)
+            return job
+        stored = self.store.load_job(job_id)
+        if stored is None:
+            return None
+        try:
+            job = self._restore(stored)
+        except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
+            log.error("stored job %s cannot be read: %s", job_id, exc)
+            return None
+        self._loaded[job_id] = job
+        if len(self._loaded) > LOADED_CACHE:
+            self._loaded.popitem(last=False)
+        return job
+
+    def _restore(self, stored: StoredJob) -> Job:
+        """A Job as the store holds it (raises what a stored job that cannot be read raises)."""
+        if stored.error is not None:
+            raise ValueError(stored.error)
+        job = Job(
+            stored.id,
+            parse_job(stored.doc),
+            stored.doc,
+            stored.created_at,
+            stored.data.get("submitter_uid"),
+            stored.data.get("after"),
+            stored.data.get("run_as_uid"),
+        )
+        job.load(stored.data, stored.entries)
+        job.submitter_name = user_name(job.submitter_uid)
+        return job
+
     def _state_of(self, ref: str) -> str:
+        entry = self.finished.get(ref)
+        if entry is not None:  # a finished job: no need to read it back
+            return entry.state
         job, index = self.resolve(ref)
         return job.state if index is None else job.tasks[index].state
 
@@ -169,12 +233,12 @@ class Scheduler:
         """A job id (``"12"``), a task id (``"12.3"``) or ``"12/taskname"``."""
         if "/" in ref:
             job_id, _, name = ref.partition("/")
-            job = self.jobs.get(job_id)
+            job = self._job(job_id)
             if job is None or name not in job.by_name:
                 raise not_found(ref)
             return job, job.by_name[name]
         job_id, dot, index = ref.partition(".")
-        job = self.jobs.get(job_id)
+        job = self._job(job_id)
         if job is None:
             raise not_found(ref)
         if not dot:
@@ -299,9 +363,11 @@ class Scheduler:
                 "MESSAGE_ID": journal.MessageId.JOB_FINISHED,
             },
         )
-        self._finished[job.id] = job.finished_at or now
+        self._index_finished(job.index_entry())
+        if self.store is not None:
+            self._retiring.append(job.id)
         self._notify(job.id)
-        self._prune(now)
+        self._prune(now, [job.submitter_uid])
 
     def _start_next_run(self, job: Job) -> None:
         if job.finished:
@@ -471,8 +537,11 @@ class Scheduler:
             t.attempts.pop()
             if t.started_at is not None and not t.attempts:
                 t.started_at = None
-            if outcome.status == "interrupted" and not self.accepting:
-                t.move("pending")  # runs as if new after the restart
+            if outcome.status == "interrupted":
+                t.move("pending")  # runs as if new (after the restart, if the daemon is stopping)
+                if self.accepting and not (t.cancel_requested or job.cancel_requested):
+                    t.move("ready")
+                    self._apply(job, Effects(ready=[index]))
                 return
         if outcome.status == "interrupted" and not self.accepting:
             # The daemon is stopping: leave the task "running" in the store, so the next start
@@ -480,9 +549,22 @@ class Scheduler:
             return
         if outcome.status == "completed":
             effects = job.complete(index, now, outcome.result, outcome.exit_code)
-        elif outcome.status == "cancelled" or t.cancel_requested:
+        elif outcome.status == "cancelled" or t.cancel_requested or (
+            outcome.status == "interrupted" and job.cancel_requested
+        ):
             effects = job.end_unsuccessfully(
                 index, "cancelled", now, error, outcome.exit_code, reason=job.reason or "cancelled by request"
+            )
+        elif outcome.status == "interrupted":
+            # The daemon lost the attempt (not the task's doing): run it again without using a retry.
+            effects = job.interrupt(index, now, error, self.max_interruptions)
+            task_log.warning(
+                'task "%s" attempt %d interrupted (%s); %s',
+                t.spec.name,
+                len(t.attempts),
+                (error or {}).get("message", "its worker was lost"),
+                "running it again" if effects.ready else "not run again",
+                extra={"journal_fields": {**self._fields(job, index), "MESSAGE_ID": _RETRIED}},
             )
         else:
             state: TaskState = "timeout" if outcome.status == "timeout" else "failed"
@@ -492,8 +574,8 @@ class Scheduler:
                     "message": f"attempt ran longer than {t.spec.timeout:g}s",
                     "traceback": "",
                 }
-            if len(t.attempts) <= t.spec.retries and not job.cancel_requested:
-                delay = min(t.spec.retry_delay * 2 ** (len(t.attempts) - 1), RETRY_DELAY_CAP)
+            if t.failures <= t.spec.retries and not job.cancel_requested:
+                delay = min(t.spec.retry_delay * 2 ** (t.failures - 1), RETRY_DELAY_CAP)
                 delay *= random.uniform(0.8, 1.2)  # jitter: retries of many tasks do not stampede
                 t.error, t.exit_code = error, outcome.exit_code
                 job.retry_later(index, now + delay)
@@ -624,7 +706,8 @@ class Scheduler:
             row = _job_row(job)
             if job_id in self._dirty_jobs or self._job_rows.get(job_id) != row:
                 self._job_rows[job_id] = row
-                store.job_changed(job_id, job.state, job.finished_at, job.dump())
+                summary = job.summary() if job.finished else None
+                store.job_changed(job_id, job.state, job.finished_at, job.dump(), summary)
             if not tasks:
                 continue
             size = len(job.tasks)
@@ -637,6 +720,21 @@ class Scheduler:
         self._dirty.clear()
         self._dirty_jobs.clear()
         store.flush()
+        if self._retiring:
+            self._retire()
+
+    def _retire(self) -> None:
+        """Drop the Job objects of finished jobs now that the store holds their final state:
+        what is kept of them is their index entry (memory follows unfinished work, not history)."""
+        assert self.store is not None
+        for job_id in self._retiring:
+            job = self.jobs.get(job_id)
+            if job is None or not job.finished:
+                continue
+            del self.jobs[job_id]
+            self._job_rows.pop(job_id, None)
+            self.store.forget(job_id)
+        self._retiring.clear()
 
     def recover(self) -> dict[str, int]:
         """Load every stored job; resume the unfinished ones (see Job.recover)."""
@@ -645,41 +743,37 @@ class Scheduler:
         self._next_id = self.store.max_job_id() + 1
         now = self.clock()
         counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
-        finished: list[tuple[float, str]] = []
+        finished: list[FinishedJob] = []
         resumable: list[tuple[Job, Effects]] = []
         leftovers: list[tuple[str, str, int, int | None]] = []
-        for stored in self.store.load_jobs():
+        for row in self.store.finished_index():  # finished jobs are read back only when asked for
+            finished.append(FinishedJob(*row))
+            if row.key is not None:
+                self.keys[row.key] = row.id
+            counts["jobs"] += 1
+        for stored in self.store.load_jobs(unfinished_only=True):
             job_id = stored.id
             try:
-                if stored.error is not None:
-                    raise ValueError(stored.error)
-                job = Job(
-                    job_id,
-                    parse_job(stored.doc),
-                    stored.doc,
-                    stored.created_at,
-                    stored.data.get("submitter_uid"),
-                    stored.data.get("after"),
-                    stored.data.get("run_as_uid"),
-                )
-                job.load(stored.data, stored.entries)
-                job.submitter_name = user_name(job.submitter_uid)
+                job = self._restore(stored)
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
                 continue
-            self.jobs[job_id] = job
-            self._job_rows[job_id] = _job_row(job)
             if job.spec.key is not None:
                 self.keys[job.spec.key] = job_id
             counts["jobs"] += 1
-            if job.finished:
-                finished.append((job.finished_at or 0.0, job.id))
+            if job.finished:  # a row from before finished jobs had summaries: write its summary
+                self.store.job_changed(job_id, job.state, job.finished_at, job.dump(), job.summary(),
+                                       job.submitter_uid)
+                self.store.forget(job_id)
+                finished.append(job.index_entry())
                 continue
+            self.jobs[job_id] = job
+            self._job_rows[job_id] = _job_row(job)
             if job.state == "pending":
                 resumable.append((job, Effects()))
                 continue
             task_of = {t.attempts[-1].attempt_id: t.id for t in job.tasks if t.state == "running"}
-            effects, interrupted = job.recover(now)
+            effects, interrupted = job.recover(now, self.max_interruptions)
             for attempt in interrupted:
                 if attempt.worker is None:  # pool workers die with the daemon (PR_SET_PDEATHSIG)
                     leftovers.append((job.id, task_of[attempt.attempt_id], attempt.number, attempt.pid))
@@ -689,7 +783,9 @@ class Scheduler:
             resumable.append((job, effects))
         if leftovers:
             _kill_leftovers(leftovers, self.store.daemon_id)
-        self._finished = {job_id: at for at, job_id in sorted(finished)}
+        finished.sort(key=lambda e: (e.finished_at, int(e.id)))
+        for entry in finished:
+            self._index_finished(entry)
         self._prune(now)
         for job, effects in resumable:
             if job.state == "pending":
@@ -698,33 +794,73 @@ class Scheduler:
                 self._apply(job, effects)
         return counts
 
-    def _prune(self, now: float) -> None:
-        """Drop finished jobs beyond the retention limits (decided in memory: usually nothing to do)."""
+    def _index_finished(self, entry: FinishedJob) -> None:
+        self.finished[entry.id] = entry
+        self._finished_by_uid.setdefault(entry.uid, {})[entry.id] = None
+        self._finished_states[entry.state] = self._finished_states.get(entry.state, 0) + 1
+
+    def _prune(self, now: float, users: list[int | None] | None = None) -> None:
+        """Drop finished jobs beyond the retention limits (decided in memory: usually nothing to do).
+
+        ``retention_count`` applies per submitter uid (``users``: those whose jobs just finished;
+        None: every user), so one client's jobs never evict another user's history;
+        ``retention_age`` to all. Only finished jobs are ever pruned: they are the index.
+        """
         if self.store is None:
             return
-        finished = self._finished
         victims: list[str] = []
-        if self.retention_count is not None and len(finished) > self.retention_count:
-            victims.extend(itertools.islice(finished, len(finished) - self.retention_count))
+        count = self.retention_count
+        if count is not None:
+            for uid in list(self._finished_by_uid) if users is None else users:
+                own = self._finished_by_uid.get(uid, {})
+                if len(own) > count:
+                    victims.extend(itertools.islice(own, len(own) - count))
         if self.retention_age is not None:
             cutoff = now - self.retention_age
-            for job_id, finished_at in finished.items():  # in the order they finished
-                if finished_at >= cutoff:
+            for job_id, entry in self.finished.items():  # in the order they finished
+                if entry.finished_at >= cutoff:
                     break
                 victims.append(job_id)
         if victims:
-            self._drop_jobs(list(dict.fromkeys(victims)))
+            dropped = self._drop_jobs(list(dict.fromkeys(victims)))
+            if dropped:
+                ids = sorted(int(j) for j in dropped)
+                limits = [f"retention_count {count} per user"] if count is not None else []
+                if self.retention_age is not None:
+                    limits.append(f"retention_age {self.retention_age:g} s")
+                log.info(
+                    "retention pruned %d finished job(s), ids %d to %d (%s)",
+                    len(ids),
+                    ids[0],
+                    ids[-1],
+                    ", ".join(limits),
+                    extra={"journal_fields": {"PROCPOOL_PRUNED": str(len(ids)),
+                                              "PROCPOOL_PRUNED_OLDEST": str(ids[0]),
+                                              "PROCPOOL_PRUNED_NEWEST": str(ids[-1])}},
+                )
 
-    def _drop_jobs(self, job_ids: list[str]) -> None:
+    def _drop_jobs(self, job_ids: list[str]) -> list[str]:
+        """Delete finished jobs (never an unfinished one); returns the ids deleted."""
+        job_ids = [j for j in job_ids if j in self.finished]
+        if not job_ids:
+            return []
         self.flush()
-        assert self.store is not None
-        self.store.delete_jobs(job_ids)
+        if self.store is not None:
+            self.store.delete_jobs(job_ids)
         for job_id in job_ids:
-            self._finished.pop(job_id, None)
+            entry = self.finished.pop(job_id)
+            self._finished_states[entry.state] -= 1
+            own = self._finished_by_uid.get(entry.uid)
+            if own is not None:
+                own.pop(job_id, None)
+                if not own:
+                    del self._finished_by_uid[entry.uid]
             self._job_rows.pop(job_id, None)
-            job = self.jobs.pop(job_id, None)
-            if job is not None and job.spec.key is not None:
-                self.keys.pop(job.spec.key, None)
+            self._loaded.pop(job_id, None)
+            self.jobs.pop(job_id, None)
+            if entry.key is not None and self.keys.get(entry.key) == job_id:
+                del self.keys[entry.key]
+        return job_ids
 
     def clean(
         self, state: str | None = None, before: float | None = None, owner: int | None = None
@@ -735,19 +871,12 @@ class Scheduler:
         other finished jobs matched but were left (another user's).
         """
         matching = [
-            j
-            for j in self.jobs.values()
-            if j.finished
-            and (state is None or j.state == state)
-            and (before is None or (j.finished_at or 0) < before)
+            e
+            for e in self.finished.values()
+            if (state is None or e.state == state) and (before is None or e.finished_at < before)
         ]
-        victims = [j.id for j in matching if owner is None or j.submitter_uid == owner]
-        if self.store is not None:
-            self._drop_jobs(victims)
-        else:
-            for job_id in victims:
-                self.jobs.pop(job_id, None)
-        return victims, len(matching) - len(victims)
+        victims = [e.id for e in matching if owner is None or e.uid == owner]
+        return self._drop_jobs(victims), len(matching) - len(victims)
 
     def resume(self, ref: str) -> dict[str, Any]:
         """Release a job held after a restart (on_interrupt: hold)."""
@@ -768,19 +897,41 @@ class Scheduler:
                 f"unknown job state {state!r}",
                 f"use one of {', '.join(JOB_STATES)}",
             )
-        jobs = [
-            j
+        live: list[tuple[int, str, Job | None]] = [
+            (int(j.id), j.id, j)
             for j in self.jobs.values()
-            if (state is None or j.state == state) and (since is None or j.created_at >= since)
+            if j.id not in self.finished
+            and (state is None or j.state == state)
+            and (since is None or j.created_at >= since)
         ]
+        done: list[tuple[int, str, Job | None]] = [
+            (int(e.id), e.id, None)
+            for e in self.finished.values()
+            if (state is None or e.state == state) and (since is None or e.created_at >= since)
+        ]
+        picked = sorted(live + done) if done else live
         if limit is not None:
-            jobs = jobs[-limit:]
-        return [j.summary() for j in jobs]
+            picked = picked[-limit:] if limit > 0 else []
+        # Finished jobs' summaries come from the store, unless the Job is still in memory.
+        wanted = [job_id for _, job_id, job in picked if job is None and job_id not in self.jobs]
+        stored = self.store.summaries(wanted) if self.store is not None and wanted else {}
+        out = []
+        for _, job_id, job in picked:
+            job = job or self.jobs.get(job_id)
+            if job is not None:
+                out.append(job.summary())
+            elif job_id in stored:
+                out.append(stored[job_id])
+        return out
 
     def by_state(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for j in self.jobs.values():
-            out[j.state] = out.get(j.state, 0) + 1
+            if j.id not in self.finished:
+                out[j.state] = out.get(j.state, 0) + 1
+        for state, n in self._finished_states.items():
+            if n:
+                out[state] = out.get(state, 0) + n
         return out
 
     def queued(self) -> int:
@@ -791,6 +942,8 @@ class Scheduler:
 
     def is_finished(self, ref: str) -> bool:
         """Whether a job or task has reached a final state (cheap: no status is built)."""
+        if ref in self.finished:
+            return True
         job, index = self.resolve(ref)
         return job.finished if index is None else job.tasks[index].state in FINAL_TASK_STATES
 

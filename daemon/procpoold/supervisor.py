@@ -35,6 +35,7 @@ from procpoold.loop import EventLoop, Timer
 from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
 from procpoold.store import StateStore, StoreFailure
+from procpoold.store.lock import StateLock
 
 log = logging.getLogger("procpoold")
 
@@ -82,8 +83,15 @@ class Daemon:
         for executor in self._unique_executors():
             executor.prefork()
         journal.start_writer(self.loop)  # the log writer thread: after the forking, before zmq's threads
+        self.state_lock: StateLock | None = None
         if config.store:
-            self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
+            # Before the store is opened (a migration or a sweep by a second daemon would harm the first).
+            self.state_lock = StateLock.acquire(config.state_dir, config.socket)
+            try:
+                self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
+            except BaseException:
+                self.state_lock.release()
+                raise
             commands = executors.get("cmd")
             if isinstance(commands, CommandExecutor):
                 commands.set_identity(self.store.daemon_id)
@@ -94,6 +102,7 @@ class Daemon:
             store=self.store,
             retention_age=config.retention_age or None,
             retention_count=config.retention_count or None,
+            max_interruptions=config.max_interruptions,
         )
         self.scheduler.listeners.append(self._on_finished)
         self.ctx = zmq.Context()
@@ -218,6 +227,10 @@ class Daemon:
         logging.getLogger().setLevel(new.log_level.upper())
         self.scheduler.retention_age = new.retention_age or None
         self.scheduler.retention_count = new.retention_count or None
+        self.scheduler.max_interruptions = new.max_interruptions
+        sink = journal.active_sink()
+        if sink is not None:
+            sink.put_timeout = new.log_put_timeout
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
         self.config = replace(
@@ -257,6 +270,8 @@ class Daemon:
         self.loop.close()
         if self.ctx is not None:
             self.ctx.term()
+        if self.state_lock is not None:
+            self.state_lock.release()  # last: the store is closed
         log.info("procpoold stopped (%s)", self.stop_reason or "closed")
         journal.stop_writer()  # flush; from here on records are written synchronously
 

@@ -40,6 +40,9 @@ def summary(data: dict[str, Any]) -> str:
         line = f"logging  {logging.get('target')} ({logging.get('policy')})"
         if logging.get("dropped"):
             line += f", {logging['dropped']} record(s) dropped"
+        if logging.get("stalled"):
+            line += (f"; STALLED: the target accepted no record for {logging.get('stalled_for') or 0:.1f} s,"
+                     " records are dropped until it does")
         lines.append(line)
     return "\n".join(lines)
 

@@ -43,6 +43,17 @@ TAIL_LINES = 20
 #: (written ahead of the start, much smaller than a full entry).
 FULL_ENTRY = 0
 START_ENTRY = 1
+#: Interruptions of one task (by daemon restarts or lost workers) run again without using its
+#: ``retries``; one more fails it (the ``max_interruptions`` setting).
+DEFAULT_MAX_INTERRUPTIONS = 3
+
+
+def _too_many(t: TaskRun, limit: int, cause: str) -> dict[str, str]:
+    return {
+        "type": "Interrupted",
+        "message": f"interrupted {t.interruptions} times by {cause}; max_interruptions = {limit}",
+        "traceback": "",
+    }
 
 
 def replay_task_log(entries: list[Any]) -> dict[int, dict[str, Any]]:
@@ -112,6 +123,16 @@ class TaskRun:
     tail: deque[str] | None = None
 
     @property
+    def interruptions(self) -> int:
+        """Attempts the daemon interrupted (its restart, a worker it lost): they use no retry."""
+        return sum(1 for a in self.attempts if a.status == "interrupted")
+
+    @property
+    def failures(self) -> int:
+        """Attempts that count against ``retries``: every attempt the daemon did not interrupt."""
+        return len(self.attempts) - self.interruptions
+
+    @property
     def running_attempt(self) -> Attempt | None:
         if self.state == "running" and self.attempts:
             return self.attempts[-1]
@@ -128,6 +149,19 @@ class TaskRun:
         if new not in TASK_TRANSITIONS[self.state]:
             raise IllegalTransition(f"task {self.id} ({self.spec.name}): {self.state} -> {new}")
         self.state = new
+
+
+@dataclass(slots=True)
+class FinishedJob:
+    """What the scheduler keeps in memory of a finished job (the rest is read from the store):
+    enough to list it by state, age and user, to apply retention and to find it by key."""
+
+    id: str
+    key: str | None
+    state: str
+    uid: int | None
+    created_at: float
+    finished_at: float
 
 
 @dataclass(slots=True)
@@ -288,13 +322,16 @@ class Job:
             for line in td.get("tail", ()):
                 t.remember(line)
 
-    def recover(self, now: float) -> tuple[Effects, list[Attempt]]:
+    def recover(
+        self, now: float, max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
+    ) -> tuple[Effects, list[Attempt]]:
         """After a restart or crash: settle the attempts that were running, then rebuild readiness.
 
         Returns the effects (ready tasks, finished tasks) and the interrupted attempts
         (so the daemon can clean up what they left behind). ``on_interrupt`` decides:
-        ``retry`` runs the task again if it has retries left (the interrupted attempt
-        counts), ``fail`` fails it, ``hold`` parks the job until ``resume``.
+        ``retry`` runs the task again without using its ``retries``, up to
+        ``max_interruptions`` interruptions of the task (then it fails, naming them),
+        ``fail`` fails it, ``hold`` parks the job until ``resume``.
         """
         effects = Effects()
         interrupted: list[Attempt] = []
@@ -317,8 +354,14 @@ class Job:
                         t.spec.index, "cancelled", now, error, reason=self.reason or "cancelled by request"
                     )
                 )
-            elif policy == "fail" or (policy == "retry" and len(t.attempts) > t.spec.retries):
+            elif policy == "fail":
                 effects.merge(self.end_unsuccessfully(t.spec.index, "failed", now, error))
+            elif t.interruptions > max_interruptions:
+                effects.merge(
+                    self.end_unsuccessfully(
+                        t.spec.index, "failed", now, _too_many(t, max_interruptions, "daemon restarts")
+                    )
+                )
             else:
                 t.move("pending")
                 t.error = error
@@ -333,6 +376,35 @@ class Job:
                 effects.ready.append(t.spec.index)
         self._check_run_finished(effects)
         return effects, interrupted
+
+    def interrupt(
+        self,
+        index: int,
+        now: float,
+        error: dict[str, str] | None,
+        max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
+    ) -> Effects:
+        """The daemon lost the task's running attempt while running (it retired or lost the worker).
+
+        Not the task's fault: the task runs again at once without using its ``retries``, up to
+        ``max_interruptions`` interruptions; then it fails naming them. ``on_interrupt: fail``
+        fails it at once (the job asked never to run an interrupted attempt again).
+        """
+        t = self.tasks[index]
+        attempt = t.running_attempt
+        if attempt is not None:
+            attempt.status, attempt.finished_at = "interrupted", now
+        if self.spec.on_interrupt == "fail":
+            return self.end_unsuccessfully(index, "failed", now, error)
+        if t.interruptions > max_interruptions:
+            final = _too_many(t, max_interruptions, "the daemon (restarts or lost workers)")
+            if error and error.get("message"):
+                final["message"] += f" (last: {error['message'][:200]})"
+            return self.end_unsuccessfully(index, "failed", now, final)
+        t.move("pending")
+        t.error = error
+        t.move("ready")
+        return Effects(ready=[index])
 
     def resume(self) -> Effects:
         """Release a held job."""
@@ -563,6 +635,12 @@ class Job:
         return False
 
     # -- queries ------------------------------------------------------------------------------
+
+    def index_entry(self) -> FinishedJob:
+        """The small entry that stands for this job once it has finished (see FinishedJob)."""
+        return FinishedJob(
+            self.id, self.spec.key, self.state, self.submitter_uid, self.created_at, self.finished_at or 0.0
+        )
 
     @property
     def finished(self) -> bool:

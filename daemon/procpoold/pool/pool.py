@@ -464,7 +464,8 @@ class PoolExecutor:
         for w in list(self._all):
             self._drain_worker(w, force=True)
             for aid, run in list(w.running.items()):
-                self._end(w, aid, Outcome(aid, "failed", error=TaskError(
+                # Not the task's doing: "interrupted" runs it again without using its retries.
+                self._end(w, aid, Outcome(aid, "interrupted", error=TaskError(
                     "WorkerDied", f"{w.describe()} died with the zygote while running task "
                                   f"{run.spec.task_name!r}")))
             self._release(w)

@@ -4,8 +4,10 @@ Runs on the daemon's loop thread (one connection, no sharing). Rows::
 
     meta(key PRIMARY KEY, value)                   schema_version, daemon_id, next_job_id
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
-         doc BLOB, data BLOB)                      doc: the job as submitted (msgpack)
+         doc BLOB, data BLOB, uid, summary BLOB)   doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
+                                                   uid: the submitter; summary: Job.summary()
+                                                   once finished (what status lists show)
     task_log(job_id, seq, data BLOB,               data: a msgpack list of task entries
              PRIMARY KEY(job_id, seq))             (see procpoold.core.jobs.replay_task_log)
 
@@ -26,8 +28,10 @@ plain file (WAL frame per page, then the checkpoint). The file is complete befor
 the commit that refers to it and is removed after the commit that drops it;
 directories of jobs the database does not know are removed at start.
 
-Every read is at start (the daemon keeps its jobs in memory), so the tables carry no index
-beyond their keys: an index is pages more to write per commit. Job ids are never reused:
+The daemon reads unfinished jobs at start and keeps them in memory; of a finished job it keeps
+an index entry and reads the rest by key when asked (:meth:`StateStore.load_job`,
+:meth:`StateStore.summaries`). So the tables carry no index beyond their keys: an index is pages
+more to write per commit. Job ids are never reused:
 the next id is one past the highest job id stored, or past ``meta.next_job_id``, which is
 written only when jobs are deleted (the highest may be among them), not on every submit.
 
@@ -39,6 +43,8 @@ too) and survives power loss.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -54,7 +60,7 @@ from procpoold.core.jobs import FULL_ENTRY
 
 log = logging.getLogger("procpoold.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _pack(value: Any) -> bytes:
@@ -118,7 +124,15 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     # Nothing reads jobs by state or finish time (every job is in memory), and each index cost
     # two more pages per commit that changes a job's state.
     2: "DROP INDEX IF EXISTS jobs_state; DROP INDEX IF EXISTS jobs_finished",
+    # Finished jobs are served from the store, not kept in memory: each row says whose it is and
+    # carries the summary that status lists show. Rows of jobs finished before stay NULL until the
+    # next start writes them (see the scheduler's recover).
+    3: "ALTER TABLE jobs ADD COLUMN uid INTEGER; ALTER TABLE jobs ADD COLUMN summary BLOB",
 }
+
+#: The states of a finished job (rows in these states are read on demand, not at start).
+FINISHED_STATES = ("completed", "failed", "cancelled")
+_FINISHED_SQL = "('completed', 'failed', 'cancelled')"
 
 
 #: Values this large or larger go to files beside the database (see the module's docstring).
@@ -190,6 +204,17 @@ class LargeValues:
                 shutil.rmtree(self.root / name, ignore_errors=True)
 
 
+class IndexRow(NamedTuple):
+    """A finished job as the scheduler keeps it in memory (see :meth:`StateStore.finished_index`)."""
+
+    id: str
+    key: str | None
+    state: str
+    uid: int | None
+    created_at: float
+    finished_at: float
+
+
 class StoredJob(NamedTuple):
     """A job as :meth:`StateStore.load_jobs` reads it."""
 
@@ -202,7 +227,35 @@ class StoredJob(NamedTuple):
 
 
 class StoreError(Exception):
-    """The state file cannot be used; the message names it and the way out."""
+    """The state file cannot be used; the message names it and the way out (``hint``, if any)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    hint: str | None = None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the disk (or the quota) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.Error) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    )
+
+
+def full_disk_hint(path: Path) -> str:
+    return f"free space on the file system of {path.parent} (df -h {path.parent}), then start procpoold again"
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open: SQLite has already rolled back after some errors
+    (a full disk among them), and "cannot rollback - no transaction is active" must not hide them."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class StoreFailure(BaseException):
@@ -211,8 +264,12 @@ class StoreFailure(BaseException):
     What was committed is safe and a restart resumes from it; going on would acknowledge
     work that is not durable. A BaseException, so that no request handler turns it into an
     error reply and carries on: it unwinds the loop and the daemon exits non-zero (and
-    systemd restarts it).
+    systemd restarts it). ``hint`` says what to do, when that is known (a full disk).
     """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class StateStore:
@@ -233,10 +290,15 @@ class StateStore:
                 raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             version = self._version()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            if disk_full(exc):
+                raise StoreError(
+                    f"state file {path} cannot be opened: the disk is full ({reason})", full_disk_hint(path)
+                ) from None
+            if isinstance(exc, OSError):
+                raise StoreError(f"state file {path} cannot be opened: {reason}") from None
             raise StoreError(f"state file {path} cannot be opened: {exc}; {way_out}") from None
-        except OSError as exc:
-            raise StoreError(f"state file {path} cannot be opened: {exc.strerror}") from None
         if version > SCHEMA_VERSION:
             self.db.close()
             raise StoreError(
@@ -248,8 +310,12 @@ class StateStore:
             #: Names this store's daemon to the commands it starts (``PROCPOOL_DAEMON_ID``): after a
             #: crash, the next start recognises its own leftovers among other daemons' commands.
             self.daemon_id = self._daemon_id()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             self.db.close()
+            if disk_full(exc):
+                raise StoreError(
+                    f"state file {path} cannot be written: the disk is full ({exc})", full_disk_hint(path)
+                ) from None
             raise StoreError(
                 f"state file {path} cannot be migrated from version {version}: {exc}; {way_out}"
             ) from None
@@ -309,7 +375,7 @@ class StateStore:
                 )
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                _rollback(self.db)
                 raise
             version += 1
 
@@ -324,6 +390,7 @@ class StateStore:
         created_at: float,
         doc: dict[str, Any],
         data: dict[str, Any],
+        uid: int | None = None,
     ) -> None:
         """Queue a new job for the next :meth:`flush` (written before any other change of it).
 
@@ -339,13 +406,22 @@ class StateStore:
                 created_at,
                 self.values.put(job_id, "doc", _pack(doc)),
                 self.values.put(job_id, "job", _pack(data)),
+                uid,
             )
         )
         self._next_job_id = max(self._next_job_id, int(job_id) + 1)
 
-    def job_changed(self, job_id: str, state: str, finished_at: float | None, data: dict[str, Any]) -> None:
-        """Queue a job update for the next :meth:`flush`."""
-        self._dirty_jobs[job_id] = (state, finished_at, data)
+    def job_changed(
+        self,
+        job_id: str,
+        state: str,
+        finished_at: float | None,
+        data: dict[str, Any],
+        summary: dict[str, Any] | None = None,
+        uid: int | None = None,
+    ) -> None:
+        """Queue a job update for the next :meth:`flush`; ``summary`` once it has finished."""
+        self._dirty_jobs[job_id] = (state, finished_at, data, summary, uid)
 
     def append_tasks(self, job_id: str, entries: list[Any]) -> None:
         """Queue task entries to append to the job's log at the next :meth:`flush`."""
@@ -378,17 +454,25 @@ class StateStore:
     def _flush_locked(self) -> None:
         if self._new_jobs:
             self.db.executemany(
-                "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+                "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data, uid) "
+                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
                 self._new_jobs,
             )
             self._new_jobs.clear()
         if self._dirty_jobs:
             self.db.executemany(
-                "UPDATE jobs SET state=?, finished_at=?, data=? WHERE id=?",
+                "UPDATE jobs SET state=?, finished_at=?, data=?, summary=coalesce(?, summary),"
+                " uid=coalesce(?, uid) WHERE id=?",
                 [
-                    (st, fin, self.values.put(jid, "job", _pack(d)), int(jid))
-                    for jid, (st, fin, d) in self._dirty_jobs.items()
+                    (
+                        st,
+                        fin,
+                        self.values.put(jid, "job", _pack(d)),
+                        None if summary is None else _pack(summary),
+                        uid,
+                        int(jid),
+                    )
+                    for jid, (st, fin, d, summary, uid) in self._dirty_jobs.items()
                 ],
             )
             self._dirty_jobs.clear()
@@ -419,11 +503,13 @@ class StateStore:
                 work()
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                _rollback(self.db)
                 raise
         except (sqlite3.Error, OSError) as exc:
-            self.failed = f"cannot write the state file {self.path}: {exc}"
-            raise StoreFailure(self.failed) from exc
+            full = disk_full(exc)
+            what = "the disk is full: " if full else ""
+            self.failed = f"cannot write the state file {self.path}: {what}{exc}"
+            raise StoreFailure(self.failed, full_disk_hint(self.path) if full else None) from exc
         self.commits += 1
 
     def _seq(self, job_id: str) -> int:
@@ -449,8 +535,12 @@ class StateStore:
             self._dirty_jobs.pop(j, None)
             self._appends.pop(j, None)
             self._snapshots.pop(j, None)
-            self._next_seq.pop(j, None)
-            self.log_entries.pop(j, None)
+            self.forget(j)
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is kept in memory about a job that will not be written again (it finished)."""
+        self._next_seq.pop(job_id, None)
+        self.log_entries.pop(job_id, None)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -465,15 +555,64 @@ class StateStore:
         stored = int(self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
         return max(stored, int(row[0]) - 1 if row else 0)
 
-    def load_jobs(self) -> Iterator[StoredJob]:
+    def finished_index(self) -> Iterator[IndexRow]:
+        """Every finished job that has its summary, in no particular order (read at start)."""
+        for job_id, key, state, uid, created_at, finished_at in self.db.execute(
+            "SELECT id, key, state, uid, created_at, finished_at FROM jobs"
+            f" WHERE state IN {_FINISHED_SQL} AND summary IS NOT NULL"
+        ):
+            yield IndexRow(str(job_id), key, state, uid, float(created_at), float(finished_at or 0.0))
+
+    def summaries(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored summaries of these jobs (finished ones; others have none)."""
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = [int(j) for j in job_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for job_id, blob in self.db.execute(
+                f"SELECT id, summary FROM jobs WHERE id IN ({marks}) AND summary IS NOT NULL", chunk
+            ):
+                out[str(job_id)] = _unpack(blob)
+        return out
+
+    def load_job(self, job_id: str) -> StoredJob | None:
+        """One stored job (a finished one, read on demand), or None if there is none."""
+        row = self.db.execute(
+            "SELECT created_at, doc, data FROM jobs WHERE id=?", (int(job_id),)
+        ).fetchone()
+        if row is None:
+            return None
+        created_at, doc, data = row
+        try:
+            entries: list[Any] = []
+            for seq, blob in self.db.execute(
+                "SELECT seq, data FROM task_log WHERE job_id=? ORDER BY seq", (int(job_id),)
+            ):
+                entries.extend(_unpack(self.values.get(job_id, f"log-{seq}", blob)))
+            return StoredJob(
+                job_id,
+                float(created_at),
+                _unpack(self.values.get(job_id, "doc", doc)),
+                _unpack(self.values.get(job_id, "job", data)),
+                entries,
+            )
+        except ValueError as exc:
+            return StoredJob(job_id, float(created_at), {}, {}, [], str(exc))
+
+    def load_jobs(self, unfinished_only: bool = False) -> Iterator[StoredJob]:
         """Every stored job, oldest first; one that cannot be read comes with its ``error``.
 
+        ``unfinished_only``: the jobs that have not finished, and finished ones without their
+        summary (rows from before schema 4); the others are read on demand (:meth:`load_job`).
         Two queries in all (jobs, then every log row in order), not one per job.
         """
+        where = f" WHERE state NOT IN {_FINISHED_SQL} OR summary IS NULL" if unfinished_only else ""
         logs: dict[int, list[Any]] = {}
         broken: dict[int, str] = {}
         for job_id, seq, blob in self.db.execute(
-            "SELECT job_id, seq, data FROM task_log ORDER BY job_id, seq"
+            "SELECT job_id, seq, data FROM task_log"
+            + (f" WHERE job_id IN (SELECT id FROM jobs{where})" if where else "")
+            + " ORDER BY job_id, seq"
         ):
             self._next_seq[str(job_id)] = seq + 1
             try:
@@ -481,7 +620,7 @@ class StateStore:
             except ValueError as exc:
                 broken[job_id] = str(exc)
         for job_id, created_at, doc, data in self.db.execute(
-            "SELECT id, created_at, doc, data FROM jobs ORDER BY id"
+            f"SELECT id, created_at, doc, data FROM jobs{where} ORDER BY id"
         ).fetchall():
             jid = str(job_id)
             entries = logs.pop(job_id, [])

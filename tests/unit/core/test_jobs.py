@@ -171,3 +171,68 @@ def test_the_task_log_replays_starts_and_full_states_in_order() -> None:
     assert fresh.tasks[0].result == {"x": 1} and len(fresh.tasks[2].attempts) == 1
     with pytest.raises(ValueError, match="unknown task log entry"):
         replay_task_log([[7, 0]])
+
+
+def _restart(job: Job, tree: Any, now: float, max_interruptions: int = 3, **extra: Any) -> Job:
+    """What a new daemon makes of ``job`` as stored while its attempts ran."""
+    fresh = make(tree, **extra)
+    fresh.load(job.dump(), [job.full_entry(i) for i in range(len(job.tasks))])
+    fresh.recover(now, max_interruptions)
+    return fresh
+
+
+def test_daemon_restarts_use_no_retry_up_to_max_interruptions() -> None:
+    tree = {"name": "a", "cmd": ["x"]}  # retries: 0
+    job = make(tree)
+    job.start_run(0)
+    for n in range(1, 4):  # three restarts while the attempt runs: each runs it again
+        job.mark_running(0, f"a#{n}", n)
+        job = _restart(job, tree, now=n + 0.5, max_interruptions=3)
+        assert job.tasks[0].state == "ready", n
+        assert job.tasks[0].interruptions == n and job.tasks[0].failures == 0
+    job.mark_running(0, "a#4", 5)
+    job = _restart(job, tree, now=6, max_interruptions=3)  # the fourth is one too many
+    t = job.tasks[0]
+    assert t.state == "failed" and job.state == "running"
+    assert t.error is not None
+    assert t.error["message"] == "interrupted 4 times by daemon restarts; max_interruptions = 3"
+    assert [a.status for a in t.attempts] == ["interrupted"] * 4
+
+
+def test_an_interrupted_task_that_then_completes() -> None:
+    tree = {"name": "a", "cmd": ["x"]}
+    job = make(tree)
+    job.start_run(0)
+    job.mark_running(0, "a#1", 1)
+    job = _restart(job, tree, now=2, max_interruptions=0)  # max 0: the first interruption fails it
+    assert job.tasks[0].state == "failed"
+    job = make(tree)
+    job.start_run(0)
+    job.mark_running(0, "a#1", 1)
+    job = _restart(job, tree, now=2)
+    job.mark_running(0, "a#2", 3)
+    assert job.complete(0, 4).run_finished
+
+
+def test_the_daemon_losing_a_worker_uses_no_retry() -> None:
+    job = make({"name": "a", "cmd": ["x"]})
+    job.start_run(0)
+    lost = {"type": "WorkerDied", "message": "gone", "traceback": ""}
+    for n in range(1, 3):
+        job.mark_running(0, f"a#{n}", n)
+        effects = job.interrupt(0, n + 0.5, lost, max_interruptions=2)
+        assert effects.ready == [0] and job.tasks[0].state == "ready"
+    job.mark_running(0, "a#3", 3)
+    effects = job.interrupt(0, 4, lost, max_interruptions=2)
+    assert job.tasks[0].state == "failed" and effects.run_finished
+    assert job.tasks[0].error is not None
+    assert job.tasks[0].error["message"].startswith("interrupted 3 times by the daemon")
+    assert job.tasks[0].error["message"].endswith("; max_interruptions = 2 (last: gone)")
+    assert job.tasks[0].failures == 0  # none of them counted against retries
+
+
+def test_on_interrupt_fail_fails_an_interrupted_attempt_at_once() -> None:
+    job = make({"name": "a", "cmd": ["x"], "retries": 3}, on_interrupt="fail")
+    job.start_run(0)
+    job.mark_running(0, "a#1", 1)
+    assert job.interrupt(0, 2, None).run_finished and job.tasks[0].state == "failed"

@@ -174,7 +174,8 @@ def test_a_repeat_jobs_log_stays_bounded_and_replays_to_the_same_state(tmp_path:
 
     store = StateStore(tmp_path / "state.db")
     loop, _, scheduler = run_scheduler(store)
-    again = scheduler.jobs[job.id]
+    assert job.id not in scheduler.jobs  # finished: read back from the store when asked for
+    again, _ = scheduler.resolve(job.id)
     assert again.state == "completed" and again.run == 200
     assert [again.dump_task(i) for i in range(len(again.tasks))] == before
     loop.close()

@@ -416,3 +416,45 @@ def test_log_config_validates() -> None:
                       (LogConfig(queue_size=5), "log_queue_size")):
         with pytest.raises(ValueError, match=word):
             bad.validate()
+
+
+def test_a_target_that_accepts_nothing_turns_pausing_into_dropping_and_says_so(sender: ListSender) -> None:
+    from procpoold.loop import EventLoop
+
+    sender.gate = threading.Event()  # journald accepts nothing
+    sink = LogSink(sender, queue_size=100, policy="block", put_timeout=0.2)
+    loop = EventLoop()
+    sink.attach(loop)
+    sink.start()
+    try:
+        tlog = sink.task_log(dict(FIELDS))
+        sent = 0
+        while tlog.line("stdout", logging.INFO, f"line {sent}"):
+            sent += 1
+        woken: list[bool] = []
+        sink.when_room(lambda: woken.append(True))  # the producer pauses
+        started = time.monotonic()
+        while not woken:
+            loop.run_once(0.05)
+            assert time.monotonic() - started < 5, "the paused producer was never resumed"
+        assert time.monotonic() - started >= 0.15  # not before put_timeout
+        stats = sink.stats()
+        assert stats["stalled"] and stats["stalls"] == 1 and stats["stalled_for"] >= 0.2
+        for i in range(500):  # no more pausing: what does not fit is dropped and counted
+            assert tlog.line("stdout", logging.INFO, f"more {i}")
+        assert sink.has_room() and sink.dropped >= 400
+        dropped = sink.dropped
+        sender.gate.set()  # it accepts again: one record says what happened
+        wait_for(lambda: any(f.get("MESSAGE_ID") == MessageId.LOG_STALLED for f in sender.fields()))
+        [note] = [f for f in sender.fields() if f.get("MESSAGE_ID") == MessageId.LOG_STALLED]
+        assert re.fullmatch(rf"journald accepted no record for \d+\.\d s; {dropped:,} records dropped "
+                            r"\(log_put_timeout=0\.2 s\)", note["MESSAGE"]), note["MESSAGE"]
+        assert note["PROCPOOL_DROPPED"] == str(dropped) and note["PRIORITY"] == "4"
+        assert not sink.stats()["stalled"]
+        while tlog.line("stdout", logging.INFO, "again"):  # back to pausing the producer
+            pass
+        assert not sink.has_room()
+    finally:
+        sink.stop()
+        sink.close()
+        loop.close()
