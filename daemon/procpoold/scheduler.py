@@ -26,7 +26,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import RETRY_DELAY_CAP, parse_job
 from procpoold import journal
 from procpoold.core import namespace
-from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun
+from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun, scoped_key
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
@@ -129,8 +129,9 @@ class Scheduler:
                 "submit again once it has restarted",
             )
         spec = parse_job(raw)
-        if spec.key is not None and spec.key in self.keys:
-            known = self._job(self.keys[spec.key])
+        key = scoped_key(uid, spec.key)
+        if key is not None and key in self.keys:
+            known = self._job(self.keys[key])
             if known is not None:
                 return known, True
         for ref in after or []:
@@ -143,12 +144,12 @@ class Scheduler:
             # Queued here, committed by the flush below, before the caller replies. Tasks get log
             # entries when they first change: a task without any is pending, with no attempts.
             self.store.add_job(
-                job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump(), job.submitter_uid
+                job_id, key, spec.name, job.state, job.created_at, raw, job.dump(), job.submitter_uid
             )
             self._job_rows[job_id] = _job_row(job)
         self.jobs[job_id] = job
-        if spec.key is not None:
-            self.keys[spec.key] = job_id
+        if key is not None:
+            self.keys[key] = job_id
         self.counters["submitted"] += 1
         journal.record(
             log,
@@ -758,8 +759,9 @@ class Scheduler:
             except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
                 continue
-            if job.spec.key is not None:
-                self.keys[job.spec.key] = job_id
+            key = scoped_key(job.submitter_uid, job.spec.key)
+            if key is not None:
+                self.keys[key] = job_id
             counts["jobs"] += 1
             if job.finished:  # a row from before finished jobs had summaries: write its summary
                 self.store.job_changed(job_id, job.state, job.finished_at, job.dump(), job.summary(),

@@ -151,6 +151,14 @@ class TaskRun:
         self.state = new
 
 
+def scoped_key(uid: int | None, key: str | None) -> str | None:
+    """An idempotency key as the scheduler and the store know it: one namespace per submitter, so
+    one user can neither find another's job by its key nor claim a key to swallow their submits."""
+    if key is None:
+        return None
+    return f"{'' if uid is None else uid}:{key}"
+
+
 @dataclass(slots=True)
 class FinishedJob:
     """What the scheduler keeps in memory of a finished job (the rest is read from the store):
@@ -639,7 +647,12 @@ class Job:
     def index_entry(self) -> FinishedJob:
         """The small entry that stands for this job once it has finished (see FinishedJob)."""
         return FinishedJob(
-            self.id, self.spec.key, self.state, self.submitter_uid, self.created_at, self.finished_at or 0.0
+            self.id,
+            scoped_key(self.submitter_uid, self.spec.key),
+            self.state,
+            self.submitter_uid,
+            self.created_at,
+            self.finished_at or 0.0,
         )
 
     @property
