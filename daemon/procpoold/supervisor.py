@@ -29,6 +29,7 @@ from procpoold.control.server import ControlServer, Deferred
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
+from procpoold.identity import Authority
 from procpoold.loop import EventLoop, Timer
 from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
@@ -92,6 +93,7 @@ class Daemon:
             store=self.store,
             retention_age=config.retention_age or None,
             retention_count=config.retention_count or None,
+            authority=Authority(config.admin_group),
         )
         self.scheduler.listeners.append(self._on_finished)
         self.ctx = zmq.Context()
