@@ -13,6 +13,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,3 +169,58 @@ def test_the_working_folder_is_entered_as_the_user(site: Site) -> None:
     tmp_path.chmod(0o755)
     state, lines = run_and_log(site, site.alice, "pwd", extra=("--cwd", str(inner)))
     assert (state, lines) == ("completed", [str(inner)])
+
+
+@pytest.mark.parametrize("how", ["setpriv", "popen"])
+def test_the_executor_switches_users_either_way(site: Site, how: str) -> None:
+    """Both ways of starting a command as another user (setpriv, or Popen where there is none) give
+    the user's ids and environment, enter the working folder as the user, and close the daemon's fds."""
+    from procpoold.engines import AttemptSpec, Outcome
+    from procpoold.engines.commands import CommandExecutor, find_setpriv
+    from procpoold.identity import identity_of
+    from procpoold.loop import EventLoop
+
+    if how == "setpriv" and find_setpriv() is None:
+        pytest.skip("no setpriv here")
+    lines: list[str] = []
+    outcomes: list[Outcome] = []
+
+    class Events:
+        def attempt_started(self, attempt_id: str, pid: int | None, worker: str | None) -> None:
+            pass
+
+        def attempt_finished(self, outcome: Outcome) -> None:
+            outcomes.append(outcome)
+
+        def attempt_log(
+            self, attempt_id: str, stream: str, level: int, message: str, fields: object = None
+        ) -> None:
+            lines.append(message)
+
+    leak = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(leak, True)  # as if inherited from whoever started the daemon
+    loop = EventLoop()
+    executor = CommandExecutor(1, setpriv="" if how == "setpriv" else None)
+    executor.start(loop, Events())  # type: ignore[arg-type]
+    try:
+        identity_of.cache_clear()  # uids are reused by the next test's users (the daemon: at reload)
+        user = identity_of(site.alice.uid)
+        folder = site.daemon.dir
+        script = 'id -u; id -G; echo "$USER $HOME"; pwd; ls /proc/self/fd | tr "\\n" " "; echo'
+        spec = AttemptSpec(
+            "a#1", "1", "j", "1.0", "t", 1, "cmd", cmd=["sh", "-c", script], cwd=str(folder), user=user
+        )
+        executor.submit(spec)
+        deadline = time.monotonic() + 20
+        while not outcomes and time.monotonic() < deadline:
+            loop.run_once(100)
+    finally:
+        os.close(leak)
+        loop.close()
+    assert outcomes and outcomes[0].status == "completed", (outcomes, lines)
+    assert lines[0] == str(site.alice.uid)
+    assert {int(g) for g in lines[1].split()} == set(site.alice.groups)
+    assert lines[2] == f"{site.alice.name} {user.home}"
+    assert lines[3] == str(folder)
+    # 0, 1, 2 and the folder ls itself opens (the lowest free number)
+    assert sorted(int(fd) for fd in lines[4].split()) == [0, 1, 2, 3], lines[4]
