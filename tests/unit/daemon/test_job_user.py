@@ -10,8 +10,9 @@ import pytest
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import JobSpec, TreeError, json_schema, parse_job
+from procpoold.core.jobs import Job
 from procpoold.identity import Authority, can_switch_users
-from procpoold.scheduler import job_user
+from procpoold.scheduler import Scheduler, job_user
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 DAEMON_USER = pwd.getpwnam("daemon").pw_uid
@@ -66,3 +67,14 @@ def test_a_daemon_that_cannot_switch_users_refuses_another_user() -> None:
     with pytest.raises(ProcpoolError) as err:
         job_user(spec("daemon"), os.geteuid(), Authority())
     assert "cannot run jobs as another user" in err.value.message
+
+
+@pytest.mark.skipif(not can_switch_users(), reason="a daemon that cannot switch users")
+def test_a_stored_job_without_run_as_uid_runs_as_its_submitter_not_as_root() -> None:
+    """A job stored by a daemon that could not switch users (run_as_uid None) never runs as root
+    once the daemon can: it runs as whoever submitted it."""
+    job = Job("1", spec(), {"root": {"cmd": ["true"]}}, 0.0, submitter_uid=NOBODY, run_as_uid=None)
+    who = Scheduler._run_as(job)
+    assert who is not None and who.uid == NOBODY
+    own = Job("2", spec(), {"root": {"cmd": ["true"]}}, 0.0, submitter_uid=os.geteuid(), run_as_uid=None)
+    assert Scheduler._run_as(own) is None  # the daemon's own user: nothing to switch
