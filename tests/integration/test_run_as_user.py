@@ -224,3 +224,18 @@ def test_the_executor_switches_users_either_way(site: Site, how: str) -> None:
     assert lines[3] == str(folder)
     # 0, 1, 2 and the folder ls itself opens (the lowest free number)
     assert sorted(int(fd) for fd in lines[4].split()) == [0, 1, 2, 3], lines[4]
+
+
+def test_a_missing_program_cannot_start_and_a_relative_one_runs_from_the_users_folder(site: Site) -> None:
+    folder = site.daemon.dir / "work"
+    folder.mkdir(mode=0o755)
+    script = folder / "hello.sh"
+    script.write_text("#!/bin/sh\nid -u\n")
+    script.chmod(0o755)
+    state, lines = run_and_log(site, site.alice, "./hello.sh", extra=("--cwd", str(folder)))
+    assert (state, lines) == ("completed", [str(site.alice.uid)])
+    job_id = procctl(site, site.alice, "run", "--", "no-such-program-pp").stdout.strip()
+    done = json.loads(procctl(site, site.alice, "--json", "wait", job_id, check=False).stdout)
+    task = done["status"]["tasks"][0]
+    assert task["state"] == "failed"
+    assert "cannot start 'no-such-program-pp'" in json.dumps(task), task

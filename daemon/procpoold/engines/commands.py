@@ -221,7 +221,8 @@ class CommandExecutor:
         env = attempt_env(spec, self._base_env, self._identity)
         user = spec.user
         if user is not None and self._setpriv is not None:
-            self._check_program(argv[0], env)  # a missing program is "cannot start", as for others
+            if "/" not in argv[0] or os.path.isabs(argv[0]):  # (a relative one depends on the cwd)
+                self._check_program(argv[0], env)  # a missing program is "cannot start", as for others
             if spec.cwd is not None:
                 argv = ["/bin/sh", "-c", _CHDIR_THEN_EXEC, "procpool-cwd", spec.cwd, *argv]
             return self._posix_spawn(setpriv_argv(self._setpriv, user.uid, user.gid, user.groups, argv), env)
