@@ -11,6 +11,7 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import time
@@ -176,12 +177,12 @@ def test_the_executor_switches_users_either_way(site: Site, how: str) -> None:
     """Both ways of starting a command as another user (setpriv, or Popen where there is none) give
     the user's ids and environment, enter the working folder as the user, and close the daemon's fds."""
     from procpoold.engines import AttemptSpec, Outcome
-    from procpoold.engines.commands import CommandExecutor, find_setpriv
+    from procpoold.engines.commands import CommandExecutor, Switcher
     from procpoold.identity import identity_of
     from procpoold.loop import EventLoop
 
-    if how == "setpriv" and find_setpriv() is None:
-        pytest.skip("no setpriv here")
+    if how == "setpriv" and Switcher.find() is None:
+        pytest.skip("no setpriv or env here")
     lines: list[str] = []
     outcomes: list[Outcome] = []
 
@@ -200,15 +201,16 @@ def test_the_executor_switches_users_either_way(site: Site, how: str) -> None:
     leak = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(leak, True)  # as if inherited from whoever started the daemon
     loop = EventLoop()
-    executor = CommandExecutor(1, setpriv="" if how == "setpriv" else None)
+    executor = CommandExecutor(1, switcher="find" if how == "setpriv" else None)
     executor.start(loop, Events())  # type: ignore[arg-type]
     try:
         identity_of.cache_clear()  # uids are reused by the next test's users (the daemon: at reload)
         user = identity_of(site.alice.uid)
         folder = site.daemon.dir
-        script = 'id -u; id -G; echo "$USER $HOME"; pwd; ls /proc/self/fd | tr "\\n" " "; echo'
+        script = 'id -u; id -G; echo "$USER $HOME"; pwd; ls /proc/self/fd | tr "\\n" " "; echo; echo "$ODD"'
         spec = AttemptSpec(
-            "a#1", "1", "j", "1.0", "t", 1, "cmd", cmd=["sh", "-c", script], cwd=str(folder), user=user
+            "a#1", "1", "j", "1.0", "t", 1, "cmd", cmd=["sh", "-c", script], cwd=str(folder), user=user,
+            env={"-u": "HOME", "ODD": "a=b -i\nline two"},  # names and values env(1) must not misread
         )
         executor.submit(spec)
         deadline = time.monotonic() + 20
@@ -224,6 +226,7 @@ def test_the_executor_switches_users_either_way(site: Site, how: str) -> None:
     assert lines[3] == str(folder)
     # 0, 1, 2 and the folder ls itself opens (the lowest free number)
     assert sorted(int(fd) for fd in lines[4].split()) == [0, 1, 2, 3], lines[4]
+    assert lines[5:7] == ["a=b -i", "line two"]
 
 
 def test_a_missing_program_cannot_start_and_a_relative_one_runs_from_the_users_folder(site: Site) -> None:
@@ -239,3 +242,34 @@ def test_a_missing_program_cannot_start_and_a_relative_one_runs_from_the_users_f
     task = done["status"]["tasks"][0]
     assert task["state"] == "failed"
     assert "cannot start 'no-such-program-pp'" in json.dumps(task), task
+
+
+PROBE_C = r"""
+#include <fcntl.h>
+#include <unistd.h>
+__attribute__((constructor)) static void probe(void) {
+    if (geteuid() == 0) {  /* loaded into a process that still runs as root */
+        int fd = open(MARK, O_WRONLY | O_CREAT, 0644);
+        if (fd >= 0) close(fd);
+    }
+}
+"""
+
+
+def test_the_jobs_environment_never_reaches_a_process_that_runs_as_root(site: Site) -> None:
+    """A job's env (LD_PRELOAD here) applies only once the command runs as its user: a library it
+    preloads never runs with the daemon's privileges."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the probe library")
+    work = site.daemon.dir / "probe"
+    work.mkdir(mode=0o755)
+    mark = work / "ran-as-root"
+    source = work / "probe.c"
+    source.write_text(PROBE_C.replace("MARK", json.dumps(str(mark))))
+    library = work / "probe.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    preload = ("--env", f"LD_PRELOAD={library}")
+    state, lines = run_and_log(site, site.alice, "sh", "-c", "id -u", extra=preload)
+    assert (state, lines) == ("completed", [str(site.alice.uid)])
+    assert not mark.exists(), "the job's LD_PRELOAD ran in a process with root's privileges"

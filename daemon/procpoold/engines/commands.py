@@ -17,11 +17,14 @@ rather than the daemon's.
 
 The switch is made by util-linux's ``setpriv``, started with ``posix_spawn`` like any command
 (it sets the ids, each checked, then executes the command; if one fails it exits without running
-it). Python's own way (``Popen(user=...)``) must ``fork`` rather than ``vfork``, which copies the
-daemon's page tables for every command: measured with a daemon of 35 MB running 400 ``/bin/true``
-commands submitted by another user, 87 commands/s that way against about 415 through ``setpriv``
-(313 to 512 for the same commands submitted by root, which keep the daemon's user). ``Popen``
-remains the way where ``setpriv`` is missing.
+it). ``setpriv`` starts as root, so it gets an empty environment (the job's ``LD_PRELOAD`` or
+``GLIBC_TUNABLES`` would otherwise run the job's code as root): the task's environment is set by
+``env -i NAME=VALUE... COMMAND``, which ``setpriv`` executes once it runs as the user. Python's
+own way (``Popen(user=...)``) must ``fork`` rather than ``vfork``, which copies the daemon's page
+tables for every command. Measured through this executor (8 slots, ``/bin/true``, a shared 2-core
+machine): with 35 MB resident, 489-755 commands/s as the daemon's user, 441-542 through ``setpriv``
+and 181-196 with ``Popen(user=...)``; with 200 MB, 565, 502 and 60. ``Popen`` remains the way
+where either program is missing.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from procpoold import journal, oom
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, Stream, TaskError
+from procpoold.identity import Identity
 from procpoold.loop import EventLoop, Timer
 
 log = logging.getLogger("procpoold.commands")
@@ -55,16 +59,34 @@ _CHDIR_THEN_EXEC = 'cd -- "$1" || exit 126; shift; exec "$@"'
 _SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 
 
-def find_setpriv() -> str | None:
-    """The ``setpriv`` program (util-linux) that starts commands as other users, if installed."""
-    return shutil.which("setpriv", path=_SYSTEM_PATH)
+@dataclass(frozen=True)
+class Switcher:
+    """The programs that start a command as another user: ``setpriv`` (util-linux) sets the ids,
+    then ``env`` (coreutils), already running as the user, sets the task's environment."""
 
+    setpriv: str
+    env: str
 
-def setpriv_argv(setpriv: str, uid: int, gid: int, groups: tuple[int, ...], argv: list[str]) -> list[str]:
-    """``argv`` run as ``uid``/``gid``/``groups`` by ``setpriv`` (which fails rather than run it
-    with any other ids)."""
-    group_opt = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", group_opt, "--", *argv]
+    @classmethod
+    def find(cls) -> Switcher | None:
+        """Both programs from the system's own folders, or None if either is missing."""
+        setpriv = shutil.which("setpriv", path=_SYSTEM_PATH)
+        env = shutil.which("env", path=_SYSTEM_PATH)
+        return cls(setpriv, env) if setpriv and env else None
+
+    def argv(self, user: Identity, env: dict[str, str], argv: list[str]) -> list[str]:
+        """The argv that runs ``argv`` as ``user`` with ``env``; started with an empty environment.
+
+        ``setpriv`` fails rather than run anything with other ids. ``env`` reads options only up to
+        the first NAME=VALUE (a name starting with "-" never comes first: the PROCPOOL_ names do)
+        and takes the first word without "=" as the command (one with "=" goes through ``sh``).
+        """
+        groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
+        if "=" in argv[0]:
+            argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *argv]
+        assignments = sorted((f"{k}={v}" for k, v in env.items()), key=lambda a: a.startswith("-"))
+        return [self.setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", groups, "--",
+                self.env, "-i", *assignments, *argv]
 
 
 def attempt_env(
@@ -151,11 +173,11 @@ class CommandExecutor:
         slots: int,
         kill_grace: float = 5.0,
         sink: journal.LogSink | None = None,
-        setpriv: str | None = "",
+        switcher: Switcher | Literal["find"] | None = "find",
     ) -> None:
         self.slots = slots
-        #: the program that runs a command as another user ("": look it up; None: use Popen)
-        self._setpriv = find_setpriv() if setpriv == "" else setpriv
+        #: how a command starts as another user ("find": look for the programs; None: use Popen)
+        self._switcher = Switcher.find() if switcher == "find" else switcher
         self.kill_grace = kill_grace
         #: The log queue: output is not read while it is full (policy block); see procpoold.journal.
         self._sink = sink
@@ -220,12 +242,13 @@ class CommandExecutor:
         """
         env = attempt_env(spec, self._base_env, self._identity)
         user = spec.user
-        if user is not None and self._setpriv is not None:
+        if user is not None and self._switcher is not None:
             if "/" not in argv[0] or os.path.isabs(argv[0]):  # (a relative one depends on the cwd)
                 self._check_program(argv[0], env)  # a missing program is "cannot start", as for others
             if spec.cwd is not None:
                 argv = ["/bin/sh", "-c", _CHDIR_THEN_EXEC, "procpool-cwd", spec.cwd, *argv]
-            return self._posix_spawn(setpriv_argv(self._setpriv, user.uid, user.gid, user.groups, argv), env)
+            # Nothing of the job's reaches a process that still runs as root: an empty environment.
+            return self._posix_spawn(self._switcher.argv(user, env, argv), {})
         if spec.cwd is not None or user is not None:
             cwd: str | None = spec.cwd
             ids: dict[str, Any] = {}
