@@ -7,7 +7,7 @@
 # install:   a virtual environment at /opt/procpoold/venv made with Debian's
 #            /usr/bin/python3, the project installed into it from a wheel, the
 #            system units in /etc/systemd/system, the user units in
-#            /etc/systemd/user, the procpool user and group (systemd-sysusers),
+#            /etc/systemd/user, the procpool group (systemd-sysusers),
 #            and /usr/local/bin/procctl. Nothing is enabled or started.
 # uninstall: stops and disables the units and removes all of the above, but
 #            keeps the state in /var/lib/procpoold unless PURGE=1.
@@ -133,7 +133,7 @@ do_uninstall() {
         systemctl daemon-reload
         systemctl reset-failed procpoold.service procpoold.socket >/dev/null 2>&1 || true
     fi
-    say "uninstalled (the procpool user and group are kept, as is the custom for system users)"
+    say "uninstalled (the procpool group is kept, as is the custom for system groups)"
 }
 
 case "${1:-}" in

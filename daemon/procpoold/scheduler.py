@@ -23,14 +23,23 @@ from collections.abc import Callable
 from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpool.contract.tree import RETRY_DELAY_CAP, parse_job
+from procpool.contract.tree import RETRY_DELAY_CAP, JobSpec, TreeError, parse_job
 from procpoold import journal
 from procpoold.core import namespace
 from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun, scoped_key
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
-from procpoold.identity import Identity, identity_of, run_as_uid, user_name
+from procpoold.identity import (
+    Authority,
+    Identity,
+    UnknownUser,
+    can_switch_users,
+    identity_by_name,
+    identity_of,
+    run_as_uid,
+    user_name,
+)
 from procpoold.loop import EventLoop, Timer
 from procpoold.store import StateStore
 from procpoold.store.sqlite import StoredJob
@@ -69,10 +78,13 @@ class Scheduler:
         retention_age: float | None = None,
         retention_count: int | None = None,
         max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
+        authority: Authority | None = None,
     ) -> None:
         self.loop = loop
         #: interruptions of a task by the daemon (restarts, lost workers) that use none of its retries
         self.max_interruptions = max_interruptions
+        #: who may name another user in a job ("user"); see job_user()
+        self.authority = authority or Authority()
         self.store = store
         self.retention_age = retention_age
         self.retention_count = retention_count
@@ -138,7 +150,7 @@ class Scheduler:
             self.resolve(ref)  # unknown prerequisites are an error now, not a hang later
         job_id = str(self._next_id)
         self._next_id += 1
-        job = Job(job_id, spec, raw, self.clock(), uid, after, run_as_uid(uid))
+        job = Job(job_id, spec, raw, self.clock(), uid, after, job_user(spec, uid, self.authority))
         job.submitter_name = user_name(uid)
         if self.store is not None:
             # Queued here, committed by the flush below, before the caller replies. Tasks get log
@@ -468,8 +480,12 @@ class Scheduler:
 
     @staticmethod
     def _run_as(job: Job) -> Identity | None:
-        """The identity an attempt of ``job`` drops to; None when it runs as the daemon's user."""
-        uid = job.run_as_uid
+        """The identity an attempt of ``job`` drops to; None when it runs as the daemon's user.
+
+        A job stored by a daemon that could not switch users has no ``run_as_uid``: once the
+        daemon can, it runs as its submitter rather than as the daemon's user.
+        """
+        uid = job.run_as_uid if job.run_as_uid is not None else run_as_uid(job.submitter_uid)
         if uid is None or uid == os.geteuid():
             return None
         return identity_of(uid)
@@ -985,6 +1001,42 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.finished_at,
         job.reason,
         job.cancel_requested,
+    )
+
+
+def job_user(spec: JobSpec, submitter: int | None, authority: Authority) -> int | None:
+    """The uid every attempt of a job runs as (None: the daemon's own user); loop thread.
+
+    Without ``"user"`` a job runs as its submitter (when this daemon can switch users). Naming
+    yourself changes nothing; naming someone else needs an administrator (root, the daemon's
+    user or the ``admin_group``) and a daemon that can switch users. An unknown name is an
+    invalid tree (path ``user``); a refusal is ``permission_denied`` naming the rule.
+    """
+    if spec.user is None:
+        return run_as_uid(submitter)
+    try:
+        target = identity_by_name(spec.user)
+    except UnknownUser:
+        raise TreeError(
+            "user", f'no user named "{spec.user[:64]}"', "give the login name of an existing user"
+        ) from None
+    if target.uid == submitter:
+        return run_as_uid(submitter)
+    if not authority.is_admin(submitter):
+        raise ProcpoolError(
+            ErrorCode.PERMISSION_DENIED,
+            f'only root or an administrator may run a job as another user ("user": "{target.name[:64]}")',
+            'leave out "user" to run the job as yourself',
+        )
+    if can_switch_users():
+        return target.uid
+    if target.uid == os.geteuid():
+        return None
+    me = identity_of(os.geteuid()).name
+    raise ProcpoolError(
+        ErrorCode.PERMISSION_DENIED,
+        f'procpoold runs as {me} and cannot run jobs as another user ("user": "{target.name[:64]}")',
+        "run the job on the system service (root), or leave out \"user\"",
     )
 
 

@@ -95,6 +95,7 @@ class Daemon:
             commands = executors.get("cmd")
             if isinstance(commands, CommandExecutor):
                 commands.set_identity(self.store.daemon_id)
+        authority = Authority(config.admin_group)  # one for the policy and the "user" field
         self.scheduler = Scheduler(
             self.loop,
             executors,
@@ -103,10 +104,11 @@ class Daemon:
             retention_age=config.retention_age or None,
             retention_count=config.retention_count or None,
             max_interruptions=config.max_interruptions,
+            authority=authority,
         )
         self.scheduler.listeners.append(self._on_finished)
         self.ctx = zmq.Context()
-        self.policy = Policy(Authority(config.admin_group), self.job_owner)
+        self.policy = Policy(authority, self.job_owner)
         self.control = ControlServer(
             self.ctx,
             config.socket,

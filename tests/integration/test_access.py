@@ -139,6 +139,19 @@ def test_clean_removes_only_the_peers_own_jobs_unless_administrator(world: World
     wait_until(lambda: "cleaned" in world.daemon.log(), what="the administrator's clean in the log")
 
 
+def test_idempotency_keys_are_per_user(world: World) -> None:
+    """A key names a job only among its submitter's: another user can neither find that job by
+    the key nor claim the key first so that the owner's submit is swallowed."""
+    keyed = {**QUICK, "key": "nightly-report"}
+    first = world.submit(world.bob, keyed)
+    again = world.submit(world.bob, keyed)
+    theirs = world.submit(world.alice, keyed)
+    assert again == f"{first} (already submitted with this key)"
+    assert theirs == str(int(first) + 1)  # a new job, not bob's
+    with world.daemon.client() as client:
+        assert client.status(theirs)["job"]["uid"] == world.alice.uid
+
+
 def test_an_administrator_may_change_anyones_job_and_it_is_logged(world: World) -> None:
     for admin in (world.boss, None):  # a member of admin_group, then root
         job = world.submit(world.alice, LONG)
@@ -164,16 +177,3 @@ def test_an_administrator_may_stop_the_daemon(world: World) -> None:
     assert out.returncode == 0, out.stderr
     assert world.daemon.wait() == 0
     assert "stopping: requested by uid" in world.daemon.log()
-
-
-def test_idempotency_keys_are_per_user(world: World) -> None:
-    """A key names a job only among its submitter's: another user can neither find that job by
-    the key nor claim the key first so that the owner's submit is swallowed."""
-    keyed = {**QUICK, "key": "nightly-report"}
-    first = world.submit(world.bob, keyed)
-    again = world.submit(world.bob, keyed)
-    theirs = world.submit(world.alice, keyed)
-    assert again == f"{first} (already submitted with this key)"
-    assert theirs == str(int(first) + 1)  # a new job, not bob's
-    with world.daemon.client() as client:
-        assert client.status(theirs)["job"]["uid"] == world.alice.uid

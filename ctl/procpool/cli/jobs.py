@@ -129,6 +129,7 @@ def _parse_arg(text: str) -> Any:
 @click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=JSON", help="Keyword argument of a callable.")
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
 @click.option("--key", help="Idempotency key.")
+@click.option("--user", help="Run as this user (root or an administrator only).")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the task; exit 1 unless it completed.")
 @pass_settings
 def run(
@@ -146,6 +147,7 @@ def run(
     kwargs: tuple[str, ...],
     after: tuple[str, ...],
     key: str | None,
+    user: str | None,
     wait_: bool,
 ) -> None:
     """Submit a one-task job: a callable or a command.
@@ -194,6 +196,8 @@ def run(
     job: dict[str, Any] = {"name": name or (task.get("call") or words[0]), "root": task}
     if key:
         job["key"] = key
+    if user:
+        job["user"] = user
     try:
         parse_job(job)
     except TreeError as exc:

@@ -31,6 +31,8 @@ PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
 ON_INTERRUPT: tuple[str, ...] = ("retry", "fail", "hold")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
+#: A login name as useradd takes it (plus the trailing $ of machine accounts), at most 256 bytes.
+USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}\$?$")
 #: Longest retry delay after doubling, in seconds.
 RETRY_DELAY_CAP = 300.0
 MAX_NODES = 100_000
@@ -91,6 +93,9 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     "cwd": TASK_FIELDS["cwd"],
     "python_path": FieldSpec("strings", "Extra import paths for call tasks."),
     "key": FieldSpec("string", "Idempotency key: a second submit with this key returns the first job."),
+    "user": FieldSpec(
+        "user", "Run the job as this user (root or the admin group only; default: the submitter)."
+    ),
     "timeout": TASK_FIELDS["timeout"],
     "retries": TASK_FIELDS["retries"],
     "retry_delay": TASK_FIELDS["retry_delay"],
@@ -157,6 +162,8 @@ class JobSpec:
     python_path: list[str] = field(default_factory=list)
     key: str | None = None
     tags: list[str] = field(default_factory=list)
+    #: the user named by the job ("user"); checked and resolved by the daemon at submission
+    user: str | None = None
     #: the ordering, set by parse_job (compiled once, used by the daemon and by validate)
     plan: Plan | None = None
 
@@ -235,6 +242,12 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
                 raise TreeError(path, "must be a non-empty array of strings (or a string with shell: true)")
         else:
             raise bad("an array of strings or a string")
+    elif kind == "user":
+        if not isinstance(value, str):
+            raise bad("a user name")
+        if not USER_RE.fullmatch(value):
+            hint = "give the login name of an existing user"
+            raise TreeError(path, f"invalid user name {value[:64]!r}", hint)
     elif kind == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -479,6 +492,7 @@ def parse_job(raw: Any) -> JobSpec:
         python_path=list(values.get("python_path", [])),
         key=values.get("key"),
         tags=list(values.get("tags", [])),
+        user=values.get("user"),
     )
     job.plan = compile_job(job)
     return job
@@ -640,6 +654,7 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
             {"type": "string", "minLength": 1},
         ]
     },
+    "user": {"type": "string", "pattern": USER_RE.pattern},
     "bool": {"type": "boolean"},
     "positive": {"type": "number", "exclusiveMinimum": 0},
     "nonnegative": {"type": "number", "minimum": 0},

@@ -37,8 +37,8 @@ class StateLock:
         """Lock ``state_dir`` for this process or raise :class:`StateLocked` naming the holder."""
         path = state_dir / LOCK_NAME
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from None
         try:

@@ -49,6 +49,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,10 +152,10 @@ class LargeValues:
         if len(data) < LARGE_VALUE:
             return data
         folder = self.root / job_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         final = folder / name
         tmp = folder / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -258,6 +259,34 @@ def _rollback(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
 
 
+def make_private(path: Path) -> None:
+    """Keep the state folder and the state file (mode 0600) to the daemon's user alone.
+
+    Tasks run as other users must not read the store (other jobs' environments) or remove it. A
+    new folder is made mode 0700; an existing one must belong to the daemon's user and be writable
+    by nobody else (its modes are left alone otherwise: it may be a folder others use). SQLite gives
+    its ``-wal`` and ``-shm`` files the database file's mode. Raises OSError or StoreError.
+    """
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StoreError(
+            f"state folder {folder} must belong to procpoold's user (uid {os.geteuid()}) and be "
+            f"writable by nobody else (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); "
+            "use chown and 'chmod 700', or choose another --state-dir"
+        )
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for extra in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{extra}", 0o600)
+
+
 class StoreFailure(BaseException):
     """A write to the state file failed while running: the daemon must stop.
 
@@ -282,7 +311,7 @@ class StateStore:
             "or restore it from a backup"
         )
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_private(path)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA foreign_keys=ON")
             mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
