@@ -9,6 +9,13 @@ kernel: no periodic wakeups, no CPU.
 Signal handlers do nothing but let CPython write the signal number to the
 wakeup fd (``signal.set_wakeup_fd``); the loop reads it and dispatches to the
 callback registered for that signal, in the loop's own context.
+
+Every callback is contained: an exception that escapes one (a reader, a timer,
+a ``call_soon``/``call_last`` callback or a signal handler) is logged with its
+traceback and the loop goes on with the next one. Callbacks that belong to a
+request or an attempt catch their own exceptions first, so that only that
+request or attempt fails (see the control server and the scheduler); this is
+the last line, so that no input ever stops the daemon.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import signal
 import socket
 import time
@@ -29,6 +37,10 @@ log = logging.getLogger("procpoold.loop")
 
 Callback = Callable[[], None]
 Pollable = zmq.Socket[Any] | int
+
+#: The longest single poll (ms): a far-future timer (a timeout of ten years) is waited for in
+#: steps, so the poll timeout always fits the C int that zmq_poll takes.
+MAX_POLL_MS = 3_600_000
 
 
 @dataclass(order=True)
@@ -74,6 +86,9 @@ class EventLoop:
             self._poller.unregister(source)
 
     def call_at(self, when: float, callback: Callback) -> Timer:
+        """Call ``callback`` at monotonic time ``when`` (an infinity is never; NaN is refused)."""
+        if math.isnan(when):
+            raise ValueError("a timer cannot be set at NaN")
         timer = Timer(when, next(self._seq), callback)
         heapq.heappush(self._timers, timer)
         return timer
@@ -111,7 +126,10 @@ class EventLoop:
         for signum in data:
             handler = self._signal_handlers.get(signum)
             if handler is not None:
-                handler(signum)
+                try:
+                    handler(signum)
+                except Exception:
+                    log.exception("the handler of signal %d raised; the loop goes on", signum)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -127,28 +145,42 @@ class EventLoop:
         if not self._timers:
             return None  # block until something happens: an idle daemon uses no CPU
         delay = self._timers[0].when - time.monotonic()
+        if not delay * 1000 < MAX_POLL_MS:  # far away, or infinite
+            return MAX_POLL_MS
         return max(0, int(delay * 1000) + 1)
 
     def run_once(self, timeout_ms: int | None = None) -> None:
-        """Poll once and run everything that became due."""
+        """Poll once and run everything that became due (each callback contained: see above)."""
         events = self._poller.poll(self._next_timeout_ms() if timeout_ms is None else timeout_ms)
         for source, _mask in events:
             callback = self._readers.get(source)
             if callback is not None:
-                callback()
+                try:
+                    callback()
+                except Exception:
+                    _failed("reader", callback)
         now = time.monotonic()
         while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception:
+                    _failed("timer", timer.callback)
         while self._soon or self._last:
             while self._soon:
                 soon, self._soon = self._soon, []
                 for callback in soon:
-                    callback()
+                    try:
+                        callback()
+                    except Exception:
+                        _failed("call_soon", callback)
             last, self._last = self._last, []
             for callback in last:
-                callback()
+                try:
+                    callback()
+                except Exception:
+                    _failed("call_last", callback)
         self.last_tick = time.monotonic()
 
     def run(self) -> None:
@@ -173,3 +205,9 @@ class EventLoop:
             self._sig_r = self._sig_w = None
         for source in list(self._readers):
             self.remove_reader(source)
+
+
+def _failed(kind: str, callback: Callable[..., Any]) -> None:
+    """Log the exception being handled, with its traceback; the loop goes on."""
+    name = getattr(callback, "__qualname__", None) or type(callback).__name__
+    log.exception("a %s callback (%s) raised; the loop goes on", kind, name)

@@ -94,6 +94,7 @@ class Daemon:
             retention_count=config.retention_count or None,
         )
         self.scheduler.listeners.append(self._on_finished)
+        self.scheduler.limits = config.limits()
         self.ctx = zmq.Context()
         self.control = ControlServer(
             self.ctx,
@@ -103,6 +104,7 @@ class Daemon:
             group=config.group,
             inherited_fd=inherited_fd,
         )
+        self.control.limits = config.limits()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -216,6 +218,9 @@ class Daemon:
         self.scheduler.retention_count = new.retention_count or None
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
+        self.scheduler.limits = new.limits()
+        if self.control is not None:
+            self.control.limits = new.limits()
         self.config = replace(
             new, **{name: getattr(self.config, name) for name in fixed}, workers=self.config.workers
         )

@@ -42,6 +42,7 @@ from procpool.contract.codec import (
     encode_result,
 )
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
 
@@ -145,6 +146,8 @@ class ControlServer:
         self.path = path
         self.handlers = handlers
         self.max_message_size = max_message_size
+        #: the container limits a request is decoded with (the daemon's config sets them)
+        self.limits: Limits = DEFAULT_LIMITS
         self.group = group
         self.inherited_fd = inherited_fd
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
@@ -237,7 +240,7 @@ class ControlServer:
         started = time.perf_counter()
         request_id: Any = None
         try:
-            request = decode_request(frame.bytes, self.max_message_size)
+            request = decode_request(frame.bytes, self.max_message_size, self.limits)
             request_id = request.id
             check_args(request.op, request.args, request_id)
             result = self.handlers[request.op](request, peer)

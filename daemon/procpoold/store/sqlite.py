@@ -478,7 +478,7 @@ class StateStore:
             self._next_seq[str(job_id)] = seq + 1
             try:
                 logs.setdefault(job_id, []).extend(_unpack(self.values.get(str(job_id), f"log-{seq}", blob)))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:  # TypeError: not a blob, or not a list
                 broken[job_id] = str(exc)
         for job_id, created_at, doc, data in self.db.execute(
             "SELECT id, created_at, doc, data FROM jobs ORDER BY id"
@@ -491,7 +491,7 @@ class StateStore:
                     raise ValueError(broken[job_id])
                 doc = _unpack(self.values.get(jid, "doc", doc))
                 data = _unpack(self.values.get(jid, "job", data))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:  # TypeError: a column that is not a blob
                 yield StoredJob(jid, float(created_at), {}, {}, [], str(exc))
                 continue
             yield StoredJob(jid, float(created_at), doc, data, entries)
