@@ -215,7 +215,7 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
             return value
     elif kind == "cmd" and vtype is list and value:
         for v in value:
-            if type(v) is not str:
+            if type(v) is not str or "\0" in v:
                 break
         else:
             return value
@@ -658,10 +658,10 @@ def compile_job(job: JobSpec) -> Plan:
             target = by_name.get(name)
             if target is None:
                 raise TreeError(
-                    f"{path}.depends_on[{i}]", f'unknown task "{name}"{_suggest(name, list(by_name))}'
+                    f"{path}.depends_on[{i}]", f"unknown task {_quote(name)}{_suggest(name, list(by_name))}"
                 )
             if target == me:
-                raise TreeError(f"{path}.depends_on[{i}]", f'"{name}" depends on itself')
+                raise TreeError(f"{path}.depends_on[{i}]", f"{_quote(name)} depends on itself")
             out.append(target)
         return out
 
