@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
-from procpool.contract.limits import CEILINGS, DEFAULT_LIMITS, SECONDS_MAX, WORKERS_MAX, Limits
+from procpool.contract.limits import (
+    CEILINGS,
+    DEFAULT_LIMITS,
+    FOLLOW_MESSAGE_SIZE,
+    SECONDS_MAX,
+    WORKERS_MAX,
+    Limits,
+)
 from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
 from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
@@ -80,9 +87,11 @@ class Config:
     max_array_items: int = DEFAULT_LIMITS.max_array_items
 
     def limits(self) -> Limits:
-        """The size limits of jobs and requests from this config (0 resolved to max_message_size)."""
+        """The size limits of jobs and requests from this config (0 resolved to max_message_size).
+
+        The worker pool reads ``limits().max_result_bytes`` (a task's encoded result)."""
         values = {name: getattr(self, name) for name in DEFAULT_LIMITS.names()}
-        for name in _FOLLOW_MESSAGE_SIZE:
+        for name in FOLLOW_MESSAGE_SIZE:
             values[name] = values[name] or self.max_message_size
         return Limits(**values)
 
@@ -151,18 +160,16 @@ class Config:
             raise ConfigError("log_queue_size, max_tasks_per_worker or prefetch is out of range")
         for name in DEFAULT_LIMITS.names():
             value, most = getattr(self, name), getattr(CEILINGS, name)
-            least = 0 if name in _FOLLOW_MESSAGE_SIZE else 1
+            least = 0 if name in FOLLOW_MESSAGE_SIZE else 1
             if not least <= value <= most:
                 raise ConfigError(f"{name} must be between {least} and {most}, got {value}")
-            if name in _FOLLOW_MESSAGE_SIZE and value > self.max_message_size:
+            if name in FOLLOW_MESSAGE_SIZE and value > self.max_message_size:
                 raise ConfigError(
                     f"{name} ({value}) must not exceed max_message_size ({self.max_message_size}): "
                     "a reply carrying such a value could not be sent"
                 )
 
 
-#: Limits whose default (0) is max_message_size.
-_FOLLOW_MESSAGE_SIZE = ("max_args_bytes", "max_namespace_bytes", "max_result_bytes")
 
 _CONVERT: dict[str, Any] = {
     "socket": Path,

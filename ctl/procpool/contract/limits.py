@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 #: Longest timeout, retry delay or ``wait`` in seconds: ten years (365-day years).
@@ -88,6 +88,11 @@ class Limits:
     max_map_items: int = 65_536
     max_array_items: int = 1_000_000
 
+    def following(self, max_message_size: int) -> Limits:
+        """These limits with the byte limits that follow the message size set to it (what the
+        daemon's config does by default, and ``procctl`` with its ``--max-message-size``)."""
+        return replace(self, **dict.fromkeys(FOLLOW_MESSAGE_SIZE, max_message_size))
+
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(self))
 
@@ -96,6 +101,8 @@ class Limits:
         return f"{what} is {size} {unit}, the limit is {setting} = {getattr(self, setting)}"
 
 
+#: Byte limits whose default is the maximum message size (a reply must be able to carry the value).
+FOLLOW_MESSAGE_SIZE = ("max_args_bytes", "max_namespace_bytes", "max_result_bytes")
 #: The defaults (what ``procctl`` checks before it sends a job).
 DEFAULT_LIMITS = Limits()
 #: The highest a config may set each limit (and what the daemon uses to restore stored jobs,
