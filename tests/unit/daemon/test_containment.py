@@ -190,3 +190,48 @@ def test_namespace_growth_beyond_its_limit_fails_that_operation() -> None:
     namespace.apply(ns, "set", {"key": "b", "value": "y" * 400}, sizes)
     namespace.apply(ns, "set", {"key": "b", "value": "y"}, sizes)  # shrinking is always allowed
     assert sizes.total <= 1000
+
+
+class Events:
+    """Records what an executor reports."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.finished: list[Outcome] = []
+
+    def attempt_started(self, attempt_id: str, pid: int | None, worker: str | None) -> None:
+        self.started.append(attempt_id)
+
+    def attempt_finished(self, outcome: Outcome) -> None:
+        self.finished.append(outcome)
+
+    def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None: ...
+
+    def attempt_log(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def namespace_op(self, attempt_id: str, op: str, args: dict[str, Any]) -> Any: ...
+
+
+@pytest.mark.parametrize(
+    "where",
+    [{"cmd": ["echo", "a\0b"]}, {"cmd": ["echo"], "env": {"A": "x\0y"}}, {"cmd": ["echo"], "cwd": "/\0"},
+     {"cmd": "echo \0", "shell": True}],
+)
+def test_a_nul_byte_that_slips_through_fails_only_that_attempt(where: dict[str, Any]) -> None:
+    from procpoold.engines.commands import CommandExecutor
+
+    loop = EventLoop()
+    executor = CommandExecutor(slots=2)
+    events = Events()
+    executor.start(loop, events)  # type: ignore[arg-type]
+    try:
+        spec = AttemptSpec("1.0@1#1", "1", "j", "1.0", "t", 1, "cmd", **where)
+        executor.submit(spec)
+        run_until(loop, lambda: bool(events.finished))
+        [outcome] = events.finished
+        assert outcome.status == "failed" and outcome.error is not None
+        assert outcome.error.type == "ValueError" and "cannot start" in outcome.error.message
+        assert events.started == [] and executor.free_slots() == 2  # no phantom running attempt
+    finally:
+        executor.shutdown(0)
+        loop.close()
