@@ -38,6 +38,10 @@ log = logging.getLogger("procpoold.loop")
 Callback = Callable[[], None]
 Pollable = zmq.Socket[Any] | int
 
+#: A callback that keeps raising is logged with its traceback at most once per this many seconds
+#: (with the number of failures in between), so that it cannot flood the journal.
+FAILURE_LOG_INTERVAL = 10.0
+
 #: The longest single poll (ms): a far-future timer (a timeout of ten years) is waited for in
 #: steps, so the poll timeout always fits the C int that zmq_poll takes.
 MAX_POLL_MS = 3_600_000
@@ -73,6 +77,8 @@ class EventLoop:
         self._stopping = False
         #: monotonic time of the last completed loop iteration (the pool uses it to tell iterations apart).
         self.last_tick = time.monotonic()
+        #: per failing callback: when its traceback was last logged, and failures not logged since
+        self._failures: dict[str, tuple[float, int]] = {}
 
     # -- registration -------------------------------------------------------------------------
 
@@ -129,7 +135,7 @@ class EventLoop:
                 try:
                     handler(signum)
                 except Exception:
-                    log.exception("the handler of signal %d raised; the loop goes on", signum)
+                    self._failed(f"signal {signum} handler", handler)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -158,7 +164,7 @@ class EventLoop:
                 try:
                     callback()
                 except Exception:
-                    _failed("reader", callback)
+                    self._failed("reader", callback)
         now = time.monotonic()
         while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
             timer = heapq.heappop(self._timers)
@@ -166,7 +172,7 @@ class EventLoop:
                 try:
                     timer.callback()
                 except Exception:
-                    _failed("timer", timer.callback)
+                    self._failed("timer", timer.callback)
         while self._soon or self._last:
             while self._soon:
                 soon, self._soon = self._soon, []
@@ -174,13 +180,13 @@ class EventLoop:
                     try:
                         callback()
                     except Exception:
-                        _failed("call_soon", callback)
+                        self._failed("call_soon", callback)
             last, self._last = self._last, []
             for callback in last:
                 try:
                     callback()
                 except Exception:
-                    _failed("call_last", callback)
+                    self._failed("call_last", callback)
         self.last_tick = time.monotonic()
 
     def run(self) -> None:
@@ -191,6 +197,21 @@ class EventLoop:
                 self.run_once()
             except InterruptedError:  # pragma: no cover - PEP 475 retries most of these
                 continue
+
+    def _failed(self, kind: str, callback: Callable[..., Any]) -> None:
+        """Log the exception being handled, with its traceback; the loop goes on.
+
+        The same callback failing again within FAILURE_LOG_INTERVAL is only counted."""
+        name = getattr(callback, "__qualname__", None) or type(callback).__name__
+        key = f"{kind}:{name}"
+        now = time.monotonic()
+        last, skipped = self._failures.get(key, (-math.inf, 0))
+        if now - last < FAILURE_LOG_INTERVAL:
+            self._failures[key] = (last, skipped + 1)
+            return
+        self._failures[key] = (now, 0)
+        more = f" ({skipped} more failure(s) not logged since the last)" if skipped else ""
+        log.exception("a %s callback (%s) raised; the loop goes on%s", kind, name, more)
 
     def close(self) -> None:
         """Restore signal dispositions and release the wakeup socket pair."""
@@ -205,9 +226,3 @@ class EventLoop:
             self._sig_r = self._sig_w = None
         for source in list(self._readers):
             self.remove_reader(source)
-
-
-def _failed(kind: str, callback: Callable[..., Any]) -> None:
-    """Log the exception being handled, with its traceback; the loop goes on."""
-    name = getattr(callback, "__qualname__", None) or type(callback).__name__
-    log.exception("a %s callback (%s) raised; the loop goes on", kind, name)

@@ -66,6 +66,18 @@ def test_an_exception_in_each_kind_of_callback_is_logged_and_the_loop_goes_on(
         os.close(w)
 
 
+def test_a_callback_that_keeps_raising_does_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    loop = EventLoop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="procpoold.loop"):
+            for _ in range(100):
+                loop.call_soon(boom)
+                loop.run_once(0)
+        assert len(caplog.records) == 1
+    finally:
+        loop.close()
+
+
 def test_far_future_timers_do_not_overflow_the_poll() -> None:
     loop = EventLoop()
     try:
