@@ -50,7 +50,8 @@ PID_FLUSH_DELAY = 1.0
 
 
 def not_found(what: str) -> ProcpoolError:
-    return ProcpoolError(ErrorCode.NOT_FOUND, f"no job or task {what!r}", "list jobs with 'procctl status'")
+    hint = "list jobs with 'procctl status'"
+    return ProcpoolError(ErrorCode.NOT_FOUND, f"no job or task {shorten(what)}", hint)
 
 
 class Scheduler:
@@ -182,7 +183,7 @@ class Scheduler:
             raise not_found(ref)
         if not dot:
             return job, None
-        if not index.isdigit() or int(index) >= len(job.tasks):
+        if not index.isdigit() or len(index) > 18 or int(index) >= len(job.tasks):
             raise not_found(ref)
         return job, int(index)
 
@@ -824,7 +825,7 @@ class Scheduler:
         if state is not None and state not in JOB_STATES:
             raise ProcpoolError(
                 ErrorCode.INVALID_ARGUMENT,
-                f"unknown job state {state!r}",
+                f"unknown job state {shorten(state, 64)}",
                 f"use one of {', '.join(JOB_STATES)}",
             )
         jobs = [

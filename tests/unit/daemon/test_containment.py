@@ -247,3 +247,16 @@ def test_a_nul_byte_that_slips_through_fails_only_that_attempt(where: dict[str, 
     finally:
         executor.shutdown(0)
         loop.close()
+
+
+def test_lookups_of_hostile_ids_are_short_not_found_errors() -> None:
+    loop, scheduler = scheduler_with(RecordingExecutor(slots=0))
+    scheduler.submit({"name": "j", "root": {"cmd": ["x"]}})
+    for ref in ("x" * 10_000_000, "1." + "9" * 5000, "1/" + "n" * 10_000, "1.-1", "1."):
+        with pytest.raises(ProcpoolError) as info:
+            scheduler.resolve(ref)
+        assert info.value.code is ErrorCode.NOT_FOUND and len(info.value.message) < 250
+    with pytest.raises(ProcpoolError) as info:
+        scheduler.job_list(state="s" * 1_000_000)
+    assert len(info.value.message) < 200
+    loop.close()
