@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from procpool.cli import render
-from procpool.cli.main import EXIT_FAILED, EXIT_OK, Settings, cli, emit, fail, pass_settings
+from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, emit, fail, pass_settings
 from procpool.client import Client
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.tree import PRIORITIES, TreeError, compile_job, parse_job
@@ -244,7 +244,7 @@ def _age(text: str) -> float:
 @cli.command()
 @click.argument("id")
 @click.option(
-    "--timeout", "wait_timeout", type=click.FloatRange(min=0), help="Give up after this many seconds."
+    "--timeout", "wait_timeout", type=Seconds(), help="Give up after this many seconds."
 )
 @pass_settings
 def wait(settings: Settings, id: str, wait_timeout: float | None) -> None:
