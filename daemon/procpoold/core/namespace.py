@@ -118,7 +118,10 @@ def _apply(ns: dict[str, Any], op: str, args: dict[str, Any]) -> Any:
                 raise _bad(
                     f"incr: {shorten(key, 64)} and the increment must be numbers, got {type(value).__name__}"
                 )
-        ns[key] = current + by
+        total = current + by
+        if isinstance(total, int) and not -(2**63) <= total < 2**64:  # msgpack (and the store) hold 64 bits
+            raise _bad(f"incr: {shorten(key, 64)} would leave the 64-bit range")
+        ns[key] = total
         return ns[key]
     if op == "append":
         current = ns.setdefault(key, [])

@@ -260,3 +260,11 @@ def test_lookups_of_hostile_ids_are_short_not_found_errors() -> None:
         scheduler.job_list(state="s" * 1_000_000)
     assert len(info.value.message) < 200
     loop.close()
+
+
+def test_incr_beyond_64_bits_is_refused_and_changes_nothing() -> None:
+    ns: dict[str, Any] = {"n": 2**64 - 2}
+    with pytest.raises(ProcpoolError, match="64-bit"):
+        namespace.apply(ns, "incr", {"key": "n", "by": 2}, namespace.Sizes(ns, 1000))
+    assert ns == {"n": 2**64 - 2}
+    assert namespace.apply(ns, "incr", {"key": "n", "by": -(2**64 - 2)}) == 0
