@@ -67,7 +67,7 @@ def _unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 
 
 def _why(exc: Exception) -> str:
-    return shorten(str(exc))[1:-1]
+    return shorten(str(exc))[1:-1] or type(exc).__name__  # msgpack's StackError says nothing
 
 
 def _too_many(exc: ValueError, limits: Limits) -> str | None:
