@@ -218,12 +218,12 @@ class Daemon:
         self.scheduler.retention_count = new.retention_count or None
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
-        self.scheduler.limits = new.limits()
-        if self.control is not None:
-            self.control.limits = new.limits()
         self.config = replace(
             new, **{name: getattr(self.config, name) for name in fixed}, workers=self.config.workers
         )
+        self.scheduler.limits = self.config.limits()  # for new jobs and requests
+        if self.control is not None:
+            self.control.limits = self.config.limits()
         log.info("configuration reloaded (%d workers)", self.config.workers)
         systemd.reloaded(self._status_text())
 

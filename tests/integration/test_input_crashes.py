@@ -5,6 +5,7 @@ ends failed with the reason instead of stopping every start."""
 from __future__ import annotations
 
 import math
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -155,3 +156,20 @@ def test_cleaning_an_unrestorable_job_removes_it(tmp_path: Path) -> None:
         d.stop()
     finally:
         d.cleanup()
+
+
+def test_limits_come_from_the_config_and_a_reload(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("workers = 1\nmax_name_bytes = 20\nmax_map_items = 100\n")
+    job = {"name": "n" * 30, "root": {"cmd": ["true"]}}
+    with DaemonProcess(extra_args=["--config", str(cfg)]) as d, d.client() as client:
+        with pytest.raises(ProcpoolError) as info:
+            client.submit(job)
+        assert info.value.message == "name: job name is 30 bytes, the limit is max_name_bytes = 20"
+        with pytest.raises(ProcpoolError) as info:
+            client.submit({"root": {"cmd": ["true"], "env": {f"V{i}": "" for i in range(200)}}})
+        assert "max_map_items = 100" in info.value.message
+        cfg.write_text("workers = 1\nmax_name_bytes = 40\n")
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in d.log(), timeout=30)
+        assert client.submit(job, wait=30)["state"] == "completed"
