@@ -173,3 +173,22 @@ def test_limits_come_from_the_config_and_a_reload(tmp_path: Path) -> None:
         d.signal(signal.SIGHUP)
         wait_until(lambda: "configuration reloaded" in d.log(), timeout=30)
         assert client.submit(job, wait=30)["state"] == "completed"
+
+
+def test_a_namespace_cannot_grow_past_its_limit(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("workers = 1\nmax_namespace_bytes = 10000\n")
+    root = str(Path(__file__).resolve().parents[2])
+    with DaemonProcess(extra_args=["--config", str(cfg)]) as d, d.client() as client:
+        job = {
+            "name": "ns",
+            "python_path": [root],
+            "root": {"call": "tests.support.limit_tasks:fill_namespace", "args": [1000, 50]},
+        }
+        done = client.submit(job, wait=60)
+        task = done["status"]["tasks"][0]
+        assert task["state"] == "completed", task
+        assert task["result"].startswith("stopped at 9: "), task["result"]
+        assert "max_namespace_bytes = 10000" in task["result"]
+        namespace = done["status"]["job"]["namespace"]
+        assert len(namespace) == 9 and client.ping()["pid"] == d.pid
