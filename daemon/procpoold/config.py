@@ -7,6 +7,7 @@ the setting and where it came from.
 from __future__ import annotations
 
 import grp
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
+from procpool.contract.limits import (
+    CEILINGS,
+    DEFAULT_LIMITS,
+    FOLLOW_MESSAGE_SIZE,
+    SECONDS_MAX,
+    WORKERS_MAX,
+    Limits,
+)
 from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
 from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
@@ -69,6 +78,28 @@ class Config:
     heartbeat_timeout: float = 30.0
     #: Short sync attempts queued on a busy worker at most (1: none; see docs/pool.md, Prefetch).
     prefetch: int = PoolSettings.prefetch
+    #: Size limits of jobs and requests (procpool.contract.limits.Limits; docs/state.md, Limits).
+    #: The byte limits of arguments, results and namespaces are 0 by default: max_message_size.
+    max_name_bytes: int = DEFAULT_LIMITS.max_name_bytes
+    max_tags: int = DEFAULT_LIMITS.max_tags
+    max_env_vars: int = DEFAULT_LIMITS.max_env_vars
+    max_env_bytes: int = DEFAULT_LIMITS.max_env_bytes
+    max_args_bytes: int = 0
+    max_namespace_bytes: int = 0
+    max_result_bytes: int = 0
+    max_nodes: int = DEFAULT_LIMITS.max_nodes
+    max_depth: int = DEFAULT_LIMITS.max_depth
+    max_map_items: int = DEFAULT_LIMITS.max_map_items
+    max_array_items: int = DEFAULT_LIMITS.max_array_items
+
+    def limits(self) -> Limits:
+        """The size limits of jobs and requests from this config (0 resolved to max_message_size).
+
+        The worker pool reads ``limits().max_result_bytes`` (a task's encoded result)."""
+        values = {name: getattr(self, name) for name in DEFAULT_LIMITS.names()}
+        for name in FOLLOW_MESSAGE_SIZE:
+            values[name] = values[name] or self.max_message_size
+        return Limits(**values)
 
     def pool_settings(self) -> PoolSettings:
         """The worker pool's settings from this config."""
@@ -88,8 +119,8 @@ class Config:
             LogConfig(self.log_target, self.log_queue_size, self.log_policy).validate()  # type: ignore[arg-type]
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if self.workers < 1 or self.workers > 1024:
-            raise ConfigError(f"workers must be between 1 and 1024, got {self.workers}")
+        if self.workers < 1 or self.workers > WORKERS_MAX:
+            raise ConfigError(f"workers must be between 1 and {WORKERS_MAX}, got {self.workers}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_message_size < 1024:
@@ -114,6 +145,7 @@ class Config:
             )
         if self.drain_timeout < 0 or self.kill_grace < 0:
             raise ConfigError("drain_timeout and kill_grace must not be negative")
+        self._validate_numbers()
         for name in ("group", "admin_group"):
             value = getattr(self, name)
             if value is None:
@@ -125,6 +157,30 @@ class Config:
         if len(os.fsencode(self.socket)) > 107:
             raise ConfigError(f"socket path is longer than 107 bytes (a Unix socket limit): {self.socket}")
         return self
+
+
+    def _validate_numbers(self) -> None:
+        """Every number finite and in its range (TOML allows inf and nan)."""
+        for name, convert in _CONVERT.items():
+            value = getattr(self, name)
+            if convert is float and not (math.isfinite(value) and 0 <= value <= SECONDS_MAX):
+                most = f"{SECONDS_MAX:.0f}"
+                raise ConfigError(f"{name} must be a number of seconds from 0 to {most}, got {value}")
+        if self.max_message_size > 2**31:
+            raise ConfigError(f"max_message_size must be at most {2**31} bytes, got {self.max_message_size}")
+        if self.log_queue_size > 10_000_000 or self.max_tasks_per_worker > 2**53 or self.prefetch > 1_000_000:
+            raise ConfigError("log_queue_size, max_tasks_per_worker or prefetch is out of range")
+        for name in DEFAULT_LIMITS.names():
+            value, most = getattr(self, name), getattr(CEILINGS, name)
+            least = 0 if name in FOLLOW_MESSAGE_SIZE else 1
+            if not least <= value <= most:
+                raise ConfigError(f"{name} must be between {least} and {most}, got {value}")
+            if name in FOLLOW_MESSAGE_SIZE and value > self.max_message_size:
+                raise ConfigError(
+                    f"{name} ({value}) must not exceed max_message_size ({self.max_message_size}): "
+                    "a reply carrying such a value could not be sent"
+                )
+
 
 
 _CONVERT: dict[str, Any] = {
@@ -153,6 +209,7 @@ _CONVERT: dict[str, Any] = {
     "max_worker_age": float,
     "heartbeat_timeout": float,
     "prefetch": int,
+    **{name: int for name in DEFAULT_LIMITS.names()},
 }
 
 
@@ -162,6 +219,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {key} must be an integer, got {value!r}")
     if convert is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"{origin}: {key} must be a number, got {value!r}")
+    if convert is float and not math.isfinite(value):
+        raise ConfigError(f"{origin}: {key} must be a finite number, got {value!r}")
     if convert is bool and not isinstance(value, bool):
         raise ConfigError(f"{origin}: {key} must be true or false, got {value!r}")
     if convert in (str, Path) and not isinstance(value, str):

@@ -9,6 +9,13 @@ kernel: no periodic wakeups, no CPU.
 Signal handlers do nothing but let CPython write the signal number to the
 wakeup fd (``signal.set_wakeup_fd``); the loop reads it and dispatches to the
 callback registered for that signal, in the loop's own context.
+
+Every callback is contained: an exception that escapes one (a reader, a timer,
+a ``call_soon``/``call_last`` callback or a signal handler) is logged with its
+traceback and the loop goes on with the next one. Callbacks that belong to a
+request or an attempt catch their own exceptions first, so that only that
+request or attempt fails (see the control server and the scheduler); this is
+the last line, so that no input ever stops the daemon.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import signal
 import socket
 import time
@@ -29,6 +37,14 @@ log = logging.getLogger("procpoold.loop")
 
 Callback = Callable[[], None]
 Pollable = zmq.Socket[Any] | int
+
+#: A callback that keeps raising is logged with its traceback at most once per this many seconds
+#: (with the number of failures in between), so that it cannot flood the journal.
+FAILURE_LOG_INTERVAL = 10.0
+
+#: The longest single poll (ms): a far-future timer (a timeout of ten years) is waited for in
+#: steps, so the poll timeout always fits the C int that zmq_poll takes.
+MAX_POLL_MS = 3_600_000
 
 
 @dataclass(order=True)
@@ -61,6 +77,8 @@ class EventLoop:
         self._stopping = False
         #: monotonic time of the last completed loop iteration (the pool uses it to tell iterations apart).
         self.last_tick = time.monotonic()
+        #: per failing callback: when its traceback was last logged, and failures not logged since
+        self._failures: dict[str, tuple[float, int]] = {}
 
     # -- registration -------------------------------------------------------------------------
 
@@ -74,6 +92,9 @@ class EventLoop:
             self._poller.unregister(source)
 
     def call_at(self, when: float, callback: Callback) -> Timer:
+        """Call ``callback`` at monotonic time ``when`` (an infinity is never; NaN is refused)."""
+        if math.isnan(when):
+            raise ValueError("a timer cannot be set at NaN")
         timer = Timer(when, next(self._seq), callback)
         heapq.heappush(self._timers, timer)
         return timer
@@ -111,7 +132,10 @@ class EventLoop:
         for signum in data:
             handler = self._signal_handlers.get(signum)
             if handler is not None:
-                handler(signum)
+                try:
+                    handler(signum)
+                except Exception:
+                    self._failed(f"signal {signum} handler", handler)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -127,28 +151,42 @@ class EventLoop:
         if not self._timers:
             return None  # block until something happens: an idle daemon uses no CPU
         delay = self._timers[0].when - time.monotonic()
+        if not delay * 1000 < MAX_POLL_MS:  # far away, or infinite
+            return MAX_POLL_MS
         return max(0, int(delay * 1000) + 1)
 
     def run_once(self, timeout_ms: int | None = None) -> None:
-        """Poll once and run everything that became due."""
+        """Poll once and run everything that became due (each callback contained: see above)."""
         events = self._poller.poll(self._next_timeout_ms() if timeout_ms is None else timeout_ms)
         for source, _mask in events:
             callback = self._readers.get(source)
             if callback is not None:
-                callback()
+                try:
+                    callback()
+                except Exception:
+                    self._failed("reader", callback)
         now = time.monotonic()
         while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception:
+                    self._failed("timer", timer.callback)
         while self._soon or self._last:
             while self._soon:
                 soon, self._soon = self._soon, []
                 for callback in soon:
-                    callback()
+                    try:
+                        callback()
+                    except Exception:
+                        self._failed("call_soon", callback)
             last, self._last = self._last, []
             for callback in last:
-                callback()
+                try:
+                    callback()
+                except Exception:
+                    self._failed("call_last", callback)
         self.last_tick = time.monotonic()
 
     def run(self) -> None:
@@ -159,6 +197,21 @@ class EventLoop:
                 self.run_once()
             except InterruptedError:  # pragma: no cover - PEP 475 retries most of these
                 continue
+
+    def _failed(self, kind: str, callback: Callable[..., Any]) -> None:
+        """Log the exception being handled, with its traceback; the loop goes on.
+
+        The same callback failing again within FAILURE_LOG_INTERVAL is only counted."""
+        name = getattr(callback, "__qualname__", None) or type(callback).__name__
+        key = f"{kind}:{name}"
+        now = time.monotonic()
+        last, skipped = self._failures.get(key, (-math.inf, 0))
+        if now - last < FAILURE_LOG_INTERVAL:
+            self._failures[key] = (last, skipped + 1)
+            return
+        self._failures[key] = (now, 0)
+        more = f" ({skipped} more failure(s) not logged since the last)" if skipped else ""
+        log.exception("a %s callback (%s) raised; the loop goes on%s", kind, name, more)
 
     def close(self) -> None:
         """Restore signal dispositions and release the wakeup socket pair."""

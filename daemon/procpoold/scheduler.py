@@ -18,18 +18,20 @@ import os
 import random
 import signal
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import CEILINGS, DEFAULT_LIMITS, Limits, shorten
 from procpool.contract.tree import RETRY_DELAY_CAP, JobSpec, TreeError, parse_job
 from procpoold import journal
 from procpoold.core import namespace
 from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun, scoped_key
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
-from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
+from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream, TaskError
 from procpoold.identity import (
     Authority,
     Identity,
@@ -62,7 +64,8 @@ PID_FLUSH_DELAY = 1.0
 
 
 def not_found(what: str) -> ProcpoolError:
-    return ProcpoolError(ErrorCode.NOT_FOUND, f"no job or task {what!r}", "list jobs with 'procctl status'")
+    hint = "list jobs with 'procctl status'"
+    return ProcpoolError(ErrorCode.NOT_FOUND, f"no job or task {shorten(what)}", hint)
 
 
 class Scheduler:
@@ -127,6 +130,9 @@ class Scheduler:
         self.listeners: list[Listener] = []
         self._after: dict[str, list[str]] = {}  # prerequisite id -> job ids waiting on it
         self.counters = {"submitted": 0, "attempts": 0, "completed": 0, "failed": 0}
+        #: the size limits new jobs are checked against (the daemon's config sets them)
+        self.limits: Limits = DEFAULT_LIMITS
+        self._ns_sizes: weakref.WeakKeyDictionary[Job, namespace.Sizes] = weakref.WeakKeyDictionary()
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -140,7 +146,7 @@ class Scheduler:
                 "procpoold is stopping and takes no new jobs",
                 "submit again once it has restarted",
             )
-        spec = parse_job(raw)
+        spec = parse_job(raw, self.limits)
         key = scoped_key(uid, spec.key)
         if key is not None and key in self.keys:
             known = self._job(self.keys[key])
@@ -210,9 +216,12 @@ class Scheduler:
             return None
         try:
             job = self._restore(stored)
-        except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
-            log.error("stored job %s cannot be read: %s", job_id, exc)
-            return None
+        except Exception:  # marked failed at the start that could not restore it
+            try:
+                job = self._read_back_unrestorable(stored)
+            except Exception as exc:
+                log.error("stored job %s cannot be read: %s", job_id, shorten(str(exc)))
+                return None
         self._loaded[job_id] = job
         if len(self._loaded) > LOADED_CACHE:
             self._loaded.popitem(last=False)
@@ -224,7 +233,7 @@ class Scheduler:
             raise ValueError(stored.error)
         job = Job(
             stored.id,
-            parse_job(stored.doc),
+            parse_job(stored.doc, CEILINGS),  # it was within the limits when accepted
             stored.doc,
             stored.created_at,
             stored.data.get("submitter_uid"),
@@ -256,7 +265,7 @@ class Scheduler:
             raise not_found(ref)
         if not dot:
             return job, None
-        if not index.isdigit() or int(index) >= len(job.tasks):
+        if not index.isdigit() or len(index) > 18 or int(index) >= len(job.tasks):
             raise not_found(ref)
         return job, int(index)
 
@@ -440,7 +449,31 @@ class Scheduler:
         # crash an attempt that ran is known (and counted) instead of silently run again as new.
         self.flush()
         for executor, spec in batch:
-            executor.submit(spec)
+            try:
+                executor.submit(spec)
+            except Exception as exc:  # that attempt fails, with the reason; the others start
+                self._internal_failure(spec.attempt_id, "could not be started", exc)
+
+    def _internal_failure(self, attempt_id: str, what: str, exc: Exception) -> None:
+        """An exception in the daemon's handling of one attempt fails that attempt (not the loop).
+
+        Runs on the loop thread. The attempt ends ``failed`` with an error naming the exception
+        (retried like any failure); its traceback goes to the daemon's log.
+        """
+        log.error("attempt %s %s: %s", attempt_id, what, exc, exc_info=exc)
+        if attempt_id not in self.attempts:
+            return
+        why = f"{type(exc).__name__}: {shorten(str(exc))[1:-1]}"
+        error = TaskError("InternalError", f"procpoold: the attempt {what}: {why}")
+        self.attempt_finished(Outcome(attempt_id, "failed", error=error))
+
+    def _on_timeout(self, executor: Executor, attempt_id: str) -> None:
+        """The timer of an attempt's ``timeout``: stop it (an exception here fails the attempt)."""
+        self._timeouts.pop(attempt_id, None)
+        try:
+            executor.stop_attempt(attempt_id, "timeout")
+        except Exception as exc:
+            self._internal_failure(attempt_id, "could not be stopped at its timeout", exc)
 
     def _prepare(self, job: Job, index: int, executor: Executor) -> AttemptSpec:
         t = job.tasks[index]
@@ -471,7 +504,7 @@ class Scheduler:
         self.counters["attempts"] += 1
         if t.spec.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
-                t.spec.timeout, lambda: executor.stop_attempt(attempt_id, "timeout")
+                t.spec.timeout, lambda: self._on_timeout(executor, attempt_id)
             )
         sink = journal.active_sink()
         if sink is not None:
@@ -592,7 +625,8 @@ class Scheduler:
                     "traceback": "",
                 }
             if t.failures <= t.spec.retries and not job.cancel_requested:
-                delay = min(t.spec.retry_delay * 2 ** (t.failures - 1), RETRY_DELAY_CAP)
+                # (the exponent is bounded: 2 ** 1000 would not fit a float)
+                delay = min(t.spec.retry_delay * 2 ** min(t.failures - 1, 32), RETRY_DELAY_CAP)
                 delay *= random.uniform(0.8, 1.2)  # jitter: retries of many tasks do not stampede
                 t.error, t.exit_code = error, outcome.exit_code
                 job.retry_later(index, now + delay)
@@ -618,10 +652,19 @@ class Scheduler:
         self._schedule_pump()  # a slot became free
 
     def _retry(self, ref: Ref) -> None:
+        """The timer of a retry delay: the task is ready again (an exception here fails the task)."""
         self._retry_timers.pop(ref, None)
         job = self.jobs.get(ref[0])
-        if job is not None and job.retry_due(ref[1]):
-            self._apply(job, Effects(ready=[ref[1]]))
+        try:
+            if job is not None and job.retry_due(ref[1]):
+                self._apply(job, Effects(ready=[ref[1]]))
+        except Exception as exc:
+            log.error("the retry of task %s.%d failed: %s", ref[0], ref[1], exc, exc_info=exc)
+            if job is None or job.tasks[ref[1]].state in FINAL_TASK_STATES:
+                return
+            why = f"{type(exc).__name__}: {shorten(str(exc))[1:-1]}"
+            error = {"type": "InternalError", "message": f"procpoold could not retry the task: {why}"}
+            self._apply(job, job.end_unsuccessfully(ref[1], "failed", self.clock(), error, None))
 
     def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
         ref = self.attempts.get(attempt_id)
@@ -652,7 +695,11 @@ class Scheduler:
         if ref is None:
             raise ProcpoolError(ErrorCode.CONFLICT, "the attempt is no longer running")
         job = self.jobs[ref[0]]
-        result = namespace.apply(job.namespace, op, args)
+        sizes = self._ns_sizes.get(job)
+        if sizes is None:  # once per job and daemon: later operations cost what they change
+            sizes = self._ns_sizes[job] = namespace.Sizes(job.namespace, self.limits.max_namespace_bytes)
+        sizes.limit = self.limits.max_namespace_bytes
+        result = namespace.apply(job.namespace, op, args, sizes)
         if op not in ("get", "snapshot"):
             self._touch(job, [])
         return result
@@ -772,8 +819,12 @@ class Scheduler:
             job_id = stored.id
             try:
                 job = self._restore(stored)
-            except (ProcpoolError, KeyError, TypeError, ValueError) as exc:
-                log.error("stored job %s cannot be loaded and is skipped: %s", job_id, exc)
+            except Exception as exc:  # whatever is wrong with it fails this job, not the start
+                job = self._unrestorable(stored.id, stored.doc, stored.created_at, exc)
+                self.jobs[job_id] = job
+                counts["jobs"] += 1
+                counts["failed"] = counts.get("failed", 0) + 1
+                resumable.append((job, job.fail_before_start(job.reason or "", now)))
                 continue
             key = scoped_key(job.submitter_uid, job.spec.key)
             if key is not None:
@@ -816,6 +867,48 @@ class Scheduler:
         self.finished[entry.id] = entry
         self._finished_by_uid.setdefault(entry.uid, {})[entry.id] = None
         self._finished_states[entry.state] = self._finished_states.get(entry.state, 0) + 1
+
+    def _unrestorable(self, job_id: str, doc: Any, created_at: float, exc: Exception) -> Job:
+        """A stored job that cannot be restored, as a job that will end ``failed`` with the reason.
+
+        Runs on the loop thread, at start. Its tree when that still parses (every task is then
+        skipped with the reason), else a one-task stand-in named after it; its stored log is
+        replaced, so the next start loads it as the failed job it is (or fails it again the
+        same way), and retention removes it like any finished job. Never a crash loop.
+        """
+        reason = f"cannot be restored after a restart: {type(exc).__name__}: {shorten(str(exc))[1:-1]}"
+        log.error("stored job %s %s; it is marked failed", job_id, reason)
+        job = self._stand_in(job_id, doc, created_at)
+        job.reason = reason
+        if self.store is not None:
+            self.store.snapshot_tasks(job_id, [])  # the whole log is replaced at the next flush
+            self._touch(job, list(range(len(job.tasks))))
+        return job
+
+    def _stand_in(self, job_id: str, doc: Any, created_at: float) -> Job:
+        """A Job for a stored document that cannot be parsed: its tree when that still parses
+        (within the ceilings), else a one-task stand-in named after it. Touches no store."""
+        try:
+            spec = parse_job(doc, CEILINGS)
+        except Exception:
+            name = doc.get("name") if isinstance(doc, dict) else None
+            if not isinstance(name, str) or len(name) > 128 or "\0" in name:
+                name = f"job {job_id}"
+            spec = parse_job({"name": name, "root": {"name": "unrestorable", "cmd": ["false"]}})
+        return Job(job_id, spec, {}, created_at if isinstance(created_at, float) else self.clock())
+
+    def _read_back_unrestorable(self, stored: StoredJob) -> Job:
+        """A finished job whose document cannot be parsed, read back for status: the stand-in with
+        the final state that was stored for it (see _unrestorable)."""
+        job = self._stand_in(stored.id, stored.doc, stored.created_at)
+        try:
+            job.load(stored.data, stored.entries)
+        except Exception:  # the entries do not fit the stand-in: show it failed with its reason
+            job.fail_before_start(str(stored.data.get("reason") or "cannot be restored"), self.clock())
+            job.state = "failed"
+        job.submitter_uid = stored.data.get("submitter_uid") if isinstance(stored.data, dict) else None
+        job.submitter_name = user_name(job.submitter_uid)
+        return job
 
     def _prune(self, now: float, users: list[int | None] | None = None) -> None:
         """Drop finished jobs beyond the retention limits (decided in memory: usually nothing to do).
@@ -912,7 +1005,7 @@ class Scheduler:
         if state is not None and state not in JOB_STATES:
             raise ProcpoolError(
                 ErrorCode.INVALID_ARGUMENT,
-                f"unknown job state {state!r}",
+                f"unknown job state {shorten(state, 64)}",
                 f"use one of {', '.join(JOB_STATES)}",
             )
         live: list[tuple[int, str, Job | None]] = [

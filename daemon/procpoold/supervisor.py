@@ -107,6 +107,7 @@ class Daemon:
             authority=authority,
         )
         self.scheduler.listeners.append(self._on_finished)
+        self.scheduler.limits = config.limits()
         self.ctx = zmq.Context()
         self.policy = Policy(authority, self.job_owner)
         self.control = ControlServer(
@@ -118,6 +119,7 @@ class Daemon:
             inherited_fd=inherited_fd,
             authorize=self.policy.authorize,
         )
+        self.control.limits = config.limits()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -238,6 +240,9 @@ class Daemon:
         self.config = replace(
             new, **{name: getattr(self.config, name) for name in fixed}, workers=self.config.workers
         )
+        self.scheduler.limits = self.config.limits()  # for new jobs and requests
+        if self.control is not None:
+            self.control.limits = self.config.limits()
         log.info("configuration reloaded (%d workers)", self.config.workers)
         systemd.reloaded(self._status_text())
 

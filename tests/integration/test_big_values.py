@@ -107,7 +107,9 @@ def test_64_mib_submit_is_refused_at_the_default_limit(daemon: DaemonProcess) ->
 
 def test_procctl_takes_the_raised_limit(daemon: DaemonProcess, tmp_path: Path) -> None:
     job = tmp_path / "big.json"
-    job.write_text(json.dumps({"name": "big", "root": {"cmd": ["true"], "env": {"PAD": "x" * (17 * 2**20)}}}))
+    # 80 environments of 220 KiB: each within max_env_bytes, together more than 16 MiB
+    tasks = [{"cmd": ["true"], "env": {"PAD": "x" * (220 * 2**10)}} for _ in range(80)]
+    job.write_text(json.dumps({"name": "big", "root": {"concurrent": tasks}}))
     out = daemon.procctl("submit", str(job))
     assert out.returncode != 0 and "exceeds the maximum message size" in out.stderr
     assert "--max-message-size" in out.stderr  # the hint

@@ -12,15 +12,16 @@ from typing import Any
 import click
 
 from procpool.cli import render
-from procpool.cli.main import EXIT_FAILED, EXIT_OK, Settings, cli, emit, fail, pass_settings
+from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, emit, fail, pass_settings
 from procpool.client import Client
+from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.tree import PRIORITIES, TreeError, compile_job, parse_job
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _POLL = 0.2  # seconds between live-progress refreshes (client side only)
 
 
-def load_job_file(source: str) -> dict[str, Any]:
+def load_job_file(source: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Read a job file (``-`` for stdin) and validate it locally, exiting 2 on any error."""
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
@@ -31,7 +32,7 @@ def load_job_file(source: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         fail(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     try:
-        parse_job(raw)
+        parse_job(raw, limits)
     except TreeError as exc:
         fail(f"{source}: {exc.message}", exc.hint or "see docs/job-trees.md for the format")
     return raw  # type: ignore[no-any-return]
@@ -72,7 +73,7 @@ def _finish(settings: Settings, client: Client, job_id: str, live: bool) -> None
 @pass_settings
 def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...]) -> None:
     """Submit the job tree in FILE (or - for stdin); prints the job id."""
-    raw = load_job_file(file)
+    raw = load_job_file(file, DEFAULT_LIMITS.following(settings.max_message_size))
     with settings.client() as client:
         reply = client.submit(raw, list(after) or None)
         note = " (already submitted with this key)" if reply["existing"] else ""
@@ -89,7 +90,7 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...]) -
 @pass_settings
 def validate(settings: Settings, file: str) -> None:
     """Check a job file without submitting it; print the order tasks could start in."""
-    raw = load_job_file(file)
+    raw = load_job_file(file, DEFAULT_LIMITS.following(settings.max_message_size))
     job = parse_job(raw)
     plan = job.plan or compile_job(job)
     order = [
@@ -247,7 +248,7 @@ def _age(text: str) -> float:
 @cli.command()
 @click.argument("id")
 @click.option(
-    "--timeout", "wait_timeout", type=click.FloatRange(min=0), help="Give up after this many seconds."
+    "--timeout", "wait_timeout", type=Seconds(), help="Give up after this many seconds."
 )
 @pass_settings
 def wait(settings: Settings, id: str, wait_timeout: float | None) -> None:

@@ -22,6 +22,7 @@ from procpool import trust
 from procpool.client import Client
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import SECONDS_MAX
 from procpool.contract.paths import default_socket
 from procpool.contract.version import __version__
 
@@ -117,6 +118,19 @@ Exit codes:
 """
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds: finite, from ``min`` to ten years (NaN and the infinities are refused)."""
+
+    def __init__(self, min: float = 0.0) -> None:
+        super().__init__(min=min, max=SECONDS_MAX)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:
+            self.fail("NaN is not a number of seconds", param, ctx)
+        return seconds
+
+
 @click.group(cls=ProcctlGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--socket",
@@ -129,7 +143,7 @@ Exit codes:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.01),
+    type=Seconds(min=0.01),
     default=10.0,
     show_default=True,
     help="Seconds to wait for the daemon's answer.",

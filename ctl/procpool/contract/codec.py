@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import CEILINGS, DEFAULT_LIMITS, ENVELOPE_KEYS, Limits, shorten
 from procpool.contract.version import PROTOCOL_VERSION
 
 #: Default upper bound of one request or reply, in bytes.
@@ -51,14 +52,35 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-def _unpack(data: bytes) -> Any:
+def _unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    # The container limits are checked against each header before anything is built, so a
+    # map of a million keys costs nothing (it used to block the daemon's loop for seconds).
     return msgpack.unpackb(
         data,
         raw=False,
         strict_map_key=True,
         ext_hook=_reject_ext,
         timestamp=0,
+        max_map_len=limits.max_map_items,
+        max_array_len=limits.max_array_items,
     )
+
+
+def _why(exc: Exception) -> str:
+    return shorten(str(exc))[1:-1] or type(exc).__name__  # msgpack's StackError says nothing
+
+
+def _too_many(exc: ValueError, limits: Limits) -> str | None:
+    """The limit's own sentence when msgpack refused a container as too long, else None."""
+    text = str(exc)
+    for mp_name, setting, what in (
+        ("max_map_len", "max_map_items", "a map"),
+        ("max_array_len", "max_array_items", "an array"),
+    ):
+        if mp_name in text:
+            size = text.split(" ", 1)[0]
+            return f"{what} of {size} entries; the limit is {setting} = {getattr(limits, setting)}"
+    return None
 
 
 def pack(value: Any) -> bytes:
@@ -72,8 +94,13 @@ def encode_request(request_id: RequestId, op: str, args: dict[str, Any] | None =
     return pack({"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": args or {}})
 
 
-def decode_request(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Request:
-    """Decode and check a request frame; raise :class:`RequestError` naming what is wrong."""
+def decode_request(
+    data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, limits: Limits = DEFAULT_LIMITS
+) -> Request:
+    """Decode and check a request frame; raise :class:`RequestError` naming what is wrong.
+
+    No message echoes more than 200 bytes of the request (see procpool.contract.limits.shorten).
+    """
     if len(data) > max_size:
         raise RequestError(
             ErrorCode.TOO_LARGE,
@@ -81,11 +108,21 @@ def decode_request(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Req
             hint="split the work into smaller jobs or raise max_message_size in the daemon's config",
         )
     try:
-        msg = _unpack(data)
+        msg = _unpack(data, limits)
+    except ValueError as exc:
+        too_many = _too_many(exc, limits)
+        if too_many is not None:
+            raise RequestError(ErrorCode.TOO_LARGE, f"request has {too_many}") from None
+        raise RequestError(ErrorCode.MALFORMED, f"request is not valid msgpack: {_why(exc)}") from None
     except Exception as exc:  # msgpack raises several unrelated types
-        raise RequestError(ErrorCode.MALFORMED, f"request is not valid msgpack: {exc}") from None
+        raise RequestError(ErrorCode.MALFORMED, f"request is not valid msgpack: {_why(exc)}") from None
     if not isinstance(msg, dict):
         raise RequestError(ErrorCode.MALFORMED, f"request must be a msgpack map, got {type(msg).__name__}")
+    if len(msg) > ENVELOPE_KEYS:  # before anything walks its keys
+        raise RequestError(
+            ErrorCode.MALFORMED,
+            f"request envelope has {len(msg)} fields; it has at most {ENVELOPE_KEYS} (v, id, op, args)",
+        )
     raw_id = msg.get("id")
     request_id: RequestId | None = (
         raw_id if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
@@ -96,14 +133,15 @@ def decode_request(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Req
     if version != PROTOCOL_VERSION:
         raise RequestError(
             ErrorCode.PROTOCOL_VERSION,
-            f"protocol version {version!r} is not supported; this daemon speaks version {PROTOCOL_VERSION}",
+            f"protocol version {shorten(version, 64)} is not supported; "
+            f"this daemon speaks version {PROTOCOL_VERSION}",
             request_id,
             hint="use a procctl of the same release as the daemon",
         )
     unknown = sorted(set(msg) - {"v", "id", "op", "args"})
     if unknown:
         raise RequestError(
-            ErrorCode.MALFORMED, f"unknown envelope field(s): {', '.join(unknown)}", request_id
+            ErrorCode.MALFORMED, f"unknown envelope field(s): {shorten(', '.join(unknown))}", request_id
         )
     op = msg.get("op")
     if not isinstance(op, str) or not op:
@@ -140,9 +178,9 @@ def decode_reply(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Reply
     if len(data) > max_size:
         raise ProcpoolError(ErrorCode.TOO_LARGE, f"reply of {len(data)} bytes exceeds {max_size} bytes")
     try:
-        msg = _unpack(data)
+        msg = _unpack(data, CEILINGS)  # the size bound is enough: replies come from the daemon
     except Exception as exc:
-        raise ProcpoolError(ErrorCode.MALFORMED, f"daemon sent invalid msgpack: {exc}") from None
+        raise ProcpoolError(ErrorCode.MALFORMED, f"daemon sent invalid msgpack: {_why(exc)}") from None
     if not isinstance(msg, dict) or "ok" not in msg:
         raise ProcpoolError(ErrorCode.MALFORMED, "daemon sent a reply without 'ok'")
     rid = msg.get("id")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from procpool.contract.limits import shorten
+
 
 class ErrorCode(enum.StrEnum):
     """Stable error codes. Values never change once released; new ones may be added."""
@@ -64,7 +66,7 @@ class ProcpoolError(Exception):
     def from_wire(cls, wire: Any) -> ProcpoolError:
         """Rebuild an error from a reply's ``error`` map (tolerating unknown codes)."""
         if not isinstance(wire, dict):
-            return cls(ErrorCode.MALFORMED, f"daemon sent a malformed error: {wire!r}")
+            return cls(ErrorCode.MALFORMED, f"daemon sent a malformed error: {shorten(wire)}")
         raw_code = str(wire.get("code"))
         try:
             code = ErrorCode(raw_code)

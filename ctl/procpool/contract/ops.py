@@ -13,6 +13,14 @@ from typing import Any
 
 from procpool.contract.codec import RequestError
 from procpool.contract.errors import ErrorCode
+from procpool.contract.limits import (
+    COUNT_MAX,
+    SECONDS_MAX,
+    TIMESTAMP_MAX,
+    WORKERS_MAX,
+    finite_number,
+    shorten,
+)
 
 _TYPE_NAMES: dict[type, str] = {
     str: "a string",
@@ -26,11 +34,14 @@ _TYPE_NAMES: dict[type, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Arg:
-    """One argument: its accepted types and whether it must be present."""
+    """One argument: its accepted types, whether it must be present, and for a number its range
+    (``low`` and ``high`` inclusive; NaN and the infinities are never accepted)."""
 
     types: tuple[type, ...]
     required: bool = False
     nullable: bool = False
+    low: float | None = None
+    high: float | None = None
 
     def describe(self) -> str:
         names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.types)
@@ -45,6 +56,16 @@ class Arg:
         if float in self.types and isinstance(value, int):
             return True
         return isinstance(value, self.types)
+
+    def out_of_range(self, value: Any) -> str | None:
+        """Why a number of the right type is refused (None: it is accepted)."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        if not finite_number(value):
+            return f"must be a finite number, got {value!r}"
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            return f"must be between {self.low:g} and {self.high:g}, got {shorten(value)}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +85,10 @@ def _op(name: str, summary: str, mutating: bool = False, **args: Arg) -> Op:
 
 _STR = (str,)
 _NUM = (float,)
+#: seconds of waiting; a point in time (seconds since the epoch); a count or cursor
+_SECONDS = Arg(_NUM, low=0.0, high=SECONDS_MAX)
+_TIME = Arg(_NUM, low=0.0, high=TIMESTAMP_MAX)
+_COUNT = Arg((int,), low=0, high=COUNT_MAX)
 
 OPS: dict[str, Op] = {
     op.name: op
@@ -74,8 +99,8 @@ OPS: dict[str, Op] = {
             "Daemon summary, a list of jobs, or one job in detail.",
             job=Arg(_STR),
             state=Arg(_STR),
-            since=Arg(_NUM),
-            limit=Arg((int,)),
+            since=_TIME,
+            limit=_COUNT,
         ),
         _op("shutdown", "Stop the daemon gracefully.", mutating=True),
         _op(
@@ -85,13 +110,13 @@ OPS: dict[str, Op] = {
             mutating=True,
             job=Arg((dict,), required=True),
             after=Arg((list,)),
-            wait=Arg(_NUM),
+            wait=_SECONDS,
         ),
         _op(
             "wait",
             "Block until a job or task has finished or 'timeout' seconds passed.",
             id=Arg(_STR, required=True),
-            timeout=Arg(_NUM),
+            timeout=_SECONDS,
         ),
         _op("cancel", "Cancel a job or a single task.", mutating=True, id=Arg(_STR, required=True)),
         _op("pool", "The worker pool: one entry per worker (pid, state, current task, tasks done, memory)."),
@@ -99,15 +124,15 @@ OPS: dict[str, Op] = {
             "pool_resize",
             "Change the number of workers at run time.",
             mutating=True,
-            workers=Arg((int,), required=True),
+            workers=Arg((int,), required=True, low=0, high=WORKERS_MAX),
         ),
         _op(
             "logs",
             "Where to read a job's or task's log, or the daemon's own tail of its recent lines.",
             id=Arg(_STR, required=True),
-            attempt=Arg((int,)),
-            lines=Arg((int,)),
-            after=Arg((int,)),
+            attempt=_COUNT,
+            lines=_COUNT,
+            after=_COUNT,
             source=Arg(_STR),
         ),
         _op(
@@ -121,7 +146,7 @@ OPS: dict[str, Op] = {
             "Remove finished jobs from the history.",
             mutating=True,
             state=Arg(_STR),
-            before=Arg(_NUM),
+            before=_TIME,
         ),
     )
 }
@@ -134,20 +159,25 @@ def check_args(op_name: str, args: dict[str, Any], request_id: Any = None) -> Op
         known = ", ".join(sorted(OPS))
         raise RequestError(
             ErrorCode.UNKNOWN_OPERATION,
-            f"unknown operation {op_name!r}",
+            f"unknown operation {shorten(op_name, 64)}",
             request_id,
             hint=f"known operations: {known}",
         )
     for key, value in args.items():
         spec = op.args.get(key)
         if spec is None:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: unknown argument {key!r}", request_id)
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, f"{op_name}: unknown argument {shorten(key, 64)}", request_id
+            )
         if not spec.accepts(value):
             raise RequestError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"{op_name}: argument {key!r} must be {spec.describe()}, got {type(value).__name__}",
                 request_id,
             )
+        why = spec.out_of_range(value) if spec.low is not None else None
+        if why is not None:
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: argument {key!r} {why}", request_id)
     for key, spec in op.args.items():
         if spec.required and key not in args:
             raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: missing argument {key!r}", request_id)

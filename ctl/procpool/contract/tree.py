@@ -25,7 +25,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from procpool.contract.codec import pack
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import (
+    DEFAULT_LIMITS,
+    REPEAT_MAX,
+    RETRIES_MAX,
+    SECONDS_MAX,
+    Limits,
+    finite_number,
+    shorten,
+)
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
@@ -35,8 +45,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
 USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}\$?$")
 #: Longest retry delay after doubling, in seconds.
 RETRY_DELAY_CAP = 300.0
-MAX_NODES = 100_000
-MAX_DEPTH = 64
+MAX_NODES = DEFAULT_LIMITS.max_nodes
+MAX_DEPTH = DEFAULT_LIMITS.max_depth
 
 
 class TreeError(ProcpoolError):
@@ -172,6 +182,8 @@ class JobSpec:
 
 
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    if len(word) > 64:  # no field is that long, and difflib's cost grows with the word
+        return ""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
@@ -210,7 +222,7 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
             return value
     elif kind == "cmd" and vtype is list and value:
         for v in value:
-            if type(v) is not str:
+            if type(v) is not str or "\0" in v:
                 break
         else:
             return value
@@ -219,27 +231,32 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     def bad(expected: str) -> TreeError:
         return TreeError(path, f"must be {expected}, got {_type_name(value)}")
 
-    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "string":
         if not isinstance(value, str):
             raise bad("a string")
+        _no_nul(value, path)
     elif kind == "name":
         if not isinstance(value, str):
             raise bad("a string")
         if not NAME_RE.match(value):
-            raise TreeError(path, f'invalid name "{value}": use letters, digits and _ . : @ + - (max 128)')
+            raise TreeError(
+                path, f"invalid name {_quote(value)}: use letters, digits and _ . : @ + - (max 128)"
+            )
     elif kind == "callable":
         if not isinstance(value, str):
             raise bad('a string "pkg.module:function"')
         if not _is_callable_ref(value):
-            raise TreeError(path, f'"{value}" is not of the form "pkg.module:function"')
+            raise TreeError(path, f'{_quote(value)} is not of the form "pkg.module:function"')
     elif kind == "cmd":
         if isinstance(value, str):
             if not value.strip():
                 raise TreeError(path, "must not be empty")
+            _no_nul(value, path)
         elif isinstance(value, list):
             if not value or not all(isinstance(v, str) for v in value):
                 raise TreeError(path, "must be a non-empty array of strings (or a string with shell: true)")
+            for i, v in enumerate(value):
+                _no_nul(v, f"{path}[{i}]")
         else:
             raise bad("an array of strings or a string")
     elif kind == "user":
@@ -252,15 +269,24 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
         if not isinstance(value, bool):
             raise bad("true or false")
     elif kind in ("positive", "nonnegative"):
-        if not is_num or value < 0 or (kind == "positive" and value == 0):
-            raise bad("a positive number" if kind == "positive" else "a number >= 0")
+        if not finite_number(value) or value < 0 or (kind == "positive" and value == 0):
+            expected = "a positive number" if kind == "positive" else "a number >= 0"
+            if isinstance(value, float):  # NaN or an infinity
+                raise TreeError(path, f"must be {expected} of seconds, got {value!r}")
+            raise bad(expected)
+        if value > SECONDS_MAX:
+            raise TreeError(
+                path, f"{shorten(value)} seconds is more than {SECONDS_MAX:.0f} (10 years), the most allowed"
+            )
         return float(value)
     elif kind == "count":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad("an integer >= 0")
+        if value > RETRIES_MAX:
+            raise TreeError(path, f"{shorten(value)} is more than {RETRIES_MAX}, the most allowed")
     elif kind == "priority":
         if value not in PRIORITIES:
-            shown = value if isinstance(value, str) else _type_name(value)
+            shown = shorten(value)[1:-1] if isinstance(value, str) else _type_name(value)
             raise TreeError(
                 path,
                 f'unknown priority "{shown}"; use one of {", ".join(PRIORITIES)}'
@@ -268,24 +294,29 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
             )
     elif kind == "on_failure":
         if value not in ON_FAILURE:
-            raise TreeError(path, f'must be "stop" or "continue", got {value!r}')
+            raise TreeError(path, f'must be "stop" or "continue", got {shorten(value)}')
     elif kind == "on_interrupt":
         if value not in ON_INTERRUPT:
-            raise TreeError(path, f'must be "retry", "fail" or "hold", got {value!r}')
+            raise TreeError(path, f'must be "retry", "fail" or "hold", got {shorten(value)}')
     elif kind == "repeat":
         if value == "forever":
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise TreeError(path, f'must be a positive integer or "forever", got {value!r}')
+            raise TreeError(path, f'must be a positive integer or "forever", got {shorten(value)}')
+        if value > REPEAT_MAX:
+            raise TreeError(path, f'{value} is more than {REPEAT_MAX}, the most allowed; or use "forever"')
     elif kind == "names" or kind == "strings":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("an array of strings")
+        for i, v in enumerate(value):
+            _no_nul(v, f"{path}[{i}]")
     elif kind == "env":
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise bad("an object of string values")
-        for k in value:
+        for k, v in value.items():
             if not k or "=" in k or "\0" in k:
-                raise TreeError(path, f"invalid environment variable name {k!r}")
+                raise TreeError(path, f"invalid environment variable name {shorten(k)}")
+            _no_nul(v, f"{path}.{k}" if len(k) <= 64 else path)
     elif kind == "list":
         if not isinstance(value, list):
             raise bad("an array")
@@ -297,8 +328,27 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     return value
 
 
+def _quote(value: Any, limit: int = 64) -> str:
+    """A string as an error shows it: in double quotes, or shortened when long or odd."""
+    if isinstance(value, str) and len(value) <= limit and value.isprintable():
+        return f'"{value}"'
+    return shorten(value, limit)
+
+
+def _key(key: Any) -> str:
+    """A field name as an error shows it."""
+    return _quote(key)
+
+
+def _no_nul(value: str, path: str) -> None:
+    """A NUL byte cannot reach an argv, an environment or a path: refuse it here, by name."""
+    if "\0" in value:
+        raise TreeError(path, f"must not contain a NUL byte, got {shorten(value)}")
+
+
 class _Parser:
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self.tasks: list[TaskSpec] = []
         self.groups: list[GroupSpec] = []
         self.names: dict[str, str] = {}  # name -> path, for uniqueness
@@ -311,10 +361,14 @@ class _Parser:
     def node(
         self, raw: Any, path: str, defaults: dict[str, Any], parent: int | None, default_name: str, depth: int
     ) -> tuple[str, int]:
-        if depth > MAX_DEPTH:
-            raise TreeError(path, f"nesting deeper than {MAX_DEPTH} levels")
-        if len(self.tasks) + len(self.groups) >= MAX_NODES:
-            raise TreeError(path, f"more than {MAX_NODES} nodes")
+        limits = self.limits
+        if depth > limits.max_depth:
+            most = limits.max_depth
+            raise TreeError(path, f"nesting deeper than {most} levels (the limit is max_depth = {most})")
+        if len(self.tasks) + len(self.groups) >= limits.max_nodes:
+            raise TreeError(
+                path, f"more than {limits.max_nodes} nodes (the limit is max_nodes = {limits.max_nodes})"
+            )
         if not isinstance(raw, dict):
             raise TreeError(path, f"a node must be an object, got {_type_name(raw)}")
         if ("call" in raw) + ("cmd" in raw) + ("sequential" in raw) + ("concurrent" in raw) == 1 and (
@@ -347,8 +401,12 @@ class _Parser:
             if spec is None:
                 if key in skip:
                     continue
-                raise TreeError(path, f'unknown field "{key}"{_suggest(key, list(table) + list(skip))}')
+                raise TreeError(
+                    path, f"unknown field {_key(key)}{_suggest(str(key), list(table) + list(skip))}"
+                )
             values[key] = _check_value(spec.kind, value, path, key)
+            if key in _LIMITED_IN_NODES:
+                _check_limits(self.limits, key, values[key], path)
         return values
 
     def group(
@@ -397,6 +455,8 @@ class _Parser:
             if isinstance(values["cmd"], list) and shell:
                 raise TreeError(f"{path}.shell", "shell: true takes the command as one string")
         merged = _merge_defaults(defaults, values)
+        if merged is not defaults and "env" in values and merged["env"] is not values["env"]:
+            _check_env(self.limits, merged["env"], f"{path}.env", "environment with the inherited variables")
         get = values.get
         name = get("name", default_name)
         self.claim(name, path)
@@ -427,11 +487,61 @@ class _Parser:
         return ("task", index)
 
 
+#: Fields whose size is limited (see procpool.contract.limits.Limits).
+_LIMITED = frozenset({"name", "key", "tags", "env", "args", "kwargs", "namespace"})
+#: In tasks and groups (their names are bounded by NAME_RE).
+_LIMITED_IN_NODES = frozenset({"tags", "env", "args", "kwargs"})
+
+
+def _check_limits(limits: Limits, key: str, value: Any, where: str) -> None:
+    """Size limits of one checked field (tasks' names are bounded by their pattern already)."""
+    path = f"{where}.{key}" if where else key
+    if key in ("name", "key"):
+        size = _utf8_len(value)
+        if size > limits.max_name_bytes:
+            what = "job name" if key == "name" else "idempotency key"
+            raise TreeError(path, limits.exceeded(what, size, "max_name_bytes"))
+    elif key == "tags":
+        if len(value) > limits.max_tags:
+            raise TreeError(path, limits.exceeded("the list of tags", len(value), "max_tags", "long"))
+        for i, tag in enumerate(value):
+            size = _utf8_len(tag)
+            if size > limits.max_name_bytes:
+                raise TreeError(f"{path}[{i}]", limits.exceeded("tag", size, "max_name_bytes"))
+    elif key == "env":
+        _check_env(limits, value, path, "env")
+    elif key in ("args", "kwargs", "namespace"):
+        if not value:
+            return
+        try:
+            size = len(pack(value))
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise TreeError(path, f"cannot be encoded: {shorten(str(exc))}") from None
+        setting = "max_namespace_bytes" if key == "namespace" else "max_args_bytes"
+        if size > getattr(limits, setting):
+            what = "the initial namespace" if key == "namespace" else f"{key} encoded"
+            raise TreeError(path, limits.exceeded(what, size, setting))
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_env(limits: Limits, env: dict[str, str], path: str, what: str) -> None:
+    if len(env) > limits.max_env_vars:
+        raise TreeError(path, limits.exceeded(what, len(env), "max_env_vars", "variables"))
+    size = sum(len(k) + len(v) + 2 for k, v in env.items())  # characters: a cheap lower bound first
+    if size > limits.max_env_bytes // 4:
+        size = sum(_utf8_len(k) + _utf8_len(v) + 2 for k, v in env.items())
+        if size > limits.max_env_bytes:
+            raise TreeError(path, limits.exceeded(what, size, "max_env_bytes"))
+
+
 def _suggest_keys(raw: dict[str, Any], wanted: tuple[str, ...]) -> str:
     for key in raw:
         hint = _suggest(str(key), wanted)
         if hint:
-            return f'; unknown field "{key}"{hint}'
+            return f"; unknown field {_key(key)}{hint}"
     return ""
 
 
@@ -458,8 +568,12 @@ def _merge_defaults(defaults: dict[str, Any], values: dict[str, Any]) -> dict[st
     return merged
 
 
-def parse_job(raw: Any) -> JobSpec:
-    """Validate a decoded job document; raise :class:`TreeError` naming the bad node's path."""
+def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
+    """Validate a decoded job document; raise :class:`TreeError` naming the bad node's path.
+
+    ``limits``: the size limits (the daemon passes its configured ones); numbers are checked
+    against the fixed ranges of :mod:`procpool.contract.limits`.
+    """
     if not isinstance(raw, dict):
         raise TreeError("", f"a job must be a JSON object, got {_type_name(raw)}")
     if "root" not in raw:
@@ -469,10 +583,14 @@ def parse_job(raw: Any) -> JobSpec:
     for key, value in raw.items():
         spec = JOB_FIELDS.get(key)
         if spec is None:
-            raise TreeError(key, f'unknown field "{key}"{_suggest(key, list(JOB_FIELDS))}')
+            raise TreeError(
+                shorten(key, 64), f"unknown field {_key(key)}{_suggest(str(key), list(JOB_FIELDS))}"
+            )
         if spec.kind != "node":
             values[key] = _check_value(spec.kind, value, key)
-    parser = _Parser()
+            if key in _LIMITED:
+                _check_limits(limits, key, values[key], "")
+    parser = _Parser(limits)
     defaults = {k: values[k] for k in INHERITABLE if k in values}
     root = parser.node(raw["root"], "root", defaults, None, "root", 0)
     job = JobSpec(
@@ -554,10 +672,10 @@ def compile_job(job: JobSpec) -> Plan:
             target = by_name.get(name)
             if target is None:
                 raise TreeError(
-                    f"{path}.depends_on[{i}]", f'unknown task "{name}"{_suggest(name, list(by_name))}'
+                    f"{path}.depends_on[{i}]", f"unknown task {_quote(name)}{_suggest(name, list(by_name))}"
                 )
             if target == me:
-                raise TreeError(f"{path}.depends_on[{i}]", f'"{name}" depends on itself')
+                raise TreeError(f"{path}.depends_on[{i}]", f"{_quote(name)} depends on itself")
             out.append(target)
         return out
 
@@ -656,13 +774,13 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     },
     "user": {"type": "string", "pattern": USER_RE.pattern},
     "bool": {"type": "boolean"},
-    "positive": {"type": "number", "exclusiveMinimum": 0},
-    "nonnegative": {"type": "number", "minimum": 0},
-    "count": {"type": "integer", "minimum": 0},
+    "positive": {"type": "number", "exclusiveMinimum": 0, "maximum": SECONDS_MAX},
+    "nonnegative": {"type": "number", "minimum": 0, "maximum": SECONDS_MAX},
+    "count": {"type": "integer", "minimum": 0, "maximum": RETRIES_MAX},
     "priority": {"enum": list(PRIORITIES)},
     "on_failure": {"enum": list(ON_FAILURE)},
     "on_interrupt": {"enum": list(ON_INTERRUPT)},
-    "repeat": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "forever"}]},
+    "repeat": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": REPEAT_MAX}, {"const": "forever"}]},
     "names": {"type": "array", "items": {"type": "string"}},
     "strings": {"type": "array", "items": {"type": "string"}},
     "env": {"type": "object", "additionalProperties": {"type": "string"}},

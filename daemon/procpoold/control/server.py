@@ -48,6 +48,7 @@ from procpool.contract.codec import (
     encode_result,
 )
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
 from procpoold.control.socketdir import clip, unsafe_socket_folder
@@ -171,6 +172,8 @@ class ControlServer:
         #: checked before every handler; None only for servers built without a policy (tests)
         self.authorize = authorize
         self.max_message_size = max_message_size
+        #: the container limits a request is decoded with (the daemon's config sets them)
+        self.limits: Limits = DEFAULT_LIMITS
         self.group = group
         self.inherited_fd = inherited_fd
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
@@ -263,7 +266,7 @@ class ControlServer:
         started = time.perf_counter()
         request_id: Any = None
         try:
-            request = decode_request(frame.bytes, self.max_message_size)
+            request = decode_request(frame.bytes, self.max_message_size, self.limits)
             request_id = request.id
             check_args(request.op, request.args, request_id)
             if self.authorize is not None:

@@ -26,8 +26,10 @@ UNSUCCESSFUL: frozenset[str] = frozenset({"failed", "timeout", "cancelled", "ski
 # Every legal edge. pending -> ready when the task's predecessors completed (or a retry delay ran out);
 # ready -> running when dispatched; running -> pending when an attempt failed and a retry is due.
 TASK_TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"ready", "cancelled", "skipped"}),
-    "ready": frozenset({"running", "cancelled", "skipped"}),
+    # pending/ready -> failed: the daemon could not run the task (a retry that could not be
+    # scheduled: see Scheduler._retry); the error says why.
+    "pending": frozenset({"ready", "cancelled", "skipped", "failed"}),
+    "ready": frozenset({"running", "cancelled", "skipped", "failed"}),
     "running": frozenset({"completed", "failed", "timeout", "cancelled", "pending"}),
     "completed": frozenset({"pending"}),  # only when a repeat run resets the tree
     "failed": frozenset({"pending"}),

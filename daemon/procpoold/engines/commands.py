@@ -216,9 +216,10 @@ class CommandExecutor:
         argv: list[str] = ["/bin/sh", "-c", spec.cmd] if isinstance(spec.cmd, str) else list(spec.cmd or [])
         try:
             proc, pidfd, fds = self._spawn(spec, argv)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte that slipped through
             # Report asynchronously, like any other outcome.
-            error = TaskError(type(exc).__name__, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+            why = getattr(exc, "strerror", None) or exc
+            error = TaskError(type(exc).__name__, f"cannot start {argv[0][:200]!r}: {why}")
             outcome = Outcome(spec.attempt_id, "failed", error=error)
             self._loop.call_soon(lambda: self._finish(outcome))
             return

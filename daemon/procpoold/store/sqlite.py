@@ -612,21 +612,23 @@ class StateStore:
         if row is None:
             return None
         created_at, doc, data = row
+        # Each part is decoded on its own: a job whose document cannot be read (marked failed at
+        # the start that found it so) still comes back with its stored state and reason.
+        error: str | None = None
         try:
+            document = _unpack(self.values.get(job_id, "doc", doc))
+        except ValueError as exc:
+            document, error = {}, str(exc)
+        try:
+            fields = _unpack(self.values.get(job_id, "job", data))
             entries: list[Any] = []
             for seq, blob in self.db.execute(
                 "SELECT seq, data FROM task_log WHERE job_id=? ORDER BY seq", (int(job_id),)
             ):
                 entries.extend(_unpack(self.values.get(job_id, f"log-{seq}", blob)))
-            return StoredJob(
-                job_id,
-                float(created_at),
-                _unpack(self.values.get(job_id, "doc", doc)),
-                _unpack(self.values.get(job_id, "job", data)),
-                entries,
-            )
         except ValueError as exc:
-            return StoredJob(job_id, float(created_at), {}, {}, [], str(exc))
+            return StoredJob(job_id, float(created_at), document, {}, [], str(exc))
+        return StoredJob(job_id, float(created_at), document, fields, entries, error)
 
     def load_jobs(self, unfinished_only: bool = False) -> Iterator[StoredJob]:
         """Every stored job, oldest first; one that cannot be read comes with its ``error``.
@@ -646,7 +648,7 @@ class StateStore:
             self._next_seq[str(job_id)] = seq + 1
             try:
                 logs.setdefault(job_id, []).extend(_unpack(self.values.get(str(job_id), f"log-{seq}", blob)))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:  # TypeError: not a blob, or not a list
                 broken[job_id] = str(exc)
         for job_id, created_at, doc, data in self.db.execute(
             f"SELECT id, created_at, doc, data FROM jobs{where} ORDER BY id"
@@ -659,7 +661,7 @@ class StateStore:
                     raise ValueError(broken[job_id])
                 doc = _unpack(self.values.get(jid, "doc", doc))
                 data = _unpack(self.values.get(jid, "job", data))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:  # TypeError: a column that is not a blob
                 yield StoredJob(jid, float(created_at), {}, {}, [], str(exc))
                 continue
             yield StoredJob(jid, float(created_at), doc, data, entries)
