@@ -27,6 +27,7 @@ from procpoold import journal
 from procpoold.core import namespace
 from procpoold.core.jobs import Effects, Job, TaskRun
 from procpoold.core.queue import ReadyQueue
+from procpoold.core.quota import TaskQuota
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
 from procpoold.identity import Identity, identity_of, run_as_uid
@@ -97,6 +98,10 @@ class Scheduler:
         self.listeners: list[Listener] = []
         self._after: dict[str, list[str]] = {}  # prerequisite id -> job ids waiting on it
         self.counters = {"submitted": 0, "attempts": 0, "completed": 0, "failed": 0}
+        #: tasks of unfinished jobs against max_queued_tasks and max_user_tasks (set by the daemon)
+        self.quota = TaskQuota()
+        #: tasks in one page of a job's status (see Job.status_page)
+        self.status_page_size = 1_000
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -115,6 +120,7 @@ class Scheduler:
             return self.jobs[self.keys[spec.key]], True
         for ref in after or []:
             self.resolve(ref)  # unknown prerequisites are an error now, not a hang later
+        self.quota.check(uid, len(spec.tasks))  # "queue full" before anything is written
         job_id = str(self._next_id)
         self._next_id += 1
         job = Job(job_id, spec, raw, self.clock(), uid, after, run_as_uid(uid))
@@ -124,6 +130,7 @@ class Scheduler:
             self.store.add_job(job_id, spec.key, spec.name, job.state, job.created_at, raw, job.dump())
             self._job_rows[job_id] = _job_row(job)
         self.jobs[job_id] = job
+        self.quota.hold(job_id, uid, len(job.tasks))
         if spec.key is not None:
             self.keys[spec.key] = job_id
         self.counters["submitted"] += 1
@@ -297,6 +304,7 @@ class Scheduler:
             },
         )
         self._finished[job.id] = job.finished_at or now
+        self.quota.release(job.id)
         self._notify(job.id)
         self._prune(now)
 
@@ -670,6 +678,7 @@ class Scheduler:
             if job.finished:
                 finished.append((job.finished_at or 0.0, job.id))
                 continue
+            self.quota.hold(job_id, job.submitter_uid, len(job.tasks))
             if job.state == "pending":
                 resumable.append((job, Effects()))
                 continue
@@ -786,7 +795,9 @@ class Scheduler:
         """The status a ``wait`` returns: the job's, or the task's with its job summary."""
         job, index = self.resolve(ref)
         if index is None:
-            return {"id": ref, "finished": job.finished, "state": job.state, "status": job.status()}
+            # The first page of tasks: a bounded reply; Client.wait fetches the others.
+            status = job.status_page(0, self.status_page_size)
+            return {"id": ref, "finished": job.finished, "state": job.state, "status": status}
         t = job.tasks[index]
         return {
             "id": ref,

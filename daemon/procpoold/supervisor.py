@@ -25,7 +25,8 @@ from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
-from procpoold.control.server import ControlServer, Deferred
+from procpoold.control.limits import connection_cap
+from procpoold.control.server import ControlServer, Deferred, ServerLimits
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
@@ -94,6 +95,9 @@ class Daemon:
             retention_count=config.retention_count or None,
         )
         self.scheduler.listeners.append(self._on_finished)
+        self.scheduler.status_page_size = config.status_page_size
+        self.scheduler.quota.max_queued_tasks = config.max_queued_tasks or None
+        self.scheduler.quota.max_user_tasks = config.max_user_tasks or None
         self.ctx = zmq.Context()
         self.control = ControlServer(
             self.ctx,
@@ -102,6 +106,12 @@ class Daemon:
             config.max_message_size,
             group=config.group,
             inherited_fd=inherited_fd,
+            limits=ServerLimits(
+                max_connections=connection_cap(config.max_connections, config.workers),
+                max_queued_replies=config.max_queued_replies,
+                max_waits_per_peer=config.max_waits_per_peer,
+                max_pending_waits=config.max_pending_waits,
+            ),
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -123,7 +133,8 @@ class Daemon:
                 "%(interrupted)d interrupted attempts",
                 recovered,
             )
-        self.loop.add_reader(self.control.sock, self.control.on_readable)
+        for sock, callback in self.control.readers():
+            self.loop.add_reader(sock, callback)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.handle_stop_signal)
         self.loop.add_signal_handler(signal.SIGHUP, self.handle_sighup)
@@ -214,6 +225,9 @@ class Daemon:
         logging.getLogger().setLevel(new.log_level.upper())
         self.scheduler.retention_age = new.retention_age or None
         self.scheduler.retention_count = new.retention_count or None
+        self.scheduler.status_page_size = new.status_page_size
+        self.scheduler.quota.max_queued_tasks = new.max_queued_tasks or None
+        self.scheduler.quota.max_user_tasks = new.max_user_tasks or None
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
         self.config = replace(
@@ -323,17 +337,30 @@ class Daemon:
                 "by_state": self.scheduler.by_state(),
                 "queued": self.scheduler.queued(),
                 "running": self.scheduler.running(),
+                "tasks_unfinished": self.scheduler.quota.queued,
             },
             "counters": dict(self.scheduler.counters),
             "logging": journal.stats(),
-            "requests": {
-                "served": self.control.requests_served if self.control else 0,
-                "errors": self.control.errors_replied if self.control else 0,
-            },
+            "requests": self._requests_summary(),
             "store": {
                 "path": os.fspath(self.config.state_dir / "state.db") if self.store else None,
                 "commits": self.store.commits if self.store else 0,
             },
+        }
+
+    def _requests_summary(self) -> dict[str, Any]:
+        control = self.control
+        if control is None:
+            return {"served": 0, "errors": 0}
+        return {
+            "served": control.requests_served,
+            "errors": control.errors_replied,
+            "replies_dropped": control.replies_dropped,
+            "connections": len(control.connections.open),
+            "max_connections": control.connections.cap,
+            "connections_refused": control.connections.refused,
+            "connections_shed": control.connections.shed,
+            "pending_waits": control.waits.pending,
         }
 
     def _workers_summary(self) -> dict[str, Any]:
@@ -358,11 +385,13 @@ class Daemon:
             return reply
         return self.wait(accepted.id, wait, extra=reply)  # one round trip: the reply has the final status
 
-    def job_status(self, ref: str) -> dict[str, Any]:
+    def job_status(self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None) -> dict[str, Any]:
+        """One job's status with a page of its tasks (bounded: see Job.status_page), or one task's."""
         job, index = self.scheduler.resolve(ref)
         if index is not None:
             return self.scheduler.finished_status(ref)
-        return job.status()
+        page = self.config.status_page_size
+        return job.status_page(tasks_from, page if tasks_limit is None else min(tasks_limit, page))
 
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]:
         return self.scheduler.job_list(state, since, limit)

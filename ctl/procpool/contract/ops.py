@@ -71,11 +71,14 @@ OPS: dict[str, Op] = {
         _op("ping", "Answer with the daemon's version and protocol version."),
         _op(
             "status",
-            "Daemon summary, a list of jobs, or one job in detail.",
+            "Daemon summary, a list of jobs, or one job in detail: a page of its tasks from index "
+            "'tasks_from' (default 0), at most 'tasks_limit' and the daemon's status_page_size.",
             job=Arg(_STR),
             state=Arg(_STR),
             since=Arg(_NUM),
             limit=Arg((int,)),
+            tasks_from=Arg((int,)),
+            tasks_limit=Arg((int,)),
         ),
         _op("shutdown", "Stop the daemon gracefully.", mutating=True),
         _op(

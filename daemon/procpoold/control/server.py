@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from procpool.contract.codec import (
     Request,
@@ -44,8 +45,22 @@ from procpool.contract.codec import (
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
+from procpoold.control.limits import Connections, Waits
 
 log = logging.getLogger("procpoold.control")
+
+#: Socket-monitor events that open or close a control connection (their value is its fd).
+_MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Per-connection limits (see procpoold.control.limits and docs/protocol.md, Limits)."""
+
+    max_connections: int = 1024
+    max_queued_replies: int = 32
+    max_waits_per_peer: int = 1_000
+    max_pending_waits: int = 20_000
 
 
 class BindError(Exception):
@@ -141,7 +156,9 @@ class ControlServer:
         max_message_size: int,
         group: str | None = None,
         inherited_fd: int | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
+        limits = limits or ServerLimits()
         self.path = path
         self.handlers = handlers
         self.max_message_size = max_message_size
@@ -149,7 +166,11 @@ class ControlServer:
         self.inherited_fd = inherited_fd
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 10_000)
+        # A client that does not read its replies holds at most this many of them (each at most
+        # max_message_size): the next are dropped. ROUTER_MANDATORY makes a drop (EAGAIN) or a
+        # vanished peer (EHOSTUNREACH) visible to _send instead of silent.
+        self.sock.setsockopt(zmq.SNDHWM, limits.max_queued_replies)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.RCVHWM, 10_000)
         # A hard cap far above the checked limit: messages up to it get a clear
         # too_large reply, anything bigger is dropped by libzmq before it costs memory.
@@ -157,6 +178,12 @@ class ControlServer:
         self._owns_file = False  # only a socket file this daemon created is ever removed
         self.requests_served = 0
         self.errors_replied = 0
+        self.replies_dropped = 0
+        self._drop_logged = 0.0
+        # Connections are counted from the monitor (before bind, so that no accept is missed).
+        self.connections = Connections(limits.max_connections)
+        self.waits = Waits(limits.max_waits_per_peer, limits.max_pending_waits)
+        self.monitor: zmq.Socket[bytes] = self.sock.get_monitor_socket(_MONITOR_EVENTS)
 
     # -- binding ------------------------------------------------------------------------------
 
@@ -190,6 +217,8 @@ class ControlServer:
 
     def close(self) -> None:
         """Close the socket and remove its file (unless systemd owns it)."""
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
         self.sock.close(linger=0)
         if self._owns_file:
             self._owns_file = False
@@ -200,8 +229,46 @@ class ControlServer:
 
     # -- serving ------------------------------------------------------------------------------
 
+    def on_monitor(self) -> None:
+        """Count connections from the monitor's events; shut down those over the cap when due.
+
+        Called by the event loop when the monitor has events, and before serving requests (so a
+        request is never seen before its connection's accept).
+        """
+        now = time.monotonic()
+        conns = self.connections
+        while True:
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                event = parse_monitor_message(frames)
+            except Exception:  # pragma: no cover - libzmq's own format
+                continue
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                conns.accepted(fd, now)
+                if fd in conns.over and len(conns.over) == 1:
+                    log.warning(
+                        "too many control connections (%d open, max_connections = %d): "
+                        "new ones are refused",
+                        len(conns.open),
+                        conns.cap,
+                    )
+            else:
+                conns.closed(fd)
+        if conns.over:
+            for fd in conns.due(now):
+                conns.shut(fd)
+
+    def readers(self) -> list[tuple[zmq.Socket[bytes], Callable[[], None]]]:
+        """The sockets the event loop watches for this server, with their callbacks."""
+        return [(self.monitor, self.on_monitor), (self.sock, self.on_readable)]
+
     def on_readable(self) -> None:
         """Serve every request waiting on the socket (called by the event loop)."""
+        self.on_monitor()
         while True:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -209,13 +276,70 @@ class ControlServer:
                 return
             self._serve(frames)
 
-    def _send(self, identity: bytes, payload: bytes) -> None:
+    def _send(self, identity: bytes, payload: bytes, request_id: Any = None) -> None:
+        if len(payload) > self.max_message_size:  # bounds what one queued reply can cost
+            payload = encode_error(
+                request_id,
+                ProcpoolError(
+                    ErrorCode.TOO_LARGE,
+                    f"the reply of {len(payload)} bytes exceeds max_message_size ({self.max_message_size})",
+                    "ask for fewer tasks (status: tasks_limit) or raise max_message_size in the daemon's "
+                    "config and the client's",
+                ),
+            )
         try:
             self.sock.send_multipart([identity, payload], zmq.NOBLOCK)
         except zmq.Again:
-            log.warning("dropped a reply: the client is not reading its replies")
-        except zmq.ZMQError as exc:  # pragma: no cover - peer vanished mid-send
+            self.replies_dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged > 10:
+                self._drop_logged = now
+                log.warning(
+                    "dropped a reply: a client is not reading its replies (%d dropped so far)",
+                    self.replies_dropped,
+                )
+        except zmq.ZMQError as exc:  # the peer is gone (EHOSTUNREACH)
             log.debug("reply not delivered: %s", exc)
+
+    def _over_cap(self, identity: bytes, frame: zmq.Frame) -> bool:
+        """Refuse a request on a connection accepted past max_connections; True if refused."""
+        if not self.connections.over:
+            return False
+        try:
+            fd = frame.get(zmq.SRCFD)
+        except zmq.ZMQError:  # pragma: no cover - not a message from a connection
+            return False
+        if not self.connections.is_over(fd if isinstance(fd, int) else None):
+            return False
+        self.connections.refused += 1
+        self.errors_replied += 1
+        conns = self.connections
+        error = ProcpoolError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"too many connections: {len(conns.open)} open, max_connections = {conns.cap}",
+            "try again shortly; an administrator can raise max_connections",
+        )
+        self._send(identity, encode_error(None, error))
+        return True
+
+    def _defer(self, identity: bytes, request_id: Any, deferred: Deferred) -> None:
+        """Bind a deferred reply to its connection, counting it until it is answered."""
+        self.waits.add(identity)
+
+        def respond(payload: bytes) -> None:
+            self.waits.done(identity)
+            self._send(identity, payload, request_id)
+
+        deferred.bind(request_id, respond)
+
+    def _check_waits(self, identity: bytes, request: Request) -> None:
+        """Refuse a request that may wait (wait, submit with wait) past the pending-wait caps."""
+        if request.op == "wait" or (request.op == "submit" and request.args.get("wait") is not None):
+            why = self.waits.refusal(identity)
+            if why is not None:
+                raise RequestError(
+                    ErrorCode.LIMIT_EXCEEDED, why, request.id, hint="wait for fewer jobs at once"
+                )
 
     def _serve(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
@@ -232,6 +356,8 @@ class ControlServer:
             )
             return
         frame = frames[1]
+        if self._over_cap(identity, frame):
+            return
         address = frame.get("Peer-Address")
         peer = Peer.parse(address if isinstance(address, str) else None)
         started = time.perf_counter()
@@ -240,16 +366,17 @@ class ControlServer:
             request = decode_request(frame.bytes, self.max_message_size)
             request_id = request.id
             check_args(request.op, request.args, request_id)
+            self._check_waits(identity, request)
             result = self.handlers[request.op](request, peer)
         except RequestError as exc:
             self.errors_replied += 1
             log.info("rejected a request from %s: %s", peer, exc.message)
             rid = exc.request_id if exc.request_id is not None else request_id
-            self._send(identity, encode_error(rid, exc))
+            self._send(identity, encode_error(rid, exc), rid)
             return
         except ProcpoolError as exc:
             self.errors_replied += 1
-            self._send(identity, encode_error(request_id, exc))
+            self._send(identity, encode_error(request_id, exc), request_id)
             return
         except Exception:
             self.errors_replied += 1
@@ -259,7 +386,7 @@ class ControlServer:
             return
         self.requests_served += 1
         if isinstance(result, Deferred):
-            result.bind(request_id, lambda payload: self._send(identity, payload))
+            self._defer(identity, request_id, result)
             return
         try:
             payload = encode_result(request_id, result)
@@ -268,7 +395,7 @@ class ControlServer:
             payload = encode_error(
                 request_id, ProcpoolError(ErrorCode.INTERNAL, "internal error in procpoold; see its log")
             )
-        self._send(identity, payload)
+        self._send(identity, payload, request_id)
         elapsed = time.perf_counter() - started
         if elapsed > 0.05:
             log.warning("request %s took %.0f ms", request.op, elapsed * 1000)
