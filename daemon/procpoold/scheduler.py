@@ -765,14 +765,15 @@ class Scheduler:
                 f"unknown job state {state!r}",
                 f"use one of {', '.join(JOB_STATES)}",
             )
-        jobs = [
-            j
-            for j in self.jobs.values()
-            if (state is None or j.state == state) and (since is None or j.created_at >= since)
-        ]
-        if limit is not None:
-            jobs = jobs[-limit:]
-        return [j.summary() for j in jobs]
+        # Newest first until the limit: O(limit) without filters, however long the history.
+        cap = self.status_page_size if limit is None else max(0, min(limit, self.status_page_size))
+        jobs: list[Job] = []
+        for j in reversed(self.jobs.values()):
+            if len(jobs) >= cap:
+                break
+            if (state is None or j.state == state) and (since is None or j.created_at >= since):
+                jobs.append(j)
+        return [j.summary() for j in reversed(jobs)]
 
     def by_state(self) -> dict[str, int]:
         out: dict[str, int] = {}

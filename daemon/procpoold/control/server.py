@@ -51,6 +51,10 @@ log = logging.getLogger("procpoold.control")
 
 #: Socket-monitor events that open or close a control connection (their value is its fd).
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+#: Seconds a connection whose reply was dropped (it does not read) gets refusals, not service:
+#: a client that never reads costs one served request per pause, not one per request it sends.
+STALL_PAUSE = 1.0
+STALLED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,9 @@ class ControlServer:
         self.errors_replied = 0
         self.replies_dropped = 0
         self._drop_logged = 0.0
+        #: connection (routing id) -> when a reply to it was last dropped: for STALL_PAUSE seconds
+        #: after that its requests get a short refusal instead of being served (nobody reads them)
+        self._stalled: dict[bytes, float] = {}
         # Connections are counted from the monitor (before bind, so that no accept is missed).
         self.connections = Connections(limits.max_connections)
         self.waits = Waits(limits.max_waits_per_peer, limits.max_pending_waits)
@@ -292,6 +299,9 @@ class ControlServer:
         except zmq.Again:
             self.replies_dropped += 1
             now = time.monotonic()
+            if len(self._stalled) >= STALLED_MAX:
+                self._stalled.clear()
+            self._stalled[identity] = now
             if now - self._drop_logged > 10:
                 self._drop_logged = now
                 log.warning(
@@ -300,6 +310,25 @@ class ControlServer:
                 )
         except zmq.ZMQError as exc:  # the peer is gone (EHOSTUNREACH)
             log.debug("reply not delivered: %s", exc)
+
+    def _stalled_peer(self, identity: bytes) -> bool:
+        """True (and a short refusal sent) for a connection whose replies are being dropped."""
+        if not self._stalled:
+            return False
+        since = self._stalled.get(identity)
+        if since is None:
+            return False
+        if time.monotonic() - since >= STALL_PAUSE:
+            del self._stalled[identity]  # try it once more
+            return False
+        self.errors_replied += 1
+        error = ProcpoolError(
+            ErrorCode.LIMIT_EXCEEDED,
+            "replies to this connection are being dropped: it does not read them",
+            "read each reply before sending more requests",
+        )
+        self._send(identity, encode_error(None, error))
+        return True
 
     def _over_cap(self, identity: bytes, frame: zmq.Frame) -> bool:
         """Refuse a request on a connection accepted past max_connections; True if refused."""
@@ -356,7 +385,7 @@ class ControlServer:
             )
             return
         frame = frames[1]
-        if self._over_cap(identity, frame):
+        if self._over_cap(identity, frame) or self._stalled_peer(identity):
             return
         address = frame.get("Peer-Address")
         peer = Peer.parse(address if isinstance(address, str) else None)
