@@ -653,7 +653,7 @@ class Job:
                 "path": g.path,
                 "kind": g.kind,
                 "parent": g.parent,
-                "children": [[kind, i] for kind, i in g.children],
+                "children": g.children,  # (kind, index) pairs, sent as arrays: no copy of a big group
             }
             for g in (self.spec.groups if groups else ())
         ]
