@@ -45,6 +45,8 @@ log = logging.getLogger("procpoold")
 GC_THRESHOLDS = (100_000, 50, 100)
 
 MESSAGE_READY = journal.MessageId.DAEMON_READY
+#: Settings of the control socket, fixed once it is open (a reload warns about a change).
+_SERVER = ("max_connections", "max_queued_replies", "max_waits_per_peer", "max_pending_waits")
 
 
 class Daemon:
@@ -135,6 +137,7 @@ class Daemon:
             )
         for sock, callback in self.control.readers():
             self.loop.add_reader(sock, callback)
+        self.control.call_later = self.loop.call_later
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.handle_stop_signal)
         self.loop.add_signal_handler(signal.SIGHUP, self.handle_sighup)
@@ -215,7 +218,7 @@ class Daemon:
             return
         fixed = [
             name
-            for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync")
+            for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync", *_SERVER)
             if getattr(new, name) != getattr(self.config, name)
         ]
         if fixed:

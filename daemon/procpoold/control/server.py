@@ -45,7 +45,7 @@ from procpool.contract.codec import (
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
-from procpoold.control.limits import Connections, Waits
+from procpoold.control.limits import OVER_CAP_GRACE, Connections, Waits
 
 log = logging.getLogger("procpoold.control")
 
@@ -191,6 +191,10 @@ class ControlServer:
         self.connections = Connections(limits.max_connections)
         self.waits = Waits(limits.max_waits_per_peer, limits.max_pending_waits)
         self.monitor: zmq.Socket[bytes] = self.sock.get_monitor_socket(_MONITOR_EVENTS)
+        #: the event loop's call_later (set by the daemon): sheds over-cap connections on time
+        #: when no other event comes
+        self.call_later: Callable[[float, Callable[[], None]], object] | None = None
+        self._shed_pending = False
 
     # -- binding ------------------------------------------------------------------------------
 
@@ -268,6 +272,13 @@ class ControlServer:
         if conns.over:
             for fd in conns.due(now):
                 conns.shut(fd)
+        if conns.over and not self._shed_pending and self.call_later is not None:
+            self._shed_pending = True
+            self.call_later(OVER_CAP_GRACE, self._shed_later)
+
+    def _shed_later(self) -> None:
+        self._shed_pending = False
+        self.on_monitor()
 
     def readers(self) -> list[tuple[zmq.Socket[bytes], Callable[[], None]]]:
         """The sockets the event loop watches for this server, with their callbacks."""
