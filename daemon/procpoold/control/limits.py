@@ -118,7 +118,10 @@ class Connections:
         except OSError:
             return  # already gone (not a socket any more)
         try:
-            if sock.family == socket.AF_UNIX and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            # Only a connected Unix stream socket: never a listener or a datagram socket that took
+            # the number of a connection that closed meanwhile.
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM and not listening:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
