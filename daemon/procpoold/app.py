@@ -88,10 +88,6 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         config.log_queue_size,
         config.log_policy,  # type: ignore[arg-type]
     )
-    from procpoold.control.limits import raise_fd_limit
-
-    nofile, _ = raise_fd_limit()  # connections are capped below it (see procpoold.control.limits)
-    log.debug("open-file limit: %d", nofile)
     inherited = systemd.listen_fds()
     from procpoold.engines import Executor
     from procpoold.engines.commands import CommandExecutor

@@ -25,7 +25,7 @@ from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
-from procpoold.control.limits import connection_cap
+from procpoold.control.limits import connection_cap, raise_fd_limit
 from procpoold.control.server import ControlServer, Deferred, ServerLimits
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
@@ -83,6 +83,10 @@ class Daemon:
         for executor in self._unique_executors():
             executor.prefork()
         journal.start_writer(self.loop)  # the log writer thread: after the forking, before zmq's threads
+        # Room for control connections (capped well below it: see procpoold.control.limits). After
+        # the zygote's fork, so pool workers keep the limit the daemon was started with.
+        nofile, _ = raise_fd_limit()
+        log.debug("open-file limit: %d", nofile)
         if config.store:
             self.store = StateStore(config.state_dir / "state.db", sync=config.sync)
             commands = executors.get("cmd")

@@ -197,14 +197,15 @@ def test_pending_waits_are_capped_per_connection_and_in_all(tmp_path: Path) -> N
 
 
 class LowFdDaemon(DaemonProcess):
-    """A daemon started with soft and hard RLIMIT_NOFILE = ``limit`` (so it cannot raise it)."""
+    """A daemon started with RLIMIT_NOFILE ``(soft, hard)`` (by default 1024 for both)."""
 
     limit = 1024
+    hard = 1024
 
     def command(self) -> list[str]:
         boot = (
             "import resource, runpy, sys; "
-            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({self.limit}, {self.limit})); "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({self.limit}, {self.hard})); "
             "sys.argv = ['procpoold', *sys.argv[1:]]; "
             "runpy.run_module('procpoold', run_name='__main__', alter_sys=True)"
         )
@@ -226,6 +227,27 @@ def shut_by_peer(s: socket.socket) -> bool:
 
 def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def nofile(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-file limit")
+
+
+def test_the_soft_fd_limit_is_raised_for_the_daemon_not_for_its_workers() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("needs a hard open-file limit of 2,048")
+    d = LowFdDaemon(extra_args=["--workers", "2"])
+    d.hard = 2048
+    with d, d.client() as client:
+        assert nofile(d.pid) == (2048, 2048)
+        assert client.status()["requests"]["max_connections"] == (2048 - 64 - 16) // 2
+        workers = [w["pid"] for w in client.pool()["workers"] if w.get("pid")]
+        assert workers and all(nofile(pid) == (1024, 2048) for pid in workers)
 
 
 def test_1100_idle_connections_under_a_1024_fd_limit_are_refused_not_fatal(tmp_path: Path) -> None:
