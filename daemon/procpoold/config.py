@@ -69,9 +69,11 @@ class Config:
     max_user_tasks: int = 0
     #: Control connections served at once (0: derived from the fd limit, see control/limits.py).
     max_connections: int = 0
-    #: Replies queued for one connection that is not reading (more are dropped) and pending waits
-    #: (``wait``, ``submit`` with ``wait``) per connection and in all.
+    #: Replies and reply bytes queued for one connection that is not reading (more are dropped or
+    #: refused; one reply of up to max_message_size always goes to a connection that has read all),
+    #: and pending waits (``wait``, ``submit`` with ``wait``) per connection and in all.
     max_queued_replies: int = 32
+    max_queued_reply_bytes: int = 8 << 20
     max_waits_per_peer: int = 1_000
     max_pending_waits: int = 20_000
     #: Tasks in one page of a job's status (a client asks for the next page with ``tasks_from``).
@@ -138,6 +140,7 @@ _LOAD_LIMITS = (
     ("max_user_tasks", 0, 10**9),
     ("max_connections", 0, 1_000_000),
     ("max_queued_replies", 1, 10_000),
+    ("max_queued_reply_bytes", 64 << 10, 1 << 40),
     ("max_waits_per_peer", 1, 1_000_000),
     ("max_pending_waits", 1, 10_000_000),
     ("status_page_size", 1, 1_000_000),
@@ -171,6 +174,7 @@ _CONVERT: dict[str, Any] = {
     "max_user_tasks": int,
     "max_connections": int,
     "max_queued_replies": int,
+    "max_queued_reply_bytes": int,
     "max_waits_per_peer": int,
     "max_pending_waits": int,
     "status_page_size": int,

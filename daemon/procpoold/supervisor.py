@@ -46,7 +46,13 @@ GC_THRESHOLDS = (100_000, 50, 100)
 
 MESSAGE_READY = journal.MessageId.DAEMON_READY
 #: Settings of the control socket, fixed once it is open (a reload warns about a change).
-_SERVER = ("max_connections", "max_queued_replies", "max_waits_per_peer", "max_pending_waits")
+_SERVER = (
+    "max_connections",
+    "max_queued_replies",
+    "max_queued_reply_bytes",
+    "max_waits_per_peer",
+    "max_pending_waits",
+)
 
 
 class Daemon:
@@ -115,6 +121,7 @@ class Daemon:
             limits=ServerLimits(
                 max_connections=connection_cap(config.max_connections, config.workers),
                 max_queued_replies=config.max_queued_replies,
+                max_queued_reply_bytes=config.max_queued_reply_bytes,
                 max_waits_per_peer=config.max_waits_per_peer,
                 max_pending_waits=config.max_pending_waits,
             ),
@@ -363,6 +370,7 @@ class Daemon:
             "served": control.requests_served,
             "errors": control.errors_replied,
             "replies_dropped": control.replies_dropped,
+            "replies_refused": control.reply_budget.refused,
             "connections": len(control.connections.open),
             "max_connections": control.connections.cap,
             "connections_refused": control.connections.refused,

@@ -23,9 +23,12 @@ what the kernel buffers; docs/protocol.md (Limits) gives the figures.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import resource
 import socket
+import struct
+import termios
 from dataclasses import dataclass, field
 
 log = logging.getLogger("procpoold.control")
@@ -158,3 +161,56 @@ class Waits:
         else:
             self.by_peer.pop(peer, None)
         self.pending = max(0, self.pending - 1)
+
+
+def unread_bytes(fd: int) -> int | None:
+    """Memory the kernel holds for what this end sent on ``fd`` and its peer has not read yet
+    (SIOCOUTQ: 0 once the peer has read everything; includes the kernel's own overhead)."""
+    try:
+        raw = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ is TIOCOUTQ on Linux
+    except OSError:
+        return None
+    return int(struct.unpack("i", raw)[0])
+
+
+@dataclass(slots=True)
+class ReplyBudget:
+    """An estimate of the reply bytes held for each connection, with a cap.
+
+    libzmq says nothing about what it still holds for one peer, but the kernel does: once the
+    peer's end has read everything this end sent (SIOCOUTQ of its fd is 0), the replies queued
+    before are gone from the daemon too (libzmq moves queued messages into the socket as soon
+    as it has room). So the estimate of a connection grows by each reply sent to it and starts
+    again from zero at a later request (in a later turn of the loop) that finds its socket read.
+    A reply that would take it past ``cap`` is refused; a reply to a connection with nothing
+    queued always goes (the bound is then its own size, at most max_message_size).
+    """
+
+    cap: int
+    #: routing id -> [fd, bytes sent since it was last seen read, turn of the loop of the last send]
+    held: dict[bytes, list[int]] = field(default_factory=dict)
+    refused: int = 0
+
+    def allow(self, peer: bytes, fd: int | None, size: int, turn: int) -> bool:
+        entry = self.held.get(peer)
+        if entry is None:
+            if len(self.held) >= HELD_MAX:
+                self.held.clear()  # peers that vanished; the survivors start again from zero
+            self.held[peer] = [-1 if fd is None else fd, size, turn]
+            return True
+        if entry[2] != turn:
+            known = entry[0] if fd is None else fd
+            if known < 0 or unread_bytes(known) in (0, None):
+                entry[1] = 0
+        if entry[1] and entry[1] + size > self.cap:
+            self.refused += 1
+            return False
+        entry[1] += size
+        entry[2] = turn
+        if fd is not None:
+            entry[0] = fd
+        return True
+
+
+#: Connections whose queued replies are estimated at most (more: the estimates start again).
+HELD_MAX = 10_000

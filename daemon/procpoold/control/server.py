@@ -45,7 +45,7 @@ from procpool.contract.codec import (
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
-from procpoold.control.limits import OVER_CAP_GRACE, Connections, Waits
+from procpoold.control.limits import OVER_CAP_GRACE, Connections, ReplyBudget, Waits
 
 log = logging.getLogger("procpoold.control")
 
@@ -63,6 +63,7 @@ class ServerLimits:
 
     max_connections: int = 1024
     max_queued_replies: int = 32
+    max_queued_reply_bytes: int = 8 << 20
     max_waits_per_peer: int = 1_000
     max_pending_waits: int = 20_000
 
@@ -190,6 +191,9 @@ class ControlServer:
         # Connections are counted from the monitor (before bind, so that no accept is missed).
         self.connections = Connections(limits.max_connections)
         self.waits = Waits(limits.max_waits_per_peer, limits.max_pending_waits)
+        self.reply_budget = ReplyBudget(limits.max_queued_reply_bytes)
+        self._turn = 0  # one per on_readable: replies sent in an earlier turn may have been read
+        self._request_fd: int | None = None  # the connection's fd of the request being served
         self.monitor: zmq.Socket[bytes] = self.sock.get_monitor_socket(_MONITOR_EVENTS)
         #: the event loop's call_later (set by the daemon): sheds over-cap connections on time
         #: when no other event comes
@@ -287,6 +291,7 @@ class ControlServer:
     def on_readable(self) -> None:
         """Serve every request waiting on the socket (called by the event loop)."""
         self.on_monitor()
+        self._turn += 1
         while True:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -294,8 +299,23 @@ class ControlServer:
                 return
             self._serve(frames)
 
-    def _send(self, identity: bytes, payload: bytes, request_id: Any = None) -> None:
-        if len(payload) > self.max_message_size:  # bounds what one queued reply can cost
+    def _send(
+        self, identity: bytes, payload: bytes, request_id: Any = None, fd: int | None = None
+    ) -> None:
+        fd = self._request_fd if fd is None else fd
+        if not self.reply_budget.allow(identity, fd, len(payload), self._turn):
+            held = self.reply_budget.held[identity][1]
+            self._stalled[identity] = time.monotonic()
+            payload = encode_error(
+                request_id,
+                ProcpoolError(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"replies to this connection are not being read: about {held} bytes queued, "
+                    f"max_queued_reply_bytes = {self.reply_budget.cap}",
+                    "read each reply before sending more requests",
+                ),
+            )
+        elif len(payload) > self.max_message_size:  # bounds what one queued reply can cost
             payload = encode_error(
                 request_id,
                 ProcpoolError(
@@ -343,13 +363,12 @@ class ControlServer:
 
     def _over_cap(self, identity: bytes, frame: zmq.Frame) -> bool:
         """Refuse a request on a connection accepted past max_connections; True if refused."""
-        if not self.connections.over:
-            return False
         try:
             fd = frame.get(zmq.SRCFD)
         except zmq.ZMQError:  # pragma: no cover - not a message from a connection
-            return False
-        if not self.connections.is_over(fd if isinstance(fd, int) else None):
+            fd = None
+        self._request_fd = fd if isinstance(fd, int) and fd >= 0 else None
+        if not self.connections.over or not self.connections.is_over(self._request_fd):
             return False
         self.connections.refused += 1
         self.errors_replied += 1
@@ -365,10 +384,11 @@ class ControlServer:
     def _defer(self, identity: bytes, request_id: Any, deferred: Deferred) -> None:
         """Bind a deferred reply to its connection, counting it until it is answered."""
         self.waits.add(identity)
+        fd = self._request_fd
 
         def respond(payload: bytes) -> None:
             self.waits.done(identity)
-            self._send(identity, payload, request_id)
+            self._send(identity, payload, request_id, fd)
 
         deferred.bind(request_id, respond)
 

@@ -204,3 +204,22 @@ def test_job_list_is_newest_first_bounded_by_its_limit() -> None:
         assert [j["name"] for j in scheduler.job_list()] == ["j6", "j7", "j8", "j9"]  # capped
     finally:
         loop.close()
+
+
+def test_reply_budget_follows_what_the_peer_has_read() -> None:
+    a, b = socket.socketpair()
+    try:
+        budget = limits.ReplyBudget(cap=1000)
+        fd = a.fileno()
+        assert budget.allow(b"p", fd, 600, turn=1)
+        a.send(b"x" * 600)
+        assert not budget.allow(b"p", fd, 600, turn=1)  # same turn: 1,200 > 1,000
+        assert not budget.allow(b"p", fd, 600, turn=2)  # later, but 600 bytes still unread
+        assert (limits.unread_bytes(fd) or 0) >= 600  # the kernel counts its own overhead too
+        assert b.recv(1000) == b"x" * 600
+        assert budget.allow(b"p", fd, 900, turn=3)  # all read: the estimate starts again
+        assert budget.allow(b"q", None, 5000, turn=3)  # nothing queued: one big reply goes
+        assert budget.refused == 2
+    finally:
+        a.close()
+        b.close()
