@@ -361,13 +361,18 @@ class ControlServer:
         self._send(identity, encode_error(None, error))
         return True
 
-    def _over_cap(self, identity: bytes, frame: zmq.Frame) -> bool:
-        """Refuse a request on a connection accepted past max_connections; True if refused."""
+    def _admit(self, identity: bytes, frame: zmq.Frame) -> bool:
+        """Note the request's connection (its fd); False, with a short refusal sent, for a
+        connection over max_connections or one that does not read its replies."""
         try:
             fd = frame.get(zmq.SRCFD)
         except zmq.ZMQError:  # pragma: no cover - not a message from a connection
             fd = None
         self._request_fd = fd if isinstance(fd, int) and fd >= 0 else None
+        return not (self._over_cap(identity) or self._stalled_peer(identity))
+
+    def _over_cap(self, identity: bytes) -> bool:
+        """Refuse a request on a connection accepted past max_connections; True if refused."""
         if not self.connections.over or not self.connections.is_over(self._request_fd):
             return False
         self.connections.refused += 1
@@ -416,7 +421,7 @@ class ControlServer:
             )
             return
         frame = frames[1]
-        if self._over_cap(identity, frame) or self._stalled_peer(identity):
+        if not self._admit(identity, frame):
             return
         address = frame.get("Peer-Address")
         peer = Peer.parse(address if isinstance(address, str) else None)
