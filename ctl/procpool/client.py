@@ -162,14 +162,42 @@ class Client:
         state: str | None = None,
         since: float | None = None,
         limit: int | None = None,
+        tasks_from: int | None = None,
+        tasks_limit: int | None = None,
     ) -> dict[str, Any]:
-        """The daemon summary and job list, or with ``job`` that job's full status."""
+        """The daemon summary and job list, or with ``job`` that job's full status.
+
+        The daemon sends a big job's tasks in pages (``status_page_size`` tasks at most per reply);
+        this fetches every page and returns them as one status. With ``tasks_from`` or
+        ``tasks_limit`` it returns that one page as the daemon sent it (its ``page`` field says
+        where the next one starts).
+        """
         args: dict[str, Any] = {}
-        for key, value in (("job", job), ("state", state), ("since", since), ("limit", limit)):
+        for key, value in (
+            ("job", job),
+            ("state", state),
+            ("since", since),
+            ("limit", limit),
+            ("tasks_from", tasks_from),
+            ("tasks_limit", tasks_limit),
+        ):
             if value is not None:
                 args[key] = value
         result: dict[str, Any] = self.call("status", args)
+        if job is not None and tasks_from is None and tasks_limit is None:
+            self._all_pages(job, result)
         return result
+
+    def _all_pages(self, job: str, status: dict[str, Any]) -> None:
+        """Fetch the rest of a paged job status into ``status`` (its ``tasks`` grow in place)."""
+        page = status.get("page")
+        while isinstance(page, dict) and page.get("next") is not None:
+            more: dict[str, Any] = self.call("status", {"job": job, "tasks_from": page["next"]})
+            status["tasks"].extend(more["tasks"])
+            page = more.get("page")
+        if isinstance(page, dict):
+            total = page.get("total")
+            status["page"] = {"from": 0, "count": len(status["tasks"]), "total": total, "next": None}
 
     def shutdown(self) -> None:
         """Ask the daemon to stop gracefully; returns once it has accepted the request."""
@@ -192,6 +220,8 @@ class Client:
         result: dict[str, Any] = self.call(
             "submit", args, timeout=None if wait is None else wait + self.timeout
         )
+        if isinstance(result.get("status"), dict):
+            self._all_pages(result["id"], result["status"])
         return result
 
     def wait(self, id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -209,6 +239,8 @@ class Client:
                 "wait", {"id": id, "timeout": chunk}, timeout=chunk + self.timeout
             )
             if result.get("finished") or (deadline is not None and time.monotonic() >= deadline):
+                if isinstance(result.get("status"), dict):
+                    self._all_pages(id, result["status"])
                 return result
 
     def pool(self) -> dict[str, Any]:

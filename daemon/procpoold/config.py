@@ -100,6 +100,21 @@ class Config:
         for name in FOLLOW_MESSAGE_SIZE:
             values[name] = values[name] or self.max_message_size
         return Limits(**values)
+    #: Load limits (docs/protocol.md, Limits). Tasks of unfinished jobs, daemon-wide and per submitting
+    #: user (0: no limit); a submit past either is refused with limit_exceeded ("queue full").
+    max_queued_tasks: int = 1_000_000
+    max_user_tasks: int = 0
+    #: Control connections served at once (0: derived from the fd limit, see control/limits.py).
+    max_connections: int = 0
+    #: Replies and reply bytes queued for one connection that is not reading (more are dropped or
+    #: refused; one reply of up to max_message_size always goes to a connection that has read all),
+    #: and pending waits (``wait``, ``submit`` with ``wait``) per connection and in all.
+    max_queued_replies: int = 32
+    max_queued_reply_bytes: int = 8 << 20
+    max_waits_per_peer: int = 1_000
+    max_pending_waits: int = 20_000
+    #: Tasks in one page of a job's status (a client asks for the next page with ``tasks_from``).
+    status_page_size: int = 1_000
 
     def pool_settings(self) -> PoolSettings:
         """The worker pool's settings from this config."""
@@ -133,6 +148,10 @@ class Config:
             raise ConfigError(
                 "max_tasks_per_worker, max_memory_per_worker and max_worker_age must not be negative"
             )
+        for name, low, high in _LOAD_LIMITS:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
         if self.sync not in ("normal", "full"):
             raise ConfigError(f'sync must be "normal" or "full", got {self.sync!r}')
         if self.retention_age < 0 or self.retention_count < 0:
@@ -182,6 +201,17 @@ class Config:
                 )
 
 
+#: (setting, lowest, highest) of the load limits (0 means "no limit" or "derived" where documented).
+_LOAD_LIMITS = (
+    ("max_queued_tasks", 0, 10**9),
+    ("max_user_tasks", 0, 10**9),
+    ("max_connections", 0, 1_000_000),
+    ("max_queued_replies", 1, 10_000),
+    ("max_queued_reply_bytes", 64 << 10, 1 << 40),
+    ("max_waits_per_peer", 1, 1_000_000),
+    ("max_pending_waits", 1, 10_000_000),
+    ("status_page_size", 1, 1_000_000),
+)
 
 _CONVERT: dict[str, Any] = {
     "socket": Path,
@@ -210,6 +240,14 @@ _CONVERT: dict[str, Any] = {
     "heartbeat_timeout": float,
     "prefetch": int,
     **{name: int for name in DEFAULT_LIMITS.names()},
+    "max_queued_tasks": int,
+    "max_user_tasks": int,
+    "max_connections": int,
+    "max_queued_replies": int,
+    "max_queued_reply_bytes": int,
+    "max_waits_per_peer": int,
+    "max_pending_waits": int,
+    "status_page_size": int,
 }
 
 

@@ -12,6 +12,7 @@ delays are loop timers. Executors report back through the
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import logging
 import os
@@ -30,6 +31,7 @@ from procpoold import journal
 from procpoold.core import namespace
 from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun, scoped_key
 from procpoold.core.queue import ReadyQueue
+from procpoold.core.quota import TaskQuota
 from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream, TaskError
 from procpoold.identity import (
@@ -133,6 +135,10 @@ class Scheduler:
         #: the size limits new jobs are checked against (the daemon's config sets them)
         self.limits: Limits = DEFAULT_LIMITS
         self._ns_sizes: weakref.WeakKeyDictionary[Job, namespace.Sizes] = weakref.WeakKeyDictionary()
+        #: tasks of unfinished jobs against max_queued_tasks and max_user_tasks (set by the daemon)
+        self.quota = TaskQuota()
+        #: tasks in one page of a job's status (see Job.status_page)
+        self.status_page_size = 1_000
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -154,6 +160,7 @@ class Scheduler:
                 return known, True
         for ref in after or []:
             self.resolve(ref)  # unknown prerequisites are an error now, not a hang later
+        self.quota.check(uid, len(spec.tasks))  # "queue full" before anything is written
         job_id = str(self._next_id)
         self._next_id += 1
         job = Job(job_id, spec, raw, self.clock(), uid, after, job_user(spec, uid, self.authority))
@@ -166,6 +173,7 @@ class Scheduler:
             )
             self._job_rows[job_id] = _job_row(job)
         self.jobs[job_id] = job
+        self.quota.hold(job_id, uid, len(job.tasks))
         if key is not None:
             self.keys[key] = job_id
         self.counters["submitted"] += 1
@@ -388,6 +396,7 @@ class Scheduler:
         self._index_finished(job.index_entry())
         if self.store is not None:
             self._retiring.append(job.id)
+        self.quota.release(job.id)
         self._notify(job.id)
         self._prune(now, [job.submitter_uid])
 
@@ -838,6 +847,7 @@ class Scheduler:
                 continue
             self.jobs[job_id] = job
             self._job_rows[job_id] = _job_row(job)
+            self.quota.hold(job_id, job.submitter_uid, len(job.tasks))
             if job.state == "pending":
                 resumable.append((job, Effects()))
                 continue
@@ -1008,22 +1018,24 @@ class Scheduler:
                 f"unknown job state {shorten(state, 64)}",
                 f"use one of {', '.join(JOB_STATES)}",
             )
-        live: list[tuple[int, str, Job | None]] = [
+        # Newest first up to the limit (at most status_page_size): unfinished jobs from memory,
+        # finished ones from the index, their summaries read from the store.
+        cap = self.status_page_size if limit is None else max(0, min(limit, self.status_page_size))
+        live = (
             (int(j.id), j.id, j)
             for j in self.jobs.values()
             if j.id not in self.finished
             and (state is None or j.state == state)
             and (since is None or j.created_at >= since)
-        ]
-        done: list[tuple[int, str, Job | None]] = [
+        )
+        done = (
             (int(e.id), e.id, None)
             for e in self.finished.values()
             if (state is None or e.state == state) and (since is None or e.created_at >= since)
-        ]
-        picked = sorted(live + done) if done else live
-        if limit is not None:
-            picked = picked[-limit:] if limit > 0 else []
-        # Finished jobs' summaries come from the store, unless the Job is still in memory.
+        )
+        picked: list[tuple[int, str, Job | None]] = sorted(
+            heapq.nlargest(cap, itertools.chain(live, done), key=lambda item: item[0])
+        )
         wanted = [job_id for _, job_id, job in picked if job is None and job_id not in self.jobs]
         stored = self.store.summaries(wanted) if self.store is not None and wanted else {}
         out = []
@@ -1062,7 +1074,9 @@ class Scheduler:
         """The status a ``wait`` returns: the job's, or the task's with its job summary."""
         job, index = self.resolve(ref)
         if index is None:
-            return {"id": ref, "finished": job.finished, "state": job.state, "status": job.status()}
+            # The first page of tasks: a bounded reply; Client.wait fetches the others.
+            status = job.status_page(0, self.status_page_size)
+            return {"id": ref, "finished": job.finished, "state": job.state, "status": status}
         t = job.tasks[index]
         return {
             "id": ref,

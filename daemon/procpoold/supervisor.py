@@ -25,8 +25,9 @@ from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
+from procpoold.control.limits import connection_cap, raise_fd_limit
 from procpoold.control.policy import Policy
-from procpoold.control.server import ControlServer, Deferred
+from procpoold.control.server import ControlServer, Deferred, ServerLimits
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
@@ -47,6 +48,14 @@ log = logging.getLogger("procpoold")
 GC_THRESHOLDS = (100_000, 50, 100)
 
 MESSAGE_READY = journal.MessageId.DAEMON_READY
+#: Settings of the control socket, fixed once it is open (a reload warns about a change).
+_SERVER = (
+    "max_connections",
+    "max_queued_replies",
+    "max_queued_reply_bytes",
+    "max_waits_per_peer",
+    "max_pending_waits",
+)
 
 
 class Daemon:
@@ -84,6 +93,10 @@ class Daemon:
             executor.prefork()
         journal.start_writer(self.loop)  # the log writer thread: after the forking, before zmq's threads
         self.state_lock: StateLock | None = None
+        # Room for control connections (capped well below it: see procpoold.control.limits). After
+        # the zygote's fork, so pool workers keep the limit the daemon was started with.
+        nofile, _ = raise_fd_limit()
+        log.debug("open-file limit: %d", nofile)
         if config.store:
             # Before the store is opened (a migration or a sweep by a second daemon would harm the first).
             self.state_lock = StateLock.acquire(config.state_dir, config.socket)
@@ -108,6 +121,9 @@ class Daemon:
         )
         self.scheduler.listeners.append(self._on_finished)
         self.scheduler.limits = config.limits()
+        self.scheduler.status_page_size = config.status_page_size
+        self.scheduler.quota.max_queued_tasks = config.max_queued_tasks or None
+        self.scheduler.quota.max_user_tasks = config.max_user_tasks or None
         self.ctx = zmq.Context()
         self.policy = Policy(authority, self.job_owner)
         self.control = ControlServer(
@@ -118,6 +134,13 @@ class Daemon:
             group=config.group,
             inherited_fd=inherited_fd,
             authorize=self.policy.authorize,
+            limits=ServerLimits(
+                max_connections=connection_cap(config.max_connections, config.workers),
+                max_queued_replies=config.max_queued_replies,
+                max_queued_reply_bytes=config.max_queued_reply_bytes,
+                max_waits_per_peer=config.max_waits_per_peer,
+                max_pending_waits=config.max_pending_waits,
+            ),
         )
         self.control.limits = config.limits()
 
@@ -140,7 +163,9 @@ class Daemon:
                 "%(interrupted)d interrupted attempts",
                 recovered,
             )
-        self.loop.add_reader(self.control.sock, self.control.on_readable)
+        for sock, callback in self.control.readers():
+            self.loop.add_reader(sock, callback)
+        self.control.call_later = self.loop.call_later
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.handle_stop_signal)
         self.loop.add_signal_handler(signal.SIGHUP, self.handle_sighup)
@@ -221,7 +246,7 @@ class Daemon:
             return
         fixed = [
             name
-            for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync")
+            for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync", *_SERVER)
             if getattr(new, name) != getattr(self.config, name)
         ]
         if fixed:
@@ -235,6 +260,9 @@ class Daemon:
         sink = journal.active_sink()
         if sink is not None:
             sink.put_timeout = new.log_put_timeout
+        self.scheduler.status_page_size = new.status_page_size
+        self.scheduler.quota.max_queued_tasks = new.max_queued_tasks or None
+        self.scheduler.quota.max_user_tasks = new.max_user_tasks or None
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
         self.config = replace(
@@ -349,17 +377,31 @@ class Daemon:
                 "by_state": self.scheduler.by_state(),
                 "queued": self.scheduler.queued(),
                 "running": self.scheduler.running(),
+                "tasks_unfinished": self.scheduler.quota.queued,
             },
             "counters": dict(self.scheduler.counters),
             "logging": journal.stats(),
-            "requests": {
-                "served": self.control.requests_served if self.control else 0,
-                "errors": self.control.errors_replied if self.control else 0,
-            },
+            "requests": self._requests_summary(),
             "store": {
                 "path": os.fspath(self.config.state_dir / "state.db") if self.store else None,
                 "commits": self.store.commits if self.store else 0,
             },
+        }
+
+    def _requests_summary(self) -> dict[str, Any]:
+        control = self.control
+        if control is None:
+            return {"served": 0, "errors": 0}
+        return {
+            "served": control.requests_served,
+            "errors": control.errors_replied,
+            "replies_dropped": control.replies_dropped,
+            "replies_refused": control.reply_budget.refused,
+            "connections": len(control.connections.open),
+            "max_connections": control.connections.cap,
+            "connections_refused": control.connections.refused,
+            "connections_shed": control.connections.shed,
+            "pending_waits": control.waits.pending,
         }
 
     def _workers_summary(self) -> dict[str, Any]:
@@ -384,11 +426,13 @@ class Daemon:
             return reply
         return self.wait(accepted.id, wait, extra=reply)  # one round trip: the reply has the final status
 
-    def job_status(self, ref: str) -> dict[str, Any]:
+    def job_status(self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None) -> dict[str, Any]:
+        """One job's status with a page of its tasks (bounded: see Job.status_page), or one task's."""
         job, index = self.scheduler.resolve(ref)
         if index is not None:
             return self.scheduler.finished_status(ref)
-        return job.status()
+        page = self.config.status_page_size
+        return job.status_page(tasks_from, page if tasks_limit is None else min(tasks_limit, page))
 
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]:
         return self.scheduler.job_list(state, since, limit)

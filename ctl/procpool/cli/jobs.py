@@ -44,7 +44,7 @@ def _finish(settings: Settings, client: Client, job_id: str, live: bool) -> None
     last = ""
     while True:
         if live:
-            status = client.status(job_id)
+            status = client.status(job_id, tasks_from=0)  # one page: counts come with the job
             line = render.progress_line(status)
             if tty:
                 click.echo("\r\x1b[2K" + line, nl=False, err=True)
@@ -52,6 +52,7 @@ def _finish(settings: Settings, client: Client, job_id: str, live: bool) -> None
                 click.echo(line, err=True)
             last = line
             if status["job"]["state"] in ("completed", "failed", "cancelled"):
+                status = client.status(job_id)  # every page, for the tree
                 break
             client.wait(job_id, timeout=_POLL)
         else:

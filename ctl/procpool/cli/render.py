@@ -165,7 +165,12 @@ def progress_line(status: dict[str, Any], width: int = 30) -> str:
     """One line for live progress: a bar, the counts and the running tasks."""
     tasks = status["tasks"]
     total = len(tasks)
-    final = sum(1 for t in tasks if t["state"] in ("completed", "failed", "timeout", "cancelled", "skipped"))
+    final_states = ("completed", "failed", "timeout", "cancelled", "skipped")
+    final = sum(1 for t in tasks if t["state"] in final_states)
+    counts = status["job"].get("counts")
+    if isinstance(status.get("page"), dict) and isinstance(counts, dict):  # one page of a big job
+        total = status["job"].get("tasks", total)
+        final = sum(n for state, n in counts.items() if state in final_states)
     filled = int(width * final / total) if total else width
     running = [
         t["name"] + (f" {_progress(t.get('progress'))}" if t.get("progress") else "")

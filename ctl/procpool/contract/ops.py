@@ -96,11 +96,14 @@ OPS: dict[str, Op] = {
         _op("ping", "Answer with the daemon's version and protocol version."),
         _op(
             "status",
-            "Daemon summary, a list of jobs, or one job in detail.",
+            "Daemon summary, a list of jobs, or one job in detail: a page of its tasks from index "
+            "'tasks_from' (default 0), at most 'tasks_limit' and the daemon's status_page_size.",
             job=Arg(_STR),
             state=Arg(_STR),
             since=_TIME,
             limit=_COUNT,
+            tasks_from=_COUNT,
+            tasks_limit=_COUNT,
         ),
         _op("shutdown", "Stop the daemon gracefully.", mutating=True),
         _op(

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from procpool.contract.codec import (
     Request,
@@ -51,9 +52,28 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
+from procpoold.control.limits import OVER_CAP_GRACE, Connections, ReplyBudget, Waits
 from procpoold.control.socketdir import clip, unsafe_socket_folder
 
 log = logging.getLogger("procpoold.control")
+
+#: Socket-monitor events that open or close a control connection (their value is its fd).
+_MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+#: Seconds a connection whose reply was dropped (it does not read) gets refusals, not service:
+#: a client that never reads costs one served request per pause, not one per request it sends.
+STALL_PAUSE = 1.0
+STALLED_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Per-connection limits (see procpoold.control.limits and docs/protocol.md, Limits)."""
+
+    max_connections: int = 1024
+    max_queued_replies: int = 32
+    max_queued_reply_bytes: int = 8 << 20
+    max_waits_per_peer: int = 1_000
+    max_pending_waits: int = 20_000
 
 
 class BindError(Exception):
@@ -166,7 +186,9 @@ class ControlServer:
         group: str | None = None,
         inherited_fd: int | None = None,
         authorize: Authorizer | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
+        limits = limits or ServerLimits()
         self.path = path
         self.handlers = handlers
         #: checked before every handler; None only for servers built without a policy (tests)
@@ -178,7 +200,11 @@ class ControlServer:
         self.inherited_fd = inherited_fd
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 10_000)
+        # A client that does not read its replies holds at most this many of them (each at most
+        # max_message_size): the next are dropped. ROUTER_MANDATORY makes a drop (EAGAIN) or a
+        # vanished peer (EHOSTUNREACH) visible to _send instead of silent.
+        self.sock.setsockopt(zmq.SNDHWM, limits.max_queued_replies)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.RCVHWM, 10_000)
         # A hard cap far above the checked limit: messages up to it get a clear
         # too_large reply, anything bigger is dropped by libzmq before it costs memory.
@@ -186,6 +212,22 @@ class ControlServer:
         self._owns_file = False  # only a socket file this daemon created is ever removed
         self.requests_served = 0
         self.errors_replied = 0
+        self.replies_dropped = 0
+        self._drop_logged = 0.0
+        #: connection (routing id) -> when a reply to it was last dropped: for STALL_PAUSE seconds
+        #: after that its requests get a short refusal instead of being served (nobody reads them)
+        self._stalled: dict[bytes, float] = {}
+        # Connections are counted from the monitor (before bind, so that no accept is missed).
+        self.connections = Connections(limits.max_connections)
+        self.waits = Waits(limits.max_waits_per_peer, limits.max_pending_waits)
+        self.reply_budget = ReplyBudget(limits.max_queued_reply_bytes)
+        self._turn = 0  # one per on_readable: replies sent in an earlier turn may have been read
+        self._request_fd: int | None = None  # the connection's fd of the request being served
+        self.monitor: zmq.Socket[bytes] = self.sock.get_monitor_socket(_MONITOR_EVENTS)
+        #: the event loop's call_later (set by the daemon): sheds over-cap connections on time
+        #: when no other event comes
+        self.call_later: Callable[[float, Callable[[], None]], object] | None = None
+        self._shed_pending = False
 
     # -- binding ------------------------------------------------------------------------------
 
@@ -219,6 +261,8 @@ class ControlServer:
 
     def close(self) -> None:
         """Close the socket and remove its file (unless systemd owns it)."""
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
         self.sock.close(linger=0)
         if self._owns_file:
             self._owns_file = False
@@ -229,8 +273,54 @@ class ControlServer:
 
     # -- serving ------------------------------------------------------------------------------
 
+    def on_monitor(self) -> None:
+        """Count connections from the monitor's events; shut down those over the cap when due.
+
+        Called by the event loop when the monitor has events, and before serving requests (so a
+        request is never seen before its connection's accept).
+        """
+        now = time.monotonic()
+        conns = self.connections
+        while True:
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                event = parse_monitor_message(frames)
+            except Exception:  # pragma: no cover - libzmq's own format
+                continue
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                conns.accepted(fd, now)
+                if fd in conns.over and len(conns.over) == 1:
+                    log.warning(
+                        "too many control connections (%d open, max_connections = %d): "
+                        "new ones are refused",
+                        len(conns.open),
+                        conns.cap,
+                    )
+            else:
+                conns.closed(fd)
+        if conns.over:
+            for fd in conns.due(now):
+                conns.shut(fd)
+        if conns.over and not self._shed_pending and self.call_later is not None:
+            self._shed_pending = True
+            self.call_later(OVER_CAP_GRACE, self._shed_later)
+
+    def _shed_later(self) -> None:
+        self._shed_pending = False
+        self.on_monitor()
+
+    def readers(self) -> list[tuple[zmq.Socket[bytes], Callable[[], None]]]:
+        """The sockets the event loop watches for this server, with their callbacks."""
+        return [(self.monitor, self.on_monitor), (self.sock, self.on_readable)]
+
     def on_readable(self) -> None:
         """Serve every request waiting on the socket (called by the event loop)."""
+        self.on_monitor()
+        self._turn += 1
         while True:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -238,13 +328,112 @@ class ControlServer:
                 return
             self._serve(frames)
 
-    def _send(self, identity: bytes, payload: bytes) -> None:
+    def _send(
+        self, identity: bytes, payload: bytes, request_id: Any = None, fd: int | None = None
+    ) -> None:
+        fd = self._request_fd if fd is None else fd
+        if not self.reply_budget.allow(identity, fd, len(payload), self._turn):
+            held = self.reply_budget.held[identity][1]
+            self._stalled[identity] = time.monotonic()
+            payload = encode_error(
+                request_id,
+                ProcpoolError(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"replies to this connection are not being read: about {held} bytes queued, "
+                    f"max_queued_reply_bytes = {self.reply_budget.cap}",
+                    "read each reply before sending more requests",
+                ),
+            )
+        elif len(payload) > self.max_message_size:  # bounds what one queued reply can cost
+            payload = encode_error(
+                request_id,
+                ProcpoolError(
+                    ErrorCode.TOO_LARGE,
+                    f"the reply of {len(payload)} bytes exceeds max_message_size ({self.max_message_size})",
+                    "ask for fewer tasks (status: tasks_limit) or raise max_message_size in the daemon's "
+                    "config and the client's",
+                ),
+            )
         try:
             self.sock.send_multipart([identity, payload], zmq.NOBLOCK)
         except zmq.Again:
-            log.warning("dropped a reply: the client is not reading its replies")
-        except zmq.ZMQError as exc:  # pragma: no cover - peer vanished mid-send
+            self.replies_dropped += 1
+            now = time.monotonic()
+            if len(self._stalled) >= STALLED_MAX:
+                self._stalled.clear()
+            self._stalled[identity] = now
+            if now - self._drop_logged > 10:
+                self._drop_logged = now
+                log.warning(
+                    "dropped a reply: a client is not reading its replies (%d dropped so far)",
+                    self.replies_dropped,
+                )
+        except zmq.ZMQError as exc:  # the peer is gone (EHOSTUNREACH)
             log.debug("reply not delivered: %s", exc)
+
+    def _stalled_peer(self, identity: bytes) -> bool:
+        """True (and a short refusal sent) for a connection whose replies are being dropped."""
+        if not self._stalled:
+            return False
+        since = self._stalled.get(identity)
+        if since is None:
+            return False
+        if time.monotonic() - since >= STALL_PAUSE:
+            del self._stalled[identity]  # try it once more
+            return False
+        self.errors_replied += 1
+        error = ProcpoolError(
+            ErrorCode.LIMIT_EXCEEDED,
+            "replies to this connection are being dropped: it does not read them",
+            "read each reply before sending more requests",
+        )
+        self._send(identity, encode_error(None, error))
+        return True
+
+    def _admit(self, identity: bytes, frame: zmq.Frame) -> bool:
+        """Note the request's connection (its fd); False, with a short refusal sent, for a
+        connection over max_connections or one that does not read its replies."""
+        try:
+            fd = frame.get(zmq.SRCFD)
+        except zmq.ZMQError:  # pragma: no cover - not a message from a connection
+            fd = None
+        self._request_fd = fd if isinstance(fd, int) and fd >= 0 else None
+        return not (self._over_cap(identity) or self._stalled_peer(identity))
+
+    def _over_cap(self, identity: bytes) -> bool:
+        """Refuse a request on a connection accepted past max_connections; True if refused."""
+        if not self.connections.over or not self.connections.is_over(self._request_fd):
+            return False
+        self.connections.refused += 1
+        self.errors_replied += 1
+        conns = self.connections
+        error = ProcpoolError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"too many connections: {len(conns.open)} open, max_connections = {conns.cap}",
+            "try again shortly; an administrator can raise max_connections",
+        )
+        self._send(identity, encode_error(None, error))
+        return True
+
+    def _defer(self, identity: bytes, request_id: Any, deferred: Deferred) -> None:
+        """Bind a deferred reply to its connection, counting it until it is answered."""
+        self.waits.add(identity)
+        fd = self._request_fd
+
+        def respond(payload: bytes) -> None:
+            self.waits.done(identity)
+            self._send(identity, payload, request_id, fd)
+
+        deferred.bind(request_id, respond)
+
+    def _check_waits(self, identity: bytes, request: Request) -> None:
+        """Refuse a request that may wait (wait, submit with wait) past the pending-wait caps."""
+        if request.op == "wait" or (request.op == "submit" and request.args.get("wait") is not None):
+            why = self.waits.refusal(identity)
+            if why is not None:
+                raise RequestError(
+                    ErrorCode.LIMIT_EXCEEDED, why, request.id, hint="wait for fewer jobs at once"
+                )
 
     def _serve(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
@@ -261,6 +450,8 @@ class ControlServer:
             )
             return
         frame = frames[1]
+        if not self._admit(identity, frame):
+            return
         address = frame.get("Peer-Address")
         peer = Peer.parse(address if isinstance(address, str) else None)
         started = time.perf_counter()
@@ -271,18 +462,19 @@ class ControlServer:
             check_args(request.op, request.args, request_id)
             if self.authorize is not None:
                 peer = self.authorize(request, peer)
+            self._check_waits(identity, request)
             result = self.handlers[request.op](request, peer)
         except RequestError as exc:
             self.errors_replied += 1
             log.info("rejected a request from %s: %s", peer, exc.message)
             rid = exc.request_id if exc.request_id is not None else request_id
-            self._send(identity, encode_error(rid, exc))
+            self._send(identity, encode_error(rid, exc), rid)
             return
         except ProcpoolError as exc:
             self.errors_replied += 1
             if exc.code is ErrorCode.PERMISSION_DENIED:
                 log.info("refused a request from %s: %s", peer, exc.message)
-            self._send(identity, encode_error(request_id, exc))
+            self._send(identity, encode_error(request_id, exc), request_id)
             return
         except Exception:
             self.errors_replied += 1
@@ -292,7 +484,7 @@ class ControlServer:
             return
         self.requests_served += 1
         if isinstance(result, Deferred):
-            result.bind(request_id, lambda payload: self._send(identity, payload))
+            self._defer(identity, request_id, result)
             return
         try:
             payload = encode_result(request_id, result)
@@ -301,7 +493,7 @@ class ControlServer:
             payload = encode_error(
                 request_id, ProcpoolError(ErrorCode.INTERNAL, "internal error in procpoold; see its log")
             )
-        self._send(identity, payload)
+        self._send(identity, payload, request_id)
         elapsed = time.perf_counter() - started
         if elapsed > 0.05:
             log.warning("request %s took %.0f ms", request.op, elapsed * 1000)

@@ -33,6 +33,9 @@ from procpoold.core.states import (
     TaskState,
 )
 
+#: About this many bytes of task results, errors and progress go into one status page.
+PAGE_BYTES = 512 << 10
+
 Node = tuple[str, int]
 #: Lines of output a task keeps for its status (shown when it failed).
 TAIL_LINES = 20
@@ -711,17 +714,43 @@ class Job:
             "tail": list(t.tail) if t.tail and t.state in UNSUCCESSFUL else [],
         }
 
-    def status(self) -> dict[str, Any]:
-        """The versioned status structure (see docs/job-trees.md)."""
-        groups = [
+    def status_page(self, first: int, limit: int, max_bytes: int = PAGE_BYTES) -> dict[str, Any]:
+        """:meth:`status` with at most ``limit`` tasks from index ``first`` (and about ``max_bytes`` of
+        results): the reply to ``status JOB`` stays bounded however big the job. ``page`` says where
+        the next page starts (None: this was the last); groups come with the first page only.
+        Runs on the loop's thread; costs O(page), not O(job).
+        """
+        total = len(self.tasks)
+        first = max(0, min(first, total))
+        end = min(total, first + max(1, limit))
+        tasks = []
+        budget = max_bytes
+        for t in self.tasks[first:end]:
+            tasks.append(self.task_status(t))
+            budget -= _approx_size(t.result) + _approx_size(t.error) + _approx_size(t.progress) + 300
+            if budget <= 0:
+                break
+        nxt = first + len(tasks)
+        out = self.status(tasks=tasks, groups=first == 0)
+        out["page"] = {
+            "from": first,
+            "count": len(tasks),
+            "total": total,
+            "next": nxt if nxt < total else None,
+        }
+        return out
+
+    def status(self, tasks: list[dict[str, Any]] | None = None, groups: bool = True) -> dict[str, Any]:
+        """The versioned status structure (see docs/job-trees.md); every task unless ``tasks`` is given."""
+        group_list = [
             {
                 "name": g.name,
                 "path": g.path,
                 "kind": g.kind,
                 "parent": g.parent,
-                "children": [[kind, i] for kind, i in g.children],
+                "children": g.children,  # (kind, index) pairs, sent as arrays: no copy of a big group
             }
-            for g in self.spec.groups
+            for g in (self.spec.groups if groups else ())
         ]
         return {
             "format": 1,
@@ -734,6 +763,19 @@ class Job:
                 "after": self.after,
                 "root": list(self.spec.root),
             },
-            "groups": groups,
-            "tasks": [self.task_status(t) for t in self.tasks],
+            "groups": group_list,
+            "tasks": [self.task_status(t) for t in self.tasks] if tasks is None else tasks,
         }
+
+
+def _approx_size(value: Any) -> int:
+    """A cheap estimate of ``value``'s encoded size (strings and bytes to one level of nesting)."""
+    if value is None:
+        return 0
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(len(v) if isinstance(v, (bytes, str)) else 16 for v in value) + 8
+    return 16
