@@ -63,6 +63,8 @@ class Config:
     heartbeat_timeout: float = 30.0
     #: Short sync attempts queued on a busy worker at most (1: none; see docs/pool.md, Prefetch).
     prefetch: int = PoolSettings.prefetch
+    #: Largest result a `call` task may return (bytes of msgpack); a larger one fails its attempt.
+    max_result_bytes: int = PoolSettings.max_result_bytes
 
     def pool_settings(self) -> PoolSettings:
         """The worker pool's settings from this config."""
@@ -75,6 +77,7 @@ class Config:
             kill_grace=self.kill_grace,
             heartbeat_timeout=self.heartbeat_timeout,
             prefetch=self.prefetch,
+            max_result_bytes=self.max_result_bytes,
         )
 
     def validate(self) -> Config:
@@ -90,6 +93,8 @@ class Config:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
         if self.async_per_worker < 1 or self.heartbeat_timeout <= 0:
             raise ConfigError("async_per_worker must be at least 1 and heartbeat_timeout positive")
+        if not 1024 <= self.max_result_bytes <= 2**40:
+            raise ConfigError(f"max_result_bytes must be between 1024 and 2**40, got {self.max_result_bytes}")
         if self.prefetch < 1:
             raise ConfigError(f"prefetch must be at least 1 (1: no prefetch), got {self.prefetch}")
         if min(self.max_tasks_per_worker, self.max_memory_per_worker, self.max_worker_age) < 0:
@@ -126,6 +131,7 @@ _CONVERT: dict[str, Any] = {
     "log_queue_size": int,
     "log_policy": str,
     "max_message_size": int,
+    "max_result_bytes": int,
     "drain_timeout": float,
     "kill_grace": float,
     "priority_aging": float,
