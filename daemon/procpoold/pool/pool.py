@@ -735,7 +735,7 @@ class PoolExecutor:
                     if w.closed or w.violated:
                         return
                 if isinstance(exc, SpillTooLarge):
-                    self._violation(w, f"a message of {exc.size} bytes, over max_result_bytes "
+                    self._violation(w, f"a message of {exc.size:,} bytes, over max_result_bytes "
                                        f"({_size(self.settings.max_result_bytes)})")
                 elif isinstance(exc, SpillError):
                     self._violation(w, f"a spilled message that could not be taken ({exc})")
@@ -787,7 +787,7 @@ class PoolExecutor:
         """
         try:
             if len(data) > self._max_message:
-                problem: str | None = (f"a message of {len(data)} bytes, over max_result_bytes "
+                problem: str | None = (f"a message of {len(data):,} bytes, over max_result_bytes "
                                        f"({_size(self.settings.max_result_bytes)})")
             else:
                 try:
