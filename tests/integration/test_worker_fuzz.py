@@ -124,6 +124,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
               f"{f.violations:,} violations ({f.kills:,} workers killed) in {f.jobs:,} tasks, "
               f"{time.monotonic() - started:.1f} s; daemon RSS +{grew / 2**20:.1f} MiB")
         assert grew < RSS_BOUND, f"the daemon's RSS grew by {grew / 2**20:.0f} MiB"
+        assert "Traceback" not in d.log(), d.log()[-3000:]
         f.client.close()
         d.stop(check=True)
     finally:
