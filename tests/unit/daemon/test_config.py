@@ -64,3 +64,14 @@ def test_prefetch_reaches_the_pool(tmp_path: Path) -> None:
     cfg.write_text("prefetch = 1\n")
     assert load(cfg, {}).pool_settings().prefetch == 1
     assert load(None, {}).pool_settings().prefetch == 64
+
+
+def test_max_result_bytes_reaches_the_pool(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max_result_bytes = 100000\n")
+    assert load(cfg, {}).pool_settings().max_result_bytes == 100_000
+    assert load(None, {}).pool_settings().max_result_bytes == 64 * 2**20
+    for bad in ("0", "100", str(2**41)):
+        cfg.write_text(f"max_result_bytes = {bad}\n")
+        with pytest.raises(ConfigError, match="max_result_bytes must be between 1024 and 2\\*\\*40"):
+            load(cfg, {})
