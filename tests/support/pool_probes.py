@@ -498,3 +498,17 @@ def victim(gate: str) -> Any:
     while not path.exists():
         time.sleep(0.01)
     return task.namespace().snapshot()
+
+
+def flood(seconds: float) -> int:
+    """Pushes heartbeats into its result ring, 256 per call, as fast as it can for ``seconds``."""
+    from procpoold.pool.protocol import HEARTBEAT_MESSAGE
+
+    runtime = _runtime()
+    batch = [HEARTBEAT_MESSAGE] * 256
+    end = time.monotonic() + seconds
+    sent = 0
+    while time.monotonic() < end:
+        with runtime.lock:
+            sent += runtime.res.push_many(batch, wake=True)
+    return sent

@@ -82,6 +82,9 @@ DEATH_WINDOW = 10.0
 BACKOFF_START = 0.1
 #: Dispatch/spin round trips chained within one loop iteration before the loop polls again.
 INLINE_SPINS = 16
+#: Batches (of up to 256 messages) read from one worker's result ring before the loop polls
+#: again: a task that writes into its ring as fast as the daemon reads cannot keep it there.
+DRAIN_BATCHES = 32
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
@@ -726,7 +729,15 @@ class PoolExecutor:
             return
         ring = w.res
         sink = None if force else self._sink
+        budget = DRAIN_BATCHES
         while not w.closed:
+            if budget == 0 and not force and self._loop is not None:
+                # Let the loop poll (the control socket, other workers); then read on.
+                if not w.drain_due:
+                    w.drain_due = True
+                    self._loop.call_at(0.0, lambda: self._drain_later(w))
+                return
+            budget -= 1
             try:
                 raw = ring.pop_many(256)
             except RingError as exc:
@@ -761,6 +772,10 @@ class PoolExecutor:
                 self._send(w, [])
             if ring.arm():
                 return
+
+    def _drain_later(self, w: WorkerSlot) -> None:
+        w.drain_due = False
+        self._drain_worker(w)
 
     def _pause_for_logs(self, w: WorkerSlot) -> None:
         """Leave the ring unread (and its doorbell unarmed) until the log queue has room."""

@@ -173,6 +173,8 @@ class WorkerSlot:
         self.kill_reason: tuple[str, str] | None = None
         #: It broke the protocol: killed, and nothing more it sends is read.
         self.violated = False
+        #: Its result ring had more than one turn's worth: a later turn of the loop reads on.
+        self.drain_due = False
         #: The last attempts that left it: a late message about one of them is dropped, while a
         #: message about an attempt it was never given is a protocol violation.
         self.ended: deque[str] = deque(maxlen=256)

@@ -188,3 +188,15 @@ def test_a_spill_that_is_not_what_it_says(pool: PoolHarness, victim_object: str,
 
 def shm_names() -> set[str]:
     return set(os.listdir("/dev/shm"))
+
+
+def test_a_task_that_floods_its_ring_does_not_keep_the_pool(pool: PoolHarness) -> None:
+    # The loop reads a bounded number of batches from one ring per turn: another attempt is
+    # dispatched and finished while the flood goes on.
+    flooder = pool.submit("flood", 4.0)
+    pool.run_until(lambda: flooder in pool.events.started, what="the flood to start")
+    other = pool.submit("add", 20, 22)
+    [out] = pool.wait(other, timeout=3.0)
+    assert out.result == 42 and flooder not in pool.events.finished
+    [flooded] = pool.wait(flooder)
+    assert flooded.status == "completed" and flooded.result > 0
