@@ -732,10 +732,11 @@ class PoolExecutor:
         budget = DRAIN_BATCHES
         while not w.closed:
             if budget == 0 and not force and self._loop is not None:
-                # Let the loop poll (the control socket, other workers); then read on.
+                # Let the loop poll (the control socket, other workers); then read on. (Due
+                # now, not at 0.0: a timer due before this turn's clock would run in this turn.)
                 if not w.drain_due:
                     w.drain_due = True
-                    self._loop.call_at(0.0, lambda: self._drain_later(w))
+                    self._loop.call_at(time.monotonic(), lambda: self._drain_later(w))
                 return
             budget -= 1
             try:
