@@ -242,3 +242,17 @@ def test_fuzz_violations(fuzzed: Fuzzed, data: st.DataObject) -> None:
     assert " was killed: it sent " in error["message"], error
     assert len(error["message"]) < 600, error
     fuzzed.kills += 1
+
+
+@pytest.mark.parametrize("how", ["log", "progress", "ns_get", "ns_set", "done"])
+def test_a_task_cannot_speak_for_another_jobs_attempt(fuzzed: Fuzzed, how: str) -> None:
+    # The vector, through the daemon: another job's namespace read and overwritten, lines
+    # injected into its log, naming its attempt id. The victim is checked when the module ends.
+    job = fuzzed.client.submit({
+        "name": "impostor", "python_path": [ROOT],
+        "root": {"name": "i", "call": f"{PROBES}:impersonate", "args": [how, fuzzed.victim_attempt]}})["id"]
+    task = fuzzed.client.wait(job, timeout=60)["status"]["tasks"][0]
+    kind = {"ns_get": "request", "ns_set": "request"}.get(how, how)
+    assert task["state"] == "failed" and task["error"]["type"] == "WorkerDied", task
+    assert (f"it sent a {kind} message for attempt '{fuzzed.victim_attempt}', which is not one of its "
+            "attempts") in task["error"]["message"]
