@@ -512,3 +512,10 @@ def flood(seconds: float) -> int:
         with runtime.lock:
             sent += runtime.res.push_many(batch, wake=True)
     return sent
+
+
+def odd_log_record() -> str:
+    """Logs a record made by hand (no function, no logger name: None fields)."""
+    record = logging.makeLogRecord({"msg": "made by hand", "levelno": logging.WARNING})
+    logging.getLogger().handle(record)
+    return "logged"

@@ -488,7 +488,7 @@ class Ring:
             raise SpillError(str(exc)[:200]) from None
         limit = self.spill_limit
         if limit is not None and size > limit:
-            raise SpillTooLarge(f"spilled message {name!r} of {size} bytes is over the limit of "
+            raise SpillTooLarge(f"spilled message {name[:80]!r} of {size} bytes is over the limit of "
                                 f"{limit} bytes", size)
         return size, name
 
@@ -499,13 +499,13 @@ class Ring:
             try:
                 fd = shm.open_spill(name, size)
             except (OSError, ValueError) as exc:
-                raise SpillError(f"spilled message {name!r} cannot be taken: {exc}") from exc
+                raise SpillError(f"spilled message {name[:80]!r} cannot be taken: {exc}") from exc
         finally:
             _release(self._h)
         try:
             return shm.read_spill(fd, size)
         except (OSError, ValueError) as exc:
-            raise SpillError(f"spilled message {name!r} unreadable: {exc}") from exc
+            raise SpillError(f"spilled message {name[:80]!r} unreadable: {exc}") from exc
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until a message is available: spin briefly, then block on the futex (GIL released).

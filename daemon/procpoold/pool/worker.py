@@ -311,9 +311,11 @@ class _RingLogHandler(logging.Handler):
             if aid is None:
                 self._fallback.write(f"{record.levelname} {record.name}: {message}\n")
                 return
-            fields = {"CODE_FILE": record.pathname, "CODE_LINE": str(record.lineno),
-                      "CODE_FUNC": record.funcName, "LOGGER": record.name}
-            self._worker.log(aid, "log", record.levelno, message, fields)
+            # Strings and an int whatever the record holds (a record made by hand may carry None):
+            # the daemon takes nothing else from a worker.
+            fields = {"CODE_FILE": str(record.pathname), "CODE_LINE": str(record.lineno),
+                      "CODE_FUNC": str(record.funcName), "LOGGER": str(record.name)}
+            self._worker.log(aid, "log", int(record.levelno), message, fields)
         except Exception:
             self.handleError(record)
 
@@ -367,6 +369,7 @@ class Worker:
         #: attempt here instead, a larger log line is cut, a larger request or progress raises.
         self.max_result = int(cfg.get("max_result_bytes", 0)) or 2**62
         self.max_message = self.max_result + MESSAGE_ENVELOPE
+        self.max_line = self.max_result // 4  # (4: bytes of UTF-8 per character at most)
         if spin_ns > 0:
             self.req.set_spin(spin_ns, spin_ns)
         #: Guards the result ring's producer handle and :attr:`outbuf` (main + heartbeat thread).
@@ -762,8 +765,8 @@ class Worker:
     def log(self, aid: str, stream: str, level: int, message: str,
             fields: dict[str, str] | None = None) -> None:
         """Queue one log message of attempt ``aid`` (sent in batches)."""
-        if len(message) > self.max_result // 4:  # (4: bytes of UTF-8 per character at most)
-            message = message[: self.max_result // 4 - 20] + " [cut: too long]"
+        if len(message) > self.max_line:
+            message = message[: self.max_line - 20] + " [cut: too long]"
         self.emit(msgpack.packb([LOG, aid, stream, level, message, fields or None]))
 
     def emit(self, data: bytes) -> None:

@@ -112,12 +112,13 @@ def test_extension_types_and_late_words(pool: PoolHarness) -> None:
 
 def test_a_result_over_max_result_bytes(make_pool: type) -> None:
     pool = make_pool(workers=2, max_result_bytes=100_000)
-    pids = pool.pids() or None
+    pool.idle_workers(2)
+    pids = pool.pids()
     out = pool.call("big", 200_000)
     assert out.error is not None and out.error.type == "ResultTooLarge", out
     assert "max_result_bytes (100,000" in out.error.message
     assert pool.call("big", 90_000).status == "completed"
-    assert pids is None or pool.pids() == pids  # the worker did not die for it
+    assert pool.pids() == pids  # the worker did not die for it
     # A hostile worker that sends one anyway, inline or spilled, is killed; nothing is read.
     sentence = killed_for(pool, pool.submit("send_raw", [[0, "$self", True, b"x" * 200_000, 0, None]]))
     assert "a message of 200,0" in sentence and "over max_result_bytes (100,000 bytes)" in sentence
@@ -200,3 +201,13 @@ def test_a_task_that_floods_its_ring_does_not_keep_the_pool(pool: PoolHarness) -
     assert out.result == 42 and flooder not in pool.events.finished
     [flooded] = pool.wait(flooder)
     assert flooded.status == "completed" and flooded.result > 0
+
+
+def test_a_log_record_made_by_hand_is_still_well_formed(pool: PoolHarness) -> None:
+    pool.idle_workers(2)
+    pids = pool.pids()
+    out = pool.call("odd_log_record")
+    assert (out.status, out.result) == ("completed", "logged"), out
+    [line] = [e for e in pool.events.logs if e[0] == out.attempt_id]
+    assert line[3] == "made by hand" and line[4] is not None and line[4]["CODE_FUNC"] == "None"
+    assert pool.pids() == pids
