@@ -155,7 +155,8 @@ def cleanup_leftovers(prefix: str = PREFIX, *, owners: set[int] | None = None) -
 
     With ``owners`` None, remove the objects whose creator process is dead. With a set of pids,
     remove the objects created by those pids whether or not they are alive (for example a dead
-    worker's pid, or the daemon's own pid at shutdown).
+    worker's pid, or the daemon's own pid at shutdown). What cannot be removed (a directory a
+    task made under such a name, another user's object) is left alone.
     """
     removed = []
     for name in list_leftovers(prefix):
@@ -163,8 +164,11 @@ def cleanup_leftovers(prefix: str = PREFIX, *, owners: set[int] | None = None) -
         if pid is None:
             continue
         doomed = pid in owners if owners is not None else not pid_alive(pid)
-        if doomed and unlink(name):
-            removed.append(name)
+        try:
+            if doomed and unlink(name):
+                removed.append(name)
+        except (OSError, ValueError):
+            continue
     return removed
 
 

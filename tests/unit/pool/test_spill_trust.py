@@ -135,3 +135,18 @@ def test_spill_names_cannot_be_taken_first() -> None:
     assert len(a.rsplit(".", 1)[1]) == 16  # 64 random bits
     assert shm.owner_pid(a) == os.getpid()
     assert ring_module.SpillTooLarge.__mro__[1] is SpillError
+
+
+def test_cleanup_leaves_what_it_cannot_remove_and_goes_on() -> None:
+    # A task can make a directory under a dead writer's name: the next start must not fail on it.
+    dead = 2**22 + 12345  # above the default pid_max: nobody has it
+    folder = Path("/dev/shm", f"{shm.spill_prefix(dead)}0.dir")
+    folder.mkdir()
+    plain = shm.spill_prefix(dead) + "1.x"
+    os.close(shm.create_named(plain, 1))
+    try:
+        assert shm.cleanup_leftovers(shm.SPILL_PREFIX, owners={dead}) == [plain]
+        assert folder.is_dir()
+    finally:
+        folder.rmdir()
+        shm.unlink(plain)
