@@ -92,14 +92,6 @@ class Config:
     max_map_items: int = DEFAULT_LIMITS.max_map_items
     max_array_items: int = DEFAULT_LIMITS.max_array_items
 
-    def limits(self) -> Limits:
-        """The size limits of jobs and requests from this config (0 resolved to max_message_size).
-
-        The worker pool reads ``limits().max_result_bytes`` (a task's encoded result)."""
-        values = {name: getattr(self, name) for name in DEFAULT_LIMITS.names()}
-        for name in FOLLOW_MESSAGE_SIZE:
-            values[name] = values[name] or self.max_message_size
-        return Limits(**values)
     #: Load limits (docs/protocol.md, Limits). Tasks of unfinished jobs, daemon-wide and per submitting
     #: user (0: no limit); a submit past either is refused with limit_exceeded ("queue full").
     max_queued_tasks: int = 1_000_000
@@ -116,6 +108,15 @@ class Config:
     #: Tasks in one page of a job's status (a client asks for the next page with ``tasks_from``).
     status_page_size: int = 1_000
 
+    def limits(self) -> Limits:
+        """The size limits of jobs and requests from this config (0 resolved to max_message_size).
+
+        The worker pool reads ``limits().max_result_bytes`` (a task's encoded result)."""
+        values = {name: getattr(self, name) for name in DEFAULT_LIMITS.names()}
+        for name in FOLLOW_MESSAGE_SIZE:
+            values[name] = values[name] or self.max_message_size
+        return Limits(**values)
+
     def pool_settings(self) -> PoolSettings:
         """The worker pool's settings from this config."""
         return PoolSettings(
@@ -127,6 +128,7 @@ class Config:
             kill_grace=self.kill_grace,
             heartbeat_timeout=self.heartbeat_timeout,
             prefetch=self.prefetch,
+            max_result_bytes=self.limits().max_result_bytes,
         )
 
     def validate(self) -> Config:
@@ -224,6 +226,7 @@ _CONVERT: dict[str, Any] = {
     "log_queue_size": int,
     "log_policy": str,
     "max_message_size": int,
+    "max_result_bytes": int,
     "drain_timeout": float,
     "kill_grace": float,
     "priority_aging": float,

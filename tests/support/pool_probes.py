@@ -365,3 +365,157 @@ async def async_context(delay: float) -> str:
     after = task.context().task_name
     print(f"async line of {after}")
     return f"{before}/{after}"
+
+
+# -- hostile tasks: they write into their own result ring what a well-behaved worker never would --
+
+
+def _runtime() -> Any:
+    """The worker runtime this task runs in: a hostile task reaches it (and its rings) at will."""
+    assert task._current is not None
+    return task._current.channel.worker  # type: ignore[attr-defined]
+
+
+def _own_id() -> str:
+    assert task._current is not None
+    return str(task._current.channel.aid)  # type: ignore[attr-defined]
+
+
+def send_raw(frames: list[Any], spills: list[bytes] | None = None) -> str:
+    """Pushes each of ``frames`` into this worker's result ring as one record (bytes as they are,
+    anything else packed with msgpack after each string ``"$self"`` in it became this attempt's
+    id), then each of ``spills`` as a spill reference record (``<u64 size><name>``, ``$pid``
+    filled in), and returns. The daemon sees them before this attempt's own result."""
+    import msgpack
+    from procpoold._ring import lib
+
+    from procpoold.pool.ring import KIND_SPILL
+
+    me, pid = _own_id(), str(os.getpid()).encode()
+
+    def fill(value: Any) -> Any:
+        if value == "$self":
+            return me
+        if type(value) is list:
+            return [fill(v) for v in value]
+        if type(value) is dict:
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    records = [f if type(f) is bytes else msgpack.packb(fill(f), use_bin_type=True) for f in frames]
+    runtime = _runtime()
+    with runtime.lock:
+        runtime._flush_locked(True)
+        ring = runtime.res
+        for record in records:
+            _push_record(ring, record, 0, lib)
+        for ref in spills or []:
+            _push_record(ring, ref.replace(b"$pid", pid), KIND_SPILL, lib)
+        lib.pp_ring_notify(ring._h)
+    return "sent"
+
+
+def _push_record(ring: Any, data: bytes, kind: int, lib: Any) -> None:
+    while True:
+        rc = lib.pp_ring_push(ring._h, data, len(data), kind, 1)
+        if rc == 0:
+            return
+        if len(data) > ring.max_message:
+            raise ValueError("frame larger than a ring record")
+        time.sleep(0.001)  # full: the daemon drains it
+
+
+def impersonate(how: str, other: str) -> Any:
+    """Speaks for attempt ``other`` (another job's): ``log`` (a line in its log), ``progress``,
+    ``ns_get`` / ``ns_set`` (its job's namespace), ``done`` (its result)."""
+    import msgpack
+
+    from procpoold.pool.protocol import DONE, PROGRESS
+
+    runtime = _runtime()
+    if how == "log":
+        runtime.log(other, "stdout", logging.INFO, "injected line")
+    elif how == "progress":
+        runtime.emit(msgpack.packb([PROGRESS, other, {"fraction": 0.99, "message": "injected"}]))
+    elif how == "ns_get":
+        return runtime.request(other, "ns", {"op": "get", "key": "secret"})
+    elif how == "ns_set":
+        return runtime.request(other, "ns", {"op": "set", "key": "secret", "value": "overwritten"})
+    elif how == "done":
+        runtime.post(msgpack.packb([DONE, other, True, "forged", 0, None]))
+    runtime.flush()
+    time.sleep(30)  # the daemon kills this worker first
+    return "not killed"
+
+
+def spill_hostile(how: str, target: str = "") -> str:
+    """Hands the daemon a spill reference it must refuse: ``name`` (the object ``target``, which
+    is not this worker's), ``truncated`` (its own object, cut to half of the size announced),
+    ``fifo`` / ``hardlink`` (its own name on a FIFO / on the object ``target``), ``huge`` (an
+    announced size of 2**62 bytes)."""
+    import struct
+
+    from procpoold.pool import shm
+
+    size = 1 << 20
+    if how == "name":
+        name = target
+    elif how == "truncated":
+        name = shm.write_spill(b"t" * size)
+        os.truncate(f"/dev/shm/{name}", size // 2)
+    elif how == "fifo":
+        name = shm.new_name(shm.SPILL_PREFIX)
+        os.mkfifo(f"/dev/shm/{name}", 0o600)
+    elif how == "hardlink":
+        name = shm.new_name(shm.SPILL_PREFIX)
+        os.link(f"/dev/shm/{target}", f"/dev/shm/{name}")
+        size = os.stat(f"/dev/shm/{target}").st_size
+    elif how == "huge":
+        name = shm.write_spill(b"h" * 100)
+        size = 2**62
+    else:
+        raise ValueError(how)
+    send_raw([], [struct.pack("<Q", size) + name.encode()])
+    time.sleep(30)  # the daemon kills this worker first
+    return "not killed"
+
+
+def fuzz_batch(templates: list[bytes], raw: list[bytes], spills: list[bytes]) -> str:
+    """The worker-message fuzzer's hostile task: pushes into its own result ring each template
+    (msgpack; every string ``"$self"`` in it becomes this attempt's id), then each raw frame as it
+    is, then each spill reference (``$pid``: this worker's pid), and returns."""
+    import msgpack
+
+    frames = [msgpack.unpackb(t, strict_map_key=False) for t in templates]
+    return send_raw([*frames, *raw], spills)
+
+
+def victim(gate: str) -> Any:
+    """Another job's task, beside the fuzzer's: one line of output, then it waits for ``gate``
+    and returns its job's namespace (which nobody else may have touched)."""
+    print("victim line")
+    path = Path(gate)
+    while not path.exists():
+        time.sleep(0.01)
+    return task.namespace().snapshot()
+
+
+def flood(seconds: float) -> int:
+    """Pushes heartbeats into its result ring, 256 per call, as fast as it can for ``seconds``."""
+    from procpoold.pool.protocol import HEARTBEAT_MESSAGE
+
+    runtime = _runtime()
+    batch = [HEARTBEAT_MESSAGE] * 256
+    end = time.monotonic() + seconds
+    sent = 0
+    while time.monotonic() < end:
+        with runtime.lock:
+            sent += runtime.res.push_many(batch, wake=True)
+    return sent
+
+
+def odd_log_record() -> str:
+    """Logs a record made by hand (no function, no logger name: None fields)."""
+    record = logging.makeLogRecord({"msg": "made by hand", "levelno": logging.WARNING})
+    logging.getLogger().handle(record)
+    return "logged"

@@ -50,12 +50,15 @@ from procpoold.pool.protocol import (
     EXIT_MESSAGE,
     F_ASYNC,
     LOG,
+    MESSAGE_ENVELOPE,
     PROGRESS,
     REPLY,
     REQUEST,
+    RESULT_NAMES,
     RESULT_SIZES,
+    result_problem,
 )
-from procpoold.pool.ring import RingError, SpillError
+from procpoold.pool.ring import RingError, SpillError, SpillTooLarge
 from procpoold.pool.slot import (
     STOP_STATUS,
     PoolSettings,
@@ -79,6 +82,9 @@ DEATH_WINDOW = 10.0
 BACKOFF_START = 0.1
 #: Dispatch/spin round trips chained within one loop iteration before the loop polls again.
 INLINE_SPINS = 16
+#: Batches (of up to 256 messages) read from one worker's result ring before the loop polls
+#: again: a task that writes into its ring as fast as the daemon reads cannot keep it there.
+DRAIN_BATCHES = 32
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
@@ -128,6 +134,8 @@ class PoolExecutor:
         self._round_trips: deque[float] = deque(maxlen=ROUND_TRIP_SAMPLES)
         self._woken_trips: deque[float] = deque(maxlen=ROUND_TRIP_SAMPLES)
         self._popped_at = 0.0  # perf_counter() when the result batch being handled was popped
+        #: Longest message a worker may send (a result of max_result_bytes and its envelope).
+        self._max_message = self.settings.max_result_bytes + MESSAGE_ENVELOPE
 
     # -- Executor protocol -------------------------------------------------------------------------
 
@@ -346,7 +354,9 @@ class PoolExecutor:
             return
         self._slots[slot] = w
         self._all.add(w)
-        cfg = {"tick": self.settings.tick, "spin_ns": int(self.settings.worker_spin_us * 1000)}
+        w.res.spill_limit = self._max_message
+        cfg = {"tick": self.settings.tick, "spin_ns": int(self.settings.worker_spin_us * 1000),
+               "max_result_bytes": self.settings.max_result_bytes}
         try:
             self._zygote.spawn(slot, w.gen, cfg, [w.segment.fd, w.res_efd, w.req_efd])
         except OSError as exc:
@@ -364,6 +374,7 @@ class PoolExecutor:
             self._zygote.kill(pid, signal.SIGKILL)
             return
         w.pid = pid
+        w.res.spill_from = shm.spill_prefix(pid)  # the only spill objects it may hand over
         self._by_pid[pid] = w
         if w.state is not _STARTING:
             # Retired before it started (the exit message waits in its ring), or killed.
@@ -715,30 +726,45 @@ class PoolExecutor:
         """Read the worker's result ring until it is empty (then arm its doorbell), or until the log
         queue is full (log_policy block: then not again until it has room). ``force``: read it all
         anyway (the worker died; shutting down)."""
-        if w.log_paused and not force:
+        if (w.log_paused and not force) or w.violated:
             return
         ring = w.res
         sink = None if force else self._sink
+        budget = DRAIN_BATCHES
         while not w.closed:
+            if budget == 0 and not force and self._loop is not None:
+                # Let the loop poll (the control socket, other workers); then read on. (Due
+                # now, not at 0.0: a timer due before this turn's clock would run in this turn.)
+                if not w.drain_due:
+                    w.drain_due = True
+                    self._loop.call_at(time.monotonic(), lambda: self._drain_later(w))
+                return
+            budget -= 1
             try:
                 raw = ring.pop_many(256)
-            except SpillError as exc:
-                log.error("%s: %s", w.describe(), exc)
-                raw = exc.partial
             except RingError as exc:
-                log.error("%s wrote a corrupt result ring: %s", w.describe(), exc)
                 for data in exc.partial:  # the results before the damage are real results
                     self._handle(w, data)
-                    if w.closed:
+                    if w.closed or w.violated:
                         return
-                self._kill(w, ("WorkerDied", f"{w.describe()} was killed: corrupt result ring ({exc})"))
+                if isinstance(exc, SpillTooLarge):
+                    self._violation(w, f"a message of {exc.size:,} bytes, over max_result_bytes "
+                                       f"({_size(self.settings.max_result_bytes)})")
+                elif isinstance(exc, SpillError):
+                    self._violation(w, f"a spilled message that could not be taken ({exc})")
+                else:
+                    self._violation(w, f"a corrupt result ring ({exc})")
+                return
+            except Exception as exc:  # pragma: no cover - the ring raises RingError only
+                log.exception("reading the result ring of %s failed", w.describe())
+                self._violation(w, f"something its result ring could not read ({exc!r:.200})")
                 return
             if raw:
                 self._popped_at = time.perf_counter()
                 w.last_beat = time.monotonic()
                 for data in raw:
                     self._handle(w, data)
-                    if w.closed:
+                    if w.closed or w.violated:
                         return
                 if sink is not None and not sink.has_room():
                     self._pause_for_logs(w)
@@ -748,6 +774,10 @@ class PoolExecutor:
                 self._send(w, [])
             if ring.arm():
                 return
+
+    def _drain_later(self, w: WorkerSlot) -> None:
+        w.drain_due = False
+        self._drain_worker(w)
 
     def _pause_for_logs(self, w: WorkerSlot) -> None:
         """Leave the ring unread (and its doorbell unarmed) until the log queue has room."""
@@ -763,21 +793,58 @@ class PoolExecutor:
         self._drain_worker(w)
 
     def _handle(self, w: WorkerSlot, data: bytes) -> None:
-        """One message from the result ring; a malformed one gets its worker killed."""
+        """One message from ``w``'s result ring (loop thread).
+
+        The worker runs untrusted code that can write anything into its ring: a message that is
+        too large, not msgpack, of the wrong shape or with a field of the wrong type, or that
+        names an attempt the pool did not give this worker (or that has left it long ago) is a
+        protocol violation, and the worker is killed (see :meth:`_violation`): only its own
+        attempts fail. Whatever else goes wrong in handling a message kills it too, logged with
+        the traceback; nothing escapes to the loop.
+        """
         try:
-            try:
-                msg = _unpackb(data)
-            except ValueError as exc:  # off the hot path
-                msg = _unusual_result(data, exc)
-            if type(msg) is not list or RESULT_SIZES.get(msg[0]) != len(msg):
-                raise ValueError(f"not a result message: {msg!r:.80}")
+            if len(data) > self._max_message:
+                problem: str | None = (f"a message of {len(data):,} bytes, over max_result_bytes "
+                                       f"({_size(self.settings.max_result_bytes)})")
+            else:
+                try:
+                    msg = _unpackb(data, ext_hook=_refuse_ext)
+                except ValueError as exc:  # off the hot path
+                    msg = _unusual_result(data, exc)
+                problem = result_problem(msg)
+                if problem is not None:
+                    problem = f"a malformed message ({problem})"
+                elif len(msg) > 1 and msg[1] not in w.running:
+                    if msg[1] in w.ended:
+                        return  # a late word about an attempt that has just left it (stopped)
+                    problem = (f"a {RESULT_NAMES[msg[0]]} message for attempt {msg[1][:80]!r}, "
+                               "which is not one of its attempts")
         except Exception as exc:
-            log.error("%s sent a malformed message: %s", w.describe(), exc)
-            self._kill(w, ("WorkerDied", f"{w.describe()} was killed: it sent a malformed message ({exc})"))
+            problem = f"a malformed message ({str(exc)[:200]})"
+        if problem is not None:
+            self._violation(w, problem)
             return
-        self._on_message(w, msg)
+        try:
+            self._on_message(w, msg)
+        except Exception as exc:
+            log.exception("a message from %s could not be handled", w.describe())
+            self._violation(w, f"a message that could not be handled ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})")
+
+    def _violation(self, w: WorkerSlot, what: str) -> None:
+        """``w`` broke the protocol by sending ``what``: say so, kill it (through the zygote),
+        read nothing more from it. Its attempts fail (or are retried) as for any worker death."""
+        if w.violated or w.closed:
+            return
+        w.violated = True
+        tasks = ", ".join(repr(r.spec.task_name) for r in w.running.values())
+        sentence = f"{w.describe()} was killed: it sent {what}"
+        log.error("%s%s", sentence, f" (running task {tasks})" if tasks else " (idle)",
+                  extra={"journal_fields": {"PROCPOOL_WORKER_PID": str(w.pid)}})
+        self._kill(w, ("WorkerDied", sentence))
 
     def _on_message(self, w: WorkerSlot, msg: list[Any]) -> None:
+        """A well-formed message about one of ``w``'s attempts (checked by :meth:`_handle`)."""
         kind = msg[0]
         events = self._events
         assert events is not None
@@ -834,6 +901,7 @@ class PoolExecutor:
         """Take the attempt off the worker's books (not reported)."""
         run = w.running.pop(aid)
         self._where.pop(aid, None)
+        w.ended.append(aid)
         if not run.is_async:
             w.sync_running -= 1
             if not run.short:
@@ -946,17 +1014,28 @@ class PoolExecutor:
                 self._drain_worker(w, force=True)
 
 
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
 def _unusual_result(data: bytes, error: ValueError) -> Any:
     """A result message the strict decoder refused: a task's return value with a map key that is
-    not a string (a worker packs any dict) fails its attempt, as a value that cannot be packed
-    does in the worker; the control protocol carries string keys only. Anything else raises."""
+    not a string (a worker packs any dict) or a msgpack extension type fails its attempt, as a
+    value that cannot be packed does in the worker; the control protocol carries string keys and
+    no extension types. Anything else raises."""
     msg = msgpack.unpackb(data, strict_map_key=False)  # raises for what is not msgpack at all
-    if type(msg) is list and len(msg) == RESULT_SIZES[DONE] and msg[0] == DONE and msg[2]:
-        message = (f"the return value has a map key that is not a string ({error}); results "
-                   "travel to clients as msgpack maps with string keys")
+    if type(msg) is list and len(msg) == RESULT_SIZES[DONE] and msg[0] == DONE and msg[2] is True:
+        what = "an extension type" if "extension" in str(error) else "a map key that is not a string"
+        message = (f"the return value has {what} ({str(error)[:200]}); results travel to clients as "
+                   "msgpack maps with string keys and no extension types")
         return [DONE, msg[1], False, {"type": "ResultNotSerializable", "message": message, "traceback": ""},
                 msg[4], msg[5]]
     raise error
+
+
+def _size(n: int) -> str:
+    """``64 MiB``, ``1,500 bytes``: a limit as the config would say it."""
+    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n:,} bytes"
 
 
 def _percentiles(seconds: deque[float]) -> dict[str, float | int | None]:

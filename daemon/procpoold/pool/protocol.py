@@ -22,6 +22,10 @@ Result ring, worker -> daemon:
 * ``[PROGRESS, id, report]``: a progress report.
 * ``[REQUEST, id, rid, op, args]``: a blocking request (``op`` ``"ns"``: a namespace operation).
 * ``[HEARTBEAT]``: a busy worker is alive (pushed without a wakeup).
+
+The worker runs untrusted code that can write anything into its result ring, so the daemon checks
+every result message with :func:`result_problem` (kind, length and the type of every field) before
+it looks at it, and then that its attempt id names an attempt it gave that worker.
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ HEARTBEAT = 4
 
 #: Length of each kind of result message (the daemon refuses any other shape).
 RESULT_SIZES = {DONE: 6, LOG: 6, PROGRESS: 3, REQUEST: 5, HEARTBEAT: 1}
+#: Names of the result kinds, for the daemon's sentences.
+RESULT_NAMES = {DONE: "done", LOG: "log", PROGRESS: "progress", REQUEST: "request", HEARTBEAT: "heartbeat"}
+#: Streams of a ``LOG`` message, and the only fields a ``log`` record may carry (the journal
+#: fields of the attempt, ``PROCPOOL_*``, are the daemon's to set).
+LOG_STREAMS = frozenset({"log", "stdout", "stderr"})
+LOG_FIELDS = frozenset({"CODE_FILE", "CODE_LINE", "CODE_FUNC", "LOGGER"})
+#: Keys of a ``PROGRESS`` report (``procpool.task.progress``) and the types of their values.
+PROGRESS_TYPES: dict[str, tuple[type, ...]] = {
+    "fraction": (float, int), "done": (int,), "total": (int,), "message": (str,)}
+#: Bytes a worker's message may take beyond ``max_result_bytes`` (its kind, attempt id, flags).
+MESSAGE_ENVELOPE = 1024
+#: Largest ``took`` the daemon believes (seconds; anything else is a lie).
+MAX_TOOK = 1e9
 
 # DONE flags
 F_ASYNC = 1
@@ -55,6 +72,73 @@ CTX_KEYS = ("job_id", "job_name", "task_id", "task_name", "attempt", "run")
 
 EXIT_MESSAGE: bytes = msgpack.packb([EXIT])
 HEARTBEAT_MESSAGE: bytes = msgpack.packb([HEARTBEAT])
+
+
+def result_problem(msg: Any) -> str | None:
+    """What is wrong with a decoded result message, or None if it is well formed.
+
+    Checks the kind, the length and the type of every field of every kind (a few type checks
+    for a ``DONE``: this runs for every result). The attempt id's owner is the caller's to check.
+    """
+    # The hot path, first: every attempt ends with a DONE (``is``: small ints are shared objects in
+    # CPython; elsewhere the checks below take it).
+    if type(msg) is list and len(msg) == 6 and msg[0] is DONE:
+        _, aid, ok, value, flags, took = msg
+        if (type(aid) is str and type(ok) is bool and type(flags) is int
+                and (took is None or (type(took) is float and 0.0 <= took < MAX_TOOK))
+                and (ok or type(value) is dict)):
+            return None
+        return _done_problem(msg)
+    if type(msg) is not list or not msg:
+        return f"not a result message: {msg!r:.80}"
+    kind = msg[0]
+    if type(kind) is not int or RESULT_SIZES.get(kind) != len(msg):
+        return f"not a result message: {msg!r:.80}"
+    if kind == DONE:
+        return _done_problem(msg)
+    if kind == HEARTBEAT:
+        return None
+    if type(msg[1]) is not str:
+        return f"a {RESULT_NAMES[kind]} message whose attempt id is {type(msg[1]).__name__}, not a string"
+    if kind == LOG:
+        _, _, stream, level, message, fields = msg
+        if type(stream) is not str or stream not in LOG_STREAMS:
+            return f"a log message for stream {stream!r:.40}"
+        if type(level) is not int or type(message) is not str:
+            return (f"a log message with level of type {type(level).__name__} and text of type "
+                    f"{type(message).__name__}")
+        if fields is not None and (type(fields) is not dict or not fields.keys() <= LOG_FIELDS
+                                   or any(type(v) is not str for v in fields.values())):
+            return f"a log message with fields {fields!r:.80}"
+        return None
+    if kind == PROGRESS:
+        report = msg[2]
+        if type(report) is not dict or any(
+                type(v) not in PROGRESS_TYPES.get(k, ()) for k, v in report.items()):
+            return f"a progress message with report {report!r:.80}"
+        fraction = report.get("fraction")
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            return f"a progress message with fraction {fraction!r:.40}"
+        return None
+    # REQUEST
+    _, _, rid, op, args = msg
+    if type(rid) is not int or type(op) is not str or (args is not None and type(args) is not dict):
+        return (f"a request message with id of type {type(rid).__name__}, operation of type "
+                f"{type(op).__name__} and arguments of type {type(args).__name__}")
+    return None
+
+
+def _done_problem(msg: list[Any]) -> str | None:
+    _, aid, ok, value, flags, took = msg
+    if type(aid) is not str:
+        return f"a done message whose attempt id is {type(aid).__name__}, not a string"
+    if type(ok) is not bool or type(flags) is not int:
+        return f"a done message with ok of type {type(ok).__name__} and flags of type {type(flags).__name__}"
+    if not ok and type(value) is not dict:
+        return f"a done message whose error is {type(value).__name__}, not a map"
+    if took is not None and (type(took) is not float or not 0.0 <= took < MAX_TOOK):
+        return f"a done message with run time {took!r:.40}"
+    return None
 
 
 def context_fields(ctx: list[Any]) -> dict[str, Any]:

@@ -22,6 +22,14 @@ it releases the record, then reads it. Whoever dies at whatever point, the objec
 referenced from the ring (:meth:`Ring.discard` unlinks it) or owned by a dead pid
 (:func:`procpoold.pool.shm.cleanup_leftovers` unlinks it) or only held by an fd (freed by the kernel).
 
+A producer may be hostile (a worker runs untrusted code and its segment is mapped writable), so a
+consumer handle can be told whose spill objects it may touch (:attr:`Ring.spill_from`, a name
+prefix: it opens, reads and unlinks no other name, not even in :meth:`Ring.discard`) and how large
+a spilled message may be (:attr:`Ring.spill_limit`). A spill record that breaks these rules, or an
+object that is not a plain file of the announced size with no other name, raises
+:class:`SpillError`; the object is read with ``read(2)``, never mapped, so one truncated meanwhile
+gives a short read (an error), not a SIGBUS.
+
 Sizes and constants come from the C library; nothing here repeats them.
 """
 
@@ -66,7 +74,6 @@ _SPILL_HEAD = struct.Struct("<Q")
 _push = lib.pp_ring_push
 _push_many = lib.pp_ring_push_many
 _peek = lib.pp_ring_peek
-_peek_many = lib.pp_ring_peek_many
 _pop = lib.pp_ring_pop
 _pop_many = lib.pp_ring_pop_many
 _release = lib.pp_ring_release
@@ -121,9 +128,18 @@ class RingSystemError(RingError):
 class SpillError(RingError):
     """A spilled message could not be read back; ``partial`` holds the messages popped before it."""
 
+
     def __init__(self, message: str, partial: list[bytes] | None = None) -> None:
         super().__init__(message)
         self.partial = partial or []
+
+
+class SpillTooLarge(SpillError):
+    """A spill record announces more than :attr:`Ring.spill_limit` bytes (``size``); not read."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 _ERRORS: Final[dict[int, type[RingError]]] = {
@@ -267,18 +283,16 @@ class Ring:
     """Process-local handle on one ring of a :class:`Segment` (producer or consumer side)."""
 
     __slots__ = (
-        "_batch",
         "_h",
-        "_kinds",
-        "_lens",
         "_mlens",
         "_plen",
         "_pp",
-        "_ptrs",
         "_scratch",
         "_scratch_size",
         "capacity",
         "max_message",
+        "spill_from",
+        "spill_limit",
         "spill_threshold",
     )
 
@@ -294,15 +308,18 @@ class Ring:
         self.max_message: int = lib.pp_ring_max_message(self._h)
         #: Payloads longer than this go through the spill path.
         self.spill_threshold: int = self.max_message
+        #: Consumer side: the only spill objects this handle opens, reads or unlinks are those whose
+        #: names start with this (:func:`procpoold.pool.shm.spill_prefix` of the producer); None:
+        #: any procpool spill object (a producer that is trusted).
+        self.spill_from: str | None = None
+        #: Consumer side: the largest spilled message it reads (None: no limit). With a limit, one
+        #: :meth:`pop_many` call also returns after a spilled message, so it holds at most one.
+        self.spill_limit: int | None = None
         self._scratch_size = min(SMALL_MESSAGE, self.max_message)
         self._scratch: Any = ffi.new("char[]", self._scratch_size)
         self._mlens: Any = ffi.new("uint32_t[]", 1)
         self._pp: Any = ffi.new("const char **")
         self._plen: Any = ffi.new("uint32_t *")
-        self._batch = 0
-        self._ptrs: Any = None
-        self._lens: Any = None
-        self._kinds: Any = None
 
     def _detach(self) -> None:
         lib.pp_ring_detach(self._h)
@@ -397,16 +414,22 @@ class Ring:
             return None
         if n != _EPEEK:
             raise error_for(n)
+        return self._pop_large()[0]
+
+    def _pop_large(self) -> tuple[bytes | None, bool]:
+        """The next record, read in place (a large one, or a spill reference); and whether it
+        was spilled."""
+        h = self._h
         kind = _peek(h, self._pp, self._plen)
-        if kind == 0:
+        if kind == KIND_DATA:
             out: bytes = _unpack(self._pp[0], self._plen[0])
             _release(h)
-            return out
+            return out, False
         if kind == _EEMPTY:
-            return None
+            return None, False
         if kind == KIND_SPILL:
             ref: bytes = _unpack(self._pp[0], self._plen[0])
-            return self._take_spill(ref, [])
+            return self._take_spill(ref), True
         if kind < 0:
             raise error_for(kind)
         raise RingCorrupt(f"unexpected record kind {kind}")
@@ -414,7 +437,8 @@ class Ring:
     def pop_many(self, max_count: int = 256) -> list[bytes]:
         """Remove and return up to ``max_count`` messages, in order (an empty list if none).
 
-        Returns fewer than ``max_count`` only when the ring has run empty.
+        Returns fewer than ``max_count`` only when the ring has run empty, or (with a
+        :attr:`spill_limit`) right after a spilled message.
         """
         if max_count > len(self._mlens):
             self._mlens = ffi.new("uint32_t[]", max_count)
@@ -439,83 +463,49 @@ class Ring:
             try:
                 if n != _EPEEK:
                     raise error_for(n)
-                out.extend(self._pop_many_slow(max_count - len(out)))
+                # The next record is large or a spill: one at a time, read in place.
+                msg, spilled = self._pop_large()
             except RingError as exc:
                 exc.partial = out + exc.partial  # popped (gone from the ring): not to be lost
                 raise
+            if msg is None:
+                break
+            out.append(msg)
+            if spilled and self.spill_limit is not None:
+                break
         return out
 
-    def _pop_many_slow(self, max_count: int) -> list[bytes]:
-        # The next record is large or a spill: read the batch in place with peek/release.
-        if max_count > self._batch:
-            self._batch = max_count
-            self._ptrs = ffi.new("const char *[]", max_count)
-            self._lens = ffi.new("uint32_t[]", max_count)
-            self._kinds = ffi.new("uint32_t[]", max_count)
-        h = self._h
-        n = _peek_many(h, self._ptrs, self._lens, self._kinds, max_count)
-        if n <= 0:
-            if n < 0:
-                raise error_for(n)
-            return []
-        ptrs, lens, kinds = self._ptrs, self._lens, self._kinds
-        out = [_unpack(ptrs[i], lens[i]) for i in range(n)]
-        for i in range(n):
-            if kinds[i] != KIND_DATA:
-                return self._finish_mixed(out, kinds, n)
-        _release(h)
-        return out
-
-    def _finish_mixed(self, out: list[bytes], kinds: Any, n: int) -> list[bytes]:
-        # Open (and so unlink) every spill object before releasing the records that name them.
-        fds: dict[int, tuple[int, int]] = {}
-        result: list[bytes] = []
-        try:
-            for i in range(n):
-                if kinds[i] == KIND_SPILL:
-                    size, fd = self._open_spill(out[i])
-                    fds[i] = (fd, size)
-                elif kinds[i] != KIND_DATA:
-                    raise RingCorrupt(f"unexpected record kind {kinds[i]}")
-        except BaseException as exc:
-            # Nothing of this batch can be handed back in order: drop it without leaking.
-            for i in range(n):
-                if kinds[i] == KIND_SPILL and i not in fds:
-                    shm.unlink(out[i][_SPILL_HEAD.size :].decode())
-            _release(self._h)
-            for fd, _ in fds.values():
-                os.close(fd)
-            if isinstance(exc, SpillError):
-                exc.partial = [m for i, m in enumerate(out) if kinds[i] == KIND_DATA]
-            raise
-        _release(self._h)
-        for i in range(n):
-            if i in fds:
-                fd, size = fds.pop(i)
-                result.append(shm.read_spill(fd, size))
-            else:
-                result.append(out[i])
-        return result
-
-    @staticmethod
-    def _open_spill(ref: bytes) -> tuple[int, int]:
+    def _spill_ref(self, ref: bytes) -> tuple[int, str]:
+        """Size and object name of a spill record, checked against :attr:`spill_from` and
+        :attr:`spill_limit` (SpillError: nothing was touched)."""
+        if len(ref) <= _SPILL_HEAD.size:
+            raise SpillError(f"spill record of {len(ref)} bytes names no object")
         (size,) = _SPILL_HEAD.unpack_from(ref)
-        name = ref[_SPILL_HEAD.size :].decode()
         try:
-            fd = shm.open_spill(name)
-        except (OSError, ValueError) as exc:
-            raise SpillError(f"spilled message {name!r} is gone: {exc}") from exc
-        return size, fd
+            name = ref[_SPILL_HEAD.size :].decode()
+            shm.check_spill_name(name, self.spill_from)
+        except ValueError as exc:
+            raise SpillError(str(exc)[:200]) from None
+        limit = self.spill_limit
+        if limit is not None and size > limit:
+            raise SpillTooLarge(f"spilled message {name[:80]!r} of {size} bytes is over the limit of "
+                                f"{limit} bytes", size)
+        return size, name
 
-    def _take_spill(self, ref: bytes, partial: list[bytes]) -> bytes:
+    def _take_spill(self, ref: bytes) -> bytes:
+        # Open (and so unlink) the object before the record that names it is released.
         try:
-            size, fd = self._open_spill(ref)
+            size, name = self._spill_ref(ref)
+            try:
+                fd = shm.open_spill(name, size)
+            except (OSError, ValueError) as exc:
+                raise SpillError(f"spilled message {name[:80]!r} cannot be taken: {exc}") from exc
         finally:
             _release(self._h)
         try:
             return shm.read_spill(fd, size)
         except (OSError, ValueError) as exc:
-            raise SpillError(f"spilled message unreadable: {exc}", partial) from exc
+            raise SpillError(f"spilled message {name[:80]!r} unreadable: {exc}") from exc
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until a message is available: spin briefly, then block on the futex (GIL released).
@@ -580,7 +570,10 @@ class Ring:
                 raise error_for(kind)
             if kind == KIND_SPILL:
                 ref: bytes = _unpack(self._pp[0], self._plen[0])
-                shm.unlink(ref[_SPILL_HEAD.size :].decode())
+                try:  # only a name this handle may touch (see spill_from)
+                    shm.unlink(self._spill_ref(ref)[1])
+                except (SpillError, OSError):
+                    pass
             _release(self._h)
             count += 1
         return count

@@ -3,14 +3,22 @@
 Two kinds of object exist, and every name starts with ``procpool-`` so that leftovers can be found
 under ``/dev/shm`` and removed:
 
-* ring segments (``procpool-ring-<pid>-<seq>``), either named POSIX shm objects or anonymous memfds
+* ring segments (``procpool-ring-<pid>-<seq>.<random>``), either named POSIX shm objects or anonymous memfds
   (``memfd:procpool-ring`` in ``/proc/<pid>/fd``; nothing to unlink, they vanish with the last fd);
-* spill objects (``procpool-spill-<pid>-<seq>``) that carry one message too large for a ring.
+* spill objects (``procpool-spill-<pid>-<seq>.<random>``) that carry one message too large for a
+  ring.
 
-``<pid>`` is the creating process. :func:`cleanup_leftovers` removes the objects whose creator is
-dead, which covers every crash: a writer that died before handing a spill over, a daemon that died
-with segments still named. Named objects live in ``/dev/shm``, which is what ``shm_open`` uses on
-Linux, so plain ``os.open`` gives the same objects without a private module.
+``<pid>`` is the creating process; the random part makes a name that nobody can take first.
+:func:`cleanup_leftovers` removes the objects whose creator is dead, which covers every crash: a
+writer that died before handing a spill over, a daemon that died with segments still named. Named
+objects live in ``/dev/shm``, which is what ``shm_open`` uses on Linux, so plain ``os.open`` gives
+the same objects without a private module.
+
+The pid in a spill object's name is also its writer's identity: a reader that does not trust the
+writer (the daemon reading a worker's result ring) opens, reads and unlinks only names with that
+writer's prefix (:func:`spill_prefix`, :func:`check_spill_name`), takes only a plain file with no
+other name and of the announced size (:func:`open_spill`), and reads it with ``read(2)``
+(:func:`read_spill`): an object truncated meanwhile is a short read, never a SIGBUS.
 
 This module runs in the daemon and in workers; it only does file-descriptor and mmap work.
 """
@@ -22,6 +30,7 @@ import itertools
 import mmap
 import os
 import re
+import stat
 from pathlib import Path
 
 #: Where named POSIX shared-memory objects live on Linux.
@@ -44,8 +53,22 @@ def _check_name(name: str) -> None:
 
 
 def new_name(prefix: str) -> str:
-    """Return a fresh object name ``<prefix><pid>-<seq>`` for the calling process."""
-    return f"{prefix}{os.getpid()}-{next(_counter)}"
+    """Return a fresh object name ``<prefix><pid>-<seq>.<random>`` for the calling process.
+
+    The random part (64 bits) keeps another process from creating the name first.
+    """
+    return f"{prefix}{os.getpid()}-{next(_counter)}.{os.urandom(8).hex()}"
+
+
+def spill_prefix(pid: int) -> str:
+    """The start of the names of the spill objects that process ``pid`` writes."""
+    return f"{SPILL_PREFIX}{pid}-"
+
+
+def check_spill_name(name: str, prefix: str | None = None) -> None:
+    """ValueError unless ``name`` is a spill object's name (starting with ``prefix`` if given)."""
+    if not _NAME_RE.match(name) or not name.startswith(prefix or SPILL_PREFIX):
+        raise ValueError(f"not a spill object of {prefix or SPILL_PREFIX!r}: {name[:80]!r}")
 
 
 def create_named(name: str, size: int) -> int:
@@ -132,7 +155,8 @@ def cleanup_leftovers(prefix: str = PREFIX, *, owners: set[int] | None = None) -
 
     With ``owners`` None, remove the objects whose creator process is dead. With a set of pids,
     remove the objects created by those pids whether or not they are alive (for example a dead
-    worker's pid, or the daemon's own pid at shutdown).
+    worker's pid, or the daemon's own pid at shutdown). What cannot be removed (a directory a
+    task made under such a name, another user's object) is left alone.
     """
     removed = []
     for name in list_leftovers(prefix):
@@ -140,8 +164,11 @@ def cleanup_leftovers(prefix: str = PREFIX, *, owners: set[int] | None = None) -
         if pid is None:
             continue
         doomed = pid in owners if owners is not None else not pid_alive(pid)
-        if doomed and unlink(name):
-            removed.append(name)
+        try:
+            if doomed and unlink(name):
+                removed.append(name)
+        except (OSError, ValueError):
+            continue
     return removed
 
 
@@ -166,23 +193,49 @@ def write_spill(data: bytes | bytearray | memoryview) -> str:
     return name
 
 
-def open_spill(name: str) -> int:
+def open_spill(name: str, size: int) -> int:
     """Open the spill object ``name`` and unlink it at once, returning the fd.
 
     From here the payload lives only as long as the fd, so a reader that dies leaks nothing.
+    ValueError (fd closed) unless the object is a plain file of ``size`` bytes that had no other
+    name: a FIFO, a directory or a hard link to someone else's object is refused, without blocking.
     """
-    fd = open_named(name, writable=False)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(SHM_DIR / name)
+    _check_name(name)
+    fd = os.open(SHM_DIR / name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(SHM_DIR / name)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 0:
+            raise ValueError("not a plain file with one name")
+        if st.st_size != size:
+            raise ValueError(f"it holds {st.st_size} bytes, not the {size} announced")
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
+#: Longest read(2) of a regular file on Linux.
+_MAX_READ = 0x7FFFF000
+
+
 def read_spill(fd: int, size: int) -> bytes:
-    """Read ``size`` bytes from a spill fd opened by :func:`open_spill` and close it."""
+    """Read ``size`` bytes from a spill fd opened by :func:`open_spill` and close it.
+
+    With ``read(2)``, not a mapping: if the writer truncates the object meanwhile, this is a short
+    read and a ValueError, not a SIGBUS.
+    """
     try:
-        if size == 0:
-            return b""
-        with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mm:
-            return mm[:]
+        chunks: list[bytes] = []
+        left = size
+        while left:
+            chunk = os.read(fd, min(left, _MAX_READ))  # one read, into the bytes object returned
+            if not chunk:
+                # A regular file reads whole up to its end: a short read means it shrank meanwhile.
+                raise ValueError(f"truncated while it was read ({size - left} of {size} bytes)")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)

@@ -21,11 +21,13 @@ import enum
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from procpoold.engines import AttemptSpec, OutcomeStatus, StopReason
 from procpoold.loop import Timer
+from procpoold.pool import shm
 from procpoold.pool.ring import Segment
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -77,6 +79,9 @@ class PoolSettings:
     #: Longest delay before refilling a slot when workers keep dying (the delay doubles per death
     #: while 3 or more died in the last 10 s).
     respawn_backoff_max: float = 10.0
+    #: Largest result a task may return (its msgpack encoding); larger fails the attempt. Any
+    #: other message from a worker may be this large too (plus ``MESSAGE_ENVELOPE``).
+    max_result_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -87,6 +92,8 @@ class PoolSettings:
             raise ValueError("prefetch must be >= 1")
         if self.kill_grace < 0 or self.heartbeat_timeout <= 0:
             raise ValueError("kill_grace must be >= 0 and heartbeat_timeout > 0")
+        if self.max_result_bytes < 1:
+            raise ValueError("max_result_bytes must be >= 1")
 
     @property
     def tick(self) -> float:
@@ -145,6 +152,10 @@ class WorkerSlot:
         self.req = self.segment.request
         self.res = self.segment.result
         self.req.set_doorbell(self.req_efd)
+        # Spill objects: the daemon touches only its own in the request ring, and in the result
+        # ring only the worker's (named once its pid is known: see ``spawned``).
+        self.req.spill_from = shm.spill_prefix(os.getpid())
+        self.res.spill_from = shm.spill_prefix(0)
         self.state = WorkerState.STARTING
         self.pid: int | None = None
         self.running: dict[str, Running] = {}
@@ -160,6 +171,13 @@ class WorkerSlot:
         self.retire = False
         #: Why the pool killed it, as (error type, sentence); None for deaths it did not cause.
         self.kill_reason: tuple[str, str] | None = None
+        #: It broke the protocol: killed, and nothing more it sends is read.
+        self.violated = False
+        #: Its result ring had more than one turn's worth: a later turn of the loop reads on.
+        self.drain_due = False
+        #: The last attempts that left it: a late message about one of them is dropped, while a
+        #: message about an attempt it was never given is a protocol violation.
+        self.ended: deque[str] = deque(maxlen=256)
         #: Messages that did not fit the request ring yet (sent on the next drain).
         self.backlog: list[bytes] = []
         self.timers: list[Timer] = []

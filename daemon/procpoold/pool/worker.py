@@ -54,6 +54,7 @@ from procpoold.pool.protocol import (
     F_STOPPED,
     HEARTBEAT_MESSAGE,
     LOG,
+    MESSAGE_ENVELOPE,
     PROGRESS,
     REPLY,
     REQUEST,
@@ -164,7 +165,10 @@ class _Channel:
     def send(self, op: str, args: dict[str, Any]) -> None:
         if op != "progress":
             raise ValueError(f"unknown task message {op!r}")
-        self.worker.emit(msgpack.packb([PROGRESS, self.aid, args]))
+        data = msgpack.packb([PROGRESS, self.aid, args])
+        if len(data) > self.worker.max_message:
+            raise ValueError(f"progress report of {len(data):,} bytes, over max_result_bytes")
+        self.worker.emit(data)
 
 
 #: Longest line passed on as one message (longer lines are split, never dropped).
@@ -307,9 +311,11 @@ class _RingLogHandler(logging.Handler):
             if aid is None:
                 self._fallback.write(f"{record.levelname} {record.name}: {message}\n")
                 return
-            fields = {"CODE_FILE": record.pathname, "CODE_LINE": str(record.lineno),
-                      "CODE_FUNC": record.funcName, "LOGGER": record.name}
-            self._worker.log(aid, "log", record.levelno, message, fields)
+            # Strings and an int whatever the record holds (a record made by hand may carry None):
+            # the daemon takes nothing else from a worker.
+            fields = {"CODE_FILE": str(record.pathname), "CODE_LINE": str(record.lineno),
+                      "CODE_FUNC": str(record.funcName), "LOGGER": str(record.name)}
+            self._worker.log(aid, "log", int(record.levelno), message, fields)
         except Exception:
             self.handleError(record)
 
@@ -359,6 +365,11 @@ class Worker:
         self.req_efd = req_efd
         self.tick = float(cfg.get("tick", 0.25))
         spin_ns = int(cfg.get("spin_ns", 0))
+        #: The daemon kills a worker that sends a larger message: a larger result fails its
+        #: attempt here instead, a larger log line is cut, a larger request or progress raises.
+        self.max_result = int(cfg.get("max_result_bytes", 0)) or 2**62
+        self.max_message = self.max_result + MESSAGE_ENVELOPE
+        self.max_line = self.max_result // 4  # (4: bytes of UTF-8 per character at most)
         if spin_ns > 0:
             self.req.set_spin(spin_ns, spin_ns)
         #: Guards the result ring's producer handle and :attr:`outbuf` (main + heartbeat thread).
@@ -599,6 +610,12 @@ class Worker:
         try:
             # ``took``: run time of a sync call (the daemon prefetches short functions).
             data: bytes = self._pack([DONE, aid, True, result, flags, took])
+            if len(data) > self.max_message:
+                message = (f"the return value takes {len(data):,} bytes of msgpack, over "
+                           f"max_result_bytes ({self.max_result:,}, and {MESSAGE_ENVELOPE} for the "
+                           "message around it); return less, or raise the limit in the daemon's config")
+                error = {"type": "ResultTooLarge", "message": message, "traceback": ""}
+                data = self._pack([DONE, aid, False, error, flags, None])
             return data
         except Exception as exc:
             self._pack = msgpack.Packer(use_bin_type=True).pack  # drop a half-written buffer
@@ -714,9 +731,13 @@ class Worker:
         rid = self.rid
         inbox = self.inbox
         reply: list[Any] | None = None
+        data = msgpack.packb([REQUEST, aid, rid, op, args])
+        if len(data) > self.max_message:
+            raise ProcpoolError(ErrorCode.LIMIT_EXCEEDED, f"the request takes {len(data):,} bytes, over "
+                                f"max_result_bytes ({self.max_result:,})")
         self.requesting, self.interrupted = True, False
         try:
-            self.post(msgpack.packb([REQUEST, aid, rid, op, args]))
+            self.post(data)
             while reply is None:
                 for i, m in enumerate(inbox):
                     if m[0] == REPLY and m[1] == rid:
@@ -744,6 +765,8 @@ class Worker:
     def log(self, aid: str, stream: str, level: int, message: str,
             fields: dict[str, str] | None = None) -> None:
         """Queue one log message of attempt ``aid`` (sent in batches)."""
+        if len(message) > self.max_line:
+            message = message[: self.max_line - 20] + " [cut: too long]"
         self.emit(msgpack.packb([LOG, aid, stream, level, message, fields or None]))
 
     def emit(self, data: bytes) -> None:

@@ -82,7 +82,7 @@ def test_exceptions_carry_type_message_traceback(pool: PoolHarness) -> None:
 def test_64_mib_argument_and_result_spill(pool: PoolHarness) -> None:
     size = 64 * 2**20
     out = pool.call("big", size)
-    assert out.status == "completed" and len(out.result) == size
+    assert out.status == "completed" and len(out.result) == size, out.error
     assert pool.call("length", out.result).result == size
     assert not [e for e in os.listdir("/dev/shm") if e.startswith("procpool-spill-")]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpoold.config import ConfigError, load
 
 
@@ -64,3 +65,15 @@ def test_prefetch_reaches_the_pool(tmp_path: Path) -> None:
     cfg.write_text("prefetch = 1\n")
     assert load(cfg, {}).pool_settings().prefetch == 1
     assert load(None, {}).pool_settings().prefetch == 64
+
+
+def test_max_result_bytes_reaches_the_pool(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max_result_bytes = 100000\n")
+    assert load(cfg, {}).pool_settings().max_result_bytes == 100_000
+    # 0 (the default) follows max_message_size: a bigger result could not be sent in a reply.
+    assert load(None, {}).pool_settings().max_result_bytes == DEFAULT_MAX_MESSAGE_SIZE
+    for bad in ("-1", str(2**41)):
+        cfg.write_text(f"max_result_bytes = {bad}\n")
+        with pytest.raises(ConfigError, match="max_result_bytes"):
+            load(cfg, {})

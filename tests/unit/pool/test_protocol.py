@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from procpoold.pool import protocol
 from procpoold.pool.protocol import DONE, F_STOPPED, HEARTBEAT, RESULT_SIZES
@@ -36,3 +38,32 @@ def test_context_fields_name_the_call_context() -> None:
     }
     with pytest.raises(ValueError):
         protocol.context_fields(ctx[:5])
+
+
+def test_what_the_worker_sends_is_well_formed() -> None:
+    done = msgpack.unpackb(protocol.stopped_before_start("7.3@1#2"))
+    assert protocol.result_problem(done) is None
+    assert protocol.result_problem(msgpack.unpackb(protocol.HEARTBEAT_MESSAGE)) is None
+    for message in ([protocol.DONE, "a", True, {"x": [1]}, protocol.F_ASYNC, None],
+                    [protocol.DONE, "a", True, None, 0, 0.25],
+                    [protocol.LOG, "a", "log", 20, "text", {"CODE_FILE": "f", "CODE_LINE": "3"}],
+                    [protocol.LOG, "a", "stdout", 20, "text", None],
+                    [protocol.PROGRESS, "a", {"fraction": 0.5, "done": 3, "total": 4, "message": "m"}],
+                    [protocol.REQUEST, "a", 1, "ns", {"op": "get", "key": "k"}]):
+        assert protocol.result_problem(message) is None, message
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda children: (st.lists(children, max_size=6)
+                      | st.dictionaries(st.text(max_size=8), children, max_size=3)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(message=_values | st.tuples(st.integers(0, 5), _values, _values, _values, _values, _values).map(list))
+def test_result_problem_never_raises(message: object) -> None:
+    problem = protocol.result_problem(message)
+    assert problem is None or (isinstance(problem, str) and len(problem) < 300)
