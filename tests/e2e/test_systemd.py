@@ -256,8 +256,9 @@ def test_socket_access_is_the_procpool_group(system: Container) -> None:
 
 
 def test_each_users_job_runs_as_that_user(system: Container) -> None:
-    """Two unprivileged users in the socket's group: each job runs with its submitter's uid and
-    groups, sees that user's home and the real /tmp, and neither can touch the store."""
+    """Two unprivileged users in the socket's group: each job (a command, and a call in a pool
+    worker) runs with its submitter's uid and groups, sees that user's home and the real /tmp;
+    neither user can touch the store or the other's job."""
     c = system
     c.systemctl("start", "procpoold")
     users = ("pp-alice", "pp-bob")
@@ -297,6 +298,21 @@ def test_each_users_job_runs_as_that_user(system: Container) -> None:
                 refused = as_user(c, name, *probe, check=False)
                 assert refused.returncode != 0, (probe, refused.stdout)
             assert c.run("test", "-s", "/var/lib/procpoold/state.db", check=False).returncode == 0
+            # a call task runs in a pool worker of the submitter's own
+            call = as_user(c, name, "procctl", "--socket", SOCKET, "run", "os:getuid")
+            done = as_user(c, name, "procctl", "--socket", SOCKET, "--json", "wait", call.stdout.strip())
+            status = json.loads(done.stdout)["status"]
+            assert status["job"]["state"] == "completed", status
+            assert str(status["tasks"][0]["result"]) == uid, status["tasks"][0]
+        # neither user can touch the other's job; both can read it
+        alice, bob = users
+        started = as_user(c, alice, "procctl", "--socket", SOCKET, "run", "--", "sleep", "600")
+        long_job = started.stdout.strip()
+        refused = as_user(c, bob, "procctl", "--socket", SOCKET, "cancel", long_job, check=False)
+        assert refused.returncode == 4 and "only its submitter" in refused.stderr, refused.stderr
+        shown = as_user(c, bob, "procctl", "--socket", SOCKET, "status", long_job)
+        assert alice in shown.stdout, shown.stdout
+        as_user(c, alice, "procctl", "--socket", SOCKET, "cancel", long_job)
         security = c.run("systemd-analyze", "security", "procpoold.service").stdout
         score = re.search(r"Overall exposure level for procpoold.service: ([0-9.]+)", security)
         assert score and float(score.group(1)) <= 2.0, security
