@@ -279,6 +279,7 @@ class Ring:
         "_scratch_size",
         "capacity",
         "max_message",
+        "spill_owner",
         "spill_threshold",
     )
 
@@ -294,6 +295,8 @@ class Ring:
         self.max_message: int = lib.pp_ring_max_message(self._h)
         #: Payloads longer than this go through the spill path.
         self.spill_threshold: int = self.max_message
+        #: (uid, gid) that spill objects written here are handed to (the consumer's user).
+        self.spill_owner: tuple[int, int] | None = None
         self._scratch_size = min(SMALL_MESSAGE, self.max_message)
         self._scratch: Any = ffi.new("char[]", self._scratch_size)
         self._mlens: Any = ffi.new("uint32_t[]", 1)
@@ -371,7 +374,7 @@ class Ring:
         # so the answer can only get better until our push below.
         if self.free < 4 * RECORD_HEADER + 64:
             return False
-        name = shm.write_spill(data)
+        name = shm.write_spill(data, self.spill_owner)
         ref = _SPILL_HEAD.pack(memoryview(data).nbytes) + name.encode()
         try:
             rc = _push(self._h, ref, len(ref), KIND_SPILL, wake)

@@ -18,6 +18,18 @@ message wakes as well. An async attempt's task is cancelled from the loop (the t
 ``asyncio.CancelledError``); the loop learns of the message through the request ring's eventfd
 doorbell.
 
+Jobs are isolated: the worker holds one job at a time. When a ``CALL`` of another job arrives (the
+daemon sends one only to an idle worker), it first restores ``sys.path``, ``sys.meta_path``,
+``sys.path_hooks``, the root logger's handlers and ``sys.modules`` to the snapshot taken when it
+started, so nothing a job imported from its ``python_path`` (or put on ``sys.path``) is seen by
+the next one. Modules of the interpreter's own folders (the standard library, site-packages, procpool
+itself) stay loaded. A module that cannot be unloaded (a C extension from a job's folder), or a
+preloaded module removed or replaced, makes the worker *unclean*: it says so in the ``flags`` of
+every ``DONE`` (``F_UNCLEAN``), and the daemon then gives it only that job's attempts.
+
+``python_path`` entries and a ``cwd`` are checked again right before they are used
+(:mod:`procpoold.pathsafety`, as the worker's user): an unsafe one fails the attempt.
+
 Message types are defined in :mod:`procpoold.pool.protocol`. This module imports nothing from the
 control plane and no ZeroMQ.
 """
@@ -27,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.machinery
 import inspect
 import io
 import logging
@@ -34,6 +47,7 @@ import os
 import select
 import signal
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -43,8 +57,10 @@ from typing import Any
 
 import msgpack
 
+import procpoold
 from procpool import task as task_api
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpoold.pathsafety import check_folders, unsafe_folder
 from procpoold.pool.protocol import (
     CALL,
     CANCEL,
@@ -52,6 +68,7 @@ from procpoold.pool.protocol import (
     EXIT,
     F_ASYNC,
     F_STOPPED,
+    F_UNCLEAN,
     HEARTBEAT_MESSAGE,
     LOG,
     PROGRESS,
@@ -68,6 +85,46 @@ INTERRUPT_SIGNAL = signal.SIGUSR1
 _unpackb = msgpack.unpackb
 #: Log messages buffered before a flush is forced (otherwise the heartbeat tick flushes them).
 LOG_BATCH = 64
+
+
+def _shared_roots() -> tuple[str, ...]:
+    """Folders whose modules are the same for every job: the standard library, site-packages and
+    procpool's own packages (with a trailing separator, for ``startswith``)."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots.update(os.path.dirname(p) for p in (task_api.__file__, procpoold.__file__) if p)
+    return tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
+
+
+#: Computed once in the zygote (this module is preloaded there).
+_SHARED_ROOTS = _shared_roots()
+_EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _origin(mod: Any) -> str | None:
+    spec = getattr(mod, "__spec__", None)
+    origin = getattr(spec, "origin", None) or getattr(mod, "__file__", None)
+    return origin if isinstance(origin, str) else None
+
+
+def _is_shared(mod: Any) -> bool:
+    """Whether a module comes from the interpreter's own folders (kept across jobs)."""
+    origin = _origin(mod)
+    if origin in ("built-in", "frozen"):
+        return True
+    if origin is None:  # a namespace package (shared if all its folders are), or a made-up module
+        paths = getattr(mod, "__path__", None)
+        try:
+            entries = [str(p) for p in paths] if paths is not None else []
+        except Exception:
+            return False
+        return bool(entries) and all(os.path.realpath(p).startswith(_SHARED_ROOTS) for p in entries)
+    return os.path.realpath(origin).startswith(_SHARED_ROOTS)
+
+
+def _is_extension(mod: Any) -> bool:
+    origin = _origin(mod)
+    return origin is not None and origin.endswith(_EXTENSIONS)
 
 
 class TaskInterrupted(BaseException):
@@ -387,6 +444,13 @@ class Worker:
         self._hb_wake = threading.Event()
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._loggers: dict[str, logging.Logger] = {}
+        #: The job whose attempts this worker runs (None: none yet, the worker is clean).
+        self.job: str | None = None
+        #: ``F_UNCLEAN`` once the worker cannot be restored for another job (else 0).
+        self.unclean = 0
+        self._clean: _Snapshot | None = None
+        self._known: set[str] = set(sys.modules)  # modules classified already
+        self._nmods = len(sys.modules)
         self.stdout = _LineStream(self, "stdout", logging.INFO, sys.__stdout__)
         self.stderr = _LineStream(self, "stderr", logging.WARNING, sys.__stderr__)
         self.fd_capture: _FdCapture | None = None
@@ -413,6 +477,9 @@ class Worker:
             self.fd_capture.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTERRUPT_SIGNAL})
+        self._clean = _Snapshot()
+        self._known = set(sys.modules)
+        self._nmods = len(sys.modules)
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -480,15 +547,53 @@ class Worker:
             self.exiting = True
         # REPLY here is stale (its request was interrupted): dropped.
 
+    def _switch(self, job: str | None) -> None:
+        """Start serving ``job``: forget what the previous job loaded (see the module docstring)."""
+        if self.job is not None and self._clean is not None:
+            if len(sys.modules) != self._nmods:
+                self._scan_modules()
+            self._known.difference_update(self._clean.restore())
+            self.funcs.clear()
+            self._nmods = len(sys.modules)
+        self.job = job
+
+    def _scan_modules(self) -> None:
+        """Classify the modules loaded since the last look: one that cannot be unloaded, or a
+        preloaded one removed or replaced, makes the worker unclean (checked after each attempt,
+        only when the number of modules changed)."""
+        mods = sys.modules
+        known = self._known
+        for name in [n for n in list(mods) if n not in known]:
+            known.add(name)
+            mod = mods.get(name)
+            if mod is not None and _is_extension(mod) and not _is_shared(mod):
+                self.unclean = F_UNCLEAN
+        clean = self._clean
+        if clean is not None and not clean.intact():
+            self.unclean = F_UNCLEAN
+        self._nmods = len(mods)
+
+    def _flags(self) -> int:
+        """``F_UNCLEAN`` when the worker cannot be restored for another job (cheap when nothing
+        was imported)."""
+        if len(sys.modules) != self._nmods:
+            self._scan_modules()
+        return self.unclean
+
     def _resolve(self, call: str, python_path: list[str] | None) -> tuple[Callable[..., Any], bool]:
         found = self.funcs.get(call)
         if found is not None:
             return found
         if isinstance(call, _Undecodable):
             raise call
-        for entry in reversed(python_path or []):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
+        new = [entry for entry in python_path or [] if entry not in sys.path]
+        if new:
+            # Checked as late as possible, as the user the worker runs as.
+            problem = check_folders(new, imports=True, what="python_path")
+            if problem is not None:
+                raise PermissionError(problem)
+        for entry in reversed(new):
+            sys.path.insert(0, entry)
         module_name, _, qualname = call.partition(":")
         if not module_name or not qualname:
             raise ValueError(f"bad call {call!r}: expected 'package.module:function'")
@@ -507,13 +612,17 @@ class Worker:
             self.stopped.discard(aid)
             self.post(stopped_before_start(aid))
             return
+        ctx = msg[3]
+        job = ctx[0] if type(ctx) is list and ctx else None
+        if job != self.job and not self.async_tasks:
+            self._switch(job)
         try:
             fn, is_async = self._resolve(msg[2], msg[8])
         except _Undecodable as exc:
-            self.post(self._pack([DONE, aid, False, exc.error, 0, None]))
+            self.post(self._pack([DONE, aid, False, exc.error, self._flags(), None]))
             return
         except Exception as exc:
-            self.post(self._pack([DONE, aid, False, _error(exc, 0), 0, None]))
+            self.post(self._pack([DONE, aid, False, _error(exc, 0), self._flags(), None]))
             return
         self._set_busy()
         if is_async:
@@ -544,6 +653,8 @@ class Worker:
         cwd: str | None = msg[7]
         if not env and not cwd:
             return _clear_task
+        if cwd:
+            _check_cwd(cwd)
         saved = {k: os.environ.get(k) for k in env} if env else {}
         if env:
             os.environ.update(env)
@@ -586,16 +697,16 @@ class Worker:
                 self.current = None
             out = self._encode_result(aid, result, False, _clock() - started)
         except TaskInterrupted as exc:
-            out = self._pack([DONE, aid, False, _error(exc), F_STOPPED, None])
+            out = self._pack([DONE, aid, False, _error(exc), F_STOPPED | self._flags(), None])
         except BaseException as exc:  # task code may raise anything, SystemExit included
-            out = self._pack([DONE, aid, False, _error(exc), 0, None])
+            out = self._pack([DONE, aid, False, _error(exc), self._flags(), None])
         finally:
             leave()
             self._end_output(aid)
         self.post(out)
 
     def _encode_result(self, aid: str, result: Any, is_async: bool, took: float | None = None) -> bytes:
-        flags = F_ASYNC if is_async else 0
+        flags = (F_ASYNC if is_async else 0) | self._flags()
         try:
             # ``took``: run time of a sync call (the daemon prefetches short functions).
             data: bytes = self._pack([DONE, aid, True, result, flags, took])
@@ -638,15 +749,17 @@ class Worker:
 
         try:
             try:
+                if cwd:
+                    _check_cwd(cwd)
                 enter()
                 result = await _Stepper(fn(*(msg[4] or ()), **(msg[5] or {})), enter)
             finally:
                 _clear_task()
             out = self._encode_result(aid, result, True)
         except asyncio.CancelledError as exc:
-            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC | F_STOPPED, None])
+            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC | F_STOPPED | self._flags(), None])
         except BaseException as exc:
-            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC, None])
+            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC | self._flags(), None])
         finally:
             self._end_output(aid)
             self.async_tasks.pop(aid, None)
@@ -804,6 +917,64 @@ class Worker:
 
 
 _clock = time.perf_counter
+
+
+def _check_cwd(cwd: str) -> None:
+    """Refuse a working folder that others could swap or fill (checked as the worker's user)."""
+    problem = unsafe_folder(cwd, imports=False)
+    if problem is not None:
+        raise PermissionError(f"cwd: {problem}")
+
+
+class _Snapshot:
+    """What a clean worker's import machinery looks like, to restore between jobs."""
+
+    def __init__(self) -> None:
+        self.path = list(sys.path)
+        self.meta_path = list(sys.meta_path)
+        self.path_hooks = list(sys.path_hooks)
+        self.modules = dict(sys.modules)
+        root = logging.getLogger()
+        self.handlers = list(root.handlers)
+        self.level = root.level
+        #: Modules loaded since, judged the interpreter's own (kept): name -> module.
+        self.kept: dict[str, Any] = {}
+
+    def intact(self) -> bool:
+        """Every preloaded module is still there, the same object."""
+        mods = sys.modules
+        return all(mods.get(name) is mod for name, mod in self.modules.items())
+
+    def restore(self) -> list[str]:
+        """Put the import machinery back; unload what jobs loaded (but the interpreter's own
+        modules and what cannot be unloaded). Returns the names unloaded."""
+        sys.path[:] = self.path
+        sys.meta_path[:] = self.meta_path
+        sys.path_hooks[:] = self.path_hooks
+        keep = set(self.path)
+        for key in [k for k in sys.path_importer_cache if k not in keep]:
+            sys.path_importer_cache.pop(key, None)
+        mods = sys.modules
+        clean, kept = self.modules, self.kept
+        removed = []
+        for name in [n for n in mods if n not in clean]:
+            mod = mods.get(name)
+            if mod is not None and kept.get(name) is mod:
+                continue
+            if mod is not None and _is_shared(mod):
+                kept[name] = mod
+                continue
+            if mod is not None and _is_extension(mod):
+                continue
+            mods.pop(name, None)
+            removed.append(name)
+        for name, mod in clean.items():
+            if mods.get(name) is not mod:
+                mods[name] = mod
+        root = logging.getLogger()
+        root.handlers[:] = self.handlers
+        root.setLevel(self.level)
+        return removed
 
 
 def _clear_task() -> None:
