@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpool.contract.tree import RETRY_DELAY_CAP, parse_job
+from procpool.contract.tree import RETRY_DELAY_CAP, JobSpec, TreeError, parse_job
 from procpoold import journal
 from procpoold.core import namespace
 from procpoold.core.jobs import Effects, Job, TaskRun
@@ -31,6 +31,7 @@ from procpoold.core.states import FINAL_TASK_STATES, JOB_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream
 from procpoold.identity import Identity, identity_of, run_as_uid
 from procpoold.loop import EventLoop, Timer
+from procpoold.pathsafety import check_folders, unsafe_folder
 from procpoold.store import StateStore
 
 log = logging.getLogger("procpoold.scheduler")
@@ -111,6 +112,9 @@ class Scheduler:
                 "submit again once it has restarted",
             )
         spec = parse_job(raw)
+        unsafe = _unsafe_folder(spec, run_as_uid(uid))
+        if unsafe is not None:
+            raise TreeError("", unsafe, "use a folder that only its owner (and root) may write")
         if spec.key is not None and spec.key in self.keys:
             return self.jobs[self.keys[spec.key]], True
         for ref in after or []:
@@ -862,3 +866,20 @@ def _identity(pid: int) -> tuple[str, str, str, str] | None:
 
 
 _IDENTITY = (b"PROCPOOL_DAEMON_ID", b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")
+
+
+def _unsafe_folder(spec: JobSpec, run_uid: int | None) -> str | None:
+    """The first ``python_path`` entry or call task ``cwd`` that others could fill or swap, as
+    ``"<json path>: why"`` (the worker checks again right before using it)."""
+    problem = check_folders(spec.python_path, imports=True, owner_uid=run_uid, what="python_path")
+    if problem is not None:
+        return problem
+    why = unsafe_folder(spec.cwd, imports=False) if spec.cwd else None
+    if why is not None:
+        return f"cwd: {why}"
+    for task in spec.tasks:
+        if task.cwd and task.kind == "call":
+            why = unsafe_folder(task.cwd, imports=False)
+            if why is not None:
+                return f"{task.path}.cwd: {why}"
+    return None
