@@ -9,14 +9,52 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from procpoold.identity import Identity, identity_of
+
+#: A module of task functions for per-user tests (``ppwho:<name>``), written by :func:`probe_folder`.
+WHO_PROBE = """
+import os
+
+def who():
+    return [os.getuid(), os.getgid(), sorted(os.getgroups()), os.environ.get("HOME"),
+            os.environ.get("USER"), os.getcwd(), os.getpid()]
+
+def become_root():
+    os.setuid(0)
+    return "root again"
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+def echo(value):
+    return value
+
+def big(n):
+    return b"r" * n
+"""
+
+
+@contextmanager
+def probe_folder() -> Iterator[Path]:
+    """A folder every user may read (0755, root's) holding the module ``ppwho``; removed after."""
+    path = Path(tempfile.mkdtemp(prefix="ppusr-", dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        (path / "ppwho.py").write_text(WHO_PROBE)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,45 +23,17 @@ import pytest
 from procpoold.engines import AttemptSpec, Outcome
 from procpoold.identity import Identity
 from tests.integration.pool.conftest import PoolHarness
-from tests.support.throwaway_users import ThrowawayUsers, throwaway_users
+from tests.support.throwaway_users import ThrowawayUsers, probe_folder, throwaway_users
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-PROBE = '''
-import os
-
-def who():
-    return [os.getuid(), os.getgid(), sorted(os.getgroups()), os.environ.get("HOME"),
-            os.environ.get("USER"), os.getcwd()]
-
-def become_root():
-    os.setuid(0)
-    return "root again"
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-def echo(value):
-    return value
-
-def big(n):
-    return b"r" * n
-'''
 
 _n = iter(range(1, 10**9))
 
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A folder every user may read (0755, root's), holding the probe module ``ppwho``."""
-    path = Path(tempfile.mkdtemp(prefix="ppusr-", dir="/tmp"))
-    try:
-        path.chmod(0o755)
-        (path / "ppwho.py").write_text(PROBE)
+    with probe_folder() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -178,7 +149,7 @@ def test_each_users_attempts_run_as_that_user_and_no_worker_serves_two(
         got = o.result if s.user is None else o.result[0]
         assert got == want
         if s.user is not None:
-            _uid, gid, groups, home, name, cwd = o.result
+            _uid, gid, groups, home, name, cwd, _pid = o.result
             assert (gid, groups, home, name) == (s.user.gid, sorted(s.user.groups), s.user.home, s.user.name)
             assert users.gid in groups
             assert cwd == "/"  # the home does not exist: not the daemon's folder

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.unit
 
 def worker(slot: int, **extra: object) -> dict[str, object]:
     return {"slot": slot, "pid": 4710 + slot, "state": "busy", "attempts": [{"task_name": "resize"}],
-            "tasks_done": 12, "age": 65.0, "uid": 1000, "user": "ann", "rss": 30 * 2**20, "uss": 5 * 2**20, **extra}
+            "tasks_done": 12, "age": 65.0, "uid": 1000, "user": "ann", "rss": 30 * 2**20,
+            "uss": 5 * 2**20, **extra}
 
 
 def test_workers_counters_and_round_trips() -> None:
