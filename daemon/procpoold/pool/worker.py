@@ -99,6 +99,7 @@ def _shared_roots() -> tuple[str, ...]:
 #: Computed once in the zygote (this module is preloaded there).
 _SHARED_ROOTS = _shared_roots()
 _EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+_FileFinder = importlib.machinery.FileFinder
 
 
 def _origin(mod: Any) -> str | None:
@@ -951,9 +952,12 @@ class _Snapshot:
         sys.path[:] = self.path
         sys.meta_path[:] = self.meta_path
         sys.path_hooks[:] = self.path_hooks
+        # The standard finder of a folder keeps nothing of a job's (it rereads the folder when
+        # it changes) and costs a listing to rebuild: kept. Any other finder a job made goes.
+        cache = sys.path_importer_cache
         keep = set(self.path)
-        for key in [k for k in sys.path_importer_cache if k not in keep]:
-            sys.path_importer_cache.pop(key, None)
+        for key in [k for k, v in cache.items() if k not in keep and type(v) is not _FileFinder]:
+            cache.pop(key, None)
         mods = sys.modules
         clean, kept = self.modules, self.kept
         removed = []
@@ -972,8 +976,10 @@ class _Snapshot:
             if mods.get(name) is not mod:
                 mods[name] = mod
         root = logging.getLogger()
-        root.handlers[:] = self.handlers
-        root.setLevel(self.level)
+        if root.handlers != self.handlers:
+            root.handlers[:] = self.handlers
+        if root.level != self.level:  # setLevel clears the cache of every logger: only if needed
+            root.setLevel(self.level)
         return removed
 
 
