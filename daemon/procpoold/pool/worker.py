@@ -23,8 +23,11 @@ daemon sends one only to an idle worker), it first restores ``sys.path``, ``sys.
 ``sys.path_hooks``, the root logger's handlers and ``sys.modules`` to the snapshot taken when it
 started, so nothing a job imported from its ``python_path`` (or put on ``sys.path``) is seen by
 the next one. Modules of the interpreter's own folders (the standard library, site-packages, procpool
-itself) stay loaded. A module that cannot be unloaded (a C extension from a job's folder), or a
-preloaded module removed or replaced, makes the worker *unclean*: it says so in the ``flags`` of
+itself) stay loaded; a preloaded module a job removed (or removed and imported again) is put
+back: the original is the one every other module refers to. (One replaced in place in
+``sys.modules`` is not seen: looking at every preloaded entry would copy their pages into each
+worker.) A module that cannot be unloaded (a C extension from a
+job's folder) makes the worker *unclean*: it says so in the ``flags`` of
 every ``DONE`` (``F_UNCLEAN``), and the daemon then gives it only that job's attempts.
 
 ``python_path`` entries and a ``cwd`` are checked again right before they are used
@@ -450,7 +453,8 @@ class Worker:
         #: ``F_UNCLEAN`` once the worker cannot be restored for another job (else 0).
         self.unclean = 0
         self._clean: _Snapshot | None = None
-        self._known: set[str] = set(sys.modules)  # modules classified already
+        #: Modules loaded since the snapshot that were looked at already.
+        self._known: set[str] = set()
         self._nmods = len(sys.modules)
         self.stdout = _LineStream(self, "stdout", logging.INFO, sys.__stdout__)
         self.stderr = _LineStream(self, "stderr", logging.WARNING, sys.__stderr__)
@@ -478,8 +482,9 @@ class Worker:
             self.fd_capture.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTERRUPT_SIGNAL})
-        self._clean = _Snapshot()
-        self._known = set(sys.modules)
+        # The zygote took the snapshot (shared with every worker: taking it here would copy the
+        # pages of every module object, as the reference counts change); the logger is ours.
+        self._clean = (_CLEAN or _Snapshot()).with_logging()
         self._nmods = len(sys.modules)
 
     # -- main loop ---------------------------------------------------------------------------------
@@ -559,20 +564,20 @@ class Worker:
         self.job = job
 
     def _scan_modules(self) -> None:
-        """Classify the modules loaded since the last look: one that cannot be unloaded, or a
-        preloaded one removed or replaced, makes the worker unclean (checked after each attempt,
-        only when the number of modules changed)."""
-        mods = sys.modules
-        known = self._known
-        for name in [n for n in list(mods) if n not in known]:
-            known.add(name)
-            mod = mods.get(name)
-            if mod is not None and _is_extension(mod) and not _is_shared(mod):
-                self.unclean = F_UNCLEAN
+        """Classify the modules loaded since the last look: one that cannot be unloaded makes the
+        worker unclean (checked after each attempt, only when the number of modules changed)."""
         clean = self._clean
-        if clean is not None and not clean.intact():
-            self.unclean = F_UNCLEAN
-        self._nmods = len(mods)
+        if clean is None:
+            return
+        known = self._known
+        added = clean.added()
+        for name, mod in added:
+            if name in known:
+                continue
+            known.add(name)
+            if _is_extension(mod) and not _is_shared(mod):
+                self.unclean = F_UNCLEAN
+        self._nmods = len(sys.modules)
 
     def _flags(self) -> int:
         """``F_UNCLEAN`` when the worker cannot be restored for another job (cheap when nothing
@@ -928,23 +933,41 @@ def _check_cwd(cwd: str) -> None:
 
 
 class _Snapshot:
-    """What a clean worker's import machinery looks like, to restore between jobs."""
+    """What a clean worker's import machinery looks like, to restore between jobs.
+
+    Taken once in the zygote, so that every worker shares it. The preloaded modules are never
+    iterated over in a worker (that would copy every page holding a module object into it, as
+    reference counts change): ``sys.modules`` keeps insertion order, so what was loaded since is
+    what follows the last preloaded entry.
+    """
 
     def __init__(self) -> None:
         self.path = list(sys.path)
         self.meta_path = list(sys.meta_path)
         self.path_hooks = list(sys.path_hooks)
         self.modules = dict(sys.modules)
-        root = logging.getLogger()
-        self.handlers = list(root.handlers)
-        self.level = root.level
+        self.handlers: list[logging.Handler] = []
+        self.level = logging.WARNING
         #: Modules loaded since, judged the interpreter's own (kept): name -> module.
         self.kept: dict[str, Any] = {}
 
-    def intact(self) -> bool:
-        """Every preloaded module is still there, the same object."""
-        mods = sys.modules
-        return all(mods.get(name) is mod for name, mod in self.modules.items())
+    def with_logging(self) -> _Snapshot:
+        """This snapshot with the root logger as it is now (the worker's own handler)."""
+        root = logging.getLogger()
+        self.handlers = list(root.handlers)
+        self.level = root.level
+        return self
+
+    def added(self) -> list[tuple[str, Any]]:
+        """Entries of ``sys.modules`` added (or re-added) since the snapshot, newest first."""
+        mods, clean = sys.modules, self.modules
+        out = []
+        for name in reversed(mods):
+            mod = mods[name]
+            if clean.get(name) is mod:
+                break
+            out.append((name, mod))
+        return out
 
     def restore(self) -> list[str]:
         """Put the import machinery back; unload what jobs loaded (but the interpreter's own
@@ -961,26 +984,41 @@ class _Snapshot:
         mods = sys.modules
         clean, kept = self.modules, self.kept
         removed = []
-        for name in [n for n in mods if n not in clean]:
-            mod = mods.get(name)
-            if mod is not None and kept.get(name) is mod:
+        added = self.added()
+        for name, mod in added:
+            if name in clean:
+                mods[name] = clean[name]  # a preloaded module replaced: the original goes back
                 continue
-            if mod is not None and _is_shared(mod):
+            if kept.get(name) is mod:
+                continue
+            if _is_shared(mod):
                 kept[name] = mod
                 continue
-            if mod is not None and _is_extension(mod):
+            if _is_extension(mod):
                 continue
             mods.pop(name, None)
             removed.append(name)
-        for name, mod in clean.items():
-            if mods.get(name) is not mod:
-                mods[name] = mod
+        still_new = sum(1 for name, _ in added if name not in clean) - len(removed)
+        if len(mods) - still_new < len(clean):  # rare: a preloaded module is gone
+            for name, mod in clean.items():
+                if name not in mods:
+                    mods[name] = mod
         root = logging.getLogger()
         if root.handlers != self.handlers:
             root.handlers[:] = self.handlers
         if root.level != self.level:  # setLevel clears the cache of every logger: only if needed
             root.setLevel(self.level)
         return removed
+
+
+#: The clean state, taken in the zygote once it has preloaded everything (:func:`snapshot`).
+_CLEAN: _Snapshot | None = None
+
+
+def snapshot() -> None:
+    """Take the clean snapshot (the zygote calls this after preloading, before any fork)."""
+    global _CLEAN
+    _CLEAN = _Snapshot()
 
 
 def _clear_task() -> None:

@@ -278,6 +278,8 @@ def _preload() -> None:
     import procpool.task  # noqa: F401
     from procpoold.pool import ring, worker  # noqa: F401
 
+    worker.snapshot()  # what a worker restores between jobs, shared by all of them
+
 
 class _ZygoteServer:
     """State of the zygote process: its socket, children and signal wakeups."""

@@ -187,3 +187,17 @@ def test_spilled_arguments_and_results_cross_between_users(
                        spec("ppwho:big", 3 << 20, user=alice, python_path=path))
     assert echoed.status == "completed" and echoed.result == payload
     assert made.status == "completed" and made.result == b"r" * (3 << 20)
+
+
+def test_a_preloaded_module_a_job_removed_is_put_back(
+        make_pool: Callable[..., PoolHarness], tmp_path: Path) -> None:
+    pool = make_pool(workers=1)
+    body = "import sys\n\ndef f():\n    del sys.modules['json']\n    return 1\n"
+    folder = module_dir(tmp_path, "drop", body)
+    (a,) = run(pool, spec("m:f", job="A", python_path=[folder]))
+    assert a.status == "completed"
+    first = pool.pids()
+    (b,) = run(pool, spec("sys:getrefcount", job="B"))  # any call: the switch restores first
+    (c,) = run(pool, spec("json:dumps", [1], job="C"))
+    assert (b.status, c.status, c.result) == ("failed", "completed", "[1]")  # (getrefcount needs an arg)
+    assert pool.pids() == first
