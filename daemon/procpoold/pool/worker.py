@@ -450,6 +450,8 @@ class Worker:
         self._loggers: dict[str, logging.Logger] = {}
         #: The job whose attempts this worker runs (None: none yet, the worker is clean).
         self.job: str | None = None
+        #: The working folder found safe for this job (checked again when the job changes).
+        self.cwd_checked: str | None = None
         #: ``F_UNCLEAN`` once the worker cannot be restored for another job (else 0).
         self.unclean = 0
         self._clean: _Snapshot | None = None
@@ -561,6 +563,7 @@ class Worker:
             self._known.difference_update(self._clean.restore())
             self.funcs.clear()
             self._nmods = len(sys.modules)
+        self.cwd_checked = None
         self.job = job
 
     def _scan_modules(self) -> None:
@@ -659,8 +662,9 @@ class Worker:
         cwd: str | None = msg[7]
         if not env and not cwd:
             return _clear_task
-        if cwd:
+        if cwd and cwd != self.cwd_checked:
             _check_cwd(cwd)
+            self.cwd_checked = cwd
         saved = {k: os.environ.get(k) for k in env} if env else {}
         if env:
             os.environ.update(env)
@@ -755,8 +759,9 @@ class Worker:
 
         try:
             try:
-                if cwd:
+                if cwd and cwd != self.cwd_checked:
                     _check_cwd(cwd)
+                    self.cwd_checked = cwd
                 enter()
                 result = await _Stepper(fn(*(msg[4] or ()), **(msg[5] or {})), enter)
             finally:
