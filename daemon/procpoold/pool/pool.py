@@ -503,6 +503,10 @@ class PoolExecutor:
         w = self._by_pid.get(pid)
         if w is None:
             return
+        if code == zygote.EXIT_NO_USER and w.user is not None and self._slots.get(w.slot) is w:
+            # It could not become its user: the slot goes back to the daemon's own user rather
+            # than trying again and again (an attempt of that user asks for a worker again).
+            self._slot_user.pop(w.slot, None)
         # Its last words count: results posted before it died are real results.
         self._drain_worker(w, force=True)
         self._requeue_unstarted(w)
@@ -514,6 +518,10 @@ class PoolExecutor:
         for aid, run in list(w.running.items()):
             if w.kill_reason is not None:  # we killed it, and know why
                 etype, sentence = w.kill_reason
+            elif code == zygote.EXIT_NO_USER and w.user is not None:
+                etype, sentence = "WorkerDied", (
+                    f"{w.describe()} could not become user {w.user.name} (uid {w.user.uid}) and exited "
+                    f"before running task {run.spec.task_name!r}; see the daemon's log")
             else:
                 etype, sentence = "WorkerDied", death_sentence(w, code, sig, run.spec.task_name, oom)
             status = STOP_STATUS[run.stop] if run.stop else "failed"

@@ -61,6 +61,8 @@ _PR_SET_PDEATHSIG = 1
 _MAX_PACKET = 65536
 #: Exit code of a zygote or worker that hit an internal error.
 EXIT_INTERNAL = 70
+#: Exit code of a worker that could not become its user (EX_NOPERM).
+EXIT_NO_USER = 77
 
 
 def set_pdeathsig(sig: int, expected_parent: int) -> None:
@@ -390,7 +392,9 @@ class _ZygoteServer:
                 user = msg.get("user")
                 if user is not None:
                     # First: nothing of the task's may run, or be decoded, with our privileges.
+                    code = EXIT_NO_USER
                     drop_privileges(user)
+                    code = EXIT_INTERNAL
                 # After the drop: a change of credentials clears the parent-death signal.
                 set_pdeathsig(signal.SIGKILL, zygote_pid)
                 from procpoold.pool import worker

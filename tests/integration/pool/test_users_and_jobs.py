@@ -201,3 +201,19 @@ def test_a_preloaded_module_a_job_removed_is_put_back(
     (c,) = run(pool, spec("json:dumps", [1], job="C"))
     assert (b.status, c.status, c.result) == ("failed", "completed", "[1]")  # (getrefcount needs an arg)
     assert pool.pids() == first
+
+
+def test_attempts_of_a_user_no_worker_can_become_fail_saying_so(
+        make_pool: Callable[..., PoolHarness]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    pool = make_pool(workers=1)
+    broken = Identity(65534, -1, (), "broken", "/")  # setgid(-1) fails: the worker exits at once
+    a, b = run(pool, spec("os:getuid", job="x", user=broken), spec("os:getuid", job="y", user=broken))
+    for outcome in (a, b):
+        assert outcome.status == "failed" and outcome.error is not None
+        assert outcome.error.type == "WorkerDied"
+        assert "could not become user broken (uid 65534) and exited before running task" in \
+            outcome.error.message, outcome.error
+    (ok,) = run(pool, spec("os:getuid", job="z"))
+    assert (ok.status, ok.result) == ("completed", os.geteuid())
