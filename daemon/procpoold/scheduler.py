@@ -45,6 +45,7 @@ from procpoold.identity import (
     user_name,
 )
 from procpoold.loop import EventLoop, Timer
+from procpoold.pathsafety import check_folders, unsafe_folder
 from procpoold.store import StateStore
 from procpoold.store.sqlite import StoredJob
 
@@ -153,6 +154,10 @@ class Scheduler:
                 "submit again once it has restarted",
             )
         spec = parse_job(raw, self.limits)
+        run_as = job_user(spec, uid, self.authority)  # raises permission_denied for another user
+        unsafe = _unsafe_folder(spec, run_as)
+        if unsafe is not None:
+            raise TreeError("", unsafe, "use a folder that only its owner (and root) may write")
         key = scoped_key(uid, spec.key)
         if key is not None and key in self.keys:
             known = self._job(self.keys[key])
@@ -163,7 +168,7 @@ class Scheduler:
         self.quota.check(uid, len(spec.tasks))  # "queue full" before anything is written
         job_id = str(self._next_id)
         self._next_id += 1
-        job = Job(job_id, spec, raw, self.clock(), uid, after, job_user(spec, uid, self.authority))
+        job = Job(job_id, spec, raw, self.clock(), uid, after, run_as)
         job.submitter_name = user_name(uid)
         if self.store is not None:
             # Queued here, committed by the flush below, before the caller replies. Tasks get log
@@ -1196,3 +1201,20 @@ def _identity(pid: int) -> tuple[str, str, str, str] | None:
 
 
 _IDENTITY = (b"PROCPOOL_DAEMON_ID", b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")
+
+
+def _unsafe_folder(spec: JobSpec, run_uid: int | None) -> str | None:
+    """The first ``python_path`` entry or ``cwd`` (the job's or a task's) that others could fill or swap, as
+    ``"<json path>: why"`` (the worker checks again right before using it)."""
+    problem = check_folders(spec.python_path, imports=True, owner_uid=run_uid, what="python_path")
+    if problem is not None:
+        return problem
+    why = unsafe_folder(spec.cwd, imports=False) if spec.cwd else None
+    if why is not None:
+        return f"cwd: {why}"
+    for task in spec.tasks:
+        if task.cwd:
+            why = unsafe_folder(task.cwd, imports=False)
+            if why is not None:
+                return f"{task.path}.cwd: {why}"
+    return None

@@ -15,13 +15,14 @@ def _mib(value: Any) -> str:
 
 
 def pool_table(data: dict[str, Any]) -> str:
-    rows = [("SLOT", "PID", "STATE", "TASK", "DONE", "RSS", "USS", "AGE")]
+    rows = [("SLOT", "PID", "USER", "STATE", "TASK", "DONE", "RSS", "USS", "AGE")]
     for w in data["workers"]:
         tasks = ", ".join(a["task_name"] for a in w.get("attempts", [])) or "-"
         rows.append(
             (
                 str(w["slot"]),
                 str(w["pid"]),
+                str(w.get("user") or w.get("uid") or "-"),
                 w["state"] + (" (retiring)" if w.get("retiring") else "")
                 + (" (waiting for the log)" if w.get("log_paused") else ""),
                 tasks,

@@ -17,6 +17,15 @@ Results: each worker's result ring is armed before the loop blocks; the doorbell
 which drains every ring. Right after a dispatch the loop spins on the result ring for at most
 ``spin_us`` first (a round trip to a worker that is awake is far cheaper than a wakeup).
 
+Users and jobs: a worker runs as one identity for its whole life (the zygote's child drops to it
+before anything of a task's runs) and holds attempts of one job at a time. An attempt goes only to
+a worker of its identity; an idle worker of another job takes it after restoring ``sys.path`` and
+``sys.modules`` (the worker does that when it sees a new job). When no worker of the attempt's
+identity can take it, an idle worker of another identity (one with nothing queued, least recently
+used first; any idle one if the identity has no worker at all) is retired and its slot refilled
+with a worker of the attempt's identity. A worker that loaded what it cannot unload (``F_UNCLEAN``)
+serves only its job and is replaced the same way when another job needs it.
+
 Round trip: for each attempt pushed to a worker that held nothing else, the time from its push
 to the arrival of its result is kept (the last :data:`ROUND_TRIP_SAMPLES`), apart for workers that
 were awake (spinning after their last attempt: the busy case) and asleep (the push woke them);
@@ -40,6 +49,7 @@ import msgpack
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold import oom as oom_kills
 from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
+from procpoold.identity import Identity, user_name
 from procpoold.journal import LogSink, MessageId
 from procpoold.loop import EventLoop
 from procpoold.pool import shm, zygote
@@ -49,6 +59,7 @@ from procpoold.pool.protocol import (
     DONE,
     EXIT_MESSAGE,
     F_ASYNC,
+    F_UNCLEAN,
     LOG,
     MESSAGE_ENVELOPE,
     PROGRESS,
@@ -85,6 +96,9 @@ INLINE_SPINS = 16
 #: Batches (of up to 256 messages) read from one worker's result ring before the loop polls
 #: again: a task that writes into its ring as fast as the daemon reads cannot keep it there.
 DRAIN_BATCHES = 32
+#: Attempts one dispatch pass leaves queued before it stops looking further (with several users
+#: the queue may hold many attempts that no worker can take yet).
+KEEP_SCAN = 4096
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
@@ -107,6 +121,10 @@ class PoolExecutor:
         self._events: ExecutorEvents | None = None
         #: Current worker of each slot (None while a slot waits for a refill).
         self._slots: dict[int, WorkerSlot | None] = {}
+        #: Who the next worker of a slot runs as (absent: the daemon's own user).
+        self._slot_user: dict[int, Identity | None] = {}
+        #: Counts idle transitions: a worker's ``idle_since`` (least recently used first).
+        self._idle_seq = 0
         #: Every worker process not yet reported dead (slotted, retiring, being killed).
         self._by_pid: dict[int, WorkerSlot] = {}
         self._all: set[WorkerSlot] = set()
@@ -297,9 +315,13 @@ class PoolExecutor:
         now = time.monotonic()
         out = []
         for w in sorted(self._all, key=lambda w: (w.slot, w.gen)):
+            uid = os.geteuid() if w.user is None else w.user.uid
             out.append({
                 "slot": w.slot,
                 "pid": w.pid,
+                "uid": uid,
+                "user": user_name(uid) if w.user is None else w.user.name,
+                "job_id": w.job,
                 "state": w.state.value,
                 "attempts": [{"attempt_id": aid, "task_name": r.spec.task_name}
                              for aid, r in w.running.items()],
@@ -328,6 +350,7 @@ class PoolExecutor:
 
             for slot, w in sorted(self._slots.items(), key=cost)[:excess]:
                 del self._slots[slot]
+                self._slot_user.pop(slot, None)
                 if w is not None:
                     self._retire(w)
         else:
@@ -346,8 +369,9 @@ class PoolExecutor:
         if self._slots[slot] is not None:
             return
         self._gen += 1
+        user = self._slot_user.get(slot)
         try:
-            w = WorkerSlot(slot, self._gen, self.settings.ring_capacity)
+            w = WorkerSlot(slot, self._gen, self.settings.ring_capacity, user)
         except OSError as exc:
             log.error("cannot create the segment for pool slot %d: %s", slot, exc)
             self._refill(slot, crashed=True)
@@ -358,7 +382,7 @@ class PoolExecutor:
         cfg = {"tick": self.settings.tick, "spin_ns": int(self.settings.worker_spin_us * 1000),
                "max_result_bytes": self.settings.max_result_bytes}
         try:
-            self._zygote.spawn(slot, w.gen, cfg, [w.segment.fd, w.res_efd, w.req_efd])
+            self._zygote.spawn(slot, w.gen, cfg, [w.segment.fd, w.res_efd, w.req_efd], user)
         except OSError as exc:
             self._zygote_gone(f"cannot talk to the zygote: {exc}")
             return
@@ -382,8 +406,11 @@ class PoolExecutor:
                 self._zygote.kill(pid, signal.SIGKILL)
             return
         w.state = _IDLE  # STARTING -> IDLE
-        log.info("%s started", w.describe(), extra={"journal_fields": {
-            "MESSAGE_ID": MessageId.WORKER_SPAWNED, "PROCPOOL_WORKER_PID": str(pid)}})
+        fields = {"MESSAGE_ID": MessageId.WORKER_SPAWNED, "PROCPOOL_WORKER_PID": str(pid)}
+        if w.user is not None:
+            fields.update(PROCPOOL_USER=w.user.name, PROCPOOL_UID=str(w.user.uid))
+        log.info("%s started%s", w.describe(), "" if w.user is None else f" as {w.user.name}",
+                 extra={"journal_fields": fields})
         age = self.settings.max_worker_age
         if age is not None:
             assert self._loop is not None
@@ -488,6 +515,10 @@ class PoolExecutor:
         w = self._by_pid.get(pid)
         if w is None:
             return
+        if code == zygote.EXIT_NO_USER and w.user is not None and self._slots.get(w.slot) is w:
+            # It could not become its user: the slot goes back to the daemon's own user rather
+            # than trying again and again (an attempt of that user asks for a worker again).
+            self._slot_user.pop(w.slot, None)
         # Its last words count: results posted before it died are real results.
         self._drain_worker(w, force=True)
         self._requeue_unstarted(w)
@@ -499,6 +530,10 @@ class PoolExecutor:
         for aid, run in list(w.running.items()):
             if w.kill_reason is not None:  # we killed it, and know why
                 etype, sentence = w.kill_reason
+            elif code == zygote.EXIT_NO_USER and w.user is not None:
+                etype, sentence = "WorkerDied", (
+                    f"{w.describe()} could not become user {w.user.name} (uid {w.user.uid}) and exited "
+                    f"before running task {run.spec.task_name!r}; see the daemon's log")
             else:
                 etype, sentence = "WorkerDied", death_sentence(w, code, sig, run.spec.task_name, oom)
             status = STOP_STATUS[run.stop] if run.stop else "failed"
@@ -570,15 +605,17 @@ class PoolExecutor:
             self._dispatch_soon = True
             self._loop.call_soon(self._dispatch)
 
-    def _pick(self, is_async: bool, depth: int) -> WorkerSlot | None:
+    def _pick(self, spec: AttemptSpec, is_async: bool, depth: int) -> WorkerSlot | None:
         """The worker for an attempt: an async one joins a worker running only async attempts;
         a sync one takes an idle worker, or queues behind short attempts (``depth``: how many
-        attempts of its function a worker may hold)."""
+        attempts of its function a worker may hold). Only a worker of the attempt's identity;
+        a busy one only if it holds the attempt's job, an idle one of that job first."""
         best: WorkerSlot | None = None
+        job = spec.job_id
         if is_async:
             limit = self.settings.async_per_worker
             for w in self._slots.values():
-                if w is None or w.retire:
+                if w is None or w.retire or w.job != job:
                     continue
                 n = len(w.running)
                 if w.state is _BUSY and w.sync_running == 0 and n < limit and (
@@ -587,16 +624,62 @@ class PoolExecutor:
             if best is not None:
                 return best
         cap = self.settings.max_tasks_per_worker
+        user = spec.user
+        idle: WorkerSlot | None = None  # an idle worker of another job (it restores first)
         for w in self._slots.values():
             if w is None or w.retire:
                 continue
             if w.state is _IDLE:
-                return w
+                if w.job == job:
+                    return w
+                if idle is None and not w.unclean and (w.user is user or w.serves(user)):
+                    idle = w
+                continue
             n = w.sync_running
             if (depth > n and w.state is _BUSY and w.unshort == 0 and n and n == len(w.running)
-                    and (cap is None or w.tasks_done + n < cap) and (best is None or n < best.sync_running)):
-                best = w  # a worker busy with short attempts only: queue behind them
-        return best
+                    and w.job == job and (cap is None or w.tasks_done + n < cap)
+                    and (best is None or n < best.sync_running)):
+                best = w  # a worker busy with short attempts of this job only: queue behind them
+        return idle if idle is not None else best
+
+    def _make_room(self, spec: AttemptSpec, kept: dict[int | None, int],
+                   queued: set[int | None] | None) -> set[int | None] | None:
+        """No worker can take ``spec`` now: retire an idle worker that cannot serve it, and refill
+        its slot with a worker of the attempt's identity (see the module docstring).
+
+        ``kept``: attempts of each uid this dispatch pass left queued (a worker is started per
+        attempt at most); ``queued``: the uids with attempts queued (computed here on first need,
+        then passed back in). Returns ``queued``.
+        """
+        user = spec.user
+        uid = None if user is None else user.uid
+        kept[uid] = kept.get(uid, 0) + 1
+        mine = starting = 0
+        victims: list[WorkerSlot] = []
+        for w in self._slots.values():
+            if w is None or w.retire:
+                continue
+            if (w.user is user or w.serves(user)) and not (w.unclean and w.job != spec.job_id):
+                mine += 1
+                starting += w.state is _STARTING
+            elif w.state is _IDLE:
+                victims.append(w)
+        if not victims or starting >= kept[uid]:
+            return queued
+        if queued is None:
+            queued = {None if s.user is None else s.user.uid for s in self._pending}
+        # Workers of identities with nothing queued go first (an unclean one of this identity is
+        # of no use to it either); any idle worker only when this identity has no worker at all.
+        spare = [w for w in victims if w.user is user or w.serves(user) or
+                 (None if w.user is None else w.user.uid) not in queued]
+        if not spare and mine:
+            return queued
+        victim = min(spare or victims, key=lambda w: w.idle_since)
+        self._slot_user[victim.slot] = user
+        log.info("retiring idle %s to start a worker for %s", victim.describe(),
+                 "the daemon's user" if user is None else user.name)
+        self._retire(victim)
+        return queued
 
     def _has_room(self) -> bool:
         limit = self.settings.async_per_worker
@@ -628,14 +711,17 @@ class PoolExecutor:
         pending = self._pending
         woke = False  # some worker was idle: its result is worth spinning for
         async_calls, fn_mean = self._async_calls, self._fn_mean
+        kept: dict[int | None, int] = {}
+        queued: set[int | None] | None = None
         while pending:
             spec = pending.popleft()
             is_async = spec.call in async_calls
             depth = self._depth(fn_mean.get(spec.call or ""))
-            w = self._pick(is_async, depth)
+            w = self._pick(spec, is_async, depth)
             if w is None:
                 keep.append(spec)
-                if not self._has_room():
+                queued = self._make_room(spec, kept, queued)
+                if not self._has_room() or len(keep) >= KEEP_SCAN:
                     break  # nothing else fits either: leave the rest queued, in order
                 continue
             short = not is_async and depth > 1
@@ -652,6 +738,7 @@ class PoolExecutor:
                 woke = True
                 self._last_dispatched = w
             self._where[spec.attempt_id] = w
+            w.job = spec.job_id
             batches.setdefault(w, []).append(_encode_call(spec))
             started.append((spec, w))
         pending.extendleft(reversed(keep))  # O(skipped), not O(queued)
@@ -868,6 +955,8 @@ class PoolExecutor:
         call = run.spec.call
         if flags & F_ASYNC and call is not None:
             self._async_calls.add(call)
+        if flags & F_UNCLEAN:
+            w.unclean = True
         if took is not None and call is not None:
             mean = self._fn_mean.get(call)
             self._fn_mean[call] = took if mean is None else mean + (took - mean) * 0.25
@@ -908,6 +997,8 @@ class PoolExecutor:
                 w.unshort -= 1
         if not w.running and w.state is _BUSY:
             w.state = _IDLE  # BUSY -> IDLE
+            self._idle_seq += 1
+            w.idle_since = self._idle_seq
         return run
 
     def _requeue_unstarted(self, w: WorkerSlot) -> None:

@@ -15,7 +15,8 @@ Request ring, daemon -> worker:
 Result ring, worker -> daemon:
 
 * ``[DONE, id, ok, result_or_error, flags, took]``: the attempt ended; ``flags`` has
-  ``F_ASYNC`` (it was ``async def``) and ``F_STOPPED`` (it ended because it was stopped);
+  ``F_ASYNC`` (it was ``async def``), ``F_STOPPED`` (it ended because it was stopped) and
+  ``F_UNCLEAN`` (the worker can no longer be restored for another job);
   ``took`` is the run time of a sync call in seconds (the daemon prefetches short functions).
   An error is ``{type, message, traceback}``.
 * ``[LOG, id, stream, level, message, fields]``: a log record or an output line.
@@ -66,6 +67,9 @@ MAX_TOOK = 1e9
 # DONE flags
 F_ASYNC = 1
 F_STOPPED = 2
+#: The worker loaded what it cannot unload (a C extension from a job's path): it can no longer
+#: be restored for another job (the daemon gives it only its job's attempts, then retires it).
+F_UNCLEAN = 4
 
 #: Keys of the ``ctx`` array, in order (the fields of ``procpool.task.TaskContext``).
 CTX_KEYS = ("job_id", "job_name", "task_id", "task_name", "attempt", "run")

@@ -293,6 +293,7 @@ class Ring:
         "max_message",
         "spill_from",
         "spill_limit",
+        "spill_owner",
         "spill_threshold",
     )
 
@@ -315,6 +316,8 @@ class Ring:
         #: Consumer side: the largest spilled message it reads (None: no limit). With a limit, one
         #: :meth:`pop_many` call also returns after a spilled message, so it holds at most one.
         self.spill_limit: int | None = None
+        #: (uid, gid) that spill objects written here are handed to (the consumer's user).
+        self.spill_owner: tuple[int, int] | None = None
         self._scratch_size = min(SMALL_MESSAGE, self.max_message)
         self._scratch: Any = ffi.new("char[]", self._scratch_size)
         self._mlens: Any = ffi.new("uint32_t[]", 1)
@@ -388,7 +391,7 @@ class Ring:
         # so the answer can only get better until our push below.
         if self.free < 4 * RECORD_HEADER + 64:
             return False
-        name = shm.write_spill(data)
+        name = shm.write_spill(data, self.spill_owner)
         ref = _SPILL_HEAD.pack(memoryview(data).nbytes) + name.encode()
         try:
             rc = _push(self._h, ref, len(ref), KIND_SPILL, wake)

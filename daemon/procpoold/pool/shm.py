@@ -172,8 +172,11 @@ def cleanup_leftovers(prefix: str = PREFIX, *, owners: set[int] | None = None) -
     return removed
 
 
-def write_spill(data: bytes | bytearray | memoryview) -> str:
+def write_spill(data: bytes | bytearray | memoryview, owner: tuple[int, int] | None = None) -> str:
     """Store ``data`` in a new spill object and return its name.
+
+    ``owner`` (uid, gid): hand the object (mode 0600) to the reader's user, a worker running as
+    another user than the writer; nobody else can read it.
 
     The object holds exactly the payload; its size is the message length. The reader unlinks it
     (see :func:`take_spill`); if this process dies first, :func:`cleanup_leftovers` removes it.
@@ -181,6 +184,8 @@ def write_spill(data: bytes | bytearray | memoryview) -> str:
     name = new_name(SPILL_PREFIX)
     fd = create_named(name, 0)
     try:
+        if owner is not None:
+            os.fchown(fd, owner[0], owner[1])
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):

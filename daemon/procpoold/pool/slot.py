@@ -11,7 +11,11 @@ Worker states and their transitions (all made by :mod:`procpoold.pool.pool`)::
     (any state) --exit reported--> DEAD
 
 A *slot* is a stable position in the pool (``pool/3``); a *worker* is the process currently
-serving it. A retired or killed worker leaves its slot at once (the slot is refilled) and lives on
+serving it. A worker runs as one identity (``user``; None: the daemon's own user) for its whole
+life, and holds attempts of one job at a time (``job``): it is handed another job's attempt only
+when idle, and restores ``sys.path`` and ``sys.modules`` first, unless it said it cannot
+(``unclean``: then only its job's attempts go to it, and it is retired when the slot is needed).
+A retired or killed worker leaves its slot at once (the slot is refilled) and lives on
 as STOPPING until the zygote reports its exit.
 """
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procpoold.engines import AttemptSpec, OutcomeStatus, StopReason
+from procpoold.identity import Identity
 from procpoold.loop import Timer
 from procpoold.pool import shm
 from procpoold.pool.ring import Segment
@@ -137,9 +142,15 @@ class Running:
 class WorkerSlot:
     """A worker process as the daemon sees it, with its segment and doorbells."""
 
-    def __init__(self, slot: int, gen: int, capacity: int) -> None:
+    def __init__(self, slot: int, gen: int, capacity: int, user: Identity | None = None) -> None:
         self.slot = slot
         self.gen = gen
+        #: Who the worker runs as, for its whole life (None: the daemon's own user).
+        self.user = user
+        #: The job whose attempts it holds or last held (None: none yet).
+        self.job: str | None = None
+        #: It loaded what it cannot unload (a C extension of a job's): only ``job`` may use it.
+        self.unclean = False
         self.segment = Segment.create(capacity)
         try:
             #: Written by the worker when the daemon armed the result ring.
@@ -156,6 +167,9 @@ class WorkerSlot:
         # ring only the worker's (named once its pid is known: see ``spawned``).
         self.req.spill_from = shm.spill_prefix(os.getpid())
         self.res.spill_from = shm.spill_prefix(0)
+        if user is not None:
+            # Arguments spilled for this worker must be readable by it (and nobody else).
+            self.req.spill_owner = (user.uid, user.gid)
         self.state = WorkerState.STARTING
         self.pid: int | None = None
         self.running: dict[str, Running] = {}
@@ -167,6 +181,9 @@ class WorkerSlot:
         self.tasks_done = 0
         self.spawned_at = time.monotonic()
         self.last_beat = self.spawned_at
+        #: When it last became idle, as a sequence number (0: never used); the least recently
+        #: used idle worker is retired first.
+        self.idle_since = 0
         #: Leave the pool as soon as idle (resize, age, task count).
         self.retire = False
         #: Why the pool killed it, as (error type, sentence); None for deaths it did not cause.
@@ -193,6 +210,13 @@ class WorkerSlot:
 
     def describe(self) -> str:
         return f"worker {self.slot} (pid {self.pid})"
+
+    def serves(self, user: Identity | None) -> bool:
+        """Whether the worker runs as ``user`` (identities compare by uid, gid and groups)."""
+        mine = self.user
+        if mine is None or user is None:
+            return mine is user
+        return mine.uid == user.uid and mine.gid == user.gid and mine.groups == user.groups
 
     def close(self) -> None:
         """Release the segment and eventfds (after the process is gone); idempotent."""

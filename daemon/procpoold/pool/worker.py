@@ -18,6 +18,21 @@ message wakes as well. An async attempt's task is cancelled from the loop (the t
 ``asyncio.CancelledError``); the loop learns of the message through the request ring's eventfd
 doorbell.
 
+Jobs are isolated: the worker holds one job at a time. When a ``CALL`` of another job arrives (the
+daemon sends one only to an idle worker), it first restores ``sys.path``, ``sys.meta_path``,
+``sys.path_hooks``, the root logger's handlers and ``sys.modules`` to the snapshot taken when it
+started, so nothing a job imported from its ``python_path`` (or put on ``sys.path``) is seen by
+the next one. Modules of the interpreter's own folders (the standard library, site-packages, procpool
+itself) stay loaded; a preloaded module a job removed (or removed and imported again) is put
+back: the original is the one every other module refers to. (One replaced in place in
+``sys.modules`` is not seen: looking at every preloaded entry would copy their pages into each
+worker.) A module that cannot be unloaded (a C extension from a
+job's folder) makes the worker *unclean*: it says so in the ``flags`` of
+every ``DONE`` (``F_UNCLEAN``), and the daemon then gives it only that job's attempts.
+
+``python_path`` entries and a ``cwd`` are checked again right before they are used
+(:mod:`procpoold.pathsafety`, as the worker's user): an unsafe one fails the attempt.
+
 Message types are defined in :mod:`procpoold.pool.protocol`. This module imports nothing from the
 control plane and no ZeroMQ.
 """
@@ -27,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.machinery
 import inspect
 import io
 import logging
@@ -34,6 +50,7 @@ import os
 import select
 import signal
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -43,8 +60,10 @@ from typing import Any
 
 import msgpack
 
+import procpoold
 from procpool import task as task_api
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpoold.pathsafety import check_folders, unsafe_folder
 from procpoold.pool.protocol import (
     CALL,
     CANCEL,
@@ -52,6 +71,7 @@ from procpoold.pool.protocol import (
     EXIT,
     F_ASYNC,
     F_STOPPED,
+    F_UNCLEAN,
     HEARTBEAT_MESSAGE,
     LOG,
     MESSAGE_ENVELOPE,
@@ -69,6 +89,47 @@ INTERRUPT_SIGNAL = signal.SIGUSR1
 _unpackb = msgpack.unpackb
 #: Log messages buffered before a flush is forced (otherwise the heartbeat tick flushes them).
 LOG_BATCH = 64
+
+
+def _shared_roots() -> tuple[str, ...]:
+    """Folders whose modules are the same for every job: the standard library, site-packages and
+    procpool's own packages (with a trailing separator, for ``startswith``)."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots.update(os.path.dirname(p) for p in (task_api.__file__, procpoold.__file__) if p)
+    return tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
+
+
+#: Computed once in the zygote (this module is preloaded there).
+_SHARED_ROOTS = _shared_roots()
+_EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+_FileFinder = importlib.machinery.FileFinder
+
+
+def _origin(mod: Any) -> str | None:
+    spec = getattr(mod, "__spec__", None)
+    origin = getattr(spec, "origin", None) or getattr(mod, "__file__", None)
+    return origin if isinstance(origin, str) else None
+
+
+def _is_shared(mod: Any) -> bool:
+    """Whether a module comes from the interpreter's own folders (kept across jobs)."""
+    origin = _origin(mod)
+    if origin in ("built-in", "frozen"):
+        return True
+    if origin is None:  # a namespace package (shared if all its folders are), or a made-up module
+        paths = getattr(mod, "__path__", None)
+        try:
+            entries = [str(p) for p in paths] if paths is not None else []
+        except Exception:
+            return False
+        return bool(entries) and all(os.path.realpath(p).startswith(_SHARED_ROOTS) for p in entries)
+    return os.path.realpath(origin).startswith(_SHARED_ROOTS)
+
+
+def _is_extension(mod: Any) -> bool:
+    origin = _origin(mod)
+    return origin is not None and origin.endswith(_EXTENSIONS)
 
 
 class TaskInterrupted(BaseException):
@@ -398,6 +459,16 @@ class Worker:
         self._hb_wake = threading.Event()
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._loggers: dict[str, logging.Logger] = {}
+        #: The job whose attempts this worker runs (None: none yet, the worker is clean).
+        self.job: str | None = None
+        #: The working folder found safe for this job (checked again when the job changes).
+        self.cwd_checked: str | None = None
+        #: ``F_UNCLEAN`` once the worker cannot be restored for another job (else 0).
+        self.unclean = 0
+        self._clean: _Snapshot | None = None
+        #: Modules loaded since the snapshot that were looked at already.
+        self._known: set[str] = set()
+        self._nmods = len(sys.modules)
         self.stdout = _LineStream(self, "stdout", logging.INFO, sys.__stdout__)
         self.stderr = _LineStream(self, "stderr", logging.WARNING, sys.__stderr__)
         self.fd_capture: _FdCapture | None = None
@@ -424,6 +495,10 @@ class Worker:
             self.fd_capture.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTERRUPT_SIGNAL})
+        # The zygote took the snapshot (shared with every worker: taking it here would copy the
+        # pages of every module object, as the reference counts change); the logger is ours.
+        self._clean = (_CLEAN or _Snapshot()).with_logging()
+        self._nmods = len(sys.modules)
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -491,15 +566,54 @@ class Worker:
             self.exiting = True
         # REPLY here is stale (its request was interrupted): dropped.
 
+    def _switch(self, job: str | None) -> None:
+        """Start serving ``job``: forget what the previous job loaded (see the module docstring)."""
+        if self.job is not None and self._clean is not None:
+            if len(sys.modules) != self._nmods:
+                self._scan_modules()
+            self._known.difference_update(self._clean.restore())
+            self.funcs.clear()
+            self._nmods = len(sys.modules)
+        self.cwd_checked = None
+        self.job = job
+
+    def _scan_modules(self) -> None:
+        """Classify the modules loaded since the last look: one that cannot be unloaded makes the
+        worker unclean (checked after each attempt, only when the number of modules changed)."""
+        clean = self._clean
+        if clean is None:
+            return
+        known = self._known
+        added = clean.added()
+        for name, mod in added:
+            if name in known:
+                continue
+            known.add(name)
+            if _is_extension(mod) and not _is_shared(mod):
+                self.unclean = F_UNCLEAN
+        self._nmods = len(sys.modules)
+
+    def _flags(self) -> int:
+        """``F_UNCLEAN`` when the worker cannot be restored for another job (cheap when nothing
+        was imported)."""
+        if len(sys.modules) != self._nmods:
+            self._scan_modules()
+        return self.unclean
+
     def _resolve(self, call: str, python_path: list[str] | None) -> tuple[Callable[..., Any], bool]:
         found = self.funcs.get(call)
         if found is not None:
             return found
         if isinstance(call, _Undecodable):
             raise call
-        for entry in reversed(python_path or []):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
+        new = [entry for entry in python_path or [] if entry not in sys.path]
+        if new:
+            # Checked as late as possible, as the user the worker runs as.
+            problem = check_folders(new, imports=True, what="python_path")
+            if problem is not None:
+                raise PermissionError(problem)
+        for entry in reversed(new):
+            sys.path.insert(0, entry)
         module_name, _, qualname = call.partition(":")
         if not module_name or not qualname:
             raise ValueError(f"bad call {call!r}: expected 'package.module:function'")
@@ -518,13 +632,17 @@ class Worker:
             self.stopped.discard(aid)
             self.post(stopped_before_start(aid))
             return
+        ctx = msg[3]
+        job = ctx[0] if type(ctx) is list and ctx else None
+        if job != self.job and not self.async_tasks:
+            self._switch(job)
         try:
             fn, is_async = self._resolve(msg[2], msg[8])
         except _Undecodable as exc:
-            self.post(self._pack([DONE, aid, False, exc.error, 0, None]))
+            self.post(self._pack([DONE, aid, False, exc.error, self._flags(), None]))
             return
         except Exception as exc:
-            self.post(self._pack([DONE, aid, False, _error(exc, 0), 0, None]))
+            self.post(self._pack([DONE, aid, False, _error(exc, 0), self._flags(), None]))
             return
         self._set_busy()
         if is_async:
@@ -555,6 +673,9 @@ class Worker:
         cwd: str | None = msg[7]
         if not env and not cwd:
             return _clear_task
+        if cwd and cwd != self.cwd_checked:
+            _check_cwd(cwd)
+            self.cwd_checked = cwd
         saved = {k: os.environ.get(k) for k in env} if env else {}
         if env:
             os.environ.update(env)
@@ -597,16 +718,16 @@ class Worker:
                 self.current = None
             out = self._encode_result(aid, result, False, _clock() - started)
         except TaskInterrupted as exc:
-            out = self._pack([DONE, aid, False, _error(exc), F_STOPPED, None])
+            out = self._pack([DONE, aid, False, _error(exc), F_STOPPED | self._flags(), None])
         except BaseException as exc:  # task code may raise anything, SystemExit included
-            out = self._pack([DONE, aid, False, _error(exc), 0, None])
+            out = self._pack([DONE, aid, False, _error(exc), self._flags(), None])
         finally:
             leave()
             self._end_output(aid)
         self.post(out)
 
     def _encode_result(self, aid: str, result: Any, is_async: bool, took: float | None = None) -> bytes:
-        flags = F_ASYNC if is_async else 0
+        flags = (F_ASYNC if is_async else 0) | self._flags()
         try:
             # ``took``: run time of a sync call (the daemon prefetches short functions).
             data: bytes = self._pack([DONE, aid, True, result, flags, took])
@@ -655,15 +776,18 @@ class Worker:
 
         try:
             try:
+                if cwd and cwd != self.cwd_checked:
+                    _check_cwd(cwd)
+                    self.cwd_checked = cwd
                 enter()
                 result = await _Stepper(fn(*(msg[4] or ()), **(msg[5] or {})), enter)
             finally:
                 _clear_task()
             out = self._encode_result(aid, result, True)
         except asyncio.CancelledError as exc:
-            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC | F_STOPPED, None])
+            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC | F_STOPPED | self._flags(), None])
         except BaseException as exc:
-            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC, None])
+            out = self._pack([DONE, aid, False, _error(exc), F_ASYNC | self._flags(), None])
         finally:
             self._end_output(aid)
             self.async_tasks.pop(aid, None)
@@ -827,6 +951,102 @@ class Worker:
 
 
 _clock = time.perf_counter
+
+
+def _check_cwd(cwd: str) -> None:
+    """Refuse a working folder that others could swap or fill (checked as the worker's user)."""
+    problem = unsafe_folder(cwd, imports=False)
+    if problem is not None:
+        raise PermissionError(f"cwd: {problem}")
+
+
+class _Snapshot:
+    """What a clean worker's import machinery looks like, to restore between jobs.
+
+    Taken once in the zygote, so that every worker shares it. The preloaded modules are never
+    iterated over in a worker (that would copy every page holding a module object into it, as
+    reference counts change): ``sys.modules`` keeps insertion order, so what was loaded since is
+    what follows the last preloaded entry.
+    """
+
+    def __init__(self) -> None:
+        self.path = list(sys.path)
+        self.meta_path = list(sys.meta_path)
+        self.path_hooks = list(sys.path_hooks)
+        self.modules = dict(sys.modules)
+        self.handlers: list[logging.Handler] = []
+        self.level = logging.WARNING
+        #: Modules loaded since, judged the interpreter's own (kept): name -> module.
+        self.kept: dict[str, Any] = {}
+
+    def with_logging(self) -> _Snapshot:
+        """This snapshot with the root logger as it is now (the worker's own handler)."""
+        root = logging.getLogger()
+        self.handlers = list(root.handlers)
+        self.level = root.level
+        return self
+
+    def added(self) -> list[tuple[str, Any]]:
+        """Entries of ``sys.modules`` added (or re-added) since the snapshot, newest first."""
+        mods, clean = sys.modules, self.modules
+        out = []
+        for name in reversed(mods):
+            mod = mods[name]
+            if clean.get(name) is mod:
+                break
+            out.append((name, mod))
+        return out
+
+    def restore(self) -> list[str]:
+        """Put the import machinery back; unload what jobs loaded (but the interpreter's own
+        modules and what cannot be unloaded). Returns the names unloaded."""
+        sys.path[:] = self.path
+        sys.meta_path[:] = self.meta_path
+        sys.path_hooks[:] = self.path_hooks
+        # The standard finder of a folder keeps nothing of a job's (it rereads the folder when
+        # it changes) and costs a listing to rebuild: kept. Any other finder a job made goes.
+        cache = sys.path_importer_cache
+        keep = set(self.path)
+        for key in [k for k, v in cache.items() if k not in keep and type(v) is not _FileFinder]:
+            cache.pop(key, None)
+        mods = sys.modules
+        clean, kept = self.modules, self.kept
+        removed = []
+        added = self.added()
+        for name, mod in added:
+            if name in clean:
+                mods[name] = clean[name]  # a preloaded module replaced: the original goes back
+                continue
+            if kept.get(name) is mod:
+                continue
+            if _is_shared(mod):
+                kept[name] = mod
+                continue
+            if _is_extension(mod):
+                continue
+            mods.pop(name, None)
+            removed.append(name)
+        still_new = sum(1 for name, _ in added if name not in clean) - len(removed)
+        if len(mods) - still_new < len(clean):  # rare: a preloaded module is gone
+            for name, mod in clean.items():
+                if name not in mods:
+                    mods[name] = mod
+        root = logging.getLogger()
+        if root.handlers != self.handlers:
+            root.handlers[:] = self.handlers
+        if root.level != self.level:  # setLevel clears the cache of every logger: only if needed
+            root.setLevel(self.level)
+        return removed
+
+
+#: The clean state, taken in the zygote once it has preloaded everything (:func:`snapshot`).
+_CLEAN: _Snapshot | None = None
+
+
+def snapshot() -> None:
+    """Take the clean snapshot (the zygote calls this after preloading, before any fork)."""
+    global _CLEAN
+    _CLEAN = _Snapshot()
 
 
 def _clear_task() -> None:

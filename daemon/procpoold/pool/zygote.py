@@ -14,6 +14,12 @@ Process tree and reaping: the daemon reaps the zygote, the zygote reaps the work
 zygote is the workers' parent, a pid it reports as live cannot have been reused, so all signals
 to workers go through it (``kill`` requests) rather than ``os.kill`` from the daemon.
 
+Users: a worker is bound to one identity for its whole life. The forked child drops privileges
+(supplementary groups, gid, uid, in that order, then every capability) and checks that it cannot
+get them back (``setuid(0)`` must fail) before it maps the segment beyond what the daemon set up,
+imports or decodes anything of a task's. The zygote itself stays the daemon's user (it must fork
+workers of every user and signal them).
+
 Dying with the parent: workers set ``PR_SET_PDEATHSIG`` to ``SIGKILL`` (their parent is the
 zygote). The zygote sets it to ``SIGTERM`` and also treats end-of-file on its socket as the
 daemon's death; either way it SIGKILLs and reaps its workers, unlinks the spill objects the daemon
@@ -23,8 +29,10 @@ never deliver the signal.
 
 Wire format (one msgpack map per packet, both directions):
 
-* daemon -> zygote: ``{"op": "spawn", "slot", "gen", "cfg"}`` + fds ``[segment, result eventfd,
-  request eventfd]``; ``{"op": "kill", "pid", "sig"}``; ``{"op": "exit"}``.
+* daemon -> zygote: ``{"op": "spawn", "slot", "gen", "cfg", "user"}`` + fds ``[segment, result
+  eventfd, request eventfd]``; ``user`` is None (the daemon's own user) or ``{"uid", "gid",
+  "groups", "name", "home"}``: the worker drops to it before anything else (:func:`drop_privileges`);
+  ``{"op": "kill", "pid", "sig"}``; ``{"op": "exit"}``.
 * zygote -> daemon: ``{"ev": "spawned", "slot", "gen", "pid"}``; ``{"ev": "failed", "slot",
   "gen", "message"}``; ``{"ev": "exited", "pid", "code", "signal"}`` (one of the two is None).
 """
@@ -44,6 +52,7 @@ from typing import Any
 
 import msgpack
 
+from procpoold.identity import Identity
 from procpoold.pool import shm
 
 #: ``prctl`` option number of PR_SET_PDEATHSIG (linux/prctl.h).
@@ -52,6 +61,8 @@ _PR_SET_PDEATHSIG = 1
 _MAX_PACKET = 65536
 #: Exit code of a zygote or worker that hit an internal error.
 EXIT_INTERNAL = 70
+#: Exit code of a worker that could not become its user (EX_NOPERM).
+EXIT_NO_USER = 77
 
 
 def set_pdeathsig(sig: int, expected_parent: int) -> None:
@@ -66,6 +77,72 @@ def set_pdeathsig(sig: int, expected_parent: int) -> None:
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     if os.getppid() != expected_parent:
         os._exit(EXIT_INTERNAL)
+
+
+class PrivilegeError(RuntimeError):
+    """The worker could not become its user, or could become root again."""
+
+
+#: ``capset`` header version (linux/capability.h, _LINUX_CAPABILITY_VERSION_3).
+_CAP_VERSION_3 = 0x20080522
+#: ``prctl`` options: PR_CAP_AMBIENT and its PR_CAP_AMBIENT_CLEAR_ALL.
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+#: Variables of the daemon's service that mean nothing (or too much) to another user's task.
+_SERVICE_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+                "WATCHDOG_PID", "CREDENTIALS_DIRECTORY", "INVOCATION_ID", "MAINPID")
+
+
+def _clear_capabilities() -> None:
+    """Empty the effective, permitted, inheritable and ambient capability sets.
+
+    ``setuid`` from root to another uid clears them already; a daemon that is not root but holds
+    ``CAP_SETUID`` keeps them across ``setuid``, and would then be able to become root again.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # fails harmlessly on old kernels
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} triples, all zero
+    if libc.capset(header, data) != 0:
+        err = ctypes.get_errno()
+        raise PrivilegeError(f"capset: {os.strerror(err)}")
+
+
+def drop_privileges(user: dict[str, Any]) -> None:
+    """Become ``user`` for good (runs in a freshly forked worker, before any task code).
+
+    Supplementary groups, then the gid, then the uid (each step needs the privilege the next one
+    takes away), then every capability; then proves the way back is closed: ``setuid(0)`` must
+    fail and the real, effective and saved ids must all be the user's. Sets ``HOME``, ``USER``
+    and ``LOGNAME``, drops the service's own variables, and moves to the user's home (``/`` when
+    the home cannot be entered), so that the daemon's folder is not the task's starting point.
+    Raises :class:`PrivilegeError` (the worker then exits before running anything).
+    """
+    uid, gid = int(user["uid"]), int(user["gid"])
+    groups = [int(g) for g in user.get("groups") or [gid]]
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
+    _clear_capabilities()
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise PrivilegeError("setuid(0) succeeded after dropping privileges")
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise PrivilegeError(f"ids are {os.getresuid()}/{os.getresgid()}, not {uid}/{gid}")
+    if sorted(set(os.getgroups())) != sorted(set(groups)):
+        raise PrivilegeError(f"supplementary groups are {os.getgroups()}, not {groups}")
+    for key in _SERVICE_ENV:
+        os.environ.pop(key, None)
+    name = str(user.get("name") or uid)
+    home = str(user.get("home") or "/")
+    os.environ.update(HOME=home, USER=name, LOGNAME=name)
+    try:
+        os.chdir(home)
+    except OSError:
+        os.chdir("/")
 
 
 def _pack(msg: dict[str, Any]) -> bytes:
@@ -84,9 +161,14 @@ class Zygote:
         """The socket to register with the event loop."""
         return self.sock.fileno()
 
-    def spawn(self, slot: int, gen: int, cfg: dict[str, Any], fds: list[int]) -> None:
-        """Ask for a worker for ``slot``; ``fds`` are duplicated into the zygote by the kernel."""
-        socket.send_fds(self.sock, [_pack({"op": "spawn", "slot": slot, "gen": gen, "cfg": cfg})], fds)
+    def spawn(self, slot: int, gen: int, cfg: dict[str, Any], fds: list[int],
+              user: Identity | None = None) -> None:
+        """Ask for a worker for ``slot`` running as ``user`` (None: the daemon's own user); ``fds``
+        are duplicated into the zygote by the kernel."""
+        wire = None if user is None else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups),
+                                          "name": user.name, "home": user.home}
+        msg = {"op": "spawn", "slot": slot, "gen": gen, "cfg": cfg, "user": wire}
+        socket.send_fds(self.sock, [_pack(msg)], fds)
 
     def kill(self, pid: int, sig: int) -> None:
         """Ask the zygote to signal its child ``pid`` (ignored if that child is already reaped)."""
@@ -198,6 +280,8 @@ def _preload() -> None:
     import procpool.task  # noqa: F401
     from procpoold.pool import ring, worker  # noqa: F401
 
+    worker.snapshot()  # what a worker restores between jobs, shared by all of them
+
 
 class _ZygoteServer:
     """State of the zygote process: its socket, children and signal wakeups."""
@@ -305,6 +389,13 @@ class _ZygoteServer:
                 signal.set_wakeup_fd(-1)
                 for signum in (signal.SIGCHLD, signal.SIGTERM):
                     signal.signal(signum, signal.SIG_DFL)
+                user = msg.get("user")
+                if user is not None:
+                    # First: nothing of the task's may run, or be decoded, with our privileges.
+                    code = EXIT_NO_USER
+                    drop_privileges(user)
+                    code = EXIT_INTERNAL
+                # After the drop: a change of credentials clears the parent-death signal.
                 set_pdeathsig(signal.SIGKILL, zygote_pid)
                 from procpoold.pool import worker
 

@@ -301,6 +301,15 @@ class StoreFailure(BaseException):
         self.hint = hint
 
 
+def _shut_out_others(folder: Path) -> None:
+    """Tasks run as their users: the store's folder must not let others in (job environments
+    and every job's data are in it), whatever mode it was created with (a service's state
+    folder is 0755 by default). Only a folder this process owns is changed."""
+    st = folder.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o007:
+        os.chmod(folder, st.st_mode & 0o7770)
+
+
 class StateStore:
     """One SQLite database file under the state directory."""
 
@@ -312,6 +321,7 @@ class StateStore:
         )
         try:
             make_private(path)
+            _shut_out_others(path.parent)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA foreign_keys=ON")
             mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]

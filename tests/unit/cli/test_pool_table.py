@@ -11,7 +11,8 @@ pytestmark = pytest.mark.unit
 
 def worker(slot: int, **extra: object) -> dict[str, object]:
     return {"slot": slot, "pid": 4710 + slot, "state": "busy", "attempts": [{"task_name": "resize"}],
-            "tasks_done": 12, "age": 65.0, "rss": 30 * 2**20, "uss": 5 * 2**20, **extra}
+            "tasks_done": 12, "age": 65.0, "uid": 1000, "user": "ann", "rss": 30 * 2**20,
+            "uss": 5 * 2**20, **extra}
 
 
 def test_workers_counters_and_round_trips() -> None:
@@ -20,8 +21,8 @@ def test_workers_counters_and_round_trips() -> None:
             "round_trip_woken": {"samples": 0, "p50_us": None, "p99_us": None}}
     text = pool_table({"workers": [worker(0), worker(1, log_paused=True, retiring=True)], "info": info})
     header, first, second, blank, counters, trip = text.splitlines()
-    assert header.split() == ["SLOT", "PID", "STATE", "TASK", "DONE", "RSS", "USS", "AGE"]
-    assert first.split()[:5] == ["0", "4710", "busy", "resize", "12"] and "30.0M" in first
+    assert header.split() == ["SLOT", "PID", "USER", "STATE", "TASK", "DONE", "RSS", "USS", "AGE"]
+    assert first.split()[:6] == ["0", "4710", "ann", "busy", "resize", "12"] and "30.0M" in first
     assert "busy (retiring) (waiting for the log)" in second and blank == ""
     assert counters == "dispatched 1,200, completed 1,190, failed 3, deaths 1, recycled 0"
     assert trip == "round trip to an awake worker: p50 13.5 us, p99 50 us (208 attempts)"
