@@ -15,13 +15,13 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from tests.support.daemon import DaemonProcess
+from tests.support.users import throwaway
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates users, switches uid)")
 
@@ -53,28 +53,17 @@ def _user(name: str) -> User:
 @pytest.fixture
 def site() -> Iterator[Site]:
     """Two users (each with a group of their own) in the socket's group, and a root daemon."""
-    suffix = uuid.uuid4().hex[:6]
-    group, names = f"ppg{suffix}", [f"ppa{suffix}", f"ppb{suffix}"]
-    made: list[str] = []
-    daemon: DaemonProcess | None = None
-    try:
-        subprocess.run(["groupadd", group], check=True)
-        for name in names:
-            subprocess.run(
-                ["useradd", "--no-create-home", "--shell", "/bin/sh", "-G", group, name], check=True
-            )
-            made.append(name)
+    with throwaway({"alice": ["sock"], "bob": ["sock"]}, ["sock"]) as (made, groups):
+        group = groups["sock"]
         daemon = DaemonProcess(extra_args=["--workers", "1", "--group", group])
-        daemon.dir.chmod(0o755)  # the socket's own folder (0750, the group's) guards it
-        daemon.start()
-        yield Site(daemon, group, grp.getgrnam(group).gr_gid, _user(names[0]), _user(names[1]))
-        daemon.stop(check=True)
-    finally:
-        if daemon is not None:
+        try:
+            daemon.dir.chmod(0o755)  # the socket's own folder (0750, the group's) guards it
+            daemon.start()
+            alice, bob = _user(made["alice"].name), _user(made["bob"].name)
+            yield Site(daemon, group, grp.getgrnam(group).gr_gid, alice, bob)
+            daemon.stop(check=True)
+        finally:
             daemon.cleanup()
-        for name in made:
-            subprocess.run(["userdel", name], check=False)
-        subprocess.run(["groupdel", group], check=False, stderr=subprocess.DEVNULL)
 
 
 def procctl(

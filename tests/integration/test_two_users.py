@@ -21,7 +21,7 @@ import pytest
 from procpool import ProcpoolError
 from procpoold.identity import Identity
 from tests.support.daemon import DaemonProcess
-from tests.support.throwaway_users import ThrowawayUsers, probe_folder, throwaway_users
+from tests.support.users import ThrowawayUsers, probe_folder, throwaway_users
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -23,7 +23,7 @@ import pytest
 from procpoold.engines import AttemptSpec, Outcome
 from procpoold.identity import Identity
 from tests.integration.pool.conftest import PoolHarness
-from tests.support.throwaway_users import ThrowawayUsers, probe_folder, throwaway_users
+from tests.support.users import ThrowawayUsers, probe_folder, throwaway_users
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
