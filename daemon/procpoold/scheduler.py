@@ -824,10 +824,10 @@ class Scheduler:
         finished: list[FinishedJob] = []
         resumable: list[tuple[Job, Effects]] = []
         leftovers: list[tuple[str, str, int, int | None]] = []
-        for row in self.store.finished_index():  # finished jobs are read back only when asked for
-            finished.append(FinishedJob(*row))
-            if row.key is not None:
-                self.keys[row.key] = row.id
+        for entry in self.store.finished_index():  # finished jobs are read back only when asked for
+            finished.append(entry)
+            if entry.key is not None:
+                self.keys[entry.key] = entry.id
             counts["jobs"] += 1
         for stored in self.store.load_jobs(unfinished_only=True):
             job_id = stored.id

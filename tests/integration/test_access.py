@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, serving
 from tests.support.users import User, procctl_as, throwaway
 from tests.support.waiting import wait_until
 
@@ -48,19 +48,9 @@ def world() -> Iterator[World]:
         config.write_text(f'[procpoold]\nadmin_group = "{groups["admin"]}"\n')
         d.extra_args += ["--config", str(config)]
         os.chmod(d.dir, 0o711)  # others may reach the socket's folder (which is the group's)
-        failed = True
-        try:
+        with serving(d):
             d.start()
             yield World(d, users["alice"], users["bob"], users["boss"], groups["admin"])
-            failed = False
-        finally:
-            try:
-                if not failed:
-                    d.stop(check=True)
-            finally:
-                if failed:
-                    print(d.log())
-                d.cleanup()
 
 
 def assert_denied(out: Any, *needles: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, serving
 from tests.support.jobs import run_job
 from tests.support.waiting import wait_until
 
@@ -105,20 +105,8 @@ def journald(tmp_path: Path) -> Iterator[Journald]:
 
 @pytest.fixture
 def jdaemon(journald: Journald) -> Iterator[NamespacedDaemon]:
-    d = NamespacedDaemon(journald, extra_args=["--workers", "2"])
-    d.start()
-    failed = True
-    try:
+    with serving(NamespacedDaemon(journald, extra_args=["--workers", "2"]).start()) as d:
         yield d
-        failed = False
-    finally:
-        try:
-            if not failed:
-                d.stop(check=True)
-        finally:
-            if failed:
-                print(d.log())
-            d.cleanup()
 
 
 def test_task_output_reaches_journald_with_all_fields(jdaemon: NamespacedDaemon, journald: Journald) -> None:

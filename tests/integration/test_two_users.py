@@ -20,7 +20,7 @@ import pytest
 
 from procpool import ProcpoolError
 from procpoold.identity import Identity
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, serving
 from tests.support.users import ThrowawayUsers, probe_folder, throwaway_users
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -45,19 +45,8 @@ def setup() -> Iterator[tuple[ThrowawayUsers, DaemonProcess, Path]]:
         daemon.dir.chmod(0o755)  # the users reach run/ (the daemon's group may enter it) only
         daemon.state_dir.mkdir()
         daemon.state_dir.chmod(0o755)  # as systemd's StateDirectory= makes it: the daemon closes it
-        daemon.start()
-        failed = True
-        try:
+        with serving(daemon.start()):
             yield users, daemon, probes
-            failed = False
-        finally:
-            try:
-                if not failed:
-                    daemon.stop(check=True)
-            finally:
-                if failed:
-                    print(daemon.log())
-                daemon.cleanup()
 
 
 def submit_as(user: Identity, daemon: DaemonProcess, job: dict[str, Any]) -> dict[str, Any]:

@@ -24,8 +24,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -348,3 +350,24 @@ def _wait_dead(pids: set[int], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"processes survived SIGKILL: {left}")
         time.sleep(0.01)
+
+
+AnyDaemon = TypeVar("AnyDaemon", bound=DaemonProcess)
+
+
+@contextmanager
+def serving(daemon: AnyDaemon) -> Iterator[AnyDaemon]:
+    """Yield a daemon (started by the caller, or inside the block); afterwards stop it checking its
+    exit status, or print its log if the block failed, and clean up either way."""
+    failed = True
+    try:
+        yield daemon
+        failed = False
+    finally:
+        try:
+            if not failed:
+                daemon.stop(check=True)
+        finally:
+            if failed:
+                print(daemon.log())
+            daemon.cleanup()

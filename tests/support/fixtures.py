@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, serving
 
 
 @pytest.fixture
@@ -14,16 +14,5 @@ def daemon(request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
     """A running procpoold; stopped and leak-checked after the test."""
     marker = request.node.get_closest_marker("daemon_args")
     args = list(marker.args) if marker else ["--workers", "2"]
-    proc = DaemonProcess(extra_args=args).start()
-    failed = True
-    try:
+    with serving(DaemonProcess(extra_args=args).start()) as proc:
         yield proc
-        failed = False
-    finally:
-        try:
-            if not failed:
-                proc.stop(check=True)
-        finally:
-            if failed:
-                print(proc.log())
-            proc.cleanup()

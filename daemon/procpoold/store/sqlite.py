@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from procpoold.core.jobs import FULL_ENTRY
+from procpoold.core.jobs import FULL_ENTRY, FinishedJob
 
 log = logging.getLogger("procpoold.store")
 
@@ -203,17 +203,6 @@ class LargeValues:
         for name in names:
             if name not in known:
                 shutil.rmtree(self.root / name, ignore_errors=True)
-
-
-class IndexRow(NamedTuple):
-    """A finished job as the scheduler keeps it in memory (see :meth:`StateStore.finished_index`)."""
-
-    id: str
-    key: str | None
-    state: str
-    uid: int | None
-    created_at: float
-    finished_at: float
 
 
 class StoredJob(NamedTuple):
@@ -594,13 +583,13 @@ class StateStore:
         stored = int(self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
         return max(stored, int(row[0]) - 1 if row else 0)
 
-    def finished_index(self) -> Iterator[IndexRow]:
+    def finished_index(self) -> Iterator[FinishedJob]:
         """Every finished job that has its summary, in no particular order (read at start)."""
         for job_id, key, state, uid, created_at, finished_at in self.db.execute(
             "SELECT id, key, state, uid, created_at, finished_at FROM jobs"
             f" WHERE state IN {_FINISHED_SQL} AND summary IS NOT NULL"
         ):
-            yield IndexRow(str(job_id), key, state, uid, float(created_at), float(finished_at or 0.0))
+            yield FinishedJob(str(job_id), key, state, uid, float(created_at), float(finished_at or 0.0))
 
     def summaries(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored summaries of these jobs (finished ones; others have none)."""
