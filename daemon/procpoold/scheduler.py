@@ -59,8 +59,10 @@ Listener = Callable[[str], None]
 #: 2 x (its number of tasks) + LOG_SLACK entries (see Scheduler.flush).
 LOG_SLACK = 64
 _RETRIED = journal.MessageId.TASK_RETRIED
-#: Finished jobs read back from the store that are kept for the next request (see Scheduler._job).
+#: Finished jobs kept in memory for the next request (just finished, or read back from the store;
+#: see Scheduler._job): at most this many, and beyond the newest one at most LOADED_TASKS tasks in all.
 LOADED_CACHE = 4
+LOADED_TASKS = 100_000
 #: A command's pid reaches the store with the next commit, or at most this many seconds after
 #: its start (see Scheduler._touch_pid).
 PID_FLUSH_DELAY = 1.0
@@ -235,10 +237,18 @@ class Scheduler:
             except Exception as exc:
                 log.error("stored job %s cannot be read: %s", job_id, shorten(str(exc)))
                 return None
-        self._loaded[job_id] = job
-        if len(self._loaded) > LOADED_CACHE:
-            self._loaded.popitem(last=False)
+        self._remember_loaded(job)
         return job
+
+    def _remember_loaded(self, job: Job) -> None:
+        """Keep a finished Job among the few most recently read (LOADED_CACHE)."""
+        self._loaded[job.id] = job
+        self._loaded.move_to_end(job.id)
+        loaded = self._loaded
+        while len(loaded) > 1 and (
+            len(loaded) > LOADED_CACHE or sum(len(j.tasks) for j in loaded.values()) > LOADED_TASKS
+        ):
+            loaded.popitem(last=False)
 
     def _restore(self, stored: StoredJob) -> Job:
         """A Job as the store holds it (raises what a stored job that cannot be read raises)."""
@@ -812,6 +822,7 @@ class Scheduler:
             del self.jobs[job_id]
             self._job_rows.pop(job_id, None)
             self.store.forget(job_id)
+            self._remember_loaded(job)  # its status is often read at once (a waiter's pages)
         self._retiring.clear()
 
     def recover(self) -> dict[str, int]:

@@ -253,6 +253,8 @@ class Job:
                 self._group_tasks[g].append(t.index)
         self._complete: set[Node] = set()
         self._scan = 0  # every task before this index is in a final state (this run)
+        #: counts() of the finished job, keyed by (run, finished_at)
+        self._counted: tuple[tuple[int, float | None], dict[str, int]] | None = None
         self._group_left: list[int] = []
 
     # -- persistence ----------------------------------------------------------------------------
@@ -666,9 +668,16 @@ class Job:
         return self.tasks[index].state in FINAL_TASK_STATES
 
     def counts(self) -> dict[str, int]:
+        """Tasks per state. O(tasks), so kept once the job has finished (its tasks no longer change
+        until a new run): each page of a big finished job's status would count them again."""
+        key = (self.run, self.finished_at) if self.finished else None
+        if key is not None and self._counted is not None and self._counted[0] == key:
+            return dict(self._counted[1])
         out: dict[str, int] = {}
         for t in self.tasks:
             out[t.state] = out.get(t.state, 0) + 1
+        if key is not None:
+            self._counted = (key, dict(out))
         return out
 
     def unsuccessful(self) -> bool:
