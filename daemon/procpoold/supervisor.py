@@ -496,11 +496,16 @@ class Daemon:
         if self.scheduler.is_finished(ref) or timeout <= 0:
             return {**(extra or {}), **self.scheduler.finished_status(ref)}
         deferred = Deferred()
+        # Keyed as the scheduler notifies (a job id or "12.3"): a wait on "12/name" is one on "12.3".
+        job, index = self.scheduler.resolve(ref)
+        key = job.id if index is None else job.tasks[index].id
 
         def answer() -> None:
-            waits = self._waits.get(ref, [])
+            waits = self._waits.get(key, [])
             if entry in waits:
                 waits.remove(entry)
+                if not waits:  # timed out: no empty list stays behind per reference
+                    del self._waits[key]
             timer.cancel()
             try:
                 deferred.resolve({**(extra or {}), **self.scheduler.finished_status(ref)})
@@ -509,7 +514,7 @@ class Daemon:
 
         timer = self.loop.call_later(timeout, answer)
         entry = (deferred, answer)
-        self._waits.setdefault(ref, []).append(entry)
+        self._waits.setdefault(key, []).append(entry)
         return deferred
 
     def _on_finished(self, ref: str) -> None:
