@@ -98,10 +98,11 @@ def who_is_trusted(trusted: frozenset[int]) -> str:
     return ", ".join(names)
 
 
-def unsafe_path(path: Path, trusted: frozenset[int]) -> str | None:
+def unsafe_path(path: Path, trusted: frozenset[int], complete: bool = False) -> str | None:
     """Why someone untrusted could replace the socket at ``path`` (a clause), or None.
 
-    A missing component is no problem here (the connection then fails with its own message).
+    A missing component is no problem here (the connection then fails with its own message),
+    unless ``complete``: once a listener answered, every component must be there.
     Raises PermissionError when a folder cannot be read (the caller reports it).
     """
     pending = list(Path(os.path.abspath(path)).parts[1:])
@@ -121,7 +122,7 @@ def unsafe_path(path: Path, trusted: frozenset[int]) -> str | None:
         try:
             st = os.lstat(entry)
         except FileNotFoundError:
-            return None
+            return f"{_clip(entry)} disappeared while it was checked" if complete else None
         if st.st_uid not in trusted:
             return f"{_clip(entry)} belongs to {describe(st.st_uid)}, who could replace the socket"
         if stat.S_ISLNK(st.st_mode):
@@ -186,6 +187,12 @@ def check(path: Path, trusted: frozenset[int]) -> Listener | None:
             f"refusing to talk to the process on {_clip(os.fspath(path))} (pid {listener.pid}): it runs "
             f"as {describe(listener.uid)}, not as {who_is_trusted(trusted)}"
         )
+    if listener is not None:
+        # Again, all of it: a component missing at the first check may have appeared since (someone
+        # else's symlink to a trusted daemon, to be repointed before ZeroMQ connects).
+        problem = unsafe_path(path, trusted, complete=True)
+        if problem is not None:
+            raise UntrustedSocket(f"refusing to use the socket {_clip(os.fspath(path))}: {problem}")
     return listener
 
 

@@ -1,0 +1,46 @@
+"""The client's trust check when the path changes under it: a component that was missing when the
+path was checked and appears (someone else's) before the listener is probed."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from procpool import trust
+
+MALLORY = 4_000_321  # an untrusted uid (no password entry needed: only the owner of a symlink)
+
+
+def test_a_symlink_planted_between_the_path_check_and_the_probe_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (gives a symlink to another uid)")
+    os.chmod(tmp_path, 0o755)
+    real = tmp_path / "real"  # the trusted daemon's folder
+    real.mkdir(mode=0o755)
+    shared = tmp_path / "shared"  # a shared sticky folder such as /tmp
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(os.fspath(real / "control.sock"))
+    server.listen(1)
+    link = shared / "procpoold"
+    probe = trust.probe
+
+    def racing_probe(path: Path) -> trust.Listener | None:
+        # Mallory wins the race: her symlink to the real daemon appears after the path check, so
+        # the probe finds a trusted listener; she may repoint it before ZeroMQ connects.
+        os.symlink(real, link)
+        os.lchown(link, MALLORY, MALLORY)
+        return probe(path)
+
+    monkeypatch.setattr(trust, "probe", racing_probe)
+    try:
+        with pytest.raises(trust.UntrustedSocket, match="belongs to uid 4000321"):
+            trust.check(link / "control.sock", frozenset({0}))
+    finally:
+        server.close()
