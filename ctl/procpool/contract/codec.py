@@ -129,6 +129,8 @@ def decode_request(
     )
     if request_id is None:
         raise RequestError(ErrorCode.MALFORMED, "request has no 'id' (a string or an integer)")
+    if not all(type(key) is str for key in msg):  # msgpack also decodes bytes keys
+        raise RequestError(ErrorCode.MALFORMED, "request envelope fields must be strings", request_id)
     version = msg.get("v")
     if version != PROTOCOL_VERSION:
         raise RequestError(

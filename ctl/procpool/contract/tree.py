@@ -29,6 +29,7 @@ from procpool.contract.codec import pack
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import (
     DEFAULT_LIMITS,
+    ECHO_MAX,
     REPEAT_MAX,
     RETRIES_MAX,
     SECONDS_MAX,
@@ -314,7 +315,7 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise bad("an object of string values")
         for k, v in value.items():
-            if not k or "=" in k or "\0" in k:
+            if not isinstance(k, str) or not k or "=" in k or "\0" in k:
                 raise TreeError(path, f"invalid environment variable name {shorten(k)}")
             _no_nul(v, f"{path}.{k}" if len(k) <= 64 else path)
     elif kind == "list":
@@ -702,7 +703,11 @@ def compile_job(job: JobSpec) -> Plan:
             names.pop()
         first = cycle[0]
         path = job.tasks[first[1]].path if first[0] == "task" else job.groups[first[1]].path
-        raise TreeError(path, "dependency cycle: " + " -> ".join(f'"{n}"' for n in [*names, names[0]]))
+        shown = [*names, names[0]] if len(names) <= 8 else names[:8]
+        chain = " -> ".join(f'"{n}"' for n in shown)
+        if len(chain) > ECHO_MAX or len(names) > 8:  # names are ASCII (NAME_RE): characters are bytes
+            chain = f"{chain[:ECHO_MAX]} ... ({len(names)} tasks or groups in the cycle)"
+        raise TreeError(path, f"dependency cycle: {chain}")
     return plan
 
 
