@@ -124,6 +124,14 @@ def _no_fd_inherited() -> None:
                 os.set_inheritable(fd, False)
 
 
+def _signal_name(signum: int) -> str:
+    """``SIGTERM``, or ``signal 40`` for one Python has no name for (the real-time signals)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class _Process(Protocol):
     """What the executor needs of a child: ``subprocess.Popen`` or :class:`_Spawned`."""
 
@@ -454,7 +462,7 @@ class CommandExecutor:
             outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code, error=TaskError(
                 "CommandFailed", "command killed by the kernel's OOM killer (SIGKILL): out of memory"))
         else:
-            what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            what = f"killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
             outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code,
                               error=TaskError("CommandFailed", f"command {what}"))
         if wait_for_room:
