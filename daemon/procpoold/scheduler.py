@@ -204,13 +204,19 @@ class Scheduler:
     def _start_when_prerequisites_allow(self, job: Job) -> None:
         pending = []
         for ref in job.after:
-            state = self._state_of(ref)
+            try:
+                state = self._state_of(ref)
+            except ProcpoolError:  # removed while the job waited (a restart finds it so)
+                self._apply(job, job.fail_before_start(f'upstream "{ref}" no longer exists', self.clock()))
+                return
             if state == "completed":
                 continue
             if state in FINAL_TASK_STATES or state in ("failed", "cancelled"):  # finished, unsuccessfully
                 self._apply(job, job.fail_before_start(f'upstream "{ref}" {state}', self.clock()))
                 return
-            pending.append(ref)
+            # Keyed as _notify names it ("12" or "12.3"), not as given ("12/name", "12.03").
+            prerequisite, index = self.resolve(ref)
+            pending.append(prerequisite.id if index is None else prerequisite.tasks[index].id)
         if pending:
             for ref in pending:
                 self._after.setdefault(ref, []).append(job.id)
@@ -300,10 +306,11 @@ class Scheduler:
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} already {job.state}")
         now = self.clock()
         if index is None:
-            effects = job.cancel(now)
-            if job.state == "pending":  # still waiting for prerequisites
-                effects.merge(job.fail_before_start("cancelled by request", now))
+            if job.state == "pending":  # still waiting for prerequisites: none of its tasks began
+                effects = job.fail_before_start("cancelled by request", now)
                 job.cancel_requested = True
+            else:
+                effects = job.cancel(now)
         else:
             if job.tasks[index].state in FINAL_TASK_STATES:
                 raise ProcpoolError(
