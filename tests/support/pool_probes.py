@@ -519,3 +519,11 @@ def odd_log_record() -> str:
     record = logging.makeLogRecord({"msg": "made by hand", "levelno": logging.WARNING})
     logging.getLogger().handle(record)
     return "logged"
+
+
+def request_flood(count: int, key: str) -> str:
+    """Asks the daemon for namespace ``key`` ``count`` times without ever reading a reply (a
+    well-behaved worker waits for each), then waits to be killed."""
+    send_raw([[3, "$self", rid, "ns", {"op": "get", "key": key}] for rid in range(1, count + 1)])
+    time.sleep(30)
+    return "not killed"

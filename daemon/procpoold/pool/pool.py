@@ -99,6 +99,9 @@ DRAIN_BATCHES = 32
 #: Attempts one dispatch pass leaves queued before it stops looking further (with several users
 #: the queue may hold many attempts that no worker can take yet).
 KEEP_SCAN = 4096
+#: Replies a worker may leave unread (in its request ring, or waiting for room there) when it sends
+#: another request: one waits for each reply, but may leave one behind (its request was stopped).
+MAX_UNREAD_REPLIES = 16
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
@@ -1037,6 +1040,13 @@ class PoolExecutor:
     def _on_request(self, w: WorkerSlot, msg: list[Any]) -> None:
         assert self._events is not None
         _, aid, rid, op, args = msg
+        if not w.backlog and not w.req.used:
+            w.unread_replies = 0  # it has read everything sent to it
+        elif w.unread_replies >= MAX_UNREAD_REPLIES:
+            # The replies would pile up in this process (or in spill objects) for ever.
+            self._violation(w, f"requests without reading the replies ({w.unread_replies} unread)")
+            return
+        w.unread_replies += 1
         try:
             if op != "ns":
                 raise ProcpoolError(ErrorCode.UNKNOWN_OPERATION, f"unknown task request {op!r}")

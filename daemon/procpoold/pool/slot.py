@@ -197,6 +197,8 @@ class WorkerSlot:
         self.ended: deque[str] = deque(maxlen=256)
         #: Messages that did not fit the request ring yet (sent on the next drain).
         self.backlog: list[bytes] = []
+        #: Replies sent since the worker was last seen to have read all its request ring.
+        self.unread_replies = 0
         self.timers: list[Timer] = []
         self.closed = False
         #: Its result ring is not read while the log queue is full (log_policy block): the worker

@@ -211,3 +211,19 @@ def test_a_log_record_made_by_hand_is_still_well_formed(pool: PoolHarness) -> No
     [line] = [e for e in pool.events.logs if e[0] == out.attempt_id]
     assert line[3] == "made by hand" and line[4] is not None and line[4]["CODE_FUNC"] == "None"
     assert pool.pids() == pids
+
+
+def test_a_task_that_never_reads_its_replies_is_stopped(pool: PoolHarness) -> None:
+    # Each request was answered, and a reply that did not fit the worker's (unread) request ring
+    # waited in the daemon's memory: 2,000 requests for a 100 kB value held 200 MB there, and a
+    # task could go on until the daemon ran out of memory.
+    pool.events.namespace["big"] = "x" * 100_000
+    answered: list[str] = []
+    pool.events.on_namespace = lambda aid, op, args: answered.append(aid)
+    sentence = killed_for(pool, pool.submit("request_flood", 2000, "big"))
+    assert "it sent requests without reading the replies" in sentence, sentence
+    assert len(answered) <= 64
+    assert pool.call("add", 1, 1).result == 2
+    # A task that asks (and reads) many times in a row is not in violation.
+    out = pool.call("ns_incr", "n", 500)
+    assert (out.status, out.result) == ("completed", 500), out
