@@ -266,6 +266,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {key} must be true or false, got {value!r}")
     if convert in (str, Path) and not isinstance(value, str):
         raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
+    if convert in (str, Path) and "\0" in value:
+        raise ConfigError(f"{origin}: {key} must not contain a NUL byte")
     return convert(value)
 
 
@@ -275,12 +277,14 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> Config:
     if config_file is not None:
         origin = str(config_file)
         try:
-            data = tomllib.loads(config_file.read_text())
+            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer of 5,000 digits
+            raise ConfigError(f"config file {config_file} is not valid TOML: {str(exc)[:200]}") from None
         section = data.get("procpoold", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{origin}: procpoold must be a table, got {type(section).__name__}")
         for key, value in section.items():
             norm = key.replace("-", "_")
             if norm not in _CONVERT:
