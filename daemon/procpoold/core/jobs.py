@@ -420,11 +420,13 @@ class Job:
         return Effects(ready=[index])
 
     def resume(self) -> Effects:
-        """Release a held job."""
+        """Release a held job (its tasks that were ready when it was stored are ready again)."""
         self.state = "running"
         effects = Effects()
         for t in self.tasks:
-            if t.state == "pending" and t.waiting == 0:
+            if t.state == "ready":
+                effects.ready.append(t.spec.index)
+            elif t.state == "pending" and t.waiting == 0:
                 t.move("ready")
                 effects.ready.append(t.spec.index)
         return effects
