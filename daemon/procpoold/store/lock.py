@@ -14,7 +14,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from procpoold.store.sqlite import StoreError
+from procpoold.store.sqlite import StoreError, check_state_folder
 
 LOCK_NAME = "procpoold.lock"
 
@@ -38,7 +38,10 @@ class StateLock:
         path = state_dir / LOCK_NAME
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Before the file is opened (and truncated): in a folder another user may write, the
+            # lock file could be their symlink to any file this daemon may write.
+            check_state_folder(state_dir)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from None
         try:

@@ -248,6 +248,18 @@ def _rollback(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
 
 
+def check_state_folder(folder: Path) -> None:
+    """Raise StoreError unless ``folder`` belongs to the daemon's user and nobody else may write it
+    (else another user could plant or swap the files the daemon opens in it)."""
+    st = folder.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StoreError(
+            f"state folder {folder} must belong to procpoold's user (uid {os.geteuid()}) and be "
+            f"writable by nobody else (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); "
+            "use chown and 'chmod 700', or choose another --state-dir"
+        )
+
+
 def make_private(path: Path) -> None:
     """Keep the state folder and the state file (mode 0600) to the daemon's user alone.
 
@@ -258,13 +270,7 @@ def make_private(path: Path) -> None:
     """
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = folder.stat()
-    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise StoreError(
-            f"state folder {folder} must belong to procpoold's user (uid {os.geteuid()}) and be "
-            f"writable by nobody else (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); "
-            "use chown and 'chmod 700', or choose another --state-dir"
-        )
+    check_state_folder(folder)
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
