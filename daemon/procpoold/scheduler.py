@@ -802,7 +802,8 @@ class Scheduler:
             if job_id in self._dirty_jobs or self._job_rows.get(job_id) != row:
                 self._job_rows[job_id] = row
                 summary = job.summary() if job.finished else None
-                store.job_changed(job_id, job.state, job.finished_at, job.dump(), summary)
+                # (the uid too: a row from before schema 4 has none, and the index is read from it)
+                store.job_changed(job_id, job.state, job.finished_at, job.dump(), summary, job.submitter_uid)
             if not tasks:
                 continue
             size = len(job.tasks)

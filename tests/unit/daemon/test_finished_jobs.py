@@ -115,3 +115,28 @@ def test_retention_count_applies_per_user_and_never_to_unfinished_jobs(
     assert len(scheduler.finished) == 5
     loop.close()
     store.close()
+
+
+def test_an_unfinished_job_from_schema_3_keeps_its_submitter_once_finished(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    job = submit(scheduler, "old", uid=7)
+    loop.run_once(0)
+    loop.close()
+    store.close()
+    db = sqlite3.connect(tmp_path / "state.db")  # as a file from before: no uid column value
+    db.execute("UPDATE jobs SET uid=NULL, summary=NULL")
+    db.commit()
+    db.close()
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    loop.run_once(0)
+    finish_all(loop, executor, scheduler)
+    loop.close()
+    store.close()
+    store = StateStore(tmp_path / "state.db")  # the next start reads the finished index
+    loop, executor, scheduler = run_scheduler(store)
+    assert scheduler.finished[job].uid == 7
+    assert scheduler.clean(owner=7) == ([job], 0)  # its submitter may clean it
+    loop.close()
+    store.close()
