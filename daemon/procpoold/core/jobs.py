@@ -26,6 +26,7 @@ from typing import Any
 from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
 from procpoold.core.states import (
     FINAL_TASK_STATES,
+    JOB_STATES,
     TASK_TRANSITIONS,
     UNSUCCESSFUL,
     IllegalTransition,
@@ -318,6 +319,8 @@ class Job:
     def load(self, data: dict[str, Any], entries: list[Any]) -> None:
         """Restore what :meth:`dump` and the task log saved (before :meth:`recover`)."""
         tasks = replay_task_log(entries)
+        if data["state"] not in JOB_STATES:  # a saved state that does not fit fails the restore
+            raise ValueError(f"unknown job state {str(data['state'])[:64]!r}")
         self.state = data["state"]
         self.run = data["run"]
         self.runs = list(data["runs"])
@@ -325,9 +328,14 @@ class Job:
         self.namespace = dict(data["namespace"])
         self.reason, self.cancel_requested = data["reason"], data["cancel_requested"]
         for index, td in tasks.items():
+            if not isinstance(index, int) or not 0 <= index < len(self.tasks):
+                raise ValueError(f"no task {str(index)[:64]} in a job of {len(self.tasks)} tasks")
             t = self.tasks[index]
             t.state = td["state"]
             t.attempts = [Attempt(*a) for a in td.get("attempts", ())]
+            if t.state not in TASK_TRANSITIONS or (t.state == "running" and not t.attempts):
+                state = str(t.state)[:64]
+                raise ValueError(f"task {t.id} cannot be {state!r} with {len(t.attempts)} attempt(s)")
             t.started_at, t.finished_at = td.get("started_at"), td.get("finished_at")
             t.result, t.exit_code, t.error = td.get("result"), td.get("exit_code"), td.get("error")
             t.reason, t.progress = td.get("reason"), td.get("progress")
