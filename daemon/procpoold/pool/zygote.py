@@ -17,8 +17,9 @@ to workers go through it (``kill`` requests) rather than ``os.kill`` from the da
 Users: a worker is bound to one identity for its whole life. The forked child drops privileges
 (supplementary groups, gid, uid, in that order, then every capability) and checks that it cannot
 get them back (``setuid(0)`` must fail) before it maps the segment beyond what the daemon set up,
-imports or decodes anything of a task's. The zygote itself stays the daemon's user (it must fork
-workers of every user and signal them).
+imports or decodes anything of a task's; then it puts ``/dev/null`` on its stdin, stdout and
+stderr, which are the daemon's (a terminal, the journal's stream). The zygote itself stays the
+daemon's user (it must fork workers of every user and signal them).
 
 Dying with the parent: workers set ``PR_SET_PDEATHSIG`` to ``SIGKILL`` (their parent is the
 zygote). The zygote sets it to ``SIGTERM`` and also treats end-of-file on its socket as the
@@ -143,6 +144,21 @@ def drop_privileges(user: dict[str, Any]) -> None:
         os.chdir(home)
     except OSError:
         os.chdir("/")
+
+
+def _leave_stdio() -> None:
+    """Put ``/dev/null`` on fds 0, 1 and 2 of a worker of another user.
+
+    They are the daemon's: a terminal (that the user could read, or push keystrokes into as if
+    typed at it), the journal's stream of the service, a log file. Such a worker's own words
+    outside an attempt (a failure of its runtime) are lost; its tasks' output goes through its ring.
+    """
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def _pack(msg: dict[str, Any]) -> bytes:
@@ -395,6 +411,7 @@ class _ZygoteServer:
                     code = EXIT_NO_USER
                     drop_privileges(user)
                     code = EXIT_INTERNAL
+                    _leave_stdio()
                 # After the drop: a change of credentials clears the parent-death signal.
                 set_pdeathsig(signal.SIGKILL, zygote_pid)
                 from procpoold.pool import worker
