@@ -55,6 +55,9 @@ _READ = 65536
 #: Enters the working directory as the task's user, then runs the command (``$1`` the folder,
 #: the rest the argv). A folder the user may not enter fails the attempt with status 126.
 _CHDIR_THEN_EXEC = 'cd -- "$1" || exit 126; shift; exec "$@"'
+#: Signals Python ignores that a command gets back at their default, as ``Popen`` does (an
+#: ignored disposition survives ``exec``: ``yes | head`` would print "Broken pipe").
+_RESTORED = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
 #: Where the user switch is looked for (a fixed, root-owned path: never the daemon's PATH).
 _SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -307,7 +310,7 @@ class CommandExecutor:
                 (os.POSIX_SPAWN_DUP2, err_w, 2),
             ]
             spawn = os.posix_spawnp if "/" not in program else os.posix_spawn
-            pid = spawn(program, argv, env, file_actions=actions, setsid=True)
+            pid = spawn(program, argv, env, file_actions=actions, setsid=True, setsigdef=_RESTORED)
         except BaseException:
             os.close(out_r)
             os.close(err_r)

@@ -16,7 +16,8 @@ from procpool.contract.version import PROTOCOL_VERSION
 
 
 def frame(msg: dict[Any, Any]) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
+    data: bytes = msgpack.packb(msg, use_bin_type=True)
+    return data
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ Python's ``signal.Signals`` (the real-time ones) still finishes its attempt."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 from procpoold.engines import AttemptSpec, Outcome
@@ -48,3 +49,37 @@ def test_a_command_killed_by_a_realtime_signal_fails_its_attempt() -> None:
     outcome = outcomes[0]
     assert outcome.status == "failed" and outcome.exit_code == -40
     assert outcome.error is not None and "signal 40" in outcome.error.message
+
+
+def _ignored_and_blocked(lines: list[str]) -> tuple[int, int]:
+    fields = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    return int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
+
+
+def test_a_command_starts_with_sigpipe_at_its_default_like_any_program() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (``yes | head`` would
+    print 'Broken pipe' and a writer to a closed pipe would go on), whichever way it starts."""
+    lines: list[str] = []
+    loop = EventLoop()
+    events = Events()
+    events.attempt_log = lambda attempt_id, stream, level, message, fields=None: lines.append(message)  # type: ignore[method-assign]
+    executor = CommandExecutor(1, switcher=None)
+    executor.start(loop, events)  # type: ignore[arg-type]
+    script = "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -n1"
+    try:
+        for i, cwd in enumerate((None, "/")):  # posix_spawn, and Popen for a working folder
+            cmd = ["sh", "-c", script]
+            executor.submit(AttemptSpec(f"a#{i}", "1", "j", "1.0", "t", 1, "cmd", cmd=cmd, cwd=cwd))
+            deadline = time.monotonic() + 20
+            while len(events.outcomes) <= i and time.monotonic() < deadline:
+                loop.run_once(100)
+            assert events.outcomes[i].status == "completed", lines
+            ignored, blocked = _ignored_and_blocked(lines)
+            for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+                assert not ignored & (1 << (signum - 1)), (cwd, hex(ignored))
+            assert not blocked & (1 << (signal.SIGPIPE - 1)), (cwd, hex(blocked))
+            assert not any("Broken pipe" in line for line in lines), lines
+            lines.clear()
+    finally:
+        executor.shutdown(0)
+        loop.close()
