@@ -53,7 +53,7 @@ from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
 from procpoold.control.limits import OVER_CAP_GRACE, Connections, ReplyBudget, Waits
-from procpoold.control.socketdir import clip, unsafe_socket_folder
+from procpoold.control.socketdir import clip, foreign_path, unsafe_socket_folder
 
 log = logging.getLogger("procpoold.control")
 
@@ -159,13 +159,15 @@ def prepare_socket_dir(path: Path, group: str | None) -> None:
         created = True
     except FileExistsError:
         pass
-    st = folder.stat()
-    # Never tighten a folder we do not own or a shared sticky one (such as /tmp).
-    if created or (st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX):
-        if group is not None:
-            os.chown(folder, -1, grp.getgrnam(group).gr_gid)
-        os.chmod(folder, 0o750)
-    problem = unsafe_socket_folder(folder)
+    problem = foreign_path(folder)  # first: never chmod through someone else's symlink
+    if problem is None:
+        st = folder.stat()
+        # Never tighten a folder we do not own or a shared sticky one (such as /tmp).
+        if created or (st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX):
+            if group is not None:
+                os.chown(folder, -1, grp.getgrnam(group).gr_gid)
+            os.chmod(folder, 0o750)
+        problem = unsafe_socket_folder(folder)
     if problem is not None:
         raise BindError(
             f"refusing to put the control socket in {clip(os.fspath(folder))}: {problem}",

@@ -22,6 +22,9 @@ def unsafe_socket_folder(folder: Path, uid: int | None = None) -> str | None:
     """
     owner = os.geteuid() if uid is None else uid
     trusted = (0, owner)
+    problem = foreign_path(folder, owner)
+    if problem is not None:
+        return problem
     real = os.path.realpath(folder)
     current = real
     while True:
@@ -50,6 +53,41 @@ def unsafe_socket_folder(folder: Path, uid: int | None = None) -> str | None:
         if parent == current:
             return None
         current = parent
+
+
+def foreign_path(folder: Path, uid: int | None = None) -> str | None:
+    """Why ``folder`` as named (not resolved) is in someone else's hands: a symlink on the way that
+    another user owns, who could repoint it (the resolved folders are judged by
+    :func:`unsafe_socket_folder`); None if there is none."""
+    trusted = (0, os.geteuid() if uid is None else uid)
+    pending = list(Path(os.path.abspath(folder)).parts[1:])
+    current = "/"
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        entry = os.path.join(current, name)
+        try:
+            st = os.lstat(entry)
+        except OSError as exc:
+            return f"cannot check {clip(entry)} ({exc.strerror})"
+        if not stat.S_ISLNK(st.st_mode):
+            current = entry
+            continue
+        if st.st_uid not in trusted:
+            return f"{clip(entry)} belongs to {_user(st.st_uid)}, who could replace the socket"
+        hops += 1
+        if hops > 40:
+            return f"too many symbolic links in {clip(os.fspath(folder))}"
+        target = os.readlink(entry)
+        if os.path.isabs(target):
+            current = "/"
+        pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target) else Path(target).parts)
+    return None
 
 
 def _user(uid: int) -> str:
