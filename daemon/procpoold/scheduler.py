@@ -854,6 +854,15 @@ class Scheduler:
                 job = self._restore(stored)
             except Exception as exc:  # whatever is wrong with it fails this job, not the start
                 job = self._unrestorable(stored.id, stored.doc, stored.created_at, exc)
+                # Still its submitter's (who may clean it), and its key still finds it: a retried
+                # submit must not add a second row with that key (the store would refuse it).
+                key, uid = self.store.key_and_uid(job_id)
+                if uid is None and isinstance(stored.data, dict):
+                    uid = stored.data.get("submitter_uid")
+                job.submitter_uid = uid if type(uid) is int else None
+                job.submitter_name = user_name(job.submitter_uid)
+                if key is not None:
+                    self.keys[key] = job_id
                 self.jobs[job_id] = job
                 counts["jobs"] += 1
                 counts["failed"] = counts.get("failed", 0) + 1

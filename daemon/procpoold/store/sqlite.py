@@ -635,6 +635,11 @@ class StateStore:
             return StoredJob(job_id, float(created_at), document, {}, [], str(exc))
         return StoredJob(job_id, float(created_at), document, fields, entries, error)
 
+    def key_and_uid(self, job_id: str) -> tuple[str | None, int | None]:
+        """A job row's (scoped) idempotency key and submitter uid (None in rows from before schema 4)."""
+        row = self.db.execute("SELECT key, uid FROM jobs WHERE id=?", (int(job_id),)).fetchone()
+        return (None, None) if row is None else (row[0], row[1])
+
     def load_jobs(self, unfinished_only: bool = False) -> Iterator[StoredJob]:
         """Every stored job, oldest first; one that cannot be read comes with its ``error``.
 

@@ -44,3 +44,23 @@ def test_a_stored_state_that_does_not_fit_fails_the_job(
     assert "cannot be restored after a restart" in (again.reason or "")
     loop.close()
     store.close()
+
+
+def test_an_unrestorable_job_keeps_its_key_and_its_submitter(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, _executor, scheduler = run_scheduler(store)
+    job, _ = scheduler.submit({"name": "a", "key": "k", "root": {"cmd": ["true"]}}, uid=7)
+    loop.close()
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    store.db.execute("DELETE FROM task_log")
+    store.db.execute("INSERT INTO task_log VALUES (?, 0, ?)", (int(job.id), msgpack.packb([[9, 0]])))
+    loop, _executor, scheduler = run_scheduler(store)
+    loop.run_once(0)
+    assert scheduler.finished[job.id].state == "failed"
+    assert scheduler.finished[job.id].uid == 7  # its submitter may still see to it
+    # A client that retries its submit finds it (a second row with the key would stop the daemon).
+    again, existing = scheduler.submit({"name": "a", "key": "k", "root": {"cmd": ["true"]}}, uid=7)
+    assert existing and again.id == job.id
+    loop.close()
+    store.close()
