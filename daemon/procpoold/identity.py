@@ -1,8 +1,9 @@
 """Who a request comes from, who a job runs as, and who is an administrator.
 
 Runs on the daemon's loop thread (the lookups read the password and group databases, which is
-cheap for local files; results are cached per uid until the next reload (SIGHUP), and a user's
-groups are read at submission in the same way ``atd`` and ``cron`` read them when a job starts).
+cheap for local files; results are cached per uid for at most ``IDENTITY_TTL`` seconds, so a user
+removed from a group (or from ``admin_group``), or a uid given to a new user, is seen without a
+restart, the way ``atd`` and ``cron`` read a user's groups when a job starts).
 
 The model is that of the system daemons that run other people's work (atd, cron, Slurm) and of
 systemd's own manager API:
@@ -21,8 +22,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import time
 from dataclasses import dataclass
 from functools import lru_cache
+
+#: Seconds a user's identity (name, groups) is reused before the databases are read again.
+IDENTITY_TTL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +48,27 @@ class UnknownUser(LookupError):
     """No such user in the password database."""
 
 
-@lru_cache(maxsize=4096)
-def identity_of(uid: int) -> Identity:
-    """The identity of ``uid``; a uid with no password entry runs with its own gid and no groups.
+class _Identities:
+    """``identity_of(uid)``: the identity of ``uid``, read again once ``IDENTITY_TTL`` has passed.
 
-    Raises :class:`UnknownUser` only for negative uids: an unnamed uid (a container's) is still a
-    real principal that the kernel vouched for.
+    A uid with no password entry runs with its own gid and no groups. Raises
+    :class:`UnknownUser` only for negative uids: an unnamed uid (a container's) is still a real
+    principal that the kernel vouched for.
     """
+
+    def __call__(self, uid: int) -> Identity:
+        return _lookup(uid, int(time.monotonic() // IDENTITY_TTL))
+
+    def cache_clear(self) -> None:
+        _lookup.cache_clear()
+
+
+identity_of = _Identities()
+
+
+@lru_cache(maxsize=4096)
+def _lookup(uid: int, _period: int) -> Identity:
+    """The identity of ``uid`` as read in the period ``_period`` (older periods age out)."""
     if uid < 0:
         raise UnknownUser(f"no user with uid {uid}")
     try:
