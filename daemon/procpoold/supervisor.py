@@ -27,7 +27,7 @@ from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
 from procpoold.control.limits import connection_cap, raise_fd_limit
 from procpoold.control.policy import Policy
-from procpoold.control.server import ControlServer, Deferred, ServerLimits
+from procpoold.control.server import ControlServer, Deferred, Peer, ServerLimits
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
@@ -426,13 +426,24 @@ class Daemon:
             return reply
         return self.wait(accepted.id, wait, extra=reply)  # one round trip: the reply has the final status
 
-    def job_status(self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None) -> dict[str, Any]:
-        """One job's status with a page of its tasks (bounded: see Job.status_page), or one task's."""
+    def job_status(
+        self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None, reader: Peer | None = None
+    ) -> dict[str, Any]:
+        """One job's status with a page of its tasks (bounded: see Job.status_page), or one task's.
+
+        A ``reader`` who may not read the job's logs (the ``logs`` rule) gets no log tails."""
         job, index = self.scheduler.resolve(ref)
         if index is not None:
-            return self.scheduler.finished_status(ref)
-        page = self.config.status_page_size
-        return job.status_page(tasks_from, page if tasks_limit is None else min(tasks_limit, page))
+            status = self.scheduler.finished_status(ref)
+            tasks = [status["task"]]
+        else:
+            page = self.config.status_page_size
+            status = job.status_page(tasks_from, page if tasks_limit is None else min(tasks_limit, page))
+            tasks = status["tasks"]
+        if not self.policy.may_read_logs(reader, job.submitter_uid):
+            for t in tasks:
+                t["tail"] = []
+        return status
 
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]:
         return self.scheduler.job_list(state, since, limit)

@@ -21,3 +21,41 @@ def test_a_wait_on_a_task_by_name_is_answered_when_the_task_finishes(daemon: Dae
         client.cancel(job_id)
     assert result["finished"] and result["state"] == "completed", result
     assert took < 10, f"the wait was answered by its timeout ({took:.1f} s), not by the task"
+
+
+def test_the_log_tail_in_a_status_is_only_for_the_submitter_or_an_administrator() -> None:
+    """Reading a job's logs needs its submitter or an administrator; the status, open to anyone,
+    must not hand out the same lines as the tail of a task that failed."""
+    import json
+    import os
+
+    from tests.support.daemon import serving
+    from tests.support.users import procctl_as, throwaway
+
+    secret = "API_TOKEN=s3cr3t-of-alice"
+    job = {"name": "leaky", "cwd": "/", "root": {"name": "t", "cmd": ["sh", "-c", f"echo {secret}; exit 3"]}}
+    with throwaway({"alice": ["sock"], "bob": ["sock"]}, ["sock"]) as (users, groups):
+        d = DaemonProcess(extra_args=["--workers", "1", "--group", groups["sock"], "--log-target", "stderr"])
+        os.chmod(d.dir, 0o711)
+        with serving(d):
+            d.start()
+            sock = str(d.socket)
+            alice, bob = users["alice"].name, users["bob"].name
+            out = procctl_as(alice, sock, "submit", "--wait", "-", input=json.dumps(job))
+            assert out.returncode == 1, out.stderr  # the task failed
+            with d.client() as client:
+                job_id = client.status(limit=1)["jobs"]["list"][0]["id"]
+
+            def tails(user: str, ref: str) -> list[str]:
+                got = procctl_as(user, sock, "--json", "status", ref)
+                assert got.returncode == 0, got.stderr
+                status = json.loads(got.stdout)
+                tasks = status["tasks"] if "tasks" in status else [status["task"]]
+                return [line for t in tasks for line in t["tail"]]
+
+            assert any(secret in line for line in tails(alice, job_id))
+            assert not any(secret in line for line in tails(bob, job_id))
+            assert not any(secret in line for line in tails(bob, f"{job_id}.0"))
+            assert not any(secret in line for line in tails(bob, f"{job_id}/t"))
+            with d.client() as client:  # root, an administrator
+                assert any(secret in line for t in client.status(job_id)["tasks"] for line in t["tail"])

@@ -26,7 +26,9 @@ class DaemonAPI(Protocol):
     def submit(
         self, job: dict[str, Any], uid: int | None, after: list[str] | None, wait: float | None = None
     ) -> dict[str, Any] | Deferred: ...
-    def job_status(self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None) -> dict[str, Any]: ...
+    def job_status(
+        self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None, reader: Peer | None = None
+    ) -> dict[str, Any]: ...
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]: ...
     def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred: ...
     def cancel(self, ref: str) -> dict[str, Any]: ...
@@ -46,7 +48,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def status(req: Request, peer: Peer | None) -> Any:
         a = req.args
         if "job" in a:
-            return api.job_status(a["job"], a.get("tasks_from", 0), a.get("tasks_limit"))
+            return api.job_status(a["job"], a.get("tasks_from", 0), a.get("tasks_limit"), peer)
         summary = api.summary()
         summary["jobs"]["list"] = api.job_list(a.get("state"), a.get("since"), a.get("limit", 50))
         return summary

@@ -162,6 +162,13 @@ class Policy:
         )
         return peer
 
+    def may_read_logs(self, peer: Peer | None, owner: int | None) -> bool:
+        """Whether ``peer`` may read the log lines of a job submitted by ``owner`` (the ``logs`` rule,
+        for what a read such as ``status`` shows of them: the tail of a failed task)."""
+        if peer is None:
+            return False
+        return (owner is not None and owner == peer.uid) or self.authority.is_admin(peer.uid)
+
     @staticmethod
     def _denied(message: str, hint: str) -> ProcpoolError:
         return ProcpoolError(ErrorCode.PERMISSION_DENIED, message, hint)
