@@ -14,7 +14,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from procpoold.store.sqlite import StoreError, check_state_folder
+from procpoold.store.sqlite import StoreError, check_state_folder, disk_full, full_disk_hint
 
 LOCK_NAME = "procpoold.lock"
 
@@ -43,6 +43,11 @@ class StateLock:
             check_state_folder(state_dir)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
+            if disk_full(exc):  # a new state folder on a full disk: one line and a hint, as the store's
+                raise StoreError(
+                    f"cannot open the lock file {path}: the disk is full ({exc.strerror})",
+                    full_disk_hint(path),
+                ) from None
             raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -45,3 +45,19 @@ def test_a_lock_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="lock file"):
         StateLock.acquire(state, "/run/a.sock")
     assert victim.read_text() == "precious\n"
+
+
+def test_a_lock_file_that_cannot_be_made_on_a_full_disk_says_so_with_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from procpoold.store import lock
+
+    def full(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(lock.os, "open", full)
+    with pytest.raises(StoreError, match="the disk is full") as caught:
+        StateLock.acquire(tmp_path / "state", "/run/a.sock")
+    assert caught.value.hint is not None and caught.value.hint.startswith("free space on the file system of")
