@@ -32,7 +32,7 @@ def unsafe_folder(path: str, *, imports: bool, owner_uid: int | None = None) -> 
     if "\x00" in path:
         return "contains a NUL byte"
     if not os.path.isabs(path):
-        return None  # relative entries are resolved against the task's cwd, which is checked itself
+        return None  # resolved against the task's cwd (checked itself); a worker checks it resolved
     real = os.path.realpath(path)
     uid = os.geteuid() if owner_uid is None else owner_uid
     for folder in _self_and_ancestors(real):

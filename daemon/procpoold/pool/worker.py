@@ -600,13 +600,20 @@ class Worker:
             self._scan_modules()
         return self.unclean
 
-    def _resolve(self, call: str, python_path: list[str] | None) -> tuple[Callable[..., Any], bool]:
+    def _resolve(self, call: str, python_path: list[str] | None,
+                 cwd: str | None = None) -> tuple[Callable[..., Any], bool]:
         found = self.funcs.get(call)
         if found is not None:
             return found
         if isinstance(call, _Undecodable):
             raise call
-        new = [entry for entry in python_path or [] if entry not in sys.path]
+        # A relative entry is the attempt's cwd's (the import runs before the attempt enters it,
+        # and later imports would resolve it wherever the task stands): checked and used whole.
+        entries = python_path or []
+        if not all(os.path.isabs(entry) for entry in entries):
+            base = os.path.join(os.getcwd(), cwd or "")
+            entries = [os.path.join(base, entry) for entry in entries]
+        new = [entry for entry in entries if entry not in sys.path]
         if new:
             # Checked as late as possible, as the user the worker runs as.
             problem = check_folders(new, imports=True, what="python_path")
@@ -637,7 +644,7 @@ class Worker:
         if job != self.job and not self.async_tasks:
             self._switch(job)
         try:
-            fn, is_async = self._resolve(msg[2], msg[8])
+            fn, is_async = self._resolve(msg[2], msg[8], msg[7])
         except _Undecodable as exc:
             self.post(self._pack([DONE, aid, False, exc.error, self._flags(), None]))
             return

@@ -217,3 +217,27 @@ def test_attempts_of_a_user_no_worker_can_become_fail_saying_so(
             outcome.error.message, outcome.error
     (ok,) = run(pool, spec("os:getuid", job="z"))
     assert (ok.status, ok.result) == ("completed", os.geteuid())
+
+
+def test_a_relative_python_path_is_checked_where_it_resolves(make_pool: Callable[..., PoolHarness],
+                                                             tmp_path: Path) -> None:
+    # A relative entry passed every check (it "resolves against the task's cwd"), but the worker
+    # imported before entering the attempt's cwd: it resolved against wherever the worker stood,
+    # such as a folder anyone may write that an earlier task moved to.
+    pool = make_pool(workers=1)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    module_dir(shared, "planted", "def f():\n    return 'planted'\n")
+    shared.chmod(0o777)
+    (a,) = run(pool, spec("os:chdir", str(shared), job="A"))
+    assert a.status == "completed"
+    (b,) = run(pool, spec("m:f", job="B", python_path=["planted"]))
+    assert b.status == "failed" and b.error is not None and b.error.type == "PermissionError", b
+    assert "writable by every user and not sticky" in b.error.message
+    # Against the attempt's own cwd when it has one.
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    module_dir(safe, "lib", "def f():\n    return 'safe'\n")
+    (c,) = run(pool, spec("m:f", job="C", python_path=["lib"], cwd=str(safe)))
+    assert (c.status, c.result) == ("completed", "safe"), c
+
