@@ -17,9 +17,12 @@ rather than the daemon's.
 
 The switch is made by util-linux's ``setpriv``, started with ``posix_spawn`` like any command
 (it sets the ids, each checked, then executes the command; if one fails it exits without running
-it). ``setpriv`` starts as root, so it gets an empty environment (the job's ``LD_PRELOAD`` or
-``GLIBC_TUNABLES`` would otherwise run the job's code as root): the task's environment is set by
-``env -i NAME=VALUE... COMMAND``, which ``setpriv`` executes once it runs as the user. Python's
+it). ``setpriv`` starts as root, so its environment holds none of what a root process would read
+(the job's ``LD_PRELOAD`` or ``GLIBC_TUNABLES`` would otherwise run the job's code as root; see
+:data:`_ROOT_READS`): those variables are set by ``env -- NAME=VALUE... COMMAND``, which ``setpriv``
+executes once it runs as the user. The rest of the task's environment travels in the environment,
+never in an argv: every user may read every process's command line, and a job's API token would
+be there while the command starts. Python's
 own way (``Popen(user=...)``) must ``fork`` rather than ``vfork``, which copies the daemon's page
 tables for every command. Measured through this executor (8 slots, ``/bin/true``, a shared 2-core
 machine): with 35 MB resident, 489-755 commands/s as the daemon's user, 441-542 through ``setpriv``
@@ -77,19 +80,36 @@ class Switcher:
         env = shutil.which("env", path=_SYSTEM_PATH)
         return cls(setpriv, env) if setpriv and env else None
 
-    def argv(self, user: Identity, env: dict[str, str], argv: list[str]) -> list[str]:
-        """The argv that runs ``argv`` as ``user`` with ``env``; started with an empty environment.
+    def command(
+        self, user: Identity, env: dict[str, str], argv: list[str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and the environment that run ``argv`` as ``user`` with ``env``.
 
-        ``setpriv`` fails rather than run anything with other ids. ``env`` reads options only up to
-        the first NAME=VALUE (a name starting with "-" never comes first: the PROCPOOL_ names do)
-        and takes the first word without "=" as the command (one with "=" goes through ``sh``).
+        ``setpriv`` fails rather than run anything with other ids. Its environment is ``env``
+        without what a root process reads (:func:`_root_reads`); ``env``, already the user's, adds
+        those from its argv (their values are paths and settings, not secrets) and takes the first
+        word without "=" as the command (one with "=" goes through ``sh``).
         """
         groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
         if "=" in argv[0]:
             argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *argv]
-        assignments = sorted((f"{k}={v}" for k, v in env.items()), key=lambda a: a.startswith("-"))
+        safe = {k: v for k, v in env.items() if not _root_reads(k)}
+        assignments = [f"{k}={v}" for k, v in env.items() if k not in safe]
         return [self.setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", groups, "--",
-                self.env, "-i", *assignments, *argv]
+                self.env, "--", *assignments, *argv], safe
+
+
+#: Variables that a process running as root (``setpriv``) would read: the dynamic loader's, and those
+#: the C library drops or restricts for set-user-ID programs (its list), locale and time zone included.
+_ROOT_READS = frozenset({
+    "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "NIS_PATH", "NLSPATH",
+    "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZ", "TZDIR", "LANG", "LANGUAGE", "POSIXLY_CORRECT",
+})
+_ROOT_READS_PREFIXES = ("LD_", "GLIBC_", "MALLOC_", "LC_")
+
+
+def _root_reads(name: str) -> bool:
+    return name in _ROOT_READS or name.startswith(_ROOT_READS_PREFIXES) or name.endswith("_DEBUG")
 
 
 def attempt_env(
@@ -259,8 +279,8 @@ class CommandExecutor:
                 self._check_program(argv[0], env)  # a missing program is "cannot start", as for others
             if spec.cwd is not None:
                 argv = ["/bin/sh", "-c", _CHDIR_THEN_EXEC, "procpool-cwd", spec.cwd, *argv]
-            # Nothing of the job's reaches a process that still runs as root: an empty environment.
-            return self._posix_spawn(self._switcher.argv(user, env, argv), {})
+            # Nothing a process that still runs as root would read; nothing of the job's in an argv.
+            return self._posix_spawn(*self._switcher.command(user, env, argv))
         if spec.cwd is not None or user is not None:
             cwd: str | None = spec.cwd
             ids: dict[str, Any] = {}

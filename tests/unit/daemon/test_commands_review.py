@@ -7,7 +7,8 @@ import signal
 import time
 
 from procpoold.engines import AttemptSpec, Outcome
-from procpoold.engines.commands import CommandExecutor
+from procpoold.engines.commands import CommandExecutor, Switcher
+from procpoold.identity import Identity
 from procpoold.loop import EventLoop
 
 
@@ -83,3 +84,32 @@ def test_a_command_starts_with_sigpipe_at_its_default_like_any_program() -> None
     finally:
         executor.shutdown(0)
         loop.close()
+
+
+def test_the_jobs_environment_is_not_in_the_argv_of_the_user_switch() -> None:
+    """Every user may read every process's command line (/proc/PID/cmdline): a job's environment
+    (an API token) must not be in the argv of ``setpriv`` and ``env`` while they start the command.
+    What a process that still runs as root would read (the loader's, the C library's locale and
+    time zone variables) stays out of its environment and is set by ``env``, as the user."""
+    switcher = Switcher("/usr/bin/setpriv", "/usr/bin/env")
+    user = Identity(1234, 1234, (1234, 27), "alice", "/home/alice")
+    env = {
+        "API_TOKEN": "s3cret-value",
+        "-u": "HOME",
+        "PATH": "/usr/bin",
+        "LD_PRELOAD": "/home/alice/lib.so",
+        "GLIBC_TUNABLES": "glibc.malloc.check=3",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "TZ": "/home/alice/tz",
+        "GCONV_PATH": "/home/alice/gconv",
+    }
+    argv, spawn_env = switcher.command(user, env, ["-odd", "arg"])
+    assert not any("s3cret-value" in a or a.startswith("-u=") for a in argv), argv
+    assert spawn_env["API_TOKEN"] == "s3cret-value" and spawn_env["-u"] == "HOME"
+    assert spawn_env["PATH"] == "/usr/bin"
+    for name in ("LD_PRELOAD", "GLIBC_TUNABLES", "LANG", "LC_ALL", "TZ", "GCONV_PATH"):
+        assert name not in spawn_env
+        assert f"{name}={env[name]}" in argv
+    assert argv[:5] == ["/usr/bin/setpriv", "--reuid=1234", "--regid=1234", "--groups=1234,27", "--"]
+    assert argv[5:7] == ["/usr/bin/env", "--"] and argv[-2:] == ["-odd", "arg"]
