@@ -386,7 +386,8 @@ class Job:
             else:
                 t.move("pending")
                 t.error = error
-        if self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished:
+        held = self.state == "held"  # held at an earlier start and not resumed: it stays held
+        if held or (self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished):
             self.state = "held"
             return effects, interrupted
         for t in self.tasks:
@@ -639,7 +640,7 @@ class Job:
         while scan < len(tasks) and tasks[scan].state in FINAL_TASK_STATES:
             scan += 1
         self._scan = scan
-        if self.state == "running" and scan == len(tasks):
+        if self.state in ("running", "held") and scan == len(tasks):  # held: cancelled while held
             effects.run_finished = True
 
     def finish_run(self, now: float) -> bool:

@@ -58,3 +58,54 @@ def test_a_held_repeat_job_finishes_once_resumed(tmp_path: Path) -> None:
     assert scheduler.finished[job.id].state == "completed"
     loop.close()
     store.close()
+
+
+SEQ = {"sequential": [{"cmd": ["true"]}, {"cmd": ["true"]}]}
+
+
+def held_job(tmp_path: Path) -> str:
+    """A job held after a restart, its store closed (as at the next stop)."""
+    store = StateStore(tmp_path / "state.db")
+    loop, _executor, scheduler = run_scheduler(store)
+    job, _ = scheduler.submit({"name": "h", "on_interrupt": "hold", "root": SEQ})
+    loop.run_once(0)
+    loop.close()
+    store.close()  # a crash mid-attempt
+    store = StateStore(tmp_path / "state.db")
+    loop, _executor, scheduler = run_scheduler(store)
+    loop.run_once(0)
+    assert scheduler.jobs[job.id].state == "held"
+    loop.close()
+    store.close()
+    return job.id
+
+
+def test_a_held_job_stays_held_across_another_restart_and_finishes_once_resumed(tmp_path: Path) -> None:
+    job_id = held_job(tmp_path)
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    loop.run_once(0)
+    assert scheduler.jobs[job_id].state == "held" and executor.submitted == []
+    scheduler.resume(job_id)
+    for _ in range(3):
+        loop.run_once(0)
+        for spec in list(executor.submitted):
+            if spec.attempt_id in executor.running:
+                executor.running.discard(spec.attempt_id)
+                scheduler.attempt_finished(Outcome(spec.attempt_id, "completed"))
+        loop.run_once(0)
+    assert scheduler.finished[job_id].state == "completed"
+    loop.close()
+    store.close()
+
+
+def test_cancelling_a_held_job_finishes_it(tmp_path: Path) -> None:
+    job_id = held_job(tmp_path)
+    store = StateStore(tmp_path / "state.db")
+    loop, _executor, scheduler = run_scheduler(store)
+    scheduler.cancel(job_id)
+    loop.run_once(0)
+    assert scheduler.finished[job_id].state == "cancelled"
+    assert scheduler.quota.queued == 0
+    loop.close()
+    store.close()
