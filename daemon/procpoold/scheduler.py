@@ -316,6 +316,12 @@ class Scheduler:
                 raise ProcpoolError(
                     ErrorCode.CONFLICT, f"task {job.tasks[index].id} already {job.tasks[index].state}"
                 )
+            if job.state == "pending":  # its run resets every task when it starts
+                raise ProcpoolError(
+                    ErrorCode.CONFLICT,
+                    f"job {job.id} waits for its prerequisites: none of its tasks has started",
+                    f"cancel the whole job (procctl cancel {job.id}), or the task once the job runs",
+                )
             effects = job.cancel(now, [index])
         for ref_ in [(job.id, i) for i in effects.finished_tasks]:
             self._forget_queued(ref_)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.engines import Outcome
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
@@ -73,3 +74,16 @@ def test_a_stored_job_whose_prerequisite_is_gone_fails_instead_of_stopping_the_s
     assert f'upstream "{a.id}"' in (again.reason or "")
     loop.close()
     store.close()
+
+
+def test_a_task_of_a_job_that_waits_for_its_prerequisites_is_not_cancelled_only_to_run_later() -> None:
+    loop, executor, scheduler = make(slots=1)
+    a, _ = scheduler.submit({"name": "a", "root": {"cmd": ["true"]}})
+    b, _ = scheduler.submit({"name": "b", "root": {"cmd": ["true"]}}, after=[a.id])
+    with pytest.raises(ProcpoolError, match="waits for its prerequisites") as caught:
+        scheduler.cancel(f"{b.id}.0")
+    assert caught.value.code == ErrorCode.CONFLICT
+    for _ in range(3):
+        loop.run_once(0)
+        finish(loop, executor, scheduler)
+    assert b.state == "completed"
