@@ -133,9 +133,12 @@ class PoolExecutor:
         self._all: set[WorkerSlot] = set()
         self._where: dict[str, WorkerSlot] = {}
         self._pending: deque[AttemptSpec] = deque()
-        self._async_calls: set[str] = set()
-        #: Mean run time of each sync function (moving average of ``done.d``), and of all of them.
-        self._fn_mean: dict[str, float] = {}
+        #: Functions known to be ``async def``, and the mean run time of each sync function (moving
+        #: average of ``done.d``): a worker says so, so each user's tasks speak only for that user's
+        #: functions (keys: the call, or (uid, call) for an attempt of another user than the daemon's).
+        self._async_calls: set[str | tuple[int, str]] = set()
+        self._fn_mean: dict[str | tuple[int, str], float] = {}
+        #: ... and of all of them.
         self._recent_mean: float | None = None
         self._gen = 0
         self._deaths: deque[float] = deque()
@@ -718,8 +721,9 @@ class PoolExecutor:
         queued: set[int | None] | None = None
         while pending:
             spec = pending.popleft()
-            is_async = spec.call in async_calls
-            depth = self._depth(fn_mean.get(spec.call or ""))
+            fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
+            is_async = fn in async_calls
+            depth = self._depth(fn_mean.get(fn))
             w = self._pick(spec, is_async, depth)
             if w is None:
                 keep.append(spec)
@@ -956,13 +960,15 @@ class PoolExecutor:
         if run.sent:
             (self._woken_trips if run.woken else self._round_trips).append(self._popped_at - run.sent)
         call = run.spec.call
-        if flags & F_ASYNC and call is not None:
-            self._async_calls.add(call)
+        user = run.spec.user
+        fn = call if call is None or user is None else (user.uid, call)
+        if flags & F_ASYNC and fn is not None:
+            self._async_calls.add(fn)
         if flags & F_UNCLEAN:
             w.unclean = True
-        if took is not None and call is not None:
-            mean = self._fn_mean.get(call)
-            self._fn_mean[call] = took if mean is None else mean + (took - mean) * 0.25
+        if took is not None and fn is not None:
+            mean = self._fn_mean.get(fn)
+            self._fn_mean[fn] = took if mean is None else mean + (took - mean) * 0.25
             recent = self._recent_mean
             self._recent_mean = took if recent is None else recent + (took - recent) * 0.25
         if ok:

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,29 @@ def test_a_relative_python_path_is_checked_where_it_resolves(make_pool: Callable
     (c,) = run(pool, spec("m:f", job="C", python_path=["lib"], cwd=str(safe)))
     assert (c.status, c.result) == ("completed", "safe"), c
 
+
+
+def test_what_one_users_tasks_say_of_a_function_does_not_steer_anothers(
+        make_pool: Callable[..., PoolHarness], users: ThrowawayUsers, shared_dir: Path) -> None:
+    # Whether a function is async def (and how long it takes) was learnt per function name for
+    # every user: another user's async "m:f" made this user's sync "m:f" dispatched as async, so
+    # stopping it sent no interrupt and its worker was killed kill_grace later.
+    pool = make_pool(workers=2, kill_grace=3.0)
+    alice, bob = users.users
+    for name, body in (("a", "async def f(x):\n    return x\n"),
+                       ("b", "import time\n\ndef f(x):\n    time.sleep(x)\n    return x\n")):
+        (shared_dir / name).mkdir(mode=0o755)
+        (shared_dir / name / "m.py").write_text(body)
+    (a,) = run(pool, spec("m:f", 1, job="A", user=alice, python_path=[str(shared_dir / "a")]))
+    assert (a.status, a.result) == ("completed", 1), a
+    assert pool.pool._async_calls == {(alice.uid, "m:f")}  # learnt for alice only
+    b = spec("m:f", 30, job="B", user=bob, python_path=[str(shared_dir / "b")])
+    pool.pool.submit(b)
+    pool.run_until(lambda: b.attempt_id in pool.events.started, what="bob's attempt to start")
+    time.sleep(0.3)  # in the function
+    pool.pool.stop_attempt(b.attempt_id, "cancelled")
+    started = time.monotonic()
+    [out] = pool.wait(b.attempt_id)
+    assert out.status == "cancelled" and out.error is not None, out
+    assert "TaskInterrupted" in out.error.type, out.error
+    assert time.monotonic() - started < 2.0
