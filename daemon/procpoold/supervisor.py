@@ -84,7 +84,9 @@ class Daemon:
         self.store_failure: str | None = None
         self._draining = False
         self._drain_timer: Timer | None = None
-        self._waits: dict[str, list[tuple[Deferred, Callable[[], None]]]] = {}
+        #: pending waits by job or task id, each an insertion-ordered set (one answered by its timeout
+        #: leaves in O(1), whatever the order)
+        self._waits: dict[str, dict[tuple[Deferred, Callable[[], None]], None]] = {}
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         # Executors that fork (the worker pool's zygote) must do it before any thread exists,
@@ -512,10 +514,10 @@ class Daemon:
         key = job.id if index is None else job.tasks[index].id
 
         def answer() -> None:
-            waits = self._waits.get(key, [])
+            waits = self._waits.get(key, {})
             if entry in waits:
-                waits.remove(entry)
-                if not waits:  # timed out: no empty list stays behind per reference
+                del waits[entry]
+                if not waits:  # timed out: no empty entry stays behind per reference
                     del self._waits[key]
             timer.cancel()
             try:
@@ -525,7 +527,7 @@ class Daemon:
 
         timer = self.loop.call_later(timeout, answer)
         entry = (deferred, answer)
-        self._waits.setdefault(key, []).append(entry)
+        self._waits.setdefault(key, {})[entry] = None
         return deferred
 
     def _on_finished(self, ref: str) -> None:

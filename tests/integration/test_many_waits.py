@@ -1,0 +1,40 @@
+"""Many waits on one job, answered by their timeouts in the reverse of the order they came in
+(a client that gives each wait a slightly shorter timeout): each answer must cost O(1), not a scan
+of every other wait on the job, or the loop stalls for seconds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from procpoold.config import Config
+from procpoold.control.server import Deferred
+from procpoold.supervisor import Daemon
+from tests.integration.test_callback_containment import ScriptedExecutor
+
+WAITS = 20_000  # max_pending_waits by default
+
+
+def test_waits_answered_in_reverse_order_cost_linear_time(tmp_path: Path) -> None:
+    config = Config(socket=tmp_path / "control.sock", state_dir=tmp_path / "state", store=False, workers=1)
+    executor = ScriptedExecutor()
+    daemon = Daemon(config, {"call": executor, "cmd": executor})
+    try:
+        executor.start(daemon.loop, daemon.scheduler)
+        job, _ = daemon.scheduler.submit({"name": "forever", "root": {"cmd": ["raise-at-stop"]}}, 1000)
+        answered: list[bytes] = []
+        for i in range(WAITS):
+            deferred = daemon.wait(job.id, 3600.0 - i * 1e-3)
+            assert isinstance(deferred, Deferred)
+            deferred.bind(i, answered.append)
+        [entries] = daemon._waits.values()
+        answers = [answer for _deferred, answer in entries]
+        started = time.perf_counter()
+        for answer in reversed(answers):  # as their timers would fire
+            answer()
+        took = time.perf_counter() - started
+        assert len(answered) == WAITS and daemon._waits == {}
+        assert took < 2.5, f"{WAITS} timed-out waits took {took:.1f} s to answer"
+    finally:
+        executor.running.clear()
+        daemon.close()
