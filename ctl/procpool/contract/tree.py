@@ -223,7 +223,7 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
             return value
     elif kind == "cmd" and vtype is list and value:
         for v in value:
-            if type(v) is not str or "\0" in v:
+            if type(v) is not str or "\0" in v or not v.isascii():
                 break
         else:
             return value
@@ -317,6 +317,7 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
         for k, v in value.items():
             if not isinstance(k, str) or not k or "=" in k or "\0" in k:
                 raise TreeError(path, f"invalid environment variable name {shorten(k)}")
+            _no_nul(k, path)
             _no_nul(v, f"{path}.{k}" if len(k) <= 64 else path)
     elif kind == "list":
         if not isinstance(value, list):
@@ -342,9 +343,16 @@ def _key(key: Any) -> str:
 
 
 def _no_nul(value: str, path: str) -> None:
-    """A NUL byte cannot reach an argv, an environment or a path: refuse it here, by name."""
+    """A NUL byte cannot reach an argv, an environment or a path: refuse it here, by name. Nor can
+    a lone surrogate (JSON may spell one, ``"\\ud800"``), which no encoding carries."""
     if "\0" in value:
         raise TreeError(path, f"must not contain a NUL byte, got {shorten(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            why = f"must be Unicode text without lone surrogates, got {shorten(value)}"
+            raise TreeError(path, why) from None
 
 
 class _Parser:

@@ -57,3 +57,24 @@ def test_a_long_dependency_cycle_is_named_briefly() -> None:
     message = info.value.message
     assert "dependency cycle" in message
     assert len(message.encode()) < ECHO_MAX + 200, len(message)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"root": {"cmd": ["echo", "\ud800"]}},
+        {"root": {"cmd": "echo \udfff", "shell": True}},
+        {"root": {"cmd": ["true"], "env": {"A": "\ud800"}}},
+        {"root": {"cmd": ["true"], "env": {"A\ud800": "x"}}},
+        {"root": {"cmd": ["true"], "cwd": "/tmp/\ud800"}},
+        {"name": "n\ud800", "root": {"cmd": ["true"]}},
+        {"root": {"cmd": ["true"], "tags": ["\ud800"]}},
+        {"python_path": ["/x\ud800"], "root": {"call": "m:f"}},
+    ],
+)
+def test_a_lone_surrogate_from_a_json_file_is_refused_where_it_is(doc: dict[str, Any]) -> None:
+    """JSON may spell a lone surrogate (\\ud800), which no encoding carries: ``procctl validate``
+    called such a job valid and ``submit`` then failed with an encoder's message."""
+    with pytest.raises(TreeError) as info:
+        parse_job(doc)
+    assert "Unicode" in info.value.message
