@@ -618,10 +618,11 @@ class PoolExecutor:
         a busy one only if it holds the attempt's job, an idle one of that job first."""
         best: WorkerSlot | None = None
         job = spec.job_id
+        user = spec.user
         if is_async:
             limit = self.settings.async_per_worker
             for w in self._slots.values():
-                if w is None or w.retire or w.job != job:
+                if w is None or w.retire or w.job != job or not (w.user is user or w.serves(user)):
                     continue
                 n = len(w.running)
                 if w.state is _BUSY and w.sync_running == 0 and n < limit and (
@@ -630,15 +631,14 @@ class PoolExecutor:
             if best is not None:
                 return best
         cap = self.settings.max_tasks_per_worker
-        user = spec.user
         idle: WorkerSlot | None = None  # an idle worker of another job (it restores first)
         for w in self._slots.values():
-            if w is None or w.retire:
-                continue
+            if w is None or w.retire or not (w.user is user or w.serves(user)):
+                continue  # (each attempt looks its identity up again: the groups may have changed)
             if w.state is _IDLE:
                 if w.job == job:
                     return w
-                if idle is None and not w.unclean and (w.user is user or w.serves(user)):
+                if idle is None and not w.unclean:
                     idle = w
                 continue
             n = w.sync_running

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -268,3 +269,19 @@ def test_what_one_users_tasks_say_of_a_function_does_not_steer_anothers(
     assert out.status == "cancelled" and out.error is not None, out
     assert "TaskInterrupted" in out.error.type, out.error
     assert time.monotonic() - started < 2.0
+
+
+def test_a_jobs_next_attempt_runs_with_the_identity_it_names(
+        make_pool: Callable[..., PoolHarness], users: ThrowawayUsers, shared_dir: Path) -> None:
+    # An idle worker of the job was taken without looking at who it runs as: once the user's
+    # groups were read again (say, after one was taken away), the job's next attempts still ran
+    # with the old ones.
+    pool = make_pool(workers=1)
+    alice = users.users[0]
+    path = [str(shared_dir)]
+    (first,) = run(pool, spec("ppwho:who", job="J", user=alice, python_path=path))
+    assert first.status == "completed" and users.gid in first.result[2], first
+    fewer = dataclasses.replace(alice, groups=(alice.gid,))
+    (second,) = run(pool, spec("ppwho:who", job="J", user=fewer, python_path=path))
+    assert second.status == "completed", second
+    assert second.result[2] == [alice.gid], second
