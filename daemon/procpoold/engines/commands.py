@@ -155,6 +155,14 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _kill_and_reap(pid: int) -> None:
+    """Kill a command just started (its own process group) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 class _Process(Protocol):
     """What the executor needs of a child: ``subprocess.Popen`` or :class:`_Spawned`."""
 
@@ -295,12 +303,23 @@ class CommandExecutor:
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=cwd, env=env, start_new_session=True, close_fds=True, **ids,
             )
-            fds = []
-            for pipe in (popen.stdout, popen.stderr):
-                assert pipe is not None
-                fds.append(os.dup(pipe.fileno()))  # non-inheritable, like every fd we open
-                pipe.close()
-            return popen, os.pidfd_open(popen.pid), (fds[0], fds[1])
+            fds: list[int] = []
+            try:
+                for pipe in (popen.stdout, popen.stderr):
+                    assert pipe is not None
+                    fds.append(os.dup(pipe.fileno()))  # non-inheritable, like every fd we open
+                    pipe.close()
+                return popen, os.pidfd_open(popen.pid), (fds[0], fds[1])
+            except BaseException:  # out of fds: a command nobody watches must not go on running
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
+                for fd in fds:
+                    os.close(fd)
+                for pipe in (popen.stdout, popen.stderr):
+                    if pipe is not None:
+                        pipe.close()
+                raise
         program = argv[0]
         if "/" not in program and env.get("PATH") != self._base_env.get("PATH"):
             # posix_spawnp would search the daemon's PATH; the task's own PATH decides.
@@ -338,7 +357,13 @@ class CommandExecutor:
         finally:
             os.close(out_w)
             os.close(err_w)
-        child = _Spawned(pid)
+        try:
+            child = _Spawned(pid)
+        except BaseException:  # out of fds: a command nobody watches must not go on running
+            _kill_and_reap(pid)
+            os.close(out_r)
+            os.close(err_r)
+            raise
         return child, child.pidfd, (out_r, err_r)
 
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:

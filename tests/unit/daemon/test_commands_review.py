@@ -3,8 +3,11 @@ Python's ``signal.Signals`` (the real-time ones) still finishes its attempt."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import time
+from typing import Any
 
 from procpoold.engines import AttemptSpec, Outcome
 from procpoold.engines.commands import CommandExecutor, Switcher
@@ -28,13 +31,13 @@ class Events:
         pass
 
 
-def run(cmd: list[str]) -> list[Outcome]:
+def run(cmd: list[str], cwd: str | None = None) -> list[Outcome]:
     loop = EventLoop()
     events = Events()
     executor = CommandExecutor(1, switcher=None)
     executor.start(loop, events)  # type: ignore[arg-type]
     try:
-        executor.submit(AttemptSpec("a#1", "1", "j", "1.0", "t", 1, "cmd", cmd=cmd))
+        executor.submit(AttemptSpec("a#1", "1", "j", "1.0", "t", 1, "cmd", cmd=cmd, cwd=cwd))
         deadline = time.monotonic() + 20
         while not events.outcomes and time.monotonic() < deadline:
             loop.run_once(100)
@@ -113,3 +116,29 @@ def test_the_jobs_environment_is_not_in_the_argv_of_the_user_switch() -> None:
         assert f"{name}={env[name]}" in argv
     assert argv[:5] == ["/usr/bin/setpriv", "--reuid=1234", "--regid=1234", "--groups=1234,27", "--"]
     assert argv[5:7] == ["/usr/bin/env", "--"] and argv[-2:] == ["-odd", "arg"]
+
+
+def test_a_command_whose_pidfd_cannot_be_opened_is_not_left_running(monkeypatch: Any) -> None:
+    """Out of fds just after the spawn (pidfd_open: EMFILE): the attempt fails as 'cannot start',
+    and the command it started is killed and reaped, its pipes closed (it was left running, untracked)."""
+    marker = "procpool-review-orphan-check"
+    real = os.pidfd_open
+    calls: list[int] = []
+
+    def no_fd(pid: int, flags: int = 0) -> int:
+        calls.append(pid)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    before = set(os.listdir("/proc/self/fd"))
+    for cwd in (None, "/"):  # posix_spawn, and Popen
+        calls.clear()
+        monkeypatch.setattr(os, "pidfd_open", no_fd)
+        try:
+            outcomes = run(["sh", "-c", f"exec sleep 30 # {marker}"], cwd=cwd)
+        finally:
+            monkeypatch.setattr(os, "pidfd_open", real)
+        assert [o.status for o in outcomes] == ["failed"], outcomes
+        assert calls, "pidfd_open was not called"
+        pid = calls[0]
+        assert not os.path.exists(f"/proc/{pid}"), f"the command (pid {pid}) was left running or unreaped"
+    assert len(os.listdir("/proc/self/fd")) <= len(before), "pipes were left open"
