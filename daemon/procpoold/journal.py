@@ -479,8 +479,14 @@ class LogSink:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._efd)
         waiters, self._room_waiters = self._room_waiters, []
-        for callback in waiters:
-            callback()
+        for i, callback in enumerate(waiters):
+            try:
+                callback()
+            except BaseException:  # the loop logs it; the producers after it still get their turn
+                self._room_waiters[:0] = waiters[i + 1 :]
+                if self._room_waiters:
+                    self._signal_room()
+                raise
 
     # -- the writer -----------------------------------------------------------------------------
 
