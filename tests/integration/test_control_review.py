@@ -59,3 +59,42 @@ def test_the_log_tail_in_a_status_is_only_for_the_submitter_or_an_administrator(
             assert not any(secret in line for line in tails(bob, f"{job_id}/t"))
             with d.client() as client:  # root, an administrator
                 assert any(secret in line for t in client.status(job_id)["tasks"] for line in t["tail"])
+
+
+def test_a_prerequisite_named_many_times_does_not_stall_the_daemon(daemon: DaemonProcess) -> None:
+    """'after' naming the same prerequisites thousands of times (a request of a few dozen KB): the
+    daemon once re-evaluated the waiting job once per copy, each time in O(copies)."""
+    copies = 2_000
+    with daemon.client() as client:
+        first = client.submit({"name": "x", "cwd": "/", "root": {"cmd": ["sleep", "0.5"]}})["id"]
+        other = client.submit({"name": "y", "cwd": "/", "root": {"cmd": ["sleep", "600"]}})["id"]
+        waiting = client.submit(
+            {"name": "z", "cwd": "/", "root": {"cmd": ["true"]}}, after=[first] * copies + [other] * copies
+        )["id"]
+        assert client.wait(first, timeout=20)["finished"]
+    with daemon.client() as client:
+        client.timeout = 3.0
+        started = time.monotonic()
+        client.ping()
+        assert time.monotonic() - started < 3.0
+        assert client.status(waiting)["job"]["state"] == "pending"
+        client.cancel(other)
+        assert client.wait(waiting, timeout=20)["state"] == "failed"
+
+
+def test_after_names_at_most_a_thousand_distinct_prerequisites(daemon: DaemonProcess) -> None:
+    import pytest
+
+    from procpool.contract.errors import ErrorCode, ProcpoolError
+
+    quick = {"name": "z", "cwd": "/", "root": {"cmd": ["true"]}}
+    with daemon.client() as client:
+        first = client.submit({"name": "x", "cwd": "/", "root": {"cmd": ["true"]}})["id"]
+        client.submit(quick, after=[first] * 1001)  # one prerequisite, named 1,001 times
+        spellings = [f"{first}." + "0" * n for n in range(1, 17)]  # 1.0, 1.00, ...: one task
+        job = client.submit(quick, after=spellings)
+        assert client.wait(job["id"], timeout=20)["state"] == "completed"
+        with pytest.raises(ProcpoolError) as refused:
+            client.submit(quick, after=spellings + [f"{first}/x{i}" for i in range(990)])
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+    assert refused.value.message == "submit: 'after' names 1006 prerequisites, at most 1000"

@@ -16,6 +16,9 @@ from procpoold.control.server import Deferred, Handler, Peer
 
 log = logging.getLogger("procpoold.control")
 
+#: Most distinct prerequisites one submit may name in ``after``.
+MAX_AFTER = 1_000
+
 
 class DaemonAPI(Protocol):
     """What the control plane may ask of the daemon."""
@@ -61,6 +64,17 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         after = req.args.get("after")
         if after is not None and not all(isinstance(a, str) for a in after):
             raise RequestError(ErrorCode.INVALID_ARGUMENT, "submit: 'after' must be a list of ids", req.id)
+        if after is not None:
+            # Each prerequisite once (the scheduler re-evaluates a waiting job per entry, each time
+            # over all of them), and a bounded number of them.
+            after = list(dict.fromkeys(after))
+            if len(after) > MAX_AFTER:
+                raise RequestError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"submit: 'after' names {len(after)} prerequisites, at most {MAX_AFTER}",
+                    req.id,
+                    hint="wait for a job's ids (12) rather than each of its tasks (12.3)",
+                )
         return api.submit(req.args["job"], peer.uid if peer else None, after, req.args.get("wait"))
 
     def wait(req: Request, peer: Peer | None) -> Any:
