@@ -105,7 +105,8 @@ def unsafe_path(path: Path, trusted: frozenset[int], complete: bool = False) -> 
     unless ``complete``: once a listener answered, every component must be there.
     Raises PermissionError when a folder cannot be read (the caller reports it).
     """
-    pending = list(Path(os.path.abspath(path)).parts[1:])
+    # Not abspath: it would cut "link/.." out lexically, where the kernel goes to the target's parent.
+    pending = list(Path(os.getcwd(), path).parts[1:])
     current = "/"
     problem = _unsafe_folder(current, trusted)
     if problem:

@@ -44,3 +44,19 @@ def test_a_symlink_planted_between_the_path_check_and_the_probe_is_refused(
             trust.check(link / "control.sock", frozenset({0}))
     finally:
         server.close()
+
+
+def test_dot_dot_after_a_symlink_is_followed_as_the_kernel_does(tmp_path: Path) -> None:
+    """``link/..`` is the parent of the link's target, not the folder holding the link: the check
+    must judge the folders the connection goes through, not the path with ``..`` cut out of it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (gives a folder to another uid)")
+    os.chmod(tmp_path, 0o755)
+    evil = tmp_path / "evil"
+    (evil / "sub").mkdir(parents=True)
+    os.chown(evil, MALLORY, MALLORY)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.symlink(evil / "sub", mine / "link")
+    problem = trust.unsafe_path(Path(f"{mine}/link/../control.sock"), frozenset({0}))
+    assert problem == f"{evil} belongs to uid 4000321, who could replace the socket"

@@ -59,6 +59,14 @@ def test_a_symlink_another_user_planted_for_the_folder_is_refused_and_left_alone
     os.symlink(target, link)
     os.lchown(link, 4_000_001, 4_000_001)
     assert unsafe_socket_folder(link) == f"{link} belongs to uid 4000001, who could replace the socket"
+    # "link/.." is the parent of the link's target, as the kernel resolves it: the link is on the way.
+    (target / "sub").mkdir()
+    sub_link = shared / "sub"
+    os.symlink(target / "sub", sub_link)
+    os.lchown(sub_link, 4_000_001, 4_000_001)
+    assert unsafe_socket_folder(Path(f"{sub_link}/..")) == (
+        f"{sub_link} belongs to uid 4000001, who could replace the socket"
+    )
     with pytest.raises(BindError, match="belongs to uid 4000001"):
         prepare_socket_dir(link / "control.sock", None)
     assert os.stat(target).st_mode & 0o7777 == 0o755
