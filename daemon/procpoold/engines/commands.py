@@ -10,7 +10,8 @@ process group is killed: a task leaves nothing behind.
 
 An attempt whose spec names a user (:attr:`AttemptSpec.user`) runs as that user: its supplementary
 groups, gid and uid are set before the command is executed, it gets that user's ``HOME``, ``USER``
-and ``LOGNAME``, and it keeps no fd of the daemon's but its 0, 1 and 2. If the switch fails, the
+and ``LOGNAME``, and it keeps no fd of the daemon's but its 0, 1 and 2, and no capability (a daemon
+that is not root but holds ``CAP_SETUID`` has ``setpriv`` clear its own). If the switch fails, the
 attempt fails: a command never runs as the daemon's user by mistake. A working directory is entered
 *after* the switch (through ``/bin/sh``), so the kernel checks the user's own right to enter it
 rather than the daemon's.
@@ -33,6 +34,7 @@ where either program is missing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -91,11 +93,14 @@ class Switcher:
         word without "=" as the command (one with "=" goes through ``sh``).
         """
         groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
+        # Root's capabilities go with the change to another uid; those of a daemon that is not root
+        # (but holds CAP_SETUID) would stay, and let the command become root: clear them.
+        caps = [] if os.geteuid() == 0 else ["--inh-caps=-all", "--ambient-caps=-all"]
         if "=" in argv[0]:
             argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *argv]
         safe = {k: v for k, v in env.items() if not _root_reads(k)}
         assignments = [f"{k}={v}" for k, v in env.items() if k not in safe]
-        return [self.setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", groups, "--",
+        return [self.setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", groups, *caps, "--",
                 self.env, "--", *assignments, *argv], safe
 
 
@@ -292,6 +297,12 @@ class CommandExecutor:
         if spec.cwd is not None or user is not None:
             cwd: str | None = spec.cwd
             ids: dict[str, Any] = {}
+            if user is not None and os.geteuid() != 0:
+                # Popen cannot clear the capabilities of a daemon that is not root: they would
+                # pass to the command (CAP_SETUID: it could become root).
+                raise PermissionError(
+                    errno.EPERM, "no setpriv to clear this daemon's capabilities for another user"
+                )
             if user is not None:
                 # Groups, then gid, then uid, each checked: a failure raises OSError here and
                 # fails the attempt (never a command left running as the daemon's user).
