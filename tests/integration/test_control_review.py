@@ -98,3 +98,47 @@ def test_after_names_at_most_a_thousand_distinct_prerequisites(daemon: DaemonPro
             client.submit(quick, after=spellings + [f"{first}/x{i}" for i in range(990)])
     assert refused.value.code is ErrorCode.INVALID_ARGUMENT
     assert refused.value.message == "submit: 'after' names 1006 prerequisites, at most 1000"
+
+
+FLOOD = """
+import sys, time, zmq
+from procpool.contract.codec import encode_request
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.setsockopt(zmq.SNDHWM, 0)
+s.connect("ipc://" + sys.argv[1])
+msg = encode_request("x", "ping", {})
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        s.send(msg, zmq.NOBLOCK)
+    except zmq.Again:
+        time.sleep(0.0001)
+s.close(0)
+ctx.term()
+"""
+
+
+def test_a_flood_of_requests_does_not_starve_the_loops_timers(daemon: DaemonProcess) -> None:
+    """Clients that send requests as fast as they can (and never read) must not keep the loop in
+    the socket's callback: its timers (a wait's timeout, task timeouts, the watchdog ping, which
+    systemd kills the daemon without) have to run meanwhile."""
+    import subprocess
+    import sys
+
+    with daemon.client() as client:
+        job = client.submit({"name": "s", "cwd": "/", "root": {"cmd": ["sleep", "60"]}})["id"]
+        floods = [
+            subprocess.Popen([sys.executable, "-c", FLOOD, str(daemon.socket), "6"]) for _ in range(3)
+        ]
+        try:
+            time.sleep(1.5)
+            started = time.monotonic()
+            result = client.wait(job, timeout=0.5)
+            took = time.monotonic() - started
+        finally:
+            for p in floods:
+                p.wait(30)
+        client.cancel(job)
+    assert not result["finished"]
+    assert took < 2.5, f"a 0.5 s wait was answered after {took:.1f} s"

@@ -63,6 +63,8 @@ _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 #: a client that never reads costs one served request per pause, not one per request it sends.
 STALL_PAUSE = 1.0
 STALLED_MAX = 10_000
+#: Requests served per turn of the event loop (the rest wait for the next turn, after its timers).
+MAX_PER_TURN = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,10 +322,12 @@ class ControlServer:
         return [(self.monitor, self.on_monitor), (self.sock, self.on_readable)]
 
     def on_readable(self) -> None:
-        """Serve every request waiting on the socket (called by the event loop)."""
+        """Serve the requests waiting on the socket, at most MAX_PER_TURN of them (called by the
+        event loop, which calls again at its next turn while more wait: clients that send without
+        pause never keep its timers, such as the watchdog ping, from running)."""
         self.on_monitor()
         self._turn += 1
-        while True:
+        for _ in range(MAX_PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
