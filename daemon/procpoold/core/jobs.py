@@ -47,6 +47,9 @@ TAIL_LINES = 20
 #: (written ahead of the start, much smaller than a full entry).
 FULL_ENTRY = 0
 START_ENTRY = 1
+#: Summaries of finished runs a job keeps (its latest): a job repeated for ever would otherwise
+#: grow without end, and its row, rewritten at every run, with it.
+KEPT_RUNS = 100
 #: Interruptions of one task (by daemon restarts or lost workers) run again without using its
 #: ``retries``; one more fails it (the ``max_interruptions`` setting).
 DEFAULT_MAX_INTERRUPTIONS = 3
@@ -647,6 +650,8 @@ class Job:
         """Record the finished run; return True when another run should start (repeat)."""
         ok = all(t.state == "completed" for t in self.tasks)
         self.runs.append({"run": self.run, "state": "completed" if ok else "failed", "finished_at": now})
+        if len(self.runs) > KEPT_RUNS:
+            del self.runs[:-KEPT_RUNS]
         more = self.spec.repeat is None or self.run < self.spec.repeat
         if ok and more and not self.cancel_requested:
             self.run += 1
