@@ -964,10 +964,9 @@ class Scheduler:
 
         ``retention_count`` applies per submitter uid (``users``: those whose jobs just finished;
         None: every user), so one client's jobs never evict another user's history;
-        ``retention_age`` to all. Only finished jobs are ever pruned: they are the index.
+        ``retention_age`` to all. Only finished jobs are ever pruned: they are the index. Without
+        a store they are dropped from memory all the same.
         """
-        if self.store is None:
-            return
         victims: list[str] = []
         count = self.retention_count
         if count is not None:
