@@ -608,11 +608,13 @@ class Worker:
         if isinstance(call, _Undecodable):
             raise call
         # A relative entry is the attempt's cwd's (the import runs before the attempt enters it,
-        # and later imports would resolve it wherever the task stands): checked and used whole.
+        # and later imports would resolve it wherever the task stands); each entry is checked and
+        # used resolved, so a symlink pointed elsewhere later does not move the job's imports.
         entries = python_path or []
         if not all(os.path.isabs(entry) for entry in entries):
             base = os.path.join(os.getcwd(), cwd or "")
             entries = [os.path.join(base, entry) for entry in entries]
+        entries = [os.path.realpath(entry) for entry in entries]
         new = [entry for entry in entries if entry not in sys.path]
         if new:
             # Checked as late as possible, as the user the worker runs as.

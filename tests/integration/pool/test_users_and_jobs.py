@@ -285,3 +285,24 @@ def test_a_jobs_next_attempt_runs_with_the_identity_it_names(
     (second,) = run(pool, spec("ppwho:who", job="J", user=fewer, python_path=path))
     assert second.status == "completed", second
     assert second.result[2] == [alice.gid], second
+
+
+def test_a_python_path_through_a_symlink_is_used_as_it_was_checked(
+        make_pool: Callable[..., PoolHarness], tmp_path: Path) -> None:
+    # The entry was checked resolved but put on sys.path as named: whoever could point the link
+    # elsewhere afterwards chose where the job's later imports came from, unchecked.
+    pool = make_pool(workers=1)
+    good = Path(module_dir(tmp_path, "good", "def f():\n    return 'good'\n"))
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "n.py").write_text("def g():\n    return 'planted'\n")
+    evil.chmod(0o777)
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    (a,) = run(pool, spec("m:f", job="J", python_path=[str(link)]))
+    assert (a.status, a.result) == ("completed", "good"), a
+    link.unlink()
+    link.symlink_to(evil)
+    (b,) = run(pool, spec("n:g", job="J", python_path=[str(link)]))
+    assert b.status == "failed" and b.error is not None and b.error.type == "PermissionError", b
+    assert "writable by every user" in b.error.message
