@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -48,6 +49,8 @@ log = logging.getLogger("procpoold")
 GC_THRESHOLDS = (100_000, 50, 100)
 
 MESSAGE_READY = journal.MessageId.DAEMON_READY
+#: Waiters answered per turn of the event loop when what they wait on finishes.
+ANSWERS_PER_TURN = 16
 #: Settings of the control socket, fixed once it is open (a reload warns about a change).
 _SERVER = (
     "max_connections",
@@ -86,7 +89,7 @@ class Daemon:
         self._drain_timer: Timer | None = None
         #: pending waits by job or task id, each an insertion-ordered set (one answered by its timeout
         #: leaves in O(1), whatever the order)
-        self._waits: dict[str, dict[tuple[Deferred, Callable[[], None]], None]] = {}
+        self._waits: dict[str, dict[tuple[Deferred, Callable[..., None]], None]] = {}
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         # Executors that fork (the worker pool's zygote) must do it before any thread exists,
@@ -513,15 +516,20 @@ class Daemon:
         job, index = self.scheduler.resolve(ref)
         key = job.id if index is None else job.tasks[index].id
 
-        def answer() -> None:
+        def answer(status: dict[str, Any] | None = None) -> None:
+            """``status``: the finished status of ``key``, built once for all its waiters."""
             waits = self._waits.get(key, {})
             if entry in waits:
                 del waits[entry]
                 if not waits:  # timed out: no empty entry stays behind per reference
                     del self._waits[key]
             timer.cancel()
+            if deferred.done:
+                return
             try:
-                deferred.resolve({**(extra or {}), **self.scheduler.finished_status(ref)})
+                if status is None:
+                    status = self.scheduler.finished_status(ref)
+                deferred.resolve({**(extra or {}), **status, "id": ref})
             except ProcpoolError as exc:
                 deferred.reject(exc)
 
@@ -533,5 +541,20 @@ class Daemon:
     def _on_finished(self, ref: str) -> None:
         waits = self._waits.pop(ref, None)  # called for every task: usually nobody waits
         if waits:
-            for _deferred, answer in waits:
-                answer()
+            try:
+                status: dict[str, Any] | None = self.scheduler.finished_status(ref)
+            except ProcpoolError:
+                status = None  # each waiter gets the error
+            self._answer_waits(deque(waits), status)
+
+    def _answer_waits(
+        self, waits: deque[tuple[Deferred, Callable[..., None]]], status: dict[str, Any] | None
+    ) -> None:
+        """Answer ANSWERS_PER_TURN waiters now and the rest at the next turns of the loop: each
+        answer of a big job is a page of up to status_page_size tasks, and thousands of them in one
+        turn would stall the loop (and its watchdog) for minutes."""
+        for _ in range(min(ANSWERS_PER_TURN, len(waits))):
+            _deferred, answer = waits.popleft()
+            answer(status)
+        if waits:
+            self.loop.call_later(0, lambda: self._answer_waits(waits, status))

@@ -38,3 +38,32 @@ def test_waits_answered_in_reverse_order_cost_linear_time(tmp_path: Path) -> Non
     finally:
         executor.running.clear()
         daemon.close()
+
+
+def test_many_waiters_on_a_big_job_are_answered_without_stalling_the_loop(tmp_path: Path) -> None:
+    """When a job of 1,000 tasks finishes with 1,000 waits on it, each answer is a status page of
+    about 300 KB: built and encoded for all of them in one turn of the loop, that stalled it for
+    seconds (20,000 waits, the default max_pending_waits: minutes, past the watchdog)."""
+    config = Config(socket=tmp_path / "control.sock", state_dir=tmp_path / "state", store=False, workers=1)
+    executor = ScriptedExecutor()
+    daemon = Daemon(config, {"call": executor, "cmd": executor})
+    waiters = 1_000
+    try:
+        executor.start(daemon.loop, daemon.scheduler)
+        tasks = [{"name": f"t{i}", "cmd": ["ok"]} for i in range(1_000)]
+        job, _ = daemon.scheduler.submit({"name": "big", "root": {"concurrent": tasks}}, 1000)
+        answered: list[bytes] = []
+        for i in range(waiters):
+            deferred = daemon.wait(job.id, 3600.0)
+            assert isinstance(deferred, Deferred)
+            deferred.bind(i, answered.append)
+        longest = 0.0
+        deadline = time.monotonic() + 120
+        while len(answered) < waiters and time.monotonic() < deadline:
+            started = time.perf_counter()
+            daemon.loop.run_once(0)
+            longest = max(longest, time.perf_counter() - started)
+        assert job.state == "completed" and len(answered) == waiters
+        assert longest < 1.0, f"one turn of the loop took {longest:.1f} s"
+    finally:
+        daemon.close()
