@@ -19,11 +19,15 @@
 #                    and its dependencies come from the package index.
 #   PURGE=1          uninstall also removes /var/lib/procpoold.
 #   INSTALL_PYTHON   the interpreter for the venv [/usr/bin/python3]. It must live
-#                    outside /root, /home and /tmp, which the service cannot see.
+#                    outside /root (hidden from the service) and be readable by
+#                    every user (their call tasks run it as themselves).
 #
 # Both actions are idempotent: running one twice is the same as running it once.
 
 set -eu
+# Every user runs procctl and (in their call tasks' workers) this venv's Python: whatever root's
+# own umask is, what is installed here must be readable by all.
+umask 022
 
 PREFIX=/opt/procpoold
 VENV=$PREFIX/venv
