@@ -106,7 +106,7 @@ def unsafe_path(path: Path, trusted: frozenset[int], complete: bool = False) -> 
     Raises PermissionError when a folder cannot be read (the caller reports it).
     """
     # Not abspath: it would cut "link/.." out lexically, where the kernel goes to the target's parent.
-    pending = list(Path(os.getcwd(), path).parts[1:])
+    pending = list(Path(path if os.path.isabs(path) else Path(os.getcwd(), path)).parts[1:])
     current = "/"
     problem = _unsafe_folder(current, trusted)
     if problem:

@@ -60,7 +60,8 @@ def foreign_path(folder: Path, uid: int | None = None) -> str | None:
     another user owns, who could repoint it (the resolved folders are judged by
     :func:`unsafe_socket_folder`); None if there is none."""
     trusted = (0, os.geteuid() if uid is None else uid)
-    pending = list(Path(os.getcwd(), folder).parts[1:])  # not abspath: "link/.." is the kernel's
+    # Not abspath: it would cut "link/.." out lexically, where the kernel goes to the target's parent.
+    pending = list(Path(folder if os.path.isabs(folder) else Path(os.getcwd(), folder)).parts[1:])
     current = "/"
     hops = 0
     while pending:

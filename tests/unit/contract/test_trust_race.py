@@ -60,3 +60,15 @@ def test_dot_dot_after_a_symlink_is_followed_as_the_kernel_does(tmp_path: Path) 
     os.symlink(evil / "sub", mine / "link")
     problem = trust.unsafe_path(Path(f"{mine}/link/../control.sock"), frozenset({0}))
     assert problem == f"{evil} belongs to uid 4000321, who could replace the socket"
+
+
+def test_an_absolute_path_is_checked_from_a_folder_that_was_removed(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    here = os.getcwd()
+    os.chdir(gone)
+    try:
+        gone.rmdir()
+        assert trust.unsafe_path(tmp_path / "control.sock", frozenset({0, os.geteuid()})) is None
+    finally:
+        os.chdir(here)
