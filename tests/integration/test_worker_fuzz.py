@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from procpoold.pool import shm
+from procpoold.pool.pool import MAX_UNREAD_REPLIES
 from procpoold.pool.protocol import LOG_FIELDS, result_problem
 from tests.support.daemon import DaemonProcess
 from tests.support.waiting import wait_until
@@ -157,6 +158,13 @@ request_message = st.tuples(
         "key": text | values, "value": values, "by": values, "expected": values, "default": values}),
 ).map(list)
 well_formed = st.one_of(log_message, progress_message, request_message, st.just([4]))
+#: A batch of well-formed messages: requests among them only as many as a worker may leave
+#: unanswered (it sends them all before it reads a reply; more is a violation).
+well_formed_batch = st.tuples(
+    st.lists(st.one_of(log_message, progress_message, st.just([4])),
+             min_size=BATCH // 2, max_size=BATCH - MAX_UNREAD_REPLIES),
+    st.lists(request_message, max_size=MAX_UNREAD_REPLIES),
+).flatmap(lambda parts: st.permutations(parts[0] + parts[1]))
 
 #: A valid message of each kind (the one field replaced by :func:`wrong_type` makes it invalid).
 _VALID = {0: [0, "$self", False, {"type": "E"}, 0, None], 1: [1, "$self", "stdout", 20, "x", None],
@@ -201,7 +209,7 @@ def spill_refs(victim_object: str) -> Any:
 
 
 @settings(max_examples=BATCHES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(batch=st.lists(well_formed, min_size=BATCH // 2, max_size=BATCH))
+@given(batch=well_formed_batch)
 def test_fuzz_well_formed_hostile_messages(fuzzed: Fuzzed, batch: list[Any]) -> None:
     task = fuzzed.run([pack(m) for m in batch], [], [])
     assert (task["state"], task["result"]) == ("completed", "sent"), task
