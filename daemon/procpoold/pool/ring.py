@@ -294,6 +294,7 @@ class Ring:
         "spill_from",
         "spill_limit",
         "spill_owner",
+        "spill_tag",
         "spill_threshold",
     )
 
@@ -318,6 +319,8 @@ class Ring:
         self.spill_limit: int | None = None
         #: (uid, gid) that spill objects written here are handed to (the consumer's user).
         self.spill_owner: tuple[int, int] | None = None
+        #: Producer side: put in the names of spill objects written here (see :attr:`spill_from`).
+        self.spill_tag: str = ""
         self._scratch_size = min(SMALL_MESSAGE, self.max_message)
         self._scratch: Any = ffi.new("char[]", self._scratch_size)
         self._mlens: Any = ffi.new("uint32_t[]", 1)
@@ -391,7 +394,7 @@ class Ring:
         # so the answer can only get better until our push below.
         if self.free < 4 * RECORD_HEADER + 64:
             return False
-        name = shm.write_spill(data, self.spill_owner)
+        name = shm.write_spill(data, self.spill_owner, self.spill_tag)
         ref = _SPILL_HEAD.pack(memoryview(data).nbytes) + name.encode()
         try:
             rc = _push(self._h, ref, len(ref), KIND_SPILL, wake)

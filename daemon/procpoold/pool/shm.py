@@ -52,12 +52,13 @@ def _check_name(name: str) -> None:
         raise ValueError(f"not a procpool shared-memory name: {name!r}")
 
 
-def new_name(prefix: str) -> str:
-    """Return a fresh object name ``<prefix><pid>-<seq>.<random>`` for the calling process.
+def new_name(prefix: str, tag: str = "") -> str:
+    """Return a fresh object name ``<prefix><pid>-[<tag>-]<seq>.<random>`` for the calling process.
 
-    The random part (64 bits) keeps another process from creating the name first.
+    The random part (64 bits) keeps another process from creating the name first; a ``tag``
+    (letters and digits) names whom the object is for (see :func:`write_spill`).
     """
-    return f"{prefix}{os.getpid()}-{next(_counter)}.{os.urandom(8).hex()}"
+    return f"{prefix}{os.getpid()}-{tag + '-' if tag else ''}{next(_counter)}.{os.urandom(8).hex()}"
 
 
 def spill_prefix(pid: int) -> str:
@@ -172,16 +173,18 @@ def cleanup_leftovers(prefix: str = PREFIX, *, owners: set[int] | None = None) -
     return removed
 
 
-def write_spill(data: bytes | bytearray | memoryview, owner: tuple[int, int] | None = None) -> str:
+def write_spill(data: bytes | bytearray | memoryview, owner: tuple[int, int] | None = None,
+                tag: str = "") -> str:
     """Store ``data`` in a new spill object and return its name.
 
     ``owner`` (uid, gid): hand the object (mode 0600) to the reader's user, a worker running as
-    another user than the writer; nobody else can read it.
+    another user than the writer; nobody else can read it. ``tag``: part of the name that says
+    whom it is for, so that cleaning up after one reader never touches another's.
 
     The object holds exactly the payload; its size is the message length. The reader unlinks it
     (see :func:`take_spill`); if this process dies first, :func:`cleanup_leftovers` removes it.
     """
-    name = new_name(SPILL_PREFIX)
+    name = new_name(SPILL_PREFIX, tag)
     fd = create_named(name, 0)
     try:
         if owner is not None:

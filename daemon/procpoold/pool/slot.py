@@ -163,9 +163,11 @@ class WorkerSlot:
         self.req = self.segment.request
         self.res = self.segment.result
         self.req.set_doorbell(self.req_efd)
-        # Spill objects: the daemon touches only its own in the request ring, and in the result
-        # ring only the worker's (named once its pid is known: see ``spawned``).
-        self.req.spill_from = shm.spill_prefix(os.getpid())
+        # Spill objects: the daemon touches only its own for this worker in the request ring (the
+        # worker could name another worker's there), and in the result ring only the worker's
+        # (named once its pid is known: see ``spawned``).
+        self.req.spill_tag = f"w{gen}"
+        self.req.spill_from = f"{shm.spill_prefix(os.getpid())}w{gen}-"
         self.res.spill_from = shm.spill_prefix(0)
         if user is not None:
             # Arguments spilled for this worker must be readable by it (and nobody else).

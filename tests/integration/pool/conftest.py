@@ -15,6 +15,7 @@ import pytest
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.engines import AttemptSpec, Outcome
 from procpoold.loop import EventLoop
+from procpoold.pool import shm
 from procpoold.pool.pool import PoolExecutor
 from procpoold.pool.slot import PoolSettings
 
@@ -120,9 +121,8 @@ def shm_entries() -> set[str]:
 
 
 def _creator(entry: str) -> int | None:
-    """The pid in a shared-memory object's name (``procpool-<kind>-<pid>-<n>``)."""
-    parts = entry.split("-")
-    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
+    """The pid in a shared-memory object's name (``procpool-<kind>-<pid>-...``)."""
+    return shm.owner_pid(entry)
 
 
 def open_fds() -> set[int]:
