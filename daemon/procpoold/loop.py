@@ -55,9 +55,31 @@ class Timer:
     seq: int
     callback: Callback = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+    #: the loop's timer heap, which counts its cancelled timers (see EventLoop._compact)
+    heap: _TimerHeap | None = field(default=None, compare=False, repr=False)
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = _noop  # what the callback holds (a waiter's reply) is freed now
+            if self.heap is not None:
+                self.heap.cancelled += 1
+
+
+def _noop() -> None:
+    pass
+
+
+class _TimerHeap(list[Timer]):
+    """The loop's timers (a heap) and how many of them are cancelled but not yet removed."""
+
+    cancelled: int = 0
+
+
+#: A heap with more cancelled timers than this, and more than half of it cancelled, is rebuilt
+#: without them: a timer cancelled long before it is due (a wait answered early, with a timeout of
+#: years) would otherwise stay in the heap, and the heap would grow with every one.
+COMPACT_AT = 256
 
 
 class EventLoop:
@@ -66,7 +88,7 @@ class EventLoop:
     def __init__(self) -> None:
         self._poller = zmq.Poller()
         self._readers: dict[Pollable, Callback] = {}
-        self._timers: list[Timer] = []
+        self._timers = _TimerHeap()
         self._seq = itertools.count()
         self._soon: list[Callback] = []
         self._last: list[Callback] = []
@@ -95,9 +117,19 @@ class EventLoop:
         """Call ``callback`` at monotonic time ``when`` (an infinity is never; NaN is refused)."""
         if math.isnan(when):
             raise ValueError("a timer cannot be set at NaN")
-        timer = Timer(when, next(self._seq), callback)
-        heapq.heappush(self._timers, timer)
+        timers = self._timers
+        if timers.cancelled > COMPACT_AT and timers.cancelled * 2 > len(timers):
+            self._compact()
+        timer = Timer(when, next(self._seq), callback, heap=timers)
+        heapq.heappush(timers, timer)
         return timer
+
+    def _compact(self) -> None:
+        """Drop the cancelled timers from the heap (O(n), and only once half of it is cancelled)."""
+        timers = self._timers
+        timers[:] = [t for t in timers if not t.cancelled]
+        heapq.heapify(timers)
+        timers.cancelled = 0
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         return self.call_at(time.monotonic() + delay, callback)
@@ -148,6 +180,7 @@ class EventLoop:
             return 0
         while self._timers and self._timers[0].cancelled:
             heapq.heappop(self._timers)
+            self._timers.cancelled -= 1
         if not self._timers:
             return None  # block until something happens: an idle daemon uses no CPU
         delay = self._timers[0].when - time.monotonic()
@@ -168,7 +201,10 @@ class EventLoop:
         now = time.monotonic()
         while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
             timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._timers.cancelled -= 1
+            else:
+                timer.heap = None  # out of the heap: a late cancel() no longer counts
                 try:
                     timer.callback()
                 except Exception:

@@ -268,3 +268,36 @@ def test_incr_beyond_64_bits_is_refused_and_changes_nothing() -> None:
         namespace.apply(ns, "incr", {"key": "n", "by": 2}, namespace.Sizes(ns, 1000))
     assert ns == {"n": 2**64 - 2}
     assert namespace.apply(ns, "incr", {"key": "n", "by": -(2**64 - 2)}) == 0
+
+
+def test_cancelled_timers_do_not_pile_up_in_the_heap() -> None:
+    """A timer cancelled long before it is due (a wait answered early, with a timeout of years)
+    releases its callback at once, and the heap is rebuilt once half of it is cancelled: it stays
+    bounded however many such timers come and go."""
+    from procpoold.loop import COMPACT_AT, EventLoop
+
+    loop = EventLoop()
+    try:
+        held = [bytearray(1024)]
+
+        def reply() -> None:
+            held.append(bytearray(1))
+
+        first = loop.call_later(3e8, reply)
+        first.cancel()
+        first.cancel()  # twice is once
+        assert first.callback is not reply  # what it held is released now, not in 10 years
+        assert loop._timers.cancelled == 1
+        for _ in range(20 * COMPACT_AT):
+            loop.call_later(3e8, lambda: None).cancel()
+        assert len(loop._timers) <= 2 * COMPACT_AT + 2
+        assert 0 <= loop._timers.cancelled <= len(loop._timers)
+        fired: list[int] = []
+        loop.call_later(0, lambda: fired.append(1)).cancel()
+        live = loop.call_later(0, lambda: fired.append(2))
+        loop.run_once(0)
+        assert fired == [2]
+        live.cancel()  # after it fired: not counted again
+        assert 0 <= loop._timers.cancelled <= len(loop._timers)
+    finally:
+        loop.close()
