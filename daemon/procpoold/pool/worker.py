@@ -445,6 +445,9 @@ class Worker:
         #: The attempt that log records and printed lines belong to right now.
         self.log_attempt: str | None = None
         self.async_tasks: dict[str, asyncio.Task[None]] = {}
+        #: What async attempts changed, as it was before (restored when the last one ends).
+        self.async_env: dict[str, str | None] = {}
+        self.async_cwd: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.idle: asyncio.Future[None] | None = None
         self.draining = False
@@ -773,6 +776,12 @@ class Worker:
         current = task_api._install(_Channel(self, aid), context_fields(msg[3]))
         env: dict[str, str] | None = msg[6]
         cwd: str | None = msg[7]
+        # Undone when the last async attempt ends, as a sync attempt's are when it ends (else the
+        # next job's tasks run with them): what they were before the first one changed them.
+        for key in env or ():
+            self.async_env.setdefault(key, os.environ.get(key))
+        if cwd and self.async_cwd is None:
+            self.async_cwd = os.getcwd()
 
         def enter() -> None:
             # Concurrent async attempts share the process: env and cwd are applied per step.
@@ -800,6 +809,13 @@ class Worker:
         finally:
             self._end_output(aid)
             self.async_tasks.pop(aid, None)
+            if not self.async_tasks:
+                _restore_env(self.async_env)
+                self.async_env.clear()
+                if self.async_cwd is not None:
+                    with contextlib.suppress(OSError):
+                        os.chdir(self.async_cwd)
+                    self.async_cwd = None
         self.post(out)
         if not self.async_tasks:
             self.busy = False

@@ -306,3 +306,20 @@ def test_a_python_path_through_a_symlink_is_used_as_it_was_checked(
     (b,) = run(pool, spec("n:g", job="J", python_path=[str(link)]))
     assert b.status == "failed" and b.error is not None and b.error.type == "PermissionError", b
     assert "writable by every user" in b.error.message
+
+
+def test_an_async_attempts_env_and_cwd_do_not_reach_the_next_job(
+        make_pool: Callable[..., PoolHarness], tmp_path: Path) -> None:
+    # A sync attempt's env and cwd are undone when it ends; an async attempt's stayed in the
+    # worker, and the next job's tasks ran with them.
+    from tests.integration.pool.conftest import PROBES, ROOT
+
+    pool = make_pool(workers=1)
+    before = run(pool, spec(f"{PROBES}:env_and_cwd", "PP_LEFT", job="A", python_path=[ROOT]))[0].result
+    first = AttemptSpec(attempt_id="async-env#1", job_id="B", job_name="B", task_id="async-env",
+                        task_name="async", attempt=1, kind="call", call=f"{PROBES}:async_echo",
+                        args=[1], python_path=[ROOT], env={"PP_LEFT": "job B's"}, cwd=str(tmp_path))
+    (b,) = run(pool, first)
+    assert (b.status, b.result) == ("completed", 1), b
+    (c,) = run(pool, spec(f"{PROBES}:env_and_cwd", "PP_LEFT", job="C", python_path=[ROOT]))
+    assert c.status == "completed" and c.result == before, c
