@@ -475,6 +475,11 @@ class Worker:
         self.stdout = _LineStream(self, "stdout", logging.INFO, sys.__stdout__)
         self.stderr = _LineStream(self, "stderr", logging.WARNING, sys.__stderr__)
         self.fd_capture: _FdCapture | None = None
+        #: Where each job's tasks start (the user's home, or where the zygote stood).
+        try:
+            self.start_cwd: str | None = os.getcwd()
+        except OSError:
+            self.start_cwd = None
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -577,6 +582,9 @@ class Worker:
             self._known.difference_update(self._clean.restore())
             self.funcs.clear()
             self._nmods = len(sys.modules)
+            if self.start_cwd is not None:  # where the previous job's tasks may have moved
+                with contextlib.suppress(OSError):
+                    os.chdir(self.start_cwd)
         self.cwd_checked = None
         self.job = job
 

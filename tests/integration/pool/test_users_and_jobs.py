@@ -225,13 +225,13 @@ def test_a_relative_python_path_is_checked_where_it_resolves(make_pool: Callable
                                                              tmp_path: Path) -> None:
     # A relative entry passed every check (it "resolves against the task's cwd"), but the worker
     # imported before entering the attempt's cwd: it resolved against wherever the worker stood,
-    # such as a folder anyone may write that an earlier task moved to.
+    # such as a folder anyone may write that an earlier task of the job moved to.
     pool = make_pool(workers=1)
     shared = tmp_path / "shared"
     shared.mkdir()
     module_dir(shared, "planted", "def f():\n    return 'planted'\n")
     shared.chmod(0o777)
-    (a,) = run(pool, spec("os:chdir", str(shared), job="A"))
+    (a,) = run(pool, spec("os:chdir", str(shared), job="B"))
     assert a.status == "completed"
     (b,) = run(pool, spec("m:f", job="B", python_path=["planted"]))
     assert b.status == "failed" and b.error is not None and b.error.type == "PermissionError", b
@@ -323,3 +323,15 @@ def test_an_async_attempts_env_and_cwd_do_not_reach_the_next_job(
     assert (b.status, b.result) == ("completed", 1), b
     (c,) = run(pool, spec(f"{PROBES}:env_and_cwd", "PP_LEFT", job="C", python_path=[ROOT]))
     assert c.status == "completed" and c.result == before, c
+
+
+def test_a_job_starts_where_the_worker_started_not_where_the_last_job_left_it(
+        make_pool: Callable[..., PoolHarness], tmp_path: Path) -> None:
+    from tests.integration.pool.conftest import PROBES, ROOT
+
+    pool = make_pool(workers=1)
+    (first,) = run(pool, spec(f"{PROBES}:env_and_cwd", "X", job="A", python_path=[ROOT]))
+    (moved,) = run(pool, spec("os:chdir", str(tmp_path), job="A"))
+    assert moved.status == "completed"
+    (after,) = run(pool, spec(f"{PROBES}:env_and_cwd", "X", job="B", python_path=[ROOT]))
+    assert after.status == "completed" and after.result[1] == first.result[1], after
