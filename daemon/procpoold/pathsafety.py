@@ -12,7 +12,9 @@ rights to anyone on the machine. The rules, checked on the resolved path (symlin
 * a ``cwd`` may itself be a sticky shared folder such as ``/tmp``.
 
 A path that does not exist yet passes (the import or the ``chdir`` fails on its own, with its own
-message); its existing ancestors are still checked. Pure functions of the file system; called on
+message); its existing ancestors are still checked, and for a ``python_path`` entry the nearest
+one must be one that only root or the user may create entries in (else someone else could create
+the entry after the check). Pure functions of the file system; called on
 the daemon's loop thread at submission and again by the executor when the attempt starts.
 """
 
@@ -35,15 +37,26 @@ def unsafe_folder(path: str, *, imports: bool, owner_uid: int | None = None) -> 
         return None  # resolved against the task's cwd (checked itself); a worker checks it resolved
     real = os.path.realpath(path)
     uid = os.geteuid() if owner_uid is None else owner_uid
+    missing = False
     for folder in _self_and_ancestors(real):
         try:
             st = os.stat(folder)
         except OSError:
+            missing = True
             continue  # not there (yet): the import or chdir reports it
         if not stat.S_ISDIR(st.st_mode):
             continue
         others_write = bool(st.st_mode & stat.S_IWOTH)
         sticky = bool(st.st_mode & stat.S_ISVTX)
+        if missing and imports:
+            # The nearest folder that exists: whoever may create entries in it may create the
+            # missing one, and fill it with modules, after this check.
+            missing = False
+            if others_write:
+                return f"{_short(real)} does not exist, and anyone may create it in {_short(folder)}"
+            if st.st_uid not in (0, uid):
+                return (f"{_short(real)} does not exist, and uid {st.st_uid} may create it in "
+                        f"{_short(folder)}")
         if folder == real:
             if imports and others_write:
                 return f"{_short(real)} is writable by every user, so anyone could plant a module in it"

@@ -80,3 +80,19 @@ def test_check_folders_names_the_index(tmp_path: Path) -> None:
 def test_nul_byte_and_relative_paths() -> None:
     assert unsafe_folder("/tmp/a\x00b", imports=True) == "contains a NUL byte"
     assert unsafe_folder("relative/dir", imports=True) is None
+
+
+def test_a_missing_import_folder_that_anyone_could_create_is_refused(tmp_path: Path) -> None:
+    # "/tmp/mylib" before anyone made it: the sticky bit keeps nobody from creating it, and
+    # whoever does fills it with modules the job then imports.
+    os.chmod(tmp_path, 0o755)
+    sticky = _dir(tmp_path / "sticky", 0o1777)
+    problem = unsafe_folder(str(sticky / "mylib"), imports=True)
+    assert problem is not None and "does not exist" in problem and "anyone" in problem, problem
+    assert unsafe_folder(str(sticky / "mylib"), imports=False) is None  # a cwd is only entered
+    if os.geteuid() == 0:
+        theirs = _dir(tmp_path / "theirs", 0o755)
+        os.chown(theirs, 4242, 4242)
+        problem = unsafe_folder(str(theirs / "lib"), imports=True, owner_uid=1000)
+        assert problem is not None and "uid 4242" in problem, problem
+        assert unsafe_folder(str(theirs / "lib"), imports=True, owner_uid=4242) is None
