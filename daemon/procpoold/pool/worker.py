@@ -1077,8 +1077,22 @@ _CLEAN: _Snapshot | None = None
 
 
 def snapshot() -> None:
-    """Take the clean snapshot (the zygote calls this after preloading, before any fork)."""
+    """Take the clean snapshot (the zygote calls this after preloading, before any fork).
+
+    The daemon's own ``sys.path`` entries that anyone could plant a module in (``python -m`` run
+    in ``/tmp`` puts ``/tmp`` first; a relative entry is wherever a task stands) are left out
+    first, with a line on stderr: every task's imports would look there.
+    """
     global _CLEAN
+    safe = []
+    for entry in sys.path:
+        problem = unsafe_folder(entry, imports=True) if os.path.isabs(entry) else "it is relative"
+        if problem is None:
+            safe.append(entry)
+        else:
+            with contextlib.suppress(OSError):
+                os.write(2, f"procpool pool: tasks do not import from {entry!r}: {problem}\n".encode())
+    sys.path[:] = safe
     _CLEAN = _Snapshot()
 
 

@@ -335,3 +335,22 @@ def test_a_job_starts_where_the_worker_started_not_where_the_last_job_left_it(
     assert moved.status == "completed"
     (after,) = run(pool, spec(f"{PROBES}:env_and_cwd", "X", job="B", python_path=[ROOT]))
     assert after.status == "completed" and after.result[1] == first.result[1], after
+
+
+def test_no_task_imports_from_a_folder_others_may_write_on_the_daemons_path(
+        make_pool: Callable[..., PoolHarness], tmp_path: Path) -> None:
+    # A daemon started with "python -m" in /tmp has /tmp first on sys.path: every task's imports
+    # (of a job that named no python_path at all) looked there first, where anyone may plant.
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    name = f"ppplanted{os.getpid()}"
+    (open_dir / f"{name}.py").write_text("def f():\n    return 'planted'\n")
+    open_dir.chmod(0o777)
+    sys.path.insert(0, str(open_dir))
+    try:
+        pool = make_pool(workers=1)
+    finally:
+        sys.path.remove(str(open_dir))
+    (out,) = run(pool, spec(f"{name}:f", job="A"))
+    assert out.status == "failed" and out.error is not None, out
+    assert out.error.type == "ModuleNotFoundError", out.error
