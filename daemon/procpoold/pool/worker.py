@@ -987,8 +987,10 @@ _clock = time.perf_counter
 
 
 def _check_cwd(cwd: str) -> None:
-    """Refuse a working folder that others could swap or fill (checked as the worker's user)."""
-    problem = unsafe_folder(cwd, imports=False)
+    """Refuse a working folder that others could swap or fill (checked as the worker's user;
+    a relative one where ``chdir`` will find it)."""
+    where = cwd if os.path.isabs(cwd) else os.path.join(os.getcwd(), cwd)
+    problem = unsafe_folder(where, imports=False)
     if problem is not None:
         raise PermissionError(f"cwd: {problem}")
 

@@ -354,3 +354,18 @@ def test_no_task_imports_from_a_folder_others_may_write_on_the_daemons_path(
     (out,) = run(pool, spec(f"{name}:f", job="A"))
     assert out.status == "failed" and out.error is not None, out
     assert out.error.type == "ModuleNotFoundError", out.error
+
+
+def test_a_relative_cwd_is_checked_where_it_resolves(make_pool: Callable[..., PoolHarness],
+                                                     tmp_path: Path) -> None:
+    from tests.integration.pool.conftest import PROBES, ROOT
+
+    pool = make_pool(workers=1)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    (moved,) = run(pool, spec("os:chdir", str(tmp_path), job="J"))
+    assert moved.status == "completed"
+    (out,) = run(pool, spec(f"{PROBES}:env_and_cwd", "X", job="J", python_path=[ROOT], cwd="open"))
+    assert out.status == "failed" and out.error is not None and out.error.type == "PermissionError", out
+    assert "writable by every user and not sticky" in out.error.message
