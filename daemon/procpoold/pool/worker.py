@@ -789,7 +789,8 @@ class Worker:
         for key in env or ():
             self.async_env.setdefault(key, os.environ.get(key))
         if cwd and self.async_cwd is None:
-            self.async_cwd = os.getcwd()
+            with contextlib.suppress(OSError):
+                self.async_cwd = os.getcwd()
 
         def enter() -> None:
             # Concurrent async attempts share the process: env and cwd are applied per step.
@@ -802,6 +803,8 @@ class Worker:
 
         try:
             try:
+                if cwd and not os.path.isabs(cwd):  # entered at each step: from here, once
+                    cwd = os.path.join(os.getcwd(), cwd)
                 if cwd and cwd != self.cwd_checked:
                     _check_cwd(cwd)
                     self.cwd_checked = cwd

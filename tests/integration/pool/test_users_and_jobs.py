@@ -369,3 +369,16 @@ def test_a_relative_cwd_is_checked_where_it_resolves(make_pool: Callable[..., Po
     (out,) = run(pool, spec(f"{PROBES}:env_and_cwd", "X", job="J", python_path=[ROOT], cwd="open"))
     assert out.status == "failed" and out.error is not None and out.error.type == "PermissionError", out
     assert "writable by every user and not sticky" in out.error.message
+
+
+def test_an_async_attempt_with_a_relative_cwd_survives_its_awaits(
+        make_pool: Callable[..., PoolHarness], tmp_path: Path) -> None:
+    # Its cwd is entered again at each step: a relative one went one level deeper each time.
+    from tests.integration.pool.conftest import PROBES, ROOT
+
+    pool = make_pool(workers=1)
+    (tmp_path / "sub").mkdir()
+    (moved,) = run(pool, spec("os:chdir", str(tmp_path), job="J"))
+    assert moved.status == "completed"
+    (out,) = run(pool, spec(f"{PROBES}:async_sleep", 0.01, job="J", python_path=[ROOT], cwd="sub"))
+    assert (out.status, out.result) == ("completed", 0.01), out
