@@ -32,7 +32,7 @@ from procpoold.control.server import ControlServer, Deferred, Peer, ServerLimits
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
-from procpoold.identity import Authority
+from procpoold.identity import Authority, identity_of
 from procpoold.loop import EventLoop, Timer
 from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
@@ -243,6 +243,7 @@ class Daemon:
         if self.reload_config is None:
             return
         systemd.reloading()
+        identity_of.cache_clear()  # users and groups are read again (they are also cached for a minute only)
         try:
             new = self.reload_config()
         except Exception as exc:  # a bad config keeps the old one running
