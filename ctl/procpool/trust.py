@@ -30,10 +30,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from procpool.contract.paths import SymlinkLoop, walk
+
 TRUST_ENV = "PROCPOOL_TRUST_UID"
 #: The user the packaged system service runs as (systemd/sysusers.d).
 SERVICE_USER = "procpool"
-_MAX_SYMLINKS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,44 +106,24 @@ def unsafe_path(path: Path, trusted: frozenset[int], complete: bool = False) -> 
     unless ``complete``: once a listener answered, every component must be there.
     Raises PermissionError when a folder cannot be read (the caller reports it).
     """
-    # Not abspath: it would cut "link/.." out lexically, where the kernel goes to the target's parent.
-    pending = list(Path(path if os.path.isabs(path) else Path(os.getcwd(), path)).parts[1:])
-    current = "/"
-    problem = _unsafe_folder(current, trusted)
+    problem = _unsafe_folder("/", trusted)
     if problem:
         return problem
-    hops = 0
-    while pending:
-        name = pending.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current = os.path.dirname(current)
-            continue
-        entry = os.path.join(current, name)
-        try:
-            st = os.lstat(entry)
-        except FileNotFoundError:
-            return f"{_clip(entry)} disappeared while it was checked" if complete else None
-        if st.st_uid not in trusted:
-            return f"{_clip(entry)} belongs to {describe(st.st_uid)}, who could replace the socket"
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                return f"too many symbolic links in {_clip(os.fspath(path))}"
-            target = os.readlink(entry)
-            if os.path.isabs(target):
-                current = "/"
-            pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target) else Path(target).parts)
-            continue
-        if not pending:
-            return None  # the socket itself: its owner was checked above
-        if not stat.S_ISDIR(st.st_mode):
-            return None  # not a folder: the connection fails on its own
-        problem = _unsafe_folder(entry, trusted, st)
-        if problem:
-            return problem
-        current = entry
+    try:
+        for entry, st, last in walk(path):
+            if st.st_uid not in trusted:
+                return f"{_clip(entry)} belongs to {describe(st.st_uid)}, who could replace the socket"
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if last or not stat.S_ISDIR(st.st_mode):
+                return None  # the socket itself (its owner is checked above), or not a folder
+            problem = _unsafe_folder(entry, trusted, st)
+            if problem:
+                return problem
+    except FileNotFoundError as exc:
+        return f"{_clip(str(exc.filename))} disappeared while it was checked" if complete else None
+    except SymlinkLoop:
+        return f"too many symbolic links in {_clip(os.fspath(path))}"
     return None
 
 

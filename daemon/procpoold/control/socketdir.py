@@ -12,6 +12,8 @@ import pwd
 import stat
 from pathlib import Path
 
+from procpool.contract.paths import SymlinkLoop, walk
+
 
 def unsafe_socket_folder(folder: Path, uid: int | None = None) -> str | None:
     """Why another user could replace a socket in ``folder`` (one clause), or None when they cannot.
@@ -60,34 +62,14 @@ def foreign_path(folder: Path, uid: int | None = None) -> str | None:
     another user owns, who could repoint it (the resolved folders are judged by
     :func:`unsafe_socket_folder`); None if there is none."""
     trusted = (0, os.geteuid() if uid is None else uid)
-    # Not abspath: it would cut "link/.." out lexically, where the kernel goes to the target's parent.
-    pending = list(Path(folder if os.path.isabs(folder) else Path(os.getcwd(), folder)).parts[1:])
-    current = "/"
-    hops = 0
-    while pending:
-        name = pending.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current = os.path.dirname(current)
-            continue
-        entry = os.path.join(current, name)
-        try:
-            st = os.lstat(entry)
-        except OSError as exc:
-            return f"cannot check {clip(entry)} ({exc.strerror})"
-        if not stat.S_ISLNK(st.st_mode):
-            current = entry
-            continue
-        if st.st_uid not in trusted:
-            return f"{clip(entry)} belongs to {_user(st.st_uid)}, who could replace the socket"
-        hops += 1
-        if hops > 40:
-            return f"too many symbolic links in {clip(os.fspath(folder))}"
-        target = os.readlink(entry)
-        if os.path.isabs(target):
-            current = "/"
-        pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target) else Path(target).parts)
+    try:
+        for entry, st, _last in walk(folder):
+            if stat.S_ISLNK(st.st_mode) and st.st_uid not in trusted:
+                return f"{clip(entry)} belongs to {_user(st.st_uid)}, who could replace the socket"
+    except SymlinkLoop:
+        return f"too many symbolic links in {clip(os.fspath(folder))}"
+    except OSError as exc:
+        return f"cannot check {clip(str(exc.filename))} ({exc.strerror})"
     return None
 
 
