@@ -105,6 +105,8 @@ class Config:
     max_queued_reply_bytes: int = 8 << 20
     max_waits_per_peer: int = 1_000
     max_pending_waits: int = 20_000
+    #: ... and per submitting user, whatever their connections (0: no per-user cap)
+    max_waits_per_user: int = 5_000
     #: Tasks in one page of a job's status (a client asks for the next page with ``tasks_from``).
     status_page_size: int = 1_000
 
@@ -212,6 +214,7 @@ _LOAD_LIMITS = (
     ("max_queued_reply_bytes", 64 << 10, 1 << 40),
     ("max_waits_per_peer", 1, 1_000_000),
     ("max_pending_waits", 1, 10_000_000),
+    ("max_waits_per_user", 0, 10_000_000),
     ("status_page_size", 1, 1_000_000),
 )
 
@@ -250,6 +253,7 @@ _CONVERT: dict[str, Any] = {
     "max_queued_reply_bytes": int,
     "max_waits_per_peer": int,
     "max_pending_waits": int,
+    "max_waits_per_user": int,
     "status_page_size": int,
 }
 

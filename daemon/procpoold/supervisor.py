@@ -58,6 +58,7 @@ _SERVER = (
     "max_queued_reply_bytes",
     "max_waits_per_peer",
     "max_pending_waits",
+    "max_waits_per_user",
 )
 
 
@@ -145,6 +146,7 @@ class Daemon:
                 max_queued_reply_bytes=config.max_queued_reply_bytes,
                 max_waits_per_peer=config.max_waits_per_peer,
                 max_pending_waits=config.max_pending_waits,
+                max_waits_per_user=config.max_waits_per_user,
             ),
         )
         self.control.limits = config.limits()

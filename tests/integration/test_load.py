@@ -197,6 +197,29 @@ def test_pending_waits_are_capped_per_connection_and_in_all(tmp_path: Path) -> N
             two.close()
 
 
+def test_pending_waits_are_capped_per_user_across_connections(tmp_path: Path) -> None:
+    gate = tmp_path / "open"
+    args = ["--workers", "1", *config(tmp_path, max_waits_per_peer=2, max_waits_per_user=3)]
+    with DaemonProcess(extra_args=args) as d, d.client() as client:
+        job_id = client.submit(sleeper("s", gate))["id"]
+        one, two = Raw(d.socket), Raw(d.socket)
+        try:
+            for i in range(2):
+                one.send(i, "wait", {"id": job_id, "timeout": 60.0})
+            # The daemon takes the connections in no set order: let it count the first two first.
+            wait_until(lambda: client.status()["requests"]["pending_waits"] == 2, timeout=30)
+            two.send(0, "wait", {"id": job_id, "timeout": 60.0})
+            two.send(1, "wait", {"id": job_id, "timeout": 60.0})  # the same user's fourth
+            refused = two.reply()
+            assert refused.id == 1 and refused.error.code == ErrorCode.LIMIT_EXCEEDED
+            assert "max_waits_per_user = 3" in refused.error.message
+            gate.touch()
+            assert {one.reply(30).id for _ in range(2)} == {0, 1} and two.reply(30).id == 0
+        finally:
+            one.close()
+            two.close()
+
+
 # -- connections and file descriptors ---------------------------------------------------------
 
 

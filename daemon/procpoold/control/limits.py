@@ -30,6 +30,7 @@ import socket
 import struct
 import termios
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("procpoold.control")
 
@@ -134,33 +135,45 @@ class Connections:
 
 @dataclass(slots=True)
 class Waits:
-    """Pending deferred replies per connection (routing id) and in all."""
+    """Pending deferred replies per connection (routing id), per user (the peer's uid, so that one
+    user with many connections cannot take every other user's share; 0: no such cap) and in all."""
 
     per_peer: int
     total: int
+    per_user: int = 0
     by_peer: dict[bytes, int] = field(default_factory=dict)
+    by_user: dict[int | None, int] = field(default_factory=dict)
     pending: int = 0
 
-    def refusal(self, peer: bytes) -> str | None:
-        """Why one more wait from ``peer`` is refused, or None."""
+    def refusal(self, peer: bytes, uid: int | None = None) -> str | None:
+        """Why one more wait from ``peer`` (of user ``uid``) is refused, or None."""
         mine = self.by_peer.get(peer, 0)
         if mine >= self.per_peer:
             return f"too many pending waits on this connection: {mine}, max_waits_per_peer = {self.per_peer}"
+        theirs = self.by_user.get(uid, 0)
+        if self.per_user and theirs >= self.per_user:
+            return f"too many pending waits of this user: {theirs}, max_waits_per_user = {self.per_user}"
         if self.pending >= self.total:
             return f"too many pending waits: {self.pending}, max_pending_waits = {self.total}"
         return None
 
-    def add(self, peer: bytes) -> None:
+    def add(self, peer: bytes, uid: int | None = None) -> None:
         self.by_peer[peer] = self.by_peer.get(peer, 0) + 1
+        self.by_user[uid] = self.by_user.get(uid, 0) + 1
         self.pending += 1
 
-    def done(self, peer: bytes) -> None:
-        left = self.by_peer.get(peer, 0) - 1
-        if left > 0:
-            self.by_peer[peer] = left
-        else:
-            self.by_peer.pop(peer, None)
+    def done(self, peer: bytes, uid: int | None = None) -> None:
+        _count_down(self.by_peer, peer)
+        _count_down(self.by_user, uid)
         self.pending = max(0, self.pending - 1)
+
+
+def _count_down(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def unread_bytes(fd: int) -> int | None:

@@ -76,6 +76,7 @@ class ServerLimits:
     max_queued_reply_bytes: int = 8 << 20
     max_waits_per_peer: int = 1_000
     max_pending_waits: int = 20_000
+    max_waits_per_user: int = 0
 
 
 class BindError(Exception):
@@ -223,7 +224,7 @@ class ControlServer:
         self._stalled: dict[bytes, float] = {}
         # Connections are counted from the monitor (before bind, so that no accept is missed).
         self.connections = Connections(limits.max_connections)
-        self.waits = Waits(limits.max_waits_per_peer, limits.max_pending_waits)
+        self.waits = Waits(limits.max_waits_per_peer, limits.max_pending_waits, limits.max_waits_per_user)
         self.reply_budget = ReplyBudget(limits.max_queued_reply_bytes)
         self._turn = 0  # one per on_readable: replies sent in an earlier turn may have been read
         self._request_fd: int | None = None  # the connection's fd of the request being served
@@ -421,21 +422,21 @@ class ControlServer:
         self._send(identity, encode_error(None, error))
         return True
 
-    def _defer(self, identity: bytes, request_id: Any, deferred: Deferred) -> None:
+    def _defer(self, identity: bytes, request_id: Any, deferred: Deferred, uid: int | None) -> None:
         """Bind a deferred reply to its connection, counting it until it is answered."""
-        self.waits.add(identity)
+        self.waits.add(identity, uid)
         fd = self._request_fd
 
         def respond(payload: bytes) -> None:
-            self.waits.done(identity)
+            self.waits.done(identity, uid)
             self._send(identity, payload, request_id, fd)
 
         deferred.bind(request_id, respond)
 
-    def _check_waits(self, identity: bytes, request: Request) -> None:
+    def _check_waits(self, identity: bytes, request: Request, uid: int | None) -> None:
         """Refuse a request that may wait (wait, submit with wait) past the pending-wait caps."""
         if request.op == "wait" or (request.op == "submit" and request.args.get("wait") is not None):
-            why = self.waits.refusal(identity)
+            why = self.waits.refusal(identity, uid)
             if why is not None:
                 raise RequestError(
                     ErrorCode.LIMIT_EXCEEDED, why, request.id, hint="wait for fewer jobs at once"
@@ -468,7 +469,7 @@ class ControlServer:
             check_args(request.op, request.args, request_id)
             if self.authorize is not None:
                 peer = self.authorize(request, peer)
-            self._check_waits(identity, request)
+            self._check_waits(identity, request, peer.uid if peer is not None else None)
             result = self.handlers[request.op](request, peer)
         except RequestError as exc:
             self.errors_replied += 1
@@ -490,7 +491,7 @@ class ControlServer:
             return
         self.requests_served += 1
         if isinstance(result, Deferred):
-            self._defer(identity, request_id, result)
+            self._defer(identity, request_id, result, peer.uid if peer is not None else None)
             return
         try:
             payload = encode_result(request_id, result)

@@ -92,6 +92,19 @@ def test_waits_per_peer_and_in_all() -> None:
     assert w.refusal(b"c") is None and w.by_peer == {b"a": 1} and w.pending == 1
 
 
+def test_waits_per_user_across_connections() -> None:
+    """One user's connections share one budget; another user's waits are not refused by it."""
+    w = Waits(per_peer=2, total=10, per_user=3)
+    w.add(b"a", 1000)
+    w.add(b"a", 1000)
+    w.add(b"b", 1000)
+    assert w.refusal(b"c", 1000) == "too many pending waits of this user: 3, max_waits_per_user = 3"
+    assert w.refusal(b"d", 2000) is None
+    w.done(b"b", 1000)
+    assert w.refusal(b"c", 1000) is None and w.by_user == {1000: 2} and w.pending == 2
+    assert Waits(per_peer=5, total=10).refusal(b"x", 1) is None  # 0: no per-user cap
+
+
 def test_connection_cap_is_derived_from_the_fd_limit() -> None:
     assert connection_cap(0, workers=2, fd_limit=1024) == (1024 - 64 - 16) // 2
     assert connection_cap(0, workers=2, fd_limit=65536) == limits.DERIVED_CAP
