@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from procpool.contract.limits import clip
 from procpool.contract.paths import SymlinkLoop, walk
 
 TRUST_ENV = "PROCPOOL_TRUST_UID"
@@ -112,7 +113,7 @@ def unsafe_path(path: Path, trusted: frozenset[int], complete: bool = False) -> 
     try:
         for entry, st, last in walk(path):
             if st.st_uid not in trusted:
-                return f"{_clip(entry)} belongs to {describe(st.st_uid)}, who could replace the socket"
+                return f"{clip(entry)} belongs to {describe(st.st_uid)}, who could replace the socket"
             if stat.S_ISLNK(st.st_mode):
                 continue
             if last or not stat.S_ISDIR(st.st_mode):
@@ -121,19 +122,19 @@ def unsafe_path(path: Path, trusted: frozenset[int], complete: bool = False) -> 
             if problem:
                 return problem
     except FileNotFoundError as exc:
-        return f"{_clip(str(exc.filename))} disappeared while it was checked" if complete else None
+        return f"{clip(str(exc.filename))} disappeared while it was checked" if complete else None
     except SymlinkLoop:
-        return f"too many symbolic links in {_clip(os.fspath(path))}"
+        return f"too many symbolic links in {clip(os.fspath(path))}"
     return None
 
 
 def _unsafe_folder(folder: str, trusted: frozenset[int], st: os.stat_result | None = None) -> str | None:
     st = st or os.lstat(folder)
     if st.st_uid not in trusted:
-        return f"{_clip(folder)} belongs to {describe(st.st_uid)}, who could replace the socket"
+        return f"{clip(folder)} belongs to {describe(st.st_uid)}, who could replace the socket"
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022 and not mode & stat.S_ISVTX:
-        return f"{_clip(folder)} is writable by others (mode {mode:04o}), who could replace the socket"
+        return f"{clip(folder)} is writable by others (mode {mode:04o}), who could replace the socket"
     return None
 
 
@@ -162,11 +163,11 @@ def check(path: Path, trusted: frozenset[int]) -> Listener | None:
     """Check the path, then the listener; None when nothing listens. Raises :class:`UntrustedSocket`."""
     problem = unsafe_path(path, trusted)
     if problem is not None:
-        raise UntrustedSocket(f"refusing to use the socket {_clip(os.fspath(path))}: {problem}")
+        raise UntrustedSocket(f"refusing to use the socket {clip(os.fspath(path))}: {problem}")
     listener = probe(path)
     if listener is not None and listener.uid not in trusted:
         raise UntrustedSocket(
-            f"refusing to talk to the process on {_clip(os.fspath(path))} (pid {listener.pid}): it runs "
+            f"refusing to talk to the process on {clip(os.fspath(path))} (pid {listener.pid}): it runs "
             f"as {describe(listener.uid)}, not as {who_is_trusted(trusted)}"
         )
     if listener is not None:
@@ -174,9 +175,6 @@ def check(path: Path, trusted: frozenset[int]) -> Listener | None:
         # else's symlink to a trusted daemon, to be repointed before ZeroMQ connects).
         problem = unsafe_path(path, trusted, complete=True)
         if problem is not None:
-            raise UntrustedSocket(f"refusing to use the socket {_clip(os.fspath(path))}: {problem}")
+            raise UntrustedSocket(f"refusing to use the socket {clip(os.fspath(path))}: {problem}")
     return listener
 
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -43,6 +43,17 @@ _REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 8
 _REPR.maxlevel = 3
 
 
+def clip(text: str, limit: int = ECHO_MAX) -> str:
+    """``text`` as it is (a path, a name) cut to at most ``limit`` bytes of UTF-8, ``...`` included:
+    for what an error quotes without the quotes :func:`shorten` adds."""
+    if len(text) * 4 <= limit:  # short enough whatever its characters
+        return text
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
 def shorten(value: Any, limit: int = ECHO_MAX) -> str:
     """``repr(value)`` cut to at most ``limit`` bytes of UTF-8 (and never built whole: a 10 MB
     string costs what 200 bytes cost)."""

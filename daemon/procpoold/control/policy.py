@@ -31,10 +31,10 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from procpool.contract.codec import Request
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import clip
 from procpool.contract.ops import OPS
 from procpoold.control.server import Peer
 from procpoold.identity import Authority, user_name
@@ -149,7 +149,7 @@ class Policy:
             "administrator %s: %s %s of %s",
             _who(peer.uid),
             op,
-            _short(ref),
+            clip(str(ref)),
             submitter if owner is None else _who(owner),
             extra={
                 "journal_fields": {
@@ -177,7 +177,3 @@ class Policy:
 def _who(uid: int) -> str:
     return f"{user_name(uid)} (uid {uid})"
 
-
-def _short(text: Any, limit: int = 200) -> str:
-    s = str(text)
-    return s if len(s) <= limit else s[:limit] + "..."

@@ -49,11 +49,11 @@ from procpool.contract.codec import (
     encode_result,
 )
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpool.contract.limits import DEFAULT_LIMITS, Limits
+from procpool.contract.limits import DEFAULT_LIMITS, Limits, clip
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
 from procpoold.control.limits import OVER_CAP_GRACE, Connections, ReplyBudget, Waits
-from procpoold.control.socketdir import clip, foreign_path, unsafe_socket_folder
+from procpoold.control.socketdir import foreign_path, unsafe_socket_folder
 
 log = logging.getLogger("procpoold.control")
 

@@ -12,6 +12,7 @@ import pwd
 import stat
 from pathlib import Path
 
+from procpool.contract.limits import clip
 from procpool.contract.paths import SymlinkLoop, walk
 
 
@@ -79,7 +80,3 @@ def _user(uid: int) -> str:
     except KeyError:
         return f"uid {uid}"
 
-
-def clip(text: str, limit: int = 200) -> str:
-    """At most ``limit`` characters of ``text`` (an error never echoes more)."""
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -45,6 +45,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from procpool.contract.limits import shorten
 from procpoold import journal, oom
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, Stream, TaskError
 from procpoold.identity import Identity
@@ -264,7 +265,7 @@ class CommandExecutor:
         except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte that slipped through
             # Report asynchronously, like any other outcome.
             why = getattr(exc, "strerror", None) or exc
-            error = TaskError(type(exc).__name__, f"cannot start {argv[0][:200]!r}: {why}")
+            error = TaskError(type(exc).__name__, f"cannot start {shorten(argv[0])}: {why}")
             outcome = Outcome(spec.attempt_id, "failed", error=error)
             self._loop.call_soon(lambda: self._finish(outcome))
             return

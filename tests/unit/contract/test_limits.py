@@ -232,3 +232,15 @@ def test_container_limits_are_configurable() -> None:
     with pytest.raises(RequestError) as info:
         decode_request(frame, limits=Limits(max_array_items=10))
     assert "max_array_items = 10" in info.value.message
+
+
+def test_clip_bounds_bytes_not_characters() -> None:
+    from procpool.contract.limits import ECHO_MAX, clip
+
+    assert clip("/run/procpoold") == "/run/procpoold"
+    assert clip("a" * ECHO_MAX) == "a" * ECHO_MAX
+    cut = clip("a" * 10_000)
+    assert cut.endswith("...") and len(cut.encode()) == ECHO_MAX
+    wide = clip("\u00e9" * 10_000)  # two bytes each: 200 characters would be 400 bytes
+    assert wide.endswith("...") and len(wide.encode()) <= ECHO_MAX
+    assert len(clip("x\udcff" * 500).encode("utf-8", "backslashreplace")) <= ECHO_MAX
