@@ -24,6 +24,7 @@ from procpool.contract.limits import (
     Limits,
 )
 from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
+from procpoold.control.limits import ServerLimits
 from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
 
@@ -101,12 +102,12 @@ class Config:
     #: Replies and reply bytes queued for one connection that is not reading (more are dropped or
     #: refused; one reply of up to max_message_size always goes to a connection that has read all),
     #: and pending waits (``wait``, ``submit`` with ``wait``) per connection and in all.
-    max_queued_replies: int = 32
-    max_queued_reply_bytes: int = 8 << 20
-    max_waits_per_peer: int = 1_000
-    max_pending_waits: int = 20_000
+    max_queued_replies: int = ServerLimits.max_queued_replies
+    max_queued_reply_bytes: int = ServerLimits.max_queued_reply_bytes
+    max_waits_per_peer: int = ServerLimits.max_waits_per_peer
+    max_pending_waits: int = ServerLimits.max_pending_waits
     #: ... and per submitting user, whatever their connections (0: no per-user cap)
-    max_waits_per_user: int = 5_000
+    max_waits_per_user: int = ServerLimits.max_waits_per_user
     #: Tasks in one page of a job's status (a client asks for the next page with ``tasks_from``).
     status_page_size: int = 1_000
 

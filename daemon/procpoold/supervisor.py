@@ -26,9 +26,9 @@ from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
-from procpoold.control.limits import connection_cap, raise_fd_limit
+from procpoold.control.limits import ServerLimits, connection_cap, raise_fd_limit
 from procpoold.control.policy import Policy
-from procpoold.control.server import ControlServer, Deferred, Peer, ServerLimits
+from procpoold.control.server import ControlServer, Deferred, Peer
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor

@@ -46,6 +46,18 @@ FD_PER_WORKER = 8
 DERIVED_CAP = 4096
 
 
+@dataclass(frozen=True)  # no slots: the config reads the defaults off the class
+class ServerLimits:
+    """The control socket's limits (docs/protocol.md, Limits); the config's defaults are these."""
+
+    max_connections: int = 1024
+    max_queued_replies: int = 32
+    max_queued_reply_bytes: int = 8 << 20
+    max_waits_per_peer: int = 1_000
+    max_pending_waits: int = 20_000
+    max_waits_per_user: int = 5_000
+
+
 def raise_fd_limit() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit; returns the (soft, hard) now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

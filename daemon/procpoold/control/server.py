@@ -52,7 +52,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import DEFAULT_LIMITS, Limits, clip
 from procpool.contract.ops import check_args
 from procpool.contract.paths import endpoint
-from procpoold.control.limits import OVER_CAP_GRACE, Connections, ReplyBudget, Waits
+from procpoold.control.limits import OVER_CAP_GRACE, Connections, ReplyBudget, ServerLimits, Waits
 from procpoold.control.socketdir import foreign_path, unsafe_socket_folder
 
 log = logging.getLogger("procpoold.control")
@@ -65,18 +65,6 @@ STALL_PAUSE = 1.0
 STALLED_MAX = 10_000
 #: Requests served per turn of the event loop (the rest wait for the next turn, after its timers).
 MAX_PER_TURN = 500
-
-
-@dataclass(frozen=True, slots=True)
-class ServerLimits:
-    """Per-connection limits (see procpoold.control.limits and docs/protocol.md, Limits)."""
-
-    max_connections: int = 1024
-    max_queued_replies: int = 32
-    max_queued_reply_bytes: int = 8 << 20
-    max_waits_per_peer: int = 1_000
-    max_pending_waits: int = 20_000
-    max_waits_per_user: int = 0
 
 
 class BindError(Exception):
