@@ -40,9 +40,6 @@ class Identity:
     name: str
     home: str
 
-    def to_wire(self) -> dict[str, object]:
-        return {"uid": self.uid, "gid": self.gid, "groups": list(self.groups), "name": self.name}
-
 
 class UnknownUser(LookupError):
     """No such user in the password database."""
