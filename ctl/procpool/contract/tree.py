@@ -118,7 +118,7 @@ INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 # -- the parsed model ---------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskSpec:
     """One task with its defaults resolved. ``index`` is its position in depth-first order."""
 
@@ -361,6 +361,8 @@ class _Parser:
         self.tasks: list[TaskSpec] = []
         self.groups: list[GroupSpec] = []
         self.names: dict[str, str] = {}  # name -> path, for uniqueness
+        #: id(defaults) -> (defaults, their resolved inheritable fields); see task()
+        self._inherited: dict[int, tuple[dict[str, Any], _Inherited]] = {}
 
     def claim(self, name: str, path: str) -> None:
         if name in self.names:
@@ -464,13 +466,26 @@ class _Parser:
             if isinstance(values["cmd"], list) and shell:
                 raise TreeError(f"{path}.shell", "shell: true takes the command as one string")
         merged = _merge_defaults(defaults, values)
-        if merged is not defaults and "env" in values and merged["env"] is not values["env"]:
-            _check_env(self.limits, merged["env"], f"{path}.env", "environment with the inherited variables")
+        if merged is not defaults:
+            if "env" in values and merged["env"] is not values["env"]:
+                what = "environment with the inherited variables"
+                _check_env(self.limits, merged["env"], f"{path}.env", what)
+            inherited = _inherited(merged)
+        else:
+            # Tasks that override nothing share their group's resolved defaults (a big group's
+            # tasks mostly do): resolved once per group, not once per task.
+            inherited = self._inherited.get(id(defaults))
+            if inherited is None or inherited[0] is not defaults:
+                inherited = self._inherited[id(defaults)] = (defaults, _inherited(defaults))
+            inherited = inherited[1]
         get = values.get
         name = get("name", default_name)
-        self.claim(name, path)
+        if name in self.names:
+            raise TreeError(path, f'duplicate name "{name}" (also used at {self.names[name]})')
+        self.names[name] = path
         index = len(self.tasks)
-        mget = merged.get
+        timeout, retries, retry_delay, priority, env, cwd, tags = inherited
+        args, kwargs, depends_on = get("args"), get("kwargs"), get("depends_on")
         self.tasks.append(
             TaskSpec(
                 index,
@@ -478,18 +493,18 @@ class _Parser:
                 path,
                 kind,
                 get("call"),
-                list(get("args") or ()),
-                dict(get("kwargs") or ()),
+                list(args) if args else [],
+                dict(kwargs) if kwargs else {},
                 get("cmd"),
                 bool(get("shell", False)),
-                mget("timeout"),
-                int(mget("retries", 0)),
-                float(mget("retry_delay", 1.0)),
-                str(mget("priority", "normal")),
-                list(get("depends_on") or ()),
-                dict(mget("env") or ()),
-                mget("cwd"),
-                list(mget("tags") or ()),
+                timeout,
+                retries,
+                retry_delay,
+                priority,
+                list(depends_on) if depends_on else [],
+                env,
+                cwd,
+                tags,
                 parent,
             )
         )
@@ -552,6 +567,28 @@ def _suggest_keys(raw: dict[str, Any], wanted: tuple[str, ...]) -> str:
         if hint:
             return f"; unknown field {_key(key)}{hint}"
     return ""
+
+
+#: A task's inheritable fields, resolved: timeout, retries, retry_delay, priority, env, cwd, tags.
+_Inherited = tuple[float | None, int, float, str, dict[str, str], str | None, list[str]]
+
+
+def _inherited(merged: dict[str, Any]) -> _Inherited:
+    """The inheritable fields of a task whose defaults resolved to ``merged``.
+
+    The env map and tags list may be shared by the tasks of a group: nothing changes a parsed
+    spec (the daemon copies env before adding to it).
+    """
+    get = merged.get
+    return (
+        get("timeout"),
+        int(get("retries", 0)),
+        float(get("retry_delay", 1.0)),
+        str(get("priority", "normal")),
+        dict(get("env") or ()),
+        get("cwd"),
+        list(get("tags") or ()),
+    )
 
 
 def _merge_defaults(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

@@ -231,7 +231,11 @@ class Job:
         self.tasks = [TaskRun(t, f"{job_id}.{t.index}") for t in spec.tasks]
         self.by_name = {t.spec.name: t.spec.index for t in self.tasks}
         # blockers and their reverse, from the plan (see the module docstring)
-        self._ancestors: list[list[int]] = [self._chain(t) for t in spec.tasks]
+        # (a group's chain is computed once and shared by its tasks, which only read it)
+        chains: dict[int | None, list[int]] = {None: []}
+        for g in spec.groups:  # depth-first order: a parent comes before its children
+            chains[g.index] = [g.index, *chains[g.parent]]
+        self._ancestors: list[list[int]] = [chains[t.parent] for t in spec.tasks]
         # A task's blockers: its own preds, then those of each enclosing group, innermost first
         # (a group's share is computed once for all its tasks).
         preds = self.plan.preds
@@ -456,14 +460,6 @@ class Job:
                 self._complete.add(("group", g.index))
         for t in self.tasks:
             t.waiting = sum(1 for b in self._blockers[t.spec.index] if b not in self._complete)
-
-    def _chain(self, t: TaskSpec) -> list[int]:
-        out = []
-        parent = t.parent
-        while parent is not None:
-            out.append(parent)
-            parent = self.spec.groups[parent].parent
-        return out
 
     # -- lifecycle ----------------------------------------------------------------------------
 
