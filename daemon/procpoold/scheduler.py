@@ -66,6 +66,8 @@ LOADED_TASKS = 100_000
 #: A command's pid reaches the store with the next commit, or at most this many seconds after
 #: its start (see Scheduler._touch_pid).
 PID_FLUSH_DELAY = 1.0
+#: What a flush writes for a changed task (see Scheduler._dirty and Job.entry).
+_STARTED, _CHANGED, _FULL = 0, 1, 2
 
 
 def not_found(what: str) -> ProcpoolError:
@@ -108,9 +110,10 @@ class Scheduler:
         #: finished jobs read back from the store lately (a client that polls one does not make
         #: each request read it again); a few at most, so memory does not follow history
         self._loaded: OrderedDict[str, Job] = OrderedDict()
-        #: changed since the last flush: job id -> {task index: True for a full entry, False when
-        #: the task's only change is an attempt starting}; jobs whose own fields changed
-        self._dirty: dict[str, dict[int, bool]] = {}
+        #: changed since the last flush: job id -> {task index: _STARTED when the task's only
+        #: change is an attempt starting, _CHANGED, or _FULL for a full entry}; jobs whose own
+        #: fields changed
+        self._dirty: dict[str, dict[int, int]] = {}
         self._dirty_jobs: set[str] = set()
         #: the job fields last written per job, to skip rewriting a job row that did not change
         self._job_rows: dict[str, tuple[Any, ...]] = {}
@@ -749,7 +752,8 @@ class Scheduler:
             return
         tasks = self._dirty.setdefault(job.id, {})
         for i in indices:
-            tasks[i] = True
+            # (a start not yet written: the full entry, which holds the attempt, not a DONE entry)
+            tasks[i] = _FULL if tasks.get(i) == _STARTED else _CHANGED
         if not indices:
             self._dirty_jobs.add(job.id)
         self._schedule_flush()
@@ -758,7 +762,7 @@ class Scheduler:
         """The task's only change is that an attempt started: a small log entry will do."""
         if self.store is None:
             return
-        self._dirty.setdefault(job.id, {}).setdefault(index, False)
+        self._dirty.setdefault(job.id, {}).setdefault(index, _STARTED)
         self._schedule_flush()
 
     def _touch_pid(self, job: Job, index: int) -> None:
@@ -770,7 +774,7 @@ class Scheduler:
         """
         if self.store is None:
             return
-        self._dirty.setdefault(job.id, {})[index] = True
+        self._dirty.setdefault(job.id, {})[index] = _FULL
         if self._pid_timer is None and self.pid_flush_delay is not None:
             self._pid_timer = self.loop.call_later(self.pid_flush_delay, self._flush_pids)
 
@@ -816,9 +820,12 @@ class Scheduler:
             if store.log_entries.get(job_id, 0) + len(tasks) > 2 * size + LOG_SLACK:
                 store.snapshot_tasks(job_id, [job.full_entry(i) for i in range(size)])
             else:
-                store.append_tasks(
-                    job_id, [job.full_entry(i) if full else job.start_entry(i) for i, full in tasks.items()]
-                )
+                entry, full, start = job.entry, job.full_entry, job.start_entry
+                entries = [
+                    entry(i) if what == _CHANGED else full(i) if what else start(i)
+                    for i, what in tasks.items()
+                ]
+                store.append_tasks(job_id, entries)
         self._dirty.clear()
         self._dirty_jobs.clear()
         store.flush()

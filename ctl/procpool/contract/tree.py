@@ -474,10 +474,10 @@ class _Parser:
         else:
             # Tasks that override nothing share their group's resolved defaults (a big group's
             # tasks mostly do): resolved once per group, not once per task.
-            inherited = self._inherited.get(id(defaults))
-            if inherited is None or inherited[0] is not defaults:
-                inherited = self._inherited[id(defaults)] = (defaults, _inherited(defaults))
-            inherited = inherited[1]
+            known = self._inherited.get(id(defaults))
+            if known is None or known[0] is not defaults:
+                known = self._inherited[id(defaults)] = (defaults, _inherited(defaults))
+            inherited = known[1]
         get = values.get
         name = get("name", default_name)
         if name in self.names:

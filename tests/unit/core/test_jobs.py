@@ -173,6 +173,40 @@ def test_the_task_log_replays_starts_and_full_states_in_order() -> None:
         replay_task_log([[7, 0]])
 
 
+def test_a_done_entry_replays_to_the_full_state_of_a_completed_task() -> None:
+    tree = {"concurrent": [{"name": n, "call": "m:f", "retries": 1} for n in "ab"]}
+    job = make(tree)
+    job.start_run(0)
+    log: list[Any] = []
+    # a: fails once (full entry, with its error), then completes (a DONE entry clears the error)
+    job.mark_running(0, "a#1", 1)
+    log.append(job.start_entry(0))
+    job.tasks[0].error = {"type": "E", "message": "m", "traceback": ""}
+    job.retry_later(0, 2)
+    log.append(job.full_entry(0))
+    job.retry_due(0)
+    attempt = job.mark_running(0, "a#2", 3)
+    attempt.pid, attempt.worker = 42, "w1"
+    log.append(job.start_entry(0))
+    attempt.finished_at, attempt.status = 4, "completed"  # as the scheduler sets them
+    job.complete(0, 4, result=[1, 2])
+    done = job.entry(0)
+    assert done[0] == 2 and len(done) == 7
+    log.append(done)
+    # b: completed with output kept: the full entry
+    job.mark_running(1, "b#1", 1)
+    log.append(job.start_entry(1))
+    job.tasks[1].remember("a line")
+    job.complete(1, 5, result=None)
+    assert job.entry(1)[0] == 0
+    log.append(job.entry(1))
+    tasks = replay_task_log(log)
+    assert tasks[0] == job.dump_task(0) and tasks[1] == job.dump_task(1)
+    assert tasks[0]["attempts"][-1] == [2, "a#2", 3, 4, "completed", 42, "w1"] and "error" not in tasks[0]
+    with pytest.raises(ValueError, match="completed without an attempt"):
+        replay_task_log([done])
+
+
 def _restart(job: Job, tree: Any, now: float, max_interruptions: int = 3, **extra: Any) -> Job:
     """What a new daemon makes of ``job`` as stored while its attempts ran."""
     fresh = make(tree, **extra)
