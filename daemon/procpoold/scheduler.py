@@ -350,10 +350,8 @@ class Scheduler:
     def _apply(self, job: Job, effects: Effects) -> None:
         # "ready" is derived again at recovery, so only final states need writing here.
         self._touch(job, effects.finished_tasks)
-        now_mono = time.monotonic()
-        for i in effects.ready:
-            spec = job.tasks[i].spec
-            self.queues[spec.kind].push((job.id, i), spec.priority, now_mono)
+        if effects.ready:
+            self._enqueue(job, effects.ready)
         for attempt_id in effects.stop:
             ref = self.attempts.get(attempt_id)
             if ref is not None:
@@ -365,6 +363,21 @@ class Scheduler:
             self._run_finished(job)
         if effects.ready:
             self._schedule_pump()
+
+    def _enqueue(self, job: Job, indices: list[int]) -> None:
+        """Queue ready tasks, one queue entry per run of tasks of the same kind and priority."""
+        now_mono = time.monotonic()
+        tasks, job_id = job.tasks, job.id
+        first = tasks[indices[0]].spec
+        kind, priority = first.kind, first.priority
+        refs: list[Ref] = []
+        for i in indices:
+            spec = tasks[i].spec
+            if spec.kind != kind or spec.priority != priority:
+                self.queues[kind].push_many(refs, priority, now_mono)
+                kind, priority, refs = spec.kind, spec.priority, []
+            refs.append((job_id, i))
+        self.queues[kind].push_many(refs, priority, now_mono)
 
     def _task_final(self, job: Job, index: int) -> None:
         t = job.tasks[index]
@@ -471,6 +484,8 @@ class Scheduler:
         if not self.accepting:
             return
         batch: list[tuple[Executor, AttemptSpec]] = []
+        jobs = self.jobs
+        users: dict[str, Identity | None] = {}  # per job, looked up once per pass
         for kind, queue in self.queues.items():
             executor = self.executors[kind]
             free = executor.free_slots()
@@ -478,10 +493,12 @@ class Scheduler:
                 ref = queue.pop()
                 if ref is None:
                     break
-                job = self.jobs[ref[0]]
+                job = jobs[ref[0]]
                 if job.tasks[ref[1]].state != "ready":
                     continue
-                batch.append((executor, self._prepare(job, ref[1], executor)))
+                if job.id not in users:
+                    users[job.id] = self._run_as(job)
+                batch.append((executor, self._prepare(job, ref[1], executor, users[job.id])))
                 free -= 1
         if not batch:
             return
@@ -515,7 +532,7 @@ class Scheduler:
         except Exception as exc:
             self._internal_failure(attempt_id, "could not be stopped at its timeout", exc)
 
-    def _prepare(self, job: Job, index: int, executor: Executor) -> AttemptSpec:
+    def _prepare(self, job: Job, index: int, executor: Executor, user: Identity | None) -> AttemptSpec:
         t = job.tasks[index]
         attempt_id = f"{t.id}@{job.run}#{len(t.attempts) + 1}"
         attempt = job.mark_running(index, attempt_id, self.clock())
@@ -533,12 +550,12 @@ class Scheduler:
             kwargs=t.spec.kwargs,
             cmd=t.spec.cmd,
             shell=t.spec.shell,
-            env={**job.spec.env, **t.spec.env},
+            env={**job.spec.env, **t.spec.env} if t.spec.env else job.spec.env,
             cwd=t.spec.cwd or job.spec.cwd,
             python_path=job.spec.python_path,
             timeout=t.spec.timeout,
             run=job.run,
-            user=self._run_as(job),
+            user=user,
         )
         self.attempts[attempt_id] = (job.id, index)
         self.counters["attempts"] += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from procpool.contract.tree import PRIORITIES
 
@@ -23,28 +23,52 @@ T = TypeVar("T", bound=Hashable)
 
 
 class ReadyQueue(Generic[T]):
-    """A priority queue with aging; removal is lazy (entries are skipped when popped)."""
+    """A priority queue with aging; removal is lazy (entries are skipped when popped).
+
+    Items pushed together (:meth:`push_many`: the tasks a completion made ready, or a whole big
+    group at the start of a run) share one heap entry and keep their order in it, so a job of
+    20,000 tasks costs one heap push, not 20,000. Each item remembers the entry it is live in;
+    an item pushed again (a retry) or discarded is skipped where it was before.
+    """
 
     def __init__(self, aging: float = 30.0) -> None:
         self.aging = aging
-        self._heap: list[tuple[float, int, T]] = []
+        #: [key, seq, items, next position]: ordered by (key, seq), seq is unique
+        self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._live: dict[T, int] = {}
 
     def push(self, item: T, priority: str, now: float) -> None:
+        self.push_many([item], priority, now)
+
+    def push_many(self, items: list[T], priority: str, now: float) -> None:
+        """Queue ``items`` in this order, all with ``priority`` (the list is kept: do not change it)."""
+        if not items:
+            return
         seq = next(self._seq)
-        self._live[item] = seq
-        heapq.heappush(self._heap, (now + RANK[priority] * self.aging, seq, item))
+        self._live.update(dict.fromkeys(items, seq))
+        heapq.heappush(self._heap, [now + RANK[priority] * self.aging, seq, items, 0])
 
     def discard(self, item: T) -> None:
         self._live.pop(item, None)
 
     def pop(self) -> T | None:
-        while self._heap:
-            _, seq, item = heapq.heappop(self._heap)
-            if self._live.get(item) == seq:
-                del self._live[item]
-                return item
+        heap, live = self._heap, self._live
+        while heap:
+            entry = heap[0]
+            _, seq, items, pos = entry
+            end = len(items)
+            while pos < end:
+                item: T = items[pos]
+                pos += 1
+                if live.get(item) == seq:
+                    del live[item]
+                    if pos == end:
+                        heapq.heappop(heap)
+                    else:
+                        entry[3] = pos  # (not part of the ordering key)
+                    return item
+            heapq.heappop(heap)
         return None
 
     def __len__(self) -> int:

@@ -55,6 +55,27 @@ def test_discard_is_lazy_and_exact() -> None:
     assert drain(q) == ["b"]
 
 
+def test_items_pushed_together_keep_their_order_and_priority() -> None:
+    q: ReadyQueue[str] = ReadyQueue(aging=30)
+    q.push_many(["n1", "n2", "n3"], "normal", now=0)
+    q.push_many(["c1", "c2"], "critical", now=1)
+    q.push("b1", "batch", now=0)
+    assert len(q) == 6 and "n2" in q
+    assert q.pop() == "c1"
+    q.push_many(["h1"], "high", now=2)
+    assert drain(q) == ["c2", "h1", "n1", "n2", "n3", "b1"]
+    assert len(q) == 0 and q.pop() is None
+
+
+def test_an_item_pushed_again_or_discarded_is_skipped_where_it_was() -> None:
+    q: ReadyQueue[str] = ReadyQueue(aging=30)
+    q.push_many(["a", "b", "c", "d"], "normal", now=0)
+    q.discard("b")
+    q.push("c", "critical", now=5)  # e.g. ready again with another priority: its old place is dead
+    assert len(q) == 3
+    assert drain(q) == ["c", "a", "d"]
+
+
 def test_namespace_operations() -> None:
     ns: dict[str, object] = {}
     assert namespace.apply(ns, "incr", {"key": "n"}) == 1
