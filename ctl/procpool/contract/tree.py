@@ -363,6 +363,8 @@ class _Parser:
         self.names: dict[str, str] = {}  # name -> path, for uniqueness
         #: id(defaults) -> (defaults, their resolved inheritable fields); see task()
         self._inherited: dict[int, tuple[dict[str, Any], _Inherited]] = {}
+        #: callable references already found well-formed
+        self._callables: set[str] = set()
 
     def claim(self, name: str, path: str) -> None:
         if name in self.names:
@@ -443,9 +445,63 @@ class _Parser:
         group = GroupSpec(index, name, path, kind, [], list(values.get("depends_on", [])), parent)  # type: ignore[arg-type]
         self.groups.append(group)
         inner = _merge_defaults(defaults, values)
+        children = group.children
+        tasks, names, groups, callables = self.tasks, self.names, self.groups, self._callables
+        # The commonest child by far, a task that only names its callable, takes a short cut
+        # with the same checks (depth, node count, the reference, a unique name).
+        shallow = depth + 1 <= self.limits.max_depth
+        max_nodes = self.limits.max_nodes
+        shared: _Inherited | None = None
         for i, child in enumerate(children_raw):
-            group.children.append(self.node(child, f"{cpath}[{i}]", inner, index, f"{name}.{i}", depth + 1))
+            if shallow and type(child) is dict and len(child) == 1 and len(tasks) + len(groups) < max_nodes:
+                call = child.get("call")
+                if type(call) is str and call not in callables and _is_callable_ref(call):
+                    callables.add(call)
+                if type(call) is str and call in callables:
+                    task_name = f"{name}.{i}"
+                    task_path = f"{cpath}[{i}]"
+                    if task_name in names:
+                        raise TreeError(
+                            task_path, f'duplicate name "{task_name}" (also used at {names[task_name]})'
+                        )
+                    names[task_name] = task_path
+                    if shared is None:
+                        shared = self._resolved(inner)
+                    timeout, retries, retry_delay, priority, env, cwd, tags = shared
+                    task_index = len(tasks)
+                    tasks.append(
+                        TaskSpec(
+                            task_index,
+                            task_name,
+                            task_path,
+                            "call",
+                            call,
+                            [],
+                            {},
+                            None,
+                            False,
+                            timeout,
+                            retries,
+                            retry_delay,
+                            priority,
+                            [],
+                            env,
+                            cwd,
+                            tags,
+                            index,
+                        )
+                    )
+                    children.append(("task", task_index))
+                    continue
+            children.append(self.node(child, f"{cpath}[{i}]", inner, index, f"{name}.{i}", depth + 1))
         return ("group", index)
+
+    def _resolved(self, defaults: dict[str, Any]) -> _Inherited:
+        """The inheritable fields ``defaults`` resolve to, once per defaults dict (see task())."""
+        known = self._inherited.get(id(defaults))
+        if known is None or known[0] is not defaults:
+            known = self._inherited[id(defaults)] = (defaults, _inherited(defaults))
+        return known[1]
 
     def task(
         self, raw: dict[str, Any], path: str, defaults: dict[str, Any], parent: int | None, default_name: str
@@ -474,10 +530,7 @@ class _Parser:
         else:
             # Tasks that override nothing share their group's resolved defaults (a big group's
             # tasks mostly do): resolved once per group, not once per task.
-            known = self._inherited.get(id(defaults))
-            if known is None or known[0] is not defaults:
-                known = self._inherited[id(defaults)] = (defaults, _inherited(defaults))
-            inherited = known[1]
+            inherited = self._resolved(defaults)
         get = values.get
         name = get("name", default_name)
         if name in self.names:
@@ -725,8 +778,8 @@ def compile_job(job: JobSpec) -> Plan:
             out.append(target)
         return out
 
-    for t in job.tasks:
-        preds[("task", t.index)] = resolve(t.depends_on, t.path, ("task", t.index))
+    for t in job.tasks:  # (most tasks have no depends_on: no call for them)
+        preds[("task", t.index)] = resolve(t.depends_on, t.path, ("task", t.index)) if t.depends_on else []
     for g in job.groups:
         preds[("group", g.index)] = resolve(g.depends_on, g.path, ("group", g.index))
     for g in job.groups:
