@@ -270,17 +270,15 @@ class Job:
                 found = inherited[g] = [*preds[("group", g)], *from_groups(spec.groups[g].parent)]
             return found
 
+        # (a task without its own preds shares its group's list: blockers are only read)
         self._blockers: list[list[Node]] = [
-            [*preds[("task", t.index)], *from_groups(t.parent)] for t in spec.tasks
+            [*own, *from_groups(t.parent)] if (own := preds[("task", t.index)]) else from_groups(t.parent)
+            for t in spec.tasks
         ]
         self._waiters: dict[Node, list[int]] = {}
         for i, blockers in enumerate(self._blockers):
             for b in blockers:
                 self._waiters.setdefault(b, []).append(i)
-        self._group_tasks: list[list[int]] = [[] for _ in spec.groups]
-        for t in spec.tasks:
-            for g in self._ancestors[t.index]:
-                self._group_tasks[g].append(t.index)
         self._complete: set[Node] = set()
         self._scan = 0  # every task before this index is in a final state (this run)
         #: counts() of the finished job, keyed by (run, finished_at)
