@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from procpoold.journal import MessageId
 from tests.e2e.conftest import REPO
 from tests.e2e.container import Bind, Container, booted
 
@@ -438,6 +439,13 @@ def test_job_tree_under_systemd(system: Container) -> None:
     assert procctl(c, "wait", running).returncode == 0  # interrupted by the restart, retried, completed
 
 
+def journal_without_rate_limit(c: Container) -> None:
+    """journald's per-unit rate limit off for the whole container (see the burst test above for why
+    the unit's own setting is not enough here)."""
+    c.sh("mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nRateLimitIntervalSec=0\\n' "
+         "> /etc/systemd/journald.conf.d/90-e2e.conf && systemctl restart systemd-journald")
+
+
 def test_a_burst_of_output_reaches_the_journal_whole(system: Container) -> None:
     # A command that writes 100,000 lines faster than the daemon reads them and exits at once: with
     # log_policy block every line must reach journald (none dropped at the exit, when the pipe and
@@ -449,8 +457,7 @@ def test_a_burst_of_output_reaches_the_journal_whole(system: Container) -> None:
     # shows what the daemon sent.
     c = system
     assert c.show("procpoold.service", "LogRateLimitIntervalUSec") == "0"
-    c.sh("mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nRateLimitIntervalSec=0\\n' "
-         "> /etc/systemd/journald.conf.d/90-e2e.conf && systemctl restart systemd-journald")
+    journal_without_rate_limit(c)
     c.systemctl("start", "procpoold")
     lines = 100_000
     reply = json.loads(c.sh(f"procctl --json --timeout 100 run --wait --name burst -- seq {lines}",
@@ -465,6 +472,35 @@ def test_a_burst_of_output_reaches_the_journal_whole(system: Container) -> None:
 
     seen = poll(stdout_lines, lambda got: len(got) >= lines, timeout=60, what=f"{lines} lines of job {job}")
     assert seen == [str(i) for i in range(1, lines + 1)]
+
+
+def test_every_attempt_of_a_big_job_is_in_the_journal(system: Container) -> None:
+    # The journal keeps its promise: each attempt's start and end is one record in journald, with
+    # the job, task and worker named, for every task of a 20,000-task job.
+    c = system
+    journal_without_rate_limit(c)
+    c.systemctl("start", "procpoold")
+    tasks = 20_000
+    task = {"call": "procpool.demo:checksum", "args": ["x"]}
+    doc = {"name": "many", "root": {"concurrent": [task] * tasks}}
+    c.write_file("/tmp/many.json", json.dumps(doc))
+    job = _job_id(json.loads(c.sh("procctl --json submit /tmp/many.json").stdout))
+    c.sh(f"procctl --timeout 300 wait {job} > /dev/null", timeout=320)
+
+    def count(message_id: str) -> int:
+        out = c.sh(f"journalctl -u procpoold PROCPOOL_JOB_ID={job} MESSAGE_ID={message_id} -o cat | wc -l")
+        return int(out.stdout)
+
+    ids = (MessageId.TASK_STARTED, MessageId.TASK_COMPLETED)
+    counts = poll(lambda: [count(m) for m in ids], lambda got: min(got) >= tasks, timeout=120,
+                  what=f"{tasks} start and completion records of job {job}")
+    assert counts == [tasks, tasks]
+    fields = c.journal("-u", "procpoold", f"PROCPOOL_JOB_ID={job}", f"MESSAGE_ID={ids[1]}", "-n", "1",
+                       "-o", "json")
+    record = json.loads(fields.splitlines()[-1])
+    assert record["PROCPOOL_JOB_NAME"] == "many" and record["PROCPOOL_TASK_ID"].startswith(f"{job}.")
+    assert record["PROCPOOL_WORKER_PID"].isdigit() and record["PROCPOOL_ATTEMPT"] == "1"
+    assert json.loads(procctl(c, "--json", "status").stdout)["logging"]["dropped"] == 0
 
 
 # -- install and uninstall -----------------------------------------------------------------------
