@@ -1,0 +1,139 @@
+"""A big job's status through a real daemon: the columnar view's size, and what procctl prints.
+
+One job of 20,000 tasks, of which every 400th fails (50 failures), run once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procpool.contract.codec import pack
+from procpool.contract.errors import ProcpoolError
+from procpool.contract.states import COMPLETED, FAILED
+from procpool.contract.status import DENSE_BYTES_PER_TASK, FORMAT_COLUMNS, FORMAT_FULL, JobStatus
+from tests.support.daemon import DaemonProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = str(Path(__file__).resolve().parents[2])
+N = 20_000
+EVERY = 400  # task i fails when i % EVERY == 0
+FAILURES = N // EVERY
+
+
+def big_job(name: str = "big", n: int = N) -> dict[str, Any]:
+    tasks = [
+        {"name": f"t{i}", "call": "tests.support.tasks:boom", "args": [f"no {i}"]}
+        if i % EVERY == 0
+        else {"name": f"t{i}", "call": "tests.support.tasks:add", "args": [i, 0]}
+        for i in range(n)
+    ]
+    root = {"name": "g", "concurrent": tasks}
+    return {"name": name, "on_failure": "continue", "python_path": [ROOT], "root": root}
+
+
+@pytest.fixture(scope="module")
+def finished() -> Iterator[tuple[DaemonProcess, str]]:
+    with DaemonProcess(extra_args=["--workers", "2"]) as d:
+        with d.client(timeout=120) as client:
+            reply = client.submit(big_job(), wait=240)
+            assert reply["finished"] and reply["state"] == FAILED
+        yield d, reply["id"]
+
+
+def test_the_columnar_status_is_small_and_complete(finished: tuple[DaemonProcess, str]) -> None:
+    d, job_id = finished
+    with d.client(timeout=60) as client:
+        wire = client.call("status", {"job": job_id, "view": "columns"})
+        assert wire["format"] == FORMAT_COLUMNS and wire["columns"]["next"] is None
+        # Every task in one reply: 21 bytes each plus the results (an int per completed task),
+        # their indices and the failed tasks' names and errors; the full view takes ~330.
+        size = len(pack(wire))
+        results = len(pack(wire["sparse"]["result"]))
+        assert size - results < N * DENSE_BYTES_PER_TASK + FAILURES * 300 + 4096, size
+        assert size < N * 32, size
+        status = JobStatus.decode(wire)
+        assert status.counts() == {COMPLETED: N - FAILURES, FAILED: FAILURES} == status.job["counts"]
+        assert list(status.indices(FAILED)) == list(range(0, N, EVERY))
+        row = status.task(EVERY)
+        assert (row.name, row.state, row.attempts) == (f"t{EVERY}", FAILED, 1)
+        assert row.error is not None and row.error["message"] == f"no {EVERY}"
+        assert row.started_at is not None and row.finished_at is not None
+        assert row.finished_at >= row.started_at
+        done = status.task(N - 1)
+        assert (done.state, done.result, done.error) == (COMPLETED, N - 1, None)
+        # the Python client's own call fetches and decodes the same
+        again = client.job_status(job_id)
+        assert isinstance(again, JobStatus) and again.states == status.states
+
+
+def test_columnar_pages_join_up(finished: tuple[DaemonProcess, str]) -> None:
+    d, job_id = finished
+    with d.client(timeout=60) as client:
+        page = client.job_status(job_id, tasks_from=N - 10)
+        assert isinstance(page, JobStatus)
+        assert (page.first, len(page.states), page.next, page.groups) == (N - 10, 10, None, [])
+        whole = client.job_status(job_id)
+        assert isinstance(whole, JobStatus)
+        assert whole.states[-10:] == page.states and whole.total == N
+
+
+def test_procctl_status_of_a_big_job_is_bounded(finished: tuple[DaemonProcess, str]) -> None:
+    d, job_id = finished
+    out = d.procctl("status", job_id)
+    assert out.returncode == 0, out
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f'job {job_id} "big"  failed')
+    assert lines[1] == f"  {N} tasks: {N - FAILURES} completed, {FAILURES} failed"
+    listed = [line for line in lines if line.startswith("  ✘ ")]
+    assert [line.split()[1] for line in listed] == [f"t{i}" for i in range(0, 20 * EVERY, EVERY)]
+    assert "ValueError: no 0" in listed[0]
+    more = f"  … and {FAILURES - 20} more failed or running tasks; procctl status {job_id} --all"
+    assert more in out.stdout
+    assert len(lines) < 60, out.stdout
+    every = d.procctl("status", job_id, "--all")
+    assert every.returncode == 0 and every.stdout.count("\n") > N
+
+
+def test_procctl_json_status_keeps_format_1(finished: tuple[DaemonProcess, str]) -> None:
+    d, job_id = finished
+    out = d.procctl("--json", "status", job_id)
+    assert out.returncode == 0, out
+    data = json.loads(out.stdout)
+    assert data["format"] == FORMAT_FULL and len(data["tasks"]) == N
+    assert data["tasks"][EVERY]["state"] == FAILED and data["tasks"][1]["result"] == 1
+
+
+def test_procctl_submit_wait_prints_a_bounded_summary(tmp_path: Path) -> None:
+    n = 2_000
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(big_job("waited", n)))
+    with DaemonProcess(extra_args=["--workers", "2"]) as d:
+        out = d.procctl("submit", str(path), "--wait", timeout=180)
+    assert out.returncode == 1, out  # some tasks failed
+    lines = out.stdout.splitlines()
+    assert lines[1] == f"  {n} tasks: {n - n // EVERY} completed, {n // EVERY} failed", out.stdout
+    assert len(lines) < 30 and "last lines of" not in lines[0]
+    assert f"[{'#' * 30}] {n}/{n}" in out.stderr  # the live progress ended full
+
+
+def test_a_task_reference_still_shows_the_task(finished: tuple[DaemonProcess, str]) -> None:
+    d, job_id = finished
+    out = d.procctl("status", f"{job_id}/t{EVERY}")
+    assert out.returncode == 0, out
+    assert out.stdout.startswith(f"✘ t{EVERY}  failed  1 attempt") and "ValueError: no 400" in out.stdout
+
+
+def test_a_bad_view_is_refused(finished: tuple[DaemonProcess, str]) -> None:
+    d, job_id = finished
+    out = d.procctl("--json", "status", job_id)  # the daemon still serves after the refusal below
+    with d.client() as client:
+        with pytest.raises(ProcpoolError, match="'view' must be one of full, columns"):
+            client.call("status", {"job": job_id, "view": "rows"})
+        assert client.call("status", {"job": job_id, "tasks_limit": 1})["format"] == FORMAT_FULL
+    assert out.returncode == 0
