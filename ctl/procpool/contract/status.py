@@ -29,7 +29,7 @@ import math
 import re
 import sys
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -204,18 +204,24 @@ class CancelReply(TypedDict):
 # -- the columnar codec ---------------------------------------------------------------------------
 
 
-def pack_u32(values: Iterable[int]) -> bytes:
+def pack_u32(values: list[int]) -> bytes:
     """Little-endian uint32 array (values above 2**32-1 are clipped)."""
-    out = array("I", (v if v < 0xFFFFFFFF else 0xFFFFFFFF for v in values))
+    try:
+        out = array("I", values)
+    except OverflowError:
+        out = array("I", [v if v < 0xFFFFFFFF else 0xFFFFFFFF for v in values])
     if not _LITTLE:
         out.byteswap()
     return out.tobytes()
 
 
-def pack_f64(values: Iterable[float | None]) -> bytes:
+def pack_f64(values: list[float | None]) -> bytes:
     """Little-endian float64 array; None becomes NaN."""
-    nan = math.nan
-    out = array("d", (nan if v is None else v for v in values))
+    out: array[float]
+    try:
+        out = array("d", values)  # type: ignore[arg-type]  # the common case: no None
+    except TypeError:
+        out = array("d", [math.nan if v is None else v for v in values])
     if not _LITTLE:
         out.byteswap()
     return out.tobytes()

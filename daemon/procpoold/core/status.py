@@ -13,7 +13,9 @@ and is paged more finely (``status_page_size``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
+from math import nan
 from typing import TYPE_CHECKING, Any
 
 from procpool.contract.states import (
@@ -87,10 +89,26 @@ def detail(job: Job, counts: dict[str, int] | None = None) -> JobDetail:
     }
 
 
+#: Each job's groups with their children as runs, made once (a job's tree does not change), by
+#: id() of its JobSpec (unhashable); an entry leaves with its spec.
+_RUNS: dict[int, list[GroupStatus]] = {}
+
+
 def groups(job: Job, runs: bool = False) -> list[GroupStatus]:
     """The job's groups; their ``children`` as (kind, index) pairs, or with ``runs`` as
     ``[kind, first index, count]`` runs of consecutive indices (a flat group of 20,000 tasks is
     one run instead of 20,000 pairs: the columnar view's form)."""
+    if runs:
+        key = id(job.spec)
+        found = _RUNS.get(key)
+        if found is None:
+            found = _RUNS[key] = _groups(job, runs)
+            weakref.finalize(job.spec, _RUNS.pop, key, None)
+        return found
+    return _groups(job, runs)
+
+
+def _groups(job: Job, runs: bool) -> list[GroupStatus]:
     return [
         {
             "name": g.name,
@@ -186,9 +204,9 @@ def _column(tasks: Sequence[TaskRun], name: str) -> list[Any]:
     if name == "attempts":
         return [len(t.attempts) for t in tasks]
     if name == "started_at":
-        return [t.started_at for t in tasks]
+        return [nan if (x := t.started_at) is None else x for t in tasks]
     if name == "finished_at":
-        return [t.finished_at for t in tasks]
+        return [nan if (x := t.finished_at) is None else x for t in tasks]
     raise KeyError(name)
 
 
@@ -198,32 +216,33 @@ def _sparse(
     """The sparse columns of ``tasks`` (task ``first`` onwards): how many tasks they cover (fewer
     than all when about ``max_bytes`` of values were reached) and ``{column: (indices, values)}``."""
     out: dict[str, tuple[list[int], list[Any]]] = {key: ([], []) for key in SPARSE}
+    quiet = _QUIET
+    # One comprehension finds the tasks with anything to send (most of a big job has nothing).
+    noted = [
+        k
+        for k, t in enumerate(tasks)
+        if t.state not in quiet
+        or t.result is not None
+        or t.error is not None
+        or t.progress is not None
+        or t.exit_code is not None
+        or t.retry_at is not None
+    ]
     name_i, name_v = out["name"]
     budget = max_bytes
-    quiet = _QUIET
     unsuccessful = UNSUCCESSFUL
-    n = 0
-    for n, t in enumerate(tasks, 1):
-        state = t.state
-        result, error, progress = t.result, t.error, t.progress
-        if (
-            state in quiet
-            and result is None
-            and error is None
-            and progress is None
-            and t.exit_code is None
-            and t.retry_at is None
-        ):
-            continue  # the common case: nothing to send
-        i = first + n - 1
+    for k in noted:
+        t = tasks[k]
+        i = first + k
+        state, progress = t.state, t.progress
         if state not in quiet or progress is not None:
             name = t.spec.name
             name_i.append(i)
             name_v.append(name)
             budget -= 5 + len(name)
         for key, value in (
-            ("result", result),
-            ("error", error),
+            ("result", t.result),
+            ("error", t.error),
             ("progress", progress),
             ("exit_code", t.exit_code),
             ("reason", t.reason),
@@ -238,8 +257,8 @@ def _sparse(
             out["tail"][1].append(list(t.tail))
             budget -= sum(len(line) for line in t.tail)
         if budget <= 0:
-            break
-    return n, out
+            return k + 1, out
+    return len(tasks), out
 
 
 def columns_page(
