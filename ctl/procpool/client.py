@@ -44,7 +44,7 @@ from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE, decode_reply, enco
 from procpool.contract.errors import DaemonUnreachable, ErrorCode, ProcpoolError
 from procpool.contract.ops import check_args
 from procpool.contract.paths import default_socket, endpoint
-from procpool.contract.status import FORMAT_COLUMNS, JobStatus, View
+from procpool.contract.status import FORMAT_COLUMNS, CancelReply, JobStatus, PingReply, View
 
 #: Longest single server-side wait; longer waits are split so a dead daemon is noticed.
 _WAIT_SLICE = 30.0
@@ -151,9 +151,9 @@ class Client:
 
     # -- operations ---------------------------------------------------------------------------
 
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> PingReply:
         """The daemon's ``version``, ``protocol`` and ``pid``."""
-        result: dict[str, Any] = self.call("ping")
+        result: PingReply = self.call("ping")
         return result
 
     def status(
@@ -315,7 +315,7 @@ class Client:
         result: dict[str, Any] = self.call("clean", args)
         return list(result["removed"])
 
-    def cancel(self, id: str) -> dict[str, Any]:
+    def cancel(self, id: str) -> CancelReply:
         """Cancel a job or one task; returns what was cancelled."""
-        result: dict[str, Any] = self.call("cancel", {"id": id})
+        result: CancelReply = self.call("cancel", {"id": id})
         return result

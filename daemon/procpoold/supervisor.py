@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from procpool.contract.errors import ProcpoolError
-from procpool.contract.status import View
+from procpool.contract.status import PingReply, View
 from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, systemd
 from procpoold.config import Config
@@ -372,7 +372,7 @@ class Daemon:
         )
         self.loop.stop()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> PingReply:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
 
     def summary(self) -> dict[str, Any]:

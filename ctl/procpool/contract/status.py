@@ -198,6 +198,9 @@ class SubmitReply(TypedDict):
 
 
 class CancelReply(TypedDict):
+    """``cancel``: the job or task reference, and how many running attempts are being stopped."""
+
+    id: str
     stopping: int
 
 

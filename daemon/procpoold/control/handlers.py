@@ -13,7 +13,7 @@ from procpool.contract.codec import Request, RequestError
 from procpool.contract.errors import ErrorCode
 from procpool.contract.limits import shorten
 from procpool.contract.ops import OPS
-from procpool.contract.status import VIEWS, View
+from procpool.contract.status import VIEWS, PingReply, View
 from procpoold.control.server import Deferred, Handler, Peer
 
 log = logging.getLogger("procpoold.control")
@@ -25,7 +25,7 @@ MAX_AFTER = 1_000
 class DaemonAPI(Protocol):
     """What the control plane may ask of the daemon."""
 
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> PingReply: ...
     def summary(self) -> dict[str, Any]: ...
     def request_shutdown(self, reason: str) -> None: ...
     def submit(
