@@ -6,6 +6,7 @@ One job of 20,000 tasks, of which every 400th fails (50 failures), run once for 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ import pytest
 
 from procpool.contract.codec import pack
 from procpool.contract.errors import ProcpoolError
-from procpool.contract.states import COMPLETED, FAILED
+from procpool.contract.states import COMPLETED, FAILED, RUNNING
 from procpool.contract.status import DENSE_BYTES_PER_TASK, FORMAT_COLUMNS, FORMAT_FULL, JobStatus
 from tests.support.daemon import DaemonProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,6 +26,7 @@ ROOT = str(Path(__file__).resolve().parents[2])
 N = 20_000
 EVERY = 400  # task i fails when i % EVERY == 0
 FAILURES = N // EVERY
+N_SLOW = 149  # the index of the gated task in test_waiters_of_one_job_get_the_view_each_asked_for
 
 
 def big_job(name: str = "big", n: int = N) -> dict[str, Any]:
@@ -137,3 +140,47 @@ def test_a_bad_view_is_refused(finished: tuple[DaemonProcess, str]) -> None:
             client.call("status", {"job": job_id, "view": "rows"})
         assert client.call("status", {"job": job_id, "tasks_limit": 1})["format"] == FORMAT_FULL
     assert out.returncode == 0
+
+
+def test_waiters_of_one_job_get_the_view_each_asked_for(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    n = N_SLOW + 1  # more than procctl's tree size: procctl prints the summary
+    tasks: list[dict[str, Any]] = [
+        {"name": f"t{i}", "call": "tests.support.tasks:add", "args": [i, 1]} for i in range(n - 1)
+    ]
+    tasks.append({"name": "slow", "call": "tests.support.tasks:progress_then_wait", "args": [str(gate)]})
+    job = {"name": "gated", "python_path": [ROOT], "root": {"concurrent": tasks}}
+    results: dict[str, Any] = {}
+
+    def wait(d: DaemonProcess, job_id: str, view: str) -> None:
+        with d.client(timeout=60) as client:
+            results[view] = client.wait(job_id, timeout=60, view=view)  # type: ignore[arg-type]
+
+    with DaemonProcess(extra_args=["--workers", "2"]) as d, d.client(timeout=60) as client:
+        job_id = client.submit(job)["id"]
+        wait_until(lambda: client.job_status(job_id), _halfway, timeout=60, what="slow at 50%")
+        out = d.procctl("status", job_id)
+        assert out.returncode == 0, out
+        assert f"  {n} tasks: 1 running, {n - 1} completed" in out.stdout
+        assert "  ▶ slow  running  1 attempt" in out.stdout and "50% halfway" in out.stdout
+        threads = [threading.Thread(target=wait, args=(d, job_id, view)) for view in ("full", "columns")]
+        for t in threads:
+            t.start()
+        wait_until(lambda: client.status()["requests"]["pending_waits"] == 2, timeout=30, what="2 waits")
+        gate.touch()
+        for t in threads:
+            t.join(timeout=90)
+        assert not any(t.is_alive() for t in threads)
+    full, cols = results["full"], results["columns"]
+    assert full["state"] == cols["state"] == COMPLETED
+    assert full["status"]["format"] == FORMAT_FULL and len(full["status"]["tasks"]) == n
+    assert full["status"]["tasks"][-1]["result"] == "done"
+    assert isinstance(cols["status"], JobStatus) and cols["status"].counts() == {COMPLETED: n}
+    assert cols["status"].sparse["result"][n - 1] == "done"
+
+
+def _halfway(status: Any) -> bool:
+    if not isinstance(status, JobStatus):
+        return False
+    running = list(status.indices(RUNNING))
+    return running == [N_SLOW] and (status.task(N_SLOW).progress or {}).get("fraction") == 0.5
