@@ -201,21 +201,25 @@ class Client:
             total = page.get("total")
             status["page"] = {"from": 0, "count": len(status["tasks"]), "total": total, "next": None}
 
-    def job_status(self, ref: str, *, tasks_from: int | None = None) -> JobStatus | dict[str, Any]:
+    def job_status(
+        self, ref: str, *, tasks_from: int | None = None, tasks_limit: int | None = None
+    ) -> JobStatus | dict[str, Any]:
         """A job's status in the compact columnar view (format 2), decoded without a map per task.
 
-        Every page unless ``tasks_from`` is given (then the one page from that task on). Much
+        Every page unless ``tasks_from`` or ``tasks_limit`` is given (then the one page from that
+        task on, of at most that many tasks). Much
         cheaper than :meth:`status` for a big job; see :class:`procpool.contract.status.JobStatus`
         for what it holds. For a task reference (``12.3``, ``12/name``) the task's reply, as
         :meth:`status` returns it.
         """
         args: dict[str, Any] = {"job": ref, "view": "columns"}
-        if tasks_from is not None:
-            args["tasks_from"] = tasks_from
+        for key, value in (("tasks_from", tasks_from), ("tasks_limit", tasks_limit)):
+            if value is not None:
+                args[key] = value
         reply = self.call("status", args)
         if isinstance(reply, dict) and "task" in reply:
             return reply
-        return self._columns(ref, reply, every_page=tasks_from is None)
+        return self._columns(ref, reply, every_page=tasks_from is None and tasks_limit is None)
 
     def _columns(self, job: str, wire: Any, every_page: bool = True) -> JobStatus:
         """Decode a columnar status (and fetch its other pages)."""

@@ -461,7 +461,7 @@ class Daemon:
         else:
             size = self.config.status_page_size
             limit = size if tasks_limit is None else min(tasks_limit, size)
-            reply = status.page(job, view, tasks_from, limit)
+            reply = status.page(job, view, tasks_from, limit, tasks_limit)
         if not self.policy.may_read_logs(reader, job.submitter_uid):
             status.strip_tails(reply)
         return dict(reply)

@@ -84,6 +84,11 @@ def test_columnar_pages_join_up(finished: tuple[DaemonProcess, str]) -> None:
         whole = client.job_status(job_id)
         assert isinstance(whole, JobStatus)
         assert whole.states[-10:] == page.states and whole.total == N
+        middle = client.job_status(job_id, tasks_from=EVERY - 2, tasks_limit=5)
+        assert isinstance(middle, JobStatus)
+        assert (middle.first, len(middle.states), middle.next) == (EVERY - 2, 5, EVERY + 3)
+        assert list(middle.indices(FAILED)) == [EVERY] and middle.task(EVERY).name == f"t{EVERY}"
+        assert middle.sparse["result"] == {i: i for i in (EVERY - 2, EVERY - 1, EVERY + 1, EVERY + 2)}
 
 
 def test_procctl_status_of_a_big_job_is_bounded(finished: tuple[DaemonProcess, str]) -> None:

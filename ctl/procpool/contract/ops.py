@@ -99,8 +99,9 @@ OPS: dict[str, Op] = {
         _op(
             "status",
             "Daemon summary, a list of jobs, or one job in detail: a page of its tasks from index "
-            "'tasks_from' (default 0), in 'view' 'full' (a map per task, at most 'tasks_limit' and "
-            "the daemon's status_page_size) or 'columns' (compact columns, see procpool.contract.status).",
+            "'tasks_from' (default 0) and at most 'tasks_limit' tasks, in 'view' 'full' (a map per "
+            "task, at most the daemon's status_page_size) or 'columns' (compact columns, at most "
+            "100,000 tasks; see procpool.contract.status).",
             job=Arg(_STR),
             view=_VIEW,
             state=Arg(_STR),

@@ -298,10 +298,13 @@ def columns_page(
     }
 
 
-def page(job: Job, view: View, first: int, limit: int) -> FullStatus | ColumnStatusWire:
-    """One page of the job's status in ``view`` (``limit``: the full view's page size)."""
+def page(
+    job: Job, view: View, first: int, limit: int, columns_limit: int | None = None
+) -> FullStatus | ColumnStatusWire:
+    """One page of the job's status in ``view``: at most ``limit`` tasks in the full view, and
+    ``columns_limit`` (default and at most COLUMN_PAGE_TASKS) in the columnar one."""
     if view == "columns":
-        return columns_page(job, first)
+        return columns_page(job, first, COLUMN_PAGE_TASKS if columns_limit is None else columns_limit)
     return full_page(job, first, limit)
 
 
