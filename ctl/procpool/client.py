@@ -44,6 +44,7 @@ from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE, decode_reply, enco
 from procpool.contract.errors import DaemonUnreachable, ErrorCode, ProcpoolError
 from procpool.contract.ops import check_args
 from procpool.contract.paths import default_socket, endpoint
+from procpool.contract.status import FORMAT_COLUMNS, CancelReply, JobStatus, PingReply, View
 
 #: Longest single server-side wait; longer waits are split so a dead daemon is noticed.
 _WAIT_SLICE = 30.0
@@ -150,9 +151,9 @@ class Client:
 
     # -- operations ---------------------------------------------------------------------------
 
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> PingReply:
         """The daemon's ``version``, ``protocol`` and ``pid``."""
-        result: dict[str, Any] = self.call("ping")
+        result: PingReply = self.call("ping")
         return result
 
     def status(
@@ -165,7 +166,8 @@ class Client:
         tasks_from: int | None = None,
         tasks_limit: int | None = None,
     ) -> dict[str, Any]:
-        """The daemon summary and job list, or with ``job`` that job's full status.
+        """The daemon summary and job list, or with ``job`` that job's full status (a map per task:
+        for a big job, :meth:`job_status` is much cheaper).
 
         The daemon sends a big job's tasks in pages (``status_page_size`` tasks at most per reply);
         this fetches every page and returns them as one status. With ``tasks_from`` or
@@ -199,48 +201,94 @@ class Client:
             total = page.get("total")
             status["page"] = {"from": 0, "count": len(status["tasks"]), "total": total, "next": None}
 
+    def job_status(
+        self, ref: str, *, tasks_from: int | None = None, tasks_limit: int | None = None
+    ) -> JobStatus | dict[str, Any]:
+        """A job's status in the compact columnar view (format 2), decoded without a map per task.
+
+        Every page unless ``tasks_from`` or ``tasks_limit`` is given (then the one page from that
+        task on, of at most that many tasks). Much
+        cheaper than :meth:`status` for a big job; see :class:`procpool.contract.status.JobStatus`
+        for what it holds. For a task reference (``12.3``, ``12/name``) the task's reply, as
+        :meth:`status` returns it.
+        """
+        args: dict[str, Any] = {"job": ref, "view": "columns"}
+        for key, value in (("tasks_from", tasks_from), ("tasks_limit", tasks_limit)):
+            if value is not None:
+                args[key] = value
+        reply = self.call("status", args)
+        if isinstance(reply, dict) and "task" in reply:
+            return reply
+        return self._columns(ref, reply, every_page=tasks_from is None and tasks_limit is None)
+
+    def _columns(self, job: str, wire: Any, every_page: bool = True) -> JobStatus:
+        """Decode a columnar status (and fetch its other pages)."""
+        try:
+            status = JobStatus.decode(wire)
+            while every_page and status.next is not None:
+                more = self.call("status", {"job": job, "view": "columns", "tasks_from": status.next})
+                status.extend(JobStatus.decode(more))
+        except ValueError as exc:
+            raise ProcpoolError(ErrorCode.MALFORMED, f"daemon sent a bad status: {exc}") from None
+        return status
+
     def shutdown(self) -> None:
         """Ask the daemon to stop gracefully; returns once it has accepted the request."""
         self.call("shutdown")
 
     def submit(
-        self, job: dict[str, Any], after: list[str] | None = None, wait: float | None = None
+        self,
+        job: dict[str, Any],
+        after: list[str] | None = None,
+        wait: float | None = None,
+        *,
+        view: View = "full",
     ) -> dict[str, Any]:
         """Submit a job tree (a dict in the job-file format); returns ``{"id", "existing", ...}``.
 
         With ``wait`` (seconds) the call returns once the job has finished (or ``wait`` ran out),
         in one round trip; the result then also has ``finished``, ``state`` and ``status`` (as
-        :meth:`wait` returns them).
+        :meth:`wait` returns them, in ``view``).
         """
         args: dict[str, Any] = {"job": job}
         if after:
             args["after"] = after
         if wait is not None:
             args["wait"] = wait
+            if view != "full":
+                args["view"] = view
         result: dict[str, Any] = self.call(
             "submit", args, timeout=None if wait is None else wait + self.timeout
         )
-        if isinstance(result.get("status"), dict):
-            self._all_pages(result["id"], result["status"])
+        self._whole_status(result["id"], result)
         return result
 
-    def wait(self, id: str, timeout: float | None = None) -> dict[str, Any]:
+    def _whole_status(self, job: str, result: dict[str, Any]) -> None:
+        """Complete the first page of a job's status in a wait's ``result`` (in place)."""
+        status = result.get("status")
+        if isinstance(status, dict) and status.get("format") == FORMAT_COLUMNS:
+            result["status"] = self._columns(job, status)
+        elif isinstance(status, dict):
+            self._all_pages(job, status)
+
+    def wait(self, id: str, timeout: float | None = None, *, view: View = "full") -> dict[str, Any]:
         """Block until the job or task ``id`` has finished; returns its final status.
 
         With ``timeout`` (seconds) it returns the status as it stands when time is up
-        (check its ``finished`` field).
+        (check its ``finished`` field). A job's ``status`` is every task in ``view``: a dict in
+        the full view (format 1), a :class:`~procpool.contract.status.JobStatus` for ``columns``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             chunk = _WAIT_SLICE
             if deadline is not None:
                 chunk = max(0.0, min(chunk, deadline - time.monotonic()))
-            result: dict[str, Any] = self.call(
-                "wait", {"id": id, "timeout": chunk}, timeout=chunk + self.timeout
-            )
+            args: dict[str, Any] = {"id": id, "timeout": chunk}
+            if view != "full":
+                args["view"] = view
+            result: dict[str, Any] = self.call("wait", args, timeout=chunk + self.timeout)
             if result.get("finished") or (deadline is not None and time.monotonic() >= deadline):
-                if isinstance(result.get("status"), dict):
-                    self._all_pages(id, result["status"])
+                self._whole_status(id, result)
                 return result
 
     def pool(self) -> dict[str, Any]:
@@ -271,7 +319,7 @@ class Client:
         result: dict[str, Any] = self.call("clean", args)
         return list(result["removed"])
 
-    def cancel(self, id: str) -> dict[str, Any]:
+    def cancel(self, id: str) -> CancelReply:
         """Cancel a job or one task; returns what was cancelled."""
-        result: dict[str, Any] = self.call("cancel", {"id": id})
+        result: CancelReply = self.call("cancel", {"id": id})
         return result

@@ -26,9 +26,10 @@ from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import CEILINGS, DEFAULT_LIMITS, Limits, shorten
+from procpool.contract.status import View
 from procpool.contract.tree import RETRY_DELAY_CAP, JobSpec, TreeError, parse_job
 from procpoold import journal
-from procpoold.core import namespace
+from procpoold.core import namespace, status
 from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun, scoped_key
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.quota import TaskQuota
@@ -143,7 +144,7 @@ class Scheduler:
         self._ns_sizes: weakref.WeakKeyDictionary[Job, namespace.Sizes] = weakref.WeakKeyDictionary()
         #: tasks of unfinished jobs against max_queued_tasks and max_user_tasks (set by the daemon)
         self.quota = TaskQuota()
-        #: tasks in one page of a job's status (see Job.status_page)
+        #: tasks in one page of a job's full status (see core.status.full_page)
         self.status_page_size = 1_000
 
     # -- submission ---------------------------------------------------------------------------
@@ -828,7 +829,7 @@ class Scheduler:
             row = _job_row(job)
             if job_id in self._dirty_jobs or self._job_rows.get(job_id) != row:
                 self._job_rows[job_id] = row
-                summary = job.summary() if job.finished else None
+                summary = dict(status.summary(job)) if job.finished else None
                 # (the uid too: a row from before schema 4 has none, and the index is read from it)
                 store.job_changed(job_id, job.state, job.finished_at, job.dump(), summary, job.submitter_uid)
             if not tasks:
@@ -903,8 +904,8 @@ class Scheduler:
                 self.keys[key] = job_id
             counts["jobs"] += 1
             if job.finished:  # a row from before finished jobs had summaries: write its summary
-                self.store.job_changed(job_id, job.state, job.finished_at, job.dump(), job.summary(),
-                                       job.submitter_uid)
+                self.store.job_changed(job_id, job.state, job.finished_at, job.dump(),
+                                       dict(status.summary(job)), job.submitter_uid)
                 self.store.forget(job_id)
                 finished.append(job.index_entry())
                 continue
@@ -1104,7 +1105,7 @@ class Scheduler:
         for _, job_id, job in picked:
             job = job or self.jobs.get(job_id)
             if job is not None:
-                out.append(job.summary())
+                out.append(dict(status.summary(job)))
             elif job_id in stored:
                 out.append(stored[job_id])
         return out
@@ -1132,21 +1133,13 @@ class Scheduler:
         job, index = self.resolve(ref)
         return job.finished if index is None else job.tasks[index].state in FINAL_TASK_STATES
 
-    def finished_status(self, ref: str) -> dict[str, Any]:
-        """The status a ``wait`` returns: the job's, or the task's with its job summary."""
+    def finished_status(self, ref: str, view: View = "full") -> dict[str, Any]:
+        """The status a ``wait`` returns: the job's (its first page in ``view``; Client.wait fetches
+        the others), or the task's with its job summary."""
         job, index = self.resolve(ref)
         if index is None:
-            # The first page of tasks: a bounded reply; Client.wait fetches the others.
-            status = job.status_page(0, self.status_page_size)
-            return {"id": ref, "finished": job.finished, "state": job.state, "status": status}
-        t = job.tasks[index]
-        return {
-            "id": ref,
-            "finished": t.state in FINAL_TASK_STATES,
-            "state": t.state,
-            "task": job.task_status(t),
-            "job": job.summary(),
-        }
+            return {**status.wait_reply(job, view, self.status_page_size), "id": ref}
+        return {**status.task_reply(job, index), "id": ref}
 
     def stop_accepting(self) -> None:
         self.accepting = False

@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from procpool.contract.errors import ProcpoolError
+from procpool.contract.status import PingReply, View
 from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, systemd
 from procpoold.config import Config
@@ -29,6 +30,7 @@ from procpoold.control.handlers import build_handlers
 from procpoold.control.limits import ServerLimits, connection_cap, raise_fd_limit
 from procpoold.control.policy import Policy
 from procpoold.control.server import ControlServer, Deferred, Peer
+from procpoold.core import status
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines import Executor
 from procpoold.engines.commands import CommandExecutor
@@ -370,7 +372,7 @@ class Daemon:
         )
         self.loop.stop()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> PingReply:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
 
     def summary(self) -> dict[str, Any]:
@@ -421,7 +423,12 @@ class Daemon:
         return summary
 
     def submit(
-        self, job: dict[str, Any], uid: int | None, after: list[str] | None, wait: float | None = None
+        self,
+        job: dict[str, Any],
+        uid: int | None,
+        after: list[str] | None,
+        wait: float | None = None,
+        view: View = "full",
     ) -> dict[str, Any] | Deferred:
         accepted, existing = self.scheduler.submit(job, uid, after)
         reply = {
@@ -432,26 +439,32 @@ class Daemon:
         }
         if wait is None:
             return reply
-        return self.wait(accepted.id, wait, extra=reply)  # one round trip: the reply has the final status
+        # one round trip: the reply has the final status
+        return self.wait(accepted.id, wait, extra=reply, view=view)
 
     def job_status(
-        self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None, reader: Peer | None = None
+        self,
+        ref: str,
+        tasks_from: int = 0,
+        tasks_limit: int | None = None,
+        reader: Peer | None = None,
+        view: View = "full",
     ) -> dict[str, Any]:
-        """One job's status with a page of its tasks (bounded: see Job.status_page), or one task's.
+        """One job's status with a page of its tasks in ``view`` (bounded: see core.status), or one
+        task's.
 
         A ``reader`` who may not read the job's logs (the ``logs`` rule) gets no log tails."""
         job, index = self.scheduler.resolve(ref)
+        reply: Any
         if index is not None:
-            status = self.scheduler.finished_status(ref)
-            tasks = [status["task"]]
+            reply = self.scheduler.finished_status(ref)
         else:
-            page = self.config.status_page_size
-            status = job.status_page(tasks_from, page if tasks_limit is None else min(tasks_limit, page))
-            tasks = status["tasks"]
+            size = self.config.status_page_size
+            limit = size if tasks_limit is None else min(tasks_limit, size)
+            reply = status.page(job, view, tasks_from, limit, tasks_limit)
         if not self.policy.may_read_logs(reader, job.submitter_uid):
-            for t in tasks:
-                t["tail"] = []
-        return status
+            status.strip_tails(reply)
+        return dict(reply)
 
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]:
         return self.scheduler.job_list(state, since, limit)
@@ -506,21 +519,22 @@ class Daemon:
         return job.id, job.submitter_uid
 
     def wait(
-        self, ref: str, timeout: float, extra: dict[str, Any] | None = None
+        self, ref: str, timeout: float, extra: dict[str, Any] | None = None, view: View = "full"
     ) -> dict[str, Any] | Deferred:
-        """Answer now if ``ref`` has finished, else when it finishes or ``timeout`` runs out.
+        """Answer now if ``ref`` has finished, else when it finishes or ``timeout`` runs out; a
+        job's status comes in ``view``.
 
         ``extra`` is merged into the answer (submit-and-wait replies with the submit result too).
         """
         if self.scheduler.is_finished(ref) or timeout <= 0:
-            return {**(extra or {}), **self.scheduler.finished_status(ref)}
+            return {**(extra or {}), **self.scheduler.finished_status(ref, view)}
         deferred = Deferred()
         # Keyed as the scheduler notifies (a job id or "12.3"): a wait on "12/name" is one on "12.3".
         job, index = self.scheduler.resolve(ref)
         key = job.id if index is None else job.tasks[index].id
 
-        def answer(status: dict[str, Any] | None = None) -> None:
-            """``status``: the finished status of ``key``, built once for all its waiters."""
+        def answer(built: dict[str, dict[str, Any]] | None = None) -> None:
+            """``built``: the finished statuses of ``key`` per view, built once for all its waiters."""
             waits = self._waits.get(key, {})
             if entry in waits:
                 del waits[entry]
@@ -530,9 +544,12 @@ class Daemon:
             if deferred.done:
                 return
             try:
-                if status is None:
-                    status = self.scheduler.finished_status(ref)
-                deferred.resolve({**(extra or {}), **status, "id": ref})
+                found = None if built is None else built.get(view)
+                if found is None:
+                    found = self.scheduler.finished_status(ref, view)
+                    if built is not None:
+                        built[view] = found
+                deferred.resolve({**(extra or {}), **found, "id": ref})
             except ProcpoolError as exc:
                 deferred.reject(exc)
 
@@ -544,20 +561,17 @@ class Daemon:
     def _on_finished(self, ref: str) -> None:
         waits = self._waits.pop(ref, None)  # called for every task: usually nobody waits
         if waits:
-            try:
-                status: dict[str, Any] | None = self.scheduler.finished_status(ref)
-            except ProcpoolError:
-                status = None  # each waiter gets the error
-            self._answer_waits(deque(waits), status)
+            # each status is built by the first waiter that asks for its view (an error reaches each)
+            self._answer_waits(deque(waits), {})
 
     def _answer_waits(
-        self, waits: deque[tuple[Deferred, Callable[..., None]]], status: dict[str, Any] | None
+        self, waits: deque[tuple[Deferred, Callable[..., None]]], built: dict[str, dict[str, Any]]
     ) -> None:
         """Answer ANSWERS_PER_TURN waiters now and the rest at the next turns of the loop: each
         answer of a big job is a page of up to status_page_size tasks, and thousands of them in one
         turn would stall the loop (and its watchdog) for minutes."""
         for _ in range(min(ANSWERS_PER_TURN, len(waits))):
             _deferred, answer = waits.popleft()
-            answer(status)
+            answer(built)
         if waits:
-            self.loop.call_later(0, lambda: self._answer_waits(waits, status))
+            self.loop.call_later(0, lambda: self._answer_waits(waits, built))

@@ -137,9 +137,12 @@ def test_big_job_status_is_paged_and_clients_see_every_task(tmp_path: Path) -> N
             assert len(last["tasks"]) == 500 and last["page"]["next"] is None and last["groups"] == []
             assert [t["name"] for t in client.status(job_id)["tasks"]] == [f"t{i}" for i in range(n)]
             assert len(client.wait(job_id)["status"]["tasks"]) == n
-        out = d.procctl("status", job_id)
+        out = d.procctl("status", job_id, "--all")  # every task, as a tree
         assert out.returncode == 0, out
         assert "t0" in out.stdout and f"t{n - 1}" in out.stdout
+        out = d.procctl("status", job_id)  # a big job: its counts only (nothing failed or runs)
+        assert out.returncode == 0, out
+        assert out.stdout.splitlines()[1:] == [f"  {n} tasks: {n} completed"], out.stdout
 
 
 def test_unread_status_replies_stay_bounded(tmp_path: Path) -> None:

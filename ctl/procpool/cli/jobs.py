@@ -15,10 +15,14 @@ from procpool.cli import render
 from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, emit, fail, pass_settings
 from procpool.client import Client
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
+from procpool.contract.states import COMPLETED, FINAL_JOB_STATES
+from procpool.contract.status import JobStatus
 from procpool.contract.tree import PRIORITIES, TreeError, compile_job, parse_job
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _POLL = 0.2  # seconds between live-progress refreshes (client side only)
+#: Jobs of up to this many tasks are shown as a tree; bigger ones as a summary (unless --all).
+TREE_TASKS = 100
 
 
 def load_job_file(source: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
@@ -38,31 +42,50 @@ def load_job_file(source: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any
     return raw  # type: ignore[no-any-return]
 
 
-def _finish(settings: Settings, client: Client, job_id: str, live: bool) -> None:
+def _show_job(settings: Settings, client: Client, status: JobStatus, all_tasks: bool) -> None:
+    """Print a job: as a tree when it is small or ``all_tasks`` (fetching every task), else a
+    bounded summary of the columnar ``status`` (counts, what did not complete, what runs)."""
+    job_id = status.job["id"]
+    if all_tasks or status.total <= TREE_TASKS:
+        full = client.status(job_id)
+        click.echo(render.job_tree(full, time.time()))
+        return
+    hint = f"; procctl status {job_id} --all lists every task"
+    click.echo(render.job_summary(status, time.time(), hint=hint))
+
+
+def _finish(settings: Settings, client: Client, job_id: str, live: bool, all_tasks: bool = False) -> None:
     """Wait for a job with live progress; exit 0 if it completed, 1 if not."""
-    tty = sys.stderr.isatty() and not settings.json
+    if settings.json:  # the full status (format 1), as before the columnar view existed
+        result = client.wait(job_id)
+        emit(settings, result["status"], "")
+        sys.exit(EXIT_OK if result["state"] == COMPLETED else EXIT_FAILED)
+    tty = sys.stderr.isatty()
     last = ""
-    while True:
-        if live:
-            status = client.status(job_id, tasks_from=0)  # one page: counts come with the job
+    if live:
+        status = _columns(client.job_status(job_id))
+        while True:
             line = render.progress_line(status)
             if tty:
                 click.echo("\r\x1b[2K" + line, nl=False, err=True)
             elif line != last:
                 click.echo(line, err=True)
             last = line
-            if status["job"]["state"] in ("completed", "failed", "cancelled"):
-                status = client.status(job_id)  # every page, for the tree
+            if status.state in FINAL_JOB_STATES:
                 break
-            client.wait(job_id, timeout=_POLL)
-        else:
-            result = client.wait(job_id)
-            status = result["status"]
-            break
-    if tty:
+            status = _columns(client.wait(job_id, timeout=_POLL, view="columns")["status"])
+    else:
+        status = _columns(client.wait(job_id, view="columns")["status"])
+    if tty and live:
         click.echo("", err=True)
-    emit(settings, status, lambda: render.job_tree(status, time.time()))
-    sys.exit(EXIT_OK if status["job"]["state"] == "completed" else EXIT_FAILED)
+    _show_job(settings, client, status, all_tasks)
+    sys.exit(EXIT_OK if status.state == COMPLETED else EXIT_FAILED)
+
+
+def _columns(status: Any) -> JobStatus:
+    if not isinstance(status, JobStatus):  # the client decodes a job's columnar status
+        fail(f"expected a job's status, got {type(status).__name__}")
+    return status
 
 
 @cli.command()
@@ -71,8 +94,9 @@ def _finish(settings: Settings, client: Client, job_id: str, live: bool) -> None
     "--wait", "wait_", is_flag=True, help="Wait for the job, with live progress; exit 1 unless it completed."
 )
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
+@click.option("--all", "all_tasks", is_flag=True, help="With --wait: list every task at the end.")
 @pass_settings
-def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...]) -> None:
+def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], all_tasks: bool) -> None:
     """Submit the job tree in FILE (or - for stdin); prints the job id."""
     raw = load_job_file(file, DEFAULT_LIMITS.following(settings.max_message_size))
     with settings.client() as client:
@@ -83,7 +107,7 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...]) -
             return
         if not settings.json:
             click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
-        _finish(settings, client, reply["id"], live=not settings.json)
+        _finish(settings, client, reply["id"], live=True, all_tasks=all_tasks)
 
 
 @cli.command()
@@ -219,12 +243,29 @@ def run(
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs."
 )
+@click.option(
+    "--all", "all_tasks", is_flag=True,
+    help=f"Every task of JOB as a tree (the default for jobs of up to {TREE_TASKS} tasks).",
+)
 @pass_settings
-def status(settings: Settings, job: str | None, state: str | None, since: str | None, limit: int) -> None:
-    """Show the daemon and its jobs, or one job's tree (JOB is an id like 12, or a task: 12.3, 12/name)."""
+def status(
+    settings: Settings, job: str | None, state: str | None, since: str | None, limit: int, all_tasks: bool
+) -> None:
+    """Show the daemon and its jobs, or one job (JOB is an id like 12, or a task: 12.3, 12/name).
+
+    A job of up to 100 tasks is shown as a tree; a bigger one as its counts and the tasks that
+    did not complete or are running (at most 20 of them), unless --all.
+    """
     with settings.client() as client:
         if job is not None:
-            data = client.status(job)
+            if settings.json:  # the full status (format 1): every task, as before
+                data = client.status(job)
+            else:
+                found = client.job_status(job)
+                if isinstance(found, JobStatus):
+                    _show_job(settings, client, found, all_tasks)
+                    return
+                data = found
             if "task" in data:  # a task id
                 emit(settings, data, lambda: render.task_line(data["task"], time.time()))
                 return
@@ -251,18 +292,22 @@ def _age(text: str) -> float:
 @click.option(
     "--timeout", "wait_timeout", type=Seconds(), help="Give up after this many seconds."
 )
+@click.option("--all", "all_tasks", is_flag=True, help="List every task of a job, however many.")
 @pass_settings
-def wait(settings: Settings, id: str, wait_timeout: float | None) -> None:
+def wait(settings: Settings, id: str, wait_timeout: float | None, all_tasks: bool) -> None:
     """Wait until a job or task has finished; exit 0 if it completed, 1 if not."""
     with settings.client() as client:
-        result = client.wait(id, timeout=wait_timeout)
-    if result.get("status"):
-        emit(settings, result, lambda: render.job_tree(result["status"], time.time()))
-    else:
-        emit(settings, result, lambda: render.task_line(result["task"], time.time()))
+        result = client.wait(id, timeout=wait_timeout, view="full" if settings.json else "columns")
+        status = result.get("status")
+        if isinstance(status, JobStatus):
+            _show_job(settings, client, status, all_tasks)
+        elif status:
+            emit(settings, result, lambda: render.job_tree(status, time.time()))
+        else:
+            emit(settings, result, lambda: render.task_line(result["task"], time.time()))
     if not result["finished"]:
         fail(f"{id} has not finished after {wait_timeout:g}s", code=EXIT_FAILED)
-    sys.exit(EXIT_OK if result["state"] == "completed" else EXIT_FAILED)
+    sys.exit(EXIT_OK if result["state"] == COMPLETED else EXIT_FAILED)
 
 
 @cli.command()
@@ -292,7 +337,7 @@ def resume(settings: Settings, id: str) -> None:
 
 @cli.command()
 @click.option(
-    "--state", type=click.Choice(["completed", "failed", "cancelled"]), help="Only jobs in this state."
+    "--state", type=click.Choice(sorted(FINAL_JOB_STATES)), help="Only jobs in this state."
 )
 @click.option(
     "--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (30s, 15m, 2h, 1d)."

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
+
+from procpool.contract.states import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINAL_TASK_STATES,
+    PENDING,
+    READY,
+    RUNNING,
+    SHOWS_TAIL,
+    SKIPPED,
+    TASK_STATES,
+    TIMEOUT,
+)
+from procpool.contract.status import JobStatus, TaskRow
+
+#: Tasks a job summary lists (those that did not complete, then the running ones).
+LISTED_TASKS = 20
+#: Tasks whose output tail a job summary shows.
+TAILS_SHOWN = 3
 
 
 def duration(seconds: float | None) -> str:
@@ -48,14 +69,14 @@ def summary(data: dict[str, Any]) -> str:
 
 
 MARKS = {
-    "pending": "·",
-    "ready": "○",
-    "running": "▶",
-    "completed": "✔",
-    "failed": "✘",
-    "timeout": "⏱",
-    "cancelled": "⊘",
-    "skipped": "↷",
+    PENDING: "·",
+    READY: "○",
+    RUNNING: "▶",
+    COMPLETED: "✔",
+    FAILED: "✘",
+    TIMEOUT: "⏱",
+    CANCELLED: "⊘",
+    SKIPPED: "↷",
 }
 
 
@@ -90,7 +111,7 @@ def task_line(t: dict[str, Any], now: float) -> str:
         parts.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
     parts.append(took)
     progress = _progress(t.get("progress"))
-    if progress and t["state"] == "running":
+    if progress and t["state"] == RUNNING:
         parts.append(progress)
     if t.get("exit_code") not in (None, 0):
         parts.append(f"exit {t['exit_code']}")
@@ -106,13 +127,7 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     job = status["job"]
     groups = status["groups"]
     tasks = status["tasks"]
-    repeat = job.get("repeat", 1)
-    runs = f"run {job['run']}/{'∞' if repeat == 'forever' else repeat}"
-    end = job.get("finished_at") or now
-    took = duration(end - job["started_at"]) if job.get("started_at") else "-"
-    lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
-    if job.get("reason"):
-        lines.append(f"  reason: {job['reason']}")
+    lines = _job_head(job, now)
 
     def walk(node: list[Any], prefix: str, last: bool, top: bool) -> None:
         kind, index = node
@@ -130,7 +145,7 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     if job.get("namespace"):
         lines.append("namespace: " + ", ".join(f"{k}={v!r}" for k, v in sorted(job["namespace"].items())))
     for t in tasks:
-        if t.get("tail") and t["state"] in ("failed", "timeout"):
+        if t.get("tail") and t["state"] in SHOWS_TAIL:
             lines.append(f"last lines of {t['name']}:")
             lines.extend(f"  | {line}" for line in t["tail"][-10:])
     return "\n".join(lines)
@@ -143,7 +158,7 @@ def job_table(jobs: list[dict[str, Any]], now: float) -> str:
     rows = [("ID", "NAME", "USER", "STATE", "RUN", "TASKS", "AGE")]
     for j in jobs:
         counts = j.get("counts", {})
-        done = counts.get("completed", 0)
+        done = counts.get(COMPLETED, 0)
         rows.append(
             (
                 j["id"],
@@ -161,25 +176,77 @@ def job_table(jobs: list[dict[str, Any]], now: float) -> str:
     )
 
 
-def progress_line(status: dict[str, Any], width: int = 30) -> str:
+def _job_head(job: dict[str, Any], now: float) -> list[str]:
+    """A job's first line (and the reason it ended, if any)."""
+    repeat = job.get("repeat", 1)
+    runs = f"run {job['run']}/{'∞' if repeat == 'forever' else repeat}"
+    end = job.get("finished_at") or now
+    took = duration(end - job["started_at"]) if job.get("started_at") else "-"
+    lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
+    if job.get("reason"):
+        lines.append(f"  reason: {job['reason']}")
+    return lines
+
+
+def counts_line(counts: dict[str, int], total: int) -> str:
+    """``20000 tasks: 19990 completed, 10 failed`` (states in their order)."""
+    parts = [f"{counts[s]} {s}" for s in TASK_STATES if counts.get(s)]
+    return f"{total} task{'s' if total != 1 else ''}: " + (", ".join(parts) or "none")
+
+
+def row_line(row: TaskRow, now: float) -> str:
+    """One task of a columnar status, as :func:`task_line` shows a task."""
+    data = asdict(row)
+    data["name"] = row.name if row.name is not None else f"#{row.index}"
+    return task_line(data, now)
+
+
+def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint: str = "") -> str:
+    """``procctl status JOB`` of a big job: its head, the counts, the tasks that did not complete
+    and the running ones (at most ``listed``) and how many more there are; never a line per task.
+    ``hint`` ends the notice of tasks not listed (how to list them all)."""
+    job: dict[str, Any] = dict(status.job)
+    lines = _job_head(job, now)
+    counts = job.get("counts") or status.counts()
+    lines.append("  " + counts_line(counts, int(job.get("tasks", status.total))))
+    shown: list[TaskRow] = []
+    more = 0
+    for states in ((FAILED, TIMEOUT), (RUNNING,)):
+        for i in status.indices(*states):
+            if len(shown) < listed:
+                shown.append(status.task(i))
+            else:
+                more += 1
+    lines.extend("  " + row_line(row, now) for row in shown)
+    if more:
+        lines.append(f"  … and {more} more failed or running task{'s' if more != 1 else ''}" + hint)
+    ns = job.get("namespace")
+    if ns:
+        lines.append("namespace: " + ", ".join(f"{k}={v!r}" for k, v in sorted(ns.items())))
+    tails = [row for row in shown if row.tail and row.state in SHOWS_TAIL][:TAILS_SHOWN]
+    for row in tails:
+        lines.append(f"last lines of {row.name}:")
+        lines.extend(f"  | {line}" for line in row.tail[-10:])
+    return "\n".join(lines)
+
+
+def progress_line(status: JobStatus, width: int = 30) -> str:
     """One line for live progress: a bar, the counts and the running tasks."""
-    tasks = status["tasks"]
-    total = len(tasks)
-    final_states = ("completed", "failed", "timeout", "cancelled", "skipped")
-    final = sum(1 for t in tasks if t["state"] in final_states)
-    counts = status["job"].get("counts")
-    if isinstance(status.get("page"), dict) and isinstance(counts, dict):  # one page of a big job
-        total = status["job"].get("tasks", total)
-        final = sum(n for state, n in counts.items() if state in final_states)
+    job = status.job
+    counts = job.get("counts") or status.counts()
+    total = int(job.get("tasks", status.total))
+    final = sum(n for state, n in counts.items() if state in FINAL_TASK_STATES)
     filled = int(width * final / total) if total else width
-    running = [
-        t["name"] + (f" {_progress(t.get('progress'))}" if t.get("progress") else "")
-        for t in tasks
-        if t["state"] == "running"
-    ]
-    job = status["job"]
+    running = []
+    for i in status.indices(RUNNING):
+        row = status.task(i)
+        progress = _progress(row.progress)
+        running.append(f"{row.name or f'#{i}'}" + (f" {progress}" if progress else ""))
+        if len(running) > 4:
+            break
+    n_running = counts.get(RUNNING, 0)
     text = f"[{'#' * filled}{'.' * (width - filled)}] {final}/{total}  run {job['run']}  {job['state']}"
     if running:
-        shown = ", ".join(running[:4]) + (f" +{len(running) - 4}" if len(running) > 4 else "")
+        shown = ", ".join(running[:4]) + (f" +{n_running - 4}" if n_running > 4 else "")
         text += f"  running: {shown}"
     return text

@@ -2,5 +2,7 @@
 
 It imports only the standard library and msgpack, and never imports the daemon
 or the client. Modules: :mod:`.version`, :mod:`.errors`, :mod:`.codec` (the
-envelope), :mod:`.ops` (operations and their arguments), :mod:`.paths`.
+envelope), :mod:`.ops` (operations and their arguments), :mod:`.states` (job and
+task states, their sets and transitions), :mod:`.status` (reply shapes and the
+columnar job status), :mod:`.paths`.
 """

@@ -89,6 +89,8 @@ _NUM = (float,)
 _SECONDS = Arg(_NUM, low=0.0, high=SECONDS_MAX)
 _TIME = Arg(_NUM, low=0.0, high=TIMESTAMP_MAX)
 _COUNT = Arg((int,), low=0, high=COUNT_MAX)
+#: how a job's status travels: "full" (the default) or "columns" (procpool.contract.status.VIEWS)
+_VIEW = Arg(_STR)
 
 OPS: dict[str, Op] = {
     op.name: op
@@ -97,8 +99,11 @@ OPS: dict[str, Op] = {
         _op(
             "status",
             "Daemon summary, a list of jobs, or one job in detail: a page of its tasks from index "
-            "'tasks_from' (default 0), at most 'tasks_limit' and the daemon's status_page_size.",
+            "'tasks_from' (default 0) and at most 'tasks_limit' tasks, in 'view' 'full' (a map per "
+            "task, at most the daemon's status_page_size) or 'columns' (compact columns, at most "
+            "100,000 tasks; see procpool.contract.status).",
             job=Arg(_STR),
+            view=_VIEW,
             state=Arg(_STR),
             since=_TIME,
             limit=_COUNT,
@@ -114,12 +119,15 @@ OPS: dict[str, Op] = {
             job=Arg((dict,), required=True),
             after=Arg((list,)),
             wait=_SECONDS,
+            view=_VIEW,
         ),
         _op(
             "wait",
-            "Block until a job or task has finished or 'timeout' seconds passed.",
+            "Block until a job or task has finished or 'timeout' seconds passed; a job's status comes in "
+            "'view' (as for status).",
             id=Arg(_STR, required=True),
             timeout=_SECONDS,
+            view=_VIEW,
         ),
         _op("cancel", "Cancel a job or a single task.", mutating=True, id=Arg(_STR, required=True)),
         _op("pool", "The worker pool: one entry per worker (pid, state, current task, tasks done, memory)."),

@@ -11,7 +11,9 @@ from typing import Any, Protocol
 
 from procpool.contract.codec import Request, RequestError
 from procpool.contract.errors import ErrorCode
+from procpool.contract.limits import shorten
 from procpool.contract.ops import OPS
+from procpool.contract.status import VIEWS, PingReply, View
 from procpoold.control.server import Deferred, Handler, Peer
 
 log = logging.getLogger("procpoold.control")
@@ -23,17 +25,29 @@ MAX_AFTER = 1_000
 class DaemonAPI(Protocol):
     """What the control plane may ask of the daemon."""
 
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> PingReply: ...
     def summary(self) -> dict[str, Any]: ...
     def request_shutdown(self, reason: str) -> None: ...
     def submit(
-        self, job: dict[str, Any], uid: int | None, after: list[str] | None, wait: float | None = None
+        self,
+        job: dict[str, Any],
+        uid: int | None,
+        after: list[str] | None,
+        wait: float | None = None,
+        view: View = "full",
     ) -> dict[str, Any] | Deferred: ...
     def job_status(
-        self, ref: str, tasks_from: int = 0, tasks_limit: int | None = None, reader: Peer | None = None
+        self,
+        ref: str,
+        tasks_from: int = 0,
+        tasks_limit: int | None = None,
+        reader: Peer | None = None,
+        view: View = "full",
     ) -> dict[str, Any]: ...
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]: ...
-    def wait(self, ref: str, timeout: float) -> dict[str, Any] | Deferred: ...
+    def wait(
+        self, ref: str, timeout: float, extra: dict[str, Any] | None = None, view: View = "full"
+    ) -> dict[str, Any] | Deferred: ...
     def cancel(self, ref: str) -> dict[str, Any]: ...
     def resume(self, ref: str) -> dict[str, Any]: ...
     def clean(self, state: str | None, before: float | None, owner: int | None) -> dict[str, Any]: ...
@@ -51,7 +65,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def status(req: Request, peer: Peer | None) -> Any:
         a = req.args
         if "job" in a:
-            return api.job_status(a["job"], a.get("tasks_from", 0), a.get("tasks_limit"), peer)
+            return api.job_status(a["job"], a.get("tasks_from", 0), a.get("tasks_limit"), peer, _view(req))
         summary = api.summary()
         summary["jobs"]["list"] = api.job_list(a.get("state"), a.get("since"), a.get("limit", 50))
         return summary
@@ -75,10 +89,11 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
                     req.id,
                     hint="wait for a job's ids (12) rather than each of its tasks (12.3)",
                 )
-        return api.submit(req.args["job"], peer.uid if peer else None, after, req.args.get("wait"))
+        uid = peer.uid if peer else None
+        return api.submit(req.args["job"], uid, after, req.args.get("wait"), _view(req))
 
     def wait(req: Request, peer: Peer | None) -> Any:
-        return api.wait(req.args["id"], float(req.args.get("timeout", 30.0)))
+        return api.wait(req.args["id"], float(req.args.get("timeout", 30.0)), view=_view(req))
 
     def cancel(req: Request, peer: Peer | None) -> Any:
         return api.cancel(req.args["id"])
@@ -127,6 +142,18 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     if missing:  # a new operation in the contract without a handler is a bug, caught at start
         raise RuntimeError(f"no handler for operation(s): {', '.join(sorted(missing))}")
     return handlers
+
+
+def _view(req: Request) -> View:
+    """The status view a request asks for (``full`` unless it says otherwise)."""
+    view = req.args.get("view", "full")
+    if view not in VIEWS:
+        raise RequestError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"{req.op}: argument 'view' must be one of {', '.join(VIEWS)}, got {shorten(view, 64)}",
+            req.id,
+        )
+    return view  # type: ignore[no-any-return]
 
 
 def _who(peer: Peer | None) -> str:

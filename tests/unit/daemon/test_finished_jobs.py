@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from procpoold.core import status
 from procpoold.engines import Outcome
 from procpoold.scheduler import Scheduler
 from procpoold.store.sqlite import StateStore
@@ -48,7 +49,7 @@ def test_a_finished_job_leaves_memory_and_is_read_back_from_the_store(tmp_path: 
     assert list(scheduler.jobs) == [running] and list(scheduler.finished) == [done]
     assert scheduler.job_list(state="completed")[0]["counts"] == {"completed": 1}
     assert scheduler.clean() == ([done], 0)
-    assert scheduler.job_list() == [scheduler.jobs[running].summary()]
+    assert scheduler.job_list() == [status.summary(scheduler.jobs[running])]
     loop.close()
     store.close()
 

@@ -15,6 +15,7 @@ from procpool.contract.tree import parse_job
 from procpoold.config import ConfigError, load
 from procpoold.control import limits
 from procpoold.control.limits import Connections, Waits, connection_cap
+from procpoold.core import status
 from procpoold.core.jobs import Job
 from procpoold.core.quota import TaskQuota
 
@@ -127,7 +128,7 @@ def test_status_pages_cover_the_job_once() -> None:
     first: int | None = 0
     pages = 0
     while first is not None:
-        page = job.status_page(first, 10)
+        page = status.full_page(job, first, 10)
         assert len(page["tasks"]) <= 10 and page["page"]["total"] == 25
         assert (page["groups"] != []) == (first == 0)
         assert page["job"]["counts"] == {"pending": 25}
@@ -135,14 +136,14 @@ def test_status_pages_cover_the_job_once() -> None:
         first = page["page"]["next"]
         pages += 1
     assert names == [f"t{i}" for i in range(25)] and pages == 3
-    assert job.status_page(99, 10)["tasks"] == []
+    assert status.full_page(job, 99, 10)["tasks"] == []
 
 
 def test_a_status_page_stops_early_on_big_results() -> None:
     job = wide(10)
     for t in job.tasks:
         t.result = b"x" * 200_000
-    page = job.status_page(0, 10)
+    page = status.full_page(job, 0, 10)
     assert page["page"]["count"] == 3 and page["page"]["next"] == 3
 
 

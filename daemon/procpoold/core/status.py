@@ -1,0 +1,357 @@
+"""A job's status as the control socket sends it: the full view (format 1) and the columnar one (format 2).
+
+Pure functions of a :class:`~procpoold.core.jobs.Job`; no I/O. They read the job through a small
+set of accessors only — ``job.tasks[i].state``, ``.attempts``, ``.started_at``, ``.finished_at``,
+``.result``, ``.error``, ``.exit_code``, ``.progress``, ``.reason``, ``.retry_at``, ``.tail``,
+``.spec``, and ``job.counts()`` — so that the job's storage can change under them (see the
+``_column`` helpers, the one place that reads a whole column).
+
+The columnar view (see :mod:`procpool.contract.status` for the wire format) costs one pass per
+dense column plus one pass that picks the sparse values; the full view builds a map per task
+and is paged more finely (``status_page_size``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from math import nan
+from typing import TYPE_CHECKING, Any
+
+from procpool.contract.states import (
+    COMPLETED,
+    FINAL_TASK_STATES,
+    PENDING,
+    READY,
+    TASK_STATE_CODES,
+    TASK_STATES,
+    UNSUCCESSFUL,
+)
+from procpool.contract.status import (
+    FORMAT_COLUMNS,
+    FORMAT_FULL,
+    SPARSE,
+    ColumnStatusWire,
+    FullStatus,
+    GroupStatus,
+    JobDetail,
+    JobSummary,
+    TaskReply,
+    TaskStatus,
+    View,
+    WaitReply,
+    pack_f64,
+    pack_u32,
+)
+
+if TYPE_CHECKING:
+    from procpoold.core.jobs import Job, TaskRun
+
+#: About this many bytes of task results, errors and progress go into one status page.
+PAGE_BYTES = 512 << 10
+#: Most tasks in one page of a columnar status: 21 bytes each, so 2 MiB of dense columns at most
+#: (well under the 16 MiB message limit) plus about PAGE_BYTES of sparse values.
+COLUMN_PAGE_TASKS = 100_000
+#: Task states that need no name in a columnar status (unless the task has a result, error or
+#: progress): the bulk of a big job, and never what a summary lists.
+_QUIET = frozenset({PENDING, READY, COMPLETED})
+
+
+def summary(job: Job, counts: dict[str, int] | None = None) -> JobSummary:
+    """The job's line in a job list and the head of its status (``counts``: if already known)."""
+    return {
+        "id": job.id,
+        "name": job.spec.name,
+        "user": job.submitter_name,
+        "uid": job.submitter_uid,
+        "state": job.state,
+        "run": job.run,
+        "repeat": "forever" if job.spec.repeat is None else job.spec.repeat,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "tasks": len(job.tasks),
+        "counts": job.counts() if counts is None else counts,
+        "reason": job.reason,
+    }
+
+
+def detail(job: Job, counts: dict[str, int] | None = None) -> JobDetail:
+    """The head of a job's status: its summary and the job-wide fields."""
+    return {
+        **summary(job, counts),
+        "namespace": job.namespace,
+        "runs": job.runs,
+        "on_failure": job.spec.on_failure,
+        "on_interrupt": job.spec.on_interrupt,
+        "after": job.after,
+        "root": list(job.spec.root),
+    }
+
+
+#: Each job's groups with their children as runs, made once (a job's tree does not change), by
+#: id() of its JobSpec (unhashable); an entry leaves with its spec.
+_RUNS: dict[int, list[GroupStatus]] = {}
+
+
+def groups(job: Job, runs: bool = False) -> list[GroupStatus]:
+    """The job's groups; their ``children`` as (kind, index) pairs, or with ``runs`` as
+    ``[kind, first index, count]`` runs of consecutive indices (a flat group of 20,000 tasks is
+    one run instead of 20,000 pairs: the columnar view's form)."""
+    if runs:
+        key = id(job.spec)
+        found = _RUNS.get(key)
+        if found is None:
+            found = _RUNS[key] = _groups(job, runs)
+            weakref.finalize(job.spec, _RUNS.pop, key, None)
+        return found
+    return _groups(job, runs)
+
+
+def _groups(job: Job, runs: bool) -> list[GroupStatus]:
+    return [
+        {
+            "name": g.name,
+            "path": g.path,
+            "kind": g.kind,
+            "parent": g.parent,
+            # the pairs are sent as arrays: no copy of a big group
+            "children": _runs(g.children) if runs else g.children,
+        }
+        for g in job.spec.groups
+    ]
+
+
+def _runs(children: list[tuple[str, int]]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for kind, index in children:
+        last = out[-1] if out else None
+        if last is not None and last[0] == kind and last[1] + last[2] == index:
+            last[2] += 1
+        else:
+            out.append([kind, index, 1])
+    return out
+
+
+# -- the full view (format 1) --------------------------------------------------------------------
+
+
+def task_status(t: TaskRun) -> TaskStatus:
+    """One task in the full view."""
+    return {
+        "id": t.id,
+        "name": t.spec.name,
+        "path": t.spec.path,
+        "kind": t.spec.kind,
+        "state": t.state,
+        "attempts": len(t.attempts),
+        "attempt_history": [a.to_wire() for a in t.attempts],  # type: ignore[misc]
+        "started_at": t.started_at,
+        "finished_at": t.finished_at,
+        "result": t.result,
+        "error": t.error,
+        "exit_code": t.exit_code,
+        "progress": t.progress,
+        "reason": t.reason,
+        "retry_at": t.retry_at,
+        "priority": t.spec.priority,
+        "tags": t.spec.tags,
+        "depends_on": t.spec.depends_on,
+        "tail": list(t.tail) if t.tail and t.state in UNSUCCESSFUL else [],
+    }
+
+
+def full(job: Job, tasks: list[TaskStatus] | None = None, with_groups: bool = True) -> FullStatus:
+    """The full status (format 1, see docs/job-trees.md); every task unless ``tasks`` is given."""
+    return {
+        "format": FORMAT_FULL,
+        "job": detail(job),
+        "groups": groups(job) if with_groups else [],
+        "tasks": [task_status(t) for t in job.tasks] if tasks is None else tasks,
+    }
+
+
+def full_page(job: Job, first: int, limit: int, max_bytes: int = PAGE_BYTES) -> FullStatus:
+    """:func:`full` with at most ``limit`` tasks from index ``first`` (and about ``max_bytes`` of
+    results): the reply to ``status JOB`` stays bounded however big the job. ``page`` says where
+    the next page starts (None: this was the last); groups come with the first page only.
+    Runs on the loop's thread; costs O(page) plus the job's counts.
+    """
+    total = len(job.tasks)
+    first = max(0, min(first, total))
+    end = min(total, first + max(1, limit))
+    tasks = []
+    budget = max_bytes
+    for t in job.tasks[first:end]:
+        tasks.append(task_status(t))
+        budget -= _approx_size(t.result) + _approx_size(t.error) + _approx_size(t.progress) + 300
+        if budget <= 0:
+            break
+    nxt = first + len(tasks)
+    out = full(job, tasks=tasks, with_groups=first == 0)
+    out["page"] = {"from": first, "count": len(tasks), "total": total, "next": nxt if nxt < total else None}
+    return out
+
+
+# -- the columnar view (format 2) ----------------------------------------------------------------
+
+
+def _column(tasks: Sequence[TaskRun], name: str) -> list[Any]:
+    """One dense column of ``tasks`` (the job's storage is read here and in _sparse only)."""
+    if name == "state":
+        codes = TASK_STATE_CODES
+        return [codes[t.state] for t in tasks]
+    if name == "attempts":
+        return [len(t.attempts) for t in tasks]
+    if name == "started_at":
+        return [nan if (x := t.started_at) is None else x for t in tasks]
+    if name == "finished_at":
+        return [nan if (x := t.finished_at) is None else x for t in tasks]
+    raise KeyError(name)
+
+
+def _sparse(
+    tasks: Sequence[TaskRun], first: int, max_bytes: int
+) -> tuple[int, dict[str, tuple[list[int], list[Any]]]]:
+    """The sparse columns of ``tasks`` (task ``first`` onwards): how many tasks they cover (fewer
+    than all when about ``max_bytes`` of values were reached) and ``{column: (indices, values)}``."""
+    out: dict[str, tuple[list[int], list[Any]]] = {key: ([], []) for key in SPARSE}
+    quiet = _QUIET
+    # One comprehension finds the tasks with anything to send (most of a big job has nothing).
+    noted = [
+        k
+        for k, t in enumerate(tasks)
+        if t.state not in quiet
+        or t.result is not None
+        or t.error is not None
+        or t.progress is not None
+        or t.exit_code is not None
+        or t.retry_at is not None
+    ]
+    name_i, name_v = out["name"]
+    budget = max_bytes
+    unsuccessful = UNSUCCESSFUL
+    for k in noted:
+        t = tasks[k]
+        i = first + k
+        state, progress = t.state, t.progress
+        if state not in quiet or progress is not None:
+            name = t.spec.name
+            name_i.append(i)
+            name_v.append(name)
+            budget -= 5 + len(name)
+        for key, value in (
+            ("result", t.result),
+            ("error", t.error),
+            ("progress", progress),
+            ("exit_code", t.exit_code),
+            ("reason", t.reason),
+            ("retry_at", t.retry_at),
+        ):
+            if value is not None:
+                out[key][0].append(i)
+                out[key][1].append(value)
+                budget -= 4 + (9 if isinstance(value, (int, float)) else _approx_size(value))
+        if t.tail and state in unsuccessful:
+            out["tail"][0].append(i)
+            out["tail"][1].append(list(t.tail))
+            budget -= sum(len(line) for line in t.tail)
+        if budget <= 0:
+            return k + 1, out
+    return len(tasks), out
+
+
+def columns_page(
+    job: Job, first: int, limit: int = COLUMN_PAGE_TASKS, max_bytes: int = PAGE_BYTES
+) -> ColumnStatusWire:
+    """The columnar status (format 2) of at most ``limit`` tasks from ``first`` (fewer when their
+    sparse values pass about ``max_bytes``); ``groups`` come with the first page only. The job's
+    counts come from the state column when the page covers every task (no second pass).
+    """
+    total = len(job.tasks)
+    first = max(0, min(first, total))
+    end = min(total, first + max(1, min(limit, COLUMN_PAGE_TASKS)))
+    tasks = job.tasks[first:end]
+    covered, sparse = _sparse(tasks, first, max_bytes)
+    if covered < len(tasks):
+        tasks = tasks[:covered]
+    end = first + len(tasks)
+    states = bytes(_column(tasks, "state"))
+    counts: dict[str, int] | None = None
+    if first == 0 and end == total:
+        counts = {TASK_STATES[code]: n for code in range(len(TASK_STATES)) if (n := states.count(code))}
+    return {
+        "format": FORMAT_COLUMNS,
+        "job": detail(job, counts),
+        "groups": groups(job, runs=True) if first == 0 else [],
+        "columns": {
+            "from": first,
+            "count": len(tasks),
+            "total": total,
+            "next": end if end < total else None,
+            "state": states,
+            "attempts": pack_u32(_column(tasks, "attempts")),
+            "started_at": pack_f64(_column(tasks, "started_at")),
+            "finished_at": pack_f64(_column(tasks, "finished_at")),
+        },
+        "sparse": {key: [pack_u32(idx), values] for key, (idx, values) in sparse.items() if idx},
+    }
+
+
+def page(
+    job: Job, view: View, first: int, limit: int, columns_limit: int | None = None
+) -> FullStatus | ColumnStatusWire:
+    """One page of the job's status in ``view``: at most ``limit`` tasks in the full view, and
+    ``columns_limit`` (default and at most COLUMN_PAGE_TASKS) in the columnar one."""
+    if view == "columns":
+        return columns_page(job, first, COLUMN_PAGE_TASKS if columns_limit is None else columns_limit)
+    return full_page(job, first, limit)
+
+
+def strip_tails(reply: dict[str, Any]) -> None:
+    """Remove the output tails from a status reply (for a reader who may not read the job's logs)."""
+    if "sparse" in reply:
+        reply["sparse"].pop("tail", None)
+    for t in reply.get("tasks", ()):
+        t["tail"] = []
+    if "task" in reply:
+        reply["task"]["tail"] = []
+
+
+# -- wait ------------------------------------------------------------------------------------------
+
+
+def task_reply(job: Job, index: int) -> TaskReply:
+    """The status of one task, with its job's summary."""
+    t = job.tasks[index]
+    return {
+        "id": t.id,
+        "finished": t.state in FINAL_TASK_STATES,
+        "state": t.state,
+        "task": task_status(t),
+        "job": summary(job),
+    }
+
+
+def wait_reply(job: Job, view: View, page_size: int) -> WaitReply:
+    """What a ``wait`` for the job returns: the first page of its status in ``view`` (the client
+    fetches the others)."""
+    return {
+        "id": job.id,
+        "finished": job.finished,
+        "state": job.state,
+        "status": page(job, view, 0, page_size),
+    }
+
+
+def _approx_size(value: Any) -> int:
+    """A cheap estimate of ``value``'s encoded size (strings and bytes to one level of nesting)."""
+    if value is None:
+        return 0
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(len(v) if isinstance(v, (bytes, str)) else 16 for v in value) + 8
+    return 16
