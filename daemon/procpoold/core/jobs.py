@@ -27,6 +27,7 @@ from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
 from procpoold.core.states import (
     FINAL_TASK_STATES,
     JOB_STATES,
+    TASK_STATES,
     TASK_TRANSITIONS,
     UNSUCCESSFUL,
     IllegalTransition,
@@ -147,6 +148,8 @@ class TaskRun:
     #: The last lines of the task's output (kept for the status of a failed task); made on the
     #: first line, since most tasks print nothing and a deque per task costs more than the rest.
     tail: deque[str] | None = None
+    #: Tasks per state of the task's job, shared by all its tasks and kept by :meth:`move`.
+    counts: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def interruptions(self) -> int:
@@ -174,6 +177,10 @@ class TaskRun:
         """The only way a task changes state; an illegal edge is a bug and says which task."""
         if new not in TASK_TRANSITIONS[self.state]:
             raise IllegalTransition(f"task {self.id} ({self.spec.name}): {self.state} -> {new}")
+        counts = self.counts
+        if counts is not None:
+            counts[self.state] -= 1
+            counts[new] += 1
         self.state = new
 
 
@@ -247,7 +254,11 @@ class Job:
         self.after = list(after or [])
         self.reason: str | None = None
         self.cancel_requested = False
-        self.tasks = [TaskRun(t, f"{job_id}.{t.index}") for t in spec.tasks]
+        #: tasks per state, kept as they move (status pages read it instead of counting)
+        self._counts: dict[str, int] = dict.fromkeys(TASK_STATES, 0)
+        self._counts["pending"] = len(spec.tasks)
+        counts = self._counts
+        self.tasks = [TaskRun(t, f"{job_id}.{t.index}", counts=counts) for t in spec.tasks]
         self.by_name = {t.spec.name: t.spec.index for t in self.tasks}
         # blockers and their reverse, from the plan (see the module docstring)
         # (a group's chain is computed once and shared by its tasks, which only read it)
@@ -278,8 +289,6 @@ class Job:
                 self._waiters.setdefault(b, []).append(i)
         self._complete: set[Node] = set()
         self._scan = 0  # every task before this index is in a final state (this run)
-        #: counts() of the finished job, keyed by (run, finished_at)
-        self._counted: tuple[tuple[int, float | None], dict[str, int]] | None = None
         self._group_left: list[int] = []
 
     # -- persistence ----------------------------------------------------------------------------
@@ -378,6 +387,7 @@ class Job:
             t.cancel_requested = bool(td.get("cancel_requested"))
             for line in td.get("tail", ()):
                 t.remember(line)
+        self._recount()
 
     def recover(
         self, now: float, max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
@@ -709,17 +719,16 @@ class Job:
         return self.tasks[index].state in FINAL_TASK_STATES
 
     def counts(self) -> dict[str, int]:
-        """Tasks per state. O(tasks), so kept once the job has finished (its tasks no longer change
-        until a new run): each page of a big finished job's status would count them again."""
-        key = (self.run, self.finished_at) if self.finished else None
-        if key is not None and self._counted is not None and self._counted[0] == key:
-            return dict(self._counted[1])
-        out: dict[str, int] = {}
+        """Tasks per state (the states no task is in are left out); O(states), not O(tasks)."""
+        return {state: n for state, n in self._counts.items() if n}
+
+    def _recount(self) -> None:
+        """Count the tasks per state again (after :meth:`load` set them without :meth:`TaskRun.move`)."""
+        counts = self._counts
+        for state in counts:
+            counts[state] = 0
         for t in self.tasks:
-            out[t.state] = out.get(t.state, 0) + 1
-        if key is not None:
-            self._counted = (key, dict(out))
-        return out
+            counts[t.state] += 1
 
     def unsuccessful(self) -> bool:
         return any(t.state in UNSUCCESSFUL for t in self.tasks)

@@ -207,6 +207,33 @@ def test_a_done_entry_replays_to_the_full_state_of_a_completed_task() -> None:
         replay_task_log([done])
 
 
+def test_counts_follow_every_move_and_a_load() -> None:
+    tree = {"sequential": [{"name": "a", "call": "m:f"}, {"concurrent": [{"call": "m:f"}] * 3}]}
+
+    def counted(job: Job) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in job.tasks:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+    job = make(tree, repeat=2)
+    assert job.counts() == counted(job) == {"pending": 4}
+    job.start_run(0)
+    assert job.counts() == counted(job) == {"ready": 1, "pending": 3}
+    run_ok(job, "a")
+    assert job.counts() == counted(job) == {"completed": 1, "ready": 3}
+    job.mark_running(1, "x#1", 3)
+    job.end_unsuccessfully(1, "failed", 4, {"type": "E", "message": "m", "traceback": ""})
+    assert job.counts() == counted(job)
+    fresh = make(tree, repeat=2)
+    fresh.load(job.dump(), [job.full_entry(i) for i in range(len(job.tasks))])
+    assert fresh.counts() == counted(fresh) == job.counts()
+    job.cancel(5)
+    assert job.counts() == counted(job)
+    job.start_run(6)  # a new run resets every task
+    assert job.counts() == counted(job) == {"ready": 1, "pending": 3}
+
+
 def _restart(job: Job, tree: Any, now: float, max_interruptions: int = 3, **extra: Any) -> Job:
     """What a new daemon makes of ``job`` as stored while its attempts ran."""
     fresh = make(tree, **extra)
