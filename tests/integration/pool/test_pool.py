@@ -17,6 +17,7 @@ import pytest
 
 from procpoold.engines import Outcome
 from procpoold.oom import OomCounter
+from procpoold.pool import lifecycle as lifecycle_module
 from procpoold.pool import pool as pool_module
 from procpoold.pool.ring import Ring, RingCorrupt
 from tests.integration.pool.conftest import PoolHarness
@@ -344,7 +345,7 @@ def test_dying_workers_back_off(make_pool: type, monkeypatch: pytest.MonkeyPatch
     worker that outlives the window puts the wait back to BACKOFF_START."""
     start, burst = pool_module.BACKOFF_START, pool_module.DEATH_BURST
     cap = 4 * start
-    monkeypatch.setattr(pool_module, "DEATH_WINDOW", 600.0)  # however slow this machine is
+    monkeypatch.setattr(lifecycle_module, "DEATH_WINDOW", 600.0)  # however slow this machine is
     caplog.set_level(logging.WARNING, logger="procpoold.pool")
     pool = make_pool(workers=1, respawn_backoff_max=cap)
 
@@ -363,7 +364,7 @@ def test_dying_workers_back_off(make_pool: type, monkeypatch: pytest.MonkeyPatch
     assert [death() for _ in range(4)] == [
         (False, start, 2 * start), (False, 2 * start, cap), (False, cap, cap), (False, cap, cap)]
     # The worker now outlives the window: the next death counts alone.
-    monkeypatch.setattr(pool_module, "DEATH_WINDOW", 0.5)
+    monkeypatch.setattr(lifecycle_module, "DEATH_WINDOW", 0.5)
     assert pool.call("sleep", 0.6).status == "completed"
     assert death() == (True, None, start)
 
