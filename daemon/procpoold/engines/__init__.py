@@ -106,6 +106,10 @@ class ExecutorEvents(Protocol):
     def attempt_finished(self, outcome: Outcome) -> None:
         """The attempt ended; called exactly once per attempt, also after stop_attempt()."""
 
+    def attempts_finished(self, outcomes: list[Outcome]) -> None:
+        """Several attempts ended (as ``attempt_finished`` for each, in order): an executor that
+        reads results in batches reports each batch with one call."""
+
     def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
         """Task code reported progress (``{"fraction": 0.4}`` or ``{"done": 4, "total": 10}``)."""
 

@@ -59,15 +59,55 @@ class MessageHandling(PoolState):
         self._drain_all()
 
     def _drain_all(self) -> None:
-        for w in list(self._all):
-            self._drain_worker(w)
+        outer = self._batch is None
+        if outer:
+            self._batch = []
+        try:
+            for w in list(self._all):
+                self._drain_worker(w)
+        finally:
+            if outer:
+                self._report_batch()
 
     def _drain_worker(self, w: WorkerSlot, force: bool = False) -> None:
         """Read the worker's result ring until it is empty (then arm its doorbell), or until the log
         queue is full (log_policy block: then not again until it has room). ``force``: read it all
-        anyway (the worker died; shutting down)."""
+        anyway (the worker died; shutting down).
+
+        The outcomes of everything read are reported together at the end, in one
+        ``attempts_finished`` call (one per :meth:`_drain_all` when it drains every worker); each
+        worker's state is updated as each message is handled, so ``free_slots()`` counts them all
+        by then."""
         if (w.log_paused and not force) or w.violated:
             return
+        outer = self._batch is None
+        if outer:
+            self._batch = []
+        try:
+            self._read_worker(w, force)
+        finally:
+            if outer:
+                self._report_batch()
+
+    def _report_batch(self) -> None:
+        """Report the outcomes collected by the drain that ends now, in one call."""
+        batch, self._batch = self._batch, None
+        if not batch:
+            return
+        assert self._events is not None
+        report = getattr(self._events, "attempts_finished", None)
+        try:
+            if report is not None:
+                report(batch)
+            else:  # an ExecutorEvents written before attempts_finished existed
+                for outcome in batch:
+                    self._events.attempt_finished(outcome)
+        except Exception:
+            # A bug of the receiver, not the workers' doing: logged; the loop goes on.
+            log.exception("reporting %d outcomes failed", len(batch))
+
+    def _read_worker(self, w: WorkerSlot, force: bool) -> None:
+        """The body of :meth:`_drain_worker` (outcomes go to the batch)."""
         ring = w.res
         sink = None if force else self._sink
         budget = DRAIN_BATCHES
@@ -258,7 +298,10 @@ class MessageHandling(PoolState):
     def _finish(self, outcome: Outcome) -> None:
         assert self._events is not None
         self._stats["completed" if outcome.status == "completed" else "failed"] += 1
-        self._events.attempt_finished(outcome)
+        if self._batch is not None:
+            self._batch.append(outcome)  # reported when the drain that found it ends
+        else:
+            self._events.attempt_finished(outcome)
 
     def _later_finish(self, outcome: Outcome) -> None:
         # Never report from inside submit()/stop_attempt(): the caller may not expect re-entry.

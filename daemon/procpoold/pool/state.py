@@ -76,6 +76,9 @@ class PoolState(abc.ABC):
         self._round_trips: deque[float] = deque(maxlen=ROUND_TRIP_SAMPLES)
         self._woken_trips: deque[float] = deque(maxlen=ROUND_TRIP_SAMPLES)
         self._popped_at = 0.0  # perf_counter() when the result batch being handled was popped
+        #: Outcomes found by the drain under way, reported together when it ends (None: no drain
+        #: under way, an outcome is reported at once).
+        self._batch: list[Outcome] | None = None
         #: Longest message a worker may send (a result of max_result_bytes and its envelope).
         self._max_message = self.settings.max_result_bytes + MESSAGE_ENVELOPE
 

@@ -602,3 +602,22 @@ def test_cancel_while_waiting_for_a_namespace_reply(make_pool: type) -> None:
     out = pool.wait(aid, timeout=10)[0]
     assert out.status == "cancelled" and out.error is not None and out.error.type.endswith("TaskInterrupted")
     assert pool.events.started[aid][0] in pool.pids()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86-64 syscall numbers")
+def test_results_read_together_are_reported_in_one_batch(make_pool: type) -> None:
+    """Everything one drain of a result ring finds is reported in one attempts_finished call, in
+    the order the worker sent it, each attempt once."""
+    pool = make_pool(workers=1, spin_us=0)
+    pool.idle_workers(1)
+    assert pool.call("add", 0, 1).result == 1  # the pool learns that "add" is short: prefetch
+    pid = next(iter(pool.pids()))
+    aids = [pool.submit("add", i, 1) for i in range(20)]
+    pool.run_until(lambda: all(a in pool.events.started for a in aids), what="all dispatched")
+    # The worker runs them all and goes to sleep on its request ring; the loop reads nothing
+    # meanwhile, so one drain then finds every result.
+    _until(lambda: _syscall(pid, pid)[:3:2] == RING_WAIT, "the worker asleep on its request ring")
+    outcomes = pool.wait(*aids)
+    assert [o.result for o in outcomes] == [i + 1 for i in range(20)]
+    assert all(pool.events.finish_count[a] == 1 for a in aids)
+    assert max(pool.events.batches) >= 10, pool.events.batches
