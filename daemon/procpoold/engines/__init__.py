@@ -142,6 +142,11 @@ class Executor(Protocol):
     def submit(self, spec: AttemptSpec) -> None:
         """Start the attempt (asynchronously); must not block the loop."""
 
+    def expect_work(self, uid: int | None) -> None:
+        """A hint: a request that may bring attempts (a submit by user ``uid``, None: unknown)
+        is arriving and has not been read yet. An executor may get ready for it (wake a sleeping
+        worker); it must stay cheap, bounded, and never fail the request."""
+
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
         """Stop a running attempt; its outcome is later reported with status = ``timeout``,
         ``cancelled`` or ``interrupted`` (for ``shutdown``), unless it finished first."""

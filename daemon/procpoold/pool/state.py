@@ -70,7 +70,10 @@ class PoolState(abc.ABC):
         self._closing = False
         self._broken: str | None = None
         self._started_at = time.monotonic()
-        self._stats = {"dispatched": 0, "completed": 0, "failed": 0, "deaths": 0, "recycled": 0}
+        self._stats = {"dispatched": 0, "completed": 0, "failed": 0, "deaths": 0, "recycled": 0,
+                       "prewakes": 0, "prewakes_used": 0}
+        #: When wakes for an expected attempt ran out unused (the last second's).
+        self._prewake_waste: deque[float] = deque()
         #: seconds from push to result of attempts sent to an otherwise empty worker (newest last),
         #: awake (spinning: the busy case) and asleep (woken by the push)
         self._round_trips: deque[float] = deque(maxlen=ROUND_TRIP_SAMPLES)

@@ -19,6 +19,7 @@ from procpoold.engines import Outcome
 from procpoold.oom import OomCounter
 from procpoold.pool import lifecycle as lifecycle_module
 from procpoold.pool import pool as pool_module
+from procpoold.pool import shm
 from procpoold.pool.ring import Ring, RingCorrupt
 from tests.integration.pool.conftest import PoolHarness
 
@@ -86,6 +87,35 @@ def test_64_mib_argument_and_result_spill(pool: PoolHarness) -> None:
     assert out.status == "completed" and len(out.result) == size, out.error
     assert pool.call("length", out.result).result == size
     assert not [e for e in os.listdir("/dev/shm") if e.startswith("procpool-spill-")]
+
+
+def test_a_1_mib_value_goes_through_the_ring_without_a_spill(pool: PoolHarness,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default ring capacity a 1 MiB argument and a 1 MiB result fit in the rings: no
+    spill object is written for the worker, none is taken from it."""
+    written: list[int] = []
+    taken: list[bytes] = []
+    write_spill, take_spill = shm.write_spill, Ring._take_spill
+
+    def counting_write(data: Any, *args: Any) -> str:
+        written.append(len(data))
+        return write_spill(data, *args)
+
+    def counting_take(self: Ring, ref: bytes) -> bytes:
+        taken.append(ref)
+        return take_spill(self, ref)
+
+    monkeypatch.setattr(shm, "write_spill", counting_write)
+    monkeypatch.setattr(Ring, "_take_spill", counting_take)
+    payload = os.urandom(2**20)
+    out = pool.call("echo", payload)
+    assert out.status == "completed" and out.result == payload, out.error
+    assert (written, taken) == ([], [])
+    # (and a value over half the ring still spills, both ways)
+    big = os.urandom(3 * 2**20)
+    out = pool.call("echo", big)
+    assert out.status == "completed" and out.result == big, out.error
+    assert len(written) == 1 and len(taken) == 1
 
 
 def test_namespace_progress_and_output(pool: PoolHarness) -> None:
