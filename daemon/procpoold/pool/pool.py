@@ -11,11 +11,19 @@ Runs in the **daemon**, on its event-loop thread: every method and callback here
 
 Messages: one msgpack array each, defined in :mod:`procpoold.pool.protocol`.
 
+The executor is split by responsibility into four mixins over one state
+(:class:`procpoold.pool.state.PoolState`): worker lifecycle (:mod:`.lifecycle`), dispatch
+(:mod:`.dispatch`), message handling (:mod:`.messages`) and statistics (:mod:`.stats`); this
+module holds the :class:`~procpoold.engines.Executor` methods.
+
 Dispatch: :meth:`PoolExecutor.submit` only queues; one ``call_soon`` pass assigns everything
 queued in the loop iteration and pushes each worker's share with one ``push_many`` (one wakeup).
 Results: each worker's result ring is armed before the loop blocks; the doorbell wakes the loop,
-which drains every ring. Right after a dispatch the loop spins on the result ring for at most
-``spin_us`` first (a round trip to a worker that is awake is far cheaper than a wakeup).
+which drains every ring and reports the outcomes it found in one ``attempts_finished`` call.
+A submit arriving at the control socket wakes an idle worker first (``expect_work``), so that it
+leaves its last job while the daemon commits the new one. Right after a dispatch the loop spins
+on the result ring for at most ``spin_us`` first (a round trip to a worker that is awake is far
+cheaper than a wakeup).
 
 Users and jobs: a worker runs as one identity for its whole life (the zygote's child drops to it
 before anything of a task's runs) and holds attempts of one job at a time. An attempt goes only to
