@@ -624,6 +624,11 @@ class Scheduler:
         finally:
             self._task_logs.pop(outcome.attempt_id, None)  # kept until here for the final record
 
+    def attempts_finished(self, outcomes: list[Outcome]) -> None:
+        """A batch of outcomes (one drain of the pool's result rings), applied in order."""
+        for outcome in outcomes:
+            self.attempt_finished(outcome)
+
     def _attempt_finished(self, ref: Ref | None, outcome: Outcome) -> None:
         timer = self._timeouts.pop(outcome.attempt_id, None)
         if timer is not None:

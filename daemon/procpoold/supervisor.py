@@ -152,11 +152,17 @@ class Daemon:
             ),
         )
         self.control.limits = config.limits()
+        self.control.expect_work = self._expect_work
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _unique_executors(self) -> list[Executor]:
         return list({id(e): e for e in self.executors.values()}.values())
+
+    def _expect_work(self, uid: int | None) -> None:
+        """A submit by ``uid`` is arriving (not read yet): let the executors get ready for it."""
+        for executor in self._unique_executors():
+            executor.expect_work(uid)
 
     def start(self) -> None:
         """Recover the store, start the executors, bind the socket, then announce readiness."""

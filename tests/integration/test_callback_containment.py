@@ -43,6 +43,9 @@ class ScriptedExecutor:
     def free_slots(self) -> int:
         return 8 - len(self.running)
 
+    def expect_work(self, uid: int | None) -> None:
+        pass
+
     def submit(self, spec: AttemptSpec) -> None:
         assert self.loop is not None and self.events is not None
         program = (spec.cmd or ["?"])[0]

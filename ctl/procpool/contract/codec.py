@@ -52,7 +52,7 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-def _unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+def _unpack(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
     # The container limits are checked against each header before anything is built, so a
     # map of a million keys costs nothing (it used to block the daemon's loop for seconds).
     return msgpack.unpackb(
@@ -95,7 +95,7 @@ def encode_request(request_id: RequestId, op: str, args: dict[str, Any] | None =
 
 
 def decode_request(
-    data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, limits: Limits = DEFAULT_LIMITS
+    data: bytes | memoryview, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, limits: Limits = DEFAULT_LIMITS
 ) -> Request:
     """Decode and check a request frame; raise :class:`RequestError` naming what is wrong.
 

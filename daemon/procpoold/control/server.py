@@ -65,6 +65,13 @@ STALL_PAUSE = 1.0
 STALLED_MAX = 10_000
 #: Requests served per turn of the event loop (the rest wait for the next turn, after its timers).
 MAX_PER_TURN = 500
+#: A submit request, as the client encodes it: ``"op": "submit"`` near the start of the envelope
+#: map (its key and value, msgpack). Looked for in the first PEEK_BYTES, before anything is parsed.
+_SUBMIT_OP = b"\xa2op\xa6submit"
+PEEK_BYTES = 96
+#: Frames at least this large are decoded from ZeroMQ's buffer and replies of this size are sent
+#: without a copy (below it a copy is cheaper than tracking the buffer).
+ZERO_COPY_BYTES = 64 * 1024
 
 
 class BindError(Exception):
@@ -220,6 +227,9 @@ class ControlServer:
         #: the event loop's call_later (set by the daemon): sheds over-cap connections on time
         #: when no other event comes
         self.call_later: Callable[[float, Callable[[], None]], object] | None = None
+        #: called with the peer's uid when a submit arrives, before it is parsed (the daemon
+        #: wakes a pool worker for it: see Executor.expect_work); a hint, never fails a request
+        self.expect_work: Callable[[int | None], None] | None = None
         self._shed_pending = False
 
     # -- binding ------------------------------------------------------------------------------
@@ -350,7 +360,7 @@ class ControlServer:
                 ),
             )
         try:
-            self.sock.send_multipart([identity, payload], zmq.NOBLOCK)
+            self.sock.send_multipart([identity, payload], zmq.NOBLOCK, copy=len(payload) < ZERO_COPY_BYTES)
         except zmq.Again:
             self.replies_dropped += 1
             now = time.monotonic()
@@ -449,10 +459,17 @@ class ControlServer:
             return
         address = frame.get("Peer-Address")
         peer = Peer.parse(address if isinstance(address, str) else None)
+        buffer = frame.buffer
+        if self.expect_work is not None and _SUBMIT_OP in buffer[:PEEK_BYTES].tobytes():
+            try:
+                self.expect_work(peer.uid if peer is not None else None)
+            except Exception:
+                log.exception("getting ready for a submit failed")
         started = time.perf_counter()
         request_id: Any = None
         try:
-            request = decode_request(frame.bytes, self.max_message_size, self.limits)
+            data = buffer if len(buffer) >= ZERO_COPY_BYTES else frame.bytes
+            request = decode_request(data, self.max_message_size, self.limits)
             request_id = request.id
             check_args(request.op, request.args, request_id)
             if self.authorize is not None:

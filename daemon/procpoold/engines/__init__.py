@@ -106,6 +106,10 @@ class ExecutorEvents(Protocol):
     def attempt_finished(self, outcome: Outcome) -> None:
         """The attempt ended; called exactly once per attempt, also after stop_attempt()."""
 
+    def attempts_finished(self, outcomes: list[Outcome]) -> None:
+        """Several attempts ended (as ``attempt_finished`` for each, in order): an executor that
+        reads results in batches reports each batch with one call."""
+
     def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
         """Task code reported progress (``{"fraction": 0.4}`` or ``{"done": 4, "total": 10}``)."""
 
@@ -137,6 +141,11 @@ class Executor(Protocol):
 
     def submit(self, spec: AttemptSpec) -> None:
         """Start the attempt (asynchronously); must not block the loop."""
+
+    def expect_work(self, uid: int | None) -> None:
+        """A hint: a request that may bring attempts (a submit by user ``uid``, None: unknown)
+        is arriving and has not been read yet. An executor may get ready for it (wake a sleeping
+        worker); it must stay cheap, bounded, and never fail the request."""
 
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
         """Stop a running attempt; its outcome is later reported with status = ``timeout``,

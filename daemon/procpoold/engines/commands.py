@@ -257,6 +257,9 @@ class CommandExecutor:
     def free_slots(self) -> int:
         return max(0, self.slots - len(self._running))
 
+    def expect_work(self, uid: int | None) -> None:
+        """Nothing to wake: each attempt starts its own process."""
+
     def submit(self, spec: AttemptSpec) -> None:
         assert self._loop is not None and self._events is not None
         argv: list[str] = ["/bin/sh", "-c", spec.cmd] if isinstance(spec.cmd, str) else list(spec.cmd or [])

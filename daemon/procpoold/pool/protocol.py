@@ -11,6 +11,10 @@ Request ring, daemon -> worker:
 * ``[CANCEL, id]``: stop attempt ``id`` (followed by ``SIGUSR1`` for a sync attempt).
 * ``[REPLY, rid, ok, value_or_error]``: the answer to a ``REQUEST``.
 * ``[EXIT]``: finish and exit 0 (retirement, shutdown).
+* ``[WAKE, spin_us, restore]``: work is on its way (a client is submitting): an idle worker
+  spins on its request ring for at most ``spin_us`` (capped at :data:`MAX_WAKE_SPIN_US`) instead
+  of sleeping, and, if ``restore``, first forgets its last job's imports (as before another
+  job's ``CALL``), so that the attempt finds it awake and switched.
 
 Result ring, worker -> daemon:
 
@@ -40,6 +44,10 @@ CALL = 0
 CANCEL = 1
 REPLY = 2
 EXIT = 3
+WAKE = 4
+
+#: Longest spin a ``WAKE`` may ask of a worker (microseconds).
+MAX_WAKE_SPIN_US = 5000.0
 
 # result ring
 DONE = 0

@@ -154,6 +154,10 @@ _ERRORS: Final[dict[int, type[RingError]]] = {
 }
 
 
+#: Seconds of one step of :meth:`Ring.spin_while_running`.
+SPIN_STEP = 50e-6
+
+
 def error_for(code: int) -> RingError:
     """Build the typed exception for a negative C return code."""
     message = ffi.string(lib.pp_strerror(code)).decode()
@@ -542,6 +546,19 @@ class Ring:
         if rc < 0:
             raise error_for(rc)
         return bool(rc)
+
+    def spin_while_running(self, seconds: float, step: float = SPIN_STEP) -> bool:
+        """Spin for at most ``seconds``, in steps of ``step``, and stop early when this thread was
+        kept off the CPU for more than half of the time so far (the machine is busy: another
+        process needs the CPU more, and a sleeper is woken with priority, a spinner is not).
+        True if a message is available."""
+        start, cpu = time.perf_counter(), time.thread_time()
+        while True:
+            if self.spin(min(step, seconds)):
+                return True
+            wall = time.perf_counter() - start
+            if wall >= seconds or time.thread_time() - cpu < wall / 2:
+                return False
 
     def set_spin(self, min_ns: int, max_ns: int) -> None:
         """Bounds of the adaptive spin budget of :meth:`wait` (0, 0 blocks at once)."""

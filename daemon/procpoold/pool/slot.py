@@ -64,14 +64,26 @@ class PoolSettings:
     kill_grace: float = 5.0
     #: A busy worker silent for this long is considered hung, killed and replaced.
     heartbeat_timeout: float = 30.0
-    #: Data bytes of each ring (a power of two); larger messages spill to shm objects.
-    ring_capacity: int = 1 << 20
+    #: Data bytes of each ring (a power of two); messages over half of it spill to shm objects.
+    #: 4 MiB: a 1 MiB argument or result (with its envelope) goes through the ring, not through
+    #: a spill object (a file created, faulted in, read and removed per message). The segment's
+    #: pages are shared by the daemon and the worker (not in the worker's USS) and are touched
+    #: only as far as the rings have been filled: at most 8 MiB of shared memory per worker.
+    ring_capacity: int = 1 << 22
     #: After a dispatch, spin this long on the result ring before blocking (0: never spin).
     spin_us: float = 50.0
     #: A worker spins this long for its next request before it sleeps on the futex (a fixed
     #: budget: the ring's adaptive one shrinks to nothing when the daemon's turn takes longer
     #: than the budget, and then every dispatch pays a futex wakeup).
     worker_spin_us: float = 60.0
+    #: A client's submit wakes one idle worker before the daemon has read the job
+    #: (``expect_work``), and the worker leaves its last job's imports (restore) while the daemon
+    #: reads and commits the job, instead of after the attempt reached it. ``prewake_spin_us``:
+    #: then spin this long for the attempt (bounded; stops early when the worker does not get the
+    #: CPU) instead of going back to sleep. 0 by default: on a loaded 2-vCPU VM, spinning
+    #: 300-1000 us doubled W2's p50 and its CPU per job (docs/pool.md, Figures).
+    prewake: bool = True
+    prewake_spin_us: float = 0.0
     #: Prefetch: sync attempts of a *short* function (mean run time under ``prefetch_below`` s)
     #: are queued on a worker that is already busy with short attempts, so that it never waits for
     #: the daemon between two of them. At most ``prefetch`` per worker, and about
@@ -206,6 +218,9 @@ class WorkerSlot:
         #: Its result ring is not read while the log queue is full (log_policy block): the worker
         #: waits on its full ring, as a command waits on its full pipe.
         self.log_paused = False
+        #: ``time.monotonic()`` when a ``WAKE`` asked it to spin for an expected attempt (0.0: none
+        #: outstanding); cleared when an attempt is dispatched to it or the spin has run out.
+        self.prewoken = 0.0
 
     @property
     def name(self) -> str:

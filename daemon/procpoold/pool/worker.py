@@ -54,7 +54,7 @@ import sysconfig
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -74,10 +74,12 @@ from procpoold.pool.protocol import (
     F_UNCLEAN,
     HEARTBEAT_MESSAGE,
     LOG,
+    MAX_WAKE_SPIN_US,
     MESSAGE_ENVELOPE,
     PROGRESS,
     REPLY,
     REQUEST,
+    WAKE,
     context_fields,
     stopped_before_start,
 )
@@ -431,6 +433,7 @@ class Worker:
         self.max_result = int(cfg.get("max_result_bytes", 0)) or 2**62
         self.max_message = self.max_result + MESSAGE_ENVELOPE
         self.max_line = self.max_result // 4  # (4: bytes of UTF-8 per character at most)
+        self.spin_ns = spin_ns
         if spin_ns > 0:
             self.req.set_spin(spin_ns, spin_ns)
         #: Guards the result ring's producer handle and :attr:`outbuf` (main + heartbeat thread).
@@ -456,6 +459,9 @@ class Worker:
         self.requesting = False
         self.interrupted = False
         self.exiting = False
+        #: A ``WAKE`` came: before the next wait, spin for ``wake_spin`` seconds (or none at all).
+        self.woken = False
+        self.wake_spin = 0.0
         self.busy = False
         self.rid = 0
         self._hb_sleeping = False
@@ -506,6 +512,7 @@ class Worker:
         # The zygote took the snapshot (shared with every worker: taking it here would copy the
         # pages of every module object, as the reference counts change); the logger is ours.
         self._clean = (_CLEAN or _Snapshot()).with_logging()
+        _install_code_cache()
         self._nmods = len(sys.modules)
 
     # -- main loop ---------------------------------------------------------------------------------
@@ -529,6 +536,17 @@ class Worker:
                 continue
             if self.exiting:
                 return 0
+            if self.woken:
+                # A client is submitting (WAKE): stay awake for its attempt, a bounded time, or
+                # (no spin asked) sleep at once: the attempt comes after the daemon's commit,
+                # later than the usual spin would last.
+                self.woken = False
+                if not self.req.spin_while_running(self.wake_spin) and self.spin_ns > 0:
+                    self.req.set_spin(0, 0)
+                    try:
+                        self.req.wait()
+                    finally:
+                        self.req.set_spin(self.spin_ns, self.spin_ns)
             self.req.wait()
             self._drain()
             fresh = True
@@ -572,7 +590,20 @@ class Worker:
             self._cancel(msg[1])
         elif kind == EXIT:
             self.exiting = True
+        elif kind == WAKE:
+            self._prewake(msg)
         # REPLY here is stale (its request was interrupted): dropped.
+
+    def _prewake(self, msg: list[Any]) -> None:
+        """``[WAKE, spin_us, restore]``: spin for the next request rather than sleep (bounded);
+        with ``restore``, leave the last job now (the next attempt is another job's)."""
+        spin_us = msg[1] if len(msg) > 1 and type(msg[1]) in (int, float) else 0.0
+        self.wake_spin = min(max(float(spin_us), 0.0), MAX_WAKE_SPIN_US) * 1e-6
+        self.woken = True
+        restore = len(msg) > 2 and msg[2] is True
+        if (restore and self.job is not None and not self.unclean and not self.async_tasks
+                and not any(m[0] == CALL for m in self.inbox)):
+            self._switch(None)
 
     def _switch(self, job: str | None) -> None:
         """Start serving ``job``: forget what the previous job loaded (see the module docstring)."""
@@ -1099,6 +1130,44 @@ def snapshot() -> None:
                 os.write(2, f"procpool pool: tasks do not import from {entry!r}: {problem}\n".encode())
     sys.path[:] = safe
     _CLEAN = _Snapshot()
+
+
+#: Code objects compiled from source in this worker, by (path, source): jobs of one user often
+#: import the same module, and every job imports it anew (its modules are unloaded between
+#: jobs); without bytecode files (``PYTHONDONTWRITEBYTECODE``, or a folder the user cannot write)
+#: each import compiled the source again, most of a job switch (about 100 us for a small module).
+#: Keyed by the whole source, so an edited file is compiled afresh; a code object holds no
+#: state of a job (each import executes it in a new module). Bounded: CODE_CACHE_ENTRIES entries,
+#: CODE_CACHE_BYTES of source.
+_code_cache: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
+CODE_CACHE_ENTRIES = 256
+CODE_CACHE_BYTES = 4 * 2**20
+
+
+def _install_code_cache() -> None:
+    """Let the standard source loader reuse the code compiled for an identical source."""
+    loader = importlib.machinery.SourceFileLoader
+    compile_source = loader.source_to_code
+    held = [0]  # bytes of source in the cache
+
+    def source_to_code(self: Any, data: Any, path: Any, *, _optimize: int = -1) -> Any:
+        if _optimize != -1 or type(data) is not bytes or type(path) is not str:
+            return compile_source(self, data, path, _optimize=_optimize)
+        key = (path, data)
+        code = _code_cache.get(key)
+        if code is not None:
+            _code_cache.move_to_end(key)
+            return code
+        code = compile_source(self, data, path)
+        if len(data) <= CODE_CACHE_BYTES // 4:
+            _code_cache[key] = code
+            held[0] += len(data)
+            while len(_code_cache) > CODE_CACHE_ENTRIES or held[0] > CODE_CACHE_BYTES:
+                (_, old), _ = _code_cache.popitem(last=False)
+                held[0] -= len(old)
+        return code
+
+    loader.source_to_code = source_to_code  # type: ignore[method-assign]
 
 
 def _clear_task() -> None:

@@ -33,6 +33,8 @@ class Recorder:
         self.started: dict[str, tuple[int | None, str | None]] = {}
         self.finished: dict[str, Outcome] = {}
         self.finish_count: dict[str, int] = {}
+        #: The size of each batch reported through attempts_finished.
+        self.batches: list[int] = []
         self.progress: list[tuple[str, dict[str, Any]]] = []
         self.logs: list[tuple[str, str, int, str, dict[str, str] | None]] = []
         self.namespace: dict[str, Any] = {}
@@ -45,6 +47,11 @@ class Recorder:
     def attempt_finished(self, outcome: Outcome) -> None:
         self.finished[outcome.attempt_id] = outcome
         self.finish_count[outcome.attempt_id] = self.finish_count.get(outcome.attempt_id, 0) + 1
+
+    def attempts_finished(self, outcomes: list[Outcome]) -> None:
+        self.batches.append(len(outcomes))
+        for outcome in outcomes:
+            self.attempt_finished(outcome)
 
     def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
         self.progress.append((attempt_id, progress))

@@ -17,7 +17,9 @@ import pytest
 
 from procpoold.engines import Outcome
 from procpoold.oom import OomCounter
+from procpoold.pool import lifecycle as lifecycle_module
 from procpoold.pool import pool as pool_module
+from procpoold.pool import shm
 from procpoold.pool.ring import Ring, RingCorrupt
 from tests.integration.pool.conftest import PoolHarness
 
@@ -85,6 +87,35 @@ def test_64_mib_argument_and_result_spill(pool: PoolHarness) -> None:
     assert out.status == "completed" and len(out.result) == size, out.error
     assert pool.call("length", out.result).result == size
     assert not [e for e in os.listdir("/dev/shm") if e.startswith("procpool-spill-")]
+
+
+def test_a_1_mib_value_goes_through_the_ring_without_a_spill(pool: PoolHarness,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default ring capacity a 1 MiB argument and a 1 MiB result fit in the rings: no
+    spill object is written for the worker, none is taken from it."""
+    written: list[int] = []
+    taken: list[bytes] = []
+    write_spill, take_spill = shm.write_spill, Ring._take_spill
+
+    def counting_write(data: Any, *args: Any) -> str:
+        written.append(len(data))
+        return write_spill(data, *args)
+
+    def counting_take(self: Ring, ref: bytes) -> bytes:
+        taken.append(ref)
+        return take_spill(self, ref)
+
+    monkeypatch.setattr(shm, "write_spill", counting_write)
+    monkeypatch.setattr(Ring, "_take_spill", counting_take)
+    payload = os.urandom(2**20)
+    out = pool.call("echo", payload)
+    assert out.status == "completed" and out.result == payload, out.error
+    assert (written, taken) == ([], [])
+    # (and a value over half the ring still spills, both ways)
+    big = os.urandom(3 * 2**20)
+    out = pool.call("echo", big)
+    assert out.status == "completed" and out.result == big, out.error
+    assert len(written) == 1 and len(taken) == 1
 
 
 def test_namespace_progress_and_output(pool: PoolHarness) -> None:
@@ -344,7 +375,7 @@ def test_dying_workers_back_off(make_pool: type, monkeypatch: pytest.MonkeyPatch
     worker that outlives the window puts the wait back to BACKOFF_START."""
     start, burst = pool_module.BACKOFF_START, pool_module.DEATH_BURST
     cap = 4 * start
-    monkeypatch.setattr(pool_module, "DEATH_WINDOW", 600.0)  # however slow this machine is
+    monkeypatch.setattr(lifecycle_module, "DEATH_WINDOW", 600.0)  # however slow this machine is
     caplog.set_level(logging.WARNING, logger="procpoold.pool")
     pool = make_pool(workers=1, respawn_backoff_max=cap)
 
@@ -363,7 +394,7 @@ def test_dying_workers_back_off(make_pool: type, monkeypatch: pytest.MonkeyPatch
     assert [death() for _ in range(4)] == [
         (False, start, 2 * start), (False, 2 * start, cap), (False, cap, cap), (False, cap, cap)]
     # The worker now outlives the window: the next death counts alone.
-    monkeypatch.setattr(pool_module, "DEATH_WINDOW", 0.5)
+    monkeypatch.setattr(lifecycle_module, "DEATH_WINDOW", 0.5)
     assert pool.call("sleep", 0.6).status == "completed"
     assert death() == (True, None, start)
 
@@ -601,3 +632,22 @@ def test_cancel_while_waiting_for_a_namespace_reply(make_pool: type) -> None:
     out = pool.wait(aid, timeout=10)[0]
     assert out.status == "cancelled" and out.error is not None and out.error.type.endswith("TaskInterrupted")
     assert pool.events.started[aid][0] in pool.pids()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86-64 syscall numbers")
+def test_results_read_together_are_reported_in_one_batch(make_pool: type) -> None:
+    """Everything one drain of a result ring finds is reported in one attempts_finished call, in
+    the order the worker sent it, each attempt once."""
+    pool = make_pool(workers=1, spin_us=0)
+    pool.idle_workers(1)
+    assert pool.call("add", 0, 1).result == 1  # the pool learns that "add" is short: prefetch
+    pid = next(iter(pool.pids()))
+    aids = [pool.submit("add", i, 1) for i in range(20)]
+    pool.run_until(lambda: all(a in pool.events.started for a in aids), what="all dispatched")
+    # The worker runs them all and goes to sleep on its request ring; the loop reads nothing
+    # meanwhile, so one drain then finds every result.
+    _until(lambda: _syscall(pid, pid)[:3:2] == RING_WAIT, "the worker asleep on its request ring")
+    outcomes = pool.wait(*aids)
+    assert [o.result for o in outcomes] == [i + 1 for i in range(20)]
+    assert all(pool.events.finish_count[a] == 1 for a in aids)
+    assert max(pool.events.batches) >= 10, pool.events.batches

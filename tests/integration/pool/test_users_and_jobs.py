@@ -85,6 +85,36 @@ def test_a_jobs_python_path_and_modules_do_not_reach_the_next_job(make_pool: Cal
     assert pool.pids() == pid
 
 
+def test_a_worker_woken_for_the_next_job_forgets_the_last_one(make_pool: Callable[..., PoolHarness],
+                                                             tmp_path: Path) -> None:
+    """expect_work (a submit on its way) has an idle worker leave its job right away: the next
+    job still finds none of its modules, and code compiled for one source is never handed out for
+    another (the worker's code cache is keyed by path and source)."""
+    pool = make_pool(workers=1)
+    dir_a = module_dir(tmp_path, "a", "def f():\n    return 'A'\n")
+    dir_c = module_dir(tmp_path, "c", "def f():\n    return 'C'\n")
+    (a,) = run(pool, spec("m:f", job="A", python_path=[dir_a]))
+    assert (a.status, a.result) == ("completed", "A")
+    pid = pool.pids()
+    pool.pool.expect_work(None)
+    assert pool.pool.info()["prewakes"] == 1
+    (b,) = run(pool, spec("m:f", job="B"))
+    assert b.status == "failed" and b.error is not None
+    assert b.error.type == "ModuleNotFoundError", b.error
+    assert pool.pool.info()["prewakes_used"] == 1
+    pool.pool.expect_work(None)
+    (c,) = run(pool, spec("m:f", job="C", python_path=[dir_c]))
+    assert (c.status, c.result) == ("completed", "C")
+    Path(dir_a, "m.py").write_text("def f():\n    return 'A, edited'\n")
+    pool.pool.expect_work(None)
+    (d,) = run(pool, spec("m:f", job="D", python_path=[dir_a]))
+    assert (d.status, d.result) == ("completed", "A, edited")
+    (e,) = run(pool, spec("m:f", job="E", python_path=[dir_c]))  # (a switch without a wake)
+    assert (e.status, e.result) == ("completed", "C")
+    assert pool.pool.info()["prewakes"] == pool.pool.info()["prewakes_used"] == 3
+    assert pool.pids() == pid
+
+
 def test_a_worker_that_loaded_a_c_extension_is_replaced_for_the_next_job(
         make_pool: Callable[..., PoolHarness], tmp_path: Path) -> None:
     pool = make_pool(workers=1)
