@@ -625,9 +625,44 @@ class Scheduler:
             self._task_logs.pop(outcome.attempt_id, None)  # kept until here for the final record
 
     def attempts_finished(self, outcomes: list[Outcome]) -> None:
-        """A batch of outcomes (one drain of the pool's result rings), applied in order."""
+        """A batch of outcomes (one drain of the pool's result rings), applied in order.
+
+        Runs on the loop's thread. The same state changes as :meth:`attempt_finished` for each
+        outcome; a completion (most of them) takes a short path: one clock reading and one
+        dispatch pass for the whole batch. An exception while applying one outcome is logged and
+        does not keep the rest of the batch from being applied.
+        """
+        attempts, jobs, timeouts, task_logs = self.attempts, self.jobs, self._timeouts, self._task_logs
+        now: float | None = None
         for outcome in outcomes:
-            self.attempt_finished(outcome)
+            aid = outcome.attempt_id
+            ref = attempts.get(aid) if outcome.status == "completed" else None
+            if ref is None:
+                try:
+                    self.attempt_finished(outcome)
+                except Exception:
+                    log.exception("the outcome of attempt %s could not be applied", aid)
+                continue
+            del attempts[aid]
+            try:
+                if timeouts:
+                    timer = timeouts.pop(aid, None)
+                    if timer is not None:
+                        timer.cancel()
+                job = jobs[ref[0]]
+                index = ref[1]
+                if now is None:
+                    now = self.clock()
+                attempt = job.tasks[index].running_attempt
+                if attempt is not None:
+                    attempt.finished_at, attempt.status = now, "completed"
+                self._apply(job, job.complete(index, now, outcome.result, outcome.exit_code))
+            except Exception:
+                log.exception("the outcome of attempt %s could not be applied", aid)
+            finally:
+                task_logs.pop(aid, None)  # kept until here for the final record
+        if now is not None:
+            self._schedule_pump()  # slots became free
 
     def _attempt_finished(self, ref: Ref | None, outcome: Outcome) -> None:
         timer = self._timeouts.pop(outcome.attempt_id, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
@@ -71,4 +73,34 @@ def test_an_attempt_stopped_before_it_started_does_not_count() -> None:
     # what a restart does with it: it runs again as the first attempt (recover rebuilds readiness)
     effects, interrupted = job.recover(now=1.0)
     assert effects.ready == [0] and interrupted == []
+    loop.close()
+
+
+def test_a_batch_of_outcomes_is_applied_in_order_and_one_failure_spares_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop, executor, scheduler = make(slots=4)
+    job, _ = scheduler.submit({"name": "j", "root": {"concurrent": [{"call": "m:f"}] * 3 + [{"cmd": ["x"]}]}})
+    loop.run_once(0)
+    specs = executor.submitted
+    assert len(specs) == 4
+    real = job.complete
+
+    def complete(index: int, *args: Any, **kwargs: Any) -> Any:
+        if index == 1:
+            raise RuntimeError("a bug while applying one outcome")
+        return real(index, *args, **kwargs)
+
+    monkeypatch.setattr(job, "complete", complete)
+    scheduler.attempts_finished([
+        Outcome(specs[0].attempt_id, "completed", result="a"),
+        Outcome(specs[1].attempt_id, "completed", result="b"),
+        Outcome(specs[2].attempt_id, "completed", result="c"),
+        Outcome(specs[3].attempt_id, "failed", error=TaskError("E", "it failed")),
+    ])
+    states = [t.state for t in job.tasks]
+    assert states == ["completed", "running", "completed", "failed"]
+    assert [job.tasks[i].result for i in (0, 2)] == ["a", "c"]
+    assert [a.status for a in (job.tasks[0].attempts[-1], job.tasks[2].attempts[-1])] == ["completed"] * 2
+    assert specs[1].attempt_id not in scheduler.attempts  # its outcome was taken, and logged as lost
     loop.close()
