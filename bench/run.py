@@ -363,8 +363,9 @@ def interleaved(p: Params, contenders: list[Contender], say: Callable[[str], Non
     """``p.repeat`` rounds; in each, every contender does one run of every workload in turn."""
     for round_ in range(p.repeat):
         for c in contenders:
-            say(f"round {round_ + 1}/{p.repeat}: {c.name}")
+            start = time.monotonic()
             c.runs.append(c.run(p))
+            say(f"round {round_ + 1}/{p.repeat}: {c.name} ran in {time.monotonic() - start:.1f} s")
 
 
 def flood_runs(p: Params, say: Callable[[str], None]) -> dict[str, list[flood.Flood]]:
@@ -570,9 +571,11 @@ def render(p: Params, procpool: Contender, peers: list[Contender], zmq: Contende
         runs = jd["runs"]
         single(f"W1 {p.journald_tasks:,} no-ops, journald log target (container)", "tasks/s",
                f"{statistics.median(runs['rate']):,.0f}")
+        stored = min(runs["stored_per_sent"])
         single("  journald CPU per record in it", "us",
                f"{statistics.median(runs['journald_us_per_record']):.1f} "
-               f"({statistics.median(runs['records_per_task']):.2f} records/task)")
+               f"({statistics.median(runs['records_per_task']):.2f} records/task, "
+               + ("all stored)" if stored >= 1 else f"only {stored:.0%} of those sent stored)"))
         single("  daemon CPU per task in it (procpoold)", "us",
                f"{statistics.median(runs['daemon_us_per_task']):.1f}")
     else:
@@ -651,7 +654,9 @@ def _footer(p: Params, procpool: Contender, others: list[Contender], floods: dic
         out.append("journald: procpoold as a transient Type=notify service with `--log-target journal` in "
                    "the e2e tier's systemd-nspawn container, W1 submitted from inside it; journald's CPU "
                    "(systemd-journald's /proc stat) from the submit until the journal stopped growing, over "
-                   "the records written meanwhile (journal sequence numbers); "
+                   "the records written meanwhile (journal sequence numbers), checked against the records "
+                   "the daemon sent; journald's rate limit off in the container (a unit's "
+                   "LogRateLimitIntervalSec=0 leaves journald's default on); "
                    f"medians of {p.repeat} runs (`bench/journald_bench.py`).")
     out += [f"{c.name}: {n}" for c in [procpool, *others] for n in c.notes]
     return out
