@@ -19,12 +19,12 @@ on a machine whose speed drifts by tens of percent within minutes. Workloads:
   CPU time of the procpoold process (all threads, /proc/PID/stat) per task; and the same job
   through ``procctl submit FILE --wait`` as a user runs it (a job file, the venv's entry point,
   process start to exit);
-* W2 2,000 sequential single-task round trips: p50/p99 us (procpool: ``submit(wait=...)`` of a
+* W2 1,000 sequential single-task round trips per run: p50/p99 us (procpool: ``submit(wait=...)`` of a
   one-task job; peers: ``apply_async(...).get()`` / ``submit(...).result()``); its floor, a bare
   ZeroMQ DEALER->ROUTER echo over ipc:// between two Python processes (``bench/zmq_echo.py``);
 * W3 50 sequential stages of 40 concurrent no-ops: seconds (procpool: one job, a sequential group
   of 50 concurrent groups; also through ``procctl submit --wait``);
-* W4 a 1 MiB ``bytes`` argument returned, 200 sequential round trips: MB/s (MiB moved one way);
+* W4 a 1 MiB ``bytes`` argument returned, 100 sequential round trips per run: MB/s (MiB moved one way);
 * W5 200 tasks of 5 ms pure-Python CPU: seconds, against the ideal ``200 x 5 ms / workers``;
 * W6 500 ``true`` commands, ``workers`` in flight: seconds, against ``xargs -P<workers>``;
 
@@ -95,16 +95,17 @@ MiB = 1 << 20
 class Params:
     workers: int = 2
     w1_tasks: int = 20_000
-    w2_rounds: int = 2_000
+    w2_rounds: int = 1_000
     w3_stages: int = 50
     w3_width: int = 40
-    w4_rounds: int = 200
+    w4_rounds: int = 100
     w4_size: int = MiB
     w5_tasks: int = 200
     w5_ms: float = 5.0
     w6_cmds: int = 500
     repeat: int = 5
     flood_lines: int = 200_000
+    flood_repeat: int = 3
     idle_seconds: float = 10.0
     idle_workers: int = 4
     rt_rounds: int = 20_000
@@ -115,8 +116,8 @@ class Params:
     @classmethod
     def quick(cls, workers: int) -> Params:
         return cls(workers=workers, w1_tasks=2_000, w2_rounds=300, w3_stages=10, w4_rounds=30, w5_tasks=40,
-                   w6_cmds=100, repeat=1, flood_lines=50_000, idle_seconds=2.0, rt_rounds=3_000,
-                   store_pairs=1, chain_tasks=500, journald_tasks=2_000)
+                   w6_cmds=100, repeat=1, flood_lines=50_000, flood_repeat=1, idle_seconds=2.0,
+                   rt_rounds=3_000, store_pairs=1, chain_tasks=500, journald_tasks=2_000)
 
 
 # -- process hygiene -------------------------------------------------------------------------------
@@ -371,9 +372,9 @@ def interleaved(p: Params, contenders: list[Contender], say: Callable[[str], Non
 def flood_runs(p: Params, say: Callable[[str], None]) -> dict[str, list[flood.Flood]]:
     """The worst ping during a flood, in fresh daemons, the two kinds of task in turns."""
     found: dict[str, list[flood.Flood]] = {kind: [] for kind in flood.KINDS}
-    for round_ in range(p.repeat):
+    for round_ in range(p.flood_repeat):
         for kind in flood.KINDS:
-            say(f"flood {round_ + 1}/{p.repeat}: {p.flood_lines:,} lines from a {kind} task")
+            say(f"flood {round_ + 1}/{p.flood_repeat}: {p.flood_lines:,} lines from a {kind} task")
             found[kind].append(flood.flood_once(p.workers, p.flood_lines, kind))
     return found
 
