@@ -55,6 +55,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -130,11 +131,19 @@ _MAIN_PID = os.getpid()
 
 
 def _on_sigterm(signum: int, _frame: Any) -> None:
-    if os.getpid() != _MAIN_PID:  # a forked peer worker (Pool.terminate): die as by default
+    if os.getpid() != _MAIN_PID:  # a forked peer worker that kept this handler: die as by default
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
     raise Interrupted()
+
+
+def _default_sigterm_in_child() -> None:
+    """A forked peer worker dies of SIGTERM (``Pool.terminate``) as by default. With the handler
+    above inherited, one mp.Pool worker in a full run once lived on after ``terminate`` (its SIGTERM
+    never reached Python's handler) and ``Pool.join`` waited for it for 6 minutes."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # -- peers -----------------------------------------------------------------------------------------
@@ -217,8 +226,24 @@ class MpPool(Peer):
         return handle.get()
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        # Should a worker still outlive terminate(), it is killed after 10 s rather than waited for.
+        pids = [p.pid for p in getattr(self.pool, "_pool", []) if p.pid is not None]
+        guard = threading.Timer(10.0, _kill, (pids,))
+        guard.daemon = True
+        guard.start()
+        try:
+            self.pool.terminate()
+            self.pool.join()
+        finally:
+            guard.cancel()
+
+
+def _kill(pids: list[int]) -> None:
+    """SIGKILL those of ``pids`` that are still this process's children (not reaped, not reused)."""
+    for pid in pids:
+        with contextlib.suppress(OSError, psutil.Error):
+            if psutil.Process(pid).ppid() == os.getpid():
+                os.kill(pid, signal.SIGKILL)
 
 
 class FuturesPeer(Peer):
@@ -705,6 +730,7 @@ def main() -> int:
     if args.repeat is not None:
         p.repeat = args.repeat
     signal.signal(signal.SIGTERM, _on_sigterm)
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
