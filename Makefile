@@ -60,10 +60,20 @@ e2e: venv
 test: lint native-check
 	$(BIN)/python -m pytest -q
 
-# The peers (loky, Dask) are an optional extra, installed for the benchmark only.
+# The peers (loky, Dask) are an optional extra, installed for the benchmark only. W1 with journald
+# runs in the e2e tier's systemd container when this is root with systemd-nspawn and nsenter;
+# otherwise the table says it was not run. BENCH_ARGS: more options, e.g. BENCH_ARGS=--quick.
+BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
-	$(BIN)/python bench/run.py
+	@journald=""; \
+	if [ "$$(id -u)" = 0 ] && command -v systemd-nspawn >/dev/null && command -v nsenter >/dev/null; then \
+	  journald=--journald; \
+	else \
+	  echo "W1 with journald left out: it needs root, systemd-nspawn and nsenter (make deps installs them)"; \
+	fi; \
+	echo "$(BIN)/python bench/run.py $$journald $(BENCH_ARGS)"; \
+	$(BIN)/python bench/run.py $$journald $(BENCH_ARGS)
 
 schema: venv
 	$(BIN)/python -c 'import json; from procpool.contract.tree import json_schema; \

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import Daemon, ProcpoolContender
+from harness import Daemon, ProcpoolContender
 
 
 def main() -> None:

@@ -2,29 +2,40 @@
 
 Run from the repository root (with the extension built)::
 
-    python bench/run.py [--workers 2] [--quick] [--skip-peers] [--output bench/results.md]
+    python bench/run.py [--workers 2] [--quick] [--skip-peers] [--journald] [--output bench/results.md]
 
 procpool runs as a real ``procpoold`` (temporary socket and state directory, the state store on,
-default log level) driven through :class:`procpool.Client`. The peers (multiprocessing.Pool and
+default configuration) driven through :class:`procpool.Client`. The peers (multiprocessing.Pool and
 ProcessPoolExecutor always; loky and Dask distributed when importable: ``pip install
 'procpool[bench]'``) get the same number of workers and run the same functions (``bench/tasks.py``).
 
-Workloads (figures are medians of ``--repeat`` runs where a run is short):
+The contenders take turns: a *run* starts one contender (a fresh daemon, a fresh pool), warms it
+up, runs every workload once and stops it; procpool, mp.Pool, ProcessPool, loky, Dask, the bare
+ZeroMQ echo and xargs each do one run, and that round is repeated ``--repeat`` times (5). Every
+figure is the median of its runs, so procpool and each peer are measured minutes apart at most,
+on a machine whose speed drifts by tens of percent within minutes. Workloads:
 
-* W1 20,000 no-op tasks in one concurrent group: tasks/s from submit to all results;
-* W2 2,000 sequential single-task round trips: p50/p99 us (procpool: ``submit(wait=...)`` of a
-  one-task job; peers: ``apply_async(...).get()`` / ``submit(...).result()``);
+* W1 20,000 no-op tasks in one concurrent group: tasks/s from submit to all results; with it, the
+  CPU time of the procpoold process (all threads, /proc/PID/stat) per task; and the same job
+  through ``procctl submit FILE --wait`` as a user runs it (a job file, the venv's entry point,
+  process start to exit);
+* W2 1,000 sequential single-task round trips per run: p50/p99 us (procpool: ``submit(wait=...)`` of a
+  one-task job; peers: ``apply_async(...).get()`` / ``submit(...).result()``); its floor, a bare
+  ZeroMQ DEALER->ROUTER echo over ipc:// between two Python processes (``bench/zmq_echo.py``);
 * W3 50 sequential stages of 40 concurrent no-ops: seconds (procpool: one job, a sequential group
-  of 50 concurrent groups);
-* W4 a 1 MiB ``bytes`` argument returned, 200 sequential round trips: MB/s (MiB moved one way);
+  of 50 concurrent groups; also through ``procctl submit --wait``);
+* W4 a 1 MiB ``bytes`` argument returned, 100 sequential round trips per run: MB/s (MiB moved one way);
 * W5 200 tasks of 5 ms pure-Python CPU: seconds, against the ideal ``200 x 5 ms / workers``;
 * W6 500 ``true`` commands, ``workers`` in flight: seconds, against ``xargs -P<workers>``;
 
-plus the pool's own dispatch round trip inside the daemon (``bench/pool_bench.py``), the idle CPU
-of a daemon with 4 workers, the unshared memory (USS) of a worker before it runs user code, and
-W1 with the state store on and off in fresh daemons taken in turns (the store's cost). Dask is
-slow enough that its W1/W2/W4 use a tenth of the tasks (rates and percentiles do not depend on
-the count). Every process started here is stopped, also on Ctrl-C.
+then, each in fresh daemons: the worst ``ping`` during a 200,000-line output flood from one task
+(``bench/flood.py``, a command and a call), W1 with the state store on and off taken in turns, the
+pool's own dispatch round trip (``bench/pool_bench.py``), the idle CPU of a daemon with 4 workers
+and the unshared memory (USS) of its workers; and with ``--journald`` (as root, with
+systemd-nspawn) W1 with journald as the log target in the e2e tier's systemd container, with
+journald's own CPU per record (``bench/journald_bench.py``). Dask is slow enough that its
+W1/W2/W4 use a tenth of the tasks (rates and percentiles do not depend on the count). Every
+process started here is stopped, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -32,18 +43,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -59,8 +71,21 @@ sys.path.insert(0, str(BENCH))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(BENCH), os.environ.get("PYTHONPATH", "")) if p)  # the peers' spawned workers
 
-import tasks  # noqa: E402  (bench/tasks.py, after the path is set)
-from procpool import Client  # noqa: E402
+import flood  # noqa: E402  (bench/*.py, after the path is set)
+import journald_bench  # noqa: E402
+import tasks  # noqa: E402
+import zmq_echo  # noqa: E402
+from harness import (  # noqa: E402
+    Daemon,
+    ProcpoolContender,
+    job,
+    noops,
+    percentiles,
+    procctl_path,
+    run_job,
+    w1_job,
+    w3_job,
+)
 
 MiB = 1 << 20
 
@@ -71,26 +96,29 @@ MiB = 1 << 20
 class Params:
     workers: int = 2
     w1_tasks: int = 20_000
-    w2_rounds: int = 2_000
+    w2_rounds: int = 1_000
     w3_stages: int = 50
     w3_width: int = 40
-    w4_rounds: int = 200
+    w4_rounds: int = 100
     w4_size: int = MiB
     w5_tasks: int = 200
     w5_ms: float = 5.0
     w6_cmds: int = 500
-    repeat: int = 3
+    repeat: int = 5
+    flood_lines: int = 200_000
+    flood_repeat: int = 3
     idle_seconds: float = 10.0
     idle_workers: int = 4
     rt_rounds: int = 20_000
     chain_tasks: int = 2_000
     store_pairs: int = 3
+    journald_tasks: int = 20_000
 
     @classmethod
     def quick(cls, workers: int) -> Params:
         return cls(workers=workers, w1_tasks=2_000, w2_rounds=300, w3_stages=10, w4_rounds=30, w5_tasks=40,
-                   w6_cmds=100, repeat=1, idle_seconds=2.0, rt_rounds=3_000, store_pairs=1,
-                   chain_tasks=500)
+                   w6_cmds=100, repeat=1, flood_lines=50_000, flood_repeat=1, idle_seconds=2.0,
+                   rt_rounds=3_000, store_pairs=1, chain_tasks=500, journald_tasks=2_000)
 
 
 # -- process hygiene -------------------------------------------------------------------------------
@@ -103,173 +131,19 @@ _MAIN_PID = os.getpid()
 
 
 def _on_sigterm(signum: int, _frame: Any) -> None:
-    if os.getpid() != _MAIN_PID:  # a forked peer worker (Pool.terminate): die as by default
+    if os.getpid() != _MAIN_PID:  # a forked peer worker that kept this handler: die as by default
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
     raise Interrupted()
 
 
-# -- procpoold -------------------------------------------------------------------------------------
-
-class Daemon:
-    """A procpoold on a temporary socket and state dir; readiness through a fake NOTIFY_SOCKET."""
-
-    def __init__(self, workers: int, config: str | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="ppb-", dir="/tmp"))
-        self.socket = self.dir / "run" / "control.sock"
-        self.workers = workers
-        self.config = config
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Daemon:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        notify_path = self.dir / "notify.sock"
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(notify_path))
-        cmd = [*self.launcher(), "--socket", str(self.socket),
-               "--state-dir", str(self.dir / "state"), "--workers", str(self.workers)]
-        if self.config is not None:
-            (self.dir / "procpoold.toml").write_text(self.config)
-            cmd += ["--config", str(self.dir / "procpoold.toml")]
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-        env.pop("PROCPOOL_SOCKET", None)
-        with open(self.dir / "daemon.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                         start_new_session=True)
-        try:
-            notify.settimeout(0.1)
-            end = time.monotonic() + 30
-            while time.monotonic() < end:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"procpoold exited with {self.proc.returncode}:\n{self.log()}")
-                with contextlib.suppress(TimeoutError):
-                    if b"READY=1" in notify.recv(4096).split(b"\n"):
-                        return
-            raise RuntimeError(f"procpoold sent no READY=1 within 30 s:\n{self.log()}")
-        finally:
-            notify.close()
-            notify_path.unlink(missing_ok=True)
-
-    def launcher(self) -> list[str]:
-        """The command that runs procpoold (options follow)."""
-        return [sys.executable, "-m", "procpoold"]
-
-    def log(self) -> str:
-        try:
-            return (self.dir / "daemon.log").read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def client(self) -> Client:
-        return Client(self.socket, timeout=60)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.proc is not None:
-            # Whatever is left of its session (it should be nothing) goes too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _job(name: str, root: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "python_path": [str(BENCH)], "root": root}
-
-
-def _run(client: Client, job: dict[str, Any]) -> dict[str, Any]:
-    # Submit and wait in one round trip (the daemon replies when the job has finished).
-    status = client.submit(job, wait=600)
-    if not status.get("finished"):
-        status = client.wait(status["id"])
-    if status["state"] != "completed":
-        failed = [t for t in status["status"]["tasks"] if t["state"] != "completed"][:3]
-        raise RuntimeError(f"benchmark job {job['name']} ended {status['state']}: {failed}")
-    return status
-
-
-def _noops(n: int, prefix: str = "t") -> list[dict[str, Any]]:
-    return [{"name": f"{prefix}{i}", "call": "tasks:noop"} for i in range(n)]
-
-
-class ProcpoolContender:
-    name = "procpool"
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.client = daemon.client()
-
-    def close(self) -> None:
-        self.client.close()
-
-    def warm(self) -> None:
-        _run(self.client, _job("warm", {"concurrent": _noops(200)}))
-
-    def w1(self, n: int) -> float:
-        job = _job("w1", {"concurrent": _noops(n)})
-        start = time.perf_counter()
-        status = _run(self.client, job)
-        elapsed = time.perf_counter() - start
-        assert len(status["status"]["tasks"]) == n
-        return elapsed
-
-    def w2(self, rounds: int) -> list[float]:
-        job = _job("w2", {"name": "t", "call": "tasks:noop"})
-        samples = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            _run(self.client, job)
-            samples.append(time.perf_counter() - start)
-        return samples
-
-    def w3(self, stages: int, width: int) -> float:
-        root = {"sequential": [{"concurrent": _noops(width, f"s{s}t")} for s in range(stages)]}
-        start = time.perf_counter()
-        _run(self.client, _job("w3", root))
-        return time.perf_counter() - start
-
-    def w4(self, rounds: int, size: int) -> float:
-        payload = os.urandom(size)
-        job = _job("w4", {"name": "t", "call": "tasks:echo", "args": [payload]})
-        start = time.perf_counter()
-        for _ in range(rounds):
-            status = _run(self.client, job)
-            assert status["status"]["tasks"][0]["result"] == payload
-        return time.perf_counter() - start
-
-    def w5(self, n: int, ms: float) -> float:
-        job = _job("w5", {"concurrent": [{"name": f"t{i}", "call": "tasks:cpu", "args": [ms]}
-                                          for i in range(n)]})
-        start = time.perf_counter()
-        _run(self.client, job)
-        return time.perf_counter() - start
-
-    def w6(self, n: int) -> float:
-        job = _job("w6", {"concurrent": [{"name": f"t{i}", "cmd": ["true"]} for i in range(n)]})
-        start = time.perf_counter()
-        _run(self.client, job)
-        return time.perf_counter() - start
+def _default_sigterm_in_child() -> None:
+    """A forked peer worker dies of SIGTERM (``Pool.terminate``) as by default. With the handler
+    above inherited, one mp.Pool worker in a full run once lived on after ``terminate`` (its SIGTERM
+    never reached Python's handler) and ``Pool.join`` waited for it for 6 minutes."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # -- peers -----------------------------------------------------------------------------------------
@@ -326,6 +200,18 @@ class Peer:
         self.gather([self.submit(tasks.cpu, ms) for _ in range(n)])
         return time.perf_counter() - start
 
+    def run_pass(self, p: Params) -> dict[str, float]:
+        """One run of every workload (W6 is for commands: xargs is its reference)."""
+        out: dict[str, float] = {}
+        n1 = max(100, p.w1_tasks // self.scale)
+        out["w1"] = n1 / self.w1(n1)
+        out["w2_p50"], out["w2_p99"] = percentiles(self.w2(max(50, p.w2_rounds // self.scale)))
+        out["w3"] = self.w3(p.w3_stages, p.w3_width)
+        n4 = max(10, p.w4_rounds // self.scale)
+        out["w4"] = n4 * p.w4_size / 1e6 / self.w4(n4, p.w4_size)
+        out["w5"] = self.w5(p.w5_tasks, p.w5_ms)
+        return out
+
 
 class MpPool(Peer):
     name = "mp.Pool"
@@ -340,8 +226,24 @@ class MpPool(Peer):
         return handle.get()
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        # Should a worker still outlive terminate(), it is killed after 10 s rather than waited for.
+        pids = [p.pid for p in getattr(self.pool, "_pool", []) if p.pid is not None]
+        guard = threading.Timer(10.0, _kill, (pids,))
+        guard.daemon = True
+        guard.start()
+        try:
+            self.pool.terminate()
+            self.pool.join()
+        finally:
+            guard.cancel()
+
+
+def _kill(pids: list[int]) -> None:
+    """SIGKILL those of ``pids`` that are still this process's children (not reaped, not reused)."""
+    for pid in pids:
+        with contextlib.suppress(OSError, psutil.Error):
+            if psutil.Process(pid).ppid() == os.getpid():
+                os.kill(pid, signal.SIGKILL)
 
 
 class FuturesPeer(Peer):
@@ -416,42 +318,52 @@ def available_peers(missing: list[str] | None = None) -> list[type[Peer]]:
     return found
 
 
-# -- measurements ----------------------------------------------------------------------------------
+# -- the interleaved runs --------------------------------------------------------------------------
 
 @dataclass
-class Figures:
-    """One contender's results: key -> value (tasks/s, seconds, us, MB/s)."""
+class Notes:
+    """What the passes saw besides figures (shown under the table)."""
 
-    name: str
-    values: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    procctl_output: str = ""
 
 
-def _median(fn: Callable[[], float], repeat: int) -> float:
-    return statistics.median(fn() for _ in range(repeat))
-
-
-def _pcts(samples: list[float]) -> tuple[float, float]:
-    samples = samples[len(samples) // 10:] or samples  # warm-up dropped
-    if len(samples) < 2:
-        return samples[0] * 1e6, samples[0] * 1e6
-    q = statistics.quantiles(samples, n=100)
-    return q[49] * 1e6, q[98] * 1e6
-
-
-def measure(c: Any, p: Params, scale: int = 1) -> dict[str, float]:
+def procpool_pass(p: Params, notes: Notes) -> dict[str, float]:
+    """One run of every workload on a fresh procpoold, W1 and W3 also through ``procctl``."""
     out: dict[str, float] = {}
-    c.warm()
-    n1 = max(100, p.w1_tasks // scale)
-    out["w1"] = n1 / _median(lambda: c.w1(n1), p.repeat)
-    out["w2_p50"], out["w2_p99"] = _pcts(c.w2(max(50, p.w2_rounds // scale)))
-    out["w3"] = _median(lambda: c.w3(p.w3_stages, p.w3_width), p.repeat)
-    n4 = max(10, p.w4_rounds // scale)
-    out["w4"] = n4 * p.w4_size / 1e6 / c.w4(n4, p.w4_size)
-    out["w5"] = _median(lambda: c.w5(p.w5_tasks, p.w5_ms), p.repeat)
-    if hasattr(c, "w6"):
-        out["w6"] = _median(lambda: c.w6(p.w6_cmds), p.repeat)
+    with Daemon(p.workers) as daemon:
+        c = ProcpoolContender(daemon)
+        try:
+            c.warm()
+            out["w1"] = p.w1_tasks / c.w1(p.w1_tasks)
+            out["cpu"] = c.daemon_cpu / p.w1_tasks * 1e6
+            out["cpu_helpers"] = c.helper_cpu / p.w1_tasks * 1e6
+            if procctl_path() is not None:
+                out["w1_procctl"] = p.w1_tasks / c.procctl(w1_job(p.w1_tasks))
+                notes.procctl_output = c.procctl_output
+            out["w2_p50"], out["w2_p99"] = percentiles(c.w2(p.w2_rounds))
+            out["w3"] = c.w3(p.w3_stages, p.w3_width)
+            if procctl_path() is not None:
+                out["w3_procctl"] = c.procctl(w3_job(p.w3_stages, p.w3_width))
+            out["w4"] = p.w4_rounds * p.w4_size / 1e6 / c.w4(p.w4_rounds, p.w4_size)
+            out["w5"] = c.w5(p.w5_tasks, p.w5_ms)
+            out["w6"] = c.w6(p.w6_cmds)
+        finally:
+            c.close()
     return out
+
+
+def peer_pass(make: Callable[[int], Peer], p: Params) -> dict[str, float]:
+    peer = make(p.workers)
+    try:
+        peer.warm()
+        return peer.run_pass(p)
+    finally:
+        peer.close()
+
+
+def zmq_pass(p: Params) -> dict[str, float]:
+    p50, p99 = percentiles(zmq_echo.roundtrips(p.w2_rounds))
+    return {"w2_p50": p50, "w2_p99": p99}
 
 
 def xargs_seconds(n: int, workers: int) -> float:
@@ -461,6 +373,39 @@ def xargs_seconds(n: int, workers: int) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class Contender:
+    name: str
+    run: Callable[[Params], dict[str, float]]
+    notes: list[str] = field(default_factory=list)
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def median(self, key: str) -> float | None:
+        values = [r[key] for r in self.runs if key in r]
+        return statistics.median(values) if values else None
+
+
+def interleaved(p: Params, contenders: list[Contender], say: Callable[[str], None]) -> None:
+    """``p.repeat`` rounds; in each, every contender does one run of every workload in turn."""
+    for round_ in range(p.repeat):
+        for c in contenders:
+            start = time.monotonic()
+            c.runs.append(c.run(p))
+            say(f"round {round_ + 1}/{p.repeat}: {c.name} ran in {time.monotonic() - start:.1f} s")
+
+
+def flood_runs(p: Params, say: Callable[[str], None]) -> dict[str, list[flood.Flood]]:
+    """The worst ping during a flood, in fresh daemons, the two kinds of task in turns."""
+    found: dict[str, list[flood.Flood]] = {kind: [] for kind in flood.KINDS}
+    for round_ in range(p.flood_repeat):
+        for kind in flood.KINDS:
+            say(f"flood {round_ + 1}/{p.flood_repeat}: {p.flood_lines:,} lines from a {kind} task")
+            found[kind].append(flood.flood_once(p.workers, p.flood_lines, kind))
+    return found
+
+
+# -- the daemon's other figures --------------------------------------------------------------------
+
 def daemon_roundtrip(p: Params) -> dict[str, dict[str, Any]]:
     """The pool's round trip as procpoold itself measures it (``procctl pool``), over a chain of
     no-ops in a fresh daemon: each attempt is pushed alone to a worker that is either still
@@ -469,7 +414,7 @@ def daemon_roundtrip(p: Params) -> dict[str, dict[str, Any]]:
         c = ProcpoolContender(daemon)
         try:
             c.warm()
-            _run(c.client, _job("chain", {"sequential": _noops(p.chain_tasks, "c")}))
+            run_job(c.client, job("chain", {"sequential": noops(p.chain_tasks, "c")}))
             info = c.client.pool()["info"]
         finally:
             c.close()
@@ -503,7 +448,7 @@ def idle_and_uss(p: Params) -> tuple[float, list[float], list[float]]:
     with Daemon(p.idle_workers) as daemon:
         fresh = [w.memory_full_info().uss / MiB for w in _workers(daemon)]
         with daemon.client() as client:
-            _run(client, _job("warm", {"concurrent": _noops(400)}))
+            run_job(client, job("warm", {"concurrent": noops(400)}))
         time.sleep(0.5)
         procs = _tree(daemon.pid)
         before = [sum(proc.cpu_times()[:2]) for proc in procs]
@@ -518,7 +463,7 @@ def _w1_daemon(p: Params, config: str | None) -> float:
         c = ProcpoolContender(daemon)
         try:
             c.warm()
-            return p.w1_tasks / _median(lambda: c.w1(p.w1_tasks), p.repeat)
+            return p.w1_tasks / statistics.median(c.w1(p.w1_tasks) for _ in range(min(3, p.repeat)))
         finally:
             c.close()
 
@@ -543,26 +488,215 @@ def store_cost(p: Params) -> tuple[float, float] | None:
     return statistics.median(off_rates), statistics.median(ratios)
 
 
+def journald_w1(p: Params, wanted: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """W1 with journald in the e2e tier's container, or why it did not run."""
+    if not wanted:
+        return {"skipped": "not run (--journald not given; it needs root and systemd-nspawn)"}
+    missing = journald_bench.problems()
+    if missing:
+        return {"skipped": "skipped: " + ", ".join(missing)}
+    say(f"procpool: W1 with journald, in a systemd container, {p.repeat} run(s)")
+    return {"runs": journald_bench.measure(p.workers, p.journald_tasks, p.repeat)}
+
+
 # -- the table -------------------------------------------------------------------------------------
 
-@dataclass
-class Row:
-    label: str
-    key: str
-    unit: str
-    higher_is_better: bool
-    fmt: str = "{:,.0f}"
+MET = {True: "met", False: "MISSED", None: ""}
 
 
-ROWS = [
-    Row("W1 no-ops in one group", "w1", "tasks/s", True),
-    Row("W2 round trip p50", "w2_p50", "us", False),
-    Row("W2 round trip p99", "w2_p99", "us", False),
-    Row("W3 50 stages x 40", "w3", "s", False, "{:.3f}"),
-    Row("W4 1 MiB echo", "w4", "MB/s", True),
-    Row("W5 200 x 5 ms CPU", "w5", "s", False, "{:.3f}"),
-    Row("W6 500 `true`", "w6", "s", False, "{:.3f}"),
-]
+def _fmt(value: float | None, fmt: str) -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def _ratio(mine: float | None, best: float | None, higher_is_better: bool) -> str:
+    """procpool's speed relative to ``best`` (above 1: procpool is faster)."""
+    if mine is None or best is None or mine == 0:
+        return ""
+    return f"{(mine / best if higher_is_better else best / mine):.2f}x"
+
+
+def _best(peers: list[Contender], key: str, higher_is_better: bool) -> float | None:
+    values = [v for c in peers if (v := c.median(key)) is not None]
+    if not values:
+        return None
+    return max(values) if higher_is_better else min(values)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}" if len(values) > 1 else ""
+
+
+def render(p: Params, procpool: Contender, peers: list[Contender], zmq: Contender, xargs: Contender | None,
+           floods: dict[str, list[flood.Flood]], extra: dict[str, Any], info: dict[str, str],
+           notes: Notes) -> tuple[str, str]:
+    me = procpool.median
+    mp = next((c for c in peers if c.name == "mp.Pool"), None)
+    mp_ = mp.median if mp is not None else (lambda key: None)
+    ideal = p.w5_tasks * p.w5_ms / 1000 / p.workers
+    refs = [*peers, *([xargs] if xargs is not None else [])]
+    head = ["workload", "unit", "procpool", *[c.name for c in peers], "xargs", "vs fastest peer", "target",
+            "met"]
+    blank = [""] * (len(peers) + 1)
+    lines: list[list[str]] = []
+
+    def compared(label: str, key: str, unit: str, fmt: str, higher: bool, target: str,
+                 ok: Callable[[float], bool | None] | None = None, ref_key: str | None = None,
+                 show_peers: bool = True) -> None:
+        """A row with procpool's median, the peers' (of ``ref_key``), and the ratio to the best."""
+        ref_key = ref_key or key
+        mine = me(key)
+        cells = [label, unit, _fmt(mine, fmt)]
+        cells += [_fmt(c.median(ref_key), fmt) if show_peers else "" for c in peers]
+        cells.append(_fmt(xargs.median(ref_key), fmt) if xargs is not None and show_peers else "")
+        verdict = ok(mine) if ok is not None and mine is not None else None
+        cells += [_ratio(mine, _best(refs, ref_key, higher), higher), target, MET[verdict]]
+        lines.append(cells)
+
+    def single(label: str, unit: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        lines.append([label, unit, value, *blank, "", target, MET[ok]])
+
+    def both(a: float | None, b: float | None, test: Callable[[float, float], bool]) -> bool | None:
+        return None if a is None or b is None else test(a, b)
+
+    floor50, floor99 = zmq.median("w2_p50"), zmq.median("w2_p99")
+    mp_w1, mp_w3 = mp_("w1"), mp_("w3")
+    best_w4 = _best(peers, "w4", True)
+    compared(f"W1 {p.w1_tasks:,} no-ops in one group", "w1", "tasks/s", "{:,.0f}", True, ">= 2x mp.Pool",
+             lambda v: both(v, mp_w1, lambda a, b: a >= 2 * b))
+    compared("W1 through `procctl submit --wait`", "w1_procctl", "tasks/s", "{:,.0f}", True, "", ref_key="w1",
+             show_peers=False)
+    cpu, helpers = me("cpu"), me("cpu_helpers")
+    single("W1 daemon CPU per task (procpoold, all threads)", "us",
+           "" if cpu is None else f"{cpu:.1f}" + (f" (+{helpers:.1f} other)" if helpers else ""),
+           "<= 10 us", None if cpu is None else cpu <= 10)
+    compared("W2 round trip p50", "w2_p50", "us", "{:,.0f}", False,
+             f"<= ZeroMQ + 100 us ({floor50 + 100:,.0f})" if floor50 is not None else "<= ZeroMQ + 100 us",
+             lambda v: both(v, floor50, lambda a, b: a <= b + 100))
+    compared("W2 round trip p99", "w2_p99", "us", "{:,.0f}", False, "<= 1,500 us", lambda v: v <= 1500)
+    single("W2 floor: bare ZeroMQ ipc round trip, Python", "us",
+           "" if floor50 is None or floor99 is None else f"p50 {floor50:,.0f} / p99 {floor99:,.0f}")
+    compared(f"W3 {p.w3_stages} stages x {p.w3_width}", "w3", "s", "{:.3f}", False, "<= 0.5x mp.Pool",
+             lambda v: both(v, mp_w3, lambda a, b: a <= 0.5 * b))
+    compared("W3 through `procctl submit --wait`", "w3_procctl", "s", "{:.3f}", False, "", ref_key="w3",
+             show_peers=False)
+    compared(f"W4 {p.w4_size // MiB} MiB echo", "w4", "MB/s", "{:,.0f}", True, ">= the best peer",
+             lambda v: both(v, best_w4, lambda a, b: a >= b))
+    compared(f"W5 {p.w5_tasks} x {p.w5_ms:g} ms CPU", "w5", "s", "{:.3f}", False,
+             f"<= 1.05x ideal ({ideal:.3f} s)", lambda v: v <= 1.05 * ideal)
+    xargs_w6 = xargs.median("w6") if xargs is not None else None
+    compared(f"W6 {p.w6_cmds} `true`", "w6", "s", "{:.3f}", False, "<= xargs",
+             lambda v: both(v, xargs_w6, lambda a, b: a <= b))
+    for kind, runs in floods.items():
+        worst = [r.worst_ms for r in runs]
+        median = statistics.median(worst)
+        spread = _spread(worst, "{:.0f}")
+        single(f"worst ping, {p.flood_lines:,}-line flood from a {kind} task", "ms",
+               f"{median:.0f}" + (f" (runs {spread})" if spread else ""), "<= 100 ms", median <= 100)
+    jd = extra["journald"]
+    if "runs" in jd:
+        runs = jd["runs"]
+        single(f"W1 {p.journald_tasks:,} no-ops, journald log target (container)", "tasks/s",
+               f"{statistics.median(runs['rate']):,.0f}")
+        stored = min(runs["stored_per_sent"])
+        single("  journald CPU per record in it", "us",
+               f"{statistics.median(runs['journald_us_per_record']):.1f} "
+               f"({statistics.median(runs['records_per_task']):.2f} records/task, "
+               + ("all stored)" if stored >= 1 else f"only {stored:.0%} of those sent stored)"))
+        single("  daemon CPU per task in it (procpoold)", "us",
+               f"{statistics.median(runs['daemon_us_per_task']):.1f}")
+    else:
+        single("W1 with journald as the log target (container)", "", "not run (see below)")
+
+    def trip(rt: dict[str, Any]) -> str:
+        if not rt["samples"]:
+            return "no samples"
+        return f"p50 {rt['p50_us']:.1f} / p99 {rt['p99_us']:.1f} ({rt['samples']:,})"
+
+    awake = extra["rt_daemon"]["awake"]
+    single("pool round trip in the daemon, worker awake", "us", trip(awake), "<= 10 us p50",
+           awake["p50_us"] <= 10 if awake["samples"] else None)
+    single("pool round trip in the daemon, worker woken", "us", trip(extra["rt_daemon"]["woken"]))
+    rt50, rt99 = extra["rt"]
+    single("pool round trip, pool alone (stand-in scheduler)", "us", f"p50 {rt50:.1f} / p99 {rt99:.1f}")
+    single(f"idle CPU, {p.idle_workers} workers, {p.idle_seconds:g} s", "% core", f"{extra['idle']:.2f}",
+           "< 1 %", extra["idle"] < 1)
+    single("USS per worker, before user code", "MiB", "/".join(f"{u:.1f}" for u in extra["uss_fresh"]),
+           "<= 5 MiB", max(extra["uss_fresh"]) <= 5)
+    single("USS per worker, after 100 no-ops each", "MiB", "/".join(f"{u:.1f}" for u in extra["uss_warm"]))
+    if extra.get("w1_off") is not None:
+        off, ratio = extra["w1_off"]
+        single("W1 with the store off (on/off in pairs)", "tasks/s", f"{off:,.0f} (on/off {ratio:.2f})",
+               "store on >= 0.85x off", ratio >= 0.85)
+    else:
+        single("W1 with the store off", "tasks/s", "n/a (no store = false setting)")
+
+    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
+    text_lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                  for r in [head, *lines]]
+    footer = _footer(p, procpool, [*peers, zmq, *([xargs] if xargs else [])], floods, jd, info, notes)
+    runs_text = _runs([procpool, *peers, zmq, *([xargs] if xargs else [])])
+    plain = "\n".join([*text_lines, "", *footer, "", "Every run (in the order they ran):", *runs_text])
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in lines]
+    markdown = "\n".join(["# Benchmark results", "", *md, "", *[f"* {x}" for x in footer], "",
+                          "Every run, in the order they ran:", "", "```", *runs_text, "```", ""])
+    return plain, markdown
+
+
+def _footer(p: Params, procpool: Contender, others: list[Contender], floods: dict[str, list[flood.Flood]],
+            jd: dict[str, Any], info: dict[str, str], notes: Notes) -> list[str]:
+    cmd = shlex.join(["python", "bench/run.py", *sys.argv[1:]])
+    order = ", ".join(c.name for c in [procpool, *others])
+    pings = ", ".join(f"{kind}: {len(runs)} runs, {sum(len(r.pings) for r in runs):,} pings"
+                      for kind, runs in floods.items())
+    out = [
+        f"Command: `{cmd}` ({p.workers} workers for every contender).",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}, Linux {info['kernel']}, "
+        f"Python {info['python']}, {info['date']}.",
+        (f"Medians of {p.repeat} interleaved runs: each round ran " if p.repeat > 1 else "One round ran ") +
+        f"{order} in turn, each a fresh daemon or pool doing every workload once; W2's percentiles are "
+        "per run (first 10 % dropped), then the median of the runs.",
+        "'vs fastest peer': procpool's speed relative to the fastest peer in that row (above 1: faster); "
+        "for the `procctl` rows, relative to the fastest peer's W1 or W3.",
+        "W1 daemon CPU: utime + stime of the procpoold process (/proc/PID/stat) around the W1 job, per "
+        "task; '+ other': its other processes that are not pool workers (the zygote).",
+        "`procctl submit FILE --wait`: the job as a JSON file, the venv's procctl, timed from process start "
+        f"to exit; what it printed ({notes.procctl_output or 'n/a'} for W1) went to files.",
+        "W2 floor: a DEALER in this process and a ROUTER echoing in another over ipc://, 64 bytes, "
+        "`bench/zmq_echo.py`; the target is its p50 of the same runs + 100 us.",
+        "W6 runs commands: the Python pools have no such workload, xargs -P is the reference.",
+        f"Flood: one task writes {p.flood_lines:,} lines to stdout (a Python command, or `tasks:spew` in a "
+        "worker) in a fresh daemon (default configuration, stderr to a file); another client pings every "
+        "10 ms until the job has ended and the daemon's log stopped growing; the median of the runs' worst "
+        f"ping ({pings}).",
+        f"Pool round trips: a chain of {p.chain_tasks:,} no-ops in a fresh procpoold, each attempt "
+        "pushed alone to a worker, timed from push to result by the daemon itself (`procctl pool`); "
+        "awake: the worker still spun after the previous attempt; woken: the push had to wake it. "
+        f"Pool alone: `bench/pool_bench.py`'s round trip, {p.rt_rounds:,} attempts.",
+    ]
+    if "skipped" in jd:
+        out.append(f"W1 with journald: {jd['skipped']}.")
+    else:
+        out.append("journald: procpoold as a transient Type=notify service with `--log-target journal` in "
+                   "the e2e tier's systemd-nspawn container, W1 submitted from inside it; journald's CPU "
+                   "(systemd-journald's /proc stat) from the submit until the journal stopped growing, over "
+                   "the records written meanwhile (journal sequence numbers), checked against the records "
+                   "the daemon sent; journald's rate limit off in the container (a unit's "
+                   "LogRateLimitIntervalSec=0 leaves journald's default on); "
+                   f"medians of {p.repeat} runs (`bench/journald_bench.py`).")
+    out += [f"{c.name}: {n}" for c in [procpool, *others] for n in c.notes]
+    return out
+
+
+def _runs(contenders: list[Contender]) -> list[str]:
+    out = []
+    for c in contenders:
+        keys = sorted({k for r in c.runs for k in r})
+        for key in keys:
+            values = [r[key] for r in c.runs if key in r]
+            out.append(f"{c.name} {key}: " + ", ".join(f"{v:,.4g}" if v < 1000 else f"{v:,.0f}"
+                                                       for v in values))
+    return out
 
 
 def machine() -> dict[str, str]:
@@ -578,150 +712,53 @@ def machine() -> dict[str, str]:
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def _targets(p: Params, mine: dict[str, float], mp: dict[str, float], xargs: float | None,
-             extra: dict[str, Any]) -> dict[str, tuple[str, bool | None]]:
-    ideal = p.w5_tasks * p.w5_ms / 1000 / p.workers
-    t: dict[str, tuple[str, bool | None]] = {}
-
-    def check(key: str, text: str, ok: Callable[[float, float], bool], ref: dict[str, float]) -> None:
-        if key in mine and key in ref:
-            t[key] = (text, ok(mine[key], ref[key]))
-        else:
-            t[key] = (text, None)
-
-    check("w1", ">= 2x mp.Pool", lambda a, b: a >= 2 * b, mp)
-    check("w2_p50", "<= mp.Pool", lambda a, b: a <= b, mp)
-    check("w3", "<= 0.5x mp.Pool", lambda a, b: a <= 0.5 * b, mp)
-    check("w4", ">= 1.5x mp.Pool", lambda a, b: a >= 1.5 * b, mp)
-    t["w5"] = (f"<= 1.05x ideal ({ideal:.3f} s)", mine["w5"] <= 1.05 * ideal if "w5" in mine else None)
-    t["w6"] = ("<= xargs", mine["w6"] <= xargs if xargs is not None and "w6" in mine else None)
-    awake = extra["rt_daemon"]["awake"]
-    t["rt"] = ("<= 10 us p50", awake["p50_us"] <= 10 if awake["samples"] else None)
-    t["idle"] = ("< 1 %", extra["idle"] < 1)
-    t["uss"] = ("<= 5 MiB", max(extra["uss_fresh"]) <= 5)
-    if extra.get("w1_off") is not None:
-        t["w1_off"] = ("store on >= 0.85x off", extra["w1_off"][1] >= 0.85)
-    return t
-
-
-def _speedup(row: Row, mine: float, peers: list[float]) -> str:
-    if not peers:
-        return ""
-    best = max(peers) if row.higher_is_better else min(peers)
-    ratio = mine / best if row.higher_is_better else best / mine
-    return f"{ratio:.2f}x"
-
-
-def render(p: Params, results: list[Figures], xargs: float | None, extra: dict[str, Any],
-           info: dict[str, str]) -> tuple[str, str]:
-    mine = results[0].values
-    peers = results[1:]
-    mp = next((r.values for r in peers if r.name == "mp.Pool"), {})
-    targets = _targets(p, mine, mp, xargs, extra)
-    head = ["workload", "unit", "procpool", *[r.name for r in peers], "xargs", "vs fastest peer", "target",
-            "met"]
-    lines: list[list[str]] = []
-    for row in ROWS:
-        if row.key not in mine:
-            continue
-        cells = [row.label, row.unit, row.fmt.format(mine[row.key])]
-        values = []
-        for r in peers:
-            v = r.values.get(row.key)
-            cells.append("" if v is None else row.fmt.format(v))
-            if v is not None:
-                values.append(v)
-        xv = xargs if row.key == "w6" else None
-        cells.append("" if xv is None else row.fmt.format(xv))
-        if xv is not None:
-            values.append(xv)
-        cells.append(_speedup(row, mine[row.key], values))
-        text, ok = targets.get(row.key, ("", None))
-        cells += [text, "" if ok is None else ("met" if ok else "MISSED")]
-        lines.append(cells)
-    blank = [""] * len(peers)
-    t = targets
-
-    def trip(rt: dict[str, Any]) -> str:
-        if not rt["samples"]:
-            return "no samples"
-        return f"p50 {rt['p50_us']:.1f} / p99 {rt['p99_us']:.1f} ({rt['samples']:,})"
-
-    met = {True: "met", False: "MISSED", None: ""}
-    lines.append(["pool round trip in the daemon, worker awake", "us", trip(extra["rt_daemon"]["awake"]),
-                  *blank, "", "", t["rt"][0], met[t["rt"][1]]])
-    lines.append(["pool round trip in the daemon, worker woken", "us", trip(extra["rt_daemon"]["woken"]),
-                  *blank, "", "", "", ""])
-    rt50, rt99 = extra["rt"]
-    lines.append(["pool round trip, pool alone (stand-in scheduler)", "us",
-                  f"p50 {rt50:.1f} / p99 {rt99:.1f}", *blank, "", "", "", ""])
-    lines.append([f"idle CPU, {p.idle_workers} workers, {p.idle_seconds:g} s", "% core",
-                  f"{extra['idle']:.2f}", *blank, "", "", t["idle"][0], "met" if t["idle"][1] else "MISSED"])
-    lines.append(["USS per worker, before user code", "MiB",
-                  "/".join(f"{u:.1f}" for u in extra["uss_fresh"]), *blank, "", "", t["uss"][0],
-                  "met" if t["uss"][1] else "MISSED"])
-    lines.append(["USS per worker, after 100 no-ops each", "MiB",
-                  "/".join(f"{u:.1f}" for u in extra["uss_warm"]), *blank, "", "", "", ""])
-    if extra.get("w1_off") is not None:
-        off, ratio = extra["w1_off"]
-        lines.append(["W1 with the store off (on/off in pairs)", "tasks/s",
-                      f"{off:,.0f} (on/off {ratio:.2f})", *blank, "", "", t["w1_off"][0],
-                      "met" if t["w1_off"][1] else "MISSED"])
-    else:
-        lines.append(["W1 with the store off", "tasks/s", "n/a (no store = false setting)", *blank, "", "",
-                      "", ""])
-    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
-    text_lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                  for r in [head, *lines]]
-    cmd = "python bench/run.py" + (f" --workers {p.workers}" if p.workers != 2 else "") + \
-        (" --quick" if p.repeat == 1 and p.w1_tasks < 20_000 else "")
-    notes = [f"{r.name}: {n}" for r in results for n in r.notes]
-    footer = [
-        f"Command: `{cmd}` ({p.workers} workers for every contender; medians of {p.repeat} runs for "
-        "W1, W3, W5, W6).",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}, Linux {info['kernel']}, "
-        f"Python {info['python']}, {info['date']}.",
-        "'vs fastest peer': procpool's speed relative to the fastest peer in that row (above 1: faster).",
-        "W6 runs commands: the Python pools have no such workload, xargs -P is the reference.",
-        f"Pool round trips: a chain of {p.chain_tasks:,} no-ops in a fresh procpoold, each attempt "
-        "pushed alone to a worker, timed from push to result by the daemon itself (`procctl pool`); "
-        "awake: the worker still spun after the previous attempt; woken: the push had to wake it. "
-        f"Pool alone: `bench/pool_bench.py`'s round trip, {p.rt_rounds:,} attempts.",
-        *notes,
-    ]
-    plain = "\n".join([*text_lines, "", *footer])
-    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in lines]
-    markdown = "\n".join(["# Benchmark results", "", *md, "", *[f"* {x}" for x in footer], ""])
-    return plain, markdown
-
-
 # -- main ------------------------------------------------------------------------------------------
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer tasks, one repetition")
-    parser.add_argument("--skip-peers", action="store_true", help="procpool only")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer tasks, one round (~30 s)")
+    parser.add_argument("--repeat", type=int, help="rounds of interleaved runs (default 5, --quick 1)")
+    parser.add_argument("--skip-peers", action="store_true", help="procpool (and its ZeroMQ floor) only")
+    parser.add_argument("--journald", action="store_true",
+                        help="also W1 with journald in a systemd container (root, systemd-nspawn)")
     parser.add_argument("--output", type=Path, default=BENCH / "results.md",
                         help="Markdown table (default bench/results.md; '-' for none)")
     args = parser.parse_args()
     p = Params.quick(args.workers) if args.quick else Params(workers=args.workers)
+    if args.repeat is not None:
+        p.repeat = args.repeat
     signal.signal(signal.SIGTERM, _on_sigterm)
-    results: list[Figures] = []
-    extra: dict[str, Any] = {}
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    say(f"procpool: procpoold with {p.workers} workers, state store on")
-    with Daemon(p.workers) as daemon:
-        c = ProcpoolContender(daemon)
-        try:
-            results.append(Figures("procpool", measure(c, p)))
-        finally:
-            c.close()
+    notes = Notes()
+    procpool = Contender("procpool", lambda q: procpool_pass(q, notes))
+    peers: list[Contender] = []
+    xargs: Contender | None = None
+    if not args.skip_peers:
+        missing: list[str] = []
+        for cls in available_peers(missing):
+            peer = Contender(cls.name, functools.partial(peer_pass, cls))
+            if cls.scale != 1:
+                peer.notes.append(f"runs 1/{cls.scale} of the W1, W2 and W4 tasks (it is slow enough to "
+                                  "dominate the run otherwise)")
+            peers.append(peer)
+        if missing:
+            procpool.notes.append(f"peers not installed, left out: {', '.join(missing)} "
+                                  "(`pip install '.[bench]'`; `make bench` installs them)")
+        if shutil.which("xargs"):
+            xargs = Contender("xargs", lambda q: {"w6": xargs_seconds(q.w6_cmds, q.workers)})
+    zmq = Contender("ZeroMQ", zmq_pass)
+    if procctl_path() is None:
+        procpool.notes.append(f"no procctl beside {sys.executable}: the `procctl` rows are empty")
+    say(f"{p.repeat} round(s) of interleaved runs, {p.workers} workers each")
+    interleaved(p, [procpool, *peers, zmq, *([xargs] if xargs else [])], say)
+    extra: dict[str, Any] = {}
+    floods = flood_runs(p, say)
     say(f"procpool: W1 with the store on and off, {p.store_pairs} pair(s) of daemons")
     extra["w1_off"] = store_cost(p)
     say("procpool: the pool's round trip in a daemon, and alone")
@@ -729,26 +766,8 @@ def main() -> int:
     extra["rt"] = dispatch_roundtrip(p.rt_rounds)
     say(f"procpool: idle CPU and USS, {p.idle_workers} workers")
     extra["idle"], extra["uss_fresh"], extra["uss_warm"] = idle_and_uss(p)
-    xargs: float | None = None
-    if not args.skip_peers:
-        missing: list[str] = []
-        for peer_cls in available_peers(missing):
-            say(f"{peer_cls.name}: {p.workers} workers")
-            peer = peer_cls(p.workers)
-            try:
-                figures = Figures(peer.name, measure(peer, p, peer.scale))
-            finally:
-                peer.close()
-            if peer.scale != 1:
-                figures.notes.append(f"runs 1/{peer.scale} of the W1, W2 and W4 tasks (it is slow enough "
-                                     "to dominate the run otherwise)")
-            results.append(figures)
-        if missing:
-            results[0].notes.append(f"peers not installed, left out: {', '.join(missing)} "
-                                    "(`pip install '.[bench]'`; `make bench` installs them)")
-        if shutil.which("xargs"):
-            xargs = _median(lambda: xargs_seconds(p.w6_cmds, p.workers), p.repeat)
-    plain, markdown = render(p, results, xargs, extra, machine())
+    extra["journald"] = journald_w1(p, args.journald, say)
+    plain, markdown = render(p, procpool, peers, zmq, xargs, floods, extra, machine(), notes)
     print(plain)
     if str(args.output) != "-":
         args.output.write_text(markdown)

@@ -7,6 +7,7 @@ exactly the same code.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -27,3 +28,11 @@ def cpu(ms: float = 5.0) -> int:
         for _ in range(200):
             n += 1
     return n
+
+
+def spew(lines: int) -> int:
+    """Print ``lines`` short lines to stdout (an output flood from one task)."""
+    write = sys.stdout.write
+    for i in range(lines):
+        write(f"line {i}\n")
+    return lines
