@@ -109,6 +109,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
             executors,
             inherited_fd=inherited[0] if inherited else None,
             reload_config=lambda: load(config_file, overrides),
+            sink=sink,
         )
     except StoreError as exc:
         for executor in {id(e): e for e in executors.values()}.values():
