@@ -197,11 +197,14 @@ class Daemon:
         """READY=1 once the socket answers (bound above), the store is recovered and the pool is warm."""
         pool = self._pool()
         starting = pool.info().get("states", {}).get("starting", 0) if pool is not None else 0
+        if self.sink is not None and self.sink.starting():
+            starting += 1  # the journal forwarder: records logged from READY on go out at once
         if starting and time.monotonic() < deadline:
             self.loop.call_later(0.005, lambda: self._announce_when_warm(deadline))  # start-up only
             return
         if starting:
-            log.warning("%d worker(s) still starting after 30s; announcing readiness anyway", starting)
+            log.warning("%d process(es) (workers, the journal forwarder) still starting after 30s; "
+                        "announcing readiness anyway", starting)
         self._ready = True
         log.info(
             "procpoold %s ready on %s (pid %d, %d workers)",

@@ -267,6 +267,7 @@ def run(segment_fd: int, doorbell_fd: int, tables_fd: int, target: str, journal_
     if tables_fd >= 0:
         with os.fdopen(tables_fd, "rb") as f:
             forwarder.load_tables(f.read())
+    acks.push(enc.ACK.pack(0, 0, 0, 0))  # hello: the daemon announces readiness after this
     try:
         _die_with_parent(parent)
         busy_until = 0.0

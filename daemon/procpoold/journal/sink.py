@@ -146,6 +146,7 @@ class LogSink:
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd = -1
         self._deaths: list[float] = []
+        self._forwarder_up = False  # it has said hello (an empty acknowledgement once it is running)
         self.restarts = 0
         # acknowledgements and stalls
         self._acked = 0  # the highest seq the forwarder wrote
@@ -380,6 +381,7 @@ class LogSink:
             return
         for data in self._acks.pop_many(64):
             if len(data) == enc.ACK.size:
+                self._forwarder_up = True
                 self._ack(*enc.ACK.unpack(data))
 
     def _arm(self) -> None:
@@ -519,6 +521,7 @@ class LogSink:
             self._proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             os.close(tables)
+        self._forwarder_up = False
         self._pidfd = os.pidfd_open(self._proc.pid)
         if self._loop is not None:
             self._loop.add_reader(self._pidfd, self._on_forwarder_exit)
@@ -564,6 +567,13 @@ class LogSink:
         else:
             log.warning("the journal forwarder (pid %d) %s; started another (pid %d); the records in "
                         "its ring are kept", proc.pid, how, self._proc.pid if self._proc else 0)
+
+    def starting(self) -> bool:
+        """True while the forwarder process is still starting (importing; not reading the ring yet)."""
+        if self._mode != _CHILD:
+            return False
+        self._read_acks()
+        return not self._forwarder_up
 
     @property
     def forwarder_pid(self) -> int | None:
