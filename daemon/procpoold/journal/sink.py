@@ -72,6 +72,7 @@ RESTART_WINDOW = 60.0
 _TABLE_LEN = struct.Struct("<I")
 
 _LOCAL, _CHILD, _STOPPING = "local", "child", "stopping"
+_get_ident = threading.get_ident
 
 
 class LoopLike(Protocol):
@@ -155,6 +156,7 @@ class LogSink:
         self._accepted = 0
         self._done = 0
         self._marks: deque[tuple[int, int]] = deque()
+        self._ack_look = 0  # the seq at which put() last read acknowledgements
         self._ack_time = time.monotonic()
         self._dropping = False
         self._stall_began = 0.0
@@ -202,8 +204,7 @@ class LogSink:
             job = self.job_key(job_id, job_fields)
             key = self._task_keys[task_id] = self._key()
             self._job_tasks[job].append(task_id)
-            items = (("PROCPOOL_TASK_ID", task_id), ("PROCPOOL_TASK_NAME", task_name))
-            self._table(enc.K_TASK, key, enc.task_record(key, job, items))
+            self._table(enc.K_TASK, key, enc.task_record(key, job, task_id, task_name))
         return TaskLog(self, key, job_id, task_id, task_name, attempt, self.store.owner(task_id, job_id))
 
     def site(self, code: CodeType, line: int) -> int:
@@ -260,8 +261,11 @@ class LogSink:
         marks the daemon's own records, which are only refused beyond the hard limit.
         """
         n = self._accepted - self._done
-        if n >= self.capacity:
-            self._read_acks()  # only when full: the forwarder may have made room since the last look
+        if n >= self.capacity and seq - self._ack_look >= 64:
+            # Full: the forwarder may have made room since the last look (looked at every 64th
+            # record only: while a flood is dropped, each record costs as little as it can).
+            self._ack_look = seq
+            self._read_acks()
             n = self._accepted - self._done
         refuse = self.policy == "drop" or self._dropping
         if n >= self.capacity and (n >= self.hard_limit or (refuse and not own)):
@@ -273,7 +277,7 @@ class LogSink:
         return not self._block or self._dropping or n + 1 < self.capacity
 
     def _append(self, record: bytes) -> None:
-        if self._mode != _CHILD or self._loop is None or threading.get_ident() != self._loop_thread:
+        if self._mode is not _CHILD or self._loop is None or _get_ident() != self._loop_thread:
             with self._lock:
                 self._pending.append(record)
                 self._push()
