@@ -65,7 +65,7 @@ class _Stop(Exception):
 class Forwarder:
     """Decodes ring records with the name tables it was sent, writes them, acknowledges."""
 
-    def __init__(self, ring: Ring, sender: Sender, acks: Ring | None = None,
+    def __init__(self, ring: Ring | None, sender: Sender, acks: Ring | None = None,
                  fallback: Sender | None = None) -> None:
         self.ring = ring
         self.sender = sender
@@ -175,6 +175,7 @@ class Forwarder:
 
     def drain_once(self) -> int:
         """Take one batch from the ring, write it, acknowledge; returns the records taken."""
+        assert self.ring is not None
         try:
             raw = self.ring.pop_many(BATCH)
         except RingError as exc:  # the daemon is the only producer: this is a bug, say so
@@ -183,6 +184,12 @@ class Forwarder:
         if not raw:
             self.ack()
             return 0
+        self.write_records(raw)
+        self.ack()
+        return len(raw)
+
+    def write_records(self, raw: list[bytes]) -> None:
+        """Decode ring records (tables are applied) and write the entries they make, in order."""
         batch: list[Entry] = []
         for data in raw:
             if self.stopped:
@@ -196,8 +203,6 @@ class Forwarder:
                 batch.append(entry)
         if batch:
             self._write(batch)
-        self.ack()
-        return len(raw)
 
     def drain(self) -> int:
         """Write everything in the ring (up to a STOP record); returns the records taken."""

@@ -91,6 +91,25 @@ def _ring_capacity(queue_size: int) -> int:
     return min(size, MAX_CAPACITY)
 
 
+class _Channel:
+    """The segment shared with the forwarder: its request ring (records, the daemon produces), its
+    result ring (acknowledgements, the daemon consumes), the doorbell eventfd, and a second
+    mapping whose request ring the daemon consumes itself when it takes over from a dead
+    forwarder (a ring handle is either a producer or a consumer)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.segment = Segment.create(capacity)
+        self.ring = self.segment.request
+        self.acks = self.segment.result
+        self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.consumer = Segment.attach(fd=self.segment.fd)
+
+    def close(self) -> None:
+        os.close(self.efd)
+        self.consumer.close()
+        self.segment.close()
+
+
 class LogSink:
     """Packs records, hands them to the forwarder, counts, and tells producers when to pause."""
 
@@ -115,14 +134,12 @@ class LogSink:
         self.put_timeout = put_timeout
         #: the seq of the newest record (the TaskLog handles count it up themselves)
         self.seq = 0
-        self._segment = Segment.create(_ring_capacity(queue_size))
-        self._ring = self._segment.request  # producer
-        self._acks = self._segment.result  # consumer
-        self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        #: the ring to the forwarder: made by start(), after the daemon's forks (a worker forked from
+        #: a process that maps it could write into it)
+        self._chan: _Channel | None = None
         self._acks_armed = False
-        # The in-process consumer (its own mapping: a ring handle is producer or consumer).
-        self._local_segment = Segment.attach(fd=self._segment.fd)
-        self._local = Forwarder(self._local_segment.request, sender or make_sender(self.target, journal_path))
+        #: writes when no forwarder process runs (records decoded here, and the ring's leftovers)
+        self._local = Forwarder(None, sender or make_sender(self.target, journal_path))
         #: with a sender given (tests) there is no forwarder process: it could not use the object
         self.spawn_forwarder = sender is None
         self._mode = _LOCAL
@@ -337,33 +354,47 @@ class LogSink:
     def _push(self) -> None:
         """With the lock held: push pending records (or write them here, with no forwarder)."""
         pending = self._pending
-        if self._mode == _STOPPING:
-            return  # the forwarder is writing up to its STOP record; these follow once it exited
-        while pending:
-            n = self._ring.push_many(pending) if len(pending) > 1 else int(self._ring.push(pending[0]))
-            if n == len(pending):
-                self._pushed_seq = self._pending_seq
-                self._marks.append((self._pending_seq, self._accepted))
-            if n:
-                del pending[:n]  # not clear(): the loop may have appended meanwhile
-            if self._mode == _LOCAL:
-                self._drain_local()
-                continue
-            if pending:
-                self._arm()  # the ring is full: flush again when the forwarder has made room
+        if not pending or self._mode is _STOPPING:
+            return  # (stopping: the forwarder writes up to its STOP record; these follow)
+        if self._mode is _LOCAL:
+            raw = pending[:]
+            del pending[: len(raw)]  # not clear(): the loop may have appended meanwhile
+            self._local.write_records(raw)
+            self._marks.append((self._pending_seq, self._accepted))
+            self._local_ack()
             return
-        if self._mode == _LOCAL:
-            self._drain_local()
+        assert self._chan is not None
+        ring = self._chan.ring
+        n = ring.push_many(pending) if len(pending) > 1 else int(ring.push(pending[0]))
+        if n == len(pending):
+            self._pushed_seq = self._pending_seq
+            self._marks.append((self._pending_seq, self._accepted))
+        if n:
+            del pending[:n]
+        if pending:
+            self._arm()  # the ring is full: flush again when the forwarder has made room
 
-    def _drain_local(self) -> None:
+    def _local_ack(self) -> None:
         local = self._local
+        self._ack(max(local.seq, self._pending_seq), local._written, local._errors, local._fallbacks)
+        local._written = local._errors = local._fallbacks = 0
+
+    def _take_over(self) -> None:
+        """With the lock held, no forwarder running: write what is left in the ring, here."""
+        chan = self._chan
+        self._mode = _LOCAL
+        if chan is None:
+            return
+        local = self._local
+        local.ring = chan.consumer.request
+        local.ring.resync()  # whoever consumed last, the cursors are in the segment
         while True:  # a STOP record left by a forwarder that died is stepped over
             local.stopped = False
             local.drain()
             if not local.stopped:
                 break
-        self._ack(local.seq, local._written, local._errors, local._fallbacks)
-        local._written = local._errors = local._fallbacks = 0
+        local.ring = None
+        self._local_ack()
 
     def _ack(self, seq: int, written: int, errors: int, fallbacks: int) -> None:
         self.written += written
@@ -381,25 +412,26 @@ class LogSink:
             self._prune_retiring()
 
     def _read_acks(self) -> None:
-        if self._mode == _LOCAL:
+        if self._mode is _LOCAL or self._chan is None:
             return
-        for data in self._acks.pop_many(64):
+        for data in self._chan.acks.pop_many(64):
             if len(data) == enc.ACK.size:
                 self._forwarder_up = True
                 self._ack(*enc.ACK.unpack(data))
 
     def _arm(self) -> None:
         """Ask the forwarder to ring the eventfd after its next batch (or look now if it did)."""
-        if self._loop is None or self._mode != _CHILD or self._acks_armed:
+        if self._loop is None or self._mode is not _CHILD or self._acks_armed or self._chan is None:
             return
-        if self._acks.arm():
+        if self._chan.acks.arm():
             self._acks_armed = True
         else:
             self._loop.call_soon(self._on_doorbell)
 
     def _on_doorbell(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self._efd)
+        if self._chan is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._chan.efd)
         self._acks_armed = False
         self.flush()
         if self._pending:
@@ -506,19 +538,21 @@ class LogSink:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._block = self.policy == "block"
-        loop.add_reader(self._efd, self._on_doorbell)
         if self.spawn_forwarder:
             with self._lock:
+                self._push()  # what was logged so far, written here
+                self._chan = _Channel(_ring_capacity(self.capacity))
+                loop.add_reader(self._chan.efd, self._on_doorbell)
                 self._spawn()
 
     def _spawn(self) -> None:
         """With the lock held: start a forwarder on the segment, with the tables it needs."""
-        self._local_segment.request.resync()  # whoever consumed last, the cursors are in the segment
+        assert self._chan is not None
         tables = os.memfd_create("procpool-journal-tables", os.MFD_CLOEXEC)
         try:
             os.write(tables, self.tables())
             os.lseek(tables, 0, os.SEEK_SET)
-            fds = (self._segment.fd, self._efd, tables)
+            fds = (self._chan.segment.fd, self._chan.efd, tables)
             argv = [sys.executable, "-m", "procpoold.journal", "--segment-fd", str(fds[0]),
                     "--doorbell-fd", str(fds[1]), "--tables-fd", str(fds[2]), "--target", self.target,
                     "--journal-path", self.journal_path, "--parent", str(os.getpid())]
@@ -555,11 +589,11 @@ class LogSink:
         with self._lock:
             self._acks_armed = False
             self._read_acks()
-            if self._ring.used == 0 and not self._pending:
+            assert self._chan is not None
+            if self._chan.ring.used == 0 and not self._pending:
                 self._ack(self._pushed_seq, 0, 0, 0)  # what it had taken is gone: do not wait for it
             if len(self._deaths) > MAX_RESTARTS:
-                self._mode = _LOCAL
-                self._local_segment.request.resync()
+                self._take_over()
             else:
                 self._spawn()
         if self._mode == _LOCAL:
@@ -590,12 +624,12 @@ class LogSink:
         if self._drop_timer is not None:
             self._drop_timer.cancel()
         self._report_drops()
-        proc = self._proc
-        if proc is not None:
+        proc, chan = self._proc, self._chan
+        if proc is not None and chan is not None:
             deadline = time.monotonic() + timeout
             with self._lock:
                 self._push()
-                while not self._ring.push(enc.STOP) and proc.poll() is None and time.monotonic() < deadline:
+                while not chan.ring.push(enc.STOP) and proc.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.005)
                 self._mode = _STOPPING
             with contextlib.suppress(ValueError, OSError):
@@ -608,29 +642,27 @@ class LogSink:
             with self._lock:
                 self._read_acks_now()
         with self._lock:
-            self._mode = _LOCAL
-            self._local_segment.request.resync()
+            self._take_over()
             self._push()
         if self._room_waiters:
             self._wake_waiters()
 
     def _read_acks_now(self) -> None:
-        for data in self._acks.pop_many(4096):
+        assert self._chan is not None
+        for data in self._chan.acks.pop_many(4096):
             if len(data) == enc.ACK.size:
                 self._ack(*enc.ACK.unpack(data))
 
     def close(self) -> None:
         """Stop the forwarder, unhook from the loop, unmap the ring."""
         self.stop()
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._efd)
+        chan, self._chan = self._chan, None
+        if chan is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(chan.efd)
+            chan.close()
         self._loop = None
-        if self._efd >= 0:
-            os.close(self._efd)
-            self._efd = -1
-        self._local_segment.close()
-        self._segment.close()
 
     # -- queries --------------------------------------------------------------------------------
 
