@@ -119,6 +119,13 @@ def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
 def decode_fields(data: bytes | memoryview) -> Iterator[tuple[str, str]]:
     """The inverse of :func:`encode_fields` (raises ValueError on a malformed encoding)."""
     data = bytes(data)
+    if data.endswith(b"\n"):
+        lines = data[:-1].split(b"\n")
+        if all(b"=" in line for line in lines):  # the common case: no value with a newline
+            for line in lines:
+                name, _, value = line.partition(b"=")
+                yield name.decode(), value.decode("utf-8", "replace")
+            return
     pos, end = 0, len(data)
     while pos < end:
         nl = data.find(b"\n", pos)

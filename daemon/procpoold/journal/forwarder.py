@@ -56,6 +56,7 @@ LINGER: Final = 0.005
 PARK_AFTER: Final = 0.25
 _TABLE_LEN = struct.Struct("<I")
 _TASK_LOGGER = "procpoold.task"
+_DAEMON_STREAM = enc.STREAM_CODES["daemon"]
 
 
 class _Stop(Exception):
@@ -77,6 +78,7 @@ class Forwarder:
         self.job_tasks: dict[int, list[int]] = {}
         self.sites: dict[int, dict[str, str]] = {}
         self._sets: dict[tuple[int, int, int, int], FieldSet] = {}
+        self._event_extra: dict[tuple[int, int], FieldSet] = {}  # (site, code) -> its extra fields
         self.stopped = False
         # counters since the last acknowledgement that reached the daemon
         self.seq = 0
@@ -107,9 +109,9 @@ class Forwarder:
             fields["PROCPOOL_ATTEMPT"] = str(attempt)
             if pid:
                 fields["PROCPOOL_WORKER_PID"] = str(pid)
-            if stream != enc.STREAM_CODES["daemon"]:
+            if stream != _DAEMON_STREAM:
                 fields["PROCPOOL_STREAM"] = enc.STREAMS[stream] if stream < len(enc.STREAMS) else "log"
-            fset = self._sets[key] = FieldSet(fields)
+            fset = self._sets[key] = FieldSet(fields, clean=True)
         return fset
 
     # -- decoding -----------------------------------------------------------------------------
@@ -121,22 +123,25 @@ class Forwarder:
             _k, prio, stream, task, attempt, pid, n, seq, _ts = enc.LINE.unpack_from(data)
             start = enc.LINE.size
             message = data[start : start + n].decode("utf-8", "replace")
-            extra: Mapping[str, str] | None = None
+            given: Mapping[str, str] | None = None
             if len(data) > start + n:
-                extra = dict(enc.decode_fields(data[start + n :]))
+                given = dict(enc.decode_fields(data[start + n :]))
             self.seq = seq
-            return (prio, message, self._fields(task, attempt, pid, stream), extra, _TASK_LOGGER)
+            return (prio, message, self._fields(task, attempt, pid, stream), given, _TASK_LOGGER)
         if kind == enc.K_EVENT:
             _k, code, prio, task, attempt, pid, site, seq, _ts = enc.EVENT.unpack_from(data)
             text = data[enc.EVENT.size :].decode("utf-8", "replace")
             found = self.tasks.get(task)
             name = found[2] if found is not None else f"#{task}"
             message = enc.event_message(code, name, attempt, text)
-            site_fields = dict(self.sites.get(site, {}))
-            site_fields["MESSAGE_ID"] = enc.EVENTS.get(code, (enc.MessageId.TASK_FAILED, 4))[0]
+            extra = self._event_extra.get((site, code))
+            if extra is None:
+                site_fields = dict(self.sites.get(site, {}))
+                site_fields["MESSAGE_ID"] = enc.EVENTS.get(code, (enc.MessageId.TASK_FAILED, 4))[0]
+                extra = self._event_extra[(site, code)] = FieldSet(site_fields, clean=True, identifier=False)
             self.seq = seq
-            return (prio, message, self._fields(task, attempt, pid, enc.STREAM_CODES["daemon"]),
-                    site_fields, site_fields.get("LOGGER", _TASK_LOGGER))
+            return (prio, message, self._fields(task, attempt, pid, _DAEMON_STREAM),
+                    extra, extra.fields.get("LOGGER", _TASK_LOGGER))
         if kind == enc.K_RECORD:
             _k, prio, ln, n, seq, _ts = enc.RECORD.unpack_from(data)
             start = enc.RECORD.size
@@ -158,6 +163,7 @@ class Forwarder:
         if kind == enc.K_SITE:
             (_k, site) = enc.SITE.unpack_from(data)
             self.sites[site] = dict(enc.decode_fields(data[enc.SITE.size :]))
+            self._event_extra.clear()
             return None
         if kind == enc.K_FORGET:
             (_k, key) = enc.FORGET.unpack_from(data)

@@ -26,13 +26,25 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 class FieldSet:
     """Fields shared by many records (a task's attempt, per stream), encoded once for both targets."""
 
-    __slots__ = ("_text", "_wire", "fields")
+    __slots__ = ("_more", "_text", "_wire", "fields")
 
-    def __init__(self, fields: Mapping[str, str]) -> None:
-        self.fields = {field_name(k): str(v) for k, v in fields.items()}
-        self.fields.setdefault("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER)
+    def __init__(self, fields: Mapping[str, str], *, clean: bool = False, identifier: bool = True) -> None:
+        """``clean``: the names are journald field names already (from a decoded record).
+        ``identifier``: add ``SYSLOG_IDENTIFIER`` (not for a set of extra fields)."""
+        self.fields = dict(fields) if clean else {field_name(k): str(v) for k, v in fields.items()}
+        if identifier:
+            self.fields.setdefault("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER)
         self._wire: bytes | None = None
         self._text: str | None = None
+        self._more: str | None = None
+
+    @property
+    def more(self) -> str:
+        """As extra fields of a stderr line: `` K=V K=V`` (the shown ones, sorted; or empty)."""
+        if self._more is None:
+            shown = sorted((k, v) for k, v in self.fields.items() if k not in NOT_SHOWN)
+            self._more = "".join(f" {k}={v}" for k, v in shown)
+        return self._more
 
     @property
     def wire(self) -> bytes:
@@ -51,15 +63,18 @@ class FieldSet:
 #: Fields the stderr lines leave out (the level shows PRIORITY; the rest is noise on a terminal).
 NOT_SHOWN = frozenset({"SYSLOG_IDENTIFIER", "PRIORITY", "CODE_FILE", "CODE_LINE", "CODE_FUNC", "LOGGER"})
 
-# One record ready to write: (priority, message, shared fields, extra fields or None, logger name)
-Entry = tuple[int, str, FieldSet, "Mapping[str, str] | None", str]
+# One record ready to write: (priority, message, shared fields, extra fields or None, logger name);
+# the extra fields are a FieldSet when many records share them (a lifecycle event's code site).
+Entry = tuple[int, str, FieldSet, "FieldSet | Mapping[str, str] | None", str]
 
 
 def entry_fields(entry: Entry) -> dict[str, str]:
     """All fields of an entry as journald receives them (for tests and the stderr fallback)."""
     prio, message, fset, extra, _logger = entry
     fields = {"MESSAGE": message, "PRIORITY": str(prio), **fset.fields}
-    if extra:
+    if isinstance(extra, FieldSet):
+        fields.update(extra.fields)
+    elif extra:
         fields.update({field_name(k): str(v) for k, v in extra.items()})
     return fields
 
@@ -84,7 +99,11 @@ class StderrSender:
     def format(entry: Entry) -> str:
         prio, message, fset, extra, logger = entry
         text = fset.text
-        if extra:
+        if isinstance(extra, FieldSet):
+            more = extra.more
+            if more:
+                text = f"{text[:-1]}{more}]" if text else f" [{more[1:]}]"
+        elif extra:
             shown = sorted(
                 (field_name(k), str(v)) for k, v in extra.items() if field_name(k) not in NOT_SHOWN
             )
@@ -118,7 +137,10 @@ class JournalSender:
     def encode(entry: Entry) -> bytes:
         prio, message, fset, extra, _logger = entry
         head = encode_fields((("MESSAGE", message), ("PRIORITY", str(prio))))
-        tail = encode_fields((k, str(v)) for k, v in extra.items()) if extra else b""
+        if isinstance(extra, FieldSet):
+            tail = extra.wire
+        else:
+            tail = encode_fields((k, str(v)) for k, v in extra.items()) if extra else b""
         return head + fset.wire + tail
 
     def send(self, batch: list[Entry]) -> None:
