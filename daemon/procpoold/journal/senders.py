@@ -55,13 +55,15 @@ class FieldSet:
     @property
     def text(self) -> str:
         if self._text is None:
-            shown = sorted((k, v) for k, v in self.fields.items() if k not in NOT_SHOWN)
-            self._text = (" [" + " ".join(f"{k}={v}" for k, v in shown) + "]") if shown else ""
+            shown = [f"{k}={v}" for k, v in sorted(self.fields.items()) if k not in NOT_SHOWN]
+            self._text = (" [" + " ".join(shown) + "]") if shown else ""
         return self._text
 
 
 #: Fields the stderr lines leave out (the level shows PRIORITY; the rest is noise on a terminal).
 NOT_SHOWN = frozenset({"SYSLOG_IDENTIFIER", "PRIORITY", "CODE_FILE", "CODE_LINE", "CODE_FUNC", "LOGGER"})
+
+_LABELS = {prio: f"{name:<7}" for prio, name in LEVEL_NAMES.items()}
 
 # One record ready to write: (priority, message, shared fields, extra fields or None, logger name);
 # the extra fields are a FieldSet when many records share them (a lifecycle event's code site).
@@ -110,7 +112,7 @@ class StderrSender:
             if shown:
                 more = " ".join(f"{k}={v}" for k, v in shown)
                 text = f"{text[:-1]} {more}]" if text else f" [{more}]"
-        return f"{LEVEL_NAMES.get(prio, 'INFO'):<7} {logger}: {message}{text}\n"
+        return f"{_LABELS.get(prio, 'INFO   ')} {logger}: {message}{text}\n"
 
     def send(self, batch: list[Entry]) -> None:
         stream = self._stream or sys.stderr
