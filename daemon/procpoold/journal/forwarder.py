@@ -149,7 +149,7 @@ class Forwarder:
             message = data[start + ln : start + ln + n].decode("utf-8", "replace")
             fields = dict(enc.decode_fields(data[start + ln + n :]))
             self.seq = seq
-            return (prio, message, FieldSet(fields), None, logger)
+            return (prio, message, FieldSet(fields, clean=True), None, logger)  # (named by encode_fields)
         if kind == enc.K_TASK:
             _k, key, job = enc.TASK.unpack_from(data)
             fields = dict(enc.decode_fields(data[enc.TASK.size :]))
