@@ -109,10 +109,12 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
             executors,
             inherited_fd=inherited[0] if inherited else None,
             reload_config=lambda: load(config_file, overrides),
+            sink=sink,
         )
     except StoreError as exc:
         for executor in {id(e): e for e in executors.values()}.values():
             executor.shutdown(0)
+        sink.stop()  # the journal forwarder (started by Daemon) writes what it has and exits
         _fatal(str(exc), getattr(exc, "hint", None), debug)
     hint = "check the state directory's disk; a restart resumes committed work"
     try:

@@ -5,8 +5,8 @@ setting            default    meaning
 =================  =========  ==============================================================
 ``log_target``     ``auto``   ``journal``, ``stderr``, or ``auto``: journald when running as a
                               systemd service with a journal socket, readable stderr lines otherwise
-``log_queue_size`` ``10000``  records waiting for the writer thread before producers are paused
-                              (``block``) or records are dropped (``drop``)
+``log_queue_size`` ``10000``  records not yet written by the journal forwarder before
+                              producers are paused (``block``) or records are dropped (``drop``)
 ``log_policy``     ``block``  ``block``: a task whose output fills the queue is paused until it
                               drains (nothing is lost); ``drop``: excess records are dropped,
                               counted, and reported as a warning record

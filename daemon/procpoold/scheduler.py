@@ -90,8 +90,11 @@ class Scheduler:
         retention_count: int | None = None,
         max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
         authority: Authority | None = None,
+        sink: journal.LogSink | None = None,
     ) -> None:
         self.loop = loop
+        #: where task output and attempt events go (None: through ``logging``, as in tests)
+        self.journal = sink
         #: interruptions of a task by the daemon (restarts, lost workers) that use none of its retries
         self.max_interruptions = max_interruptions
         #: who may name another user in a job ("user"); see job_user()
@@ -188,8 +191,7 @@ class Scheduler:
         if key is not None:
             self.keys[key] = job_id
         self.counters["submitted"] += 1
-        journal.record(
-            log,
+        self._record(
             logging.INFO,
             f'job {job_id} "{spec.name}" submitted: {len(job.tasks)} tasks',
             {
@@ -406,8 +408,10 @@ class Scheduler:
             )
         attempt = t.attempts[-1] if t.attempts else None
         handle = self._task_logs.get(attempt.attempt_id) if attempt is not None else None
-        if handle is not None:  # the attempt's own log handle: fields already encoded
-            handle[0].event(level, message, message_id)
+        code = journal.encoding.FINAL_EVENTS.get(t.state)
+        if handle is not None and code is not None:  # the attempt's handle: a small event record
+            skipped = code in (journal.encoding.SKIPPED, journal.encoding.CANCELLED)
+            handle[0].event(code, str(t.reason) if skipped else (t.error or {}).get("message", ""))
         else:
             fields = {**self._fields(job, index), "MESSAGE_ID": message_id}
             task_log.log(level, "%s", message, extra={"journal_fields": fields})
@@ -426,8 +430,7 @@ class Scheduler:
             # Start the next run from the loop, not from inside the previous run's last callback.
             self.loop.call_soon(lambda: self._start_next_run(job))
             return
-        journal.record(
-            log,
+        self._record(
             logging.INFO,
             f'job {job.id} "{job.spec.name}" {job.state}',
             {
@@ -438,6 +441,8 @@ class Scheduler:
                 "MESSAGE_ID": journal.MessageId.JOB_FINISHED,
             },
         )
+        if self.journal is not None:
+            self.journal.forget_job(job.id)  # its names leave the journal's tables
         self._index_finished(job.index_entry())
         if self.store is not None:
             self._retiring.append(job.id)
@@ -564,9 +569,16 @@ class Scheduler:
             self._timeouts[attempt_id] = self.loop.call_later(
                 t.spec.timeout, lambda: self._on_timeout(executor, attempt_id)
             )
-        sink = journal.active_sink()
+        sink = self.journal
         if sink is not None:
-            self._task_logs[attempt_id] = (sink.task_log(self._fields(job, index)), t)
+            handle = sink.task_log(
+                job.id,
+                t.id,
+                t.spec.name,
+                len(t.attempts),
+                lambda: {"PROCPOOL_JOB_NAME": job.spec.name, **_user_fields(job)},
+            )
+            self._task_logs[attempt_id] = (handle, t)
         return spec
 
     @staticmethod
@@ -580,6 +592,13 @@ class Scheduler:
         if uid is None or uid == os.geteuid():
             return None
         return identity_of(uid)
+
+    def _record(self, level: int, message: str, fields: dict[str, str]) -> None:
+        """A job's record (submitted, finished) with its journal fields."""
+        if self.journal is not None:
+            self.journal.record(log, level, message, fields)
+        else:
+            log.log(level, "%s", message, extra={"journal_fields": fields}, stacklevel=2)
 
     def _fields(self, job: Job, index: int) -> dict[str, str]:
         t = job.tasks[index]
@@ -610,7 +629,7 @@ class Scheduler:
         handle = self._task_logs.get(attempt_id)
         if handle is not None:
             handle[0].set_worker_pid(pid)
-            handle[0].event(logging.INFO, message, journal.MessageId.TASK_STARTED)
+            handle[0].event(journal.encoding.STARTED)
         else:
             fields = {**self._fields(job, ref[1]), "MESSAGE_ID": journal.MessageId.TASK_STARTED}
             if pid is not None:

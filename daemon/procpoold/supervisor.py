@@ -73,8 +73,11 @@ class Daemon:
         executors: dict[str, Executor],
         inherited_fd: int | None = None,
         reload_config: Callable[[], Config] | None = None,
+        sink: journal.LogSink | None = None,
     ) -> None:
         self.config = config
+        #: the journal's sink (None in tests that log through plain ``logging``)
+        self.sink = sink
         self.reload_config = reload_config
         self._status_timer: Timer | None = None
         self._watchdog_interval = systemd.watchdog_interval()
@@ -99,7 +102,8 @@ class Daemon:
         # and the ZeroMQ context below starts I/O threads.
         for executor in self._unique_executors():
             executor.prefork()
-        journal.start_writer(self.loop)  # the log writer thread: after the forking, before zmq's threads
+        if sink is not None:
+            sink.start(self.loop)  # the journal forwarder process: after the zygote, before zmq's threads
         self.state_lock: StateLock | None = None
         # Room for control connections (capped well below it: see procpoold.control.limits). After
         # the zygote's fork, so pool workers keep the limit the daemon was started with.
@@ -126,6 +130,7 @@ class Daemon:
             retention_count=config.retention_count or None,
             max_interruptions=config.max_interruptions,
             authority=authority,
+            sink=sink,
         )
         self.scheduler.listeners.append(self._on_finished)
         self.scheduler.limits = config.limits()
@@ -200,11 +205,14 @@ class Daemon:
         """READY=1 once the socket answers (bound above), the store is recovered and the pool is warm."""
         pool = self._pool()
         starting = pool.info().get("states", {}).get("starting", 0) if pool is not None else 0
+        if self.sink is not None and self.sink.starting():
+            starting += 1  # the journal forwarder: records logged from READY on go out at once
         if starting and time.monotonic() < deadline:
             self.loop.call_later(0.005, lambda: self._announce_when_warm(deadline))  # start-up only
             return
         if starting:
-            log.warning("%d worker(s) still starting after 30s; announcing readiness anyway", starting)
+            log.warning("%d process(es) (workers, the journal forwarder) still starting after 30s; "
+                        "announcing readiness anyway", starting)
         self._ready = True
         log.info(
             "procpoold %s ready on %s (pid %d, %d workers)",
@@ -273,7 +281,7 @@ class Daemon:
         self.scheduler.retention_age = new.retention_age or None
         self.scheduler.retention_count = new.retention_count or None
         self.scheduler.max_interruptions = new.max_interruptions
-        sink = journal.active_sink()
+        sink = self.sink
         if sink is not None:
             sink.put_timeout = new.log_put_timeout
         self.scheduler.status_page_size = new.status_page_size
@@ -324,7 +332,8 @@ class Daemon:
         if self.state_lock is not None:
             self.state_lock.release()  # last: the store is closed
         log.info("procpoold stopped (%s)", self.stop_reason or "closed")
-        journal.stop_writer()  # flush; from here on records are written synchronously
+        if self.sink is not None:
+            self.sink.stop()  # flush; from here on records are written synchronously
 
     def store_failed(self, exc: StoreFailure) -> None:
         """A write to the state file failed: say so once; the caller stops the daemon."""
@@ -396,7 +405,7 @@ class Daemon:
                 "tasks_unfinished": self.scheduler.quota.queued,
             },
             "counters": dict(self.scheduler.counters),
-            "logging": journal.stats(),
+            "logging": self.sink.stats() if self.sink is not None else {},
             "requests": self._requests_summary(),
             "store": {
                 "path": os.fspath(self.config.state_dir / "state.db") if self.store else None,
@@ -504,13 +513,16 @@ class Daemon:
         return self.scheduler.resume(ref)
 
     def logs(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.sink is None:
+            raise RuntimeError("logging is not set up")
         job, index = self.scheduler.resolve(args["id"])
         if index is None:
             return journal.logs_op(
-                args, job_id=job.id, task_id=None, finished=job.finished, since=job.created_at
+                self.sink, args, job_id=job.id, task_id=None, finished=job.finished, since=job.created_at
             )
         t = job.tasks[index]
         return journal.logs_op(
+            self.sink,
             args, job_id=job.id, task_id=t.id, finished=t.state in FINAL_TASK_STATES, since=job.created_at
         )
 

@@ -69,12 +69,18 @@ def call(fn: str, *args: Any) -> dict[str, Any]:
 
 def pool_tree(d: DaemonProcess) -> tuple[int, set[int]]:
     """The daemon's zygote and its workers, from the process tree, checked against ``pool()``."""
-    [zygote] = psutil.Process(d.pid).children()  # (no command task runs: the zygote only)
+    # (no command task runs: the zygote and the journal forwarder only)
+    [zygote] = [p for p in psutil.Process(d.pid).children() if "procpoold.journal" not in p.cmdline()]
     workers = {p.pid for p in zygote.children()}
     with d.client() as client:
         assert {w["pid"] for w in client.pool()["workers"]} == workers
     assert len(workers) == WORKERS
     return zygote.pid, workers
+
+
+def forwarders(d: DaemonProcess) -> set[int]:
+    """The daemon's journal forwarder process (one, while it runs)."""
+    return {p.pid for p in psutil.Process(d.pid).children() if "procpoold.journal" in p.cmdline()}
 
 
 def memfd_inodes(pids: set[int]) -> set[tuple[int, int]]:
@@ -155,7 +161,7 @@ def busy_pool(tmp_path: Path) -> Iterator[BusyPool]:
         d.start()
         jobs, spill = busy_pool_with_a_spill_in_flight(d, tmp_path)
         zygote, workers = pool_tree(d)
-        old_pids = {d.pid, zygote, *workers}
+        old_pids = {d.pid, zygote, *workers, *forwarders(d)}
         yield BusyPool(d, jobs, spill, zygote, workers, old_pids, memfd_inodes(old_pids))
     finally:
         d.cleanup()
@@ -175,7 +181,7 @@ def recovered(b: BusyPool) -> None:
         wait_until(lambda: [w["state"] for w in client.pool()["workers"]],
                    lambda states: states == ["idle"] * WORKERS, what="the new pool to be idle")
     zygote, workers = pool_tree(d)
-    new_pids = {d.pid, zygote, *workers}
+    new_pids = {d.pid, zygote, *workers, *forwarders(d)}
     assert not new_pids & b.old_pids
     assert not [pid for pid in b.old_pids if running(pid)]
     assert set(tagged_pids(d.tag)) == new_pids
@@ -199,7 +205,9 @@ def test_sigkill_of_the_daemon_alone_takes_its_pool_down(tmp_path: Path) -> None
         wait_until(lambda: [p for p in (b.zygote, *b.workers) if not dead_and_not_ours(p)],
                    lambda left: not left, timeout=15,
                    what="the zygote and the workers to exit by themselves")
-        assert tagged_pids(d.tag) == []
+        # The journal forwarder too (PR_SET_PDEATHSIG), once it has written what its ring held.
+        wait_until(lambda: tagged_pids(d.tag), lambda left: not left, timeout=15,
+                   what="every process of the daemon to exit")
         # The zygote, on its way out, removed the spill objects of its workers and of the daemon.
         assert shm_objects(b.old_pids) == []
 

@@ -119,7 +119,10 @@ def test_task_output_reaches_journald_with_all_fields(jdaemon: NamespacedDaemon,
                          what="the job's records in the journal")
     [out] = [e for e in entries if e["MESSAGE"] == "to-journal"]
     assert out["SYSLOG_IDENTIFIER"] == "procpoold" and out["PRIORITY"] == "6"
-    assert out["_TRANSPORT"] == "journal" and out["_PID"] == str(jdaemon.pid)
+    # Written by the daemon's journal forwarder, a child process: journald's _PID is its pid.
+    with jdaemon.client() as client:
+        forwarder = client.status()["logging"]["forwarder_pid"]
+    assert out["_TRANSPORT"] == "journal" and out["_PID"] == str(forwarder) != str(jdaemon.pid)
     names = ("JOB_ID", "JOB_NAME", "TASK_ID", "TASK_NAME", "ATTEMPT", "STREAM", "USER", "UID")
     me = (pwd.getpwuid(os.getuid()).pw_name, str(os.getuid()))
     assert [out[f"PROCPOOL_{n}"] for n in names] == ["1", "jtest", "1.0", "speaker", "1", "stdout", *me]

@@ -246,8 +246,6 @@ class CommandExecutor:
         self._base_env = dict(os.environ)
         _no_fd_inherited()
         oom.shared()  # read the count of OOM kills now, before any command can die
-        if self._sink is None:
-            self._sink = journal.active_sink()
 
     def set_identity(self, daemon_id: str) -> None:
         """Give every command ``PROCPOOL_DAEMON_ID``: with its attempt's ids, it lets the next start

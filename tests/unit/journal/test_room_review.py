@@ -12,9 +12,9 @@ from procpoold.loop import EventLoop
 
 
 def test_a_resume_callback_that_raises_does_not_strand_the_others(caplog: pytest.LogCaptureFixture) -> None:
-    sink = LogSink(StderrSender(), queue_size=100, policy="block")
+    sink = LogSink(sender=StderrSender(), queue_size=100, policy="block")
     loop = EventLoop()
-    sink.attach(loop)
+    sink.start(loop)
     woken: list[str] = []
 
     def bad() -> None:

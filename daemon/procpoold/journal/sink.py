@@ -1,0 +1,807 @@
+"""The daemon's side of the journal: one sink that packs records, hands them to the forwarder
+process through a shared-memory ring once per loop iteration, and applies the log policy.
+
+Producers
+    * the daemon's own ``logging`` calls reach :class:`SinkHandler`, the only handler on the root
+      logger (``extra={"journal_fields": {...}}`` adds fields, ``MESSAGE_ID`` among them);
+    * task output, task log records and attempt lifecycle events go through a
+      :class:`~procpoold.journal.handle.TaskLog`, which packs integer keys, not fields.
+
+Hand-off
+    Records wait in a list until the end of the loop iteration (``EventLoop.call_last``), then
+    go into the ring in one ``push_many`` (one copy, at most one futex wake of the forwarder).
+    Without a loop, or with no forwarder process running (before :meth:`LogSink.start`, after
+    :meth:`LogSink.stop`, or after it failed too often), they are written at once, in the
+    daemon, by an in-process :class:`~procpoold.journal.forwarder.Forwarder`.
+
+Policy
+    ``queue_size`` bounds the records not yet written (waiting here or in the ring; the
+    forwarder acknowledges the highest ``seq`` it wrote). ``block``: :meth:`LogSink.has_room`
+    turns False when it is full; a producer then stops reading that task's output and asks
+    :meth:`LogSink.when_room` to be called back once the forwarder has written half of it (the
+    daemon arms the acknowledgement ring's doorbell, an eventfd in its loop). The record that
+    filled it is still accepted; beyond twice the size records are dropped and counted.
+    ``drop``: records beyond the size are dropped at once and counted, and reported per task as a
+    warning record (``LOG_DROPPED``) at most once a second. With ``put_timeout``, a target that
+    accepts nothing for that long turns pausing into dropping until it accepts again
+    (``LOG_STALLED`` says so afterwards).
+
+The forwarder
+    is a child process (:mod:`procpoold.journal.forwarder`), started by :meth:`LogSink.start`
+    (with fork and exec, so it is safe after ZeroMQ's threads exist), reaped through a pidfd in
+    the loop, and started again if it dies: the ring and its cursors live in a memfd the daemon
+    keeps, and the new process gets a snapshot of the name tables. Nothing is named in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import CodeType
+from typing import Any, Protocol
+
+from procpoold.journal import encoding as enc
+from procpoold.journal.forwarder import Forwarder
+from procpoold.journal.handle import TaskLog
+from procpoold.journal.senders import JOURNAL_SOCKET, Sender, choose_target, make_sender
+from procpoold.logconfig import DEFAULT_QUEUE_SIZE, Policy, Target
+from procpoold.logstore import LogStore, Record
+from procpoold.pool.ring import MAX_CAPACITY, Segment
+
+log = logging.getLogger("procpoold.journal")
+
+_DROP_REPORT_INTERVAL = 1.0
+#: Bytes of ring per record of ``queue_size`` (a line of output is about 50 bytes with its header).
+_BYTES_PER_RECORD = 128
+_MIN_RING = 256 * 1024
+#: A forwarder that dies this often within RESTART_WINDOW seconds is not started again: the daemon
+#: writes its records itself from then on.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+_TABLE_LEN = struct.Struct("<I")
+
+_LOCAL, _CHILD, _STOPPING = "local", "child", "stopping"
+_get_ident = threading.get_ident
+
+
+class LoopLike(Protocol):
+    def add_reader(self, source: int, callback: Callable[[], None]) -> None: ...
+    def remove_reader(self, source: int) -> None: ...
+    def call_last(self, callback: Callable[[], None]) -> None: ...
+    def call_soon(self, callback: Callable[[], None]) -> None: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
+
+
+def _ring_capacity(queue_size: int) -> int:
+    want = max(_MIN_RING, queue_size * _BYTES_PER_RECORD)
+    size = 1
+    while size < want:
+        size *= 2
+    return min(size, MAX_CAPACITY)
+
+
+class _Channel:
+    """The segment shared with the forwarder: its request ring (records, the daemon produces), its
+    result ring (acknowledgements, the daemon consumes), the doorbell eventfd, and a second
+    mapping whose request ring the daemon consumes itself when it takes over from a dead
+    forwarder (a ring handle is either a producer or a consumer)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.segment = Segment.create(capacity)
+        self.ring = self.segment.request
+        self.acks = self.segment.result
+        self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.consumer = Segment.attach(fd=self.segment.fd)
+
+    def close(self) -> None:
+        os.close(self.efd)
+        self.consumer.close()
+        self.segment.close()
+
+
+class LogSink:
+    """Packs records, hands them to the forwarder, counts, and tells producers when to pause."""
+
+    def __init__(
+        self,
+        target: str = "stderr",
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        policy: Policy = "block",
+        store: LogStore | None = None,
+        sender: Sender | None = None,
+        put_timeout: float | None = None,
+        journal_path: str = JOURNAL_SOCKET,
+    ) -> None:
+        self.target = sender.target if sender is not None else target
+        self.journal_path = journal_path
+        self.capacity = queue_size
+        self.hard_limit = queue_size * 2
+        self.low_water = queue_size // 2
+        self.policy: Policy = policy
+        self.store = store if store is not None else LogStore()
+        #: seconds the target may accept no record before ``block`` turns into dropping (None: never)
+        self.put_timeout = put_timeout
+        #: the seq of the newest record (the TaskLog handles count it up themselves)
+        self.seq = 0
+        #: the ring to the forwarder: made by start(), after the daemon's forks (a worker forked from
+        #: a process that maps it could write into it)
+        self._chan: _Channel | None = None
+        self._acks_armed = False
+        #: writes when no forwarder process runs (records decoded here, and the ring's leftovers)
+        self._local = Forwarder(None, sender or make_sender(self.target, journal_path))
+        #: with a sender given (tests) there is no forwarder process: it could not use the object
+        self.spawn_forwarder = sender is None
+        self._mode = _LOCAL
+        self._lock = threading.RLock()  # the ring has one producer: the loop, or a thread holding this
+        self._loop: LoopLike | None = None
+        self._loop_thread = 0
+        self._pending: list[bytes] = []
+        self._pending_seq = 0
+        self._pushed_seq = 0
+        self._flush_due = False
+        self._block = False  # producers are paused only once a loop can resume them (start)
+        self._room_waiters: list[Callable[[], None]] = []
+        # name tables: (kind, key) -> the record that defines it (for a new forwarder's snapshot)
+        self._tables: dict[tuple[int, int], bytes] = {}
+        self._job_keys: dict[str, int] = {}
+        self._task_keys: dict[str, int] = {}
+        self._job_tasks: dict[int, list[str]] = {}
+        self._retiring: list[tuple[int, int, list[tuple[int, int]]]] = []  # (seq, job key, table keys)
+        self._next_key = 0
+        self._sites: dict[tuple[CodeType, int], int] = {}
+        # the forwarder process
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._deaths: list[float] = []
+        self._forwarder_up = False  # it has said hello (an empty acknowledgement once it is running)
+        self.restarts = 0
+        # acknowledgements and stalls
+        self._acked = 0  # the highest seq the forwarder wrote
+        # Records accepted (not dropped) and, of those, known to be written: the forwarder
+        # acknowledges seqs; a mark (seq, accepted) per push tells how many records that covers.
+        self._accepted = 0
+        self._done = 0
+        self._marks: deque[tuple[int, int]] = deque()
+        self._ack_look = 0  # the seq at which put() last read acknowledgements
+        self._ack_time = time.monotonic()
+        self._dropping = False
+        self._stall_began = 0.0
+        self._stall_dropped = 0
+        self._stall_timer: Any = None
+        self.stalls = 0
+        # counters
+        self.written = 0
+        self.dropped = 0
+        self.errors = 0
+        self.fallbacks = 0
+        self.paused = 0
+        self._drops: dict[int, int] = {}
+        self._drop_names: dict[int, dict[str, str]] = {}
+        self._drop_timer: Any = None
+        self._last_drop_report = 0.0
+
+    # -- keys and tables ------------------------------------------------------------------------
+
+    def _key(self) -> int:
+        self._next_key += 1
+        return self._next_key
+
+    def _table(self, kind: int, key: int, record: bytes) -> None:
+        self._tables[(kind, key)] = record
+        self._append(record)
+
+    def job_key(self, job_id: str, fields: Callable[[], Mapping[str, str]]) -> int:
+        """The key of a job's names (sent to the forwarder the first time); ``fields`` gives
+        the job's fields other than ``PROCPOOL_JOB_ID`` (called only then)."""
+        key = self._job_keys.get(job_id)
+        if key is None:
+            key = self._job_keys[job_id] = self._key()
+            self._job_tasks[key] = []
+            items = [("PROCPOOL_JOB_ID", job_id), *((k, str(v)) for k, v in fields().items())]
+            self._table(enc.K_JOB, key, enc.job_record(key, items))
+        return key
+
+    def task_log(self, job_id: str, task_id: str, task_name: str, attempt: int,
+                 job_fields: Callable[[], Mapping[str, str]]) -> TaskLog:
+        """The log of one attempt (on the loop's thread). The job's and the task's names go to the
+        forwarder once; ``job_fields`` is only called for a job not seen before."""
+        key = self._task_keys.get(task_id)
+        if key is None:
+            job = self.job_key(job_id, job_fields)
+            key = self._task_keys[task_id] = self._key()
+            self._job_tasks[job].append(task_id)
+            self._table(enc.K_TASK, key, enc.task_record(key, job, task_id, task_name))
+        return TaskLog(self, key, job_id, task_id, task_name, attempt, self.store.owner(task_id, job_id))
+
+    def site(self, code: CodeType, line: int) -> int:
+        """The id of a code location (its fields go to the forwarder once)."""
+        found = self._sites.get((code, line))
+        if found is None:
+            found = self._sites[(code, line)] = len(self._sites) + 1
+            fields = (("CODE_FILE", code.co_filename), ("CODE_LINE", str(line)),
+                      ("CODE_FUNC", code.co_name), ("LOGGER", "procpoold.task"))
+            self._table(enc.K_SITE, found, enc.site_record(found, fields))
+        return found
+
+    def forget_job(self, job_id: str) -> None:
+        """The job left the daemon: its names leave the tables (once the forwarder is past them)."""
+        key = self._job_keys.pop(job_id, None)
+        if key is None:
+            return
+        keys = [(enc.K_JOB, key)]
+        for task_id in self._job_tasks.pop(key, ()):
+            task_key = self._task_keys.pop(task_id, None)
+            if task_key is not None:
+                keys.append((enc.K_TASK, task_key))
+        self._append(enc.FORGET.pack(enc.K_FORGET, key))
+        self._retiring.append((self.seq, key, keys))
+        self._prune_retiring()
+
+    def _prune_retiring(self) -> None:
+        while self._retiring and self._retiring[0][0] <= self._acked:
+            for table in self._retiring.pop(0)[2]:
+                self._tables.pop(table, None)
+
+    def tables(self) -> bytes:
+        """The snapshot a new forwarder starts from (``<u32 length><record>``...)."""
+        return b"".join(_TABLE_LEN.pack(len(r)) + r for r in self._tables.values())
+
+    # -- producers ------------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def queued(self) -> int:
+        """Records accepted and not yet known to be written (as of the last acknowledgement)."""
+        return self._accepted - self._done
+
+    def has_room(self) -> bool:
+        """False while a producer honouring ``block`` should stop reading (the queue is full)."""
+        return not self._block or self._dropping or self._accepted - self._done < self.capacity
+
+    def put(self, record: bytes, seq: int, owner: int, own: bool) -> bool:
+        """Queue one packed record (its ``seq`` already counted); returns :meth:`has_room` afterwards.
+
+        ``owner`` (a task key, 0 for the daemon) names whose record a drop counts against; ``own``
+        marks the daemon's own records, which are only refused beyond the hard limit.
+        """
+        n = self._accepted - self._done
+        if n >= self.capacity and seq - self._ack_look >= 64:
+            # Full: the forwarder may have made room since the last look (looked at every 64th
+            # record only: while a flood is dropped, each record costs as little as it can).
+            self._ack_look = seq
+            self._read_acks()
+            n = self._accepted - self._done
+        refuse = self.policy == "drop" or self._dropping
+        if n >= self.capacity and (n >= self.hard_limit or (refuse and not own)):
+            self._count_drop(owner)
+            return self.policy == "drop" or self._dropping
+        self._accepted += 1
+        self._pending_seq = seq
+        self._append(record)
+        return not self._block or self._dropping or n + 1 < self.capacity
+
+    def _append(self, record: bytes) -> None:
+        if self._mode is not _CHILD or self._loop is None or _get_ident() != self._loop_thread:
+            with self._lock:
+                self._pending.append(record)
+                self._push()
+            return
+        self._pending.append(record)
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_last(self.flush)
+
+    def _count_drop(self, owner: int) -> None:
+        self.dropped += 1
+        count = self._drops.get(owner)
+        if count is None:
+            count = 0
+            self._drop_names[owner] = self._names(owner)  # the task may be forgotten by the report
+        self._drops[owner] = count + 1
+        if self._drop_timer is None and self._loop is not None:
+            delay = max(0.0, self._last_drop_report + _DROP_REPORT_INTERVAL - time.monotonic())
+            self._drop_timer = self._loop.call_later(delay, self._report_drops)
+
+    def record(self, logger: logging.Logger, level: int, message: str, fields: dict[str, str]) -> None:
+        """Log ``message`` with journal ``fields``, as ``logger.log(level, ...)`` with ``extra`` would,
+        without building a ``LogRecord`` (the daemon's per-job records take this path)."""
+        if not logger.isEnabledFor(level):
+            return
+        frame = sys._getframe(1)
+        code = frame.f_code
+        where = {"CODE_FILE": code.co_filename, "CODE_LINE": str(frame.f_lineno), "CODE_FUNC": code.co_name,
+                 "LOGGER": logger.name}
+        self.log_record(time.time(), enc.priority(level), message, fields, where, logger.name)
+
+    def log_record(self, created: float, prio: int, message: str, fields: Mapping[str, str],
+                   extra: Mapping[str, str], logger: str) -> None:
+        """Queue a daemon record; one that names a job is also kept in the daemon's tail."""
+        seq = self.next_seq()
+        job_id = fields.get("PROCPOOL_JOB_ID")
+        task_id = fields.get("PROCPOOL_TASK_ID")
+        if job_id:
+            attempt = fields.get("PROCPOOL_ATTEMPT", "0")
+            self.store.add(task_id or job_id, job_id, Record(
+                seq, created, prio, fields.get("PROCPOOL_STREAM", "daemon"),
+                int(attempt) if attempt.isdigit() else 0, task_id, message))
+        items = [*fields.items(), *extra.items()]
+        self.put(enc.plain_record(seq, created, prio, logger, message, items), seq,
+                 self._task_keys.get(task_id, 0) if task_id else 0, True)
+
+    # -- the hand-off ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Push what this loop iteration produced into the ring (``call_last``; on the loop)."""
+        self._flush_due = False
+        self._read_acks()
+        if self._pending:
+            with self._lock:
+                self._push()
+
+    def _push(self) -> None:
+        """With the lock held: push pending records (or write them here, with no forwarder)."""
+        pending = self._pending
+        if not pending or self._mode is _STOPPING:
+            return  # (stopping: the forwarder writes up to its STOP record; these follow)
+        if self._mode is _LOCAL:
+            raw = pending[:]
+            del pending[: len(raw)]  # not clear(): the loop may have appended meanwhile
+            self._local.write_records(raw)
+            self._marks.append((self._pending_seq, self._accepted))
+            self._local_ack()
+            return
+        assert self._chan is not None
+        ring = self._chan.ring
+        n = ring.push_many(pending) if len(pending) > 1 else int(ring.push(pending[0]))
+        if n == len(pending):
+            self._pushed_seq = self._pending_seq
+            self._marks.append((self._pending_seq, self._accepted))
+        if n:
+            del pending[:n]
+        if pending:
+            self._arm()  # the ring is full: flush again when the forwarder has made room
+
+    def _local_ack(self) -> None:
+        local = self._local
+        self._ack(max(local.seq, self._pending_seq), local._written, local._errors, local._fallbacks)
+        local._written = local._errors = local._fallbacks = 0
+
+    def _take_over(self) -> None:
+        """With the lock held, no forwarder running: write what is left in the ring, here."""
+        chan = self._chan
+        self._mode = _LOCAL
+        if chan is None:
+            return
+        local = self._local
+        local.ring = chan.consumer.request
+        local.ring.resync()  # whoever consumed last, the cursors are in the segment
+        while True:  # a STOP record left by a forwarder that died is stepped over
+            local.stopped = False
+            local.drain()
+            if not local.stopped:
+                break
+        local.ring = None
+        self._local_ack()
+
+    def _ack(self, seq: int, written: int, errors: int, fallbacks: int) -> None:
+        self.written += written
+        self.errors += errors
+        self.fallbacks += fallbacks
+        marks = self._marks
+        while marks and marks[0][0] <= seq:
+            self._done = marks.popleft()[1]
+        if seq > self._acked:
+            self._acked = seq
+            self._ack_time = time.monotonic()
+            if self._dropping and written:
+                self._recovered()
+        if self._retiring:
+            self._prune_retiring()
+
+    def _read_acks(self) -> None:
+        if self._mode is _LOCAL or self._chan is None:
+            return
+        for data in self._chan.acks.pop_many(64):
+            if len(data) == enc.ACK.size:
+                self._forwarder_up = True
+                self._ack(*enc.ACK.unpack(data))
+
+    def _arm(self) -> None:
+        """Ask the forwarder to ring the eventfd after its next batch (or look now if it did)."""
+        if self._loop is None or self._mode is not _CHILD or self._acks_armed or self._chan is None:
+            return
+        if self._chan.acks.arm():
+            self._acks_armed = True
+        else:
+            self._loop.call_soon(self._on_doorbell)
+
+    def _on_doorbell(self) -> None:
+        if self._chan is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._chan.efd)
+        self._acks_armed = False
+        self.flush()
+        if self._pending:
+            self._arm()
+        if self._room_waiters:
+            if self.queued() <= self.low_water or self._dropping or self._mode != _CHILD:
+                self._wake_waiters()
+            else:
+                self._arm()
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop once the forwarder has written down to half the size."""
+        self.paused += 1
+        self._room_waiters.append(callback)
+        if self._loop is None:
+            self._wake_waiters()
+            return
+        self._read_acks()
+        if self.queued() <= self.low_water or self._mode != _CHILD or self._dropping:
+            self._loop.call_soon(self._wake_waiters)
+        else:
+            self._arm()
+            self._arm_stall_check(self.put_timeout)
+
+    def _wake_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for i, callback in enumerate(waiters):
+            try:
+                callback()
+            except BaseException:  # the loop logs it; the producers after it still get their turn
+                self._room_waiters[:0] = waiters[i + 1 :]
+                if self._room_waiters and self._loop is not None:
+                    self._loop.call_soon(self._wake_waiters)
+                raise
+
+    # -- a target that accepts nothing ----------------------------------------------------------
+
+    def _arm_stall_check(self, delay: float | None) -> None:
+        if delay is None or self._stall_timer is not None or self._loop is None:
+            return
+        self._stall_timer = self._loop.call_later(max(delay, 0.01), self._check_stall)
+
+    def _check_stall(self) -> None:
+        """On the loop: producers are paused; if the forwarder has written nothing for
+        ``put_timeout`` seconds, stop pausing them: drop (and count) what does not fit until it
+        writes again. A journal that accepts nothing would otherwise stop every task that prints."""
+        self._stall_timer = None
+        if not self._room_waiters or self._dropping or self.put_timeout is None:
+            return
+        self._read_acks()
+        now = time.monotonic()
+        idle = now - self._ack_time
+        if idle < self.put_timeout or self.queued() == 0:
+            self._arm_stall_check(self.put_timeout - idle)
+            return
+        self._stall_began, self._stall_dropped = self._ack_time, self.dropped
+        self._dropping = True
+        self.stalls += 1
+        self._wake_waiters()
+
+    def _recovered(self) -> None:
+        elapsed = time.monotonic() - self._stall_began
+        dropped = self.dropped - self._stall_dropped
+        self._dropping = False
+        who = "journald" if self.target == "journal" else self.target
+        self.log_record(time.time(), 4, f"{who} accepted no record for {elapsed:.1f} s; {dropped:,} records "
+                        f"dropped (log_put_timeout={self.put_timeout:g} s)",
+                        {"MESSAGE_ID": enc.MessageId.LOG_STALLED, "PROCPOOL_DROPPED": str(dropped)},
+                        {}, "procpoold.journal")
+
+    def _names(self, key: int) -> dict[str, str]:
+        """The job's and task's fields of a task key (from the tables; empty for 0, the daemon)."""
+        fields: dict[str, str] = {}
+        task = self._tables.get((enc.K_TASK, key)) if key else None
+        if task is not None:
+            job = self._tables.get((enc.K_JOB, enc.TASK.unpack_from(task)[2]))
+            if job is not None:
+                fields.update(enc.decode_fields(job[enc.JOB.size :]))
+            fields.update(enc.decode_fields(task[enc.TASK.size :]))
+        return fields
+
+    def _report_drops(self) -> None:
+        self._drop_timer = None
+        if not self._drops:
+            return
+        drops, self._drops = self._drops, {}
+        names, self._drop_names = self._drop_names, {}
+        self._last_drop_report = time.monotonic()
+        for key, count in drops.items():
+            fields = names.get(key, {})
+            who = f"task {fields['PROCPOOL_TASK_ID']}" if "PROCPOOL_TASK_ID" in fields else "the daemon"
+            fields["MESSAGE_ID"] = enc.MessageId.LOG_DROPPED
+            fields["PROCPOOL_DROPPED"] = str(count)
+            seq = self.next_seq()
+            message = (f"dropped {count} log record(s) of {who}: the log queue was full "
+                       f"(log_policy={self.policy}, log_queue_size={self.capacity})")
+            self._pending_seq = seq
+            self._append(enc.plain_record(seq, time.time(), 4, "procpoold.journal", message, fields.items()))
+
+    # -- the forwarder process ------------------------------------------------------------------
+
+    def start(self, loop: LoopLike) -> None:
+        """Hook to the loop (on its thread) and start the forwarder process."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._block = self.policy == "block"
+        if self.spawn_forwarder:
+            with self._lock:
+                self._push()  # what was logged so far, written here
+                self._chan = _Channel(_ring_capacity(self.capacity))
+                loop.add_reader(self._chan.efd, self._on_doorbell)
+                self._spawn()
+
+    def _spawn(self) -> None:
+        """With the lock held: start a forwarder on the segment, with the tables it needs."""
+        assert self._chan is not None
+        tables = os.memfd_create("procpool-journal-tables", os.MFD_CLOEXEC)
+        try:
+            os.write(tables, self.tables())
+            os.lseek(tables, 0, os.SEEK_SET)
+            fds = (self._chan.segment.fd, self._chan.efd, tables)
+            argv = [sys.executable, "-m", "procpoold.journal", "--segment-fd", str(fds[0]),
+                    "--doorbell-fd", str(fds[1]), "--tables-fd", str(fds[2]), "--target", self.target,
+                    "--journal-path", self.journal_path, "--parent", str(os.getpid())]
+            self._proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            os.close(tables)
+        self._forwarder_up = False
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        if self._loop is not None:
+            self._loop.add_reader(self._pidfd, self._on_forwarder_exit)
+        self._mode = _CHILD
+        if self._room_waiters or self._pending:
+            self._arm()
+
+    def _unwatch(self) -> None:
+        if self._pidfd >= 0:
+            if self._loop is not None:
+                self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _on_forwarder_exit(self) -> None:
+        """On the loop: the forwarder died (it exits by itself only after a STOP). Start another."""
+        proc = self._proc
+        if proc is None or self._mode != _CHILD:
+            return
+        code = proc.wait()
+        self._unwatch()
+        self._proc = None
+        self.restarts += 1
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW] + [now]
+        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        with self._lock:
+            self._acks_armed = False
+            self._read_acks()
+            assert self._chan is not None
+            if self._chan.ring.used == 0 and not self._pending:
+                self._ack(self._pushed_seq, 0, 0, 0)  # what it had taken is gone: do not wait for it
+            if len(self._deaths) > MAX_RESTARTS:
+                self._take_over()
+            else:
+                self._spawn()
+        if self._mode == _LOCAL:
+            log.error("the journal forwarder (pid %d) %s, %d times in %g s; the daemon writes its records "
+                      "itself from now on", proc.pid, how, len(self._deaths), RESTART_WINDOW)
+            with self._lock:
+                self._push()
+            self._wake_waiters()
+        else:
+            log.warning("the journal forwarder (pid %d) %s; started another (pid %d); the records in "
+                        "its ring are kept", proc.pid, how, self._proc.pid if self._proc else 0)
+
+    def starting(self) -> bool:
+        """True while the forwarder process is still starting (importing; not reading the ring yet)."""
+        if self._mode != _CHILD:
+            return False
+        self._read_acks()
+        return not self._forwarder_up
+
+    @property
+    def forwarder_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued (the forwarder, for at most ``timeout`` seconds), stop the
+        forwarder, and write synchronously from then on."""
+        self._block = False
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+        self._report_drops()
+        proc, chan = self._proc, self._chan
+        if proc is not None and chan is not None:
+            deadline = time.monotonic() + timeout
+            with self._lock:
+                self._push()
+                while not chan.ring.push(enc.STOP) and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                self._mode = _STOPPING
+            with contextlib.suppress(ValueError, OSError):
+                select.select([self._pidfd], [], [], max(0.0, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            self._unwatch()
+            self._proc = None
+            with self._lock:
+                self._read_acks_now()
+        with self._lock:
+            self._take_over()
+            self._push()
+        if self._room_waiters:
+            self._wake_waiters()
+
+    def _read_acks_now(self) -> None:
+        assert self._chan is not None
+        for data in self._chan.acks.pop_many(4096):
+            if len(data) == enc.ACK.size:
+                self._ack(*enc.ACK.unpack(data))
+
+    def close(self) -> None:
+        """Stop the forwarder, unhook from the loop, unmap the ring."""
+        self.stop()
+        chan, self._chan = self._chan, None
+        if chan is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(chan.efd)
+            chan.close()
+        self._loop = None
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def flushed(self, seq: int) -> bool:
+        """True once every record up to ``seq`` has been written (or dropped)."""
+        self._read_acks()
+        return seq <= self._acked or self._accepted == self._done
+
+    def stats(self) -> dict[str, Any]:
+        """For ``procctl status``: where records go and what happened to them."""
+        self._read_acks()
+        return {
+            "target": self.target,
+            "policy": self.policy,
+            "queue_size": self.capacity,
+            "queued": self.queued(),
+            "written": self.written,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "fallbacks": self.fallbacks,
+            "paused": self.paused,
+            "put_timeout": self.put_timeout,
+            "stalled": self._dropping,
+            "stalled_for": time.monotonic() - self._stall_began if self._dropping else None,
+            "stalls": self.stalls,
+            "tail_lines": len(self.store),
+            "forwarder_pid": self.forwarder_pid,
+            "forwarder_restarts": self.restarts,
+        }
+
+
+# -- the root logger's handler ---------------------------------------------------------------
+
+
+class SinkHandler(logging.Handler):
+    """The root logger's only handler: turns ``logging`` records into journal records.
+
+    Fields come from ``extra={"journal_fields": {...}}``; the code location of the logging call
+    becomes ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC``. Records naming a job are also kept in the
+    daemon's tail (``procctl logs``).
+    """
+
+    def __init__(self, sink: LogSink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            elif record.exc_text:
+                message += "\n" + record.exc_text
+            given = getattr(record, "journal_fields", None)
+            fields = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
+            extra = {
+                "CODE_FILE": record.pathname,
+                "CODE_LINE": str(record.lineno),
+                "CODE_FUNC": record.funcName,
+                "LOGGER": record.name,
+            }
+            prio = enc.priority(record.levelno)
+            self.sink.log_record(record.created, prio, message, fields, extra, record.name)
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(
+    level: str,
+    target: Target = "auto",
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    policy: Policy = "block",
+    sender: Sender | None = None,
+    store: LogStore | None = None,
+    put_timeout: float | None = None,
+) -> LogSink:
+    """Make a :class:`LogSink` the root logger's only handler; returns it (``.target`` tells which).
+
+    No process starts here: the daemon calls :meth:`LogSink.start` with its loop.
+    """
+    sink = LogSink(choose_target(target), queue_size, policy, store, sender, put_timeout)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        if isinstance(old, SinkHandler):
+            old.sink.close()
+    root.addHandler(SinkHandler(sink))
+    root.setLevel(level.upper())
+    return sink
+
+
+# -- the ``logs`` operation (daemon side) ----------------------------------------------------
+
+
+def logs_op(
+    sink: LogSink,
+    args: Mapping[str, Any],
+    *,
+    job_id: str,
+    task_id: str | None,
+    finished: bool,
+    since: float | None = None,
+) -> dict[str, Any]:
+    """Answer ``logs``: where to read a job's or task's log, and the daemon's tail when asked.
+
+    ``args``: ``id`` (echoed), ``attempt`` (int), ``lines`` (int: only the last N), ``after``
+    (int: records after this cursor, for ``--follow``), ``source`` (``auto`` or ``tail``).
+    ``finished`` is the job's (or task's) state; the reply says finished only once its last
+    record has been written, so a follower that stops then has seen everything.
+    """
+    attempt = args.get("attempt")
+    after = int(args.get("after") or 0)
+    limit = args.get("lines")
+    source = args.get("source") or "auto"
+    store = sink.store
+    match = {"PROCPOOL_JOB_ID": job_id}
+    if task_id is not None:
+        match["PROCPOOL_TASK_ID"] = task_id
+    if attempt is not None:
+        match["PROCPOOL_ATTEMPT"] = str(attempt)
+    last = store.last_seq(job_id, task_id)
+    reply: dict[str, Any] = {
+        "id": args.get("id"),
+        "job_id": job_id,
+        "task_id": task_id,
+        "target": sink.target,
+        "match": match,
+        "since": since,
+        "finished": bool(finished and sink.flushed(last)),
+        "records": [],
+        "cursor": last,
+        "truncated": False,
+    }
+    if sink.target == "stderr" or source == "tail":
+        records = store.records(job_id, task_id, attempt, after, limit)
+        reply["records"] = [r.to_wire() for r in records]
+        reply["cursor"] = records[-1].seq if records else after
+        reply["truncated"] = store.truncated(job_id, task_id)
+        reply["source"] = "tail"
+    else:
+        reply["source"] = "journal"
+    return reply
