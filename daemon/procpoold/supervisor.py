@@ -38,8 +38,9 @@ from procpoold.identity import Authority, identity_of
 from procpoold.loop import EventLoop, Timer
 from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
-from procpoold.store import StateStore, StoreFailure
 from procpoold.store.lock import StateLock
+from procpoold.store.protocol import StoreFailure
+from procpoold.store.sqlite import StateStore
 
 log = logging.getLogger("procpoold")
 
