@@ -396,6 +396,7 @@ class Daemon:
             "store": {
                 "path": os.fspath(self.config.state_dir / "state.db") if self.store else None,
                 "commits": self.store.commits if self.store else 0,
+                **(self.store.stats() if self.store else {}),
             },
         }
 

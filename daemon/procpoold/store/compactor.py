@@ -44,8 +44,8 @@ DELETE = 4  # [DELETE, [ids], next_job_id]: jobs removed
 MAX_QUEUED = 4096
 #: The compactor gathers records this long (or this many) into one transaction, unless a read
 #: waits for them: fewer transactions, and fewer wake-ups of a thread that shares the GIL.
-GATHER_SECONDS = 0.005
-GATHER_RECORDS = 64
+GATHER_SECONDS = 0.02
+GATHER_RECORDS = 256
 
 
 class Applier:
@@ -56,46 +56,74 @@ class Applier:
         self.values = values
 
     def apply(self, records: list[tuple[int, list[Any]]]) -> list[Callable[[], None]]:
-        """Apply ``records`` (lsn, ops) in order and note the last lsn; returns what to do once
-        the transaction has committed (file removals)."""
-        db = self.db
-        after: list[Callable[[], None]] = []
+        """Apply ``records`` (lsn, ops) and note the last lsn; returns what to do once the
+        transaction has committed (file removals).
+
+        The batch is folded first, so that a transaction costs a few ``executemany`` calls
+        whatever its size (each call gives the GIL away and takes it back): a job's own fields
+        as its last change says (a summary or uid as the last change that had one), a job's
+        task-log rows from its last snapshot in the batch on, jobs deleted at the end. The result
+        is the one of applying every operation in order.
+        """
+        adds: dict[int, list[Any]] = {}
+        jobs: dict[int, list[Any]] = {}
+        rows: dict[int, list[tuple[int, bytes]]] = {}  # task_log rows, from the last snapshot on
+        snapshots: dict[int, int] = {}  # job -> seq of its last snapshot in the batch
+        deleted: list[int] = []
+        next_job_id: int | None = None
         for _lsn, ops in records:
             for op in ops:
                 code = op[0]
                 if code == APPEND:
-                    db.execute("INSERT OR REPLACE INTO task_log(job_id, seq, data) VALUES (?, ?, ?)",
-                               (op[1], op[2], op[3]))
+                    rows.setdefault(op[1], []).append((op[2], op[3]))
                 elif code == JOB:
-                    db.execute(
-                        "UPDATE jobs SET state=?, finished_at=?, data=?, summary=coalesce(?, summary),"
-                        " uid=coalesce(?, uid) WHERE id=?",
-                        (op[2], op[3], op[4], op[5], op[6], op[1]),
-                    )
+                    before = jobs.get(op[1])
+                    if before is not None:
+                        summary = before[5] if op[5] is None else op[5]
+                        op = [*op[:5], summary, before[6] if op[6] is None else op[6]]
+                    jobs[op[1]] = op
                 elif code == ADD:
-                    db.execute(
-                        "INSERT OR REPLACE INTO jobs(id, key, name, state, created_at, finished_at, doc,"
-                        " data, uid) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
-                        tuple(op[1:]),
-                    )
+                    adds[op[1]] = op
                 elif code == SNAPSHOT:
-                    job_id, seq = op[1], op[2]
-                    db.execute("DELETE FROM task_log WHERE job_id=?", (job_id,))
-                    db.execute("INSERT INTO task_log(job_id, seq, data) VALUES (?, ?, ?)",
-                               (job_id, seq, op[3]))
-                    after.append(functools.partial(self.values.drop_logs, str(job_id), seq))
+                    snapshots[op[1]] = op[2]
+                    rows[op[1]] = [(op[2], op[3])]
                 elif code == DELETE:
-                    ids = op[1]
-                    db.executemany("DELETE FROM jobs WHERE id=?", [(j,) for j in ids])
-                    # The highest id handed out may be among them: keep it, so that no id is reused.
-                    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)",
-                               (str(op[2]),))
-                    after.extend(functools.partial(self.values.drop_job, str(j)) for j in ids)
+                    deleted.extend(op[1])
+                    next_job_id = op[2]
                 else:
                     raise ValueError(f"unknown log operation {code!r}")
+        db = self.db
+        if adds:
+            db.executemany(
+                "INSERT OR REPLACE INTO jobs(id, key, name, state, created_at, finished_at, doc,"
+                " data, uid) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                [op[1:] for op in adds.values()],
+            )
+        if jobs:
+            db.executemany(
+                "UPDATE jobs SET state=?, finished_at=?, data=?, summary=coalesce(?, summary),"
+                " uid=coalesce(?, uid) WHERE id=?",
+                [(op[2], op[3], op[4], op[5], op[6], op[1]) for op in jobs.values()],
+            )
+        if snapshots:
+            db.executemany("DELETE FROM task_log WHERE job_id=?", [(j,) for j in snapshots])
+        if rows:
+            db.executemany(
+                "INSERT OR REPLACE INTO task_log(job_id, seq, data) VALUES (?, ?, ?)",
+                [(j, seq, data) for j, job_rows in rows.items() for seq, data in job_rows],
+            )
+        if deleted:  # (their task_log rows go with them: ON DELETE CASCADE)
+            db.executemany("DELETE FROM jobs WHERE id=?", [(j,) for j in deleted])
+            # The highest id handed out may be among them: keep it, so that no id is reused.
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)",
+                       (str(next_job_id),))
         if records:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('log_applied', ?)",
                        (str(records[-1][0]),))
+        after: list[Callable[[], None]] = [
+            functools.partial(self.values.drop_logs, str(j), seq) for j, seq in snapshots.items()
+        ]
+        after.extend(functools.partial(self.values.drop_job, str(j)) for j in deleted)
         return after
 
 

@@ -558,6 +558,18 @@ class StateStore:
         self._next_seq.pop(job_id, None)
         self.log_entries.pop(job_id, None)
 
+    def stats(self) -> dict[str, Any]:
+        """For ``status``: the loop's time in commits, and the compactor's progress off the loop."""
+        compactor = self.compactor
+        return {
+            "commit_seconds": round(self.commit_seconds, 6),
+            "log_records": self.lsn,
+            "applied": compactor.applied,
+            "compactor_transactions": compactor.transactions,
+            "compactor_seconds": round(compactor.busy, 6),
+            "value_files": {"spare": self.values.reused, "new": self.values.fresh},
+        }
+
     def settle(self) -> None:
         """Wait until the database holds every record flushed so far (raises StoreFailure if the
         compactor failed). Reads call it; so may a test that reads the tables."""

@@ -7,11 +7,13 @@ import sqlite3
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 
 from procpoold.core.jobs import FULL_ENTRY, START_ENTRY
+from procpoold.store.compactor import ADD, APPEND, DELETE, JOB, SNAPSHOT, Applier
 from procpoold.store.log import MAGIC, LogCorrupt, LogWriter, frame, read_segment, segment_paths
 from procpoold.store.protocol import StoreError
 from procpoold.store.sqlite import StateStore
@@ -176,3 +178,43 @@ def test_records_already_applied_are_skipped_and_a_gap_is_damage(tmp_path: Path)
     writer.close()
     with pytest.raises(StoreError, match="records 3 to 8 are missing"):
         StateStore(path)
+
+
+def dump_tables(db: sqlite3.Connection) -> tuple[list[Any], list[Any], list[Any]]:
+    return (
+        db.execute("SELECT * FROM jobs ORDER BY id").fetchall(),
+        db.execute("SELECT * FROM task_log ORDER BY job_id, seq").fetchall(),
+        db.execute("SELECT * FROM meta WHERE key IN ('next_job_id', 'log_applied') ORDER BY key").fetchall(),
+    )
+
+
+def test_a_batch_folded_into_one_transaction_ends_as_its_records_applied_one_by_one(tmp_path: Path) -> None:
+    """The compactor folds a batch (last job fields win, a snapshot drops the rows before it);
+    the tables must end as if every record had been applied on its own, in order."""
+    add = [ADD, 1, "k", "a", "running", 1.0, b"doc", b"d0", None]
+    add2 = [ADD, 2, None, "b", "running", 1.0, b"doc", b"d0", 5]
+    records: list[tuple[int, list[Any]]] = [
+        (1, [add, add2, [APPEND, 1, 0, b"e0"]]),
+        (2, [[JOB, 1, "running", None, b"d1", None, 7], [APPEND, 1, 1, b"e1"], [APPEND, 2, 0, b"x"]]),
+        (3, [[JOB, 1, "completed", 3.0, b"d2", b"sum", None], [SNAPSHOT, 1, 2, b"snap"]]),
+        (4, [[APPEND, 1, 3, b"e3"], [JOB, 1, "completed", 3.0, b"d3", None, None]]),
+        (5, [[DELETE, [2], 3]]),
+    ]
+    results = []
+    for folded in (False, True):
+        store = StateStore(tmp_path / f"{folded}.db")
+        store.compactor.stop()
+        db = sqlite3.connect(tmp_path / f"{folded}.db", isolation_level=None)
+        db.execute("PRAGMA foreign_keys=ON")
+        applier = Applier(db, store.values)
+        for batch in [records] if folded else [[r] for r in records]:
+            db.execute("BEGIN")
+            applier.apply(batch)
+            db.execute("COMMIT")
+        results.append(dump_tables(db))
+        db.close()
+    assert results[0] == results[1]
+    jobs, rows, meta = results[1]
+    assert [(j[0], j[3], j[7], j[8], j[9]) for j in jobs] == [(1, "completed", b"d3", 7, b"sum")]
+    assert rows == [(1, 2, b"snap"), (1, 3, b"e3")]
+    assert meta == [("log_applied", "5"), ("next_job_id", "3")]
