@@ -17,6 +17,8 @@ from procpoold.store.compactor import ADD, APPEND, DELETE, JOB, SNAPSHOT, Applie
 from procpoold.store.log import MAGIC, LogCorrupt, LogWriter, frame, read_segment, segment_paths
 from procpoold.store.protocol import StoreError
 from procpoold.store.sqlite import StateStore
+from procpoold.store.values import LARGE_VALUE, SPARES
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -218,3 +220,41 @@ def test_a_batch_folded_into_one_transaction_ends_as_its_records_applied_one_by_
     assert [(j[0], j[3], j[7], j[8], j[9]) for j in jobs] == [(1, "completed", b"d3", 7, b"sum")]
     assert rows == [(1, 2, b"snap"), (1, 3, b"e3")]
     assert meta == [("log_applied", "5"), ("next_job_id", "3")]
+
+
+def test_with_sync_full_records_are_replayed_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = StateStore(path, sync="full")
+    store.compactor.stop()
+    store.add_job("1", None, "a", "running", 1.0, {"root": {}}, {"state": "running"})
+    store.append_tasks("1", [[START_ENTRY, 0, 1, "1#1", 2.0]])
+    store.flush()
+    store.writer.close()
+    again = StateStore(path, sync="full")
+    [job] = list(again.load_jobs())
+    assert [e[0] for e in job.entries] == [START_ENTRY]
+    again.close()
+
+
+def test_value_files_are_written_into_spares_recycled_or_written_ahead(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    values = store.values
+    big = b"v" * (LARGE_VALUE * 2)
+    store.add_job("1", None, "a", "running", 1.0, {"args": [big]}, {"state": "running"})
+    store.flush()
+    assert (values.fresh, values.reused) == (1, 0)  # no spare yet: a new file
+    store.settle()
+    wait_until(lambda: values.spares == SPARES, what="spares written ahead")  # by the compactor
+    spare_dir = tmp_path / "state-values" / ".spare"
+    assert len(os.listdir(spare_dir)) == SPARES
+    store.add_job("2", None, "b", "running", 1.0, {"args": [big]}, {"state": "running"})
+    store.flush()
+    assert (values.fresh, values.reused) == (1, 1)
+    stored = store.load_job("2")
+    assert stored is not None and stored.doc == {"args": [big]}
+    store.delete_jobs(["1"])
+    store.settle()  # its file became a spare again (the pool had room) or was removed
+    assert not (tmp_path / "state-values" / "1").exists()
+    assert len(os.listdir(spare_dir)) <= SPARES
+    store.close()
+    assert not spare_dir.exists()  # a stopped daemon keeps no spare
