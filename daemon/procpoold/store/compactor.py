@@ -242,7 +242,7 @@ class Compactor:
                 return
             if self._removable():
                 self._remove_segments()
-            if refill and not self._queue:
+            if refill:
                 try:
                     self.values.refill()
                 except OSError as exc:  # no spare: values are written to new files, as without
@@ -262,8 +262,6 @@ class Compactor:
                     with contextlib.suppress(sqlite3.Error):
                         self.db.execute("ROLLBACK")
                 raise
-            for action in after:
-                action()
         except Exception as exc:
             from procpoold.store.sqlite import disk_full  # (a cycle at import time otherwise)
 
@@ -273,6 +271,11 @@ class Compactor:
                 self.error = f"cannot write the state file {self.path}: {what}{exc}"
                 self._cond.notify_all()
             return False
+        for action in after:  # committed: a file left behind is a leak, not a failure
+            try:
+                action()
+            except OSError as exc:
+                log.warning("cannot remove a value file of the state: %s", exc)
         self.busy += time.perf_counter() - started
         with self._cond:
             self.applied = batch[-1][0]

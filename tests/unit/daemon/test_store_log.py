@@ -13,6 +13,7 @@ import msgpack
 import pytest
 
 from procpoold.core.jobs import FULL_ENTRY, START_ENTRY
+from procpoold.store import sqlite
 from procpoold.store.compactor import ADD, APPEND, DELETE, JOB, SNAPSHOT, Applier
 from procpoold.store.log import MAGIC, LogCorrupt, LogWriter, frame, read_segment, segment_paths
 from procpoold.store.protocol import StoreError
@@ -258,3 +259,30 @@ def test_value_files_are_written_into_spares_recycled_or_written_ahead(tmp_path:
     assert len(os.listdir(spare_dir)) <= SPARES
     store.close()
     assert not spare_dir.exists()  # a stopped daemon keeps no spare
+
+
+def test_full_segments_are_closed_removed_once_applied_and_replayed_across(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "SEGMENT_BYTES", 200)  # a few records per segment
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    store.add_job("1", None, "a", "running", 1.0, {"root": {}}, {"state": "running"})
+    for n in range(20):
+        store.append_tasks("1", [[FULL_ENTRY, n, {"state": "completed", "pad": "x" * 40}]])
+        store.flush()
+    assert store.writer.number > 3  # rotated
+    store.settle()
+    # applied (and checkpointed): every closed segment goes; the open one stays
+    wait_until(lambda: segment_paths(tmp_path, "state"), lambda found: len(found) == 1,
+               what="closed segments removed")
+    store.compactor.stop()  # a crash from here on: records only in the log
+    for n in range(20, 30):
+        store.append_tasks("1", [[FULL_ENTRY, n, {"state": "completed"}]])
+        store.flush()
+    store.writer.close()
+    assert len(segment_paths(tmp_path, "state")) > 1
+    again = StateStore(path)  # replays the records of several segments, in order
+    [job] = list(again.load_jobs())
+    assert [e[1] for e in job.entries] == list(range(30))
+    again.close()
