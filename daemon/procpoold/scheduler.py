@@ -47,8 +47,7 @@ from procpoold.identity import (
 )
 from procpoold.loop import EventLoop, Timer
 from procpoold.pathsafety import check_folders, unsafe_folder
-from procpoold.store import StateStore
-from procpoold.store.sqlite import StoredJob
+from procpoold.store.protocol import Store, StoredJob
 
 log = logging.getLogger("procpoold.scheduler")
 task_log = logging.getLogger("procpoold.task")
@@ -85,7 +84,7 @@ class Scheduler:
         executors: dict[str, Executor],
         aging: float = 30.0,
         clock: Callable[[], float] = time.time,
-        store: StateStore | None = None,
+        store: Store | None = None,
         retention_age: float | None = None,
         retention_count: int | None = None,
         max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,

@@ -38,8 +38,9 @@ from procpoold.identity import Authority, identity_of
 from procpoold.loop import EventLoop, Timer
 from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
-from procpoold.store import StateStore, StoreFailure
 from procpoold.store.lock import StateLock
+from procpoold.store.protocol import StoreFailure
+from procpoold.store.sqlite import StateStore
 
 log = logging.getLogger("procpoold")
 
@@ -410,6 +411,7 @@ class Daemon:
             "store": {
                 "path": os.fspath(self.config.state_dir / "state.db") if self.store else None,
                 "commits": self.store.commits if self.store else 0,
+                **(self.store.stats() if self.store else {}),
             },
         }
 

@@ -14,7 +14,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from procpoold.store.sqlite import StoreError, check_state_folder, disk_full, full_disk_hint
+from procpoold.store.protocol import StoreError
+from procpoold.store.sqlite import check_state_folder, disk_full, full_disk_hint
 
 LOCK_NAME = "procpoold.lock"
 

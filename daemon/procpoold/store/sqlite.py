@@ -1,44 +1,42 @@
-"""SQLite state store in WAL mode, with a schema version and numbered migrations.
+"""The state store: a write-ahead log of group commits, applied to SQLite snapshots off the loop.
 
-Runs on the daemon's loop thread (one connection, no sharing). Rows::
+Runs on the daemon's loop thread, except the compactor (:mod:`procpoold.store.compactor`), a
+thread of its own. A group commit (:meth:`StateStore.flush`, once per loop iteration that changed
+something) is *one record appended to the log* (:mod:`procpoold.store.log`): the loop's whole
+durable write is one ``write`` (plus an ``fdatasync`` with ``sync = "full"``). The compactor
+then applies the record to the database, with SQLite's checkpoints, off the loop; the log's
+segments are removed once applied. At start, what the database does not hold yet is replayed
+from the log (a torn tail cut), before anything is read.
 
-    meta(key PRIMARY KEY, value)                   schema_version, daemon_id, next_job_id
+Database rows::
+
+    meta(key PRIMARY KEY, value)                   schema_version, daemon_id, next_job_id,
+                                                   log_applied (the last log record applied)
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
          doc BLOB, data BLOB, uid, summary BLOB)   doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
                                                    uid: the submitter; summary: Job.summary()
                                                    once finished (what status lists show)
     task_log(job_id, seq, data BLOB,               data: a msgpack list of task entries
-             PRIMARY KEY(job_id, seq))             (see procpoold.core.jobs.replay_task_log)
+             PRIMARY KEY(job_id, seq))             (opaque here; the scheduler's format)
 
-Task changes are appended, never rewritten in place: a group commit adds at most
-one ``task_log`` row per job, holding every task entry of that job from the
-commit (a task's full state, or the small record of an attempt starting). A task
-without entries is pending with no attempts. When a job's log has grown well past
-its number of tasks, or one commit touches most of its tasks (a new run of a
-repeat job, a recovery), the scheduler writes a *snapshot* instead: the job's rows
-are replaced by one row with a full entry per task. So the log of a job stays
-within a small multiple of its size, and replaying it in ``seq`` order rebuilds it.
+Task changes are appended, never rewritten in place: a group commit adds at most one
+``task_log`` row per job, holding every task entry of that job from the commit. When the
+scheduler asks for a *snapshot* of a job (its log has grown well past its number of tasks), the
+job's rows are replaced by one row. Replaying a job's rows in ``seq`` order rebuilds it.
 
-Large values: a ``doc``, ``data`` or ``task_log.data`` value of 64 KiB or more
-(a job with a big argument, a task with a big result) is written to a file in
-``<state>-values/<job id>/`` beside the database, and the column holds an empty
-blob that points there. SQLite writes such a value about 15 times slower than a
-plain file (WAL frame per page, then the checkpoint). The file is complete before
-the commit that refers to it and is removed after the commit that drops it;
-directories of jobs the database does not know are removed at start.
+Large values (64 KiB or more) are written to files beside the database
+(:mod:`procpoold.store.values`); the column and the log record hold an empty blob that points
+there. The file is complete before the record that refers to it, and removed (or kept as a
+spare) after the compactor has applied the record that drops it.
 
-The daemon reads unfinished jobs at start and keeps them in memory; of a finished job it keeps
-an index entry and reads the rest by key when asked (:meth:`StateStore.load_job`,
-:meth:`StateStore.summaries`). So the tables carry no index beyond their keys: an index is pages
-more to write per commit. Job ids are never reused:
-the next id is one past the highest job id stored, or past ``meta.next_job_id``, which is
-written only when jobs are deleted (the highest may be among them), not on every submit.
+Reads (a finished job read back, status summaries) wait until the compactor has applied every
+record flushed before them, so they see everything the daemon has made durable; the wait is
+short (the compactor applies each record as it comes) and never happens per task.
 
-Durability: ``synchronous=NORMAL`` in WAL mode, so a committed transaction
-survives a crash of the daemon (``kill -9``) at the cost of no fsync per
-commit; ``sync = "full"`` in the config adds the fsync (of large-value files
-too) and survives power loss.
+Durability: a record is in the kernel's page cache when :meth:`StateStore.flush` returns, which a
+crash of the daemon (``kill -9``) does not lose; ``sync = "full"`` adds an ``fdatasync`` per record
+(and per large-value file) and survives power loss. See ``docs/state.md``.
 """
 
 from __future__ import annotations
@@ -47,21 +45,38 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import sqlite3
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 
 from procpoold.core.jobs import FULL_ENTRY, FinishedJob
+from procpoold.store.compactor import ADD, APPEND, DELETE, JOB, SNAPSHOT, Applier, Compactor
+from procpoold.store.log import LogCorrupt, LogWriter, read_segment, segment_paths
+from procpoold.store.protocol import StoredJob, StoreError, StoreFailure
+from procpoold.store.values import LARGE_VALUE, LargeValues
+
+__all__ = [
+    "LARGE_VALUE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "StateStore",
+    "StoreError",
+    "StoreFailure",
+    "StoredJob",
+]
 
 log = logging.getLogger("procpoold.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+#: A log segment is closed (and removed once applied) when it reaches this size.
+SEGMENT_BYTES = 4 << 20
 
 
 def _pack(value: Any) -> bytes:
@@ -129,6 +144,9 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     # carries the summary that status lists show. Rows of jobs finished before stay NULL until the
     # next start writes them (see the scheduler's recover).
     3: "ALTER TABLE jobs ADD COLUMN uid INTEGER; ALTER TABLE jobs ADD COLUMN summary BLOB",
+    # Changes go to a write-ahead log first, applied to the tables by the compactor: a file
+    # with records not yet applied must not be opened by a procpoold that would ignore them.
+    4: "INSERT OR IGNORE INTO meta(key, value) VALUES ('log_applied', '0')",
 }
 
 #: The states of a finished job (rows in these states are read on demand, not at start).
@@ -136,95 +154,9 @@ FINISHED_STATES = ("completed", "failed", "cancelled")
 _FINISHED_SQL = "('completed', 'failed', 'cancelled')"
 
 
-#: Values this large or larger go to files beside the database (see the module's docstring).
-LARGE_VALUE = 64 * 1024
-
-
-class LargeValues:
-    """Files for values of LARGE_VALUE bytes or more: ``<root>/<job id>/<name>``."""
-
-    def __init__(self, root: Path, fsync: bool) -> None:
-        self.root = root
-        self.fsync = fsync
-
-    def put(self, job_id: str, name: str, data: bytes) -> bytes:
-        """What the column holds: ``data`` itself, or b"" once it is in a file."""
-        if len(data) < LARGE_VALUE:
-            return data
-        folder = self.root / job_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        final = folder / name
-        tmp = folder / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        if self.fsync:
-            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        return b""
-
-    def get(self, job_id: str, name: str, column: bytes) -> bytes:
-        if column:
-            return column
-        try:
-            return (self.root / job_id / name).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"its large value file {self.root / job_id / name} is missing ({exc})") from None
-
-    def drop_job(self, job_id: str) -> None:
-        shutil.rmtree(self.root / job_id, ignore_errors=True)
-
-    def drop_logs(self, job_id: str, before: int) -> None:
-        """Remove the job's task log files with a sequence number below ``before``."""
-        try:
-            names = os.listdir(self.root / job_id)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name.startswith("log-") and int(name[4:]) < before:
-                (self.root / job_id / name).unlink(missing_ok=True)
-
-    def sweep(self, known: set[str]) -> None:
-        """Remove the folders of jobs the database does not have (left by a crash or a delete)."""
-        try:
-            names = os.listdir(self.root)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name not in known:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-
-
-class StoredJob(NamedTuple):
-    """A job as :meth:`StateStore.load_jobs` reads it."""
-
-    id: str
-    created_at: float
-    doc: dict[str, Any]  # as submitted
-    data: dict[str, Any]  # Job.dump()
-    entries: list[Any]  # its task log, in order
-    error: str | None = None  # why it cannot be read (then the rest is empty)
-
-
-class StoreError(Exception):
-    """The state file cannot be used; the message names it and the way out (``hint``, if any)."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        if hint is not None:
-            self.hint = hint
-
-    hint: str | None = None
+#: The states of a finished job (rows in these states are read on demand, not at start).
+FINISHED_STATES = ("completed", "failed", "cancelled")
+_FINISHED_SQL = "('completed', 'failed', 'cancelled')"
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -282,20 +214,6 @@ def make_private(path: Path) -> None:
             os.chmod(f"{path}{extra}", 0o600)
 
 
-class StoreFailure(BaseException):
-    """A write to the state file failed while running: the daemon must stop.
-
-    What was committed is safe and a restart resumes from it; going on would acknowledge
-    work that is not durable. A BaseException, so that no request handler turns it into an
-    error reply and carries on: it unwinds the loop and the daemon exits non-zero (and
-    systemd restarts it). ``hint`` says what to do, when that is known (a full disk).
-    """
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
 def _shut_out_others(folder: Path) -> None:
     """Tasks run as their users: the store's folder must not let others in (job environments
     and every job's data are in it), whatever mode it was created with (a service's state
@@ -306,7 +224,11 @@ def _shut_out_others(folder: Path) -> None:
 
 
 class StateStore:
-    """One SQLite database file under the state directory."""
+    """The state directory's store: ``state.db`` (SQLite), its log segments, its value files.
+
+    The loop thread queues changes and flushes them as log records; the compactor thread applies
+    them to the database (see the module's docstring).
+    """
 
     def __init__(self, path: Path, sync: str = "normal") -> None:
         self.path = path
@@ -319,6 +241,7 @@ class StateStore:
             _shut_out_others(path.parent)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=10000")  # the compactor's connection writes
             mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
@@ -354,20 +277,93 @@ class StateStore:
                 f"state file {path} cannot be migrated from version {version}: {exc}; {way_out}"
             ) from None
         self.values = LargeValues(path.with_name(path.stem + "-values"), fsync=sync == "full")
-        self.values.sweep({str(r[0]) for r in self.db.execute("SELECT id FROM jobs")})
-        self._dropped_logs: dict[str, int] = {}  # job id -> first seq kept, for after the commit
+        self.sync = sync
         #: why writing failed (then nothing more is written; see StoreFailure)
         self.failed: str | None = None
-        self._new_jobs: list[tuple[Any, ...]] = []  # rows for INSERT INTO jobs
-        #: one past the highest job id handed out (kept in meta when jobs are deleted)
-        self._next_job_id = self.max_job_id() + 1
+        self._new_jobs: list[list[Any]] = []  # ADD ops
         self._dirty_jobs: dict[str, Any] = {}
         self._appends: dict[str, list[Any]] = {}  # job id -> task entries for the next row
         self._snapshots: dict[str, list[Any]] = {}  # job id -> full entries replacing its rows
+        self._deletes: list[int] = []
         self._next_seq: dict[str, int] = {}
         #: task entries in each job's log since its last snapshot (the scheduler compacts by it)
         self.log_entries: dict[str, int] = {}
+        #: group commits made (log records written), and seconds spent writing them
         self.commits = 0
+        self.commit_seconds = 0.0
+        try:
+            #: the last log record written (its number; records are numbered from 1, never reused)
+            self.lsn, number = self._recover()
+            self.values.sweep({str(r[0]) for r in self.db.execute("SELECT id FROM jobs")})
+            self.compactor = Compactor(path, sync, self.values, self.lsn)
+            #: one past the highest job id handed out (kept in meta when jobs are deleted)
+            self._next_job_id = self.max_job_id() + 1
+            self.writer = LogWriter(path.parent, path.stem, number, sync == "full")
+        except LogCorrupt as exc:
+            self.db.close()
+            raise StoreError(
+                f"state log {exc}; move the log aside (mv {path.parent}/{path.stem}.log.* to a folder of "
+                "its own) to start from the last snapshot, losing the changes it holds, or restore "
+                "the state folder from a backup"
+            ) from None
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if hasattr(self, "compactor"):
+                self.compactor.stop()
+            self.db.close()
+            if disk_full(exc):
+                raise StoreError(
+                    f"cannot write the state file {path}: the disk is full: {exc}", full_disk_hint(path)
+                ) from None
+            raise StoreError(
+                f"state file {path} cannot be recovered from its log: {exc}; {way_out}"
+            ) from None
+        self.compactor.start()
+
+    def _recover(self) -> tuple[int, int]:
+        """Replay the log records the database does not hold yet, cut a torn tail, and remove the
+        segments (all applied). Returns the last record's number and the next segment's."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='log_applied'").fetchone()
+        applied = int(row[0]) if row else 0
+        segments = segment_paths(self.path.parent, self.path.stem)
+        records: list[tuple[int, list[Any]]] = []
+        last = applied
+        cut: str | None = None
+        for _number, segment_file in segments:
+            if cut is not None:
+                log.warning("state log %s follows a torn tail (%s): not replayed", segment_file, cut)
+                continue
+            segment = read_segment(segment_file)
+            for offset, payload in enumerate(segment.payloads):
+                try:
+                    lsn, ops = _unpack(payload)
+                except (ValueError, TypeError) as exc:
+                    raise LogCorrupt(f"{segment_file}: record {offset} cannot be decoded ({exc})") from None
+                if lsn <= applied:
+                    continue
+                if lsn != last + 1:
+                    raise LogCorrupt(f"{segment_file}: records {last + 1} to {lsn - 1} are missing")
+                records.append((lsn, ops))
+                last = lsn
+            if segment.torn:
+                cut = f"{segment_file} from offset {segment.end}"
+                log.warning("state log %s ends in a torn record (a write the crash cut short): cut at "
+                            "offset %d", segment_file, segment.end)
+        if records:
+            log.info("replaying %d state log record(s) (%d to %d)", len(records), records[0][0], last)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                after = Applier(self.db, self.values).apply(records)
+                self.db.execute("COMMIT")
+            except BaseException:
+                _rollback(self.db)
+                raise
+            for action in after:
+                action()
+        if segments:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # on the disk before the log goes
+            for _number, segment_file in segments:
+                segment_file.unlink()
+        return last, (segments[-1][0] + 1 if segments else 1)
 
     def _version(self) -> int:
         has_meta = self.db.execute(
@@ -413,7 +409,7 @@ class StateStore:
                 raise
             version += 1
 
-    # -- writes -------------------------------------------------------------------------------
+    # -- writes (loop thread) -------------------------------------------------------------------
 
     def add_job(
         self,
@@ -431,18 +427,12 @@ class StateStore:
         The caller flushes before it acknowledges the job: a job is durable before ``submit``
         replies, and the first attempts' write-ahead records share that commit.
         """
-        self._new_jobs.append(
-            (
-                int(job_id),
-                key,
-                name,
-                state,
-                created_at,
-                self.values.put(job_id, "doc", _pack(doc)),
-                self.values.put(job_id, "job", _pack(data)),
-                uid,
-            )
-        )
+        try:
+            doc_value = self.values.put(job_id, "doc", _pack(doc))
+            data_value = self.values.put(job_id, "job", _pack(data))
+        except OSError as exc:
+            self._fail(exc)
+        self._new_jobs.append([ADD, int(job_id), key, name, state, created_at, doc_value, data_value, uid])
         self._next_job_id = max(self._next_job_id, int(job_id) + 1)
 
     def job_changed(
@@ -471,80 +461,78 @@ class StateStore:
 
     @property
     def pending(self) -> bool:
-        return bool(self._new_jobs or self._dirty_jobs or self._appends or self._snapshots)
+        return bool(self._new_jobs or self._dirty_jobs or self._appends or self._snapshots or self._deletes)
 
     def flush(self) -> None:
-        """Write every queued change in one transaction (group commit).
+        """Make every queued change durable as one log record (group commit), then hand it to
+        the compactor. Loop thread.
 
-        Raises :class:`StoreFailure` when the write fails; the store then writes nothing more.
+        Raises :class:`StoreFailure` when the write fails, or when the compactor could not apply
+        an earlier record; the store then writes nothing more.
         """
-        if not self.pending or self.failed is not None:
+        if self.failed is not None:
             return
-        self._write(self._flush_locked)
-        for job_id, before in self._dropped_logs.items():
-            self.values.drop_logs(job_id, before)
-        self._dropped_logs.clear()
+        if self.compactor.error is not None:
+            self.failed = self.compactor.error
+            hint = full_disk_hint(self.path) if "disk is full" in self.failed else None
+            raise StoreFailure(self.failed, hint)
+        if not self.pending:
+            return
+        started = time.perf_counter()
+        try:
+            ops = self._ops()
+            self.writer.append(_pack([self.lsn + 1, ops]))
+        except OSError as exc:
+            self._fail(exc)
+        self.lsn += 1
+        self.commits += 1
+        self.compactor.submit(self.lsn, ops)
+        if self.values.used:
+            self.values.used = False
+            self.compactor.refill()
+        if self.writer.size >= SEGMENT_BYTES:
+            self._rotate()
+        self.commit_seconds += time.perf_counter() - started
 
-    def _flush_locked(self) -> None:
-        if self._new_jobs:
-            self.db.executemany(
-                "INSERT INTO jobs(id, key, name, state, created_at, finished_at, doc, data, uid) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
-                self._new_jobs,
-            )
-            self._new_jobs.clear()
-        if self._dirty_jobs:
-            self.db.executemany(
-                "UPDATE jobs SET state=?, finished_at=?, data=?, summary=coalesce(?, summary),"
-                " uid=coalesce(?, uid) WHERE id=?",
-                [
-                    (
-                        st,
-                        fin,
-                        self.values.put(jid, "job", _pack(d)),
-                        None if summary is None else _pack(summary),
-                        uid,
-                        int(jid),
-                    )
-                    for jid, (st, fin, d, summary, uid) in self._dirty_jobs.items()
-                ],
-            )
-            self._dirty_jobs.clear()
-        rows: list[tuple[int, int, bytes]] = []
-        if self._snapshots:
-            self.db.executemany(
-                "DELETE FROM task_log WHERE job_id=?", [(int(jid),) for jid in self._snapshots]
-            )
-            for job_id, entries in self._snapshots.items():
-                seq = self._seq(job_id)
-                rows.append((int(job_id), seq, self.values.put(job_id, f"log-{seq}", _pack(entries))))
-                self.log_entries[job_id] = len(entries)
-                self._dropped_logs[job_id] = seq
-            self._snapshots.clear()
+    def _ops(self) -> list[Any]:
+        """The queued changes as the operations of one log record (and the queues emptied)."""
+        ops: list[Any] = self._new_jobs
+        self._new_jobs = []
+        put = self.values.put
+        for jid, (st, fin, d, summary, uid) in self._dirty_jobs.items():
+            ops.append([JOB, int(jid), st, fin, put(jid, "job", _pack(d)),
+                        None if summary is None else _pack(summary), uid])
+        self._dirty_jobs.clear()
+        for job_id, entries in self._snapshots.items():
+            seq = self._seq(job_id)
+            ops.append([SNAPSHOT, int(job_id), seq, put(job_id, f"log-{seq}", _pack(entries))])
+            self.log_entries[job_id] = len(entries)
+        self._snapshots.clear()
         for job_id, entries in self._appends.items():
             seq = self._seq(job_id)
-            rows.append((int(job_id), seq, self.values.put(job_id, f"log-{seq}", _pack(entries))))
+            ops.append([APPEND, int(job_id), seq, put(job_id, f"log-{seq}", _pack(entries))])
             self.log_entries[job_id] = self.log_entries.get(job_id, 0) + len(entries)
         self._appends.clear()
-        if rows:
-            self.db.executemany("INSERT INTO task_log(job_id, seq, data) VALUES (?, ?, ?)", rows)
+        if self._deletes:
+            ops.append([DELETE, self._deletes, self._next_job_id])
+            self._deletes = []
+        return ops
 
-    def _write(self, work: Callable[[], object]) -> None:
-        """Run ``work`` in one committed transaction; a failure is a :class:`StoreFailure`."""
+    def _rotate(self) -> None:
+        """Close the full segment (the compactor removes it once applied) and open the next."""
+        old = self.writer
         try:
-            self.db.execute("BEGIN")
-            try:
-                work()
-                self.db.execute("COMMIT")
-            except BaseException:
-                _rollback(self.db)
-                raise
-        except (sqlite3.Error, OSError) as exc:
-            full = disk_full(exc)
-            what = "the disk is full: " if full else ""
-            self.failed = f"cannot write the state file {self.path}: {what}{exc}"
-            raise StoreFailure(self.failed, full_disk_hint(self.path) if full else None) from exc
-        self.commits += 1
+            self.writer = LogWriter(old.folder, old.stem, old.number + 1, old.sync)
+        except OSError as exc:
+            self._fail(exc)
+        old.close()
+        self.compactor.retire(self.lsn, old.path)
+
+    def _fail(self, exc: OSError) -> None:
+        full = disk_full(exc)
+        what = "the disk is full: " if full else ""
+        self.failed = f"cannot write the state file {self.writer.path}: {what}{exc}"
+        raise StoreFailure(self.failed, full_disk_hint(self.path) if full else None) from exc
 
     def _seq(self, job_id: str) -> int:
         seq = self._next_seq.get(job_id, 0)
@@ -552,23 +540,17 @@ class StateStore:
         return seq
 
     def delete_jobs(self, job_ids: list[str]) -> None:
-        """Remove jobs (and their task logs) at once."""
+        """Remove jobs (and their task logs): durable when this returns (one log record)."""
         if not job_ids or self.failed is not None:
             return
-
-        def delete() -> None:
-            self.db.executemany("DELETE FROM jobs WHERE id=?", [(int(j),) for j in job_ids])
-            # The highest id handed out may be among them: keep it, so that no id is reused.
-            self.db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_job_id', ?)", (str(self._next_job_id),)
-            )
-
-        self._write(delete)
         for j in job_ids:
-            self.values.drop_job(j)
             self._dirty_jobs.pop(j, None)
             self._appends.pop(j, None)
             self._snapshots.pop(j, None)
+        self._new_jobs = [op for op in self._new_jobs if str(op[1]) not in job_ids]
+        self._deletes.extend(int(j) for j in job_ids)
+        self.flush()
+        for j in job_ids:
             self.forget(j)
 
     def forget(self, job_id: str) -> None:
@@ -576,7 +558,27 @@ class StateStore:
         self._next_seq.pop(job_id, None)
         self.log_entries.pop(job_id, None)
 
-    # -- reads --------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """For ``status``: the loop's time in commits, and the compactor's progress off the loop."""
+        compactor = self.compactor
+        return {
+            "commit_seconds": round(self.commit_seconds, 6),
+            "log_records": self.lsn,
+            "applied": compactor.applied,
+            "compactor_transactions": compactor.transactions,
+            "compactor_seconds": round(compactor.busy, 6),
+            "value_files": {"spare": self.values.reused, "new": self.values.fresh},
+        }
+
+    def settle(self) -> None:
+        """Wait until the database holds every record flushed so far (raises StoreFailure if the
+        compactor failed). Reads call it; so may a test that reads the tables."""
+        error = self.compactor.wait(self.lsn)
+        if error is not None:
+            self.failed = error
+            raise StoreFailure(error, full_disk_hint(self.path) if "disk is full" in error else None)
+
+    # -- reads (loop thread; each sees every change flushed before it) ---------------------------
 
     def max_job_id(self) -> int:
         """The highest job id ever handed out (ids are never reused, even after pruning).
@@ -585,12 +587,14 @@ class StateStore:
         highest stored id is the answer unless the newest jobs were deleted since; deleting
         records the next id in ``meta`` (see :meth:`delete_jobs`).
         """
+        self.settle()
         row = self.db.execute("SELECT value FROM meta WHERE key='next_job_id'").fetchone()
         stored = int(self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
         return max(stored, int(row[0]) - 1 if row else 0)
 
     def finished_index(self) -> Iterator[FinishedJob]:
         """Every finished job that has its summary, in no particular order (read at start)."""
+        self.settle()
         for job_id, key, state, uid, created_at, finished_at in self.db.execute(
             "SELECT id, key, state, uid, created_at, finished_at FROM jobs"
             f" WHERE state IN {_FINISHED_SQL} AND summary IS NOT NULL"
@@ -599,6 +603,7 @@ class StateStore:
 
     def summaries(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored summaries of these jobs (finished ones; others have none)."""
+        self.settle()
         out: dict[str, dict[str, Any]] = {}
         for start in range(0, len(job_ids), 500):
             chunk = [int(j) for j in job_ids[start : start + 500]]
@@ -611,6 +616,7 @@ class StateStore:
 
     def load_job(self, job_id: str) -> StoredJob | None:
         """One stored job (a finished one, read on demand), or None if there is none."""
+        self.settle()
         row = self.db.execute(
             "SELECT created_at, doc, data FROM jobs WHERE id=?", (int(job_id),)
         ).fetchone()
@@ -637,6 +643,7 @@ class StateStore:
 
     def key_and_uid(self, job_id: str) -> tuple[str | None, int | None]:
         """A job row's (scoped) idempotency key and submitter uid (None in rows from before schema 4)."""
+        self.settle()
         row = self.db.execute("SELECT key, uid FROM jobs WHERE id=?", (int(job_id),)).fetchone()
         return (None, None) if row is None else (row[0], row[1])
 
@@ -647,6 +654,7 @@ class StateStore:
         summary (rows from before schema 4); the others are read on demand (:meth:`load_job`).
         Two queries in all (jobs, then every log row in order), not one per job.
         """
+        self.settle()
         where = f" WHERE state NOT IN {_FINISHED_SQL} OR summary IS NULL" if unfinished_only else ""
         logs: dict[int, list[Any]] = {}
         broken: dict[int, str] = {}
@@ -677,7 +685,14 @@ class StateStore:
             yield StoredJob(jid, float(created_at), doc, data, entries)
 
     def close(self) -> None:
+        """Flush, let the compactor apply everything, and remove the log (all of it applied)."""
         try:
             self.flush()
         finally:
+            error = self.compactor.stop()
+            self.writer.close()
+            self.values.close()
+            if error is None and self.failed is None:
+                for _number, segment in segment_paths(self.path.parent, self.path.stem):
+                    segment.unlink(missing_ok=True)
             self.db.close()

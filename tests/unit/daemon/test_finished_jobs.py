@@ -70,6 +70,7 @@ def test_rows_of_finished_jobs_from_schema_3_get_their_summary_at_start(tmp_path
     loop, executor, scheduler = run_scheduler(store)
     assert scheduler.finished[done].uid == 7 and done not in scheduler.jobs
     scheduler.flush()
+    store.settle()
     row = store.db.execute("SELECT uid, summary IS NOT NULL FROM jobs").fetchone()
     assert row == (7, 1)
     assert scheduler.job_list()[0]["name"] == "old"

@@ -34,6 +34,7 @@ def test_appends_become_rows_in_order_and_reload_with_their_sequence(tmp_path: P
     store.flush()
     store.append_tasks("1", [[FULL_ENTRY, 0, {"state": "completed"}]])
     store.flush()
+    store.settle()  # the compactor has applied both records to the tables
     rows = store.db.execute("SELECT seq FROM task_log WHERE job_id=1 ORDER BY seq").fetchall()
     assert rows == [(0,), (1,)] and store.log_entries["1"] == 3
     store.close()
@@ -44,6 +45,7 @@ def test_appends_become_rows_in_order_and_reload_with_their_sequence(tmp_path: P
     assert [e[:2] for e in entries] == [[START_ENTRY, 0], [START_ENTRY, 1], [FULL_ENTRY, 0]]
     again.append_tasks("1", [[FULL_ENTRY, 1, {"state": "completed"}]])
     again.flush()  # continues the sequence instead of colliding with row 1
+    again.settle()
     assert again.db.execute("SELECT max(seq) FROM task_log").fetchone()[0] == 2
     again.close()
 
@@ -59,6 +61,7 @@ def test_a_snapshot_replaces_the_jobs_rows_and_delete_removes_them(tmp_path: Pat
     store.append_tasks("1", [[FULL_ENTRY, 0, {"n": 5}]])
     store.snapshot_tasks("1", [[FULL_ENTRY, 0, {"n": 6}], [FULL_ENTRY, 1, {"n": 6}]])
     store.flush()
+    store.settle()
     count = "SELECT count(*) FROM task_log WHERE job_id=?"
     assert store.db.execute(count, (1,)).fetchone()[0] == 1
     assert store.db.execute(count, (2,)).fetchone()[0] == 5
@@ -66,6 +69,7 @@ def test_a_snapshot_replaces_the_jobs_rows_and_delete_removes_them(tmp_path: Pat
     logs = {job.id: job.entries for job in store.load_jobs()}
     assert logs["1"] == [[FULL_ENTRY, 0, {"n": 6}], [FULL_ENTRY, 1, {"n": 6}]]
     store.delete_jobs(["2"])
+    store.settle()
     assert store.db.execute(count, (2,)).fetchone()[0] == 0
     store.close()
 
@@ -193,11 +197,13 @@ def test_large_values_live_in_files_that_follow_their_rows(tmp_path: Path) -> No
     store.flush()
     folder = tmp_path / "state-values" / "1"
     assert sorted(os.listdir(folder)) == ["doc", "log-0"]
+    store.settle()
     assert store.db.execute("SELECT doc FROM jobs").fetchone()[0] == b""
     [job] = list(store.load_jobs())
     assert job.doc == {"args": [big]} and job.entries[0][2]["result"] == big and job.error is None
     store.snapshot_tasks("1", [[FULL_ENTRY, 0, {"result": 2}]])
     store.flush()
+    store.settle()
     assert sorted(os.listdir(folder)) == ["doc"]  # the replaced log's file went with its rows
     (tmp_path / "state-values" / "99").mkdir()  # a job the database does not know
     store.close()
@@ -208,6 +214,7 @@ def test_large_values_live_in_files_that_follow_their_rows(tmp_path: Path) -> No
     [job] = list(store.load_jobs())
     assert job.error is not None and "large value file" in job.error and str(folder / "doc") in job.error
     store.delete_jobs(["1"])
+    store.settle()
     assert not folder.exists()
     store.close()
 
@@ -227,42 +234,73 @@ class FailingCommits:
         return getattr(self._db, name)
 
 
+def full_log(store: StateStore) -> None:
+    """Point the store's open log segment at /dev/full: its next write fails with ENOSPC."""
+    os.close(store.writer.fd)
+    store.writer.fd = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+
+
+def count_rows(path: Path, table: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        db.close()
+
+
 def test_a_failed_write_is_a_store_failure_and_nothing_more_is_written(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     new_job(store, "1")
-    real = store.db
-    store.db = FailingCommits(real)  # type: ignore[assignment]
+    full_log(store)
     store.append_tasks("1", [[START_ENTRY, 0, 1, "a#1", 2.0]])
-    with pytest.raises(StoreFailure, match=r"cannot write the state file .*: database or disk is full"):
+    with pytest.raises(StoreFailure, match=r"cannot write the state file .*: the disk is full: .*No space"):
         store.flush()
-    assert store.failed is not None
-    store.db = real
+    assert store.failed is not None and store.lsn == 1
     store.append_tasks("1", [[FULL_ENTRY, 0, {"state": "completed"}]])
     store.flush()  # refused quietly: the daemon is stopping and a restart reads what was committed
-    assert store.db.execute("SELECT count(*) FROM task_log").fetchone()[0] == 0
     store.close()
+    assert count_rows(tmp_path / "state.db", "task_log") == 0
+    assert count_rows(tmp_path / "state.db", "jobs") == 1
+
+
+def test_a_compactor_that_cannot_apply_stops_the_daemon_at_the_next_flush(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    new_job(store, "1")
+    store.settle()
+    store.compactor.db = store.compactor._applier.db = FailingCommits(store.compactor.db)  # type: ignore
+    store.append_tasks("1", [[START_ENTRY, 0, 1, "a#1", 2.0]])
+    store.flush()  # durable in the log; the compactor fails to apply it
+    with pytest.raises(StoreFailure, match=r"cannot write the state file .*: the disk is full"):
+        store.load_job("1")  # a read waits for the compactor, and hears of its failure
+    store.append_tasks("1", [[FULL_ENTRY, 0, {"state": "completed"}]])
+    store.flush()  # refused quietly from now on
+    store.close()  # keeps the log: its record is not applied
+    again = StateStore(path)  # the next start replays it
+    [job] = list(again.load_jobs())
+    assert [e[0] for e in job.entries] == [START_ENTRY]
+    again.close()
 
 
 def test_a_failed_delete_is_a_store_failure_too(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     new_job(store, "1")
-    real = store.db
-    store.db = FailingCommits(real)  # type: ignore[assignment]
-    with pytest.raises(StoreFailure, match="database or disk is full"):
+    full_log(store)
+    with pytest.raises(StoreFailure, match="the disk is full"):
         store.delete_jobs(["1"])
-    store.db = real
-    assert store.db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1  # rolled back
     store.close()
+    assert count_rows(tmp_path / "state.db", "jobs") == 1  # not deleted
 
 
 def test_a_store_failure_during_submit_is_not_swallowed_as_an_error_reply(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     loop, _, scheduler = run_scheduler(store)
-    store.db = FailingCommits(store.db)  # type: ignore[assignment]
+    full_log(store)
     with pytest.raises(StoreFailure):
         scheduler.submit({"name": "j", "root": {"cmd": ["true"]}})
     assert not issubclass(StoreFailure, Exception)  # request handlers catch Exception, not this
     loop.close()
+    store.close()
 
 
 def test_the_daemon_id_is_made_once_and_kept(tmp_path: Path) -> None:
@@ -286,6 +324,7 @@ def test_job_ids_are_not_reused_after_the_newest_jobs_are_deleted(tmp_path: Path
     assert store.db.execute(next_id).fetchone() is None  # a submit writes no counter
     assert store.max_job_id() == 3
     store.delete_jobs(["2", "3"])
+    store.settle()
     assert store.db.execute(next_id).fetchone() == ("4",)
     store.close()
 
@@ -294,6 +333,7 @@ def test_job_ids_are_not_reused_after_the_newest_jobs_are_deleted(tmp_path: Path
     new_job(again, "4")
     new_job(again, "5")
     again.delete_jobs(["1"])  # an older job: the counter follows the newest id handed out
+    again.settle()
     assert again.db.execute(next_id).fetchone() == ("6",)
     again.close()
     assert StateStore(path).max_job_id() == 5

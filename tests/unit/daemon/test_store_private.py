@@ -28,15 +28,16 @@ def test_a_new_store_is_private(tmp_path: Path) -> None:
         for extra in ("-wal", "-shm"):
             if Path(f"{db}{extra}").exists():
                 assert mode(Path(f"{db}{extra}")) == 0o600
+        assert mode(db.with_name("state.log.00000001")) == 0o600  # the write-ahead log's segment
     finally:
-        store.db.close()
+        store.close()
 
 
 def test_an_existing_readable_file_is_tightened(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     db.touch(mode=0o644)
     db.chmod(0o644)
-    StateStore(db).db.close()
+    StateStore(db).close()
     assert mode(db) == 0o600
 
 

@@ -1,0 +1,200 @@
+"""Large values in files beside the database: ``<root>/<job id>/<name>``, with spare files.
+
+A value of :data:`LARGE_VALUE` bytes or more (a job with a big argument, a task with a big
+result) is written to a file, and its column or log op holds an empty blob that points there:
+SQLite writes such a value about 15 times slower than a plain file.
+
+Writing a new file costs its first-touch page faults (page-cache pages allocated and zeroed,
+blocks allocated) on every value; overwriting a file whose pages are already there costs about
+half (``bench`` figures in ``docs/state.md``). So values are written into *spare* files: files of
+dropped values (recycled by rename, not unlinked) and files the compactor thread writes ahead
+(:meth:`LargeValues.refill`, off the loop), kept in ``<root>/.spare/``. A value is written into a
+spare (cut to its length), synced when ``fsync``, and renamed to its name: the name appears
+only once the value is whole, as with a new file.
+
+Threads: :meth:`put` and :meth:`get` run on the loop thread; :meth:`drop_job`,
+:meth:`drop_logs` and :meth:`refill` on the compactor thread (after the commit that dropped the
+values); the spare list is shared under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from procpoold.store.log import fsync_folder
+
+#: Values this large or larger go to files beside the database.
+LARGE_VALUE = 64 * 1024
+#: Spare files kept ready at most, and the largest one kept.
+SPARES = 4
+MAX_SPARE = 16 << 20
+_SPARE_GRAIN = 64 * 1024
+_ZEROS = bytes(1 << 20)
+
+
+class LargeValues:
+    """Files for values of LARGE_VALUE bytes or more (see the module's docstring)."""
+
+    def __init__(self, root: Path, fsync: bool) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.spare_dir = root / ".spare"
+        self._lock = threading.Lock()
+        self._spares: list[tuple[int, Path]] = []  # (size, path)
+        self._counter = 0
+        #: the size a spare should have (the largest value written lately, rounded up)
+        self.wanted = 0
+        #: values written into a spare, and into a new file
+        self.reused = 0
+        self.fresh = 0
+        #: a value was written since the store last asked for spares to be written ahead
+        self.used = False
+        shutil.rmtree(self.spare_dir, ignore_errors=True)  # their sizes are not known: start anew
+
+    def put(self, job_id: str, name: str, data: bytes) -> bytes:
+        """What the column holds: ``data`` itself, or b"" once it is in a file (loop thread)."""
+        if len(data) < LARGE_VALUE:
+            return data
+        folder = self.root / job_id
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final = folder / name
+        spare = self._take(len(data))
+        if spare is not None:
+            tmp = spare
+            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+        else:
+            tmp = folder / f".{name}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if spare is not None:
+                os.ftruncate(fd, len(data))
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        if self.fsync:
+            fsync_folder(folder)
+        if spare is not None:
+            self.reused += 1
+        else:
+            self.fresh += 1
+        self.used = True
+        grain = -(-len(data) // _SPARE_GRAIN) * _SPARE_GRAIN
+        if grain > self.wanted and grain <= MAX_SPARE:
+            self.wanted = grain
+        return b""
+
+    def _take(self, size: int) -> Path | None:
+        with self._lock:
+            for i, (spare_size, path) in enumerate(self._spares):
+                if spare_size >= size:
+                    del self._spares[i]
+                    return path
+        return None
+
+    @property
+    def spares(self) -> int:
+        with self._lock:
+            return len(self._spares)
+
+    def refill(self) -> None:
+        """Write spare files ahead, up to SPARES of the wanted size (compactor thread)."""
+        while self.wanted:
+            wanted = self.wanted
+            drop: Path | None = None
+            with self._lock:
+                if len(self._spares) >= SPARES:
+                    small = [s for s in self._spares if s[0] < wanted]
+                    if not small:
+                        return
+                    self._spares.remove(small[0])  # too small for today's values: replace it
+                    drop = small[0][1]
+                self._counter += 1
+                path = self.spare_dir / f"{self._counter}"
+            if drop is not None:
+                drop.unlink(missing_ok=True)
+            self.spare_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                left = wanted
+                while left:
+                    left -= os.write(fd, _ZEROS[: min(left, len(_ZEROS))])
+            finally:
+                os.close(fd)
+            with self._lock:
+                self._spares.append((wanted, path))
+
+    def _recycle(self, path: Path) -> None:
+        """A dropped value's file becomes a spare if one is wanted, else it is removed."""
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return
+        with self._lock:
+            keep = len(self._spares) < SPARES and size >= LARGE_VALUE
+            if keep:
+                self._counter += 1
+                spare = self.spare_dir / f"{self._counter}"
+        if keep:
+            try:
+                self.spare_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.rename(path, spare)
+            except OSError:
+                path.unlink(missing_ok=True)
+                return
+            with self._lock:
+                self._spares.append((size, spare))
+        else:
+            path.unlink(missing_ok=True)
+
+    def get(self, job_id: str, name: str, column: bytes) -> bytes:
+        if column:
+            return column
+        try:
+            return (self.root / job_id / name).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"its large value file {self.root / job_id / name} is missing ({exc})") from None
+
+    def drop_job(self, job_id: str) -> None:
+        folder = self.root / job_id
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not name.startswith("."):
+                self._recycle(folder / name)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def drop_logs(self, job_id: str, before: int) -> None:
+        """Remove the job's task log files with a sequence number below ``before``."""
+        try:
+            names = os.listdir(self.root / job_id)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith("log-") and int(name[4:]) < before:
+                self._recycle(self.root / job_id / name)
+
+    def close(self) -> None:
+        """Remove the spare files (they hold nothing; a stopped daemon keeps no disk for them)."""
+        with self._lock:
+            self._spares.clear()
+        shutil.rmtree(self.spare_dir, ignore_errors=True)
+
+    def sweep(self, known: set[str]) -> None:
+        """Remove the folders of jobs the database does not have (left by a crash or a delete)."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name not in known and not name.startswith("."):
+                shutil.rmtree(self.root / name, ignore_errors=True)
