@@ -447,18 +447,25 @@ class _Parser:
         inner = _merge_defaults(defaults, values)
         children = group.children
         tasks, names, groups, callables = self.tasks, self.names, self.groups, self._callables
-        # The commonest child by far, a task that only names its callable, takes a short cut
-        # with the same checks (depth, node count, the reference, a unique name).
+        # The commonest child by far, a task that only names its callable (and perhaps itself),
+        # takes a short cut with the same checks (depth, node count, the reference, a valid and
+        # unique name).
         shallow = depth + 1 <= self.limits.max_depth
+        name_ok = NAME_RE.match
         max_nodes = self.limits.max_nodes
         shared: _Inherited | None = None
         for i, child in enumerate(children_raw):
-            if shallow and type(child) is dict and len(child) == 1 and len(tasks) + len(groups) < max_nodes:
+            if (
+                shallow
+                and type(child) is dict
+                and (len(child) == 1 or (len(child) == 2 and "name" in child))
+                and len(tasks) + len(groups) < max_nodes
+            ):
                 call = child.get("call")
                 if type(call) is str and call not in callables and _is_callable_ref(call):
                     callables.add(call)
-                if type(call) is str and call in callables:
-                    task_name = f"{name}.{i}"
+                task_name = child.get("name", f"{name}.{i}") if len(child) == 2 else f"{name}.{i}"
+                if type(call) is str and call in callables and type(task_name) is str and name_ok(task_name):
                     task_path = f"{cpath}[{i}]"
                     if task_name in names:
                         raise TreeError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,23 @@ def test_published_schema_is_generated_from_the_same_tables() -> None:
 def test_examples_are_valid() -> None:
     for path in (Path(__file__).parents[3] / "examples").glob("*.json"):
         parse_job(json.loads(path.read_text()))
+
+
+def test_the_short_cut_for_plain_call_tasks_parses_as_the_general_path_does() -> None:
+    # Tasks with only "call" (and perhaps "name") take a short cut in their group's loop; an
+    # explicit default ("retries": 0) sends the same task down the general path.
+    plain = [{"call": "m:f"}, {"name": "x", "call": "m:f"}, {"call": "pkg.mod:g"}]
+    general = [{**t, "retries": 0} for t in plain]
+    defaults = {"env": {"A": "1"}, "timeout": 5, "tags": ["t"], "priority": "high"}
+    fast = parse_job({"name": "j", **defaults, "root": {"concurrent": plain}})
+    slow = parse_job({"name": "j", **defaults, "root": {"concurrent": general}})
+    assert fast.tasks == slow.tasks and fast.groups == slow.groups
+    for bad, fragment in (
+        ({"call": "not a ref"}, 'root.concurrent[1].call'),
+        ({"name": "x y", "call": "m:f"}, "root.concurrent[1].name"),
+        ({"name": "root.0", "call": "m:f"}, 'duplicate name "root.0"'),
+        ({"name": 7, "call": "m:f"}, "root.concurrent[1].name"),
+        ({"call": ["m:f"]}, "root.concurrent[1].call"),
+    ):
+        with pytest.raises(TreeError, match=re.escape(fragment)):
+            parse_job({"name": "j", "root": {"concurrent": [{"call": "m:f"}, bad]}})
