@@ -159,12 +159,18 @@ def w3_job(stages: int, width: int) -> dict[str, Any]:
 
 
 def run_job(client: Client, spec: dict[str, Any]) -> dict[str, Any]:
-    """Submit and wait in one round trip (the daemon replies when the job has finished)."""
-    status = client.submit(spec, wait=600)
+    """Submit and wait in one round trip (the daemon replies when the job has finished).
+
+    The reply's status is the columnar view (a :class:`procpool.contract.status.JobStatus`):
+    every task's state, and every result that is not None, without a map per task; the peers'
+    rows likewise end with every result in hand.
+    """
+    status = client.submit(spec, wait=600, view="columns")
     if not status.get("finished"):
-        status = client.wait(status["id"])
+        status = client.wait(status["id"], view="columns")
     if status["state"] != "completed":
-        failed = [t for t in status["status"]["tasks"] if t["state"] != "completed"][:3]
+        columns = status["status"]
+        failed = [columns.task(i) for i in columns.indices("failed", "timeout", "cancelled", "skipped")][:3]
         raise RuntimeError(f"benchmark job {spec['name']} ended {status['state']}: {failed}")
     return status
 
@@ -220,7 +226,7 @@ class ProcpoolContender:
         elapsed = time.perf_counter() - start
         self.daemon_cpu = cpu_seconds(self.daemon.pid) - cpu0
         self.helper_cpu = tree_cpu_seconds(helpers) - helper0
-        assert len(status["status"]["tasks"]) == n
+        assert status["status"].total == n and status["status"].counts() == {"completed": n}
         return elapsed
 
     def w2(self, rounds: int) -> list[float]:
@@ -244,7 +250,7 @@ class ProcpoolContender:
         start = time.perf_counter()
         for _ in range(rounds):
             status = run_job(self.client, spec)
-            assert status["status"]["tasks"][0]["result"] == payload
+            assert status["status"].task(0).result == payload
         return time.perf_counter() - start
 
     def w5(self, n: int, ms: float) -> float:
