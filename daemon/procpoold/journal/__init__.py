@@ -4,6 +4,8 @@ structured fields) or stderr (as readable lines) through a forwarder process.
 * :mod:`~procpoold.journal.encoding`: MESSAGE_IDs, priorities, field encoding, the ring records;
 * :mod:`~procpoold.journal.senders`: journald's native protocol and stderr lines;
 * :mod:`~procpoold.journal.forwarder`: the forwarder process (and its in-process twin);
+* :mod:`~procpoold.journal.process`: the forwarder process as the daemon runs it: its channel,
+  start, reaping through a pidfd, restart budget and stop;
 * :mod:`~procpoold.journal.sink`: the daemon's side: the sink, the log policy, the root logger's
   handler, the ``logs`` operation;
 * :mod:`~procpoold.journal.handle`: :class:`TaskLog`, the handle an attempt's output goes through.

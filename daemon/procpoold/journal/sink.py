@@ -31,6 +31,9 @@ The forwarder
     (with fork and exec, so it is safe after ZeroMQ's threads exist), reaped through a pidfd in
     the loop, and started again if it dies: the ring and its cursors live in a memfd the daemon
     keeps, and the new process gets a snapshot of the name tables. Nothing is named in /dev/shm.
+    The process itself (start, reaping, restart budget, stop) is
+    :class:`~procpoold.journal.process.ForwarderProcess`; the sink decides when, and what becomes
+    of the records.
 """
 
 from __future__ import annotations
@@ -38,10 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
-import signal
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -49,65 +49,23 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import CodeType
-from typing import Any, Protocol
+from typing import Any
 
 from procpoold.journal import encoding as enc
 from procpoold.journal.forwarder import Forwarder
 from procpoold.journal.handle import TaskLog
+from procpoold.journal.process import RESTART_WINDOW, Channel, ForwarderProcess, LoopLike, ring_capacity
 from procpoold.journal.senders import JOURNAL_SOCKET, Sender, choose_target, make_sender
 from procpoold.logconfig import DEFAULT_QUEUE_SIZE, Policy, Target
 from procpoold.logstore import LogStore, Record
-from procpoold.pool.ring import MAX_CAPACITY, Segment
 
 log = logging.getLogger("procpoold.journal")
 
 _DROP_REPORT_INTERVAL = 1.0
-#: Bytes of ring per record of ``queue_size`` (a line of output is about 50 bytes with its header).
-_BYTES_PER_RECORD = 128
-_MIN_RING = 256 * 1024
-#: A forwarder that dies this often within RESTART_WINDOW seconds is not started again: the daemon
-#: writes its records itself from then on.
-MAX_RESTARTS = 5
-RESTART_WINDOW = 60.0
 _TABLE_LEN = struct.Struct("<I")
 
 _LOCAL, _CHILD, _STOPPING = "local", "child", "stopping"
 _get_ident = threading.get_ident
-
-
-class LoopLike(Protocol):
-    def add_reader(self, source: int, callback: Callable[[], None]) -> None: ...
-    def remove_reader(self, source: int) -> None: ...
-    def call_last(self, callback: Callable[[], None]) -> None: ...
-    def call_soon(self, callback: Callable[[], None]) -> None: ...
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
-
-
-def _ring_capacity(queue_size: int) -> int:
-    want = max(_MIN_RING, queue_size * _BYTES_PER_RECORD)
-    size = 1
-    while size < want:
-        size *= 2
-    return min(size, MAX_CAPACITY)
-
-
-class _Channel:
-    """The segment shared with the forwarder: its request ring (records, the daemon produces), its
-    result ring (acknowledgements, the daemon consumes), the doorbell eventfd, and a second
-    mapping whose request ring the daemon consumes itself when it takes over from a dead
-    forwarder (a ring handle is either a producer or a consumer)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.segment = Segment.create(capacity)
-        self.ring = self.segment.request
-        self.acks = self.segment.result
-        self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.consumer = Segment.attach(fd=self.segment.fd)
-
-    def close(self) -> None:
-        os.close(self.efd)
-        self.consumer.close()
-        self.segment.close()
 
 
 class LogSink:
@@ -136,7 +94,7 @@ class LogSink:
         self.seq = 0
         #: the ring to the forwarder: made by start(), after the daemon's forks (a worker forked from
         #: a process that maps it could write into it)
-        self._chan: _Channel | None = None
+        self._chan: Channel | None = None
         self._acks_armed = False
         #: writes when no forwarder process runs (records decoded here, and the ring's leftovers)
         self._local = Forwarder(None, sender or make_sender(self.target, journal_path))
@@ -161,11 +119,8 @@ class LogSink:
         self._next_key = 0
         self._sites: dict[tuple[CodeType, int], int] = {}
         # the forwarder process
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._pidfd = -1
-        self._deaths: list[float] = []
+        self._forwarder = ForwarderProcess(self.target, journal_path)
         self._forwarder_up = False  # it has said hello (an empty acknowledgement once it is running)
-        self.restarts = 0
         # acknowledgements and stalls
         self._acked = 0  # the highest seq the forwarder wrote
         # Records accepted (not dropped) and, of those, known to be written: the forwarder
@@ -541,70 +496,44 @@ class LogSink:
         if self.spawn_forwarder:
             with self._lock:
                 self._push()  # what was logged so far, written here
-                self._chan = _Channel(_ring_capacity(self.capacity))
+                self._chan = Channel(ring_capacity(self.capacity))
                 loop.add_reader(self._chan.efd, self._on_doorbell)
                 self._spawn()
 
     def _spawn(self) -> None:
         """With the lock held: start a forwarder on the segment, with the tables it needs."""
         assert self._chan is not None
-        tables = os.memfd_create("procpool-journal-tables", os.MFD_CLOEXEC)
-        try:
-            os.write(tables, self.tables())
-            os.lseek(tables, 0, os.SEEK_SET)
-            fds = (self._chan.segment.fd, self._chan.efd, tables)
-            argv = [sys.executable, "-m", "procpoold.journal", "--segment-fd", str(fds[0]),
-                    "--doorbell-fd", str(fds[1]), "--tables-fd", str(fds[2]), "--target", self.target,
-                    "--journal-path", self.journal_path, "--parent", str(os.getpid())]
-            self._proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True)
-        finally:
-            os.close(tables)
+        self._forwarder.spawn(self._chan, self.tables(), self._loop, self._on_forwarder_exit)
         self._forwarder_up = False
-        self._pidfd = os.pidfd_open(self._proc.pid)
-        if self._loop is not None:
-            self._loop.add_reader(self._pidfd, self._on_forwarder_exit)
         self._mode = _CHILD
         if self._room_waiters or self._pending:
             self._arm()
 
-    def _unwatch(self) -> None:
-        if self._pidfd >= 0:
-            if self._loop is not None:
-                self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
-
     def _on_forwarder_exit(self) -> None:
         """On the loop: the forwarder died (it exits by itself only after a STOP). Start another."""
-        proc = self._proc
-        if proc is None or self._mode != _CHILD:
+        forwarder = self._forwarder
+        if not forwarder.running or self._mode != _CHILD:
             return
-        code = proc.wait()
-        self._unwatch()
-        self._proc = None
-        self.restarts += 1
-        now = time.monotonic()
-        self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW] + [now]
-        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        pid, how, given_up = forwarder.reap()
         with self._lock:
             self._acks_armed = False
             self._read_acks()
             assert self._chan is not None
             if self._chan.ring.used == 0 and not self._pending:
                 self._ack(self._pushed_seq, 0, 0, 0)  # what it had taken is gone: do not wait for it
-            if len(self._deaths) > MAX_RESTARTS:
+            if given_up:
                 self._take_over()
             else:
                 self._spawn()
         if self._mode == _LOCAL:
             log.error("the journal forwarder (pid %d) %s, %d times in %g s; the daemon writes its records "
-                      "itself from now on", proc.pid, how, len(self._deaths), RESTART_WINDOW)
+                      "itself from now on", pid, how, forwarder.deaths, RESTART_WINDOW)
             with self._lock:
                 self._push()
             self._wake_waiters()
         else:
             log.warning("the journal forwarder (pid %d) %s; started another (pid %d); the records in "
-                        "its ring are kept", proc.pid, how, self._proc.pid if self._proc else 0)
+                        "its ring are kept", pid, how, forwarder.pid or 0)
 
     def starting(self) -> bool:
         """True while the forwarder process is still starting (importing; not reading the ring yet)."""
@@ -615,7 +544,13 @@ class LogSink:
 
     @property
     def forwarder_pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The pid of the forwarder process (None: none runs)."""
+        return self._forwarder.pid
+
+    @property
+    def restarts(self) -> int:
+        """How many times the forwarder process died (and was started again, or taken over)."""
+        return self._forwarder.restarts
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued (the forwarder, for at most ``timeout`` seconds), stop the
@@ -624,21 +559,14 @@ class LogSink:
         if self._drop_timer is not None:
             self._drop_timer.cancel()
         self._report_drops()
-        proc, chan = self._proc, self._chan
-        if proc is not None and chan is not None:
+        forwarder, chan = self._forwarder, self._chan
+        if forwarder.running and chan is not None:
             deadline = time.monotonic() + timeout
             with self._lock:
                 self._push()
-                while not chan.ring.push(enc.STOP) and proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.005)
+                forwarder.send_stop(chan.ring, deadline)
                 self._mode = _STOPPING
-            with contextlib.suppress(ValueError, OSError):
-                select.select([self._pidfd], [], [], max(0.0, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            self._unwatch()
-            self._proc = None
+            forwarder.wait_stopped(deadline)
             with self._lock:
                 self._read_acks_now()
         with self._lock:

@@ -15,7 +15,8 @@ Database rows::
     jobs(id INTEGER PRIMARY KEY, key UNIQUE, name, state, created_at, finished_at,
          doc BLOB, data BLOB, uid, summary BLOB)   doc: the job as submitted (msgpack)
                                                    data: Job.dump() (msgpack)
-                                                   uid: the submitter; summary: Job.summary()
+                                                   uid: the submitter
+                                                   summary: procpoold.core.status.summary(job)
                                                    once finished (what status lists show)
     task_log(job_id, seq, data BLOB,               data: a msgpack list of task entries
              PRIMARY KEY(job_id, seq))             (opaque here; the scheduler's format)

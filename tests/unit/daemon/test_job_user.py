@@ -64,7 +64,7 @@ def test_root_and_the_admin_group_may_name_another_user() -> None:
 
 def test_a_daemon_that_cannot_switch_users_refuses_another_user(monkeypatch: pytest.MonkeyPatch) -> None:
     # As root, stand in for a daemon without CAP_SETUID (the decision reads can_switch_users()).
-    monkeypatch.setattr("procpoold.scheduler.can_switch_users", lambda: False)
+    monkeypatch.setattr("procpoold.scheduler.submission.can_switch_users", lambda: False)
     with pytest.raises(ProcpoolError) as err:
         job_user(spec("daemon"), os.geteuid(), Authority())
     assert "cannot run jobs as another user" in err.value.message

@@ -1,0 +1,406 @@
+"""Attempts: the pump, dispatch, and what the executors report (ExecutorEvents)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import shorten
+from procpool.contract.tree import RETRY_DELAY_CAP
+from procpoold import journal
+from procpoold.core import namespace
+from procpoold.core.jobs import Effects, Job
+from procpoold.core.states import FINAL_TASK_STATES, TaskState
+from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream, TaskError
+from procpoold.identity import Identity, identity_of, run_as_uid
+from procpoold.scheduler.state import _RETRIED, Ref, SchedulerState, _user_fields, log, task_log
+
+
+class Attempts(SchedulerState):
+    """Running attempts: the pump hands ready tasks to executors; the executors report back here
+    (the :class:`~procpoold.engines.ExecutorEvents` methods); timeouts and retry delays are loop
+    timers.
+    """
+
+    def _forget_queued(self, ref: Ref) -> None:
+        for q in self.queues.values():
+            q.discard(ref)
+        timer = self._retry_timers.pop(ref, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _enqueue(self, job: Job, indices: list[int]) -> None:
+        """Queue ready tasks, one queue entry per run of tasks of the same kind and priority."""
+        now_mono = time.monotonic()
+        tasks, job_id = job.tasks, job.id
+        first = tasks[indices[0]].spec
+        kind, priority = first.kind, first.priority
+        refs: list[Ref] = []
+        for i in indices:
+            spec = tasks[i].spec
+            if spec.kind != kind or spec.priority != priority:
+                self.queues[kind].push_many(refs, priority, now_mono)
+                kind, priority, refs = spec.kind, spec.priority, []
+            refs.append((job_id, i))
+        self.queues[kind].push_many(refs, priority, now_mono)
+
+    def kick(self) -> None:
+        """Capacity changed (e.g. the pool grew): try to dispatch.
+
+        Loop thread. Only schedules a pump pass (at most one per loop iteration); dispatches nothing itself.
+        """
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Hand ready tasks to executors while they have room, best first."""
+        self._pump_scheduled = False
+        if not self.accepting:
+            return
+        batch: list[tuple[Executor, AttemptSpec]] = []
+        jobs = self.jobs
+        users: dict[str, Identity | None] = {}  # per job, looked up once per pass
+        for kind, queue in self.queues.items():
+            executor = self.executors[kind]
+            free = executor.free_slots()
+            while free > 0 and queue:
+                ref = queue.pop()
+                if ref is None:
+                    break
+                job = jobs[ref[0]]
+                if job.tasks[ref[1]].state != "ready":
+                    continue
+                if job.id not in users:
+                    users[job.id] = self._run_as(job)
+                batch.append((executor, self._prepare(job, ref[1], executor, users[job.id])))
+                free -= 1
+        if not batch:
+            return
+        # Write-ahead: the attempts are recorded as running before any of them starts, so after a
+        # crash an attempt that ran is known (and counted) instead of silently run again as new.
+        self.flush()
+        for executor, spec in batch:
+            try:
+                executor.submit(spec)
+            except Exception as exc:  # that attempt fails, with the reason; the others start
+                self._internal_failure(spec.attempt_id, "could not be started", exc)
+
+    def _internal_failure(self, attempt_id: str, what: str, exc: Exception) -> None:
+        """An exception in the daemon's handling of one attempt fails that attempt (not the loop).
+
+        Runs on the loop thread. The attempt ends ``failed`` with an error naming the exception
+        (retried like any failure); its traceback goes to the daemon's log.
+        """
+        log.error("attempt %s %s: %s", attempt_id, what, exc, exc_info=exc)
+        if attempt_id not in self.attempts:
+            return
+        why = f"{type(exc).__name__}: {shorten(str(exc))[1:-1]}"
+        error = TaskError("InternalError", f"procpoold: the attempt {what}: {why}")
+        self.attempt_finished(Outcome(attempt_id, "failed", error=error))
+
+    def _on_timeout(self, executor: Executor, attempt_id: str) -> None:
+        """The timer of an attempt's ``timeout``: stop it (an exception here fails the attempt)."""
+        self._timeouts.pop(attempt_id, None)
+        try:
+            executor.stop_attempt(attempt_id, "timeout")
+        except Exception as exc:
+            self._internal_failure(attempt_id, "could not be stopped at its timeout", exc)
+
+    def _prepare(self, job: Job, index: int, executor: Executor, user: Identity | None) -> AttemptSpec:
+        t = job.tasks[index]
+        attempt_id = f"{t.id}@{job.run}#{len(t.attempts) + 1}"
+        attempt = job.mark_running(index, attempt_id, self.clock())
+        self._touch_started(job, index)
+        spec = AttemptSpec(
+            attempt_id=attempt_id,
+            job_id=job.id,
+            job_name=job.spec.name,
+            task_id=t.id,
+            task_name=t.spec.name,
+            attempt=attempt.number,
+            kind=t.spec.kind,
+            call=t.spec.call,
+            args=t.spec.args,
+            kwargs=t.spec.kwargs,
+            cmd=t.spec.cmd,
+            shell=t.spec.shell,
+            env={**job.spec.env, **t.spec.env} if t.spec.env else job.spec.env,
+            cwd=t.spec.cwd or job.spec.cwd,
+            python_path=job.spec.python_path,
+            timeout=t.spec.timeout,
+            run=job.run,
+            user=user,
+        )
+        self.attempts[attempt_id] = (job.id, index)
+        self.counters["attempts"] += 1
+        if t.spec.timeout is not None:
+            self._timeouts[attempt_id] = self.loop.call_later(
+                t.spec.timeout, lambda: self._on_timeout(executor, attempt_id)
+            )
+        sink = self.journal
+        if sink is not None:
+            handle = sink.task_log(
+                job.id,
+                t.id,
+                t.spec.name,
+                len(t.attempts),
+                lambda: {"PROCPOOL_JOB_NAME": job.spec.name, **_user_fields(job)},
+            )
+            self._task_logs[attempt_id] = (handle, t)
+        return spec
+
+    @staticmethod
+    def _run_as(job: Job) -> Identity | None:
+        """The identity an attempt of ``job`` drops to; None when it runs as the daemon's user.
+
+        A job stored by a daemon that could not switch users has no ``run_as_uid``: once the
+        daemon can, it runs as its submitter rather than as the daemon's user.
+        """
+        uid = job.run_as_uid if job.run_as_uid is not None else run_as_uid(job.submitter_uid)
+        if uid is None or uid == os.geteuid():
+            return None
+        return identity_of(uid)
+
+    def attempt_started(self, attempt_id: str, pid: int | None, worker: str | None) -> None:
+        """An executor started the attempt, as ``pid`` (a pool worker's, or a command's) on ``worker``.
+
+        Loop thread (executor event). Sets the running attempt's pid and worker (a command's pid is
+        committed with the next flush, or ``pid_flush_delay`` later) and writes the task's start record.
+        An unknown attempt (already finished) is ignored. May not start, stop or commit anything.
+        """
+        ref = self.attempts.get(attempt_id)
+        if ref is None:
+            return
+        job = self.jobs[ref[0]]
+        t = job.tasks[ref[1]]
+        attempt = t.running_attempt
+        if attempt is not None:
+            attempt.pid, attempt.worker = pid, worker
+            if worker is None:
+                self._touch_pid(job, ref[1])
+        # The record is written once the attempt has a process, so it names the worker's pid.
+        message = f'task "{t.spec.name}" attempt {len(t.attempts)} starting'
+        handle = self._task_logs.get(attempt_id)
+        if handle is not None:
+            handle[0].set_worker_pid(pid)
+            handle[0].event(journal.encoding.STARTED)
+        else:
+            fields = {**self._fields(job, ref[1]), "MESSAGE_ID": journal.MessageId.TASK_STARTED}
+            if pid is not None:
+                fields["PROCPOOL_WORKER_PID"] = str(pid)
+            task_log.info(message, extra={"journal_fields": fields})
+
+    def attempt_finished(self, outcome: Outcome) -> None:
+        """An attempt ended with ``outcome``: apply it to its task.
+
+        Loop thread (executor event). Removes the attempt from ``attempts``, cancels its timeout, then
+        completes, fails, retries (with a delay timer), cancels or re-queues the task (an interrupted
+        attempt uses no retry); a free slot schedules a pump. An outcome of an unknown attempt is logged
+        and ignored. May not block: it runs inside the executor's callback.
+        """
+        ref = self.attempts.pop(outcome.attempt_id, None)
+        try:
+            self._attempt_finished(ref, outcome)
+        finally:
+            self._task_logs.pop(outcome.attempt_id, None)  # kept until here for the final record
+
+    def attempts_finished(self, outcomes: list[Outcome]) -> None:
+        """A batch of outcomes (one drain of the pool's result rings), applied in order.
+
+        Runs on the loop's thread. The same state changes as :meth:`attempt_finished` for each
+        outcome; a completion (most of them) takes a short path: one clock reading and one
+        dispatch pass for the whole batch. An exception while applying one outcome is logged and
+        does not keep the rest of the batch from being applied.
+        """
+        attempts, jobs, timeouts, task_logs = self.attempts, self.jobs, self._timeouts, self._task_logs
+        now: float | None = None
+        for outcome in outcomes:
+            aid = outcome.attempt_id
+            ref = attempts.get(aid) if outcome.status == "completed" else None
+            if ref is None:
+                try:
+                    self.attempt_finished(outcome)
+                except Exception:
+                    log.exception("the outcome of attempt %s could not be applied", aid)
+                continue
+            del attempts[aid]
+            try:
+                if timeouts:
+                    timer = timeouts.pop(aid, None)
+                    if timer is not None:
+                        timer.cancel()
+                job = jobs[ref[0]]
+                index = ref[1]
+                if now is None:
+                    now = self.clock()
+                attempt = job.tasks[index].running_attempt
+                if attempt is not None:
+                    attempt.finished_at, attempt.status = now, "completed"
+                self._apply(job, job.complete(index, now, outcome.result, outcome.exit_code))
+            except Exception:
+                log.exception("the outcome of attempt %s could not be applied", aid)
+            finally:
+                task_logs.pop(aid, None)  # kept until here for the final record
+        if now is not None:
+            self._schedule_pump()  # slots became free
+
+    def _attempt_finished(self, ref: Ref | None, outcome: Outcome) -> None:
+        timer = self._timeouts.pop(outcome.attempt_id, None)
+        if timer is not None:
+            timer.cancel()
+        if ref is None:
+            log.warning("outcome for unknown attempt %s ignored", outcome.attempt_id)
+            return
+        job = self.jobs[ref[0]]
+        index = ref[1]
+        t = job.tasks[index]
+        now = self.clock()
+        attempt = t.running_attempt
+        if attempt is not None:
+            attempt.finished_at, attempt.status = now, outcome.status
+        error = outcome.error.to_wire() if outcome.error else None
+        self._touch(job, [index])
+        if outcome.error is not None and outcome.error.type == NOT_STARTED and t.attempts:
+            # The attempt was still queued when it was stopped: it never ran, so it does not count.
+            t.attempts.pop()
+            if t.started_at is not None and not t.attempts:
+                t.started_at = None
+            if outcome.status == "interrupted":
+                t.move("pending")  # runs as if new (after the restart, if the daemon is stopping)
+                if self.accepting and not (t.cancel_requested or job.cancel_requested):
+                    t.move("ready")
+                    self._apply(job, Effects(ready=[index]))
+                return
+        if outcome.status == "interrupted" and not self.accepting:
+            # The daemon is stopping: leave the task "running" in the store, so the next start
+            # applies the job's on_interrupt policy to it (see Job.recover).
+            return
+        if outcome.status == "completed":
+            effects = job.complete(index, now, outcome.result, outcome.exit_code)
+        elif outcome.status == "cancelled" or t.cancel_requested or (
+            outcome.status == "interrupted" and job.cancel_requested
+        ):
+            effects = job.end_unsuccessfully(
+                index, "cancelled", now, error, outcome.exit_code, reason=job.reason or "cancelled by request"
+            )
+        elif outcome.status == "interrupted":
+            # The daemon lost the attempt (not the task's doing): run it again without using a retry.
+            effects = job.interrupt(index, now, error, self.max_interruptions)
+            task_log.warning(
+                'task "%s" attempt %d interrupted (%s); %s',
+                t.spec.name,
+                len(t.attempts),
+                (error or {}).get("message", "its worker was lost"),
+                "running it again" if effects.ready else "not run again",
+                extra={"journal_fields": {**self._fields(job, index), "MESSAGE_ID": _RETRIED}},
+            )
+        else:
+            state: TaskState = "timeout" if outcome.status == "timeout" else "failed"
+            if state == "timeout" and error is None:
+                error = {
+                    "type": "Timeout",
+                    "message": f"attempt ran longer than {t.spec.timeout:g}s",
+                    "traceback": "",
+                }
+            if t.failures <= t.spec.retries and not job.cancel_requested:
+                # (the exponent is bounded: 2 ** 1000 would not fit a float)
+                delay = min(t.spec.retry_delay * 2 ** min(t.failures - 1, 32), RETRY_DELAY_CAP)
+                delay *= random.uniform(0.8, 1.2)  # jitter: retries of many tasks do not stampede
+                t.error, t.exit_code = error, outcome.exit_code
+                job.retry_later(index, now + delay)
+                task_log.warning(
+                    'task "%s" attempt %d %s; retrying in %.1fs: %s',
+                    t.spec.name,
+                    len(t.attempts),
+                    "timed out" if state == "timeout" else "failed",
+                    delay,
+                    (error or {}).get("message", ""),
+                    extra={
+                        "journal_fields": {
+                            **self._fields(job, index),
+                            "MESSAGE_ID": journal.MessageId.TASK_RETRIED,
+                        }
+                    },
+                )
+                self._retry_timers[ref] = self.loop.call_later(delay, lambda: self._retry(ref))
+                self._schedule_pump()
+                return
+            effects = job.end_unsuccessfully(index, state, now, error, outcome.exit_code)
+        self._apply(job, effects)
+        self._schedule_pump()  # a slot became free
+
+    def _retry(self, ref: Ref) -> None:
+        """The timer of a retry delay: the task is ready again (an exception here fails the task)."""
+        self._retry_timers.pop(ref, None)
+        job = self.jobs.get(ref[0])
+        try:
+            if job is not None and job.retry_due(ref[1]):
+                self._apply(job, Effects(ready=[ref[1]]))
+        except Exception as exc:
+            log.error("the retry of task %s.%d failed: %s", ref[0], ref[1], exc, exc_info=exc)
+            if job is None or job.tasks[ref[1]].state in FINAL_TASK_STATES:
+                return
+            why = f"{type(exc).__name__}: {shorten(str(exc))[1:-1]}"
+            error = {"type": "InternalError", "message": f"procpoold could not retry the task: {why}"}
+            self._apply(job, job.end_unsuccessfully(ref[1], "failed", self.clock(), error, None))
+
+    def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
+        """The attempt reported progress: stored on its task and written at the next flush.
+
+        Loop thread (executor event). Ignored for an attempt no longer running.
+        """
+        ref = self.attempts.get(attempt_id)
+        if ref is not None:
+            job = self.jobs[ref[0]]
+            job.tasks[ref[1]].progress = progress
+            self._touch(job, [ref[1]])
+
+    def attempt_log(
+        self, attempt_id: str, stream: Stream, level: int, message: str, fields: dict[str, str] | None = None
+    ) -> None:
+        """A line of the attempt's output (``stream``) or a log record of its task.
+
+        Loop thread (executor event). Goes to the attempt's journal handle (or through ``logging``
+        without a sink) and into the task's recent lines; ignored for an attempt no longer running.
+        Changes nothing that is committed.
+        """
+        handle = self._task_logs.get(attempt_id)
+        if handle is not None:  # the fast path: the fields were computed once per attempt
+            handle[1].remember(message)
+            handle[0].line(stream, level, message, fields)
+            return
+        ref = self.attempts.get(attempt_id)
+        if ref is None:
+            return
+        job = self.jobs[ref[0]]
+        t = job.tasks[ref[1]]
+        t.remember(message)
+        extra = {**self._fields(job, ref[1]), "PROCPOOL_STREAM": stream, **(fields or {})}
+        task_log.log(level, "%s", message, extra={"journal_fields": extra})
+
+    def namespace_op(self, attempt_id: str, op: str, args: dict[str, Any]) -> Any:
+        """An operation of a running attempt on its job's namespace; returns its result.
+
+        Loop thread (executor event). Applies ``op`` within ``max_namespace_bytes``; a change is written
+        at the next flush. Raises ``conflict`` for an attempt no longer running, and what
+        :func:`procpoold.core.namespace.apply` raises for an invalid or too large operation.
+        """
+        ref = self.attempts.get(attempt_id)
+        if ref is None:
+            raise ProcpoolError(ErrorCode.CONFLICT, "the attempt is no longer running")
+        job = self.jobs[ref[0]]
+        sizes = self._ns_sizes.get(job)
+        if sizes is None:  # once per job and daemon: later operations cost what they change
+            sizes = self._ns_sizes[job] = namespace.Sizes(job.namespace, self.limits.max_namespace_bytes)
+        sizes.limit = self.limits.max_namespace_bytes
+        result = namespace.apply(job.namespace, op, args, sizes)
+        if op not in ("get", "snapshot"):
+            self._touch(job, [])
+        return result

@@ -1,0 +1,212 @@
+"""Recovery: the jobs the store holds, read back at start or on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import Any
+
+from procpool.contract.limits import CEILINGS, shorten
+from procpool.contract.tree import parse_job
+from procpoold.core import status
+from procpoold.core.jobs import Effects, FinishedJob, Job, scoped_key
+from procpoold.identity import user_name
+from procpoold.scheduler.state import SchedulerState, _job_row, log
+from procpoold.store.protocol import StoredJob
+
+
+class Recovery(SchedulerState):
+    """Reading jobs back from the store: every unfinished one at start (and the finished index),
+    a finished one on demand; killing what a crashed daemon's commands left running.
+    """
+
+    def _restore(self, stored: StoredJob) -> Job:
+        """A Job as the store holds it (raises what a stored job that cannot be read raises)."""
+        if stored.error is not None:
+            raise ValueError(stored.error)
+        job = Job(
+            stored.id,
+            parse_job(stored.doc, CEILINGS),  # it was within the limits when accepted
+            stored.doc,
+            stored.created_at,
+            stored.data.get("submitter_uid"),
+            stored.data.get("after"),
+            stored.data.get("run_as_uid"),
+        )
+        job.load(stored.data, stored.entries)
+        job.submitter_name = user_name(job.submitter_uid)
+        return job
+
+    def recover(self) -> dict[str, int]:
+        """Load every stored job; resume the unfinished ones (see Job.recover).
+
+        Loop thread, once, at start before anything is submitted. Fills ``jobs``, ``keys``, the
+        finished index and the quota; kills the process groups of commands the previous daemon left
+        running; applies retention; then starts or queues what can run (an interrupted attempt uses no
+        retry; a job that cannot be restored is failed, never the start). Returns counts of what it
+        found. Does nothing without a store.
+        """
+        if self.store is None:
+            return {}
+        self._next_id = self.store.max_job_id() + 1
+        now = self.clock()
+        counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
+        finished: list[FinishedJob] = []
+        resumable: list[tuple[Job, Effects]] = []
+        leftovers: list[tuple[str, str, int, int | None]] = []
+        for entry in self.store.finished_index():  # finished jobs are read back only when asked for
+            finished.append(entry)
+            if entry.key is not None:
+                self.keys[entry.key] = entry.id
+            counts["jobs"] += 1
+        for stored in self.store.load_jobs(unfinished_only=True):
+            job_id = stored.id
+            try:
+                job = self._restore(stored)
+            except Exception as exc:  # whatever is wrong with it fails this job, not the start
+                job = self._unrestorable(stored.id, stored.doc, stored.created_at, exc)
+                # Still its submitter's (who may clean it), and its key still finds it: a retried
+                # submit must not add a second row with that key (the store would refuse it).
+                key, uid = self.store.key_and_uid(job_id)
+                if uid is None and isinstance(stored.data, dict):
+                    uid = stored.data.get("submitter_uid")
+                job.submitter_uid = uid if type(uid) is int else None
+                job.submitter_name = user_name(job.submitter_uid)
+                if key is not None:
+                    self.keys[key] = job_id
+                self.jobs[job_id] = job
+                counts["jobs"] += 1
+                counts["failed"] = counts.get("failed", 0) + 1
+                resumable.append((job, job.fail_before_start(job.reason or "", now)))
+                continue
+            key = scoped_key(job.submitter_uid, job.spec.key)
+            if key is not None:
+                self.keys[key] = job_id
+            counts["jobs"] += 1
+            if job.finished:  # a row from before finished jobs had summaries: write its summary
+                self.store.job_changed(job_id, job.state, job.finished_at, job.dump(),
+                                       dict(status.summary(job)), job.submitter_uid)
+                self.store.forget(job_id)
+                finished.append(job.index_entry())
+                continue
+            self.jobs[job_id] = job
+            self._job_rows[job_id] = _job_row(job)
+            self.quota.hold(job_id, job.submitter_uid, len(job.tasks))
+            if job.state == "pending":
+                resumable.append((job, Effects()))
+                continue
+            task_of = {t.attempts[-1].attempt_id: t.id for t in job.tasks if t.state == "running"}
+            effects, interrupted = job.recover(now, self.max_interruptions)
+            for attempt in interrupted:
+                if attempt.worker is None:  # pool workers die with the daemon (PR_SET_PDEATHSIG)
+                    leftovers.append((job.id, task_of[attempt.attempt_id], attempt.number, attempt.pid))
+            counts["interrupted"] += len(interrupted)
+            counts["held" if job.state == "held" else "resumed"] += 1
+            self._touch(job, list(range(len(job.tasks))))
+            resumable.append((job, effects))
+        if leftovers:
+            _kill_leftovers(leftovers, self.store.daemon_id)
+        finished.sort(key=lambda e: (e.finished_at, int(e.id)))
+        for entry in finished:
+            self._index_finished(entry)
+        self._prune(now)
+        for job, effects in resumable:
+            if job.state == "pending":
+                self._start_when_prerequisites_allow(job)
+            else:
+                self._apply(job, effects)
+        return counts
+
+    def _unrestorable(self, job_id: str, doc: Any, created_at: float, exc: Exception) -> Job:
+        """A stored job that cannot be restored, as a job that will end ``failed`` with the reason.
+
+        Runs on the loop thread, at start. Its tree when that still parses (every task is then
+        skipped with the reason), else a one-task stand-in named after it; its stored log is
+        replaced, so the next start loads it as the failed job it is (or fails it again the
+        same way), and retention removes it like any finished job. Never a crash loop.
+        """
+        reason = f"cannot be restored after a restart: {type(exc).__name__}: {shorten(str(exc))[1:-1]}"
+        log.error("stored job %s %s; it is marked failed", job_id, reason)
+        job = self._stand_in(job_id, doc, created_at)
+        job.reason = reason
+        if self.store is not None:
+            self.store.snapshot_tasks(job_id, [])  # the whole log is replaced at the next flush
+            self._touch(job, list(range(len(job.tasks))))
+        return job
+
+    def _stand_in(self, job_id: str, doc: Any, created_at: float) -> Job:
+        """A Job for a stored document that cannot be parsed: its tree when that still parses
+        (within the ceilings), else a one-task stand-in named after it. Touches no store."""
+        try:
+            spec = parse_job(doc, CEILINGS)
+        except Exception:
+            name = doc.get("name") if isinstance(doc, dict) else None
+            if not isinstance(name, str) or len(name) > 128 or "\0" in name:
+                name = f"job {job_id}"
+            spec = parse_job({"name": name, "root": {"name": "unrestorable", "cmd": ["false"]}})
+        return Job(job_id, spec, {}, created_at if isinstance(created_at, float) else self.clock())
+
+    def _read_back_unrestorable(self, stored: StoredJob) -> Job:
+        """A finished job whose document cannot be parsed, read back for status: the stand-in with
+        the final state that was stored for it (see _unrestorable)."""
+        job = self._stand_in(stored.id, stored.doc, stored.created_at)
+        try:
+            job.load(stored.data, stored.entries)
+        except Exception:  # the entries do not fit the stand-in: show it failed with its reason
+            job.fail_before_start(str(stored.data.get("reason") or "cannot be restored"), self.clock())
+            job.state = "failed"
+        job.submitter_uid = stored.data.get("submitter_uid") if isinstance(stored.data, dict) else None
+        job.submitter_name = user_name(job.submitter_uid)
+        return job
+
+
+def _kill_leftovers(attempts: list[tuple[str, str, int, int | None]], daemon_id: str) -> None:
+    """Kill what a crashed daemon's commands left running: each one's whole process group.
+
+    ``attempts`` are ``(job id, task id, attempt number, pid or None)``. A command runs as the
+    leader of its own session and carries its identity in its environment: its daemon's
+    (``PROCPOOL_DAEMON_ID``, one per state file) and its attempt's (``PROCPOOL_JOB_ID``,
+    ``PROCPOOL_TASK_ID``, ``PROCPOOL_ATTEMPT``). A recorded pid is killed only if its process still
+    carries that identity (a reused pid is never hit), and an attempt whose pid was not written
+    before the crash is found by its identity among session leaders (another daemon's commands,
+    with job ids of their own, are never hit).
+    """
+    wanted = {(daemon_id, job_id, task_id, str(number)): pid for job_id, task_id, number, pid in attempts}
+    found: dict[tuple[str, str, str, str], int] = {}
+    for key, pid in wanted.items():
+        if pid is not None and _identity(pid) == key:
+            found[key] = pid
+    if len(found) < len(wanted):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            ident = _identity(int(entry.name))
+            if ident is not None and ident in wanted and ident not in found:
+                found[ident] = int(entry.name)
+    for pid in found.values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+            log.warning("killed process group %d left running by the previous daemon", pid)
+
+
+def _identity(pid: int) -> tuple[str, str, str, str] | None:
+    """``(daemon id, job id, task id, attempt)`` of a session leader started by procpoold, else None."""
+    try:
+        if os.getsid(pid) != pid:
+            return None
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return None
+    fields: dict[bytes, str] = {}
+    for item in env:
+        name, sep, value = item.partition(b"=")
+        if sep and name in _IDENTITY:
+            fields[name] = value.decode("utf-8", "replace")
+    if len(fields) != len(_IDENTITY):
+        return None
+    return tuple(fields[name] for name in _IDENTITY)  # type: ignore[return-value]
+
+
+_IDENTITY = (b"PROCPOOL_DAEMON_ID", b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")
