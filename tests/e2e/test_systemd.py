@@ -214,7 +214,9 @@ def test_socket_activation(system: Container) -> None:
     started = time.monotonic()
     assert "procpoold" in procctl(c, "ping").stdout  # the first request starts the daemon
     print(f"first ping through socket activation: {time.monotonic() - started:.2f}s")
-    assert active(c) == "active"
+    # The daemon answers once its socket is adopted; it reports READY (the unit turns active) once
+    # its pool and journal forwarder are up, which may be a moment later.
+    poll(lambda: active(c), lambda state: state == "active", what="procpoold.service to be active")
     pid = main_pid(c)
     # Stopping the service alone keeps the socket: the next request starts a new daemon.
     c.systemctl("stop", "procpoold.service")
@@ -375,7 +377,11 @@ def test_user_units(installed: Container) -> None:
             == "inactive"
         )
         assert "procpoold" in user("procctl", "--socket", user_socket, "ping").stdout  # activates it
-        assert user("systemctl", "--user", "is-active", "procpoold.service").stdout.strip() == "active"
+        poll(  # (active once it reports READY, which may come just after its first answer)
+            lambda: user("systemctl", "--user", "is-active", "procpoold.service", check=False).stdout.strip(),
+            lambda state: state == "active",
+            what="the user's procpoold.service to be active",
+        )
         pid = user("systemctl", "--user", "show", "-p", "MainPID", "--value", "procpoold.service").stdout
         pid = pid.strip()
         assert c.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "pp-user"
