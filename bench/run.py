@@ -111,7 +111,7 @@ class Params:
     idle_workers: int = 4
     rt_rounds: int = 20_000
     chain_tasks: int = 2_000
-    store_pairs: int = 3
+    store_pairs: int = 5
     journald_tasks: int = 20_000
 
     @classmethod
