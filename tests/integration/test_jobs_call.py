@@ -119,9 +119,12 @@ def test_cancelled_async_task_sees_cancelled_error(daemon: DaemonProcess, tmp_pa
                 "root": {"name": "waiter", **call("async_wait_cancel", str(marker))},
             }
         )["id"]
+        # Cancel once the coroutine runs: "running" is set at dispatch, and a cancel that reaches
+        # the worker before the coroutine's first line leaves nothing to see the CancelledError.
+        started = Path(f"{marker}.started")
         deadline = time.monotonic() + 30
-        while client.status(job_id)["tasks"][0]["state"] != "running":
-            assert time.monotonic() < deadline
+        while not started.exists():
+            assert time.monotonic() < deadline, client.status(job_id)["tasks"][0]
             client.wait(job_id, timeout=0.05)
         client.cancel(job_id)
         status = client.wait(job_id, timeout=30)["status"]

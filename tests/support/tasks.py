@@ -61,6 +61,7 @@ def sleep_forever() -> None:
 
 
 async def async_wait_cancel(marker: str) -> str:
+    Path(marker + ".started").write_text("started")  # the test cancels once the coroutine runs
     try:
         await asyncio.sleep(1000)
     except asyncio.CancelledError:
