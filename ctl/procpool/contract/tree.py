@@ -446,7 +446,7 @@ class _Parser:
         self.groups.append(group)
         inner = _merge_defaults(defaults, values)
         children = group.children
-        tasks, names, groups, callables = self.tasks, self.names, self.groups, self._callables
+        tasks, groups, callables = self.tasks, self.groups, self._callables
         # The commonest child by far, a task that only names its callable (and perhaps itself),
         # takes a short cut with the same checks (depth, node count, the reference, a valid and
         # unique name).
@@ -466,37 +466,10 @@ class _Parser:
                     callables.add(call)
                 task_name = child.get("name", f"{name}.{i}") if len(child) == 2 else f"{name}.{i}"
                 if type(call) is str and call in callables and type(task_name) is str and name_ok(task_name):
-                    task_path = f"{cpath}[{i}]"
-                    if task_name in names:
-                        raise TreeError(
-                            task_path, f'duplicate name "{task_name}" (also used at {names[task_name]})'
-                        )
-                    names[task_name] = task_path
                     if shared is None:
                         shared = self._resolved(inner)
-                    timeout, retries, retry_delay, priority, env, cwd, tags = shared
-                    task_index = len(tasks)
-                    tasks.append(
-                        TaskSpec(
-                            task_index,
-                            task_name,
-                            task_path,
-                            "call",
-                            call,
-                            [],
-                            {},
-                            None,
-                            False,
-                            timeout,
-                            retries,
-                            retry_delay,
-                            priority,
-                            [],
-                            env,
-                            cwd,
-                            tags,
-                            index,
-                        )
+                    task_index = self._add_task(
+                        task_name, f"{cpath}[{i}]", "call", call, [], {}, None, False, [], shared, index
                     )
                     children.append(("task", task_index))
                     continue
@@ -509,6 +482,48 @@ class _Parser:
         if known is None or known[0] is not defaults:
             known = self._inherited[id(defaults)] = (defaults, _inherited(defaults))
         return known[1]
+
+    def _add_task(
+        self,
+        name: str,
+        path: str,
+        kind: Literal["call", "cmd"],
+        call: str | None,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        cmd: list[str] | str | None,
+        shell: bool,
+        depends_on: list[str],
+        inherited: _Inherited,
+        parent: int | None,
+    ) -> int:
+        """Claim the task's name and add its spec (checked already); returns its index."""
+        self.claim(name, path)
+        index = len(self.tasks)
+        timeout, retries, retry_delay, priority, env, cwd, tags = inherited
+        self.tasks.append(
+            TaskSpec(
+                index,
+                name,
+                path,
+                kind,
+                call,
+                args,
+                kwargs,
+                cmd,
+                shell,
+                timeout,
+                retries,
+                retry_delay,
+                priority,
+                depends_on,
+                env,
+                cwd,
+                tags,
+                parent,
+            )
+        )
+        return index
 
     def task(
         self, raw: dict[str, Any], path: str, defaults: dict[str, Any], parent: int | None, default_name: str
@@ -539,34 +554,19 @@ class _Parser:
             # tasks mostly do): resolved once per group, not once per task.
             inherited = self._resolved(defaults)
         get = values.get
-        name = get("name", default_name)
-        if name in self.names:
-            raise TreeError(path, f'duplicate name "{name}" (also used at {self.names[name]})')
-        self.names[name] = path
-        index = len(self.tasks)
-        timeout, retries, retry_delay, priority, env, cwd, tags = inherited
         args, kwargs, depends_on = get("args"), get("kwargs"), get("depends_on")
-        self.tasks.append(
-            TaskSpec(
-                index,
-                name,
-                path,
-                kind,
-                get("call"),
-                list(args) if args else [],
-                dict(kwargs) if kwargs else {},
-                get("cmd"),
-                bool(get("shell", False)),
-                timeout,
-                retries,
-                retry_delay,
-                priority,
-                list(depends_on) if depends_on else [],
-                env,
-                cwd,
-                tags,
-                parent,
-            )
+        index = self._add_task(
+            get("name", default_name),
+            path,
+            kind,
+            get("call"),
+            list(args) if args else [],
+            dict(kwargs) if kwargs else {},
+            get("cmd"),
+            bool(get("shell", False)),
+            list(depends_on) if depends_on else [],
+            inherited,
+            parent,
         )
         return ("task", index)
 
