@@ -40,6 +40,17 @@ class Activated:
         return self.log_path.read_text(errors="replace")
 
 
+def listening(path: Path) -> bool:
+    """Whether a Unix socket bound to ``path`` is listening (``__SO_ACCEPTCON`` in /proc/net/unix)."""
+    with open("/proc/net/unix") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == os.fspath(path) and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 @pytest.fixture
 def activated() -> Iterator[Activated]:
     """procpoold behind systemd-socket-activate, not yet started (no connection so far)."""
@@ -60,7 +71,9 @@ def activated() -> Iterator[Activated]:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                 start_new_session=True)
     try:
-        wait_until(lambda: sock.exists() or proc.poll() is not None, what="the activator to listen")
+        # The file appears at bind(), a moment before listen(): a connection in between is refused.
+        # Wait for the listening state without connecting, which would start the daemon.
+        wait_until(lambda: listening(sock) or proc.poll() is not None, what="the activator to listen")
         assert proc.poll() is None, f"systemd-socket-activate exited:\n{log_path.read_text()}"
         yield Activated(proc, sock, log_path, tag)
     finally:
