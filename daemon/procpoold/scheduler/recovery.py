@@ -135,6 +135,7 @@ class Recovery(SchedulerState):
         after = sink.replay_from
         logged, store.logged_events = store.logged_events, []
         replayed = 0
+        done: set[str] = set()  # jobs named for the replay only (finished, or no longer stored)
         for first, last, record in logged:
             if last <= after:
                 continue
@@ -150,13 +151,18 @@ class Recovery(SchedulerState):
                 job_id = str(number)
                 if job_id in sink.named:
                     continue
-                job = self.jobs.get(job_id) or self._job(job_id)
+                job = self.jobs.get(job_id)
+                if job is None or job.finished:
+                    done.add(job_id)
+                    job = self._job(job_id)
                 if job is not None:
                     self._name_job(sink, job)
                 else:
                     sink.name_job(job_id, {}, [])
             sink.replay(items, texts)
             replayed += len(texts)
+        for job_id in sorted(done, key=int):
+            sink.forget_job(job_id)  # (after their events: its names are no longer needed)
         if replayed:
             log.warning("%d lifecycle record(s) of the state log had not reached the %s when the daemon "
                         "stopped: written now", replayed, sink.target)
