@@ -126,8 +126,8 @@ class Recovery(SchedulerState):
         left); returns how many events (a range of starts counts once).
 
         At least once: a batch the forwarder wrote just before the crash, its watermark not yet,
-        is written again. The events go into this daemon's log anew (a crash during the replay
-        loses none of them). A job no longer stored is named by its number only.
+        is written again. The events go into this daemon's log anew, at once (the store removed
+        the old log when it opened). A job no longer stored is named by its number only.
         """
         sink, store = self.journal, self.store
         if sink is None or store is None or not store.logged_events:
@@ -164,6 +164,8 @@ class Recovery(SchedulerState):
         for job_id in sorted(done, key=int):
             sink.forget_job(job_id)  # (after their events: its names are no longer needed)
         if replayed:
+            sink.seal()
+            store.flush()  # in the new log at once: the old one is gone (StateStore's recovery)
             log.warning("%d lifecycle record(s) of the state log had not reached the %s when the daemon "
                         "stopped: written now", replayed, sink.target)
         return replayed
