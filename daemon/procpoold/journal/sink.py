@@ -85,6 +85,12 @@ from procpoold.logstore import LogStore, Record
 log = logging.getLogger("procpoold.journal")
 
 _DROP_REPORT_INTERVAL = 1.0
+#: bytes of task names per NAMES record (a job's names are sent in records of about this size)
+_NAMES_CHUNK = 32 * 1024
+#: an iteration's events are packed early once they hold this many items or bytes of text (an
+#: EVENTS record stays far below the largest record the ring carries)
+_BATCH_ITEMS = 4096
+_BATCH_TEXT = 64 * 1024
 _TABLE_LEN = struct.Struct("<I")
 
 _LOCAL, _CHILD, _STOPPING = "local", "child", "stopping"
@@ -113,7 +119,7 @@ class LogSink:
         self.store = store if store is not None else LogStore()
         #: seconds the target may accept no record before ``block`` turns into dropping (None: never)
         self.put_timeout = put_timeout
-        #: the seq of the newest record (the TaskLog handles count it up themselves)
+        #: the seq of the newest record (an event batch gets its seqs when it is packed)
         self.seq = 0
         #: the ring to the forwarder: made by start(), after the daemon's forks (a worker forked from
         #: a process that maps it could write into it)
@@ -144,6 +150,7 @@ class LogSink:
         # this loop iteration's lifecycle events: ITEM_INTS integers each, and each one's text
         self._ev: list[int] = []
         self._ev_text: list[bytes] = []
+        self._ev_bytes = 0
         #: called with (first seq, last seq, the packed EVENTS record) as each one is made (the
         #: scheduler keeps it in the state log, for a replay after a crash)
         self.on_events: Callable[[int, int, bytes], None] | None = None
@@ -191,11 +198,23 @@ class LogSink:
             return job
         job = int(job_id)
         items = [("PROCPOOL_JOB_ID", job_id), *((k, str(v)) for k, v in fields.items())]
-        key = (enc.K_NAMES, job, 0)
+        keys: list[tuple[int, int, int]] = []
         self.named[job_id] = job
-        self._jobs[job] = (dict(items), list(names), [key])
+        self._jobs[job] = (dict(items), list(names), keys)
         self.store.name_job(job_id, self._jobs[job][1])
-        self._table(key, enc.names_record(job, 0, items, names))
+        # In records of at most about NAMES_CHUNK bytes of names: a big job's names stay far below
+        # the largest record the ring carries.
+        first, size = 0, 0
+        for i, name in enumerate(names):
+            size += len(name) + 1
+            if size >= _NAMES_CHUNK:
+                keys.append((enc.K_NAMES, job, first))
+                self._table(keys[-1], enc.names_record(job, first, items if first == 0 else (),
+                                                       names[first : i + 1]))
+                first, size = i + 1, 0
+        if first < len(names) or not keys:
+            keys.append((enc.K_NAMES, job, first))
+            self._table(keys[-1], enc.names_record(job, first, items if first == 0 else (), names[first:]))
         return job
 
     def name_task(self, job_id: str, index: int, name: str) -> None:
@@ -207,7 +226,7 @@ class LogSink:
         if len(names) <= index:
             names.extend("" for _ in range(index + 1 - len(names)))
         names[index] = name
-        key = (enc.K_NAMES, job, index + 1)  # (first 0 is the job's own record)
+        key = (enc.K_NAMES, job, -1 - index)  # (not a chunk's key: those are its first index)
         self._jobs[job][2].append(key)
         self._table(key, enc.names_record(job, index, (), [name]))
 
@@ -294,11 +313,14 @@ class LogSink:
         data = text.encode("utf-8", "replace") if text else b""
         self._ev += (code, site, job, index, 1, attempt, pid, len(data))
         self._ev_text.append(data)
+        self._ev_bytes += len(data)
         self._events_added()
 
     def _events_added(self) -> None:
         if self._mode is not _CHILD or self._loop is None or _get_ident() != self._loop_thread:
             self.seal()  # no forwarder to batch for (or not the loop's thread): at once
+        elif len(self._ev_text) >= _BATCH_ITEMS or self._ev_bytes >= _BATCH_TEXT:
+            self.seal()  # (the end of the iteration packs the rest)
         elif not self._flush_due:
             self._flush_due = True
             self._loop.call_last(self.flush)
@@ -312,7 +334,7 @@ class LogSink:
         if not ev:
             return
         texts = self._ev_text
-        self._ev, self._ev_text = [], []
+        self._ev, self._ev_text, self._ev_bytes = [], [], 0
         count = len(ev) // ITEM_INTS
         first = self.seq + 1
         last = self.seq = self.seq + count
@@ -331,6 +353,7 @@ class LogSink:
         first."""
         self._ev += items
         self._ev_text += texts
+        self._ev_bytes += sum(len(t) for t in texts)
         self._events_added()
 
     def line(self, job_id: str, task_id: str, job: int, index: int, attempt: int, pid: int, stream: str,
@@ -361,8 +384,8 @@ class LogSink:
     def put(self, record: bytes, seq: int, owner: int, own: bool) -> bool:
         """Queue one packed record (its ``seq`` already counted); returns :meth:`has_room` afterwards.
 
-        ``owner`` (a task key, 0 for the daemon) names whose record a drop counts against; ``own``
-        marks the daemon's own records, which are only refused beyond the hard limit.
+        ``owner`` (``job << 32 | task index``, 0 for the daemon) names whose record a drop counts
+        against; ``own`` marks the daemon's own records, which are only refused beyond the hard limit.
         """
         n = self._accepted - self._done
         if n >= self.capacity and seq - self._ack_look >= 64:

@@ -179,3 +179,36 @@ def test_through_the_forwarder_process_an_attempts_output_stays_between_its_star
         assert enc.WATERMARK.unpack(f.read()) == (last,)  # what was written, kept for a restart
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the forwarder stopped and was reaped
+
+
+def test_a_big_jobs_names_travel_in_records_of_bounded_size() -> None:
+    sink = LogSink(sender=ListSender())
+    names = [f"task-{i:05d}" for i in range(20_000)]
+    try:
+        job = sink.name_job("7", JOB_FIELDS, names)
+        records = [r for (kind, number, _first), r in sink._tables.items()
+                   if kind == enc.K_NAMES and number == job]
+        assert len(records) > 5 and max(len(r) for r in records) < 40 * 1024
+        fwd = Forwarder(None, ListSender())
+        fwd.load_tables(sink.tables())
+        fields, known = fwd.jobs[7]
+        assert known == names and fields["PROCPOOL_JOB_NAME"] == "nightly"
+    finally:
+        sink.close()
+
+
+def test_a_busy_iterations_events_are_packed_in_records_of_bounded_size(
+        forwarded: tuple[LogSink, EventLoop], capfd: pytest.CaptureFixture[str]) -> None:
+    sink, loop = forwarded
+    sink.start(loop)
+    sizes: list[int] = []
+    sink.on_events = lambda first, last, record: sizes.append(last - first + 1)
+    job = sink.name_job("7", JOB_FIELDS, [f"t{i}" for i in range(5000)])
+    site = sink.caller_site()
+    for i in range(5000):
+        sink.event(enc.FAILED, job, i, 1, 11, "x" * 20, site)  # 100 KB of texts in all
+    loop.run_once(0)
+    assert sum(sizes) == 5000 and len(sizes) >= 2 and max(sizes) <= 4096
+    sink.stop()
+    failed = [line for line in capfd.readouterr().err.splitlines() if "failed after 1 attempt(s)" in line]
+    assert len(failed) == 5000 and 'task "t4999"' in failed[-1]
