@@ -121,6 +121,8 @@ class Daemon:
             commands = executors.get("cmd")
             if isinstance(commands, CommandExecutor):
                 commands.set_identity(self.store.daemon_id)
+            if sink is not None:  # the journal's watermark: lifecycle records of a crash are replayed
+                sink.keep_watermark(os.fspath(config.state_dir / "journal.seq"))
         authority = Authority(config.admin_group)  # one for the policy and the "user" field
         self.scheduler = Scheduler(
             self.loop,

@@ -8,7 +8,9 @@ structured fields) or stderr (as readable lines) through a forwarder process.
   start, reaping through a pidfd, restart budget and stop;
 * :mod:`~procpoold.journal.sink`: the daemon's side: the sink, the log policy, the root logger's
   handler, the ``logs`` operation;
-* :mod:`~procpoold.journal.handle`: :class:`TaskLog`, the handle an attempt's output goes through.
+* :mod:`~procpoold.journal.handle`: :class:`TaskLog`, a handle on one attempt's records for tools
+  and tests (the scheduler gives the sink integers: lifecycle events are packed once per loop
+  iteration, see :mod:`~procpoold.journal.sink`).
 
 There is no module-level state: :func:`setup_logging` returns the sink, and the daemon passes it
 to whoever writes records (the scheduler, the pool, the command engine).

@@ -10,29 +10,38 @@ Ring records (little-endian; the first byte is the kind):
 =========  ======================================================================================
 kind       layout
 =========  ======================================================================================
-JOB        ``<BxxxI`` job key, then the job's fields (journald-encoded: JOB_ID, JOB_NAME, USER...)
-TASK       ``<BxxxII`` task key, job key, then the task's fields (TASK_ID, TASK_NAME)
+NAMES      ``<BxxxIIII`` job, first task index, task count, length of the job's fields; then the
+           job's fields (journald-encoded: PROCPOOL_JOB_ID, JOB_NAME, USER...; empty when only
+           task names are added) and the names of tasks ``first`` on (UTF-8, NUL-separated)
 SITE       ``<BxH`` site id, then code-location fields (CODE_FILE, CODE_LINE, CODE_FUNC, LOGGER)
-LINE       ``<BBBxIIIIQd`` prio, stream, task key, attempt, worker pid, message length, seq, time;
-           then the message (UTF-8) and extra fields a worker gave (journald-encoded, may be empty)
-EVENT      ``<BBBxIIIHxxQd`` event code, prio, task key, attempt, worker pid, site, seq, time; then
-           a text (a reason or an error message; empty for started and completed)
+LINE       ``<BBBxIIIIIQd`` prio, stream, job, task index, attempt, worker pid, message length,
+           seq, time; then the message (UTF-8) and extra fields a worker gave (may be empty)
+EVENTS     ``<BxxxIQd`` item count, seq of the first item, time; then the items, each
+           :data:`ITEM_INTS` unsigned 32-bit integers in the machine's order (code, site, job,
+           task index, count, attempt, worker pid, text length), then the items' texts (UTF-8,
+           back to back): every lifecycle event of one loop iteration (a STARTED item with a
+           count above 1 is a range: that many tasks from its index, with the same attempt,
+           worker and seq)
 RECORD     ``<BBHIQd`` prio, logger length, message length, seq, time; then logger, message and
            every field (journald-encoded): the daemon's own records, and rare task records
-FORGET     ``<BxxxI`` job key: the forwarder drops the job's and its tasks' tables
+FORGET     ``<BxxxI`` job: the forwarder drops the job's names
+MARK       ``<B`` then a path (UTF-8): from now on, write the highest seq written to that file
 STOP       ``<B``: write everything before it, acknowledge, exit
 =========  ======================================================================================
 
-Names travel once (a JOB and a TASK record per job and per task, before the first record that
-uses them); an attempt's lines and lifecycle events carry only integer keys. Every record that
-reaches journald carries a ``seq``, in the order the daemon produced them: the forwarder
-acknowledges the highest one it has written (``ACK``: ``<QQQQ`` seq, written, errors, fallbacks,
-counts since the previous acknowledgement), which is also the seam for replaying a durable log of
-events after a crash (records above the last acknowledged ``seq`` are the ones not yet written).
+A job is its number (the daemon's job ids are numbers) and a task its index in the job, so an
+event means the same after a restart of the daemon (see :mod:`procpoold.journal.sink` on the
+replay). Names travel once (a NAMES record per job, before the first record that uses them);
+lines and events carry only integers. Every record that reaches journald carries a ``seq``, in
+the order the daemon produced them: the forwarder acknowledges the highest one it has written
+(``ACK``: ``<QQQQ`` seq, written, errors, fallbacks, counts since the previous acknowledgement),
+and writes it to its *watermark* file, so that a daemon killed with ``kill -9`` knows which of
+the events its durable log holds were not written yet.
 """
 
 from __future__ import annotations
 
+import array
 import functools
 import logging
 import struct
@@ -149,24 +158,26 @@ def decode_fields(data: bytes | memoryview) -> Iterator[tuple[str, str]]:
 
 # -- ring records -----------------------------------------------------------------------------
 
-K_JOB: Final = 1
-K_TASK: Final = 2
+K_NAMES: Final = 1
 K_SITE: Final = 3
 K_LINE: Final = 4
-K_EVENT: Final = 5
+K_EVENTS: Final = 5
 K_RECORD: Final = 6
 K_FORGET: Final = 7
 K_STOP: Final = 8
+K_MARK: Final = 9
 
-JOB = struct.Struct("<BxxxI")
-TASK = struct.Struct("<BxxxII")
+NAMES = struct.Struct("<BxxxIIII")
 SITE = struct.Struct("<BxH")
-LINE = struct.Struct("<BBBxIIIIQd")
-EVENT = struct.Struct("<BBBxIIIHxxQd")
+LINE = struct.Struct("<BBBxIIIIIQd")
+EVENTS_HEAD = struct.Struct("<BxxxIQd")
 RECORD = struct.Struct("<BBHIQd")
 FORGET = struct.Struct("<BxxxI")
 STOP = bytes([K_STOP])
 ACK = struct.Struct("<QQQQ")
+WATERMARK = struct.Struct("<Q")
+#: integers per lifecycle item: code, site, job, task index, count, attempt, worker pid, text length
+ITEM_INTS: Final = 8
 
 #: Streams of a LINE record, by code (the index).
 STREAMS: Final = ("log", "stdout", "stderr", "daemon")
@@ -179,6 +190,7 @@ SKIPPED: Final = 3
 CANCELLED: Final = 4
 FAILED: Final = 5
 TIMED_OUT: Final = 6
+RETRIED: Final = 7  # an attempt ended and the task runs again (a retry, or an interruption)
 
 #: event code -> (MESSAGE_ID, priority)
 EVENTS: Final = {
@@ -188,6 +200,7 @@ EVENTS: Final = {
     CANCELLED: (MessageId.TASK_CANCELLED, 6),
     FAILED: (MessageId.TASK_FAILED, 4),
     TIMED_OUT: (MessageId.TASK_TIMED_OUT, 4),
+    RETRIED: (MessageId.TASK_RETRIED, 4),
 }
 #: a task's final state -> the event code that reports it
 FINAL_EVENTS: Final = {
@@ -206,24 +219,58 @@ def event_message(code: int, task_name: str, attempt: int, text: str) -> str:
         return f'task "{task_name}" attempt {attempt} starting'
     if code == COMPLETED:
         return f'task "{task_name}" completed'
+    if code == RETRIED:
+        return f'task "{task_name}" attempt {attempt} {text}'
     state = _STATE_WORDS.get(code, "ended")
     if code in (SKIPPED, CANCELLED):
         return f'task "{task_name}" {state}: {text}'
     return f'task "{task_name}" {state} after {attempt} attempt(s): {text}'
 
 
-def job_record(key: int, fields: Iterable[tuple[str, str]]) -> bytes:
-    return JOB.pack(K_JOB, key) + encode_fields(fields)
+def names_record(job: int, first: int, fields: Iterable[tuple[str, str]], names: list[str]) -> bytes:
+    """A NAMES table record: the job's fields (none: only names added) and task names ``first`` on."""
+    head = encode_fields(fields)
+    text = "\0".join(names).encode("utf-8", "replace")
+    if text.count(b"\0") != max(len(names) - 1, 0):  # a NUL inside a name: replaced
+        text = "\0".join(n.replace("\0", "\ufffd") for n in names).encode("utf-8", "replace")
+    return NAMES.pack(K_NAMES, job, first, len(names), len(head)) + head + text
 
 
-def task_record(key: int, job_key: int, task_id: str, name: str) -> bytes:
-    """A TASK table record (one per task: built without the general encoder when it can be)."""
-    tid, tname = task_id.encode("utf-8", "replace"), name.encode("utf-8", "replace")
-    if b"\n" in tid or b"\n" in tname:
-        fields = encode_fields((("PROCPOOL_TASK_ID", task_id), ("PROCPOOL_TASK_NAME", name)))
-    else:
-        fields = b"PROCPOOL_TASK_ID=" + tid + b"\nPROCPOOL_TASK_NAME=" + tname + b"\n"
-    return TASK.pack(K_TASK, key, job_key) + fields
+def unpack_names(data: bytes) -> tuple[int, int, dict[str, str], list[str]]:
+    """A NAMES record -> (job, first index, job fields, task names)."""
+    _k, job, first, count, n = NAMES.unpack_from(data)
+    start = NAMES.size
+    fields = dict(decode_fields(data[start : start + n])) if n else {}
+    names = data[start + n :].decode("utf-8", "replace").split("\0") if count else []
+    if len(names) != count:
+        raise ValueError(f"a names record of job {job} holds {len(names)} names, not {count}")
+    return job, first, fields, names
+
+
+def events_record(first_seq: int, created: float, items: list[int], texts: bytes) -> bytes:
+    """An EVENTS record: lifecycle items (:data:`ITEM_INTS` integers each) and their texts."""
+    return (EVENTS_HEAD.pack(K_EVENTS, len(items) // ITEM_INTS, first_seq, created)
+            + array.array("I", items).tobytes() + texts)
+
+
+def unpack_events(data: bytes | memoryview) -> tuple[int, float, array.array[int], list[bytes]]:
+    """An EVENTS record -> (seq of the first item, time, the items' integers, each item's text)."""
+    _k, count, first_seq, created = EVENTS_HEAD.unpack_from(data)
+    start = EVENTS_HEAD.size
+    end = start + count * ITEM_INTS * 4
+    if end > len(data):
+        raise ValueError("an events record shorter than its items")
+    items = array.array("I")
+    items.frombytes(bytes(data[start:end]))
+    texts: list[bytes] = []
+    pos = end
+    for i in range(ITEM_INTS - 1, len(items), ITEM_INTS):
+        n = items[i]
+        texts.append(bytes(data[pos : pos + n]) if n else b"")
+        pos += n
+    if pos > len(data):
+        raise ValueError("an events record shorter than its texts")
+    return first_seq, created, items, texts
 
 
 def site_record(site: int, fields: Iterable[tuple[str, str]]) -> bytes:

@@ -4,10 +4,14 @@ shared-memory ring into journald records (or readable stderr lines).
 The daemon packs what its loop iteration produced (:mod:`procpoold.journal.encoding`) and pushes
 it, once per iteration, into the request ring of a :class:`~procpoold.pool.ring.Segment` that it
 created and that this process maps through an inherited fd. This process keeps the name tables
-(jobs, tasks, code sites) the daemon sends once, builds each record's fields from them, writes
-batches with a :mod:`sender <procpoold.journal.senders>`, and acknowledges on the segment's
-result ring the highest ``seq`` written (waking the daemon through its eventfd only when the
-daemon asked for it: while it waits for room).
+(per job: its fields and its tasks' names; code sites) the daemon sends once, expands each
+iteration's packed lifecycle events and each output line into journald records with the fields
+built from them, writes batches with a :mod:`sender <procpoold.journal.senders>`, and
+acknowledges on the segment's result ring the highest ``seq`` written (waking the daemon through
+its eventfd only when the daemon asked for it: while it waits for room). With a watermark file
+(the daemon's state folder has one), the same ``seq`` is written there after each batch, before
+the acknowledgement: a daemon killed with ``kill -9`` reads it at its next start, and replays
+the lifecycle events of its durable log above it.
 
 Idle, it sleeps on the ring's futex; while records keep coming it looks again every ``LINGER``
 seconds for ``PARK_AFTER`` seconds instead, so that the daemon does not pay a wake-up per loop
@@ -67,23 +71,35 @@ class Forwarder:
     """Decodes ring records with the name tables it was sent, writes them, acknowledges."""
 
     def __init__(self, ring: Ring | None, sender: Sender, acks: Ring | None = None,
-                 fallback: Sender | None = None) -> None:
+                 fallback: Sender | None = None, watermark: str | None = None) -> None:
         self.ring = ring
         self.sender = sender
         self.acks = acks
         self.fallback = fallback if fallback is not None else (
             StderrSender() if sender.target != "stderr" else None)
-        self.jobs: dict[int, dict[str, str]] = {}
-        self.tasks: dict[int, tuple[int, dict[str, str], str]] = {}  # key -> job key, fields, name
-        self.job_tasks: dict[int, list[int]] = {}
+        #: job -> (its fields, its tasks' names by index)
+        self.jobs: dict[int, tuple[dict[str, str], list[str]]] = {}
         self.sites: dict[int, dict[str, str]] = {}
-        self._sets: dict[tuple[int, int, int, int], FieldSet] = {}
+        self._sets: dict[tuple[int, int, int, int, int], FieldSet] = {}
         self._event_extra: dict[tuple[int, int], FieldSet] = {}  # (site, code) -> its extra fields
         self.stopped = False
         # counters since the last acknowledgement that reached the daemon
         self.seq = 0
         self._written = self._errors = self._fallbacks = 0
         self.written = 0
+        #: the file the highest seq written goes to after each batch (None: not kept)
+        self._mark_fd = -1
+        self._marked = 0
+        if watermark is not None:
+            self.keep_watermark(watermark)
+
+    def keep_watermark(self, path: str | None) -> None:
+        """Write the highest seq written to ``path`` after each batch (None: stop doing so)."""
+        if self._mark_fd >= 0:
+            os.close(self._mark_fd)
+            self._mark_fd = -1
+        if path is not None:
+            self._mark_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     # -- tables -------------------------------------------------------------------------------
 
@@ -95,17 +111,21 @@ class Forwarder:
             self._decode(data[pos + 4 : pos + 4 + n])
             pos += 4 + n
 
-    def _fields(self, task: int, attempt: int, pid: int, stream: int) -> FieldSet:
-        key = (task, attempt, pid, stream)
+    def _fields(self, job: int, index: int, attempt: int, pid: int, stream: int) -> FieldSet:
+        key = (job, index, attempt, pid, stream)
         fset = self._sets.get(key)
         if fset is None:
             if len(self._sets) > 10_000:
                 self._sets.clear()
-            found = self.tasks.get(task)
+            found = self.jobs.get(job)
             if found is None:
-                fields = {"PROCPOOL_TASK_KEY": str(task)}
+                fields = {"PROCPOOL_JOB_ID": str(job), "PROCPOOL_TASK_ID": f"{job}.{index}"}
             else:
-                fields = {**self.jobs.get(found[0], {}), **found[1]}
+                fields = dict(found[0])
+                fields["PROCPOOL_TASK_ID"] = f"{fields.get('PROCPOOL_JOB_ID', job)}.{index}"
+                names = found[1]
+                if index < len(names):
+                    fields["PROCPOOL_TASK_NAME"] = names[index]
             fields["PROCPOOL_ATTEMPT"] = str(attempt)
             if pid:
                 fields["PROCPOOL_WORKER_PID"] = str(pid)
@@ -114,34 +134,47 @@ class Forwarder:
             fset = self._sets[key] = FieldSet(fields, clean=True)
         return fset
 
+    def _name(self, job: int, index: int) -> str:
+        found = self.jobs.get(job)
+        if found is not None and index < len(found[1]):
+            return found[1][index]
+        return f"#{index}"
+
     # -- decoding -----------------------------------------------------------------------------
+
+    def _events(self, data: bytes) -> list[Entry]:
+        """An EVENTS record -> its entries, in order (a range of starts: one entry per task)."""
+        first_seq, _ts, items, texts = enc.unpack_events(data)
+        out: list[Entry] = []
+        fields, extras, message = self._fields, self._event_extra, enc.event_message
+        for n, i in enumerate(range(0, len(items), enc.ITEM_INTS)):
+            code, site, job, index, count, attempt, pid, _tlen = items[i : i + enc.ITEM_INTS]
+            text = texts[n].decode("utf-8", "replace") if texts[n] else ""
+            extra = extras.get((site, code))
+            if extra is None:
+                site_fields = dict(self.sites.get(site, {}))
+                site_fields["MESSAGE_ID"] = enc.EVENTS.get(code, (enc.MessageId.TASK_FAILED, 4))[0]
+                extra = extras[(site, code)] = FieldSet(site_fields, clean=True, identifier=False)
+            prio = enc.EVENTS.get(code, (enc.MessageId.TASK_FAILED, 4))[1]
+            logger = extra.fields.get("LOGGER", _TASK_LOGGER)
+            for task in range(index, index + count):
+                out.append((prio, message(code, self._name(job, task), attempt, text),
+                            fields(job, task, attempt, pid, _DAEMON_STREAM), extra, logger))
+        self.seq = first_seq + len(items) // enc.ITEM_INTS - 1
+        return out
 
     def _decode(self, data: bytes) -> Entry | None:
         """One ring record -> an entry to write (None for a table or a control record)."""
         kind = data[0]
         if kind == enc.K_LINE:
-            _k, prio, stream, task, attempt, pid, n, seq, _ts = enc.LINE.unpack_from(data)
+            _k, prio, stream, job, index, attempt, pid, n, seq, _ts = enc.LINE.unpack_from(data)
             start = enc.LINE.size
             message = data[start : start + n].decode("utf-8", "replace")
             given: Mapping[str, str] | None = None
             if len(data) > start + n:
                 given = dict(enc.decode_fields(data[start + n :]))
             self.seq = seq
-            return (prio, message, self._fields(task, attempt, pid, stream), given, _TASK_LOGGER)
-        if kind == enc.K_EVENT:
-            _k, code, prio, task, attempt, pid, site, seq, _ts = enc.EVENT.unpack_from(data)
-            text = data[enc.EVENT.size :].decode("utf-8", "replace")
-            found = self.tasks.get(task)
-            name = found[2] if found is not None else f"#{task}"
-            message = enc.event_message(code, name, attempt, text)
-            extra = self._event_extra.get((site, code))
-            if extra is None:
-                site_fields = dict(self.sites.get(site, {}))
-                site_fields["MESSAGE_ID"] = enc.EVENTS.get(code, (enc.MessageId.TASK_FAILED, 4))[0]
-                extra = self._event_extra[(site, code)] = FieldSet(site_fields, clean=True, identifier=False)
-            self.seq = seq
-            return (prio, message, self._fields(task, attempt, pid, _DAEMON_STREAM),
-                    extra, extra.fields.get("LOGGER", _TASK_LOGGER))
+            return (prio, message, self._fields(job, index, attempt, pid, stream), given, _TASK_LOGGER)
         if kind == enc.K_RECORD:
             _k, prio, ln, n, seq, _ts = enc.RECORD.unpack_from(data)
             start = enc.RECORD.size
@@ -150,15 +183,18 @@ class Forwarder:
             fields = dict(enc.decode_fields(data[start + ln + n :]))
             self.seq = seq
             return (prio, message, FieldSet(fields, clean=True), None, logger)  # (named by encode_fields)
-        if kind == enc.K_TASK:
-            _k, key, job = enc.TASK.unpack_from(data)
-            fields = dict(enc.decode_fields(data[enc.TASK.size :]))
-            self.tasks[key] = (job, fields, fields.get("PROCPOOL_TASK_NAME", ""))
-            self.job_tasks.setdefault(job, []).append(key)
-            return None
-        if kind == enc.K_JOB:
-            (_k, key) = enc.JOB.unpack_from(data)
-            self.jobs[key] = dict(enc.decode_fields(data[enc.JOB.size :]))
+        if kind == enc.K_NAMES:
+            job, first, job_fields, names = enc.unpack_names(data)
+            found = self.jobs.get(job)
+            if found is None:
+                found = self.jobs[job] = (job_fields, [])
+            elif job_fields:
+                found = self.jobs[job] = (job_fields, found[1])
+            known = found[1]
+            if len(known) < first:
+                known.extend("" for _ in range(first - len(known)))
+            known[first : first + len(names)] = names
+            self._sets.clear()
             return None
         if kind == enc.K_SITE:
             (_k, site) = enc.SITE.unpack_from(data)
@@ -166,14 +202,15 @@ class Forwarder:
             self._event_extra.clear()
             return None
         if kind == enc.K_FORGET:
-            (_k, key) = enc.FORGET.unpack_from(data)
-            self.jobs.pop(key, None)
-            for task in self.job_tasks.pop(key, ()):
-                self.tasks.pop(task, None)
+            (_k, job) = enc.FORGET.unpack_from(data)
+            self.jobs.pop(job, None)
             self._sets.clear()
             return None
         if kind == enc.K_STOP:
             self.stopped = True
+            return None
+        if kind == enc.K_MARK:
+            self.keep_watermark(data[1:].decode("utf-8", "surrogateescape"))
             return None
         raise ValueError(f"unknown journal record kind {kind}")
 
@@ -201,6 +238,9 @@ class Forwarder:
             if self.stopped:
                 break
             try:
+                if data[0] == enc.K_EVENTS:
+                    batch.extend(self._events(data))
+                    continue
                 entry = self._decode(data)
             except (ValueError, struct.error, IndexError) as exc:
                 self._note(f"a malformed journal record was skipped ({exc})")
@@ -209,6 +249,16 @@ class Forwarder:
                 batch.append(entry)
         if batch:
             self._write(batch)
+        if self._mark_fd >= 0 and self.seq > self._marked:
+            # (a short pwrite of 8 bytes at offset 0: whole or not at all in practice)
+            try:
+                os.pwrite(self._mark_fd, enc.WATERMARK.pack(self.seq), 0)
+                self._marked = self.seq
+            except OSError as exc:
+                self._note(f"cannot write the journal watermark ({exc}); a restart after a crash may "
+                           "write some lifecycle records twice")
+                os.close(self._mark_fd)
+                self._mark_fd = -1
 
     def drain(self) -> int:
         """Write everything in the ring (up to a STOP record); returns the records taken."""
@@ -260,7 +310,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def run(segment_fd: int, doorbell_fd: int, tables_fd: int, target: str, journal_path: str,
-        parent: int) -> int:
+        parent: int, watermark: str | None = None) -> int:
     """The forwarder's main loop (in the child process)."""
 
     def on_term(_signum: int, _frame: object) -> None:
@@ -273,7 +323,7 @@ def run(segment_fd: int, doorbell_fd: int, tables_fd: int, target: str, journal_
     ring.spill_from = None  # the daemon is the only producer, and trusted
     if doorbell_fd >= 0:
         acks.set_doorbell(doorbell_fd)
-    forwarder = Forwarder(ring, make_sender(target, journal_path))
+    forwarder = Forwarder(ring, make_sender(target, journal_path), watermark=watermark)
     forwarder.acks = acks
     if tables_fd >= 0:
         with os.fdopen(tables_fd, "rb") as f:
@@ -306,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=("journal", "stderr"), default="stderr")
     parser.add_argument("--journal-path", default=JOURNAL_SOCKET)
     parser.add_argument("--parent", type=int, default=0)
+    parser.add_argument("--watermark", default=None)
     args = parser.parse_args(argv)
     return run(args.segment_fd, args.doorbell_fd, args.tables_fd, args.target, args.journal_path,
-               args.parent or os.getppid())
+               args.parent or os.getppid(), args.watermark)
 
 
 if __name__ == "__main__":

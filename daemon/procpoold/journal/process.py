@@ -82,6 +82,8 @@ class ForwarderProcess:
     def __init__(self, target: str, journal_path: str) -> None:
         self.target = target
         self.journal_path = journal_path
+        #: the forwarder's watermark file (see procpoold.journal.forwarder); None: none
+        self.watermark: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd = -1
         self._loop: LoopLike | None = None
@@ -116,6 +118,8 @@ class ForwarderProcess:
             argv = [sys.executable, "-m", "procpoold.journal", "--segment-fd", str(fds[0]),
                     "--doorbell-fd", str(fds[1]), "--tables-fd", str(fds[2]), "--target", self.target,
                     "--journal-path", self.journal_path, "--parent", str(os.getpid())]
+            if self.watermark is not None:
+                argv += ["--watermark", self.watermark]
             self._proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             os.close(fd)

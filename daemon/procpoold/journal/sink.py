@@ -4,8 +4,21 @@ process through a shared-memory ring once per loop iteration, and applies the lo
 Producers
     * the daemon's own ``logging`` calls reach :class:`SinkHandler`, the only handler on the root
       logger (``extra={"journal_fields": {...}}`` adds fields, ``MESSAGE_ID`` among them);
-    * task output, task log records and attempt lifecycle events go through a
-      :class:`~procpoold.journal.handle.TaskLog`, which packs integer keys, not fields.
+    * attempt lifecycle events (started, completed, failed, timed out, cancelled, skipped,
+      retried): the scheduler calls :meth:`LogSink.started` and :meth:`LogSink.event` with a few
+      integers (job number, task index, attempt, worker pid, a code site); they gather in one
+      flat list per loop iteration (consecutive starts of one job with the same attempt and
+      worker become one range) and are packed at its end into one EVENTS record of fixed-size
+      items (:mod:`procpoold.journal.encoding`). No object, field set or message per attempt;
+    * task output and task log records: :meth:`LogSink.line`, one packed LINE record each.
+      Before a line is queued, the events gathered so far are packed: an attempt's start stays
+      before its output, and its output before its end.
+
+Names
+    A job's fields and its tasks' names go to the forwarder once per job (a NAMES record: the
+    scheduler sends every task name of a job at once); the forwarder builds each record's
+    fields from them. The daemon's tail (``procctl logs``) keeps the packed events as they are
+    and words them only when asked (:class:`~procpoold.logstore.LogStore`).
 
 Hand-off
     Records wait in a list until the end of the loop iteration (``EventLoop.call_last``), then
@@ -34,6 +47,15 @@ The forwarder
     The process itself (start, reaping, restart budget, stop) is
     :class:`~procpoold.journal.process.ForwarderProcess`; the sink decides when, and what becomes
     of the records.
+
+Replay after a crash
+    Each EVENTS record is also handed to :attr:`LogSink.on_events` (the scheduler puts it in the
+    iteration's durable entry of the state log), and the forwarder writes the highest ``seq`` it
+    wrote to a watermark file (:meth:`LogSink.keep_watermark`). At its next start the daemon
+    reads the watermark (:attr:`LogSink.replay_from`), continues its seqs above it, and hands
+    the events of its durable log above it back to :meth:`LogSink.replay`: written once more,
+    or for the first time. At least once: a crash between a batch written and its watermark
+    written repeats that batch's records.
 """
 
 from __future__ import annotations
@@ -47,11 +69,12 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import CodeType
 from typing import Any
 
 from procpoold.journal import encoding as enc
+from procpoold.journal.encoding import ITEM_INTS, STARTED
 from procpoold.journal.forwarder import Forwarder
 from procpoold.journal.handle import TaskLog
 from procpoold.journal.process import RESTART_WINDOW, Channel, ForwarderProcess, LoopLike, ring_capacity
@@ -62,6 +85,12 @@ from procpoold.logstore import LogStore, Record
 log = logging.getLogger("procpoold.journal")
 
 _DROP_REPORT_INTERVAL = 1.0
+#: bytes of task names per NAMES record (a job's names are sent in records of about this size)
+_NAMES_CHUNK = 32 * 1024
+#: an iteration's events are packed early once they hold this many items or bytes of text (an
+#: EVENTS record stays far below the largest record the ring carries)
+_BATCH_ITEMS = 4096
+_BATCH_TEXT = 64 * 1024
 _TABLE_LEN = struct.Struct("<I")
 
 _LOCAL, _CHILD, _STOPPING = "local", "child", "stopping"
@@ -90,7 +119,7 @@ class LogSink:
         self.store = store if store is not None else LogStore()
         #: seconds the target may accept no record before ``block`` turns into dropping (None: never)
         self.put_timeout = put_timeout
-        #: the seq of the newest record (the TaskLog handles count it up themselves)
+        #: the seq of the newest record (an event batch gets its seqs when it is packed)
         self.seq = 0
         #: the ring to the forwarder: made by start(), after the daemon's forks (a worker forked from
         #: a process that maps it could write into it)
@@ -110,14 +139,23 @@ class LogSink:
         self._flush_due = False
         self._block = False  # producers are paused only once a loop can resume them (start)
         self._room_waiters: list[Callable[[], None]] = []
-        # name tables: (kind, key) -> the record that defines it (for a new forwarder's snapshot)
-        self._tables: dict[tuple[int, int], bytes] = {}
-        self._job_keys: dict[str, int] = {}
-        self._task_keys: dict[str, int] = {}
-        self._job_tasks: dict[int, list[str]] = {}
-        self._retiring: list[tuple[int, int, list[tuple[int, int]]]] = []  # (seq, job key, table keys)
-        self._next_key = 0
+        # name tables: (kind, key, first) -> the record that defines it (for a new forwarder's snapshot)
+        self._tables: dict[tuple[int, int, int], bytes] = {}
+        #: job id -> job number, for the jobs whose names were sent (see name_job)
+        self.named: dict[str, int] = {}
+        #: job number -> (its fields, its tasks' names, its table keys)
+        self._jobs: dict[int, tuple[dict[str, str], list[str], list[tuple[int, int, int]]]] = {}
+        self._retiring: list[tuple[int, list[tuple[int, int, int]]]] = []  # (seq, table keys)
         self._sites: dict[tuple[CodeType, int], int] = {}
+        # this loop iteration's lifecycle events: ITEM_INTS integers each, and each one's text
+        self._ev: list[int] = []
+        self._ev_text: list[bytes] = []
+        self._ev_bytes = 0
+        #: called with (first seq, last seq, the packed EVENTS record) as each one is made (the
+        #: scheduler keeps it in the state log, for a replay after a crash)
+        self.on_events: Callable[[int, int, bytes], None] | None = None
+        #: the watermark read at start: events of the durable log above it were not written
+        self.replay_from = 0
         # the forwarder process
         self._forwarder = ForwarderProcess(self.target, journal_path)
         self._forwarder_up = False  # it has said hello (an empty acknowledgement once it is running)
@@ -148,36 +186,60 @@ class LogSink:
 
     # -- keys and tables ------------------------------------------------------------------------
 
-    def _key(self) -> int:
-        self._next_key += 1
-        return self._next_key
-
-    def _table(self, kind: int, key: int, record: bytes) -> None:
-        self._tables[(kind, key)] = record
+    def _table(self, key: tuple[int, int, int], record: bytes) -> None:
+        self._tables[key] = record
         self._append(record)
 
-    def job_key(self, job_id: str, fields: Callable[[], Mapping[str, str]]) -> int:
-        """The key of a job's names (sent to the forwarder the first time); ``fields`` gives
-        the job's fields other than ``PROCPOOL_JOB_ID`` (called only then)."""
-        key = self._job_keys.get(job_id)
-        if key is None:
-            key = self._job_keys[job_id] = self._key()
-            self._job_tasks[key] = []
-            items = [("PROCPOOL_JOB_ID", job_id), *((k, str(v)) for k, v in fields().items())]
-            self._table(enc.K_JOB, key, enc.job_record(key, items))
-        return key
+    def name_job(self, job_id: str, fields: Mapping[str, str], names: list[str]) -> int:
+        """Send a job's fields (other than ``PROCPOOL_JOB_ID``) and its tasks' names (by index)
+        to the forwarder, once per job; returns the job's number, which events and lines carry."""
+        job = self.named.get(job_id)
+        if job is not None:
+            return job
+        job = int(job_id)
+        items = [("PROCPOOL_JOB_ID", job_id), *((k, str(v)) for k, v in fields.items())]
+        keys: list[tuple[int, int, int]] = []
+        self.named[job_id] = job
+        self._jobs[job] = (dict(items), list(names), keys)
+        self.store.name_job(job_id, self._jobs[job][1])
+        # In records of at most about NAMES_CHUNK bytes of names: a big job's names stay far below
+        # the largest record the ring carries.
+        first, size = 0, 0
+        for i, name in enumerate(names):
+            size += len(name) + 1
+            if size >= _NAMES_CHUNK:
+                keys.append((enc.K_NAMES, job, first))
+                self._table(keys[-1], enc.names_record(job, first, items if first == 0 else (),
+                                                       names[first : i + 1]))
+                first, size = i + 1, 0
+        if first < len(names) or not keys:
+            keys.append((enc.K_NAMES, job, first))
+            self._table(keys[-1], enc.names_record(job, first, items if first == 0 else (), names[first:]))
+        return job
+
+    def name_task(self, job_id: str, index: int, name: str) -> None:
+        """Add one task's name to a named job's table (when the job was named without it)."""
+        job = self.named[job_id]
+        names = self._jobs[job][1]
+        if index < len(names) and names[index] == name:
+            return
+        if len(names) <= index:
+            names.extend("" for _ in range(index + 1 - len(names)))
+        names[index] = name
+        key = (enc.K_NAMES, job, -1 - index)  # (not a chunk's key: those are its first index)
+        self._jobs[job][2].append(key)
+        self._table(key, enc.names_record(job, index, (), [name]))
 
     def task_log(self, job_id: str, task_id: str, task_name: str, attempt: int,
                  job_fields: Callable[[], Mapping[str, str]]) -> TaskLog:
-        """The log of one attempt (on the loop's thread). The job's and the task's names go to the
-        forwarder once; ``job_fields`` is only called for a job not seen before."""
-        key = self._task_keys.get(task_id)
-        if key is None:
-            job = self.job_key(job_id, job_fields)
-            key = self._task_keys[task_id] = self._key()
-            self._job_tasks[job].append(task_id)
-            self._table(enc.K_TASK, key, enc.task_record(key, job, task_id, task_name))
-        return TaskLog(self, key, job_id, task_id, task_name, attempt, self.store.owner(task_id, job_id))
+        """A handle for one attempt's lines and events (tools and tests; the scheduler calls
+        :meth:`started`, :meth:`event` and :meth:`line` itself). ``task_id`` is
+        ``<job id>.<index>``; ``job_fields`` is only called for a job not seen before."""
+        index = int(task_id.rpartition(".")[2])
+        if job_id not in self.named:
+            self.name_job(job_id, job_fields(), [])
+        self.name_task(job_id, index, task_name)
+        return TaskLog(self, job_id, self.named[job_id], index, task_id, attempt)
 
     def site(self, code: CodeType, line: int) -> int:
         """The id of a code location (its fields go to the forwarder once)."""
@@ -186,26 +248,27 @@ class LogSink:
             found = self._sites[(code, line)] = len(self._sites) + 1
             fields = (("CODE_FILE", code.co_filename), ("CODE_LINE", str(line)),
                       ("CODE_FUNC", code.co_name), ("LOGGER", "procpoold.task"))
-            self._table(enc.K_SITE, found, enc.site_record(found, fields))
+            self._table((enc.K_SITE, found, 0), enc.site_record(found, fields))
         return found
+
+    def caller_site(self) -> int:
+        """The site id of the caller's code location (the CODE_* fields of the events it sends)."""
+        frame = sys._getframe(1)
+        return self.site(frame.f_code, frame.f_lineno)
 
     def forget_job(self, job_id: str) -> None:
         """The job left the daemon: its names leave the tables (once the forwarder is past them)."""
-        key = self._job_keys.pop(job_id, None)
-        if key is None:
+        job = self.named.pop(job_id, None)
+        if job is None:
             return
-        keys = [(enc.K_JOB, key)]
-        for task_id in self._job_tasks.pop(key, ()):
-            task_key = self._task_keys.pop(task_id, None)
-            if task_key is not None:
-                keys.append((enc.K_TASK, task_key))
-        self._append(enc.FORGET.pack(enc.K_FORGET, key))
-        self._retiring.append((self.seq, key, keys))
+        keys = self._jobs.pop(job)[2]
+        self._append(enc.FORGET.pack(enc.K_FORGET, job))
+        self._retiring.append((self.seq, keys))
         self._prune_retiring()
 
     def _prune_retiring(self) -> None:
         while self._retiring and self._retiring[0][0] <= self._acked:
-            for table in self._retiring.pop(0)[2]:
+            for table in self._retiring.pop(0)[1]:
                 self._tables.pop(table, None)
 
     def tables(self) -> bytes:
@@ -215,6 +278,8 @@ class LogSink:
     # -- producers ------------------------------------------------------------------------------
 
     def next_seq(self) -> int:
+        if self._ev and _get_ident() == self._loop_thread:
+            self.seal()  # the events gathered so far come first, seqs in the order of the ring
         self.seq += 1
         return self.seq
 
@@ -226,11 +291,101 @@ class LogSink:
         """False while a producer honouring ``block`` should stop reading (the queue is full)."""
         return not self._block or self._dropping or self._accepted - self._done < self.capacity
 
+    # -- lifecycle events: integers per event, one packed record per loop iteration -------------
+
+    def started(self, job: int, index: int, attempt: int, pid: int, site: int) -> None:
+        """Task ``index`` of job ``job`` started ``attempt`` on worker ``pid`` (loop thread).
+
+        Follows the previous start if it can (the next task of the same job, attempt, worker
+        and site): the two are one range then."""
+        ev = self._ev
+        if (ev and ev[-8] == STARTED and ev[-6] == job and ev[-5] + ev[-4] == index and ev[-3] == attempt
+                and ev[-2] == pid and ev[-7] == site):
+            ev[-4] += 1
+            return
+        ev += (STARTED, site, job, index, 1, attempt, pid, 0)
+        self._ev_text.append(b"")
+        self._events_added()
+
+    def event(self, code: int, job: int, index: int, attempt: int, pid: int, text: str, site: int) -> None:
+        """Another lifecycle event (:data:`~procpoold.journal.encoding.COMPLETED`, ``FAILED``...)
+        of an attempt (loop thread); ``text`` is its reason or error message (may be empty)."""
+        data = text.encode("utf-8", "replace") if text else b""
+        self._ev += (code, site, job, index, 1, attempt, pid, len(data))
+        self._ev_text.append(data)
+        self._ev_bytes += len(data)
+        self._events_added()
+
+    def _events_added(self) -> None:
+        if self._mode is not _CHILD or self._loop is None or _get_ident() != self._loop_thread:
+            self.seal()  # no forwarder to batch for (or not the loop's thread): at once
+        elif len(self._ev_text) >= _BATCH_ITEMS or self._ev_bytes >= _BATCH_TEXT:
+            self.seal()  # (the end of the iteration packs the rest)
+        elif not self._flush_due:
+            self._flush_due = True
+            self._loop.call_last(self.flush)
+
+    def seal(self) -> None:
+        """Pack the lifecycle events gathered so far into one EVENTS record and queue it.
+
+        Runs at the end of the loop iteration (:meth:`flush`), before any other record is queued,
+        and when the scheduler makes its durable entry. The items get their seqs here."""
+        ev = self._ev
+        if not ev:
+            return
+        texts = self._ev_text
+        self._ev, self._ev_text, self._ev_bytes = [], [], 0
+        count = len(ev) // ITEM_INTS
+        first = self.seq + 1
+        last = self.seq = self.seq + count
+        now = time.time()
+        record = enc.events_record(first, now, ev, b"".join(texts))
+        self.store.add_events(first, now, ev, texts)
+        if self.on_events is not None:
+            self.on_events(first, last, record)
+        self._accepted += 1  # (lifecycle events are never dropped)
+        self._pending_seq = last
+        self._append_raw(record)
+
+    def replay(self, items: Sequence[int], texts: list[bytes]) -> None:
+        """Queue once more lifecycle items (from the durable log, after a crash: see
+        :func:`~procpoold.journal.encoding.unpack_events`), with new seqs. Their jobs must be named
+        first."""
+        self._ev += items
+        self._ev_text += texts
+        self._ev_bytes += sum(len(t) for t in texts)
+        self._events_added()
+
+    def line(self, job_id: str, task_id: str, job: int, index: int, attempt: int, pid: int, stream: str,
+             level: int, message: str, fields: Mapping[str, str] | None = None) -> bool:
+        """One output line or log record of an attempt; returns False when the producer should
+        pause (``block``). It is also kept in the daemon's tail of the task."""
+        if len(message) > enc.MAX_MESSAGE:
+            ok = True
+            for start in range(0, len(message), enc.MAX_MESSAGE):
+                ok = self.line(job_id, task_id, job, index, attempt, pid, stream, level,
+                               message[start : start + enc.MAX_MESSAGE], fields) and ok
+            return ok
+        prio = enc.PRIORITIES.get(level)
+        if prio is None:
+            prio = enc.priority(level)
+        if self._ev and _get_ident() == self._loop_thread:
+            self.seal()  # the attempt's start (and whatever came before) stays ahead of its output
+        seq = self.seq = self.seq + 1
+        now = time.time()
+        self.store.add(task_id, job_id, Record(seq, now, prio, stream, attempt, task_id, message))
+        data = message.encode("utf-8", "replace")
+        rec = enc.LINE.pack(enc.K_LINE, prio, enc.STREAM_CODES.get(stream, 0), job, index, attempt, pid,
+                            len(data), seq, now) + data
+        if fields:
+            rec += enc.encode_fields((k, str(v)) for k, v in fields.items())
+        return self.put(rec, seq, (job << 32) | index, False)
+
     def put(self, record: bytes, seq: int, owner: int, own: bool) -> bool:
         """Queue one packed record (its ``seq`` already counted); returns :meth:`has_room` afterwards.
 
-        ``owner`` (a task key, 0 for the daemon) names whose record a drop counts against; ``own``
-        marks the daemon's own records, which are only refused beyond the hard limit.
+        ``owner`` (``job << 32 | task index``, 0 for the daemon) names whose record a drop counts
+        against; ``own`` marks the daemon's own records, which are only refused beyond the hard limit.
         """
         n = self._accepted - self._done
         if n >= self.capacity and seq - self._ack_look >= 64:
@@ -249,6 +404,11 @@ class LogSink:
         return not self._block or self._dropping or n + 1 < self.capacity
 
     def _append(self, record: bytes) -> None:
+        if self._ev and _get_ident() == self._loop_thread:
+            self.seal()  # (events are only gathered on the loop's thread)
+        self._append_raw(record)
+
+    def _append_raw(self, record: bytes) -> None:
         if self._mode is not _CHILD or self._loop is None or _get_ident() != self._loop_thread:
             with self._lock:
                 self._pending.append(record)
@@ -293,8 +453,7 @@ class LogSink:
                 seq, created, prio, fields.get("PROCPOOL_STREAM", "daemon"),
                 int(attempt) if attempt.isdigit() else 0, task_id, message))
         items = [*fields.items(), *extra.items()]
-        self.put(enc.plain_record(seq, created, prio, logger, message, items), seq,
-                 self._task_keys.get(task_id, 0) if task_id else 0, True)
+        self.put(enc.plain_record(seq, created, prio, logger, message, items), seq, _owner(task_id), True)
 
     # -- the hand-off ---------------------------------------------------------------------------
 
@@ -302,6 +461,8 @@ class LogSink:
         """Push what this loop iteration produced into the ring (``call_last``; on the loop)."""
         self._flush_due = False
         self._read_acks()
+        if self._ev:
+            self.seal()
         if self._pending:
             with self._lock:
                 self._push()
@@ -457,15 +618,16 @@ class LogSink:
                         {"MESSAGE_ID": enc.MessageId.LOG_STALLED, "PROCPOOL_DROPPED": str(dropped)},
                         {}, "procpoold.journal")
 
-    def _names(self, key: int) -> dict[str, str]:
-        """The job's and task's fields of a task key (from the tables; empty for 0, the daemon)."""
-        fields: dict[str, str] = {}
-        task = self._tables.get((enc.K_TASK, key)) if key else None
-        if task is not None:
-            job = self._tables.get((enc.K_JOB, enc.TASK.unpack_from(task)[2]))
-            if job is not None:
-                fields.update(enc.decode_fields(job[enc.JOB.size :]))
-            fields.update(enc.decode_fields(task[enc.TASK.size :]))
+    def _names(self, owner: int) -> dict[str, str]:
+        """The job's and task's fields of a drop owner (from the tables; empty for 0, the daemon)."""
+        found = self._jobs.get(owner >> 32) if owner else None
+        if found is None:
+            return {}
+        index = owner & 0xFFFFFFFF
+        fields = dict(found[0])
+        fields["PROCPOOL_TASK_ID"] = f"{fields['PROCPOOL_JOB_ID']}.{index}"
+        if index < len(found[1]):
+            fields["PROCPOOL_TASK_NAME"] = found[1][index]
         return fields
 
     def _report_drops(self) -> None:
@@ -487,6 +649,31 @@ class LogSink:
             self._append(enc.plain_record(seq, time.time(), 4, "procpoold.journal", message, fields.items()))
 
     # -- the forwarder process ------------------------------------------------------------------
+
+    def keep_watermark(self, path: str) -> None:
+        """Keep the highest seq written in the file ``path`` (in the state folder, once the daemon
+        holds its lock), and read what the previous daemon left there: seqs continue above it,
+        and :attr:`replay_from` holds it. Before any lifecycle event."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(enc.WATERMARK.size)
+            if len(data) == enc.WATERMARK.size:
+                (self.replay_from,) = enc.WATERMARK.unpack(data)
+        except FileNotFoundError:
+            pass
+        with self._lock:
+            self._push()  # (what was logged before: below the watermark, not kept in it)
+            self.seq = max(self.seq, self.replay_from)
+            self._forwarder.watermark = path  # (a forwarder started again gets it on its command line)
+            self._local.keep_watermark(path)
+            if self._mode is _CHILD:
+                self._append_raw(bytes([enc.K_MARK]) + path.encode("utf-8", "surrogateescape"))
+                self._push()
+
+    @property
+    def acked(self) -> int:
+        """The highest seq the forwarder has written (every record up to it is written)."""
+        return self._acked
 
     def start(self, loop: LoopLike) -> None:
         """Hook to the loop (on its thread) and start the forwarder process."""
@@ -556,6 +743,7 @@ class LogSink:
         """Write what is queued (the forwarder, for at most ``timeout`` seconds), stop the
         forwarder, and write synchronously from then on."""
         self._block = False
+        self.seal()
         if self._drop_timer is not None:
             self._drop_timer.cancel()
         self._report_drops()
@@ -620,6 +808,14 @@ class LogSink:
             "forwarder_pid": self.forwarder_pid,
             "forwarder_restarts": self.restarts,
         }
+
+
+def _owner(task_id: str | None) -> int:
+    """Whose records a drop counts against: ``job << 32 | index`` of a task id, 0 for the daemon."""
+    if not task_id:
+        return 0
+    job, _, index = task_id.rpartition(".")
+    return (int(job) << 32) | int(index) if job.isdigit() and index.isdigit() else 0
 
 
 # -- the root logger's handler ---------------------------------------------------------------

@@ -16,7 +16,7 @@ from procpoold.core.jobs import Effects, Job
 from procpoold.core.states import FINAL_TASK_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream, TaskError
 from procpoold.identity import Identity, identity_of, run_as_uid
-from procpoold.scheduler.state import _RETRIED, Ref, SchedulerState, _user_fields, log, task_log
+from procpoold.scheduler.state import _RETRIED, Ref, SchedulerState, log, task_log
 
 
 class Attempts(SchedulerState):
@@ -145,15 +145,8 @@ class Attempts(SchedulerState):
                 t.spec.timeout, lambda: self._on_timeout(executor, attempt_id)
             )
         sink = self.journal
-        if sink is not None:
-            handle = sink.task_log(
-                job.id,
-                t.id,
-                t.spec.name,
-                len(t.attempts),
-                lambda: {"PROCPOOL_JOB_NAME": job.spec.name, **_user_fields(job)},
-            )
-            self._task_logs[attempt_id] = (handle, t)
+        if sink is not None and job.id not in sink.named:
+            self._name_job(sink, job)
         return spec
 
     @staticmethod
@@ -186,12 +179,17 @@ class Attempts(SchedulerState):
             if worker is None:
                 self._touch_pid(job, ref[1])
         # The record is written once the attempt has a process, so it names the worker's pid.
-        message = f'task "{t.spec.name}" attempt {len(t.attempts)} starting'
-        handle = self._task_logs.get(attempt_id)
-        if handle is not None:
-            handle[0].set_worker_pid(pid)
-            handle[0].event(journal.encoding.STARTED)
+        sink = self.journal
+        if sink is not None:
+            number = sink.named.get(job.id)
+            if number is None:
+                number = self._name_job(sink, job)
+            site = self._sites.get(journal.encoding.STARTED)
+            if site is None:
+                site = self._sites[journal.encoding.STARTED] = sink.caller_site()
+            sink.started(number, ref[1], len(t.attempts), pid or 0, site)
         else:
+            message = f'task "{t.spec.name}" attempt {len(t.attempts)} starting'
             fields = {**self._fields(job, ref[1]), "MESSAGE_ID": journal.MessageId.TASK_STARTED}
             if pid is not None:
                 fields["PROCPOOL_WORKER_PID"] = str(pid)
@@ -206,10 +204,7 @@ class Attempts(SchedulerState):
         and ignored. May not block: it runs inside the executor's callback.
         """
         ref = self.attempts.pop(outcome.attempt_id, None)
-        try:
-            self._attempt_finished(ref, outcome)
-        finally:
-            self._task_logs.pop(outcome.attempt_id, None)  # kept until here for the final record
+        self._attempt_finished(ref, outcome)
 
     def attempts_finished(self, outcomes: list[Outcome]) -> None:
         """A batch of outcomes (one drain of the pool's result rings), applied in order.
@@ -219,7 +214,7 @@ class Attempts(SchedulerState):
         dispatch pass for the whole batch. An exception while applying one outcome is logged and
         does not keep the rest of the batch from being applied.
         """
-        attempts, jobs, timeouts, task_logs = self.attempts, self.jobs, self._timeouts, self._task_logs
+        attempts, jobs, timeouts = self.attempts, self.jobs, self._timeouts
         now: float | None = None
         for outcome in outcomes:
             aid = outcome.attempt_id
@@ -246,8 +241,6 @@ class Attempts(SchedulerState):
                 self._apply(job, job.complete(index, now, outcome.result, outcome.exit_code))
             except Exception:
                 log.exception("the outcome of attempt %s could not be applied", aid)
-            finally:
-                task_logs.pop(aid, None)  # kept until here for the final record
         if now is not None:
             self._schedule_pump()  # slots became free
 
@@ -293,14 +286,8 @@ class Attempts(SchedulerState):
         elif outcome.status == "interrupted":
             # The daemon lost the attempt (not the task's doing): run it again without using a retry.
             effects = job.interrupt(index, now, error, self.max_interruptions)
-            task_log.warning(
-                'task "%s" attempt %d interrupted (%s); %s',
-                t.spec.name,
-                len(t.attempts),
-                (error or {}).get("message", "its worker was lost"),
-                "running it again" if effects.ready else "not run again",
-                extra={"journal_fields": {**self._fields(job, index), "MESSAGE_ID": _RETRIED}},
-            )
+            self._retried(job, index, f"interrupted ({(error or {}).get('message', 'its worker was lost')}); "
+                          f"{'running it again' if effects.ready else 'not run again'}")
         else:
             state: TaskState = "timeout" if outcome.status == "timeout" else "failed"
             if state == "timeout" and error is None:
@@ -315,26 +302,31 @@ class Attempts(SchedulerState):
                 delay *= random.uniform(0.8, 1.2)  # jitter: retries of many tasks do not stampede
                 t.error, t.exit_code = error, outcome.exit_code
                 job.retry_later(index, now + delay)
-                task_log.warning(
-                    'task "%s" attempt %d %s; retrying in %.1fs: %s',
-                    t.spec.name,
-                    len(t.attempts),
-                    "timed out" if state == "timeout" else "failed",
-                    delay,
-                    (error or {}).get("message", ""),
-                    extra={
-                        "journal_fields": {
-                            **self._fields(job, index),
-                            "MESSAGE_ID": journal.MessageId.TASK_RETRIED,
-                        }
-                    },
-                )
+                self._retried(job, index, f"{'timed out' if state == 'timeout' else 'failed'}; retrying in "
+                              f"{delay:.1f}s: {(error or {}).get('message', '')}")
                 self._retry_timers[ref] = self.loop.call_later(delay, lambda: self._retry(ref))
                 self._schedule_pump()
                 return
             effects = job.end_unsuccessfully(index, state, now, error, outcome.exit_code)
         self._apply(job, effects)
         self._schedule_pump()  # a slot became free
+
+    def _retried(self, job: Job, index: int, text: str) -> None:
+        """The record of an attempt that ended with its task to run again (``TASK_RETRIED``)."""
+        t = job.tasks[index]
+        sink = self.journal
+        if sink is None:
+            task_log.warning('task "%s" attempt %d %s', t.spec.name, len(t.attempts), text,
+                             extra={"journal_fields": {**self._fields(job, index), "MESSAGE_ID": _RETRIED}})
+            return
+        number = sink.named.get(job.id)
+        if number is None:
+            number = self._name_job(sink, job)
+        site = self._sites.get(journal.encoding.RETRIED)
+        if site is None:
+            site = self._sites[journal.encoding.RETRIED] = sink.caller_site()
+        # (no worker pid: the record is as it was when it went through ``logging``)
+        sink.event(journal.encoding.RETRIED, number, index, len(t.attempts), 0, text, site)
 
     def _retry(self, ref: Ref) -> None:
         """The timer of a retry delay: the task is ready again (an exception here fails the task)."""
@@ -367,21 +359,25 @@ class Attempts(SchedulerState):
     ) -> None:
         """A line of the attempt's output (``stream``) or a log record of its task.
 
-        Loop thread (executor event). Goes to the attempt's journal handle (or through ``logging``
-        without a sink) and into the task's recent lines; ignored for an attempt no longer running.
+        Loop thread (executor event). Goes to the journal's sink (or through ``logging`` without a
+        sink) and into the task's recent lines; ignored for an attempt no longer running.
         Changes nothing that is committed.
         """
-        handle = self._task_logs.get(attempt_id)
-        if handle is not None:  # the fast path: the fields were computed once per attempt
-            handle[1].remember(message)
-            handle[0].line(stream, level, message, fields)
-            return
         ref = self.attempts.get(attempt_id)
         if ref is None:
             return
         job = self.jobs[ref[0]]
         t = job.tasks[ref[1]]
         t.remember(message)
+        sink = self.journal
+        if sink is not None:
+            number = sink.named.get(job.id)
+            if number is None:
+                number = self._name_job(sink, job)
+            attempt = t.attempts[-1] if t.attempts else None
+            pid = attempt.pid if attempt is not None and attempt.pid is not None else 0
+            sink.line(job.id, t.id, number, ref[1], len(t.attempts), pid, stream, level, message, fields)
+            return
         extra = {**self._fields(job, ref[1]), "PROCPOOL_STREAM": stream, **(fields or {})}
         task_log.log(level, "%s", message, extra={"journal_fields": extra})
 

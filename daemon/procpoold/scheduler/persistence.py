@@ -72,6 +72,10 @@ class Persistence(SchedulerState):
         store = self.store
         if store is None:
             return
+        sink = self.journal
+        if sink is not None:
+            sink.seal()  # this iteration's lifecycle events: into this entry (see on_events)
+            store.events_written(sink.acked)
         for job_id, tasks in self._dirty.items():
             job = self.jobs.get(job_id)
             if job is None:

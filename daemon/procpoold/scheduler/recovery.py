@@ -12,6 +12,7 @@ from procpool.contract.tree import parse_job
 from procpoold.core import status
 from procpoold.core.jobs import Effects, FinishedJob, Job, scoped_key
 from procpoold.identity import user_name
+from procpoold.journal.encoding import ITEM_INTS, unpack_events
 from procpoold.scheduler.state import SchedulerState, _job_row, log
 from procpoold.store.protocol import StoredJob
 
@@ -110,6 +111,7 @@ class Recovery(SchedulerState):
         finished.sort(key=lambda e: (e.finished_at, int(e.id)))
         for entry in finished:
             self._index_finished(entry)
+        counts["replayed"] = self._replay_journal()
         self._prune(now)
         for job, effects in resumable:
             if job.state == "pending":
@@ -117,6 +119,56 @@ class Recovery(SchedulerState):
             else:
                 self._apply(job, effects)
         return counts
+
+    def _replay_journal(self) -> int:
+        """Write the lifecycle records that the state log holds and the journal had not written
+        when the previous daemon died (their seqs are above the watermark the journal's forwarder
+        left); returns how many events (a range of starts counts once).
+
+        At least once: a batch the forwarder wrote just before the crash, its watermark not yet,
+        is written again. The events go into this daemon's log anew, at once (the store removed
+        the old log when it opened). A job no longer stored is named by its number only.
+        """
+        sink, store = self.journal, self.store
+        if sink is None or store is None or not store.logged_events:
+            return 0
+        after = sink.replay_from
+        logged, store.logged_events = store.logged_events, []
+        replayed = 0
+        done: set[str] = set()  # jobs named for the replay only (finished, or no longer stored)
+        for first, last, record in logged:
+            if last <= after:
+                continue
+            try:
+                _first, _ts, items, texts = unpack_events(record)
+            except ValueError as exc:
+                log.error("a batch of lifecycle records (seqs %d to %d) in the state log cannot be read: "
+                          "%s; it is not written again", first, last, exc)
+                continue
+            skip = max(after - first + 1, 0)  # the first items of the batch were written
+            items, texts = items[skip * ITEM_INTS :], texts[skip:]
+            for number in sorted(set(items[2::ITEM_INTS])):
+                job_id = str(number)
+                if job_id in sink.named:
+                    continue
+                job = self.jobs.get(job_id)
+                if job is None or job.finished:
+                    done.add(job_id)
+                    job = self._job(job_id)
+                if job is not None:
+                    self._name_job(sink, job)
+                else:
+                    sink.name_job(job_id, {}, [])
+            sink.replay(items, texts)
+            replayed += len(texts)
+        for job_id in sorted(done, key=int):
+            sink.forget_job(job_id)  # (after their events: its names are no longer needed)
+        if replayed:
+            sink.seal()
+            store.flush()  # in the new log at once: the old one is gone (StateStore's recovery)
+            log.warning("%d lifecycle record(s) of the state log had not reached the %s when the daemon "
+                        "stopped: written now", replayed, sink.target)
+        return replayed
 
     def _unrestorable(self, job_id: str, doc: Any, created_at: float, exc: Exception) -> Job:
         """A stored job that cannot be restored, as a job that will end ``failed`` with the reason.

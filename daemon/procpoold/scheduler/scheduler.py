@@ -63,6 +63,34 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
         t = job.tasks[index]
         if t.state == "completed":
             self.counters["completed"] += 1
+        elif t.state not in ("skipped", "cancelled"):
+            self.counters["failed"] += 1
+        sink = self.journal
+        code = journal.encoding.FINAL_EVENTS.get(t.state)
+        if sink is not None and code is not None:  # a few integers in this iteration's events
+            number = sink.named.get(job.id)
+            if number is None:
+                number = self._name_job(sink, job)
+            site = self._sites.get(code)
+            if site is None:
+                site = self._sites[code] = sink.caller_site()
+            attempt = t.attempts[-1] if t.attempts else None
+            pid = attempt.pid if attempt is not None and attempt.pid is not None else 0
+            if code == journal.encoding.COMPLETED:
+                text = ""
+            elif code in (journal.encoding.SKIPPED, journal.encoding.CANCELLED):
+                text = str(t.reason)
+            else:
+                text = (t.error or {}).get("message", "")
+            sink.event(code, number, index, len(t.attempts), pid, text, site)
+        else:
+            self._task_final_record(job, index)
+        self._notify(t.id)
+
+    def _task_final_record(self, job: Job, index: int) -> None:
+        """A task's final record through ``logging`` (no journal sink: tests)."""
+        t = job.tasks[index]
+        if t.state == "completed":
             level, message_id, message = (
                 logging.INFO,
                 journal.MessageId.TASK_COMPLETED,
@@ -74,7 +102,6 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
             )
             level, message = logging.INFO, f'task "{t.spec.name}" {t.state}: {t.reason}'
         else:
-            self.counters["failed"] += 1
             message_id = (
                 journal.MessageId.TASK_TIMED_OUT if t.state == "timeout" else journal.MessageId.TASK_FAILED
             )
@@ -83,16 +110,13 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
                 f'task "{t.spec.name}" {t.state} after {len(t.attempts)} attempt(s): '
                 f"{(t.error or {}).get('message', '')}"
             )
-        attempt = t.attempts[-1] if t.attempts else None
-        handle = self._task_logs.get(attempt.attempt_id) if attempt is not None else None
-        code = journal.encoding.FINAL_EVENTS.get(t.state)
-        if handle is not None and code is not None:  # the attempt's handle: a small event record
-            skipped = code in (journal.encoding.SKIPPED, journal.encoding.CANCELLED)
-            handle[0].event(code, str(t.reason) if skipped else (t.error or {}).get("message", ""))
-        else:
-            fields = {**self._fields(job, index), "MESSAGE_ID": message_id}
-            task_log.log(level, "%s", message, extra={"journal_fields": fields})
-        self._notify(t.id)
+        fields = {**self._fields(job, index), "MESSAGE_ID": message_id}
+        task_log.log(level, "%s", message, extra={"journal_fields": fields})
+
+    def _name_job(self, sink: journal.LogSink, job: Job) -> int:
+        """Send the job's fields and every task name to the journal (once per job); its number."""
+        return sink.name_job(job.id, {"PROCPOOL_JOB_NAME": job.spec.name, **_user_fields(job)},
+                             [t.spec.name for t in job.tasks])
 
     def _run_finished(self, job: Job) -> None:
         now = self.clock()

@@ -22,7 +22,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import DEFAULT_LIMITS, Limits, shorten
 from procpoold import journal
 from procpoold.core import namespace
-from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job, TaskRun
+from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.quota import TaskQuota
 from procpoold.engines import Executor
@@ -75,6 +75,8 @@ class SchedulerState(abc.ABC):
         self.loop = loop
         #: where task output and attempt events go (None: through ``logging``, as in tests)
         self.journal = sink
+        if sink is not None and store is not None:
+            sink.on_events = store.log_events  # each iteration's events go into its durable entry
         #: interruptions of a task by the daemon (restarts, lost workers) that use none of its retries
         self.max_interruptions = max_interruptions
         #: who may name another user in a job ("user"); see job_user()
@@ -112,8 +114,8 @@ class SchedulerState(abc.ABC):
         self._next_id = 1
         self.queues: dict[str, ReadyQueue[Ref]] = {kind: ReadyQueue(aging) for kind in executors}
         self.attempts: dict[str, Ref] = {}
-        #: attempt id -> (its log handle, its task); see procpoold.journal.TaskLog
-        self._task_logs: dict[str, tuple[journal.TaskLog, TaskRun]] = {}
+        #: lifecycle event code -> the journal's site id of the code that sends it
+        self._sites: dict[int, int] = {}
         self._timeouts: dict[str, Timer] = {}
         self._retry_timers: dict[Ref, Timer] = {}
         self._pump_scheduled = False
@@ -139,6 +141,10 @@ class SchedulerState(abc.ABC):
     @abc.abstractmethod
     def _record(self, level: int, message: str, fields: dict[str, str]) -> None:
         """(scheduler) A job's record (submitted, finished) with its journal fields."""
+
+    @abc.abstractmethod
+    def _name_job(self, sink: journal.LogSink, job: Job) -> int:
+        """(scheduler) Send the job's names to the journal (once); returns the job's number."""
 
     @abc.abstractmethod
     def _fields(self, job: Job, index: int) -> dict[str, str]:

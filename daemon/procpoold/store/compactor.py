@@ -39,6 +39,8 @@ JOB = 1  # [JOB, id, state, finished_at, data, summary or None, uid]: a job's ow
 APPEND = 2  # [APPEND, id, seq, entries]: one task_log row (entries: a packed list, or b"")
 SNAPSHOT = 3  # [SNAPSHOT, id, seq, entries]: the job's task_log rows replaced by one row
 DELETE = 4  # [DELETE, [ids], next_job_id]: jobs removed
+EVENTS = 5  # [EVENTS, first seq, last seq, record]: the journal's lifecycle events (not applied:
+#             read back at start for a replay; see procpoold.journal.sink)
 
 #: Records queued for the compactor at most before the loop waits for it (back-pressure).
 MAX_QUEUED = 4096
@@ -90,6 +92,8 @@ class Applier:
                 elif code == DELETE:
                     deleted.extend(op[1])
                     next_job_id = op[2]
+                elif code == EVENTS:
+                    continue
                 else:
                     raise ValueError(f"unknown log operation {code!r}")
         db = self.db
@@ -145,7 +149,8 @@ class Compactor:
         self._applier = Applier(self.db, values)
         self._cond = threading.Condition()
         self._queue: list[tuple[int, list[Any]]] = []
-        self._retired: list[tuple[int, Path]] = []  # closed segments: (their last lsn, path)
+        # closed segments: (their last lsn, path, the highest journal seq of the events they hold)
+        self._retired: list[tuple[int, Path, int]] = []
         self._stopping = False
         self._refill = False
         self._urgent = False  # a read waits: apply now
@@ -153,6 +158,9 @@ class Compactor:
         self._held_back_at = -1  # a checkpoint was held back with this much applied: wait for more
         #: the last record applied (the database holds every record up to it)
         self.applied = applied
+        #: the journal's watermark (set by the loop): a segment holding lifecycle events above it
+        #: is kept, so that the next start can write them if the daemon dies before the journal did
+        self.events_written = 0
         #: why applying failed (then nothing more is applied; the loop stops the daemon)
         self.error: str | None = None
         #: transactions, records applied, and seconds spent applying (for status and benchmarks)
@@ -178,10 +186,11 @@ class Compactor:
             elif len(self._queue) == GATHER_RECORDS:
                 self._cond.notify_all()
 
-    def retire(self, last_lsn: int, segment: Path) -> None:
-        """A closed segment, to remove once its records up to ``last_lsn`` are safely applied."""
+    def retire(self, last_lsn: int, segment: Path, events: int = 0) -> None:
+        """A closed segment, to remove once its records up to ``last_lsn`` are safely applied and
+        the journal has written its lifecycle events up to seq ``events``."""
         with self._cond:
-            self._retired.append((last_lsn, segment))
+            self._retired.append((last_lsn, segment, events))
             self._cond.notify_all()
 
     def refill(self) -> None:
@@ -285,7 +294,8 @@ class Compactor:
         return True
 
     def _removable(self) -> bool:
-        return bool(self._retired) and self._retired[0][0] <= self.applied != self._held_back_at
+        return (bool(self._retired) and self._retired[0][0] <= self.applied != self._held_back_at
+                and self._retired[0][2] <= self.events_written)
 
     def _remove_segments(self) -> None:
         if self.sync != "full":
@@ -300,7 +310,7 @@ class Compactor:
                 self._held_back_at = self.applied  # a reader held it back: the next batch retries
                 return
         with self._cond:
-            ready = [s for s in self._retired if s[0] <= self.applied]
-            self._retired = [s for s in self._retired if s[0] > self.applied]
-        for _lsn, segment in ready:
+            ready = [s for s in self._retired if s[0] <= self.applied and s[2] <= self.events_written]
+            self._retired = [s for s in self._retired if s not in ready]
+        for _lsn, segment, _events in ready:
             segment.unlink(missing_ok=True)

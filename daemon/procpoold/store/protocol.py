@@ -66,6 +66,8 @@ class Store(Protocol):
     log_entries: dict[str, int]
     #: group commits made (records written)
     commits: int
+    #: the journal's lifecycle events the log held at start: (first seq, last seq, packed record)
+    logged_events: list[tuple[int, int, bytes]]
 
     def add_job(
         self,
@@ -96,6 +98,12 @@ class Store(Protocol):
 
     def snapshot_tasks(self, job_id: str, entries: list[Any]) -> None:
         """Queue entries that replace the job's whole task log at the next :meth:`flush`."""
+
+    def log_events(self, first: int, last: int, record: bytes) -> None:
+        """Queue the journal's packed lifecycle events for the next :meth:`flush` (kept, not applied)."""
+
+    def events_written(self, seq: int) -> None:
+        """The journal has written every record up to ``seq`` (log segments may go)."""
 
     @property
     def pending(self) -> bool:

@@ -57,7 +57,7 @@ from typing import Any
 import msgpack
 
 from procpoold.core.jobs import FULL_ENTRY, FinishedJob
-from procpoold.store.compactor import ADD, APPEND, DELETE, JOB, SNAPSHOT, Applier, Compactor
+from procpoold.store.compactor import ADD, APPEND, DELETE, EVENTS, JOB, SNAPSHOT, Applier, Compactor
 from procpoold.store.log import LogCorrupt, LogWriter, read_segment, segment_paths
 from procpoold.store.protocol import StoredJob, StoreError, StoreFailure
 from procpoold.store.values import LARGE_VALUE, LargeValues
@@ -286,6 +286,11 @@ class StateStore:
         self._appends: dict[str, list[Any]] = {}  # job id -> task entries for the next row
         self._snapshots: dict[str, list[Any]] = {}  # job id -> full entries replacing its rows
         self._deletes: list[int] = []
+        self._events: list[list[Any]] = []  # EVENTS ops
+        #: the highest journal seq of the events in the open segment (see Compactor.retire)
+        self._segment_events = 0
+        #: the journal's lifecycle events the log held at start: (first seq, last seq, record)
+        self.logged_events: list[tuple[int, int, bytes]] = []
         self._next_seq: dict[str, int] = {}
         #: task entries in each job's log since its last snapshot (the scheduler compacts by it)
         self.log_entries: dict[str, int] = {}
@@ -339,6 +344,8 @@ class StateStore:
                     lsn, ops = _unpack(payload)
                 except (ValueError, TypeError) as exc:
                     raise LogCorrupt(f"{segment_file}: record {offset} cannot be decoded ({exc})") from None
+                # (applied or not: the journal may not have written them; the daemon decides)
+                self.logged_events.extend((op[1], op[2], op[3]) for op in ops if op[0] == EVENTS)
                 if lsn <= applied:
                     continue
                 if lsn != last + 1:
@@ -462,7 +469,18 @@ class StateStore:
 
     @property
     def pending(self) -> bool:
-        return bool(self._new_jobs or self._dirty_jobs or self._appends or self._snapshots or self._deletes)
+        return bool(self._new_jobs or self._dirty_jobs or self._appends or self._snapshots or self._deletes
+                    or self._events)
+
+    def log_events(self, first: int, last: int, record: bytes) -> None:
+        """Queue the journal's packed lifecycle events (seqs ``first`` to ``last``) for the next
+        :meth:`flush`: kept in the log (not applied), read back at start (:attr:`logged_events`)."""
+        self._events.append([EVENTS, first, last, record])
+
+    def events_written(self, seq: int) -> None:
+        """The journal has written every record up to ``seq``: segments whose events are all at or
+        below it may go."""
+        self.compactor.events_written = seq
 
     def flush(self) -> None:
         """Make every queued change durable as one log record (group commit), then hand it to
@@ -517,6 +535,10 @@ class StateStore:
         if self._deletes:
             ops.append([DELETE, self._deletes, self._next_job_id])
             self._deletes = []
+        if self._events:
+            ops += self._events
+            self._segment_events = max(self._segment_events, self._events[-1][2])
+            self._events = []
         return ops
 
     def _rotate(self) -> None:
@@ -527,7 +549,8 @@ class StateStore:
         except OSError as exc:
             self._fail(exc)
         old.close()
-        self.compactor.retire(self.lsn, old.path)
+        self.compactor.retire(self.lsn, old.path, self._segment_events)
+        self._segment_events = 0
 
     def _fail(self, exc: OSError) -> None:
         full = disk_full(exc)

@@ -281,7 +281,7 @@ def test_ring_records_name_tables_once_and_decode_back() -> None:
         tables = sink.tables()
         sink.forget_job("7")
         assert sink.tables() == b""  # written already (in-process): nothing left to keep
-        assert tables.count(b"PROCPOOL_TASK_ID=7.2") == 1
+        assert tables.count(b"PROCPOOL_JOB_ID=7\n") == 1 and tables.count(b"fetch") == 1
     finally:
         sink.close()
 
