@@ -566,7 +566,7 @@ class Job:
         return effects
 
     def _node_complete(self, node: Node, effects: Effects) -> None:
-        self._complete.add(node)
+        # (``_complete`` is not kept up here: only _rebuild reads it, and it derives it afresh)
         for i in self._waiters.get(node, ()):
             w = self.tasks[i]
             w.waiting -= 1
