@@ -768,8 +768,12 @@ class Plan:
 
 def compile_job(job: JobSpec) -> Plan:
     """Resolve names and sequential order into edges; reject unknown names and cycles."""
-    by_name: dict[str, tuple[str, int]] = {t.name: ("task", t.index) for t in job.tasks}
-    by_name.update({g.name: ("group", g.index) for g in job.groups})
+    # Names are resolved only for depends_on: most jobs have none, and need no table of names.
+    has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
+    by_name: dict[str, tuple[str, int]] = {}
+    if has_edges:
+        by_name = {t.name: ("task", t.index) for t in job.tasks}
+        by_name.update({g.name: ("group", g.index) for g in job.groups})
     preds: dict[tuple[str, int], list[tuple[str, int]]] = {}
 
     def resolve(names: list[str], path: str, me: tuple[str, int]) -> list[tuple[str, int]]:
@@ -796,7 +800,6 @@ def compile_job(job: JobSpec) -> Plan:
 
     # Without depends_on edges the graph is the tree plus sequential chains: it cannot have a cycle.
     plan = Plan(preds, job)
-    has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
     cycle = _find_cycle(plan.graph) if has_edges else None
     if cycle:
         names: list[str] = []

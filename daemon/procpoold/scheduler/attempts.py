@@ -89,9 +89,9 @@ class Attempts(SchedulerState):
         for kind, queue in self.queues.items():
             executor = self.executors[kind]
             free = executor.free_slots()
-            while free > 0 and queue:
+            while free > 0:
                 ref = queue.pop()
-                if ref is None:
+                if ref is None:  # (empty: no len() per task)
                     break
                 job_id, index = ref
                 job = jobs[job_id]
@@ -246,16 +246,23 @@ class Attempts(SchedulerState):
         """A batch of outcomes (one drain of the pool's result rings), applied in order.
 
         Runs on the loop's thread. The same state changes as :meth:`attempt_finished` for each
-        outcome; a completion (most of them) takes a short path: one clock reading and one
-        dispatch pass for the whole batch. An exception while applying one outcome is logged and
-        does not keep the rest of the batch from being applied.
+        outcome; completions (most of them) take a short path: one clock reading and one dispatch
+        pass for the whole batch, and a run of completions of one job is applied together (one
+        :class:`Effects`, one store mark, one enqueue of what they made ready; each task's final
+        record and notification still in order). An exception while applying one outcome is
+        logged and does not keep the rest of the batch from being applied.
         """
         attempts, jobs, timeouts = self.attempts, self.jobs, self._timeouts
         now: float | None = None
+        job: Job | None = None  # the job of the completions gathered in ``effects``
+        effects = Effects()
         for outcome in outcomes:
             aid = outcome.attempt_id
             ref = attempts.get(aid) if outcome.status == "completed" else None
             if ref is None:
+                if job is not None:  # what came before is applied before this one
+                    self._apply_completions(job, effects)
+                    job, effects = None, Effects()
                 try:
                     self.attempt_finished(outcome)
                 except Exception:
@@ -267,19 +274,33 @@ class Attempts(SchedulerState):
                     timer = timeouts.pop(aid, None)
                     if timer is not None:
                         timer.cancel()
-                job = jobs[ref[0]]
-                index = ref[1]
                 if now is None:
                     now = self.clock()
-                attempt = job.tasks[index].running_attempt
-                if attempt is not None:
+                its_job = jobs[ref[0]]
+                if its_job is not job:
+                    if job is not None:
+                        self._apply_completions(job, effects)
+                    job, effects = its_job, Effects()
+                index = ref[1]
+                t = its_job.tasks[index]
+                if t.state == "running" and t.attempts:  # (TaskRun.running_attempt, inline)
+                    attempt = t.attempts[-1]
                     attempt.finished_at, attempt.status = now, "completed"
-                effects = job.complete(index, now, outcome.result, outcome.exit_code)
-                self._apply_completion(job, index, effects)
+                its_job.complete(index, now, outcome.result, outcome.exit_code, into=effects)
             except Exception:
                 log.exception("the outcome of attempt %s could not be applied", aid)
+        if job is not None:
+            self._apply_completions(job, effects)
         if now is not None:
             self._schedule_pump()  # slots became free
+
+    def _apply_completions(self, job: Job, effects: Effects) -> None:
+        """Apply the gathered effects of completions of ``job`` (an exception is logged)."""
+        try:
+            self._apply_completion(job, effects)
+        except Exception:
+            log.exception("the outcomes of %d attempt(s) of job %s could not be applied",
+                          len(effects.finished_tasks), job.id)
 
     def _attempt_finished(self, ref: Ref | None, outcome: Outcome) -> None:
         timer = self._timeouts.pop(outcome.attempt_id, None)

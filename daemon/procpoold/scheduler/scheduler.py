@@ -59,21 +59,22 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
         if effects.ready:
             self._schedule_pump()
 
-    def _apply_completion(self, job: Job, index: int, effects: Effects) -> None:
-        """:meth:`_apply` for the effects of :meth:`Job.complete` of a task whose attempt was running.
+    def _apply_completion(self, job: Job, effects: Effects) -> None:
+        """:meth:`_apply` for the effects of :meth:`Job.complete` of tasks whose attempts were running.
 
         The same steps in the same order, less what cannot apply: such a task is in no ready queue
         (the pump took it out) and has no retry timer (it only has one while waiting to be ready
-        again), and completing a task stops no attempt.
+        again), and completing a task stops no attempt and finishes no other task.
         """
         finished = effects.finished_tasks
         self._touch(job, finished)
         if effects.ready:
             self._enqueue(job, effects.ready)
-        for i in finished:
-            if i != index:
-                self._forget_queued((job.id, i))
-            self._task_final(job, i)
+        for i in finished:  # (one task's failure here spares the others' records: see attempts_finished)
+            try:
+                self._task_final(job, i)
+            except Exception:
+                log.exception("the final record of task %s could not be made", job.tasks[i].id)
         if effects.run_finished:
             self._run_finished(job)
         if effects.ready:

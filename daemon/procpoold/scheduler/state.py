@@ -139,8 +139,8 @@ class SchedulerState(abc.ABC):
         """(scheduler) Carry out a job's state changes: queue, stop, record, notify, pump."""
 
     @abc.abstractmethod
-    def _apply_completion(self, job: Job, index: int, effects: Effects) -> None:
-        """(scheduler) :meth:`_apply` for a running task that completed (``Job.complete``)."""
+    def _apply_completion(self, job: Job, effects: Effects) -> None:
+        """(scheduler) :meth:`_apply` for running tasks that completed (``Job.complete``)."""
 
     @abc.abstractmethod
     def _record(self, level: int, message: str, fields: dict[str, str]) -> None:
