@@ -464,7 +464,7 @@ class _Parser:
                 call = child.get("call")
                 if type(call) is str and call not in callables and _is_callable_ref(call):
                     callables.add(call)
-                task_name = child.get("name", f"{name}.{i}") if len(child) == 2 else f"{name}.{i}"
+                task_name = child["name"] if len(child) == 2 else f"{name}.{i}"  # (2 keys: one is "name")
                 if type(call) is str and call in callables and type(task_name) is str and name_ok(task_name):
                     if shared is None:
                         shared = self._resolved(inner)

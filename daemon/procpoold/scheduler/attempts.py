@@ -209,8 +209,8 @@ class Attempts(SchedulerState):
             return
         job = self.jobs[ref[0]]
         t = job.tasks[ref[1]]
-        attempt = t.running_attempt
-        if attempt is not None:
+        if t.state == "running" and t.attempts:  # (TaskRun.running_attempt, inline)
+            attempt = t.attempts[-1]
             attempt.pid, attempt.worker = pid, worker
             if worker is None:
                 self._touch_pid(job, ref[1])
