@@ -102,10 +102,11 @@ class Attempts(SchedulerState):
                     if now is None:
                         now = self.clock()
                     jp = passes[job_id] = self._job_pass(job, now)
-                batch.append((executor, self._prepare(jp, index, executor)))
+                batch.append((executor, self._prepare(jp, ref, executor)))
                 free -= 1
         if not batch:
             return
+        self.counters["attempts"] += len(batch)
         # Write-ahead: the attempts are recorded as running before any of them starts, so after a
         # crash an attempt that ran is known (and counted) instead of silently run again as new.
         self.flush()
@@ -143,13 +144,13 @@ class Attempts(SchedulerState):
             self._name_job(sink, job)  # its names go to the journal before its first start record
         return _JobPass(job, self._run_as(job), now, self._starts_of(job))
 
-    def _prepare(self, jp: _JobPass, index: int, executor: Executor) -> AttemptSpec:
-        """Mark task ``index`` of ``jp.job`` running with a new attempt and describe that attempt.
+    def _prepare(self, jp: _JobPass, ref: Ref, executor: Executor) -> AttemptSpec:
+        """Mark task ``ref`` of ``jp.job`` running with a new attempt and describe that attempt.
 
         The task's only change is the attempt starting: a small log entry goes to the store
         (written ahead by the pump's flush) unless the task has a bigger change waiting.
         """
-        job = jp.job
+        job, index = jp.job, ref[1]
         t = job.tasks[index]
         task = t.spec
         attempt_id = f"{t.id}@{jp.run}#{len(t.attempts) + 1}"
@@ -177,8 +178,7 @@ class Attempts(SchedulerState):
             jp.run,
             jp.user,
         )
-        self.attempts[attempt_id] = (job.id, index)
-        self.counters["attempts"] += 1
+        self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
                 task.timeout, lambda: self._on_timeout(executor, attempt_id)
