@@ -554,14 +554,22 @@ class Daemon:
         # Keyed as the scheduler notifies (a job id or "12.3"): a wait on "12/name" is one on "12.3".
         job, index = self.scheduler.resolve(ref)
         key = job.id if index is None else job.tasks[index].id
+        entry: tuple[Deferred, Callable[..., None]] | None = None
 
         def answer(built: dict[str, dict[str, Any]] | None = None) -> None:
             """``built``: the finished statuses of ``key`` per view, built once for all its waiters."""
+            nonlocal entry
+            if entry is None:
+                return  # answered already
             waits = self._waits.get(key, {})
             if entry in waits:
                 del waits[entry]
                 if not waits:  # timed out: no empty entry stays behind per reference
                     del self._waits[key]
+            # The entry holds this closure, which holds the entry (and the timer, until cancelled):
+            # let go of both now, so that they are freed at once rather than by the cyclic
+            # garbage collector (a pause every few thousand waits).
+            entry = None
             timer.cancel()
             if deferred.done:
                 return
@@ -576,8 +584,8 @@ class Daemon:
                 deferred.reject(exc)
 
         timer = self.loop.call_later(timeout, answer)
-        entry = (deferred, answer)
-        self._waits.setdefault(key, {})[entry] = None
+        entry = pair = (deferred, answer)
+        self._waits.setdefault(key, {})[pair] = None
         return deferred
 
     def _on_finished(self, ref: str) -> None:

@@ -736,14 +736,17 @@ class Plan:
     """
 
     preds: dict[tuple[str, int], list[tuple[str, int]]]
-    job: JobSpec
+    #: the job's tasks and groups (not the JobSpec, which holds the plan: a job would then refer
+    #: to itself, and stay in memory until Python's cyclic garbage collector ran)
+    tasks: list[TaskSpec]
+    groups: list[GroupSpec]
     _graph: dict[tuple[str, int, str], list[tuple[str, int, str]]] | None = None
 
     @property
     def graph(self) -> dict[tuple[str, int, str], list[tuple[str, int, str]]]:
         """The start/end graph used for the cycle check (built on first use; see compile_job)."""
         if self._graph is None:
-            self._graph = _graph(self.job, self.preds)
+            self._graph = _graph(self.tasks, self.groups, self.preds)
         return self._graph
 
     def start_order(self) -> list[int]:
@@ -795,7 +798,7 @@ def compile_job(job: JobSpec) -> Plan:
                 preds[cur].append(prev)
 
     # Without depends_on edges the graph is the tree plus sequential chains: it cannot have a cycle.
-    plan = Plan(preds, job)
+    plan = Plan(preds, job.tasks, job.groups)
     has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
     cycle = _find_cycle(plan.graph) if has_edges else None
     if cycle:
@@ -817,7 +820,7 @@ def compile_job(job: JobSpec) -> Plan:
 
 
 def _graph(
-    job: JobSpec, preds: dict[tuple[str, int], list[tuple[str, int]]]
+    tasks: list[TaskSpec], groups: list[GroupSpec], preds: dict[tuple[str, int], list[tuple[str, int]]]
 ) -> dict[tuple[str, int, str], list[tuple[str, int, str]]]:
     """Start/end vertices: a group starts before its children and ends after them; a task's
     start and end are one vertex. An edge p -> n reads "end(p) before start(n)"."""
@@ -829,14 +832,14 @@ def _graph(
         return (n[0], n[1], "e" if n[0] == "group" else "t")
 
     graph: dict[tuple[str, int, str], list[tuple[str, int, str]]] = {}
-    for g in job.groups:
+    for g in groups:
         for child in g.children:
             graph.setdefault(start(("group", g.index)), []).append(start(child))
             graph.setdefault(end(child), []).append(end(("group", g.index)))
     for node, ps in preds.items():
         for p in ps:
             graph.setdefault(end(p), []).append(start(node))
-    for t in job.tasks:  # tasks outside every group and edge still belong to the graph
+    for t in tasks:  # tasks outside every group and edge still belong to the graph
         graph.setdefault(start(("task", t.index)), [])
     return graph
 
