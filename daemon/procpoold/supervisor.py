@@ -549,7 +549,13 @@ class Daemon:
         ``extra`` is merged into the answer (submit-and-wait replies with the submit result too).
         """
         if self.scheduler.is_finished(ref) or timeout <= 0:
-            return {**(extra or {}), **self.scheduler.finished_status(ref, view)}
+            reply = {**(extra or {}), **self.scheduler.finished_status(ref, view)}
+            if self.scheduler.durable_now():
+                return reply
+            # It ended in this iteration, and its commit is still to come: answer after it.
+            pending = Deferred()
+            self.scheduler.when_durable(lambda: pending.resolve(reply))
+            return pending
         deferred = Deferred()
         # Keyed as the scheduler notifies (a job id or "12.3"): a wait on "12/name" is one on "12.3".
         job, index = self.scheduler.resolve(ref)
@@ -591,8 +597,11 @@ class Daemon:
     def _on_finished(self, ref: str) -> None:
         waits = self._waits.pop(ref, None)  # called for every task: usually nobody waits
         if waits:
-            # each status is built by the first waiter that asks for its view (an error reaches each)
-            self._answer_waits(deque(waits), {})
+            # Each status is built by the first waiter that asks for its view (an error reaches
+            # each), once the commit that holds the end is written: an answer must not report what
+            # a crash before the commit would undo.
+            queue = deque(waits)
+            self.scheduler.when_durable(lambda: self._answer_waits(queue, {}))
 
     def _answer_waits(
         self, waits: deque[tuple[Deferred, Callable[..., None]]], built: dict[str, dict[str, Any]]

@@ -354,3 +354,25 @@ def test_the_scheduler_never_hands_out_a_deleted_jobs_id_again(tmp_path: Path) -
     assert job.id == "3"
     loop.close()
     store.close()
+
+
+def test_an_answer_about_an_end_waits_for_the_commit_that_holds_it(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    job, _ = scheduler.submit({"name": "j", "root": {"cmd": ["true"]}})
+    loop.run_once(0)
+    assert scheduler.durable_now()
+    seen: list[list[Any]] = []
+    spec = executor.submitted[0]
+    executor.running.discard(spec.attempt_id)
+    scheduler.attempt_finished(Outcome(spec.attempt_id, "completed", result=1))
+    assert scheduler.is_finished(job.id) and not scheduler.durable_now()
+    # What a waiter is told is read back from the store at the moment it is told.
+    scheduler.when_durable(lambda: seen.append(stored_log(store, job.id)))
+    assert seen == []  # the end is not written yet: no answer
+    loop.run_once(0)
+    assert len(seen) == 1 and seen[0][-1][:2] == [DONE_ENTRY, 0]
+    scheduler.when_durable(lambda: seen.append([]))  # nothing pending: at once
+    assert len(seen) == 2
+    loop.close()
+    store.close()
