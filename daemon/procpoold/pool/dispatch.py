@@ -216,6 +216,7 @@ class Dispatch(PoolState):
         async_calls, fn_mean = self._async_calls, self._fn_mean
         kept: dict[int | None, int] = {}
         queued: set[int | None] | None = None
+        due = self._due_on_start
         while pending:
             spec = pending.popleft()
             fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
@@ -232,6 +233,17 @@ class Dispatch(PoolState):
             run = w.running[spec.attempt_id] = Running(spec, is_async, short)
             if len(w.running) == 1:
                 alone.append((w, run))
+            head = is_async or w.sync_running == 0  # it starts now (else when those ahead end)
+            if is_async:
+                run.started = now
+            elif head:
+                w.head_since = now
+            if due and spec.attempt_id in due:
+                due.discard(spec.attempt_id)
+                run.timeout_due = True
+                w.timeouts_due += 1
+                if head:
+                    self._timeout_from_start(w, run)
             if not is_async:
                 w.sync_running += 1
                 if not short:

@@ -51,6 +51,9 @@ class PoolState(abc.ABC):
         self._all: set[WorkerSlot] = set()
         self._where: dict[str, WorkerSlot] = {}
         self._pending: deque[AttemptSpec] = deque()
+        #: Attempts still queued here whose timeout ran out before they started: their timeout
+        #: counts from their start instead (see :meth:`PoolExecutor.stop_attempt`).
+        self._due_on_start: set[str] = set()
         #: Functions known to be ``async def``, and the mean run time of each sync function (moving
         #: average of ``done.d``): a worker says so, so each user's tasks speak only for that user's
         #: functions (keys: the call, or (uid, call) for an attempt of another user than the daemon's).
@@ -142,3 +145,11 @@ class PoolState(abc.ABC):
     @abc.abstractmethod
     def _finish(self, outcome: Outcome) -> None:
         """(messages) Report an outcome to the scheduler."""
+
+    @abc.abstractmethod
+    def _catch_up(self, w: WorkerSlot) -> None:
+        """(messages) Read the worker's result ring now, reporting what it holds in a later callback."""
+
+    @abc.abstractmethod
+    def _timeout_from_start(self, w: WorkerSlot, run: Running) -> None:
+        """(pool) The attempt started: arm its timeout if it ran out while the attempt was queued."""
