@@ -18,7 +18,7 @@ import msgpack
 
 from procpoold.engines import AttemptSpec
 from procpoold.identity import run_as_uid
-from procpoold.pool.protocol import CALL, WAKE
+from procpoold.pool.protocol import CALL, CANCEL, WAKE
 from procpoold.pool.ring import RingError
 from procpoold.pool.slot import Running, WorkerSlot, WorkerState
 from procpoold.pool.state import PoolState
@@ -41,6 +41,10 @@ PREWAKE_WINDOW = 0.005
 #: Attempts one dispatch pass leaves queued before it stops looking further (with several users
 #: the queue may hold many attempts that no worker can take yet).
 KEEP_SCAN = 4096
+#: A worker left idle with nothing queued in the pool takes the last attempt queued on a busy
+#: worker when the attempts ahead of it there are expected to take at least this long (s): the
+#: end of a job is not held up by one worker's queue while another waits (see ``_rebalance``).
+STEAL_AHEAD = 0.001
 
 
 class Dispatch(PoolState):
@@ -288,6 +292,57 @@ class Dispatch(PoolState):
                 # Enough: let the next poll run (due at once: monotonic time 0 is in the past), so
                 # the control socket and timers get their turn between chained round trips.
                 loop.call_at(0.0, self._spin)
+
+    def _rebalance_soon(self) -> None:
+        """A worker went idle: look for queued work to move to it once the scheduler has had its
+        turn (in the next loop iteration: new attempts, if any, go to it first)."""
+        if not self._rebalance_due and self._loop is not None and not self._closing:
+            self._rebalance_due = True
+            self._loop.call_at(0.0, self._rebalance)
+
+    def _rebalance(self) -> None:
+        """Idle workers and nothing queued in the pool: each idle worker takes the last attempt
+        queued on a busy worker of its identity behind at least two others (expected to take
+        :data:`STEAL_AHEAD` or more), so that the tail of a job is shared. The busy worker is
+        sent a ``CANCEL`` for it: it drops the call when it gets there (it reads its ring before
+        each queued call), and the daemon drops the late "stopped" word. Safe: its ring is read
+        first (results it pushed without a wakeup), so the attempt is two calls or more away from
+        starting there; the cancel is in its ring long before."""
+        self._rebalance_due = False
+        if self._pending or self._closing or self._broken:
+            return
+        fn_mean = self._fn_mean
+        for w in list(self._slots.values()):
+            if (w is None or w.state is not _IDLE or w.retire or w.closed or w.log_paused
+                    or w.backlog):
+                continue
+            donor: WorkerSlot | None = None
+            for d in self._slots.values():
+                if (d is None or d is w or d.state is not _BUSY or d.closed or d.violated
+                        or d.unshort or d.sync_running < 3 or d.sync_running != len(d.running)
+                        or not (d.user is w.user or w.serves(d.user))
+                        or (w.unclean and w.job != d.job)
+                        or (donor is not None and d.sync_running <= donor.sync_running)):
+                    continue
+                donor = d
+            if donor is None:
+                continue
+            self._catch_up(donor)
+            if donor.closed or donor.violated or donor.sync_running < 3:
+                continue
+            run = next(reversed(donor.running.values()))
+            spec = run.spec
+            fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
+            if (run.is_async or run.stop is not None
+                    or fn_mean.get(fn, 0.0) * (donor.sync_running - 1) < STEAL_AHEAD):
+                continue
+            self._detach(donor, spec.attempt_id)
+            self._send(donor, [_packb([CANCEL, spec.attempt_id])])
+            if run.timeout_due:
+                self._due_on_start.add(spec.attempt_id)
+            self._stats["rebalanced"] += 1
+            self._pending.appendleft(spec)
+        self._schedule_dispatch()
 
     def _send(self, w: WorkerSlot, msgs: list[bytes]) -> None:
         """Push to the worker's request ring in order, queueing what does not fit yet."""

@@ -327,6 +327,8 @@ class MessageHandling(PoolState):
             w.state = _IDLE  # BUSY -> IDLE
             self._idle_seq += 1
             w.idle_since = self._idle_seq
+            if not self._pending:
+                self._rebalance_soon()
         return run
 
     def _finish(self, outcome: Outcome) -> None:

@@ -66,6 +66,7 @@ class PoolState(abc.ABC):
         self._backoff = BACKOFF_START
         self._dispatch_soon = False
         self._spin_due = False
+        self._rebalance_due = False
         self._last_dispatched: WorkerSlot | None = None
         self._chain = 0
         self._chain_tick = 0.0
@@ -74,7 +75,7 @@ class PoolState(abc.ABC):
         self._broken: str | None = None
         self._started_at = time.monotonic()
         self._stats = {"dispatched": 0, "completed": 0, "failed": 0, "deaths": 0, "recycled": 0,
-                       "prewakes": 0, "prewakes_used": 0}
+                       "prewakes": 0, "prewakes_used": 0, "rebalanced": 0}
         #: When wakes for an expected attempt ran out unused (the last second's).
         self._prewake_waste: deque[float] = deque()
         #: seconds from push to result of attempts sent to an otherwise empty worker (newest last),
@@ -145,6 +146,10 @@ class PoolState(abc.ABC):
     @abc.abstractmethod
     def _finish(self, outcome: Outcome) -> None:
         """(messages) Report an outcome to the scheduler."""
+
+    @abc.abstractmethod
+    def _rebalance_soon(self) -> None:
+        """(dispatch) A worker went idle: move queued work to it (next loop iteration)."""
 
     @abc.abstractmethod
     def _catch_up(self, w: WorkerSlot) -> None:

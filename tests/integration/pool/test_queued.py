@@ -119,3 +119,34 @@ def test_stopping_an_attempt_the_worker_went_on_to_interrupts_it(make_pool: type
     assert outcomes[1].error.type.endswith("TaskInterrupted"), outcomes[1].error
     assert [o.status for o in outcomes[2:]] == ["completed"] * 3
     assert all(pool.events.finish_count[a] == 1 for a in [first, second, *rest])
+
+
+def test_an_idle_worker_takes_the_tail_of_a_busy_workers_queue(make_pool: type, tmp_path: Path) -> None:
+    """Nothing left in the pool's queue: a worker that runs dry takes the last attempt queued on
+    a busy worker (behind two others or more), which drops it; each attempt runs once."""
+    pool = make_pool(workers=2, prefetch_budget=0.1)  # 10 ms calls: up to 10 per worker
+    pool.idle_workers(2)
+    for _ in range(4):
+        assert pool.call("sleep", 0.01).status == "completed"
+    _open(tmp_path / "warm")
+    assert pool.call("mark_then_wait", str(tmp_path / "w"), str(tmp_path / "warm")).result == "through"
+    gate_a, gate_b = tmp_path / "a", tmp_path / "b"
+    head_a = pool.submit("mark_then_wait", str(tmp_path / "a-started"), str(gate_a))
+    head_b = pool.submit("mark_then_wait", str(tmp_path / "b-started"), str(gate_b))
+    queued = [pool.submit("sleep", 0.01) for _ in range(6)]
+    pool.run_until(lambda: all(a in pool.events.started for a in [head_a, head_b, *queued]))
+    pid_a, pid_b = pool.events.started[head_a][0], pool.events.started[head_b][0]
+    on_a = [a for a in queued if pool.events.started[a][0] == pid_a]
+    assert len(on_a) == 3, pool.events.started  # (the dispatch spreads them)
+    _open(gate_b)
+    # B runs its queue dry, then takes A's queued attempts but the first one behind A's head.
+    pool.run_until(lambda: all(a in pool.events.finished for a in queued if a not in on_a[:1]),
+                   what="B to run its queue and the tail of A's")
+    assert head_a not in pool.events.finished and on_a[0] not in pool.events.finished
+    assert all(pool.events.started[a][0] == pid_b for a in on_a[1:])
+    assert pool.pool.info()["rebalanced"] == 2
+    _open(gate_a)
+    outcomes = pool.wait(head_a, head_b, *queued)
+    assert [o.status for o in outcomes] == ["completed"] * 8
+    assert all(pool.events.finish_count[a] == 1 for a in [head_a, head_b, *queued])
+    assert pool.call("add", 1, 2).result == 3  # A dropped the calls it lost, and goes on
