@@ -311,7 +311,6 @@ class Dispatch(PoolState):
         self._rebalance_due = False
         if self._pending or self._closing or self._broken:
             return
-        fn_mean = self._fn_mean
         for w in list(self._slots.values()):
             if (w is None or w.state is not _IDLE or w.retire or w.closed or w.log_paused
                     or w.backlog):
@@ -325,17 +324,13 @@ class Dispatch(PoolState):
                         or (donor is not None and d.sync_running <= donor.sync_running)):
                     continue
                 donor = d
-            if donor is None:
+            if donor is None or not self._worth_taking(donor):
                 continue
-            self._catch_up(donor)
-            if donor.closed or donor.violated or donor.sync_running < 3:
+            self._catch_up(donor)  # (results it pushed without a wakeup: its books are current)
+            if donor.closed or donor.violated or not self._worth_taking(donor):
                 continue
             run = next(reversed(donor.running.values()))
             spec = run.spec
-            fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
-            if (run.is_async or run.stop is not None
-                    or fn_mean.get(fn, 0.0) * (donor.sync_running - 1) < STEAL_AHEAD):
-                continue
             self._detach(donor, spec.attempt_id)
             self._send(donor, [_packb([CANCEL, spec.attempt_id])])
             if run.timeout_due:
@@ -343,6 +338,18 @@ class Dispatch(PoolState):
             self._stats["rebalanced"] += 1
             self._pending.appendleft(spec)
         self._schedule_dispatch()
+
+    def _worth_taking(self, donor: WorkerSlot) -> bool:
+        """Whether the last attempt queued on ``donor`` is two or more behind its head, and those
+        ahead of it are expected to take :data:`STEAL_AHEAD` or more."""
+        n = donor.sync_running
+        if n < 3 or n != len(donor.running):
+            return False
+        run = next(reversed(donor.running.values()))
+        spec = run.spec
+        fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
+        return (not run.is_async and run.stop is None
+                and self._fn_mean.get(fn, 0.0) * (n - 1) >= STEAL_AHEAD)
 
     def _send(self, w: WorkerSlot, msgs: list[bytes]) -> None:
         """Push to the worker's request ring in order, queueing what does not fit yet."""
