@@ -318,6 +318,7 @@ class Dispatch(PoolState):
             donor: WorkerSlot | None = None
             for d in self._slots.values():
                 if (d is None or d is w or d.state is not _BUSY or d.closed or d.violated
+                        or d.log_paused  # (its ring is not read: its books may lag any amount)
                         or d.unshort or d.sync_running < 3 or d.sync_running != len(d.running)
                         or not (d.user is w.user or w.serves(d.user))
                         or (w.unclean and w.job != d.job)
