@@ -301,13 +301,16 @@ class Dispatch(PoolState):
             self._loop.call_at(0.0, self._rebalance)
 
     def _rebalance(self) -> None:
-        """Idle workers and nothing queued in the pool: each idle worker takes the last attempt
-        queued on a busy worker of its identity behind at least two others (expected to take
+        """An idle worker and nothing queued in the pool: take from a busy worker of its
+        identity the last attempt queued there behind at least two others (expected to take
         :data:`STEAL_AHEAD` or more), so that the tail of a job is shared. The busy worker is
-        sent a ``CANCEL`` for it: it drops the call when it gets there (it reads its ring before
-        each queued call), and the daemon drops the late "stopped" word. Safe: its ring is read
-        first (results it pushed without a wakeup), so the attempt is two calls or more away from
-        starting there; the cancel is in its ring long before."""
+        sent a ``CANCEL`` for it first, then its result ring is read (results it pushed without
+        a wakeup): if the attempt is still two calls or more behind the one the worker runs, the
+        worker reads the cancel before it can get to it (it reads its ring before each queued
+        call) and drops it, so the attempt goes back to the front of the pool's queue at once.
+        Otherwise it moves only when the worker says it dropped it (``_on_done``); had it
+        started there after all, it ends there as any attempt. It never runs twice. One attempt
+        moves at a time."""
         self._rebalance_due = False
         if self._pending or self._closing or self._broken:
             return
@@ -319,6 +322,7 @@ class Dispatch(PoolState):
             for d in self._slots.values():
                 if (d is None or d is w or d.state is not _BUSY or d.closed or d.violated
                         or d.log_paused  # (its ring is not read: its books may lag any amount)
+                        or d.backlog  # (a cancel would wait outside its ring)
                         or d.unshort or d.sync_running < 3 or d.sync_running != len(d.running)
                         or not (d.user is w.user or w.serves(d.user))
                         or (w.unclean and w.job != d.job)
@@ -327,18 +331,25 @@ class Dispatch(PoolState):
                 donor = d
             if donor is None or not self._worth_taking(donor):
                 continue
-            self._catch_up(donor)  # (results it pushed without a wakeup: its books are current)
-            if donor.closed or donor.violated or not self._worth_taking(donor):
-                continue
             run = next(reversed(donor.running.values()))
-            spec = run.spec
-            self._detach(donor, spec.attempt_id)
-            self._send(donor, [_packb([CANCEL, spec.attempt_id])])
-            if run.timeout_due:
-                self._due_on_start.add(spec.attempt_id)
+            aid = run.spec.attempt_id
+            # The cancel first: it is in the worker's ring before its results are read below.
+            self._send(donor, [_packb([CANCEL, aid])])
             self._stats["rebalanced"] += 1
-            self._pending.appendleft(spec)
-        self._schedule_dispatch()
+            self._catch_up(donor)  # (results it pushed without a wakeup: its books are current)
+            if self._where.get(aid) is not donor:
+                return
+            if not donor.closed and donor.sync_running >= 3:
+                # Two calls or more from starting there: the worker reads the cancel before it
+                # gets to it, and drops it (its late "stopped" word is dropped here).
+                self._detach(donor, aid)
+                if run.timeout_due:
+                    self._due_on_start.add(aid)
+                self._pending.appendleft(run.spec)
+                self._schedule_dispatch()
+            else:
+                run.moving = True  # moves when the worker says it dropped it (_on_done)
+            return  # one at a time: the next idle worker looks again once this one is busy
 
     def _worth_taking(self, donor: WorkerSlot) -> bool:
         """Whether the last attempt queued on ``donor`` is two or more behind its head, and those
@@ -349,7 +360,7 @@ class Dispatch(PoolState):
         run = next(reversed(donor.running.values()))
         spec = run.spec
         fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
-        return (not run.is_async and run.stop is None
+        return (not run.is_async and run.stop is None and not run.moving
                 and self._fn_mean.get(fn, 0.0) * (n - 1) >= STEAL_AHEAD)
 
     def _send(self, w: WorkerSlot, msgs: list[bytes]) -> None:

@@ -18,10 +18,11 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpoold.engines import Outcome, TaskError
+from procpoold.engines import NOT_STARTED, Outcome, TaskError
 from procpoold.pool.protocol import (
     DONE,
     F_ASYNC,
+    F_STOPPED,
     F_UNCLEAN,
     LOG,
     PROGRESS,
@@ -263,6 +264,16 @@ class MessageHandling(PoolState):
         _, aid, ok, value, flags, took = msg
         run = w.running.get(aid)
         if run is None:
+            return
+        if run.moving and not ok and flags & F_STOPPED and type(value) is dict \
+                and value.get("type") == NOT_STARTED:
+            # Asked back for an idle worker (rebalance), and dropped before it started: it goes
+            # to the front of the pool's queue (not reported: it has not run).
+            self._detach(w, aid)
+            if run.timeout_due:
+                self._due_on_start.add(aid)
+            self._pending.appendleft(run.spec)
+            self._schedule_dispatch()
             return
         if run.sent:
             (self._woken_trips if run.woken else self._round_trips).append(self._popped_at - run.sent)

@@ -159,6 +159,9 @@ class Running:
     #: is stopped ``timeout`` after it starts instead (``timeout_timer``).
     timeout_due: bool = False
     timeout_timer: Timer | None = None
+    #: Queued here and asked back (``CANCEL``) for an idle worker: it moves there once this
+    #: worker says it dropped it (see ``Dispatch._rebalance``).
+    moving: bool = False
 
 
 class WorkerSlot:

@@ -150,3 +150,24 @@ def test_an_idle_worker_takes_the_tail_of_a_busy_workers_queue(make_pool: type, 
     assert [o.status for o in outcomes] == ["completed"] * 8
     assert all(pool.events.finish_count[a] == 1 for a in [head_a, head_b, *queued])
     assert pool.call("add", 1, 2).result == 3  # A dropped the calls it lost, and goes on
+
+
+def test_an_attempt_asked_back_moves_once_the_worker_dropped_it(make_pool: type, tmp_path: Path) -> None:
+    """The slow way of a move (the books showed the attempt too close to its start to take it at
+    once): the worker drops the call when it gets to it, says so, and the attempt goes back to
+    the pool's queue and runs (here on the same worker, the only one), once."""
+    import msgpack
+
+    from procpoold.pool.protocol import CANCEL
+
+    pool = make_pool(workers=1)
+    head, queued, gate, marker = _queue_behind(pool, tmp_path)
+    w = pool.pool._where[queued]
+    w.running[queued].moving = True
+    pool.pool._send(w, [msgpack.packb([CANCEL, queued])])
+    _open(gate)
+    assert pool.wait(head)[0].result == "through"
+    _open(tmp_path / "never")  # (the queued attempt waits for this gate once it runs)
+    out = pool.wait(queued)[0]
+    assert out.status == "completed" and out.result == "through"
+    assert marker.exists() and pool.events.finish_count[queued] == 1
