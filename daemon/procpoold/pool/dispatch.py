@@ -296,9 +296,13 @@ class Dispatch(PoolState):
     def _rebalance_soon(self) -> None:
         """A worker went idle: look for queued work to move to it once the scheduler has had its
         turn (in the next loop iteration: new attempts, if any, go to it first)."""
-        if not self._rebalance_due and self._loop is not None and not self._closing:
-            self._rebalance_due = True
-            self._loop.call_at(0.0, self._rebalance)
+        if self._rebalance_due or self._loop is None or self._closing:
+            return
+        for d in self._slots.values():  # (no loop iteration spent when there is nothing to take)
+            if d is not None and d.state is _BUSY and self._worth_taking(d):
+                self._rebalance_due = True
+                self._loop.call_at(0.0, self._rebalance)
+                return
 
     def _rebalance(self) -> None:
         """An idle worker and nothing queued in the pool: take from a busy worker of its
