@@ -255,6 +255,7 @@ class Compactor:
                 return
             if self._removable():
                 self._remove_segments()
+            self.values.release()
             if refill:
                 try:
                     self.values.refill()
