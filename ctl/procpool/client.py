@@ -48,8 +48,6 @@ from procpool.contract.status import FORMAT_COLUMNS, CancelReply, JobStatus, Pin
 
 #: Longest single server-side wait; longer waits are split so a dead daemon is noticed.
 _WAIT_SLICE = 30.0
-#: A reply this large is decoded from ZeroMQ's buffer in place, not from a copy of it.
-_IN_PLACE_BYTES = 64 * 1024
 
 
 class Client:
@@ -144,11 +142,7 @@ class Client:
                 # Drop the socket: a late reply must not be read as the answer to the next call.
                 self.close()
                 raise DaemonUnreachable(os.fspath(self.socket_path), limit)
-            frame = sock.recv(copy=False)
-            reply = decode_reply(
-                frame.buffer if len(frame) >= _IN_PLACE_BYTES else frame.bytes, max_size=sys.maxsize
-            )
-            del frame
+            reply = decode_reply(sock.recv(), max_size=sys.maxsize)
             if reply.id != request_id and not (reply.id is None and reply.error is not None):
                 continue  # not ours (a late answer cannot come: a timeout closes the socket)
             if reply.error is not None:

@@ -190,7 +190,7 @@ class Reply:
     error: ProcpoolError | None = None
 
 
-def decode_reply(data: bytes | memoryview, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Reply:
+def decode_reply(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Reply:
     """Decode a reply frame (client side); a malformed reply raises :class:`ProcpoolError`."""
     if len(data) > max_size:
         raise ProcpoolError(ErrorCode.TOO_LARGE, f"reply of {len(data)} bytes exceeds {max_size} bytes")
