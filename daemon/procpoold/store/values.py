@@ -20,9 +20,9 @@ take fresh pages: on a virtual machine whose host reclaims the guest's free memo
 costs a fault in the host, about ten times the copy (a 1 MiB value file written in ~3 ms instead
 of ~0.3 ms, ``docs/state.md``). So the compactor hands the pages of written values back
 (:meth:`LargeValues.release`): ``POSIX_FADV_DONTNEED`` once to start their write-back (dirty
-pages are not dropped), and again :data:`COOL_SECONDS` later, when they are clean, to drop
-them; the next values reuse those pages while they are still warm. A value read
-later comes from the disk.
+pages are not dropped), and again after its first batch :data:`COOL_SECONDS` or more later,
+when they are clean, to drop them (no timer: an idle daemon leaves the last ones cached); the
+next values reuse those pages while they are still warm. A value read later comes from the disk.
 
 Threads: :meth:`put` and :meth:`get` run on the loop thread; :meth:`drop_job`,
 :meth:`drop_logs` and :meth:`release` on the compactor thread (after the commit that dropped or
