@@ -598,13 +598,39 @@ def _check_limits(limits: Limits, key: str, value: Any, where: str) -> None:
         if not value:
             return
         try:
-            size = len(pack(value))
+            size = packed_size(value)
         except (OverflowError, TypeError, ValueError) as exc:
             raise TreeError(path, f"cannot be encoded: {shorten(str(exc))}") from None
         setting = "max_namespace_bytes" if key == "namespace" else "max_args_bytes"
         if size > getattr(limits, setting):
             what = "the initial namespace" if key == "namespace" else f"{key} encoded"
             raise TreeError(path, limits.exceeded(what, size, setting))
+
+
+def _header(n: int, small: int) -> int:
+    """Bytes of a msgpack array or map header (``small``: the largest "fix" length)."""
+    return 1 if n <= small else 3 if n < 0x10000 else 5
+
+
+def packed_size(value: Any) -> int:
+    """``len(pack(value))`` without a copy of its ``bytes``: arguments and namespaces are measured
+    against their limits, and a large ``bytes`` value (a 1 MiB argument) would otherwise be copied
+    only to be counted. The containers of the top level (the args list, the kwargs map) are walked
+    here; anything else that is not ``bytes`` is packed to be measured (and to raise as ``pack``
+    does when it cannot be encoded)."""
+    if type(value) is list or type(value) is tuple:
+        return _header(len(value), 15) + sum(_item_size(item) for item in value)
+    if type(value) is dict:
+        return _header(len(value), 15) + sum(_item_size(k) + _item_size(v) for k, v in value.items())
+    return _item_size(value)
+
+
+def _item_size(value: Any) -> int:
+    if type(value) is bytes:
+        n = len(value)
+        if n < 0x100000000:
+            return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
+    return len(pack(value))
 
 
 def _utf8_len(text: str) -> int:

@@ -515,9 +515,6 @@ class StateStore:
         self.lsn += 1
         self.commits += 1
         self.compactor.submit(self.lsn, ops)
-        if self.values.used:
-            self.values.used = False
-            self.compactor.refill()
         if self.writer.size >= SEGMENT_BYTES:
             self._rotate()
         self.commit_seconds += time.perf_counter() - started
