@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from procpool.contract.version import __version__
-from procpoold import systemd
+from procpoold import malloc, systemd
 from procpoold.config import LOG_LEVELS, ConfigError, load
 from procpoold.control.server import BindError
 from procpoold.journal import setup_logging
@@ -68,6 +68,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
 
     SIGTERM or SIGINT stops it gracefully; it exits 0 and removes its socket.
     """
+    malloc.tune()  # first: the zygote and the workers forked later inherit it
     overrides = {
         "socket": options["socket_path"],
         "state_dir": options["state_dir"],

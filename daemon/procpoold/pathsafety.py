@@ -30,18 +30,25 @@ def unsafe_folder(path: str, *, imports: bool, owner_uid: int | None = None) -> 
 
     ``imports``: the folder goes on ``sys.path`` (stricter, see the module docstring).
     ``owner_uid``: the uid the task runs as (None: this process's), for the ownership rule.
+
+    Every call looks at the file system again (nothing is cached: a folder may be made unsafe at
+    any time). A normalized path without symlinks costs one ``lstat`` per component; otherwise
+    the path is resolved first (``realpath``) and each folder of the result is looked at.
     """
     if "\x00" in path:
         return "contains a NUL byte"
     if not os.path.isabs(path):
         return None  # resolved against the task's cwd (checked itself); a worker checks it resolved
-    real = os.path.realpath(path)
     uid = os.geteuid() if owner_uid is None else owner_uid
+    chain = _plain_chain(path)
+    if chain is None:
+        real = os.path.realpath(path)
+        chain = [(folder, _stat(folder)) for folder in _self_and_ancestors(real)]
+    else:
+        real = path
     missing = False
-    for folder in _self_and_ancestors(real):
-        try:
-            st = os.stat(folder)
-        except OSError:
+    for folder, st in chain:
+        if st is None:
             missing = True
             continue  # not there (yet): the import or chdir reports it
         if not stat.S_ISDIR(st.st_mode):
@@ -67,6 +74,42 @@ def unsafe_folder(path: str, *, imports: bool, owner_uid: int | None = None) -> 
         elif others_write and not sticky:
             return f"{_short(folder)} (above {_short(real)}) is writable by every user and not sticky"
     return None
+
+
+def _stat(folder: str) -> os.stat_result | None:
+    try:
+        return os.stat(folder)
+    except OSError:
+        return None
+
+
+def _plain_chain(path: str) -> list[tuple[str, os.stat_result | None]] | None:
+    """``path`` and its ancestors with their ``lstat`` (None: not there), deepest first, when
+    ``path`` is normalized and none of its existing components is a symlink: then it is its own
+    real path and these are what ``stat`` of each would say. None otherwise (resolve it first).
+
+    Looked at from the root down: below a component that is missing or not a folder nothing
+    exists, as ``stat`` would say of each.
+    """
+    if path != os.path.normpath(path) or path.startswith("//"):
+        return None
+    chain = _self_and_ancestors(path)
+    out: list[tuple[str, os.stat_result | None]] = []
+    gone = False
+    for folder in reversed(chain):
+        st: os.stat_result | None = None
+        if not gone:
+            try:
+                st = os.lstat(folder)
+            except OSError:
+                gone = True
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    return None
+                gone = not stat.S_ISDIR(st.st_mode)
+        out.append((folder, st))
+    out.reverse()
+    return out
 
 
 def check_folders(

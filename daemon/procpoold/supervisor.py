@@ -549,19 +549,33 @@ class Daemon:
         ``extra`` is merged into the answer (submit-and-wait replies with the submit result too).
         """
         if self.scheduler.is_finished(ref) or timeout <= 0:
-            return {**(extra or {}), **self.scheduler.finished_status(ref, view)}
+            reply = {**(extra or {}), **self.scheduler.finished_status(ref, view)}
+            if self.scheduler.durable_now():
+                return reply
+            # It ended in this iteration, and its commit is still to come: answer after it.
+            pending = Deferred()
+            self.scheduler.when_durable(lambda: pending.resolve(reply))
+            return pending
         deferred = Deferred()
         # Keyed as the scheduler notifies (a job id or "12.3"): a wait on "12/name" is one on "12.3".
         job, index = self.scheduler.resolve(ref)
         key = job.id if index is None else job.tasks[index].id
+        entry: tuple[Deferred, Callable[..., None]] | None = None
 
         def answer(built: dict[str, dict[str, Any]] | None = None) -> None:
             """``built``: the finished statuses of ``key`` per view, built once for all its waiters."""
+            nonlocal entry
+            if entry is None:
+                return  # answered already
             waits = self._waits.get(key, {})
             if entry in waits:
                 del waits[entry]
                 if not waits:  # timed out: no empty entry stays behind per reference
                     del self._waits[key]
+            # The entry holds this closure, which holds the entry (and the timer, until cancelled):
+            # let go of both now, so that they are freed at once rather than by the cyclic
+            # garbage collector (a pause every few thousand waits).
+            entry = None
             timer.cancel()
             if deferred.done:
                 return
@@ -576,15 +590,18 @@ class Daemon:
                 deferred.reject(exc)
 
         timer = self.loop.call_later(timeout, answer)
-        entry = (deferred, answer)
-        self._waits.setdefault(key, {})[entry] = None
+        entry = pair = (deferred, answer)
+        self._waits.setdefault(key, {})[pair] = None
         return deferred
 
     def _on_finished(self, ref: str) -> None:
         waits = self._waits.pop(ref, None)  # called for every task: usually nobody waits
         if waits:
-            # each status is built by the first waiter that asks for its view (an error reaches each)
-            self._answer_waits(deque(waits), {})
+            # Each status is built by the first waiter that asks for its view (an error reaches
+            # each), once the commit that holds the end is written: an answer must not report what
+            # a crash before the commit would undo.
+            queue = deque(waits)
+            self.scheduler.when_durable(lambda: self._answer_waits(queue, {}))
 
     def _answer_waits(
         self, waits: deque[tuple[Deferred, Callable[..., None]]], built: dict[str, dict[str, Any]]

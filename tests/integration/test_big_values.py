@@ -1,4 +1,5 @@
-"""A 64 MiB argument and a 64 MiB result through a real procpoold and the real client.
+"""A 64 MiB argument and a 64 MiB result through a real procpoold and the real client; 1 MiB
+values (the size of benchmark W4) through a kill -9.
 
 The pool moves messages larger than half its ring through the spill path (tests/integration/pool
 covers that inside the test process); here the value also crosses the control socket both ways
@@ -21,7 +22,7 @@ from procpool.client import Client
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from tests.support.daemon import DaemonProcess
-from tests.support.jobs import tasks_by_name
+from tests.support.jobs import sh, tasks_by_name, wait_task_state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +118,57 @@ def test_procctl_takes_the_raised_limit(daemon: DaemonProcess, tmp_path: Path) -
     out = daemon.procctl("submit", str(job), env={"PROCPOOL_MAX_MESSAGE_SIZE": str(LIMIT)})
     assert out.returncode != 0 and f"maximum message size of {DEFAULT_MAX_MESSAGE_SIZE}" in out.stderr
     assert "unreachable" not in out.stderr
+
+
+def state_files(state_dir: Path) -> list[str]:
+    """Files under the large-value folder, relative to it (spare files left out)."""
+    root = state_dir / "state-values"
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".spare" not in p.parts
+    )
+
+
+def test_1_mib_argument_and_result_survive_a_kill_9_once_acknowledged(tmp_path: Path) -> None:
+    """A 1 MiB result that was reported, and the 1 MiB argument of a job whose submit was
+    answered, both come back whole after the daemon and all it started are killed with SIGKILL."""
+    first, second = random.Random(1).randbytes(2**20), random.Random(2).randbytes(2**20)
+    gate = tmp_path / "gate"
+    d = DaemonProcess(extra_args=["--workers", "1"])
+    try:
+        d.start()
+        with d.client() as client:
+            done = client.submit(echo_job(first), wait=60)
+            assert done["finished"] and done["state"] == "completed", done
+            task = tasks_by_name(done["status"])["echo"]
+            assert task["result"] == first  # exactly, byte for byte
+            # Through the rings inline: no spill object was written, none is left.
+            assert spill_objects({d.pid, task["attempt_history"][0]["pid"]}) == []
+            held = {
+                "name": "held",
+                "python_path": [BENCH],
+                "root": {
+                    "sequential": [
+                        {"name": "gate", **sh(f"until [ -e {gate} ]; do sleep 0.01; done")},
+                        {"name": "echo", "call": "tasks:echo", "args": [second]},
+                    ]
+                },
+            }
+            held_id = client.submit(held)["id"]  # answered: the argument is durable from here on
+            wait_task_state(client, held_id, "gate")
+        # Each value is a file of its job: the first job's document and result, the second's document.
+        assert state_files(d.state_dir) == [f"{done['id']}/doc", f"{done['id']}/log-1", f"{held_id}/doc"]
+        d.crash()
+        gate.touch()
+        d.restart()
+        with d.client() as client:
+            status = client.status(done["id"])
+            assert status["job"]["state"] == "completed"
+            assert tasks_by_name(status)["echo"]["result"] == first
+            finished = client.wait(held_id, timeout=60)
+            assert finished["finished"] and finished["status"]["job"]["state"] == "completed"
+            task = tasks_by_name(finished["status"])["echo"]
+            assert task["result"] == second and task["attempts"] == 1
+            assert spill_objects({d.pid, task["attempt_history"][0]["pid"]}) == []
+        d.stop()
+    finally:
+        d.cleanup()

@@ -203,8 +203,8 @@ def garble(message: Any) -> None:
 
     original = runtime.Worker.post
 
-    def post(self: Any, data: bytes) -> None:
-        original(self, msgpack.packb(message))
+    def post(self: Any, data: bytes, wake: bool = True) -> None:
+        original(self, msgpack.packb(message), wake)
 
     runtime.Worker.post = post  # type: ignore[method-assign]
 
@@ -231,6 +231,16 @@ def gated(gate: str) -> int:
     if path.read_text() == "exit":
         os._exit(5)
     return os.getpid()
+
+
+def mark_then_wait(marker: str, gate: str) -> str:
+    """Writes ``marker`` (the attempt has started), then waits until the file ``gate`` exists
+    (returns at once if it does, so the pool takes it for a short function)."""
+    Path(marker).write_text("started")
+    path = Path(gate)
+    while not path.exists():
+        time.sleep(0.002)
+    return "through"
 
 
 #: Memory a worker keeps after the attempt that allocated it (see ``hoard``).

@@ -14,6 +14,7 @@ types, bounded size. Nothing received is ever unpickled or evaluated.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,9 +84,23 @@ def _too_many(exc: ValueError, limits: Limits) -> str | None:
     return None
 
 
+#: One packer per thread (a client may be used from several): ``msgpack.packb`` makes a new one,
+#: with a 1 MiB buffer, for every value (~3 us against ~0.8 us for a reply of a few hundred bytes).
+#: A packer that fails part-way starts its next value afresh; one whose buffer grew past
+#: PACKER_KEEP_BYTES for a big value is dropped (its buffer never shrinks).
+_packers = threading.local()
+PACKER_KEEP_BYTES = 1 << 20
+
+
 def pack(value: Any) -> bytes:
     """Encode one value as msgpack (binary-safe: bytes stay bytes)."""
-    data: bytes = msgpack.packb(value, use_bin_type=True, datetime=False)
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True, datetime=False)
+    data: bytes = packer.pack(value)
+    if len(data) > PACKER_KEEP_BYTES:
+        del _packers.packer
     return data
 
 

@@ -606,13 +606,39 @@ def _check_limits(limits: Limits, key: str, value: Any, where: str) -> None:
         if not value:
             return
         try:
-            size = len(pack(value))
+            size = packed_size(value)
         except (OverflowError, TypeError, ValueError) as exc:
             raise TreeError(path, f"cannot be encoded: {shorten(str(exc))}") from None
         setting = "max_namespace_bytes" if key == "namespace" else "max_args_bytes"
         if size > getattr(limits, setting):
             what = "the initial namespace" if key == "namespace" else f"{key} encoded"
             raise TreeError(path, limits.exceeded(what, size, setting))
+
+
+def _header(n: int, small: int) -> int:
+    """Bytes of a msgpack array or map header (``small``: the largest "fix" length)."""
+    return 1 if n <= small else 3 if n < 0x10000 else 5
+
+
+def packed_size(value: Any) -> int:
+    """``len(pack(value))`` without a copy of its ``bytes``: arguments and namespaces are measured
+    against their limits, and a large ``bytes`` value (a 1 MiB argument) would otherwise be copied
+    only to be counted. The containers of the top level (the args list, the kwargs map) are walked
+    here; anything else that is not ``bytes`` is packed to be measured (and to raise as ``pack``
+    does when it cannot be encoded)."""
+    if type(value) is list or type(value) is tuple:
+        return _header(len(value), 15) + sum(_item_size(item) for item in value)
+    if type(value) is dict:
+        return _header(len(value), 15) + sum(_item_size(k) + _item_size(v) for k, v in value.items())
+    return _item_size(value)
+
+
+def _item_size(value: Any) -> int:
+    if type(value) is bytes:
+        n = len(value)
+        if n < 0x100000000:
+            return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
+    return len(pack(value))
 
 
 def _utf8_len(text: str) -> int:
@@ -744,14 +770,17 @@ class Plan:
     """
 
     preds: dict[tuple[str, int], list[tuple[str, int]]]
-    job: JobSpec
+    #: the job's tasks and groups (not the JobSpec, which holds the plan: a job would then refer
+    #: to itself, and stay in memory until Python's cyclic garbage collector ran)
+    tasks: list[TaskSpec]
+    groups: list[GroupSpec]
     _graph: dict[tuple[str, int, str], list[tuple[str, int, str]]] | None = None
 
     @property
     def graph(self) -> dict[tuple[str, int, str], list[tuple[str, int, str]]]:
         """The start/end graph used for the cycle check (built on first use; see compile_job)."""
         if self._graph is None:
-            self._graph = _graph(self.job, self.preds)
+            self._graph = _graph(self.tasks, self.groups, self.preds)
         return self._graph
 
     def start_order(self) -> list[int]:
@@ -807,7 +836,7 @@ def compile_job(job: JobSpec) -> Plan:
                 preds[cur].append(prev)
 
     # Without depends_on edges the graph is the tree plus sequential chains: it cannot have a cycle.
-    plan = Plan(preds, job)
+    plan = Plan(preds, job.tasks, job.groups)
     cycle = _find_cycle(plan.graph) if has_edges else None
     if cycle:
         names: list[str] = []
@@ -828,7 +857,7 @@ def compile_job(job: JobSpec) -> Plan:
 
 
 def _graph(
-    job: JobSpec, preds: dict[tuple[str, int], list[tuple[str, int]]]
+    tasks: list[TaskSpec], groups: list[GroupSpec], preds: dict[tuple[str, int], list[tuple[str, int]]]
 ) -> dict[tuple[str, int, str], list[tuple[str, int, str]]]:
     """Start/end vertices: a group starts before its children and ends after them; a task's
     start and end are one vertex. An edge p -> n reads "end(p) before start(n)"."""
@@ -840,14 +869,14 @@ def _graph(
         return (n[0], n[1], "e" if n[0] == "group" else "t")
 
     graph: dict[tuple[str, int, str], list[tuple[str, int, str]]] = {}
-    for g in job.groups:
+    for g in groups:
         for child in g.children:
             graph.setdefault(start(("group", g.index)), []).append(start(child))
             graph.setdefault(end(child), []).append(end(("group", g.index)))
     for node, ps in preds.items():
         for p in ps:
             graph.setdefault(end(p), []).append(start(node))
-    for t in job.tasks:  # tasks outside every group and edge still belong to the graph
+    for t in tasks:  # tasks outside every group and edge still belong to the graph
         graph.setdefault(start(("task", t.index)), [])
     return graph
 

@@ -272,10 +272,16 @@ class Job:
         inherited: dict[int | None, list[Node]] = {None: []}
 
         def from_groups(g: int | None) -> list[Node]:
-            found = inherited.get(g)
-            if found is None:
+            # Up to the nearest group already done, then down again. (Not recursive: a closure
+            # that calls itself refers to itself, and would keep the job's spec and plan alive
+            # until the cyclic garbage collector found them, a pause every few thousand jobs.)
+            chain: list[int] = []
+            while (found := inherited.get(g)) is None:
                 assert g is not None
-                found = inherited[g] = [*preds[("group", g)], *from_groups(spec.groups[g].parent)]
+                chain.append(g)
+                g = spec.groups[g].parent
+            for h in reversed(chain):
+                found = inherited[h] = [*preds[("group", h)], *found]
             return found
 
         # (a task without its own preds shares its group's list: blockers are only read)

@@ -92,13 +92,16 @@ def detail(job: Job, counts: dict[str, int] | None = None) -> JobDetail:
 #: Each job's groups with their children as runs, made once (a job's tree does not change), by
 #: id() of its JobSpec (unhashable); an entry leaves with its spec.
 _RUNS: dict[int, list[GroupStatus]] = {}
+#: Jobs of fewer tasks and groups than this have theirs made each time: the entry's clean-up
+#: (a weakref.finalize, ~5 us) costs more than making them (~0.2 us for a one-task job).
+RUNS_CACHED_FROM = 64
 
 
 def groups(job: Job, runs: bool = False) -> list[GroupStatus]:
     """The job's groups; their ``children`` as (kind, index) pairs, or with ``runs`` as
     ``[kind, first index, count]`` runs of consecutive indices (a flat group of 20,000 tasks is
     one run instead of 20,000 pairs: the columnar view's form)."""
-    if runs:
+    if runs and len(job.tasks) + len(job.spec.groups) >= RUNS_CACHED_FROM:
         key = id(job.spec)
         found = _RUNS.get(key)
         if found is None:

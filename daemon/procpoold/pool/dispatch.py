@@ -18,7 +18,7 @@ import msgpack
 
 from procpoold.engines import AttemptSpec
 from procpoold.identity import run_as_uid
-from procpoold.pool.protocol import CALL, WAKE
+from procpoold.pool.protocol import CALL, CANCEL, WAKE
 from procpoold.pool.ring import RingError
 from procpoold.pool.slot import Running, WorkerSlot, WorkerState
 from procpoold.pool.state import PoolState
@@ -41,6 +41,10 @@ PREWAKE_WINDOW = 0.005
 #: Attempts one dispatch pass leaves queued before it stops looking further (with several users
 #: the queue may hold many attempts that no worker can take yet).
 KEEP_SCAN = 4096
+#: A worker left idle with nothing queued in the pool takes the last attempt queued on a busy
+#: worker when the attempts ahead of it there are expected to take at least this long (s): the
+#: end of a job is not held up by one worker's queue while another waits (see ``_rebalance``).
+STEAL_AHEAD = 0.001
 
 
 class Dispatch(PoolState):
@@ -216,6 +220,7 @@ class Dispatch(PoolState):
         async_calls, fn_mean = self._async_calls, self._fn_mean
         kept: dict[int | None, int] = {}
         queued: set[int | None] | None = None
+        due = self._due_on_start
         while pending:
             spec = pending.popleft()
             fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
@@ -232,6 +237,17 @@ class Dispatch(PoolState):
             run = w.running[spec.attempt_id] = Running(spec, is_async, short)
             if len(w.running) == 1:
                 alone.append((w, run))
+            head = is_async or w.sync_running == 0  # it starts now (else when those ahead end)
+            if is_async:
+                run.started = now
+            elif head:
+                w.head_since = now
+            if due and spec.attempt_id in due:
+                due.discard(spec.attempt_id)
+                run.timeout_due = True
+                w.timeouts_due += 1
+                if head:
+                    self._timeout_from_start(w, run)
             if not is_async:
                 w.sync_running += 1
                 if not short:
@@ -276,6 +292,80 @@ class Dispatch(PoolState):
                 # Enough: let the next poll run (due at once: monotonic time 0 is in the past), so
                 # the control socket and timers get their turn between chained round trips.
                 loop.call_at(0.0, self._spin)
+
+    def _rebalance_soon(self) -> None:
+        """A worker went idle: look for queued work to move to it once the scheduler has had its
+        turn (in the next loop iteration: new attempts, if any, go to it first)."""
+        if self._rebalance_due or self._loop is None or self._closing:
+            return
+        for d in self._slots.values():  # (no loop iteration spent when there is nothing to take)
+            if d is not None and d.state is _BUSY and self._worth_taking(d):
+                self._rebalance_due = True
+                self._loop.call_at(0.0, self._rebalance)
+                return
+
+    def _rebalance(self) -> None:
+        """An idle worker and nothing queued in the pool: take from a busy worker of its
+        identity the last attempt queued there behind at least two others (expected to take
+        :data:`STEAL_AHEAD` or more), so that the tail of a job is shared. The busy worker is
+        sent a ``CANCEL`` for it first, then its result ring is read (results it pushed without
+        a wakeup): if the attempt is still two calls or more behind the one the worker runs, the
+        worker reads the cancel before it can get to it (it reads its ring before each queued
+        call) and drops it, so the attempt goes back to the front of the pool's queue at once.
+        Otherwise it moves only when the worker says it dropped it (``_on_done``); had it
+        started there after all, it ends there as any attempt. It never runs twice. One attempt
+        moves at a time."""
+        self._rebalance_due = False
+        if self._pending or self._closing or self._broken:
+            return
+        for w in list(self._slots.values()):
+            if (w is None or w.state is not _IDLE or w.retire or w.closed or w.log_paused
+                    or w.backlog):
+                continue
+            donor: WorkerSlot | None = None
+            for d in self._slots.values():
+                if (d is None or d is w or d.state is not _BUSY or d.closed or d.violated
+                        or d.log_paused  # (its ring is not read: its books may lag any amount)
+                        or d.backlog  # (a cancel would wait outside its ring)
+                        or d.unshort or d.sync_running < 3 or d.sync_running != len(d.running)
+                        or not (d.user is w.user or w.serves(d.user))
+                        or (w.unclean and w.job != d.job)
+                        or (donor is not None and d.sync_running <= donor.sync_running)):
+                    continue
+                donor = d
+            if donor is None or not self._worth_taking(donor):
+                continue
+            run = next(reversed(donor.running.values()))
+            aid = run.spec.attempt_id
+            # The cancel first: it is in the worker's ring before its results are read below.
+            self._send(donor, [_packb([CANCEL, aid])])
+            self._stats["rebalanced"] += 1
+            self._catch_up(donor)  # (results it pushed without a wakeup: its books are current)
+            if self._where.get(aid) is not donor:
+                return
+            if not donor.closed and donor.sync_running >= 3:
+                # Two calls or more from starting there: the worker reads the cancel before it
+                # gets to it, and drops it (its late "stopped" word is dropped here).
+                self._detach(donor, aid)
+                if run.timeout_due:
+                    self._due_on_start.add(aid)
+                self._pending.appendleft(run.spec)
+                self._schedule_dispatch()
+            else:
+                run.moving = True  # moves when the worker says it dropped it (_on_done)
+            return  # one at a time: the next idle worker looks again once this one is busy
+
+    def _worth_taking(self, donor: WorkerSlot) -> bool:
+        """Whether the last attempt queued on ``donor`` is two or more behind its head, and those
+        ahead of it are expected to take :data:`STEAL_AHEAD` or more."""
+        n = donor.sync_running
+        if n < 3 or n != len(donor.running):
+            return False
+        run = next(reversed(donor.running.values()))
+        spec = run.spec
+        fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
+        return (not run.is_async and run.stop is None and not run.moving
+                and self._fn_mean.get(fn, 0.0) * (n - 1) >= STEAL_AHEAD)
 
     def _send(self, w: WorkerSlot, msgs: list[bytes]) -> None:
         """Push to the worker's request ring in order, queueing what does not fit yet."""

@@ -313,7 +313,8 @@ class WorkerLifecycle(PoolState):
         again = [r.spec for r in list(w.running.values())
                  if not r.is_async and r is not head and r.stop is None]
         for spec in again:
-            self._detach(w, spec.attempt_id)
+            if self._detach(w, spec.attempt_id).timeout_due:
+                self._due_on_start.add(spec.attempt_id)  # still counted from its start
         self._pending.extendleft(reversed(again))
 
     def _maybe_recycle(self, w: WorkerSlot) -> None:

@@ -18,10 +18,11 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpoold.engines import Outcome, TaskError
+from procpoold.engines import NOT_STARTED, Outcome, TaskError
 from procpoold.pool.protocol import (
     DONE,
     F_ASYNC,
+    F_STOPPED,
     F_UNCLEAN,
     LOG,
     PROGRESS,
@@ -92,8 +93,30 @@ class MessageHandling(PoolState):
     def _report_batch(self) -> None:
         """Report the outcomes collected by the drain that ends now, in one call."""
         batch, self._batch = self._batch, None
-        if not batch:
+        if batch:
+            self._report(batch)
+
+    def _catch_up(self, w: WorkerSlot) -> None:
+        """Read what waits in the worker's result ring, so that its books are current: a worker
+        pushes a result without a wakeup while calls are queued behind it (see
+        ``worker.QUIET_LEAD``), so it may have gone further down its queue than the books say.
+        The outcomes found are reported in a later callback (the caller, the scheduler stopping
+        an attempt, does not expect re-entry), or with the drain under way."""
+        if w.closed or w.violated or w.log_paused:
             return
+        outer, self._batch = self._batch, []
+        try:
+            self._read_worker(w, False)
+        finally:
+            found, self._batch = self._batch, outer
+        if not found:
+            return
+        if outer is not None:
+            outer.extend(found)
+        elif self._loop is not None:
+            self._loop.call_soon(lambda: self._report(found))
+
+    def _report(self, batch: list[Outcome]) -> None:
         assert self._events is not None
         report = getattr(self._events, "attempts_finished", None)
         try:
@@ -242,6 +265,16 @@ class MessageHandling(PoolState):
         run = w.running.get(aid)
         if run is None:
             return
+        if run.moving and not ok and flags & F_STOPPED and type(value) is dict \
+                and value.get("type") == NOT_STARTED:
+            # Asked back for an idle worker (rebalance), and dropped before it started: it goes
+            # to the front of the pool's queue (not reported: it has not run).
+            self._detach(w, aid)
+            if run.timeout_due:
+                self._due_on_start.add(aid)
+            self._pending.appendleft(run.spec)
+            self._schedule_dispatch()
+            return
         if run.sent:
             (self._woken_trips if run.woken else self._round_trips).append(self._popped_at - run.sent)
         call = run.spec.call
@@ -264,6 +297,10 @@ class MessageHandling(PoolState):
                               str(err.get("traceback", "")))
             outcome = Outcome(aid, STOP_STATUS[run.stop] if run.stop else "failed", error=error)
         w.tasks_done += 1
+        if not run.is_async:
+            # The worker went on to the next call queued here when it pushed this result (a
+            # while ago if it pushed without a wakeup: see _catch_up); last_beat: when it was read.
+            w.head_since = w.last_beat
         self._end(w, aid, outcome, recycle=True)
 
     def _end(self, w: WorkerSlot, aid: str, outcome: Outcome, recycle: bool = False) -> None:
@@ -273,6 +310,8 @@ class MessageHandling(PoolState):
         run = self._detach(w, aid)
         if run.kill_timer is not None:
             run.kill_timer.cancel()
+        if run.timeout_timer is not None:
+            run.timeout_timer.cancel()
         if was_busy and w.state is _IDLE and recycle:
             self._maybe_recycle(w)
         if w.retire and not w.running and w.state is not _STOPPING and not w.closed:
@@ -289,10 +328,18 @@ class MessageHandling(PoolState):
             w.sync_running -= 1
             if not run.short:
                 w.unshort -= 1
+        if run.timeout_due:
+            w.timeouts_due -= 1
+        if w.timeouts_due:
+            head = self._head(w)
+            if head is not None and head.timeout_due and head.timeout_timer is None:
+                self._timeout_from_start(w, head)
         if not w.running and w.state is _BUSY:
             w.state = _IDLE  # BUSY -> IDLE
             self._idle_seq += 1
             w.idle_since = self._idle_seq
+            if not self._pending:
+                self._rebalance_soon()
         return run
 
     def _finish(self, outcome: Outcome) -> None:

@@ -56,7 +56,7 @@ from procpoold.pool.dispatch import Dispatch
 from procpoold.pool.lifecycle import DEATH_BURST, DEATH_WINDOW, WorkerLifecycle
 from procpoold.pool.messages import MAX_UNREAD_REPLIES, MessageHandling
 from procpoold.pool.protocol import CANCEL, DONE, EXIT_MESSAGE
-from procpoold.pool.slot import STOP_STATUS, WorkerState
+from procpoold.pool.slot import STOP_STATUS, Running, WorkerSlot, WorkerState
 from procpoold.pool.state import BACKOFF_START, ROUND_TRIP_SAMPLES
 from procpoold.pool.stats import Statistics
 from procpoold.pool.worker import INTERRUPT_SIGNAL
@@ -72,6 +72,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("procpoold.pool")
+
+#: A timeout that has this little left (s) when the scheduler's runs out is not put off.
+TIMEOUT_SLACK = 0.001
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _IDLE, _BUSY = WorkerState.IDLE, WorkerState.BUSY
@@ -137,11 +140,68 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
         self._schedule_dispatch()
 
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
-        """Interrupt the attempt; SIGKILL its worker if it has not ended ``kill_grace`` later."""
+        """Interrupt the attempt; SIGKILL its worker if it has not ended ``kill_grace`` later.
+
+        A timeout counts from the attempt's start: one that runs out while the attempt waits (in
+        this queue, or queued on a worker behind other attempts) or that started after it was
+        handed over is put off until ``timeout`` after the start (see :meth:`_put_off_timeout`).
+        """
+        if reason == "timeout" and self._put_off_timeout(attempt_id):
+            return
+        self._stop(attempt_id, reason)
+
+    def _put_off_timeout(self, attempt_id: str) -> bool:
+        """The scheduler's timeout of the attempt ran out (it counts from the hand-over): True if
+        the attempt has not run that long yet, and is now stopped ``timeout`` after its start (by
+        a timer armed now, or when it starts)."""
+        for spec in self._pending:
+            if spec.attempt_id == attempt_id:
+                if spec.timeout is None:
+                    return False
+                self._due_on_start.add(attempt_id)
+                return True
+        w = self._where.get(attempt_id)
+        if w is None:
+            return False
+        run = w.running[attempt_id]
+        if run.stop is not None or run.spec.timeout is None or run.timeout_timer is not None:
+            return False
+        if not run.is_async and self._head(w) is not run:
+            self._catch_up(w)  # it may have started (results pushed without a wakeup)
+            if self._where.get(attempt_id) is not w:
+                return True  # it has ended, with what was read
+            if self._head(w) is not run:
+                if not run.timeout_due:
+                    run.timeout_due = True
+                    w.timeouts_due += 1
+                return True
+        started = run.started if run.is_async else w.head_since
+        if time.monotonic() - started >= run.spec.timeout - TIMEOUT_SLACK:
+            return False
+        run.timeout_due = True
+        w.timeouts_due += 1
+        self._timeout_from_start(w, run)
+        return True
+
+    def _timeout_from_start(self, w: WorkerSlot, run: Running) -> None:
+        """Arm the timer that stops ``run`` ``timeout`` after its start (it has started)."""
+        assert self._loop is not None and run.spec.timeout is not None
+        started = run.started if run.is_async else w.head_since
+        left = max(0.0, run.spec.timeout - (time.monotonic() - started))
+        aid = run.spec.attempt_id
+
+        def due() -> None:
+            run.timeout_timer = None
+            self._stop(aid, "timeout")
+
+        run.timeout_timer = self._loop.call_later(left, due)
+
+    def _stop(self, attempt_id: str, reason: StopReason) -> None:
         status = STOP_STATUS[reason]
         for spec in self._pending:
             if spec.attempt_id == attempt_id:
                 self._pending.remove(spec)
+                self._due_on_start.discard(attempt_id)
                 self._later_finish(Outcome(attempt_id, status, error=TaskError(
                     NOT_STARTED, f"stopped ({reason}) before it started")))
                 return
@@ -151,6 +211,12 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
         run = w.running[attempt_id]
         if run.stop is not None:
             return
+        if not run.is_async and self._head(w) is not run:
+            # The worker pushes results without a wakeup while calls are queued behind them: it
+            # may have gone on to this one already. Read what it pushed first.
+            self._catch_up(w)
+            if self._where.get(attempt_id) is not w:
+                return  # it has ended (reported with what was read)
         if not run.is_async and self._head(w) is not run:
             # Prefetched, not started: the worker drops it when it sees the cancel.
             self._detach(w, attempt_id)
@@ -172,6 +238,7 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
         if self._closing and self._zygote is None:
             return
         self._closing = True
+        self._due_on_start.clear()
         while self._pending:
             spec = self._pending.popleft()
             self._finish(Outcome(spec.attempt_id, "interrupted", error=TaskError(

@@ -89,10 +89,13 @@ class PoolSettings:
     #: the daemon between two of them. At most ``prefetch`` per worker, and about
     #: ``prefetch_budget`` s of work (at least 2). ``prefetch = 1`` turns it off. (64 rather than
     #: 16: a worker done with its queue sleeps, and each refill's wakeup costs the daemon more
-    #: than the refill itself; W1 +15 %, daemon CPU -12 %.)
+    #: than the refill itself; W1 +15 %, daemon CPU -12 %. A budget of 20 ms rather than 2: 5 ms
+    #: calls queue 4 deep, so a worker can push results without waking the daemon, see
+    #: ``worker.QUIET_LEAD``; an idle worker takes the tail of a long queue, see
+    #: ``Dispatch._rebalance``.)
     prefetch: int = 64
     prefetch_below: float = 0.05
-    prefetch_budget: float = 0.002
+    prefetch_budget: float = 0.02
     #: Longest delay before refilling a slot when workers keep dying (the delay doubles per death
     #: while 3 or more died in the last 10 s).
     respawn_backoff_max: float = 10.0
@@ -149,6 +152,16 @@ class Running:
     sent: float = 0.0
     #: ... and the push had to wake the worker (it slept): such a round trip includes a wakeup.
     woken: bool = False
+    #: ``time.monotonic()`` when an async attempt was dispatched (it starts at once). A sync
+    #: attempt's start is its worker's ``head_since`` once it is the head of the worker's queue.
+    started: float = 0.0
+    #: Its ``timeout`` ran out (the scheduler counts from the hand-over) before it started: it
+    #: is stopped ``timeout`` after it starts instead (``timeout_timer``).
+    timeout_due: bool = False
+    timeout_timer: Timer | None = None
+    #: Queued here and asked back (``CANCEL``) for an idle worker: it moves there once this
+    #: worker says it dropped it (see ``Dispatch._rebalance``).
+    moving: bool = False
 
 
 class WorkerSlot:
@@ -192,6 +205,12 @@ class WorkerSlot:
         self.sync_running = 0
         #: Of those, attempts not dispatched as short: nothing is prefetched behind them.
         self.unshort = 0
+        #: ``time.monotonic()`` when the sync attempt at the head of its queue started, as far as
+        #: the daemon knows: when it was sent to the worker with nothing ahead of it, or when the
+        #: result of the one ahead of it was read (the worker starts the next call right away).
+        self.head_since = 0.0
+        #: Attempts queued here whose timeout is due from their start (``Running.timeout_due``).
+        self.timeouts_due = 0
         self.tasks_done = 0
         self.spawned_at = time.monotonic()
         self.last_beat = self.spawned_at
@@ -247,6 +266,8 @@ class WorkerSlot:
         for run in self.running.values():
             if run.kill_timer is not None:
                 run.kill_timer.cancel()
+            if run.timeout_timer is not None:
+                run.timeout_timer.cancel()
         try:
             # Unlink spill objects still referenced from either ring. The request ring's producer
             # handle takes over the consumer side (resync loads the worker's read position).

@@ -51,6 +51,9 @@ class PoolState(abc.ABC):
         self._all: set[WorkerSlot] = set()
         self._where: dict[str, WorkerSlot] = {}
         self._pending: deque[AttemptSpec] = deque()
+        #: Attempts still queued here whose timeout ran out before they started: their timeout
+        #: counts from their start instead (see :meth:`PoolExecutor.stop_attempt`).
+        self._due_on_start: set[str] = set()
         #: Functions known to be ``async def``, and the mean run time of each sync function (moving
         #: average of ``done.d``): a worker says so, so each user's tasks speak only for that user's
         #: functions (keys: the call, or (uid, call) for an attempt of another user than the daemon's).
@@ -63,6 +66,7 @@ class PoolState(abc.ABC):
         self._backoff = BACKOFF_START
         self._dispatch_soon = False
         self._spin_due = False
+        self._rebalance_due = False
         self._last_dispatched: WorkerSlot | None = None
         self._chain = 0
         self._chain_tick = 0.0
@@ -71,7 +75,7 @@ class PoolState(abc.ABC):
         self._broken: str | None = None
         self._started_at = time.monotonic()
         self._stats = {"dispatched": 0, "completed": 0, "failed": 0, "deaths": 0, "recycled": 0,
-                       "prewakes": 0, "prewakes_used": 0}
+                       "prewakes": 0, "prewakes_used": 0, "rebalanced": 0}
         #: When wakes for an expected attempt ran out unused (the last second's).
         self._prewake_waste: deque[float] = deque()
         #: seconds from push to result of attempts sent to an otherwise empty worker (newest last),
@@ -142,3 +146,15 @@ class PoolState(abc.ABC):
     @abc.abstractmethod
     def _finish(self, outcome: Outcome) -> None:
         """(messages) Report an outcome to the scheduler."""
+
+    @abc.abstractmethod
+    def _rebalance_soon(self) -> None:
+        """(dispatch) A worker went idle: move queued work to it (next loop iteration)."""
+
+    @abc.abstractmethod
+    def _catch_up(self, w: WorkerSlot) -> None:
+        """(messages) Read the worker's result ring now, reporting what it holds in a later callback."""
+
+    @abc.abstractmethod
+    def _timeout_from_start(self, w: WorkerSlot, run: Running) -> None:
+        """(pool) The attempt started: arm its timeout if it ran out while the attempt was queued."""

@@ -91,6 +91,15 @@ INTERRUPT_SIGNAL = signal.SIGUSR1
 _unpackb = msgpack.unpackb
 #: Log messages buffered before a flush is forced (otherwise the heartbeat tick flushes them).
 LOG_BATCH = 64
+#: A sync attempt's ``DONE`` is pushed without waking the daemon while the calls queued behind
+#: the next one are expected to take at least this long (seconds, at this worker's mean run
+#: time): the daemon reads it with the next result that does wake it, still in time to refill
+#: the queue before it runs dry. One wakeup then serves several results (a wakeup of the daemon
+#: costs it a loop iteration, CPU taken from the workers on a small machine). Short calls (a
+#: queue of no-ops holds far less than this) always wake it. See docs/pool.md, Prefetch.
+QUIET_LEAD = 0.002
+#: ... and below ``QUIET_LEAD / QUIET_QUEUE`` s per call, the worker does not even look.
+QUIET_QUEUE = 256
 
 
 def _shared_roots() -> tuple[str, ...]:
@@ -463,6 +472,11 @@ class Worker:
         self.woken = False
         self.wake_spin = 0.0
         self.busy = False
+        #: Moving average of the run time of this worker's sync calls (s), and whether a result
+        #: was pushed without waking the daemon since its last wakeup (the heartbeat thread rings
+        #: for it within a tick, should the queue behind it take longer than expected).
+        self.took_mean = 0.0
+        self.quiet = False
         self.rid = 0
         self._hb_sleeping = False
         self._hb_wake = threading.Event()
@@ -758,6 +772,7 @@ class Worker:
 
     def _run_sync(self, aid: str, fn: Callable[..., Any], msg: list[Any]) -> None:
         leave = _clear_task
+        took: float | None = None
         try:
             leave = self._enter(aid, msg)
             try:
@@ -767,7 +782,8 @@ class Worker:
                 result = fn(*(msg[4] or ()), **(msg[5] or {}))
             finally:
                 self.current = None
-            out = self._encode_result(aid, result, False, _clock() - started)
+            took = _clock() - started
+            out = self._encode_result(aid, result, False, took)
         except TaskInterrupted as exc:
             out = self._pack([DONE, aid, False, _error(exc), F_STOPPED | self._flags(), None])
         except BaseException as exc:  # task code may raise anything, SystemExit included
@@ -775,7 +791,22 @@ class Worker:
         finally:
             leave()
             self._end_output(aid)
-        self.post(out)
+        if took is not None:
+            self.took_mean += (took - self.took_mean) * 0.25
+        self.post(out, self._wake_needed())
+
+    def _wake_needed(self) -> bool:
+        """Whether the result just ended must wake the daemon: unless the calls queued here after
+        the next one hold :data:`QUIET_LEAD` of work (see there). Called once per sync attempt;
+        for calls too short for any queue to hold that much (no-ops) it only compares numbers.
+        Otherwise it first takes what the daemon sent meanwhile (calls sent while this one ran
+        are still in the ring)."""
+        mean = self.took_mean
+        if mean * QUIET_QUEUE < QUIET_LEAD:
+            return True
+        self._drain()
+        calls = sum(1 for m in self.inbox if m[0] == CALL) - len(self.stopped)
+        return mean * (calls - 1) < QUIET_LEAD
 
     def _encode_result(self, aid: str, result: Any, is_async: bool, took: float | None = None) -> bytes:
         flags = (F_ASYNC if is_async else 0) | self._flags()
@@ -968,11 +999,14 @@ class Worker:
         if full:
             self.flush()
 
-    def post(self, data: bytes) -> None:
-        """Queue a message and send everything queued now, waking the daemon if it sleeps."""
+    def post(self, data: bytes, wake: bool = True) -> None:
+        """Queue a message and send everything queued now, waking the daemon if it sleeps (unless
+        ``wake`` is False: then the heartbeat thread wakes it within a tick, if nothing else does)."""
         with self.lock:
             self.outbuf.append(data)
-            self._flush_locked(True)
+            self._flush_locked(wake)
+            if not wake:
+                self.quiet = True
 
     def flush(self, wake: bool = True) -> None:
         """Send everything queued."""
@@ -984,6 +1018,8 @@ class Worker:
         if not buf:
             return
         self.outbuf = []
+        if wake:
+            self.quiet = False  # the daemon reads everything pushed so far
         done = self.res.push_many(buf, wake=wake) if len(buf) > 1 else int(self.res.push(buf[0], wake=wake))
         delay = 2e-5
         while done < len(buf):
@@ -1012,7 +1048,9 @@ class Worker:
             if not self.busy:
                 continue
             with self.lock:
-                wake = bool(self.outbuf)  # log lines deserve a wakeup; a bare heartbeat does not
+                # Log lines deserve a wakeup, and so does a result pushed without one; a bare
+                # heartbeat does not.
+                wake = bool(self.outbuf) or self.quiet
                 self.outbuf.append(HEARTBEAT_MESSAGE)
                 self._flush_locked(wake)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from procpoold.core import status
 from procpoold.core.jobs import Job
-from procpoold.scheduler.state import _CHANGED, _FULL, _STARTED, LOG_SLACK, SchedulerState, _job_row
+from procpoold.scheduler.state import _CHANGED, _FULL, _STARTED, LOG_SLACK, SchedulerState, _job_row, log
 
 
 class Persistence(SchedulerState):
@@ -58,6 +60,22 @@ class Persistence(SchedulerState):
             self._flush_scheduled = True
             self.loop.call_last(self._scheduled_flush)
 
+    def durable_now(self) -> bool:
+        """Whether every change made so far is in the store (no commit pending)."""
+        return self.store is None or not self._flush_scheduled
+
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every change made so far is in the store: at once when no commit
+        is pending, else right after the commit this iteration has scheduled.
+
+        For answers that report a state (a finished job to its waiters): a client must not be told
+        of a completion that a crash between the answer and the commit would undo, and run again.
+        """
+        if self.durable_now():
+            callback()
+        else:
+            self._after_flush.append(callback)
+
     def _scheduled_flush(self) -> None:
         if self._flush_scheduled:  # else a write-ahead flush in this iteration took it over
             self.flush()
@@ -108,6 +126,13 @@ class Persistence(SchedulerState):
         store.flush()
         if self._retiring:
             self._retire()
+        if self._after_flush:
+            after, self._after_flush = self._after_flush, []
+            for callback in after:
+                try:
+                    callback()
+                except Exception:  # one failing answer must not keep the others from theirs
+                    log.exception("a callback after the commit failed")
 
     def _retire(self) -> None:
         """Drop the Job objects of finished jobs now that the store holds their final state:

@@ -104,6 +104,8 @@ class SchedulerState(abc.ABC):
         #: the job fields last written per job, to skip rewriting a job row that did not change
         self._job_rows: dict[str, tuple[Any, ...]] = {}
         self._flush_scheduled = False
+        #: callbacks to run once the commit scheduled in this iteration is written (when_durable)
+        self._after_flush: list[Callable[[], None]] = []
         self._pid_timer: Timer | None = None
         #: None: a command's pid is written only with another commit (tests of crash recovery).
         self.pid_flush_delay: float | None = PID_FLUSH_DELAY

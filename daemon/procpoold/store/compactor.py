@@ -6,7 +6,7 @@ thread applies the queued records in order, several per SQLite transaction, toge
 ``meta.log_applied`` (the last record's number), so that the database is always a snapshot of
 the log up to a known record. SQLite's checkpoints (its own WAL into the database file) run here
 too, and so do the file removals that must wait for a commit (a snapshot's dropped task-log
-files, a deleted job's folder) and the writing of spare value files ahead.
+files, a deleted job's folder) and handing back the page-cache pages of written value files.
 
 A segment of the log the loop has closed is removed once every record in it is applied and,
 with ``sync = "normal"``, once a checkpoint has put the database file on the disk (so that a power
@@ -45,9 +45,13 @@ EVENTS = 5  # [EVENTS, first seq, last seq, record]: the journal's lifecycle eve
 #: Records queued for the compactor at most before the loop waits for it (back-pressure).
 MAX_QUEUED = 4096
 #: The compactor gathers records this long (or this many) into one transaction, unless a read
-#: waits for them: fewer transactions, and fewer wake-ups of a thread that shares the GIL.
-GATHER_SECONDS = 0.02
-GATHER_RECORDS = 256
+#: waits for them: fewer transactions, and fewer wake-ups of a thread that shares the GIL. Each
+#: wake-up takes the GIL from the loop, usually in the middle of a request (at a system call of
+#: the loop's); with 20 ms and 256, a daemon committing ~2,000 records a second (one-task jobs
+#: submitted one after another) woke it ~100 times a second. The log is the durable record, so
+#: the delay costs no safety, only a longer replay after a crash (at most this many records).
+GATHER_SECONDS = 0.25
+GATHER_RECORDS = 1024
 
 
 class Applier:
@@ -152,7 +156,6 @@ class Compactor:
         # closed segments: (their last lsn, path, the highest journal seq of the events they hold)
         self._retired: list[tuple[int, Path, int]] = []
         self._stopping = False
-        self._refill = False
         self._urgent = False  # a read waits: apply now
         self._first_queued = 0.0  # when the oldest queued record came
         self._held_back_at = -1  # a checkpoint was held back with this much applied: wait for more
@@ -193,12 +196,6 @@ class Compactor:
             self._retired.append((last_lsn, segment, events))
             self._cond.notify_all()
 
-    def refill(self) -> None:
-        """Ask for spare value files to be written ahead (a spare was used)."""
-        with self._cond:
-            self._refill = True
-            self._cond.notify_all()
-
     def wait(self, lsn: int) -> str | None:
         """Wait until the record ``lsn`` is applied; returns the error if applying failed."""
         with self._cond:
@@ -233,7 +230,7 @@ class Compactor:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._stopping or self._urgent or self._refill or self._removable()
+                while not (self._stopping or self._urgent or self._removable()
                            or len(self._queue) >= GATHER_RECORDS):
                     if not self._queue:
                         self._cond.wait()  # idle: no timer
@@ -244,18 +241,13 @@ class Compactor:
                     self._cond.wait(left)
                 self._urgent = False
                 batch, self._queue = self._queue, []
-                refill, self._refill = self._refill, False
                 stopping = self._stopping
                 self._cond.notify_all()  # a submit waiting for room
             if batch and not self._apply(batch):
                 return
             if self._removable():
                 self._remove_segments()
-            if refill:
-                try:
-                    self.values.refill()
-                except OSError as exc:  # no spare: values are written to new files, as without
-                    log.warning("cannot write a spare value file: %s", exc)
+            self.values.release()
             if stopping and not batch:
                 return
 

@@ -80,8 +80,17 @@ SCHEMA_VERSION = 5
 SEGMENT_BYTES = 4 << 20
 
 
+#: Reused by _pack (loop thread only): ``msgpack.packb`` makes a packer, with a 1 MiB buffer,
+#: per value, and a commit packs several. Replaced after a value bigger than that buffer (a
+#: packer's buffer never shrinks).
+_packer = msgpack.Packer(use_bin_type=True)
+
+
 def _pack(value: Any) -> bytes:
-    data: bytes = msgpack.packb(value, use_bin_type=True)
+    global _packer
+    data: bytes = _packer.pack(value)
+    if len(data) > 1 << 20:
+        _packer = msgpack.Packer(use_bin_type=True)
     return data
 
 
@@ -506,9 +515,6 @@ class StateStore:
         self.lsn += 1
         self.commits += 1
         self.compactor.submit(self.lsn, ops)
-        if self.values.used:
-            self.values.used = False
-            self.compactor.refill()
         if self.writer.size >= SEGMENT_BYTES:
             self._rotate()
         self.commit_seconds += time.perf_counter() - started

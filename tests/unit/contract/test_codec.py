@@ -118,3 +118,20 @@ def test_error_wire_form_and_unreachable_message() -> None:
     err = DaemonUnreachable("/run/x.sock", 0)
     assert "/run/x.sock" in err.message and err.hint and "procpoold" in err.hint
     assert ProcpoolError.from_wire("junk").code is ErrorCode.MALFORMED
+
+
+def test_pack_reuses_its_packer_safely_after_a_failure_and_after_a_big_value() -> None:
+    from procpool.contract import codec
+
+    def plain(value: object) -> bytes:
+        return msgpack.packb(value, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+
+    small = {"id": 1, "result": [b"x", "y", 2.5, None]}
+    assert codec.pack(small) == plain(small)
+    with pytest.raises(TypeError):
+        codec.pack({"a": [1, object()]})  # fails part-way through the value
+    assert codec.pack(small) == plain(small)  # nothing of the failed value is left behind
+    big = {"blob": b"z" * (codec.PACKER_KEEP_BYTES + 10)}
+    assert codec.pack(big) == plain(big)
+    assert not hasattr(codec._packers, "packer")  # its grown buffer is not kept
+    assert codec.pack(small) == plain(small)

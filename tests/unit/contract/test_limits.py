@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from procpool.contract.codec import RequestError, decode_request, encode_request, pack
 from procpool.contract.errors import ErrorCode
 from procpool.contract.limits import ECHO_MAX, SECONDS_MAX, Limits, shorten
 from procpool.contract.ops import check_args
-from procpool.contract.tree import TreeError, parse_job
+from procpool.contract.tree import TreeError, packed_size, parse_job
 
 BIG = "x" * 10_000_000
 
@@ -244,3 +246,29 @@ def test_clip_bounds_bytes_not_characters() -> None:
     wide = clip("\u00e9" * 10_000)  # two bytes each: 200 characters would be 400 bytes
     assert wide.endswith("...") and len(wide.encode()) <= ECHO_MAX
     assert len(clip("x\udcff" * 500).encode("utf-8", "backslashreplace")) <= ECHO_MAX
+
+
+_packable = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=40) | st.binary(max_size=300),
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=8), inner, max_size=20),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_packable)
+def test_packed_size_is_the_length_of_the_encoding(value: Any) -> None:
+    assert packed_size(value) == len(pack(value))
+
+
+@pytest.mark.parametrize("size", [0, 255, 256, 65535, 65536, 1 << 20])
+def test_packed_size_counts_bytes_at_every_header_width_without_packing_them(size: int) -> None:
+    for value in ([b"x" * size], {"k": b"x" * size}, [b"a"] * 16 + [b"x" * size], b"x" * size):
+        assert packed_size(value) == len(pack(value))
+
+
+def test_a_1_mib_argument_is_measured_against_max_args_bytes() -> None:
+    doc = job({"call": "m:f", "args": [b"x" * (1 << 20)]})
+    parse_job(doc, Limits(max_args_bytes=(1 << 20) + 6))  # list header 1 + bin32 header 5
+    assert "max_args_bytes" in tree_error(doc, Limits(max_args_bytes=(1 << 20) + 5)).message

@@ -252,3 +252,11 @@ def test_building_walks_no_task_twice_for_counts() -> None:
     assert status.columns_page(job, 0)["job"]["counts"][RUNNING] == 3
     with pytest.raises(AssertionError, match="counted again"):
         status.columns_page(job, 0, limit=5)  # a part of the job: the job's own counts
+
+
+def test_groups_runs_are_kept_for_big_jobs_only_and_read_the_same() -> None:
+    small, big = job_of(3), job_of(status.RUNS_CACHED_FROM)
+    for job in (small, big):
+        assert status.groups(job, runs=True) == status._groups(job, True)
+    assert id(small.spec) not in status._RUNS  # made each time: cheaper than the entry's clean-up
+    assert status.groups(big, runs=True) is status.groups(big, runs=True)  # made once

@@ -297,3 +297,26 @@ def test_on_interrupt_fail_fails_an_interrupted_attempt_at_once() -> None:
     job.start_run(0)
     job.mark_running(0, "a#1", 1)
     assert job.interrupt(0, 2, None).run_finished and job.tasks[0].state == "failed"
+
+
+def test_a_job_is_freed_as_soon_as_it_is_dropped_without_the_cyclic_collector() -> None:
+    # Nothing of a job refers to itself (a recursive closure in Job and the spec <-> plan pair did):
+    # the daemon runs with a high collector threshold, and such garbage piled up into a pause of
+    # tens of milliseconds every few thousand jobs.
+    import gc
+    import weakref
+
+    spec = parse_job({"name": "j", "root": {"sequential": [
+        {"concurrent": [{"name": "a", "cmd": ["x"]}, {"concurrent": [{"name": "b", "cmd": ["x"]}]}]},
+        {"name": "c", "cmd": ["x"]},
+    ]}})
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        job = Job("1", spec, {}, now=0.0)
+        gone = weakref.ref(job.plan)
+        del job, spec
+        assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()

@@ -142,3 +142,33 @@ def test_a_command_whose_pidfd_cannot_be_opened_is_not_left_running(monkeypatch:
         pid = calls[0]
         assert not os.path.exists(f"/proc/{pid}"), f"the command (pid {pid}) was left running or unreaped"
     assert len(os.listdir("/proc/self/fd")) <= len(before), "pipes were left open"
+
+
+def test_a_program_is_looked_up_on_the_path_as_posix_spawnp_would(tmp_path: Any, monkeypatch: Any) -> None:
+    """The daemon searches the PATH itself (a failed execve per folder would cost the daemon
+    time in the vfork child): the first file it may execute that is not a folder, the current
+    folder for an empty entry, None when there is none (posix_spawnp then fails as before)."""
+    from procpoold.engines.commands import _search_path
+
+    folders = [tmp_path / name for name in ("plain", "dir", "exe", "later")]
+    for folder in folders:
+        folder.mkdir()
+    (folders[0] / "prog").write_text("#!/bin/sh\n")  # not executable
+    (folders[0] / "prog").chmod(0o644)
+    (folders[1] / "prog").mkdir()  # a folder of that name
+    for folder in folders[2:]:
+        (folder / "prog").write_text("#!/bin/sh\n")
+        (folder / "prog").chmod(0o755)
+    path = ":".join(map(str, folders))
+    if os.geteuid() == 0:  # root may execute any file with an x bit: none here
+        assert not os.access(folders[0] / "prog", os.X_OK)
+    assert _search_path("prog", path) == f"{folders[2]}/prog"
+    assert _search_path("missing", path) is None
+    assert _search_path("prog", None) is None
+    monkeypatch.chdir(folders[3])
+    assert _search_path("prog", f"{folders[0]}::{folders[2]}") == "./prog"
+    outcomes = run(["true"])
+    assert [o.status for o in outcomes] == ["completed"]
+    outcomes = run(["no-such-program-anywhere"])
+    assert outcomes[0].status == "failed" and outcomes[0].error is not None
+    assert "no-such-program-anywhere" in outcomes[0].error.message

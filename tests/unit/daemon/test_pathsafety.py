@@ -96,3 +96,38 @@ def test_a_missing_import_folder_that_anyone_could_create_is_refused(tmp_path: P
         problem = unsafe_folder(str(theirs / "lib"), imports=True, owner_uid=1000)
         assert problem is not None and "uid 4242" in problem, problem
         assert unsafe_folder(str(theirs / "lib"), imports=True, owner_uid=4242) is None
+
+
+def test_a_symlinked_ancestor_is_resolved_before_its_target_is_judged(tmp_path: Path) -> None:
+    # The path itself is plain; a folder above it is a symlink into a folder anyone may rename
+    # entries of: the check must follow the link, not judge the link's own (safe) parent.
+    os.chmod(tmp_path, 0o755)
+    open_dir = _dir(tmp_path / "open", 0o777)
+    _dir(open_dir / "lib", 0o755)
+    (tmp_path / "via").symlink_to(open_dir)
+    for path in (tmp_path / "via" / "lib", str(tmp_path / "via" / "lib") + "/", f"{tmp_path}/x/../via/lib"):
+        problem = unsafe_folder(str(path), imports=True)
+        assert problem is not None and "not sticky" in problem
+
+
+def test_a_folder_is_judged_again_after_it_changes(tmp_path: Path) -> None:
+    # Nothing is remembered between calls: a folder made unsafe after a check is refused next time.
+    os.chmod(tmp_path, 0o755)
+    lib = _dir(tmp_path / "lib", 0o755)
+    assert unsafe_folder(str(lib), imports=True) is None
+    os.chmod(tmp_path, 0o777)
+    assert unsafe_folder(str(lib), imports=True) is not None
+    os.chmod(tmp_path, 0o755)
+    lib.rmdir()
+    lib.symlink_to(_dir(tmp_path / "open", 0o777))
+    assert unsafe_folder(str(lib), imports=True) is not None
+
+
+def test_a_file_in_the_middle_of_the_path_counts_as_missing_below_it(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "file").write_text("")
+    assert unsafe_folder(str(tmp_path / "file" / "lib"), imports=True) is None
+    open_dir = _dir(tmp_path / "open", 0o777)
+    (open_dir / "file").write_text("")
+    problem = unsafe_folder(str(open_dir / "file" / "lib"), imports=True)
+    assert problem is not None and "does not exist, and anyone may create it" in problem

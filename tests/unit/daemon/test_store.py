@@ -354,3 +354,50 @@ def test_the_scheduler_never_hands_out_a_deleted_jobs_id_again(tmp_path: Path) -
     assert job.id == "3"
     loop.close()
     store.close()
+
+
+def test_an_answer_about_an_end_waits_for_the_commit_that_holds_it(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    job, _ = scheduler.submit({"name": "j", "root": {"cmd": ["true"]}})
+    loop.run_once(0)
+    assert scheduler.durable_now()
+    seen: list[list[Any]] = []
+    spec = executor.submitted[0]
+    executor.running.discard(spec.attempt_id)
+    scheduler.attempt_finished(Outcome(spec.attempt_id, "completed", result=1))
+    assert scheduler.is_finished(job.id) and not scheduler.durable_now()
+    # What a waiter is told is read back from the store at the moment it is told.
+    scheduler.when_durable(lambda: seen.append(stored_log(store, job.id)))
+    assert seen == []  # the end is not written yet: no answer
+    loop.run_once(0)
+    assert len(seen) == 1 and seen[0][-1][:2] == [DONE_ENTRY, 0]
+    scheduler.when_durable(lambda: seen.append([]))  # nothing pending: at once
+    assert len(seen) == 2
+    loop.close()
+    store.close()
+
+
+def test_written_values_have_their_pages_handed_back_and_still_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compactor starts the write-back of each value file, then drops its pages: the
+    values stay whole, a file removed in between is skipped, and nothing is left to release."""
+    from procpoold.store import values as values_module
+
+    monkeypatch.setattr(values_module, "COOL_SECONDS", 0.0)
+    values = values_module.LargeValues(tmp_path / "values", fsync=False)
+    data = [os.urandom(LARGE_VALUE + i) for i in range(3)]
+    for i, value in enumerate(data):
+        assert values.put(str(i), "doc", value) == b""
+    assert values.unreleased == 3
+    values.release()  # write-back started
+    assert values.unreleased == 3
+    (tmp_path / "values" / "1" / "doc").unlink()  # (a job deleted meanwhile)
+    values.release()  # pages dropped
+    assert values.unreleased == 0
+    assert values.get("0", "doc", b"") == data[0] and values.get("2", "doc", b"") == data[2]
+    synced = values_module.LargeValues(tmp_path / "synced", fsync=True)
+    synced.put("1", "doc", data[0])
+    synced.release()  # synced: clean already, dropped at once
+    assert synced.unreleased == 0 and synced.get("1", "doc", b"") == data[0]

@@ -237,7 +237,7 @@ def test_with_sync_full_records_are_replayed_the_same(tmp_path: Path) -> None:
     again.close()
 
 
-def test_value_files_are_written_into_spares_recycled_or_written_ahead(tmp_path: Path) -> None:
+def test_value_files_of_dropped_values_are_recycled_as_spares(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     values = store.values
     big = b"v" * (LARGE_VALUE * 2)
@@ -245,18 +245,23 @@ def test_value_files_are_written_into_spares_recycled_or_written_ahead(tmp_path:
     store.flush()
     assert (values.fresh, values.reused) == (1, 0)  # no spare yet: a new file
     store.settle()
-    wait_until(lambda: values.spares == SPARES, what="spares written ahead")  # by the compactor
     spare_dir = tmp_path / "state-values" / ".spare"
-    assert len(os.listdir(spare_dir)) == SPARES
-    store.add_job("2", None, "b", "running", 1.0, {"args": [big]}, {"state": "running"})
-    store.flush()
-    assert (values.fresh, values.reused) == (1, 1)
-    stored = store.load_job("2")
-    assert stored is not None and stored.doc == {"args": [big]}
+    assert values.spares == 0 and not spare_dir.exists()  # none written ahead
     store.delete_jobs(["1"])
-    store.settle()  # its file became a spare again (the pool had room) or was removed
+    store.settle()  # its file became a spare
     assert not (tmp_path / "state-values" / "1").exists()
-    assert len(os.listdir(spare_dir)) <= SPARES
+    assert values.spares == 1 and len(os.listdir(spare_dir)) == 1
+    store.add_job("2", None, "b", "running", 1.0, {"args": [big[:LARGE_VALUE]]}, {"state": "running"})
+    store.flush()  # (smaller than the spare: written into it, cut to its length)
+    assert (values.fresh, values.reused) == (1, 1) and values.spares == 0
+    stored = store.load_job("2")
+    assert stored is not None and stored.doc == {"args": [big[:LARGE_VALUE]]}
+    for n in range(3, 3 + SPARES + 2):  # more dropped files than spares kept: the rest are removed
+        store.add_job(str(n), None, "c", "running", 1.0, {"args": [big]}, {"state": "running"})
+        store.flush()
+    store.delete_jobs([str(n) for n in range(3, 3 + SPARES + 2)])
+    store.settle()
+    assert values.spares == SPARES and len(os.listdir(spare_dir)) == SPARES
     store.close()
     assert not spare_dir.exists()  # a stopped daemon keeps no spare
 
