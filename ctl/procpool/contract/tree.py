@@ -446,7 +446,7 @@ class _Parser:
         self.groups.append(group)
         inner = _merge_defaults(defaults, values)
         children = group.children
-        tasks, groups, callables = self.tasks, self.groups, self._callables
+        tasks, groups, callables, names = self.tasks, self.groups, self._callables, self.names
         # The commonest child by far, a task that only names its callable (and perhaps itself),
         # takes a short cut with the same checks (depth, node count, the reference, a valid and
         # unique name).
@@ -464,13 +464,21 @@ class _Parser:
                 call = child.get("call")
                 if type(call) is str and call not in callables and _is_callable_ref(call):
                     callables.add(call)
-                task_name = child.get("name", f"{name}.{i}") if len(child) == 2 else f"{name}.{i}"
+                task_name = child["name"] if len(child) == 2 else f"{name}.{i}"  # (2 keys: one is "name")
                 if type(call) is str and call in callables and type(task_name) is str and name_ok(task_name):
                     if shared is None:
                         shared = self._resolved(inner)
-                    task_index = self._add_task(
-                        task_name, f"{cpath}[{i}]", "call", call, [], {}, None, False, [], shared, index
-                    )
+                        timeout, retries, retry_delay, priority, env, cwd, tags = shared
+                    # (_add_task, inline: this loop is most of the parse of a big job)
+                    task_path = f"{cpath}[{i}]"
+                    if task_name in names:
+                        self.claim(task_name, task_path)  # raises: the name is taken
+                    names[task_name] = task_path
+                    task_index = len(tasks)
+                    tasks.append(TaskSpec(
+                        task_index, task_name, task_path, "call", call, [], {}, None, False, timeout, retries,
+                        retry_delay, priority, [], env, cwd, tags, index,
+                    ))
                     children.append(("task", task_index))
                     continue
             children.append(self.node(child, f"{cpath}[{i}]", inner, index, f"{name}.{i}", depth + 1))
@@ -797,8 +805,12 @@ class Plan:
 
 def compile_job(job: JobSpec) -> Plan:
     """Resolve names and sequential order into edges; reject unknown names and cycles."""
-    by_name: dict[str, tuple[str, int]] = {t.name: ("task", t.index) for t in job.tasks}
-    by_name.update({g.name: ("group", g.index) for g in job.groups})
+    # Names are resolved only for depends_on: most jobs have none, and need no table of names.
+    has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
+    by_name: dict[str, tuple[str, int]] = {}
+    if has_edges:
+        by_name = {t.name: ("task", t.index) for t in job.tasks}
+        by_name.update({g.name: ("group", g.index) for g in job.groups})
     preds: dict[tuple[str, int], list[tuple[str, int]]] = {}
 
     def resolve(names: list[str], path: str, me: tuple[str, int]) -> list[tuple[str, int]]:
@@ -825,7 +837,6 @@ def compile_job(job: JobSpec) -> Plan:
 
     # Without depends_on edges the graph is the tree plus sequential chains: it cannot have a cycle.
     plan = Plan(preds, job.tasks, job.groups)
-    has_edges = any(t.depends_on for t in job.tasks) or any(g.depends_on for g in job.groups)
     cycle = _find_cycle(plan.graph) if has_edges else None
     if cycle:
         names: list[str] = []

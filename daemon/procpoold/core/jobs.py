@@ -259,7 +259,7 @@ class Job:
         self._counts["pending"] = len(spec.tasks)
         counts = self._counts
         self.tasks = [TaskRun(t, f"{job_id}.{t.index}", counts=counts) for t in spec.tasks]
-        self.by_name = {t.spec.name: t.spec.index for t in self.tasks}
+        self.by_name = {t.name: t.index for t in spec.tasks}
         # blockers and their reverse, from the plan (see the module docstring)
         # (a group's chain is computed once and shared by its tasks, which only read it)
         chains: dict[int | None, list[int]] = {None: []}
@@ -554,13 +554,25 @@ class Job:
             t.started_at = now
         return attempt
 
-    def complete(self, index: int, now: float, result: Any = None, exit_code: int | None = None) -> Effects:
-        """A task's attempt succeeded."""
+    def complete(
+        self,
+        index: int,
+        now: float,
+        result: Any = None,
+        exit_code: int | None = None,
+        into: Effects | None = None,
+    ) -> Effects:
+        """A task's attempt succeeded. With ``into`` (a batch of completions), the effects are added
+        to it and it is returned."""
         t = self.tasks[index]
         t.move("completed")
         t.finished_at = now
         t.result, t.exit_code, t.error = result, exit_code, None
-        effects = Effects(finished_tasks=[index])
+        if into is None:
+            effects = Effects(finished_tasks=[index])
+        else:
+            effects = into
+            effects.finished_tasks.append(index)
         self._node_complete(("task", index), effects)
         parents = self._ancestors[index]
         for g in parents:
@@ -572,7 +584,7 @@ class Job:
         return effects
 
     def _node_complete(self, node: Node, effects: Effects) -> None:
-        self._complete.add(node)
+        # (``_complete`` is not kept up here: only _rebuild reads it, and it derives it afresh)
         for i in self._waiters.get(node, ()):
             w = self.tasks[i]
             w.waiting -= 1

@@ -16,7 +16,23 @@ from procpoold.core.jobs import Effects, Job
 from procpoold.core.states import FINAL_TASK_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream, TaskError
 from procpoold.identity import Identity, identity_of, run_as_uid
-from procpoold.scheduler.state import _RETRIED, Ref, SchedulerState, log, task_log
+from procpoold.scheduler.state import _RETRIED, _STARTED, Ref, SchedulerState, log, task_log
+
+
+class _JobPass:
+    """What the attempts of one job dispatched in one pump pass share: the job, the identity they
+    run as (looked up once per job per pass), the time they start, and the job's entry in the
+    scheduler's changed tasks (None without a store)."""
+
+    __slots__ = ("job", "job_name", "now", "run", "started", "user")
+
+    def __init__(self, job: Job, user: Identity | None, now: float, started: dict[int, int] | None) -> None:
+        self.job = job
+        self.job_name = job.spec.name
+        self.user = user
+        self.now = now
+        self.run = job.run
+        self.started = started
 
 
 class Attempts(SchedulerState):
@@ -66,23 +82,31 @@ class Attempts(SchedulerState):
             return
         batch: list[tuple[Executor, AttemptSpec]] = []
         jobs = self.jobs
-        users: dict[str, Identity | None] = {}  # per job, looked up once per pass
+        # What every attempt of a job shares, worked out once per job per pass (its run-as
+        # identity, its journal name, the start time of this pass); see _prepare.
+        passes: dict[str, _JobPass] = {}
+        now: float | None = None
         for kind, queue in self.queues.items():
             executor = self.executors[kind]
             free = executor.free_slots()
-            while free > 0 and queue:
+            while free > 0:
                 ref = queue.pop()
-                if ref is None:
+                if ref is None:  # (empty: no len() per task)
                     break
-                job = jobs[ref[0]]
-                if job.tasks[ref[1]].state != "ready":
+                job_id, index = ref
+                job = jobs[job_id]
+                if job.tasks[index].state != "ready":
                     continue
-                if job.id not in users:
-                    users[job.id] = self._run_as(job)
-                batch.append((executor, self._prepare(job, ref[1], executor, users[job.id])))
+                jp = passes.get(job_id)
+                if jp is None:
+                    if now is None:
+                        now = self.clock()
+                    jp = passes[job_id] = self._job_pass(job, now)
+                batch.append((executor, self._prepare(jp, ref, executor)))
                 free -= 1
         if not batch:
             return
+        self.counters["attempts"] += len(batch)
         # Write-ahead: the attempts are recorded as running before any of them starts, so after a
         # crash an attempt that ran is known (and counted) instead of silently run again as new.
         self.flush()
@@ -113,40 +137,52 @@ class Attempts(SchedulerState):
         except Exception as exc:
             self._internal_failure(attempt_id, "could not be stopped at its timeout", exc)
 
-    def _prepare(self, job: Job, index: int, executor: Executor, user: Identity | None) -> AttemptSpec:
-        t = job.tasks[index]
-        attempt_id = f"{t.id}@{job.run}#{len(t.attempts) + 1}"
-        attempt = job.mark_running(index, attempt_id, self.clock())
-        self._touch_started(job, index)
-        spec = AttemptSpec(
-            attempt_id=attempt_id,
-            job_id=job.id,
-            job_name=job.spec.name,
-            task_id=t.id,
-            task_name=t.spec.name,
-            attempt=attempt.number,
-            kind=t.spec.kind,
-            call=t.spec.call,
-            args=t.spec.args,
-            kwargs=t.spec.kwargs,
-            cmd=t.spec.cmd,
-            shell=t.spec.shell,
-            env={**job.spec.env, **t.spec.env} if t.spec.env else job.spec.env,
-            cwd=t.spec.cwd or job.spec.cwd,
-            python_path=job.spec.python_path,
-            timeout=t.spec.timeout,
-            run=job.run,
-            user=user,
-        )
-        self.attempts[attempt_id] = (job.id, index)
-        self.counters["attempts"] += 1
-        if t.spec.timeout is not None:
-            self._timeouts[attempt_id] = self.loop.call_later(
-                t.spec.timeout, lambda: self._on_timeout(executor, attempt_id)
-            )
+    def _job_pass(self, job: Job, now: float) -> _JobPass:
+        """What the attempts of ``job`` dispatched in one pump pass share (see :class:`_JobPass`)."""
         sink = self.journal
         if sink is not None and job.id not in sink.named:
-            self._name_job(sink, job)
+            self._name_job(sink, job)  # its names go to the journal before its first start record
+        return _JobPass(job, self._run_as(job), now, self._starts_of(job))
+
+    def _prepare(self, jp: _JobPass, ref: Ref, executor: Executor) -> AttemptSpec:
+        """Mark task ``ref`` of ``jp.job`` running with a new attempt and describe that attempt.
+
+        The task's only change is the attempt starting: a small log entry goes to the store
+        (written ahead by the pump's flush) unless the task has a bigger change waiting.
+        """
+        job, index = jp.job, ref[1]
+        t = job.tasks[index]
+        task = t.spec
+        attempt_id = f"{t.id}@{jp.run}#{len(t.attempts) + 1}"
+        attempt = job.mark_running(index, attempt_id, jp.now)
+        if jp.started is not None:
+            jp.started.setdefault(index, _STARTED)  # (see Persistence._starts_of)
+        job_spec = job.spec
+        spec = AttemptSpec(
+            attempt_id,
+            job.id,
+            jp.job_name,
+            t.id,
+            task.name,
+            attempt.number,
+            task.kind,
+            task.call,
+            task.args,
+            task.kwargs,
+            task.cmd,
+            task.shell,
+            {**job_spec.env, **task.env} if task.env else job_spec.env,
+            task.cwd or job_spec.cwd,
+            job_spec.python_path,
+            task.timeout,
+            jp.run,
+            jp.user,
+        )
+        self.attempts[attempt_id] = ref
+        if task.timeout is not None:
+            self._timeouts[attempt_id] = self.loop.call_later(
+                task.timeout, lambda: self._on_timeout(executor, attempt_id)
+            )
         return spec
 
     @staticmethod
@@ -173,8 +209,8 @@ class Attempts(SchedulerState):
             return
         job = self.jobs[ref[0]]
         t = job.tasks[ref[1]]
-        attempt = t.running_attempt
-        if attempt is not None:
+        if t.state == "running" and t.attempts:  # (TaskRun.running_attempt, inline)
+            attempt = t.attempts[-1]
             attempt.pid, attempt.worker = pid, worker
             if worker is None:
                 self._touch_pid(job, ref[1])
@@ -210,16 +246,23 @@ class Attempts(SchedulerState):
         """A batch of outcomes (one drain of the pool's result rings), applied in order.
 
         Runs on the loop's thread. The same state changes as :meth:`attempt_finished` for each
-        outcome; a completion (most of them) takes a short path: one clock reading and one
-        dispatch pass for the whole batch. An exception while applying one outcome is logged and
-        does not keep the rest of the batch from being applied.
+        outcome; completions (most of them) take a short path: one clock reading and one dispatch
+        pass for the whole batch, and a run of completions of one job is applied together (one
+        :class:`Effects`, one store mark, one enqueue of what they made ready; each task's final
+        record and notification still in order). An exception while applying one outcome is
+        logged and does not keep the rest of the batch from being applied.
         """
         attempts, jobs, timeouts = self.attempts, self.jobs, self._timeouts
         now: float | None = None
+        job: Job | None = None  # the job of the completions gathered in ``effects``
+        effects = Effects()
         for outcome in outcomes:
             aid = outcome.attempt_id
             ref = attempts.get(aid) if outcome.status == "completed" else None
             if ref is None:
+                if job is not None:  # what came before is applied before this one
+                    self._apply_completions(job, effects)
+                    job, effects = None, Effects()
                 try:
                     self.attempt_finished(outcome)
                 except Exception:
@@ -231,18 +274,33 @@ class Attempts(SchedulerState):
                     timer = timeouts.pop(aid, None)
                     if timer is not None:
                         timer.cancel()
-                job = jobs[ref[0]]
-                index = ref[1]
                 if now is None:
                     now = self.clock()
-                attempt = job.tasks[index].running_attempt
-                if attempt is not None:
+                its_job = jobs[ref[0]]
+                if its_job is not job:
+                    if job is not None:
+                        self._apply_completions(job, effects)
+                    job, effects = its_job, Effects()
+                index = ref[1]
+                t = its_job.tasks[index]
+                if t.state == "running" and t.attempts:  # (TaskRun.running_attempt, inline)
+                    attempt = t.attempts[-1]
                     attempt.finished_at, attempt.status = now, "completed"
-                self._apply(job, job.complete(index, now, outcome.result, outcome.exit_code))
+                its_job.complete(index, now, outcome.result, outcome.exit_code, into=effects)
             except Exception:
                 log.exception("the outcome of attempt %s could not be applied", aid)
+        if job is not None:
+            self._apply_completions(job, effects)
         if now is not None:
             self._schedule_pump()  # slots became free
+
+    def _apply_completions(self, job: Job, effects: Effects) -> None:
+        """Apply the gathered effects of completions of ``job`` (an exception is logged)."""
+        try:
+            self._apply_completion(job, effects)
+        except Exception:
+            log.exception("the outcomes of %d attempt(s) of job %s could not be applied",
+                          len(effects.finished_tasks), job.id)
 
     def _attempt_finished(self, ref: Ref | None, outcome: Outcome) -> None:
         timer = self._timeouts.pop(outcome.attempt_id, None)

@@ -24,12 +24,17 @@ class Persistence(SchedulerState):
             self._dirty_jobs.add(job.id)
         self._schedule_flush()
 
-    def _touch_started(self, job: Job, index: int) -> None:
-        """The task's only change is that an attempt started: a small log entry will do."""
+    def _starts_of(self, job: Job) -> dict[int, int] | None:
+        """Where attempts of ``job`` starting in this iteration are noted, before the next flush.
+
+        The caller sets ``setdefault(index, _STARTED)`` for each: a task whose only change is
+        that an attempt started gets a small log entry (see :meth:`Job.start_entry`). The dict
+        is good until that flush; None without a store.
+        """
         if self.store is None:
-            return
-        self._dirty.setdefault(job.id, {}).setdefault(index, _STARTED)
+            return None
         self._schedule_flush()
+        return self._dirty.setdefault(job.id, {})
 
     def _touch_pid(self, job: Job, index: int) -> None:
         """A command's pid: written with the next commit, or ``PID_FLUSH_DELAY`` later at most.

@@ -59,6 +59,54 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
         if effects.ready:
             self._schedule_pump()
 
+    def _apply_completion(self, job: Job, effects: Effects) -> None:
+        """:meth:`_apply` for the effects of :meth:`Job.complete` of tasks whose attempts were running.
+
+        The same steps in the same order, less what cannot apply: such a task is in no ready queue
+        (the pump took it out) and has no retry timer (it only has one while waiting to be ready
+        again), and completing a task stops no attempt and finishes no other task.
+        """
+        finished = effects.finished_tasks
+        self._touch(job, finished)
+        if effects.ready:
+            self._enqueue(job, effects.ready)
+        self._completed_final(job, finished)
+        if effects.run_finished:
+            self._run_finished(job)
+        if effects.ready:
+            self._schedule_pump()
+
+    def _completed_final(self, job: Job, indices: list[int]) -> None:
+        """:meth:`_task_final` of tasks that completed, in order: their counter, their COMPLETED
+        events (the job's journal number and the site looked up once) and their notices.
+        One task's failure here spares the others' (see attempts_finished)."""
+        sink = self.journal
+        if sink is None:
+            for i in indices:
+                try:
+                    self._task_final(job, i)
+                except Exception:
+                    log.exception("the final record of task %s could not be made", job.tasks[i].id)
+            return
+        self.counters["completed"] += len(indices)
+        code = journal.encoding.COMPLETED
+        number = sink.named.get(job.id)
+        if number is None:
+            number = self._name_job(sink, job)
+        site = self._sites.get(code)
+        if site is None:
+            site = self._sites[code] = sink.caller_site()
+        tasks, event, notify = job.tasks, sink.event, self._notify
+        for i in indices:
+            t = tasks[i]
+            try:
+                attempts = t.attempts
+                pid = attempts[-1].pid if attempts else None
+                event(code, number, i, len(attempts), pid or 0, "", site)
+                notify(t.id)
+            except Exception:
+                log.exception("the final record of task %s could not be made", t.id)
+
     def _task_final(self, job: Job, index: int) -> None:
         t = job.tasks[index]
         if t.state == "completed":

@@ -141,6 +141,10 @@ class SchedulerState(abc.ABC):
         """(scheduler) Carry out a job's state changes: queue, stop, record, notify, pump."""
 
     @abc.abstractmethod
+    def _apply_completion(self, job: Job, effects: Effects) -> None:
+        """(scheduler) :meth:`_apply` for running tasks that completed (``Job.complete``)."""
+
+    @abc.abstractmethod
     def _record(self, level: int, message: str, fields: dict[str, str]) -> None:
         """(scheduler) A job's record (submitted, finished) with its journal fields."""
 
@@ -169,8 +173,8 @@ class SchedulerState(abc.ABC):
         """(persistence) Remember what changed (no indices: the job's own fields)."""
 
     @abc.abstractmethod
-    def _touch_started(self, job: Job, index: int) -> None:
-        """(persistence) The task's only change is that an attempt started."""
+    def _starts_of(self, job: Job) -> dict[int, int] | None:
+        """(persistence) Where the job's attempts starting before the next flush are noted."""
 
     @abc.abstractmethod
     def _touch_pid(self, job: Job, index: int) -> None:

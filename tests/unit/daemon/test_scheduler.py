@@ -104,3 +104,35 @@ def test_a_batch_of_outcomes_is_applied_in_order_and_one_failure_spares_the_rest
     assert [a.status for a in (job.tasks[0].attempts[-1], job.tasks[2].attempts[-1])] == ["completed"] * 2
     assert specs[1].attempt_id not in scheduler.attempts  # its outcome was taken, and logged as lost
     loop.close()
+
+
+def test_completions_of_two_jobs_in_one_batch_apply_in_order_and_unblock_the_next_stage() -> None:
+    loop, executor, scheduler = make(slots=8)
+    stages = {"sequential": [{"concurrent": [{"call": "m:f"}] * 2}, {"concurrent": [{"call": "m:g"}] * 2}]}
+    a, _ = scheduler.submit({"name": "a", "root": stages})
+    b, _ = scheduler.submit({"name": "b", "root": {"concurrent": [{"call": "m:f"}, {"cmd": ["x"]}]}})
+    loop.run_once(0)
+    by_id = {s.attempt_id: s for s in executor.submitted}
+    first = [s for s in executor.submitted if s.job_id == a.id]
+    other = [s for s in executor.submitted if s.job_id == b.id]
+    assert len(first) == 2 and len(other) == 2
+    finals: list[str] = []
+    scheduler.listeners.append(finals.append)
+    scheduler.attempts_finished([
+        Outcome(first[0].attempt_id, "completed", result=1),
+        Outcome(other[0].attempt_id, "completed", result=2),
+        Outcome(first[1].attempt_id, "completed", result=3),
+        Outcome(other[1].attempt_id, "failed", error=TaskError("E", "it failed")),
+    ])
+    assert [t.state for t in a.tasks] == ["completed", "completed", "ready", "ready"]
+    assert [t.result for t in a.tasks[:2]] == [1, 3]
+    assert [t.state for t in b.tasks] == ["completed", "failed"]
+    # each task's final notice in the order of the outcomes, then the job's
+    assert finals == [a.tasks[0].id, b.tasks[0].id, a.tasks[1].id, b.tasks[1].id, b.id]
+    for spec in executor.submitted:
+        executor.running.discard(spec.attempt_id)
+    loop.run_once(0)  # the pump: the second stage, each of its tasks once
+    second = [s for s in executor.submitted if s.attempt_id not in by_id]
+    assert sorted(s.task_id for s in second) == [a.tasks[2].id, a.tasks[3].id]
+    assert [t.state for t in a.tasks] == ["completed", "completed", "running", "running"]
+    loop.close()
