@@ -83,6 +83,10 @@ TASK_FIELDS: dict[str, FieldSpec] = {
     "env": FieldSpec("env", "Environment variables added for the task.", True),
     "cwd": FieldSpec("string", "Working directory of the task.", True),
     "tags": FieldSpec("names", "Free-form labels shown by status.", True),
+    "engine": FieldSpec(
+        "name", 'The engine that runs the task (default: the daemon\'s engine for its kind, "pool" for '
+        'call tasks and "commands" for cmd tasks).'
+    ),
 }
 GROUP_KEYS = ("sequential", "concurrent")
 GROUP_FIELDS: dict[str, FieldSpec] = {
@@ -140,6 +144,7 @@ class TaskSpec:
     cwd: str | None = None
     tags: list[str] = field(default_factory=list)
     parent: int | None = None  # index into JobSpec.groups
+    engine: str | None = None  # the engine named by the task; None: the daemon's default for its kind
 
 
 @dataclass
@@ -576,6 +581,9 @@ class _Parser:
             inherited,
             parent,
         )
+        engine = get("engine")
+        if engine is not None:
+            self.tasks[index].engine = engine
         return ("task", index)
 
 

@@ -49,19 +49,21 @@ class Attempts(SchedulerState):
             timer.cancel()
 
     def _enqueue(self, job: Job, indices: list[int]) -> None:
-        """Queue ready tasks, one queue entry per run of tasks of the same kind and priority."""
+        """Queue ready tasks on their engines' queues, one queue entry per run of tasks of the same
+        route (kind and engine named) and priority."""
         now_mono = time.monotonic()
         tasks, job_id = job.tasks, job.id
+        route = self.engines.route_name
         first = tasks[indices[0]].spec
-        kind, priority = first.kind, first.priority
+        kind, engine, priority = first.kind, first.engine, first.priority
         refs: list[Ref] = []
         for i in indices:
             spec = tasks[i].spec
-            if spec.kind != kind or spec.priority != priority:
-                self.queues[kind].push_many(refs, priority, now_mono)
-                kind, priority, refs = spec.kind, spec.priority, []
+            if spec.kind != kind or spec.priority != priority or spec.engine != engine:
+                self.queues[route(kind, engine)].push_many(refs, priority, now_mono)
+                kind, engine, priority, refs = spec.kind, spec.engine, spec.priority, []
             refs.append((job_id, i))
-        self.queues[kind].push_many(refs, priority, now_mono)
+        self.queues[route(kind, engine)].push_many(refs, priority, now_mono)
 
     def kick(self) -> None:
         """Capacity changed (e.g. the pool grew): try to dispatch.
@@ -86,8 +88,9 @@ class Attempts(SchedulerState):
         # identity, its journal name, the start time of this pass); see _prepare.
         passes: dict[str, _JobPass] = {}
         now: float | None = None
-        for kind, queue in self.queues.items():
-            executor = self.executors[kind]
+        engines = self.engines.by_name
+        for name, queue in self.queues.items():
+            executor = engines[name]
             free = executor.free_slots()
             while free > 0:
                 ref = queue.pop()
@@ -200,8 +203,9 @@ class Attempts(SchedulerState):
     def attempt_started(self, attempt_id: str, pid: int | None, worker: str | None) -> None:
         """An executor started the attempt, as ``pid`` (a pool worker's, or a command's) on ``worker``.
 
-        Loop thread (executor event). Sets the running attempt's pid and worker (a command's pid is
-        committed with the next flush, or ``pid_flush_delay`` later) and writes the task's start record.
+        Loop thread (executor event). Sets the running attempt's pid and worker (the pid of an attempt
+        whose engine's processes outlive the daemon is committed with the next flush, or
+        ``pid_flush_delay`` later: see Executor.recover) and writes the task's start record.
         An unknown attempt (already finished) is ignored. May not start, stop or commit anything.
         """
         ref = self.attempts.get(attempt_id)
@@ -212,7 +216,7 @@ class Attempts(SchedulerState):
         if t.state == "running" and t.attempts:  # (TaskRun.running_attempt, inline)
             attempt = t.attempts[-1]
             attempt.pid, attempt.worker = pid, worker
-            if worker is None:
+            if pid is not None and self.engines.outlives(t.spec.kind, t.spec.engine):
                 self._touch_pid(job, ref[1])
         # The record is written once the attempt has a process, so it names the worker's pid.
         sink = self.journal
