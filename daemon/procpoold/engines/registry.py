@@ -43,8 +43,6 @@ class Engines:
             self.defaults[kind] = name
         #: (kind, engine named by the task or None) -> engine name, filled as routes are checked
         self._routes: dict[tuple[str, str | None], str] = {(k, None): n for k, n in self.defaults.items()}
-        #: the same -> whether that engine's processes outlive the daemon (asked at every start)
-        self._outlives: dict[tuple[str, str | None], bool] = {}
 
     def all(self) -> list[Executor]:
         """Every engine, in registration order."""
@@ -65,14 +63,6 @@ class Engines:
     def route(self, kind: str, engine: str | None = None) -> Executor:
         """The engine that runs a task of ``kind`` naming ``engine`` (see :meth:`route_name`)."""
         return self.by_name[self.route_name(kind, engine)]
-
-    def outlives(self, kind: str, engine: str | None = None) -> bool:
-        """Whether the processes of a task routed so may outlive a crashed daemon (see
-        :attr:`Executor.outlives_daemon`)."""
-        found = self._outlives.get((kind, engine))
-        if found is None:
-            found = self._outlives[(kind, engine)] = self.route(kind, engine).outlives_daemon
-        return found
 
     def check_job(self, spec: JobSpec) -> None:
         """Raise :class:`~procpool.contract.tree.TreeError` (at the task's path) for a task of

@@ -89,8 +89,10 @@ class Attempts(SchedulerState):
         passes: dict[str, _JobPass] = {}
         now: float | None = None
         engines = self.engines.by_name
+        outliving = self._outliving
         for name, queue in self.queues.items():
             executor = engines[name]
+            outlives = executor.outlives_daemon
             free = executor.free_slots()
             while free > 0:
                 ref = queue.pop()
@@ -105,7 +107,10 @@ class Attempts(SchedulerState):
                     if now is None:
                         now = self.clock()
                     jp = passes[job_id] = self._job_pass(job, now)
-                batch.append((executor, self._prepare(jp, ref, executor)))
+                spec = self._prepare(jp, ref, executor)
+                batch.append((executor, spec))
+                if outlives:
+                    outliving.add(spec.attempt_id)
                 free -= 1
         if not batch:
             return
@@ -216,8 +221,10 @@ class Attempts(SchedulerState):
         if t.state == "running" and t.attempts:  # (TaskRun.running_attempt, inline)
             attempt = t.attempts[-1]
             attempt.pid, attempt.worker = pid, worker
-            if pid is not None and self.engines.outlives(t.spec.kind, t.spec.engine):
-                self._touch_pid(job, ref[1])
+            if attempt_id in self._outliving:
+                self._outliving.discard(attempt_id)
+                if pid is not None:
+                    self._touch_pid(job, ref[1])
         # The record is written once the attempt has a process, so it names the worker's pid.
         sink = self.journal
         if sink is not None:
@@ -244,6 +251,7 @@ class Attempts(SchedulerState):
         and ignored. May not block: it runs inside the executor's callback.
         """
         ref = self.attempts.pop(outcome.attempt_id, None)
+        self._outliving.discard(outcome.attempt_id)  # (one that ended before it was reported started)
         self._attempt_finished(ref, outcome)
 
     def attempts_finished(self, outcomes: list[Outcome]) -> None:
@@ -256,7 +264,7 @@ class Attempts(SchedulerState):
         record and notification still in order). An exception while applying one outcome is
         logged and does not keep the rest of the batch from being applied.
         """
-        attempts, jobs, timeouts = self.attempts, self.jobs, self._timeouts
+        attempts, jobs, timeouts, outliving = self.attempts, self.jobs, self._timeouts, self._outliving
         now: float | None = None
         job: Job | None = None  # the job of the completions gathered in ``effects``
         effects = Effects()
@@ -274,6 +282,8 @@ class Attempts(SchedulerState):
                 continue
             del attempts[aid]
             try:
+                if outliving:
+                    outliving.discard(aid)
                 if timeouts:
                     timer = timeouts.pop(aid, None)
                     if timer is not None:

@@ -118,6 +118,9 @@ class SchedulerState(abc.ABC):
         #: ready tasks per engine name
         self.queues: dict[str, ReadyQueue[Ref]] = {name: ReadyQueue(aging) for name in engines.by_name}
         self.attempts: dict[str, Ref] = {}
+        #: attempts handed to an engine whose processes outlive the daemon, not reported started yet
+        #: (their pid is committed soon after the start: see Executor.recover)
+        self._outliving: set[str] = set()
         #: lifecycle event code -> the journal's site id of the code that sends it
         self._sites: dict[int, int] = {}
         self._timeouts: dict[str, Timer] = {}
