@@ -18,6 +18,9 @@ from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Strea
 from procpoold.identity import Identity, identity_of, run_as_uid
 from procpoold.scheduler.state import _RETRIED, _STARTED, Ref, SchedulerState, log, task_log
 
+#: an AttemptSpec without running its __init__: _prepare sets every field by name
+_new_spec = object.__new__
+
 
 class _JobPass:
     """What the attempts of one job dispatched in one pump pass share: the job, the identity they
@@ -166,26 +169,27 @@ class Attempts(SchedulerState):
         if jp.started is not None:
             jp.started.setdefault(index, _STARTED)  # (see Persistence._starts_of)
         job_spec = job.spec
-        spec = AttemptSpec(
-            attempt_id,
-            job.id,
-            jp.job_name,
-            t.id,
-            task.name,
-            attempt.number,
-            task.kind,
-            task.call,
-            task.args,
-            task.kwargs,
-            task.cmd,
-            task.shell,
-            {**job_spec.env, **task.env} if task.env else job_spec.env,
-            task.cwd or job_spec.cwd,
-            job_spec.python_path,
-            task.timeout,
-            jp.run,
-            jp.user,
-        )
+        # Every field by name (AttemptSpec.__init__ with 18 keywords costs 0.95 us, positionally
+        # 0.38 us, this 0.21 us on CPython 3.11); test_engines checks that each one is set.
+        spec = _new_spec(AttemptSpec)
+        spec.attempt_id = attempt_id
+        spec.job_id = job.id
+        spec.job_name = jp.job_name
+        spec.task_id = t.id
+        spec.task_name = task.name
+        spec.attempt = attempt.number
+        spec.kind = task.kind
+        spec.call = task.call
+        spec.args = task.args
+        spec.kwargs = task.kwargs
+        spec.cmd = task.cmd
+        spec.shell = task.shell
+        spec.env = {**job_spec.env, **task.env} if task.env else job_spec.env
+        spec.cwd = task.cwd or job_spec.cwd
+        spec.python_path = job_spec.python_path
+        spec.timeout = task.timeout
+        spec.run = jp.run
+        spec.user = jp.user
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(

@@ -3,11 +3,13 @@ recovery of a crashed daemon's attempts through ``Executor.recover``."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from procpool.contract.tree import TreeError
+from procpoold.engines import AttemptSpec
 from procpoold.engines.registry import Engines, RouteError
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
@@ -120,4 +122,26 @@ def test_a_stored_job_of_an_engine_no_longer_registered_fails_with_the_reason(tm
     status = scheduler.finished_status(job.id)
     assert status["state"] == "failed" and "no engine named 'inline'" in str(status)
     store.close()
+    loop.close()
+
+
+def test_an_attempt_has_every_field_of_its_definition_set_by_name() -> None:
+    loop = EventLoop()
+    calls, commands = engine("pool", {"call"}), engine("commands", {"cmd"})
+    scheduler = Scheduler(loop, Engines([calls, commands]))
+    scheduler.submit({"name": "j", "env": {"A": "1"}, "python_path": ["/opt/lib"], "root": {"concurrent": [
+        {"name": "c", "call": "tests.support.tasks:add", "args": [1, 2], "kwargs": {}, "timeout": 5},
+        {"name": "x", "cmd": "echo hi", "shell": True, "env": {"B": "2"}, "cwd": "/usr"},
+    ]}})
+    loop.run_once(0)
+    [call], [cmd] = calls.submitted, commands.submitted
+    for spec in (call, cmd):
+        missing = [f.name for f in fields(AttemptSpec) if not hasattr(spec, f.name)]
+        assert not missing, f"fields of AttemptSpec that _prepare does not set: {missing}"
+    assert (call.task_name, call.kind, call.call, call.args, call.timeout, call.attempt, call.run) == (
+        "c", "call", "tests.support.tasks:add", [1, 2], 5, 1, 1)
+    assert (call.env, call.python_path, call.user, call.cmd, call.shell) == (
+        {"A": "1"}, ["/opt/lib"], None, None, False)
+    assert (cmd.kind, cmd.cmd, cmd.shell, cmd.env, cmd.cwd) == (
+        "cmd", "echo hi", True, {"A": "1", "B": "2"}, "/usr")
     loop.close()
