@@ -222,7 +222,7 @@ class Daemon:
         systemd.ready(self._status_text())
 
     def _status_text(self) -> str:
-        busy = sum(engine.health().busy for engine in self.engines.all())
+        busy = self._workers_summary()["busy"]
         running = self.scheduler.by_state().get("running", 0)
         return (
             f"{running} job{'s' if running != 1 else ''} running, {self.scheduler.queued()} queued, "
@@ -427,7 +427,9 @@ class Daemon:
         }
 
     def _workers_summary(self) -> dict[str, Any]:
-        """The workers of every engine: by state, and busy (what runs), with each engine's health."""
+        """The worker processes of every engine by state, ``busy``: the attempts they run (engines
+        without worker processes, such as the commands engine, are counted only in their own
+        ``busy``), and each engine's health."""
         states: dict[str, int] = {}
         busy = 0
         engines: dict[str, Any] = {}
@@ -435,7 +437,8 @@ class Daemon:
             health = engine.health()
             for state, n in health.workers.items():
                 states[state] = states.get(state, 0) + n
-            busy += health.busy
+            if health.workers:
+                busy += health.busy
             engines[engine.name] = {"up": health.up, "reason": health.reason, "busy": health.busy}
         return {"configured": self.config.workers, "states": states, "busy": busy, "engines": engines}
 
