@@ -15,7 +15,7 @@ from procpool.cli import render
 from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, emit, fail, pass_settings
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.states import COMPLETED, FINAL_JOB_STATES
-from procpool.contract.status import JobStatus, View
+from procpool.contract.status import JobStatus, View, follow, is_changes
 
 if TYPE_CHECKING:
     from procpool.client import Client
@@ -92,13 +92,27 @@ def _finish(
             last = line
             if status.state in FINAL_JOB_STATES:
                 break
-            status = _columns(client.wait(job_id, timeout=_POLL, view="columns")["status"])
+            status = _progress(client, job_id, status)
     else:
         status = _columns((first if first["finished"] else client.wait(job_id, view="columns"))["status"])
     if tty and live:
         click.echo("", err=True)
     _show_job(settings, client, status, all_tasks)
     sys.exit(EXIT_OK if status.state == COMPLETED else EXIT_FAILED)
+
+
+def _progress(client: Client, job_id: str, status: JobStatus) -> JobStatus:
+    """The next progress update of a job: waits up to ``_POLL`` for it to end, then brings
+    ``status`` up to date with the tasks that changed since its cursor (O(changed), not the whole
+    job each time); the whole status, every page, when there is no cursor yet or the daemon cannot
+    answer with what changed (it restarted, or too much changed for one reply)."""
+    if status.cursor is not None:
+        args = {"id": job_id, "timeout": _POLL, "view": "columns", "changes_since": status.cursor}
+        wire = client.call("wait", args, timeout=_POLL + client.timeout)["status"]
+        if is_changes(wire) and not wire.get("more"):
+            status.apply(wire)
+            return status
+    return follow(client.call, job_id, status if status.cursor is not None else None)
 
 
 def _columns(status: Any) -> JobStatus:

@@ -98,6 +98,7 @@ def test_states_are_defined_once() -> None:
 NOT_STATES = {
     ("client.py", '"timeout": chunk'),  # the wait request's argument
     ("cli/jobs.py", '("timeout", task_timeout)'),  # a task's field in a job file
+    ("cli/jobs.py", '"timeout": _POLL'),  # the progress wait's argument
     ("cli/pool.py", "counters = ("),  # the pool's statistics counters
     ("cli/render.py", "jobs.get('running', 0)"),  # the daemon summary's count of running attempts
 }
