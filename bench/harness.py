@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -280,9 +281,14 @@ class ProcpoolContender:
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            # A blocking wait: Popen.wait(timeout) polls every 50 ms or so, which would round
+            # every figure up by up to that; a timer kills a procctl that is stuck instead.
+            watchdog = threading.Timer(600, proc.kill)
+            watchdog.start()
             try:
-                rc = proc.wait(600)
+                rc = proc.wait()
             finally:
+                watchdog.cancel()
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()

@@ -9,10 +9,11 @@ imports (:mod:`procpool.task`).
 from typing import TYPE_CHECKING, Any
 
 from procpool.contract.errors import DaemonUnreachable, ErrorCode, ProcpoolError
-from procpool.contract.version import PROTOCOL_VERSION, __version__
+from procpool.contract.version import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from procpool.client import Client
+    from procpool.contract.version import __version__
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from procpool.client import Client
 
         return Client
+    if name == "__version__":  # looked up on first use (see procpool.contract.version)
+        from procpool.contract import version
+
+        return version.__version__
     raise AttributeError(name)
 
 

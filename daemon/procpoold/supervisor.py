@@ -469,6 +469,7 @@ class Daemon:
         tasks_limit: int | None = None,
         reader: Peer | None = None,
         view: View = "full",
+        changes_since: str | None = None,
     ) -> dict[str, Any]:
         """One job's status with a page of its tasks in ``view`` (bounded: see core.status), or one
         task's.
@@ -481,7 +482,7 @@ class Daemon:
         else:
             size = self.config.status_page_size
             limit = size if tasks_limit is None else min(tasks_limit, size)
-            reply = status.page(job, view, tasks_from, limit, tasks_limit)
+            reply = status.page(job, view, tasks_from, limit, tasks_limit, changes_since)
         if not self.policy.may_read_logs(reader, job.submitter_uid):
             status.strip_tails(reply)
         return dict(reply)
@@ -545,7 +546,12 @@ class Daemon:
         return job.id, job.submitter_uid
 
     def wait(
-        self, ref: str, timeout: float, extra: dict[str, Any] | None = None, view: View = "full"
+        self,
+        ref: str,
+        timeout: float,
+        extra: dict[str, Any] | None = None,
+        view: View = "full",
+        changes_since: str | None = None,
     ) -> dict[str, Any] | Deferred:
         """Answer now if ``ref`` has finished, else when it finishes or ``timeout`` runs out; a
         job's status comes in ``view``.
@@ -553,7 +559,7 @@ class Daemon:
         ``extra`` is merged into the answer (submit-and-wait replies with the submit result too).
         """
         if self.scheduler.is_finished(ref) or timeout <= 0:
-            reply = {**(extra or {}), **self.scheduler.finished_status(ref, view)}
+            reply = {**(extra or {}), **self.scheduler.finished_status(ref, view, changes_since)}
             if self.scheduler.durable_now():
                 return reply
             # It ended in this iteration, and its commit is still to come: answer after it.
@@ -584,10 +590,11 @@ class Daemon:
             if deferred.done:
                 return
             try:
-                found = None if built is None else built.get(view)
+                # (a reply to changes_since is each waiter's own: built each time)
+                found = None if built is None or changes_since is not None else built.get(view)
                 if found is None:
-                    found = self.scheduler.finished_status(ref, view)
-                    if built is not None:
+                    found = self.scheduler.finished_status(ref, view, changes_since)
+                    if built is not None and changes_since is None:
                         built[view] = found
                 deferred.resolve({**(extra or {}), **found, "id": ref})
             except ProcpoolError as exc:

@@ -189,3 +189,26 @@ def _halfway(status: Any) -> bool:
         return False
     running = list(status.indices(RUNNING))
     return running == [N_SLOW] and (status.task(N_SLOW).progress or {}).get("fraction") == 0.5
+
+
+def test_procctl_submit_wait_follows_a_running_job_by_what_changed(tmp_path: Path) -> None:
+    # Long enough for several progress polls (each after the first asks only for what changed
+    # since the previous one); the summary printed at the end comes from the copy those changes
+    # kept up to date, so it must agree with the job's real outcome.
+    n, every = 300, 50
+    tasks = [{"name": f"t{i}", "cmd": ["false"] if i % every == 0 else ["sleep", "0.005"]} for i in range(n)]
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"name": "followed", "on_failure": "continue",
+                                "root": {"concurrent": tasks}}))
+    with DaemonProcess(extra_args=["--workers", "2"]) as d:
+        out = d.procctl("submit", str(path), "--wait", timeout=180)
+        job_id = out.stderr.split()[1]
+        with d.client() as client:
+            real = client.status(job_id)
+    assert out.returncode == 1, out
+    progress = [line for line in out.stderr.splitlines() if line.startswith("[")]
+    assert len(progress) >= 3, out.stderr  # it was followed while it ran, not only at its end
+    failed = sum(1 for t in real["tasks"] if t["state"] == FAILED)
+    assert failed == n // every
+    lines = out.stdout.splitlines()
+    assert lines[1] == f"  {n} tasks: {n - failed} completed, {failed} failed", out.stdout

@@ -7,39 +7,51 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from procpool.cli import render
 from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, emit, fail, pass_settings
-from procpool.client import Client
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.states import COMPLETED, FINAL_JOB_STATES
-from procpool.contract.status import JobStatus
-from procpool.contract.tree import PRIORITIES, TreeError, compile_job, parse_job
+from procpool.contract.status import JobStatus, View, follow, is_changes
+
+if TYPE_CHECKING:
+    from procpool.client import Client
+    from procpool.contract.tree import JobSpec
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _POLL = 0.2  # seconds between live-progress refreshes (client side only)
+#: The dispatch priorities: procpool.contract.tree.PRIORITIES, spelled out so that `procctl`
+#: loads the tree validator only for the commands that validate (a unit test keeps them equal).
+PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
+#: Seconds a submit waits for its job when nothing is shown meanwhile (then `wait` goes on).
+_SUBMIT_WAIT = 30.0
 #: Jobs of up to this many tasks are shown as a tree; bigger ones as a summary (unless --all).
 TREE_TASKS = 100
 
 
-def load_job_file(source: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """Read a job file (``-`` for stdin) and validate it locally, exiting 2 on any error."""
+def read_job_file(source: str) -> Any:
+    """Read a job file (``-`` for stdin) and decode its JSON, exiting 2 on any error."""
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
     except OSError as exc:
         fail(f"cannot read {source}: {exc.strerror}", "check the path")
     try:
-        raw = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         fail(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+
+
+def check_job(source: str, raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
+    """Validate a decoded job file locally; exit 2 with its first problem (and JSON path)."""
+    from procpool.contract.tree import TreeError, parse_job
+
     try:
-        parse_job(raw, limits)
+        return parse_job(raw, limits)
     except TreeError as exc:
         fail(f"{source}: {exc.message}", exc.hint or "see docs/job-trees.md for the format")
-    return raw  # type: ignore[no-any-return]
 
 
 def _show_job(settings: Settings, client: Client, status: JobStatus, all_tasks: bool) -> None:
@@ -54,16 +66,23 @@ def _show_job(settings: Settings, client: Client, status: JobStatus, all_tasks: 
     click.echo(render.job_summary(status, time.time(), hint=hint))
 
 
-def _finish(settings: Settings, client: Client, job_id: str, live: bool, all_tasks: bool = False) -> None:
-    """Wait for a job with live progress; exit 0 if it completed, 1 if not."""
+def _finish(
+    settings: Settings, client: Client, first: dict[str, Any], live: bool, all_tasks: bool = False
+) -> None:
+    """Wait for a job with live progress; exit 0 if it completed, 1 if not.
+
+    ``first`` is the reply of a submit with ``wait``: the job's status in the view this needs
+    (full with ``--json``, else columns) once it finished or the submit's wait ran out, so a job
+    that ends within that wait takes one round trip in all."""
+    job_id = first["id"]
     if settings.json:  # the full status (format 1), as before the columnar view existed
-        result = client.wait(job_id)
+        result = first if first["finished"] else client.wait(job_id)
         emit(settings, result["status"], "")
         sys.exit(EXIT_OK if result["state"] == COMPLETED else EXIT_FAILED)
     tty = sys.stderr.isatty()
     last = ""
     if live:
-        status = _columns(client.job_status(job_id))
+        status = _columns(first["status"])
         while True:
             line = render.progress_line(status)
             if tty:
@@ -73,13 +92,27 @@ def _finish(settings: Settings, client: Client, job_id: str, live: bool, all_tas
             last = line
             if status.state in FINAL_JOB_STATES:
                 break
-            status = _columns(client.wait(job_id, timeout=_POLL, view="columns")["status"])
+            status = _progress(client, job_id, status)
     else:
-        status = _columns(client.wait(job_id, view="columns")["status"])
+        status = _columns((first if first["finished"] else client.wait(job_id, view="columns"))["status"])
     if tty and live:
         click.echo("", err=True)
     _show_job(settings, client, status, all_tasks)
     sys.exit(EXIT_OK if status.state == COMPLETED else EXIT_FAILED)
+
+
+def _progress(client: Client, job_id: str, status: JobStatus) -> JobStatus:
+    """The next progress update of a job: waits up to ``_POLL`` for it to end, then brings
+    ``status`` up to date with the tasks that changed since its cursor (O(changed), not the whole
+    job each time); the whole status, every page, when there is no cursor yet or the daemon cannot
+    answer with what changed (it restarted, or too much changed for one reply)."""
+    if status.cursor is not None:
+        args = {"id": job_id, "timeout": _POLL, "view": "columns", "changes_since": status.cursor}
+        wire = client.call("wait", args, timeout=_POLL + client.timeout)["status"]
+        if is_changes(wire) and not wire.get("more"):
+            status.apply(wire)
+            return status
+    return follow(client.call, job_id, status if status.cursor is not None else None)
 
 
 def _columns(status: Any) -> JobStatus:
@@ -98,16 +131,28 @@ def _columns(status: Any) -> JobStatus:
 @pass_settings
 def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], all_tasks: bool) -> None:
     """Submit the job tree in FILE (or - for stdin); prints the job id."""
-    raw = load_job_file(file, DEFAULT_LIMITS.following(settings.max_message_size))
+    raw = read_job_file(file)
     with settings.client() as client:
-        reply = client.submit(raw, list(after) or None)
+        try:
+            # The daemon validates the tree; the client checks it only if the submission failed.
+            if not wait_:
+                reply = client.submit(raw, list(after) or None)
+            elif settings.json:
+                reply = client.submit(raw, list(after) or None, wait=_SUBMIT_WAIT)
+            else:  # the first progress update comes with the reply
+                reply = client.submit(raw, list(after) or None, wait=_POLL, view="columns")
+        except Exception:
+            # A tree the client refuses gets its error as before, whatever else went wrong (no
+            # daemon, a request too large): the file, the JSON path of the problem, exit 2.
+            check_job(file, raw, DEFAULT_LIMITS.following(settings.max_message_size))
+            raise
         note = " (already submitted with this key)" if reply["existing"] else ""
         if not wait_:
             emit(settings, reply, f"{reply['id']}{note}")
             return
         if not settings.json:
             click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
-        _finish(settings, client, reply["id"], live=True, all_tasks=all_tasks)
+        _finish(settings, client, reply, live=True, all_tasks=all_tasks)
 
 
 @cli.command()
@@ -115,8 +160,9 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], a
 @pass_settings
 def validate(settings: Settings, file: str) -> None:
     """Check a job file without submitting it; print the order tasks could start in."""
-    raw = load_job_file(file, DEFAULT_LIMITS.following(settings.max_message_size))
-    job = parse_job(raw)
+    job = check_job(file, read_job_file(file), DEFAULT_LIMITS.following(settings.max_message_size))
+    from procpool.contract.tree import compile_job
+
     plan = job.plan or compile_job(job)
     order = [
         {"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind}
@@ -224,16 +270,20 @@ def run(
         job["key"] = key
     if user:
         job["user"] = user
+    from procpool.contract.tree import TreeError, parse_job
+
     try:
         parse_job(job)
     except TreeError as exc:
         fail(exc.message, exc.hint)
     with settings.client() as client:
-        reply = client.submit(job, list(after) or None)
         if not wait_:
+            reply = client.submit(job, list(after) or None)
             emit(settings, reply, reply["id"])
             return
-        _finish(settings, client, reply["id"], live=False)
+        view: View = "full" if settings.json else "columns"
+        reply = client.submit(job, list(after) or None, wait=_SUBMIT_WAIT, view=view)
+        _finish(settings, client, reply, live=False)
 
 
 @cli.command()

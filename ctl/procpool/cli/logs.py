@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from procpool.cli.main import Settings, cli, fail, pass_settings
-from procpool.client import Client
+
+if TYPE_CHECKING:
+    from procpool.client import Client
 
 _POLL = 0.2  # seconds between follow rounds
 

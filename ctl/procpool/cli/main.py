@@ -1,6 +1,7 @@
 """``procctl``: global options, exit codes and the one-line error policy.
 
-Every command talks to the daemon through :class:`procpool.Client`. Errors are
+Every command talks to the daemon through :class:`procpool.Client`, imported (with pyzmq) only
+when a command connects, so ``procctl --help`` or ``validate`` never load it. Errors are
 printed as ``procctl: error: <message>`` plus a ``hint:`` line; the traceback
 only appears with ``--debug``. ``--json`` makes every command print one JSON
 document on stdout instead of text.
@@ -14,17 +15,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from procpool import trust
-from procpool.client import Client
 from procpool.contract.codec import DEFAULT_MAX_MESSAGE_SIZE
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import SECONDS_MAX
 from procpool.contract.paths import default_socket
-from procpool.contract.version import __version__
+
+if TYPE_CHECKING:
+    from procpool.client import Client
 
 #: Exit codes (documented in ``procctl --help``).
 EXIT_OK = 0
@@ -62,6 +64,8 @@ class Settings:
     trust_uids: tuple[int, ...] = ()
 
     def client(self) -> Client:
+        from procpool.client import Client  # pyzmq loads here, for the commands that connect
+
         return Client(
             self.socket,
             timeout=self.timeout,
@@ -131,6 +135,17 @@ class Seconds(click.FloatRange):
         return seconds
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``procctl --version``, as click's version option prints it; the version is read only here
+    (it needs importlib.metadata, slow to import: see procpool.contract.version)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from procpool.contract.version import __version__
+
+    click.echo(f"procctl, version {__version__}", color=ctx.color)
+    ctx.exit()
+
+
 @click.group(cls=ProcctlGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--socket",
@@ -166,7 +181,14 @@ class Seconds(click.FloatRange):
     "service user 'procpool' and you are always trusted [env PROCPOOL_TRUST_UID, comma-separated].",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.version_option(__version__, prog_name="procctl")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -185,6 +207,7 @@ def cli(
 
 
 pass_settings = click.make_pass_decorator(Settings)
+
 
 
 @cli.command()

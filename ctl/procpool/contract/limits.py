@@ -1,9 +1,10 @@
 """What one job tree or request may hold: the ranges of numbers and the size limits.
 
-One definition for both sides: ``procctl`` checks a job against the defaults before it sends
-it, and the daemon checks every job and request again against its own :class:`Limits` (its
-config may change the size limits; see ``docs/state.md``, Settings). The ranges of numbers are
-fixed: they keep every timer, delay and count within what the daemon can compute with.
+One definition for both sides: ``procctl validate`` checks a job against the defaults (as
+``procctl submit`` does when a submission failed), and the daemon checks every job and request
+against its own :class:`Limits` (its config may change the size limits; see ``docs/state.md``,
+Settings). The ranges of numbers are fixed: they keep every timer, delay and count within what
+the daemon can compute with.
 
 A limit that is exceeded names itself (``job name is 10000000 bytes, the limit is
 max_name_bytes = 256``), and no error message echoes more than :data:`ECHO_MAX` bytes of what
@@ -114,7 +115,7 @@ class Limits:
 
 #: Byte limits whose default is the maximum message size (a reply must be able to carry the value).
 FOLLOW_MESSAGE_SIZE = ("max_args_bytes", "max_namespace_bytes", "max_result_bytes")
-#: The defaults (what ``procctl`` checks before it sends a job).
+#: The defaults (what ``procctl validate`` checks a job against).
 DEFAULT_LIMITS = Limits()
 #: The highest a config may set each limit (and what the daemon uses to restore stored jobs,
 #: which were within the limits in force when they were accepted). ``max_depth`` is bounded by

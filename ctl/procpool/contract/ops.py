@@ -8,6 +8,7 @@ operation's result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from procpool.contract.limits import (
     finite_number,
     shorten,
 )
+from procpool.contract.status import cursor_problem
 
 _TYPE_NAMES: dict[type, str] = {
     str: "a string",
@@ -42,6 +44,8 @@ class Arg:
     nullable: bool = False
     low: float | None = None
     high: float | None = None
+    #: what else a value of the right type must be: why it is refused, or None
+    check: Callable[[Any], str | None] | None = None
 
     def describe(self) -> str:
         names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.types)
@@ -89,8 +93,10 @@ _NUM = (float,)
 _SECONDS = Arg(_NUM, low=0.0, high=SECONDS_MAX)
 _TIME = Arg(_NUM, low=0.0, high=TIMESTAMP_MAX)
 _COUNT = Arg((int,), low=0, high=COUNT_MAX)
-#: how a job's status travels: "full" (the default) or "columns" (procpool.contract.status.VIEWS)
+#: how a job's status travels: "full" (the default), "columns" or "summary" (contract.status.VIEWS)
 _VIEW = Arg(_STR)
+#: a cursor from a reply (or "" for none yet): the reply holds the tasks changed since (columns view)
+_CHANGES_SINCE = Arg(_STR, check=cursor_problem)
 
 OPS: dict[str, Op] = {
     op.name: op
@@ -100,8 +106,10 @@ OPS: dict[str, Op] = {
             "status",
             "Daemon summary, a list of jobs, or one job in detail: a page of its tasks from index "
             "'tasks_from' (default 0) and at most 'tasks_limit' tasks, in 'view' 'full' (a map per "
-            "task, at most the daemon's status_page_size) or 'columns' (compact columns, at most "
-            "100,000 tasks; see procpool.contract.status).",
+            "task, at most the daemon's status_page_size), 'columns' (compact columns, at most "
+            "100,000 tasks; see procpool.contract.status) or 'summary' (the job's head and counts, "
+            "no task). With 'changes_since' (columns view: '' or the 'cursor' of an earlier reply) "
+            "only the tasks changed since that cursor.",
             job=Arg(_STR),
             view=_VIEW,
             state=Arg(_STR),
@@ -109,6 +117,7 @@ OPS: dict[str, Op] = {
             limit=_COUNT,
             tasks_from=_COUNT,
             tasks_limit=_COUNT,
+            changes_since=_CHANGES_SINCE,
         ),
         _op("shutdown", "Stop the daemon gracefully.", mutating=True),
         _op(
@@ -124,10 +133,11 @@ OPS: dict[str, Op] = {
         _op(
             "wait",
             "Block until a job or task has finished or 'timeout' seconds passed; a job's status comes in "
-            "'view' (as for status).",
+            "'view' (as for status; 'changes_since' as for status too).",
             id=Arg(_STR, required=True),
             timeout=_SECONDS,
             view=_VIEW,
+            changes_since=_CHANGES_SINCE,
         ),
         _op("cancel", "Cancel a job or a single task.", mutating=True, id=Arg(_STR, required=True)),
         _op("pool", "The worker pool: one entry per worker (pid, state, current task, tasks done, memory)."),
@@ -187,6 +197,8 @@ def check_args(op_name: str, args: dict[str, Any], request_id: Any = None) -> Op
                 request_id,
             )
         why = spec.out_of_range(value) if spec.low is not None else None
+        if why is None and spec.check is not None and value is not None:
+            why = spec.check(value)
         if why is not None:
             raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: argument {key!r} {why}", request_id)
     for key, spec in op.args.items():

@@ -21,6 +21,20 @@ A job's status comes in one of two *views* (the ``view`` argument of ``status``,
     ``groups`` (first page only) give each group's ``children`` as ``[kind, first index,
     count]`` runs of consecutive indices. :class:`JobStatus` decodes it without a map per
     task; :meth:`JobStatus.task` gives one task's row on demand.
+
+``summary`` (format 3)
+    the job's head only (its summary, job-wide fields and counts per state): no task, and no
+    work per task in the daemon. For a progress bar, or a job list entry with its fields.
+
+*What changed* (the ``changes_since`` argument of ``status`` and ``wait``, columns view): the
+reply carries a ``cursor``; given back as ``changes_since``, the next reply holds only the tasks
+that changed since (``columns.index`` lists them, the other columns hold their rows in that
+order, and ``changes`` is true), so polling a big job costs what changed, not what it holds. An
+empty ``changes_since`` (no cursor yet), or one the daemon can no longer answer (from before its
+restart, from another copy of a finished job, or too old: the job's change log is bounded),
+gets the full columnar status instead, with ``changes`` false and ``reset`` saying why
+(:data:`RESETS`). A delta cut short by its size has ``more`` true: ask again at once.
+:meth:`JobStatus.apply` applies a delta; :func:`follow` does a whole poll.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ import math
 import re
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -38,14 +52,53 @@ from procpool.contract.states import TASK_STATE_CODES, TASK_STATES, JobState, Ta
 #: ``format`` of a status with one map per task, and of a columnar one.
 FORMAT_FULL = 1
 FORMAT_COLUMNS = 2
-View = Literal["full", "columns"]
-VIEWS: tuple[View, ...] = ("full", "columns")
+#: ``format`` of a status with the job's head only (view ``summary``).
+FORMAT_SUMMARY = 3
+View = Literal["full", "columns", "summary"]
+VIEWS: tuple[View, ...] = ("full", "columns", "summary")
+#: Why a reply to ``changes_since`` is a full status rather than what changed: no cursor was
+#: given; the cursor names another change log (the daemon restarted, or the finished job was read
+#: back again); the changes since it are no longer kept; more tasks changed than one page holds.
+RESETS = ("new", "unknown", "old", "many")
+#: The longest cursor (two decimal numbers: the log's 52-bit epoch and a sequence number).
+CURSOR_MAX_CHARS = 40
+_CURSOR = re.compile(r"([0-9]{1,16})\.([0-9]{1,20})")
 #: The sparse columns of a columnar status, in the order they are sent.
 SPARSE: tuple[str, ...] = ("name", "result", "error", "exit_code", "progress", "reason", "retry_at", "tail")
 #: Bytes per task of the dense columns: state (1), attempts (4), started_at (8), finished_at (8).
 DENSE_BYTES_PER_TASK = 21
 
 _LITTLE = sys.byteorder == "little"
+
+
+# -- change cursors -------------------------------------------------------------------------------
+
+
+def format_cursor(epoch: int, seq: int) -> str:
+    """A change cursor as it travels: ``"EPOCH.SEQ"``."""
+    return f"{epoch}.{seq}"
+
+
+def parse_cursor(text: str) -> tuple[int, int] | None:
+    """``(epoch, seq)`` of a cursor, None for ``""`` (no cursor yet); ValueError saying what
+    anything else must be ("must be ...")."""
+    if text == "":
+        return None
+    if len(text) > CURSOR_MAX_CHARS:
+        raise ValueError(f"must be at most {CURSOR_MAX_CHARS} characters, got {len(text)}")
+    match = _CURSOR.fullmatch(text)
+    if match is None:
+        raise ValueError(f"must be the 'cursor' of an earlier reply (EPOCH.SEQ) or empty, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def cursor_problem(value: Any) -> str | None:
+    """Why ``value`` is not a ``changes_since`` argument (None: it is one)."""
+    try:
+        parse_cursor(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 # -- reply shapes ---------------------------------------------------------------------------------
@@ -154,6 +207,8 @@ ColumnsWire = TypedDict(
         "attempts": bytes,
         "started_at": bytes,
         "finished_at": bytes,
+        # a reply to changes_since that holds what changed: the tasks of the rows, in order
+        "index": NotRequired[bytes],
     },
 )
 
@@ -166,6 +221,19 @@ class ColumnStatusWire(TypedDict):
     groups: list[GroupStatus]
     columns: ColumnsWire
     sparse: dict[str, list[Any]]
+    #: with changes_since: the cursor for the next poll, whether this holds only what changed,
+    #: why not (a full status: see RESETS), and whether a delta was cut short (ask again)
+    cursor: NotRequired[str]
+    changes: NotRequired[bool]
+    reset: NotRequired[str]
+    more: NotRequired[bool]
+
+
+class SummaryStatus(TypedDict):
+    """A job's status in the summary view (format 3): its head only, no task."""
+
+    format: int
+    job: JobDetail
 
 
 class TaskReply(TypedDict):
@@ -184,7 +252,7 @@ class WaitReply(TypedDict):
     id: str
     finished: bool
     state: JobState
-    status: FullStatus | ColumnStatusWire
+    status: FullStatus | ColumnStatusWire | SummaryStatus
 
 
 class SubmitReply(TypedDict):
@@ -194,7 +262,7 @@ class SubmitReply(TypedDict):
     tasks: int
     finished: NotRequired[bool]
     state: NotRequired[JobState]
-    status: NotRequired[FullStatus | ColumnStatusWire]
+    status: NotRequired[FullStatus | ColumnStatusWire | SummaryStatus]
 
 
 class CancelReply(TypedDict):
@@ -248,6 +316,46 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
+def is_changes(wire: Any) -> bool:
+    """Whether a columnar reply holds only what changed (a reply to ``changes_since``)."""
+    return isinstance(wire, dict) and wire.get("changes") is True
+
+
+def _head(wire: Any) -> tuple[dict[str, Any], int, bytes]:
+    """The checked columns map, row count and state codes of a columnar reply."""
+    if not isinstance(wire, dict) or wire.get("format") != FORMAT_COLUMNS:
+        got = wire.get("format") if isinstance(wire, dict) else type(wire).__name__
+        raise ValueError(f"not a columnar status (format {FORMAT_COLUMNS}): {got!r}")
+    cols = wire.get("columns")
+    if not isinstance(cols, dict) or not isinstance(wire.get("sparse"), dict):
+        raise ValueError("columnar status: columns and sparse must be maps")
+    if not isinstance(wire.get("job"), dict):
+        raise ValueError("columnar status: job must be a map")
+    count = _int(cols.get("count"), "count")
+    states = cols.get("state")
+    if not isinstance(states, bytes) or len(states) != count:
+        raise ValueError(f"columnar status: state must be {count} bytes")
+    if states and max(states) >= len(TASK_STATES):
+        raise ValueError(f"columnar status: unknown state code {max(states)}")
+    return cols, count, states
+
+
+def _sparse_columns(
+    wire: dict[str, Any], held: Callable[[int], bool], outside: str
+) -> dict[str, dict[int, Any]]:
+    """The sparse columns of a columnar reply as ``{column: {task index: value}}``; each index
+    must be ``held`` (else ValueError naming a task ``outside``)."""
+    sparse: dict[str, dict[int, Any]] = {}
+    for key, pair in wire["sparse"].items():
+        if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], list):
+            raise ValueError(f"columnar status: sparse column {key!r} must be [indices, values]")
+        indices = _unpack("I", pair[0], len(pair[1]), f"sparse column {key!r}")
+        if not all(map(held, indices)):
+            raise ValueError(f"columnar status: sparse column {key!r} names a task {outside}")
+        sparse[str(key)] = dict(zip(indices, pair[1], strict=True))
+    return sparse
+
+
 @dataclass(slots=True)
 class TaskRow:
     """One task of a columnar status, made on demand by :meth:`JobStatus.task`."""
@@ -272,7 +380,8 @@ class JobStatus:
     """A decoded columnar status: the job's head and its tasks as columns (one page or all).
 
     ``states`` holds one code per task (``states[i - first]`` is task ``i``'s); ``sparse`` maps
-    each sparse column to ``{task index: value}``. Built without a per-task object.
+    each sparse column to ``{task index: value}``. Built without a per-task object. ``cursor``
+    (a reply to ``changes_since``) asks the daemon for what changed since (see :meth:`apply`).
     """
 
     job: JobDetail
@@ -280,11 +389,14 @@ class JobStatus:
     first: int
     total: int
     next: int | None
-    states: bytes
+    states: bytes | bytearray
     attempts: array[int]
     started_at: array[float]
     finished_at: array[float]
     sparse: dict[str, dict[int, Any]]
+    cursor: str | None = None
+    reset: str | None = None
+    more: bool = False
 
     @classmethod
     def decode(cls, wire: Any) -> JobStatus:
@@ -292,32 +404,17 @@ class JobStatus:
         if not isinstance(wire, dict) or wire.get("format") != FORMAT_COLUMNS:
             got = wire.get("format") if isinstance(wire, dict) else type(wire).__name__
             raise ValueError(f"not a columnar status (format {FORMAT_COLUMNS}): {got!r}")
-        cols = wire.get("columns")
-        sparse_wire = wire.get("sparse")
-        if not isinstance(cols, dict) or not isinstance(sparse_wire, dict):
-            raise ValueError("columnar status: columns and sparse must be maps")
-        if not isinstance(wire.get("job"), dict):
-            raise ValueError("columnar status: job must be a map")
-        count = _int(cols.get("count"), "count")
+        if is_changes(wire):
+            raise ValueError("columnar status: this reply holds what changed: apply it to a status")
+        cols, count, states = _head(wire)
         first = _int(cols.get("from"), "from")
         total = _int(cols.get("total"), "total")
         nxt = cols.get("next")
         if nxt is not None:
             nxt = _int(nxt, "next")
-        states = cols.get("state")
-        if not isinstance(states, bytes) or len(states) != count:
-            raise ValueError(f"columnar status: state must be {count} bytes")
-        if states and max(states) >= len(TASK_STATES):
-            raise ValueError(f"columnar status: unknown state code {max(states)}")
-        sparse: dict[str, dict[int, Any]] = {}
-        for key, pair in sparse_wire.items():
-            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], list):
-                raise ValueError(f"columnar status: sparse column {key!r} must be [indices, values]")
-            indices = _unpack("I", pair[0], len(pair[1]), f"sparse column {key!r}")
-            if indices and not (first <= min(indices) and max(indices) < first + count):
-                raise ValueError(f"columnar status: sparse column {key!r} names a task outside the page")
-            sparse[str(key)] = dict(zip(indices, pair[1], strict=True))
+        sparse = _sparse_columns(wire, lambda i: first <= i < first + count, "outside the page")
         groups = wire.get("groups", [])
+        cursor, reset = wire.get("cursor"), wire.get("reset")
         return cls(
             job=wire["job"],
             groups=groups if isinstance(groups, list) else [],
@@ -329,7 +426,48 @@ class JobStatus:
             started_at=_unpack("d", cols.get("started_at"), count, "started_at"),
             finished_at=_unpack("d", cols.get("finished_at"), count, "finished_at"),
             sparse=sparse,
+            cursor=cursor if isinstance(cursor, str) else None,
+            reset=reset if isinstance(reset, str) else None,
         )
+
+    def apply(self, wire: Any) -> None:
+        """Bring this status (it must hold every task) up to date with a reply to ``changes_since``
+        that holds what changed (:func:`is_changes`): O(changed tasks). ValueError if it is
+        malformed or does not fit."""
+        if not is_changes(wire):
+            raise ValueError("columnar status: not a reply holding what changed")
+        if self.first != 0 or self.next is not None or len(self.states) != self.total:
+            raise ValueError("columnar status: changes apply to a status of every task only")
+        cols, count, states = _head(wire)
+        if _int(cols.get("total"), "total") != self.total:
+            raise ValueError(f"columnar status: changes for {cols.get('total')} tasks, not {self.total}")
+        index = _unpack("I", cols.get("index"), count, "index")
+        if index and max(index) >= self.total:
+            raise ValueError(f"columnar status: changes name task {max(index)} of {self.total}")
+        changed = set(index)
+        sparse = _sparse_columns(wire, changed.__contains__, "that did not change")
+        attempts = _unpack("I", cols.get("attempts"), count, "attempts")
+        started = _unpack("d", cols.get("started_at"), count, "started_at")
+        finished = _unpack("d", cols.get("finished_at"), count, "finished_at")
+        cursor = wire.get("cursor")
+        if not isinstance(cursor, str):
+            raise ValueError("columnar status: changes without a cursor")
+        if not isinstance(self.states, bytearray):
+            self.states = bytearray(self.states)  # once: later changes are made in place
+        mine = self.states
+        for k, i in enumerate(index):
+            mine[i] = states[k]
+            self.attempts[i] = attempts[k]
+            self.started_at[i] = started[k]
+            self.finished_at[i] = finished[k]
+        columns = list(self.sparse.values())
+        for i in changed:  # a value a changed task no longer has is not in the reply
+            for values in columns:
+                values.pop(i, None)
+        for key, values in sparse.items():
+            self.sparse.setdefault(key, {}).update(values)
+        self.job = wire["job"]
+        self.cursor, self.reset, self.more = cursor, None, wire.get("more") is True
 
     def extend(self, page: JobStatus) -> None:
         """Append the next page (as :meth:`decode` made it) to this status."""
@@ -394,3 +532,23 @@ class JobStatus:
             retry_at=sparse.get("retry_at", {}).get(index),
             tail=list(sparse.get("tail", {}).get(index) or ()),
         )
+
+
+def follow(
+    call: Callable[[str, dict[str, Any]], Any], job: str, status: JobStatus | None = None
+) -> JobStatus:
+    """One poll of a job's status through ``call`` (a client's ``call(op, args)``): ``status``
+    brought up to date with what changed since its cursor, or (first poll, or a cursor the daemon
+    can no longer answer) the whole status, every page. ValueError if a reply is malformed."""
+    while True:
+        cursor = status.cursor if status is not None and status.cursor is not None else ""
+        wire = call("status", {"job": job, "view": "columns", "changes_since": cursor})
+        if status is not None and is_changes(wire):
+            status.apply(wire)
+        else:
+            status = JobStatus.decode(wire)
+            while status.next is not None:
+                page = call("status", {"job": job, "view": "columns", "tasks_from": status.next})
+                status.extend(JobStatus.decode(page))
+        if not status.more:
+            return status

@@ -43,10 +43,16 @@ class DaemonAPI(Protocol):
         tasks_limit: int | None = None,
         reader: Peer | None = None,
         view: View = "full",
+        changes_since: str | None = None,
     ) -> dict[str, Any]: ...
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]: ...
     def wait(
-        self, ref: str, timeout: float, extra: dict[str, Any] | None = None, view: View = "full"
+        self,
+        ref: str,
+        timeout: float,
+        extra: dict[str, Any] | None = None,
+        view: View = "full",
+        changes_since: str | None = None,
     ) -> dict[str, Any] | Deferred: ...
     def cancel(self, ref: str) -> dict[str, Any]: ...
     def resume(self, ref: str) -> dict[str, Any]: ...
@@ -65,7 +71,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def status(req: Request, peer: Peer | None) -> Any:
         a = req.args
         if "job" in a:
-            return api.job_status(a["job"], a.get("tasks_from", 0), a.get("tasks_limit"), peer, _view(req))
+            return api.job_status(
+                a["job"], a.get("tasks_from", 0), a.get("tasks_limit"), peer, _view(req), _changes_since(req)
+            )
         summary = api.summary()
         summary["jobs"]["list"] = api.job_list(a.get("state"), a.get("since"), a.get("limit", 50))
         return summary
@@ -93,7 +101,12 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         return api.submit(req.args["job"], uid, after, req.args.get("wait"), _view(req))
 
     def wait(req: Request, peer: Peer | None) -> Any:
-        return api.wait(req.args["id"], float(req.args.get("timeout", 30.0)), view=_view(req))
+        return api.wait(
+            req.args["id"],
+            float(req.args.get("timeout", 30.0)),
+            view=_view(req),
+            changes_since=_changes_since(req),
+        )
 
     def cancel(req: Request, peer: Peer | None) -> Any:
         return api.cancel(req.args["id"])
@@ -154,6 +167,19 @@ def _view(req: Request) -> View:
             req.id,
         )
     return view  # type: ignore[no-any-return]
+
+
+def _changes_since(req: Request) -> str | None:
+    """A request's change cursor (checked by the contract); only the columnar view carries changes."""
+    since: str | None = req.args.get("changes_since")
+    if since is not None and req.args.get("view") != "columns":
+        raise RequestError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"{req.op}: argument 'changes_since' needs view 'columns'",
+            req.id,
+            hint="what changed travels in the columnar form only",
+        )
+    return since
 
 
 def _who(peer: Peer | None) -> str:

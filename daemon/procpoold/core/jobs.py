@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
+from procpoold.core.changes import ChangeLog
 from procpoold.core.states import (
     FINAL_TASK_STATES,
     JOB_STATES,
@@ -150,6 +151,8 @@ class TaskRun:
     tail: deque[str] | None = None
     #: Tasks per state of the task's job, shared by all its tasks and kept by :meth:`move`.
     counts: dict[str, int] | None = field(default=None, repr=False, compare=False)
+    #: The job's change log once a client asked for changes (core.changes.track), else None.
+    changes: ChangeLog | None = field(default=None, repr=False, compare=False)
 
     @property
     def interruptions(self) -> int:
@@ -182,6 +185,13 @@ class TaskRun:
             counts[self.state] -= 1
             counts[new] += 1
         self.state = new
+        if self.changes is not None:  # a status poll asks what changed (core.changes)
+            self.changes.note(self.spec.index)
+
+    def touched(self) -> None:
+        """A field a status shows changed without a move (progress): note it for the change log."""
+        if self.changes is not None:
+            self.changes.note(self.spec.index)
 
 
 def scoped_key(uid: int | None, key: str | None) -> str | None:
@@ -260,6 +270,8 @@ class Job:
         counts = self._counts
         self.tasks = [TaskRun(t, f"{job_id}.{t.index}", counts=counts) for t in spec.tasks]
         self.by_name = {t.name: t.index for t in spec.tasks}
+        #: what changed, for status polls (core.changes.track starts it; None: nobody asked)
+        self.changes: ChangeLog | None = None
         # blockers and their reverse, from the plan (see the module docstring)
         # (a group's chain is computed once and shared by its tasks, which only read it)
         chains: dict[int | None, list[int]] = {None: []}

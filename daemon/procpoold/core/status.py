@@ -8,7 +8,9 @@ set of accessors only — ``job.tasks[i].state``, ``.attempts``, ``.started_at``
 
 The columnar view (see :mod:`procpool.contract.status` for the wire format) costs one pass per
 dense column plus one pass that picks the sparse values; the full view builds a map per task
-and is paged more finely (``status_page_size``).
+and is paged more finely (``status_page_size``). The head of every view (:func:`detail`) and the
+summary view cost no work per task (the counts are kept as tasks move: ``job.counts()``), and a
+poll with a cursor (:func:`changes_page`) costs the tasks changed since it (see core.changes).
 """
 
 from __future__ import annotations
@@ -24,25 +26,29 @@ from procpool.contract.states import (
     PENDING,
     READY,
     TASK_STATE_CODES,
-    TASK_STATES,
     UNSUCCESSFUL,
 )
 from procpool.contract.status import (
     FORMAT_COLUMNS,
     FORMAT_FULL,
+    FORMAT_SUMMARY,
     SPARSE,
     ColumnStatusWire,
     FullStatus,
     GroupStatus,
     JobDetail,
     JobSummary,
+    SummaryStatus,
     TaskReply,
     TaskStatus,
     View,
     WaitReply,
+    format_cursor,
     pack_f64,
     pack_u32,
+    parse_cursor,
 )
+from procpoold.core.changes import track
 
 if TYPE_CHECKING:
     from procpoold.core.jobs import Job, TaskRun
@@ -57,8 +63,8 @@ COLUMN_PAGE_TASKS = 100_000
 _QUIET = frozenset({PENDING, READY, COMPLETED})
 
 
-def summary(job: Job, counts: dict[str, int] | None = None) -> JobSummary:
-    """The job's line in a job list and the head of its status (``counts``: if already known)."""
+def summary(job: Job) -> JobSummary:
+    """The job's line in a job list and the head of its status: O(states), no task is read."""
     return {
         "id": job.id,
         "name": job.spec.name,
@@ -71,15 +77,15 @@ def summary(job: Job, counts: dict[str, int] | None = None) -> JobSummary:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "tasks": len(job.tasks),
-        "counts": job.counts() if counts is None else counts,
+        "counts": job.counts(),
         "reason": job.reason,
     }
 
 
-def detail(job: Job, counts: dict[str, int] | None = None) -> JobDetail:
-    """The head of a job's status: its summary and the job-wide fields."""
+def detail(job: Job) -> JobDetail:
+    """The head of a job's status: its summary and the job-wide fields (no task is read)."""
     return {
-        **summary(job, counts),
+        **summary(job),
         "namespace": job.namespace,
         "runs": job.runs,
         "on_failure": job.spec.on_failure,
@@ -214,10 +220,11 @@ def _column(tasks: Sequence[TaskRun], name: str) -> list[Any]:
 
 
 def _sparse(
-    tasks: Sequence[TaskRun], first: int, max_bytes: int
+    tasks: Sequence[TaskRun], indices: Sequence[int], max_bytes: int
 ) -> tuple[int, dict[str, tuple[list[int], list[Any]]]]:
-    """The sparse columns of ``tasks`` (task ``first`` onwards): how many tasks they cover (fewer
-    than all when about ``max_bytes`` of values were reached) and ``{column: (indices, values)}``."""
+    """The sparse columns of ``tasks`` (``indices[k]`` is the index of ``tasks[k]``): how many
+    tasks they cover (fewer than all when about ``max_bytes`` of values were reached) and
+    ``{column: (indices, values)}``."""
     out: dict[str, tuple[list[int], list[Any]]] = {key: ([], []) for key in SPARSE}
     quiet = _QUIET
     # One comprehension finds the tasks with anything to send (most of a big job has nothing).
@@ -236,7 +243,7 @@ def _sparse(
     unsuccessful = UNSUCCESSFUL
     for k in noted:
         t = tasks[k]
-        i = first + k
+        i = indices[k]
         state, progress = t.state, t.progress
         if state not in quiet or progress is not None:
             name = t.spec.name
@@ -268,24 +275,19 @@ def columns_page(
     job: Job, first: int, limit: int = COLUMN_PAGE_TASKS, max_bytes: int = PAGE_BYTES
 ) -> ColumnStatusWire:
     """The columnar status (format 2) of at most ``limit`` tasks from ``first`` (fewer when their
-    sparse values pass about ``max_bytes``); ``groups`` come with the first page only. The job's
-    counts come from the state column when the page covers every task (no second pass).
-    """
+    sparse values pass about ``max_bytes``); ``groups`` come with the first page only."""
     total = len(job.tasks)
     first = max(0, min(first, total))
     end = min(total, first + max(1, min(limit, COLUMN_PAGE_TASKS)))
     tasks = job.tasks[first:end]
-    covered, sparse = _sparse(tasks, first, max_bytes)
+    covered, sparse = _sparse(tasks, range(first, end), max_bytes)
     if covered < len(tasks):
         tasks = tasks[:covered]
     end = first + len(tasks)
     states = bytes(_column(tasks, "state"))
-    counts: dict[str, int] | None = None
-    if first == 0 and end == total:
-        counts = {TASK_STATES[code]: n for code in range(len(TASK_STATES)) if (n := states.count(code))}
     return {
         "format": FORMAT_COLUMNS,
-        "job": detail(job, counts),
+        "job": detail(job),
         "groups": groups(job, runs=True) if first == 0 else [],
         "columns": {
             "from": first,
@@ -301,13 +303,88 @@ def columns_page(
     }
 
 
+def changes_page(
+    job: Job, since: str, limit: int = COLUMN_PAGE_TASKS, max_bytes: int = PAGE_BYTES
+) -> ColumnStatusWire:
+    """The reply to ``changes_since``: the rows of the tasks changed since the cursor ``since``
+    (at most about ``max_bytes`` of sparse values; ``more`` says the rest is to be asked for), or,
+    when the job's change log cannot answer it (see RESETS in procpool.contract.status), the
+    first page of the whole columnar status with ``reset`` saying why. Either way ``cursor`` is
+    the one for the next poll. Costs O(changes since the cursor), never a walk of every task
+    (but a reset: a full page, and the change log started when nobody asked before).
+    """
+    log = track(job)
+    cursor = parse_cursor(since)
+    reset = "new" if cursor is None else "unknown" if cursor[0] != log.epoch else None
+    changed: list[int] = []
+    if cursor is not None and reset is None:
+        seq = cursor[1]
+        if seq > log.seq:
+            reset = "unknown"  # ahead of this log: another daemon's, never this one's
+        elif not log.covers(seq):
+            reset = "old"
+        else:
+            changed = log.since(seq)
+            if len(changed) > min(limit, COLUMN_PAGE_TASKS):
+                reset = "many"
+    if reset is not None:
+        out = columns_page(job, 0, limit, max_bytes)
+        out["cursor"], out["changes"], out["reset"] = format_cursor(log.epoch, log.seq), False, reset
+        return out
+    assert cursor is not None
+    rows = [job.tasks[i] for i in changed]
+    covered, sparse = _sparse(rows, changed, max_bytes)
+    more = covered < len(rows)
+    # Cut short: the next poll starts at the first change of the first task left out (every
+    # change before it is of a task sent, whose row is as it stands now).
+    nxt = log.first_change(changed[covered], cursor[1]) if more else log.seq
+    if more:
+        rows, changed = rows[:covered], changed[:covered]
+    return {
+        "format": FORMAT_COLUMNS,
+        "job": detail(job),
+        "groups": [],
+        "columns": {
+            "from": 0,
+            "count": len(rows),
+            "total": len(job.tasks),
+            "next": None,
+            "index": pack_u32(changed),
+            "state": bytes(_column(rows, "state")),
+            "attempts": pack_u32(_column(rows, "attempts")),
+            "started_at": pack_f64(_column(rows, "started_at")),
+            "finished_at": pack_f64(_column(rows, "finished_at")),
+        },
+        "sparse": {key: [pack_u32(idx), values] for key, (idx, values) in sparse.items() if idx},
+        "cursor": format_cursor(log.epoch, nxt),
+        "changes": True,
+        "more": more,
+    }
+
+
+def summary_status(job: Job) -> SummaryStatus:
+    """The summary view (format 3): the job's head and counts, no task read."""
+    return {"format": FORMAT_SUMMARY, "job": detail(job)}
+
+
 def page(
-    job: Job, view: View, first: int, limit: int, columns_limit: int | None = None
-) -> FullStatus | ColumnStatusWire:
+    job: Job,
+    view: View,
+    first: int,
+    limit: int,
+    columns_limit: int | None = None,
+    changes_since: str | None = None,
+) -> FullStatus | ColumnStatusWire | SummaryStatus:
     """One page of the job's status in ``view``: at most ``limit`` tasks in the full view, and
-    ``columns_limit`` (default and at most COLUMN_PAGE_TASKS) in the columnar one."""
+    ``columns_limit`` (default and at most COLUMN_PAGE_TASKS) in the columnar one; none in the
+    summary view. With ``changes_since`` (columns view only) what changed since that cursor."""
+    if view == "summary":
+        return summary_status(job)
+    columns = COLUMN_PAGE_TASKS if columns_limit is None else columns_limit
+    if changes_since is not None:
+        return changes_page(job, changes_since, columns)
     if view == "columns":
-        return columns_page(job, first, COLUMN_PAGE_TASKS if columns_limit is None else columns_limit)
+        return columns_page(job, first, columns)
     return full_page(job, first, limit)
 
 
@@ -336,14 +413,14 @@ def task_reply(job: Job, index: int) -> TaskReply:
     }
 
 
-def wait_reply(job: Job, view: View, page_size: int) -> WaitReply:
+def wait_reply(job: Job, view: View, page_size: int, changes_since: str | None = None) -> WaitReply:
     """What a ``wait`` for the job returns: the first page of its status in ``view`` (the client
-    fetches the others)."""
+    fetches the others), or with ``changes_since`` what changed since that cursor."""
     return {
         "id": job.id,
         "finished": job.finished,
         "state": job.state,
-        "status": page(job, view, 0, page_size),
+        "status": page(job, view, 0, page_size, changes_since=changes_since),
     }
 
 

@@ -428,6 +428,7 @@ class Attempts(SchedulerState):
         if ref is not None:
             job = self.jobs[ref[0]]
             job.tasks[ref[1]].progress = progress
+            job.tasks[ref[1]].touched()
             self._touch(job, [ref[1]])
 
     def attempt_log(

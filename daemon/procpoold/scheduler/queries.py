@@ -239,13 +239,17 @@ class Queries(SchedulerState):
         job, index = self.resolve(ref)
         return job.finished if index is None else job.tasks[index].state in FINAL_TASK_STATES
 
-    def finished_status(self, ref: str, view: View = "full") -> dict[str, Any]:
+    def finished_status(
+        self, ref: str, view: View = "full", changes_since: str | None = None
+    ) -> dict[str, Any]:
         """The status a ``wait`` returns: the job's (its first page in ``view``; Client.wait fetches
-        the others), or the task's with its job summary.
+        the others; with ``changes_since`` what changed since that cursor), or the task's with its
+        job summary.
 
-        Loop thread; raises ``not_found``. May read a finished job back from the store; changes nothing.
+        Loop thread; raises ``not_found``. May read a finished job back from the store; changes
+        nothing (but may start the job's change log: core.changes).
         """
         job, index = self.resolve(ref)
         if index is None:
-            return {**status.wait_reply(job, view, self.status_page_size), "id": ref}
+            return {**status.wait_reply(job, view, self.status_page_size, changes_since), "id": ref}
         return {**status.task_reply(job, index), "id": ref}

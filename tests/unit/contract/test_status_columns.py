@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from procpool.contract.states import (
 from procpool.contract.status import DENSE_BYTES_PER_TASK, FORMAT_COLUMNS, JobStatus, pack_f64, pack_u32
 from procpool.contract.tree import parse_job
 from procpoold.core import status
-from procpoold.core.jobs import Job
+from procpoold.core.jobs import Job, TaskRun
 
 pytestmark = pytest.mark.unit
 
@@ -97,6 +98,7 @@ def test_states_are_defined_once() -> None:
 NOT_STATES = {
     ("client.py", '"timeout": chunk'),  # the wait request's argument
     ("cli/jobs.py", '("timeout", task_timeout)'),  # a task's field in a job file
+    ("cli/jobs.py", '"timeout": _POLL'),  # the progress wait's argument
     ("cli/pool.py", "counters = ("),  # the pool's statistics counters
     ("cli/render.py", "jobs.get('running', 0)"),  # the daemon summary's count of running attempts
 }
@@ -241,17 +243,57 @@ def test_tails_are_stripped_from_every_shape() -> None:
     assert one["task"]["tail"] == []
 
 
-def test_building_walks_no_task_twice_for_counts() -> None:
-    """A page covering the whole job takes its counts from the state column, not job.counts()."""
-    job = mixed()
+class Watched(list[TaskRun]):
+    """A job's task list that counts the tasks read through it (the status reads tasks through
+    ``job.tasks`` only: see core.status)."""
 
-    def no_counts() -> dict[str, int]:
-        raise AssertionError("counted again")
+    reads = 0
 
-    job.counts = no_counts  # type: ignore[method-assign]
-    assert status.columns_page(job, 0)["job"]["counts"][RUNNING] == 3
-    with pytest.raises(AssertionError, match="counted again"):
-        status.columns_page(job, 0, limit=5)  # a part of the job: the job's own counts
+    def __getitem__(self, key: Any) -> Any:
+        found = super().__getitem__(key)
+        self.reads += len(found) if isinstance(key, slice) else 1
+        return found
+
+    def __iter__(self) -> Iterator[TaskRun]:
+        for t in super().__iter__():
+            self.reads += 1
+            yield t
+
+
+def test_the_head_and_the_summary_view_read_no_task() -> None:
+    """A status of a 20,000-task job in the summary view, and the head of every view, take the
+    counts kept as tasks move: no task is read (the counts equal a count of the state column)."""
+    job = job_of(20_000)
+    job.start_run(1000.0)
+    for i in range(7):
+        job.mark_running(i, f"a{i}", 1001.0)
+    job.complete(0, 1002.0)
+    tasks = job.tasks = Watched(job.tasks)
+    summary = status.page(job, "summary", 0, 1000)
+    assert summary == {"format": status.FORMAT_SUMMARY, "job": status.detail(job)}
+    assert summary["job"]["counts"] == {READY: 20_000 - 7, RUNNING: 6, COMPLETED: 1, PENDING: 1}
+    assert status.summary(job)["tasks"] == 20_001
+    assert tasks.reads == 0
+    whole = JobStatus.decode(through_the_wire(status.columns_page(job, 0)))
+    assert tasks.reads == 20_001  # one slice: the page (its columns are made from it)
+    assert whole.counts() == whole.job["counts"] == summary["job"]["counts"]
+
+
+def test_a_poll_with_a_cursor_reads_the_changed_tasks_only() -> None:
+    job = job_of(20_000)
+    job.start_run(1000.0)
+    first = status.changes_page(job, "")  # starts the change log: a full answer
+    assert (first["changes"], first["reset"], first["columns"]["count"]) == (False, "new", 20_001)
+    tasks = job.tasks = Watched(job.tasks)
+    for i in (5, 17, 5):
+        job.mark_running(i, f"a{i}", 1001.0) if job.tasks[i].state == READY else job.complete(i, 1002.0)
+    tasks.reads = 0
+    delta = status.changes_page(job, first["cursor"])
+    assert delta["changes"] and not delta["more"] and delta["columns"]["count"] == 2
+    assert tasks.reads == 2  # the two tasks that changed, each once
+    nothing = status.changes_page(job, delta["cursor"])
+    assert nothing["columns"]["count"] == 0 and nothing["cursor"] == delta["cursor"]
+    assert tasks.reads == 2
 
 
 def test_groups_runs_are_kept_for_big_jobs_only_and_read_the_same() -> None:
