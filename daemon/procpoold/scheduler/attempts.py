@@ -224,11 +224,16 @@ class Attempts(SchedulerState):
         t = job.tasks[ref[1]]
         if t.state == "running" and t.attempts:  # (TaskRun.running_attempt, inline)
             attempt = t.attempts[-1]
+            moved = attempt.worker is not None
             attempt.pid, attempt.worker = pid, worker
             if attempt_id in self._outliving:
                 self._outliving.discard(attempt_id)
                 if pid is not None:
                     self._touch_pid(job, ref[1])
+            elif moved:
+                # Handed to a second worker before it started on the first (the pool moves a
+                # queued attempt to an idle worker): it is the same start, recorded once.
+                return
         # The record is written once the attempt has a process, so it names the worker's pid.
         sink = self.journal
         if sink is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -164,3 +165,19 @@ def test_completions_of_two_jobs_in_one_batch_apply_in_order_and_unblock_the_nex
     assert sorted(s.task_id for s in second) == [a.tasks[2].id, a.tasks[3].id]
     assert [t.state for t in a.tasks] == ["completed", "completed", "running", "running"]
     loop.close()
+
+
+def test_an_attempt_moved_to_another_worker_before_it_started_is_one_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop, executor, scheduler = make(slots=1)
+    job, _ = scheduler.submit({"name": "j", "root": {"call": "m:f"}})
+    loop.run_once(0)
+    [spec] = executor.submitted
+    with caplog.at_level(logging.INFO, logger="procpoold.task"):
+        scheduler.attempt_started(spec.attempt_id, 101, "w1")
+        scheduler.attempt_started(spec.attempt_id, 102, "w2")  # the pool moved it, still queued
+    starts = [r for r in caplog.records if r.getMessage().endswith("attempt 1 starting")]
+    assert len(starts) == 1
+    attempt = job.tasks[0].attempts[-1]
+    assert (attempt.pid, attempt.worker) == (102, "w2")  # where it runs
