@@ -6,7 +6,7 @@ scheduler and the supervisor use only this and the :class:`~procpoold.engines.Ex
 Routing: a task runs on the engine its ``engine`` field names; without one, on the default engine
 of its kind (``call`` or ``cmd``): the first registered engine that runs that kind, unless
 ``defaults`` names another. A route that names an unknown engine, or one that cannot run the
-task's kind, is refused when the job is submitted (:meth:`Engines.check`), and a stored job whose
+task's kind, is refused when the job is submitted (:meth:`Engines.check_job`), and a stored job whose
 route no longer exists is failed at recovery with the reason, never the start.
 """
 
@@ -54,7 +54,7 @@ class Engines:
     def route_name(self, kind: str, engine: str | None = None) -> str:
         """The name of the engine that runs a task of ``kind`` naming ``engine`` (None: the default).
 
-        Raises :class:`RouteError` for a route that does not exist (see :meth:`check`)."""
+        Raises :class:`RouteError` for a route that does not exist (see :meth:`check_job`)."""
         name = self._routes.get((kind, engine))
         if name is None:
             name = self._check(kind, engine)
@@ -76,10 +76,6 @@ class Engines:
                     where = f"{task.path}.engine" if task.engine is not None else task.path
                     hint = "see 'procctl status' for the daemon's engines"
                     raise TreeError(where, str(exc), hint) from None
-
-    def check(self, kind: str, engine: str | None) -> None:
-        """Raise :class:`RouteError` unless a task of ``kind`` naming ``engine`` can be routed."""
-        self.route_name(kind, engine)
 
     def _check(self, kind: str, engine: str | None) -> str:
         if engine is None:
