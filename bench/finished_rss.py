@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason
+from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
 from procpoold.store import StateStore
@@ -36,6 +37,8 @@ class InstantExecutor:
     """Completes every attempt in the loop iteration after it was submitted."""
 
     name = "instant"
+    kinds = frozenset({"call", "cmd"})
+    outlives_daemon = False
 
     def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
@@ -68,7 +71,7 @@ def fill(state_dir: Path, jobs: int) -> None:
     store = StateStore(state_dir / "state.db")
     loop = EventLoop()
     executor = InstantExecutor(loop)
-    scheduler = Scheduler(loop, {"call": executor, "cmd": executor}, store=store)
+    scheduler = Scheduler(loop, Engines([executor]), store=store)
     executor.start(loop, scheduler)
     scheduler.recover()
     for n in range(jobs):

@@ -38,6 +38,7 @@ sys.path.insert(0, str(BENCH.parent / "daemon"))
 
 from harness import w1_job, w3_job  # noqa: E402
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason  # noqa: E402
+from procpoold.engines.registry import Engines  # noqa: E402
 from procpoold.loop import EventLoop  # noqa: E402
 from procpoold.scheduler import Scheduler  # noqa: E402
 from procpoold.store.sqlite import StateStore  # noqa: E402
@@ -80,6 +81,8 @@ class RecordingExecutor:
     """Takes up to ``slots`` attempts and keeps them for the benchmark to report on."""
 
     name: str = "recording"
+    kinds = frozenset({"call", "cmd"})
+    outlives_daemon = False
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -113,7 +116,7 @@ def run(raw: dict[str, Any], store_on: bool) -> dict[str, float]:
     loop = EventLoop()
     executor = RecordingExecutor(64)
     store = StateStore(folder / "state.db") if store_on else None
-    scheduler = Scheduler(loop, {"call": executor, "cmd": executor}, store=store,
+    scheduler = Scheduler(loop, Engines([executor]), store=store,
                           sink=CountingSink())  # type: ignore[arg-type]
     parts = dict.fromkeys(PARTS, 0.0)
     clock = time.process_time

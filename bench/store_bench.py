@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason
+from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
 from procpoold.store.sqlite import StateStore
@@ -39,6 +40,8 @@ class RecordingExecutor:
     """Takes ``slots`` attempts at a time and runs nothing (the test's, without its module)."""
 
     name = "recording"
+    kinds = frozenset({"call", "cmd"})
+    outlives_daemon = False
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -67,7 +70,7 @@ def w1(folder: Path, tasks: int) -> tuple[float, float]:
     store = StateStore(folder / "state.db")
     loop = EventLoop()
     executor = RecordingExecutor(slots=70)
-    scheduler = Scheduler(loop, {"call": executor, "cmd": executor}, store=store)
+    scheduler = Scheduler(loop, Engines([executor]), store=store)
     scheduler.recover()
     thread0, process0 = time.thread_time(), time.process_time()
     job, _ = scheduler.submit({"name": "w1", "root": {"concurrent": [{"call": "m:f"}] * tasks}})

@@ -91,30 +91,32 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         put_timeout=config.log_put_timeout,
     )
     inherited = systemd.listen_fds()
-    from procpoold.engines import Executor
     from procpoold.engines.commands import CommandExecutor
+    from procpoold.engines.registry import Engines
     from procpoold.pool.pool import PoolExecutor
     from procpoold.supervisor import (
         Daemon,  # after logging: importing zmq is harmless, creating a context is not
     )
 
-    executors: dict[str, Executor] = {
-        "call": PoolExecutor(config.pool_settings(), sink=sink),
-        "cmd": CommandExecutor(config.workers, config.kill_grace, sink=sink),
-    }
+    # The one place that names concrete engines: each is registered by its name, and a task runs on
+    # the first one that runs its kind unless it names another ("engine"); see docs/engines.md.
+    engines = Engines([
+        PoolExecutor(config.pool_settings(), sink=sink),  # "pool": call tasks
+        CommandExecutor(config.workers, config.kill_grace, sink=sink),  # "commands": cmd tasks
+    ])
     from procpoold.store import StoreError, StoreFailure
 
     try:
         daemon = Daemon(
             config,
-            executors,
+            engines,
             inherited_fd=inherited[0] if inherited else None,
             reload_config=lambda: load(config_file, overrides),
             sink=sink,
         )
     except StoreError as exc:
-        for executor in {id(e): e for e in executors.values()}.values():
-            executor.shutdown(0)
+        for engine in engines.all():
+            engine.shutdown(0)
         sink.stop()  # the journal forwarder (started by Daemon) writes what it has and exits
         _fatal(str(exc), getattr(exc, "hint", None), debug)
     hint = "check the state directory's disk; a restart resumes committed work"

@@ -32,11 +32,9 @@ from procpoold.control.policy import Policy
 from procpoold.control.server import ControlServer, Deferred, Peer
 from procpoold.core import status
 from procpoold.core.states import FINAL_TASK_STATES
-from procpoold.engines import Executor
-from procpoold.engines.commands import CommandExecutor
+from procpoold.engines.registry import Engines
 from procpoold.identity import Authority, identity_of
 from procpoold.loop import EventLoop, Timer
-from procpoold.pool.pool import PoolExecutor
 from procpoold.scheduler import Scheduler
 from procpoold.store.lock import StateLock
 from procpoold.store.protocol import StoreFailure
@@ -71,7 +69,7 @@ class Daemon:
     def __init__(
         self,
         config: Config,
-        executors: dict[str, Executor],
+        engines: Engines,
         inherited_fd: int | None = None,
         reload_config: Callable[[], Config] | None = None,
         sink: journal.LogSink | None = None,
@@ -85,7 +83,8 @@ class Daemon:
         self._ready = False
         self._notify_status = bool(os.environ.get("NOTIFY_SOCKET"))  # read once: checked per task
         self.loop = EventLoop()
-        self.executors = executors
+        #: the engines by name (built by the composition root; used only through the protocol)
+        self.engines = engines
         self.store: StateStore | None = None
         self.ctx: zmq.Context[Any] | None = None
         self.control: ControlServer | None = None
@@ -101,7 +100,7 @@ class Daemon:
         self._started_mono = time.monotonic()
         # Executors that fork (the worker pool's zygote) must do it before any thread exists,
         # and the ZeroMQ context below starts I/O threads.
-        for executor in self._unique_executors():
+        for executor in self.engines.all():
             executor.prefork()
         if sink is not None:
             sink.start(self.loop)  # the journal forwarder process: after the zygote, before zmq's threads
@@ -118,15 +117,14 @@ class Daemon:
             except BaseException:
                 self.state_lock.release()
                 raise
-            commands = executors.get("cmd")
-            if isinstance(commands, CommandExecutor):
-                commands.set_identity(self.store.daemon_id)
+            for engine in engines.all():
+                engine.set_daemon_id(self.store.daemon_id)
             if sink is not None:  # the journal's watermark: lifecycle records of a crash are replayed
                 sink.keep_watermark(os.fspath(config.state_dir / "journal.seq"))
         authority = Authority(config.admin_group)  # one for the policy and the "user" field
         self.scheduler = Scheduler(
             self.loop,
-            executors,
+            engines,
             aging=config.priority_aging,
             store=self.store,
             retention_age=config.retention_age or None,
@@ -164,19 +162,16 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _unique_executors(self) -> list[Executor]:
-        return list({id(e): e for e in self.executors.values()}.values())
-
     def _expect_work(self, uid: int | None) -> None:
         """A submit by ``uid`` is arriving (not read yet): let the executors get ready for it."""
-        for executor in self._unique_executors():
+        for executor in self.engines.all():
             executor.expect_work(uid)
 
     def start(self) -> None:
         """Recover the store, start the executors, bind the socket, then announce readiness."""
         assert self.control is not None
         self.control.bind()  # first: a second daemon must be refused before it touches anything
-        for executor in self._unique_executors():
+        for executor in self.engines.all():
             executor.start(self.loop, self.scheduler)
         recovered = self.scheduler.recover()
         self.scheduler.flush()
@@ -206,8 +201,7 @@ class Daemon:
 
     def _announce_when_warm(self, deadline: float) -> None:
         """READY=1 once the socket answers (bound above), the store is recovered and the pool is warm."""
-        pool = self._pool()
-        starting = pool.info().get("states", {}).get("starting", 0) if pool is not None else 0
+        starting = sum(engine.health().starting for engine in self.engines.all())
         if self.sink is not None and self.sink.starting():
             starting += 1  # the journal forwarder: records logged from READY on go out at once
         if starting and time.monotonic() < deadline:
@@ -228,8 +222,7 @@ class Daemon:
         systemd.ready(self._status_text())
 
     def _status_text(self) -> str:
-        pool = self._pool()
-        busy = pool.info().get("running", 0) if pool is not None else 0
+        busy = self._workers_summary()["busy"]
         running = self.scheduler.by_state().get("running", 0)
         return (
             f"{running} job{'s' if running != 1 else ''} running, {self.scheduler.queued()} queued, "
@@ -314,7 +307,7 @@ class Daemon:
         systemd.stopping(f"stopping: {self.stop_reason or 'closing'}")
         if hasattr(self, "scheduler"):
             self.scheduler.stop_accepting()
-        for executor in self._unique_executors():
+        for executor in self.engines.all():
             try:
                 executor.shutdown(0)  # the drain already waited; stop what is left
             except Exception:
@@ -400,7 +393,7 @@ class Daemon:
             "uptime": time.monotonic() - self._started_mono,
             "socket": os.fspath(self.config.socket),
             "workers": self._workers_summary(),
-            "executors": {e.name: e.info() for e in self._unique_executors()},
+            "executors": {e.name: e.info() for e in self.engines.all()},
             "jobs": {
                 "by_state": self.scheduler.by_state(),
                 "queued": self.scheduler.queued(),
@@ -434,12 +427,20 @@ class Daemon:
         }
 
     def _workers_summary(self) -> dict[str, Any]:
-        pool = self._pool()
-        summary: dict[str, Any] = {"configured": self.config.workers}
-        if pool is not None:
-            info = pool.info()
-            summary.update({"states": info.get("states", {}), "busy": info.get("running", 0)})
-        return summary
+        """The worker processes of every engine by state, ``busy``: the attempts they run (engines
+        without worker processes, such as the commands engine, are counted only in their own
+        ``busy``), and each engine's health."""
+        states: dict[str, int] = {}
+        busy = 0
+        engines: dict[str, Any] = {}
+        for engine in self.engines.all():
+            health = engine.health()
+            for state, n in health.workers.items():
+                states[state] = states.get(state, 0) + n
+            if health.workers:
+                busy += health.busy
+            engines[engine.name] = {"up": health.up, "reason": health.reason, "busy": health.busy}
+        return {"configured": self.config.workers, "states": states, "busy": busy, "engines": engines}
 
     def submit(
         self,
@@ -492,25 +493,28 @@ class Daemon:
     def cancel(self, ref: str) -> dict[str, Any]:
         return self.scheduler.cancel(ref)
 
-    def _pool(self) -> PoolExecutor | None:
-        executor = self.executors.get("call")
-        return executor if isinstance(executor, PoolExecutor) else None
-
     def pool_info(self) -> dict[str, Any]:
-        pool = self._pool()
-        if pool is None:
-            return {"workers": [], "info": {}}
-        return {"workers": pool.workers_info(), "info": pool.info()}
+        """The worker processes of every engine (each map names its ``engine``), and ``info``: the
+        summary of the first engine that has worker processes (the pool's, for ``procctl pool``), or
+        of the first engine registered when none has any."""
+        engines = self.engines.all()
+        workers: list[dict[str, Any]] = []
+        info: dict[str, Any] | None = None
+        for engine in engines:
+            own = engine.workers()
+            if info is None and (own or engine.health().workers):
+                info = engine.info()
+            workers.extend({**w, "engine": engine.name} for w in own)
+        if info is None:
+            info = engines[0].info() if engines else {}
+        return {"workers": workers, "info": info}
 
     def pool_resize(self, workers: int) -> dict[str, Any]:
-        pool = self._pool()
-        if pool is not None:
-            pool.resize(workers)
-        commands = self.executors.get("cmd")
-        if isinstance(commands, CommandExecutor):
-            commands.slots = workers
+        """Resize every engine that can be resized to ``workers`` (see Executor.resize)."""
+        fixed = [engine.name for engine in self.engines.all() if not engine.resize(workers)]
         self.config = replace(self.config, workers=workers)
-        log.info("pool resized to %d workers", workers)
+        log.info("pool resized to %d workers%s", workers,
+                 f" (not resizable: {', '.join(fixed)})" if fixed else "")
         self.scheduler.kick()
         return {"workers": workers}
 

@@ -17,7 +17,8 @@ import pytest
 
 from procpool.client import Client
 from procpoold.config import Config
-from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason
+from procpoold.engines import AttemptSpec, ExecutorEvents, Health, LeftAttempt, Outcome, StopReason
+from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.supervisor import Daemon
 
@@ -29,6 +30,8 @@ class ScriptedExecutor:
     ``cmd: ["raise-at-stop"]`` (runs until stopped, and stopping it raises)."""
 
     name = "scripted"
+    kinds = frozenset({"call", "cmd"})
+    outlives_daemon = False
 
     def __init__(self) -> None:
         self.loop: EventLoop | None = None
@@ -70,6 +73,20 @@ class ScriptedExecutor:
     def info(self) -> dict[str, Any]:
         return {}
 
+    def set_daemon_id(self, daemon_id: str) -> None: ...
+
+    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
+        return 0
+
+    def resize(self, workers: int) -> bool:
+        return False
+
+    def health(self) -> Health:
+        return Health(busy=len(self.running))
+
+    def workers(self) -> list[dict[str, Any]]:
+        return []
+
 
 def boom() -> None:
     raise RuntimeError("injected")
@@ -81,7 +98,7 @@ def test_an_exception_in_any_callback_leaves_the_daemon_serving(
     socket_path = tmp_path / "control.sock"
     config = Config(socket=socket_path, state_dir=tmp_path / "state", store=False, workers=1)
     executor = ScriptedExecutor()
-    daemon = Daemon(config, {"call": executor, "cmd": executor})
+    daemon = Daemon(config, Engines([executor]))
     results: dict[str, Any] = {}
     failures: list[BaseException] = []
     r, w = os.pipe()

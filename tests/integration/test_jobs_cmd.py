@@ -409,3 +409,24 @@ def test_a_daemon_without_a_store_runs_jobs(tmp_path: Path) -> None:
         status = run_job(d, {"name": "x", "cmd": ["true"]})
         assert status["job"]["state"] == "completed"
         assert not (d.state_dir / "state.db").exists()
+
+
+def test_tasks_run_on_the_engine_they_name_and_an_unknown_engine_is_refused(daemon: DaemonProcess) -> None:
+    status = run_job(daemon, {"concurrent": [
+        {"name": "named", "cmd": ["true"], "engine": "commands"},
+        {"name": "call", "call": "tests.support.tasks:add", "args": [1, 2], "engine": "pool"},
+    ]})
+    t = tasks_by_name(status)
+    assert status["job"]["state"] == "completed", status
+    assert t["named"]["exit_code"] == 0 and t["call"]["result"] == 3
+    with daemon.client() as client:
+        with pytest.raises(ProcpoolError) as info:
+            client.submit({"name": "x", "root": {"cmd": ["true"], "engine": "dask"}})
+        assert info.value.code is ErrorCode.INVALID_TREE
+        assert "root.engine: no engine named 'dask' (this daemon has: commands, pool)" in str(info.value)
+        with pytest.raises(ProcpoolError, match="does not run 'cmd' tasks"):
+            client.submit({"name": "x", "root": {"cmd": ["true"], "engine": "pool"}})
+        workers = client.pool()["workers"]
+        assert workers and {w["engine"] for w in workers} == {"pool"}
+        engines = client.status()["workers"]["engines"]
+        assert engines["pool"]["up"] and engines["commands"]["up"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from procpoold.config import Config
 from procpoold.control.server import Deferred
+from procpoold.engines.registry import Engines
 from procpoold.supervisor import Daemon
 from tests.integration.test_callback_containment import ScriptedExecutor
 
@@ -18,7 +19,7 @@ WAITS = 20_000  # max_pending_waits by default
 def test_waits_answered_in_reverse_order_cost_linear_time(tmp_path: Path) -> None:
     config = Config(socket=tmp_path / "control.sock", state_dir=tmp_path / "state", store=False, workers=1)
     executor = ScriptedExecutor()
-    daemon = Daemon(config, {"call": executor, "cmd": executor})
+    daemon = Daemon(config, Engines([executor]))
     try:
         executor.start(daemon.loop, daemon.scheduler)
         job, _ = daemon.scheduler.submit({"name": "forever", "root": {"cmd": ["raise-at-stop"]}}, 1000)
@@ -46,7 +47,7 @@ def test_many_waiters_on_a_big_job_are_answered_without_stalling_the_loop(tmp_pa
     seconds (20,000 waits, the default max_pending_waits: minutes, past the watchdog)."""
     config = Config(socket=tmp_path / "control.sock", state_dir=tmp_path / "state", store=False, workers=1)
     executor = ScriptedExecutor()
-    daemon = Daemon(config, {"call": executor, "cmd": executor})
+    daemon = Daemon(config, Engines([executor]))
     waiters = 1_000
     try:
         executor.start(daemon.loop, daemon.scheduler)

@@ -11,12 +11,19 @@ everything a task does to its job's namespace or log arrives as a message.
 All methods are called on the daemon's event-loop thread, and executors call
 :class:`ExecutorEvents` on that thread too (from the callbacks they register
 with the loop).
+
+Engines are registered by name in the composition root (``procpoold.app``) as
+an :class:`~procpoold.engines.registry.Engines`; the scheduler routes each
+attempt by engine name (see :meth:`Engines.route`) and nothing outside this
+package and the composition root names a concrete engine. Adding one is one
+module implementing :class:`Executor` plus its registration: see
+``docs/engines.md``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from procpoold.identity import Identity
 from procpoold.loop import EventLoop
@@ -125,10 +132,42 @@ class ExecutorEvents(Protocol):
         """
 
 
+@dataclass(slots=True)
+class Health:
+    """How an engine is doing, for readiness and ``procctl status``; read-only."""
+
+    #: whether it can take attempts now (False: broken, or unreachable, with ``reason``)
+    up: bool = True
+    reason: str | None = None
+    #: processes (workers, a connection) still starting: the daemon announces readiness at 0
+    starting: int = 0
+    #: attempts it runs now (what occupies its capacity)
+    busy: int = 0
+    #: its worker processes by state (``{"idle": 3, "busy": 1}``); empty for an engine without any
+    workers: dict[str, int] = field(default_factory=dict)
+
+
+class LeftAttempt(NamedTuple):
+    """An attempt that a previous daemon (which crashed or was killed) left running with an engine,
+    as the store recorded it: what :meth:`Executor.recover` gets."""
+
+    job_id: str
+    task_id: str
+    attempt: int  # its number (1 for the first attempt)
+    pid: int | None  # as the engine reported it, if that was committed before the crash
+    worker: str | None
+
+
 class Executor(Protocol):
     """Runs attempts. The scheduler calls these; see the module docstring for threading."""
 
+    #: the engine's name: what the registry, a task's ``engine`` field and ``procctl`` use
     name: str
+    #: the task kinds it can run (``"call"``, ``"cmd"``)
+    kinds: frozenset[str]
+    #: whether an attempt's processes may outlive a daemon that crashes (then its pid is worth
+    #: committing, and :meth:`recover` must find them); False when they die with the daemon
+    outlives_daemon: bool
 
     def prefork(self) -> None:
         """Called before the daemon creates any thread or ZeroMQ context (e.g. start a zygote)."""
@@ -157,3 +196,25 @@ class Executor(Protocol):
 
     def info(self) -> dict[str, Any]:
         """A summary for ``procctl status`` (msgpack-able)."""
+
+    def set_daemon_id(self, daemon_id: str) -> None:
+        """The id of the state this daemon serves (one per state file), set before :meth:`start`
+        when the daemon has a store: an engine whose attempts outlive a crash tags them with it,
+        so that :meth:`recover` of the next daemon finds its own and never another daemon's."""
+
+    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
+        """A previous daemon with this ``daemon_id`` stopped without ending ``attempts`` (routed to
+        this engine): stop whatever of them still runs. Called once at start, after :meth:`start`
+        and before anything is submitted; the scheduler has already counted them interrupted (no
+        outcome is reported for them). Returns how many it found still running."""
+
+    def resize(self, workers: int) -> bool:
+        """Change the engine's capacity to ``workers`` at run time (``procctl pool resize``, a
+        reload); False if it cannot be resized (its capacity is not the daemon's to set)."""
+
+    def health(self) -> Health:
+        """Up or down, starting processes, busy capacity and workers by state (cheap: asked at
+        every status refresh)."""
+
+    def workers(self) -> list[dict[str, Any]]:
+        """One map per worker process for ``procctl pool`` (msgpack-able; empty if it has none)."""

@@ -48,7 +48,16 @@ from typing import Any, Literal, Protocol
 
 from procpool.contract.limits import shorten
 from procpoold import journal, oom
-from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason, Stream, TaskError
+from procpoold.engines import (
+    AttemptSpec,
+    ExecutorEvents,
+    Health,
+    LeftAttempt,
+    Outcome,
+    StopReason,
+    Stream,
+    TaskError,
+)
 from procpoold.identity import Identity
 from procpoold.loop import EventLoop, Timer
 
@@ -125,7 +134,7 @@ def attempt_env(
 ) -> dict[str, str]:
     """The environment of a task: ``base`` (the daemon's), the user's ``HOME``, ``USER`` and
     ``LOGNAME`` when it runs as another user, the job's and task's additions, and its identity
-    (``identity`` adds the daemon's: see :meth:`CommandExecutor.set_identity`)."""
+    (``identity`` adds the daemon's: see :meth:`CommandExecutor.set_daemon_id`)."""
     user = spec.user
     if user is not None:
         base = {**base, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
@@ -237,6 +246,9 @@ class CommandExecutor:
     """Runs at most ``slots`` commands at once."""
 
     name = "commands"
+    kinds = frozenset({"cmd"})
+    #: a command is the leader of its own session: it goes on running when the daemon dies
+    outlives_daemon = True
 
     def __init__(
         self,
@@ -271,10 +283,26 @@ class CommandExecutor:
         _no_fd_inherited()
         oom.shared()  # read the count of OOM kills now, before any command can die
 
-    def set_identity(self, daemon_id: str) -> None:
+    def set_daemon_id(self, daemon_id: str) -> None:
         """Give every command ``PROCPOOL_DAEMON_ID``: with its attempt's ids, it lets the next start
-        of the same daemon (same state) find the command if this one crashes."""
+        of the same daemon (same state) find the command if this one crashes (:meth:`recover`)."""
         self._identity = {"PROCPOOL_DAEMON_ID": daemon_id}
+
+    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
+        """Kill what the previous daemon's commands left running (see :func:`kill_leftovers`)."""
+        return kill_leftovers(attempts, daemon_id)
+
+    def resize(self, workers: int) -> bool:
+        """Run at most ``workers`` commands at once (those running above it finish first)."""
+        self.slots = workers
+        return True
+
+    def health(self) -> Health:
+        return Health(busy=len(self._running))
+
+    def workers(self) -> list[dict[str, Any]]:
+        """None: each command is a process of its own, listed by ``procctl status``."""
+        return []
 
     def free_slots(self) -> int:
         return max(0, self.slots - len(self._running))
@@ -581,3 +609,55 @@ class CommandExecutor:
     def _finish(self, outcome: Outcome) -> None:
         assert self._events is not None
         self._events.attempt_finished(outcome)
+
+
+def kill_leftovers(attempts: list[LeftAttempt], daemon_id: str) -> int:
+    """Kill what a crashed daemon's commands left running: each one's whole process group; returns
+    how many were found.
+
+    A command runs as the leader of its own session and carries its identity in its environment: its daemon's
+    (``PROCPOOL_DAEMON_ID``, one per state file) and its attempt's (``PROCPOOL_JOB_ID``,
+    ``PROCPOOL_TASK_ID``, ``PROCPOOL_ATTEMPT``). A recorded pid is killed only if its process still
+    carries that identity (a reused pid is never hit), and an attempt whose pid was not written
+    before the crash is found by its identity among session leaders (another daemon's commands,
+    with job ids of their own, are never hit).
+    """
+    wanted = {(daemon_id, a.job_id, a.task_id, str(a.attempt)): a.pid for a in attempts}
+    found: dict[tuple[str, str, str, str], int] = {}
+    for key, pid in wanted.items():
+        if pid is not None and _identity(pid) == key:
+            found[key] = pid
+    if len(found) < len(wanted):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            ident = _identity(int(entry.name))
+            if ident is not None and ident in wanted and ident not in found:
+                found[ident] = int(entry.name)
+    for pid in found.values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+            log.warning("killed process group %d left running by the previous daemon", pid)
+    return len(found)
+
+
+def _identity(pid: int) -> tuple[str, str, str, str] | None:
+    """``(daemon id, job id, task id, attempt)`` of a session leader started by procpoold, else None."""
+    try:
+        if os.getsid(pid) != pid:
+            return None
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return None
+    fields: dict[bytes, str] = {}
+    for item in env:
+        name, sep, value = item.partition(b"=")
+        if sep and name in _IDENTITY:
+            fields[name] = value.decode("utf-8", "replace")
+    if len(fields) != len(_IDENTITY):
+        return None
+    return tuple(fields[name] for name in _IDENTITY)  # type: ignore[return-value]
+
+
+_IDENTITY = (b"PROCPOOL_DAEMON_ID", b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")

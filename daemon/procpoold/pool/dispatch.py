@@ -18,7 +18,7 @@ import msgpack
 
 from procpoold.engines import AttemptSpec
 from procpoold.identity import run_as_uid
-from procpoold.pool.protocol import CALL, CANCEL, WAKE
+from procpoold.pool.protocol import CANCEL, WAKE, encode_call
 from procpoold.pool.ring import RingError
 from procpoold.pool.slot import Running, WorkerSlot, WorkerState
 from procpoold.pool.state import PoolState
@@ -262,7 +262,7 @@ class Dispatch(PoolState):
                 self._stats["prewakes_used"] += 1
             self._where[spec.attempt_id] = w
             w.job = spec.job_id
-            batches.setdefault(w, []).append(_encode_call(spec))
+            batches.setdefault(w, []).append(encode_call(spec))
             started.append((spec, w))
         pending.extendleft(reversed(keep))  # O(skipped), not O(queued)
         if not batches:
@@ -395,10 +395,3 @@ class Dispatch(PoolState):
         ring.spin(self.settings.spin_us * 1e-6)
         self._drain_worker(w)
 
-
-def _encode_call(spec: AttemptSpec) -> bytes:
-    return _packb([  # type: ignore[no-any-return]
-        CALL, spec.attempt_id, spec.call,
-        [spec.job_id, spec.job_name, spec.task_id, spec.task_name, spec.attempt, spec.run],
-        spec.args or None, spec.kwargs or None, spec.env or None, spec.cwd or None, spec.python_path or None,
-    ])

@@ -44,14 +44,14 @@ DEATH_WINDOW = 10.0
 class WorkerLifecycle(PoolState):
     """Spawning, retiring, killing and reaping workers; refilling their slots."""
 
-    def resize(self, workers: int) -> None:
+    def resize(self, workers: int) -> bool:
         """Change the number of workers at run time; shrinking retires idle workers first."""
         if workers < 0:
             raise ValueError("workers must be >= 0")
         self._target = workers
         if self._closing or self._loop is None:
             self.settings.workers = workers
-            return
+            return True
         excess = len(self._slots) - workers
         if excess > 0:
             def cost(item: tuple[int, WorkerSlot | None]) -> tuple[int, int]:
@@ -71,6 +71,7 @@ class WorkerLifecycle(PoolState):
                 self._slots[slot] = None
                 self._spawn(slot)
         self._schedule_dispatch()
+        return True
 
     def _spawn(self, slot: int) -> None:
         if self._closing or self._broken or self._zygote is None or slot not in self._slots:

@@ -254,9 +254,11 @@ class MessageHandling(PoolState):
         if kind == DONE:
             self._on_done(w, msg)
         elif kind == LOG:
-            events.attempt_log(msg[1], msg[2], msg[3], msg[4], msg[5])
+            _, attempt_id, stream, level, message, fields = msg  # (layout: pool.protocol)
+            events.attempt_log(attempt_id, stream, level, message, fields)
         elif kind == PROGRESS:
-            events.attempt_progress(msg[1], msg[2])
+            _, attempt_id, report = msg
+            events.attempt_progress(attempt_id, report)
         elif kind == REQUEST:
             self._on_request(w, msg)
 

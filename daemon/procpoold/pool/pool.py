@@ -45,11 +45,21 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import msgpack
 
 from procpoold import oom as oom_kills
-from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
+from procpoold.engines import (
+    NOT_STARTED,
+    AttemptSpec,
+    ExecutorEvents,
+    Health,
+    LeftAttempt,
+    Outcome,
+    StopReason,
+    TaskError,
+)
 from procpoold.loop import EventLoop
 from procpoold.pool import shm, zygote
 from procpoold.pool.dispatch import Dispatch
@@ -85,6 +95,28 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
     """The ``pool`` executor (see the module docstring)."""
 
     name = "pool"
+    kinds = frozenset({"call"})
+    #: a worker dies with the daemon (PR_SET_PDEATHSIG), and its attempts with it
+    outlives_daemon = False
+
+    def set_daemon_id(self, daemon_id: str) -> None:
+        """Nothing to tag: workers die with the daemon."""
+
+    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
+        """Nothing is left: the workers died with the previous daemon, and :meth:`prefork` removed
+        the shared memory they used."""
+        return 0
+
+    def health(self) -> Health:
+        states: dict[str, int] = {}
+        for w in self._slots.values():
+            key = w.state.value if w is not None else "refilling"
+            states[key] = states.get(key, 0) + 1
+        return Health(not self._broken, self._broken or None, states.get("starting", 0),
+                      len(self._where), states)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.workers_info()
 
     def prefork(self) -> None:
         """Remove leftovers of a crashed daemon, then fork the zygote (no thread may exist yet)."""

@@ -2,7 +2,10 @@
 
 Each message is one msgpack **array** whose first element is its kind: an array decodes in about
 a third of the time of the equivalent map (no key strings to build), and this is paid once per
-message on the per-task path. Fields are positional; an absent optional field is ``nil``.
+message on the per-task path. Fields are positional; an absent optional field is ``nil``. The
+layout of a ``CALL`` (the per-attempt message) is defined once, by :data:`CALL_FIELDS`: the
+daemon packs it with :func:`encode_call`, and the worker reads each field by its named position
+(``msg[CALL_FN]``), never by a bare number.
 
 Request ring, daemon -> worker:
 
@@ -35,9 +38,12 @@ it looks at it, and then that its attempt id names an attempt it gave that worke
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+if TYPE_CHECKING:
+    from procpoold.engines import AttemptSpec
 
 # request ring
 CALL = 0
@@ -79,8 +85,26 @@ F_STOPPED = 2
 #: be restored for another job (the daemon gives it only its job's attempts, then retires it).
 F_UNCLEAN = 4
 
+#: The fields of a ``CALL``, in their order on the wire (see the module docstring).
+CALL_FIELDS = ("kind", "id", "fn", "ctx", "args", "kwargs", "env", "cwd", "python_path")
+#: Their positions, by name: what the worker reads a ``CALL`` with.
+CALL_ID, CALL_FN, CALL_CTX, CALL_ARGS, CALL_KWARGS, CALL_ENV, CALL_CWD, CALL_PATH = range(1, len(CALL_FIELDS))
 #: Keys of the ``ctx`` array, in order (the fields of ``procpool.task.TaskContext``).
 CTX_KEYS = ("job_id", "job_name", "task_id", "task_name", "attempt", "run")
+#: The positions of the job id and the task name in ``ctx``.
+CTX_JOB_ID, CTX_TASK_NAME = CTX_KEYS.index("job_id"), CTX_KEYS.index("task_name")
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_call(spec: AttemptSpec) -> bytes:
+    """The ``CALL`` of attempt ``spec``, in the order of :data:`CALL_FIELDS` (and ``ctx`` in the
+    order of :data:`CTX_KEYS`); empty optional fields go as ``nil``. Runs in the daemon, per attempt."""
+    return _packb([  # type: ignore[no-any-return]
+        CALL, spec.attempt_id, spec.call,
+        [spec.job_id, spec.job_name, spec.task_id, spec.task_name, spec.attempt, spec.run],
+        spec.args or None, spec.kwargs or None, spec.env or None, spec.cwd or None, spec.python_path or None,
+    ])
 
 EXIT_MESSAGE: bytes = msgpack.packb([EXIT])
 HEARTBEAT_MESSAGE: bytes = msgpack.packb([HEARTBEAT])

@@ -66,7 +66,17 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.pathsafety import check_folders, unsafe_folder
 from procpoold.pool.protocol import (
     CALL,
+    CALL_ARGS,
+    CALL_CTX,
+    CALL_CWD,
+    CALL_ENV,
+    CALL_FN,
+    CALL_ID,
+    CALL_KWARGS,
+    CALL_PATH,
     CANCEL,
+    CTX_JOB_ID,
+    CTX_TASK_NAME,
     DONE,
     EXIT,
     F_ASYNC,
@@ -591,7 +601,7 @@ class Worker:
                 # A cancel of a call still queued here: mark the call (its "done" is posted when
                 # the main loop reaches it; no I/O here, this may run in the signal handler).
                 aid = msg[1]
-                if any(m[0] == CALL and m[1] == aid for m in inbox):
+                if any(m[0] == CALL and m[CALL_ID] == aid for m in inbox):
                     self.stopped.add(aid)
                     continue
             inbox.append(msg)
@@ -692,17 +702,17 @@ class Worker:
         return found
 
     def _start(self, msg: list[Any]) -> None:
-        aid = msg[1]
+        aid = msg[CALL_ID]
         if self.stopped and aid in self.stopped:
             self.stopped.discard(aid)
             self.post(stopped_before_start(aid))
             return
-        ctx = msg[3]
-        job = ctx[0] if type(ctx) is list and ctx else None
+        ctx = msg[CALL_CTX]
+        job = ctx[CTX_JOB_ID] if type(ctx) is list and ctx else None
         if job != self.job and not self.async_tasks:
             self._switch(job)
         try:
-            fn, is_async = self._resolve(msg[2], msg[8], msg[7])
+            fn, is_async = self._resolve(msg[CALL_FN], msg[CALL_PATH], msg[CALL_CWD])
         except _Undecodable as exc:
             self.post(self._pack([DONE, aid, False, exc.error, self._flags(), None]))
             return
@@ -723,7 +733,7 @@ class Worker:
             task.cancel()
             return
         for i, m in enumerate(self.inbox):
-            if m[0] == CALL and m[1] == aid:  # not started yet: it ends right here
+            if m[0] == CALL and m[CALL_ID] == aid:  # not started yet: it ends right here
                 del self.inbox[i]
                 self.post(stopped_before_start(aid))
                 return
@@ -732,10 +742,10 @@ class Worker:
 
     def _enter(self, aid: str, msg: list[Any]) -> Callable[[], None]:
         """Apply the attempt's context, env and cwd; return the function that undoes them."""
-        self._install(aid, msg[3])
+        self._install(aid, msg[CALL_CTX])
         self.log_attempt = aid
-        env: dict[str, str] | None = msg[6]
-        cwd: str | None = msg[7]
+        env: dict[str, str] | None = msg[CALL_ENV]
+        cwd: str | None = msg[CALL_CWD]
         if not env and not cwd:
             return _clear_task
         if cwd and cwd != self.cwd_checked:
@@ -764,7 +774,7 @@ class Worker:
 
     def _install(self, aid: str, ctx: list[Any]) -> None:
         """``procpool.task._install``, with the task's logger cached (``getLogger`` takes a lock)."""
-        name = ctx[3]
+        name = ctx[CTX_TASK_NAME]
         logger = self._loggers.get(name)
         if logger is None:
             logger = self._loggers[name] = logging.getLogger(f"procpool.task.{name}")
@@ -779,7 +789,7 @@ class Worker:
                 # From here a signal may raise TaskInterrupted; ``current`` bounds the window.
                 self.current = aid
                 started = _clock()
-                result = fn(*(msg[4] or ()), **(msg[5] or {}))
+                result = fn(*(msg[CALL_ARGS] or ()), **(msg[CALL_KWARGS] or {}))
             finally:
                 self.current = None
             took = _clock() - started
@@ -843,9 +853,9 @@ class Worker:
         self.async_tasks[aid] = self.loop.create_task(self._async_attempt(aid, fn, msg))
 
     async def _async_attempt(self, aid: str, fn: Callable[..., Any], msg: list[Any]) -> None:
-        current = task_api._install(_Channel(self, aid), context_fields(msg[3]))
-        env: dict[str, str] | None = msg[6]
-        cwd: str | None = msg[7]
+        current = task_api._install(_Channel(self, aid), context_fields(msg[CALL_CTX]))
+        env: dict[str, str] | None = msg[CALL_ENV]
+        cwd: str | None = msg[CALL_CWD]
         # Undone when the last async attempt ends, as a sync attempt's are when it ends (else the
         # next job's tasks run with them): what they were before the first one changed them.
         for key in env or ():
@@ -871,7 +881,7 @@ class Worker:
                     _check_cwd(cwd)
                     self.cwd_checked = cwd
                 enter()
-                result = await _Stepper(fn(*(msg[4] or ()), **(msg[5] or {})), enter)
+                result = await _Stepper(fn(*(msg[CALL_ARGS] or ()), **(msg[CALL_KWARGS] or {})), enter)
             finally:
                 _clear_task()
             out = self._encode_result(aid, result, True)

@@ -5,9 +5,8 @@ one state (:class:`procpoold.scheduler.state.SchedulerState`), as the pool execu
 :mod:`procpoold.scheduler.scheduler`.
 """
 
-from procpoold.scheduler.recovery import _kill_leftovers
 from procpoold.scheduler.scheduler import Scheduler
 from procpoold.scheduler.state import LOG_SLACK, not_found
 from procpoold.scheduler.submission import job_user
 
-__all__ = ["LOG_SLACK", "Scheduler", "_kill_leftovers", "job_user", "not_found"]
+__all__ = ["LOG_SLACK", "Scheduler", "job_user", "not_found"]

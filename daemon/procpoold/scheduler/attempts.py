@@ -18,6 +18,9 @@ from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Strea
 from procpoold.identity import Identity, identity_of, run_as_uid
 from procpoold.scheduler.state import _RETRIED, _STARTED, Ref, SchedulerState, log, task_log
 
+#: an AttemptSpec without running its __init__: _prepare sets every field by name
+_new_spec = object.__new__
+
 
 class _JobPass:
     """What the attempts of one job dispatched in one pump pass share: the job, the identity they
@@ -49,19 +52,21 @@ class Attempts(SchedulerState):
             timer.cancel()
 
     def _enqueue(self, job: Job, indices: list[int]) -> None:
-        """Queue ready tasks, one queue entry per run of tasks of the same kind and priority."""
+        """Queue ready tasks on their engines' queues, one queue entry per run of tasks of the same
+        route (kind and engine named) and priority."""
         now_mono = time.monotonic()
         tasks, job_id = job.tasks, job.id
+        route = self.engines.route_name
         first = tasks[indices[0]].spec
-        kind, priority = first.kind, first.priority
+        kind, engine, priority = first.kind, first.engine, first.priority
         refs: list[Ref] = []
         for i in indices:
             spec = tasks[i].spec
-            if spec.kind != kind or spec.priority != priority:
-                self.queues[kind].push_many(refs, priority, now_mono)
-                kind, priority, refs = spec.kind, spec.priority, []
+            if spec.kind != kind or spec.priority != priority or spec.engine != engine:
+                self.queues[route(kind, engine)].push_many(refs, priority, now_mono)
+                kind, engine, priority, refs = spec.kind, spec.engine, spec.priority, []
             refs.append((job_id, i))
-        self.queues[kind].push_many(refs, priority, now_mono)
+        self.queues[route(kind, engine)].push_many(refs, priority, now_mono)
 
     def kick(self) -> None:
         """Capacity changed (e.g. the pool grew): try to dispatch.
@@ -86,8 +91,11 @@ class Attempts(SchedulerState):
         # identity, its journal name, the start time of this pass); see _prepare.
         passes: dict[str, _JobPass] = {}
         now: float | None = None
-        for kind, queue in self.queues.items():
-            executor = self.executors[kind]
+        engines = self.engines.by_name
+        outliving = self._outliving
+        for name, queue in self.queues.items():
+            executor = engines[name]
+            outlives = executor.outlives_daemon
             free = executor.free_slots()
             while free > 0:
                 ref = queue.pop()
@@ -102,7 +110,10 @@ class Attempts(SchedulerState):
                     if now is None:
                         now = self.clock()
                     jp = passes[job_id] = self._job_pass(job, now)
-                batch.append((executor, self._prepare(jp, ref, executor)))
+                spec = self._prepare(jp, ref, executor)
+                batch.append((executor, spec))
+                if outlives:
+                    outliving.add(spec.attempt_id)
                 free -= 1
         if not batch:
             return
@@ -158,26 +169,27 @@ class Attempts(SchedulerState):
         if jp.started is not None:
             jp.started.setdefault(index, _STARTED)  # (see Persistence._starts_of)
         job_spec = job.spec
-        spec = AttemptSpec(
-            attempt_id,
-            job.id,
-            jp.job_name,
-            t.id,
-            task.name,
-            attempt.number,
-            task.kind,
-            task.call,
-            task.args,
-            task.kwargs,
-            task.cmd,
-            task.shell,
-            {**job_spec.env, **task.env} if task.env else job_spec.env,
-            task.cwd or job_spec.cwd,
-            job_spec.python_path,
-            task.timeout,
-            jp.run,
-            jp.user,
-        )
+        # Every field by name (AttemptSpec.__init__ with 18 keywords costs 0.95 us, positionally
+        # 0.38 us, this 0.21 us on CPython 3.11); test_engines checks that each one is set.
+        spec = _new_spec(AttemptSpec)
+        spec.attempt_id = attempt_id
+        spec.job_id = job.id
+        spec.job_name = jp.job_name
+        spec.task_id = t.id
+        spec.task_name = task.name
+        spec.attempt = attempt.number
+        spec.kind = task.kind
+        spec.call = task.call
+        spec.args = task.args
+        spec.kwargs = task.kwargs
+        spec.cmd = task.cmd
+        spec.shell = task.shell
+        spec.env = {**job_spec.env, **task.env} if task.env else job_spec.env
+        spec.cwd = task.cwd or job_spec.cwd
+        spec.python_path = job_spec.python_path
+        spec.timeout = task.timeout
+        spec.run = jp.run
+        spec.user = jp.user
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
@@ -200,8 +212,9 @@ class Attempts(SchedulerState):
     def attempt_started(self, attempt_id: str, pid: int | None, worker: str | None) -> None:
         """An executor started the attempt, as ``pid`` (a pool worker's, or a command's) on ``worker``.
 
-        Loop thread (executor event). Sets the running attempt's pid and worker (a command's pid is
-        committed with the next flush, or ``pid_flush_delay`` later) and writes the task's start record.
+        Loop thread (executor event). Sets the running attempt's pid and worker (the pid of an attempt
+        whose engine's processes outlive the daemon is committed with the next flush, or
+        ``pid_flush_delay`` later: see Executor.recover) and writes the task's start record.
         An unknown attempt (already finished) is ignored. May not start, stop or commit anything.
         """
         ref = self.attempts.get(attempt_id)
@@ -213,8 +226,10 @@ class Attempts(SchedulerState):
             attempt = t.attempts[-1]
             moved = attempt.worker is not None
             attempt.pid, attempt.worker = pid, worker
-            if worker is None:
-                self._touch_pid(job, ref[1])
+            if attempt_id in self._outliving:
+                self._outliving.discard(attempt_id)
+                if pid is not None:
+                    self._touch_pid(job, ref[1])
             elif moved:
                 # Handed to a second worker before it started on the first (the pool moves a
                 # queued attempt to an idle worker): it is the same start, recorded once.
@@ -245,6 +260,7 @@ class Attempts(SchedulerState):
         and ignored. May not block: it runs inside the executor's callback.
         """
         ref = self.attempts.pop(outcome.attempt_id, None)
+        self._outliving.discard(outcome.attempt_id)  # (one that ended before it was reported started)
         self._attempt_finished(ref, outcome)
 
     def attempts_finished(self, outcomes: list[Outcome]) -> None:
@@ -257,7 +273,7 @@ class Attempts(SchedulerState):
         record and notification still in order). An exception while applying one outcome is
         logged and does not keep the rest of the batch from being applied.
         """
-        attempts, jobs, timeouts = self.attempts, self.jobs, self._timeouts
+        attempts, jobs, timeouts, outliving = self.attempts, self.jobs, self._timeouts, self._outliving
         now: float | None = None
         job: Job | None = None  # the job of the completions gathered in ``effects``
         effects = Effects()
@@ -275,6 +291,8 @@ class Attempts(SchedulerState):
                 continue
             del attempts[aid]
             try:
+                if outliving:
+                    outliving.discard(aid)
                 if timeouts:
                     timer = timeouts.pop(aid, None)
                     if timer is not None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from typing import Any
 
 from procpool.contract.limits import CEILINGS, shorten
 from procpool.contract.tree import parse_job
 from procpoold.core import status
 from procpoold.core.jobs import Effects, FinishedJob, Job, scoped_key
+from procpoold.engines import LeftAttempt
 from procpoold.identity import user_name
 from procpoold.journal.encoding import ITEM_INTS, unpack_events
 from procpoold.scheduler.state import SchedulerState, _job_row, log
@@ -19,16 +17,18 @@ from procpoold.store.protocol import StoredJob
 
 class Recovery(SchedulerState):
     """Reading jobs back from the store: every unfinished one at start (and the finished index),
-    a finished one on demand; killing what a crashed daemon's commands left running.
+    a finished one on demand; handing what a crashed daemon left running to its engines.
     """
 
     def _restore(self, stored: StoredJob) -> Job:
         """A Job as the store holds it (raises what a stored job that cannot be read raises)."""
         if stored.error is not None:
             raise ValueError(stored.error)
+        spec = parse_job(stored.doc, CEILINGS)  # it was within the limits when accepted
+        self.engines.check_job(spec)  # a task of an engine this daemon no longer has fails the job
         job = Job(
             stored.id,
-            parse_job(stored.doc, CEILINGS),  # it was within the limits when accepted
+            spec,
             stored.doc,
             stored.created_at,
             stored.data.get("submitter_uid"),
@@ -43,10 +43,11 @@ class Recovery(SchedulerState):
         """Load every stored job; resume the unfinished ones (see Job.recover).
 
         Loop thread, once, at start before anything is submitted. Fills ``jobs``, ``keys``, the
-        finished index and the quota; kills the process groups of commands the previous daemon left
-        running; applies retention; then starts or queues what can run (an interrupted attempt uses no
-        retry; a job that cannot be restored is failed, never the start). Returns counts of what it
-        found. Does nothing without a store.
+        finished index and the quota; gives each engine the attempts the previous daemon left with it
+        (Executor.recover: the command engine kills what still runs); applies retention; then starts
+        or queues what can run (an interrupted attempt uses no retry; a job that cannot be restored,
+        or names an engine this daemon has not, is failed, never the start). Returns counts of what
+        it found. Does nothing without a store.
         """
         if self.store is None:
             return {}
@@ -55,7 +56,7 @@ class Recovery(SchedulerState):
         counts = {"jobs": 0, "resumed": 0, "interrupted": 0, "held": 0}
         finished: list[FinishedJob] = []
         resumable: list[tuple[Job, Effects]] = []
-        leftovers: list[tuple[str, str, int, int | None]] = []
+        leftovers: dict[str, list[LeftAttempt]] = {}  # engine name -> its attempts
         for entry in self.store.finished_index():  # finished jobs are read back only when asked for
             finished.append(entry)
             if entry.key is not None:
@@ -97,17 +98,24 @@ class Recovery(SchedulerState):
             if job.state == "pending":
                 resumable.append((job, Effects()))
                 continue
-            task_of = {t.attempts[-1].attempt_id: t.id for t in job.tasks if t.state == "running"}
+            task_of = {t.attempts[-1].attempt_id: t for t in job.tasks if t.state == "running"}
             effects, interrupted = job.recover(now, self.max_interruptions)
             for attempt in interrupted:
-                if attempt.worker is None:  # pool workers die with the daemon (PR_SET_PDEATHSIG)
-                    leftovers.append((job.id, task_of[attempt.attempt_id], attempt.number, attempt.pid))
+                t = task_of[attempt.attempt_id]
+                name = self.engines.route_name(t.spec.kind, t.spec.engine)
+                leftovers.setdefault(name, []).append(
+                    LeftAttempt(job.id, t.id, attempt.number, attempt.pid, attempt.worker))
             counts["interrupted"] += len(interrupted)
             counts["held" if job.state == "held" else "resumed"] += 1
             self._touch(job, list(range(len(job.tasks))))
             resumable.append((job, effects))
-        if leftovers:
-            _kill_leftovers(leftovers, self.store.daemon_id)
+        for name, attempts in leftovers.items():
+            try:
+                counts["left_running"] = counts.get("left_running", 0) + self.engines[name].recover(
+                    self.store.daemon_id, attempts)
+            except Exception:  # the engine's failure to clean up must not stop the start
+                log.exception("engine %s could not recover %d attempt(s) of the previous daemon",
+                              name, len(attempts))
         finished.sort(key=lambda e: (e.finished_at, int(e.id)))
         for entry in finished:
             self._index_finished(entry)
@@ -212,53 +220,3 @@ class Recovery(SchedulerState):
         job.submitter_name = user_name(job.submitter_uid)
         return job
 
-
-def _kill_leftovers(attempts: list[tuple[str, str, int, int | None]], daemon_id: str) -> None:
-    """Kill what a crashed daemon's commands left running: each one's whole process group.
-
-    ``attempts`` are ``(job id, task id, attempt number, pid or None)``. A command runs as the
-    leader of its own session and carries its identity in its environment: its daemon's
-    (``PROCPOOL_DAEMON_ID``, one per state file) and its attempt's (``PROCPOOL_JOB_ID``,
-    ``PROCPOOL_TASK_ID``, ``PROCPOOL_ATTEMPT``). A recorded pid is killed only if its process still
-    carries that identity (a reused pid is never hit), and an attempt whose pid was not written
-    before the crash is found by its identity among session leaders (another daemon's commands,
-    with job ids of their own, are never hit).
-    """
-    wanted = {(daemon_id, job_id, task_id, str(number)): pid for job_id, task_id, number, pid in attempts}
-    found: dict[tuple[str, str, str, str], int] = {}
-    for key, pid in wanted.items():
-        if pid is not None and _identity(pid) == key:
-            found[key] = pid
-    if len(found) < len(wanted):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            ident = _identity(int(entry.name))
-            if ident is not None and ident in wanted and ident not in found:
-                found[ident] = int(entry.name)
-    for pid in found.values():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-            log.warning("killed process group %d left running by the previous daemon", pid)
-
-
-def _identity(pid: int) -> tuple[str, str, str, str] | None:
-    """``(daemon id, job id, task id, attempt)`` of a session leader started by procpoold, else None."""
-    try:
-        if os.getsid(pid) != pid:
-            return None
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read().split(b"\0")
-    except OSError:
-        return None
-    fields: dict[bytes, str] = {}
-    for item in env:
-        name, sep, value = item.partition(b"=")
-        if sep and name in _IDENTITY:
-            fields[name] = value.decode("utf-8", "replace")
-    if len(fields) != len(_IDENTITY):
-        return None
-    return tuple(fields[name] for name in _IDENTITY)  # type: ignore[return-value]
-
-
-_IDENTITY = (b"PROCPOOL_DAEMON_ID", b"PROCPOOL_JOB_ID", b"PROCPOOL_TASK_ID", b"PROCPOOL_ATTEMPT")

@@ -50,7 +50,8 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
         for attempt_id in effects.stop:
             ref = self.attempts.get(attempt_id)
             if ref is not None:
-                self.executors[job.tasks[ref[1]].spec.kind].stop_attempt(attempt_id, "cancelled")
+                spec = job.tasks[ref[1]].spec
+                self.engines.route(spec.kind, spec.engine).stop_attempt(attempt_id, "cancelled")
         for i in effects.finished_tasks:
             self._forget_queued((job.id, i))
             self._task_final(job, i)

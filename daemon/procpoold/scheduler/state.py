@@ -25,7 +25,7 @@ from procpoold.core import namespace
 from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.quota import TaskQuota
-from procpoold.engines import Executor
+from procpoold.engines.registry import Engines
 from procpoold.identity import Authority
 from procpoold.loop import EventLoop, Timer
 from procpoold.store.protocol import Store, StoredJob
@@ -62,7 +62,7 @@ class SchedulerState(abc.ABC):
     def __init__(
         self,
         loop: EventLoop,
-        executors: dict[str, Executor],
+        engines: Engines,
         aging: float = 30.0,
         clock: Callable[[], float] = time.time,
         store: Store | None = None,
@@ -109,13 +109,18 @@ class SchedulerState(abc.ABC):
         self._pid_timer: Timer | None = None
         #: None: a command's pid is written only with another commit (tests of crash recovery).
         self.pid_flush_delay: float | None = PID_FLUSH_DELAY
-        self.executors = executors  # by task kind: "call", "cmd"
+        #: the engines by name, and the routing of tasks to them
+        self.engines = engines
         self.clock = clock
         self.jobs: dict[str, Job] = {}
         self.keys: dict[str, str] = {}
         self._next_id = 1
-        self.queues: dict[str, ReadyQueue[Ref]] = {kind: ReadyQueue(aging) for kind in executors}
+        #: ready tasks per engine name
+        self.queues: dict[str, ReadyQueue[Ref]] = {name: ReadyQueue(aging) for name in engines.by_name}
         self.attempts: dict[str, Ref] = {}
+        #: attempts handed to an engine whose processes outlive the daemon, not reported started yet
+        #: (their pid is committed soon after the start: see Executor.recover)
+        self._outliving: set[str] = set()
         #: lifecycle event code -> the journal's site id of the code that sends it
         self._sites: dict[int, int] = {}
         self._timeouts: dict[str, Timer] = {}

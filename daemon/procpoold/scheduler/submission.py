@@ -45,6 +45,7 @@ class Submission(SchedulerState):
                 "submit again once it has restarted",
             )
         spec = parse_job(raw, self.limits)
+        self.engines.check_job(spec)  # a task naming an engine this daemon has not is refused now
         run_as = job_user(spec, uid, self.authority)  # raises permission_denied for another user
         unsafe = _unsafe_folder(spec, run_as)
         if unsafe is not None:

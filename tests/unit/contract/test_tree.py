@@ -176,3 +176,27 @@ def test_the_short_cut_for_plain_call_tasks_parses_as_the_general_path_does() ->
     ):
         with pytest.raises(TreeError, match=re.escape(fragment)):
             parse_job({"name": "j", "root": {"concurrent": [{"call": "m:f"}, bad]}})
+
+
+def test_every_field_of_a_task_is_set_on_both_paths_of_the_parser() -> None:
+    from dataclasses import fields
+
+    from procpool.contract.tree import TaskSpec
+
+    spec = parse_job({"name": "j", "timeout": 9, "root": {"name": "g", "concurrent": [
+        {"call": "m:f"},  # the short cut for a task that only names its callable
+        {"call": "m:f", "args": [1], "engine": "pool"},
+        {"cmd": ["true"], "name": "c", "depends_on": ["g.0"]},
+    ]}})
+    for task in spec.tasks:
+        missing = [f.name for f in fields(TaskSpec) if not hasattr(task, f.name)]
+        assert not missing, f"{task.path}: fields the parser does not set: {missing}"
+    shared = {"timeout": 9, "retries": 0, "retry_delay": 1.0, "priority": "normal", "env": {}, "cwd": None,
+              "tags": [], "parent": 0}
+    assert spec.tasks == [
+        TaskSpec(index=0, name="g.0", path="root.concurrent[0]", kind="call", call="m:f", **shared),
+        TaskSpec(index=1, name="g.1", path="root.concurrent[1]", kind="call", call="m:f", args=[1],
+                 engine="pool", **shared),
+        TaskSpec(index=2, name="c", path="root.concurrent[2]", kind="cmd", cmd=["true"], depends_on=["g.0"],
+                 **shared),
+    ]

@@ -17,6 +17,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.config import ConfigError, load
 from procpoold.core import namespace
 from procpoold.engines import AttemptSpec, Outcome, StopReason, TaskError
+from procpoold.engines.registry import Engines
 from procpoold.loop import MAX_POLL_MS, EventLoop
 from procpoold.scheduler import Scheduler
 from tests.unit.daemon.test_scheduler import RecordingExecutor
@@ -111,7 +112,7 @@ class BrokenExecutor(RecordingExecutor):
 
 def scheduler_with(executor: RecordingExecutor) -> tuple[EventLoop, Scheduler]:
     loop = EventLoop()
-    return loop, Scheduler(loop, {"call": executor, "cmd": executor})
+    return loop, Scheduler(loop, Engines([executor]))
 
 
 def run_until(loop: EventLoop, done: Any, timeout: float = 5.0) -> None:

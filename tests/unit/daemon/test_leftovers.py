@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from procpoold.scheduler import _kill_leftovers
+from procpoold.engines import LeftAttempt
+from procpoold.engines.commands import kill_leftovers
 
 pytestmark = pytest.mark.unit
 
@@ -90,7 +91,7 @@ def test_an_unrecorded_command_is_found_by_its_identity(leaders: list[int]) -> N
     while len(_group_alive(pid)) < 2:  # the shell has started its background sleep
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    _kill_leftovers([(me[0], me[1], int(me[2]), None)], DAEMON)
+    kill_leftovers([LeftAttempt(me[0], me[1], int(me[2]), None, None)], DAEMON)
     assert killed(pid)
     assert group_gone(pid)
 
@@ -100,7 +101,8 @@ def test_a_recorded_pid_is_killed_only_if_its_identity_matches(leaders: list[int
     mine, stranger = spawn_leader(me), spawn_leader(other)
     leaders.extend([mine, stranger])
     # The stranger's pid was recorded for an attempt it is not (as if the pid had been reused).
-    _kill_leftovers([(me[0], me[1], int(me[2]), mine), (other[0], other[1], 9, stranger)], DAEMON)
+    kill_leftovers([LeftAttempt(me[0], me[1], int(me[2]), mine, None),
+                    LeftAttempt(other[0], other[1], 9, stranger, None)], DAEMON)
     assert killed(mine)
     assert group_gone(mine)
     done, _ = os.waitpid(stranger, os.WNOHANG)
@@ -112,6 +114,6 @@ def test_another_daemons_command_with_the_same_ids_is_spared(leaders: list[int])
     me = ident()
     theirs = spawn_leader(me, daemon=f"other-{uuid.uuid4().hex}")
     leaders.append(theirs)
-    _kill_leftovers([(me[0], me[1], int(me[2]), None)], DAEMON)
+    kill_leftovers([LeftAttempt(me[0], me[1], int(me[2]), None, None)], DAEMON)
     done, _ = os.waitpid(theirs, os.WNOHANG)
     assert done == 0, "another daemon's command was killed"

@@ -18,6 +18,7 @@ from procpoold.control.limits import Connections, Waits, connection_cap
 from procpoold.core import status
 from procpoold.core.jobs import Job
 from procpoold.core.quota import TaskQuota
+from procpoold.engines.registry import Engines
 
 
 def test_quota_counts_unfinished_tasks_per_user_and_in_all() -> None:
@@ -184,7 +185,7 @@ def test_the_scheduler_refuses_a_full_queue_and_frees_it_when_jobs_finish() -> N
 
     loop = EventLoop()
     executor = RecordingExecutor(1)
-    scheduler = Scheduler(loop, {"call": executor, "cmd": executor})
+    scheduler = Scheduler(loop, Engines([executor]))
     scheduler.quota.max_queued_tasks = 1
     try:
         scheduler.submit({"name": "a", "root": {"cmd": ["true"]}}, uid=1000)
@@ -208,7 +209,7 @@ def test_job_list_is_newest_first_bounded_by_its_limit() -> None:
 
     loop = EventLoop()
     executor = RecordingExecutor(0)
-    scheduler = Scheduler(loop, {"call": executor, "cmd": executor})
+    scheduler = Scheduler(loop, Engines([executor]))
     scheduler.status_page_size = 4
     try:
         for i in range(10):

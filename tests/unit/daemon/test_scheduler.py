@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 
-from procpoold.engines import NOT_STARTED, AttemptSpec, ExecutorEvents, Outcome, StopReason, TaskError
+from procpoold.engines import (
+    NOT_STARTED,
+    AttemptSpec,
+    ExecutorEvents,
+    Health,
+    LeftAttempt,
+    Outcome,
+    StopReason,
+    TaskError,
+)
+from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
 
@@ -16,11 +26,14 @@ class RecordingExecutor:
     """Accepts ``slots`` attempts and reports nothing by itself."""
 
     name = "recording"
+    kinds = frozenset({"call", "cmd"})
+    outlives_daemon = False
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.submitted: list[AttemptSpec] = []
         self.running: set[str] = set()
+        self.recovered: list[LeftAttempt] = []
 
     def prefork(self) -> None: ...
 
@@ -40,11 +53,26 @@ class RecordingExecutor:
     def info(self) -> dict[str, Any]:
         return {}
 
+    def set_daemon_id(self, daemon_id: str) -> None: ...
+
+    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
+        self.recovered.extend(attempts)
+        return 0
+
+    def resize(self, workers: int) -> bool:
+        return False
+
+    def health(self) -> Health:
+        return Health(busy=len(self.running))
+
+    def workers(self) -> list[dict[str, Any]]:
+        return []
+
 
 def make(slots: int = 1) -> tuple[EventLoop, RecordingExecutor, Scheduler]:
     loop = EventLoop()
     executor = RecordingExecutor(slots)
-    return loop, executor, Scheduler(loop, {"call": executor, "cmd": executor})
+    return loop, executor, Scheduler(loop, Engines([executor]))
 
 
 def test_priority_order_of_dispatch() -> None:

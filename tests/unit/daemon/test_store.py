@@ -12,6 +12,7 @@ import pytest
 
 from procpoold.core.jobs import DONE_ENTRY, FULL_ENTRY, START_ENTRY
 from procpoold.engines import Outcome
+from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import LOG_SLACK, Scheduler
 from procpoold.store.sqlite import LARGE_VALUE, MIGRATIONS, SCHEMA_VERSION, StateStore, StoreFailure
@@ -115,7 +116,7 @@ def test_a_version_1_file_is_migrated_with_its_task_rows(tmp_path: Path) -> None
 def run_scheduler(store: StateStore) -> tuple[EventLoop, RecordingExecutor, Scheduler]:
     loop = EventLoop()
     executor = RecordingExecutor(slots=100)
-    scheduler = Scheduler(loop, {"call": executor, "cmd": executor}, store=store)
+    scheduler = Scheduler(loop, Engines([executor]), store=store)
     scheduler.recover()
     return loop, executor, scheduler
 

@@ -9,6 +9,7 @@ import pytest
 
 from procpoold import journal
 from procpoold.core.jobs import FULL_ENTRY
+from procpoold.engines.registry import Engines
 from procpoold.journal import Entry, LogSink
 from procpoold.journal import encoding as enc
 from procpoold.loop import EventLoop
@@ -90,7 +91,7 @@ def test_a_start_writes_the_logged_events_above_the_watermark_with_the_stored_na
     store = StateStore(path)
     loop = EventLoop()
     executor = RecordingExecutor(slots=0)
-    scheduler = Scheduler(loop, {"call": executor, "cmd": executor}, store=store)
+    scheduler = Scheduler(loop, Engines([executor]), store=store)
     scheduler.recover()
     job, _ = scheduler.submit({"name": "nightly", "root": {"concurrent": [
         {"name": name, "cmd": ["true"]} for name in ("fetch", "parse", "load")]}})
@@ -113,7 +114,7 @@ def test_a_start_writes_the_logged_events_above_the_watermark_with_the_stored_na
     try:
         sink.keep_watermark(str(mark))
         assert sink.replay_from == 11 and sink.seq >= 11
-        scheduler = Scheduler(loop, {"call": executor, "cmd": executor}, store=store, sink=sink)
+        scheduler = Scheduler(loop, Engines([executor]), store=store, sink=sink)
         assert scheduler.recover()["replayed"] == 2
         written = [journal.entry_fields(e) for e in sender.entries]
         events = [(f["MESSAGE"], f["PROCPOOL_TASK_ID"], f["PROCPOOL_WORKER_PID"], f["PROCPOOL_JOB_NAME"])
