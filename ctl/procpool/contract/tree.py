@@ -455,7 +455,7 @@ class _Parser:
         self.groups.append(group)
         inner = _merge_defaults(defaults, values)
         children = group.children
-        tasks, groups, callables, names = self.tasks, self.groups, self._callables, self.names
+        tasks, groups, callables = self.tasks, self.groups, self._callables
         # The commonest child by far, a task that only names its callable (and perhaps itself),
         # takes a short cut with the same checks (depth, node count, the reference, a valid and
         # unique name).
@@ -477,34 +477,9 @@ class _Parser:
                 if type(call) is str and call in callables and type(task_name) is str and name_ok(task_name):
                     if shared is None:
                         shared = self._resolved(inner)
-                        timeout, retries, retry_delay, priority, env, cwd, tags = shared
-                    # (_add_task, inline: this loop is most of the parse of a big job)
-                    task_path = f"{cpath}[{i}]"
-                    if task_name in names:
-                        self.claim(task_name, task_path)  # raises: the name is taken
-                    names[task_name] = task_path
-                    task_index = len(tasks)
-                    t = _new_task(TaskSpec)  # every field by name (see _add_task)
-                    t.index = task_index
-                    t.name = task_name
-                    t.path = task_path
-                    t.kind = "call"
-                    t.call = call
-                    t.args = []
-                    t.kwargs = {}
-                    t.cmd = None
-                    t.shell = False
-                    t.timeout = timeout
-                    t.retries = retries
-                    t.retry_delay = retry_delay
-                    t.priority = priority
-                    t.depends_on = []
-                    t.env = env
-                    t.cwd = cwd
-                    t.tags = tags
-                    t.parent = index
-                    t.engine = None
-                    tasks.append(t)
+                    task_index = self._add_task(
+                        task_name, f"{cpath}[{i}]", "call", call, [], {}, None, False, [], shared, index, None
+                    )
                     children.append(("task", task_index))
                     continue
             children.append(self.node(child, f"{cpath}[{i}]", inner, index, f"{name}.{i}", depth + 1))
