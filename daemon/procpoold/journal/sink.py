@@ -251,9 +251,10 @@ class LogSink:
             self._table((enc.K_SITE, found, 0), enc.site_record(found, fields))
         return found
 
-    def caller_site(self) -> int:
-        """The site id of the caller's code location (the CODE_* fields of the events it sends)."""
-        frame = sys._getframe(1)
+    def caller_site(self, depth: int = 1) -> int:
+        """The site id of the caller's code location (the CODE_* fields of the events it sends);
+        ``depth`` 2: its caller's, and so on."""
+        frame = sys._getframe(depth)
         return self.site(frame.f_code, frame.f_lineno)
 
     def forget_job(self, job_id: str) -> None:

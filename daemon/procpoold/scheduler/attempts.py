@@ -237,12 +237,7 @@ class Attempts(SchedulerState):
         # The record is written once the attempt has a process, so it names the worker's pid.
         sink = self.journal
         if sink is not None:
-            number = sink.named.get(job.id)
-            if number is None:
-                number = self._name_job(sink, job)
-            site = self._sites.get(journal.encoding.STARTED)
-            if site is None:
-                site = self._sites[journal.encoding.STARTED] = sink.caller_site()
+            number, site = self._event_keys(sink, job, journal.encoding.STARTED)
             sink.started(number, ref[1], len(t.attempts), pid or 0, site)
         else:
             message = f'task "{t.spec.name}" attempt {len(t.attempts)} starting'
@@ -400,12 +395,7 @@ class Attempts(SchedulerState):
             task_log.warning('task "%s" attempt %d %s', t.spec.name, len(t.attempts), text,
                              extra={"journal_fields": {**self._fields(job, index), "MESSAGE_ID": _RETRIED}})
             return
-        number = sink.named.get(job.id)
-        if number is None:
-            number = self._name_job(sink, job)
-        site = self._sites.get(journal.encoding.RETRIED)
-        if site is None:
-            site = self._sites[journal.encoding.RETRIED] = sink.caller_site()
+        number, site = self._event_keys(sink, job, journal.encoding.RETRIED)
         # (no worker pid: the record is as it was when it went through ``logging``)
         sink.event(journal.encoding.RETRIED, number, index, len(t.attempts), 0, text, site)
 

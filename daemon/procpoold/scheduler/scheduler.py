@@ -91,12 +91,7 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
             return
         self.counters["completed"] += len(indices)
         code = journal.encoding.COMPLETED
-        number = sink.named.get(job.id)
-        if number is None:
-            number = self._name_job(sink, job)
-        site = self._sites.get(code)
-        if site is None:
-            site = self._sites[code] = sink.caller_site()
+        number, site = self._event_keys(sink, job, code)
         tasks, event, notify = job.tasks, sink.event, self._notify
         for i in indices:
             t = tasks[i]
@@ -117,12 +112,7 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
         sink = self.journal
         code = journal.encoding.FINAL_EVENTS.get(t.state)
         if sink is not None and code is not None:  # a few integers in this iteration's events
-            number = sink.named.get(job.id)
-            if number is None:
-                number = self._name_job(sink, job)
-            site = self._sites.get(code)
-            if site is None:
-                site = self._sites[code] = sink.caller_site()
+            number, site = self._event_keys(sink, job, code)
             attempt = t.attempts[-1] if t.attempts else None
             pid = attempt.pid if attempt is not None and attempt.pid is not None else 0
             if code == journal.encoding.COMPLETED:

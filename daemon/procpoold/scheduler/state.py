@@ -157,6 +157,18 @@ class SchedulerState(abc.ABC):
     def _name_job(self, sink: journal.LogSink, job: Job) -> int:
         """(scheduler) Send the job's names to the journal (once); returns the job's number."""
 
+    def _event_keys(self, sink: journal.LogSink, job: Job, code: int) -> tuple[int, int]:
+        """What an event of ``job`` needs from the journal: the job's number (its names are sent
+        the first time) and the code site of events ``code`` (the caller's location, found once
+        per code)."""
+        number = sink.named.get(job.id)
+        if number is None:
+            number = self._name_job(sink, job)
+        site = self._sites.get(code)
+        if site is None:
+            site = self._sites[code] = sink.caller_site(2)
+        return number, site
+
     @abc.abstractmethod
     def _fields(self, job: Job, index: int) -> dict[str, str]:
         """(scheduler) The journal fields of a task's records."""
