@@ -10,7 +10,7 @@ import pytest
 from procpoold import journal
 from procpoold.core.jobs import FULL_ENTRY
 from procpoold.engines.registry import Engines
-from procpoold.journal import Entry, LogSink
+from procpoold.journal import LogSink
 from procpoold.journal import encoding as enc
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
@@ -19,16 +19,7 @@ from procpoold.store.log import segment_paths
 from procpoold.store.sqlite import StateStore
 from tests.support.waiting import wait_until
 from tests.unit.daemon.test_scheduler import RecordingExecutor
-
-
-class ListSender:
-    target = "journal"
-
-    def __init__(self) -> None:
-        self.entries: list[Entry] = []
-
-    def send(self, batch: list[Entry]) -> None:
-        self.entries.extend(batch)
+from tests.unit.journal.test_journal import ListSender
 
 
 def test_events_are_logged_read_back_at_start_and_not_applied(tmp_path: Path) -> None:

@@ -12,29 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from procpoold import journal
-from procpoold.journal import Entry, LogSink, MessageId
+from procpoold.journal import LogSink, MessageId
 from procpoold.journal import encoding as enc
 from procpoold.journal.forwarder import Forwarder
 from procpoold.loop import EventLoop
+from tests.unit.journal.test_journal import ListSender
 
 JOB_FIELDS = {"PROCPOOL_JOB_NAME": "nightly", "PROCPOOL_USER": "alice", "PROCPOOL_UID": "1000"}
 NAMES = ["fetch", "parse", "load"]
 SITE = {"CODE_FILE": "/srv/procpoold/scheduler/attempts.py", "CODE_LINE": "188",
         "CODE_FUNC": "attempt_started", "LOGGER": "procpoold.task"}
-
-
-class ListSender:
-    target = "journal"
-
-    def __init__(self) -> None:
-        self.entries: list[Entry] = []
-
-    def send(self, batch: list[Entry]) -> None:
-        self.entries.extend(batch)
-
-    def fields(self) -> list[dict[str, str]]:
-        return [journal.entry_fields(e) for e in self.entries]
 
 
 def task_fields(index: int, attempt: int) -> dict[str, str]:
