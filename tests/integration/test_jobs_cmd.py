@@ -1,4 +1,6 @@
-"""Job-tree semantics through a real daemon, with command tasks (each semantic is a test)."""
+"""Job-tree semantics through a real daemon, with command tasks (each semantic is a test), on each
+engine: the local command runner, and a Dask cluster (``--engine dask``; see
+``tests/support/fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ import pytest
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from tests.support.daemon import DaemonProcess
+from tests.support.fixtures import each_engine
 from tests.support.jobs import run_job, sh, tasks_by_name, wait_task_state
+
+engine = each_engine()
 
 
 def test_sequential_children_start_only_after_the_previous_completed(daemon: DaemonProcess) -> None:
@@ -124,6 +129,7 @@ def test_on_failure_continue_keeps_independent_branches(daemon: DaemonProcess) -
 
 
 @pytest.mark.daemon_args("--workers", "1")
+@pytest.mark.dask_cluster_size(1, 1)  # one slot: the ready tasks wait, in priority order
 def test_priority_orders_ready_tasks_across_jobs(daemon: DaemonProcess, tmp_path: Path) -> None:
     go = tmp_path / "go"
     with daemon.client() as client:
@@ -162,10 +168,10 @@ def test_timeout_stops_the_process_group_and_retries(daemon: DaemonProcess) -> N
     # the fixture's teardown fails the test if either background sleep survived
 
 
-def test_sigterm_is_followed_by_sigkill_after_the_grace(tmp_path: Path) -> None:
+def test_sigterm_is_followed_by_sigkill_after_the_grace(tmp_path: Path, engine_args: list[str]) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("kill_grace = 0.3\n")
-    with DaemonProcess(extra_args=["--config", str(cfg)]) as d:
+    with DaemonProcess(extra_args=["--config", str(cfg), *engine_args]) as d:
         status = run_job(d, {"name": "stubborn", **sh("trap '' TERM; sleep 100; sleep 100"), "timeout": 0.2})
         t = tasks_by_name(status)["stubborn"]
         assert t["state"] == "timeout" and t["exit_code"] == -9
@@ -402,15 +408,17 @@ def test_submit_and_wait_in_one_round_trip(daemon: DaemonProcess) -> None:
         client.cancel(slow["id"])
 
 
-def test_a_daemon_without_a_store_runs_jobs(tmp_path: Path) -> None:
+def test_a_daemon_without_a_store_runs_jobs(tmp_path: Path, engine_args: list[str]) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("store = false\n")
-    with DaemonProcess(extra_args=["--config", str(cfg)]) as d:
+    with DaemonProcess(extra_args=["--config", str(cfg), *engine_args]) as d:
         status = run_job(d, {"name": "x", "cmd": ["true"]})
         assert status["job"]["state"] == "completed"
         assert not (d.state_dir / "state.db").exists()
 
 
+@pytest.mark.local_engine_only("routing by engine name among the local engines, and the refusal of an "
+                               "engine this daemon lacks ('dask'); test_dask_engine.py routes on dask")
 def test_tasks_run_on_the_engine_they_name_and_an_unknown_engine_is_refused(daemon: DaemonProcess) -> None:
     status = run_job(daemon, {"concurrent": [
         {"name": "named", "cmd": ["true"], "engine": "commands"},

@@ -79,3 +79,12 @@ def cas_append(key: str) -> int:
     ns = task.namespace()
     ns.cas("first", None, task.context().task_name)
     return ns.append(key, task.context().task_name)
+
+
+def pid_then_wait(path: str, gate: str) -> int:
+    """Write this process's pid to ``path`` (atomically), then wait until ``gate`` exists."""
+    Path(f"{path}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{path}.tmp", path)
+    while not Path(gate).exists():
+        time.sleep(0.01)
+    return os.getpid()
