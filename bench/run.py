@@ -33,7 +33,8 @@ then, each in fresh daemons: the worst ``ping`` during a 200,000-line output flo
 pool's own dispatch round trip (``bench/pool_bench.py``), the idle CPU of a daemon with 4 workers
 and the unshared memory (USS) of its workers; and with ``--journald`` (as root, with
 systemd-nspawn) W1 with journald as the log target in the e2e tier's systemd container, with
-journald's own CPU per record (``bench/journald_bench.py``). Dask is slow enough that its
+journald's own CPU per record (``bench/journald_bench.py``); with Dask installed, procpool's Dask
+engine against plain Dask on one LocalCluster (``bench/dask_bench.py``). Dask is slow enough that its
 W1/W2/W4 use a tenth of the tasks (rates and percentiles do not depend on the count). Every
 process started here is stopped, also on Ctrl-C.
 """
@@ -71,7 +72,8 @@ sys.path.insert(0, str(BENCH))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(BENCH), os.environ.get("PYTHONPATH", "")) if p)  # the peers' spawned workers
 
-import flood  # noqa: E402  (bench/*.py, after the path is set)
+import dask_bench  # noqa: E402  (bench/*.py, after the path is set)
+import flood  # noqa: E402
 import journald_bench  # noqa: E402
 import tasks  # noqa: E402
 import zmq_echo  # noqa: E402
@@ -768,6 +770,14 @@ def main() -> int:
     extra["idle"], extra["uss_fresh"], extra["uss_warm"] = idle_and_uss(p)
     extra["journald"] = journald_w1(p, args.journald, say)
     plain, markdown = render(p, procpool, peers, zmq, xargs, floods, extra, machine(), notes)
+    if not args.skip_peers and any(peer.name == Dask.name for peer in peers):
+        dp = dask_bench.DaskParams.quick(p.workers) if args.quick else dask_bench.DaskParams(
+            workers=p.workers, repeat=p.repeat)
+        say(f"procpool's Dask engine against plain Dask: {dp.repeat} round(s)")
+        dask_plain, dask_md = dask_bench.table(dp, dask_bench.measure(dp, say))
+        plain = "\n".join([plain, "", "procpool's Dask engine against plain Dask (bench/dask_bench.py):",
+                           *dask_plain])
+        markdown = "\n".join([markdown, *dask_md])
     print(plain)
     if str(args.output) != "-":
         args.output.write_text(markdown)

@@ -36,3 +36,8 @@ def spew(lines: int) -> int:
     for i in range(lines):
         write(f"line {i}\n")
     return lines
+
+
+def sleep_ms(ms: float = 5.0) -> None:
+    """Sleep ``ms`` milliseconds (a task that waits, not one that computes)."""
+    time.sleep(ms / 1000.0)
