@@ -56,6 +56,13 @@ def summary(data: dict[str, Any]) -> str:
         + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none")
         + f"; {jobs.get('running', 0)} attempt(s) running, {jobs.get('queued', 0)} queued",
     ]
+    engines = workers.get("engines") or {}
+    if set(engines) - {"pool", "commands"} or any(not e.get("up", True) for e in engines.values()):
+        # Shown when the daemon has more than its local engines, or one is down.
+        lines.append("engines  " + ", ".join(
+            f"{name} up ({e.get('busy', 0)} running)" if e.get("up", True)
+            else f"{name} DOWN: {e.get('reason') or 'no reason given'}"
+            for name, e in engines.items()))
     logging = data.get("logging")
     if logging:
         line = f"logging  {logging.get('target')} ({logging.get('policy')})"

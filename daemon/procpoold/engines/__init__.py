@@ -65,6 +65,7 @@ class AttemptSpec:
     python_path: list[str] = field(default_factory=list)
     timeout: float | None = None  # informational: the scheduler enforces it via stop_attempt()
     run: int = 1  # the job's run number (repeat)
+    priority: str = "normal"  # the task's priority (an engine with a queue of its own maps it)
     #: who the attempt runs as: an executor drops to this uid, gid and groups before any task code
     #: runs; None means the daemon's own user (a daemon that cannot switch users, or a job of its own)
     user: Identity | None = None
@@ -123,6 +124,10 @@ class ExecutorEvents(Protocol):
     def attempt_log(self, attempt_id: str, stream: Stream, level: int, message: str,
                     fields: dict[str, str] | None = None) -> None:
         """One log record or one line of output of the attempt."""
+
+    def capacity_changed(self) -> None:
+        """The engine can take more attempts than it could (it came up, its cluster grew) without
+        an attempt having ended: the scheduler looks at ``free_slots()`` again."""
 
     def namespace_op(self, attempt_id: str, op: str, args: dict[str, Any]) -> Any:
         """Apply a namespace operation for the attempt's job and return its result.

@@ -189,6 +189,7 @@ class Attempts(SchedulerState):
         spec.python_path = job_spec.python_path
         spec.timeout = task.timeout
         spec.run = jp.run
+        spec.priority = task.priority
         spec.user = jp.user
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
@@ -413,6 +414,10 @@ class Attempts(SchedulerState):
             why = f"{type(exc).__name__}: {shorten(str(exc))[1:-1]}"
             error = {"type": "InternalError", "message": f"procpoold could not retry the task: {why}"}
             self._apply(job, job.end_unsuccessfully(ref[1], "failed", self.clock(), error, None))
+
+    def capacity_changed(self) -> None:
+        """An engine can take more attempts (executor event): a pump pass looks again."""
+        self._schedule_pump()
 
     def attempt_progress(self, attempt_id: str, progress: dict[str, Any]) -> None:
         """The attempt reported progress: stored on its task and written at the next flush.

@@ -1,0 +1,492 @@
+"""The Dask engine: attempts of ``call`` and ``cmd`` tasks run on a Dask cluster.
+
+procpoold stays the scheduler of the tree: order, dependencies, priorities, retries, repeat,
+cancellation, timeouts and the namespace are the daemon's, exactly as with the local engines.
+Only the attempts go to Dask, at most as many at a time as the cluster has worker threads (so
+that the daemon's priorities decide what runs next), each as one Dask task with Dask's
+``priority=`` set from the task's priority.
+
+On the Dask worker an attempt runs in a subprocess of its own session
+(:mod:`procpoold.remote.runner`, :mod:`procpoold.remote.harness`), so that a timeout or a cancel
+can stop it (a function in a Dask worker's thread cannot be interrupted) and a Dask worker that
+dies takes its attempts' processes with it. What the attempt logs or prints comes home as Dask
+events on the daemon's topic and goes to the daemon's root logger with the usual fields plus
+``PROCPOOL_HOST``; its namespace operations come home the same way and are answered on its
+worker; its result is msgpack bytes. The daemon never unpickles anything an attempt produced:
+Dask's own serialization stays between the daemon's Dask client and the cluster.
+
+Failures: a Dask worker lost mid-attempt gives an ``interrupted`` attempt (the scheduler runs it
+again without using a retry, within ``max_interruptions``); a scheduler that cannot be reached
+makes the engine *down* (``procctl status``, ``procctl health``) with no free slots, so accepted
+work waits, and it resumes when the scheduler returns; a daemon restarted on the same state
+kills what its previous run left on the workers (:meth:`DaskExecutor.recover`) and the
+scheduler settles those attempts by the job's ``on_interrupt``. See docs/engines.md.
+
+Everything here runs on the daemon's loop thread except :mod:`.bridge`, the engine's own thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import uuid
+from typing import Any
+
+import msgpack
+
+from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpoold.engines import (
+    NOT_STARTED,
+    AttemptSpec,
+    ExecutorEvents,
+    Health,
+    LeftAttempt,
+    Outcome,
+    StopReason,
+    TaskError,
+)
+from procpoold.engines.dask.bridge import Bridge, Event, make_wakeup
+from procpoold.loop import EventLoop, Timer
+
+log = logging.getLogger("procpoold.engines.dask")
+
+#: Dask's ``priority=`` for each of the tree's priorities (higher runs first in Dask).
+DASK_PRIORITY = {"critical": 40, "high": 30, "normal": 20, "low": 10, "batch": 0}
+#: How the outcome of an attempt stopped on purpose is reported.
+STOP_STATUS = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}
+#: A stopped attempt whose worker does not answer is reported this long after its grace.
+STOP_SLACK = 10.0
+#: Largest result accepted from a worker (bytes of msgpack).
+MAX_RESULT = 64 * 1024 * 1024
+#: Lines of one log event accepted at most (the runner sends up to 500).
+MAX_LINES = 1000
+_STREAMS = frozenset({"log", "stdout", "stderr"})
+
+
+class _Attempt:
+    __slots__ = ("host", "key", "spec", "started", "stop_reason", "stop_timer", "worker")
+
+    def __init__(self, spec: AttemptSpec, key: str) -> None:
+        self.spec = spec
+        self.key = key
+        self.started = False
+        self.worker: str | None = None
+        self.host: str | None = None
+        self.stop_reason: StopReason | None = None
+        self.stop_timer: Timer | None = None
+
+
+class DaskExecutor:
+    """An engine whose attempts run on the Dask cluster at ``scheduler`` (``tcp://host:8786``)."""
+
+    name = "dask"
+    kinds = frozenset({"call", "cmd"})
+    #: the attempts run on other hosts, whatever happens to the daemon
+    outlives_daemon = True
+
+    def __init__(self, scheduler: str, *, kill_grace: float = 5.0, sink: Any = None,
+                 connect_timeout: float = 10.0) -> None:
+        self.scheduler = scheduler
+        self.kill_grace = kill_grace
+        self.connect_timeout = connect_timeout
+        self._daemon_id = uuid.uuid4().hex  # replaced by set_daemon_id when there is a store
+        self._nonce = uuid.uuid4().hex[:8]  # Dask keys of this process (a restart reuses ids)
+        self._loop: EventLoop | None = None
+        self._events: ExecutorEvents | None = None
+        self._bridge: Bridge | None = None
+        self._running: dict[str, _Attempt] = {}
+        self._by_key: dict[str, str] = {}
+        self._up = False
+        self._reason: str | None = "connecting to the Dask scheduler"
+        self._workers: list[dict[str, Any]] = []
+        self._threads = 0
+        self._inbox: collections.deque[list[Event]] = collections.deque()
+        self._wake_r = self._wake_w = -1
+        self._lock = threading.Lock()
+        self._signalled = False
+        self._stats = {"submitted": 0, "completed": 0, "failed": 0, "interrupted": 0}
+
+    # -- Executor --------------------------------------------------------------------------------
+
+    def prefork(self) -> None:
+        pass  # no process of its own: the cluster's workers are Dask's
+
+    def set_daemon_id(self, daemon_id: str) -> None:
+        self._daemon_id = daemon_id
+
+    def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
+        self._loop, self._events = loop, events
+        self._wake_r, self._wake_w = make_wakeup()
+        loop.add_reader(self._wake_r, self._on_wake)
+        self._bridge = Bridge(self.scheduler, f"procpool-{self._daemon_id}", self._post,
+                              self.connect_timeout)
+        self._bridge.start()
+
+    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
+        if not attempts:
+            return 0
+        assert self._bridge is not None
+        # Sent once the scheduler is reached; the number killed is logged when the workers answer.
+        self._bridge.command("stop_daemon", daemon_id)
+        return len(attempts)
+
+    def free_slots(self) -> int:
+        if not self._up:
+            return 0
+        return max(0, self._threads - len(self._running))
+
+    def expect_work(self, uid: int | None) -> None:
+        pass
+
+    def submit(self, spec: AttemptSpec) -> None:
+        assert self._bridge is not None
+        key = f"procpool-{self._nonce}-{spec.attempt_id}"
+        run = self._running[spec.attempt_id] = _Attempt(spec, key)
+        self._by_key[key] = spec.attempt_id
+        self._stats["submitted"] += 1
+        payload = {
+            "attempt_id": spec.attempt_id, "kind": spec.kind, "call": spec.call, "args": spec.args,
+            "kwargs": spec.kwargs, "cmd": spec.cmd, "shell": spec.shell, "env": spec.env,
+            "cwd": spec.cwd, "python_path": spec.python_path, "context": spec.context(),
+            "user": spec.user.name if spec.user is not None else None, "daemon": self._daemon_id,
+            "tags": {"PROCPOOL_JOB_ID": spec.job_id, "PROCPOOL_TASK_ID": spec.task_id,
+                     "PROCPOOL_ATTEMPT": str(spec.attempt)},
+        }
+        try:
+            data = msgpack.packb(payload, use_bin_type=True)
+        except Exception as exc:  # the tree's values were checked at submit: not expected
+            self._later(Outcome(spec.attempt_id, "failed", error=TaskError(
+                "ArgumentsNotSerializable", f"cannot pack the attempt: {exc}")))
+            return
+        priority = DASK_PRIORITY.get(spec.priority, 20)
+        self._bridge.command("submit", spec.attempt_id, run.key, data, priority)
+
+    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+        run = self._running.get(attempt_id)
+        if run is None or run.stop_reason is not None:
+            return
+        assert self._bridge is not None and self._loop is not None
+        run.stop_reason = reason
+        if not run.started:
+            # Still queued in Dask: dropped there, and marked on every worker in case it starts.
+            self._bridge.command("cancel", [attempt_id], self.kill_grace)
+            self._later(Outcome(attempt_id, STOP_STATUS[reason], error=TaskError(  # type: ignore[arg-type]
+                NOT_STARTED, "stopped before it started")))
+            return
+        self._bridge.command("stop", [attempt_id], run.worker, self.kill_grace)
+        run.stop_timer = self._loop.call_later(
+            self.kill_grace + STOP_SLACK, lambda: self._stop_unanswered(attempt_id))
+
+    def shutdown(self, grace: float) -> None:
+        bridge = self._bridge
+        if bridge is None:
+            return
+        by_worker: dict[str | None, list[str]] = collections.defaultdict(list)
+        for aid, run in self._running.items():
+            by_worker[run.worker if run.started else None].append(aid)
+        for worker, aids in by_worker.items():
+            bridge.command("stop" if worker else "cancel", aids, *([worker] if worker else []),
+                           min(grace, self.kill_grace))
+        for aid in list(self._running):
+            run = self._running.pop(aid)
+            self._by_key.pop(run.key, None)
+            self._report(Outcome(aid, "interrupted", error=TaskError(
+                "DaemonStopped", "the daemon stopped while the attempt ran on Dask")))
+        bridge.command("shutdown")
+        bridge.join(max(grace, 1.0) + 5.0)
+        self._bridge = None
+        if self._loop is not None and self._wake_r >= 0:
+            self._loop.remove_reader(self._wake_r)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def resize(self, workers: int) -> bool:
+        return False  # the cluster's size is Dask's (its deployment's) to set
+
+    def health(self) -> Health:
+        return Health(up=self._up, reason=None if self._up else self._reason, starting=0,
+                      busy=len(self._running))
+
+    def workers(self) -> list[dict[str, Any]]:
+        busy: collections.Counter[str] = collections.Counter(
+            run.worker for run in self._running.values() if run.worker)
+        return [{"engine": self.name, "worker": w["worker"], "host": w["host"],
+                 "threads": w["threads"], "state": "busy" if busy[w["worker"]] else "idle",
+                 "running": busy[w["worker"]]} for w in self._workers]
+
+    def info(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler, "up": self._up, "reason": None if self._up else self._reason,
+                "workers": len(self._workers), "threads": self._threads,
+                "running": len(self._running), **self._stats}
+
+    # -- from the bridge ----------------------------------------------------------------------------
+
+    def _post(self, events: list[Event]) -> None:
+        """Bridge thread: queue events and wake the daemon's loop (once per batch)."""
+        with self._lock:
+            self._inbox.append(events)
+            if self._signalled:
+                return
+            self._signalled = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _on_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            self._signalled = False
+            batches = list(self._inbox)
+            self._inbox.clear()
+        for events in batches:
+            for event in events:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("an event of the Dask engine could not be handled: %s", event[0])
+
+    def _on_event(self, event: Event) -> None:
+        kind = event[0]
+        events = self._events
+        assert events is not None
+        if kind == "remote":
+            self._on_remote(event[1])
+        elif kind == "done":
+            self._on_done(event[1], event[2])
+        elif kind == "lost":
+            self._on_lost(event[1], event[2])
+        elif kind == "worker-lost":
+            self._on_worker_lost(event[1], event[2])
+        elif kind == "capacity":
+            before = self.free_slots()
+            self._workers = event[1]
+            self._threads = sum(w["threads"] for w in self._workers)
+            if self.free_slots() > before:
+                events.capacity_changed()
+        elif kind == "up":
+            if not self._up:
+                log.info("the Dask engine is up: scheduler %s, %d workers, %d threads",
+                         self.scheduler, len(self._workers), self._threads)
+            self._up, self._reason = True, None
+            events.capacity_changed()
+        elif kind == "down":
+            if self._up or self._reason != event[1]:
+                log.warning("the Dask engine is down: %s", event[1])
+            self._up, self._reason = False, event[1]
+        elif kind == "recovered":
+            log.info("the Dask workers killed %d attempts left by the previous run of this daemon",
+                     event[1])
+
+    def _on_remote(self, msg: dict[str, Any]) -> None:
+        """An event an attempt's runner sent: checked (anyone on the cluster may send to the topic)."""
+        aid = msg.get("aid")
+        if type(aid) is not str:
+            return
+        run = self._running.get(aid)
+        t = msg.get("t")
+        events = self._events
+        assert events is not None and self._bridge is not None
+        if run is None:
+            if t == "started" and type(msg.get("worker")) is str:
+                # A late start of an attempt that has already ended here (a worker was lost and
+                # Dask ran it again elsewhere before the cancel arrived): stop it.
+                self._bridge.command("stop", [aid], msg["worker"], 0.0)
+            return
+        if t == "started":
+            worker, host, pid = msg.get("worker"), msg.get("host"), msg.get("pid")
+            if type(worker) is not str or type(host) is not str:
+                return
+            if run.started and run.worker != worker:
+                self._bridge.command("stop", [aid], worker, 0.0)  # a second run: only one counts
+                return
+            run.started, run.worker, run.host = True, worker, host
+            events.attempt_started(aid, pid if type(pid) is int else None, f"dask:{worker}")
+        elif t in ("logs", "progress", "req"):
+            data = msg.get("b")
+            if type(data) is not bytes or len(data) > MAX_RESULT:
+                return
+            try:
+                body = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
+                                       timestamp=0)
+            except Exception:
+                return
+            if t == "logs":
+                self._on_lines(run, body)
+            elif t == "progress":
+                if type(body) is dict:
+                    events.attempt_progress(aid, body)
+            elif type(body) is list and len(body) == 3:
+                self._on_request(run, *body)
+
+    def _on_lines(self, run: _Attempt, lines: Any) -> None:
+        if type(lines) is not list:
+            return
+        events = self._events
+        assert events is not None
+        aid = run.spec.attempt_id
+        extra = {"PROCPOOL_HOST": run.host or ""}
+        for line in lines[:MAX_LINES]:
+            if type(line) is not list or len(line) != 4:
+                continue
+            stream, level, text, fields = line
+            if stream not in _STREAMS or type(level) is not int or type(text) is not str:
+                continue
+            if type(fields) is dict and len(fields) <= 32 and all(
+                    type(k) is str and type(v) is str for k, v in fields.items()):
+                fields = {**fields, **extra}
+            else:
+                fields = extra
+            events.attempt_log(aid, stream, level, text, fields)
+
+    def _on_request(self, run: _Attempt, rid: Any, op: Any, args: Any) -> None:
+        """A namespace operation of the attempt: applied here, answered on its worker."""
+        events = self._events
+        assert events is not None and self._bridge is not None
+        aid = run.spec.attempt_id
+        if type(rid) is not int or type(op) is not str or type(args) is not dict or not run.worker:
+            return
+        try:
+            if op != "ns":
+                raise ProcpoolError(ErrorCode.UNKNOWN_OPERATION, f"unknown task request {op!r}")
+            args = dict(args)
+            ns_op = str(args.pop("op", ""))
+            reply: tuple[bool, Any] = (True, events.namespace_op(aid, ns_op, args))
+        except ProcpoolError as exc:
+            reply = (False, exc.to_wire())
+        except Exception as exc:
+            log.exception("namespace operation of %s failed", aid)
+            reply = (False, ProcpoolError(ErrorCode.INTERNAL, f"namespace operation failed: {exc}").to_wire())
+        self._bridge.command("reply", run.worker, aid, rid, *reply)
+
+    def _on_done(self, aid: str, data: Any) -> None:
+        run = self._running.get(aid)
+        if run is None:
+            return
+        if type(data) is not bytes or len(data) > MAX_RESULT:
+            self._end(run, Outcome(aid, "failed", error=TaskError(
+                "ProtocolViolation", "the Dask worker returned something that is not an attempt's result")))
+            return
+        try:
+            info = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=0)
+        except Exception as exc:
+            info = None
+            why = str(exc)[:200]
+        else:
+            why = "not a map"
+        if type(info) is not dict or type(info.get("ok")) is not bool:
+            self._end(run, Outcome(aid, "failed", error=TaskError(
+                "ProtocolViolation", f"the attempt's result could not be read ({why})")))
+            return
+        exit_code = info.get("exit_code")
+        exit_code = exit_code if type(exit_code) is int else None
+        if run.stop_reason is not None:
+            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], exit_code=exit_code))  # type: ignore[arg-type]
+            return
+        if info.get("stopped"):
+            self._end(run, Outcome(aid, "interrupted", exit_code=exit_code, error=TaskError(
+                "WorkerDied", f"the attempt was stopped on the Dask worker {run.worker}")))
+            return
+        value = info.get("value")
+        if info["ok"]:
+            if run.spec.kind == "cmd":
+                if exit_code == 0:
+                    self._end(run, Outcome(aid, "completed", exit_code=0))
+                else:
+                    what = (f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0
+                            else f"exited with status {exit_code}")
+                    self._end(run, Outcome(aid, "failed", exit_code=exit_code,
+                                           error=TaskError("CommandFailed", f"command {what}")))
+            else:
+                self._end(run, Outcome(aid, "completed", result=value))
+            return
+        error = _task_error(value)
+        self._end(run, Outcome(aid, "failed", exit_code=exit_code, error=error))
+
+    def _on_lost(self, aid: str, why: str) -> None:
+        run = self._running.get(aid)
+        if run is None:
+            return
+        if run.stop_reason is not None:
+            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))  # type: ignore[arg-type]
+            return
+        self._end(run, Outcome(aid, "interrupted", error=TaskError("WorkerDied", why)))
+
+    def _on_worker_lost(self, worker: str, keys: list[str]) -> None:
+        assert self._bridge is not None
+        lost = []
+        for key in keys:
+            aid = self._by_key.get(key)
+            run = self._running.get(aid) if aid is not None else None
+            if run is None or not run.started or run.worker != worker:
+                continue  # not started yet: Dask runs it on another worker
+            lost.append(run)
+        if not lost:
+            return
+        aids = [run.spec.attempt_id for run in lost]
+        self._bridge.command("cancel", aids, 0.0)  # Dask would run them again: it must not
+        for run in lost:
+            if run.stop_reason is not None:
+                self._end(run, Outcome(run.spec.attempt_id, STOP_STATUS[run.stop_reason]))  # type: ignore[arg-type]
+            else:
+                self._end(run, Outcome(run.spec.attempt_id, "interrupted", error=TaskError(
+                    "WorkerDied", f"the Dask worker {worker} was lost while running task "
+                    f"{run.spec.task_name!r}")))
+
+    def _stop_unanswered(self, aid: str) -> None:
+        run = self._running.get(aid)
+        if run is None or run.stop_reason is None:
+            return
+        log.warning("the Dask worker %s did not answer the stop of %s: reported as stopped", run.worker, aid)
+        assert self._bridge is not None
+        self._bridge.command("cancel", [aid], 0.0)
+        self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))  # type: ignore[arg-type]
+
+    # -- endings ------------------------------------------------------------------------------------
+
+    def _end(self, run: _Attempt, outcome: Outcome) -> None:
+        self._running.pop(run.spec.attempt_id, None)
+        self._by_key.pop(run.key, None)
+        if run.stop_timer is not None:
+            run.stop_timer.cancel()
+        self._report(outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        assert self._events is not None
+        status = outcome.status
+        self._stats["completed" if status == "completed" else
+                    "interrupted" if status == "interrupted" else "failed"] += 1
+        self._events.attempt_finished(outcome)
+
+    def _later(self, outcome: Outcome) -> None:
+        """Report after the caller returns (never from inside submit or stop_attempt)."""
+        assert self._loop is not None
+
+        def finish() -> None:
+            run = self._running.get(outcome.attempt_id)
+            if run is not None:
+                self._end(run, outcome)
+
+        self._loop.call_soon(finish)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def _task_error(value: Any) -> TaskError:
+    if type(value) is dict:
+        return TaskError(str(value.get("type", "Error"))[:200], str(value.get("message", ""))[:4000],
+                         str(value.get("traceback", ""))[:64_000])
+    return TaskError("Error", "the attempt failed without saying why")
+
+
+__all__ = ["DaskExecutor"]

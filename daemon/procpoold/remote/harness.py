@@ -1,0 +1,243 @@
+"""``python -m procpoold.remote.harness``: one attempt, in a process of its own, on a remote worker.
+
+Started by :mod:`procpoold.remote.runner` as the leader of a new session, with the attempt's
+env, cwd and user already applied. It reads the attempt (a frame, see
+:mod:`procpoold.remote.frames`) from stdin, runs it and writes frames to fd 3:
+
+- a ``call`` task: the function (sync or async) is imported and called with
+  :mod:`procpool.task` installed; its log records become ``log`` frames, its namespace
+  operations ``req`` frames answered on stdin, and its return value (msgpack-able, like in the
+  pool) the ``done`` frame. stdout and stderr are the runner's pipes: each line is a log line.
+- a ``cmd`` task: the command runs as a child in this session with stdout and stderr passed on;
+  the ``done`` frame carries its exit code.
+
+If stdin reaches its end before the attempt ended, the runner (or the Dask worker that ran it)
+is gone: the harness kills its whole session, so nothing of an attempt outlives its worker.
+SIGTERM (a timeout, a cancel) interrupts a sync function (``TaskInterrupted``), cancels an async
+one (``CancelledError``, as in the pool) and is passed on to a command by the kernel (the
+runner signals the session's process group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from typing import Any
+
+from procpool import task as task_api
+from procpool.contract.errors import ProcpoolError
+from procpoold.remote import frames
+
+#: The fd frames go to (the runner names it in PROCPOOL_FRAMES_FD; not inherited by the task's children).
+OUT_FD = 3
+
+
+class TaskInterrupted(BaseException):
+    """Raised in a sync task's code when the attempt is stopped (a timeout or a cancel)."""
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_map(exc: BaseException) -> dict[str, str]:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"type": _type_name(exc), "message": str(exc), "traceback": text}
+
+
+class _Link:
+    """The harness's side of the frames: one writer lock, replies by request id, EOF watch."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.replies: dict[int, list[Any]] = {}
+        self.cond = threading.Condition()
+        self.rid = 0
+        self.done = False
+
+    def send(self, value: Any) -> None:
+        with self.lock:
+            frames.write_frame(OUT_FD, value)
+
+    def watch(self) -> None:
+        """Thread: read replies from stdin; at its end (the runner is gone) end the session."""
+        while True:
+            try:
+                msg = frames.read_frame(0)
+            except (EOFError, OSError, frames.FrameError):
+                break
+            if type(msg) is list and len(msg) == 4 and msg[0] == "reply":
+                with self.cond:
+                    self.replies[msg[1]] = msg
+                    self.cond.notify_all()
+        if not self.done:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        with self.cond:
+            self.cond.notify_all()
+
+    def request(self, op: str, args: dict[str, Any]) -> Any:
+        with self.cond:
+            self.rid += 1
+            rid = self.rid
+        self.send(["req", rid, op, args])
+        with self.cond:
+            while rid not in self.replies:
+                self.cond.wait()
+            reply = self.replies.pop(rid)
+        if reply[2]:
+            return reply[3]
+        raise ProcpoolError.from_wire(reply[3])
+
+
+class _Channel:
+    """``procpool.task``'s channel: namespace operations and progress go to the runner."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def request(self, op: str, args: dict[str, Any]) -> Any:
+        return self.link.request(op, args)
+
+    def send(self, op: str, args: dict[str, Any]) -> None:
+        if op != "progress":
+            raise ValueError(f"unknown task message {op!r}")
+        self.link.send(["progress", args])
+
+
+class _LogHandler(logging.Handler):
+    """Every record of the task's process becomes a ``log`` frame (fields as the pool sends them)."""
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__(logging.NOTSET)
+        self.link = link
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {"CODE_FILE": str(record.pathname), "CODE_LINE": str(record.lineno),
+                      "CODE_FUNC": str(record.funcName), "LOGGER": str(record.name)}
+            self.link.send(["log", int(record.levelno), self.format(record), fields])
+        except Exception:
+            self.handleError(record)
+
+
+def _resolve(call: str, python_path: list[str]) -> Any:
+    base = os.getcwd()
+    for entry in reversed(python_path or []):
+        path = os.path.realpath(os.path.join(base, entry))
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    module_name, _, qualname = call.partition(":")
+    if not module_name or not qualname:
+        raise ValueError(f"bad call {call!r}: expected 'package.module:function'")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{call!r} is not callable")
+    return obj
+
+
+def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:
+    root = logging.getLogger()
+    root.handlers[:] = [_LogHandler(link)]
+    root.setLevel(logging.DEBUG)
+    context = payload["context"]
+    task_api._install(_Channel(link), context,
+                      logging.getLogger(f"procpool.task.{context['task_name']}"))
+    args, kwargs = payload.get("args") or [], payload.get("kwargs") or {}
+    running: dict[str, Any] = {}
+
+    def on_term(signum: int, frame: Any) -> None:
+        task = running.get("task")
+        if task is not None:
+            running["loop"].call_soon_threadsafe(task.cancel)
+            return
+        if running.get("sync"):
+            raise TaskInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        fn = _resolve(payload["call"], payload.get("python_path") or [])
+        if inspect.iscoroutinefunction(fn):
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            task = loop.create_task(fn(*args, **kwargs))
+            running.update(task=task, loop=loop)
+            result = loop.run_until_complete(task)
+        else:
+            running["sync"] = True
+            result = fn(*args, **kwargs)
+            running.pop("sync", None)
+    except BaseException as exc:  # task code may raise anything, SystemExit included
+        running.clear()
+        return ["done", False, error_map(exc)]
+    finally:
+        task_api._clear()
+    running.clear()
+    try:
+        frames.pack(result)
+    except Exception as exc:
+        return ["done", False, {"type": "ResultNotSerializable",
+                                "message": f"the task's result cannot be sent as msgpack: {exc}",
+                                "traceback": ""}]
+    return ["done", True, result]
+
+
+def _run_cmd(payload: dict[str, Any]) -> list[Any]:
+    cmd = payload["cmd"]
+    shell = bool(payload.get("shell"))
+    # The session's group gets the runner's signals; the harness waits for its child whatever
+    # the signal, and reports the child's status.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        proc = subprocess.Popen(cmd, shell=shell, stdin=subprocess.DEVNULL, close_fds=True)
+    except OSError as exc:
+        return ["done", False, {"type": "CommandFailed", "message": f"cannot run the command: {exc}",
+                                "traceback": ""}]
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except InterruptedError:
+            continue
+    return ["done", True, code]
+
+
+def main() -> int:
+    global OUT_FD
+    OUT_FD = int(os.environ.pop("PROCPOOL_FRAMES_FD", "3"))
+    os.set_inheritable(OUT_FD, False)
+    link = _Link()
+    try:
+        payload = frames.read_frame(0)
+    except (EOFError, frames.FrameError) as exc:
+        print(f"procpoold.remote.harness: no attempt to run ({exc})", file=sys.stderr)
+        return 2
+    threading.Thread(target=link.watch, name="procpool-link", daemon=True).start()
+    out = _run_call(link, payload) if payload["kind"] == "call" else _run_cmd(payload)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    link.done = True
+    try:
+        link.send(out)
+    except Exception as exc:  # a result the frame cannot carry (too large)
+        link.send(["done", False, {"type": "ResultNotSerializable", "message": str(exc)[:500],
+                                   "traceback": ""}])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
