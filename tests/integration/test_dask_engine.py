@@ -29,6 +29,7 @@ from tests.support.dask_cluster import (
     with_env_marker,
     worker_imports,
 )
+from tests.support.fixtures import require_dask
 from tests.support.jobs import run_job, sh, tasks_by_name
 from tests.support.waiting import wait_until
 
@@ -191,23 +192,52 @@ def test_an_unreachable_scheduler_holds_the_queue_until_it_is_back(
     dask_processes: ProcessDaskCluster, tmp_path: Path
 ) -> None:
     with serving(dask_daemon(dask_processes.address).start()) as daemon, daemon.client() as client:
-        assert engine_health(client)["up"]
+        # (READY=1 does not wait for the scheduler: a daemon whose cluster is away still starts)
+        wait_until(lambda: engine_health(client), lambda h: h["up"], timeout=60, what="the dask engine up")
         dask_processes.kill_scheduler()
         down = wait_until(lambda: engine_health(client), lambda h: not h["up"], timeout=60,
                           what="the dask engine to report the scheduler gone")
         assert down["reason"], down
         out = daemon.procctl("--json", "status")
         assert out.returncode == 0 and not json.loads(out.stdout)["workers"]["engines"]["dask"]["up"]
+        out = daemon.procctl("status")
+        assert out.returncode == 0 and f"dask DOWN: {down['reason']}" in out.stdout, out.stdout
         job_id = client.submit({"name": "queued", "root": {"name": "t", "cmd": ["true"]}})["id"]
         task = client.status(job_id)["tasks"][0]
         assert task["state"] in ("pending", "ready") and task["attempts"] == 0, task
-        dask_processes.restart()  # same port, new workers
+        # The scheduler again on the same port, and the engine connected to it before any worker
+        # is: the workers that join afterwards must get the queued task.
+        dask_processes.start_scheduler()
         wait_until(lambda: engine_health(client), lambda h: h["up"], timeout=60,
                    what="the dask engine to reconnect")
+        assert client.status(job_id)["tasks"][0]["attempts"] == 0
+        for _ in range(dask_processes.n_workers):
+            dask_processes.start_worker()
+        dask_processes.workers()
         result = client.wait(job_id, timeout=60)
-    task = result["status"]["tasks"][0]
-    assert result["state"] == "completed", task
-    assert history(task) == ["completed"]  # no attempt was made (and lost) while it was down
+        task = result["status"]["tasks"][0]
+        if result["state"] != "completed":
+            print(json.dumps(task, indent=1), dask_processes.log(), sep="\n")  # (with the daemon's log)
+        assert result["state"] == "completed"
+        assert history(task) == ["completed"]  # no attempt was made (and lost) while it was down
+
+
+def test_workers_that_join_after_the_engine_connected_run_its_tasks() -> None:
+    """A scheduler with no worker yet: the engine is up with no capacity, and the workers that come
+    later take the queued job (what a restarted cluster looks like for a moment, and an autoscaled one
+    at its start)."""
+    require_dask()
+    with ProcessDaskCluster(start_workers=False) as cluster, serving(dask_daemon(cluster.address).start()
+                                                                      ) as daemon, daemon.client() as client:
+        wait_until(lambda: engine_health(client), lambda h: h["up"], timeout=60, what="the dask engine up")
+        job_id = client.submit({"name": "early", "root": {"concurrent": [
+            {"name": "call", "call": "tests.support.tasks:add", "args": [1, 2]},
+            {"name": "cmd", "cmd": ["true"]}]}, "python_path": [ROOT]})["id"]
+        for _ in range(cluster.n_workers):
+            cluster.start_worker()
+        cluster.workers()
+        result = client.wait(job_id, timeout=60)
+        assert result["state"] == "completed", result
 
 
 def test_a_daemon_killed_mid_task_settles_the_attempt_and_stops_its_process(

@@ -304,8 +304,10 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 class ProcessDaskCluster(DaskCluster):
     """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, as a user starts them."""
 
-    def __init__(self, workers: int = 2, threads: int = 4) -> None:
+    def __init__(self, workers: int = 2, threads: int = 4, start_workers: bool = True) -> None:
         super().__init__(workers, threads)
+        #: whether :meth:`start` starts the workers too (False: the scheduler alone, see start_worker)
+        self.start_workers = start_workers
         self.port = 0
         self.scheduler: subprocess.Popen[bytes] | None = None
         self.worker_procs: list[subprocess.Popen[bytes]] = []
@@ -313,9 +315,10 @@ class ProcessDaskCluster(DaskCluster):
     def start(self) -> ProcessDaskCluster:
         try:
             self.start_scheduler()
-            for _ in range(self.n_workers):
-                self.start_worker()
-            self.workers()
+            if self.start_workers:
+                for _ in range(self.n_workers):
+                    self.start_worker()
+                self.workers()
         except BaseException:
             self.close(check=False)
             raise
@@ -377,13 +380,6 @@ class ProcessDaskCluster(DaskCluster):
                 proc.wait(10)
             self.procs.remove(proc)
         self.worker_procs = []
-
-    def restart(self) -> None:
-        """After :meth:`kill_scheduler`: a scheduler on the same port and new workers, all connected."""
-        self.start_scheduler()
-        for _ in range(self.n_workers):
-            self.start_worker()
-        self.workers()
 
     def __enter__(self) -> ProcessDaskCluster:
         return self.start()
