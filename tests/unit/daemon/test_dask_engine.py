@@ -303,7 +303,8 @@ def test_a_started_attempt_reports_its_lines_with_the_host_and_its_result() -> N
     ex._on_event(("remote", {"t": "logs", "aid": "1.0@1#1", "b": packed(lines)}))
     assert [(m, f) for _, _, _, m, f in events.logs] == [
         ("hi", {"LOGGER": "x", "PROCPOOL_HOST": "h1"}), ("out", {"PROCPOOL_HOST": "h1"})]
-    ex._on_event(("remote", {"t": "req", "aid": "1.0@1#1", "b": packed([3, "ns", {"op": "incr", "key": "n"}])}))
+    request = packed([3, "ns", {"op": "incr", "key": "n"}])
+    ex._on_event(("remote", {"t": "req", "aid": "1.0@1#1", "b": request}))
     assert events.ns == [("1.0@1#1", "incr", {"key": "n"})]
     assert bridge.commands[-1] == ("reply", "tcp://w1", "1.0@1#1", 3, True, 42)
     ex._on_event(("done", "1.0@1#1", runner.result(True, [1, 2])))
@@ -312,14 +313,15 @@ def test_a_started_attempt_reports_its_lines_with_the_host_and_its_result() -> N
 
 
 def test_whatever_else_arrives_on_the_topic_is_ignored() -> None:
-    ex, events, bridge, _ = executor()
+    ex, events, _, _ = executor()
     ex.submit(spec())
     hostile: list[Any] = [
         {"t": "started", "aid": 5}, {"t": "started", "aid": "1.0@1#1", "worker": 3, "host": "h"},
         {"t": "logs", "aid": "1.0@1#1", "b": "not bytes"}, {"t": "logs", "aid": "1.0@1#1", "b": b"\xc1"},
         {"t": "logs", "aid": "1.0@1#1", "b": msgpack.packb(msgpack.ExtType(1, b""))},
         {"t": "logs", "aid": "other#1", "b": packed([["log", 20, "x", None]])},
-        {"t": "req", "aid": "1.0@1#1", "b": packed([1, "ns"])}, {"t": "progress", "aid": "1.0@1#1", "b": packed(3)},
+        {"t": "req", "aid": "1.0@1#1", "b": packed([1, "ns"])},
+        {"t": "progress", "aid": "1.0@1#1", "b": packed(3)},
         {"no": "t"}, {"t": "done", "aid": "1.0@1#1"},
     ]
     for msg in hostile:
@@ -341,7 +343,8 @@ def test_a_command_fails_with_its_exit_code_and_a_failed_call_with_its_error() -
     ex._on_event(("done", "c#2", runner.result(True, None, exit_code=0)))
     assert events.finished[-1].status == "completed"
     ex.submit(spec("f#1"))
-    ex._on_event(("done", "f#1", runner.result(False, {"type": "ValueError", "message": "bad", "traceback": "tb"})))
+    error = {"type": "ValueError", "message": "bad", "traceback": "tb"}
+    ex._on_event(("done", "f#1", runner.result(False, error)))
     out = events.finished[-1]
     assert out.status == "failed" and out.error is not None and out.error.type == "ValueError"
 
