@@ -22,10 +22,10 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
 
 def remote_table(workers: list[dict[str, Any]]) -> str:
     """Workers of a remote engine (a Dask cluster's), which have no slot of this daemon's pool."""
-    rows = [("ENGINE", "WORKER", "HOST", "THREADS", "STATE", "RUNNING")]
+    rows = [("ENGINE", "WORKER", "HOST", "THREADS", "STATE", "ATTEMPTS")]
     for w in workers:
         rows.append((str(w.get("engine", "-")), str(w.get("worker", "-")), str(w.get("host") or "-"),
-                     str(w.get("threads", "-")), str(w.get("state", "-")), str(w.get("running", 0))))
+                     str(w.get("threads", "-")), str(w.get("state", "-")), str(w.get("busy", 0))))
     return _table(rows)
 
 

@@ -216,7 +216,7 @@ class DaskExecutor:
             run.worker for run in self._running.values() if run.worker)
         return [{"engine": self.name, "worker": w["worker"], "host": w["host"],
                  "threads": w["threads"], "state": "busy" if busy[w["worker"]] else "idle",
-                 "running": busy[w["worker"]]} for w in self._workers]
+                 "busy": busy[w["worker"]]} for w in self._workers]
 
     def info(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler, "up": self._up, "reason": None if self._up else self._reason,
