@@ -102,11 +102,15 @@ def user(job: dict[str, Any]) -> str:
     return f"{name} ({uid})" if name and name != str(uid) else str(uid)
 
 
-def task_line(t: dict[str, Any], now: float) -> str:
+def task_line(t: dict[str, Any], now: float, engine: bool = False) -> str:
+    """One task: its mark, name, state, attempts, time and what went wrong; with ``engine`` the
+    engine it runs on (``on dask``), for a job whose tasks do not all run on the local engines."""
     end = t.get("finished_at") or (now if t.get("started_at") else None)
     took = duration(end - t["started_at"]) if end and t.get("started_at") else "-"
     attempts = t.get("attempts", 0)
     parts = [f"{MARKS.get(t['state'], '?')} {t['name']}", t["state"]]
+    if engine:
+        parts.append(f"on {t.get('engine') or '?'}")
     if attempts:
         parts.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
     parts.append(took)
@@ -128,12 +132,13 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     groups = status["groups"]
     tasks = status["tasks"]
     lines = _job_head(job, now)
+    engine = job.get("all_local") is False  # (a daemon from before engines had names: no field)
 
     def walk(node: list[Any], prefix: str, last: bool, top: bool) -> None:
         kind, index = node
         branch = "" if top else ("└─ " if last else "├─ ")
         if kind == "task":
-            lines.append(prefix + branch + task_line(tasks[index], now))
+            lines.append(prefix + branch + task_line(tasks[index], now, engine))
             return
         g = groups[index]
         lines.append(f"{prefix}{branch}{g['kind']} {g['name']}")
@@ -185,6 +190,8 @@ def _job_head(job: dict[str, Any], now: float) -> list[str]:
     lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
     if job.get("reason"):
         lines.append(f"  reason: {job['reason']}")
+    if job.get("all_local") is False:  # some task runs elsewhere than on this daemon's own engines
+        lines.append("  engines: " + ", ".join(job.get("engines") or ()))
     return lines
 
 

@@ -137,6 +137,10 @@ class JobDetail(JobSummary):
     on_interrupt: str
     after: list[str]
     root: list[Any]
+    #: the engines that run the job's tasks, by name (sorted), and whether each of its tasks runs on
+    #: the daemon's local engine of its kind ("pool" for call tasks, "commands" for cmd tasks)
+    engines: NotRequired[list[str]]
+    all_local: NotRequired[bool]
 
 
 class GroupStatus(TypedDict):
@@ -164,6 +168,9 @@ class TaskStatus(TypedDict):
     name: str
     path: str
     kind: str
+    #: the engine that runs the task ("pool", "commands", "dask"); None when the daemon cannot
+    #: tell (a finished job read back by a daemon that no longer has the engine of its kind)
+    engine: NotRequired[str | None]
     state: TaskState
     attempts: int
     attempt_history: list[AttemptInfo]
