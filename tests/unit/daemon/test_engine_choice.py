@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from procpool.cli import render
 from procpool.contract.tree import TreeError, parse_job
 from procpoold import app
 from procpoold.config import Config, ConfigError, dask_address_problem, load
+from procpoold.core import status
+from procpoold.core.jobs import Job
 from procpoold.engines.registry import Engines, RouteError
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
@@ -215,3 +218,50 @@ def test_local_routes_to_the_inline_engine_when_it_is_registered_first() -> None
     inline, commands = InlineEngine(), engine("commands", {"cmd"})
     engines = Engines([inline, commands])
     assert engines.route("call", "local") is inline and engines.route("cmd", "local") is commands
+
+
+# -- the status --------------------------------------------------------------------------------
+
+
+def test_the_status_shows_each_task_s_engine_and_procctl_only_when_not_all_local() -> None:
+    loop = EventLoop()
+    scheduler = Scheduler(loop, three()[0])
+    mixed, _ = scheduler.submit({"name": "mixed", "root": {"sequential": [
+        {"name": "a", "call": ADD},
+        {"name": "b", "cmd": ["true"], "engine": "dask"},
+        {"name": "c", "cmd": ["true"], "engine": "local"},
+    ]}})
+    plain, _ = scheduler.submit({"name": "plain", "engine": "local", "root": {"sequential": [
+        {"name": "d", "call": ADD}, {"name": "e", "cmd": ["true"], "engine": "commands"},
+    ]}})
+    full = status.full(mixed)
+    assert [t["engine"] for t in full["tasks"]] == ["pool", "dask", "commands"]
+    assert (full["job"]["engines"], full["job"]["all_local"]) == (["commands", "dask", "pool"], False)
+    shown = render.job_tree(full, 0.0)
+    assert "  engines: commands, dask, pool" in shown.splitlines()
+    tasks = [line.split() for line in shown.splitlines() if line.startswith(("├", "└"))]
+    assert [(words[2], words[4:6]) for words in tasks] == [
+        ("a", ["on", "pool"]), ("b", ["on", "dask"]), ("c", ["on", "commands"])], shown
+    full = status.full(plain)
+    assert [t["engine"] for t in full["tasks"]] == ["pool", "commands"] and full["job"]["all_local"]
+    shown = render.job_tree(full, 0.0)
+    assert "engines" not in shown and " on " not in shown  # as before engines had names
+    assert status.task_reply(mixed, 1)["task"]["engine"] == "dask"
+    assert status.columns_page(mixed, 0)["job"]["all_local"] is False
+    loop.close()
+
+
+def test_with_dask_the_default_every_task_left_to_it_is_shown_on_it() -> None:
+    loop = EventLoop()
+    scheduler = Scheduler(loop, three(defaults={"call": "dask", "cmd": "dask"})[0])
+    job, _ = scheduler.submit({"name": "j", "root": {"concurrent": [
+        {"name": "a", "call": ADD}, {"name": "b", "call": ADD, "engine": "local"}]}})
+    full = status.full(job)
+    assert [t["engine"] for t in full["tasks"]] == ["dask", "pool"] and not full["job"]["all_local"]
+    loop.close()
+
+
+def test_a_job_without_the_daemon_s_engines_shows_the_engines_its_tasks_name() -> None:
+    job = Job("1", parse_job({"root": {"sequential": [{"call": ADD}, {"call": ADD, "engine": "x"}]}}), {}, 0.0)
+    full = status.full(job)
+    assert [t["engine"] for t in full["tasks"]] == [None, "x"] and full["job"]["engines"] == ["x"]
