@@ -262,6 +262,7 @@ def test_with_dask_the_default_every_task_left_to_it_is_shown_on_it() -> None:
 
 
 def test_a_job_without_the_daemon_s_engines_shows_the_engines_its_tasks_name() -> None:
-    job = Job("1", parse_job({"root": {"sequential": [{"call": ADD}, {"call": ADD, "engine": "x"}]}}), {}, 0.0)
+    spec = parse_job({"root": {"sequential": [{"call": ADD}, {"call": ADD, "engine": "x"}]}})
+    job = Job("1", spec, {}, 0.0)
     full = status.full(job)
     assert [t["engine"] for t in full["tasks"]] == [None, "x"] and full["job"]["engines"] == ["x"]
