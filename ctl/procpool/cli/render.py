@@ -201,11 +201,11 @@ def counts_line(counts: dict[str, int], total: int) -> str:
     return f"{total} task{'s' if total != 1 else ''}: " + (", ".join(parts) or "none")
 
 
-def row_line(row: TaskRow, now: float) -> str:
+def row_line(row: TaskRow, now: float, engine: bool = False) -> str:
     """One task of a columnar status, as :func:`task_line` shows a task."""
     data = asdict(row)
     data["name"] = row.name if row.name is not None else f"#{row.index}"
-    return task_line(data, now)
+    return task_line(data, now, engine)
 
 
 def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint: str = "") -> str:
@@ -224,7 +224,8 @@ def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint:
                 shown.append(status.task(i))
             else:
                 more += 1
-    lines.extend("  " + row_line(row, now) for row in shown)
+    engine = job.get("all_local") is False
+    lines.extend("  " + row_line(row, now, engine) for row in shown)
     if more:
         lines.append(f"  … and {more} more failed or running task{'s' if more != 1 else ''}" + hint)
     ns = job.get("namespace")

@@ -251,11 +251,15 @@ def _column(tasks: Sequence[TaskRun], name: str) -> list[Any]:
 
 
 def _sparse(
-    tasks: Sequence[TaskRun], indices: Sequence[int], max_bytes: int
+    tasks: Sequence[TaskRun],
+    indices: Sequence[int],
+    max_bytes: int,
+    routes: dict[tuple[str, str | None], str | None] | None = None,
 ) -> tuple[int, dict[str, tuple[list[int], list[Any]]]]:
     """The sparse columns of ``tasks`` (``indices[k]`` is the index of ``tasks[k]``): how many
     tasks they cover (fewer than all when about ``max_bytes`` of values were reached) and
-    ``{column: (indices, values)}``."""
+    ``{column: (indices, values)}``. With ``routes`` (a job not all on the local engines: see
+    :func:`engine_routes`) each task that gets a name gets its engine too."""
     out: dict[str, tuple[list[int], list[Any]]] = {key: ([], []) for key in SPARSE}
     quiet = _QUIET
     # One comprehension finds the tasks with anything to send (most of a big job has nothing).
@@ -270,6 +274,7 @@ def _sparse(
         or t.retry_at is not None
     ]
     name_i, name_v = out["name"]
+    engine_i, engine_v = out["engine"]
     budget = max_bytes
     unsuccessful = UNSUCCESSFUL
     for k in noted:
@@ -281,6 +286,9 @@ def _sparse(
             name_i.append(i)
             name_v.append(name)
             budget -= 5 + len(name)
+            if routes is not None:
+                engine_i.append(i)
+                engine_v.append(routes[(t.spec.kind, t.spec.engine)])
         for key, value in (
             ("result", t.result),
             ("error", t.error),
@@ -311,7 +319,8 @@ def columns_page(
     first = max(0, min(first, total))
     end = min(total, first + max(1, min(limit, COLUMN_PAGE_TASKS)))
     tasks = job.tasks[first:end]
-    covered, sparse = _sparse(tasks, range(first, end), max_bytes)
+    routes, all_local = engine_routes(job)
+    covered, sparse = _sparse(tasks, range(first, end), max_bytes, None if all_local else routes)
     if covered < len(tasks):
         tasks = tasks[:covered]
     end = first + len(tasks)
@@ -364,7 +373,8 @@ def changes_page(
         return out
     assert cursor is not None
     rows = [job.tasks[i] for i in changed]
-    covered, sparse = _sparse(rows, changed, max_bytes)
+    routes, all_local = engine_routes(job)
+    covered, sparse = _sparse(rows, changed, max_bytes, None if all_local else routes)
     more = covered < len(rows)
     # Cut short: the next poll starts at the first change of the first task left out (every
     # change before it is of a task sent, whose row is as it stands now).

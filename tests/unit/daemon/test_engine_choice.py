@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from procpool.cli import render
+from procpool.contract.status import JobStatus
 from procpool.contract.tree import TreeError, parse_job
 from procpoold import app
 from procpoold.config import Config, ConfigError, dask_address_problem, load
@@ -21,6 +22,7 @@ from procpoold.engines.registry import Engines, RouteError
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
 from tests.support.inline_engine import InlineEngine
+from tests.unit.contract.test_status_columns import through_the_wire
 from tests.unit.daemon.test_scheduler import RecordingExecutor
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -266,3 +268,29 @@ def test_a_job_without_the_daemon_s_engines_shows_the_engines_its_tasks_name() -
     job = Job("1", spec, {}, 0.0)
     full = status.full(job)
     assert [t["engine"] for t in full["tasks"]] == [None, "x"] and full["job"]["engines"] == ["x"]
+
+
+def test_the_columnar_status_sends_the_engine_with_the_name_of_a_job_not_all_local() -> None:
+    loop = EventLoop()
+    engines = three()[0]
+    scheduler = Scheduler(loop, engines)
+    tasks = [{"name": f"t{i}", "call": ADD, "engine": "dask" if i % 2 else "local"} for i in range(150)]
+    job, _ = scheduler.submit({"name": "big", "root": {"concurrent": tasks}})
+    plain, _ = scheduler.submit({"name": "plain", "root": {"concurrent": tasks[::2]}})
+    loop.run_once(0)
+    wire = through_the_wire(status.columns_page(job, 0))
+    decoded = JobStatus.decode(wire)
+    running = [decoded.task(i) for i in decoded.indices("running")]
+    assert running and all(row.engine == ("dask" if row.index % 2 else "pool") for row in running)
+    assert "engine" not in wire["sparse"] or set(decoded.sparse["engine"]) == set(decoded.sparse["name"])
+    shown = render.job_summary(decoded, 0.0).splitlines()
+    assert "  engines: dask, pool" in shown
+    rows = [line.split() for line in shown if line.split()[2:3] == ["running"]]
+    assert rows and all(words[3:5] in (["on", "dask"], ["on", "pool"]) for words in rows), shown
+    wire = through_the_wire(status.columns_page(plain, 0))
+    assert "engine" not in wire["sparse"] and wire["job"]["all_local"] is True
+    shown = render.job_summary(JobStatus.decode(wire), 0.0)
+    assert "engines" not in shown and " on " not in shown
+    delta = status.changes_page(job, "")  # a reset: the whole page, engines included
+    assert "engine" in delta["sparse"]
+    loop.close()
