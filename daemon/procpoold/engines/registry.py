@@ -95,10 +95,6 @@ class Engines:
                         raise TreeError(task.path, f"{exc} (the job's engine)", hint) from None
                     raise TreeError(f"{task.path}.engine", str(exc), hint) from None
 
-    def is_local(self, kind: str, name: str) -> bool:
-        """Whether ``name`` is the local engine of ``kind`` (the first registered that runs it)."""
-        return self.local.get(kind) == name
-
     def _check(self, kind: str, engine: str | None) -> str:
         if engine is None or engine == LOCAL_ENGINE:
             raise RouteError(f"no engine of this daemon runs {kind!r} tasks")

@@ -139,7 +139,7 @@ def test_local_is_the_first_registered_engine_of_the_kind_whatever_the_defaults(
     engines, pool, commands, remote = three(defaults={"call": "dask", "cmd": "dask"})
     assert engines.route("call") is remote and engines.route("cmd") is remote
     assert engines.route("call", "local") is pool and engines.route("cmd", "local") is commands
-    assert engines.is_local("call", "pool") and not engines.is_local("call", "dask")
+    assert engines.local == {"call": "pool", "cmd": "commands"}
     only_calls = Engines([engine("pool", {"call"})])
     with pytest.raises(RouteError, match="no engine of this daemon runs 'cmd' tasks"):
         only_calls.route("cmd", "local")
