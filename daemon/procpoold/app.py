@@ -7,7 +7,6 @@ process-forking parts exist, so no child is ever forked from a threaded process.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from pathlib import Path
@@ -102,8 +101,6 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         config = load(config_file, overrides)
     except ConfigError as exc:
         _fatal(str(exc), "check the option or the config file named above", debug)
-    if config.dask_scheduler is not None and not _has_distributed():
-        _fatal("the dask engine needs the 'distributed' package", "pip install 'procpool[dask]'", debug)
     sink = setup_logging(
         config.log_level,
         config.log_target,  # type: ignore[arg-type]
@@ -117,6 +114,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
     )
 
     engines = _engines(config, sink)
+    from procpoold.engines import EngineUnavailable
     from procpoold.store import StoreError, StoreFailure
 
     try:
@@ -127,7 +125,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
             reload_config=lambda: load(config_file, overrides),
             sink=sink,
         )
-    except StoreError as exc:
+    except (StoreError, EngineUnavailable) as exc:
         for engine in engines.all():
             engine.shutdown(0)
         sink.stop()  # the journal forwarder (started by Daemon) writes what it has and exits
@@ -179,16 +177,6 @@ def _engines(config: Config, sink: LogSink | None) -> Engines:
         if config.engine == "dask":
             defaults = {"call": "dask", "cmd": "dask"}
     return Engines(engines, defaults=defaults)
-
-
-def _has_distributed() -> bool:
-    """Whether the ``distributed`` package (the Dask engine's client) can be imported: checked
-    before anything starts, so that a daemon configured for Dask without it stops with a hint."""
-    try:
-        importlib.import_module("distributed")  # (by name: mypy need not find the optional package)
-    except ImportError:
-        return False
-    return True
 
 
 def _fatal(message: str, hint: str | None, debug: bool) -> None:

@@ -40,6 +40,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.engines import (
     NOT_STARTED,
     AttemptSpec,
+    EngineUnavailable,
     ExecutorEvents,
     Health,
     LeftAttempt,
@@ -111,7 +112,14 @@ class DaskExecutor:
     # -- Executor --------------------------------------------------------------------------------
 
     def prefork(self) -> None:
-        pass  # no process of its own: the cluster's workers are Dask's
+        # No process of its own (the cluster's workers are Dask's). 'distributed' is imported here,
+        # after the pool's zygote has forked (engines are preforked in registration order, and this
+        # one comes after the local ones), so the pool's workers never carry it.
+        try:
+            import distributed  # noqa: F401
+        except ImportError as exc:
+            raise EngineUnavailable("the dask engine needs the 'distributed' package",
+                                    "pip install 'procpool[dask]'") from exc
 
     def set_daemon_id(self, daemon_id: str) -> None:
         self._daemon_id = daemon_id
