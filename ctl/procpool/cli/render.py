@@ -75,6 +75,31 @@ def summary(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: ``procctl health``'s verdicts, by exit status
+HEALTH_VERDICTS = ("healthy", "degraded", "unhealthy")
+
+
+def health(data: dict[str, Any]) -> tuple[int, list[str]]:
+    """The daemon's health from its summary (``status`` without a job): the index of the verdict in
+    :data:`HEALTH_VERDICTS` (its exit status) and the reasons, one sentence each.
+
+    Unhealthy: an engine is down (its tasks wait), or the log target has stalled. Degraded: log
+    records were dropped."""
+    level, reasons = 0, []
+    for name, engine in sorted(((data.get("workers") or {}).get("engines") or {}).items()):
+        if not engine.get("up", True):
+            level = 2
+            reasons.append(f"the engine {name} is down: {engine.get('reason') or 'no reason given'}")
+    logging = data.get("logging") or {}
+    if logging.get("stalled"):
+        level = 2
+        reasons.append(f"the log target has accepted no record for {logging.get('stalled_for') or 0:.1f} s")
+    if logging.get("dropped"):
+        level = max(level, 1)
+        reasons.append(f"{logging['dropped']} log record(s) dropped")
+    return level, reasons
+
+
 MARKS = {
     PENDING: "·",
     READY: "○",
