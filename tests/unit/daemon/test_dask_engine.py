@@ -216,7 +216,7 @@ def test_runner_marks_an_attempt_stopped_before_it_starts() -> None:
     assert runner.stop(["never-started#1"], 1.0) == 0
     assert "never-started#1" in runner._marks
     assert runner.deliver("never-started#1", 1, True, None) is False
-    assert runner._identity(None) == ({}, {})
+    assert runner._identity(None) == (None, {})
     assert "does not exist" in str(runner._identity("no-such-user-procpool"))
 
 
@@ -284,9 +284,10 @@ def packed(body: Any) -> bytes:
 
 def test_capacity_and_health_follow_the_cluster() -> None:
     ex, events, bridge, _ = executor()
-    assert ex.free_slots() == 2 and ex.health().up and events.kicks >= 1
+    # two threads, each with its next attempt queued on its worker
+    assert ex.free_slots() == 4 and ex.health().up and events.kicks >= 1
     ex.submit(spec())
-    assert ex.free_slots() == 1 and bridge.commands[-1][0] == "submit"
+    assert ex.free_slots() == 3 and bridge.commands[-1][0] == "submit"
     ex._on_event(("down", "cannot reach the Dask scheduler"))
     assert ex.free_slots() == 0
     assert ex.health().up is False and ex.health().reason == "cannot reach the Dask scheduler"
@@ -309,7 +310,7 @@ def test_a_started_attempt_reports_its_lines_with_the_host_and_its_result() -> N
     assert bridge.commands[-1] == ("reply", "tcp://w1", "1.0@1#1", 3, True, 42)
     ex._on_event(("done", "1.0@1#1", runner.result(True, [1, 2])))
     assert events.finished[-1].status == "completed" and events.finished[-1].result == [1, 2]
-    assert ex.free_slots() == 2
+    assert ex.free_slots() == 4
 
 
 def test_whatever_else_arrives_on_the_topic_is_ignored() -> None:
@@ -379,3 +380,84 @@ def test_a_lost_worker_interrupts_what_it_ran_and_nothing_else() -> None:
     # a late start of the interrupted attempt elsewhere is stopped at once
     ex._on_event(("remote", {"t": "started", "aid": "a#1", "pid": 2, "worker": "tcp://w2", "host": "h2"}))
     assert bridge.commands[-1] == ("stop", ["a#1"], "tcp://w2", 0.0)
+
+
+# -- the fork server (a real process, as a Dask worker's runner uses it) ----------------------------
+
+
+def test_the_fork_server_forks_attempts_in_sessions_of_their_own_and_reports_how_they_end(
+    tmp_path: Path,
+) -> None:
+    server = runner._ForkServer()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "ctl"), str(ROOT / "daemon"), str(ROOT)])}
+    try:
+        for args, expected in (([2, 3], ["done", True, 5]), (["x", 1], None)):
+            pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]
+            theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+            pid = server.spawn(env, str(tmp_path), None, theirs)
+            for fd in theirs:
+                os.close(fd)
+            frames.write_frame(pipes[0][1], call_payload("tests.support.tasks:add", *args))
+            got = []
+            while True:
+                try:
+                    got.append(frames.read_frame(pipes[3][0]))
+                except EOFError:
+                    break
+            if expected is not None:
+                assert got[-1] == expected
+            else:
+                assert got[-1][:2] == ["done", False] and got[-1][2]["type"] == "TypeError"
+            assert server.wait(pid, timeout=10) == 0
+            for fd in (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
+                os.close(fd)
+        # a command's process is in the attempt's session, which the harness leads
+        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+        pid = server.spawn(env, str(tmp_path), None, theirs)
+        for fd in theirs:
+            os.close(fd)
+        cmd = "cut -d' ' -f5,6 /proc/$$/stat"
+        frames.write_frame(pipes[0][1], {"attempt_id": "c#1", "kind": "cmd", "cmd": cmd, "shell": True})
+        assert frames.read_frame(pipes[3][0]) == ["done", True, 0]
+        assert os.read(pipes[1][0], 100).split() == [str(pid).encode()] * 2
+        assert server.wait(pid, timeout=10) == 0
+        for fd in (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
+            os.close(fd)
+        # a working directory that does not exist fails the attempt, not the server
+        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+        pid = server.spawn(env, str(tmp_path / "missing"), None, theirs)
+        for fd in theirs:
+            os.close(fd)
+        done = frames.read_frame(pipes[3][0])
+        assert done[:2] == ["done", False] and done[2]["type"] == "StartFailed"
+        assert server.wait(pid, timeout=10) == 1
+        for fd in (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
+            os.close(fd)
+    finally:
+        if server.sock is not None:
+            server.sock.shutdown(2)
+        if server.proc is not None:
+            server.proc.wait(10)
+    assert server.proc is not None and server.proc.returncode == 0  # it ends with its socket
+
+
+def test_a_timeout_counts_from_the_start_not_from_the_hand_over() -> None:
+    """Queued in Dask behind another attempt, it has not run yet when the scheduler's timeout (which
+    counts from the hand-over) runs out: the stop is put off to ``timeout`` after its start."""
+    ex, events, bridge, loop = executor()
+    queued = spec("w#1")
+    queued.timeout = 0.2
+    ex.submit(queued)
+    ex.stop_attempt("w#1", "timeout")
+    assert bridge.commands[-1][0] == "submit" and not events.finished  # not stopped: not started
+    ex._on_event(("remote", {"t": "started", "aid": "w#1", "pid": 1, "worker": "tcp://w1", "host": "h1"}))
+    assert bridge.commands[-1][0] == "submit"
+    deadline = time.monotonic() + 5
+    while bridge.commands[-1][0] != "stop":
+        assert time.monotonic() < deadline, "the timeout was never armed from the start"
+        loop.run_once(50)
+    assert bridge.commands[-1] == ("stop", ["w#1"], "tcp://w1", ex.kill_grace)
+    ex._on_event(("done", "w#1", runner.result(False, None, stopped=True)))
+    assert events.finished[-1].status == "timeout"
