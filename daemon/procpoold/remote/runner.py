@@ -36,9 +36,15 @@ from typing import Any
 
 from procpoold.remote import frames
 
-#: Lines of output and log records sent home in one event at most, and how long one waits.
+#: Lines of output and log records sent home in one event at most (and bytes of their text), and
+#: how long one waits. The Dask scheduler keeps the last events of each topic (1,000 by default,
+#: ``distributed.admin.low-level-log-length``), so an event stays small.
 BATCH_LINES = 500
+BATCH_BYTES = 32 * 1024
 BATCH_DELAY = 0.05
+#: A result up to this size goes home as an event; a larger one as the Dask task's result (which
+#: costs the daemon's client a fetch from the worker).
+EVENT_RESULT = 32 * 1024
 #: Longest line passed on (longer ones are cut, as in the pool).
 MAX_LINE = 16 * 1024
 #: Seconds to wait for the harness's exit once its frame pipe has closed, and to drain the output
@@ -247,7 +253,11 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
     worker.log_event(topic, {"t": "started", "aid": aid, "pid": pid, "worker": worker.address,
                              "host": host})
     try:
-        return _relay(run, payload, ours[3], worker, topic, host)
+        out = _relay(run, payload, ours[3], worker, topic, host)
+        if len(out) <= EVENT_RESULT:
+            worker.log_event(topic, {"t": "done", "aid": aid, "b": out})
+            return b""  # the daemon has it already (events and the task's end arrive in order)
+        return out
     finally:
         with _lock:
             _running.pop(aid, None)
@@ -271,22 +281,24 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
         pass
     pending: list[list[Any]] = []
     first = 0.0
+    size = 0
 
     def flush() -> None:
-        nonlocal first
+        nonlocal first, size
         if pending:
             _send(worker, topic, "logs", aid, pending)
             pending.clear()
-        first = 0.0
+        first, size = 0.0, 0
 
     def add(stream: str, level: int, message: str, fields: dict[str, str] | None) -> None:
-        nonlocal first
+        nonlocal first, size
         if len(message) > MAX_LINE:
             message = message[: MAX_LINE - 20] + " [cut: too long]"
         if not pending:
             first = time.monotonic()
         pending.append([stream, level, message, fields])
-        if len(pending) >= BATCH_LINES:
+        size += len(message) + 64
+        if len(pending) >= BATCH_LINES or size >= BATCH_BYTES:
             flush()
 
     sel = selectors.DefaultSelector()

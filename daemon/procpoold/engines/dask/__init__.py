@@ -344,6 +344,8 @@ class DaskExecutor:
             if run.timeout_timer is _ON_START and run.spec.timeout is not None:
                 self._arm_timeout(run, run.spec.timeout)
             events.attempt_started(aid, pid if type(pid) is int else None, f"dask:{worker}")
+        elif t == "done":
+            self._on_done(aid, msg.get("b"))
         elif t in ("logs", "progress", "req"):
             data = msg.get("b")
             if type(data) is not bytes or len(data) > MAX_RESULT:

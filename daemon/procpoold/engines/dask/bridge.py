@@ -58,6 +58,8 @@ class Bridge:
         #: broadcasts and cancels in flight (a stopping daemon waits for them before it disconnects)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: set[asyncio.Task[Any]] = set()
+        #: attempts whose result came as an event (see procpoold.remote.runner.EVENT_RESULT)
+        self._evented: set[str] = set()
 
     # -- from the daemon's thread ----------------------------------------------------------------
 
@@ -186,6 +188,8 @@ class Bridge:
     def _on_topic(self, event: tuple[float, Any]) -> None:
         msg = event[1]
         if type(msg) is dict:
+            if msg.get("t") == "done" and type(msg.get("aid")) is str:
+                self._evented.add(msg["aid"])  # its task's end follows: no fetch then
             self._post([("remote", msg)])
 
     def _on_cluster(self, event: tuple[float, Any]) -> None:
@@ -261,7 +265,14 @@ class Bridge:
             await asyncio.wait(pending, timeout=timeout)
 
     async def _await(self, aid: str, fut: Any) -> None:
+        # distributed.wait looks up a default client, which this one is not (set_as_default=False,
+        # so that task code in this process could never reach it): its coroutine is used directly.
+        from distributed.client import _wait
+
         try:
+            await _wait([fut])  # type: ignore[no-untyped-call]
+            if fut.status == "finished" and aid in self._evented:
+                return
             data = await fut
         except asyncio.CancelledError:
             if self._stop is not None and self._stop.is_set():
@@ -274,6 +285,7 @@ class Bridge:
             self._post([("lost", aid, f"the Dask cluster lost the attempt: {_why(exc)}")])
             return
         finally:
+            self._evented.discard(aid)
             if self._futures.get(aid) is fut:
                 del self._futures[aid]
             fut.release()
