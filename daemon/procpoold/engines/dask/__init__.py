@@ -345,7 +345,8 @@ class DaskExecutor:
                 self._arm_timeout(run, run.spec.timeout)
             events.attempt_started(aid, pid if type(pid) is int else None, f"dask:{worker}")
         elif t == "done":
-            self._on_done(aid, msg.get("b"))
+            if type(msg.get("b")) is bytes:
+                self._on_done(aid, msg["b"])
         elif t in ("logs", "progress", "req"):
             data = msg.get("b")
             if type(data) is not bytes or len(data) > MAX_RESULT:
