@@ -59,9 +59,11 @@ class _Run:
     """One attempt running on this worker: its process (a child of the fork server) and our ends
     of its pipes."""
 
-    def __init__(self, aid: str, daemon: str, pid: int, stdin: int, stdout: int, stderr: int) -> None:
+    def __init__(self, aid: str, daemon: str, run: str, pid: int, stdin: int, stdout: int,
+                 stderr: int) -> None:
         self.aid = aid
-        self.daemon = daemon
+        self.daemon = daemon  # the state it belongs to (the daemon's id)
+        self.run = run  # the daemon process that sent it (a restarted daemon has another)
         self.pid = pid
         self.stdin = stdin
         self.stdout = stdout
@@ -243,7 +245,8 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
         for fd in ours:
             os.close(fd)
         return result(False, None, stopped=True)
-    run = _Run(aid, str(payload.get("daemon", "")), pid, ours[0], ours[1], ours[2])
+    run = _Run(aid, str(payload.get("daemon", "")), str(payload.get("run", "")), pid, ours[0], ours[1],
+               ours[2])
     with _lock:
         _running[aid] = run
         late = aid in _marks  # a stop that came while it was being forked
@@ -442,10 +445,12 @@ def stop(aids: list[str], grace: float) -> int:
     return found
 
 
-def stop_daemon(daemon: str) -> int:
-    """SIGKILL every attempt a daemon of state ``daemon`` left running on this worker (recovery)."""
+def stop_daemon(daemon: str, keep: str) -> int:
+    """SIGKILL every attempt that a daemon of state ``daemon`` left running on this worker, but
+    those of the running daemon (``keep``, its process's tag), which may already have sent some
+    (recovery)."""
     with _lock:
-        runs = [run for run in _running.values() if run.daemon == daemon]
+        runs = [run for run in _running.values() if run.daemon == daemon and run.run != keep]
     for run in runs:
         run.stopped = True
         run.signal(signal.SIGKILL)

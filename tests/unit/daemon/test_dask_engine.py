@@ -461,3 +461,26 @@ def test_a_timeout_counts_from_the_start_not_from_the_hand_over() -> None:
     assert bridge.commands[-1] == ("stop", ["w#1"], "tcp://w1", ex.kill_grace)
     ex._on_event(("done", "w#1", runner.result(False, None, stopped=True)))
     assert events.finished[-1].status == "timeout"
+
+
+def test_recovery_kills_the_previous_runs_attempts_and_not_the_running_daemons() -> None:
+    """A restarted daemon may have sent attempts before its recovery reached the workers."""
+    old = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    new = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    runs = {"old#1": runner._Run("old#1", "state-a", "run-1", old.pid, -1, -1, -1),
+            "new#1": runner._Run("new#1", "state-a", "run-2", new.pid, -1, -1, -1),
+            "other#1": runner._Run("other#1", "state-b", "run-9", other.pid, -1, -1, -1)}
+    try:
+        with runner._lock:
+            runner._running.update(runs)
+        assert runner.stop_daemon("state-a", "run-2") == 1
+        assert old.wait(10) == -signal.SIGKILL
+        assert new.poll() is None and other.poll() is None
+    finally:
+        with runner._lock:
+            for aid in runs:
+                runner._running.pop(aid, None)
+        for proc in (old, new, other):
+            proc.kill()
+            proc.wait(10)

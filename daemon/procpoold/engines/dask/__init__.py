@@ -149,7 +149,7 @@ class DaskExecutor:
             return 0
         assert self._bridge is not None
         # Sent once the scheduler is reached; the number killed is logged when the workers answer.
-        self._bridge.command("stop_daemon", daemon_id)
+        self._bridge.command("stop_daemon", daemon_id, self._nonce)
         return len(attempts)
 
     def free_slots(self) -> int:
@@ -171,6 +171,7 @@ class DaskExecutor:
             "kwargs": spec.kwargs, "cmd": spec.cmd, "shell": spec.shell, "env": spec.env,
             "cwd": spec.cwd, "python_path": spec.python_path, "context": spec.context(),
             "user": spec.user.name if spec.user is not None else None, "daemon": self._daemon_id,
+            "run": self._nonce,
             "tags": {"PROCPOOL_JOB_ID": spec.job_id, "PROCPOOL_TASK_ID": spec.task_id,
                      "PROCPOOL_ATTEMPT": str(spec.attempt)},
         }

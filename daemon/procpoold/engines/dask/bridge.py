@@ -250,9 +250,9 @@ class Bridge:
             _, worker, aid, rid, ok, value = cmd
             self._spawn(
                 self._broadcast(runner.deliver, aid, rid, ok, value, workers=[worker]))
-        elif op == "stop_daemon":
-            _, daemon_id = cmd
-            self._spawn(self._recover(runner.stop_daemon, daemon_id))
+        elif op == "stop_daemon":  # the previous run's attempts (not this run's: see the runner)
+            _, daemon_id, keep = cmd
+            self._spawn(self._recover(runner.stop_daemon, daemon_id, keep))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -310,8 +310,8 @@ class Bridge:
             log.debug("running %s on Dask workers failed: %s", getattr(fn, "__name__", fn), exc)
             return None
 
-    async def _recover(self, fn: Callable[..., Any], daemon_id: str) -> None:
-        found = await self._broadcast(fn, daemon_id)
+    async def _recover(self, fn: Callable[..., Any], daemon_id: str, keep: str) -> None:
+        found = await self._broadcast(fn, daemon_id, keep)
         killed = sum(n for n in (found or {}).values() if isinstance(n, int))
         self._post([("recovered", killed)])
 
