@@ -102,6 +102,11 @@ class ProcctlGroup(click.Group):
                 raise
             code = _EXIT_BY_CODE.get(exc.code, EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED)
             fail(exc.message, exc.hint, code)
+        except BrokenPipeError:
+            # The reader went away (`procctl logs 1 | head`): what it wanted is written. Quietly,
+            # as other tools do, and without Python's second complaint when stdout is closed.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_OK)
         except (OSError, ValueError) as exc:
             if debug:
                 raise
