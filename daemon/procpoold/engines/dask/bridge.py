@@ -121,8 +121,7 @@ class Bridge:
                 continue
             pause = 0.2
             self._client = client
-            client.subscribe_topic(self.topic, self._on_topic)
-            client.subscribe_topic("all", self._on_cluster)
+            self._subscribe(client)
             await self._capacity()
             self._set_state("up", None)
             held, self._held = self._held, []
@@ -150,18 +149,39 @@ class Bridge:
             pass
 
     async def _watch(self, client: Any) -> None:
-        """Until the client has closed (or the daemon stops): report it down while it reconnects."""
+        """Until the client has closed (or the daemon stops): report it down while it reconnects,
+        and up again (subscribed again) once it has, also to another run of the scheduler."""
         assert self._stop is not None
+        seen = self._scheduler_id(client)
         while not self._stop.is_set():
             status = client.status
             if status in ("closing", "closed", "failed"):
                 return
-            if status == "running" and self._state != "up":
+            if status == "running" and (self._state != "up" or self._scheduler_id(client) != seen):
+                # Reconnected (the scheduler came back, perhaps between two looks): a new
+                # scheduler knows none of this client's subscriptions, and the cluster may have
+                # other workers now.
+                self._subscribe(client)
+                seen = self._scheduler_id(client)
                 await self._capacity()
                 self._set_state("up", None)
             elif status != "running" and self._state == "up":
                 self._set_state("down", f"reconnecting to the Dask scheduler at {self.address}")
             await self._sleep(WATCH_INTERVAL)
+
+    @staticmethod
+    def _scheduler_id(client: Any) -> str | None:
+        """The id of the scheduler the client is connected to (cached by the client: no call)."""
+        try:
+            return str(client.scheduler_info().get("id"))
+        except Exception:
+            return None
+
+    def _subscribe(self, client: Any) -> None:
+        """The daemon's topic (what attempts send home) and the cluster's (workers that come and
+        go), on this client's scheduler."""
+        client.subscribe_topic(self.topic, self._on_topic)
+        client.subscribe_topic("all", self._on_cluster)
 
     def _set_state(self, state: str, reason: str | None) -> None:
         if state == self._state and state == "up":
