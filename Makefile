@@ -12,8 +12,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv python3-dev gcc make pkg-config libsystemd-dev systemd-container
 STAMP := $(VENV)/.procpool-installed
+TEST_STAMP := $(VENV)/.procpool-test-installed
 
-.PHONY: all deps venv run test lint native-check unit integration e2e bench schema clean distclean install uninstall
+.PHONY: all deps venv test-venv run test lint native-check unit integration e2e bench schema clean distclean install uninstall
 
 all: venv
 
@@ -36,10 +37,18 @@ $(STAMP): pyproject.toml native/generated/_ring.c native/src/ring.c native/inclu
 
 venv: $(STAMP)
 
+# The checks and the test tiers also cover the Dask engine, whose client is an optional extra
+# (procpool[dask]); a daemon without it (make run, make install) does not need it.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,dask]'
+	@touch $@
+
+test-venv: $(TEST_STAMP)
+
 run: venv
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-lint: venv
+lint: test-venv
 	$(BIN)/ruff check ctl daemon tests bench native examples
 	$(BIN)/mypy
 
@@ -48,16 +57,16 @@ native-check: venv
 	$(MAKE) -C native check-tsan
 	$(MAKE) -C native check
 
-unit: venv
+unit: test-venv
 	$(BIN)/python -m pytest -m unit -q
 
-integration: venv
+integration: test-venv
 	$(BIN)/python -m pytest -m integration -q
 
-e2e: venv
+e2e: test-venv
 	$(BIN)/python -m pytest -m e2e -q
 
-test: lint native-check
+test: test-venv lint native-check
 	$(BIN)/python -m pytest -q
 
 # The peers (loky, Dask) are an optional extra, installed for the benchmark only. W1 with journald

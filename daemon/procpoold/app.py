@@ -10,16 +10,21 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from procpool.contract.version import __version__
 from procpoold import malloc, systemd
-from procpoold.config import LOG_LEVELS, ConfigError, load
+from procpoold.config import ENGINES, LOG_LEVELS, Config, ConfigError, load
 from procpoold.control.server import BindError
 from procpoold.journal import setup_logging
 from procpoold.logconfig import POLICIES, TARGETS
+
+if TYPE_CHECKING:
+    from procpoold.engines import Executor
+    from procpoold.engines.registry import Engines
+    from procpoold.journal import LogSink
 
 log = logging.getLogger("procpoold")
 
@@ -61,6 +66,17 @@ log = logging.getLogger("procpoold")
     type=click.Choice(POLICIES),
     help="When the log queue is full: block (pause the task's output) or drop [default block].",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    help="Where call and cmd tasks run unless they say: this daemon (local) or the Dask cluster "
+    "(dask, needs --dask-scheduler) [default local].",
+)
+@click.option(
+    "--dask-scheduler",
+    metavar="ADDRESS",
+    help="Address of a Dask scheduler (tcp://HOST:8786): tasks may then run on it (\"engine\": \"dask\").",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on fatal errors.")
 @click.version_option(__version__, prog_name="procpoold")
 def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
@@ -78,6 +94,8 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         "log_target": options["log_target"],
         "log_queue_size": options["log_queue_size"],
         "log_policy": options["log_policy"],
+        "engine": options["engine"],
+        "dask_scheduler": options["dask_scheduler"],
     }
     try:
         config = load(config_file, overrides)
@@ -91,19 +109,12 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         put_timeout=config.log_put_timeout,
     )
     inherited = systemd.listen_fds()
-    from procpoold.engines.commands import CommandExecutor
-    from procpoold.engines.registry import Engines
-    from procpoold.pool.pool import PoolExecutor
     from procpoold.supervisor import (
         Daemon,  # after logging: importing zmq is harmless, creating a context is not
     )
 
-    # The one place that names concrete engines: each is registered by its name, and a task runs on
-    # the first one that runs its kind unless it names another ("engine"); see docs/engines.md.
-    engines = Engines([
-        PoolExecutor(config.pool_settings(), sink=sink),  # "pool": call tasks
-        CommandExecutor(config.workers, config.kill_grace, sink=sink),  # "commands": cmd tasks
-    ])
+    engines = _engines(config, sink)
+    from procpoold.engines import EngineUnavailable
     from procpoold.store import StoreError, StoreFailure
 
     try:
@@ -114,7 +125,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
             reload_config=lambda: load(config_file, overrides),
             sink=sink,
         )
-    except StoreError as exc:
+    except (StoreError, EngineUnavailable) as exc:
         for engine in engines.all():
             engine.shutdown(0)
         sink.stop()  # the journal forwarder (started by Daemon) writes what it has and exits
@@ -143,6 +154,29 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         daemon.close()
     if daemon.store_failure is not None:
         _fatal(daemon.store_failure, hint, debug)
+
+
+def _engines(config: Config, sink: LogSink | None) -> Engines:
+    """The one place that names concrete engines: each is registered by its name, and a task runs
+    on the first one that runs its kind unless it (or its job) names another, or the config makes
+    the Dask engine the default (``engine = "dask"``); see docs/engines.md."""
+    from procpoold.engines.commands import CommandExecutor
+    from procpoold.engines.registry import Engines
+    from procpoold.pool.pool import PoolExecutor
+
+    engines: list[Executor] = [
+        PoolExecutor(config.pool_settings(), sink=sink),  # "pool": call tasks
+        CommandExecutor(config.workers, config.kill_grace, sink=sink),  # "commands": cmd tasks
+    ]
+    defaults: dict[str, str] = {}
+    if config.dask_scheduler is not None:
+        # imported only here: the optional 'distributed' package is needed with a Dask scheduler only
+        from procpoold.engines.dask import DaskExecutor
+
+        engines.append(DaskExecutor(config.dask_scheduler, kill_grace=config.kill_grace, sink=sink))
+        if config.engine == "dask":
+            defaults = {"call": "dask", "cmd": "dask"}
+    return Engines(engines, defaults=defaults)
 
 
 def _fatal(message: str, hint: str | None, debug: bool) -> None:

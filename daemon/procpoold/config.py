@@ -9,6 +9,7 @@ from __future__ import annotations
 import grp
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,12 @@ from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Where tasks run by default: on this daemon's own engines, or on a Dask cluster (docs/engines.md).
+ENGINES = ("local", "dask")
+#: The address schemes of a Dask scheduler the daemon accepts (those of distributed's comm layer
+#: that reach another process: no inproc://).
+DASK_SCHEMES = ("tcp", "tls", "ws", "wss")
+_ADDRESS = re.compile(r"(?P<scheme>[a-z]+)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
 
 
 class ConfigError(Exception):
@@ -110,6 +117,12 @@ class Config:
     max_waits_per_user: int = ServerLimits.max_waits_per_user
     #: Tasks in one page of a job's status (a client asks for the next page with ``tasks_from``).
     status_page_size: int = 1_000
+    #: The default engine of call and cmd tasks: "local" (this daemon's pool and commands engines)
+    #: or "dask" (the Dask cluster at ``dask_scheduler``). A job or task may name either.
+    engine: str = "local"
+    #: The Dask scheduler's address ("tcp://10.0.0.5:8786"); set, the daemon also runs the "dask"
+    #: engine (which needs the optional ``distributed`` package: ``pip install 'procpool[dask]'``).
+    dask_scheduler: str | None = None
 
     def limits(self) -> Limits:
         """The size limits of jobs and requests from this config (0 resolved to max_message_size).
@@ -170,6 +183,7 @@ class Config:
         if self.drain_timeout < 0 or self.kill_grace < 0:
             raise ConfigError("drain_timeout and kill_grace must not be negative")
         self._validate_numbers()
+        self._validate_engine()
         for name in ("group", "admin_group"):
             value = getattr(self, name)
             if value is None:
@@ -182,6 +196,18 @@ class Config:
             raise ConfigError(f"socket path is longer than 107 bytes (a Unix socket limit): {self.socket}")
         return self
 
+    def _validate_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f'engine must be "local" or "dask", got {self.engine!r}')
+        if self.dask_scheduler is not None:
+            problem = dask_address_problem(self.dask_scheduler)
+            if problem is not None:
+                raise ConfigError(f"dask_scheduler {problem}")
+        elif self.engine == "dask":
+            raise ConfigError(
+                'engine = "dask" needs dask_scheduler, the address of the Dask scheduler '
+                '(such as "tcp://10.0.0.5:8786")'
+            )
 
     def _validate_numbers(self) -> None:
         """Every number finite and in its range (TOML allows inf and nan)."""
@@ -256,7 +282,24 @@ _CONVERT: dict[str, Any] = {
     "max_pending_waits": int,
     "max_waits_per_user": int,
     "status_page_size": int,
+    "engine": str,
+    "dask_scheduler": str,
 }
+
+
+def dask_address_problem(address: str) -> str | None:
+    """Why ``address`` is not a Dask scheduler's address (``scheme://host:port``, the scheme one of
+    :data:`DASK_SCHEMES`), as "must be ..."; None when it is one."""
+    shown = repr(address) if len(address) <= 200 else repr(address[:200]) + "..."
+    match = _ADDRESS.fullmatch(address)
+    if match is None:
+        return f'must be an address such as "tcp://10.0.0.5:8786" (scheme://host:port), got {shown}'
+    if match["scheme"] not in DASK_SCHEMES:
+        schemes = ", ".join(DASK_SCHEMES)
+        return f"must use one of the schemes {schemes}, got {match['scheme']!r} in {shown}"
+    if not 0 < int(match["port"]) < 65536:
+        return f"must have a port from 1 to 65535, got {match['port']} in {shown}"
+    return None
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:

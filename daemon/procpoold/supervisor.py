@@ -266,7 +266,8 @@ class Daemon:
             return
         fixed = [
             name
-            for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync", *_SERVER)
+            for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync", *_SERVER,
+                         "engine", "dask_scheduler")
             if getattr(new, name) != getattr(self.config, name)
         ]
         if fixed:

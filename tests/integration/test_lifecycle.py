@@ -186,3 +186,18 @@ def test_sighup_reloads_the_config_and_resizes_the_pool(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, d.log()
             time.sleep(0.02)
         assert client.status()["workers"]["configured"] == 3
+
+
+def test_a_reader_that_goes_away_is_not_an_error(daemon: DaemonProcess) -> None:
+    """`procctl status | head -1`: procctl stops writing when the pipe closes, quietly, exit 0."""
+    with daemon.client() as client:
+        client.submit({"name": "j", "root": {"cmd": ["true"]}})
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before procctl writes: its first write fails with EPIPE
+    try:
+        cmd = [sys.executable, "-m", "procpool.cli", "--socket", str(daemon.socket), "status"]
+        proc = subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

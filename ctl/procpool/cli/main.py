@@ -102,6 +102,11 @@ class ProcctlGroup(click.Group):
                 raise
             code = _EXIT_BY_CODE.get(exc.code, EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED)
             fail(exc.message, exc.hint, code)
+        except BrokenPipeError:
+            # The reader went away (`procctl logs 1 | head`): what it wanted is written. Quietly,
+            # as other tools do, and without Python's second complaint when stdout is closed.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_OK)
         except (OSError, ValueError) as exc:
             if debug:
                 raise
@@ -226,6 +231,26 @@ def shutdown(settings: Settings) -> None:
     with settings.client() as client:
         client.shutdown()
     emit(settings, {"stopping": True}, f"procpoold on {settings.socket} is stopping")
+
+
+@cli.command()
+@pass_settings
+def health(settings: Settings) -> None:
+    """Print healthy, degraded or unhealthy with the reasons; exit 0, 1 or 2.
+
+    Unhealthy when an engine is down (say, the Dask scheduler cannot be reached) or the log target
+    has stalled; degraded when log records were dropped. For monitors: 3 means the daemon did not
+    answer.
+    """
+    from procpool.cli.render import HEALTH_VERDICTS
+    from procpool.cli.render import health as verdict
+
+    with settings.client() as client:
+        data = client.status(limit=0)
+    level, reasons = verdict(data)
+    emit(settings, {"health": HEALTH_VERDICTS[level], "reasons": reasons},
+         "\n".join([HEALTH_VERDICTS[level], *(f"  {r}" for r in reasons)]))
+    sys.exit(level)
 
 
 from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -14,9 +15,26 @@ def _mib(value: Any) -> str:
     return f"{value / 1048576:.1f}M" if isinstance(value, (int, float)) else "-"
 
 
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def remote_table(workers: list[dict[str, Any]]) -> str:
+    """Workers of a remote engine (a Dask cluster's), which have no slot of this daemon's pool."""
+    rows = [("ENGINE", "WORKER", "HOST", "THREADS", "STATE", "ATTEMPTS")]
+    for w in workers:
+        rows.append((str(w.get("engine", "-")), str(w.get("worker", "-")), str(w.get("host") or "-"),
+                     str(w.get("threads", "-")), str(w.get("state", "-")), str(w.get("busy", 0))))
+    return _table(rows)
+
+
 def pool_table(data: dict[str, Any]) -> str:
     rows = [("SLOT", "PID", "USER", "STATE", "TASK", "DONE", "RSS", "USS", "AGE")]
+    remote = [w for w in data["workers"] if "slot" not in w]
     for w in data["workers"]:
+        if "slot" not in w:
+            continue
         tasks = ", ".join(a["task_name"] for a in w.get("attempts", [])) or "-"
         rows.append(
             (
@@ -32,12 +50,17 @@ def pool_table(data: dict[str, Any]) -> str:
                 duration(w.get("age")),
             )
         )
-    if len(rows) == 1:
+    if len(rows) == 1 and not remote:
         return "no workers"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-    summary = pool_summary(data.get("info") or {})
-    return f"{table}\n\n{summary}" if summary else table
+    parts = []
+    if len(rows) > 1:
+        parts.append(_table(rows))
+        summary = pool_summary(data.get("info") or {})
+        if summary:
+            parts.append(summary)
+    if remote:
+        parts.append(remote_table(remote))
+    return "\n\n".join(parts)
 
 
 def pool_summary(info: dict[str, Any]) -> str:

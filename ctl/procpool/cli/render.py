@@ -75,6 +75,31 @@ def summary(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: ``procctl health``'s verdicts, by exit status
+HEALTH_VERDICTS = ("healthy", "degraded", "unhealthy")
+
+
+def health(data: dict[str, Any]) -> tuple[int, list[str]]:
+    """The daemon's health from its summary (``status`` without a job): the index of the verdict in
+    :data:`HEALTH_VERDICTS` (its exit status) and the reasons, one sentence each.
+
+    Unhealthy: an engine is down (its tasks wait), or the log target has stalled. Degraded: log
+    records were dropped."""
+    level, reasons = 0, []
+    for name, engine in sorted(((data.get("workers") or {}).get("engines") or {}).items()):
+        if not engine.get("up", True):
+            level = 2
+            reasons.append(f"the engine {name} is down: {engine.get('reason') or 'no reason given'}")
+    logging = data.get("logging") or {}
+    if logging.get("stalled"):
+        level = 2
+        reasons.append(f"the log target has accepted no record for {logging.get('stalled_for') or 0:.1f} s")
+    if logging.get("dropped"):
+        level = max(level, 1)
+        reasons.append(f"{logging['dropped']} log record(s) dropped")
+    return level, reasons
+
+
 MARKS = {
     PENDING: "·",
     READY: "○",
@@ -109,11 +134,15 @@ def user(job: dict[str, Any]) -> str:
     return f"{name} ({uid})" if name and name != str(uid) else str(uid)
 
 
-def task_line(t: dict[str, Any], now: float) -> str:
+def task_line(t: dict[str, Any], now: float, engine: bool = False) -> str:
+    """One task: its mark, name, state, attempts, time and what went wrong; with ``engine`` the
+    engine it runs on (``on dask``), for a job whose tasks do not all run on the local engines."""
     end = t.get("finished_at") or (now if t.get("started_at") else None)
     took = duration(end - t["started_at"]) if end and t.get("started_at") else "-"
     attempts = t.get("attempts", 0)
     parts = [f"{MARKS.get(t['state'], '?')} {t['name']}", t["state"]]
+    if engine:
+        parts.append(f"on {t.get('engine') or '?'}")
     if attempts:
         parts.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
     parts.append(took)
@@ -135,12 +164,13 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     groups = status["groups"]
     tasks = status["tasks"]
     lines = _job_head(job, now)
+    engine = job.get("all_local") is False  # (a daemon from before engines had names: no field)
 
     def walk(node: list[Any], prefix: str, last: bool, top: bool) -> None:
         kind, index = node
         branch = "" if top else ("└─ " if last else "├─ ")
         if kind == "task":
-            lines.append(prefix + branch + task_line(tasks[index], now))
+            lines.append(prefix + branch + task_line(tasks[index], now, engine))
             return
         g = groups[index]
         lines.append(f"{prefix}{branch}{g['kind']} {g['name']}")
@@ -192,6 +222,8 @@ def _job_head(job: dict[str, Any], now: float) -> list[str]:
     lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
     if job.get("reason"):
         lines.append(f"  reason: {job['reason']}")
+    if job.get("all_local") is False:  # some task runs elsewhere than on this daemon's own engines
+        lines.append("  engines: " + ", ".join(job.get("engines") or ()))
     return lines
 
 
@@ -201,11 +233,11 @@ def counts_line(counts: dict[str, int], total: int) -> str:
     return f"{total} task{'s' if total != 1 else ''}: " + (", ".join(parts) or "none")
 
 
-def row_line(row: TaskRow, now: float) -> str:
+def row_line(row: TaskRow, now: float, engine: bool = False) -> str:
     """One task of a columnar status, as :func:`task_line` shows a task."""
     data = asdict(row)
     data["name"] = row.name if row.name is not None else f"#{row.index}"
-    return task_line(data, now)
+    return task_line(data, now, engine)
 
 
 def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint: str = "") -> str:
@@ -224,7 +256,8 @@ def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint:
                 shown.append(status.task(i))
             else:
                 more += 1
-    lines.extend("  " + row_line(row, now) for row in shown)
+    engine = job.get("all_local") is False
+    lines.extend("  " + row_line(row, now, engine) for row in shown)
     if more:
         lines.append(f"  … and {more} more failed or running task{'s' if more != 1 else ''}" + hint)
     ns = job.get("namespace")

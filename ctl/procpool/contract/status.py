@@ -14,10 +14,11 @@ A job's status comes in one of two *views* (the ``view`` argument of ``status``,
     the tasks of a page as columns: one state code per task (its index in
     :data:`~procpool.contract.states.TASK_STATES`), the attempt counts as little-endian uint32,
     start and end times as little-endian float64 (NaN: none), and *sparse* columns (result,
-    error, exit_code, progress, reason, retry_at, tail, name) holding only the tasks where the
-    value is set, each as ``[indices as little-endian uint32, values]``: about 21 bytes per task
-    plus what is set. ``name`` is sent for every task that is not pending, ready or completed
-    (or reports progress), so a summary of the tasks worth showing needs nothing more. The
+    error, exit_code, progress, reason, retry_at, tail, name, engine) holding only the tasks where
+    the value is set, each as ``[indices as little-endian uint32, values]``: about 21 bytes per
+    task plus what is set. ``name`` is sent for every task that is not pending, ready or
+    completed (or reports progress), so a summary of the tasks worth showing needs nothing more;
+    so is ``engine`` (the engine it runs on) for a job whose ``all_local`` is false. The
     ``groups`` (first page only) give each group's ``children`` as ``[kind, first index,
     count]`` runs of consecutive indices. :class:`JobStatus` decodes it without a map per
     task; :meth:`JobStatus.task` gives one task's row on demand.
@@ -64,7 +65,9 @@ RESETS = ("new", "unknown", "old", "many")
 CURSOR_MAX_CHARS = 40
 _CURSOR = re.compile(r"([0-9]{1,16})\.([0-9]{1,20})")
 #: The sparse columns of a columnar status, in the order they are sent.
-SPARSE: tuple[str, ...] = ("name", "result", "error", "exit_code", "progress", "reason", "retry_at", "tail")
+SPARSE: tuple[str, ...] = (
+    "name", "result", "error", "exit_code", "progress", "reason", "retry_at", "tail", "engine"
+)
 #: Bytes per task of the dense columns: state (1), attempts (4), started_at (8), finished_at (8).
 DENSE_BYTES_PER_TASK = 21
 
@@ -137,6 +140,10 @@ class JobDetail(JobSummary):
     on_interrupt: str
     after: list[str]
     root: list[Any]
+    #: the engines that run the job's tasks, by name (sorted), and whether each of its tasks runs on
+    #: the daemon's local engine of its kind ("pool" for call tasks, "commands" for cmd tasks)
+    engines: NotRequired[list[str]]
+    all_local: NotRequired[bool]
 
 
 class GroupStatus(TypedDict):
@@ -164,6 +171,9 @@ class TaskStatus(TypedDict):
     name: str
     path: str
     kind: str
+    #: the engine that runs the task ("pool", "commands", "dask"); None when the daemon cannot
+    #: tell (a finished job read back by a daemon that no longer has the engine of its kind)
+    engine: NotRequired[str | None]
     state: TaskState
     attempts: int
     attempt_history: list[AttemptInfo]
@@ -373,6 +383,8 @@ class TaskRow:
     reason: str | None = None
     retry_at: float | None = None
     tail: list[str] = field(default_factory=list)
+    #: the engine it runs on: sent with its name for a job not all on the local engines (else None)
+    engine: str | None = None
 
 
 @dataclass(slots=True)
@@ -531,6 +543,7 @@ class JobStatus:
             reason=sparse.get("reason", {}).get(index),
             retry_at=sparse.get("retry_at", {}).get(index),
             tail=list(sparse.get("tail", {}).get(index) or ()),
+            engine=sparse.get("engine", {}).get(index),
         )
 
 

@@ -48,6 +48,10 @@ USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}\$?$")
 RETRY_DELAY_CAP = 300.0
 MAX_NODES = DEFAULT_LIMITS.max_nodes
 MAX_DEPTH = DEFAULT_LIMITS.max_depth
+#: The engine name that means "this daemon's own engine for the task's kind" (the first the daemon
+#: registered that runs it: its pool for call tasks, its commands engine for cmd tasks), whatever
+#: engine the daemon runs such tasks on by default.
+LOCAL_ENGINE = "local"
 
 
 class TreeError(ProcpoolError):
@@ -84,8 +88,9 @@ TASK_FIELDS: dict[str, FieldSpec] = {
     "cwd": FieldSpec("string", "Working directory of the task.", True),
     "tags": FieldSpec("names", "Free-form labels shown by status.", True),
     "engine": FieldSpec(
-        "name", 'The engine that runs the task (default: the daemon\'s engine for its kind, "pool" for '
-        'call tasks and "commands" for cmd tasks).'
+        "name", 'The engine that runs the task: "local" (the daemon\'s own engine for its kind, "pool" '
+        'for call tasks and "commands" for cmd tasks), or another engine of the daemon such as "dask" '
+        "(default: the job's engine, else the daemon's default for its kind)."
     ),
 }
 GROUP_KEYS = ("sequential", "concurrent")
@@ -115,6 +120,10 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     "retries": TASK_FIELDS["retries"],
     "retry_delay": TASK_FIELDS["retry_delay"],
     "tags": TASK_FIELDS["tags"],
+    "engine": FieldSpec(
+        "name", 'The engine of the tasks that name none: "local" or another engine of the daemon, '
+        'such as "dask" (default: the daemon\'s default for each kind).'
+    ),
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -180,6 +189,8 @@ class JobSpec:
     tags: list[str] = field(default_factory=list)
     #: the user named by the job ("user"); checked and resolved by the daemon at submission
     user: str | None = None
+    #: the engine named by the job ("engine"): every task that names none has it as its ``engine``
+    engine: str | None = None
     #: the ordering, set by parse_job (compiled once, used by the daemon and by validate)
     plan: Plan | None = None
 
@@ -365,8 +376,10 @@ def _no_nul(value: str, path: str) -> None:
 
 
 class _Parser:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, engine: str | None = None) -> None:
         self.limits = limits
+        #: the job's engine: the engine of every task that names none
+        self.engine = engine
         self.tasks: list[TaskSpec] = []
         self.groups: list[GroupSpec] = []
         self.names: dict[str, str] = {}  # name -> path, for uniqueness
@@ -478,7 +491,8 @@ class _Parser:
                     if shared is None:
                         shared = self._resolved(inner)
                     task_index = self._add_task(
-                        task_name, f"{cpath}[{i}]", "call", call, [], {}, None, False, [], shared, index, None
+                        task_name, f"{cpath}[{i}]", "call", call, [], {}, None, False, [], shared, index,
+                        self.engine,
                     )
                     children.append(("task", task_index))
                     continue
@@ -575,7 +589,7 @@ class _Parser:
             list(depends_on) if depends_on else [],
             inherited,
             parent,
-            get("engine"),
+            get("engine", self.engine),
         )
         return ("task", index)
 
@@ -731,7 +745,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
             values[key] = _check_value(spec.kind, value, key)
             if key in _LIMITED:
                 _check_limits(limits, key, values[key], "")
-    parser = _Parser(limits)
+    parser = _Parser(limits, values.get("engine"))
     defaults = {k: values[k] for k in INHERITABLE if k in values}
     root = parser.node(raw["root"], "root", defaults, None, "root", 0)
     job = JobSpec(
@@ -752,6 +766,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         key=values.get("key"),
         tags=list(values.get("tags", [])),
         user=values.get("user"),
+        engine=values.get("engine"),
     )
     job.plan = compile_job(job)
     return job

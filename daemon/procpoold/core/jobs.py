@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
 from procpoold.core.changes import ChangeLog
@@ -202,6 +202,16 @@ def scoped_key(uid: int | None, key: str | None) -> str | None:
     return f"{'' if uid is None else uid}:{key}"
 
 
+class EngineNames(Protocol):
+    """What a job's status needs of the daemon's engines (``procpoold.engines.registry.Engines``):
+    the engine a task runs on, and the local engine of each kind."""
+
+    #: task kind -> the name of this daemon's local engine of that kind ("local" names it)
+    local: dict[str, str]
+
+    def route_name(self, kind: str, engine: str | None = None) -> str: ...
+
+
 @dataclass(slots=True)
 class FinishedJob:
     """What the scheduler keeps in memory of a finished job (the rest is read from the store):
@@ -272,6 +282,11 @@ class Job:
         self.by_name = {t.name: t.index for t in spec.tasks}
         #: what changed, for status polls (core.changes.track starts it; None: nobody asked)
         self.changes: ChangeLog | None = None
+        #: the daemon's engines, for the status (set by the scheduler; None: a status shows no engine)
+        self.engines: EngineNames | None = None
+        #: (task kind, engine named) -> the engine's name, and whether every task runs on the local
+        #: engine of its kind: made by core.status on first use (a job's routes do not change)
+        self.engine_routes: tuple[dict[tuple[str, str | None], str | None], bool] | None = None
         # blockers and their reverse, from the plan (see the module docstring)
         # (a group's chain is computed once and shared by its tasks, which only read it)
         chains: dict[int | None, list[int]] = {None: []}

@@ -82,10 +82,38 @@ def summary(job: Job) -> JobSummary:
     }
 
 
+def engine_routes(job: Job) -> tuple[dict[tuple[str, str | None], str | None], bool]:
+    """The engine of each (task kind, engine named) of the job's tasks, and whether every task runs
+    on the local engine of its kind. One pass over the tasks on the first call, then kept (the
+    routes of a job do not change). Without the daemon's engines (``job.engines``), or for a route
+    that no longer exists (a finished job read back after a restart with other engines), the
+    engine the task named (None: none)."""
+    found = job.engine_routes
+    if found is None:
+        names = job.engines
+        routes: dict[tuple[str, str | None], str | None] = {}
+        all_local = True
+        for pair in {(t.kind, t.engine) for t in job.spec.tasks}:
+            name = pair[1]
+            if names is not None:
+                try:
+                    name = names.route_name(*pair)
+                except ValueError:  # RouteError
+                    pass
+                all_local = all_local and names.local.get(pair[0]) == name
+            routes[pair] = name
+        found = job.engine_routes = (routes, all_local)
+    return found
+
+
 def detail(job: Job) -> JobDetail:
-    """The head of a job's status: its summary and the job-wide fields (no task is read)."""
+    """The head of a job's status: its summary and the job-wide fields (no task is read, but once
+    for the job's engines: see :func:`engine_routes`)."""
+    routes, all_local = engine_routes(job)
     return {
         **summary(job),
+        "engines": sorted({name for name in routes.values() if name is not None}),
+        "all_local": all_local,
         "namespace": job.namespace,
         "runs": job.runs,
         "on_failure": job.spec.on_failure,
@@ -145,13 +173,15 @@ def _runs(children: list[tuple[str, int]]) -> list[list[Any]]:
 # -- the full view (format 1) --------------------------------------------------------------------
 
 
-def task_status(t: TaskRun) -> TaskStatus:
-    """One task in the full view."""
+def task_status(t: TaskRun, routes: dict[tuple[str, str | None], str | None]) -> TaskStatus:
+    """One task in the full view; ``routes``: the first of :func:`engine_routes`."""
+    spec = t.spec
     return {
         "id": t.id,
-        "name": t.spec.name,
-        "path": t.spec.path,
-        "kind": t.spec.kind,
+        "name": spec.name,
+        "path": spec.path,
+        "kind": spec.kind,
+        "engine": routes[(spec.kind, spec.engine)],
         "state": t.state,
         "attempts": len(t.attempts),
         "attempt_history": [a.to_wire() for a in t.attempts],  # type: ignore[misc]
@@ -176,7 +206,7 @@ def full(job: Job, tasks: list[TaskStatus] | None = None, with_groups: bool = Tr
         "format": FORMAT_FULL,
         "job": detail(job),
         "groups": groups(job) if with_groups else [],
-        "tasks": [task_status(t) for t in job.tasks] if tasks is None else tasks,
+        "tasks": [task_status(t, engine_routes(job)[0]) for t in job.tasks] if tasks is None else tasks,
     }
 
 
@@ -191,8 +221,9 @@ def full_page(job: Job, first: int, limit: int, max_bytes: int = PAGE_BYTES) -> 
     end = min(total, first + max(1, limit))
     tasks = []
     budget = max_bytes
+    routes = engine_routes(job)[0]
     for t in job.tasks[first:end]:
-        tasks.append(task_status(t))
+        tasks.append(task_status(t, routes))
         budget -= _approx_size(t.result) + _approx_size(t.error) + _approx_size(t.progress) + 300
         if budget <= 0:
             break
@@ -220,11 +251,15 @@ def _column(tasks: Sequence[TaskRun], name: str) -> list[Any]:
 
 
 def _sparse(
-    tasks: Sequence[TaskRun], indices: Sequence[int], max_bytes: int
+    tasks: Sequence[TaskRun],
+    indices: Sequence[int],
+    max_bytes: int,
+    routes: dict[tuple[str, str | None], str | None] | None = None,
 ) -> tuple[int, dict[str, tuple[list[int], list[Any]]]]:
     """The sparse columns of ``tasks`` (``indices[k]`` is the index of ``tasks[k]``): how many
     tasks they cover (fewer than all when about ``max_bytes`` of values were reached) and
-    ``{column: (indices, values)}``."""
+    ``{column: (indices, values)}``. With ``routes`` (a job not all on the local engines: see
+    :func:`engine_routes`) each task that gets a name gets its engine too."""
     out: dict[str, tuple[list[int], list[Any]]] = {key: ([], []) for key in SPARSE}
     quiet = _QUIET
     # One comprehension finds the tasks with anything to send (most of a big job has nothing).
@@ -239,6 +274,7 @@ def _sparse(
         or t.retry_at is not None
     ]
     name_i, name_v = out["name"]
+    engine_i, engine_v = out["engine"]
     budget = max_bytes
     unsuccessful = UNSUCCESSFUL
     for k in noted:
@@ -250,6 +286,9 @@ def _sparse(
             name_i.append(i)
             name_v.append(name)
             budget -= 5 + len(name)
+            if routes is not None:
+                engine_i.append(i)
+                engine_v.append(routes[(t.spec.kind, t.spec.engine)])
         for key, value in (
             ("result", t.result),
             ("error", t.error),
@@ -280,7 +319,8 @@ def columns_page(
     first = max(0, min(first, total))
     end = min(total, first + max(1, min(limit, COLUMN_PAGE_TASKS)))
     tasks = job.tasks[first:end]
-    covered, sparse = _sparse(tasks, range(first, end), max_bytes)
+    routes, all_local = engine_routes(job)
+    covered, sparse = _sparse(tasks, range(first, end), max_bytes, None if all_local else routes)
     if covered < len(tasks):
         tasks = tasks[:covered]
     end = first + len(tasks)
@@ -333,7 +373,8 @@ def changes_page(
         return out
     assert cursor is not None
     rows = [job.tasks[i] for i in changed]
-    covered, sparse = _sparse(rows, changed, max_bytes)
+    routes, all_local = engine_routes(job)
+    covered, sparse = _sparse(rows, changed, max_bytes, None if all_local else routes)
     more = covered < len(rows)
     # Cut short: the next poll starts at the first change of the first task left out (every
     # change before it is of a task sent, whose row is as it stands now).
@@ -408,7 +449,7 @@ def task_reply(job: Job, index: int) -> TaskReply:
         "id": t.id,
         "finished": t.state in FINAL_TASK_STATES,
         "state": t.state,
-        "task": task_status(t),
+        "task": task_status(t, engine_routes(job)[0]),
         "job": summary(job),
     }
 

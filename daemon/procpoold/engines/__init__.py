@@ -163,6 +163,15 @@ class LeftAttempt(NamedTuple):
     worker: str | None
 
 
+class EngineUnavailable(Exception):
+    """An engine cannot work in this installation (a package it needs is missing); raised by
+    :meth:`Executor.prefork` and shown as one line with :attr:`hint` (the daemon does not start)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 class Executor(Protocol):
     """Runs attempts. The scheduler calls these; see the module docstring for threading."""
 
@@ -175,7 +184,8 @@ class Executor(Protocol):
     outlives_daemon: bool
 
     def prefork(self) -> None:
-        """Called before the daemon creates any thread or ZeroMQ context (e.g. start a zygote)."""
+        """Called before the daemon creates any thread or ZeroMQ context (e.g. start a zygote);
+        raises :class:`EngineUnavailable` if the engine cannot work here."""
 
     def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
         """Register fds/timers with the loop; from now on events may be reported."""

@@ -20,21 +20,22 @@ runner signals the session's process group).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import inspect
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
-import traceback
 from typing import Any
 
 from procpool import task as task_api
-from procpool.contract.errors import ProcpoolError
 from procpoold.remote import frames
+
+# asyncio, inspect, subprocess and traceback are imported where they are needed: a fresh process
+# runs each attempt, and they would double its start-up time (docs/engines.md, Dask).
+
+#: ``co_flags`` bit of a coroutine function (inspect.CO_COROUTINE)
+CO_COROUTINE = 0x80
 
 #: The fd frames go to (the runner names it in PROCPOOL_FRAMES_FD; not inherited by the task's children).
 OUT_FD = 3
@@ -50,6 +51,8 @@ def _type_name(exc: BaseException) -> str:
 
 
 def error_map(exc: BaseException) -> dict[str, str]:
+    import traceback
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"type": _type_name(exc), "message": str(exc), "traceback": text}
 
@@ -95,6 +98,8 @@ class _Link:
             reply = self.replies.pop(rid)
         if reply[2]:
             return reply[3]
+        from procpool.contract.errors import ProcpoolError
+
         raise ProcpoolError.from_wire(reply[3])
 
 
@@ -168,7 +173,9 @@ def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:
     signal.signal(signal.SIGTERM, on_term)
     try:
         fn = _resolve(payload["call"], payload.get("python_path") or [])
-        if inspect.iscoroutinefunction(fn):
+        if _is_async(fn):
+            import asyncio
+
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             task = loop.create_task(fn(*args, **kwargs))
@@ -193,7 +200,18 @@ def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:
     return ["done", True, result]
 
 
+def _is_async(fn: Any) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None and type(fn).__name__ == "function":
+        return bool(code.co_flags & CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
 def _run_cmd(payload: dict[str, Any]) -> list[Any]:
+    import subprocess
+
     cmd = payload["cmd"]
     shell = bool(payload.get("shell"))
     # The session's group gets the runner's signals; the harness waits for its child whatever

@@ -21,6 +21,7 @@ started leaves a mark, so that the attempt, if Dask still starts it, ends at onc
 
 from __future__ import annotations
 
+import array
 import collections
 import os
 import pwd
@@ -35,44 +36,144 @@ from typing import Any
 
 from procpoold.remote import frames
 
-#: Lines of output and log records sent home in one event at most, and how long one waits.
+#: Lines of output and log records sent home in one event at most (and bytes of their text), and
+#: how long one waits. The Dask scheduler keeps the last events of each topic (1,000 by default,
+#: ``distributed.admin.low-level-log-length``), so an event stays small.
 BATCH_LINES = 500
+BATCH_BYTES = 32 * 1024
 BATCH_DELAY = 0.05
+#: A result up to this size goes home as an event; a larger one as the Dask task's result (which
+#: costs the daemon's client a fetch from the worker).
+EVENT_RESULT = 32 * 1024
 #: Longest line passed on (longer ones are cut, as in the pool).
 MAX_LINE = 16 * 1024
+#: Seconds to wait for the harness's exit once its frame pipe has closed, and to drain the output
+#: its session left in the pipes after that.
+EXIT_WAIT = 10.0
+DRAIN = 1.0
 #: Attempts remembered as stopped before they started (per worker process).
 MAX_MARKS = 10_000
 
 
 class _Run:
-    """One attempt running on this worker."""
+    """One attempt running on this worker: its process (a child of the fork server) and our ends
+    of its pipes."""
 
-    def __init__(self, aid: str, daemon: str, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, aid: str, daemon: str, run: str, pid: int, stdin: int, stdout: int,
+                 stderr: int) -> None:
         self.aid = aid
-        self.daemon = daemon
-        self.proc = proc
+        self.daemon = daemon  # the state it belongs to (the daemon's id)
+        self.run = run  # the daemon process that sent it (a restarted daemon has another)
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
         self.lock = threading.Lock()
         self.stopped = False
         self.killer: threading.Timer | None = None
 
     def signal(self, signum: int) -> None:
         try:
-            os.killpg(self.proc.pid, signum)
+            os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
 
     def reply(self, frame: Any) -> None:
-        stdin = self.proc.stdin
-        if stdin is None:
-            return
         with self.lock:
+            if self.stdin < 0:
+                return
             try:
-                frames.write_frame(stdin.fileno(), frame)
-            except (OSError, ValueError):
+                frames.write_frame(self.stdin, frame)
+            except OSError:
                 pass  # the attempt has ended: nobody waits for the answer
+
+    def close_stdin(self) -> None:
+        with self.lock:
+            if self.stdin >= 0:
+                os.close(self.stdin)
+                self.stdin = -1
+
+
+class _ForkServer:
+    """The fork server of this worker process (:mod:`procpoold.remote.forkserver`), started on
+    first use and again if it has died; one request at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.sock: socket.socket | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.replies: collections.deque[dict[str, Any]] = collections.deque()
+        self.exits: dict[int, int] = {}
+        self.alive = False
+
+    def _start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {**os.environ, "PROCPOOL_FORKSERVER_FD": str(child.fileno())}
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "procpoold.remote.forkserver"],
+                                         stdin=subprocess.DEVNULL, pass_fds=(child.fileno(),), env=env)
+        finally:
+            child.close()
+        self.sock = parent
+        with self.cond:
+            self.replies.clear()
+            self.alive = True
+        threading.Thread(target=self._read, args=(parent, self.proc), name="procpool-forkserver",
+                         daemon=True).start()
+
+    def _read(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            while True:
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                msg = frames.unpack(data)
+                with self.cond:
+                    if msg.get("t") == "exit":
+                        self.exits[int(msg["pid"])] = int(msg["code"])
+                    else:
+                        self.replies.append(msg)
+                    self.cond.notify_all()
+        except (OSError, ValueError):
+            pass
+        finally:
+            sock.close()
+            proc.wait()
+            with self.cond:
+                if self.sock is sock:
+                    self.alive = False
+                    self.sock = None
+                self.cond.notify_all()
+
+    def spawn(self, env: dict[str, str], cwd: str | None, user: list[Any] | None,
+              fds: list[int]) -> int:
+        """Fork a child for an attempt (see the forkserver's protocol); its pid."""
+        with self.lock:
+            if self.sock is None or not self.alive:
+                self._start()
+            assert self.sock is not None
+            data = frames.pack({"env": env, "cwd": cwd, "user": user})[4:]
+            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            with self.cond:
+                if not self.cond.wait_for(lambda: self.replies or not self.alive, timeout=60.0) \
+                        or not self.replies:
+                    raise OSError("the attempt's fork server did not answer")
+                reply = self.replies.popleft()
+        pid = int(reply.get("pid", -1))
+        if pid <= 0:
+            raise OSError(f"the fork server could not start the attempt: {reply.get('error')}")
+        return pid
+
+    def wait(self, pid: int, timeout: float | None = None) -> int | None:
+        """How ``pid`` ended; None if the fork server died before it said."""
+        with self.cond:
+            self.cond.wait_for(lambda: pid in self.exits or not self.alive, timeout=timeout)
+            return self.exits.pop(pid, None)
 
 
 _lock = threading.Lock()
+_server = _ForkServer()
 _running: dict[str, _Run] = {}
 _marks: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -86,20 +187,20 @@ def _failure(kind: str, message: str) -> bytes:
     return result(False, {"type": kind, "message": message, "traceback": ""})
 
 
-def _identity(user: str | None) -> tuple[dict[str, Any], dict[str, str]] | str:
-    """Popen keywords and env for running as ``user``, or why this worker cannot."""
+def _identity(user: str | None) -> tuple[list[Any] | None, dict[str, str]] | str:
+    """The ``[uid, gid, groups]`` to switch to (None: stay) and env for running as ``user``, or why
+    this worker cannot."""
     if user is None:
-        return {}, {}
+        return None, {}
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
         return f"the user {user!r} does not exist on host {socket.gethostname()}"
     env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
     if os.geteuid() == 0:
-        groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
-        return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}, env
+        return [pw.pw_uid, pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)], env
     if os.geteuid() == pw.pw_uid:
-        return {}, env
+        return None, env
     return (f"this Dask worker runs as uid {os.geteuid()}, not as root nor as {user!r}, "
             f"so it cannot run {user!r}'s task")
 
@@ -119,50 +220,63 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
     who = _identity(payload.get("user"))
     if isinstance(who, str):
         return _failure("RunAsUnavailable", who)
-    popen_kw, user_env = who
-    r_frames, w_frames = os.pipe()
+    switch, user_env = who
     env = dict(os.environ)
     env.update(user_env)
     env.update(payload.get("env") or {})
     env.update(payload.get("tags") or {})
-    env["PROCPOOL_FRAMES_FD"] = str(w_frames)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]  # stdin, stdout, stderr, frames
+    theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+    ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
     with _lock:
-        if aid in _marks:
-            os.close(r_frames)
-            os.close(w_frames)
-            return result(False, None, stopped=True)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "procpoold.remote.harness"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(w_frames,), cwd=payload.get("cwd") or None, env=env,
-                start_new_session=True, **popen_kw,
-            )
-        except OSError as exc:
-            os.close(r_frames)
-            os.close(w_frames)
-            where = f" (cwd {payload.get('cwd')!r})" if payload.get("cwd") else ""
-            return _failure("StartFailed", f"cannot start the attempt on host {host}{where}: {exc}")
-        run = _running[aid] = _Run(aid, str(payload.get("daemon", "")), proc)
-    os.close(w_frames)
-    worker.log_event(topic, {"t": "started", "aid": aid, "pid": proc.pid, "worker": worker.address,
+        stopped = aid in _marks
+    pid = -1
+    try:
+        if not stopped:
+            pid = _server.spawn(env, payload.get("cwd") or None, switch, theirs)
+    except OSError as exc:
+        for fd in theirs + ours:
+            os.close(fd)
+        return _failure("StartFailed", f"cannot start the attempt on host {host}: {exc}")
+    for fd in theirs:
+        os.close(fd)
+    if stopped:
+        for fd in ours:
+            os.close(fd)
+        return result(False, None, stopped=True)
+    run = _Run(aid, str(payload.get("daemon", "")), str(payload.get("run", "")), pid, ours[0], ours[1],
+               ours[2])
+    with _lock:
+        _running[aid] = run
+        late = aid in _marks  # a stop that came while it was being forked
+    if late:
+        run.stopped = True
+        run.signal(signal.SIGKILL)
+    worker.log_event(topic, {"t": "started", "aid": aid, "pid": pid, "worker": worker.address,
                              "host": host})
     try:
-        return _relay(run, payload, r_frames, worker, topic, host)
+        out = _relay(run, payload, ours[3], worker, topic, host)
+        if len(out) <= EVENT_RESULT:
+            worker.log_event(topic, {"t": "done", "aid": aid, "b": out})
+            return b""  # the daemon has it already (events and the task's end arrive in order)
+        return out
     finally:
         with _lock:
             _running.pop(aid, None)
         if run.killer is not None:
             run.killer.cancel()
         run.signal(signal.SIGKILL)  # whatever the attempt left in its session goes with it
-        proc.wait()
+        run.close_stdin()
+        for fd in (run.stdout, run.stderr):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic: str,
            host: str) -> bytes:
-    proc = run.proc
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     aid = run.aid
     try:
         run.reply(payload)
@@ -170,27 +284,29 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
         pass
     pending: list[list[Any]] = []
     first = 0.0
+    size = 0
 
     def flush() -> None:
-        nonlocal first
+        nonlocal first, size
         if pending:
             _send(worker, topic, "logs", aid, pending)
             pending.clear()
-        first = 0.0
+        first, size = 0.0, 0
 
     def add(stream: str, level: int, message: str, fields: dict[str, str] | None) -> None:
-        nonlocal first
+        nonlocal first, size
         if len(message) > MAX_LINE:
             message = message[: MAX_LINE - 20] + " [cut: too long]"
         if not pending:
             first = time.monotonic()
         pending.append([stream, level, message, fields])
-        if len(pending) >= BATCH_LINES:
+        size += len(message) + 64
+        if len(pending) >= BATCH_LINES or size >= BATCH_BYTES:
             flush()
 
     sel = selectors.DefaultSelector()
     partial: dict[int, bytes] = {}
-    streams = {proc.stdout.fileno(): ("stdout", 20), proc.stderr.fileno(): ("stderr", 30)}
+    streams = {run.stdout: ("stdout", 20), run.stderr: ("stderr", 30)}
     for fd in streams:
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
@@ -199,9 +315,16 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
     done: list[Any] | None = None
     bad: str | None = None
     open_fds = len(streams) + 1
+    code: int | None = None
+    drain_until: float | None = None  # set once the harness has ended: what is left of the output
     try:
         while open_fds:
-            timeout = None if not pending else max(0.0, first + BATCH_DELAY - time.monotonic())
+            now = time.monotonic()
+            timeout = None if not pending else max(0.0, first + BATCH_DELAY - now)
+            if drain_until is not None:
+                if now >= drain_until:
+                    break  # a process that left the session still holds the pipes: not waited for
+                timeout = min(timeout if timeout is not None else DRAIN, drain_until - now)
             ready = sel.select(timeout)
             if not ready:
                 flush()
@@ -235,6 +358,14 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
                         sel.unregister(fd)
                         os.close(fd)
                         open_fds -= 1
+                        if bad is not None:
+                            run.signal(signal.SIGKILL)
+                        # The harness has ended (fd 3 is its own, not its children's): how, and
+                        # then whatever it left in its session goes, and its output is drained.
+                        run.close_stdin()
+                        code = _server.wait(run.pid, timeout=EXIT_WAIT)
+                        run.signal(signal.SIGKILL)
+                        drain_until = time.monotonic() + DRAIN
                     continue
                 stream, level = streams[fd]
                 try:
@@ -259,7 +390,8 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
     finally:
         sel.close()
         flush()
-    code = proc.wait()
+    if code is None:
+        code = -signal.SIGKILL  # it never said how it ended: killed with its fork server
     if run.stopped:
         return result(False, None, stopped=True, exit_code=code)
     if bad is not None:
@@ -313,10 +445,12 @@ def stop(aids: list[str], grace: float) -> int:
     return found
 
 
-def stop_daemon(daemon: str) -> int:
-    """SIGKILL every attempt a daemon of state ``daemon`` left running on this worker (recovery)."""
+def stop_daemon(daemon: str, keep: str) -> int:
+    """SIGKILL every attempt that a daemon of state ``daemon`` left running on this worker, but
+    those of the running daemon (``keep``, its process's tag), which may already have sent some
+    (recovery)."""
     with _lock:
-        runs = [run for run in _running.values() if run.daemon == daemon]
+        runs = [run for run in _running.values() if run.daemon == daemon and run.run != keep]
     for run in runs:
         run.stopped = True
         run.signal(signal.SIGKILL)

@@ -37,6 +37,7 @@ class Recovery(SchedulerState):
         )
         job.load(stored.data, stored.entries)
         job.submitter_name = user_name(job.submitter_uid)
+        job.engines = self.engines
         return job
 
     def recover(self) -> dict[str, int]:
@@ -205,7 +206,9 @@ class Recovery(SchedulerState):
             if not isinstance(name, str) or len(name) > 128 or "\0" in name:
                 name = f"job {job_id}"
             spec = parse_job({"name": name, "root": {"name": "unrestorable", "cmd": ["false"]}})
-        return Job(job_id, spec, {}, created_at if isinstance(created_at, float) else self.clock())
+        job = Job(job_id, spec, {}, created_at if isinstance(created_at, float) else self.clock())
+        job.engines = self.engines
+        return job
 
     def _read_back_unrestorable(self, stored: StoredJob) -> Job:
         """A finished job whose document cannot be parsed, read back for status: the stand-in with

@@ -62,6 +62,7 @@ class Submission(SchedulerState):
         self._next_id += 1
         job = Job(job_id, spec, raw, self.clock(), uid, after, run_as)
         job.submitter_name = user_name(uid)
+        job.engines = self.engines
         if self.store is not None:
             # Queued here, committed by the flush below, before the caller replies. Tasks get log
             # entries when they first change: a task without any is pending, with no attempts.

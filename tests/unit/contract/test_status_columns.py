@@ -129,7 +129,7 @@ def test_columns_round_trip_agrees_with_the_full_view() -> None:
     assert (decoded.first, decoded.total, decoded.next) == (0, 13, None)
     assert decoded.counts() == job.counts() == decoded.job["counts"]
     for i, t in enumerate(job.tasks):
-        full = status.task_status(t)
+        full = status.task_status(t, status.engine_routes(job)[0])
         row = decoded.task(i)
         assert row.index == i
         assert row.state == full["state"]

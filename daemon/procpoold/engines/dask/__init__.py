@@ -31,6 +31,7 @@ import collections
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -40,6 +41,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.engines import (
     NOT_STARTED,
     AttemptSpec,
+    EngineUnavailable,
     ExecutorEvents,
     Health,
     LeftAttempt,
@@ -54,6 +56,13 @@ log = logging.getLogger("procpoold.engines.dask")
 
 #: Dask's ``priority=`` for each of the tree's priorities (higher runs first in Dask).
 DASK_PRIORITY = {"critical": 40, "high": 30, "normal": 20, "low": 10, "batch": 0}
+#: Attempts sent to Dask beyond one per worker thread, per thread: each thread has its next attempt
+#: waiting on its worker when one ends, instead of a round trip through the daemon (W-dask in
+#: docs/benchmarks.md: 200 no-op tasks on 4 threads, 1.45 s with none, see there with one). More
+#: would leave more of the order to Dask's queue than to the daemon's priorities.
+QUEUED_PER_THREAD = 1
+#: A timeout that runs out this close to the attempt's own is not put off (seconds).
+TIMEOUT_SLACK = 0.05
 #: How the outcome of an attempt stopped on purpose is reported.
 STOP_STATUS = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}
 #: A stopped attempt whose worker does not answer is reported this long after its grace.
@@ -66,12 +75,16 @@ _STREAMS = frozenset({"log", "stdout", "stderr"})
 
 
 class _Attempt:
-    __slots__ = ("host", "key", "spec", "started", "stop_reason", "stop_timer", "worker")
+    __slots__ = ("host", "key", "spec", "started", "started_at", "stop_reason", "stop_timer",
+                 "timeout_timer", "worker")
 
     def __init__(self, spec: AttemptSpec, key: str) -> None:
         self.spec = spec
         self.key = key
         self.started = False
+        self.started_at = 0.0  # monotonic, when the daemon heard of the start
+        #: the timeout counted from the start (armed at the start when it ran out before it)
+        self.timeout_timer: Timer | None = None
         self.worker: str | None = None
         self.host: str | None = None
         self.stop_reason: StopReason | None = None
@@ -111,7 +124,14 @@ class DaskExecutor:
     # -- Executor --------------------------------------------------------------------------------
 
     def prefork(self) -> None:
-        pass  # no process of its own: the cluster's workers are Dask's
+        # No process of its own (the cluster's workers are Dask's). 'distributed' is imported here,
+        # after the pool's zygote has forked (engines are preforked in registration order, and this
+        # one comes after the local ones), so the pool's workers never carry it.
+        try:
+            import distributed  # noqa: F401
+        except ImportError as exc:
+            raise EngineUnavailable("the dask engine needs the 'distributed' package",
+                                    "pip install 'procpool[dask]'") from exc
 
     def set_daemon_id(self, daemon_id: str) -> None:
         self._daemon_id = daemon_id
@@ -129,13 +149,13 @@ class DaskExecutor:
             return 0
         assert self._bridge is not None
         # Sent once the scheduler is reached; the number killed is logged when the workers answer.
-        self._bridge.command("stop_daemon", daemon_id)
+        self._bridge.command("stop_daemon", daemon_id, self._nonce)
         return len(attempts)
 
     def free_slots(self) -> int:
         if not self._up:
             return 0
-        return max(0, self._threads - len(self._running))
+        return max(0, self._threads * (1 + QUEUED_PER_THREAD) - len(self._running))
 
     def expect_work(self, uid: int | None) -> None:
         pass
@@ -151,6 +171,7 @@ class DaskExecutor:
             "kwargs": spec.kwargs, "cmd": spec.cmd, "shell": spec.shell, "env": spec.env,
             "cwd": spec.cwd, "python_path": spec.python_path, "context": spec.context(),
             "user": spec.user.name if spec.user is not None else None, "daemon": self._daemon_id,
+            "run": self._nonce,
             "tags": {"PROCPOOL_JOB_ID": spec.job_id, "PROCPOOL_TASK_ID": spec.task_id,
                      "PROCPOOL_ATTEMPT": str(spec.attempt)},
         }
@@ -164,10 +185,21 @@ class DaskExecutor:
         self._bridge.command("submit", spec.attempt_id, run.key, data, priority)
 
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+        """Stop it (see :class:`Executor`). A timeout counts from the attempt's start, as in the
+        pool: the scheduler's runs from the hand-over, so one that runs out while the attempt
+        waits in Dask's queue (or before it has run that long) is put off until then."""
         run = self._running.get(attempt_id)
         if run is None or run.stop_reason is not None:
             return
         assert self._bridge is not None and self._loop is not None
+        if reason == "timeout" and run.spec.timeout is not None:
+            if not run.started:
+                run.timeout_timer = _ON_START
+                return
+            left = run.spec.timeout - (time.monotonic() - run.started_at)
+            if left > TIMEOUT_SLACK:
+                self._arm_timeout(run, left)
+                return
         run.stop_reason = reason
         if not run.started:
             # Still queued in Dask: dropped there, and marked on every worker in case it starts.
@@ -216,7 +248,7 @@ class DaskExecutor:
             run.worker for run in self._running.values() if run.worker)
         return [{"engine": self.name, "worker": w["worker"], "host": w["host"],
                  "threads": w["threads"], "state": "busy" if busy[w["worker"]] else "idle",
-                 "running": busy[w["worker"]]} for w in self._workers]
+                 "busy": busy[w["worker"]]} for w in self._workers]
 
     def info(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler, "up": self._up, "reason": None if self._up else self._reason,
@@ -309,7 +341,13 @@ class DaskExecutor:
                 self._bridge.command("stop", [aid], worker, 0.0)  # a second run: only one counts
                 return
             run.started, run.worker, run.host = True, worker, host
+            run.started_at = time.monotonic()
+            if run.timeout_timer is _ON_START and run.spec.timeout is not None:
+                self._arm_timeout(run, run.spec.timeout)
             events.attempt_started(aid, pid if type(pid) is int else None, f"dask:{worker}")
+        elif t == "done":
+            if type(msg.get("b")) is bytes:
+                self._on_done(aid, msg["b"])
         elif t in ("logs", "progress", "req"):
             data = msg.get("b")
             if type(data) is not bytes or len(data) > MAX_RESULT:
@@ -441,6 +479,17 @@ class DaskExecutor:
                     "WorkerDied", f"the Dask worker {worker} was lost while running task "
                     f"{run.spec.task_name!r}")))
 
+    def _arm_timeout(self, run: _Attempt, delay: float) -> None:
+        assert self._loop is not None
+        aid = run.spec.attempt_id
+
+        def due() -> None:
+            run.timeout_timer = None
+            if self._running.get(aid) is run:
+                self.stop_attempt(aid, "timeout")
+
+        run.timeout_timer = self._loop.call_later(delay, due)
+
     def _stop_unanswered(self, aid: str) -> None:
         run = self._running.get(aid)
         if run is None or run.stop_reason is None:
@@ -455,8 +504,9 @@ class DaskExecutor:
     def _end(self, run: _Attempt, outcome: Outcome) -> None:
         self._running.pop(run.spec.attempt_id, None)
         self._by_key.pop(run.key, None)
-        if run.stop_timer is not None:
-            run.stop_timer.cancel()
+        for timer in (run.stop_timer, run.timeout_timer):
+            if timer is not None:
+                timer.cancel()
         self._report(outcome)
 
     def _report(self, outcome: Outcome) -> None:
@@ -476,6 +526,10 @@ class DaskExecutor:
                 self._end(run, outcome)
 
         self._loop.call_soon(finish)
+
+
+#: ``_Attempt.timeout_timer`` of an attempt whose timeout is armed when it starts.
+_ON_START = Timer(0.0, -1, lambda: None, cancelled=True)
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -58,6 +58,8 @@ class Bridge:
         #: broadcasts and cancels in flight (a stopping daemon waits for them before it disconnects)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: set[asyncio.Task[Any]] = set()
+        #: attempts whose result came as an event (see procpoold.remote.runner.EVENT_RESULT)
+        self._evented: set[str] = set()
 
     # -- from the daemon's thread ----------------------------------------------------------------
 
@@ -119,8 +121,7 @@ class Bridge:
                 continue
             pause = 0.2
             self._client = client
-            client.subscribe_topic(self.topic, self._on_topic)
-            client.subscribe_topic("all", self._on_cluster)
+            self._subscribe(client)
             await self._capacity()
             self._set_state("up", None)
             held, self._held = self._held, []
@@ -148,18 +149,39 @@ class Bridge:
             pass
 
     async def _watch(self, client: Any) -> None:
-        """Until the client has closed (or the daemon stops): report it down while it reconnects."""
+        """Until the client has closed (or the daemon stops): report it down while it reconnects,
+        and up again (subscribed again) once it has, also to another run of the scheduler."""
         assert self._stop is not None
+        seen = self._scheduler_id(client)
         while not self._stop.is_set():
             status = client.status
             if status in ("closing", "closed", "failed"):
                 return
-            if status == "running" and self._state != "up":
+            if status == "running" and (self._state != "up" or self._scheduler_id(client) != seen):
+                # Reconnected (the scheduler came back, perhaps between two looks): a new
+                # scheduler knows none of this client's subscriptions, and the cluster may have
+                # other workers now.
+                self._subscribe(client)
+                seen = self._scheduler_id(client)
                 await self._capacity()
                 self._set_state("up", None)
             elif status != "running" and self._state == "up":
                 self._set_state("down", f"reconnecting to the Dask scheduler at {self.address}")
             await self._sleep(WATCH_INTERVAL)
+
+    @staticmethod
+    def _scheduler_id(client: Any) -> str | None:
+        """The id of the scheduler the client is connected to (cached by the client: no call)."""
+        try:
+            return str(client.scheduler_info().get("id"))
+        except Exception:
+            return None
+
+    def _subscribe(self, client: Any) -> None:
+        """The daemon's topic (what attempts send home) and the cluster's (workers that come and
+        go), on this client's scheduler."""
+        client.subscribe_topic(self.topic, self._on_topic)
+        client.subscribe_topic("all", self._on_cluster)
 
     def _set_state(self, state: str, reason: str | None) -> None:
         if state == self._state and state == "up":
@@ -186,6 +208,8 @@ class Bridge:
     def _on_topic(self, event: tuple[float, Any]) -> None:
         msg = event[1]
         if type(msg) is dict:
+            if msg.get("t") == "done" and type(msg.get("aid")) is str:
+                self._evented.add(msg["aid"])  # its task's end follows: no fetch then
             self._post([("remote", msg)])
 
     def _on_cluster(self, event: tuple[float, Any]) -> None:
@@ -246,9 +270,9 @@ class Bridge:
             _, worker, aid, rid, ok, value = cmd
             self._spawn(
                 self._broadcast(runner.deliver, aid, rid, ok, value, workers=[worker]))
-        elif op == "stop_daemon":
-            _, daemon_id = cmd
-            self._spawn(self._recover(runner.stop_daemon, daemon_id))
+        elif op == "stop_daemon":  # the previous run's attempts (not this run's: see the runner)
+            _, daemon_id, keep = cmd
+            self._spawn(self._recover(runner.stop_daemon, daemon_id, keep))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -261,7 +285,14 @@ class Bridge:
             await asyncio.wait(pending, timeout=timeout)
 
     async def _await(self, aid: str, fut: Any) -> None:
+        # distributed.wait looks up a default client, which this one is not (set_as_default=False,
+        # so that task code in this process could never reach it): its coroutine is used directly.
+        from distributed.client import _wait
+
         try:
+            await _wait([fut])  # type: ignore[no-untyped-call]
+            if fut.status == "finished" and aid in self._evented:
+                return
             data = await fut
         except asyncio.CancelledError:
             if self._stop is not None and self._stop.is_set():
@@ -274,6 +305,7 @@ class Bridge:
             self._post([("lost", aid, f"the Dask cluster lost the attempt: {_why(exc)}")])
             return
         finally:
+            self._evented.discard(aid)
             if self._futures.get(aid) is fut:
                 del self._futures[aid]
             fut.release()
@@ -298,8 +330,8 @@ class Bridge:
             log.debug("running %s on Dask workers failed: %s", getattr(fn, "__name__", fn), exc)
             return None
 
-    async def _recover(self, fn: Callable[..., Any], daemon_id: str) -> None:
-        found = await self._broadcast(fn, daemon_id)
+    async def _recover(self, fn: Callable[..., Any], daemon_id: str, keep: str) -> None:
+        found = await self._broadcast(fn, daemon_id, keep)
         killed = sum(n for n in (found or {}).values() if isinstance(n, int))
         self._post([("recovered", killed)])
 
