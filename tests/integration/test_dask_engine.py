@@ -240,6 +240,34 @@ def test_workers_that_join_after_the_engine_connected_run_its_tasks() -> None:
         assert result["state"] == "completed", result
 
 
+def test_two_daemons_on_one_worker_keep_their_attempts_apart(tmp_path: Path) -> None:
+    """Attempt ids ("1.0#1") are unique in one daemon, not across daemons: two daemons whose job 1
+    runs on the same Dask worker at once must each stop only their own attempt."""
+    require_dask()
+    gates = {name: tmp_path / f"{name}.gate" for name in ("a", "b")}
+    markers = {name: tmp_path / f"{name}.pid" for name in ("a", "b")}
+    with LocalDaskCluster(workers=1, threads=4) as cluster, \
+            serving(dask_daemon(cluster.address).start()) as a, \
+            serving(dask_daemon(cluster.address).start()) as b:
+        jobs = {}
+        for name, daemon in (("a", a), ("b", b)):
+            with daemon.client() as client:
+                jobs[name] = client.submit({"name": name, "python_path": [ROOT], "root": {
+                    "name": "held", **waiting_call(markers[name], gates[name])}})["id"]
+        assert jobs["a"] == jobs["b"]  # the same job, task and attempt ids in both daemons
+        pids = {name: pid_in(markers[name]) for name in ("a", "b")}
+        with a.client() as client:
+            client.cancel(jobs["a"])
+            assert client.wait(jobs["a"], timeout=60)["state"] == "cancelled"
+        wait_until(lambda: alive(pids["a"]), lambda up: not up, what="a's attempt to be stopped")
+        assert alive(pids["b"]), "cancelling a's job stopped b's attempt"
+        gates["b"].touch()
+        with b.client() as client:
+            result = client.wait(jobs["b"], timeout=60)
+        assert result["state"] == "completed", result
+        assert tasks_by_name(result["status"])["held"]["result"] == pids["b"]
+
+
 def test_a_daemon_killed_mid_task_settles_the_attempt_and_stops_its_process(
     dask_cluster: LocalDaskCluster, tmp_path: Path
 ) -> None:

@@ -49,8 +49,11 @@ from tests.support.waiting import wait_until
 ROOT = str(Path(__file__).resolve().parents[2])
 TAG_VAR = "PROCPOOL_DASK_TAG"
 #: Why the Dask tests are skipped where ``distributed`` is not installed.
-SKIP_REASON = ("Dask is not installed: the Dask engine's tests need the 'bench' extra "
-               "(pip install -e '.[dev,bench]')")
+SKIP_REASON = ("Dask is not installed: the Dask engine's tests need the 'dask' extra "
+               "(pip install -e '.[dev,dask]'; make test-venv)")
+#: The command line of the Dask engine's fork server, one per Dask worker process (it forks the
+#: attempts on that worker), which the engine starts the first time the worker runs an attempt.
+FORK_SERVER = "procpoold.remote.forkserver"
 #: Bounds of the waits below: reached only when something is broken.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -172,15 +175,20 @@ class DaskCluster:
         return pid
 
     def own_pids(self) -> set[int]:
-        """The cluster's own processes: the ones started here and their children (nannies start
-        the workers, multiprocessing its resource tracker); what a task starts is below these."""
+        """The cluster's own processes: the ones started here, their children (nannies start the
+        workers, multiprocessing its resource tracker), and the Dask engine's fork server of each
+        worker (a child of the worker that lives as long as it: ``FORK_SERVER``). What an attempt
+        starts is below these (a fork server's children are attempts)."""
         own: set[int] = set()
         for proc in self.procs:
             if proc.poll() is not None:
                 continue
             own.add(proc.pid)
             with contextlib.suppress(psutil.Error):
-                own.update(child.pid for child in psutil.Process(proc.pid).children())
+                for child in psutil.Process(proc.pid).children():
+                    own.add(child.pid)
+                    with contextlib.suppress(psutil.Error):
+                        own.update(c.pid for c in child.children() if FORK_SERVER in " ".join(c.cmdline()))
         return own
 
     def strays(self) -> list[int]:
