@@ -60,6 +60,8 @@ class Bridge:
         self._waiters: set[asyncio.Task[Any]] = set()
         #: attempts whose result came as an event (see procpoold.remote.runner.EVENT_RESULT)
         self._evented: set[str] = set()
+        #: the client's connection to the scheduler that the topics were subscribed on
+        self._subscribed_on: Any = None
 
     # -- from the daemon's thread ----------------------------------------------------------------
 
@@ -121,8 +123,7 @@ class Bridge:
                 continue
             pause = 0.2
             self._client = client
-            client.subscribe_topic(self.topic, self._on_topic)
-            client.subscribe_topic("all", self._on_cluster)
+            self._subscribe(client)
             await self._capacity()
             self._set_state("up", None)
             held, self._held = self._held, []
@@ -156,12 +157,29 @@ class Bridge:
             status = client.status
             if status in ("closing", "closed", "failed"):
                 return
+            if status == "running":
+                self._resubscribe(client)
             if status == "running" and self._state != "up":
                 await self._capacity()
                 self._set_state("up", None)
             elif status != "running" and self._state == "up":
                 self._set_state("down", f"reconnecting to the Dask scheduler at {self.address}")
             await self._sleep(WATCH_INTERVAL)
+
+    def _subscribe(self, client: Any) -> None:
+        client.subscribe_topic(self.topic, self._on_topic)
+        client.subscribe_topic("all", self._on_cluster)
+        self._subscribed_on = client.scheduler_comm
+
+    def _resubscribe(self, client: Any) -> None:
+        """Subscribe again if the client has connected again on its own (to a scheduler restarted
+        within its timeout): distributed's Client does not renew its topic subscriptions then, and
+        without them no event of an attempt (its start, its lines, a small result) would come home.
+        Checked before each command too, so nothing is submitted before the subscription."""
+        if client.scheduler_comm is not self._subscribed_on:
+            log.info("subscribing again to the Dask scheduler's events at %s (it was reconnected)",
+                     self.address)
+            self._subscribe(client)
 
     def _set_state(self, state: str, reason: str | None) -> None:
         if state == self._state and state == "up":
@@ -227,6 +245,7 @@ class Bridge:
             elif op in ("stop", "stop_daemon", "cancel"):
                 self._held.append(cmd)
             return
+        self._resubscribe(client)
         runner = self._runner
         if op == "submit":
             _, aid, key, payload, priority = cmd
