@@ -97,10 +97,13 @@ distclean: clean
 	rm -rf $(VENV)
 
 # Install procpoold as a systemd service (root): venv in /opt/procpoold, units, the procpool user.
-# WHEELHOUSE=DIR installs offline from prebuilt wheels; see docs/systemd.md.
+# WHEELHOUSE=DIR installs offline from prebuilt wheels; DASK=1 adds the Dask engine (the dask extra,
+# a drop-in that lets the daemon reach the scheduler, /etc/procpoold/procpoold.toml); see
+# docs/systemd.md.
 install:
-	WHEELHOUSE='$(WHEELHOUSE)' $(SHELL) systemd/install.sh install
+	WHEELHOUSE='$(WHEELHOUSE)' DASK='$(DASK)' $(SHELL) systemd/install.sh install
 
-# Stop and remove it again; the state in /var/lib/procpoold is kept unless PURGE=1.
+# Stop and remove it again; the state in /var/lib/procpoold and the config in /etc/procpoold are kept
+# unless PURGE=1.
 uninstall:
 	PURGE='$(PURGE)' $(SHELL) systemd/install.sh uninstall

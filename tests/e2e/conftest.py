@@ -53,7 +53,8 @@ def e2e_host() -> None:
 
 @pytest.fixture(scope="session")
 def wheelhouse() -> Iterator[Path]:
-    """Wheels of the project (from the working tree) and all its dependencies, built once per session.
+    """Wheels of the project (from the working tree) and all its dependencies, built once per session,
+    with those of the dask extra (``make install DASK=1`` installs it: test_dask.py).
 
     Built with the same interpreter as the container's venv, so the compiled
     wheels match its ABI. The source is copied first: building in place would
@@ -68,7 +69,7 @@ def wheelhouse() -> Iterator[Path]:
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
         result = subprocess.run(
             [str(SYSTEM_PYTHON), "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-             str(source), "-w", str(wheels)],
+             f"{source}[dask]", "-w", str(wheels)],
             capture_output=True, text=True, env=env, timeout=600,
         )
         if result.returncode != 0:

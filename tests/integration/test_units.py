@@ -240,3 +240,64 @@ def _seconds(value: str) -> float:
     match = re.fullmatch(r"(\d+)(s|min)?", value)
     assert match, f"unexpected time span {value!r}"
     return int(match.group(1)) * (60 if match.group(2) == "min" else 1)
+
+
+# -- the Dask engine's drop-in (make install DASK=1) ----------------------------------------------
+
+DASK_DROP_IN = UNITS / "dask.conf"
+CONFIG = "/etc/procpoold/procpoold.toml"
+#: What the drop-in may change: the daemon's config file, and the network for the Dask client.
+DASK_KEYS = {"ExecStart", "PrivateNetwork", "RestrictAddressFamilies", "IPAddressAllow", "ProcSubset"}
+
+
+def test_dask_drop_in_opens_only_the_network() -> None:
+    base = parse(UNITS / "procpoold.service")
+    drop_in = parse(DASK_DROP_IN)
+    assert set(drop_in) == {"Service"} and set(drop_in["Service"]) == DASK_KEYS
+    # The unit's own command line (kept in step with it) plus the config file that names the scheduler.
+    assert drop_in["Service"]["ExecStart"] == ["", f"{one(base, 'Service', 'ExecStart')} --config {CONFIG}"]
+    assert one(drop_in, "Service", "PrivateNetwork") == "no"
+    assert one(drop_in, "Service", "RestrictAddressFamilies") == "AF_UNIX AF_INET AF_INET6"
+    # IPAddressDeny=any stays: the allow list is what may be reached (a reset would allow everything).
+    assert one(base, "Service", "IPAddressDeny") == "any"
+    assert one(drop_in, "Service", "IPAddressAllow") == "localhost"
+    assert one(drop_in, "Service", "ProcSubset") == "all"  # distributed reads /proc/meminfo on import
+
+
+def merged_unit(dest: Path) -> Path:
+    """procpoold.service with the drop-in's lines appended to its [Service] section, as systemd reads
+    them (a key set twice: the later value wins; an empty ExecStart= resets the list)."""
+    text = (UNITS / "procpoold.service").read_text()
+    service, install = text.split("[Install]")
+    extra = DASK_DROP_IN.read_text().replace("[Service]", "")
+    merged = dest / "procpoold.service"
+    merged.write_text(f"{service}\n{extra}\n[Install]{install}".replace(INSTALLED_EXEC, local_exec()))
+    return merged
+
+
+def test_dask_drop_in_keeps_the_exposure_at_most_3_0(tmp_path: Path) -> None:
+    merged = merged_unit(tmp_path)
+    result = subprocess.run([analyze(), "security", "--offline=yes", "--threshold=30", str(merged)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    score = re.search(r"Overall exposure level for procpoold.service: ([0-9.]+)", result.stdout)
+    assert score and float(score.group(1)) <= 3.0, result.stdout
+    print(f"exposure with the Dask drop-in: {score.group(1)}")
+    (tmp_path / "procpoold.socket").write_text((UNITS / "procpoold.socket").read_text())
+    checked = verify("verify", "--recursive-errors=no", "procpoold.service", "procpoold.socket", cwd=tmp_path)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+
+
+def test_shipped_config_file_loads_and_names_the_dask_settings(tmp_path: Path) -> None:
+    from procpoold.config import load
+
+    template = (UNITS / "procpoold.toml").read_text()
+    shipped = tmp_path / "shipped.toml"
+    shipped.write_text(template)
+    config = load(shipped, {})  # all commented out: the defaults
+    assert (config.engine, config.dask_scheduler) == ("local", None)
+    # Uncommented, its lines are what the drop-in's comments promise.
+    enabled = tmp_path / "enabled.toml"
+    enabled.write_text(template.replace("#dask_scheduler", "dask_scheduler").replace("#engine", "engine"))
+    config = load(enabled, {})
+    assert (config.engine, config.dask_scheduler) == ("dask", "tcp://127.0.0.1:8786")

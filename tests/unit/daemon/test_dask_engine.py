@@ -484,3 +484,33 @@ def test_recovery_kills_the_previous_runs_attempts_and_not_the_running_daemons()
         for proc in (old, new, other):
             proc.kill()
             proc.wait(10)
+
+
+class _Failing:
+    """A meta-path finder under which importing ``distributed`` raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "distributed":
+            raise self.error
+
+
+@pytest.mark.parametrize(("error", "message", "hint"), [
+    (ImportError("No module named 'distributed'"), "the dask engine needs the 'distributed' package",
+     "pip install 'procpool[dask]'"),
+    (FileNotFoundError("/proc/meminfo"), "the dask engine cannot load 'distributed': FileNotFoundError",
+     "run with --debug for the traceback"),
+])
+def test_an_engine_that_cannot_load_its_package_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, message: str, hint: str
+) -> None:
+    from procpoold.engines import EngineUnavailable
+
+    for name in [m for m in sys.modules if m == "distributed" or m.startswith("distributed.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_Failing(error), *sys.meta_path])
+    with pytest.raises(EngineUnavailable) as caught:
+        DaskExecutor("tcp://127.0.0.1:1").prefork()
+    assert str(caught.value).startswith(message) and caught.value.hint == hint

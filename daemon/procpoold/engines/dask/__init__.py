@@ -132,6 +132,9 @@ class DaskExecutor:
         except ImportError as exc:
             raise EngineUnavailable("the dask engine needs the 'distributed' package",
                                     "pip install 'procpool[dask]'") from exc
+        except Exception as exc:  # it imports, but fails here (a sandbox that hides /proc/meminfo)
+            raise EngineUnavailable(f"the dask engine cannot load 'distributed': {type(exc).__name__}: "
+                                    f"{str(exc)[:200]}", "run with --debug for the traceback") from exc
 
     def set_daemon_id(self, daemon_id: str) -> None:
         self._daemon_id = daemon_id

@@ -60,6 +60,8 @@ class Bridge:
         self._waiters: set[asyncio.Task[Any]] = set()
         #: attempts whose result came as an event (see procpoold.remote.runner.EVENT_RESULT)
         self._evented: set[str] = set()
+        #: the client's connection to the scheduler that the topics were subscribed on
+        self._subscribed_on: Any = None
 
     # -- from the daemon's thread ----------------------------------------------------------------
 
@@ -149,39 +151,41 @@ class Bridge:
             pass
 
     async def _watch(self, client: Any) -> None:
-        """Until the client has closed (or the daemon stops): report it down while it reconnects,
-        and up again (subscribed again) once it has, also to another run of the scheduler."""
+        """Until the client has closed (or the daemon stops): report it down while it reconnects."""
         assert self._stop is not None
-        seen = self._scheduler_id(client)
         while not self._stop.is_set():
             status = client.status
             if status in ("closing", "closed", "failed"):
                 return
-            if status == "running" and (self._state != "up" or self._scheduler_id(client) != seen):
-                # Reconnected (the scheduler came back, perhaps between two looks): a new
-                # scheduler knows none of this client's subscriptions, and the cluster may have
-                # other workers now.
-                self._subscribe(client)
-                seen = self._scheduler_id(client)
+            if status == "running":
+                self._resubscribe(client)  # (and reads the cluster's workers again)
+            if status == "running" and self._state != "up":
                 await self._capacity()
                 self._set_state("up", None)
             elif status != "running" and self._state == "up":
                 self._set_state("down", f"reconnecting to the Dask scheduler at {self.address}")
             await self._sleep(WATCH_INTERVAL)
 
-    @staticmethod
-    def _scheduler_id(client: Any) -> str | None:
-        """The id of the scheduler the client is connected to (cached by the client: no call)."""
-        try:
-            return str(client.scheduler_info().get("id"))
-        except Exception:
-            return None
-
     def _subscribe(self, client: Any) -> None:
         """The daemon's topic (what attempts send home) and the cluster's (workers that come and
-        go), on this client's scheduler."""
+        go), on the connection the client has now."""
         client.subscribe_topic(self.topic, self._on_topic)
         client.subscribe_topic("all", self._on_cluster)
+        self._subscribed_on = client.scheduler_comm
+
+    def _resubscribe(self, client: Any) -> bool:
+        """Subscribe again if the client has connected again on its own (to a scheduler restarted
+        within its timeout): distributed's Client does not renew its topic subscriptions then, and
+        without them no event of an attempt (its start, its lines, a small result) would come home.
+        Checked before each command too, so nothing is submitted before the subscription."""
+        if client.scheduler_comm is not self._subscribed_on:
+            log.info("subscribing again to the Dask scheduler's events at %s (it was reconnected)",
+                     self.address)
+            self._subscribe(client)
+            if self._loop is not None:
+                self._loop.create_task(self._capacity())
+            return True
+        return False
 
     def _set_state(self, state: str, reason: str | None) -> None:
         if state == self._state and state == "up":
@@ -247,6 +251,7 @@ class Bridge:
             elif op in ("stop", "stop_daemon", "cancel"):
                 self._held.append(cmd)
             return
+        self._resubscribe(client)
         runner = self._runner
         if op == "submit":
             _, aid, key, payload, priority = cmd
@@ -270,9 +275,9 @@ class Bridge:
             _, worker, aid, rid, ok, value = cmd
             self._spawn(
                 self._broadcast(runner.deliver, aid, rid, ok, value, workers=[worker]))
-        elif op == "stop_daemon":  # the previous run's attempts (not this run's: see the runner)
-            _, daemon_id, keep = cmd
-            self._spawn(self._recover(runner.stop_daemon, daemon_id, keep))
+        elif op == "stop_daemon":
+            _, daemon_id = cmd
+            self._spawn(self._recover(runner.stop_daemon, daemon_id))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -330,8 +335,8 @@ class Bridge:
             log.debug("running %s on Dask workers failed: %s", getattr(fn, "__name__", fn), exc)
             return None
 
-    async def _recover(self, fn: Callable[..., Any], daemon_id: str, keep: str) -> None:
-        found = await self._broadcast(fn, daemon_id, keep)
+    async def _recover(self, fn: Callable[..., Any], daemon_id: str) -> None:
+        found = await self._broadcast(fn, daemon_id)
         killed = sum(n for n in (found or {}).values() if isinstance(n, int))
         self._post([("recovered", killed)])
 
