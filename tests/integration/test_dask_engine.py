@@ -9,6 +9,7 @@ it by the pid the task writes and never wait on time alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -275,27 +276,33 @@ def test_a_daemon_killed_mid_task_settles_the_attempt_and_stops_its_process(
     # sh writes its pid, starts a child that would run for long, and ends (killing it) at the gate.
     script = ('echo $$ > "$0.tmp" && mv "$0.tmp" "$0"; sleep 1000 & '
               'until [ -e "$1" ]; do sleep 0.02; done; kill $!')
-    with serving(dask_daemon(dask_cluster.address).start()) as daemon:
-        with daemon.client() as client:
-            job_id = client.submit({"name": "survivor", "env": {MARK: mark}, "root": {
-                "name": "held", "cmd": ["sh", "-c", script, str(marker), str(gate)]}})["id"]
-            first = pid_in(marker)
-        worker_running(first, dask_cluster)
-        left = set(with_env_marker(MARK, mark))
-        assert first in left
-        marker.unlink()
-        daemon.crash(everything=False)  # the daemon alone: what runs on the Dask workers stays
-        daemon.restart()
-        # The new daemon's recovery stops what the dead one left on the workers...
-        wait_until(lambda: [p for p in left if alive(p)], lambda pids: not pids, timeout=60,
-                   what="the processes of the first attempt to be stopped")
-        # ...and the job's on_interrupt policy (retry) runs the task again.
-        second = pid_in(marker)
-        assert second not in left
+    try:
+        with serving(dask_daemon(dask_cluster.address).start()) as daemon:
+            with daemon.client() as client:
+                job_id = client.submit({"name": "survivor", "env": {MARK: mark}, "root": {
+                    "name": "held", "cmd": ["sh", "-c", script, str(marker), str(gate)]}})["id"]
+                first = pid_in(marker)
+            worker_running(first, dask_cluster)
+            left = set(with_env_marker(MARK, mark))
+            assert first in left
+            marker.unlink()
+            daemon.crash(everything=False)  # the daemon alone: what runs on the Dask workers stays
+            daemon.restart()
+            # The new daemon's recovery stops what the dead one left on the workers...
+            wait_until(lambda: [p for p in left if alive(p)], lambda pids: not pids, timeout=60,
+                       what="the processes of the first attempt to be stopped")
+            # ...and the job's on_interrupt policy (retry) runs the task again.
+            second = pid_in(marker)
+            assert second not in left
+            gate.touch()
+            with daemon.client() as client:
+                result = client.wait(job_id, timeout=60)
+        task = result["status"]["tasks"][0]
+        assert result["state"] == "completed", task
+        assert history(task) == ["interrupted", "completed"]
+    finally:  # on a failure, nothing of the attempts is left to the next test on the shared cluster
         gate.touch()
-        with daemon.client() as client:
-            result = client.wait(job_id, timeout=60)
-    task = result["status"]["tasks"][0]
-    assert result["state"] == "completed", task
-    assert history(task) == ["interrupted", "completed"]
+        for pid in with_env_marker(MARK, mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     dask_cluster.assert_no_strays()
