@@ -153,7 +153,9 @@ class DaskCluster:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, TAG_VAR: self.tag, "PYTHONPATH": _pythonpath()}
+        # (Dask's scratch space, also the scheduler's, in the work dir: removed with it)
+        return {**os.environ, TAG_VAR: self.tag, "PYTHONPATH": _pythonpath(),
+                "DASK_TEMPORARY_DIRECTORY": str(self.dir / "tmp")}
 
     def _spawn(self, cmd: list[str], log_name: str, stdin: int | IO[Any] = subprocess.DEVNULL,
                stdout: int | IO[Any] | None = None) -> subprocess.Popen[bytes]:
