@@ -144,7 +144,7 @@ class DaskExecutor:
         self._wake_r, self._wake_w = make_wakeup()
         loop.add_reader(self._wake_r, self._on_wake)
         self._bridge = Bridge(self.scheduler, f"procpool-{self._daemon_id}", self._post,
-                              self.connect_timeout)
+                              self.connect_timeout, run=self._nonce)
         self._bridge.start()
 
     def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
@@ -152,7 +152,7 @@ class DaskExecutor:
             return 0
         assert self._bridge is not None
         # Sent once the scheduler is reached; the number killed is logged when the workers answer.
-        self._bridge.command("stop_daemon", daemon_id, self._nonce)
+        self._bridge.command("stop_daemon", daemon_id)
         return len(attempts)
 
     def free_slots(self) -> int:
