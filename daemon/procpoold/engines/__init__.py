@@ -35,6 +35,13 @@ OutcomeStatus = Literal["completed", "failed", "timeout", "cancelled", "interrup
 StopReason = Literal["timeout", "cancelled", "shutdown"]
 Stream = Literal["log", "stdout", "stderr"]
 
+#: The outcome status of an attempt an engine stopped, for each reason it was asked to.
+STOP_STATUS: dict[StopReason, OutcomeStatus] = {
+    "timeout": "timeout",
+    "cancelled": "cancelled",
+    "shutdown": "interrupted",
+}
+
 #: ``TaskError.type`` of an outcome whose attempt never began executing (it was still queued
 #: when it was stopped); the scheduler does not count such an attempt.
 NOT_STARTED = "NotStarted"

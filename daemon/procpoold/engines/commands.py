@@ -49,6 +49,7 @@ from typing import Any, Literal, Protocol
 from procpool.contract.limits import shorten
 from procpoold import journal, oom
 from procpoold.engines import (
+    STOP_STATUS,
     AttemptSpec,
     ExecutorEvents,
     Health,
@@ -573,10 +574,7 @@ class CommandExecutor:
         for fd in list(run.pipes):  # what the task wrote before it exited
             self._close_pipe(run, fd)
         if run.stop_reason is not None:
-            status = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}[
-                run.stop_reason
-            ]
-            outcome = Outcome(run.spec.attempt_id, status, exit_code=code)  # type: ignore[arg-type]
+            outcome = Outcome(run.spec.attempt_id, STOP_STATUS[run.stop_reason], exit_code=code)
         elif code == 0:
             outcome = Outcome(run.spec.attempt_id, "completed", exit_code=0)
         elif code == -signal.SIGKILL and oom.shared().consume():

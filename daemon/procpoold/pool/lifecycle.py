@@ -21,12 +21,12 @@ from typing import Any
 import msgpack
 
 from procpoold import oom as oom_kills
-from procpoold.engines import Outcome, TaskError
+from procpoold.engines import STOP_STATUS, Outcome, TaskError
 from procpoold.journal import MessageId
 from procpoold.pool import shm, zygote
 from procpoold.pool.protocol import CANCEL, EXIT_MESSAGE
 from procpoold.pool.ring import RingError
-from procpoold.pool.slot import STOP_STATUS, WorkerSlot, WorkerState, death_sentence, read_rss
+from procpoold.pool.slot import WorkerSlot, WorkerState, death_sentence, read_rss
 from procpoold.pool.state import BACKOFF_START, PoolState
 from procpoold.pool.worker import INTERRUPT_SIGNAL
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpoold.engines import NOT_STARTED, Outcome, TaskError
+from procpoold.engines import NOT_STARTED, STOP_STATUS, Outcome, TaskError
 from procpoold.pool.protocol import (
     DONE,
     F_ASYNC,
@@ -33,7 +33,7 @@ from procpoold.pool.protocol import (
     result_problem,
 )
 from procpoold.pool.ring import RingError, SpillError, SpillTooLarge
-from procpoold.pool.slot import STOP_STATUS, Running, WorkerSlot, WorkerState
+from procpoold.pool.slot import Running, WorkerSlot, WorkerState
 from procpoold.pool.state import PoolState
 
 log = logging.getLogger("procpoold.pool")

@@ -52,6 +52,7 @@ import msgpack
 from procpoold import oom as oom_kills
 from procpoold.engines import (
     NOT_STARTED,
+    STOP_STATUS,
     AttemptSpec,
     ExecutorEvents,
     Health,
@@ -66,7 +67,7 @@ from procpoold.pool.dispatch import Dispatch
 from procpoold.pool.lifecycle import DEATH_BURST, DEATH_WINDOW, WorkerLifecycle
 from procpoold.pool.messages import MAX_UNREAD_REPLIES, MessageHandling
 from procpoold.pool.protocol import CANCEL, DONE, EXIT_MESSAGE
-from procpoold.pool.slot import STOP_STATUS, Running, WorkerSlot, WorkerState
+from procpoold.pool.slot import Running, WorkerSlot, WorkerState
 from procpoold.pool.state import BACKOFF_START, ROUND_TRIP_SAMPLES
 from procpoold.pool.stats import Statistics
 from procpoold.pool.worker import INTERRUPT_SIGNAL

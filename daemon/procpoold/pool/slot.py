@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from procpoold.engines import AttemptSpec, OutcomeStatus, StopReason
+from procpoold.engines import AttemptSpec, StopReason
 from procpoold.identity import Identity
 from procpoold.loop import Timer
 from procpoold.pool import shm
@@ -37,12 +37,6 @@ from procpoold.pool.ring import Segment
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
-#: Outcome status for each stop reason.
-STOP_STATUS: dict[StopReason, OutcomeStatus] = {
-    "timeout": "timeout",
-    "cancelled": "cancelled",
-    "shutdown": "interrupted",
-}
 
 
 @dataclass

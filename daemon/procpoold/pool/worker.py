@@ -63,7 +63,8 @@ import msgpack
 import procpoold
 from procpool import task as task_api
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpoold.pathsafety import check_folders, unsafe_folder
+from procpoold.callables import resolve, use_python_path
+from procpoold.pathsafety import unsafe_folder
 from procpoold.pool.protocol import (
     CALL,
     CALL_ARGS,
@@ -673,30 +674,8 @@ class Worker:
             return found
         if isinstance(call, _Undecodable):
             raise call
-        # A relative entry is the attempt's cwd's (the import runs before the attempt enters it,
-        # and later imports would resolve it wherever the task stands); each entry is checked and
-        # used resolved, so a symlink pointed elsewhere later does not move the job's imports.
-        entries = python_path or []
-        if not all(os.path.isabs(entry) for entry in entries):
-            base = os.path.join(os.getcwd(), cwd or "")
-            entries = [os.path.join(base, entry) for entry in entries]
-        entries = [os.path.realpath(entry) for entry in entries]
-        new = [entry for entry in entries if entry not in sys.path]
-        if new:
-            # Checked as late as possible, as the user the worker runs as.
-            problem = check_folders(new, imports=True, what="python_path")
-            if problem is not None:
-                raise PermissionError(problem)
-        for entry in reversed(new):
-            sys.path.insert(0, entry)
-        module_name, _, qualname = call.partition(":")
-        if not module_name or not qualname:
-            raise ValueError(f"bad call {call!r}: expected 'package.module:function'")
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        if not callable(obj):
-            raise TypeError(f"{call!r} is not callable")
+        use_python_path(python_path, cwd)
+        obj = resolve(call)
         found = (obj, inspect.iscoroutinefunction(obj))
         self.funcs[call] = found
         return found

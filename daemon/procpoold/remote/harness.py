@@ -20,7 +20,6 @@ runner signals the session's process group).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ import threading
 from typing import Any
 
 from procpool import task as task_api
+from procpoold.callables import resolve, use_python_path
 from procpoold.remote import frames
 
 # asyncio, inspect, subprocess and traceback are imported where they are needed: a fresh process
@@ -136,20 +136,9 @@ class _LogHandler(logging.Handler):
 
 
 def _resolve(call: str, python_path: list[str]) -> Any:
-    base = os.getcwd()
-    for entry in reversed(python_path or []):
-        path = os.path.realpath(os.path.join(base, entry))
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    module_name, _, qualname = call.partition(":")
-    if not module_name or not qualname:
-        raise ValueError(f"bad call {call!r}: expected 'package.module:function'")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"{call!r} is not callable")
-    return obj
+    # The harness stands in the attempt's cwd already: relative entries are its.
+    use_python_path(python_path)
+    return resolve(call)
 
 
 def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:

@@ -215,6 +215,8 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
     """Run one attempt (the Dask task); returns :func:`result` bytes."""
     payload = frames.unpack(payload_bytes)
     aid: str = payload["attempt_id"]
+    #: how this worker knows the attempt: its daemon process's tag and its id (see stop, deliver)
+    tag = f"{payload.get('run', '')}/{aid}"
     worker = _events()
     host = socket.gethostname()
     who = _identity(payload.get("user"))
@@ -230,7 +232,7 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
     theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
     ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
     with _lock:
-        stopped = aid in _marks
+        stopped = tag in _marks
     pid = -1
     try:
         if not stopped:
@@ -248,8 +250,8 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
     run = _Run(aid, str(payload.get("daemon", "")), str(payload.get("run", "")), pid, ours[0], ours[1],
                ours[2])
     with _lock:
-        _running[aid] = run
-        late = aid in _marks  # a stop that came while it was being forked
+        _running[tag] = run
+        late = tag in _marks  # a stop that came while it was being forked
     if late:
         run.stopped = True
         run.signal(signal.SIGKILL)
@@ -263,7 +265,7 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
         return out
     finally:
         with _lock:
-            _running.pop(aid, None)
+            _running.pop(tag, None)
         if run.killer is not None:
             run.killer.cancel()
         run.signal(signal.SIGKILL)  # whatever the attempt left in its session goes with it
@@ -416,32 +418,33 @@ def _str_map(value: Any) -> bool:
         type(k) is str and type(v) is str for k, v in value.items())
 
 
-def _mark(aid: str) -> None:
-    _marks[aid] = None
+def _mark(tag: str) -> None:
+    _marks[tag] = None
     while len(_marks) > MAX_MARKS:
         _marks.popitem(last=False)
 
 
-def stop(aids: list[str], grace: float) -> int:
-    """Stop these attempts on this worker (SIGTERM to each session, SIGKILL after ``grace``);
-    one not started yet never starts. Returns how many were running. Runs via ``Client.run``."""
+def stop(run: str, aids: list[str], grace: float) -> int:
+    """Stop these attempts of daemon process ``run`` on this worker (SIGTERM to each session,
+    SIGKILL after ``grace``); one not started yet never starts. Returns how many were running.
+    Runs via ``Client.run``."""
     found = 0
     with _lock:
         runs = []
         for aid in aids:
-            run = _running.get(aid)
-            if run is None:
-                _mark(aid)
+            found_run = _running.get(f"{run}/{aid}")
+            if found_run is None:
+                _mark(f"{run}/{aid}")
             else:
-                runs.append(run)
-    for run in runs:
+                runs.append(found_run)
+    for r in runs:
         found += 1
-        run.stopped = True
-        run.signal(signal.SIGTERM)
-        if run.killer is None:
-            run.killer = threading.Timer(grace, run.signal, (signal.SIGKILL,))
-            run.killer.daemon = True
-            run.killer.start()
+        r.stopped = True
+        r.signal(signal.SIGTERM)
+        if r.killer is None:
+            r.killer = threading.Timer(grace, r.signal, (signal.SIGKILL,))
+            r.killer.daemon = True
+            r.killer.start()
     return found
 
 
@@ -457,13 +460,14 @@ def stop_daemon(daemon: str, keep: str) -> int:
     return len(runs)
 
 
-def deliver(aid: str, rid: int, ok: bool, value: Any) -> bool:
-    """The daemon's answer to a namespace request of attempt ``aid``; False if it has ended."""
+def deliver(run: str, aid: str, rid: int, ok: bool, value: Any) -> bool:
+    """The daemon's answer to a namespace request of attempt ``aid`` of daemon process ``run``;
+    False if it has ended."""
     with _lock:
-        run = _running.get(aid)
-    if run is None:
+        found = _running.get(f"{run}/{aid}")
+    if found is None:
         return False
-    run.reply(["reply", rid, ok, value])
+    found.reply(["reply", rid, ok, value])
     return True
 
 

@@ -213,9 +213,9 @@ def test_sigterm_interrupts_a_sync_call_and_cancels_an_async_one(tmp_path: Path)
 
 
 def test_runner_marks_an_attempt_stopped_before_it_starts() -> None:
-    assert runner.stop(["never-started#1"], 1.0) == 0
-    assert "never-started#1" in runner._marks
-    assert runner.deliver("never-started#1", 1, True, None) is False
+    assert runner.stop("run-1", ["never-started#1"], 1.0) == 0
+    assert "run-1/never-started#1" in runner._marks
+    assert runner.deliver("run-1", "never-started#1", 1, True, None) is False
     assert runner._identity(None) == (None, {})
     assert "does not exist" in str(runner._identity("no-such-user-procpool"))
 
@@ -468,15 +468,28 @@ def test_recovery_kills_the_previous_runs_attempts_and_not_the_running_daemons()
     old = subprocess.Popen(["sleep", "60"], start_new_session=True)
     new = subprocess.Popen(["sleep", "60"], start_new_session=True)
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    runs = {"old#1": runner._Run("old#1", "state-a", "run-1", old.pid, -1, -1, -1),
-            "new#1": runner._Run("new#1", "state-a", "run-2", new.pid, -1, -1, -1),
-            "other#1": runner._Run("other#1", "state-b", "run-9", other.pid, -1, -1, -1)}
+    runs = {"run-1/old#1": runner._Run("old#1", "state-a", "run-1", old.pid, -1, -1, -1),
+            "run-2/new#1": runner._Run("new#1", "state-a", "run-2", new.pid, -1, -1, -1),
+            "run-9/other#1": runner._Run("other#1", "state-b", "run-9", other.pid, -1, -1, -1)}
     try:
         with runner._lock:
             runner._running.update(runs)
         assert runner.stop_daemon("state-a", "run-2") == 1
         assert old.wait(10) == -signal.SIGKILL
         assert new.poll() is None and other.poll() is None
+        # two daemons' attempts with the same id on one worker: each stops only its own
+        same = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        with runner._lock:
+            runner._running["run-9/new#1"] = runner._Run("new#1", "state-b", "run-9", same.pid, -1, -1, -1)
+        try:
+            assert runner.stop("run-9", ["new#1"], 0.0) == 1
+            assert same.wait(10) in (-signal.SIGTERM, -signal.SIGKILL)
+            assert new.poll() is None
+        finally:
+            with runner._lock:
+                runner._running.pop("run-9/new#1", None)
+            same.kill()
+            same.wait(10)
     finally:
         with runner._lock:
             for aid in runs:

@@ -40,6 +40,7 @@ import msgpack
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold.engines import (
     NOT_STARTED,
+    STOP_STATUS,
     AttemptSpec,
     EngineUnavailable,
     ExecutorEvents,
@@ -63,8 +64,6 @@ DASK_PRIORITY = {"critical": 40, "high": 30, "normal": 20, "low": 10, "batch": 0
 QUEUED_PER_THREAD = 1
 #: A timeout that runs out this close to the attempt's own is not put off (seconds).
 TIMEOUT_SLACK = 0.05
-#: How the outcome of an attempt stopped on purpose is reported.
-STOP_STATUS = {"timeout": "timeout", "cancelled": "cancelled", "shutdown": "interrupted"}
 #: A stopped attempt whose worker does not answer is reported this long after its grace.
 STOP_SLACK = 10.0
 #: Largest result accepted from a worker (bytes of msgpack).
@@ -144,7 +143,7 @@ class DaskExecutor:
         self._wake_r, self._wake_w = make_wakeup()
         loop.add_reader(self._wake_r, self._on_wake)
         self._bridge = Bridge(self.scheduler, f"procpool-{self._daemon_id}", self._post,
-                              self.connect_timeout)
+                              self.connect_timeout, run=self._nonce)
         self._bridge.start()
 
     def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
@@ -152,7 +151,7 @@ class DaskExecutor:
             return 0
         assert self._bridge is not None
         # Sent once the scheduler is reached; the number killed is logged when the workers answer.
-        self._bridge.command("stop_daemon", daemon_id, self._nonce)
+        self._bridge.command("stop_daemon", daemon_id)
         return len(attempts)
 
     def free_slots(self) -> int:
@@ -207,7 +206,7 @@ class DaskExecutor:
         if not run.started:
             # Still queued in Dask: dropped there, and marked on every worker in case it starts.
             self._bridge.command("cancel", [attempt_id], self.kill_grace)
-            self._later(Outcome(attempt_id, STOP_STATUS[reason], error=TaskError(  # type: ignore[arg-type]
+            self._later(Outcome(attempt_id, STOP_STATUS[reason], error=TaskError(
                 NOT_STARTED, "stopped before it started")))
             return
         self._bridge.command("stop", [attempt_id], run.worker, self.kill_grace)
@@ -430,7 +429,7 @@ class DaskExecutor:
         exit_code = info.get("exit_code")
         exit_code = exit_code if type(exit_code) is int else None
         if run.stop_reason is not None:
-            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], exit_code=exit_code))  # type: ignore[arg-type]
+            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], exit_code=exit_code))
             return
         if info.get("stopped"):
             self._end(run, Outcome(aid, "interrupted", exit_code=exit_code, error=TaskError(
@@ -457,7 +456,7 @@ class DaskExecutor:
         if run is None:
             return
         if run.stop_reason is not None:
-            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))  # type: ignore[arg-type]
+            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))
             return
         self._end(run, Outcome(aid, "interrupted", error=TaskError("WorkerDied", why)))
 
@@ -476,7 +475,7 @@ class DaskExecutor:
         self._bridge.command("cancel", aids, 0.0)  # Dask would run them again: it must not
         for run in lost:
             if run.stop_reason is not None:
-                self._end(run, Outcome(run.spec.attempt_id, STOP_STATUS[run.stop_reason]))  # type: ignore[arg-type]
+                self._end(run, Outcome(run.spec.attempt_id, STOP_STATUS[run.stop_reason]))
             else:
                 self._end(run, Outcome(run.spec.attempt_id, "interrupted", error=TaskError(
                     "WorkerDied", f"the Dask worker {worker} was lost while running task "
@@ -500,7 +499,7 @@ class DaskExecutor:
         log.warning("the Dask worker %s did not answer the stop of %s: reported as stopped", run.worker, aid)
         assert self._bridge is not None
         self._bridge.command("cancel", [aid], 0.0)
-        self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))  # type: ignore[arg-type]
+        self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))
 
     # -- endings ------------------------------------------------------------------------------------
 

@@ -37,9 +37,12 @@ class Bridge:
     """One thread, one asyncio loop, one Dask client (see the module docstring)."""
 
     def __init__(self, address: str, topic: str, post: Callable[[list[Event]], None],
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, run: str = "") -> None:
         self.address = address
         self.topic = topic
+        #: this daemon process's tag: the workers know its attempts by it and their ids (attempt
+        #: ids are unique in one daemon, not among the daemons that share a cluster)
+        self.run = run
         self._post = post
         self.connect_timeout = connect_timeout
         self._commands: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -264,20 +267,20 @@ class Bridge:
         elif op == "stop":  # aids on one worker (None: all workers), and the grace
             _, aids, worker, grace = cmd
             self._spawn(
-                self._broadcast(runner.stop, aids, grace, workers=[worker] if worker else None))
+                self._broadcast(runner.stop, self.run, aids, grace, workers=[worker] if worker else None))
         elif op == "cancel":  # queued attempts: drop them from Dask, and mark them on every worker
             _, aids, grace = cmd
             futs = [self._futures[a] for a in aids if a in self._futures]
             if futs:
                 self._spawn(self._cancel(futs))
-            self._spawn(self._broadcast(runner.stop, aids, grace))
+            self._spawn(self._broadcast(runner.stop, self.run, aids, grace))
         elif op == "reply":
             _, worker, aid, rid, ok, value = cmd
             self._spawn(
-                self._broadcast(runner.deliver, aid, rid, ok, value, workers=[worker]))
-        elif op == "stop_daemon":
+                self._broadcast(runner.deliver, self.run, aid, rid, ok, value, workers=[worker]))
+        elif op == "stop_daemon":  # the previous run's attempts (not this run's: see the runner)
             _, daemon_id = cmd
-            self._spawn(self._recover(runner.stop_daemon, daemon_id))
+            self._spawn(self._recover(runner.stop_daemon, daemon_id, self.run))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -335,8 +338,8 @@ class Bridge:
             log.debug("running %s on Dask workers failed: %s", getattr(fn, "__name__", fn), exc)
             return None
 
-    async def _recover(self, fn: Callable[..., Any], daemon_id: str) -> None:
-        found = await self._broadcast(fn, daemon_id)
+    async def _recover(self, fn: Callable[..., Any], daemon_id: str, keep: str) -> None:
+        found = await self._broadcast(fn, daemon_id, keep)
         killed = sum(n for n in (found or {}).values() if isinstance(n, int))
         self._post([("recovered", killed)])
 
