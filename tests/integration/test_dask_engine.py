@@ -109,12 +109,16 @@ def test_a_worker_killed_mid_task_interrupts_the_attempt(
             task = tasks_by_name(result["status"])["held"]
             assert result["state"] == "completed", task
             assert history(task) == ["interrupted", "completed"]
-            assert task["result"] == second
+            ran = [int(pid) for pid in Path(f"{marker}.all").read_text().split()]
+            # once before the kill, once after it (the second attempt): Dask itself must not have
+            # run the lost attempt again on the other worker
+            assert ran == [first, task["result"]], ran
         else:
             result = client.wait(job_id, timeout=60)
             task = tasks_by_name(result["status"])["held"]
             assert (result["state"], task["state"], history(task)) == ("failed", "failed", ["interrupted"])
-            assert not marker.exists()  # never run again
+            ran = [int(pid) for pid in Path(f"{marker}.all").read_text().split()]
+            assert ran == [first], ran  # never run again, not even for a moment
 
 
 def test_tasks_land_on_both_workers_of_a_cluster_of_processes(

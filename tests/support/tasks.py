@@ -82,7 +82,10 @@ def cas_append(key: str) -> int:
 
 
 def pid_then_wait(path: str, gate: str) -> int:
-    """Write this process's pid to ``path`` (atomically), then wait until ``gate`` exists."""
+    """Write this process's pid to ``path`` (atomically) and add it to ``path``.all (every process
+    that ran this, in order), then wait until ``gate`` exists."""
+    with open(f"{path}.all", "a") as every:
+        every.write(f"{os.getpid()}\n")
     Path(f"{path}.tmp").write_text(str(os.getpid()))
     os.replace(f"{path}.tmp", path)
     while not Path(gate).exists():
