@@ -77,6 +77,16 @@ class AttemptSpec:
     #: runs; None means the daemon's own user (a daemon that cannot switch users, or a job of its own)
     user: Identity | None = None
 
+    def identity_env(self) -> dict[str, str]:
+        """The variables that tell a task's process which attempt it is (``PROCPOOL_JOB_ID`` ...)."""
+        return {
+            "PROCPOOL_JOB_ID": self.job_id,
+            "PROCPOOL_JOB_NAME": self.job_name,
+            "PROCPOOL_TASK_ID": self.task_id,
+            "PROCPOOL_TASK_NAME": self.task_name,
+            "PROCPOOL_ATTEMPT": str(self.attempt),
+        }
+
     def context(self) -> dict[str, Any]:
         """The fields task code sees through ``procpool.task.context()``."""
         return {

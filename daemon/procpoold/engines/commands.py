@@ -139,16 +139,7 @@ def attempt_env(
     user = spec.user
     if user is not None:
         base = {**base, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
-    return {
-        **base,
-        **spec.env,
-        **(identity or {}),
-        "PROCPOOL_JOB_ID": spec.job_id,
-        "PROCPOOL_JOB_NAME": spec.job_name,
-        "PROCPOOL_TASK_ID": spec.task_id,
-        "PROCPOOL_TASK_NAME": spec.task_name,
-        "PROCPOOL_ATTEMPT": str(spec.attempt),
-    }
+    return {**base, **spec.env, **(identity or {}), **spec.identity_env()}
 
 
 def _no_fd_inherited() -> None:

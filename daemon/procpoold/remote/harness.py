@@ -66,6 +66,8 @@ class _Link:
         self.cond = threading.Condition()
         self.rid = 0
         self.done = False
+        #: a command's process (the leader of its own session), 0 before it starts
+        self.child = 0
 
     def send(self, value: Any) -> None:
         with self.lock:
@@ -83,6 +85,8 @@ class _Link:
                     self.replies[msg[1]] = msg
                     self.cond.notify_all()
         if not self.done:
+            if self.child:
+                _killpg(self.child, signal.SIGKILL)
             os.killpg(os.getpgrp(), signal.SIGKILL)
         with self.cond:
             self.cond.notify_all()
@@ -198,25 +202,44 @@ def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-def _run_cmd(payload: dict[str, Any]) -> list[Any]:
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run_cmd(link: _Link, payload: dict[str, Any]) -> list[Any]:
+    """Run the command as the leader of a session of its own (as the local commands engine does),
+    pass SIGTERM on to its group, and end what it leaves in that session when it exits."""
     import subprocess
 
     cmd = payload["cmd"]
     shell = bool(payload.get("shell"))
-    # The session's group gets the runner's signals; the harness waits for its child whatever
-    # the signal, and reports the child's status.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    argv0 = "/bin/sh" if shell else (cmd[0] if cmd else "")
+    def on_term(signum: int, frame: Any) -> None:
+        if link.child:
+            _killpg(link.child, signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
-        proc = subprocess.Popen(cmd, shell=shell, stdin=subprocess.DEVNULL, close_fds=True)
-    except OSError as exc:
-        return ["done", False, {"type": "CommandFailed", "message": f"cannot run the command: {exc}",
-                                "traceback": ""}]
+        proc = subprocess.Popen(cmd, shell=shell, stdin=subprocess.DEVNULL, close_fds=True,
+                                start_new_session=True)
+    except (OSError, ValueError) as exc:
+        from procpool.contract.limits import shorten
+
+        why = getattr(exc, "strerror", None) or exc
+        return ["done", False, {"type": type(exc).__name__, "traceback": "",
+                                "message": f"cannot start {shorten(argv0)}: {why}"}]
+    link.child = proc.pid
+    link.send(["child", proc.pid])  # the runner signals its group too (a stop, the final cleanup)
     while True:
         try:
             code = proc.wait()
             break
         except InterruptedError:
             continue
+    _killpg(proc.pid, signal.SIGKILL)  # whatever it left in its session goes with it
     return ["done", True, code]
 
 
@@ -231,7 +254,7 @@ def main() -> int:
         print(f"procpoold.remote.harness: no attempt to run ({exc})", file=sys.stderr)
         return 2
     threading.Thread(target=link.watch, name="procpool-link", daemon=True).start()
-    out = _run_call(link, payload) if payload["kind"] == "call" else _run_cmd(payload)
+    out = _run_call(link, payload) if payload["kind"] == "call" else _run_cmd(link, payload)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -71,12 +71,31 @@ class _Run:
         self.lock = threading.Lock()
         self.stopped = False
         self.killer: threading.Timer | None = None
+        #: a command's process, the leader of a session of its own under the harness (0: none)
+        self.child = 0
 
     def signal(self, signum: int) -> None:
+        for pgid in (self.pid, self.child):
+            if pgid:
+                try:
+                    os.killpg(pgid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def take_child(self, pid: Any) -> bool:
+        """The harness names its command's process: taken only if it is that, a child of the
+        harness leading its own session (the runner may run as root: it signals no other group)."""
+        if self.child or type(pid) is not int or pid <= 1:
+            return False
         try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return True  # it has ended already: nothing to signal, nothing wrong
+        if int(fields[1]) != self.pid or int(fields[4]) != pid:  # ppid, session id
+            return False
+        self.child = pid
+        return True
 
     def reply(self, frame: Any) -> None:
         with self.lock:
@@ -354,6 +373,9 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
                             _send(worker, topic, "progress", aid, msg[1])
                         elif kind == "done" and len(msg) == 3 and type(msg[1]) is bool:
                             done = msg
+                        elif kind == "child" and len(msg) == 2 and payload.get("kind") == "cmd":
+                            if not run.take_child(msg[1]):
+                                bad = "the attempt's process named a process that is not its command"
                         else:
                             bad = "the attempt's process sent a malformed frame"
                     if reader.eof:
@@ -395,6 +417,10 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
     if code is None:
         code = -signal.SIGKILL  # it never said how it ended: killed with its fork server
     if run.stopped:
+        if payload.get("kind") != "cmd":
+            return result(False, None, stopped=True)
+        if done is not None and done[1] and type(done[2]) is int:
+            code = done[2]  # the command's own status (-15 after a SIGTERM), as locally
         return result(False, None, stopped=True, exit_code=code)
     if bad is not None:
         return _failure("ProtocolViolation", bad)

@@ -284,10 +284,11 @@ def packed(body: Any) -> bytes:
 
 def test_capacity_and_health_follow_the_cluster() -> None:
     ex, events, bridge, _ = executor()
-    # two threads, each with its next attempt queued on its worker
-    assert ex.free_slots() == 4 and ex.health().up and events.kicks >= 1
+    # one attempt per worker thread, sent to that worker only
+    assert ex.free_slots() == 2 and ex.health().up and events.kicks >= 1
     ex.submit(spec())
-    assert ex.free_slots() == 3 and bridge.commands[-1][0] == "submit"
+    assert ex.free_slots() == 1 and bridge.commands[-1][0] == "submit"
+    assert bridge.commands[-1][-1] == "tcp://w1"
     ex._on_event(("down", "cannot reach the Dask scheduler"))
     assert ex.free_slots() == 0
     assert ex.health().up is False and ex.health().reason == "cannot reach the Dask scheduler"
@@ -310,7 +311,7 @@ def test_a_started_attempt_reports_its_lines_with_the_host_and_its_result() -> N
     assert bridge.commands[-1] == ("reply", "tcp://w1", "1.0@1#1", 3, True, 42)
     ex._on_event(("done", "1.0@1#1", runner.result(True, [1, 2])))
     assert events.finished[-1].status == "completed" and events.finished[-1].result == [1, 2]
-    assert ex.free_slots() == 4
+    assert ex.free_slots() == 2
 
 
 def test_whatever_else_arrives_on_the_topic_is_ignored() -> None:
@@ -366,20 +367,29 @@ def test_stops_before_and_after_the_start() -> None:
     assert events.finished[-1].status == "timeout"
 
 
-def test_a_lost_worker_interrupts_what_it_ran_and_nothing_else() -> None:
+def test_a_lost_worker_interrupts_what_it_ran_and_requeues_what_it_had_not_started() -> None:
     ex, events, bridge, _ = executor()
-    ex.submit(spec("a#1"))
-    ex.submit(spec("b#1"))
-    key_a = ex._running["a#1"].key
-    key_b = ex._running["b#1"].key
-    ex._on_event(("remote", {"t": "started", "aid": "a#1", "pid": 1, "worker": "tcp://w1", "host": "h1"}))
-    ex._on_event(("worker-lost", "tcp://w1", [key_a, key_b, "someone-elses-key"]))
-    assert [(o.attempt_id, o.status) for o in events.finished] == [("a#1", "interrupted")]
-    assert bridge.commands[-1] == ("cancel", ["a#1"], 0.0)
-    assert "b#1" in ex._running  # not started: Dask runs it on another worker
+    ex._on_event(("capacity", [{"worker": "tcp://w1", "host": "h1", "threads": 2, "name": "w1"},
+                               {"worker": "tcp://w2", "host": "h2", "threads": 1, "name": "w2"}]))
+    for aid in ("a#1", "b#1", "c#1"):
+        ex.submit(spec(aid))
+    targets = {aid: run.target for aid, run in ex._running.items()}
+    assert sorted(targets.values()) == ["tcp://w1", "tcp://w1", "tcp://w2"]  # the freest first
+    assert ex.free_slots() == 0
+    on_w1 = sorted(aid for aid, w in targets.items() if w == "tcp://w1")
+    started = on_w1[0]
+    ex._on_event(("remote", {"t": "started", "aid": started, "pid": 1, "worker": "tcp://w1", "host": "h1"}))
+    ex._on_event(("worker-lost", "tcp://w1", []))
+    ended = {o.attempt_id: o for o in events.finished}
+    assert set(ended) == set(on_w1)
+    assert ended[started].status == "interrupted" and ended[started].error is not None
+    assert ended[started].error.type == "WorkerDied"
+    other = ended[on_w1[1]]
+    assert other.status == "interrupted" and other.error is not None and other.error.type == NOT_STARTED
+    assert bridge.commands[-1] == ("cancel", on_w1, 0.0)  # Dask must not run them anywhere
     # a late start of the interrupted attempt elsewhere is stopped at once
-    ex._on_event(("remote", {"t": "started", "aid": "a#1", "pid": 2, "worker": "tcp://w2", "host": "h2"}))
-    assert bridge.commands[-1] == ("stop", ["a#1"], "tcp://w2", 0.0)
+    ex._on_event(("remote", {"t": "started", "aid": started, "pid": 2, "worker": "tcp://w2", "host": "h2"}))
+    assert bridge.commands[-1] == ("stop", [started], "tcp://w2", 0.0)
 
 
 # -- the fork server (a real process, as a Dask worker's runner uses it) ----------------------------
@@ -411,7 +421,8 @@ def test_the_fork_server_forks_attempts_in_sessions_of_their_own_and_reports_how
             assert server.wait(pid, timeout=10) == 0
             for fd in (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
                 os.close(fd)
-        # a command's process is in the attempt's session, which the harness leads
+        # a command's process leads a session of its own (as with the local commands engine),
+        # which the harness names to the runner
         pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]
         theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
         pid = server.spawn(env, str(tmp_path), None, theirs)
@@ -419,8 +430,10 @@ def test_the_fork_server_forks_attempts_in_sessions_of_their_own_and_reports_how
             os.close(fd)
         cmd = "cut -d' ' -f5,6 /proc/$$/stat"
         frames.write_frame(pipes[0][1], {"attempt_id": "c#1", "kind": "cmd", "cmd": cmd, "shell": True})
+        child = frames.read_frame(pipes[3][0])
+        assert child[0] == "child" and child[1] != pid
         assert frames.read_frame(pipes[3][0]) == ["done", True, 0]
-        assert os.read(pipes[1][0], 100).split() == [str(pid).encode()] * 2
+        assert os.read(pipes[1][0], 100).split() == [str(child[1]).encode()] * 2
         assert server.wait(pid, timeout=10) == 0
         for fd in (pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
             os.close(fd)

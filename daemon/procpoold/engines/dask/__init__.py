@@ -57,11 +57,6 @@ log = logging.getLogger("procpoold.engines.dask")
 
 #: Dask's ``priority=`` for each of the tree's priorities (higher runs first in Dask).
 DASK_PRIORITY = {"critical": 40, "high": 30, "normal": 20, "low": 10, "batch": 0}
-#: Attempts sent to Dask beyond one per worker thread, per thread: each thread has its next attempt
-#: waiting on its worker when one ends, instead of a round trip through the daemon (W-dask in
-#: docs/benchmarks.md: 200 no-op tasks on 4 threads, 1.45 s with none, see there with one). More
-#: would leave more of the order to Dask's queue than to the daemon's priorities.
-QUEUED_PER_THREAD = 1
 #: A timeout that runs out this close to the attempt's own is not put off (seconds).
 TIMEOUT_SLACK = 0.05
 #: A stopped attempt whose worker does not answer is reported this long after its grace.
@@ -75,11 +70,13 @@ _STREAMS = frozenset({"log", "stdout", "stderr"})
 
 class _Attempt:
     __slots__ = ("host", "key", "spec", "started", "started_at", "stop_reason", "stop_timer",
-                 "timeout_timer", "worker")
+                 "target", "timeout_timer", "worker")
 
-    def __init__(self, spec: AttemptSpec, key: str) -> None:
+    def __init__(self, spec: AttemptSpec, key: str, target: str) -> None:
         self.spec = spec
         self.key = key
+        #: the Dask worker it was sent to (and only to: see DaskExecutor.submit)
+        self.target = target
         self.started = False
         self.started_at = 0.0  # monotonic, when the daemon heard of the start
         #: the timeout counted from the start (armed at the start when it ran out before it)
@@ -109,11 +106,12 @@ class DaskExecutor:
         self._events: ExecutorEvents | None = None
         self._bridge: Bridge | None = None
         self._running: dict[str, _Attempt] = {}
-        self._by_key: dict[str, str] = {}
         self._up = False
         self._reason: str | None = "connecting to the Dask scheduler"
         self._workers: list[dict[str, Any]] = []
         self._threads = 0
+        #: attempts sent to each worker and not ended (its capacity is its threads)
+        self._load: collections.Counter[str] = collections.Counter()
         self._inbox: collections.deque[list[Event]] = collections.deque()
         self._wake_r = self._wake_w = -1
         self._lock = threading.Lock()
@@ -157,16 +155,24 @@ class DaskExecutor:
     def free_slots(self) -> int:
         if not self._up:
             return 0
-        return max(0, self._threads * (1 + QUEUED_PER_THREAD) - len(self._running))
+        load = self._load
+        return sum(max(0, w["threads"] - load[w["worker"]]) for w in self._workers)
 
     def expect_work(self, uid: int | None) -> None:
         pass
 
     def submit(self, spec: AttemptSpec) -> None:
+        """Send the attempt to the Dask worker with the most free threads, and to it only
+        (``allow_other_workers=False``): the daemon places attempts, one per worker thread, so
+        that its priorities decide what runs next, and so that Dask never runs an attempt again on
+        another worker when its worker dies (the daemon decides what an interruption means)."""
         assert self._bridge is not None
         key = f"procpool-{self._nonce}-{spec.attempt_id}"
-        run = self._running[spec.attempt_id] = _Attempt(spec, key)
-        self._by_key[key] = spec.attempt_id
+        load = self._load
+        target = max(self._workers, key=lambda w: w["threads"] - load[w["worker"]])["worker"] \
+            if self._workers else ""
+        load[target] += 1
+        run = self._running[spec.attempt_id] = _Attempt(spec, key, target)
         self._stats["submitted"] += 1
         payload = {
             "attempt_id": spec.attempt_id, "kind": spec.kind, "call": spec.call, "args": spec.args,
@@ -174,8 +180,7 @@ class DaskExecutor:
             "cwd": spec.cwd, "python_path": spec.python_path, "context": spec.context(),
             "user": spec.user.name if spec.user is not None else None, "daemon": self._daemon_id,
             "run": self._nonce,
-            "tags": {"PROCPOOL_JOB_ID": spec.job_id, "PROCPOOL_TASK_ID": spec.task_id,
-                     "PROCPOOL_ATTEMPT": str(spec.attempt)},
+            "tags": spec.identity_env(),
         }
         try:
             data = msgpack.packb(payload, use_bin_type=True)
@@ -184,7 +189,7 @@ class DaskExecutor:
                 "ArgumentsNotSerializable", f"cannot pack the attempt: {exc}")))
             return
         priority = DASK_PRIORITY.get(spec.priority, 20)
-        self._bridge.command("submit", spec.attempt_id, run.key, data, priority)
+        self._bridge.command("submit", spec.attempt_id, run.key, data, priority, target)
 
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
         """Stop it (see :class:`Executor`). A timeout counts from the attempt's start, as in the
@@ -225,7 +230,6 @@ class DaskExecutor:
                            min(grace, self.kill_grace))
         for aid in list(self._running):
             run = self._running.pop(aid)
-            self._by_key.pop(run.key, None)
             self._report(Outcome(aid, "interrupted", error=TaskError(
                 "DaemonStopped", "the daemon stopped while the attempt ran on Dask")))
         bridge.command("shutdown")
@@ -246,8 +250,7 @@ class DaskExecutor:
                       busy=len(self._running))
 
     def workers(self) -> list[dict[str, Any]]:
-        busy: collections.Counter[str] = collections.Counter(
-            run.worker for run in self._running.values() if run.worker)
+        busy = self._load
         return [{"engine": self.name, "worker": w["worker"], "host": w["host"],
                  "threads": w["threads"], "state": "busy" if busy[w["worker"]] else "idle",
                  "busy": busy[w["worker"]]} for w in self._workers]
@@ -461,25 +464,24 @@ class DaskExecutor:
         self._end(run, Outcome(aid, "interrupted", error=TaskError("WorkerDied", why)))
 
     def _on_worker_lost(self, worker: str, keys: list[str]) -> None:
+        """A Dask worker left the cluster (it died, or was retired): what it ran is interrupted,
+        and what was sent to it and had not started goes back to the daemon's queue unstarted."""
         assert self._bridge is not None
-        lost = []
-        for key in keys:
-            aid = self._by_key.get(key)
-            run = self._running.get(aid) if aid is not None else None
-            if run is None or not run.started or run.worker != worker:
-                continue  # not started yet: Dask runs it on another worker
-            lost.append(run)
+        lost = [run for run in self._running.values() if run.target == worker or run.worker == worker]
         if not lost:
             return
-        aids = [run.spec.attempt_id for run in lost]
-        self._bridge.command("cancel", aids, 0.0)  # Dask would run them again: it must not
+        self._bridge.command("cancel", [run.spec.attempt_id for run in lost], 0.0)
         for run in lost:
+            aid = run.spec.attempt_id
             if run.stop_reason is not None:
-                self._end(run, Outcome(run.spec.attempt_id, STOP_STATUS[run.stop_reason]))
-            else:
-                self._end(run, Outcome(run.spec.attempt_id, "interrupted", error=TaskError(
+                self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))
+            elif run.started:
+                self._end(run, Outcome(aid, "interrupted", error=TaskError(
                     "WorkerDied", f"the Dask worker {worker} was lost while running task "
                     f"{run.spec.task_name!r}")))
+            else:
+                self._end(run, Outcome(aid, "interrupted", error=TaskError(
+                    NOT_STARTED, f"the Dask worker {worker} it was sent to was lost")))
 
     def _arm_timeout(self, run: _Attempt, delay: float) -> None:
         assert self._loop is not None
@@ -504,8 +506,11 @@ class DaskExecutor:
     # -- endings ------------------------------------------------------------------------------------
 
     def _end(self, run: _Attempt, outcome: Outcome) -> None:
-        self._running.pop(run.spec.attempt_id, None)
-        self._by_key.pop(run.key, None)
+        if self._running.pop(run.spec.attempt_id, None) is not None:
+            load = self._load
+            load[run.target] -= 1
+            if load[run.target] <= 0:
+                del load[run.target]
         for timer in (run.stop_timer, run.timeout_timer):
             if timer is not None:
                 timer.cancel()

@@ -257,9 +257,10 @@ class Bridge:
         self._resubscribe(client)
         runner = self._runner
         if op == "submit":
-            _, aid, key, payload, priority = cmd
+            _, aid, key, payload, priority, worker = cmd
             fut = client.submit(runner.run_attempt, payload, self.topic, key=key, priority=priority,
-                                pure=False, retries=0)
+                                pure=False, retries=0, workers=[worker] if worker else None,
+                                allow_other_workers=False)
             self._futures[aid] = fut
             waiter = asyncio.get_running_loop().create_task(self._await(aid, fut))
             self._waiters.add(waiter)
