@@ -92,7 +92,7 @@ class _Run:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except OSError:
             return True  # it has ended already: nothing to signal, nothing wrong
-        if int(fields[1]) != self.pid or int(fields[4]) != pid:  # ppid, session id
+        if int(fields[1]) != self.pid or int(fields[3]) != pid:  # ppid, session id
             return False
         self.child = pid
         return True

@@ -540,3 +540,20 @@ def test_an_engine_that_cannot_load_its_package_says_so_in_one_line(
     with pytest.raises(EngineUnavailable) as caught:
         DaskExecutor("tcp://127.0.0.1:1").prefork()
     assert str(caught.value).startswith(message) and caught.value.hint == hint
+
+
+def test_the_runner_signals_only_a_command_that_is_the_harness_child_and_leads_its_session() -> None:
+    leader = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    member = subprocess.Popen(["sleep", "60"])  # in our session: not a command's own
+    try:
+        me = os.getpid()
+        assert runner._Run("a#1", "s", "r", me, -1, -1, -1).take_child(leader.pid)
+        assert not runner._Run("a#1", "s", "r", me, -1, -1, -1).take_child(member.pid)
+        assert not runner._Run("a#1", "s", "r", me, -1, -1, -1).take_child(1)  # not its child
+        assert not runner._Run("a#1", "s", "r", me, -1, -1, -1).take_child("12")
+        run = runner._Run("a#1", "s", "r", me, -1, -1, -1)
+        assert run.take_child(leader.pid) and not run.take_child(leader.pid)  # once
+    finally:
+        for proc in (leader, member):
+            proc.kill()
+            proc.wait(10)
