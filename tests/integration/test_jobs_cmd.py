@@ -14,7 +14,7 @@ import pytest
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from tests.support.daemon import DaemonProcess
 from tests.support.fixtures import each_engine
-from tests.support.jobs import run_job, sh, tasks_by_name, wait_task_state
+from tests.support.jobs import run_job, sh, tasks_by_name, wait_task_started
 
 engine = each_engine()
 
@@ -187,7 +187,7 @@ def test_cancel_a_job_stops_running_cancels_pending_skips_dependents(daemon: Dae
                 },
             }
         )["id"]
-        wait_task_state(client, job_id, "long")  # bounded; never a bare sleep
+        wait_task_started(client, job_id, "long")  # bounded; never a bare sleep
         assert client.cancel(job_id)["stopping"] == 1
         status = client.wait(job_id, timeout=30)["status"]
     t = tasks_by_name(status)

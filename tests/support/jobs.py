@@ -37,3 +37,18 @@ def wait_task_state(client: Client, job_id: str, name: str, state: str = "runnin
         what=f"task {name!r} of job {job_id} to be {state}",
     )
     return status
+
+
+def wait_task_started(client: Client, job_id: str, name: str) -> dict[str, Any]:
+    """Wait (bounded) until task ``name`` runs and its engine has reported the start of its
+    attempt's process (a pid): on a remote engine an attempt is "running" from its hand-over, and
+    its process starts a moment later, on another host. Returns the job's status."""
+
+    def started(s: dict[str, Any]) -> bool:
+        t = tasks_by_name(s)[name]
+        history = t["attempt_history"]
+        return t["state"] == "running" and bool(history) and bool(history[-1]["pid"])
+
+    status: dict[str, Any] = wait_until(lambda: client.status(job_id), started,
+                                        what=f"task {name!r} of job {job_id} to start")
+    return status

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import os
 import pwd
 import selectors
@@ -73,13 +74,21 @@ class _Run:
         self.killer: threading.Timer | None = None
         #: a command's process, the leader of a session of its own under the harness (0: none)
         self.child = 0
+        #: the harness has ended and its fork server has reaped it (its pid may be reused)
+        self.ended = False
 
     def signal(self, signum: int) -> None:
         for pgid in (self.pid, self.child):
             if pgid:
                 try:
                     os.killpg(pgid, signum)
-                except (ProcessLookupError, PermissionError):
+                except ProcessLookupError:
+                    if pgid == self.pid and not self.ended:
+                        # Forked a moment ago, it has not made its session yet (a stop that came
+                        # with the start): the process itself, which has not been reaped.
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.kill(pgid, signum)
+                except PermissionError:
                     pass
 
     def take_child(self, pid: Any) -> bool:
@@ -265,7 +274,7 @@ def run_attempt(payload_bytes: bytes, topic: str) -> bytes:
     if stopped:
         for fd in ours:
             os.close(fd)
-        return result(False, None, stopped=True)
+        return result(False, None, stopped=True, not_started=True)
     run = _Run(aid, str(payload.get("daemon", "")), str(payload.get("run", "")), pid, ours[0], ours[1],
                ours[2])
     with _lock:
@@ -388,6 +397,7 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
                         # then whatever it left in its session goes, and its output is drained.
                         run.close_stdin()
                         code = _server.wait(run.pid, timeout=EXIT_WAIT)
+                        run.ended = code is not None
                         run.signal(signal.SIGKILL)
                         drain_until = time.monotonic() + DRAIN
                     continue

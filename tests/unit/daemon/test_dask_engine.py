@@ -352,13 +352,20 @@ def test_a_command_fails_with_its_exit_code_and_a_failed_call_with_its_error() -
 
 
 def test_stops_before_and_after_the_start() -> None:
-    ex, events, bridge, loop = executor()
+    ex, events, bridge, _ = executor()
     ex.submit(spec("q#1"))
     ex.stop_attempt("q#1", "cancelled")
-    assert bridge.commands[-1] == ("cancel", ["q#1"], ex.kill_grace)
-    loop.run_once(0)
+    assert bridge.commands[-1] == ("stop", ["q#1"], "tcp://w1", ex.kill_grace)
+    assert not events.finished  # its start may be on its way: the outcome tells
+    ex._on_event(("done", "q#1", runner.result(False, None, stopped=True, not_started=True)))
     out = events.finished[-1]
     assert out.status == "cancelled" and out.error is not None and out.error.type == NOT_STARTED
+    ex.submit(spec("s#1"))
+    ex.stop_attempt("s#1", "cancelled")  # it had started: the start and its end come after
+    ex._on_event(("remote", {"t": "started", "aid": "s#1", "pid": 3, "worker": "tcp://w1", "host": "h1"}))
+    ex._on_event(("done", "s#1", runner.result(False, None, stopped=True, exit_code=-15)))
+    out = events.finished[-1]
+    assert (out.status, out.exit_code, out.error) == ("cancelled", -15, None)
     ex.submit(spec("r#1"))
     ex._on_event(("remote", {"t": "started", "aid": "r#1", "pid": 1, "worker": "tcp://w1", "host": "h1"}))
     ex.stop_attempt("r#1", "timeout")
@@ -387,6 +394,9 @@ def test_a_lost_worker_interrupts_what_it_ran_and_requeues_what_it_had_not_start
     other = ended[on_w1[1]]
     assert other.status == "interrupted" and other.error is not None and other.error.type == NOT_STARTED
     assert bridge.commands[-1] == ("cancel", on_w1, 0.0)  # Dask must not run them anywhere
+    assert ex.free_slots() == 0 and [w["worker"] for w in ex._workers] == ["tcp://w2"]  # not w1 again
+    ex._on_event(("capacity", []))  # w2 went too, unheard of: what was sent to it ends as well
+    assert {o.attempt_id for o in events.finished} == set(targets)
     # a late start of the interrupted attempt elsewhere is stopped at once
     ex._on_event(("remote", {"t": "started", "aid": started, "pid": 2, "worker": "tcp://w2", "host": "h2"}))
     assert bridge.commands[-1] == ("stop", [started], "tcp://w2", 0.0)

@@ -208,13 +208,10 @@ class DaskExecutor:
                 self._arm_timeout(run, left)
                 return
         run.stop_reason = reason
-        if not run.started:
-            # Still queued in Dask: dropped there, and marked on every worker in case it starts.
-            self._bridge.command("cancel", [attempt_id], self.kill_grace)
-            self._later(Outcome(attempt_id, STOP_STATUS[reason], error=TaskError(
-                NOT_STARTED, "stopped before it started")))
-            return
-        self._bridge.command("stop", [attempt_id], run.worker, self.kill_grace)
+        # Not started as far as the daemon knows, its start may be on its way: its worker stops it
+        # if it runs, or marks it so that it ends at once, unstarted, when Dask starts it (it
+        # does at once: one attempt per thread). The outcome says which it was.
+        self._bridge.command("stop", [attempt_id], run.worker or run.target or None, self.kill_grace)
         run.stop_timer = self._loop.call_later(
             self.kill_grace + STOP_SLACK, lambda: self._stop_unanswered(attempt_id))
 
@@ -307,6 +304,11 @@ class DaskExecutor:
             before = self.free_slots()
             self._workers = event[1]
             self._threads = sum(w["threads"] for w in self._workers)
+            # Attempts sent to a worker that is gone, if its going was not heard of (a reconnection
+            # in between): they cannot run anywhere else (pinned), so they end here.
+            present = {w["worker"] for w in self._workers}
+            for gone in {run.target for run in self._running.values()} - present:
+                self._on_worker_lost(gone, [])
             if self.free_slots() > before:
                 events.capacity_changed()
         elif kind == "up":
@@ -432,7 +434,8 @@ class DaskExecutor:
         exit_code = info.get("exit_code")
         exit_code = exit_code if type(exit_code) is int else None
         if run.stop_reason is not None:
-            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], exit_code=exit_code))
+            error = TaskError(NOT_STARTED, "stopped before it started") if info.get("not_started") else None
+            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], exit_code=exit_code, error=error))
             return
         if info.get("stopped"):
             self._end(run, Outcome(aid, "interrupted", exit_code=exit_code, error=TaskError(
@@ -459,7 +462,9 @@ class DaskExecutor:
         if run is None:
             return
         if run.stop_reason is not None:
-            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason]))
+            # Stopped: a Dask task cancelled before it started never ran, and does not count.
+            error = None if run.started else TaskError(NOT_STARTED, "stopped before it started")
+            self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], error=error))
             return
         self._end(run, Outcome(aid, "interrupted", error=TaskError("WorkerDied", why)))
 
@@ -467,6 +472,9 @@ class DaskExecutor:
         """A Dask worker left the cluster (it died, or was retired): what it ran is interrupted,
         and what was sent to it and had not started goes back to the daemon's queue unstarted."""
         assert self._bridge is not None
+        # No more attempts for it (before the outcomes below make the scheduler look for room).
+        self._workers = [w for w in self._workers if w["worker"] != worker]
+        self._threads = sum(w["threads"] for w in self._workers)
         lost = [run for run in self._running.values() if run.target == worker or run.worker == worker]
         if not lost:
             return
