@@ -68,6 +68,8 @@ class _Link:
         self.done = False
         #: a command's process (the leader of its own session), 0 before it starts
         self.child = 0
+        #: a stop signal that came before the command existed (0: none)
+        self.term = 0
 
     def send(self, value: Any) -> None:
         with self.lock:
@@ -160,7 +162,7 @@ def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:
         if task is not None:
             running["loop"].call_soon_threadsafe(task.cancel)
             return
-        if running.get("sync"):
+        if not running.get("ended"):  # the function runs, or is still being imported or set up
             raise TaskInterrupted(f"stopped by {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, on_term)
@@ -175,15 +177,16 @@ def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:
             running.update(task=task, loop=loop)
             result = loop.run_until_complete(task)
         else:
-            running["sync"] = True
             result = fn(*args, **kwargs)
-            running.pop("sync", None)
+        running["ended"] = True
     except BaseException as exc:  # task code may raise anything, SystemExit included
         running.clear()
+        running["ended"] = True
         return ["done", False, error_map(exc)]
     finally:
         task_api._clear()
     running.clear()
+    running["ended"] = True
     try:
         frames.pack(result)
     except Exception as exc:
@@ -220,6 +223,8 @@ def _run_cmd(link: _Link, payload: dict[str, Any]) -> list[Any]:
     def on_term(signum: int, frame: Any) -> None:
         if link.child:
             _killpg(link.child, signum)
+        else:
+            link.term = signum  # before the command exists: it gets it as soon as it does
 
     signal.signal(signal.SIGTERM, on_term)
     try:
@@ -232,6 +237,8 @@ def _run_cmd(link: _Link, payload: dict[str, Any]) -> list[Any]:
         return ["done", False, {"type": type(exc).__name__, "traceback": "",
                                 "message": f"cannot start {shorten(argv0)}: {why}"}]
     link.child = proc.pid
+    if link.term:
+        _killpg(proc.pid, link.term)
     link.send(["child", proc.pid])  # the runner signals its group too (a stop, the final cleanup)
     while True:
         try:
