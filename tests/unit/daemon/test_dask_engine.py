@@ -311,7 +311,8 @@ def test_a_started_attempt_reports_its_lines_with_the_host_and_its_result() -> N
     assert bridge.commands[-1] == ("reply", "tcp://w1", "1.0@1#1", 3, True, 42)
     ex._on_event(("done", "1.0@1#1", runner.result(True, [1, 2])))
     assert events.finished[-1].status == "completed" and events.finished[-1].result == [1, 2]
-    assert ex.free_slots() == 2
+    # it ran a moment: attempts are short, so each thread gets a second one waiting behind
+    assert ex._mean_run < 0.05 and ex.free_slots() == 4
 
 
 def test_whatever_else_arrives_on_the_topic_is_ignored() -> None:

@@ -57,6 +57,10 @@ log = logging.getLogger("procpoold.engines.dask")
 
 #: Dask's ``priority=`` for each of the tree's priorities (higher runs first in Dask).
 DASK_PRIORITY = {"critical": 40, "high": 30, "normal": 20, "low": 10, "batch": 0}
+#: While attempts run shorter than this on average (seconds), each worker thread gets a second one
+#: waiting behind the running one (docs/engines.md): a priority can then be passed over by at most
+#: one such short attempt per thread.
+PREFETCH_BELOW = 0.05
 #: A timeout that runs out this close to the attempt's own is not put off (seconds).
 TIMEOUT_SLACK = 0.05
 #: A stopped attempt whose worker does not answer is reported this long after its grace.
@@ -110,8 +114,11 @@ class DaskExecutor:
         self._reason: str | None = "connecting to the Dask scheduler"
         self._workers: list[dict[str, Any]] = []
         self._threads = 0
-        #: attempts sent to each worker and not ended (its capacity is its threads)
+        #: attempts sent to each worker and not ended (its capacity: its threads, see _per_thread)
         self._load: collections.Counter[str] = collections.Counter()
+        #: moving mean of how long completed attempts ran, from their start as heard here (s);
+        #: unknown at first, so counted long (no attempt waits behind another until it is known)
+        self._mean_run = PREFETCH_BELOW
         self._inbox: collections.deque[list[Event]] = collections.deque()
         self._wake_r = self._wake_w = -1
         self._lock = threading.Lock()
@@ -155,8 +162,14 @@ class DaskExecutor:
     def free_slots(self) -> int:
         if not self._up:
             return 0
-        load = self._load
-        return sum(max(0, w["threads"] - load[w["worker"]]) for w in self._workers)
+        load, per = self._load, self._per_thread()
+        return sum(max(0, w["threads"] * per - load[w["worker"]]) for w in self._workers)
+
+    def _per_thread(self) -> int:
+        """Attempts sent per worker thread: 2 while attempts are short (the next one waits on its
+        worker, so that the thread does not idle for a round trip through the daemon), else 1 (a
+        long attempt queued behind another would start after a more urgent one sent later)."""
+        return 2 if self._mean_run < PREFETCH_BELOW else 1
 
     def expect_work(self, uid: int | None) -> None:
         pass
@@ -169,7 +182,8 @@ class DaskExecutor:
         assert self._bridge is not None
         key = f"procpool-{self._nonce}-{spec.attempt_id}"
         load = self._load
-        target = max(self._workers, key=lambda w: w["threads"] - load[w["worker"]])["worker"] \
+        per = self._per_thread()
+        target = max(self._workers, key=lambda w: w["threads"] * per - load[w["worker"]])["worker"] \
             if self._workers else ""
         load[target] += 1
         run = self._running[spec.attempt_id] = _Attempt(spec, key, target)
@@ -514,6 +528,9 @@ class DaskExecutor:
     # -- endings ------------------------------------------------------------------------------------
 
     def _end(self, run: _Attempt, outcome: Outcome) -> None:
+        if run.started and outcome.status == "completed":
+            took = time.monotonic() - run.started_at
+            self._mean_run += (took - self._mean_run) * 0.25
         if self._running.pop(run.spec.attempt_id, None) is not None:
             load = self._load
             load[run.target] -= 1
