@@ -12,12 +12,11 @@ import pytest
 from tests.support.daemon import DaemonProcess, serving
 from tests.support.users import throwaway
 
-pytest.importorskip("distributed", reason="the Dask engine needs the 'distributed' package (procpool[dask])")
-
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def test_a_users_call_and_command_run_as_that_user_on_the_dask_workers(dask_scheduler: str) -> None:
+    # (the dask_scheduler fixture skips where Dask is not installed)
     with throwaway({"bob": ["team"]}, ["team"]) as (made, groups):
         bob = made["bob"]
         with serving(DaemonProcess(extra_args=[
