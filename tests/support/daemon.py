@@ -39,7 +39,12 @@ STOP_TIMEOUT = 20.0
 
 def tagged_pids(tag: str) -> list[int]:
     """Pids of live processes whose environment carries ``PROCPOOL_TEST_TAG=tag``."""
-    needle = f"PROCPOOL_TEST_TAG={tag}".encode()
+    return pids_with_env("PROCPOOL_TEST_TAG", tag)
+
+
+def pids_with_env(name: str, value: str, skip_zombies: bool = False) -> list[int]:
+    """Pids of processes whose environment carries ``name=value`` (without zombies: the living)."""
+    needle = f"{name}={value}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -47,6 +52,10 @@ def tagged_pids(tag: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = f.read()
+            if skip_zombies:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        continue
         except OSError:
             continue
         if needle in env.split(b"\0"):

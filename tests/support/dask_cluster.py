@@ -44,6 +44,7 @@ from typing import IO, Any, NamedTuple
 
 import psutil
 
+from tests.support.daemon import pids_with_env
 from tests.support.waiting import wait_until
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -82,19 +83,7 @@ def tagged(tag: str) -> list[int]:
 
 def with_env_marker(name: str, value: str) -> list[int]:
     """Pids of live processes (not zombies) whose environment carries ``name=value``."""
-    needle = f"{name}={value}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle in env.split(b"\0") and _alive(int(entry)):
-            found.append(int(entry))
-    return found
+    return pids_with_env(name, value, skip_zombies=True)
 
 
 def _alive(pid: int) -> bool:
