@@ -185,7 +185,27 @@ def _parse_arg(text: str) -> Any:
         return text
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+class _RunCommand(click.Command):
+    """``procctl run``: its options go before the callable or the command; it remembers whether
+    the words came after ``--`` (then they are all the command's or the callable's, options or not)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["run_dashdash"] = "--" in args
+        return super().parse_args(ctx, args)
+
+
+def _looks_like_option(word: str) -> bool:
+    """``--wait``, ``-x``: not a JSON number such as ``-5``."""
+    if not word.startswith("-") or word == "-":
+        return False
+    try:
+        json.loads(word)
+    except ValueError:
+        return True
+    return False
+
+
+@cli.command(cls=_RunCommand, context_settings={"allow_interspersed_args": False})
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--name", help="Task (and job) name.")
 @click.option(
@@ -229,6 +249,13 @@ def run(
       procctl run [OPTIONS] -- CMD [ARG...]
     """
     words = list(argv)
+    dashdash = bool(click.get_current_context().meta.get("run_dashdash"))
+    stray = [w for w in words[1:] if _looks_like_option(w)] if not dashdash else []
+    if stray:
+        what = "callable" if _CALLABLE.match(words[0]) else "command"
+        form = "pkg.module:function [ARG...]" if what == "callable" else "-- CMD [ARG...]"
+        fail(f"{stray[0]!r} comes after the {what}: procctl run's options go before it",
+             f"procctl run [OPTIONS] {form}; to pass words that start with '-', put them after --")
     task: dict[str, Any] = {}
     if _CALLABLE.match(words[0]) and not shell:
         task["call"] = words[0]
