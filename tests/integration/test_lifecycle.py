@@ -201,3 +201,30 @@ def test_a_reader_that_goes_away_is_not_an_error(daemon: DaemonProcess) -> None:
         os.close(w)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+def test_ctrl_c_stops_waiting_and_leaves_the_job_running(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Ctrl-C during ``submit --wait`` exits 130 and names the job, which goes on in the daemon (it
+    used to print "Aborted!" and exit 1, like a failed job, with the job's id never told)."""
+    job = tmp_path / "long.json"
+    job.write_text(json.dumps({"name": "long", "root": {"cmd": ["sleep", "100"]}}))
+    cmd = [sys.executable, "-m", "procpool.cli", "--socket", str(daemon.socket), "submit", "--wait", str(job)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # 'job 1 "long" submitted': procctl waits from here on
+        assert "submitted" in first, first
+        job_id = first.split()[1]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 130, (out, err)
+    assert f"stopped waiting; job {job_id} goes on in the daemon" in err
+    assert "Aborted" not in err and "Traceback" not in err
+    with daemon.client() as client:
+        assert client.status(job_id)["job"]["state"] == "running"
+        client.cancel(job_id)
+        assert client.wait(job_id, timeout=30)["state"] == "cancelled"

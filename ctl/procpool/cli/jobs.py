@@ -75,6 +75,7 @@ def _finish(
     (full with ``--json``, else columns) once it finished or the submit's wait ran out, so a job
     that ends within that wait takes one round trip in all."""
     job_id = first["id"]
+    _waiting_for(job_id)
     if settings.json:  # the full status (format 1), as before the columnar view existed
         result = first if first["finished"] else client.wait(job_id)
         emit(settings, result["status"], "")
@@ -99,6 +100,12 @@ def _finish(
         click.echo("", err=True)
     _show_job(settings, client, status, all_tasks)
     sys.exit(EXIT_OK if status.state == COMPLETED else EXIT_FAILED)
+
+
+def _waiting_for(job_id: str) -> None:
+    """What a Ctrl-C from now on names as going on in the daemon (see ProcctlGroup.invoke)."""
+    ctx = click.get_current_context()
+    ctx.find_root().meta["waiting_for"] = job_id
 
 
 def _progress(client: Client, job_id: str, status: JobStatus) -> JobStatus:
@@ -373,6 +380,7 @@ def _age(text: str) -> float:
 @pass_settings
 def wait(settings: Settings, id: str, wait_timeout: float | None, all_tasks: bool) -> None:
     """Wait until a job or task has finished; exit 0 if it completed, 1 if not."""
+    _waiting_for(id)
     with settings.client() as client:
         result = client.wait(id, timeout=wait_timeout, view="full" if settings.json else "columns")
         status = result.get("status")

@@ -35,6 +35,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_DENIED = 4
 EXIT_LIMIT = 5
+#: Ctrl-C (SIGINT) stopped procctl; what it waited for goes on in the daemon (128 + SIGINT, as shells)
+EXIT_INTERRUPTED = 130
 
 _USAGE_CODES = {
     ErrorCode.INVALID_ARGUMENT,
@@ -102,6 +104,18 @@ class ProcctlGroup(click.Group):
                 raise
             code = _EXIT_BY_CODE.get(exc.code, EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_FAILED)
             fail(exc.message, exc.hint, code)
+        except KeyboardInterrupt:
+            # Ctrl-C stops procctl only: a job it submitted or waited for goes on in the daemon.
+            # (The wait commands say which job; a plain "Aborted!" and exit 1 read like a failure.)
+            waited = ctx.meta.get("waiting_for")
+            click.echo("", err=True)
+            if waited:
+                what = "task" if "." in waited or "/" in waited else "job"
+                fail(f"stopped waiting; {what} {waited} goes on in the daemon",
+                     f"procctl status {waited}, procctl wait {waited}, or procctl cancel {waited}",
+                     EXIT_INTERRUPTED)
+            fail("interrupted", "what procctl asked the daemon for may have been done: see procctl status",
+                 EXIT_INTERRUPTED)
         except BrokenPipeError:
             # The reader went away (`procctl logs 1 | head`): what it wanted is written. Quietly,
             # as other tools do, and without Python's second complaint when stdout is closed.
@@ -124,6 +138,7 @@ Exit codes:
      user procctl trusts: see --trust-uid)
   4  permission denied (not the job's owner or an administrator)
   5  a limit refused new work for now (queue full, quota, too many connections)
+  130  Ctrl-C: procctl stopped; a job it waited for goes on (it says which)
 """
 
 
