@@ -84,7 +84,7 @@ def test_another_user_may_read_a_job_but_not_touch_it(world: World) -> None:
     with world.daemon.client() as client:
         assert client.status(job)["job"]["state"] == "running"  # untouched
     # Its submitter may.
-    assert world.procctl(world.alice, "wait", job, "--timeout", "0.1").returncode == 1  # not finished
+    assert world.procctl(world.alice, "wait", job, "--timeout", "0.1").returncode == 124  # not finished
     assert world.procctl(world.alice, "logs", job).returncode == 0
     out = world.procctl(world.alice, "resume", job)
     assert out.returncode == 1 and "not held" in out.stderr  # allowed, but the job is not held

@@ -228,3 +228,17 @@ def test_ctrl_c_stops_waiting_and_leaves_the_job_running(daemon: DaemonProcess, 
         assert client.status(job_id)["job"]["state"] == "running"
         client.cancel(job_id)
         assert client.wait(job_id, timeout=30)["state"] == "cancelled"
+
+
+def test_a_wait_that_gives_up_has_its_own_exit_status(daemon: DaemonProcess) -> None:
+    """``wait --timeout`` that runs out exits 124 (as coreutils' timeout), not 1 as a failed job."""
+    with daemon.client() as client:
+        job_id = client.submit({"name": "long", "root": {"cmd": ["sleep", "100"]}})["id"]
+        out = daemon.procctl("wait", job_id, "--timeout", "0.2")
+        assert out.returncode == 124, (out.stdout, out.stderr)
+        assert f"{job_id} has not finished after 0.2s" in out.stderr
+        assert client.status(job_id)["job"]["state"] == "running"  # it goes on
+        client.cancel(job_id)
+        assert client.wait(job_id, timeout=30)["state"] == "cancelled"
+        failed = client.submit({"name": "no", "root": {"cmd": ["false"]}})["id"]
+    assert daemon.procctl("wait", failed, "--timeout", "30").returncode == 1  # finished, failed

@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from procpool.cli import render
-from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, emit, fail, pass_settings
+from procpool.cli.main import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_WAIT_TIMEOUT,
+    Seconds,
+    Settings,
+    cli,
+    emit,
+    fail,
+    pass_settings,
+)
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
 from procpool.contract.states import COMPLETED, FINAL_JOB_STATES
 from procpool.contract.status import JobStatus, View, follow, is_changes
@@ -391,7 +401,8 @@ def wait(settings: Settings, id: str, wait_timeout: float | None, all_tasks: boo
         else:
             emit(settings, result, lambda: render.task_line(result["task"], time.time()))
     if not result["finished"]:
-        fail(f"{id} has not finished after {wait_timeout:g}s", code=EXIT_FAILED)
+        fail(f"{id} has not finished after {wait_timeout:g}s", "it goes on in the daemon: wait again, "
+             f"or procctl cancel {id}", code=EXIT_WAIT_TIMEOUT)
     sys.exit(EXIT_OK if result["state"] == COMPLETED else EXIT_FAILED)
 
 

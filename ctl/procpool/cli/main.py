@@ -35,6 +35,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_DENIED = 4
 EXIT_LIMIT = 5
+#: ``wait --timeout`` gave up before the job or task finished (as coreutils' timeout)
+EXIT_WAIT_TIMEOUT = 124
 #: Ctrl-C (SIGINT) stopped procctl; what it waited for goes on in the daemon (128 + SIGINT, as shells)
 EXIT_INTERRUPTED = 130
 
@@ -138,6 +140,7 @@ Exit codes:
      user procctl trusts: see --trust-uid)
   4  permission denied (not the job's owner or an administrator)
   5  a limit refused new work for now (queue full, quota, too many connections)
+  124  wait --timeout gave up: the job or task has not finished
   130  Ctrl-C: procctl stopped; a job it waited for goes on (it says which)
 """
 
