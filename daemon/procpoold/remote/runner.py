@@ -94,7 +94,7 @@ class _Run:
     def take_child(self, pid: Any) -> bool:
         """The harness names its command's process: taken only if it is that, a child of the
         harness leading its own session (the runner may run as root: it signals no other group)."""
-        if self.child or type(pid) is not int or pid <= 1:
+        if self.child or type(pid) is not int or pid <= 1 or pid == self.pid:
             return False
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -383,8 +383,10 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
                         elif kind == "done" and len(msg) == 3 and type(msg[1]) is bool:
                             done = msg
                         elif kind == "child" and len(msg) == 2 and payload.get("kind") == "cmd":
-                            if not run.take_child(msg[1]):
-                                bad = "the attempt's process named a process that is not its command"
+                            # Sent by the harness's own code (a command cannot reach fd 3); one
+                            # that does not check out is only not signalled by the runner (the
+                            # harness passes signals on, and ends the command's session itself).
+                            run.take_child(msg[1])
                         else:
                             bad = "the attempt's process sent a malformed frame"
                     if reader.eof:
