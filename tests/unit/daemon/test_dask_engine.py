@@ -300,8 +300,7 @@ def test_a_started_attempt_reports_its_lines_with_the_host_and_its_result() -> N
     ex.submit(spec())
     ex._on_event(("remote", {"t": "started", "aid": "1.0@1#1", "pid": 7, "worker": "tcp://w1", "host": "h1"}))
     assert events.started == [("1.0@1#1", 7, "dask:tcp://w1")]
-    lines = [["log", 30, "hi", {"LOGGER": "x"}], ["stdout", 20, "out", None],
-             ["bogus", 20, "x", None], ["log", "30", "x", None], "junk"]
+    lines = [["log", 30, "hi", {"LOGGER": "x"}], ["stdout", 20, "out", None]]
     ex._on_event(("remote", {"t": "logs", "aid": "1.0@1#1", "b": packed(lines)}))
     assert [(m, f) for _, _, _, m, f in events.logs] == [
         ("hi", {"LOGGER": "x", "PROCPOOL_HOST": "h1"}), ("out", {"PROCPOOL_HOST": "h1"})]
@@ -315,24 +314,64 @@ def test_a_started_attempt_reports_its_lines_with_the_host_and_its_result() -> N
     assert ex._mean_run < 0.05 and ex.free_slots() == 4
 
 
-def test_whatever_else_arrives_on_the_topic_is_ignored() -> None:
+def test_what_is_not_about_an_attempt_of_this_engine_is_ignored() -> None:
     ex, events, _, _ = executor()
     ex.submit(spec())
-    hostile: list[Any] = [
+    for msg in [
         {"t": "started", "aid": 5}, {"t": "started", "aid": "1.0@1#1", "worker": 3, "host": "h"},
-        {"t": "logs", "aid": "1.0@1#1", "b": "not bytes"}, {"t": "logs", "aid": "1.0@1#1", "b": b"\xc1"},
-        {"t": "logs", "aid": "1.0@1#1", "b": msgpack.packb(msgpack.ExtType(1, b""))},
+        {"t": "logs", "aid": "1.0@1#1", "b": "not bytes"},
         {"t": "logs", "aid": "other#1", "b": packed([["log", 20, "x", None]])},
-        {"t": "req", "aid": "1.0@1#1", "b": packed([1, "ns"])},
-        {"t": "progress", "aid": "1.0@1#1", "b": packed(3)},
         {"no": "t"}, {"t": "done", "aid": "1.0@1#1"},
-    ]
-    for msg in hostile:
+    ]:
         ex._on_event(("remote", msg))
     assert not events.started and not events.logs and not events.ns and not events.progress
-    assert not events.finished
-    ex._on_event(("done", "1.0@1#1", b"\xc1 not msgpack"))
-    assert events.finished[-1].status == "failed"
+    assert not events.finished and "1.0@1#1" in ex._running
+
+
+@pytest.mark.parametrize(("t", "body", "why"), [
+    ("logs", b"\xc1", "not msgpack"),
+    ("logs", msgpack.packb(msgpack.ExtType(1, b"")), "not msgpack"),
+    ("logs", packed([["bogus", 20, "x", None]]), "stream"),
+    ("logs", packed([["log", "30", "x", None]]), "level of type str"),
+    ("logs", packed(["junk"]), "a log line"),
+    # a task may not name a job, a task or a user in the journal: only its code site and logger
+    ("logs", packed([["log", 20, "x", {"PROCPOOL_JOB_ID": "7", "PROCPOOL_USER": "root"}]]), "fields"),
+    ("logs", packed([["stdout", 20, "x", None]] * 1001), "at most 1,000"),
+    ("req", packed([1, "ns"]), "malformed request"),
+    ("req", packed(["1", "ns", {}]), "request message"),
+    ("progress", packed(3), "progress message"),
+    ("progress", packed({"fraction": float("nan")}), "fraction"),
+    ("progress", packed({"done": "all"}), "progress message"),
+])
+def test_what_an_attempt_sends_against_the_protocol_stops_it_and_fails_it(
+    t: str, body: bytes, why: str
+) -> None:
+    ex, events, bridge, _ = executor()
+    ex.submit(spec())
+    ex._on_event(("remote", {"t": "started", "aid": "1.0@1#1", "pid": 7, "worker": "tcp://w1", "host": "h1"}))
+    ex._on_event(("remote", {"t": t, "aid": "1.0@1#1", "b": body}))
+    out = events.finished[-1]
+    assert out.status == "failed" and out.error is not None and out.error.type == "ProtocolViolation"
+    assert why in out.error.message, out.error.message
+    assert bridge.commands[-1] == ("stop", ["1.0@1#1"], "tcp://w1", 0.0)  # stopped on its worker
+    assert not events.logs and not events.ns and not events.progress
+    ex.submit(spec("2.0@1#1"))  # the engine goes on
+    assert "2.0@1#1" in ex._running
+
+
+def test_a_result_or_event_over_max_result_bytes_fails_the_attempt() -> None:
+    ex, events, _, _ = executor()
+    ex.max_result_bytes = 1024
+    ex.submit(spec())
+    ex._on_event(("done", "1.0@1#1", runner.result(True, "x" * 2000)))
+    out = events.finished[-1]
+    assert out.status == "failed" and out.error is not None and "over max_result_bytes" in out.error.message
+    ex.submit(spec("a#1"))
+    ex._on_event(("remote", {"t": "logs", "aid": "a#1", "b": packed([["stdout", 20, "x" * 2000, None]])}))
+    out = events.finished[-1]
+    assert out.attempt_id == "a#1" and out.error is not None and "over max_result_bytes" in out.error.message
+    ex.submit(spec("b#1"))
+    ex._on_event(("done", "b#1", b"\xc1 not msgpack"))
     assert events.finished[-1].error is not None and events.finished[-1].error.type == "ProtocolViolation"
 
 

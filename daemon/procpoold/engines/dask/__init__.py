@@ -52,6 +52,7 @@ from procpoold.engines import (
 )
 from procpoold.engines.dask.bridge import Bridge, Event, make_wakeup
 from procpoold.loop import EventLoop, Timer
+from procpoold.pool.protocol import LOG, PROGRESS, REQUEST, result_problem
 
 log = logging.getLogger("procpoold.engines.dask")
 
@@ -65,11 +66,11 @@ PREFETCH_BELOW = 0.05
 TIMEOUT_SLACK = 0.05
 #: A stopped attempt whose worker does not answer is reported this long after its grace.
 STOP_SLACK = 10.0
-#: Largest result accepted from a worker (bytes of msgpack).
+#: Largest result or event body accepted from a worker (bytes of msgpack) when the daemon sets no
+#: ``max_result_bytes`` of its own (the composition root passes the config's).
 MAX_RESULT = 64 * 1024 * 1024
 #: Lines of one log event accepted at most (the runner sends up to 500).
 MAX_LINES = 1000
-_STREAMS = frozenset({"log", "stdout", "stderr"})
 
 
 class _Attempt:
@@ -100,9 +101,11 @@ class DaskExecutor:
     outlives_daemon = True
 
     def __init__(self, scheduler: str, *, kill_grace: float = 5.0, sink: Any = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, max_result_bytes: int = MAX_RESULT) -> None:
         self.scheduler = scheduler
         self.kill_grace = kill_grace
+        #: what an attempt may send in one result or event, as a pool worker in one message
+        self.max_result_bytes = max_result_bytes
         self.connect_timeout = connect_timeout
         self._daemon_id = uuid.uuid4().hex  # replaced by set_daemon_id when there is a store
         self._nonce = uuid.uuid4().hex[:8]  # Dask keys of this process (a restart reuses ids)
@@ -371,48 +374,61 @@ class DaskExecutor:
                 self._on_done(aid, msg["b"])
         elif t in ("logs", "progress", "req"):
             data = msg.get("b")
-            if type(data) is not bytes or len(data) > MAX_RESULT:
+            if type(data) is not bytes:
+                return
+            if len(data) > self.max_result_bytes:
+                self._violation(run, f"a message of {len(data):,} bytes, over max_result_bytes")
                 return
             try:
                 body = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
                                        timestamp=0)
-            except Exception:
+            except Exception as exc:
+                self._violation(run, f"a message that is not msgpack ({str(exc)[:80]})")
                 return
             if t == "logs":
                 self._on_lines(run, body)
+                return
+            # Checked as a pool worker's are (the same message, the same rules): task code wrote it.
+            wire = [PROGRESS, aid, body] if t == "progress" else [REQUEST, aid, *body] \
+                if type(body) is list and len(body) == 3 else None
+            problem = result_problem(wire) if wire is not None else "a malformed request"
+            if problem is not None:
+                self._violation(run, problem)
             elif t == "progress":
-                if type(body) is dict:
-                    events.attempt_progress(aid, body)
-            elif type(body) is list and len(body) == 3:
+                events.attempt_progress(aid, body)
+            else:
                 self._on_request(run, *body)
 
     def _on_lines(self, run: _Attempt, lines: Any) -> None:
-        if type(lines) is not list:
-            return
+        """A batch of the attempt's log records and output lines, each checked as a pool worker's
+        ``LOG`` message (its fields only the code site's and the logger's: a task never names its
+        job, task or user in the journal), then given the worker's host."""
         events = self._events
         assert events is not None
         aid = run.spec.attempt_id
-        extra = {"PROCPOOL_HOST": run.host or ""}
-        for line in lines[:MAX_LINES]:
-            if type(line) is not list or len(line) != 4:
-                continue
-            stream, level, text, fields = line
-            if stream not in _STREAMS or type(level) is not int or type(text) is not str:
-                continue
-            if type(fields) is dict and len(fields) <= 32 and all(
-                    type(k) is str and type(v) is str for k, v in fields.items()):
-                fields = {**fields, **extra}
-            else:
-                fields = extra
-            events.attempt_log(aid, stream, level, text, fields)
+        if type(lines) is not list or len(lines) > MAX_LINES:
+            self._violation(run, "a batch of lines that is not a list of at most "
+                                 f"{MAX_LINES:,}")
+            return
+        for line in lines:
+            wire = [LOG, aid, *line] if type(line) is list and len(line) == 4 else None
+            problem = result_problem(wire) if wire is not None else f"a log line {line!r:.80}"
+            if problem is not None:
+                self._violation(run, problem)
+                return
+        host = {"PROCPOOL_HOST": run.host or ""}
+        for stream, level, text, fields in lines:
+            events.attempt_log(aid, stream, level, text, {**fields, **host} if fields else host)
 
     def _on_request(self, run: _Attempt, rid: Any, op: Any, args: Any) -> None:
         """A namespace operation of the attempt: applied here, answered on its worker."""
         events = self._events
         assert events is not None and self._bridge is not None
         aid = run.spec.attempt_id
-        if type(rid) is not int or type(op) is not str or type(args) is not dict or not run.worker:
-            return
+        if args is None:  # (the shape is checked already: result_problem)
+            args = {}
+        if not run.worker:
+            return  # no start heard of yet: there is no worker to answer on
         try:
             if op != "ns":
                 raise ProcpoolError(ErrorCode.UNKNOWN_OPERATION, f"unknown task request {op!r}")
@@ -430,9 +446,12 @@ class DaskExecutor:
         run = self._running.get(aid)
         if run is None:
             return
-        if type(data) is not bytes or len(data) > MAX_RESULT:
+        if type(data) is not bytes:
             self._end(run, Outcome(aid, "failed", error=TaskError(
                 "ProtocolViolation", "the Dask worker returned something that is not an attempt's result")))
+            return
+        if len(data) > self.max_result_bytes:
+            self._violation(run, f"a result of {len(data):,} bytes, over max_result_bytes")
             return
         try:
             info = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=0)
@@ -504,6 +523,17 @@ class DaskExecutor:
             else:
                 self._end(run, Outcome(aid, "interrupted", error=TaskError(
                     NOT_STARTED, f"the Dask worker {worker} it was sent to was lost")))
+
+    def _violation(self, run: _Attempt, what: str) -> None:
+        """The attempt (task code, on its worker) sent ``what``, which breaks the protocol: it is
+        stopped there at once and fails, as a pool worker's attempts do; the engine goes on."""
+        assert self._bridge is not None
+        aid = run.spec.attempt_id
+        log.error("attempt %s of task %r on the Dask worker %s was stopped: it sent %s", aid,
+                  run.spec.task_name, run.worker or run.target, what)
+        self._bridge.command("stop", [aid], run.worker or run.target or None, 0.0)
+        self._end(run, Outcome(aid, "failed", error=TaskError(
+            "ProtocolViolation", f"the attempt was stopped: it sent {what}")))
 
     def _arm_timeout(self, run: _Attempt, delay: float) -> None:
         assert self._loop is not None
