@@ -17,37 +17,31 @@ import pytest
 
 from procpool.client import Client
 from procpoold.config import Config
-from procpoold.engines import AttemptSpec, ExecutorEvents, Health, LeftAttempt, Outcome, StopReason
+from procpoold.engines import AttemptSpec, ExecutorEvents, Outcome, StopReason
 from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.supervisor import Daemon
+from tests.support.stub_engine import StubEngine
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class ScriptedExecutor:
+class ScriptedExecutor(StubEngine):
     """Completes every attempt at once, except ``cmd: ["raise-at-submit"]`` (submit raises) and
     ``cmd: ["raise-at-stop"]`` (runs until stopped, and stopping it raises)."""
 
     name = "scripted"
-    kinds = frozenset({"call", "cmd"})
-    outlives_daemon = False
 
     def __init__(self) -> None:
+        super().__init__()
         self.loop: EventLoop | None = None
         self.events: ExecutorEvents | None = None
-        self.running: set[str] = set()
-
-    def prefork(self) -> None: ...
 
     def start(self, loop: EventLoop, events: ExecutorEvents) -> None:
         self.loop, self.events = loop, events
 
     def free_slots(self) -> int:
         return 8 - len(self.running)
-
-    def expect_work(self, uid: int | None) -> None:
-        pass
 
     def submit(self, spec: AttemptSpec) -> None:
         assert self.loop is not None and self.events is not None
@@ -69,23 +63,6 @@ class ScriptedExecutor:
 
     def shutdown(self, grace: float) -> None:
         self.running.clear()
-
-    def info(self) -> dict[str, Any]:
-        return {}
-
-    def set_daemon_id(self, daemon_id: str) -> None: ...
-
-    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
-        return 0
-
-    def resize(self, workers: int) -> bool:
-        return False
-
-    def health(self) -> Health:
-        return Health(busy=len(self.running))
-
-    def workers(self) -> list[dict[str, Any]]:
-        return []
 
 
 def boom() -> None:

@@ -11,8 +11,6 @@ from procpoold.engines import (
     NOT_STARTED,
     AttemptSpec,
     ExecutorEvents,
-    Health,
-    LeftAttempt,
     Outcome,
     StopReason,
     TaskError,
@@ -20,22 +18,18 @@ from procpoold.engines import (
 from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
+from tests.support.stub_engine import StubEngine
 
 
-class RecordingExecutor:
+class RecordingExecutor(StubEngine):
     """Accepts ``slots`` attempts and reports nothing by itself."""
 
     name = "recording"
-    kinds = frozenset({"call", "cmd"})
-    outlives_daemon = False
 
     def __init__(self, slots: int) -> None:
+        super().__init__()
         self.slots = slots
         self.submitted: list[AttemptSpec] = []
-        self.running: set[str] = set()
-        self.recovered: list[LeftAttempt] = []
-
-    def prefork(self) -> None: ...
 
     def start(self, loop: EventLoop, events: ExecutorEvents) -> None: ...
 
@@ -49,24 +43,6 @@ class RecordingExecutor:
     def stop_attempt(self, attempt_id: str, reason: StopReason) -> None: ...
 
     def shutdown(self, grace: float) -> None: ...
-
-    def info(self) -> dict[str, Any]:
-        return {}
-
-    def set_daemon_id(self, daemon_id: str) -> None: ...
-
-    def recover(self, daemon_id: str, attempts: list[LeftAttempt]) -> int:
-        self.recovered.extend(attempts)
-        return 0
-
-    def resize(self, workers: int) -> bool:
-        return False
-
-    def health(self) -> Health:
-        return Health(busy=len(self.running))
-
-    def workers(self) -> list[dict[str, Any]]:
-        return []
 
 
 def make(slots: int = 1) -> tuple[EventLoop, RecordingExecutor, Scheduler]:
