@@ -215,15 +215,22 @@ class DaskCluster:
                     os.killpg(proc.pid, signal.SIGTERM)
         self._reap(check)
 
-    def _reap(self, check: bool) -> None:
+    def _wait(self, signum: int) -> float:
+        """Wait up to ``STOP_TIMEOUT`` for every process; signal the group of one that has not
+        ended by then (and, after a SIGKILL, reap it). Returns the deadline."""
         deadline = time.monotonic() + STOP_TIMEOUT
         for proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+                    os.killpg(proc.pid, signum)
+                if signum == signal.SIGKILL:
+                    proc.wait(10)
+        return deadline
+
+    def _reap(self, check: bool) -> None:
+        deadline = self._wait(signal.SIGKILL)
         left = tagged(self.tag)
         while left and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -277,13 +284,7 @@ class LocalDaskCluster(DaskCluster):
                     proc.stdin.close()
             if proc.stdout is not None:
                 proc.stdout.close()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+        self._wait(signal.SIGTERM)
         self._reap(check)
 
     def __enter__(self) -> LocalDaskCluster:
