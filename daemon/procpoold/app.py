@@ -173,7 +173,7 @@ def _engines(config: Config, sink: LogSink | None) -> Engines:
         # imported only here: the optional 'distributed' package is needed with a Dask scheduler only
         from procpoold.engines.dask import DaskExecutor
 
-        engines.append(DaskExecutor(config.dask_scheduler, kill_grace=config.kill_grace, sink=sink,
+        engines.append(DaskExecutor(config.dask_scheduler, kill_grace=config.kill_grace,
                                     max_result_bytes=config.limits().max_result_bytes))
         if config.engine == "dask":
             defaults = {"call": "dask", "cmd": "dask"}

@@ -507,9 +507,3 @@ def deliver(run: str, aid: str, rid: int, ok: bool, value: Any) -> bool:
         return False
     found.reply(["reply", rid, ok, value])
     return True
-
-
-def running() -> list[str]:
-    """The attempts running on this worker (for tests and for ``procctl pool``)."""
-    with _lock:
-        return list(_running)

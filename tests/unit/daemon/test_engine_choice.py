@@ -89,11 +89,11 @@ class FakeDask(RecordingExecutor):
 
     name = "dask"
     kinds = frozenset({"call", "cmd"})
-    made: list[tuple[str, float, Any, int]] = []
+    made: list[tuple[str, float, int]] = []
 
-    def __init__(self, scheduler: str, *, kill_grace: float, sink: Any, max_result_bytes: int) -> None:
+    def __init__(self, scheduler: str, *, kill_grace: float, max_result_bytes: int) -> None:
         super().__init__(4)
-        FakeDask.made.append((scheduler, kill_grace, sink, max_result_bytes))
+        FakeDask.made.append((scheduler, kill_grace, max_result_bytes))
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_a_dask_scheduler_adds_the_dask_engine_after_the_local_ones(fake_dask: t
     config = Config(workers=1, kill_grace=2.5, dask_scheduler="tcp://10.0.0.5:8786", max_result_bytes=4096)
     engines = app._engines(config, None)
     assert [e.name for e in engines.all()] == ["pool", "commands", "dask"]
-    assert fake_dask.made == [("tcp://10.0.0.5:8786", 2.5, None, 4096)]  # the pool's result limit too
+    assert fake_dask.made == [("tcp://10.0.0.5:8786", 2.5, 4096)]  # the pool's result limit too
     assert engines.defaults == {"call": "pool", "cmd": "commands"}  # engine = "local": opt in per job
     engines = app._engines(Config(workers=1, engine="dask", dask_scheduler="tcp://h:8786"), None)
     assert engines.defaults == {"call": "dask", "cmd": "dask"}

@@ -100,8 +100,8 @@ class DaskExecutor:
     #: the attempts run on other hosts, whatever happens to the daemon
     outlives_daemon = True
 
-    def __init__(self, scheduler: str, *, kill_grace: float = 5.0, sink: Any = None,
-                 connect_timeout: float = 10.0, max_result_bytes: int = MAX_RESULT) -> None:
+    def __init__(self, scheduler: str, *, kill_grace: float = 5.0, connect_timeout: float = 10.0,
+                 max_result_bytes: int = MAX_RESULT) -> None:
         self.scheduler = scheduler
         self.kill_grace = kill_grace
         #: what an attempt may send in one result or event, as a pool worker in one message
@@ -116,7 +116,6 @@ class DaskExecutor:
         self._up = False
         self._reason: str | None = "connecting to the Dask scheduler"
         self._workers: list[dict[str, Any]] = []
-        self._threads = 0
         #: attempts sent to each worker and not ended (its capacity: its threads, see _per_thread)
         self._load: collections.Counter[str] = collections.Counter()
         #: moving mean of how long completed attempts ran, from their start as heard here (s);
@@ -167,6 +166,9 @@ class DaskExecutor:
             return 0
         load, per = self._load, self._per_thread()
         return sum(max(0, w["threads"] * per - load[w["worker"]]) for w in self._workers)
+
+    def _thread_count(self) -> int:
+        return sum(w["threads"] for w in self._workers)
 
     def _per_thread(self) -> int:
         """Attempts sent per worker thread: 2 while attempts are short (the next one waits on its
@@ -271,7 +273,7 @@ class DaskExecutor:
 
     def info(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler, "up": self._up, "reason": None if self._up else self._reason,
-                "workers": len(self._workers), "threads": self._threads,
+                "workers": len(self._workers), "threads": self._thread_count(),
                 "running": len(self._running), **self._stats}
 
     # -- from the bridge ----------------------------------------------------------------------------
@@ -320,7 +322,6 @@ class DaskExecutor:
         elif kind == "capacity":
             before = self.free_slots()
             self._workers = event[1]
-            self._threads = sum(w["threads"] for w in self._workers)
             # Attempts sent to a worker that is gone, if its going was not heard of (a reconnection
             # in between): they cannot run anywhere else (pinned), so they end here.
             present = {w["worker"] for w in self._workers}
@@ -331,7 +332,7 @@ class DaskExecutor:
         elif kind == "up":
             if not self._up:
                 log.info("the Dask engine is up: scheduler %s, %d workers, %d threads",
-                         self.scheduler, len(self._workers), self._threads)
+                         self.scheduler, len(self._workers), self._thread_count())
             self._up, self._reason = True, None
             events.capacity_changed()
         elif kind == "down":
@@ -507,7 +508,6 @@ class DaskExecutor:
         assert self._bridge is not None
         # No more attempts for it (before the outcomes below make the scheduler look for room).
         self._workers = [w for w in self._workers if w["worker"] != worker]
-        self._threads = sum(w["threads"] for w in self._workers)
         lost = [run for run in self._running.values() if run.target == worker or run.worker == worker]
         if not lost:
             return
