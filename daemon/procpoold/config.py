@@ -35,7 +35,9 @@ ENGINES = ("local", "dask")
 #: The address schemes of a Dask scheduler the daemon accepts (those of distributed's comm layer
 #: that reach another process: no inproc://).
 DASK_SCHEMES = ("tcp", "tls", "ws", "wss")
-_ADDRESS = re.compile(r"(?P<scheme>[a-z]+)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+#: (a host name is at most 253 characters, as DNS has it; an IPv6 literal far less)
+_ADDRESS = re.compile(
+    r"(?P<scheme>[a-z]+)://(?P<host>\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9_.-]{1,253}):(?P<port>[0-9]{1,5})")
 
 
 class ConfigError(Exception):
