@@ -352,8 +352,9 @@ class Bridge:
 
 
 def _why(exc: BaseException) -> str:
+    """An exception of Dask's as one short line (it goes into status, health and the journal)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def make_wakeup() -> tuple[int, int]:
