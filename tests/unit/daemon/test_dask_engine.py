@@ -607,3 +607,50 @@ def test_the_runner_signals_only_a_command_that_is_the_harness_child_and_leads_i
         for proc in (leader, member):
             proc.kill()
             proc.wait(10)
+
+
+def test_the_bridge_reads_the_workers_again_when_the_clients_summary_differs() -> None:
+    """A worker that registered between the engine's first read of the workers and its subscription
+    to the cluster's events is never announced: the client's cached summary (refreshed by the Dask
+    client itself) shows it, and the bridge reads the workers again."""
+    import asyncio
+
+    from procpoold.engines.dask.bridge import Bridge
+
+    posted: list[Any] = []
+
+    class Scheduler:
+        async def identity(self, n_workers: int) -> dict[str, Any]:
+            return {"workers": {"tcp://w1": {"host": "h1", "nthreads": 2, "name": "w1"}}}
+
+    class FakeClient:
+        status = "running"
+        scheduler = Scheduler()
+        scheduler_comm = object()
+
+        def scheduler_info(self) -> dict[str, Any]:
+            return {"n_workers": 1, "total_threads": 2}
+
+    async def run() -> None:
+        bridge = Bridge("tcp://x:1", "t", posted.extend)
+        bridge._loop = asyncio.get_running_loop()
+        bridge._stop = asyncio.Event()
+        client = FakeClient()
+        bridge._client, bridge._subscribed_on, bridge._state = client, client.scheduler_comm, "up"
+        bridge._known = (0, 0)  # as read at connect, before the worker registered
+        watch = asyncio.create_task(bridge._watch(client))
+
+        async def read_again() -> None:
+            while not any(e[0] == "capacity" for e in posted):
+                await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.wait_for(read_again(), 5)  # it looks at once, then once a second
+        finally:
+            bridge._stop.set()
+        await asyncio.wait_for(watch, 5)
+        assert bridge._known == (1, 2)
+
+    asyncio.run(run())
+    capacity = [e for e in posted if e[0] == "capacity"]
+    assert capacity == [("capacity", [{"worker": "tcp://w1", "host": "h1", "threads": 2, "name": "w1"}])]

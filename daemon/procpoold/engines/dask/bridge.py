@@ -65,6 +65,8 @@ class Bridge:
         self._evented: set[str] = set()
         #: the client's connection to the scheduler that the topics were subscribed on
         self._subscribed_on: Any = None
+        #: (workers, threads) of the cluster as last read (see _watch)
+        self._known: tuple[int, int] | None = None
 
     # -- from the daemon's thread ----------------------------------------------------------------
 
@@ -162,6 +164,11 @@ class Bridge:
                 return
             if status == "running":
                 self._resubscribe(client)  # (and reads the cluster's workers again)
+                if self._totals(client) not in (None, self._known):
+                    # Workers came or went unheard of: one that registered between the first
+                    # read of the workers and the subscription to the cluster's events (the
+                    # client's own summary of the cluster, refreshed every 2 s, tells; no call).
+                    await self._capacity()
             if status == "running" and self._state != "up":
                 await self._capacity()
                 self._set_state("up", None)
@@ -205,12 +212,22 @@ class Bridge:
         except Exception as exc:
             log.debug("cannot read the Dask cluster's workers: %s", exc)
             return
-        workers = []
+        workers: list[dict[str, Any]] = []
         for address, w in (info.get("workers") or {}).items():
             workers.append({"worker": str(address), "host": str(w.get("host", "")),
                             "threads": int(w.get("nthreads", 0) or 0),
                             "name": str(w.get("name", address))})
+        self._known = (len(workers), sum(int(w["threads"]) for w in workers))
         self._post([("capacity", workers)])
+
+    @staticmethod
+    def _totals(client: Any) -> tuple[int, int] | None:
+        """Workers and threads of the cluster as the client's cached summary has them."""
+        try:
+            info = client.scheduler_info()
+            return int(info["n_workers"]), int(info["total_threads"])
+        except Exception:
+            return None
 
     def _on_topic(self, event: tuple[float, Any]) -> None:
         msg = event[1]
