@@ -361,7 +361,7 @@ def status(
                     return
                 data = found
             if "task" in data:  # a task id
-                emit(settings, data, lambda: render.task_line(data["task"], time.time()))
+                emit(settings, data, lambda: render.task_report(data["task"], time.time()))
                 return
             emit(settings, data, lambda: render.job_tree(data, time.time()))
             return
@@ -399,7 +399,7 @@ def wait(settings: Settings, id: str, wait_timeout: float | None, all_tasks: boo
         elif status:
             emit(settings, result, lambda: render.job_tree(status, time.time()))
         else:
-            emit(settings, result, lambda: render.task_line(result["task"], time.time()))
+            emit(settings, result, lambda: render.task_report(result["task"], time.time()))
     if not result["finished"]:
         fail(f"{id} has not finished after {wait_timeout:g}s", "it goes on in the daemon: wait again, "
              f"or procctl cancel {id}", code=EXIT_WAIT_TIMEOUT)

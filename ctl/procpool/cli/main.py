@@ -274,8 +274,9 @@ def health(settings: Settings) -> None:
 from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
 from procpool.cli import logs as _logs  # noqa: E402  (registers `procctl logs`)
 from procpool.cli import pool as _pool  # noqa: E402
+from procpool.cli import result as _result  # noqa: E402  (registers `procctl result`)
 
-del _jobs, _logs, _pool
+del _jobs, _logs, _pool, _result
 
 
 def main() -> None:

@@ -198,8 +198,8 @@ EVENTS: Final = {
     COMPLETED: (MessageId.TASK_COMPLETED, 6),
     SKIPPED: (MessageId.TASK_SKIPPED, 6),
     CANCELLED: (MessageId.TASK_CANCELLED, 6),
-    FAILED: (MessageId.TASK_FAILED, 4),
-    TIMED_OUT: (MessageId.TASK_TIMED_OUT, 4),
+    FAILED: (MessageId.TASK_FAILED, 3),  # (ERROR: the record carries a call's traceback)
+    TIMED_OUT: (MessageId.TASK_TIMED_OUT, 3),
     RETRIED: (MessageId.TASK_RETRIED, 4),
 }
 #: a task's final state -> the event code that reports it

@@ -69,9 +69,9 @@ def packed(items: list[tuple[int, int, int, int, str]]) -> list[dict[str, str]]:
 @pytest.mark.parametrize(("code", "text", "pid", "message", "prio", "message_id"), [
     (enc.STARTED, "", 4242, 'task "parse" attempt 1 starting', 6, MessageId.TASK_STARTED),
     (enc.COMPLETED, "", 4242, 'task "parse" completed', 6, MessageId.TASK_COMPLETED),
-    (enc.FAILED, "boom", 4242, 'task "parse" failed after 1 attempt(s): boom', 4, MessageId.TASK_FAILED),
-    (enc.TIMED_OUT, "attempt ran longer than 2s", 4242,
-     'task "parse" timeout after 1 attempt(s): attempt ran longer than 2s', 4, MessageId.TASK_TIMED_OUT),
+    (enc.FAILED, "boom", 4242, 'task "parse" failed after 1 attempt(s): boom', 3, MessageId.TASK_FAILED),
+    (enc.TIMED_OUT, "timed out after 2 s", 4242,
+     'task "parse" timeout after 1 attempt(s): timed out after 2 s', 3, MessageId.TASK_TIMED_OUT),
     (enc.CANCELLED, "cancelled by request", 4242, 'task "parse" cancelled: cancelled by request', 6,
      MessageId.TASK_CANCELLED),
     (enc.SKIPPED, 'upstream "fetch" failed', 0, 'task "parse" skipped: upstream "fetch" failed', 6,
