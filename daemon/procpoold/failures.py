@@ -70,13 +70,14 @@ def user_traceback(text: str) -> str:
         return ""
     out: list[str] = []
     frames: list[int] = []  # where each kept frame starts in ``out``
-    skipping = False
+    skipping = dropped = False
     for line in text.splitlines():
         if len(line) > LINE_CHARS:
             line = line[: LINE_CHARS - 1] + "…"
         match = _FRAME.match(line)
         if match is not None:
             skipping = own_file(match.group(1))
+            dropped = dropped or skipping
             if not skipping:
                 frames.append(len(out))
                 out.append(line)
@@ -85,6 +86,8 @@ def user_traceback(text: str) -> str:
             continue  # the source line (and the carets) of a frame left out
         skipping = False
         out.append(line)
+    if dropped and not frames:
+        return ""  # only procpool's own frames: the error's type and message say it all
     if len(frames) > TRACEBACK_FRAMES:
         cut_from, cut_to = frames[0], frames[-TRACEBACK_FRAMES]
         out[cut_from:cut_to] = [f"  ... {len(frames) - TRACEBACK_FRAMES} more frame(s) not shown"]

@@ -136,3 +136,11 @@ def test_the_last_lines_of_a_failed_command_survive_a_restart(daemon: DaemonProc
     assert "noisy  failed" in out and "command killed by SIGTERM" in out, out
     tail = [line for line in out.splitlines() if line.startswith("  | ")]
     assert tail == [f"  | {i}" for i in range(1, 6)], out
+
+
+def test_a_call_in_a_missing_working_directory_says_so(daemon: DaemonProcess, tmp_path: Path) -> None:
+    missing = str(tmp_path / "gone")
+    status = job(daemon, {"name": "where", **call("add", 1, 2), "cwd": missing})
+    error = tasks_by_name(status)["where"]["error"]
+    assert error["message"].endswith(f"the working directory '{missing}' does not exist"), error
+    assert error["traceback"] == "", error  # no frame of the task's own: nothing to show
