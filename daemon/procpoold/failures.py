@@ -39,8 +39,9 @@ _OWN_DIRS = (
     ("/procpoold/", os.path.dirname(os.path.abspath(procpoold.__file__))),
     ("/procpool/", os.path.dirname(os.path.abspath(procpool.__file__))),
 )
-#: Type names the stop of an attempt raises in its code (the pool worker's, asyncio's).
-_STOP_TYPES = ("procpoold.pool.worker.TaskInterrupted", "asyncio.exceptions.CancelledError", "CancelledError")
+#: Type names the stop of an attempt raises in its code (the pool worker's, the harness's, asyncio's).
+_STOP_TYPES = ("procpoold.pool.worker.TaskInterrupted", "procpoold.remote.harness.TaskInterrupted",
+               "asyncio.exceptions.CancelledError", "CancelledError")
 
 
 def _text(value: Any, limit: int) -> str:
@@ -114,9 +115,12 @@ def checked(error: Any) -> dict[str, str] | None:
 def stopped(error: dict[str, str] | None, kind: str, message: str) -> dict[str, str]:
     """The error of an attempt that was stopped: ``kind`` (``Timeout``, ``Cancelled``) and
     ``message`` in words; the frames the task was in when it was stopped are kept (where it
-    hung), the exception the stop raised in them is not."""
+    hung), the exception the stop raised in them is not. What else an engine said of the stop
+    follows the words (``timed out after 1 s; task 'spin' did not stop within 5 s...``)."""
     frames = ""
-    if error and error.get("traceback") and error.get("type") in _STOP_TYPES:
+    if error and error.get("type") not in _STOP_TYPES and error.get("message"):
+        message = f"{message}; {error['message']}"
+    elif error and error.get("traceback") and error.get("type") in _STOP_TYPES:
         lines = error["traceback"].splitlines()
         while lines and not lines[-1].startswith(" "):
             lines.pop()  # the exception the stop raised (procpool's words, not the task's)

@@ -82,10 +82,11 @@ def test_a_stop_reads_in_words_and_keeps_where_the_call_was() -> None:
         + "Timeout: timed out after 0.5 s\n")}
     assert failures.stopped(None, "Cancelled", "cancelled by uid 7") == {
         "type": "Cancelled", "message": "cancelled by uid 7", "traceback": ""}
-    # The task's own exception (it failed as it was being stopped) is not dressed up as the stop.
-    own_tb = tb.replace("procpoold.pool.worker.TaskInterrupted", "ValueError")
-    own = {"type": "ValueError", "message": "bad", "traceback": own_tb}
-    assert failures.stopped(own, "Timeout", "timed out after 1 s")["traceback"] == ""
+    # What the engine said of the stop (a worker killed as it did not stop) follows the words.
+    killed = {"type": "WorkerKilled", "message": "task 'spin' did not stop within 5 s", "traceback": ""}
+    words = "timed out after 1 s; task 'spin' did not stop within 5 s"
+    assert failures.stopped(killed, "Timeout", "timed out after 1 s") == {
+        "type": "Timeout", "message": words, "traceback": ""}
     assert failures.seconds(0.5) == "0.5 s" and failures.seconds(30.0) == "30 s"
 
 
