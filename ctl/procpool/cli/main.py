@@ -274,6 +274,7 @@ def health(settings: Settings) -> None:
 from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
 from procpool.cli import logs as _logs  # noqa: E402  (registers `procctl logs`)
 from procpool.cli import pool as _pool  # noqa: E402
+from procpool.cli import top as _top  # noqa: E402, F401  (registers `procctl top`)
 
 del _jobs, _logs, _pool
 
