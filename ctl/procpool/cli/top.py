@@ -19,6 +19,7 @@ cursor controls of the redraw.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import select
@@ -35,10 +36,12 @@ from procpool.cli.jobs import PRIORITIES
 from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, pass_settings
 from procpool.cli.render import duration, user
 from procpool.contract.states import (
+    CANCELLED,
     COMPLETED,
     FAILED,
     FINAL_JOB_STATES,
     FINAL_TASK_STATES,
+    HELD,
     JOB_STATES,
     READY,
     RUNNING,
@@ -67,8 +70,9 @@ FACT_PAGE_TASKS = 1000
 NEXT_SHOWN = 5
 FAILURES_KEPT = 10
 _RANK = {p: i for i, p in enumerate(PRIORITIES)}
-_STYLE = {RUNNING: "cyan", COMPLETED: "green", FAILED: "red", TIMEOUT: "red", "cancelled": "yellow",
-          "held": "yellow", "idle": "dim", "busy": "cyan"}
+#: Styles of task and job states, and of the pool's worker states (idle, busy)
+_STYLE = {RUNNING: "cyan", COMPLETED: "green", FAILED: "red", TIMEOUT: "red", CANCELLED: "yellow",
+          HELD: "yellow", "idle": "dim", "busy": "cyan"}
 
 
 # -- what the views show ------------------------------------------------------------------------
@@ -117,9 +121,9 @@ class Snapshot:
     unread: int = 0
     next: list[QueuedTask] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
-    #: unfinished jobs the daemon has, and how many of them this view looked at
+    #: unfinished jobs the daemon has, and how many of them were listed (the newest of each state)
     unfinished: int = 0
-    followed: int = 0
+    listed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,7 +178,8 @@ class Collector:
                 listed[j["id"]] = j
         snap = Snapshot(time.time(), {k: v for k, v in summary.items() if k != "jobs"} | {
             "jobs": {k: v for k, v in jobs.items() if k != "list"}}, workers,
-            queued=int(jobs.get("queued") or 0), unfinished=unfinished)
+            queued=int(jobs.get("queued") or 0), unfinished=unfinished,
+            listed=sum(j["state"] not in FINAL_JOB_STATES for j in listed.values()))
         wanted = {}
         for job_id, j in listed.items():
             counts = j.get("counts") or {}
@@ -191,13 +196,14 @@ class Collector:
             status = self._follow(job_id, j)
             if status is None:
                 continue
-            snap.followed += j["state"] not in FINAL_JOB_STATES
             who = user(j)
             for i in status.indices(RUNNING):
                 row = status.task(i)
                 snap.running.append(RunningTask(f"{job_id}.{i}", row.name or f"#{i}", job_id, who,
                                                 row.started_at, _progress(row.progress)))
-            for i in status.indices(FAILED, TIMEOUT):
+            ends = status.finished_at
+            for i in heapq.nlargest(FAILURES_KEPT, status.indices(FAILED, TIMEOUT),
+                                    key=lambda i: ends[i - status.first]):
                 row = status.task(i)
                 snap.failures.append(Failure(f"{job_id}.{i}", row.name or f"#{i}", job_id, row.state,
                                              row.finished_at, _what(row)))
@@ -205,18 +211,21 @@ class Collector:
             if ready:
                 pages = self._read_facts(job_id, ready, pages)
                 facts = self.facts.get(job_id, {})
-                for i in ready:
+                here: dict[str, int] = {}  # ready tasks of this job by priority: only the first
+                for i in ready:            # few of each can be among the next
                     fact = facts.get(i)
                     if fact is None:
                         snap.unread += 1
                         continue
-                    snap.by_priority[fact[1]] = snap.by_priority.get(fact[1], 0) + 1
-                    snap.next.append(QueuedTask(f"{job_id}.{i}", fact[0], job_id, fact[1]))
+                    name, priority = fact
+                    snap.by_priority[priority] = snap.by_priority.get(priority, 0) + 1
+                    here[priority] = here.get(priority, 0) + 1
+                    if here[priority] <= NEXT_SHOWN:
+                        snap.next.append(QueuedTask(f"{job_id}.{i}", name, job_id, priority))
         snap.running.sort(key=lambda r: r.started_at or snap.at)
-        snap.next.sort(key=lambda q: (_RANK.get(q.priority, len(_RANK)), _job_key(q.job), _task_key(q.id)))
-        del snap.next[NEXT_SHOWN:]
-        snap.failures.sort(key=lambda f: -(f.finished_at or 0))
-        del snap.failures[FAILURES_KEPT:]
+        snap.next = heapq.nsmallest(NEXT_SHOWN, snap.next, key=lambda q: (
+            _RANK.get(q.priority, len(_RANK)), _job_key(q.job), _task_key(q.id)))
+        snap.failures = heapq.nlargest(FAILURES_KEPT, snap.failures, key=lambda f: f.finished_at or 0)
         return snap
 
     def _follow(self, job_id: str, listed: dict[str, Any]) -> JobStatus | None:
@@ -418,8 +427,8 @@ def top_view(snap: Snapshot, width: int, height: int, interval: float) -> Render
     if down:
         line2.append("  DOWN: " + ", ".join(down), style="bold red")
     foot = Text(f"q quits · every {interval:g}s", style="dim", no_wrap=True, overflow="ellipsis")
-    if snap.unfinished > snap.followed:
-        foot.append(f" · looked at {snap.followed} of {snap.unfinished} unfinished jobs")
+    if snap.unfinished > snap.listed:
+        foot.append(f" · the newest {snap.listed} of {snap.unfinished} unfinished jobs looked at")
     wants = [len(snap.workers), len(snap.running), min(NEXT_SHOWN, len(snap.next)), len(snap.failures)]
     rows = _rows(height - 3, wants)
     parts: list[RenderableType] = [head, line2]
@@ -471,7 +480,7 @@ def _running_table(snap: Snapshot, rows: int, narrow: bool) -> Table:
     cells = [(r.id, r.name, r.job, r.user, duration(snap.at - r.started_at) if r.started_at else "-",
               r.progress) for r in snap.running[:rows]]
     table = _table("Running", columns, cells, narrow)
-    _more(table, rows, len(snap.running), "running")
+    _more(table, rows, len(snap.running), "tasks running")
     if not snap.running:
         table.caption = "nothing running"
     return table
@@ -542,7 +551,7 @@ def watch_view(status: JobStatus, now: float, width: int, height: int) -> Render
         columns: list[Column] = [("TASK", {"ratio": 1, "min_width": 4}, True),
                                  ("ELAPSED", {"justify": "right"}, True), ("PROGRESS", {}, False)]
         table = _table("Running", columns, cells, narrow)
-        _more(table, rows[0], len(running), "running")
+        _more(table, rows[0], len(running), "tasks running")
         parts.append(table)
     if failed:
         rows_failed = [status.task(i) for i in failed[:rows[1]]]
@@ -696,7 +705,7 @@ def _advance(client: Client, job: str, status: JobStatus, interval: float) -> Jo
     """The job's status after the next interval, or as soon as it finished: a ``wait`` for what
     changed since the cursor (the whole status again only when the daemon cannot answer that)."""
     if status.cursor is not None:
-        args = {"id": job, "timeout": interval, "view": "columns", "changes_since": status.cursor}
+        args = dict(id=job, timeout=interval, view="columns", changes_since=status.cursor)
         wire = client.call("wait", args, timeout=interval + client.timeout)["status"]
         if is_changes(wire) and not wire.get("more"):
             status.apply(wire)
