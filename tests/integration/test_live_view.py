@@ -238,3 +238,18 @@ SELECT = ("23", "270", "72")
 
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_status_watch_of_a_task(daemon: DaemonProcess, gate: Path) -> None:
+    with daemon.client() as client:
+        job = client.submit({"name": "pair", "root": {"name": "two", "concurrent": [
+            gated("waits", gate), sh("exit 5", name="dies")]}})["id"]
+    with Terminal(procctl(daemon.socket, "status", f"{job}/waits", "--watch", "--interval", "0.2"),
+                  columns=50) as term:
+        term.wait_for(lambda t: "waits  running" in t, "the running task")
+        gate.touch()
+        assert term.finish() == 0
+        assert "waits  completed" in term.text()
+    piped = daemon.procctl("status", f"{job}.1", "--watch")
+    assert piped.returncode == 1, piped.stderr
+    assert re.fullmatch(r"\d\d:\d\d:\d\d  ✘ dies  failed .*\n", piped.stdout), piped.stdout

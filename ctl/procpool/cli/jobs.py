@@ -354,7 +354,7 @@ def status(
     did not complete or are running (at most 20 of them), unless --all.
     """
     with settings.client() as client:
-        if job is not None and watch:
+        if watch:
             from procpool.cli.top import watch as watch_job
 
             watch_job(settings, client, job, interval)

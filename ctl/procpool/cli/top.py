@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from procpool.cli.jobs import PRIORITIES
-from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, pass_settings
+from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, fail, pass_settings
 from procpool.cli.render import duration, user
 from procpool.contract.states import (
     CANCELLED,
@@ -672,9 +672,11 @@ def run_top(settings: Settings, interval: float, iterations: int | None) -> None
                 return
 
 
-def watch(settings: Settings, client: Client, ref: str, interval: float) -> NoReturn:
+def watch(settings: Settings, client: Client, ref: str | None, interval: float) -> NoReturn:
     """``procctl status REF --watch``: redraw the job (or task) until it has finished; exit 0 if it
     completed, 1 otherwise, as ``wait`` does. Called by the ``status`` command."""
+    if ref is None:
+        fail("--watch needs a JOB (a job or task id)", "for a live view of the whole daemon: procctl top")
     click.get_current_context().find_root().meta["waiting_for"] = ref  # Ctrl-C names it
     if settings.json:  # the final status, as `procctl --json wait` prints it
         final = client.wait(ref)

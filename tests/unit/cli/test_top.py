@@ -268,3 +268,13 @@ def test_rich_is_loaded_only_by_the_live_views(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-c", _PROBE.format(args=args)], input="{}", capture_output=True,
                          text=True, timeout=60, check=True)
     assert out.stdout.split()[-1] == "False", out
+
+
+def test_watch_needs_a_job() -> None:
+    from click.testing import CliRunner
+
+    from procpool.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--socket", "/nonexistent/control.sock", "status", "--watch"])
+    assert result.exit_code == 2
+    assert "--watch needs a JOB" in result.output and "procctl top" in result.output
