@@ -160,6 +160,8 @@ class Collector:
         self.jobs: dict[str, JobStatus] = {}
         #: job -> {task index: (name, priority)}, for ready tasks
         self.facts: dict[str, dict[int, tuple[str, str]]] = {}
+        #: job -> its ready tasks as last counted
+        self.queues: dict[str, _JobQueue] = {}
 
     def poll(self) -> Snapshot:
         client = self.client
@@ -191,6 +193,7 @@ class Collector:
         for job_id in set(self.jobs) - set(wanted):
             del self.jobs[job_id]
             self.facts.pop(job_id, None)
+            self.queues.pop(job_id, None)
         pages = FACT_PAGES
         for job_id, j in sorted(wanted.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0):
             status = self._follow(job_id, j)
@@ -207,26 +210,27 @@ class Collector:
                 row = status.task(i)
                 snap.failures.append(Failure(f"{job_id}.{i}", row.name or f"#{i}", job_id, row.state,
                                              row.finished_at, _what(row)))
-            ready = list(status.indices(READY))
-            if ready:
-                pages = self._read_facts(job_id, ready, pages)
-                facts = self.facts.get(job_id, {})
-                here: dict[str, int] = {}  # ready tasks of this job by priority: only the first
-                for i in ready:            # few of each can be among the next
-                    fact = facts.get(i)
-                    if fact is None:
-                        snap.unread += 1
-                        continue
-                    name, priority = fact
-                    snap.by_priority[priority] = snap.by_priority.get(priority, 0) + 1
-                    here[priority] = here.get(priority, 0) + 1
-                    if here[priority] <= NEXT_SHOWN:
-                        snap.next.append(QueuedTask(f"{job_id}.{i}", name, job_id, priority))
+            queue = self._queue(job_id, status)
+            pages = queue.pages(self, pages)
+            snap.unread += queue.unread
+            for priority, n in queue.by_priority.items():
+                snap.by_priority[priority] = snap.by_priority.get(priority, 0) + n
+            snap.next.extend(queue.next)
         snap.running.sort(key=lambda r: r.started_at or snap.at)
         snap.next = heapq.nsmallest(NEXT_SHOWN, snap.next, key=lambda q: (
             _RANK.get(q.priority, len(_RANK)), _job_key(q.job), _task_key(q.id)))
         snap.failures = heapq.nlargest(FAILURES_KEPT, snap.failures, key=lambda f: f.finished_at or 0)
         return snap
+
+    def _queue(self, job_id: str, status: JobStatus) -> _JobQueue:
+        """The job's ready tasks by priority, counted again only when the job changed (the same
+        cursor: the same tasks ready) or more of their names and priorities were read."""
+        known = self.queues.get(job_id)
+        if known is not None and known.cursor == status.cursor and known.cursor is not None:
+            return known
+        queue = _JobQueue(job_id, status.cursor, list(status.indices(READY)))
+        self.queues[job_id] = queue
+        return queue
 
     def _follow(self, job_id: str, listed: dict[str, Any]) -> JobStatus | None:
         """The job's status brought up to date (a finished job is read once)."""
@@ -262,6 +266,40 @@ class Collector:
             if not tasks:
                 break
         return pages
+
+
+class _JobQueue:
+    """One job's ready tasks (at one cursor): how many by priority, how many whose priority is not
+    read yet, and the first few of each priority (the candidates for what comes next)."""
+
+    def __init__(self, job: str, cursor: str | None, ready: list[int]) -> None:
+        self.job, self.cursor, self.ready = job, cursor, ready
+        self.by_priority: dict[str, int] = {}
+        self.next: list[QueuedTask] = []
+        self.unread = len(ready)
+        self._counted = -1  # how many names and priorities of the job were known when counted
+
+    def pages(self, collector: Collector, pages: int) -> int:
+        """Read missing names and priorities (at most ``pages`` pages; returns what is left of
+        them) and count again if any came."""
+        if self.unread and pages > 0:
+            pages = collector._read_facts(self.job, self.ready, pages)
+        facts = collector.facts.get(self.job, {})
+        if len(facts) != self._counted:
+            self._count(facts)
+        return pages
+
+    def _count(self, facts: dict[int, tuple[str, str]]) -> None:
+        self.by_priority, self.next, self.unread, self._counted = {}, [], 0, len(facts)
+        for i in self.ready:
+            fact = facts.get(i)
+            if fact is None:
+                self.unread += 1
+                continue
+            name, priority = fact
+            n = self.by_priority[priority] = self.by_priority.get(priority, 0) + 1
+            if n <= NEXT_SHOWN:
+                self.next.append(QueuedTask(f"{self.job}.{i}", name, self.job, priority))
 
 
 def _job_key(job: str) -> int:
