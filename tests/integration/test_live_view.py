@@ -7,8 +7,10 @@ wait is for expected content, with a timeout. Tasks that must stay running wait 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +255,26 @@ def test_status_watch_of_a_task(daemon: DaemonProcess, gate: Path) -> None:
     piped = daemon.procctl("status", f"{job}.1", "--watch")
     assert piped.returncode == 1, piped.stderr
     assert re.fullmatch(r"\d\d:\d\d:\d\d  ✘ dies  failed .*\n", piped.stdout), piped.stdout
+
+
+def test_sigterm_ends_top_with_the_terminal_restored(daemon: DaemonProcess) -> None:
+    # (in the background, so that the shell reports the signal; its stdin is the terminal still)
+    script = f"{shlex.join(procctl(daemon.socket, 'top'))} </dev/tty & wait $!; echo EXIT=$?; stty -a"
+    with Terminal(["/bin/sh", "-c", script], columns=80, lines=24) as term:
+        term.wait_for(lambda t: "q quits" in t, "the first screen")
+        pid = wait_until(lambda: _child_top(term.child.pid), what="top's pid")
+        os.kill(pid, signal.SIGTERM)
+        raw = term.wait_raw(lambda r: "EXIT=" in r and "icanon" in r.split("EXIT=")[-1], "top to end")
+        assert term.finish() == 0  # (the shell's)
+    after = raw.split("EXIT=")[-1]
+    assert after.startswith("143"), after[:20]
+    assert raw.split("EXIT=")[0].rstrip().endswith("\x1b[?1049l")
+    assert re.search(r"(?<!-)\bicanon\b", after) and re.search(r"(?<![-\w])echo\b", after), after
+
+
+def _child_top(shell: int) -> int | None:
+    """The pid of the procctl the shell started (its child)."""
+    for task in Path(f"/proc/{shell}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            return int(child)
+    return None

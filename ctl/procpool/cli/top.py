@@ -604,26 +604,37 @@ def watch_view(status: JobStatus, now: float, width: int, height: int) -> Render
 # -- the loops ---------------------------------------------------------------------------------------
 
 
+#: Exit status of a top ended by SIGTERM or SIGHUP (128 + the signal, as shells report it)
+_SIGNAL_EXIT = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGHUP: 128 + signal.SIGHUP}
+
+
 class _Ticker:
     """Sleeps until the next refresh in ``select``: on stdin (a key) and on a pipe that SIGWINCH
-    writes to (a resized terminal is redrawn at once). Never spins."""
+    writes to (a resized terminal is redrawn at once). Never spins. Meanwhile SIGTERM and SIGHUP
+    end the program by SystemExit, so that the terminal is restored on the way out."""
 
     def __init__(self, keys: bool) -> None:
         self.keys = keys and sys.stdin.isatty()
         self._r, self._w = os.pipe()
         os.set_blocking(self._w, False)
-        self._old_winch: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Ticker:
         def winch(_sig: int, _frame: Any) -> None:
             with contextlib.suppress(OSError):
                 os.write(self._w, b"w")
 
-        self._old_winch = signal.signal(signal.SIGWINCH, winch)
+        def stop(sig: int, _frame: Any) -> None:
+            sys.exit(_SIGNAL_EXIT[signal.Signals(sig)])
+
+        self._old[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, winch)
+        for sig in _SIGNAL_EXIT:
+            self._old[sig] = signal.signal(sig, stop)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGWINCH, self._old_winch)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
         os.close(self._r)
         os.close(self._w)
 
