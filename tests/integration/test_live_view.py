@@ -189,7 +189,8 @@ def test_not_a_terminal_gives_plain_periodic_lines(daemon: DaemonProcess, gate: 
     lines = top.stdout.splitlines()
     assert len(lines) == 3, top.stdout
     for line in lines:
-        assert re.match(r"\d\d:\d\d:\d\d  workers \d+/2 busy  running 2  queued 1 \(low 1\)", line), line
+        expected = r"\d\d:\d\d:\d\d  workers \d+/2 busy  running 2 \(commands 2\)  queued 1 \(low 1\)"
+        assert re.match(expected, line), line
         assert "\x1b" not in line
     as_json = daemon.procctl("--json", "top", "--interval", "0.05", "-n", "2")
     assert as_json.returncode == 0, as_json.stderr

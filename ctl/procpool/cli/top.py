@@ -325,7 +325,7 @@ def top_line(snap: Snapshot) -> str:
     parts = [
         _clock(snap.at),
         f"workers {workers.get('busy', 0)}/{workers.get('configured', '-')} busy",
-        f"running {len(snap.running)}",
+        _running(snap),
         f"queued {snap.queued}" + (f" ({_priorities(snap)})" if snap.by_priority else ""),
         "jobs " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"),
         f"recent failures {len(snap.failures)}",
@@ -334,6 +334,14 @@ def top_line(snap: Snapshot) -> str:
         parts.append("now: " + ", ".join(f"{r.id} {r.name}" for r in snap.running[:3])
                      + (f" +{len(snap.running) - 3}" if len(snap.running) > 3 else ""))
     return "  ".join(parts)
+
+
+def _running(snap: Snapshot) -> str:
+    """``running 3 (pool 1, commands 2)``: the tasks running, and on which engines when the
+    daemon has more than one."""
+    engines = ((snap.daemon.get("workers") or {}).get("engines") or {})
+    busy = [f"{name} {e['busy']}" for name, e in sorted(engines.items()) if e.get("busy")]
+    return f"running {len(snap.running)}" + (f" ({', '.join(busy)})" if busy and len(engines) > 1 else "")
 
 
 def _priorities(snap: Snapshot) -> str:
@@ -459,7 +467,7 @@ def top_view(snap: Snapshot, width: int, height: int, interval: float) -> Render
     head.append(f"  pid {d.get('pid', '?')}  up {duration(d.get('uptime'))}  {_clock(snap.at)}")
     line2 = Text(no_wrap=True, overflow="ellipsis")
     line2.append(f"workers {workers.get('busy', 0)}/{workers.get('configured', '-')} busy  "
-                 f"running {len(snap.running)}  queued {snap.queued}  jobs ")
+                 f"{_running(snap)}  queued {snap.queued}  jobs ")
     line2.append(", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none")
     down = [name for name, e in (workers.get("engines") or {}).items() if not e.get("up", True)]
     if down:

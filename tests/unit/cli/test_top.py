@@ -52,8 +52,9 @@ class FakeClient:
         for j in self.jobs.values():
             by_state[j.state] = by_state.get(j.state, 0) + 1
         queued = sum(t.state == "ready" for j in self.jobs.values() for t in j.tasks)
+        engines = {"pool": {"up": True, "busy": 1}, "commands": {"up": True, "busy": 0}}
         return {"version": "0", "pid": 1, "uptime": 5.0,
-                "workers": {"configured": 2, "busy": 1, "engines": {"pool": {"up": True}}},
+                "workers": {"configured": 2, "busy": 1, "engines": engines},
                 "jobs": {"by_state": by_state, "queued": queued, "running": 0,
                          "list": [wire(status.summary(j)) for j in jobs]}}
 
@@ -98,7 +99,7 @@ def test_the_collector_shows_running_queued_by_priority_and_failures() -> None:
     assert [q.id for q in snap.next] == ["1.5", "1.7", "1.2", "1.3", "1.4"]
     assert [(f.id, f.what) for f in snap.failures] == [("1.1", "ValueError: bad")]
     line = top.top_line(snap)
-    assert "running 1" in line and "queued 6 (high 2, normal 3, low 1)" in line and "now: 1.0 t0" in line
+    assert "running 1 (pool 1)  queued 6 (high 2, normal 3, low 1)" in line and "now: 1.0 t0" in line
 
 
 def test_the_next_tasks_come_by_priority_across_jobs_and_failures_newest_first() -> None:
