@@ -279,3 +279,16 @@ def _child_top(shell: int) -> int | None:
         for child in (task / "children").read_text().split():
             return int(child)
     return None
+
+
+def test_ctrl_c_stops_watching_and_the_job_goes_on(daemon: DaemonProcess, gate: Path) -> None:
+    with daemon.client() as client:
+        job = client.submit({"name": "long", "root": gated("waits", gate)})["id"]
+    with Terminal(procctl(daemon.socket, "status", job, "--watch"), columns=80) as term:
+        term.wait_for(lambda t: "waits" in t and "1 running" in t, "the running task")
+        term.send("\x03")
+        assert term.finish() == 130
+        assert f"stopped waiting; job {job} goes on in the daemon" in term.text()
+        assert "\x1b[?25h" in term.raw  # the cursor is shown again
+    with daemon.client() as client:
+        assert client.call("status", {"job": job, "view": "summary"})["job"]["state"] == "running"
