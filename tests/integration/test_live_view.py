@@ -292,3 +292,18 @@ def test_ctrl_c_stops_watching_and_the_job_goes_on(daemon: DaemonProcess, gate: 
         assert "\x1b[?25h" in term.raw  # the cursor is shown again
     with daemon.client() as client:
         assert client.call("status", {"job": job, "view": "summary"})["job"]["state"] == "running"
+
+
+def test_ctrl_c_ends_plain_top_with_0(daemon: DaemonProcess) -> None:
+    top = subprocess.Popen(procctl(daemon.socket, "top", "--interval", "0.1"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert top.stdout is not None
+        assert re.match(r"\d\d:\d\d:\d\d  workers", top.stdout.readline())
+        top.send_signal(signal.SIGINT)
+        _, err = top.communicate(timeout=30)
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.communicate()
+    assert top.returncode == 0 and err == ""

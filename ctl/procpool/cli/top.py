@@ -682,18 +682,17 @@ def _cbreak(active: bool) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _plain(lines: Callable[[], str | None], interval: float, iterations: int | None) -> None:
-    """Print a line per refresh until ``lines`` returns None or ``iterations`` ran out."""
+def _plain(line: Callable[[], str], interval: float, iterations: int | None) -> None:
+    """Print a line per refresh until ``iterations`` ran out, or Ctrl-C (which ends it as it ends
+    the full screen view: exit 0)."""
     n = 0
-    while True:
-        line = lines()
-        if line is None:
-            return
-        click.echo(line)
-        n += 1
-        if iterations is not None and n >= iterations:
-            return
-        time.sleep(interval)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            click.echo(line())
+            n += 1
+            if iterations is not None and n >= iterations:
+                return
+            time.sleep(interval)
 
 
 def run_top(settings: Settings, interval: float, iterations: int | None) -> None:
