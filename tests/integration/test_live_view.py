@@ -307,3 +307,9 @@ def test_ctrl_c_ends_plain_top_with_0(daemon: DaemonProcess) -> None:
             top.kill()
             top.communicate()
     assert top.returncode == 0 and err == ""
+
+
+def test_top_without_a_daemon_says_so_without_touching_the_screen(tmp_path: Path) -> None:
+    with Terminal(procctl(tmp_path / "none.sock", "top"), columns=80, lines=24) as term:
+        assert term.finish() == 3
+    assert "procctl: error:" in term.text() and "\x1b[?1049h" not in term.raw

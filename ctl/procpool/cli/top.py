@@ -710,10 +710,10 @@ def run_top(settings: Settings, interval: float, iterations: int | None) -> None
         con = console()
         keys = sys.stdin.isatty()
         n = 0
+        snap = collector.poll()  # (before the screen changes: an error reads as any other)
         with (_Ticker(keys) as ticker, _cbreak(keys),
               Live(console=con, screen=True, auto_refresh=False, redirect_stderr=False) as live):
             try:
-                snap = collector.poll()
                 while True:
                     live.update(top_view(snap, *con.size, interval), refresh=True)
                     n += 1
