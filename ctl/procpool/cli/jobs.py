@@ -341,9 +341,12 @@ def run(
     "--all", "all_tasks", is_flag=True,
     help=f"Every task of JOB as a tree (the default for jobs of up to {TREE_TASKS} tasks).",
 )
+@click.option("--watch", is_flag=True, help="Redraw JOB until it ends; exit 0 if it completed, 1 if not.")
+@click.option("--interval", type=Seconds(min=0.05), default=1.0, help="Seconds between --watch redraws.")
 @pass_settings
 def status(
-    settings: Settings, job: str | None, state: str | None, since: str | None, limit: int, all_tasks: bool
+    settings: Settings, job: str | None, state: str | None, since: str | None, limit: int, all_tasks: bool,
+    watch: bool, interval: float,
 ) -> None:
     """Show the daemon and its jobs, or one job (JOB is an id like 12, or a task: 12.3, 12/name).
 
@@ -351,6 +354,10 @@ def status(
     did not complete or are running (at most 20 of them), unless --all.
     """
     with settings.client() as client:
+        if watch:
+            from procpool.cli.top import watch as watch_job
+
+            watch_job(settings, client, job, interval)
         if job is not None:
             if settings.json:  # the full status (format 1): every task, as before
                 data = client.status(job)

@@ -275,8 +275,9 @@ from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job command
 from procpool.cli import logs as _logs  # noqa: E402  (registers `procctl logs`)
 from procpool.cli import pool as _pool  # noqa: E402
 from procpool.cli import result as _result  # noqa: E402  (registers `procctl result`)
+from procpool.cli import top as _top  # noqa: E402  (registers `procctl top`)
 
-del _jobs, _logs, _pool, _result
+del _jobs, _logs, _pool, _result, _top
 
 
 def main() -> None:
