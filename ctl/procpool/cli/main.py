@@ -142,7 +142,6 @@ class ProcctlGroup(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
         global _json_errors
         words = list(sys.argv[1:] if args is None else args)
-        late_globals(self)
         _json_errors = wants_json(words)
         if not _json_errors or extra.get("standalone_mode") is False:
             return super().main(words, prog_name, **extra)
@@ -156,6 +155,21 @@ class ProcctlGroup(click.Group):
         except click.Abort:
             fail("interrupted", None, EXIT_INTERRUPTED)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            importlib.import_module(LAZY_COMMANDS[cmd_name])  # registers its commands on cli
+        command = self.commands.get(cmd_name)
+        if command is not None:
+            late_globals(command)
+            if _COMPLETE_VAR in os.environ:  # the shell asks what to complete (procctl completion)
+                _complete_by_name(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         debug = "--debug" in sys.argv[1:]
@@ -198,6 +212,8 @@ def _late_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 def _late_socket(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
     settings = ctx.find_object(Settings)
+    if value is not None:
+        ctx.meta["late_socket"] = value  # also for shell completion, which makes no Settings
     if value is not None and settings is not None:
         settings.socket = value
 
@@ -208,28 +224,52 @@ def _late_timeout(ctx: click.Context, _param: click.Parameter, value: float | No
         settings.timeout = value
 
 
-def late_globals(command: click.Command) -> None:
+def late_globals(sub: click.Command) -> None:
     """Let ``--json``, ``--socket`` and ``--timeout`` follow the subcommand too (``procctl status
-    --json``): each command below ``command`` that has no option of that name of its own gets a
-    hidden one that sets the global setting; where it has one (``run --timeout``, ``wait
-    --timeout``, ``logs --json``) the subcommand's meaning wins. Done once, for the whole tree."""
-    if not isinstance(command, click.Group):
-        return
-    for sub in command.commands.values():
-        taken = {opt for param in sub.params for opt in param.opts}
-        late: list[click.Parameter] = []
-        if "--json" not in taken:
-            late.append(click.Option(["--json", "late_json"], is_flag=True, hidden=True, expose_value=False,
-                                     callback=_late_json))
-        if "--socket" not in taken:
-            late.append(click.Option(["--socket", "late_socket"], hidden=True,
-                                     type=click.Path(dir_okay=False, path_type=Path), expose_value=False,
-                                     callback=_late_socket))
-        if "--timeout" not in taken:
-            late.append(click.Option(["--timeout", "late_timeout"], type=Seconds(min=0.01), hidden=True,
-                                     expose_value=False, callback=_late_timeout))
-        sub.params.extend(late)
-        late_globals(sub)
+    --json``): the subcommand ``sub`` (and each command below it) that has no option of that name
+    of its own gets a hidden one that sets the global setting; where it has one (``run
+    --timeout``, ``wait --timeout``, ``logs --json``) the subcommand's meaning wins. Called by
+    the group as it looks a subcommand up; a second call changes nothing."""
+    taken = {opt for param in sub.params for opt in param.opts}
+    late: list[click.Parameter] = []
+    if "--json" not in taken:
+        late.append(click.Option(["--json", "late_json"], is_flag=True, hidden=True, expose_value=False,
+                                 callback=_late_json))
+    if "--socket" not in taken:
+        late.append(click.Option(["--socket", "late_socket"], hidden=True,
+                                 type=click.Path(dir_okay=False, path_type=Path), expose_value=False,
+                                 callback=_late_socket))
+    if "--timeout" not in taken:
+        late.append(click.Option(["--timeout", "late_timeout"], type=Seconds(min=0.01), hidden=True,
+                                 expose_value=False, callback=_late_timeout))
+    sub.params.extend(late)
+    if isinstance(sub, click.Group):
+        for below in sub.commands.values():
+            late_globals(below)
+
+
+#: Set by the shell completion script when it asks procctl what to complete (click's protocol).
+_COMPLETE_VAR = "_PROCCTL_COMPLETE"
+
+
+def _complete_by_name(command: click.Command) -> None:
+    """Complete ``command``'s parameters (and those of the commands below it) by what they name:
+    ids, states, files (see :mod:`procpool.cli.completion`, loaded only when completing)."""
+    for param in command.params:
+        if getattr(param, "_custom_shell_complete", None) is None and not getattr(param, "is_flag", False):
+            param._custom_shell_complete = _completion_of  # click's hook for a parameter's completer
+    if isinstance(command, click.Group):
+        for below in command.commands.values():
+            _complete_by_name(below)
+
+
+def _completion_of(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
+    from procpool.cli import completion
+
+    completer = completion.completer_for(param)
+    if completer is None:
+        return param.type.shell_complete(ctx, param, incomplete)
+    return completer(ctx, param, incomplete)
 
 
 HELP = """Drive the procpool daemon (procpoold).
@@ -399,11 +439,17 @@ def health(settings: Settings) -> None:
     sys.exit(level)
 
 
-from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
-from procpool.cli import logs as _logs  # noqa: E402  (registers `procctl logs`)
-from procpool.cli import pool as _pool  # noqa: E402
-
-del _jobs, _logs, _pool
+#: The module that defines each command kept outside this one. A command module registers its
+#: commands on ``cli`` when it is imported; procctl imports it only when one of its commands runs
+#: (or ``--help`` lists them), so ``procctl ping`` loads none of them. A module imported here
+#: eagerly instead works too, at the cost of its import on every call.
+LAZY_COMMANDS: dict[str, str] = {
+    **dict.fromkeys(("submit", "validate", "run", "status", "wait", "cancel", "resume", "clean"),
+                    "procpool.cli.jobs"),
+    "logs": "procpool.cli.logs",
+    "pool": "procpool.cli.pool",
+    "completion": "procpool.cli.completion",
+}
 
 
 def main() -> None:

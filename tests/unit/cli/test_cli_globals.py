@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -48,23 +49,31 @@ def test_json_after_the_subcommand_makes_the_output_and_errors_json() -> None:
 def test_the_subcommands_own_timeout_wins() -> None:
     """``run --timeout`` (per attempt) and ``wait --timeout`` (give up) keep their meaning; no
     second, hidden --timeout is added to them, and their help says so."""
-    late_globals(cli)
+    ctx = click.Context(cli)
     for name in ("run", "wait"):
-        command = cli.commands[name]
+        command = cli.get_command(ctx, name)
+        assert command is not None
         timeouts = [p for p in command.params if "--timeout" in p.opts]
         assert len(timeouts) == 1 and not getattr(timeouts[0], "hidden", False), name
         assert "global --timeout" in (getattr(timeouts[0], "help", "") or ""), name
-    logs = [p for p in cli.commands["logs"].params if "--json" in p.opts]
+    logs_command = cli.get_command(ctx, "logs")
+    assert logs_command is not None
+    logs = [p for p in logs_command.params if "--json" in p.opts]
     assert len(logs) == 1  # logs' own --json (a record per line)
     group_help = CliRunner().invoke(cli, ["--help"]).output
     assert "may also follow the subcommand" in group_help
 
 
 def test_late_globals_is_idempotent() -> None:
-    late_globals(cli)
-    before = {name: len(c.params) for name, c in cli.commands.items()}
-    late_globals(cli)
-    assert {name: len(c.params) for name, c in cli.commands.items()} == before
+    ctx = click.Context(cli)
+    commands = [cli.get_command(ctx, name) for name in cli.list_commands(ctx)]
+    before = [len(c.params) for c in commands if c is not None]
+    for command in commands:
+        assert command is not None
+        late_globals(command)
+    assert [len(c.params) for c in commands if c is not None] == before
+    status = cli.get_command(ctx, "status")
+    assert status is not None and [p.opts for p in status.params].count(["--json"]) == 1
 
 
 @pytest.mark.parametrize(("args", "words"), [
