@@ -131,3 +131,15 @@ def test_ctrl_c_during_run_wait_names_the_job_that_goes_on(daemon: DaemonProcess
         assert client.status("1")["job"]["state"] == "running"
         client.cancel("1")
         assert client.wait("1", timeout=30)["state"] == "cancelled"
+
+
+def test_under_json_stdout_stays_one_document_when_a_wait_gives_up(daemon: DaemonProcess) -> None:
+    with daemon.client() as client:
+        job_id = client.submit({"name": "long", "root": {"cmd": ["sleep", "100"]}})["id"]
+        out = daemon.procctl("--json", "wait", job_id, "--timeout", "0.2")
+        assert out.returncode == 124, (out.stdout, out.stderr)
+        assert json.loads(out.stdout)["finished"] is False  # the status as it stands, alone
+        error = json.loads(out.stderr)["error"]
+        assert error["code"] == "wait_timeout" and error["exit"] == 124
+        client.cancel(job_id)
+        assert client.wait(job_id, timeout=30)["state"] == "cancelled"

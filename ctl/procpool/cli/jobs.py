@@ -391,9 +391,9 @@ def run(
             emit(settings, reply, reply["id"])
             return
         if settings.json:  # one document: the job's full status once it finished
-            reply = client.submit(job, list(after) or None, wait=_SUBMIT_WAIT)
-            _waiting_for(reply["id"])
-            result = reply if reply["finished"] else client.wait(reply["id"])
+            reply = client.submit(job, list(after) or None)
+            _waiting_for(reply["id"])  # a Ctrl-C from now on names the job
+            result = client.wait(reply["id"])
             emit(settings, result["status"], "")
             sys.exit(run_exit_status(result["status"]["tasks"][0]))
         reply = client.submit(job, list(after) or None)

@@ -82,6 +82,9 @@ class Settings:
 #: Whether errors are printed as one JSON document (``--json`` anywhere before ``--``); set by
 #: :meth:`ProcctlGroup.main` before anything is parsed, so that usage errors follow it too.
 _json_errors = False
+#: Whether a JSON document went to stdout already: an error after it (``wait --timeout`` that gave
+#: up, after the status as it stands) goes to stderr, so that stdout stays one document.
+_json_written = False
 
 #: The ``code`` of an error printed as JSON, by exit code, for errors that are not the daemon's.
 _CODE_BY_EXIT = {
@@ -100,11 +103,12 @@ def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE, kind: st
 
     Under ``--json`` the error is one JSON document on stdout instead:
     ``{"error": {"code": ..., "message": ..., "hint": ..., "exit": ...}}``, where ``code`` is the
-    daemon's error code (``kind``) or, for procctl's own errors, a word for the exit code."""
+    daemon's error code (``kind``) or, for procctl's own errors, a word for the exit code (on
+    stderr when the command printed its own document on stdout already)."""
     if _json_errors:
         error = {"code": kind or _CODE_BY_EXIT.get(code, "error"), "message": message, "hint": hint,
                  "exit": code}
-        click.echo(json.dumps({"error": error}, indent=2, sort_keys=True))
+        click.echo(json.dumps({"error": error}, indent=2, sort_keys=True), err=_json_written)
         sys.exit(code)
     click.echo(f"procctl: error: {message}", err=True)
     if hint:
@@ -129,8 +133,10 @@ def wants_json(args: list[str]) -> bool:
 
 def emit(settings: Settings, data: Any, text: Callable[[], str] | str) -> None:
     """Print ``data`` as JSON with --json, else the human text."""
+    global _json_written
     if settings.json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        _json_written = True
     else:
         click.echo(text() if callable(text) else text)
 
@@ -140,9 +146,9 @@ class ProcctlGroup(click.Group):
     under ``--json``, click's usage errors included)."""
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
-        global _json_errors
+        global _json_errors, _json_written
         words = list(sys.argv[1:] if args is None else args)
-        _json_errors = wants_json(words)
+        _json_errors, _json_written = wants_json(words), False
         if not _json_errors or extra.get("standalone_mode") is False:
             return super().main(words, prog_name, **extra)
         try:
