@@ -190,7 +190,7 @@ def validate(settings: Settings, file: str) -> None:
         {"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind}
         for i in plan.start_order()
     ]
-    warnings = [w for task in job.tasks for w in _not_found_here(task)]
+    warnings = [w for task in job.tasks for w in _not_found_here(task, job.python_path)]
     data = {"valid": True, "name": job.name, "tasks": len(job.tasks), "order": order, "warnings": warnings}
     if not settings.json:
         for warning in warnings:
@@ -204,21 +204,28 @@ def validate(settings: Settings, file: str) -> None:
     emit(settings, data, text)
 
 
-def _not_found_here(task: TaskSpec) -> list[str]:
+def _not_found_here(task: TaskSpec, python_path: list[str]) -> list[str]:
     """Warnings for a task whose callable's module or command's program cannot be found here.
 
     Only warnings: the daemon's environment (its PATH, its Python path, the user it runs the task
     as) may differ from procctl's. A callable's module is looked up with importlib's find_spec
-    (which imports the packages above it); a command's program on the task's PATH (its ``env``'s,
-    else procctl's) unless it names a path; a shell command is not looked into."""
+    (which imports the packages above it), the job's ``python_path`` first; a command's program
+    on the task's PATH (its ``env``'s, else procctl's) unless it names a path; a shell command is
+    not looked into."""
     if task.kind == "call" and task.call:
+        import importlib
         import importlib.util
 
         module = task.call.partition(":")[0]
+        saved = list(sys.path)
+        sys.path[:0] = [str(Path(task.cwd or ".") / p) for p in python_path]
+        importlib.invalidate_caches()
         try:
             found = importlib.util.find_spec(module) is not None
         except Exception:  # a parent package that is missing, or fails to import
             found = False
+        finally:
+            sys.path[:] = saved
         if not found:
             return [f"{task.path}.call: module {module!r} is not found here (by procctl's Python); "
                     "the daemon's may still find it"]

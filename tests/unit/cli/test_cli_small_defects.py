@@ -138,3 +138,16 @@ def test_what_run_wait_exits_with(task: dict[str, object], code: int) -> None:
 def test_run_help_documents_its_exit_status() -> None:
     out = CliRunner().invoke(cli, ["run", "--help"]).output
     assert "128+N" in out and "exit code" in out
+
+
+def test_a_callable_on_the_jobs_python_path_is_found(tmp_path: Path) -> None:
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "ppvalidated.py").write_text("def fn():\n    return 1\n")
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"name": "p", "python_path": [str(tmp_path / "mods")],
+                                "root": {"call": "ppvalidated:fn"}}))
+    code, _, err = procctl("validate", str(path))
+    assert code == EXIT_OK and "warning" not in err
+    path.write_text(json.dumps({"name": "p", "root": {"call": "ppvalidated:fn"}}))
+    code, _, err = procctl("validate", str(path))
+    assert code == EXIT_OK and "module 'ppvalidated' is not found here" in err
