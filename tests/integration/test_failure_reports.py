@@ -46,7 +46,7 @@ def test_a_failed_calls_traceback_shows_in_status_wait_and_logs(daemon: DaemonPr
         assert out.stdout.count("in fail_deep") == 4 and "procpoold" not in out.stdout, out.stdout
     logs = daemon.procctl("logs", job_id)
     assert logs.returncode == 0, logs
-    [final] = [line for line in logs.stdout.split("\n2") if 'task "deep" failed after 1 attempt(s)' in line]
+    [final] = [line for line in logs.stdout.split("\n2") if 'task "deep" failed after 1 attempt:' in line]
     assert "Traceback (most recent call last):" in final and final.count("in fail_deep") == 4, logs.stdout
     assert "RuntimeError: disk full" in final and "procpoold" not in final, logs.stdout
 

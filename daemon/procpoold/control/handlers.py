@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 from procpool.contract.codec import Request, RequestError
 from procpool.contract.errors import ErrorCode
-from procpool.contract.limits import shorten
-from procpool.contract.ops import OPS
+from procpool.contract.limits import WORKERS_MAX, shorten
+from procpool.contract.ops import OPS, POOL_RESIZE_HINT
 from procpool.contract.status import VIEWS, PingReply, View
 from procpoold.control.server import Deferred, Handler, Peer
 
@@ -132,9 +132,12 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
 
     def pool_resize(req: Request, peer: Peer | None) -> Any:
         workers = req.args["workers"]
-        if not 0 <= workers <= 1024:
+        if not 1 <= workers <= WORKERS_MAX:  # as the contract says (check_args): no pool of 0 workers
             raise RequestError(
-                ErrorCode.INVALID_ARGUMENT, f"pool_resize: workers must be 0..1024, got {workers}", req.id
+                ErrorCode.INVALID_ARGUMENT,
+                f"pool_resize: workers must be 1..{WORKERS_MAX}, got {workers}",
+                req.id,
+                hint=POOL_RESIZE_HINT,
             )
         return api.pool_resize(workers)
 

@@ -48,6 +48,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from procpool.contract.words import plural
+
 SYSLOG_IDENTIFIER: Final = "procpoold"
 #: Longest message sent as one record (characters); longer ones are split into several records.
 MAX_MESSAGE: Final = 16 * 1024
@@ -224,7 +226,7 @@ def event_message(code: int, task_name: str, attempt: int, text: str) -> str:
     state = _STATE_WORDS.get(code, "ended")
     if code in (SKIPPED, CANCELLED):
         return f'task "{task_name}" {state}: {text}'
-    return f'task "{task_name}" {state} after {attempt} attempt(s): {text}'
+    return f'task "{task_name}" {state} after {plural(attempt, "attempt")}: {text}'
 
 
 def names_record(job: int, first: int, fields: Iterable[tuple[str, str]], names: list[str]) -> bytes:

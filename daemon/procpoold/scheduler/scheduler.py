@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 
+from procpool.contract.words import plural
 from procpoold import failures, journal
 from procpoold.core.jobs import Effects, Job
 from procpoold.scheduler.attempts import Attempts
@@ -146,7 +147,7 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
             )
             level = logging.ERROR
             message = (
-                f'task "{t.spec.name}" {t.state} after {len(t.attempts)} attempt(s): '
+                f'task "{t.spec.name}" {t.state} after {plural(len(t.attempts), "attempt")}: '
                 f"{failures.log_text(t.error)}"
             )
         fields = {**self._fields(job, index), "MESSAGE_ID": message_id}

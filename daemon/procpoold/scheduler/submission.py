@@ -8,6 +8,7 @@ from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import JobSpec, TreeError, parse_job
+from procpool.contract.words import plural
 from procpoold import failures, journal
 from procpoold.core.jobs import Job, scoped_key
 from procpoold.core.states import FINAL_TASK_STATES
@@ -77,7 +78,7 @@ class Submission(SchedulerState):
         self.counters["submitted"] += 1
         self._record(
             logging.INFO,
-            f'job {job_id} "{spec.name}" submitted: {len(job.tasks)} tasks',
+            f'job {job_id} "{spec.name}" submitted: {plural(len(job.tasks), "task")}',
             {
                 "PROCPOOL_JOB_ID": job_id,
                 "PROCPOOL_JOB_NAME": spec.name,
