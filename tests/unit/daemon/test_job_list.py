@@ -1,0 +1,123 @@
+"""A job is queued until its first attempt starts; the job list's filters and its count of matches;
+a job's tasks in one state, filtered by the daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procpoold.core import status
+from procpoold.engines import Outcome
+from procpoold.scheduler import Scheduler
+from procpoold.store.sqlite import StateStore
+from tests.unit.daemon.test_scheduler import make
+from tests.unit.daemon.test_store import finish_all, run_scheduler
+
+pytestmark = pytest.mark.unit
+
+
+def submit(scheduler: Scheduler, name: str, uid: int | None = None, tags: list[str] | None = None) -> str:
+    doc: dict[str, Any] = {"name": name, "root": {"cmd": ["true"], **({"tags": tags} if tags else {})}}
+    return scheduler.submit(doc, uid)[0].id
+
+
+def test_a_job_is_queued_until_its_first_attempt_starts() -> None:
+    loop, executor, scheduler = make(slots=1)
+    first = submit(scheduler, "first")
+    waiting = [submit(scheduler, f"w{i}") for i in range(3)]
+    loop.run_once(0)  # one slot: the first job's task starts, the others wait in the queue
+    assert scheduler.jobs[first].state == "running" and scheduler.jobs[first].started_at is not None
+    for job_id in waiting:
+        summary = status.summary(scheduler.jobs[job_id])
+        assert (summary["state"], summary["started_at"]) == ("queued", None)
+    assert scheduler.by_state() == {"running": 1, "queued": 3}
+    assert [j["id"] for j in scheduler.job_list(state="queued")[0]] == waiting
+    spec = executor.submitted[0]
+    executor.running.discard(spec.attempt_id)
+    scheduler.attempt_finished(Outcome(spec.attempt_id, "completed"))
+    loop.run_once(0)
+    assert scheduler.jobs[waiting[0]].state == "running"
+    assert [scheduler.jobs[j].state for j in waiting[1:]] == ["queued", "queued"]
+
+
+def test_a_queued_job_that_is_cancelled_ends_cancelled_without_a_start() -> None:
+    loop, _, scheduler = make(slots=1)
+    submit(scheduler, "first")
+    queued = submit(scheduler, "second")
+    loop.run_once(0)
+    scheduler.cancel(queued)
+    loop.run_once(0)
+    assert scheduler.finished[queued].state == "cancelled"
+    job, _ = scheduler.resolve(queued)
+    assert job.started_at is None
+
+
+def test_the_list_filters_by_name_user_tag_and_state_and_counts_the_matches(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    nightly = [submit(scheduler, f"nightly-{i}", uid=1000, tags=["etl"]) for i in range(3)]
+    other = submit(scheduler, "adhoc", uid=1001, tags=["manual"])
+    loop.run_once(0)
+    finish_all(loop, executor, scheduler)
+    live = submit(scheduler, "nightly-live", uid=1001, tags=["etl", "live"])
+
+    def ids(**filters: Any) -> tuple[list[str], int]:
+        jobs, matched = scheduler.job_list(**filters)
+        return [j["id"] for j in jobs], matched
+
+    assert ids() == ([*nightly, other, live], 5)
+    assert ids(limit=2) == ([other, live], 5)  # the newest two, of five
+    assert ids(name="nightly-*") == ([*nightly, live], 4)
+    assert ids(name="nightly") == ([], 0)  # without a wildcard: the name itself
+    assert ids(name="adhoc") == ([other], 1)
+    assert ids(uid=1001) == ([other, live], 2)
+    assert ids(tag="etl") == ([*nightly, live], 4)
+    assert ids(tag="live", uid=1001) == ([live], 1)
+    assert ids(tag="etl", state="completed", limit=1) == ([nightly[-1]], 3)
+    assert status.summary(scheduler.jobs[live])["tags"] == ["etl", "live"]
+    loop.close()
+    store.close()
+
+    # after a restart the finished jobs' names come from the index and their tags from the store
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    assert ids(tag="etl") == ([*nightly, live], 4)
+    assert ids(name="nightly-?", tag="etl") == (nightly, 3)
+    assert ids(tag="manual") == ([other], 1)
+    loop.close()
+    store.close()
+
+
+def test_the_tags_of_a_job_are_those_of_its_tasks_each_once() -> None:
+    loop, _, scheduler = make(slots=1)
+    doc = {"name": "j", "tags": ["team"], "root": {"concurrent": [
+        {"cmd": ["true"], "tags": ["a"]}, {"cmd": ["true"], "tags": ["b", "a"]}, {"cmd": ["true"]}]}}
+    job, _ = scheduler.submit(doc, None)
+    assert job.tag_list() == ["team", "a", "b"]
+    loop.close()
+
+
+def test_a_state_filter_sends_only_the_tasks_in_that_state() -> None:
+    loop, executor, scheduler = make(slots=10)
+    doc = {"name": "j", "on_failure": "continue",
+           "root": {"concurrent": [{"name": f"t{i}", "cmd": ["true"]} for i in range(10)]}}
+    job, _ = scheduler.submit(doc, None)
+    loop.run_once(0)
+    for n, spec in enumerate(executor.submitted):
+        executor.running.discard(spec.attempt_id)
+        failed = n in (2, 5, 7)
+        scheduler.attempt_finished(Outcome(spec.attempt_id, "failed" if failed else "completed", exit_code=1
+                                           if failed else 0))
+    loop.run_once(0)
+    page = status.page(job, "full", 0, 100, tasks_state="failed")
+    assert [t["name"] for t in page["tasks"]] == ["t2", "t5", "t7"]  # type: ignore[typeddict-item]
+    assert page["job"]["counts"] == {"completed": 7, "failed": 3}
+    # paged: two per page, the next page's scan starting after the last one sent
+    first = status.full_page(job, 0, 2, state="failed")
+    assert [t["name"] for t in first["tasks"]] == ["t2", "t5"] and first["page"]["next"] == 7
+    second = status.full_page(job, 7, 2, state="failed")
+    assert [t["name"] for t in second["tasks"]] == ["t7"] and second["page"]["next"] is None
+    assert status.full_page(job, 0, 100, state="running")["tasks"] == []
+    loop.close()
