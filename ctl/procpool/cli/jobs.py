@@ -6,12 +6,13 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from procpool.cli import render
+from procpool.cli import output, render
 from procpool.cli.main import (
     EXIT_FAILED,
     EXIT_OK,
@@ -64,22 +65,44 @@ def check_job(source: str, raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec
         fail(f"{source}: {exc.message}", exc.hint or "see docs/job-trees.md for the format")
 
 
-def _show_job(settings: Settings, client: Client, status: JobStatus, all_tasks: bool) -> None:
-    """Print a job: as a tree when it is small or ``all_tasks`` (fetching every task), else a
-    bounded summary of the columnar ``status`` (counts, what did not complete, what runs)."""
+def _show_job(
+    settings: Settings,
+    client: Client,
+    status: JobStatus,
+    every_task: bool = False,
+    state: str | None = None,
+    final: bool = False,
+) -> None:
+    """Print a job. With ``state``: its tasks in that state (the daemon sends only those). With
+    ``every_task``: its whole tree, every task. With ``final`` (the end of a wait): its summary
+    and what failed. Else a small job as its tree (big groups as a line of counts) and a big one
+    as its summary (counts, what failed, what runs); never a line per task of a big job."""
     job_id = status.job["id"]
-    if all_tasks or status.total <= TREE_TASKS:
+    now = time.time()
+    if state is not None:
+        found = client.status(job_id, tasks_state=state)
+        output.echo(render.task_list(found, now, state))
+    elif every_task or (not final and status.total <= TREE_TASKS):
         full = client.status(job_id)
-        click.echo(render.job_tree(full, time.time()))
-        return
-    hint = f"; procctl status {job_id} --all lists every task"
-    click.echo(render.job_summary(status, time.time(), hint=hint))
+        output.echo(render.job_tree(full, now, collapse=None if every_task else render.COLLAPSE_CHILDREN))
+    else:
+        hint = f"; procctl status {job_id} --state failed lists the failed ones"
+        output.echo(render.job_summary(status, now, hint=hint))
+
+
+def _show(settings: Settings, data: Any, text: Callable[[], str]) -> None:
+    """Print ``data`` as JSON with --json, else its text (coloured on a terminal: see output)."""
+    if settings.json:
+        emit(settings, data, text)
+    else:
+        output.echo(text())
 
 
 def _finish(
-    settings: Settings, client: Client, first: dict[str, Any], live: bool, all_tasks: bool = False
+    settings: Settings, client: Client, first: dict[str, Any], live: bool, every_task: bool = False
 ) -> None:
-    """Wait for a job with live progress; exit 0 if it completed, 1 if not.
+    """Wait for a job with live progress; print its summary and what failed; exit 0 if it
+    completed, 1 if not.
 
     ``first`` is the reply of a submit with ``wait``: the job's status in the view this needs
     (full with ``--json``, else columns) once it finished or the submit's wait ran out, so a job
@@ -90,25 +113,20 @@ def _finish(
         result = first if first["finished"] else client.wait(job_id)
         emit(settings, result["status"], "")
         sys.exit(EXIT_OK if result["state"] == COMPLETED else EXIT_FAILED)
-    tty = sys.stderr.isatty()
-    last = ""
     if live:
         status = _columns(first["status"])
-        while True:
-            line = render.progress_line(status)
-            if tty:
-                click.echo("\r\x1b[2K" + line, nl=False, err=True)
-            elif line != last:
-                click.echo(line, err=True)
-            last = line
-            if status.state in FINAL_JOB_STATES:
-                break
-            status = _progress(client, job_id, status)
+        line = output.ProgressLine()
+        try:
+            while True:
+                line.show(render.progress_line(status, line.width()))
+                if status.state in FINAL_JOB_STATES:
+                    break
+                status = _progress(client, job_id, status)
+        finally:
+            line.close()
     else:
         status = _columns((first if first["finished"] else client.wait(job_id, view="columns"))["status"])
-    if tty and live:
-        click.echo("", err=True)
-    _show_job(settings, client, status, all_tasks)
+    _show_job(settings, client, status, every_task, final=True)
     sys.exit(EXIT_OK if status.state == COMPLETED else EXIT_FAILED)
 
 
@@ -144,10 +162,13 @@ def _columns(status: Any) -> JobStatus:
     "--wait", "wait_", is_flag=True, help="Wait for the job, with live progress; exit 1 unless it completed."
 )
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
-@click.option("--all", "all_tasks", is_flag=True, help="With --wait: list every task at the end.")
+@click.option("--tasks", "--all", "every_task", is_flag=True,
+              help="With --wait: show every task at the end (its whole tree).")
 @pass_settings
-def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], all_tasks: bool) -> None:
-    """Submit the job tree in FILE (or - for stdin); prints the job id."""
+def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], every_task: bool) -> None:
+    """Submit the job tree in FILE (or - for stdin); prints the job id.
+
+    With --wait, a progress line while it runs, then the job's counts and what failed."""
     raw = read_job_file(file)
     with settings.client() as client:
         try:
@@ -167,9 +188,10 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], a
         if not wait_:
             emit(settings, reply, f"{reply['id']}{note}")
             return
+        _waiting_for(reply["id"])  # before anything is printed: a Ctrl-C from now on names the job
         if not settings.json:
             click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
-        _finish(settings, client, reply, live=True, all_tasks=all_tasks)
+        _finish(settings, client, reply, live=True, every_task=every_task)
 
 
 @cli.command()
@@ -332,46 +354,74 @@ def run(
 
 @cli.command()
 @click.argument("job", required=False)
-@click.option("--state", help="Only jobs in this state (with no JOB).")
+@click.option("--state", help="Only jobs in this state; with JOB, only its tasks in this state.")
+@click.option("--name", metavar="PATTERN", help="Only jobs with this name (a shell pattern: 'nightly-*').")
+@click.option("--user", help="Only jobs of this user (a name or uid).")
+@click.option("--tag", help="Only jobs with a task that has this tag.")
 @click.option("--since", metavar="AGE", help="Only jobs created within AGE (30s, 15m, 2h, 1d).")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs."
 )
-@click.option(
-    "--all", "all_tasks", is_flag=True,
-    help=f"Every task of JOB as a tree (the default for jobs of up to {TREE_TASKS} tasks).",
-)
+@click.option("--all", "every", is_flag=True,
+              help="Every job that matches (as many as the daemon sends in one list); with JOB, as --tasks.")
+@click.option("--tasks", "every_task", is_flag=True,
+              help="With JOB: every task, in its whole tree (no group collapsed to its counts).")
 @pass_settings
 def status(
-    settings: Settings, job: str | None, state: str | None, since: str | None, limit: int, all_tasks: bool
+    settings: Settings,
+    job: str | None,
+    state: str | None,
+    name: str | None,
+    user: str | None,
+    tag: str | None,
+    since: str | None,
+    limit: int,
+    every: bool,
+    every_task: bool,
 ) -> None:
     """Show the daemon and its jobs, or one job (JOB is an id like 12, or a task: 12.3, 12/name).
 
-    A job of up to 100 tasks is shown as a tree; a bigger one as its counts and the tasks that
-    did not complete or are running (at most 20 of them), unless --all.
+    \b
+    The list: queued, running, held and finished jobs, the newest --limit of them.
+    A job: its counts, then its tree (a job of up to 100 tasks; groups of more than 20 as a line
+    of counts) or what failed and what runs (a bigger one); --tasks for every task, --state S
+    for its tasks in state S only.
     """
     with settings.client() as client:
         if job is not None:
-            if settings.json:  # the full status (format 1): every task, as before
-                data = client.status(job)
-            else:
-                found = client.job_status(job)
-                if isinstance(found, JobStatus):
-                    _show_job(settings, client, found, all_tasks)
-                    return
-                data = found
-            if "task" in data:  # a task id
-                emit(settings, data, lambda: render.task_line(data["task"], time.time()))
-                return
-            emit(settings, data, lambda: render.job_tree(data, time.time()))
+            _status_of(settings, client, job, state, every_task or every)
             return
         since_ts = time.time() - _age(since) if since else None
-        data = client.status(state=state, since=since_ts, limit=limit)
-    emit(
+        data = client.status(state=state, since=since_ts, limit=_LIST_ALL if every else limit,
+                             name=name, user=user, tag=tag)
+    jobs = data["jobs"]
+    matched = jobs.get("matched")
+    more = "; --limit N or --all for more" if not every else ""
+    _show(
         settings,
         data,
-        lambda: render.summary(data) + "\n\n" + render.job_table(data["jobs"]["list"], time.time()),
+        lambda: render.summary(data) + "\n\n" + render.job_table(jobs["list"], time.time(), matched, more),
     )
+
+
+#: ``status --all``: the daemon sends at most its status_page_size jobs in one list.
+_LIST_ALL = 1_000_000
+
+
+def _status_of(settings: Settings, client: Client, ref: str, state: str | None, every_task: bool) -> None:
+    """``procctl status JOB``: see :func:`_show_job` (a task id: its line)."""
+    if settings.json:  # the full status (format 1): every task (in ``state``), as before
+        data = client.status(ref, tasks_state=state)
+    else:
+        found = client.job_status(ref)
+        if isinstance(found, JobStatus):
+            _show_job(settings, client, found, every_task, state)
+            return
+        data = found
+    if "task" in data:  # a task id
+        _show(settings, data, lambda: render.task_line(data["task"], time.time()))
+        return
+    _show(settings, data, lambda: render.job_tree(data, time.time()))
 
 
 def _age(text: str) -> float:
@@ -386,20 +436,21 @@ def _age(text: str) -> float:
 @click.option(
     "--timeout", "wait_timeout", type=Seconds(), help="Give up after this many seconds."
 )
-@click.option("--all", "all_tasks", is_flag=True, help="List every task of a job, however many.")
+@click.option("--tasks", "--all", "every_task", is_flag=True, help="Show every task of a job, however many.")
 @pass_settings
-def wait(settings: Settings, id: str, wait_timeout: float | None, all_tasks: bool) -> None:
-    """Wait until a job or task has finished; exit 0 if it completed, 1 if not."""
+def wait(settings: Settings, id: str, wait_timeout: float | None, every_task: bool) -> None:
+    """Wait until a job or task has finished; print a job's counts and what failed; exit 0 if
+    it completed, 1 if not."""
     _waiting_for(id)
     with settings.client() as client:
         result = client.wait(id, timeout=wait_timeout, view="full" if settings.json else "columns")
         status = result.get("status")
         if isinstance(status, JobStatus):
-            _show_job(settings, client, status, all_tasks)
+            _show_job(settings, client, status, every_task, final=True)
         elif status:
-            emit(settings, result, lambda: render.job_tree(status, time.time()))
+            _show(settings, result, lambda: render.job_tree(status, time.time()))
         else:
-            emit(settings, result, lambda: render.task_line(result["task"], time.time()))
+            _show(settings, result, lambda: render.task_line(result["task"], time.time()))
     if not result["finished"]:
         fail(f"{id} has not finished after {wait_timeout:g}s", "it goes on in the daemon: wait again, "
              f"or procctl cancel {id}", code=EXIT_WAIT_TIMEOUT)
