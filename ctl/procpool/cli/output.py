@@ -67,8 +67,8 @@ def colour_wanted(stream: IO[Any] | None = None) -> bool:
         return False
 
 
-def width(stream: IO[Any] | None = None) -> int:
-    """The terminal's width in columns (80 when it cannot tell)."""
+def width() -> int:
+    """The terminal's width in columns (``COLUMNS`` first; 80 when it cannot tell)."""
     return shutil.get_terminal_size((80, 24)).columns
 
 
@@ -114,7 +114,7 @@ class ProgressLine:
         self._live: Live | None = None
 
     def width(self) -> int:
-        return width(sys.stderr) - 1 if self.tty else 160
+        return width() - 1 if self.tty else 160
 
     def show(self, line: str) -> None:
         if not self.tty:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import sys
 import time
 from typing import Any
@@ -188,3 +189,20 @@ def test_the_progress_line_goes_once_per_change_when_not_on_a_terminal(
         line.show(text)
     line.close()
     assert stream.getvalue() == "a\nb\nc\n"
+
+
+def test_rich_is_loaded_only_to_colour_or_redraw() -> None:
+    """``procctl ping`` and any output that is not to a terminal never import rich."""
+    probe = (
+        "import contextlib, io, sys\n"
+        "sys.argv = ['procctl', '--socket', '/nonexistent/procpool.sock', 'ping']\n"
+        "from procpool.cli import output, render\n"
+        "from procpool.cli.main import main\n"
+        "with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    output.echo('job 1  failed')\n"
+        "print('rich' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
