@@ -65,29 +65,21 @@ def check_job(source: str, raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec
         fail(f"{source}: {exc.message}", exc.hint or "see docs/job-trees.md for the format")
 
 
-def _show_job(
-    settings: Settings,
-    client: Client,
-    status: JobStatus,
-    every_task: bool = False,
-    state: str | None = None,
-    final: bool = False,
-) -> None:
-    """Print a job. With ``state``: its tasks in that state (the daemon sends only those). With
-    ``every_task``: its whole tree, every task. With ``final`` (the end of a wait): its summary
-    and what failed. Else a small job as its tree (big groups as a line of counts) and a big one
-    as its summary (counts, what failed, what runs); never a line per task of a big job."""
-    job_id = status.job["id"]
-    now = time.time()
-    if state is not None:
-        found = client.status(job_id, tasks_state=state)
-        output.echo(render.task_list(found, now, state))
-    elif every_task or (not final and status.total <= TREE_TASKS):
-        full = client.status(job_id)
-        output.echo(render.job_tree(full, now, collapse=None if every_task else render.COLLAPSE_CHILDREN))
-    else:
-        hint = f"; procctl status {job_id} --state failed lists the failed ones"
-        output.echo(render.job_summary(status, now, hint=hint))
+def _show_job(settings: Settings, client: Client, status: JobStatus, every_task: bool = False) -> None:
+    """The end of a wait for a job (``submit --wait``, ``wait``): its head, its counts and what
+    failed, read from the columnar status in hand; with ``every_task`` its whole tree."""
+    if every_task:
+        _print_tree(client, status.job["id"], every_task)
+        return
+    hint = f"; procctl status {status.job['id']} --state failed lists the failed ones"
+    output.echo(render.job_summary(status, time.time(), hint=hint))
+
+
+def _print_tree(client: Client, job_id: str, every_task: bool) -> None:
+    """A job as its tree (every task fetched in the full view); groups of more than
+    COLLAPSE_CHILDREN children as a line of counts unless ``every_task``."""
+    full = client.status(job_id)
+    output.echo(render.job_tree(full, time.time(), collapse=None if every_task else render.COLLAPSE_CHILDREN))
 
 
 def _show(settings: Settings, data: Any, text: Callable[[], str]) -> None:
@@ -126,7 +118,7 @@ def _finish(
             line.close()
     else:
         status = _columns((first if first["finished"] else client.wait(job_id, view="columns"))["status"])
-    _show_job(settings, client, status, every_task, final=True)
+    _show_job(settings, client, status, every_task)
     sys.exit(EXIT_OK if status.state == COMPLETED else EXIT_FAILED)
 
 
@@ -409,19 +401,32 @@ _LIST_ALL = 1_000_000
 
 
 def _status_of(settings: Settings, client: Client, ref: str, state: str | None, every_task: bool) -> None:
-    """``procctl status JOB``: see :func:`_show_job` (a task id: its line)."""
+    """``procctl status JOB``: its head and counts (the summary view: no work per task in the
+    daemon), then its tasks in ``state``, its tree (a small job, or ``every_task``), or what
+    failed and what runs, each asked of the daemon by state (a page of at most LISTED_TASKS).
+    A task id: its line."""
     if settings.json:  # the full status (format 1): every task (in ``state``), as before
-        data = client.status(ref, tasks_state=state)
-    else:
-        found = client.job_status(ref)
-        if isinstance(found, JobStatus):
-            _show_job(settings, client, found, every_task, state)
-            return
-        data = found
-    if "task" in data:  # a task id
-        _show(settings, data, lambda: render.task_line(data["task"], time.time()))
+        emit(settings, client.status(ref, tasks_state=state), "")
         return
-    _show(settings, data, lambda: render.job_tree(data, time.time()))
+    head: dict[str, Any] = client.call("status", {"job": ref, "view": "summary"})
+    if "task" in head:  # a task id
+        output.echo(render.task_line(head["task"], time.time()))
+        return
+    job = head["job"]
+    if state is not None:
+        output.echo(render.task_list(client.status(job["id"], tasks_state=state), time.time(), state))
+    elif every_task or job["tasks"] <= TREE_TASKS:
+        _print_tree(client, job["id"], every_task)
+    else:
+        shown: list[dict[str, Any]] = []
+        for wanted in render.SUMMARY_STATES:
+            room = render.LISTED_TASKS - len(shown)
+            if room > 0 and job["counts"].get(wanted):
+                page = client.status(job["id"], tasks_state=wanted, tasks_limit=room)
+                shown.extend(page["tasks"][:room])
+                job = page["job"]  # (the newer head)
+        hint = f"; procctl status {job['id']} --state failed lists the failed ones"
+        output.echo(render.job_digest(dict(job), shown, time.time(), hint))
 
 
 def _age(text: str) -> float:
@@ -446,7 +451,7 @@ def wait(settings: Settings, id: str, wait_timeout: float | None, every_task: bo
         result = client.wait(id, timeout=wait_timeout, view="full" if settings.json else "columns")
         status = result.get("status")
         if isinstance(status, JobStatus):
-            _show_job(settings, client, status, every_task, final=True)
+            _show_job(settings, client, status, every_task)
         elif status:
             _show(settings, result, lambda: render.job_tree(status, time.time()))
         else:

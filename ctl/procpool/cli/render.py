@@ -20,7 +20,7 @@ from procpool.contract.states import (
     TASK_STATES,
     TIMEOUT,
 )
-from procpool.contract.status import JobStatus, TaskRow
+from procpool.contract.status import JobStatus
 
 #: Tasks a job summary lists (those that did not complete, then the running ones).
 LISTED_TASKS = 20
@@ -317,40 +317,46 @@ def counts_line(counts: dict[str, int], total: int) -> str:
     return f"{total} task{'s' if total != 1 else ''}: " + (", ".join(parts) or "none")
 
 
-def row_line(row: TaskRow, now: float, engine: bool = False) -> str:
-    """One task of a columnar status, as :func:`task_line` shows a task."""
-    data = asdict(row)
-    data["name"] = row.name if row.name is not None else f"#{row.index}"
-    return task_line(data, now, engine)
+#: The task states a job's summary lists, in this order: what failed, then what runs.
+SUMMARY_STATES: tuple[str, ...] = (FAILED, TIMEOUT, RUNNING)
 
 
 def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint: str = "") -> str:
-    """``procctl status JOB`` of a big job: its head, the counts, the tasks that did not complete
-    and the running ones (at most ``listed``) and how many more there are; never a line per task.
-    ``hint`` ends the notice of tasks not listed (how to list them all)."""
+    """A job's summary from its columnar status (the end of ``submit --wait`` and ``wait``): see
+    :func:`job_digest`; the tasks that failed and the running ones are picked from the columns."""
     job: dict[str, Any] = dict(status.job)
-    lines = _job_head(job, now)
-    counts = job.get("counts") or status.counts()
-    lines.append("  " + counts_line(counts, int(job.get("tasks", status.total))))
-    shown: list[TaskRow] = []
-    more = 0
+    if not job.get("counts"):
+        job["counts"] = status.counts()
+    job.setdefault("tasks", status.total)
+    shown: list[dict[str, Any]] = []
     for states in ((FAILED, TIMEOUT), (RUNNING,)):
         for i in status.indices(*states):
-            if len(shown) < listed:
-                shown.append(status.task(i))
-            else:
-                more += 1
+            if len(shown) >= listed:
+                break
+            row = asdict(status.task(i))
+            row["name"] = row["name"] if row["name"] is not None else f"#{i}"
+            shown.append(row)
+    return job_digest(job, shown, now, hint)
+
+
+def job_digest(job: dict[str, Any], shown: list[dict[str, Any]], now: float, hint: str = "") -> str:
+    """A job without a line per task: its head, its counts, the tasks ``shown`` (those that failed,
+    then the running ones, at most :data:`LISTED_TASKS` of them) and how many more of those there
+    are, its namespace, and the last lines of the first failures (at most :data:`TAILS_SHOWN`).
+    ``hint`` ends the notice of tasks not listed (how to list them)."""
+    lines = _job_head(job, now)
+    counts = job.get("counts") or {}
+    lines.append("  " + counts_line(counts, int(job.get("tasks", 0))))
     engine = job.get("all_local") is False
-    lines.extend("  " + row_line(row, now, engine) for row in shown)
-    if more:
+    lines.extend("  " + task_line(t, now, engine) for t in shown)
+    more = sum(counts.get(state, 0) for state in SUMMARY_STATES) - len(shown)
+    if more > 0:
         lines.append(f"  … and {more} more failed or running task{'s' if more != 1 else ''}" + hint)
     ns = job.get("namespace")
     if ns:
         lines.append("namespace: " + ", ".join(f"{k}={v!r}" for k, v in sorted(ns.items())))
-    tails = [row for row in shown if row.tail and row.state in SHOWS_TAIL][:TAILS_SHOWN]
-    for row in tails:
-        lines.append(f"last lines of {row.name}:")
-        lines.extend(f"  | {line}" for line in row.tail[-10:])
+    tails = [t for t in shown if t.get("tail") and t["state"] in SHOWS_TAIL][:TAILS_SHOWN]
+    lines.extend(_tails(tails))
     return "\n".join(lines)
 
 
