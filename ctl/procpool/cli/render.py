@@ -11,6 +11,7 @@ from procpool.contract.states import (
     COMPLETED,
     FAILED,
     FINAL_TASK_STATES,
+    JOB_STATES,
     PENDING,
     QUEUED,
     READY,
@@ -55,8 +56,8 @@ def summary(data: dict[str, Any]) -> str:
         f"workers  {workers.get('configured', '-')} configured, {workers.get('busy', 0)} busy"
         + (f" ({states})" if states else ""),
         "jobs     "
-        + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none")
-        + f"; {jobs.get('running', 0)} attempt(s) running, {jobs.get('queued', 0)} queued",
+        + (", ".join(f"{by_state[s]} {s}" for s in _by_job_state(by_state)) or "none")
+        + f"; tasks: {jobs.get('running', 0)} running, {jobs.get('queued', 0)} waiting for a worker",
     ]
     engines = workers.get("engines") or {}
     if set(engines) - {"pool", "commands"} or any(not e.get("up", True) for e in engines.values()):
@@ -75,6 +76,12 @@ def summary(data: dict[str, Any]) -> str:
                      " records are dropped until it does")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _by_job_state(by_state: dict[str, int]) -> list[str]:
+    """The job states with jobs, in JOB_STATES' order (then any other a newer daemon sent)."""
+    known = [s for s in JOB_STATES if by_state.get(s)]
+    return known + sorted(s for s in by_state if s not in JOB_STATES and by_state[s])
 
 
 #: ``procctl health``'s verdicts, by exit status

@@ -206,3 +206,12 @@ def test_rich_is_loaded_only_to_colour_or_redraw() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_daemon_summary_counts_jobs_by_state_in_order_and_tasks_apart() -> None:
+    data = {"version": "0.1.0", "pid": 1, "uptime": 5.0, "workers": {"configured": 2},
+            "jobs": {"by_state": {"failed": 1, "queued": 6, "running": 2, "completed": 3},
+                     "running": 2, "queued": 6}}
+    jobs_line = render.summary(data).splitlines()[3]
+    assert jobs_line == ("jobs     6 queued, 2 running, 3 completed, 1 failed; "
+                         "tasks: 2 running, 6 waiting for a worker")
