@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+from procpool.contract.codec import Request, RequestError
+from procpool.contract.ops import check_args
+from procpoold.control.handlers import build_handlers
 from procpoold.core import status
 from procpoold.engines import Outcome
 from procpoold.scheduler import Scheduler
@@ -121,3 +124,45 @@ def test_a_state_filter_sends_only_the_tasks_in_that_state() -> None:
     assert [t["name"] for t in second["tasks"]] == ["t7"] and second["page"]["next"] is None
     assert status.full_page(job, 0, 100, state="running")["tasks"] == []
     loop.close()
+
+
+def test_the_new_arguments_of_status_are_checked() -> None:
+    check_args("status", {"name": "nightly-*", "user": "alice", "tag": "etl", "limit": 5})
+    check_args("status", {"job": "1", "tasks_state": "failed"})
+    with pytest.raises(RequestError, match="'tasks_state' must be a task state"):
+        check_args("status", {"job": "1", "tasks_state": "queued"})  # a job state, not a task's
+    with pytest.raises(RequestError, match="'name' must be at most 256 characters"):
+        check_args("status", {"name": "x" * 257})
+    with pytest.raises(RequestError, match="'tag' must be a string"):
+        check_args("status", {"tag": ["etl"]})
+
+
+class _Api:
+    """The part of the daemon the status handler calls, recording what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+
+    def summary(self) -> dict[str, Any]:
+        return {"jobs": {}}
+
+    def job_list(self, *args: Any) -> tuple[list[dict[str, Any]], int]:
+        self.asked.append(args)
+        return [], 7
+
+    def job_status(self, *args: Any) -> dict[str, Any]:
+        self.asked.append(args)
+        return {}
+
+
+def test_the_status_handler_passes_the_filters_and_refuses_a_misplaced_state_filter() -> None:
+    api = _Api()
+    handler = build_handlers(api)["status"]  # type: ignore[arg-type]
+    reply = handler(Request(1, "status", {"name": "n*", "user": "1000", "tag": "t", "limit": 3}), None)
+    assert reply["jobs"] == {"list": [], "matched": 7}
+    assert api.asked == [(None, None, 3, "n*", "1000", "t")]
+    handler(Request(2, "status", {"job": "4", "tasks_state": "failed"}), None)
+    assert api.asked[-1] == ("4", 0, None, None, "full", None, "failed")
+    for args in ({"tasks_state": "failed"}, {"job": "4", "tasks_state": "failed", "view": "columns"}):
+        with pytest.raises(RequestError, match="tasks_state"):
+            handler(Request(3, "status", args), None)
