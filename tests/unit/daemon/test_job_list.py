@@ -13,9 +13,11 @@ from procpool.contract.ops import check_args
 from procpoold.control.handlers import build_handlers
 from procpoold.core import status
 from procpoold.engines import Outcome
+from procpoold.engines.registry import Engines
+from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
 from procpoold.store.sqlite import StateStore
-from tests.unit.daemon.test_scheduler import make
+from tests.unit.daemon.test_scheduler import RecordingExecutor, make
 from tests.unit.daemon.test_store import finish_all, run_scheduler
 
 pytestmark = pytest.mark.unit
@@ -166,3 +168,31 @@ def test_the_status_handler_passes_the_filters_and_refuses_a_misplaced_state_fil
     for args in ({"tasks_state": "failed"}, {"job": "4", "tasks_state": "failed", "view": "columns"}):
         with pytest.raises(RequestError, match="tasks_state"):
             handler(Request(3, "status", args), None)
+
+
+def test_a_queued_job_is_still_queued_after_a_restart_and_then_runs(tmp_path: Path) -> None:
+    def start() -> tuple[Any, RecordingExecutor, Scheduler, StateStore]:
+        store = StateStore(tmp_path / "state.db")
+        loop = EventLoop()
+        executor = RecordingExecutor(slots=1)
+        scheduler = Scheduler(loop, Engines([executor]), store=store)
+        scheduler.recover()
+        return loop, executor, scheduler, store
+
+    loop, executor, scheduler, store = start()
+    first = submit(scheduler, "first")
+    second = submit(scheduler, "second")
+    loop.run_once(0)
+    assert (scheduler.jobs[first].state, scheduler.jobs[second].state) == ("running", "queued")
+    scheduler.flush()
+    loop.close()
+    store.close()
+
+    loop, executor, scheduler, store = start()  # the first job's attempt was interrupted
+    loop.run_once(0)
+    assert scheduler.jobs[first].state == "running"
+    assert (scheduler.jobs[second].state, scheduler.jobs[second].started_at) == ("queued", None)
+    finish_all(loop, executor, scheduler)
+    assert scheduler.jobs[second].state == "running" and scheduler.jobs[second].started_at is not None
+    loop.close()
+    store.close()
