@@ -567,8 +567,9 @@ class Job:
         return effects
 
     def fail_before_start(self, reason: str, now: float) -> Effects:
-        """A prerequisite (``after``) failed: skip every task and fail the job."""
-        self.state = "running"
+        """A prerequisite (``after``) failed: skip every task and fail the job (it never started:
+        queued until its run is finished, with no start time)."""
+        self.state = "queued"
         self._group_left = [len(g.children) for g in self.spec.groups]
         effects = Effects()
         for t in self.tasks:
