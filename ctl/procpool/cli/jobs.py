@@ -373,11 +373,16 @@ def status(
 ) -> None:
     """Show the daemon and its jobs, or one job (JOB is an id like 12, or a task: 12.3, 12/name).
 
+    The list shows the newest --limit jobs that match, queued, running, held or finished. A
+    job shows its counts, then its tree (up to 100 tasks; a group of more than 20 as a line of
+    counts) or what failed and what runs (a bigger job).
+
     \b
-    The list: queued, running, held and finished jobs, the newest --limit of them.
-    A job: its counts, then its tree (a job of up to 100 tasks; groups of more than 20 as a line
-    of counts) or what failed and what runs (a bigger one); --tasks for every task, --state S
-    for its tasks in state S only.
+      procctl status --state failed --since 1d     failed jobs of the last day
+      procctl status --name 'nightly-*' --all      every nightly job
+      procctl status 12                            job 12: counts, tree or failures
+      procctl status 12 --state failed             only its failed tasks
+      procctl status 12 --tasks                    every task of it
     """
     with settings.client() as client:
         if job is not None:
