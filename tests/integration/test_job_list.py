@@ -58,3 +58,30 @@ def test_queued_jobs_are_queued_and_the_list_is_filtered_by_the_daemon(daemon: D
                 client.cancel(job_id)
         for job_id in [busy, *queued]:
             assert client.wait(job_id, timeout=30)["state"] == "cancelled"
+
+
+def test_a_300_task_tree_is_its_counts_and_a_line_per_big_group(daemon: DaemonProcess) -> None:
+    """It printed 302 lines, no counts line, and had no way to show only the failed tasks."""
+    stages = [{"name": stage, "concurrent": [
+        {"name": f"{stage}{i}", "cmd": ["sh", "-c", "exit 4" if (stage, i) == ("parse", 7) else "true"]}
+        for i in range(100)]} for stage in ("fetch", "parse", "store")]
+    with daemon.client() as client:
+        job = client.submit({"name": "etl", "on_failure": "continue", "root": {"sequential": stages}},
+                            wait=60)
+    assert job["finished"], job
+    out = daemon.procctl("status", job["id"])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == "  300 tasks: 199 completed, 1 failed, 100 skipped"
+    assert lines[2:7] == [
+        "sequential root",
+        "├─ concurrent fetch  100 tasks: 100 completed",
+        "├─ concurrent parse  100 tasks: 99 completed, 1 failed",
+        f"│     ✘ parse7  failed  1 attempt  {lines[5].split('attempt  ')[1]}",
+        "└─ concurrent store  100 tasks: 100 skipped",
+    ]
+    assert "exit 4" in lines[5] and len(lines) == 7
+    failed = daemon.procctl("status", job["id"], "--state", "failed").stdout.splitlines()
+    assert len(failed) == 3 and failed[2].split()[:3] == [f"{job['id']}.107", "✘", "parse7"]
+    every = daemon.procctl("status", job["id"], "--tasks").stdout.splitlines()
+    assert len(every) == 2 + 4 + 300

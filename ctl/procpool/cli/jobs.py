@@ -39,8 +39,11 @@ _POLL = 0.2  # seconds between live-progress refreshes (client side only)
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 #: Seconds a submit waits for its job when nothing is shown meanwhile (then `wait` goes on).
 _SUBMIT_WAIT = 30.0
-#: Jobs of up to this many tasks are shown as a tree; bigger ones as a summary (unless --all).
+#: Jobs of up to this many tasks are shown as a tree (big groups collapsed to their counts);
+#: up to TREE_MAX_TASKS too when that tree has at most TREE_LINES lines; others as a summary.
 TREE_TASKS = 100
+TREE_MAX_TASKS = 1_000
+TREE_LINES = 100
 
 
 def read_job_file(source: str) -> Any:
@@ -374,8 +377,8 @@ def status(
     """Show the daemon and its jobs, or one job (JOB is an id like 12, or a task: 12.3, 12/name).
 
     The list shows the newest --limit jobs that match, queued, running, held or finished. A
-    job shows its counts, then its tree (up to 100 tasks; a group of more than 20 as a line of
-    counts) or what failed and what runs (a bigger job).
+    job shows its counts, then its tree (a group of more than 20 children as a line of counts)
+    when it is small enough, else what failed and what runs.
 
     \b
       procctl status --state failed --since 1d     failed jobs of the last day
@@ -407,9 +410,10 @@ _LIST_ALL = 1_000_000
 
 def _status_of(settings: Settings, client: Client, ref: str, state: str | None, every_task: bool) -> None:
     """``procctl status JOB``: its head and counts (the summary view: no work per task in the
-    daemon), then its tasks in ``state``, its tree (a small job, or ``every_task``), or what
-    failed and what runs, each asked of the daemon by state (a page of at most LISTED_TASKS).
-    A task id: its line."""
+    daemon), then its tasks in ``state``, its tree (a job of up to TREE_TASKS tasks, or up to
+    TREE_MAX_TASKS whose tree with big groups collapsed fits in TREE_LINES lines, or
+    ``every_task``), or what failed and what runs, each asked of the daemon by state (a page of
+    at most LISTED_TASKS). A task id: its line."""
     if settings.json:  # the full status (format 1): every task (in ``state``), as before
         emit(settings, client.status(ref, tasks_state=state), "")
         return
@@ -418,10 +422,19 @@ def _status_of(settings: Settings, client: Client, ref: str, state: str | None, 
         output.echo(render.task_line(head["task"], time.time()))
         return
     job = head["job"]
+    hint = f"; procctl status {job['id']} --state failed lists the failed ones"
     if state is not None:
         output.echo(render.task_list(client.status(job["id"], tasks_state=state), time.time(), state))
     elif every_task or job["tasks"] <= TREE_TASKS:
         _print_tree(client, job["id"], every_task)
+    elif job["tasks"] <= TREE_MAX_TASKS:
+        full = client.status(job["id"])
+        tree = render.job_tree(full, time.time())
+        if tree.count("\n") < TREE_LINES:
+            output.echo(tree)
+        else:
+            listed = [t for wanted in render.SUMMARY_STATES for t in full["tasks"] if t["state"] == wanted]
+            output.echo(render.job_digest(full["job"], listed[: render.LISTED_TASKS], time.time(), hint))
     else:
         shown: list[dict[str, Any]] = []
         for wanted in render.SUMMARY_STATES:
@@ -430,7 +443,6 @@ def _status_of(settings: Settings, client: Client, ref: str, state: str | None, 
                 page = client.status(job["id"], tasks_state=wanted, tasks_limit=room)
                 shown.extend(page["tasks"][:room])
                 job = page["job"]  # (the newer head)
-        hint = f"; procctl status {job['id']} --state failed lists the failed ones"
         output.echo(render.job_digest(dict(job), shown, time.time(), hint))
 
 
