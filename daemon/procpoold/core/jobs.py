@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
 from procpoold.core.changes import ChangeLog
 from procpoold.core.states import (
+    ACTIVE_JOB_STATES,
     FINAL_TASK_STATES,
     JOB_STATES,
     TASK_STATES,
@@ -37,6 +38,8 @@ from procpoold.core.states import (
 )
 
 Node = tuple[str, int]
+#: Most tags a job's summary lists (and a job list's tag filter looks at): those first met.
+MAX_JOB_TAGS = 32
 #: Lines of output a task keeps for its status (shown when it failed).
 TAIL_LINES = 20
 
@@ -223,6 +226,10 @@ class FinishedJob:
     uid: int | None
     created_at: float
     finished_at: float
+    #: the job's name and tags, for the filters of a job list; ``tags`` None: not read yet (an
+    #: entry read from the store at start: the list reads them from the summary when asked)
+    name: str = ""
+    tags: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -287,6 +294,7 @@ class Job:
         #: (task kind, engine named) -> the engine's name, and whether every task runs on the local
         #: engine of its kind: made by core.status on first use (a job's routes do not change)
         self.engine_routes: tuple[dict[tuple[str, str | None], str | None], bool] | None = None
+        self._tags: list[str] | None = None  # (see tag_list)
         # blockers and their reverse, from the plan (see the module docstring)
         # (a group's chain is computed once and shared by its tasks, which only read it)
         chains: dict[int | None, list[int]] = {None: []}
@@ -509,7 +517,7 @@ class Job:
 
     def resume(self) -> Effects:
         """Release a held job (its tasks that were ready when it was stored are ready again)."""
-        self.state = "running"
+        self.state = "running" if self.started_at is not None else "queued"
         effects = Effects()
         for t in self.tasks:
             if t.state == "ready":
@@ -536,10 +544,10 @@ class Job:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start_run(self, now: float) -> Effects:
-        """Reset every task to pending and return those ready at once."""
-        self.state = "running"
-        if self.started_at is None:
-            self.started_at = now
+        """Reset every task to pending and return those ready at once. The job is ``queued``
+        until its first attempt starts (:meth:`mark_running`), ``running`` from then on (a repeat
+        run of a job that ran stays ``running``)."""
+        self.state = "running" if self.started_at is not None else "queued"
         self._complete = set()
         self._scan = 0
         self._group_left = [len(g.children) for g in self.spec.groups]
@@ -559,8 +567,9 @@ class Job:
         return effects
 
     def fail_before_start(self, reason: str, now: float) -> Effects:
-        """A prerequisite (``after``) failed: skip every task and fail the job."""
-        self.state = "running"
+        """A prerequisite (``after``) failed: skip every task and fail the job (it never started:
+        queued until its run is finished, with no start time)."""
+        self.state = "queued"
         self._group_left = [len(g.children) for g in self.spec.groups]
         effects = Effects()
         for t in self.tasks:
@@ -575,6 +584,9 @@ class Job:
     def mark_running(self, index: int, attempt_id: str, now: float) -> Attempt:
         t = self.tasks[index]
         t.move("running")
+        if self.state == "queued":  # the job's first attempt: it starts now
+            self.state = "running"
+            self.started_at = now
         attempt = Attempt(len(t.attempts) + 1, attempt_id, started_at=now)
         t.attempts.append(attempt)
         if t.started_at is None:
@@ -724,7 +736,7 @@ class Job:
         while scan < len(tasks) and tasks[scan].state in FINAL_TASK_STATES:
             scan += 1
         self._scan = scan
-        if self.state in ("running", "held") and scan == len(tasks):  # held: cancelled while held
+        if self.state in ACTIVE_JOB_STATES and scan == len(tasks):  # held: cancelled while held
             effects.run_finished = True
 
     def finish_run(self, now: float) -> bool:
@@ -765,7 +777,26 @@ class Job:
             self.submitter_uid,
             self.created_at,
             self.finished_at or 0.0,
+            self.spec.name,
+            tuple(self.tag_list()),
         )
+
+    def tag_list(self) -> list[str]:
+        """The tags of the job's tasks (the job's own are inherited by each), each once, in the
+        order first met, at most :data:`MAX_JOB_TAGS`: what a job list shows and filters by.
+        One pass over the tasks on the first call (shared tag lists once), then kept."""
+        if self._tags is None:
+            found: dict[str, None] = dict.fromkeys(self.spec.tags)
+            seen: set[int] = set()
+            for t in self.spec.tasks:
+                tags = t.tags
+                if tags and id(tags) not in seen:
+                    seen.add(id(tags))
+                    found.update(dict.fromkeys(tags))
+                    if len(found) >= MAX_JOB_TAGS:
+                        break
+            self._tags = list(found)[:MAX_JOB_TAGS]
+        return self._tags
 
     @property
     def finished(self) -> bool:
