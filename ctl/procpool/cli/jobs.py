@@ -513,6 +513,8 @@ class _RunOutput(_Printer):
               help="Every job that matches (as many as the daemon sends in one list); with JOB, as --tasks.")
 @click.option("--tasks", "every_task", is_flag=True,
               help="With JOB: every task, in its whole tree (no group collapsed to its counts).")
+@click.option("--watch", is_flag=True, help="Redraw JOB until it ends; exit 0 if it completed, 1 if not.")
+@click.option("--interval", type=Seconds(min=0.05), default=1.0, help="Seconds between --watch redraws.")
 @pass_settings
 def status(
     settings: Settings,

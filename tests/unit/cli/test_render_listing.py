@@ -103,10 +103,13 @@ def test_a_job_starts_with_its_counts_and_a_big_group_is_a_line_of_counts() -> N
         "      ✘ t4  failed  1 attempt  1.0s  exit 1  ValueError: bad 4",
         "      ✘ t40  failed  1 attempt  1.0s  exit 1  ValueError: bad 40",
     ]
-    assert lines[7:] == ["last lines of t4:", "  | output of t4", "last lines of t40:", "  | output of t40"]
+    assert lines[7:] == [
+        "── t4 failed: exit 1  ValueError: bad 4", "  last 1 line of output:", "  | output of t4",
+        "── t40 failed: exit 1  ValueError: bad 40", "  last 1 line of output:", "  | output of t40",
+    ]
     # asked for every task: the whole tree
     every = render.job_tree(tree, NOW, collapse=None).splitlines()
-    assert len(every) == 2 + 3 + 60 + 4 and every[5] == "   ├─ ✔ t0  completed  1 attempt  1.0s"
+    assert len(every) == 2 + 3 + 60 + 6 and every[5] == "   ├─ ✔ t0  completed  1 attempt  1.0s"
 
 
 def test_a_collapsed_group_lists_at_most_a_few_failures() -> None:

@@ -101,6 +101,7 @@ NOT_STATES = {
     ("cli/jobs.py", '"timeout": _POLL'),  # the progress wait's argument
     ("cli/pool.py", "counters = ("),  # the pool's statistics counters
     ("cli/render.py", "jobs.get('running', 0)"),  # the daemon summary's count of running attempts
+    ("cli/top.py", 'queued=int(jobs.get("queued")'),  # the daemon summary's count of queued attempts
 }
 
 
