@@ -271,6 +271,7 @@ def health(settings: Settings) -> None:
     sys.exit(level)
 
 
+from procpool.cli import explain as _explain  # noqa: E402, F401  (registers `procctl explain`)
 from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
 from procpool.cli import logs as _logs  # noqa: E402  (registers `procctl logs`)
 from procpool.cli import pool as _pool  # noqa: E402

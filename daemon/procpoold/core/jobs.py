@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
+from procpoold.core import reasons as why
 from procpoold.core.changes import ChangeLog
+from procpoold.core.reasons import Reasons
 from procpoold.core.states import (
     FINAL_TASK_STATES,
     JOB_STATES,
@@ -92,7 +94,7 @@ def replay_task_log(entries: list[Any]) -> dict[int, dict[str, Any]]:
             last[3:7] = [finished_at, "completed", pid, worker]
             td["attempts"] = [*td["attempts"][:-1], last]
             td["state"], td["finished_at"] = "completed", finished_at
-            for key in ("error", "reason", "retry_at"):
+            for key in ("error", "reason", "retry_at", "why"):
                 td.pop(key, None)
             for key, value in (("result", result), ("exit_code", exit_code)):
                 if value is None:
@@ -282,6 +284,9 @@ class Job:
         self.by_name = {t.name: t.index for t in spec.tasks}
         #: what changed, for status polls (core.changes.track starts it; None: nobody asked)
         self.changes: ChangeLog | None = None
+        #: why each task is in its state, where that is not its state's ordinary cause (None: no
+        #: task of this run has such a reason; see core.reasons)
+        self.reasons: Reasons | None = None
         #: the daemon's engines, for the status (set by the scheduler; None: a status shows no engine)
         self.engines: EngineNames | None = None
         #: (task kind, engine named) -> the engine's name, and whether every task runs on the local
@@ -369,6 +374,8 @@ class Job:
                 out[key] = value
         if t.cancel_requested:
             out["cancel_requested"] = True
+        if self.reasons is not None and (noted := self.reasons.dump(index, t.state)) is not None:
+            out["why"] = noted
         if t.tail:
             out["tail"] = list(t.tail)
         return out
@@ -418,6 +425,10 @@ class Job:
             t.result, t.exit_code, t.error = td.get("result"), td.get("exit_code"), td.get("error")
             t.reason, t.progress = td.get("reason"), td.get("progress")
             t.cancel_requested = bool(td.get("cancel_requested"))
+            noted = td.get("why")
+            if (isinstance(noted, list) and len(noted) == 2 and all(type(v) is int for v in noted)
+                    and 0 < noted[0] < len(why.NAMES) and -(2**31) <= noted[1] < 2**31):
+                self.note(index, noted[0], noted[1])
             for line in td.get("tail", ()):
                 t.remember(line)
         self._recount()
@@ -465,6 +476,7 @@ class Job:
             else:
                 t.move("pending")
                 t.error = error
+                self.note(t.spec.index, why.INTERRUPTED, attempt.number)
         held = self.state == "held"  # held at an earlier start and not resumed: it stays held
         if held or (self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished):
             self.state = "held"
@@ -505,6 +517,7 @@ class Job:
         t.move("pending")
         t.error = error
         t.move("ready")
+        self.note(index, why.REQUEUED, attempt.number if attempt is not None else len(t.attempts))
         return Effects(ready=[index])
 
     def resume(self) -> Effects:
@@ -540,6 +553,7 @@ class Job:
         self.state = "running"
         if self.started_at is None:
             self.started_at = now
+        self.reasons = None
         self._complete = set()
         self._scan = 0
         self._group_left = [len(g.children) for g in self.spec.groups]
@@ -558,13 +572,15 @@ class Job:
                 effects.ready.append(t.spec.index)
         return effects
 
-    def fail_before_start(self, reason: str, now: float) -> Effects:
-        """A prerequisite (``after``) failed: skip every task and fail the job."""
+    def fail_before_start(self, reason: str, now: float, code: int = why.AFTER_FAILED) -> Effects:
+        """A prerequisite (``after``) failed: skip every task and fail the job (``code``: the
+        tasks' reason, see core.reasons; a cancel of the waiting job passes CANCELLED)."""
         self.state = "running"
         self._group_left = [len(g.children) for g in self.spec.groups]
         effects = Effects()
         for t in self.tasks:
             t.move("skipped")
+            self.note(t.spec.index, code)
             t.reason = reason
             t.finished_at = now
             effects.finished_tasks.append(t.spec.index)
@@ -624,6 +640,7 @@ class Job:
         t = self.tasks[index]
         t.move("pending")
         t.retry_at = retry_at
+        self.note(index, why.RETRY_WAIT, len(t.attempts))
 
     def retry_due(self, index: int) -> bool:
         """The retry delay ran out: back to ready (False if the task was cancelled meanwhile)."""
@@ -632,6 +649,7 @@ class Job:
             return False
         t.retry_at = None
         t.move("ready")
+        self.note(index, why.RETRY_DUE, len(t.attempts))
         return True
 
     def end_unsuccessfully(
@@ -651,6 +669,8 @@ class Job:
         t.error, t.reason = error, reason
         if exit_code is not None:
             t.exit_code = exit_code
+        if state == "cancelled":
+            self.note(index, why.CANCELLED)
         effects = Effects(finished_tasks=[index])
         self._doom(index, effects)
         if self.spec.on_failure == "stop" and state != "cancelled" and not self.cancel_requested:
@@ -660,6 +680,7 @@ class Job:
             for other in self.tasks:
                 if other.state in ("pending", "ready"):
                     other.move("cancelled")
+                    self.note(other.spec.index, why.STOPPED, index)
                     other.reason = stop_reason
                     other.finished_at = now
                     other.retry_at = None
@@ -688,6 +709,7 @@ class Job:
                 w = self.tasks[i]
                 if w.state in ("pending", "ready"):
                     w.move("skipped")
+                    self.note(i, why.UPSTREAM, index)
                     w.reason = reason
                     w.retry_at = None
                     effects.finished_tasks.append(i)
@@ -743,7 +765,29 @@ class Job:
             self.state = "completed" if ok else "failed"
         return False
 
+    def note(self, index: int, code: int, arg: int = 0) -> None:
+        """Record why task ``index`` enters its new state, where that is not the state's ordinary
+        cause (see core.reasons); the job's table is made on the first note of a run."""
+        reasons = self.reasons
+        if reasons is None:
+            reasons = self.reasons = Reasons(len(self.tasks))
+        reasons.note(index, code, arg)
+
     # -- queries ------------------------------------------------------------------------------
+
+    def incomplete_blockers(self, index: int) -> list[Node]:
+        """Task ``index``'s blockers that are not complete yet, in order (its own predecessors,
+        then those of its groups, innermost first); for explain: O(its blockers)."""
+        left, tasks = self._group_left, self.tasks
+        return [
+            b for b in self._blockers[index]
+            if (tasks[b[1]].state != "completed" if b[0] == "task" else not left or left[b[1]] > 0)
+        ]
+
+    def group_left(self, group: int) -> int:
+        """Children of ``group`` not complete yet in this run (all of them before it started)."""
+        left = self._group_left
+        return left[group] if left else len(self.spec.groups[group].children)
 
     def index_entry(self) -> FinishedJob:
         """The small entry that stands for this job once it has finished (see FinishedJob)."""

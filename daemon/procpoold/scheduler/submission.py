@@ -9,6 +9,7 @@ from typing import Any
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import JobSpec, TreeError, parse_job
 from procpoold import journal
+from procpoold.core import reasons
 from procpoold.core.jobs import Job, scoped_key
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.identity import (
@@ -127,7 +128,7 @@ class Submission(SchedulerState):
         now = self.clock()
         if index is None:
             if job.state == "pending":  # still waiting for prerequisites: none of its tasks began
-                effects = job.fail_before_start("cancelled by request", now)
+                effects = job.fail_before_start("cancelled by request", now, reasons.CANCELLED)
                 job.cancel_requested = True
             else:
                 effects = job.cancel(now)
