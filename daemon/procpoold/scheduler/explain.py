@@ -292,7 +292,7 @@ class Explain(SchedulerState):
                 capacity = f"all {workers} workers busy" if health.workers.get("busy") == workers else (
                     ", ".join(f"{n} {s}" for s, n in sorted(health.workers.items())) + " workers")
             else:
-                capacity = f"{health.busy} attempts running, as many as it takes"
+                capacity = f"{health.busy} attempt(s) running and no room for another"
             line = f'no free slot: engine "{name}" has {capacity}'
             if full_since is not None:
                 line += (f" (the scheduler found it full at {clock(full_since)}, "
@@ -325,7 +325,8 @@ class Explain(SchedulerState):
             return
         if code == why.CANCELLED:
             out["reason"] = "cancelled"
-            text.append(f"{state}: {t.reason or 'cancelled by request'}")
+            reason = t.reason or "cancelled by request"
+            text.append(reason if reason.startswith(state) else f"{state}: {reason}")
             return
         if code == why.AFTER_FAILED:
             out["reason"] = "after_failed"
