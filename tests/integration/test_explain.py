@@ -40,7 +40,7 @@ def test_a_task_waiting_on_a_dependency_names_it_and_its_state(daemon: DaemonPro
         assert f'waits for its dependency to complete: task "fetch" ({job_id}.0, running since' in out.stdout
         whole = daemon.procctl("explain", job_id)
         assert whole.returncode == 0, whole.stderr
-        assert "unfinished tasks: 1 running, 1 dependency" in whole.stdout
+        assert "unfinished tasks: 1 running, 1 waiting on dependencies" in whole.stdout
         assert "attempt 1 is running since" in whole.stdout
         gate.touch()
         assert client.wait(job_id, timeout=30)["state"] == "completed"

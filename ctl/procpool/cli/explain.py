@@ -8,6 +8,17 @@ import click
 
 from procpool.cli.main import Settings, cli, emit, pass_settings
 
+#: A job's unfinished tasks counted by reason, in words.
+_WAITING = {
+    "dependency": "waiting on dependencies",
+    "retry_delay": "waiting to retry",
+    "after": "waiting for the job's --after prerequisites",
+    "held": "held",
+    "queued": "ready (queued)",
+    "pending": "pending",
+    "running": "running",
+}
+
 
 def explanation(data: dict[str, Any]) -> str:
     """The daemon's explanation as text: the task's (or job's) lines, then a job's tasks, indented."""
@@ -19,7 +30,8 @@ def explanation(data: dict[str, Any]) -> str:
     lines += data.get("text", [])
     unfinished = data.get("unfinished")
     if unfinished:
-        lines.append("unfinished tasks: " + ", ".join(f"{n} {reason}" for reason, n in unfinished.items()))
+        lines.append("unfinished tasks: " + ", ".join(f"{n} {_WAITING.get(reason, reason)}"
+                                                      for reason, n in unfinished.items()))
     for task in data.get("tasks", []):
         lines.append(f'  {task["task"]} "{task["name"]}" {task["state"]}')
         lines += [f"    {line}" for line in task.get("text", [])]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from procpool.contract.errors import ProcpoolError
 from procpool.contract.tree import PRIORITIES
 from procpoold.core import reasons as why
 from procpoold.core.jobs import Attempt, Job, Node, TaskRun
@@ -140,7 +141,7 @@ class Explain(SchedulerState):
             for ref in waiting:
                 try:
                     state = self._state_of(ref)
-                except Exception:  # gone meanwhile: the job is settled at the next notice
+                except ProcpoolError:  # gone meanwhile: the job is settled at the next notice
                     state = "unknown"
                 after.append({"id": ref, "state": state})
             named = ", ".join(f"{a['id']} ({a['state']})" for a in after) or "none left"
