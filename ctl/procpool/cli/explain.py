@@ -8,15 +8,12 @@ import click
 
 from procpool.cli.main import Settings, cli, emit, pass_settings
 
-#: A job's unfinished tasks counted by reason, in words.
+#: A job's unfinished tasks counted by reason, in words (the other reasons are words already).
 _WAITING = {
     "dependency": "waiting on dependencies",
     "retry_delay": "waiting to retry",
     "after": "waiting for the job's --after prerequisites",
-    "held": "held",
     "queued": "ready (queued)",
-    "pending": "pending",
-    "running": "running",
 }
 
 
