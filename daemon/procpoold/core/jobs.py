@@ -255,7 +255,6 @@ _REASONS: weakref.WeakKeyDictionary[Job, Reasons] = weakref.WeakKeyDictionary()
 class Job:
     """A submitted job tree and the state of its current run."""
 
-
     def __init__(
         self,
         job_id: str,
