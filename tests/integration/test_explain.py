@@ -13,6 +13,8 @@ from tests.support.daemon import DaemonProcess
 from tests.support.jobs import run_job, sh, tasks_by_name, wait_task_state
 from tests.support.waiting import wait_until
 
+ROOT = str(Path(__file__).resolve().parents[2])
+
 
 def gate_task(name: str, gate: Path, **extra: Any) -> dict[str, Any]:
     """A command that runs until the file ``gate`` exists."""
@@ -73,6 +75,27 @@ def test_a_ready_task_behind_higher_priority_with_every_slot_busy(
         gate.touch()
         for job_id in (busy, urgent, waiting):
             assert client.wait(job_id, timeout=30)["state"] == "completed"
+
+
+@pytest.mark.daemon_args("--workers", "1")
+def test_a_call_waiting_for_the_pools_one_busy_worker(daemon: DaemonProcess, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    call = {"python_path": [ROOT]}
+    with daemon.client() as client:
+        busy = client.submit({"name": "busy", **call, "root": {
+            "name": "block", "call": "tests.support.tasks:progress_then_wait", "args": [str(gate)]}})["id"]
+        wait_task_state(client, busy, "block")
+        queued = client.submit({"name": "queued", **call, "root": {"concurrent": [
+            {"name": f"add{i}", "call": "tests.support.tasks:add", "args": [i, 1]} for i in range(3)]}})["id"]
+        answer = client.explain(f"{queued}/add2")
+        assert answer["reason"] == "no_free_slot" and answer["queue"]["engine"] == "pool"
+        assert (answer["queue"]["position"], answer["queue"]["ahead"]) == (3, {"normal": 2})
+        text = "\n".join(answer["text"])
+        assert "ahead of it: 2 at the same priority, queued earlier" in text
+        assert 'no free slot: engine "pool" has its one worker busy' in text
+        gate.touch()
+        assert client.wait(queued, timeout=30)["state"] == "completed"
+        assert client.wait(busy, timeout=30)["state"] == "completed"
 
 
 def test_a_retry_delay_with_the_time_left(daemon: DaemonProcess) -> None:

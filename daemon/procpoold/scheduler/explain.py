@@ -290,7 +290,8 @@ class Explain(SchedulerState):
             out["reason"] = "no_free_slot"
             if health.workers:
                 workers = sum(health.workers.values())
-                capacity = f"all {workers} workers busy" if health.workers.get("busy") == workers else (
+                every = f"all {workers} workers" if workers > 1 else "its one worker"
+                capacity = f"{every} busy" if health.workers.get("busy") == workers else (
                     ", ".join(f"{n} {s}" for s, n in sorted(health.workers.items())) + " workers")
             else:
                 capacity = f"{health.busy} attempt(s) running and no room for another"
