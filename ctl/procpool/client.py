@@ -339,3 +339,11 @@ class Client:
         """Cancel a job or one task; returns what was cancelled."""
         result: CancelReply = self.call("cancel", {"id": id})
         return result
+
+    def explain(self, id: str) -> dict[str, Any]:
+        """Why a task (``"12.3"``, ``"12/name"``) is in its state, or a job (``"12"``) and its
+        unfinished tasks: ``text`` (the reasons in words, one line each), ``reason`` (a name:
+        ``dependency``, ``queued``, ``no_free_slot``, ``retry_delay``, ``held``, ``after``,
+        ``upstream``, ...) and the data behind them (see docs/protocol.md)."""
+        result: dict[str, Any] = self.call("explain", {"id": id})
+        return result

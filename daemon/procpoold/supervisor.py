@@ -533,6 +533,10 @@ class Daemon:
     def resume(self, ref: str) -> dict[str, Any]:
         return self.scheduler.resume(ref)
 
+    def explain(self, ref: str) -> dict[str, Any]:
+        """Why a task (or a job's unfinished tasks) is in its state: see Scheduler.explain."""
+        return self.scheduler.explain(ref)
+
     def logs(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.sink is None:
             raise RuntimeError("logging is not set up")

@@ -457,6 +457,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "completion": "procpool.cli.completion",
     "result": "procpool.cli.result",
     "top": "procpool.cli.top",
+    "explain": "procpool.cli.explain",
 }
 
 

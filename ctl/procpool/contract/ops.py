@@ -196,6 +196,13 @@ OPS: dict[str, Op] = {
             state=Arg(_STR),
             before=_TIME,
         ),
+        _op(
+            "explain",
+            "Why a task is in its state (the reason the scheduler recorded, its place in the ready "
+            "queue, its engine's free slots, how each attempt ended), or for a job, why it and its "
+            "unfinished tasks are where they are.",
+            id=Arg(_STR, required=True),
+        ),
     )
 }
 

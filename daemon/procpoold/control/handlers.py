@@ -69,6 +69,7 @@ class DaemonAPI(Protocol):
     def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
+    def explain(self, ref: str) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -165,6 +166,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
             )
         return api.pool_resize(workers)
 
+    def explain(req: Request, peer: Peer | None) -> Any:
+        return api.explain(req.args["id"])
+
     handlers: dict[str, Handler] = {
         "pool": pool,
         "pool_resize": pool_resize,
@@ -177,6 +181,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "resume": resume,
         "logs": logs,
         "clean": clean,
+        "explain": explain,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

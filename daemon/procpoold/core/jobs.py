@@ -19,12 +19,15 @@ task that has not started is ``cancelled``; running ones finish.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
+from procpoold.core import reasons as why
 from procpoold.core.changes import ChangeLog
+from procpoold.core.reasons import Reasons
 from procpoold.core.states import (
     ACTIVE_JOB_STATES,
     FINAL_TASK_STATES,
@@ -95,7 +98,7 @@ def replay_task_log(entries: list[Any]) -> dict[int, dict[str, Any]]:
             last[3:7] = [finished_at, "completed", pid, worker]
             td["attempts"] = [*td["attempts"][:-1], last]
             td["state"], td["finished_at"] = "completed", finished_at
-            for key in ("error", "reason", "retry_at"):
+            for key in ("error", "reason", "retry_at", "why"):
                 td.pop(key, None)
             for key, value in (("result", result), ("exit_code", exit_code)):
                 if value is None:
@@ -249,6 +252,13 @@ class Effects:
         return self
 
 
+#: Each job's noted reasons (core.reasons), kept outside the Job's own attributes: a Job holds 29,
+#: and a 30th on every instance makes every attribute access of the scheduler's hot path slower
+#: (Job.complete and mark_running: 8 % on CPython 3.11; a class default set on the instance by the
+#: first note still cost 2 % for the jobs made after one). Made by the first note of a run.
+_REASONS: weakref.WeakKeyDictionary[Job, Reasons] = weakref.WeakKeyDictionary()
+
+
 class Job:
     """A submitted job tree and the state of its current run."""
 
@@ -377,6 +387,9 @@ class Job:
                 out[key] = value
         if t.cancel_requested:
             out["cancel_requested"] = True
+        reasons = _REASONS.get(self) if _REASONS else None
+        if reasons is not None and (noted := reasons.dump(index, t.state)) is not None:
+            out["why"] = noted
         if t.tail:
             out["tail"] = list(t.tail)
         return out
@@ -426,6 +439,10 @@ class Job:
             t.result, t.exit_code, t.error = td.get("result"), td.get("exit_code"), td.get("error")
             t.reason, t.progress = td.get("reason"), td.get("progress")
             t.cancel_requested = bool(td.get("cancel_requested"))
+            noted = td.get("why")
+            if (isinstance(noted, list) and len(noted) == 2 and all(type(v) is int for v in noted)
+                    and 0 < noted[0] < len(why.NAMES) and -(2**31) <= noted[1] < 2**31):
+                self.note(index, noted[0], noted[1])
             for line in td.get("tail", ()):
                 t.remember(line)
         self._recount()
@@ -473,6 +490,7 @@ class Job:
             else:
                 t.move("pending")
                 t.error = error
+                self.note(t.spec.index, why.INTERRUPTED, attempt.number)
         held = self.state == "held"  # held at an earlier start and not resumed: it stays held
         if held or (self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished):
             self.state = "held"
@@ -513,6 +531,7 @@ class Job:
         t.move("pending")
         t.error = error
         t.move("ready")
+        self.note(index, why.REQUEUED, attempt.number if attempt is not None else len(t.attempts))
         return Effects(ready=[index])
 
     def resume(self) -> Effects:
@@ -548,6 +567,8 @@ class Job:
         until its first attempt starts (:meth:`mark_running`), ``running`` from then on (a repeat
         run of a job that ran stays ``running``)."""
         self.state = "running" if self.started_at is not None else "queued"
+        if _REASONS:
+            _REASONS.pop(self, None)
         self._complete = set()
         self._scan = 0
         self._group_left = [len(g.children) for g in self.spec.groups]
@@ -566,14 +587,16 @@ class Job:
                 effects.ready.append(t.spec.index)
         return effects
 
-    def fail_before_start(self, reason: str, now: float) -> Effects:
+    def fail_before_start(self, reason: str, now: float, code: int = why.AFTER_FAILED) -> Effects:
         """A prerequisite (``after``) failed: skip every task and fail the job (it never started:
-        queued until its run is finished, with no start time)."""
+        queued until its run is finished, with no start time; ``code``: the tasks' reason, see
+        core.reasons; a cancel of the waiting job passes CANCELLED)."""
         self.state = "queued"
         self._group_left = [len(g.children) for g in self.spec.groups]
         effects = Effects()
         for t in self.tasks:
             t.move("skipped")
+            self.note(t.spec.index, code)
             t.reason = reason
             t.finished_at = now
             effects.finished_tasks.append(t.spec.index)
@@ -636,6 +659,7 @@ class Job:
         t = self.tasks[index]
         t.move("pending")
         t.retry_at = retry_at
+        self.note(index, why.RETRY_WAIT, len(t.attempts))
 
     def retry_due(self, index: int) -> bool:
         """The retry delay ran out: back to ready (False if the task was cancelled meanwhile)."""
@@ -644,6 +668,7 @@ class Job:
             return False
         t.retry_at = None
         t.move("ready")
+        self.note(index, why.RETRY_DUE, len(t.attempts))
         return True
 
     def end_unsuccessfully(
@@ -663,6 +688,8 @@ class Job:
         t.error, t.reason = error, reason
         if exit_code is not None:
             t.exit_code = exit_code
+        if state == "cancelled":
+            self.note(index, why.CANCELLED)
         effects = Effects(finished_tasks=[index])
         self._doom(index, effects)
         if self.spec.on_failure == "stop" and state != "cancelled" and not self.cancel_requested:
@@ -672,6 +699,7 @@ class Job:
             for other in self.tasks:
                 if other.state in ("pending", "ready"):
                     other.move("cancelled")
+                    self.note(other.spec.index, why.STOPPED, index)
                     other.reason = stop_reason
                     other.finished_at = now
                     other.retry_at = None
@@ -700,6 +728,7 @@ class Job:
                 w = self.tasks[i]
                 if w.state in ("pending", "ready"):
                     w.move("skipped")
+                    self.note(i, why.UPSTREAM, index)
                     w.reason = reason
                     w.retry_at = None
                     effects.finished_tasks.append(i)
@@ -766,7 +795,34 @@ class Job:
             cancelled = cancelled or t.state == "cancelled"
         return cancelled
 
+    def note(self, index: int, code: int, arg: int = 0) -> None:
+        """Record why task ``index`` enters its new state, where that is not the state's ordinary
+        cause (see core.reasons); the job's table is made on the first note of a run."""
+        reasons = _REASONS.get(self)
+        if reasons is None:
+            reasons = _REASONS[self] = Reasons(len(self.tasks))
+        reasons.note(index, code, arg)
+
+    @property
+    def reasons(self) -> Reasons | None:
+        """The reasons noted in this run (None: none yet; see :meth:`note`)."""
+        return _REASONS.get(self)
+
     # -- queries ------------------------------------------------------------------------------
+
+    def incomplete_blockers(self, index: int) -> list[Node]:
+        """Task ``index``'s blockers that are not complete yet, in order (its own predecessors,
+        then those of its groups, innermost first); for explain: O(its blockers)."""
+        left, tasks = self._group_left, self.tasks
+        return [
+            b for b in self._blockers[index]
+            if (tasks[b[1]].state != "completed" if b[0] == "task" else not left or left[b[1]] > 0)
+        ]
+
+    def group_left(self, group: int) -> int:
+        """Children of ``group`` not complete yet in this run (all of them before it started)."""
+        left = self._group_left
+        return left[group] if left else len(self.spec.groups[group].children)
 
     def index_entry(self) -> FinishedJob:
         """The small entry that stands for this job once it has finished (see FinishedJob)."""
