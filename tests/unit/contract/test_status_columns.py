@@ -102,6 +102,7 @@ NOT_STATES = {
     ("cli/pool.py", "counters = ("),  # the pool's statistics counters
     ("cli/render.py", "jobs.get('running', 0)"),  # the daemon summary's count of running attempts
     ("cli/top.py", 'queued=int(jobs.get("queued")'),  # the daemon summary's count of queued attempts
+    ("cli/explain.py", '"queued": "ready (queued)"'),  # explain's reason name, not a state
 }
 
 
