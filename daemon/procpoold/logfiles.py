@@ -73,7 +73,7 @@ SCAN_BYTES = 256 * 1024
 _WIRE_OVERHEAD = 96
 _NAME = re.compile(r"(\d{1,18})\.log")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-_WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_WRITE_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _get_ident = threading.get_ident
 
 
@@ -332,8 +332,8 @@ class JobLogFiles:
         if f.dropped and not f.failed:
             mb = f.dropped_bytes / 1e6
             self._force(f, self._note(job, (
-                f"{f.dropped:,} record(s) of this job ({mb:,.1f} MB) were not kept: its log file reached "
-                f"log_job_max_bytes ({self.max_bytes:,} bytes)")))
+                f"{f.dropped:,} record(s) of this job were not kept ({mb:,.1f} MB of log file): its log "
+                f"file reached log_job_max_bytes ({self.max_bytes:,} bytes)")))
         self.flush_job(job)
         self._close(f)
 
@@ -428,7 +428,7 @@ class JobLogFiles:
         match = _Match(job, names, task, attempt)
         try:
             fd = os.open(file_name(job), _READ_FLAGS, dir_fd=self.dir_fd)
-        except FileNotFoundError:
+        except OSError:  # none (no record yet), or not a file this daemon made
             return {"records": [], "cursor": after, "more": False, "older": None}
         try:
             st = os.fstat(fd)
@@ -593,6 +593,8 @@ def _forwards(fd: int, pos: int, end: int, match: _Match, page_bytes: int) -> di
             i = stop
     except (ValueError, struct.error, IndexError):
         bad = True  # (not a record this daemon wrote: read from a cursor not at a frame)
+    if i == 0:
+        bad = True  # (not even one frame: a cut-off one, or a cursor not at a frame)
     pos += i
     return {"records": out, "cursor": pos, "more": pos < end and not bad, "older": None}
 
