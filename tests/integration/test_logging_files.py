@@ -72,9 +72,9 @@ def test_follow_reads_every_line_once_across_pages(daemon: DaemonProcess) -> Non
 
 @pytest.mark.daemon_args("--workers", "2", "--log-target", "stderr", "--log-level", "info",
                          "--log-job-max-bytes", str(CAP))
-def test_a_flood_hits_the_cap_not_the_disk_and_logs_says_how_much_was_dropped(daemon: DaemonProcess) -> None:
+def test_a_flood_hits_the_cap_not_the_disk_and_logs_says_what_was_dropped(daemon: DaemonProcess) -> None:
     # About 40 MB of output from a task of a hostile user.
-    writer = "import sys\nw = sys.stdout.write\nfor i in range(2_000_000): w(f'line {i} ' + 'x' * 10 + '\\n')\n"
+    writer = "import sys\nw = sys.stdout.write\nfor i in range(2_000_000): w(f'line {i} ' + 'x' * 10 + '\\n')"
     flood = [sys.executable, "-c", writer]
     status = run_job(daemon, {"name": "flood", "cmd": flood}, timeout=180)
     assert status["job"]["state"] == "completed"
