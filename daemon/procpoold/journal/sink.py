@@ -979,6 +979,8 @@ def logs_op(
     }
     if files is not None and job_id.isdigit():
         job = int(job_id)
+        if sink._loop is None or _get_ident() == sink._loop_thread:
+            sink.seal()  # (this iteration's lifecycle events too: a task's end is in the page)
         index = int(task_id.rpartition(".")[2]) if task_id is not None else None
         page = files.read(job, names or (lambda i: f"#{i}"), task=index, attempt=attempt, after=after,
                           lines=limit, before=args.get("before"), page_bytes=page_bytes)
