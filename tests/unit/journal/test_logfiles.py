@@ -249,3 +249,29 @@ def test_records_of_another_thread_are_written_at_once(files: tuple[JobLogFiles,
     thread.start()
     thread.join(10)
     assert [r["message"] for r in read_all(f, 6)[0]] == ["from the loop", "elsewhere"]
+
+
+def test_a_job_that_prints_nothing_gets_no_file_until_it_does(files: tuple[JobLogFiles, Loop]) -> None:
+    f, loop = files
+
+    def event(job: int, code: int, seq: int) -> None:
+        items = [code, 0, job, 0, 1, 1, 50, 0]
+        f.add_events(seq, time.time(), items, [b""], enc.events_record(seq, time.time(), items, b""))
+
+    for job in (1, 2):
+        f.add(job, enc.plain_record(job, time.time(), 6, "s", f"job {job} submitted", ()), True)
+        event(job, STARTED, 10 + job)
+    f.add(2, line(2, 0, "output", 20))
+    for job in (1, 2):
+        event(job, COMPLETED, 30 + job)
+        loop.run()
+        f.finish(job)
+    f.sync()
+    assert sorted(p.name for p in f.folder.iterdir()) == ["2.log"]  # (a file costs the kernel ~250 us)
+    assert [r["message"] for r in read_all(f, 1)[0]] == ["job 1 submitted", 'task "t0" attempt 1 starting',
+                                                         'task "t0" completed']
+    assert [r["message"] for r in read_all(f, 2)[0]] == ["job 2 submitted", 'task "t0" attempt 1 starting',
+                                                         "output", 'task "t0" completed']
+    assert f.stats()["quiet_jobs"] == 1
+    f.remove([1])
+    assert read_all(f, 1)[0] == [] and f.stats()["quiet_bytes"] == 0
