@@ -283,7 +283,8 @@ class JobLogFiles:
         if f is not None and f.dirty:
             self._dirty.remove(f)
             self._hand_over(f)
-        self.sync()
+        if not self.sync(2.0):  # (a disk that hangs: the reply is short, the loop goes on)
+            log.warning("the log files' writer has not written job %d's records within 2 s", job)
 
     def sync(self, timeout: float = 10.0) -> bool:
         """Wait until the writer has written everything handed over so far."""
