@@ -61,6 +61,17 @@ def test_all_100000_lines_are_shown_also_after_a_restart(daemon: DaemonProcess) 
     assert stdout_lines(deep) == want[-49_999:]
 
 
+def test_what_was_written_survives_a_crash_of_the_daemon(daemon: DaemonProcess) -> None:
+    run_job(daemon, {"name": "seq", "cmd": ["seq", "1", "20000"]})
+    want = [str(i) for i in range(1, 20_001)]
+    assert stdout_lines(daemon.procctl("logs", "1")) == want  # (a read waits until it is written)
+    daemon.crash()  # SIGKILL, no flush, no close
+    daemon.restart()
+    assert stdout_lines(daemon.procctl("logs", "1")) == want
+    run_job(daemon, sh("echo after"))  # the next job's file, next to it
+    assert stdout_lines(daemon.procctl("logs", "2")) == ["after"]
+
+
 def test_follow_reads_every_line_once_across_pages(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
         job = client.submit({"name": "slowseq", "root": sh("seq 1 30000; sleep 0.5; seq 30001 60000")})["id"]

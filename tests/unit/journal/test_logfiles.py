@@ -275,3 +275,14 @@ def test_a_job_that_prints_nothing_gets_no_file_until_it_does(files: tuple[JobLo
     assert f.stats()["quiet_jobs"] == 1
     f.remove([1])
     assert read_all(f, 1)[0] == [] and f.stats()["quiet_bytes"] == 0
+
+
+def test_the_cap_is_a_setting_with_a_range() -> None:
+    from procpoold.config import Config, ConfigError
+
+    assert Config().log_job_max_bytes == 64 * 1024 * 1024
+    Config(log_job_max_bytes=0).validate()  # no files
+    Config(log_job_max_bytes=64 * 1024).validate()
+    for bad in (1, 65535, (1 << 40) + 1, -1):
+        with pytest.raises(ConfigError, match="log_job_max_bytes must be 0"):
+            Config(log_job_max_bytes=bad).validate()
