@@ -266,7 +266,7 @@ class LogSink:
     def forget_job(self, job_id: str) -> None:
         """The job has finished: its names leave the tables (once the forwarder is past them), and
         its log file is closed."""
-        if self.files is not None:
+        if self.files is not None and job_id.isdigit():
             self.files.finish(int(job_id))
         job = self.named.pop(job_id, None)
         if job is None:
@@ -281,12 +281,12 @@ class LogSink:
         for job_id in job_ids:
             self.store.forget_job(job_id)
         if self.files is not None:
-            self.files.remove([int(j) for j in job_ids])
+            self.files.remove([int(j) for j in job_ids if j.isdigit()])
 
     def keep_files(self, files: JobLogFiles) -> None:
         """Keep each job's log in ``files`` from now on (called on the loop's thread, once the
         daemon holds its state directory; not with journald: ``procctl logs`` reads journald)."""
-        files._seq = lambda: self.seq
+        files.current_seq = lambda: self.seq
         self.files = files
         if self._loop is not None:
             files.attach(self._loop)
@@ -380,11 +380,16 @@ class LogSink:
         :func:`~procpoold.journal.encoding.unpack_events`), with new seqs. Their jobs must be named
         first. They are not written to the jobs' log files again: those were written as the
         events happened, each loop iteration, whatever the forwarder had done."""
-        self.seal()
+        files = self.files
+        if files is not None:
+            self.seal()  # (what was gathered before is not a replay)
         self._ev += items
         self._ev_text += texts
         self._ev_bytes += sum(len(t) for t in texts)
-        files, self.files = self.files, None
+        if files is None:
+            self._events_added()
+            return
+        self.files = None
         try:
             self.seal()
         finally:
