@@ -69,7 +69,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from procpool.contract.logfields import PREFIX
 from procpoold.journal import encoding as enc
+from procpoold.logstore import fields_match
 
 log = logging.getLogger("procpoold.logfiles")
 
@@ -502,8 +504,10 @@ class JobLogFiles:
         lines: int | None = None,
         before: int | None = None,
         page_bytes: int = 4 * 1024 * 1024,
+        fields: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """A page of the job's records (all, or task ``task``'s; of ``attempt``).
+        """A page of the job's records (all, or task ``task``'s; of ``attempt``; with ``fields``,
+        only those that have these log context fields).
 
         Forwards from ``after`` (a cursor: 0 for the start), or with ``lines`` the last ``lines``
         records before ``before`` (the end of the file by default) and after ``after``. Returns
@@ -511,7 +515,7 @@ class JobLogFiles:
         last record returned, or the file's end when reading backwards), ``more`` (more follows
         the cursor now) and ``older`` (with ``lines``: where to read further back for more, or None).
         """
-        match = _Match(job, names, task, attempt)
+        match = _Match(job, names, task, attempt, fields)
         f = self._jobs.get(job)
         held = MAGIC + f.buf if f is not None and not f.opened else self._quiet.get(job)
         if held is not None:  # a job that has printed nothing: its records are in memory
@@ -536,9 +540,12 @@ class JobLogFiles:
 class _Match:
     """Which records of a job's file a request wants, and their words (as dicts for the reply)."""
 
-    __slots__ = ("attempt", "job", "job_id", "names", "task", "task_id", "task_ids")
+    __slots__ = ("attempt", "fields", "job", "job_id", "names", "task", "task_id", "task_ids")
 
-    def __init__(self, job: int, names: Callable[[int], str], task: int | None, attempt: int | None) -> None:
+    def __init__(self, job: int, names: Callable[[int], str], task: int | None, attempt: int | None,
+                 fields: dict[str, str] | None = None) -> None:
+        #: the log context fields a record must have (None: any record)
+        self.fields = fields or None
         self.job = job
         self.job_id = str(job)
         self.names = names
@@ -555,12 +562,19 @@ class _Match:
             if (self.task is not None and index != self.task) or (
                     self.attempt is not None and attempt != self.attempt):
                 return []
-            message = payload[enc.LINE.size : enc.LINE.size + length].decode("utf-8", "replace")
+            end = enc.LINE.size + length
+            context = _context(payload[end:]) if len(payload) > end else None
+            if self.fields is not None and not fields_match(context, self.fields):
+                return []
+            message = payload[enc.LINE.size : end].decode("utf-8", "replace")
             name = enc.STREAMS[stream] if stream < len(enc.STREAMS) else "log"
-            return [{"seq": seq, "ts": ts, "priority": prio, "stream": name, "attempt": attempt,
-                     "task_id": f"{self.job_id}.{index}", "message": message}]
+            record = {"seq": seq, "ts": ts, "priority": prio, "stream": name, "attempt": attempt,
+                      "task_id": f"{self.job_id}.{index}", "message": message}
+            if context:
+                record["fields"] = context
+            return [record]
         if kind == enc.K_EVENTS:
-            return self._events(payload)
+            return self._events(payload) if self.fields is None else []
         if kind == enc.K_RECORD:
             _k, prio, nlen, mlen, seq, ts = enc.RECORD.unpack_from(payload)
             start = enc.RECORD.size + nlen
@@ -571,10 +585,16 @@ class _Match:
             if (self.task_id is not None and task_id != self.task_id) or (
                     self.attempt is not None and attempt != self.attempt):
                 return []
+            if self.fields is not None and not fields_match(fields, self.fields):
+                return []
             stream = fields.get("PROCPOOL_STREAM", "daemon")
             message = payload[start : start + mlen].decode("utf-8", "replace")
-            return [{"seq": seq, "ts": ts, "priority": prio, "stream": stream, "attempt": attempt,
-                     "task_id": task_id, "message": message}]
+            out = {"seq": seq, "ts": ts, "priority": prio, "stream": stream, "attempt": attempt,
+                   "task_id": task_id, "message": message}
+            context = {k: v for k, v in fields.items() if k.startswith(PREFIX)}
+            if context:
+                out["fields"] = context
+            return [out]
         raise ValueError(f"a record of unknown kind {kind}")
 
     def _events(self, payload: bytes) -> list[dict[str, Any]]:
@@ -595,6 +615,12 @@ class _Match:
                             "attempt": attempt, "task_id": f"{self.job_id}.{t}",
                             "message": enc.event_message(code, self.names(t), attempt, text)})
         return out
+
+
+def _context(data: bytes) -> dict[str, str] | None:
+    """The log context fields (``PROCPOOL_X_<NAME>``) among a record's encoded fields."""
+    found = {k: v for k, v in enc.decode_fields(data) if k.startswith(PREFIX)}
+    return found or None
 
 
 def _page(pread: _Pread, end: int, match: _Match, after: int, lines: int | None, before: int | None,
@@ -653,6 +679,7 @@ def _forwards(pread: _Pread, pos: int, end: int, match: _Match, page_bytes: int)
     frame = _FRAME.unpack_from
     line, head, k_line, streams = enc.LINE.unpack_from, enc.LINE.size, enc.K_LINE, enc.STREAMS
     task, attempt_wanted, task_ids = match.task, match.attempt, match.task_ids
+    plain = match.fields is None  # (else every record is matched against the fields: records())
     i = 0
     bad = False
     try:
@@ -672,9 +699,15 @@ def _forwards(pread: _Pread, pos: int, end: int, match: _Match, page_bytes: int)
                 bad = True  # not a frame's end: a cut-off write (or a cursor not at a frame)
                 break
             p = i + _LEN
-            if data[p] == k_line and n >= head:  # (most records: an output line, decoded here)
+            if plain and data[p] == k_line and n >= head:  # (most records: an output line, decoded here)
                 _k, prio, stream, _job, index, attempt, _pid, length, seq, ts = line(data, p)
-                if (task is None or index == task) and (attempt_wanted is None or attempt == attempt_wanted):
+                if head + length < n:  # a line with fields (a log record): records() decodes them
+                    got = match.records(data[p : stop - _LEN])
+                    if got:
+                        out += got
+                        budget -= _cost(got)
+                elif (task is None or index == task) and (
+                        attempt_wanted is None or attempt == attempt_wanted):
                     task_id = task_ids.get(index)
                     if task_id is None:
                         task_id = task_ids[index] = f"{match.job_id}.{index}"

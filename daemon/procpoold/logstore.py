@@ -41,10 +41,23 @@ class Record(NamedTuple):
     attempt: int  # 0 for records that belong to no attempt
     task_id: str | None
     message: str
+    #: the record's log context fields (``PROCPOOL_X_<NAME>``), if it has any
+    fields: dict[str, str] | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return {"seq": self.seq, "ts": self.ts, "priority": self.priority, "stream": self.stream,
-                "attempt": self.attempt, "task_id": self.task_id, "message": self.message}
+        wire: dict[str, object] = {
+            "seq": self.seq, "ts": self.ts, "priority": self.priority, "stream": self.stream,
+            "attempt": self.attempt, "task_id": self.task_id, "message": self.message}
+        if self.fields:
+            wire["fields"] = self.fields
+        return wire
+
+
+def fields_match(have: dict[str, str] | None, want: dict[str, str] | None) -> bool:
+    """Whether a record with the fields ``have`` has every field of ``want`` (none: any record)."""
+    if not want:
+        return True
+    return have is not None and all(have.get(k) == v for k, v in want.items())
 
 
 class _Owner:
@@ -148,13 +161,15 @@ class LogStore:
         return out
 
     def records(self, job_id: str, task_id: str | None = None, attempt: int | None = None, after: int = 0,
-                limit: int | None = None) -> list[Record]:
-        """The remembered records of a job (all its tasks, merged in order) or of one task."""
+                limit: int | None = None, fields: dict[str, str] | None = None) -> list[Record]:
+        """The remembered records of a job (all its tasks, merged in order) or of one task; with
+        ``fields``, only those that have these log context fields."""
         keys = [task_id] if task_id is not None else list(self._jobs.get(job_id, ()))
         sources = [list(o.lines) for k in keys if (o := self._owners.get(k)) is not None]
         sources.append(self._event_records(job_id, task_id, after))
         merged = heapq.merge(*sources)  # each deque is in seq order already
-        out = [r for r in merged if r.seq > after and (attempt is None or r.attempt == attempt)]
+        out = [r for r in merged if r.seq > after and (attempt is None or r.attempt == attempt)
+               and (not fields or fields_match(r.fields, fields))]
         if limit is not None:
             out = out[-limit:] if limit > 0 else []
         return out

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from procpool.cli import output, render
-from procpool.cli.logs import _from_tail, _Printer, _query
+from procpool.cli.logs import _from_tail, _Printer, _Query
 from procpool.cli.main import (
     EXIT_FAILED,
     EXIT_OK,
@@ -480,7 +480,8 @@ def _follow_run(client: Client, job_id: str) -> None:
     """``run --wait``: stream the task's output while it runs (through the daemon's ``logs``
     operation, as ``procctl logs -f`` follows it), show its progress when it changes, then its
     final line, and exit with :func:`run_exit_status`."""
-    _from_tail(client, _query(client, job_id, None, "tail"), job_id, None, True, _RunOutput(client, job_id))
+    query = _Query(client, job_id, None, {})
+    _from_tail(query, query("tail"), True, _RunOutput(client, job_id))
     result = client.wait(job_id)
     task = result["status"]["tasks"][0]
     click.echo(render.task_line(task, time.time()), err=True)

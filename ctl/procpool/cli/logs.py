@@ -6,7 +6,9 @@ the reply names); when it writes to stderr, the reply carries the job's records 
 in the daemon's state directory, a page at a time (``more``: ask again from ``cursor``; with
 ``-n``, ``older``: ask again further back), or, from a daemon that keeps no files (or when the
 journal cannot be read here), its bounded tail of recent lines per task. ``-f`` keeps printing
-until the job or task has finished and its last records were written.
+until the job or task has finished and its last records were written. ``--field NAME=VALUE``
+keeps the records that have that log context field (``PROCPOOL_X_<NAME>``): a match of the
+journal reader, or a filter of the daemon's.
 """
 
 from __future__ import annotations
@@ -54,6 +56,37 @@ class _Printer:
         click.echo(text)  # (a page at once: one write, not one per line)
 
 
+def parse_fields(given: tuple[str, ...]) -> dict[str, str]:
+    """``--field`` options (``NAME=VALUE``, NAME with or without ``PROCPOOL_X_``, any case) as
+    ``{"PROCPOOL_X_NAME": "VALUE"}``; a bad one is a usage error."""
+    from procpool.contract.logfields import MAX_VALUE, FieldError, tree_name
+
+    out: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise FieldError(None, f"--field {item[:80]!r}: expected NAME=VALUE")
+            field = tree_name(name)
+        except FieldError as exc:
+            raise click.BadParameter(str(exc), param_hint="--field") from None
+        if "\0" in value or len(value) > MAX_VALUE:
+            raise click.BadParameter(f"the value of {name} is not a log field value", param_hint="--field")
+        out[field] = value
+    return out
+
+
+class _Query:
+    """The ``logs`` requests of one command: the same id, attempt and ``--field`` matches."""
+
+    def __init__(self, client: Client, id: str, attempt: int | None, fields: dict[str, str]) -> None:
+        self.client, self.id, self.attempt, self.fields = client, id, attempt, fields
+
+    def __call__(self, source: str, **more: Any) -> dict[str, Any]:
+        return _query(self.client, self.id, self.attempt, source, **more,
+                      **({"fields": self.fields} if self.fields else {}))
+
+
 def _query(client: Client, id: str, attempt: int | None, source: str, **more: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"id": id, "source": source, **more}
     if attempt is not None:
@@ -68,6 +101,13 @@ def _query(client: Client, id: str, attempt: int | None, source: str, **more: An
 @click.option("--attempt", type=click.IntRange(min=1), help="Only this attempt of the task(s).")
 @click.option("-n", "--lines", type=click.IntRange(min=0), help="Only the last LINES lines.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record (all its fields).")
+@click.option(
+    "--field",
+    "field_matches",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Only records with this log context field (PROCPOOL_X_NAME; repeatable: all must match).",
+)
 @click.option(
     "--source",
     type=click.Choice(["auto", "journal", "daemon"]),
@@ -84,13 +124,19 @@ def logs(
     lines: int | None,
     as_json: bool,
     source: str,
+    field_matches: tuple[str, ...],
 ) -> None:
-    """Show the log of a job or a task (ID: 12, 12.3 or 12/name): its output and lifecycle records."""
+    """Show the log of a job or a task (ID: 12, 12.3 or 12/name): its output and lifecycle records.
+
+    \b
+    Examples:
+      procctl logs 12 --json                       every record with its fields
+      procctl logs 12 --field request_id=r-42      the records of a request (PROCPOOL_X_REQUEST_ID)
+    """
+    fields = parse_fields(field_matches)
     with settings.client() as client:
-        reply = _query(
-            client,
-            id,
-            attempt,
+        query = _Query(client, id, attempt, fields)
+        reply = query(
             "tail" if source == "daemon" else "auto",
             **({"lines": lines} if lines is not None else {}),
         )
@@ -106,27 +152,25 @@ def logs(
             else:
                 why = "no journal file is readable (try as root, or in the systemd-journal group)"
             if journal_log is not None and journal_log.readable():
-                _from_journal(client, journal_log, id, attempt, lines, follow, show)
+                _from_journal(query, journal_log, lines, follow, show)
                 return
             if source == "journal":
                 fail(f"cannot read the journal: {why}", "use --source daemon for the daemon's recent lines")
             click.echo(
                 f"procctl: cannot read the journal ({why}); showing the daemon's recent lines", err=True
             )
-            reply = _query(client, id, attempt, "tail", **({"lines": lines} if lines is not None else {}))
+            reply = query("tail", **({"lines": lines} if lines is not None else {}))
         elif source == "journal":
             fail(
                 f"the daemon writes its log to {reply['target']}, not to journald",
                 "use --source daemon or leave --source out",
             )
-        _from_tail(client, reply, id, attempt, follow, show, lines)
+        _from_tail(query, reply, follow, show, lines)
 
 
 def _from_tail(
-    client: Client,
+    query: _Query,
     reply: dict[str, Any],
-    id: str,
-    attempt: int | None,
     follow: bool,
     show: _Printer,
     lines: int | None = None,
@@ -137,7 +181,7 @@ def _from_tail(
     records = reply["records"]
     older = reply.get("older")
     while lines is not None and older is not None and len(records) < lines:
-        back = _query(client, id, attempt, "tail", lines=lines - len(records), before=older)
+        back = query("tail", lines=lines - len(records), before=older)
         records = back["records"] + records
         older = back.get("older")
     show(records)
@@ -147,7 +191,7 @@ def _from_tail(
     while reply.get("more") or (follow and not reply["finished"]):
         if not reply.get("more"):
             time.sleep(_POLL)
-        reply = _query(client, id, attempt, "tail", after=cursor)
+        reply = query("tail", after=cursor)
         show(reply["records"])
         cursor = reply["cursor"]
     capped = reply.get("log_file") or {}
@@ -160,10 +204,8 @@ def _from_tail(
 
 
 def _from_journal(
-    client: Client,
+    query: _Query,
     journal_log: Any,
-    id: str,
-    attempt: int | None,
     lines: int | None,
     follow: bool,
     show: _Printer,
@@ -174,7 +216,7 @@ def _from_journal(
             return
         while True:
             show(journal_log.follow(_POLL))
-            if _query(client, id, attempt, "auto", lines=0)["finished"]:
+            if query("auto", lines=0)["finished"]:
                 break
         # The daemon has sent everything; give journald a moment to store what is in flight.
         quiet_until = time.monotonic() + 0.5

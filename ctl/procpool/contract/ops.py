@@ -22,6 +22,7 @@ from procpool.contract.limits import (
     finite_number,
     shorten,
 )
+from procpool.contract.logfields import MAX_FIELDS, wire_field_ok
 from procpool.contract.states import TASK_STATES
 from procpool.contract.status import cursor_problem
 
@@ -108,6 +109,16 @@ _VIEW = Arg(_STR)
 #: a cursor from a reply (or "" for none yet): the reply holds the tasks changed since (columns view)
 _CHANGES_SINCE = Arg(_STR, check=cursor_problem)
 
+def _fields_match_problem(value: Any) -> str | None:
+    """``logs``' ``fields``: the log context fields a record must have, ``{"PROCPOOL_X_NAME": value}``."""
+    if len(value) > MAX_FIELDS:
+        return f"at most {MAX_FIELDS} fields"
+    for name, text in value.items():
+        if not wire_field_ok(name, text):
+            return f"{shorten(name, 80)}={shorten(text, 80)} is not a log context field (PROCPOOL_X_<NAME>)"
+    return None
+
+
 def _short(value: Any) -> str | None:
     """A filter of a job list: at most 256 characters."""
     return None if len(value) <= 256 else f"must be at most 256 characters, got {len(value)}"
@@ -183,6 +194,7 @@ OPS: dict[str, Op] = {
             after=_COUNT,
             source=Arg(_STR),
             before=_COUNT,
+            fields=Arg((dict,), check=_fields_match_problem),
         ),
         _op(
             "resume",

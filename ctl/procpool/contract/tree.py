@@ -37,6 +37,7 @@ from procpool.contract.limits import (
     finite_number,
     shorten,
 )
+from procpool.contract.logfields import FieldError, tree_fields, tree_level
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
@@ -92,6 +93,13 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         'for call tasks and "commands" for cmd tasks), or another engine of the daemon such as "dask" '
         "(default: the job's engine, else the daemon's default for its kind)."
     ),
+    # log context (docs/logging.md, Log context)
+    "log_fields": FieldSpec(
+        "log_fields", "Journal fields PROCPOOL_X_<NAME> on the task's records (names: letters, digits, _; "
+        "inherited, an inner value wins).", True),
+    "log_level": FieldSpec(
+        "log_level", "The least severe level of the task's own logging records that is kept: debug, info, "
+        "warning, error or critical (default: the daemon's log_level).", True),
 }
 GROUP_KEYS = ("sequential", "concurrent")
 GROUP_FIELDS: dict[str, FieldSpec] = {
@@ -124,6 +132,8 @@ JOB_FIELDS: dict[str, FieldSpec] = {
         "name", 'The engine of the tasks that name none: "local" or another engine of the daemon, '
         'such as "dask" (default: the daemon\'s default for each kind).'
     ),
+    "log_fields": TASK_FIELDS["log_fields"],
+    "log_level": TASK_FIELDS["log_level"],
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -154,6 +164,10 @@ class TaskSpec:
     tags: list[str] = field(default_factory=list)
     parent: int | None = None  # index into JobSpec.groups
     engine: str | None = None  # the engine named by the task; None: the daemon's default for its kind
+    #: log context: journal fields (``PROCPOOL_X_<NAME>``: value) and the least severe level kept
+    #: of the task's logging records (a ``logging`` number; None: the daemon's ``log_level``)
+    log_fields: dict[str, str] = field(default_factory=dict)
+    log_level: int | None = None
 
 
 @dataclass
@@ -345,6 +359,12 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     elif kind == "map":
         if not isinstance(value, dict):
             raise bad("an object")
+    elif kind in ("log_fields", "log_level"):
+        try:
+            return tree_fields(value) if kind == "log_fields" else tree_level(value)
+        except FieldError as exc:
+            where = path if exc.where is None or len(exc.where) > 64 else f"{path}.{exc.where}"
+            raise TreeError(where, str(exc)) from None
     else:  # pragma: no cover - a table entry without a checker is a bug
         raise AssertionError(kind)
     return value
@@ -540,7 +560,8 @@ class _Parser:
         t.kwargs = kwargs
         t.cmd = cmd
         t.shell = shell
-        t.timeout, t.retries, t.retry_delay, t.priority, t.env, t.cwd, t.tags = inherited
+        (t.timeout, t.retries, t.retry_delay, t.priority, t.env, t.cwd, t.tags, t.log_fields,
+         t.log_level) = inherited
         t.depends_on = depends_on
         t.parent = parent
         t.engine = engine
@@ -678,8 +699,11 @@ def _suggest_keys(raw: dict[str, Any], wanted: tuple[str, ...]) -> str:
     return ""
 
 
-#: A task's inheritable fields, resolved: timeout, retries, retry_delay, priority, env, cwd, tags.
-_Inherited = tuple[float | None, int, float, str, dict[str, str], str | None, list[str]]
+#: A task's inheritable fields, resolved: timeout, retries, retry_delay, priority, env, cwd, tags,
+#: log_fields, log_level.
+_Inherited = tuple[
+    float | None, int, float, str, dict[str, str], str | None, list[str], dict[str, str], int | None
+]
 
 
 def _inherited(merged: dict[str, Any]) -> _Inherited:
@@ -697,6 +721,8 @@ def _inherited(merged: dict[str, Any]) -> _Inherited:
         dict(get("env") or ()),
         get("cwd"),
         list(get("tags") or ()),
+        dict(get("log_fields") or ()),
+        get("log_level"),
     )
 
 
@@ -711,8 +737,8 @@ def _merge_defaults(defaults: dict[str, Any], values: dict[str, Any]) -> dict[st
     for key in INHERITABLE:
         if key not in values:
             continue
-        if key == "env":
-            merged["env"] = {**defaults.get("env", {}), **values["env"]}
+        if key == "env" or key == "log_fields":
+            merged[key] = {**defaults.get(key, {}), **values[key]}
         elif key == "tags":
             merged["tags"] = [
                 *defaults.get("tags", []),
@@ -952,6 +978,13 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     "env": {"type": "object", "additionalProperties": {"type": "string"}},
     "list": {"type": "array"},
     "map": {"type": "object"},
+    "log_fields": {
+        "type": "object",
+        "maxProperties": 32,
+        "propertyNames": {"pattern": "^[A-Za-z0-9_]{1,64}$"},
+        "additionalProperties": {"type": ["string", "number", "boolean"]},
+    },
+    "log_level": {"enum": ["debug", "info", "warning", "error", "critical"]},
     "node": {"$ref": "#/$defs/node"},
 }
 

@@ -76,6 +76,9 @@ class AttemptSpec:
     #: who the attempt runs as: an executor drops to this uid, gid and groups before any task code
     #: runs; None means the daemon's own user (a daemon that cannot switch users, or a job of its own)
     user: Identity | None = None
+    #: the least severe ``logging`` level of the task's own records that is kept: the task's
+    #: ``log_level`` from the tree, else the daemon's ``log_level`` when the attempt was made
+    log_level: int | None = None
 
     def identity_env(self) -> dict[str, str]:
         """The variables that tell a task's process which attempt it is (``PROCPOOL_JOB_ID`` ...)."""

@@ -73,6 +73,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
+from procpool.contract.logfields import PREFIX
 from procpoold.journal import encoding as enc
 from procpoold.journal.encoding import ITEM_INTS, STARTED
 from procpoold.journal.forwarder import Forwarder
@@ -97,6 +98,7 @@ _BATCH_TEXT = 64 * 1024
 _TABLE_LEN = struct.Struct("<I")
 
 _LOCAL, _CHILD, _STOPPING = "local", "child", "stopping"
+_X = PREFIX
 _get_ident = threading.get_ident
 
 
@@ -414,7 +416,9 @@ class LogSink:
         now = time.time()
         files = self.files
         if files is None:
-            self.store.add(task_id, job_id, Record(seq, now, prio, stream, attempt, task_id, message))
+            context = {k: v for k, v in fields.items() if k.startswith(_X)} if fields else None
+            self.store.add(task_id, job_id, Record(seq, now, prio, stream, attempt, task_id, message,
+                                                   context or None))
         data = message.encode("utf-8", "replace")
         rec = enc.LINE.pack(enc.K_LINE, prio, enc.STREAM_CODES.get(stream, 0), job, index, attempt, pid,
                             len(data), seq, now) + data
@@ -967,6 +971,9 @@ def logs_op(
         match["PROCPOOL_TASK_ID"] = task_id
     if attempt is not None:
         match["PROCPOOL_ATTEMPT"] = str(attempt)
+    fields: dict[str, str] | None = args.get("fields") or None  # (checked: contract.ops, logs)
+    if fields:
+        match.update(fields)  # (a journal reader matches them too)
     files = sink.files
     last = store.last_seq(job_id, task_id) if files is None else 0
     reply: dict[str, Any] = {
@@ -988,13 +995,13 @@ def logs_op(
             sink.seal()  # (this iteration's lifecycle events too: a task's end is in the page)
         index = int(task_id.rpartition(".")[2]) if task_id is not None else None
         page = files.read(job, names or (lambda i: f"#{i}"), task=index, attempt=attempt, after=after,
-                          lines=limit, before=args.get("before"), page_bytes=page_bytes)
+                          lines=limit, before=args.get("before"), page_bytes=page_bytes, fields=fields)
         reply.update(page)
         reply["finished"] = bool(finished)  # (its file holds every record up to now: read() wrote it)
         reply["log_file"] = files.info(job)
         reply["source"] = "file"
     elif sink.target == "stderr" or source == "tail":
-        records = store.records(job_id, task_id, attempt, after, limit)
+        records = store.records(job_id, task_id, attempt, after, limit, fields)
         reply["records"] = [r.to_wire() for r in records]
         reply["cursor"] = records[-1].seq if records else after
         reply["truncated"] = store.truncated(job_id, task_id)

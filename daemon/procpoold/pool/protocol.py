@@ -9,8 +9,10 @@ daemon packs it with :func:`encode_call`, and the worker reads each field by its
 
 Request ring, daemon -> worker:
 
-* ``[CALL, id, fn, ctx, args, kwargs, env, cwd, python_path]``: run attempt ``id`` of ``fn``
-  (``"pkg.mod:func"``); ``ctx`` is ``[job_id, job_name, task_id, task_name, attempt, run]``.
+* ``[CALL, id, fn, ctx, args, kwargs, env, cwd, python_path, log_level]``: run attempt ``id`` of
+  ``fn`` (``"pkg.mod:func"``); ``ctx`` is ``[job_id, job_name, task_id, task_name, attempt, run]``;
+  ``log_level`` the least severe ``logging`` level of the task's records the worker passes on
+  (the task's own ``log_level``, else the daemon's, as it is when the attempt starts).
 * ``[CANCEL, id]``: stop attempt ``id`` (followed by ``SIGUSR1`` for a sync attempt).
 * ``[REPLY, rid, ok, value_or_error]``: the answer to a ``REQUEST``.
 * ``[EXIT]``: finish and exit 0 (retirement, shutdown).
@@ -26,7 +28,9 @@ Result ring, worker -> daemon:
   ``F_UNCLEAN`` (the worker can no longer be restored for another job);
   ``took`` is the run time of a sync call in seconds (the daemon prefetches short functions).
   An error is ``{type, message, traceback}``.
-* ``[LOG, id, stream, level, message, fields]``: a log record or an output line.
+* ``[LOG, id, stream, level, message, fields]``: a log record or an output line; ``fields``
+  only the code site's (:data:`LOG_FIELDS`) and the task's log context (``PROCPOOL_X_<NAME>``,
+  :func:`procpool.contract.logfields.wire_field_ok`, at most ``MAX_FIELDS`` of them).
 * ``[PROGRESS, id, report]``: a progress report.
 * ``[REQUEST, id, rid, op, args]``: a blocking request (``op`` ``"ns"``: a namespace operation).
 * ``[HEARTBEAT]``: a busy worker is alive (pushed without a wakeup).
@@ -41,6 +45,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+from procpool.contract.logfields import MAX_FIELDS, PREFIX, wire_field_ok
 
 if TYPE_CHECKING:
     from procpoold.engines import AttemptSpec
@@ -86,9 +92,10 @@ F_STOPPED = 2
 F_UNCLEAN = 4
 
 #: The fields of a ``CALL``, in their order on the wire (see the module docstring).
-CALL_FIELDS = ("kind", "id", "fn", "ctx", "args", "kwargs", "env", "cwd", "python_path")
+CALL_FIELDS = ("kind", "id", "fn", "ctx", "args", "kwargs", "env", "cwd", "python_path", "log_level")
 #: Their positions, by name: what the worker reads a ``CALL`` with.
-CALL_ID, CALL_FN, CALL_CTX, CALL_ARGS, CALL_KWARGS, CALL_ENV, CALL_CWD, CALL_PATH = range(1, len(CALL_FIELDS))
+(CALL_ID, CALL_FN, CALL_CTX, CALL_ARGS, CALL_KWARGS, CALL_ENV, CALL_CWD, CALL_PATH,
+ CALL_LOG_LEVEL) = range(1, len(CALL_FIELDS))
 #: Keys of the ``ctx`` array, in order (the fields of ``procpool.task.TaskContext``).
 CTX_KEYS = ("job_id", "job_name", "task_id", "task_name", "attempt", "run")
 #: The positions of the job id and the task name in ``ctx``.
@@ -104,6 +111,7 @@ def encode_call(spec: AttemptSpec) -> bytes:
         CALL, spec.attempt_id, spec.call,
         [spec.job_id, spec.job_name, spec.task_id, spec.task_name, spec.attempt, spec.run],
         spec.args or None, spec.kwargs or None, spec.env or None, spec.cwd or None, spec.python_path or None,
+        spec.log_level,
     ])
 
 EXIT_MESSAGE: bytes = msgpack.packb([EXIT])
@@ -145,7 +153,7 @@ def result_problem(msg: Any) -> str | None:
                     f"{type(message).__name__}")
         if fields is not None and (type(fields) is not dict or not fields.keys() <= LOG_FIELDS
                                    or any(type(v) is not str for v in fields.values())):
-            return f"a log message with fields {fields!r:.80}"
+            return _fields_problem(fields)
         return None
     if kind == PROGRESS:
         report = msg[2]
@@ -162,6 +170,25 @@ def result_problem(msg: Any) -> str | None:
         return (f"a request message with id of type {type(rid).__name__}, operation of type "
                 f"{type(op).__name__} and arguments of type {type(args).__name__}")
     return None
+
+
+def _fields_problem(fields: Any) -> str | None:
+    """What is wrong with the fields of a log message that are not all the code site's: a task's
+    log context may add ``PROCPOOL_X_`` fields (checked one by one), nothing else."""
+    if type(fields) is dict and len(fields) <= len(LOG_FIELDS) + MAX_FIELDS:
+        extra = 0
+        for name, value in fields.items():
+            if name in LOG_FIELDS:
+                if type(value) is not str:
+                    break
+            elif type(name) is str and name.startswith(PREFIX) and wire_field_ok(name, value):
+                extra += 1
+            else:
+                break
+        else:
+            if extra <= MAX_FIELDS:
+                return None
+    return f"a log message with fields {fields!r:.80}"
 
 
 def _done_problem(msg: list[Any]) -> str | None:

@@ -64,6 +64,7 @@ import msgpack
 import procpoold
 from procpool import task as task_api
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.logfields import task_fields
 from procpoold.callables import resolve, use_python_path
 from procpoold.pathsafety import unsafe_folder
 from procpoold.pool.protocol import (
@@ -72,9 +73,11 @@ from procpoold.pool.protocol import (
     CALL_CTX,
     CALL_CWD,
     CALL_ENV,
+    CALL_FIELDS,
     CALL_FN,
     CALL_ID,
     CALL_KWARGS,
+    CALL_LOG_LEVEL,
     CALL_PATH,
     CANCEL,
     CTX_JOB_ID,
@@ -219,12 +222,12 @@ def _decode_lenient(data: bytes) -> list[Any]:
     try:
         size = head.read_array_header()
         kind = head.unpack()
-        if kind == CALL and size == 9:
+        if kind == CALL and size == len(CALL_FIELDS):
             aid, _fn, ctx = head.unpack(), head.unpack(), head.unpack()
             name = ctx[3] if isinstance(ctx, list) and len(ctx) > 3 else aid
             message = f"cannot decode the arguments of task {name!r}: {what}"
             bad = _Undecodable({"type": "ArgumentsNotDecodable", "message": message, "traceback": ""})
-            return [CALL, aid, bad, ctx, None, None, None, None, None]
+            return [CALL, aid, bad, ctx, None, None, None, None, None, None]
         if kind == REPLY and size == 4:
             rid = head.unpack()
             reply = ProcpoolError(ErrorCode.INTERNAL, f"cannot decode the daemon's reply: {what}")
@@ -379,8 +382,22 @@ class _FdCapture:
             self._worker.log(aid, stream, level, text[start:start + MAX_LINE])
 
 
+#: The attributes every ``logging.LogRecord`` has: the others of a record are its ``extra``.
+_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, str] | None:
+    """The ``extra={...}`` of a task's record as log context fields (``PROCPOOL_X_<NAME>``;
+    renamed or dropped as :func:`procpool.contract.logfields.task_fields` does), or None."""
+    attrs = record.__dict__
+    if attrs.keys() <= _RECORD_KEYS:
+        return None  # (the common case: no extra)
+    return task_fields((k, v) for k, v in attrs.items() if k not in _RECORD_KEYS) or None
+
+
 class _RingLogHandler(logging.Handler):
-    """Sends log records of the running attempt to the daemon as ``log`` messages."""
+    """Sends log records of the running attempt to the daemon as ``log`` messages, with the
+    record's ``extra={...}`` as log context fields."""
 
     def __init__(self, worker: Worker, fallback: Any) -> None:
         super().__init__(logging.NOTSET)
@@ -399,6 +416,9 @@ class _RingLogHandler(logging.Handler):
             # the daemon takes nothing else from a worker.
             fields = {"CODE_FILE": str(record.pathname), "CODE_LINE": str(record.lineno),
                       "CODE_FUNC": str(record.funcName), "LOGGER": str(record.name)}
+            extra = extra_fields(record)
+            if extra:
+                fields.update(extra)
             self._worker.log(aid, "log", int(record.levelno), message, fields)
         except Exception:
             self.handleError(record)
@@ -494,6 +514,7 @@ class Worker:
         self._hb_wake = threading.Event()
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._loggers: dict[str, logging.Logger] = {}
+        self.root = logging.getLogger()
         #: The job whose attempts this worker runs (None: none yet, the worker is clean).
         self.job: str | None = None
         #: The working folder found safe for this job (checked again when the job changes).
@@ -724,6 +745,9 @@ class Worker:
         """Apply the attempt's context, env and cwd; return the function that undoes them."""
         self._install(aid, msg[CALL_CTX])
         self.log_attempt = aid
+        level = msg[CALL_LOG_LEVEL]
+        if level is not None and level != self.root.level:
+            self._set_level(level)
         env: dict[str, str] | None = msg[CALL_ENV]
         cwd: str | None = msg[CALL_CWD]
         if not env and not cwd:
@@ -754,6 +778,15 @@ class Worker:
                     os.chdir(old_cwd)
 
         return leave
+
+    def _set_level(self, level: Any) -> None:
+        """Keep the task's records from ``level`` on (the root logger's level: a record below it
+        is not even made). Only when it changes: ``setLevel`` clears every logger's cache."""
+        if type(level) is not int:
+            return
+        self.root.setLevel(level)
+        if self._clean is not None:
+            self._clean.level = level  # (what a switch to another job restores)
 
     def _install(self, aid: str, ctx: list[Any]) -> None:
         """``procpool.task._install``, with the task's logger cached (``getLogger`` takes a lock)."""
@@ -839,6 +872,8 @@ class Worker:
         current = task_api._install(_Channel(self, aid), context_fields(msg[CALL_CTX]))
         env: dict[str, str] | None = msg[CALL_ENV]
         cwd: str | None = msg[CALL_CWD]
+        level = msg[CALL_LOG_LEVEL]
+        root = self.root
         # Undone when the last async attempt ends, as a sync attempt's are when it ends (else the
         # next job's tasks run with them): what they were before the first one changed them.
         for key in env or ():
@@ -851,6 +886,8 @@ class Worker:
             # Concurrent async attempts share the process: env and cwd are applied per step.
             task_api._current = current
             self.log_attempt = aid
+            if level is not None and level != root.level:
+                self._set_level(level)
             if env:
                 os.environ.update(env)
             if cwd:

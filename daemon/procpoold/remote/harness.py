@@ -28,6 +28,7 @@ import threading
 from typing import Any
 
 from procpool import task as task_api
+from procpool.contract.logfields import task_fields
 from procpoold.callables import resolve, use_python_path
 from procpoold.remote import frames
 
@@ -124,8 +125,13 @@ class _Channel:
         self.link.send(["progress", args])
 
 
+#: The attributes every ``logging.LogRecord`` has: the others of a record are its ``extra``.
+_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
 class _LogHandler(logging.Handler):
-    """Every record of the task's process becomes a ``log`` frame (fields as the pool sends them)."""
+    """Every record of the task's process becomes a ``log`` frame (fields as the pool sends them:
+    the code site's, and the record's ``extra={...}`` as log context fields)."""
 
     def __init__(self, link: _Link) -> None:
         super().__init__(logging.NOTSET)
@@ -136,7 +142,11 @@ class _LogHandler(logging.Handler):
         try:
             fields = {"CODE_FILE": str(record.pathname), "CODE_LINE": str(record.lineno),
                       "CODE_FUNC": str(record.funcName), "LOGGER": str(record.name)}
-            self.link.send(["log", int(record.levelno), self.format(record), fields])
+            message = self.format(record)
+            attrs = record.__dict__
+            if not attrs.keys() <= _RECORD_KEYS:
+                fields.update(task_fields((k, v) for k, v in attrs.items() if k not in _RECORD_KEYS))
+            self.link.send(["log", int(record.levelno), message, fields])
         except Exception:
             self.handleError(record)
 
@@ -150,7 +160,8 @@ def _resolve(call: str, python_path: list[str]) -> Any:
 def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:
     root = logging.getLogger()
     root.handlers[:] = [_LogHandler(link)]
-    root.setLevel(logging.DEBUG)
+    level = payload.get("log_level")
+    root.setLevel(level if type(level) is int else logging.DEBUG)  # (the daemon's choice)
     context = payload["context"]
     task_api._install(_Channel(link), context,
                       logging.getLogger(f"procpool.task.{context['task_name']}"))

@@ -35,6 +35,7 @@ import threading
 import time
 from typing import Any
 
+from procpool.contract.logfields import MAX_FIELDS
 from procpoold.remote import frames
 
 #: Lines of output and log records sent home in one event at most (and bytes of their text), and
@@ -452,7 +453,8 @@ def _send(worker: Any, topic: str, kind: str, aid: str, body: Any) -> None:
 
 
 def _str_map(value: Any) -> bool:
-    return type(value) is dict and len(value) <= 32 and all(
+    # (the code site's four fields and a task's log context, at most MAX_FIELDS: checked in the daemon)
+    return type(value) is dict and len(value) <= 4 + MAX_FIELDS and all(
         type(k) is str and type(v) is str for k, v in value.items())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -18,6 +19,9 @@ from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Strea
 from procpoold.identity import Identity, identity_of, run_as_uid
 from procpoold.scheduler.state import _RETRIED, _STARTED, Ref, SchedulerState, log, task_log
 
+#: the daemon's root logger: its level (``log_level``, changed by SIGHUP) is the level of the
+#: records kept of a task that names none
+_root = logging.getLogger()
 #: an AttemptSpec without running its __init__: _prepare sets every field by name
 _new_spec = object.__new__
 
@@ -197,6 +201,7 @@ class Attempts(SchedulerState):
         spec.run = jp.run
         spec.priority = task.priority
         spec.user = jp.user
+        spec.log_level = task.log_level or _root.level  # (the daemon's: SIGHUP may change it)
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
@@ -451,6 +456,9 @@ class Attempts(SchedulerState):
         job = self.jobs[ref[0]]
         t = job.tasks[ref[1]]
         t.remember(message)
+        context = t.spec.log_fields
+        if context:  # the tree's log context (a task's own extra fields win)
+            fields = {**context, **fields} if fields else context
         sink = self.journal
         if sink is not None:
             number = sink.named.get(job.id)

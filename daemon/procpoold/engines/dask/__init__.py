@@ -201,6 +201,7 @@ class DaskExecutor:
             "user": spec.user.name if spec.user is not None else None, "daemon": self._daemon_id,
             "run": self._nonce,
             "tags": spec.identity_env(),
+            "log_level": spec.log_level,
         }
         try:
             data = msgpack.packb(payload, use_bin_type=True)
