@@ -67,6 +67,12 @@ log = logging.getLogger("procpoold")
     help="When the log queue is full: block (pause the task's output) or drop [default block].",
 )
 @click.option(
+    "--log-job-max-bytes",
+    type=click.IntRange(0, 1 << 40),
+    help="Without journald: most bytes of each job's log file in the state directory; its start is "
+    "kept (0: no files) [default 67108864, 64 MiB].",
+)
+@click.option(
     "--engine",
     type=click.Choice(ENGINES),
     help="Where call and cmd tasks run unless they say: this daemon (local) or the Dask cluster "
@@ -94,6 +100,7 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         "log_target": options["log_target"],
         "log_queue_size": options["log_queue_size"],
         "log_policy": options["log_policy"],
+        "log_job_max_bytes": options["log_job_max_bytes"],
         "engine": options["engine"],
         "dask_scheduler": options["dask_scheduler"],
     }

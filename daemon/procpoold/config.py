@@ -30,6 +30,9 @@ from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The range of log_job_max_bytes (other than 0: no log files): 64 KiB to 1 TiB.
+LOG_JOB_MIN_BYTES = 64 * 1024
+LOG_JOB_MAX_BYTES = 1 << 40
 #: Where tasks run by default: on this daemon's own engines, or on a Dask cluster (docs/engines.md).
 ENGINES = ("local", "dask")
 #: The address schemes of a Dask scheduler the daemon accepts (those of distributed's comm layer
@@ -76,6 +79,9 @@ class Config:
     #: Seconds the log target may accept no record before the logger drops (and counts) records
     #: instead of pausing tasks whose output fills the log queue.
     log_put_timeout: float = 10.0
+    #: Without journald, each job's log is kept in a file of the state directory, of at most this
+    #: many bytes (the start is kept; docs/logging.md). 0: no files (the daemon's memory tail only).
+    log_job_max_bytes: int = 64 * 1024 * 1024
     #: "normal": commits survive a daemon crash; "full": they also survive power loss (fsync each).
     sync: str = "normal"
     #: false: keep jobs in memory only (nothing survives a restart; for benchmarks and throwaway daemons).
@@ -182,6 +188,9 @@ class Config:
             raise ConfigError(
                 f"log_put_timeout must be between 0.1 and 86400 seconds, got {self.log_put_timeout}"
             )
+        if self.log_job_max_bytes and not LOG_JOB_MIN_BYTES <= self.log_job_max_bytes <= LOG_JOB_MAX_BYTES:
+            raise ConfigError(f"log_job_max_bytes must be 0 (no log files) or between {LOG_JOB_MIN_BYTES} "
+                              f"and {LOG_JOB_MAX_BYTES}, got {self.log_job_max_bytes}")
         if self.drain_timeout < 0 or self.kill_grace < 0:
             raise ConfigError("drain_timeout and kill_grace must not be negative")
         self._validate_numbers()
@@ -266,6 +275,7 @@ _CONVERT: dict[str, Any] = {
     "retention_count": int,
     "max_interruptions": int,
     "log_put_timeout": float,
+    "log_job_max_bytes": int,
     "sync": str,
     "store": bool,
     "async_per_worker": int,

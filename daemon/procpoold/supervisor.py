@@ -35,6 +35,7 @@ from procpoold.core import status
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines.registry import Engines
 from procpoold.identity import Authority, UnknownUser, identity_by_name, identity_of
+from procpoold.logfiles import JobLogFiles
 from procpoold.loop import EventLoop, Timer
 from procpoold.scheduler import Scheduler
 from procpoold.store.lock import StateLock
@@ -122,6 +123,12 @@ class Daemon:
                 engine.set_daemon_id(self.store.daemon_id)
             if sink is not None:  # the journal's watermark: lifecycle records of a crash are replayed
                 sink.keep_watermark(os.fspath(config.state_dir / "journal.seq"))
+            if sink is not None and sink.target != "journal" and config.log_job_max_bytes:
+                try:  # each job's log in a file (with journald, procctl logs reads journald)
+                    sink.keep_files(JobLogFiles(config.state_dir / "logs", config.log_job_max_bytes))
+                except OSError as exc:
+                    log.error("cannot keep the jobs' logs in %s (%s): procctl logs shows the daemon's "
+                              "recent lines only", config.state_dir / "logs", exc)
         authority = Authority(config.admin_group)  # one for the policy and the "user" field
         self.scheduler = Scheduler(
             self.loop,
@@ -176,6 +183,11 @@ class Daemon:
             executor.start(self.loop, self.scheduler)
         recovered = self.scheduler.recover()
         self.scheduler.flush()
+        if self.sink is not None and self.sink.files is not None:
+            known = self.scheduler.jobs.keys() | self.scheduler.finished.keys()
+            swept = self.sink.files.sweep(lambda job: str(job) in known)
+            if swept:
+                log.info("removed the log files of %d job(s) the daemon no longer keeps", swept)
         if recovered.get("jobs"):
             log.info(
                 "state recovered: %(jobs)d jobs, %(resumed)d resumed, %(held)d held, "
@@ -282,6 +294,11 @@ class Daemon:
         sink = self.sink
         if sink is not None:
             sink.put_timeout = new.log_put_timeout
+            if sink.files is not None and new.log_job_max_bytes:
+                sink.files.set_max_bytes(new.log_job_max_bytes)
+            elif bool(sink.files) != bool(new.log_job_max_bytes) and new.log_target != "journal":
+                log.warning("reload: log_job_max_bytes 0 (no log files) or back takes effect only after a "
+                            "restart")
         self.scheduler.status_page_size = new.status_page_size
         self.scheduler.quota.max_queued_tasks = new.max_queued_tasks or None
         self.scheduler.quota.max_user_tasks = new.max_user_tasks or None
@@ -541,15 +558,19 @@ class Daemon:
         if self.sink is None:
             raise RuntimeError("logging is not set up")
         job, index = self.scheduler.resolve(args["id"])
+        tasks = job.tasks
+
+        def name(i: int) -> str:
+            return tasks[i].spec.name if 0 <= i < len(tasks) else f"#{i}"
+
+        page = self.config.max_message_size // 2  # (the page's estimate of its size leaves room)
         if index is None:
-            return journal.logs_op(
-                self.sink, args, job_id=job.id, task_id=None, finished=job.finished, since=job.created_at
-            )
+            return journal.logs_op(self.sink, args, job_id=job.id, task_id=None, finished=job.finished,
+                                   since=job.created_at, names=name, page_bytes=page)
         t = job.tasks[index]
-        return journal.logs_op(
-            self.sink,
-            args, job_id=job.id, task_id=t.id, finished=t.state in FINAL_TASK_STATES, since=job.created_at
-        )
+        return journal.logs_op(self.sink, args, job_id=job.id, task_id=t.id,
+                               finished=t.state in FINAL_TASK_STATES, since=job.created_at, names=name,
+                               page_bytes=page)
 
     def clean(self, state: str | None, before: float | None, owner: int | None = None) -> dict[str, Any]:
         """Remove finished jobs; with ``owner`` (a uid) only that user's, counting the others left."""

@@ -182,6 +182,7 @@ OPS: dict[str, Op] = {
             lines=_COUNT,
             after=_COUNT,
             source=Arg(_STR),
+            before=_COUNT,
         ),
         _op(
             "resume",
