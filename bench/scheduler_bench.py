@@ -56,7 +56,7 @@ class CountingSink:
         self.on_events: Any = None
         self.events = 0
 
-    def caller_site(self) -> int:
+    def caller_site(self, depth: int = 1) -> int:
         return 1
 
     def name_job(self, job_id: str, fields: dict[str, str], names: list[str]) -> int:
