@@ -323,3 +323,8 @@ class Client:
         """Cancel a job or one task; returns what was cancelled."""
         result: CancelReply = self.call("cancel", {"id": id})
         return result
+
+    def metrics(self) -> dict[str, Any]:
+        """The daemon's metrics and health verdict (docs/protocol.md, ``metrics``)."""
+        result: dict[str, Any] = self.call("metrics")
+        return result

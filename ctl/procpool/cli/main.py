@@ -251,31 +251,13 @@ def shutdown(settings: Settings) -> None:
     emit(settings, {"stopping": True}, f"procpoold on {settings.socket} is stopping")
 
 
-@cli.command()
-@pass_settings
-def health(settings: Settings) -> None:
-    """Print healthy, degraded or unhealthy with the reasons; exit 0, 1 or 2.
-
-    Unhealthy when an engine is down (say, the Dask scheduler cannot be reached) or the log target
-    has stalled; degraded when log records were dropped. For monitors: 3 means the daemon did not
-    answer.
-    """
-    from procpool.cli.render import HEALTH_VERDICTS
-    from procpool.cli.render import health as verdict
-
-    with settings.client() as client:
-        data = client.status(limit=0)
-    level, reasons = verdict(data)
-    emit(settings, {"health": HEALTH_VERDICTS[level], "reasons": reasons},
-         "\n".join([HEALTH_VERDICTS[level], *(f"  {r}" for r in reasons)]))
-    sys.exit(level)
-
-
 from procpool.cli import jobs as _jobs  # noqa: E402  (registers the job commands on `cli`)
 from procpool.cli import logs as _logs  # noqa: E402  (registers `procctl logs`)
 from procpool.cli import pool as _pool  # noqa: E402
 
 del _jobs, _logs, _pool
+from procpool.cli import health as _health  # noqa: E402, F401  (registers `procctl health`)
+from procpool.cli import metrics as _metrics  # noqa: E402, F401  (registers `procctl metrics`)
 
 
 def main() -> None:

@@ -169,6 +169,11 @@ OPS: dict[str, Op] = {
             state=Arg(_STR),
             before=_TIME,
         ),
+        _op(
+            "metrics",
+            "The daemon's metrics: uptime, tasks by outcome, success rate, durations per task name, "
+            "throughput, queue by priority, workers, dropped log records, store size, and health.",
+        ),
     )
 }
 

@@ -60,6 +60,7 @@ class DaemonAPI(Protocol):
     def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
+    def metrics(self) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -138,6 +139,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
             )
         return api.pool_resize(workers)
 
+    def metrics(req: Request, peer: Peer | None) -> Any:
+        return api.metrics()
+
     handlers: dict[str, Handler] = {
         "pool": pool,
         "pool_resize": pool_resize,
@@ -150,6 +154,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "resume": resume,
         "logs": logs,
         "clean": clean,
+        "metrics": metrics,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

@@ -73,6 +73,7 @@ POLICY: dict[str, Access] = {
     "clean": Access(Rule.OWN_JOBS, "clean finished jobs"),
     "shutdown": Access(Rule.ADMIN, "stop the daemon"),
     "pool_resize": Access(Rule.ADMIN, "resize the pool"),
+    "metrics": Access(Rule.READ),
 }
 
 #: ``owner_of(ref)``: the job id and submitter uid of a job or task reference (None: unknown
