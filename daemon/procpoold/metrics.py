@@ -21,6 +21,7 @@ one call per drain of the pool's results) and every other end one task at a time
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from procpoold.core.jobs import TaskRun
+
+log = logging.getLogger("procpoold")
 
 #: Upper bounds (seconds) of the duration buckets: 1 ms * 2 ** (i / 4), up to 2 ** 27 ms (37 h);
 #: one more bucket takes everything longer.
@@ -220,42 +223,43 @@ class TaskMetrics:
         last_numbered = False
         durations: Durations | None = None
         buckets: list[int] = []
-        count, total, largest = 0, 0.0, 0.0
+        first, total, largest = 0, 0.0, 0.0  # (the run of one name started at position ``first``)
         last_took, slot = -1.0, 0
         ended = 0.0
-        for i in indices:
-            t = tasks[i]
-            name = t.spec.name
-            if name != last_name:  # (each task of a big group has a name of its own: root.1, root.2)
-                last_name = name
-                stem = name.rstrip(digits)
-                numbered = len(stem) != len(name)
-                if stem != last_stem or numbered != last_numbered:  # (name_key, without a new string)
-                    if durations is not None:
-                        durations.merge(count, total, largest)
-                    last_stem, last_numbered = stem, numbered
-                    durations = self.durations(stem + "*" if numbered else name)
-                    buckets, count, total, largest = durations.buckets, 0, 0.0, 0.0
-            attempts = t.attempts
-            if not attempts:
-                continue
-            attempt = attempts[-1]
-            started, ended = attempt.started_at, attempt.finished_at or ended
-            if started is None:
-                continue
-            took = ended - started
-            if took != last_took:
-                last_took = took
-                if took < 0.0:  # (the wall clock went back between start and end)
-                    took = last_took = 0.0
-                slot = bisect_right(bounds, took)
-            buckets[slot] += 1
-            count += 1
-            total += took
-            if took > largest:
-                largest = took
+        position = 0
+        try:
+            for position, i in enumerate(indices):
+                t = tasks[i]
+                name = t.spec.name
+                if name != last_name:  # (each task of a big group has a name of its own: root.1, root.2)
+                    last_name = name
+                    stem = name.rstrip(digits)
+                    numbered = len(stem) != len(name)
+                    if stem != last_stem or numbered != last_numbered:  # (name_key, without a new string)
+                        if durations is not None:
+                            durations.merge(position - first, total, largest)
+                        last_stem, last_numbered = stem, numbered
+                        durations = self.durations(stem + "*" if numbered else name)
+                        buckets, first, total, largest = durations.buckets, position, 0.0, 0.0
+                        last_took = -1.0
+                # (a completed task's attempt has both times: None would be a TypeError, below)
+                attempt = t.attempts[-1]
+                ended = attempt.finished_at  # type: ignore[assignment]
+                took = ended - attempt.started_at  # type: ignore[operator]
+                if took != last_took:
+                    last_took = took
+                    if took < 0.0:  # (the wall clock went back between start and end)
+                        took = last_took = 0.0
+                    elif took > largest:
+                        largest = took
+                    slot = bisect_right(bounds, took)
+                buckets[slot] += 1
+                total += took
+            position += 1
+        except (AttributeError, IndexError, TypeError):  # pragma: no cover - not a completion
+            log.exception("the durations of %d completed task(s) could not be counted", n)
         if durations is not None:
-            durations.merge(count, total, largest)
+            durations.merge(position - first, total, largest)
         if ended:
             self.throughput.add(ended, n)
         self.recent.add(True, n)
