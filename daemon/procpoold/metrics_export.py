@@ -257,7 +257,8 @@ def families(daemon: Daemon) -> Iterator[Any]:
     for w in data["workers"]:
         key = [str(w["engine"]), "" if w["slot"] is None else str(w["slot"]),
                "" if w["pid"] is None else str(w["pid"])]
-        done.add_metric(key, w["tasks_done"] or 0)
+        if w["tasks_done"] is not None:
+            done.add_metric(key, w["tasks_done"])
         if w["busy_time"] is not None:
             busy.add_metric(key, w["busy_time"])
         if w["utilization"] is not None:

@@ -129,7 +129,7 @@ def workers(daemon: Daemon) -> list[dict[str, Any]]:
                 "slot": w.get("slot"),
                 "pid": w.get("pid"),
                 "state": w.get("state"),
-                "tasks_done": w.get("tasks_done", 0),
+                "tasks_done": w.get("tasks_done"),  # (None: an engine that does not count them)
                 "busy_time": busy,
                 "age": age,
                 "utilization": min(1.0, busy / age) if busy is not None and age > 0 else None,

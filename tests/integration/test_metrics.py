@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from procpool import Client
 from tests.support.daemon import DaemonProcess, serving
 from tests.support.waiting import wait_until
 
@@ -67,9 +68,10 @@ def job(name: str, *tasks: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def daemon_with(config: str = "", *args: str, workers: int = 2) -> Iterator[DaemonProcess]:
+def daemon_with(config: str = "", *args: str, workers: int = 2,
+                env: dict[str, str] | None = None) -> Iterator[DaemonProcess]:
     """A daemon with ``config`` as its TOML config file and ``args`` on its command line."""
-    proc = DaemonProcess()
+    proc = DaemonProcess(env=env)
     (proc.dir / "procpoold.toml").write_text(config)
     proc.extra_args = ["--workers", str(workers), "--log-target", "stderr",
                        "--config", str(proc.dir / "procpoold.toml"), *args]
@@ -178,10 +180,7 @@ def test_a_crash_looping_pool_below_its_size_is_unhealthy() -> None:
         killed: set[int] = set()
 
         def kill_workers() -> tuple[int, dict[str, Any]]:
-            for w in client.pool()["workers"]:
-                if w.get("pid") and w["state"] in ("idle", "busy") and w["pid"] not in killed:
-                    killed.add(w["pid"])
-                    os.kill(w["pid"], signal.SIGKILL)
+            kill_idle_workers(client, killed)
             return health(d)
 
         # Each death within the pool's death window makes its refill wait longer (backoff), so the
@@ -195,32 +194,61 @@ def test_a_crash_looping_pool_below_its_size_is_unhealthy() -> None:
         wait_until(lambda: health(d), lambda h: h[0] == 0, timeout=60, what="healthy again")
 
 
+@contextmanager
+def notify_listener(d: DaemonProcess) -> Iterator[Callable[[], str]]:
+    """The daemon's sd_notify datagrams from now on (the harness's socket is gone once READY=1 came:
+    listen at its path again); yields a function that returns the last STATUS= of the next one."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(d.dir / "notify.sock"))
+    listener.settimeout(GIVE_UP)
+
+    def status_line() -> str:
+        datagram = listener.recv(4096).decode()
+        lines = [line for line in datagram.split("\n") if line.startswith("STATUS=")]
+        return lines[-1] if lines else ""
+
+    try:
+        yield status_line
+    finally:
+        listener.close()
+        (d.dir / "notify.sock").unlink(missing_ok=True)
+
+
+def kill_idle_workers(client: Client, killed: set[int]) -> None:
+    for w in client.pool()["workers"]:
+        if w.get("pid") and w["state"] in ("idle", "busy") and w["pid"] not in killed:
+            killed.add(w["pid"])
+            os.kill(w["pid"], signal.SIGKILL)
+
+
 def test_the_systemd_status_line_carries_the_verdict(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     config = "[procpoold]\nprefetch = 1\n[health]\nmax_queued = 1\n"
-    with daemon_with(config, workers=1) as d, d.client() as client:
-        # The harness's notify socket is gone once READY=1 came: listen at its path again.
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        listener.bind(str(d.dir / "notify.sock"))
-        listener.settimeout(GIVE_UP)
-        try:
-            client.submit(job("s", *[call("wait_for", str(gate), name=f"t{i}") for i in range(3)]))
-            # an end makes the status line follow (a command: the one worker is taken)
-            client.submit({"name": "done", "root": {"cmd": ["true"]}})
+    with daemon_with(config, workers=1) as d, d.client() as client, notify_listener(d) as status_line:
+        client.submit(job("s", *[call("wait_for", str(gate), name=f"t{i}") for i in range(3)]))
+        # an end makes the status line follow (a command: the one worker is taken)
+        client.submit({"name": "done", "root": {"cmd": ["true"]}})
+        line = wait_until(status_line, lambda s: s.startswith("STATUS=degraded"), what="a degraded status")
+        assert "tasks queued, more than health_max_queued (1)" in line and "queued" in line
+        gate.touch()
+        wait_until(status_line, lambda s: s.startswith("STATUS=healthy: "), what="a healthy status")
 
-            def status_line() -> str:
-                datagram = listener.recv(4096).decode()
-                lines = [line for line in datagram.split("\n") if line.startswith("STATUS=")]
-                return lines[-1] if lines else ""
 
-            line = wait_until(status_line, lambda s: s.startswith("STATUS=degraded"),
-                              what="a degraded status")
-            assert "tasks queued, more than health_max_queued (1)" in line and "queued" in line
-            gate.touch()
-            wait_until(status_line, lambda s: s.startswith("STATUS=healthy: "), what="a healthy status")
-        finally:
-            listener.close()
-            (d.dir / "notify.sock").unlink(missing_ok=True)
+def test_the_status_line_follows_a_verdict_that_changed_with_no_task_ending() -> None:
+    # A watchdog of 1 s (a tick every 0.5 s); no task runs, so only the ticks can send the status.
+    with daemon_with(env={"WATCHDOG_USEC": "1000000"}) as d, d.client() as client, \
+            notify_listener(d) as status_line:
+        killed: set[int] = set()
+
+        def after_kills() -> str:
+            kill_idle_workers(client, killed)
+            return status_line()
+
+        line = wait_until(after_kills, lambda s: s.startswith("STATUS=unhealthy"),
+                          what="an unhealthy status line")
+        assert "crash-looping" in line
+        wait_until(status_line, lambda s: s.startswith("STATUS=healthy: "), timeout=60,
+                   what="a healthy status line once the deaths left the window")
 
 
 def test_the_prometheus_textfile_is_written_while_things_change(tmp_path: Path) -> None:

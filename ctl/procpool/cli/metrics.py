@@ -67,7 +67,8 @@ def metrics_text(m: dict[str, Any]) -> str:
         rows = [("ENGINE", "SLOT", "PID", "STATE", "TASKS", "BUSY", "UTIL", "RSS", "PEAK")]
         for w in m["workers"]:
             rows.append((str(w["engine"]), str(w["slot"] if w["slot"] is not None else "-"),
-                         str(w["pid"] or "-"), str(w["state"] or "-"), str(w["tasks_done"]),
+                         str(w["pid"] or "-"), str(w["state"] or "-"),
+                         "-" if w["tasks_done"] is None else str(w["tasks_done"]),
                          _seconds(w["busy_time"]), _percent(w["utilization"]), _size(w["rss"]),
                          _size(w["peak_rss"])))
         lines += ["", *_table(rows)]
