@@ -11,8 +11,8 @@ Runs on the daemon's loop thread. Every structure here is bounded, whatever the 
   :data:`OTHER`;
 - :class:`Throughput`: tasks ended per second over the last :data:`THROUGHPUT_SECONDS` seconds,
   one bucket per second in a ring;
-- :class:`Window`: whether each of the last N tasks succeeded (a ring of bytes), for the health
-  verdict's success rate.
+- :class:`Window`: whether each of the last N tasks succeeded (the positions of the failures
+  among them), for the health verdict's success rate.
 
 The scheduler reports a batch of completions of one job at once (:meth:`TaskMetrics.completed`,
 one call per drain of the pool's results) and every other end one task at a time
@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -144,41 +145,45 @@ class Throughput:
 
 
 class Window:
-    """Whether each of the last ``size`` tasks succeeded: a ring of 0 and 1 with a running sum."""
+    """Whether each of the last ``size`` tasks succeeded: the count of tasks ended, and the
+    positions of the failures among the last ``size`` (a run of successes costs one addition)."""
 
-    __slots__ = ("filled", "ok", "pos", "ring", "size")
+    __slots__ = ("ended", "failures", "size")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("a window holds at least one task")
         self.size = size
-        self.ring = bytearray(size)
-        self.pos = 0
-        self.filled = 0
-        self.ok = 0
+        self.ended = 0
+        self.failures: deque[int] = deque()
 
     def add(self, success: bool, n: int = 1) -> None:
-        """``n`` tasks ended, all successful or none: written in at most two slices."""
-        size = self.size
-        if n >= size:
-            self.ring[:] = b"\x01" * size if success else bytes(size)
-            self.pos, self.filled, self.ok = 0, size, size if success else 0
-            return
-        value = 1 if success else 0
-        end = self.pos + n
-        first = min(end, size)
-        self.ok -= self.ring.count(1, self.pos, first)
-        self.ring[self.pos:first] = bytes([value]) * (first - self.pos)
-        if end > size:
-            self.ok -= self.ring.count(1, 0, end - size)
-            self.ring[: end - size] = bytes([value]) * (end - size)
-        self.ok += value * n
-        self.pos = end % size
-        self.filled = min(size, self.filled + n)
+        """``n`` tasks ended, all successful or none."""
+        if not success:
+            failures = self.failures
+            failures.extend(range(max(self.ended, self.ended + n - self.size), self.ended + n))
+        self.ended += n
+        self._forget()
+
+    def _forget(self) -> None:
+        failures, first = self.failures, self.ended - self.size  # positions below first left
+        while failures and failures[0] < first:
+            failures.popleft()
+
+    @property
+    def filled(self) -> int:
+        """Tasks in the window."""
+        return min(self.ended, self.size)
+
+    @property
+    def ok(self) -> int:
+        """Successes in the window."""
+        return self.filled - len(self.failures)
 
     def rate(self) -> float | None:
         """Successes over the tasks in the window; None when it is empty."""
-        return self.ok / self.filled if self.filled else None
+        filled = self.filled
+        return (filled - len(self.failures)) / filled if filled else None
 
     def resize(self, size: int) -> None:
         """A new size (a reload): the window starts empty again."""
