@@ -60,6 +60,9 @@ class PrometheusExport:
             raise RuntimeError(
                 "the Prometheus export (metrics_textfile, metrics_listen) needs the prometheus_client "
                 "package: pip install 'procpool[metrics]'") from None
+        if self.textfile is not None and not os.access(self.textfile.parent, os.W_OK | os.X_OK):
+            raise RuntimeError(f"metrics_textfile: cannot write in {self.textfile.parent} "
+                               "(it must be an existing folder the daemon may write in)")
         self._loop = loop
         if self.listen is not None:
             self._serve(self.listen)

@@ -310,3 +310,24 @@ def test_the_prometheus_http_endpoint(tmp_path: Path, where: str) -> None:
         if where == "unix":
             assert (sock.stat().st_mode & 0o777) == 0o600
     assert not sock.exists()
+
+
+@pytest.mark.parametrize("problem", ["folder", "address"])
+def test_an_export_that_cannot_work_stops_the_start(tmp_path: Path, problem: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if problem == "folder":
+            args = ["--metrics-textfile", str(tmp_path / "missing" / "procpoold.prom")]
+            said = "metrics_textfile: cannot write in"
+        else:
+            args = ["--metrics-listen", f"127.0.0.1:{taken.getsockname()[1]}"]
+            said = "Address already in use"
+        proc = DaemonProcess(extra_args=["--workers", "1", *args])
+        try:
+            proc.start(wait_ready=False)
+            assert proc.wait() != 0
+            assert "cannot start" in proc.log() and said in proc.log()
+            proc.stop(check=True)  # (nothing left behind)
+        finally:
+            proc.cleanup()
