@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv python3-dev gcc make pkg-config libsystemd-dev syst
 STAMP := $(VENV)/.procpool-installed
 TEST_STAMP := $(VENV)/.procpool-test-installed
 
-.PHONY: all deps venv test-venv run test lint native-check unit integration e2e bench schema clean distclean install uninstall
+.PHONY: all deps venv test-venv run test lint native-check unit integration e2e bench schema man clean distclean install uninstall
 
 all: venv
 
@@ -87,6 +87,11 @@ bench: venv
 schema: venv
 	$(BIN)/python -c 'import json; from procpool.contract.tree import json_schema; \
 	  print(json.dumps(json_schema(), indent=2, sort_keys=True))' > ctl/procpool/contract/jobtree.schema.json
+
+# procctl(1) and procpoold(8) from the commands' --help text, into build/man (make install puts
+# them in /usr/local/share/man). Read one with: man -l build/man/man1/procctl.1
+man: venv
+	$(BIN)/python -m procpool.cli.manpage build/man
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache native/build run

@@ -9,7 +9,8 @@
 #            /usr/bin/python3, the project installed into it from a wheel, the
 #            system units in /etc/systemd/system, the user units in
 #            /etc/systemd/user, the procpool group (systemd-sysusers),
-#            and /usr/local/bin/procctl. Nothing is enabled or started.
+#            /usr/local/bin/procctl, and the man pages procctl(1) and
+#            procpoold(8) in /usr/local/share/man. Nothing is enabled or started.
 #            With DASK=1 also the dask extra (procpool[dask]) in the venv, the
 #            drop-in procpoold.service.d/dask.conf (network for the Dask client,
 #            the config file below) and, unless it exists, the config file
@@ -44,6 +45,8 @@ UNIT_DIR=/etc/systemd/system
 USER_UNIT_DIR=/etc/systemd/user
 SYSUSERS_DIR=/etc/sysusers.d
 BIN_LINK=/usr/local/bin/procctl
+MAN_DIR=/usr/local/share/man
+MAN_PAGES="$MAN_DIR/man1/procctl.1 $MAN_DIR/man8/procpoold.8"
 STATE_DIR=/var/lib/procpoold
 PYTHON=${INSTALL_PYTHON:-/usr/bin/python3}
 UNITS="procpoold.socket procpoold.service"
@@ -131,6 +134,10 @@ do_install() {
 
     install -d -m 0755 "$(dirname "$BIN_LINK")"
     ln -sfn "$VENV/bin/procctl" "$BIN_LINK"
+    # Made from the commands' --help text by the installed code itself (procpool.cli.manpage).
+    say "man pages: $MAN_PAGES"
+    "$VENV/bin/python" -m procpool.cli.manpage "$MAN_DIR" >/dev/null
+    chmod 0644 $MAN_PAGES
 
     if have_systemd; then
         systemctl daemon-reload
@@ -166,6 +173,7 @@ do_uninstall() {
     if [ -L "$BIN_LINK" ] && [ "$(readlink "$BIN_LINK")" = "$VENV/bin/procctl" ]; then
         rm -f "$BIN_LINK"
     fi
+    rm -f $MAN_PAGES
     rm -rf "$PREFIX"
     if [ "${PURGE:-0}" = 1 ]; then
         say "removing the state in $STATE_DIR and the config in $CONFIG_DIR"

@@ -528,8 +528,8 @@ class Daemon:
     def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]:
         return self.scheduler.job_list(state, since, limit)
 
-    def cancel(self, ref: str) -> dict[str, Any]:
-        return self.scheduler.cancel(ref)
+    def cancel(self, ref: str, by: int | None = None) -> dict[str, Any]:
+        return self.scheduler.cancel(ref, by)
 
     def pool_info(self) -> dict[str, Any]:
         """The worker processes of every engine (each map names its ``engine``), and ``info``: the

@@ -53,8 +53,10 @@ def make(c: Container, *args: str) -> None:
 
 @contextlib.contextmanager
 def boot_and_install(wheelhouse: Path) -> Iterator[Container]:
-    # /usr is the host's, read-only: /usr/local/bin (where procctl is linked) gets a tmpfs.
-    with booted([Bind(REPO, SRC), Bind(wheelhouse, WHEELHOUSE)], tmpfs=["/usr/local/bin"]) as c:
+    # /usr is the host's, read-only: /usr/local/bin (where procctl is linked) and
+    # /usr/local/share/man (its man pages) get a tmpfs.
+    tmpfs = ["/usr/local/bin", "/usr/local/share/man"]
+    with booted([Bind(REPO, SRC), Bind(wheelhouse, WHEELHOUSE)], tmpfs=tmpfs) as c:
         print(f"container {c.name} booted in {c.boot_seconds:.2f}s")
         started = time.monotonic()
         make(c, *INSTALL)
@@ -507,12 +509,18 @@ def test_install_is_idempotent_and_uninstall_removes_it(wheelhouse: Path) -> Non
         make(c, *INSTALL)  # twice is the same as once
         c.systemctl("start", "procpoold")
         assert "procpoold" in procctl(c, "ping").stdout
+        for page, heading in (("man1/procctl.1", "procctl submit"), ("man8/procpoold.8", "--state-dir")):
+            shown = c.run("man", "-P", "cat", "-l", f"/usr/local/share/man/{page}",
+                          env={"MANWIDTH": "200"}).stdout
+            assert heading in shown, f"{page}: {shown[:500]}"
         make(c, *UNINSTALL)
         assert active(c) != "active" and active(c, "procpoold.socket") != "active"
         assert daemon_pids(c) == []
         for path in (
             "/opt/procpoold",
             "/usr/local/bin/procctl",
+            "/usr/local/share/man/man1/procctl.1",
+            "/usr/local/share/man/man8/procpoold.8",
             "/etc/sysusers.d/procpool.conf",
             *(f"/etc/systemd/{kind}/{u}" for kind in ("system", "user") for u in UNITS),
             SOCKET,

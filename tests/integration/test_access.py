@@ -116,7 +116,7 @@ def test_clean_removes_only_the_peers_own_jobs_unless_administrator(world: World
 
     out = world.procctl(world.bob, "clean")
     assert out.returncode == 0, out.stderr
-    assert "removed 1 finished job(s)" in out.stdout and "left" in out.stdout and "other users" in out.stdout
+    assert "removed 1 finished job;" in out.stdout and "left" in out.stdout and "other users" in out.stdout
     remaining = listed()
     assert ids[world.bob.name] not in remaining
     assert {ids[world.alice.name], ids[world.boss.name]} <= remaining

@@ -310,7 +310,7 @@ def test_procctl_submit_wait_status_run_cancel(daemon: DaemonProcess, tmp_path: 
     assert out.returncode == 0, out.stderr
     assert "✔ a  completed" in out.stdout and "[####" in out.stderr
     out = daemon.procctl("--json", "run", "--name", "boom", "--wait", "--", "sh", "-c", "exit 3")
-    assert out.returncode == 1
+    assert out.returncode == 3  # the command's own exit status
     assert json.loads(out.stdout)["job"]["state"] == "failed"
     out = daemon.procctl("status")
     assert out.returncode == 0 and "ok" in out.stdout and "boom" in out.stdout

@@ -59,7 +59,7 @@ def test_lifecycle_records_the_forwarder_had_not_written_are_written_after_a_cra
     expected = sorted([f"1.{i} task \"c{i}\" attempt 1 starting" for i in range(CALLS)]
                       + [f"1.{i} task \"c{i}\" completed" for i in range(CALLS)]
                       + [f"1.{CALLS} task \"bad\" attempt 1 starting",
-                         f"1.{CALLS} task \"bad\" failed after 1 attempt(s): command exited with status 3",
+                         f"1.{CALLS} task \"bad\" failed after 1 attempt: command exited with status 3",
                          f"1.{CALLS + 1} task \"after\" skipped: upstream \"bad\" failed"])
     wait_until(lambda: len(lifecycle(daemon.log())) >= len(expected), what="the replayed records")
     written = lifecycle(daemon.log())

@@ -136,7 +136,7 @@ def test_task_output_reaches_journald_with_all_fields(jdaemon: NamespacedDaemon,
     assert [e["PROCPOOL_TASK_ID"] for e in failures] == ["1.0"]
     assert failures[0]["CODE_FILE"].endswith("scheduler.py")
     assert failures[0]["CODE_FUNC"] and failures[0]["CODE_LINE"].isdigit()
-    assert failures[0]["PRIORITY"] == "4"
+    assert failures[0]["PRIORITY"] == "3"  # ERROR: a failed task's record (with its traceback)
     ready = journald.entries("MESSAGE_ID=b7e4a2f0c41d4a0e9a6f2d8c3e5b1a70")
     assert len(ready) == 1 and ready[0]["SYSLOG_IDENTIFIER"] == "procpoold"
 

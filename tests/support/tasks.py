@@ -43,6 +43,14 @@ def boom(message: str) -> None:
     raise ValueError(message)
 
 
+def fail_deep(depth: int, message: str) -> None:
+    """Raises ``RuntimeError(message)`` ``depth`` calls down (a traceback of the task's own frames)."""
+    if depth > 0:
+        fail_deep(depth - 1, message)
+        return
+    raise RuntimeError(message)
+
+
 def flaky(marker: str) -> str:
     """Fails on the first attempt, succeeds on the second."""
     if task.context().attempt == 1:

@@ -12,24 +12,28 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from procpool.cli import render
+from procpool.cli.logs import _from_tail, _Printer, _query
 from procpool.cli.main import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_WAIT_TIMEOUT,
+    Age,
     Seconds,
     Settings,
     cli,
     emit,
     fail,
     pass_settings,
+    warn,
 )
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
-from procpool.contract.states import COMPLETED, FINAL_JOB_STATES
-from procpool.contract.status import JobStatus, View, follow, is_changes
+from procpool.contract.states import COMPLETED, FAILED, FINAL_JOB_STATES, RUNNING
+from procpool.contract.status import JobStatus, follow, is_changes
+from procpool.contract.words import plural
 
 if TYPE_CHECKING:
     from procpool.client import Client
-    from procpool.contract.tree import JobSpec
+    from procpool.contract.tree import JobSpec, TaskSpec
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _POLL = 0.2  # seconds between live-progress refreshes (client side only)
@@ -168,6 +172,7 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], a
             emit(settings, reply, f"{reply['id']}{note}")
             return
         if not settings.json:
+            _waiting_for(reply["id"])  # before it is said: a Ctrl-C from then on names the job
             click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
         _finish(settings, client, reply, live=True, all_tasks=all_tasks)
 
@@ -185,14 +190,61 @@ def validate(settings: Settings, file: str) -> None:
         {"name": job.tasks[i].name, "path": job.tasks[i].path, "kind": job.tasks[i].kind}
         for i in plan.start_order()
     ]
-    data = {"valid": True, "name": job.name, "tasks": len(job.tasks), "order": order}
+    warnings = [w for task in job.tasks for w in _not_found_here(task, job.python_path)]
+    data = {"valid": True, "name": job.name, "tasks": len(job.tasks), "order": order, "warnings": warnings}
+    if not settings.json:
+        for warning in warnings:
+            warn(warning)
 
     def text() -> str:
-        lines = [f'{file}: valid job "{job.name}" with {len(job.tasks)} task(s); start order:']
+        lines = [f'{file}: valid job "{job.name}" with {plural(len(job.tasks), "task")}; start order:']
         lines += [f"  {n + 1:>3}. {o['name']}  ({o['kind']} at {o['path']})" for n, o in enumerate(order)]
         return "\n".join(lines)
 
     emit(settings, data, text)
+
+
+def _not_found_here(task: TaskSpec, python_path: list[str]) -> list[str]:
+    """Warnings for a task whose callable's module or command's program cannot be found here.
+
+    Only warnings: the daemon's environment (its PATH, its Python path, the user it runs the task
+    as) may differ from procctl's. A callable's module is looked up with importlib's find_spec
+    (which imports the packages above it), the job's ``python_path`` first; a command's program
+    on the task's PATH (its ``env``'s, else procctl's) unless it names a path; a shell command is
+    not looked into."""
+    if task.kind == "call" and task.call:
+        import importlib
+        import importlib.util
+
+        module = task.call.partition(":")[0]
+        saved = list(sys.path)
+        sys.path[:0] = [str(Path(task.cwd or ".") / p) for p in python_path]
+        importlib.invalidate_caches()
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except Exception:  # a parent package that is missing, or fails to import
+            found = False
+        finally:
+            sys.path[:] = saved
+        if not found:
+            return [f"{task.path}.call: module {module!r} is not found here (by procctl's Python); "
+                    "the daemon's may still find it"]
+        return []
+    if task.kind != "cmd" or task.shell or not isinstance(task.cmd, list) or not task.cmd:
+        return []
+    import os
+    import shutil
+
+    program = task.cmd[0]
+    if "/" in program:
+        where = Path(task.cwd or ".") / program if not program.startswith("/") else Path(program)
+        if where.is_file() and os.access(where, os.X_OK):
+            return []
+        why = "is not executable" if where.is_file() else "does not exist"
+        return [f"{task.path}.cmd[0]: {program!r} {why} here; the daemon's host or user may differ"]
+    if shutil.which(program, path=task.env.get("PATH", os.environ.get("PATH", os.defpath))) is None:
+        return [f"{task.path}.cmd[0]: {program!r} is not found on PATH here; the daemon's PATH may differ"]
+    return []
 
 
 def _parse_arg(text: str) -> Any:
@@ -226,7 +278,8 @@ def _looks_like_option(word: str) -> bool:
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--name", help="Task (and job) name.")
 @click.option(
-    "--timeout", "task_timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt."
+    "--timeout", "task_timeout", type=click.FloatRange(min=0, min_open=True),
+    help="Seconds per attempt (here, not the global --timeout: put that before 'run').",
 )
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--retry-delay", type=click.FloatRange(min=0), help="Seconds before the first retry.")
@@ -239,7 +292,9 @@ def _looks_like_option(word: str) -> bool:
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
 @click.option("--key", help="Idempotency key.")
 @click.option("--user", help="Run as this user (root or an administrator only).")
-@click.option("--wait", "wait_", is_flag=True, help="Wait for the task; exit 1 unless it completed.")
+@click.option(
+    "--wait", "wait_", is_flag=True, help="Wait for the task, showing its output; exit with its exit status."
+)
 @pass_settings
 def run(
     settings: Settings,
@@ -259,11 +314,26 @@ def run(
     user: str | None,
     wait_: bool,
 ) -> None:
-    """Submit a one-task job: a callable or a command.
+    """Submit a one-task job: a callable or a command; print its id.
 
     \b
       procctl run [OPTIONS] pkg.module:function [ARG...]   (ARGs are JSON, else strings)
       procctl run [OPTIONS] -- CMD [ARG...]
+
+    Options go before the callable or the command. With --wait, procctl says the job's id on
+    stderr, then streams the task's output while it runs (its stdout lines on stdout; its
+    stderr lines, log records, progress and what the daemon does with it on stderr), ends with
+    the task's line, and exits with the task's exit status:
+
+    \b
+      0      the task completed
+      N      a command's own exit code N (so 2 to 5 may be the command's too)
+      128+N  a command killed by signal N (143 for SIGTERM), as shells say it
+      1      anything else that did not complete: a failed callable, a timeout,
+             a cancel, a command that could not start
+      130    Ctrl-C: procctl stopped waiting; the task goes on (it says its id)
+
+    Reusing a --key submits nothing: procctl names the job that has that key.
     """
     words = list(argv)
     dashdash = bool(click.get_current_context().meta.get("run_dashdash"))
@@ -323,17 +393,100 @@ def run(
     with settings.client() as client:
         if not wait_:
             reply = client.submit(job, list(after) or None)
+            if reply["existing"] and not settings.json:
+                click.echo(f"procctl: job {reply['id']}{_EXISTING}", err=True)
             emit(settings, reply, reply["id"])
             return
-        view: View = "full" if settings.json else "columns"
-        reply = client.submit(job, list(after) or None, wait=_SUBMIT_WAIT, view=view)
-        _finish(settings, client, reply, live=False)
+        if settings.json:  # one document: the job's full status once it finished
+            reply = client.submit(job, list(after) or None)
+            _waiting_for(reply["id"])  # a Ctrl-C from now on names the job
+            result = client.wait(reply["id"])
+            emit(settings, result["status"], "")
+            sys.exit(run_exit_status(result["status"]["tasks"][0]))
+        reply = client.submit(job, list(after) or None)
+        _waiting_for(reply["id"])  # before it is said: a Ctrl-C from then on names the job
+        note = _EXISTING if reply["existing"] else ""
+        click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
+        _follow_run(client, reply["id"])
+
+
+_EXISTING = " (already submitted with this key)"
+#: Seconds between looks at a ``run --wait`` task's progress (its output comes as it is written).
+_PROGRESS_EVERY = 1.0
+
+
+def run_exit_status(task: dict[str, Any]) -> int:
+    """What ``run --wait`` exits with for its task: 0 if it completed; a command's own exit code,
+    or 128+N when a signal N killed it (as shells do); 1 for anything else that did not complete
+    (a failed callable, a timeout, a cancel, a command that could not start)."""
+    if task.get("state") == COMPLETED:
+        return EXIT_OK
+    if task.get("kind") == "cmd" and task.get("state") == FAILED:
+        code, sig = task.get("exit_code"), task.get("signal")
+        if isinstance(sig, str) and sig.upper().startswith("SIG"):
+            import signal
+
+            try:
+                sig = int(signal.Signals[sig.upper()])
+            except KeyError:
+                sig = None
+        if isinstance(sig, int) and not isinstance(sig, bool) and 0 < sig < 128:
+            return 128 + sig
+        if isinstance(code, int) and not isinstance(code, bool):
+            if 0 < code < 256:
+                return code
+            if -128 < code < 0:  # a signal, as Python's subprocess reports it
+                return 128 - code
+    return EXIT_FAILED
+
+
+def _follow_run(client: Client, job_id: str) -> None:
+    """``run --wait``: stream the task's output while it runs (through the daemon's ``logs``
+    operation, as ``procctl logs -f`` follows it), show its progress when it changes, then its
+    final line, and exit with :func:`run_exit_status`."""
+    _from_tail(client, _query(client, job_id, None, "tail"), job_id, None, True, _RunOutput(client, job_id))
+    result = client.wait(job_id)
+    task = result["status"]["tasks"][0]
+    click.echo(render.task_line(task, time.time()), err=True)
+    sys.exit(run_exit_status(task))
+
+
+class _RunOutput(_Printer):
+    """Prints a ``run --wait`` task's log records as they come: its stdout lines on stdout, its
+    stderr lines on stderr, the rest (its log records, the daemon's lifecycle lines about it) on
+    stderr with who and what; and, at most every ``_PROGRESS_EVERY`` seconds, its progress when it
+    changed. The log follower calls it once per round, also with no records."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        super().__init__(False, job_id)
+        self.client = client
+        self.next_look = time.monotonic() + _PROGRESS_EVERY
+        self.shown = ""
+
+    def __call__(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.count += 1
+            stream, message = record.get("stream"), str(record.get("message", ""))
+            if stream == "stdout":
+                click.echo(message)
+            elif stream == "stderr":
+                click.echo(message, err=True)
+            elif record.get("task_id"):  # job-level lines (submitted, finished) are said otherwise
+                who = record["task_id"] + (f"#{record['attempt']}" if record.get("attempt") else "")
+                click.echo(f"[{who} {stream}] {message}", err=True)
+        if time.monotonic() >= self.next_look:
+            self.next_look = time.monotonic() + _PROGRESS_EVERY
+            task = self.client.status(self.job_id or "")["tasks"][0]
+            text = render._progress(task.get("progress")) if task.get("state") == RUNNING else ""
+            if text and text != self.shown:
+                click.echo(f"[{task['id']} progress] {text}", err=True)
+                self.shown = text
 
 
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--state", help="Only jobs in this state (with no JOB).")
-@click.option("--since", metavar="AGE", help="Only jobs created within AGE (30s, 15m, 2h, 1d).")
+@click.option("--since", type=Age(), metavar="AGE", help="Only jobs created within AGE (30s, 2h, 1d, 2w).")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs."
 )
@@ -341,9 +494,12 @@ def run(
     "--all", "all_tasks", is_flag=True,
     help=f"Every task of JOB as a tree (the default for jobs of up to {TREE_TASKS} tasks).",
 )
+@click.option("--watch", is_flag=True, help="Redraw JOB until it ends; exit 0 if it completed, 1 if not.")
+@click.option("--interval", type=Seconds(min=0.05), default=1.0, help="Seconds between --watch redraws.")
 @pass_settings
 def status(
-    settings: Settings, job: str | None, state: str | None, since: str | None, limit: int, all_tasks: bool
+    settings: Settings, job: str | None, state: str | None, since: float | None, limit: int, all_tasks: bool,
+    watch: bool, interval: float,
 ) -> None:
     """Show the daemon and its jobs, or one job (JOB is an id like 12, or a task: 12.3, 12/name).
 
@@ -351,6 +507,10 @@ def status(
     did not complete or are running (at most 20 of them), unless --all.
     """
     with settings.client() as client:
+        if watch:
+            from procpool.cli.top import watch as watch_job
+
+            watch_job(settings, client, job, interval)
         if job is not None:
             if settings.json:  # the full status (format 1): every task, as before
                 data = client.status(job)
@@ -361,11 +521,11 @@ def status(
                     return
                 data = found
             if "task" in data:  # a task id
-                emit(settings, data, lambda: render.task_line(data["task"], time.time()))
+                emit(settings, data, lambda: render.task_report(data["task"], time.time()))
                 return
             emit(settings, data, lambda: render.job_tree(data, time.time()))
             return
-        since_ts = time.time() - _age(since) if since else None
+        since_ts = time.time() - since if since is not None else None
         data = client.status(state=state, since=since_ts, limit=limit)
     emit(
         settings,
@@ -374,17 +534,13 @@ def status(
     )
 
 
-def _age(text: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
-    if not match:
-        fail(f"--since {text!r} is not an age like 30s, 15m, 2h or 1d")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 @cli.command()
 @click.argument("id")
 @click.option(
-    "--timeout", "wait_timeout", type=Seconds(), help="Give up after this many seconds."
+    "--timeout", "wait_timeout", type=Seconds(),
+    help="Give up after this many seconds, exit 124 (not the global --timeout: put that before 'wait').",
 )
 @click.option("--all", "all_tasks", is_flag=True, help="List every task of a job, however many.")
 @pass_settings
@@ -399,7 +555,7 @@ def wait(settings: Settings, id: str, wait_timeout: float | None, all_tasks: boo
         elif status:
             emit(settings, result, lambda: render.job_tree(status, time.time()))
         else:
-            emit(settings, result, lambda: render.task_line(result["task"], time.time()))
+            emit(settings, result, lambda: render.task_report(result["task"], time.time()))
     if not result["finished"]:
         fail(f"{id} has not finished after {wait_timeout:g}s", "it goes on in the daemon: wait again, "
              f"or procctl cancel {id}", code=EXIT_WAIT_TIMEOUT)
@@ -417,7 +573,7 @@ def cancel(settings: Settings, id: str) -> None:
         settings,
         result,
         f"cancelled {id}"
-        + (f"; stopping {result['stopping']} running attempt(s)" if result["stopping"] else ""),
+        + (f"; stopping {plural(result['stopping'], 'running attempt')}" if result["stopping"] else ""),
     )
 
 
@@ -436,12 +592,13 @@ def resume(settings: Settings, id: str) -> None:
     "--state", type=click.Choice(sorted(FINAL_JOB_STATES)), help="Only jobs in this state."
 )
 @click.option(
-    "--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (30s, 15m, 2h, 1d)."
+    "--older-than", type=Age(), metavar="AGE",
+    help="Only jobs that finished more than AGE ago (30s, 15m, 2h, 1d, 2w, 1y).",
 )
 @pass_settings
-def clean(settings: Settings, state: str | None, older_than: str | None) -> None:
+def clean(settings: Settings, state: str | None, older_than: float | None) -> None:
     """Remove finished jobs from the daemon's history (only your own unless you are an administrator)."""
-    before = time.time() - _age(older_than) if older_than else None
+    before = time.time() - older_than if older_than is not None else None
     args: dict[str, Any] = {}
     if state is not None:
         args["state"] = state
@@ -451,7 +608,7 @@ def clean(settings: Settings, state: str | None, older_than: str | None) -> None
         result = client.call("clean", args)
     removed = list(result["removed"])
     left = int(result.get("others_left", 0))
-    text = f"removed {len(removed)} finished job(s)"
+    text = f"removed {plural(len(removed), 'finished job')}"
     if left:
         text += f"; left {left} of other users (only an administrator may remove them)"
     emit(settings, {"removed": removed, "others_left": left}, text)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from procpool.cli import failures
 from procpool.cli.main import Settings, cli, fail, pass_settings
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def format_record(record: dict[str, Any], job_id: str | None) -> str:
     who = record.get("task_id") or job_id or "?"
     if record.get("attempt"):
         who += f"#{record['attempt']}"
-    return f"{when} {who} {record.get('stream', 'log')}: {record.get('message', '')}"
+    return f"{when} {who} {record.get('stream', 'log')}: {failures.log_message(record.get('message', ''))}"
 
 
 class _Printer:

@@ -7,8 +7,11 @@ from typing import Any
 
 import click
 
-from procpool.cli.main import Settings, cli, emit, pass_settings
+from procpool.cli.main import Settings, cli, emit, fail, pass_settings
 from procpool.cli.render import duration
+from procpool.contract.limits import WORKERS_MAX
+from procpool.contract.ops import POOL_RESIZE_HINT
+from procpool.contract.words import plural
 
 
 def _mib(value: Any) -> str:
@@ -63,6 +66,20 @@ def pool_table(data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def micros(us: float) -> str:
+    """A duration given in microseconds, in the unit that reads best: ``13.5 us``, ``2.25 ms``,
+    ``4.73 s`` (three significant digits, not ``4.73122e+06 us``)."""
+    value, unit = us, "us"
+    for name, scale in (("s", 1e6), ("ms", 1e3)):
+        if abs(us) >= scale * 0.9995:  # what would print as 1000 of the smaller unit
+            value, unit = us / scale, name
+            break
+    text = f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {unit}"
+
+
 def pool_summary(info: dict[str, Any]) -> str:
     """The pool's counters, and its round trip when it has measured some."""
     counters = ("dispatched", "completed", "failed", "deaths", "recycled")
@@ -72,8 +89,8 @@ def pool_summary(info: dict[str, Any]) -> str:
     for key, what in (("round_trip", "to an awake worker"), ("round_trip_woken", "with a wakeup")):
         rt = info.get(key) or {}
         if rt.get("samples"):
-            text += (f"\nround trip {what}: p50 {rt['p50_us']:g} us, p99 {rt['p99_us']:g} us"
-                     f" ({rt['samples']:,} attempts)")
+            text += (f"\nround trip {what}: p50 {micros(rt['p50_us'])}, p99 {micros(rt['p99_us'])}"
+                     f" ({plural(rt['samples'], 'attempt')})")
     return text
 
 
@@ -90,10 +107,12 @@ def pool(ctx: click.Context) -> None:
 
 
 @pool.command()
-@click.argument("workers", type=click.IntRange(0, 1024))
+@click.argument("workers", type=click.IntRange(0, WORKERS_MAX))
 @pass_settings
 def resize(settings: Settings, workers: int) -> None:
-    """Change the number of workers at run time (running work is not dropped)."""
+    """Change the number of workers at run time (running work is not dropped); at least 1."""
+    if workers < 1:  # the daemon refuses it too: a pool of 0 workers would leave all work waiting
+        fail("a pool of 0 workers would start no task (run --wait and wait would hang)", POOL_RESIZE_HINT)
     with settings.client() as client:
         client.pool_resize(workers)
     emit(settings, {"workers": workers}, f"pool resized to {workers} workers")

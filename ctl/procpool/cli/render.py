@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from procpool.cli import failures
 from procpool.contract.states import (
     CANCELLED,
     COMPLETED,
@@ -13,7 +14,6 @@ from procpool.contract.states import (
     PENDING,
     READY,
     RUNNING,
-    SHOWS_TAIL,
     SKIPPED,
     TASK_STATES,
     TIMEOUT,
@@ -149,13 +149,15 @@ def task_line(t: dict[str, Any], now: float, engine: bool = False) -> str:
     progress = _progress(t.get("progress"))
     if progress and t["state"] == RUNNING:
         parts.append(progress)
-    if t.get("exit_code") not in (None, 0):
-        parts.append(f"exit {t['exit_code']}")
-    if t.get("error"):
-        parts.append(f"{t['error'].get('type', 'Error')}: {t['error'].get('message', '')}".strip())
-    elif t.get("reason"):
-        parts.append(t["reason"])
+    what = failures.headline(t)
+    if what:
+        parts.append(what)
     return "  ".join(parts)
+
+
+def task_report(t: dict[str, Any], now: float) -> str:
+    """One task (``procctl status 12.3``, ``wait 12.3``): its line, and what went wrong in detail."""
+    return "\n".join([task_line(t, now), *failures.details(t)])
 
 
 def job_tree(status: dict[str, Any], now: float) -> str:
@@ -181,10 +183,7 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     walk(job["root"], "", True, True)
     if job.get("namespace"):
         lines.append("namespace: " + ", ".join(f"{k}={v!r}" for k, v in sorted(job["namespace"].items())))
-    for t in tasks:
-        if t.get("tail") and t["state"] in SHOWS_TAIL:
-            lines.append(f"last lines of {t['name']}:")
-            lines.extend(f"  | {line}" for line in t["tail"][-10:])
+    lines.extend(failures.report(tasks))
     return "\n".join(lines)
 
 
@@ -263,10 +262,7 @@ def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint:
     ns = job.get("namespace")
     if ns:
         lines.append("namespace: " + ", ".join(f"{k}={v!r}" for k, v in sorted(ns.items())))
-    tails = [row for row in shown if row.tail and row.state in SHOWS_TAIL][:TAILS_SHOWN]
-    for row in tails:
-        lines.append(f"last lines of {row.name}:")
-        lines.extend(f"  | {line}" for line in row.tail[-10:])
+    lines.extend(failures.report(shown, TAILS_SHOWN, None))
     return "\n".join(lines)
 
 

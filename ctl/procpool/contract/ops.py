@@ -46,6 +46,8 @@ class Arg:
     high: float | None = None
     #: what else a value of the right type must be: why it is refused, or None
     check: Callable[[Any], str | None] | None = None
+    #: what to do instead, said with a refused value
+    hint: str | None = None
 
     def describe(self) -> str:
         names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.types)
@@ -86,6 +88,13 @@ class Op:
 def _op(name: str, summary: str, mutating: bool = False, **args: Arg) -> Op:
     return Op(name, summary, dict(args), mutating)
 
+
+#: Said when a pool of 0 workers is asked for (there is no pause of the pool yet).
+POOL_RESIZE_HINT = (
+    "a pool needs at least 1 worker (it cannot be paused yet); to stop work, cancel its jobs "
+    "(procctl cancel ID); "
+    "to keep new work from starting, submit it --after a job that has not finished"
+)
 
 _STR = (str,)
 _NUM = (float,)
@@ -145,7 +154,8 @@ OPS: dict[str, Op] = {
             "pool_resize",
             "Change the number of workers at run time.",
             mutating=True,
-            workers=Arg((int,), required=True, low=0, high=WORKERS_MAX),
+            # A pool of 0 workers would start nothing: every waiting task (and `run --wait`) would hang.
+            workers=Arg((int,), required=True, low=1, high=WORKERS_MAX, hint=POOL_RESIZE_HINT),
         ),
         _op(
             "logs",
@@ -205,7 +215,9 @@ def check_args(op_name: str, args: dict[str, Any], request_id: Any = None) -> Op
         if why is None and spec.check is not None and value is not None:
             why = spec.check(value)
         if why is not None:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: argument {key!r} {why}", request_id)
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, f"{op_name}: argument {key!r} {why}", request_id, hint=spec.hint
+            )
     for key, spec in op.args.items():
         if spec.required and key not in args:
             raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{op_name}: missing argument {key!r}", request_id)

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 from procpool.contract.codec import Request, RequestError
 from procpool.contract.errors import ErrorCode
-from procpool.contract.limits import shorten
-from procpool.contract.ops import OPS
+from procpool.contract.limits import WORKERS_MAX, shorten
+from procpool.contract.ops import OPS, POOL_RESIZE_HINT
 from procpool.contract.status import VIEWS, PingReply, View
 from procpoold.control.server import Deferred, Handler, Peer
 
@@ -54,7 +54,7 @@ class DaemonAPI(Protocol):
         view: View = "full",
         changes_since: str | None = None,
     ) -> dict[str, Any] | Deferred: ...
-    def cancel(self, ref: str) -> dict[str, Any]: ...
+    def cancel(self, ref: str, by: int | None = None) -> dict[str, Any]: ...
     def resume(self, ref: str) -> dict[str, Any]: ...
     def clean(self, state: str | None, before: float | None, owner: int | None) -> dict[str, Any]: ...
     def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
@@ -110,7 +110,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         )
 
     def cancel(req: Request, peer: Peer | None) -> Any:
-        return api.cancel(req.args["id"])
+        return api.cancel(req.args["id"], peer.uid if peer else None)
 
     def resume(req: Request, peer: Peer | None) -> Any:
         return api.resume(req.args["id"])
@@ -133,9 +133,12 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
 
     def pool_resize(req: Request, peer: Peer | None) -> Any:
         workers = req.args["workers"]
-        if not 0 <= workers <= 1024:
+        if not 1 <= workers <= WORKERS_MAX:  # as the contract says (check_args): no pool of 0 workers
             raise RequestError(
-                ErrorCode.INVALID_ARGUMENT, f"pool_resize: workers must be 0..1024, got {workers}", req.id
+                ErrorCode.INVALID_ARGUMENT,
+                f"pool_resize: workers must be 1..{WORKERS_MAX}, got {workers}",
+                req.id,
+                hint=POOL_RESIZE_HINT,
             )
         return api.pool_resize(workers)
 

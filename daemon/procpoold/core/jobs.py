@@ -709,6 +709,7 @@ class Job:
                 effects.merge(self.end_unsuccessfully(i, "cancelled", now, reason=reason))
             elif t.state == "running" and not t.cancel_requested:
                 t.cancel_requested = True
+                t.reason = reason  # (who asked: said when its attempt has stopped)
                 attempt = t.running_attempt
                 assert attempt is not None
                 effects.stop.append(attempt.attempt_id)
@@ -737,11 +738,21 @@ class Job:
             self.run += 1
             return True
         self.finished_at = now
-        if self.cancel_requested:
+        if self.cancel_requested or (not ok and self._only_cancelled()):
             self.state = "cancelled"
         else:
             self.state = "completed" if ok else "failed"
         return False
+
+    def _only_cancelled(self) -> bool:
+        """Whether the run's unfinished tasks were cancelled (or skipped after a cancel), with
+        none failed or timed out: the job ends ``cancelled``, as when the job itself is."""
+        cancelled = False
+        for t in self.tasks:
+            if t.state in ("failed", "timeout"):
+                return False
+            cancelled = cancelled or t.state == "cancelled"
+        return cancelled
 
     # -- queries ------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from procpool.contract.limits import shorten
-from procpoold import journal, oom
+from procpoold import failures, journal, oom
 from procpoold.engines import (
     STOP_STATUS,
     AttemptSpec,
@@ -310,6 +310,8 @@ class CommandExecutor:
         except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte that slipped through
             # Report asynchronously, like any other outcome.
             why = getattr(exc, "strerror", None) or exc
+            if spec.cwd is not None and isinstance(exc, OSError) and exc.filename == spec.cwd:
+                why = failures.cwd_problem(spec.cwd, exc)  # (Popen names the folder it failed to enter)
             error = TaskError(type(exc).__name__, f"cannot start {shorten(argv[0])}: {why}")
             outcome = Outcome(spec.attempt_id, "failed", error=error)
             self._loop.call_soon(lambda: self._finish(outcome))

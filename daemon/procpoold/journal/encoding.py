@@ -48,6 +48,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from procpool.contract.words import plural
+
 SYSLOG_IDENTIFIER: Final = "procpoold"
 #: Longest message sent as one record (characters); longer ones are split into several records.
 MAX_MESSAGE: Final = 16 * 1024
@@ -198,8 +200,8 @@ EVENTS: Final = {
     COMPLETED: (MessageId.TASK_COMPLETED, 6),
     SKIPPED: (MessageId.TASK_SKIPPED, 6),
     CANCELLED: (MessageId.TASK_CANCELLED, 6),
-    FAILED: (MessageId.TASK_FAILED, 4),
-    TIMED_OUT: (MessageId.TASK_TIMED_OUT, 4),
+    FAILED: (MessageId.TASK_FAILED, 3),  # (ERROR: the record carries a call's traceback)
+    TIMED_OUT: (MessageId.TASK_TIMED_OUT, 3),
     RETRIED: (MessageId.TASK_RETRIED, 4),
 }
 #: a task's final state -> the event code that reports it
@@ -224,7 +226,7 @@ def event_message(code: int, task_name: str, attempt: int, text: str) -> str:
     state = _STATE_WORDS.get(code, "ended")
     if code in (SKIPPED, CANCELLED):
         return f'task "{task_name}" {state}: {text}'
-    return f'task "{task_name}" {state} after {attempt} attempt(s): {text}'
+    return f'task "{task_name}" {state} after {plural(attempt, "attempt")}: {text}'
 
 
 def names_record(job: int, first: int, fields: Iterable[tuple[str, str]], names: list[str]) -> bytes:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import importlib.machinery
 import inspect
@@ -737,7 +738,10 @@ class Worker:
         try:
             if cwd:
                 old_cwd = os.getcwd()
-                os.chdir(cwd)
+                try:
+                    os.chdir(cwd)
+                except OSError as exc:
+                    raise _cwd_error(cwd, exc) from None
         except BaseException:
             _restore_env(saved)
             raise
@@ -1045,6 +1049,14 @@ class Worker:
 
 
 _clock = time.perf_counter
+
+
+def _cwd_error(cwd: str, exc: OSError) -> OSError:
+    """The error of an attempt whose working directory cannot be entered, in words (its type kept:
+    ``FileNotFoundError: the working directory '/srv/x' does not exist``)."""
+    what = {errno.ENOENT: "does not exist", errno.ENOTDIR: "is not a directory"}.get(
+        exc.errno or 0, f"is not accessible ({exc.strerror or exc})")
+    return type(exc)(f"the working directory {cwd[:200]!r} {what}")
 
 
 def _check_cwd(cwd: str) -> None:

@@ -22,6 +22,7 @@ socket ends (its runner, the Dask worker, is gone). It is single-threaded, so fo
 from __future__ import annotations
 
 import array
+import errno
 import os
 import select
 import signal
@@ -59,8 +60,14 @@ def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None
         os.environ.update({str(k): str(v) for k, v in env.items()})
         os.environ["PROCPOOL_FRAMES_FD"] = "3"
         try:
-            if request.get("cwd"):
-                os.chdir(request["cwd"])
+            cwd = request.get("cwd")
+            if cwd:
+                try:
+                    os.chdir(cwd)
+                except OSError as exc:
+                    what = {errno.ENOENT: "does not exist", errno.ENOTDIR: "is not a directory"}.get(
+                        exc.errno or 0, f"is not accessible ({exc.strerror})")
+                    raise OSError(exc.errno, f"the working directory {cwd[:200]!r} {what}") from None
             user = request.get("user")
             if user is not None:
                 uid, gid, groups = user
@@ -68,7 +75,7 @@ def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None
                 os.setgid(gid)
                 os.setuid(uid)
         except OSError as exc:
-            message = f"cannot start the attempt on host {socket.gethostname()}: {exc}"
+            message = f"cannot start the attempt on host {socket.gethostname()}: {exc.strerror or exc}"
             frames.write_frame(3, ["done", False, {"type": "StartFailed", "message": message,
                                                            "traceback": ""}])
             os._exit(1)

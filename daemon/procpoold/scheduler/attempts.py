@@ -10,7 +10,7 @@ from typing import Any
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import shorten
 from procpool.contract.tree import RETRY_DELAY_CAP
-from procpoold import journal
+from procpoold import failures, journal
 from procpoold.core import namespace
 from procpoold.core.jobs import Effects, Job
 from procpoold.core.states import FINAL_TASK_STATES, TaskState
@@ -335,7 +335,8 @@ class Attempts(SchedulerState):
         attempt = t.running_attempt
         if attempt is not None:
             attempt.finished_at, attempt.status = now, outcome.status
-        error = outcome.error.to_wire() if outcome.error else None
+        # (the error comes from the task's process: checked and bounded before anything keeps it)
+        error = failures.checked(outcome.error.to_wire()) if outcome.error else None
         self._touch(job, [index])
         if outcome.error is not None and outcome.error.type == NOT_STARTED and t.attempts:
             # The attempt was still queued when it was stopped: it never ran, so it does not count.
@@ -357,9 +358,9 @@ class Attempts(SchedulerState):
         elif outcome.status == "cancelled" or t.cancel_requested or (
             outcome.status == "interrupted" and job.cancel_requested
         ):
-            effects = job.end_unsuccessfully(
-                index, "cancelled", now, error, outcome.exit_code, reason=job.reason or "cancelled by request"
-            )
+            reason = t.reason or job.reason or "cancelled by request"
+            error = failures.stopped(error, "Cancelled", reason)
+            effects = job.end_unsuccessfully(index, "cancelled", now, error, outcome.exit_code, reason=reason)
         elif outcome.status == "interrupted":
             # The daemon lost the attempt (not the task's doing): run it again without using a retry.
             effects = job.interrupt(index, now, error, self.max_interruptions)
@@ -367,12 +368,10 @@ class Attempts(SchedulerState):
                           f"{'running it again' if effects.ready else 'not run again'}")
         else:
             state: TaskState = "timeout" if outcome.status == "timeout" else "failed"
-            if state == "timeout" and error is None:
-                error = {
-                    "type": "Timeout",
-                    "message": f"attempt ran longer than {t.spec.timeout:g}s",
-                    "traceback": "",
-                }
+            if state == "timeout":
+                limit = t.spec.timeout
+                words = "timed out" if limit is None else f"timed out after {failures.seconds(limit)}"
+                error = failures.stopped(error, "Timeout", words)
             if t.failures <= t.spec.retries and not job.cancel_requested:
                 # (the exponent is bounded: 2 ** 1000 would not fit a float)
                 delay = min(t.spec.retry_delay * 2 ** min(t.failures - 1, 32), RETRY_DELAY_CAP)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 
-from procpoold import journal
+from procpool.contract.words import plural
+from procpoold import failures, journal
 from procpoold.core.jobs import Effects, Job
 from procpoold.scheduler.attempts import Attempts
 from procpoold.scheduler.persistence import Persistence
@@ -122,7 +123,7 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
             elif code in (journal.encoding.SKIPPED, journal.encoding.CANCELLED):
                 text = str(t.reason)
             else:
-                text = (t.error or {}).get("message", "")
+                text = failures.log_text(t.error)  # (with a call's traceback: bounded, see failures)
             sink.event(code, number, index, len(t.attempts), pid, text, site)
         else:
             self._task_final_record(job, index)
@@ -146,10 +147,10 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
             message_id = (
                 journal.MessageId.TASK_TIMED_OUT if t.state == "timeout" else journal.MessageId.TASK_FAILED
             )
-            level = logging.WARNING
+            level = logging.ERROR
             message = (
-                f'task "{t.spec.name}" {t.state} after {len(t.attempts)} attempt(s): '
-                f"{(t.error or {}).get('message', '')}"
+                f'task "{t.spec.name}" {t.state} after {plural(len(t.attempts), "attempt")}: '
+                f"{failures.log_text(t.error)}"
             )
         fields = {**self._fields(job, index), "MESSAGE_ID": message_id}
         task_log.log(level, "%s", message, extra={"journal_fields": fields})

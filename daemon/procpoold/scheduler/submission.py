@@ -8,7 +8,8 @@ from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import JobSpec, TreeError, parse_job
-from procpoold import journal
+from procpool.contract.words import plural
+from procpoold import failures, journal
 from procpoold.core.jobs import Job, scoped_key
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.identity import (
@@ -77,7 +78,7 @@ class Submission(SchedulerState):
         self.counters["submitted"] += 1
         self._record(
             logging.INFO,
-            f'job {job_id} "{spec.name}" submitted: {len(job.tasks)} tasks',
+            f'job {job_id} "{spec.name}" submitted: {plural(len(job.tasks), "task")}',
             {
                 "PROCPOOL_JOB_ID": job_id,
                 "PROCPOOL_JOB_NAME": spec.name,
@@ -113,8 +114,9 @@ class Submission(SchedulerState):
             return
         self._apply(job, job.start_run(self.clock()))
 
-    def cancel(self, ref: str) -> dict[str, Any]:
+    def cancel(self, ref: str, by: int | None = None) -> dict[str, Any]:
         """Cancel a job, or one task of a running job; returns the id and how many attempts stop.
+        ``by``: the uid who asked (the reason names them: ``cancelled by alice (uid 1000)``).
 
         Loop thread. Unfinished tasks end ``cancelled`` (a pending job fails before it starts); their
         queue entries and retry timers go, running attempts are asked to stop (their outcomes arrive
@@ -125,12 +127,13 @@ class Submission(SchedulerState):
         if job.finished:
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} already {job.state}")
         now = self.clock()
+        reason = failures.cancelled_by(by)
         if index is None:
             if job.state == "pending":  # still waiting for prerequisites: none of its tasks began
-                effects = job.fail_before_start("cancelled by request", now)
+                effects = job.fail_before_start(reason, now)
                 job.cancel_requested = True
             else:
-                effects = job.cancel(now)
+                effects = job.cancel(now, reason=reason)
         else:
             if job.tasks[index].state in FINAL_TASK_STATES:
                 raise ProcpoolError(
@@ -142,7 +145,7 @@ class Submission(SchedulerState):
                     f"job {job.id} waits for its prerequisites: none of its tasks has started",
                     f"cancel the whole job (procctl cancel {job.id}), or the task once the job runs",
                 )
-            effects = job.cancel(now, [index])
+            effects = job.cancel(now, [index], reason)
         for ref_ in [(job.id, i) for i in effects.finished_tasks]:
             self._forget_queued(ref_)
         stopping = list(effects.stop)

@@ -405,8 +405,12 @@ class StateStore:
         return daemon_id
 
     def _migrate(self, version: int) -> None:
+        """Bring the store from schema ``version`` to :data:`SCHEMA_VERSION`. A new (empty) store
+        is created by the same steps from 0; it is logged as one creation, not as migrations."""
+        created = version == 0
         while version < SCHEMA_VERSION:
-            log.info("migrating state file %s from schema %d to %d", self.path, version, version + 1)
+            log.log(logging.DEBUG if created else logging.INFO,
+                    "migrating state file %s from schema %d to %d", self.path, version, version + 1)
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 step = MIGRATIONS[version]
@@ -425,6 +429,8 @@ class StateStore:
                 _rollback(self.db)
                 raise
             version += 1
+        if created:
+            log.info("created state file %s at schema %d", self.path, SCHEMA_VERSION)
 
     # -- writes (loop thread) -------------------------------------------------------------------
 

@@ -48,11 +48,11 @@ def test_a_summary_lists_failures_then_running_tasks_and_counts_the_rest() -> No
     assert lines[2] == "  ✘ t0  failed  1 attempt  1.0s  ValueError: bad 0"
     assert [line.split()[1] for line in lines[2:22]] == [f"t{i}" for i in range(20)]
     assert lines[22] == "  … and 8 more failed or running tasks; --all lists every task"
-    # the tails of the first failures shown, at most three
+    # the first failures shown in detail (their error and last lines), at most three
     assert lines[23:] == [
-        "last lines of t0:", "  | output of t0",
-        "last lines of t1:", "  | output of t1",
-        "last lines of t2:", "  | output of t2",
+        "── t0 failed: ValueError: bad 0", "  last 1 line of output:", "  | output of t0",
+        "── t1 failed: ValueError: bad 1", "  last 1 line of output:", "  | output of t1",
+        "── t2 failed: ValueError: bad 2", "  last 1 line of output:", "  | output of t2",
     ]
 
 
@@ -61,7 +61,7 @@ def test_a_summary_shows_running_tasks_with_their_progress() -> None:
     lines = render.job_summary(decoded(job), now=110.0).splitlines()
     assert lines[2].startswith("  ✘ t0  failed")
     assert lines[3:5] == [f"  ▶ t{i}  running  1 attempt  9.0s  3/4" for i in (498, 499)]
-    assert len(lines) == 7  # and the tail of t0
+    assert len(lines) == 8  # and t0 in detail: its error and its last line
 
 
 def test_a_job_that_completed_is_two_lines() -> None:

@@ -320,3 +320,35 @@ def test_a_job_is_freed_as_soon_as_it_is_dropped_without_the_cyclic_collector() 
     finally:
         if enabled:
             gc.enable()
+
+
+def test_a_job_whose_only_task_was_cancelled_ends_cancelled() -> None:
+    job = make({"name": "only", "cmd": ["x"]})
+    job.start_run(0)
+    job.mark_running(0, "only#1", 1)
+    effects = job.cancel(2, [0], "cancelled by alice (uid 1000)")
+    assert effects.stop == ["only#1"] and job.tasks[0].reason == "cancelled by alice (uid 1000)"
+    job.end_unsuccessfully(0, "cancelled", 3, reason=job.tasks[0].reason)
+    assert job.finish_run(4) is False and job.state == "cancelled"
+
+
+def test_a_job_whose_unfinished_tasks_were_cancelled_ends_cancelled_unless_one_failed() -> None:
+    tree = {"concurrent": [
+        {"sequential": [{"name": "a", "cmd": ["x"]}, {"name": "after_a", "cmd": ["x"]}]},
+        {"name": "b", "cmd": ["x"]},
+        {"name": "c", "cmd": ["x"]},
+    ]}
+    job = make(tree, on_failure="continue")
+    job.start_run(0)
+    run_ok(job, "b")
+    for name in ("a", "c"):  # one by one: the skipped task after "a" does not count as a failure
+        job.cancel(1, [job.by_name[name]])
+    assert job.tasks[job.by_name["after_a"]].state == "skipped"
+    assert job.finish_run(2) is False and job.state == "cancelled"
+    job = make(tree, on_failure="continue")
+    job.start_run(0)
+    job.cancel(1, [job.by_name["a"]])
+    job.mark_running(job.by_name["b"], "b#1", 1)
+    job.end_unsuccessfully(job.by_name["b"], "failed", 2, {"type": "E", "message": "m", "traceback": ""})
+    job.cancel(3, [job.by_name["c"]])
+    assert job.finish_run(4) is False and job.state == "failed"

@@ -111,7 +111,7 @@ def test_a_start_writes_the_logged_events_above_the_watermark_with_the_stored_na
         events = [(f["MESSAGE"], f["PROCPOOL_TASK_ID"], f["PROCPOOL_WORKER_PID"], f["PROCPOOL_JOB_NAME"])
                   for f in written if "MESSAGE_ID" in f and f.get("PROCPOOL_JOB_ID") == job.id]
         assert events == [('task "parse" completed', f"{job.id}.1", "77", "nightly"),
-                          ('task "load" failed after 1 attempt(s): boom', f"{job.id}.2", "78", "nightly")]
+                          ('task "load" failed after 1 attempt: boom', f"{job.id}.2", "78", "nightly")]
         assert enc.WATERMARK.unpack(mark.read_bytes())[0] > 11  # written, and marked so
         assert store.logged_events == []  # handed over
     finally:

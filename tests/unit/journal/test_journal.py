@@ -259,7 +259,7 @@ def test_task_events_carry_their_message_id_message_and_the_callers_code_locatio
     assert (started["MESSAGE"], started["MESSAGE_ID"], started["PRIORITY"]) == (
         'task "fetch" attempt 1 starting', MessageId.TASK_STARTED, "6")
     assert (failed["MESSAGE"], failed["MESSAGE_ID"], failed["PRIORITY"]) == (
-        'task "fetch" failed after 1 attempt(s): boom', MessageId.TASK_FAILED, "4")
+        'task "fetch" failed after 1 attempt: boom', MessageId.TASK_FAILED, "3")
     assert skipped["MESSAGE"] == 'task "fetch" skipped: a prerequisite failed'
     assert started["CODE_FILE"] == __file__ and started["CODE_LINE"] == str(line)
     assert started["LOGGER"] == "procpoold.task" and "PROCPOOL_STREAM" not in started
@@ -416,7 +416,7 @@ def test_drop_counts_and_reports_per_task(capfd: pytest.CaptureFixture[str]) -> 
         assert "dropped 900 log record(s) of task 7.2" in note and "PROCPOOL_DROPPED=900" in note
         assert 'task "fetch" failed' in err
         assert sink.stats()["dropped"] == 900
-        assert sink.store.tail("7.2", 1) == ['task "fetch" failed after 1 attempt(s): x']
+        assert sink.store.tail("7.2", 1) == ['task "fetch" failed after 1 attempt: x']
     finally:
         sink.close()
         loop.close()

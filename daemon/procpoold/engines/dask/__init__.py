@@ -38,6 +38,7 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpoold import failures
 from procpoold.engines import (
     NOT_STARTED,
     STOP_STATUS,
@@ -481,8 +482,8 @@ class DaskExecutor:
                 if exit_code == 0:
                     self._end(run, Outcome(aid, "completed", exit_code=0))
                 else:
-                    what = (f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0
-                            else f"exited with status {exit_code}")
+                    what = (f"killed by {failures.signal_name(-exit_code)}"
+                            if exit_code is not None and exit_code < 0 else f"exited with status {exit_code}")
                     self._end(run, Outcome(aid, "failed", exit_code=exit_code,
                                            error=TaskError("CommandFailed", f"command {what}")))
             else:
