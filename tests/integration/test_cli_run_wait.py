@@ -26,7 +26,7 @@ def test_a_commands_output_is_streamed_and_its_exit_code_returned(daemon: Daemon
     err = out.stderr.splitlines()
     assert err[0] == 'job 1 "sh" submitted' and "err" in err
     assert any(line.startswith("[1.0#1 daemon] ") and "attempt 1 starting" in line for line in err)
-    assert err[-1].startswith("✘ root  failed") and "exit 3" in err[-1]
+    assert err[-1].startswith("✘ root  failed") and "exited with status 3" in err[-1]
 
 
 def test_a_command_killed_by_a_signal_exits_128_plus_its_number(daemon: DaemonProcess) -> None:
