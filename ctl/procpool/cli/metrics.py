@@ -30,6 +30,10 @@ def _percent(value: Any) -> str:
     return f"{value * 100:.1f}%" if isinstance(value, (int, float)) else "-"
 
 
+def _tasks(n: int) -> str:
+    return f"{n} task{'' if n == 1 else 's'}"
+
+
 def _table(rows: Sequence[tuple[str, ...]], indent: str = "") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -48,8 +52,8 @@ def metrics_text(m: dict[str, Any]) -> str:
         f"{tasks[FAILED]} failed, {tasks['timed_out']} timed out, {tasks[CANCELLED]} cancelled "
         f"({tasks[SKIPPED]} skipped)",
         f"success rate  {_percent(tasks['success_rate'])} "
-        f"(last {recent['tasks']} of at most {recent['size']}: {_percent(recent['success_rate'])})",
-        f"throughput    {tp['rate']:.2f}/s over the last minute ({tp['last_minute']} tasks)",
+        f"(the last {_tasks(recent['tasks'])}: {_percent(recent['success_rate'])})",
+        f"throughput    {tp['rate']:.2f}/s over the last minute ({_tasks(tp['last_minute'])})",
         f"queue         {queue['total']} queued ({by_priority}); {m[RUNNING]} running",
         f"log records   {m['logging']['dropped']} dropped",
     ]
