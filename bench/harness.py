@@ -270,7 +270,7 @@ class ProcpoolContender:
     def procctl(self, spec: dict[str, Any]) -> float:
         """Seconds of ``procctl submit FILE --wait`` as a user runs it: the job in a file, the venv's
         entry point, timed from the process's start to its exit. What it prints (its progress
-        on stderr, the job's tree on stdout) goes to files, not a terminal."""
+        on stderr, the job's counts and what failed on stdout) goes to files, not a terminal."""
         exe = procctl_path()
         if exe is None:
             raise RuntimeError(f"no procctl beside {sys.executable}")

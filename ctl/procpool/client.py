@@ -165,9 +165,18 @@ class Client:
         limit: int | None = None,
         tasks_from: int | None = None,
         tasks_limit: int | None = None,
+        name: str | None = None,
+        user: str | None = None,
+        tag: str | None = None,
+        tasks_state: str | None = None,
     ) -> dict[str, Any]:
         """The daemon summary and job list, or with ``job`` that job's full status (a map per task:
         for a big job, :meth:`job_status` is much cheaper).
+
+        The list holds the newest jobs (at most ``limit``) that match ``state``, ``since`` (epoch
+        seconds), ``name`` (a shell pattern), ``user`` (a name or uid) and ``tag``; its
+        ``jobs.matched`` says how many match in all. With ``job`` and ``tasks_state`` only that
+        job's tasks in that state (every page of them), with the counts of all in its head.
 
         The daemon sends a big job's tasks in pages (``status_page_size`` tasks at most per reply);
         this fetches every page and returns them as one status. With ``tasks_from`` or
@@ -182,19 +191,26 @@ class Client:
             ("limit", limit),
             ("tasks_from", tasks_from),
             ("tasks_limit", tasks_limit),
+            ("name", name),
+            ("user", user),
+            ("tag", tag),
+            ("tasks_state", tasks_state),
         ):
             if value is not None:
                 args[key] = value
         result: dict[str, Any] = self.call("status", args)
         if job is not None and tasks_from is None and tasks_limit is None:
-            self._all_pages(job, result)
+            self._all_pages(job, result, tasks_state)
         return result
 
-    def _all_pages(self, job: str, status: dict[str, Any]) -> None:
+    def _all_pages(self, job: str, status: dict[str, Any], tasks_state: str | None = None) -> None:
         """Fetch the rest of a paged job status into ``status`` (its ``tasks`` grow in place)."""
         page = status.get("page")
         while isinstance(page, dict) and page.get("next") is not None:
-            more: dict[str, Any] = self.call("status", {"job": job, "tasks_from": page["next"]})
+            args: dict[str, Any] = {"job": job, "tasks_from": page["next"]}
+            if tasks_state is not None:
+                args["tasks_state"] = tasks_state
+            more: dict[str, Any] = self.call("status", args)
             status["tasks"].extend(more["tasks"])
             page = more.get("page")
         if isinstance(page, dict):
@@ -322,6 +338,14 @@ class Client:
     def cancel(self, id: str) -> CancelReply:
         """Cancel a job or one task; returns what was cancelled."""
         result: CancelReply = self.call("cancel", {"id": id})
+        return result
+
+    def explain(self, id: str) -> dict[str, Any]:
+        """Why a task (``"12.3"``, ``"12/name"``) is in its state, or a job (``"12"``) and its
+        unfinished tasks: ``text`` (the reasons in words, one line each), ``reason`` (a name:
+        ``dependency``, ``queued``, ``no_free_slot``, ``retry_delay``, ``held``, ``after``,
+        ``upstream``, ...) and the data behind them (see docs/protocol.md)."""
+        result: dict[str, Any] = self.call("explain", {"id": id})
         return result
 
     def metrics(self) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from typing import Any
 
 import zmq
 
-from procpool.contract.errors import ProcpoolError
+from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import shorten
 from procpool.contract.status import PingReply, View
 from procpool.contract.version import PROTOCOL_VERSION, __version__
 from procpoold import journal, metrics_report, systemd
@@ -33,7 +34,7 @@ from procpoold.control.server import ControlServer, Deferred, Peer
 from procpoold.core import status
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines.registry import Engines
-from procpoold.identity import Authority, identity_of
+from procpoold.identity import Authority, UnknownUser, identity_by_name, identity_of
 from procpoold.loop import EventLoop, Timer
 from procpoold.metrics_export import PrometheusExport  # (prometheus_client only once the export starts)
 from procpoold.scheduler import Scheduler
@@ -508,9 +509,10 @@ class Daemon:
         reader: Peer | None = None,
         view: View = "full",
         changes_since: str | None = None,
+        tasks_state: str | None = None,
     ) -> dict[str, Any]:
         """One job's status with a page of its tasks in ``view`` (bounded: see core.status), or one
-        task's.
+        task's; with ``tasks_state`` only the tasks in that state (full view).
 
         A ``reader`` who may not read the job's logs (the ``logs`` rule) gets no log tails."""
         job, index = self.scheduler.resolve(ref)
@@ -520,13 +522,22 @@ class Daemon:
         else:
             size = self.config.status_page_size
             limit = size if tasks_limit is None else min(tasks_limit, size)
-            reply = status.page(job, view, tasks_from, limit, tasks_limit, changes_since)
+            reply = status.page(job, view, tasks_from, limit, tasks_limit, changes_since, tasks_state)
         if not self.policy.may_read_logs(reader, job.submitter_uid):
             status.strip_tails(reply)
         return dict(reply)
 
-    def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]:
-        return self.scheduler.job_list(state, since, limit)
+    def job_list(self, state: str | None, since: float | None, limit: int | None,
+                 name: str | None = None, user: str | None = None, tag: str | None = None,
+                 ) -> tuple[list[dict[str, Any]], int]:
+        uid = None
+        if user is not None:  # a uid, or a user name the password database knows
+            try:
+                uid = int(user) if user.isdigit() and len(user) <= 10 else identity_by_name(user).uid
+            except UnknownUser:
+                raise ProcpoolError(ErrorCode.INVALID_ARGUMENT, f"status: no user named {shorten(user, 64)}",
+                                    "give a user name or a uid") from None
+        return self.scheduler.job_list(state, since, limit, name, uid, tag)
 
     def cancel(self, ref: str, by: int | None = None) -> dict[str, Any]:
         return self.scheduler.cancel(ref, by)
@@ -558,6 +569,10 @@ class Daemon:
 
     def resume(self, ref: str) -> dict[str, Any]:
         return self.scheduler.resume(ref)
+
+    def explain(self, ref: str) -> dict[str, Any]:
+        """Why a task (or a job's unfinished tasks) is in its state: see Scheduler.explain."""
+        return self.scheduler.explain(ref)
 
     def logs(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.sink is None:

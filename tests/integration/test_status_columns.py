@@ -101,11 +101,21 @@ def test_procctl_status_of_a_big_job_is_bounded(finished: tuple[DaemonProcess, s
     listed = [line for line in lines if line.startswith("  ✘ ")]
     assert [line.split()[1] for line in listed] == [f"t{i}" for i in range(0, 20 * EVERY, EVERY)]
     assert "ValueError: no 0" in listed[0]
-    more = f"  … and {FAILURES - 20} more failed or running tasks; procctl status {job_id} --all"
+    more = (f"  … and {FAILURES - 20} more failed or running tasks; procctl status {job_id} --state failed"
+            " lists the failed ones")
     assert more in out.stdout
     assert len(lines) < 60, out.stdout
-    every = d.procctl("status", job_id, "--all")
+    every = d.procctl("status", job_id, "--tasks")
     assert every.returncode == 0 and every.stdout.count("\n") > N
+    # only the failed tasks, picked by the daemon, each with its id
+    failed = d.procctl("status", job_id, "--state", "failed")
+    assert failed.returncode == 0, failed
+    lines = failed.stdout.splitlines()
+    assert lines[1] == f"  {N} tasks: {N - FAILURES} completed, {FAILURES} failed"
+    rows = [line.split() for line in lines[2:] if "  ✘ " in line]
+    assert [row[0] for row in rows] == [f"{job_id}.{i}" for i in range(0, FAILURES * EVERY, EVERY)]
+    none = d.procctl("status", job_id, "--state", "running")
+    assert none.stdout.splitlines()[2:] == ["  no task is running"]
 
 
 def test_procctl_json_status_keeps_format_1(finished: tuple[DaemonProcess, str]) -> None:

@@ -6,12 +6,13 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from procpool.cli import render
+from procpool.cli import output, render
 from procpool.cli.logs import _from_tail, _Printer, _query
 from procpool.cli.main import (
     EXIT_FAILED,
@@ -42,8 +43,11 @@ _POLL = 0.2  # seconds between live-progress refreshes (client side only)
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 #: Seconds a submit waits for its job when nothing is shown meanwhile (then `wait` goes on).
 _SUBMIT_WAIT = 30.0
-#: Jobs of up to this many tasks are shown as a tree; bigger ones as a summary (unless --all).
+#: Jobs of up to this many tasks are shown as a tree (big groups collapsed to their counts);
+#: up to TREE_MAX_TASKS too when that tree has at most TREE_LINES lines; others as a summary.
 TREE_TASKS = 100
+TREE_MAX_TASKS = 1_000
+TREE_LINES = 100
 
 
 def read_job_file(source: str) -> Any:
@@ -68,22 +72,36 @@ def check_job(source: str, raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec
         fail(f"{source}: {exc.message}", exc.hint or "see docs/job-trees.md for the format")
 
 
-def _show_job(settings: Settings, client: Client, status: JobStatus, all_tasks: bool) -> None:
-    """Print a job: as a tree when it is small or ``all_tasks`` (fetching every task), else a
-    bounded summary of the columnar ``status`` (counts, what did not complete, what runs)."""
-    job_id = status.job["id"]
-    if all_tasks or status.total <= TREE_TASKS:
-        full = client.status(job_id)
-        click.echo(render.job_tree(full, time.time()))
+def _show_job(settings: Settings, client: Client, status: JobStatus, every_task: bool = False) -> None:
+    """The end of a wait for a job (``submit --wait``, ``wait``): its head, its counts and what
+    failed, read from the columnar status in hand; with ``every_task`` its whole tree."""
+    if every_task:
+        _print_tree(client, status.job["id"], every_task)
         return
-    hint = f"; procctl status {job_id} --all lists every task"
-    click.echo(render.job_summary(status, time.time(), hint=hint))
+    hint = f"; procctl status {status.job['id']} --state failed lists the failed ones"
+    output.echo(render.job_summary(status, time.time(), hint=hint))
+
+
+def _print_tree(client: Client, job_id: str, every_task: bool) -> None:
+    """A job as its tree (every task fetched in the full view); groups of more than
+    COLLAPSE_CHILDREN children as a line of counts unless ``every_task``."""
+    full = client.status(job_id)
+    output.echo(render.job_tree(full, time.time(), collapse=None if every_task else render.COLLAPSE_CHILDREN))
+
+
+def _show(settings: Settings, data: Any, text: Callable[[], str]) -> None:
+    """Print ``data`` as JSON with --json, else its text (coloured on a terminal: see output)."""
+    if settings.json:
+        emit(settings, data, text)
+    else:
+        output.echo(text())
 
 
 def _finish(
-    settings: Settings, client: Client, first: dict[str, Any], live: bool, all_tasks: bool = False
+    settings: Settings, client: Client, first: dict[str, Any], live: bool, every_task: bool = False
 ) -> None:
-    """Wait for a job with live progress; exit 0 if it completed, 1 if not.
+    """Wait for a job with live progress; print its summary and what failed; exit 0 if it
+    completed, 1 if not.
 
     ``first`` is the reply of a submit with ``wait``: the job's status in the view this needs
     (full with ``--json``, else columns) once it finished or the submit's wait ran out, so a job
@@ -94,25 +112,20 @@ def _finish(
         result = first if first["finished"] else client.wait(job_id)
         emit(settings, result["status"], "")
         sys.exit(EXIT_OK if result["state"] == COMPLETED else EXIT_FAILED)
-    tty = sys.stderr.isatty()
-    last = ""
     if live:
         status = _columns(first["status"])
-        while True:
-            line = render.progress_line(status)
-            if tty:
-                click.echo("\r\x1b[2K" + line, nl=False, err=True)
-            elif line != last:
-                click.echo(line, err=True)
-            last = line
-            if status.state in FINAL_JOB_STATES:
-                break
-            status = _progress(client, job_id, status)
+        line = output.ProgressLine()
+        try:
+            while True:
+                line.show(render.progress_line(status, line.width()))
+                if status.state in FINAL_JOB_STATES:
+                    break
+                status = _progress(client, job_id, status)
+        finally:
+            line.close()
     else:
         status = _columns((first if first["finished"] else client.wait(job_id, view="columns"))["status"])
-    if tty and live:
-        click.echo("", err=True)
-    _show_job(settings, client, status, all_tasks)
+    _show_job(settings, client, status, every_task)
     sys.exit(EXIT_OK if status.state == COMPLETED else EXIT_FAILED)
 
 
@@ -148,10 +161,13 @@ def _columns(status: Any) -> JobStatus:
     "--wait", "wait_", is_flag=True, help="Wait for the job, with live progress; exit 1 unless it completed."
 )
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
-@click.option("--all", "all_tasks", is_flag=True, help="With --wait: list every task at the end.")
+@click.option("--tasks", "--all", "every_task", is_flag=True,
+              help="With --wait: show every task at the end (its whole tree).")
 @pass_settings
-def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], all_tasks: bool) -> None:
-    """Submit the job tree in FILE (or - for stdin); prints the job id."""
+def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], every_task: bool) -> None:
+    """Submit the job tree in FILE (or - for stdin); prints the job id.
+
+    With --wait, a progress line while it runs, then the job's counts and what failed."""
     raw = read_job_file(file)
     with settings.client() as client:
         try:
@@ -171,10 +187,10 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], a
         if not wait_:
             emit(settings, reply, f"{reply['id']}{note}")
             return
+        _waiting_for(reply["id"])  # before anything is printed: a Ctrl-C from now on names the job
         if not settings.json:
-            _waiting_for(reply["id"])  # before it is said: a Ctrl-C from then on names the job
             click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
-        _finish(settings, client, reply, live=True, all_tasks=all_tasks)
+        _finish(settings, client, reply, live=True, every_task=every_task)
 
 
 @cli.command()
@@ -485,26 +501,47 @@ class _RunOutput(_Printer):
 
 @cli.command()
 @click.argument("job", required=False)
-@click.option("--state", help="Only jobs in this state (with no JOB).")
+@click.option("--state", help="Only jobs in this state; with JOB, only its tasks in this state.")
+@click.option("--name", metavar="PATTERN", help="Only jobs with this name (a shell pattern: 'nightly-*').")
+@click.option("--user", help="Only jobs of this user (a name or uid).")
+@click.option("--tag", help="Only jobs with a task that has this tag.")
 @click.option("--since", type=Age(), metavar="AGE", help="Only jobs created within AGE (30s, 2h, 1d, 2w).")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs."
 )
-@click.option(
-    "--all", "all_tasks", is_flag=True,
-    help=f"Every task of JOB as a tree (the default for jobs of up to {TREE_TASKS} tasks).",
-)
+@click.option("--all", "every", is_flag=True,
+              help="Every job that matches (as many as the daemon sends in one list); with JOB, as --tasks.")
+@click.option("--tasks", "every_task", is_flag=True,
+              help="With JOB: every task, in its whole tree (no group collapsed to its counts).")
 @click.option("--watch", is_flag=True, help="Redraw JOB until it ends; exit 0 if it completed, 1 if not.")
 @click.option("--interval", type=Seconds(min=0.05), default=1.0, help="Seconds between --watch redraws.")
 @pass_settings
 def status(
-    settings: Settings, job: str | None, state: str | None, since: float | None, limit: int, all_tasks: bool,
-    watch: bool, interval: float,
+    settings: Settings,
+    job: str | None,
+    state: str | None,
+    name: str | None,
+    user: str | None,
+    tag: str | None,
+    since: float | None,
+    limit: int,
+    every: bool,
+    every_task: bool,
+    watch: bool,
+    interval: float,
 ) -> None:
     """Show the daemon and its jobs, or one job (JOB is an id like 12, or a task: 12.3, 12/name).
 
-    A job of up to 100 tasks is shown as a tree; a bigger one as its counts and the tasks that
-    did not complete or are running (at most 20 of them), unless --all.
+    The list shows the newest --limit jobs that match, queued, running, held or finished. A
+    job shows its counts, then its tree (a group of more than 20 children as a line of counts)
+    when it is small enough, else what failed and what runs.
+
+    \b
+      procctl status --state failed --since 1d     failed jobs of the last day
+      procctl status --name 'nightly-*' --all      every nightly job
+      procctl status 12                            job 12: counts, tree or failures
+      procctl status 12 --state failed             only its failed tasks
+      procctl status 12 --tasks                    every task of it
     """
     with settings.client() as client:
         if watch:
@@ -512,27 +549,61 @@ def status(
 
             watch_job(settings, client, job, interval)
         if job is not None:
-            if settings.json:  # the full status (format 1): every task, as before
-                data = client.status(job)
-            else:
-                found = client.job_status(job)
-                if isinstance(found, JobStatus):
-                    _show_job(settings, client, found, all_tasks)
-                    return
-                data = found
-            if "task" in data:  # a task id
-                emit(settings, data, lambda: render.task_report(data["task"], time.time()))
-                return
-            emit(settings, data, lambda: render.job_tree(data, time.time()))
+            _status_of(settings, client, job, state, every_task or every)
             return
         since_ts = time.time() - since if since is not None else None
-        data = client.status(state=state, since=since_ts, limit=limit)
-    emit(
+        data = client.status(state=state, since=since_ts, limit=_LIST_ALL if every else limit,
+                             name=name, user=user, tag=tag)
+    jobs = data["jobs"]
+    matched = jobs.get("matched")
+    more = "; --limit N or --all for more" if not every else ""
+    _show(
         settings,
         data,
-        lambda: render.summary(data) + "\n\n" + render.job_table(data["jobs"]["list"], time.time()),
+        lambda: render.summary(data) + "\n\n" + render.job_table(jobs["list"], time.time(), matched, more),
     )
 
+
+#: ``status --all``: the daemon sends at most its status_page_size jobs in one list.
+_LIST_ALL = 1_000_000
+
+
+def _status_of(settings: Settings, client: Client, ref: str, state: str | None, every_task: bool) -> None:
+    """``procctl status JOB``: its head and counts (the summary view: no work per task in the
+    daemon), then its tasks in ``state``, its tree (a job of up to TREE_TASKS tasks, or up to
+    TREE_MAX_TASKS whose tree with big groups collapsed fits in TREE_LINES lines, or
+    ``every_task``), or what failed and what runs, each asked of the daemon by state (a page of
+    at most LISTED_TASKS). A task id: its line."""
+    if settings.json:  # the full status (format 1): every task (in ``state``), as before
+        emit(settings, client.status(ref, tasks_state=state), "")
+        return
+    head: dict[str, Any] = client.call("status", {"job": ref, "view": "summary"})
+    if "task" in head:  # a task id
+        output.echo(render.task_report(head["task"], time.time()))
+        return
+    job = head["job"]
+    hint = f"; procctl status {job['id']} --state failed lists the failed ones"
+    if state is not None:
+        output.echo(render.task_list(client.status(job["id"], tasks_state=state), time.time(), state))
+    elif every_task or job["tasks"] <= TREE_TASKS:
+        _print_tree(client, job["id"], every_task)
+    elif job["tasks"] <= TREE_MAX_TASKS:
+        full = client.status(job["id"])
+        tree = render.job_tree(full, time.time())
+        if tree.count("\n") < TREE_LINES:
+            output.echo(tree)
+        else:
+            listed = [t for wanted in render.SUMMARY_STATES for t in full["tasks"] if t["state"] == wanted]
+            output.echo(render.job_digest(full["job"], listed[: render.LISTED_TASKS], time.time(), hint))
+    else:
+        shown: list[dict[str, Any]] = []
+        for wanted in render.SUMMARY_STATES:
+            room = render.LISTED_TASKS - len(shown)
+            if room > 0 and job["counts"].get(wanted):
+                page = client.status(job["id"], tasks_state=wanted, tasks_limit=room)
+                shown.extend(page["tasks"][:room])
+                job = page["job"]  # (the newer head)
+        output.echo(render.job_digest(dict(job), shown, time.time(), hint))
 
 
 
@@ -542,20 +613,21 @@ def status(
     "--timeout", "wait_timeout", type=Seconds(),
     help="Give up after this many seconds, exit 124 (not the global --timeout: put that before 'wait').",
 )
-@click.option("--all", "all_tasks", is_flag=True, help="List every task of a job, however many.")
+@click.option("--tasks", "--all", "every_task", is_flag=True, help="Show every task of a job, however many.")
 @pass_settings
-def wait(settings: Settings, id: str, wait_timeout: float | None, all_tasks: bool) -> None:
-    """Wait until a job or task has finished; exit 0 if it completed, 1 if not."""
+def wait(settings: Settings, id: str, wait_timeout: float | None, every_task: bool) -> None:
+    """Wait until a job or task has finished; print a job's counts and what failed; exit 0 if
+    it completed, 1 if not."""
     _waiting_for(id)
     with settings.client() as client:
         result = client.wait(id, timeout=wait_timeout, view="full" if settings.json else "columns")
         status = result.get("status")
         if isinstance(status, JobStatus):
-            _show_job(settings, client, status, all_tasks)
+            _show_job(settings, client, status, every_task)
         elif status:
-            emit(settings, result, lambda: render.job_tree(status, time.time()))
+            _show(settings, result, lambda: render.job_tree(status, time.time()))
         else:
-            emit(settings, result, lambda: render.task_report(result["task"], time.time()))
+            _show(settings, result, lambda: render.task_report(result["task"], time.time()))
     if not result["finished"]:
         fail(f"{id} has not finished after {wait_timeout:g}s", "it goes on in the daemon: wait again, "
              f"or procctl cancel {id}", code=EXIT_WAIT_TIMEOUT)

@@ -437,6 +437,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "completion": "procpool.cli.completion",
     "result": "procpool.cli.result",
     "top": "procpool.cli.top",
+    "explain": "procpool.cli.explain",
     "health": "procpool.cli.health",
     "metrics": "procpool.cli.metrics",
 }

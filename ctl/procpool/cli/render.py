@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -11,14 +12,16 @@ from procpool.contract.states import (
     COMPLETED,
     FAILED,
     FINAL_TASK_STATES,
+    JOB_STATES,
     PENDING,
+    QUEUED,
     READY,
     RUNNING,
     SKIPPED,
     TASK_STATES,
     TIMEOUT,
 )
-from procpool.contract.status import JobStatus, TaskRow
+from procpool.contract.status import JobStatus
 
 #: Tasks a job summary lists (those that did not complete, then the running ones).
 LISTED_TASKS = 20
@@ -53,8 +56,8 @@ def summary(data: dict[str, Any]) -> str:
         f"workers  {workers.get('configured', '-')} configured, {workers.get('busy', 0)} busy"
         + (f" ({states})" if states else ""),
         "jobs     "
-        + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none")
-        + f"; {jobs.get('running', 0)} attempt(s) running, {jobs.get('queued', 0)} queued",
+        + (", ".join(f"{by_state[s]} {s}" for s in _by_job_state(by_state)) or "none")
+        + f"; tasks: {jobs.get('running', 0)} running, {jobs.get('queued', 0)} waiting for a worker",
     ]
     engines = workers.get("engines") or {}
     if set(engines) - {"pool", "commands"} or any(not e.get("up", True) for e in engines.values()):
@@ -73,6 +76,12 @@ def summary(data: dict[str, Any]) -> str:
                      " records are dropped until it does")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _by_job_state(by_state: dict[str, int]) -> list[str]:
+    """The job states with jobs, in JOB_STATES' order (then any other a newer daemon sent)."""
+    known = [s for s in JOB_STATES if by_state.get(s)]
+    return known + sorted(s for s in by_state if s not in JOB_STATES and by_state[s])
 
 
 #: ``procctl health``'s verdicts, by exit status
@@ -160,13 +169,30 @@ def task_report(t: dict[str, Any], now: float) -> str:
     return "\n".join([task_line(t, now), *failures.details(t)])
 
 
-def job_tree(status: dict[str, Any], now: float) -> str:
-    """``procctl status JOB``: the job header and its tree, like a file tree."""
+#: A group with more children than this is shown as a line of counts (and its tasks that
+#: failed or run), unless every task is asked for.
+COLLAPSE_CHILDREN = 20
+#: Tasks of a collapsed group listed under its counts (those that failed, then the running ones).
+COLLAPSED_LISTED = 5
+
+
+def job_tree(status: dict[str, Any], now: float, collapse: int | None = COLLAPSE_CHILDREN) -> str:
+    """``procctl status JOB``: the job's head, its counts, and its tree like a file tree; a group
+    of more than ``collapse`` children (None: never) as a line of counts, with its tasks that
+    failed or run (at most :data:`COLLAPSED_LISTED`)."""
     job = status["job"]
     groups = status["groups"]
     tasks = status["tasks"]
     lines = _job_head(job, now)
+    lines.append("  " + counts_line(job.get("counts") or _count(tasks), int(job.get("tasks", len(tasks)))))
     engine = job.get("all_local") is False  # (a daemon from before engines had names: no field)
+
+    def under(index: int) -> list[dict[str, Any]]:
+        """The tasks of group ``index`` and of the groups in it, in order."""
+        out: list[dict[str, Any]] = []
+        for kind, i in groups[index]["children"]:
+            out.extend([tasks[i]] if kind == "task" else under(i))
+        return out
 
     def walk(node: list[Any], prefix: str, last: bool, top: bool) -> None:
         kind, index = node
@@ -175,8 +201,20 @@ def job_tree(status: dict[str, Any], now: float) -> str:
             lines.append(prefix + branch + task_line(tasks[index], now, engine))
             return
         g = groups[index]
-        lines.append(f"{prefix}{branch}{g['kind']} {g['name']}")
         inner = prefix + ("" if top else ("   " if last else "│  "))
+        if collapse is not None and len(g["children"]) > collapse:
+            members = under(index)
+            counted = counts_line(_count(members), len(members))
+            lines.append(f"{prefix}{branch}{g['kind']} {g['name']}  {counted}")
+            shown = [t for t in members if t["state"] in (FAILED, TIMEOUT)]
+            shown += [t for t in members if t["state"] == RUNNING]
+            for t in shown[:COLLAPSED_LISTED]:
+                lines.append(f"{inner}   {task_line(t, now, engine)}")
+            if len(shown) > COLLAPSED_LISTED:
+                more = len(shown) - COLLAPSED_LISTED
+                lines.append(f"{inner}   … and {more} more failed or running task{'s' if more != 1 else ''}")
+            return
+        lines.append(f"{prefix}{branch}{g['kind']} {g['name']}")
         for i, child in enumerate(g["children"]):
             walk(child, inner, i == len(g["children"]) - 1, False)
 
@@ -187,29 +225,76 @@ def job_tree(status: dict[str, Any], now: float) -> str:
     return "\n".join(lines)
 
 
-def job_table(jobs: list[dict[str, Any]], now: float) -> str:
-    """The job list of ``procctl status``."""
+def task_list(status: dict[str, Any], now: float, state: str, hint: str = "") -> str:
+    """``procctl status JOB --state STATE``: the job's head, its counts, then each of its tasks in
+    ``state`` (the daemon sent only those: ``tasks_state``), with its id."""
+    job = status["job"]
+    tasks = status["tasks"]
+    lines = _job_head(job, now)
+    lines.append("  " + counts_line(job.get("counts") or {}, int(job.get("tasks", 0))))
+    if not tasks:
+        lines.append(f"  no task is {state}")
+    engine = job.get("all_local") is False
+    lines.extend(f"  {t['id']:<8} {task_line(t, now, engine)}" for t in tasks)
+    lines.extend(failures.report(tasks))
+    return "\n".join(lines)
+
+
+def _count(tasks: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tasks:
+        out[t["state"]] = out.get(t["state"], 0) + 1
+    return out
+
+
+def clock(ts: float | None, now: float) -> str:
+    """A point in time, short: ``14:03:27`` today, ``Mar 02 14:03`` before; ``-`` for none."""
+    if ts is None:
+        return "-"
+    at, today = time.localtime(ts), time.localtime(now)
+    if at[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", at)
+    return time.strftime("%b %d %H:%M", at)
+
+
+def job_table(jobs: list[dict[str, Any]], now: float, matched: int | None = None, more_hint: str = "") -> str:
+    """The job list of ``procctl status``, like pueue's: queued, running, held and finished jobs
+    each with what they have (the start, end and duration of those that started; tasks done of
+    all), and ``N of M jobs shown`` when the list is cut (``matched``: how many jobs matched)."""
     if not jobs:
-        return "no jobs"
-    rows = [("ID", "NAME", "USER", "STATE", "RUN", "TASKS", "AGE")]
+        return "no jobs" + (f" ({matched} matched)" if matched else "")
+    rows = [("ID", "NAME", "USER", "STATE", "TASKS", "START", "END", "DURATION")]
     for j in jobs:
         counts = j.get("counts", {})
-        done = counts.get(COMPLETED, 0)
+        done = sum(n for state, n in counts.items() if state in FINAL_TASK_STATES)
+        started, finished = j.get("started_at"), j.get("finished_at")
+        state = j["state"]
+        if state == QUEUED or (state == PENDING and started is None):
+            took = "-"
+        else:
+            took = duration(((finished or now) - started) if started else None)
         rows.append(
             (
                 j["id"],
                 j["name"],
                 user(j),
-                j["state"],
-                str(j["run"]),
+                state + (f" (run {j['run']})" if j.get("run", 1) > 1 else ""),
                 f"{done}/{j['tasks']}",
-                duration(now - j["created_at"]),
+                clock(started, now),
+                clock(finished, now),
+                took,
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
+    lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    ]
+    total = len(jobs) if matched is None else max(matched, len(jobs))
+    if total > len(jobs):
+        lines.append(f"{len(jobs)} of {total} jobs shown (the newest){more_hint}")
+    else:
+        lines.append(f"{total} job{'s' if total != 1 else ''}")
+    return "\n".join(lines)
 
 
 def _job_head(job: dict[str, Any], now: float) -> list[str]:
@@ -232,32 +317,40 @@ def counts_line(counts: dict[str, int], total: int) -> str:
     return f"{total} task{'s' if total != 1 else ''}: " + (", ".join(parts) or "none")
 
 
-def row_line(row: TaskRow, now: float, engine: bool = False) -> str:
-    """One task of a columnar status, as :func:`task_line` shows a task."""
-    data = asdict(row)
-    data["name"] = row.name if row.name is not None else f"#{row.index}"
-    return task_line(data, now, engine)
+#: The task states a job's summary lists, in this order: what failed, then what runs.
+SUMMARY_STATES: tuple[str, ...] = (FAILED, TIMEOUT, RUNNING)
 
 
 def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint: str = "") -> str:
-    """``procctl status JOB`` of a big job: its head, the counts, the tasks that did not complete
-    and the running ones (at most ``listed``) and how many more there are; never a line per task.
-    ``hint`` ends the notice of tasks not listed (how to list them all)."""
+    """A job's summary from its columnar status (the end of ``submit --wait`` and ``wait``): see
+    :func:`job_digest`; the tasks that failed and the running ones are picked from the columns."""
     job: dict[str, Any] = dict(status.job)
-    lines = _job_head(job, now)
-    counts = job.get("counts") or status.counts()
-    lines.append("  " + counts_line(counts, int(job.get("tasks", status.total))))
-    shown: list[TaskRow] = []
-    more = 0
+    if not job.get("counts"):
+        job["counts"] = status.counts()
+    job.setdefault("tasks", status.total)
+    shown: list[dict[str, Any]] = []
     for states in ((FAILED, TIMEOUT), (RUNNING,)):
         for i in status.indices(*states):
-            if len(shown) < listed:
-                shown.append(status.task(i))
-            else:
-                more += 1
+            if len(shown) >= listed:
+                break
+            row = asdict(status.task(i))
+            row["name"] = row["name"] if row["name"] is not None else f"#{i}"
+            shown.append(row)
+    return job_digest(job, shown, now, hint)
+
+
+def job_digest(job: dict[str, Any], shown: list[dict[str, Any]], now: float, hint: str = "") -> str:
+    """A job without a line per task: its head, its counts, the tasks ``shown`` (those that failed,
+    then the running ones, at most :data:`LISTED_TASKS` of them) and how many more of those there
+    are, its namespace, and the last lines of the first failures (at most :data:`TAILS_SHOWN`).
+    ``hint`` ends the notice of tasks not listed (how to list them)."""
+    lines = _job_head(job, now)
+    counts = job.get("counts") or {}
+    lines.append("  " + counts_line(counts, int(job.get("tasks", 0))))
     engine = job.get("all_local") is False
-    lines.extend("  " + row_line(row, now, engine) for row in shown)
-    if more:
+    lines.extend("  " + task_line(t, now, engine) for t in shown)
+    more = sum(counts.get(state, 0) for state in SUMMARY_STATES) - len(shown)
+    if more > 0:
         lines.append(f"  … and {more} more failed or running task{'s' if more != 1 else ''}" + hint)
     ns = job.get("namespace")
     if ns:
@@ -266,23 +359,42 @@ def job_summary(status: JobStatus, now: float, listed: int = LISTED_TASKS, hint:
     return "\n".join(lines)
 
 
-def progress_line(status: JobStatus, width: int = 30) -> str:
-    """One line for live progress: a bar, the counts and the running tasks."""
+def progress_line(status: JobStatus, width: int = 80) -> str:
+    """One line of live progress that fits in ``width`` columns: a bar, the tasks done of all,
+    the run, the job's state and the running tasks (as many as fit)."""
     job = status.job
     counts = job.get("counts") or status.counts()
     total = int(job.get("tasks", status.total))
     final = sum(n for state, n in counts.items() if state in FINAL_TASK_STATES)
-    filled = int(width * final / total) if total else width
-    running = []
-    for i in status.indices(RUNNING):
-        row = status.task(i)
-        progress = _progress(row.progress)
-        running.append(f"{row.name or f'#{i}'}" + (f" {progress}" if progress else ""))
-        if len(running) > 4:
-            break
+    bar = max(5, min(30, width // 4))
+    filled = int(bar * final / total) if total else bar
+    text = f"[{'#' * filled}{'.' * (bar - filled)}] {final}/{total}  run {job['run']}  {job['state']}"
+    bad = sum(counts.get(s, 0) for s in (FAILED, TIMEOUT))
+    if bad:
+        text += f"  {bad} failed"
     n_running = counts.get(RUNNING, 0)
-    text = f"[{'#' * filled}{'.' * (width - filled)}] {final}/{total}  run {job['run']}  {job['state']}"
-    if running:
-        shown = ", ".join(running[:4]) + (f" +{n_running - 4}" if n_running > 4 else "")
-        text += f"  running: {shown}"
-    return text
+    if n_running:
+        names = []
+        for i in status.indices(RUNNING):
+            row = status.task(i)
+            progress = _progress(row.progress)
+            names.append(f"{row.name or f'#{i}'}" + (f" {progress}" if progress else ""))
+            if len(names) >= 4:
+                break
+        # as many running tasks as fit, then how many more
+        for k in range(len(names), -1, -1):
+            rest = n_running - k
+            more = f" +{rest}" if rest else ""
+            listed = f"running: {', '.join(names[:k])}{more}" if k else f"{n_running} running"
+            candidate = f"{text}  {listed}"
+            if len(candidate) <= width or k == 0:
+                text = candidate
+                break
+    return fit(text, width)
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in ``…`` when it was cut."""
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "…"

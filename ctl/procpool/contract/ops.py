@@ -22,6 +22,7 @@ from procpool.contract.limits import (
     finite_number,
     shorten,
 )
+from procpool.contract.states import TASK_STATES
 from procpool.contract.status import cursor_problem
 
 _TYPE_NAMES: dict[type, str] = {
@@ -85,7 +86,7 @@ class Op:
     mutating: bool = False
 
 
-def _op(name: str, summary: str, mutating: bool = False, **args: Arg) -> Op:
+def _op(name: str, summary: str, /, mutating: bool = False, **args: Arg) -> Op:
     return Op(name, summary, dict(args), mutating)
 
 
@@ -107,6 +108,16 @@ _VIEW = Arg(_STR)
 #: a cursor from a reply (or "" for none yet): the reply holds the tasks changed since (columns view)
 _CHANGES_SINCE = Arg(_STR, check=cursor_problem)
 
+def _short(value: Any) -> str | None:
+    """A filter of a job list: at most 256 characters."""
+    return None if len(value) <= 256 else f"must be at most 256 characters, got {len(value)}"
+
+
+def _task_state(value: Any) -> str | None:
+    """A task state (``tasks_state``)."""
+    return None if value in TASK_STATES else f"must be a task state ({', '.join(TASK_STATES)})"
+
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
@@ -118,7 +129,9 @@ OPS: dict[str, Op] = {
             "task, at most the daemon's status_page_size), 'columns' (compact columns, at most "
             "100,000 tasks; see procpool.contract.status) or 'summary' (the job's head and counts, "
             "no task). With 'changes_since' (columns view: '' or the 'cursor' of an earlier reply) "
-            "only the tasks changed since that cursor.",
+            "only the tasks changed since that cursor; with 'tasks_state' only the tasks in that "
+            "state. Without 'job', a list of the newest jobs that match 'state', 'since', 'name' "
+            "(a shell pattern), 'user' (a name or uid) and 'tag', at most 'limit' of them.",
             job=Arg(_STR),
             view=_VIEW,
             state=Arg(_STR),
@@ -127,6 +140,10 @@ OPS: dict[str, Op] = {
             tasks_from=_COUNT,
             tasks_limit=_COUNT,
             changes_since=_CHANGES_SINCE,
+            name=Arg(_STR, check=_short),
+            user=Arg(_STR, check=_short),
+            tag=Arg(_STR, check=_short),
+            tasks_state=Arg(_STR, check=_task_state),
         ),
         _op("shutdown", "Stop the daemon gracefully.", mutating=True),
         _op(
@@ -178,6 +195,13 @@ OPS: dict[str, Op] = {
             mutating=True,
             state=Arg(_STR),
             before=_TIME,
+        ),
+        _op(
+            "explain",
+            "Why a task is in its state (the reason the scheduler recorded, its place in the ready "
+            "queue, its engine's free slots, how each attempt ended), or for a job, why it and its "
+            "unfinished tasks are where they are.",
+            id=Arg(_STR, required=True),
         ),
         _op(
             "metrics",

@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Final, Literal
 
 TaskState = Literal["pending", "ready", "running", "completed", "failed", "timeout", "cancelled", "skipped"]
-JobState = Literal["pending", "running", "held", "completed", "failed", "cancelled"]
+JobState = Literal["pending", "running", "held", "completed", "failed", "cancelled", "queued"]
 
 # Each state's name once. Job and task states share the names they have in common.
 PENDING: Final = "pending"
 READY: Final = "ready"
+QUEUED: Final = "queued"
 RUNNING: Final = "running"
 HELD: Final = "held"
 COMPLETED: Final = "completed"
@@ -27,7 +28,12 @@ SKIPPED: Final = "skipped"
 
 #: Every task state; a state's index is its code in the columnar status (append only).
 TASK_STATES: tuple[TaskState, ...] = (PENDING, READY, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED, SKIPPED)
-JOB_STATES: tuple[JobState, ...] = (PENDING, RUNNING, HELD, COMPLETED, FAILED, CANCELLED)
+#: Every job state. ``pending``: accepted, waiting for its ``after`` prerequisites; ``queued``: its
+#: run began but none of its attempts has started yet; ``running``: an attempt started; ``held``:
+#: parked after a restart until ``resume``; then one of the final states.
+JOB_STATES: tuple[JobState, ...] = (PENDING, QUEUED, RUNNING, HELD, COMPLETED, FAILED, CANCELLED)
+#: Job states of a job whose run began and has not ended (it counts against the queue's limits).
+ACTIVE_JOB_STATES: frozenset[str] = frozenset({QUEUED, RUNNING, HELD})
 #: Code of each task state in the columnar status (the inverse of TASK_STATES).
 TASK_STATE_CODES: dict[str, int] = {state: code for code, state in enumerate(TASK_STATES)}
 

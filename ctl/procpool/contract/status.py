@@ -129,6 +129,8 @@ class JobSummary(TypedDict):
     tasks: int
     counts: dict[str, int]
     reason: str | None
+    #: the tags of the job's tasks, each once, at most 32 (absent from summaries an older daemon stored)
+    tags: NotRequired[list[str]]
 
 
 class JobDetail(JobSummary):

@@ -44,8 +44,17 @@ class DaemonAPI(Protocol):
         reader: Peer | None = None,
         view: View = "full",
         changes_since: str | None = None,
+        tasks_state: str | None = None,
     ) -> dict[str, Any]: ...
-    def job_list(self, state: str | None, since: float | None, limit: int | None) -> list[dict[str, Any]]: ...
+    def job_list(
+        self,
+        state: str | None,
+        since: float | None,
+        limit: int | None,
+        name: str | None = None,
+        user: str | None = None,
+        tag: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int]: ...
     def wait(
         self,
         ref: str,
@@ -60,6 +69,7 @@ class DaemonAPI(Protocol):
     def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
+    def explain(self, ref: str) -> dict[str, Any]: ...
     def metrics(self) -> dict[str, Any]: ...
 
 
@@ -72,11 +82,26 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def status(req: Request, peer: Peer | None) -> Any:
         a = req.args
         if "job" in a:
+            tasks_state = a.get("tasks_state")
+            if tasks_state is not None and (_view(req) != "full" or "changes_since" in a):
+                raise RequestError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    "status: 'tasks_state' goes with the full view, without 'changes_since'",
+                    req.id,
+                )
             return api.job_status(
-                a["job"], a.get("tasks_from", 0), a.get("tasks_limit"), peer, _view(req), _changes_since(req)
+                a["job"], a.get("tasks_from", 0), a.get("tasks_limit"), peer, _view(req),
+                _changes_since(req), tasks_state,
+            )
+        if "tasks_state" in a:
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, "status: argument 'tasks_state' needs 'job'", req.id
             )
         summary = api.summary()
-        summary["jobs"]["list"] = api.job_list(a.get("state"), a.get("since"), a.get("limit", 50))
+        jobs, matched = api.job_list(
+            a.get("state"), a.get("since"), a.get("limit", 50), a.get("name"), a.get("user"), a.get("tag")
+        )
+        summary["jobs"]["list"], summary["jobs"]["matched"] = jobs, matched
         return summary
 
     def shutdown(req: Request, peer: Peer | None) -> Any:
@@ -142,6 +167,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
             )
         return api.pool_resize(workers)
 
+    def explain(req: Request, peer: Peer | None) -> Any:
+        return api.explain(req.args["id"])
+
     def metrics(req: Request, peer: Peer | None) -> Any:
         return api.metrics()
 
@@ -157,6 +185,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "resume": resume,
         "logs": logs,
         "clean": clean,
+        "explain": explain,
         "metrics": metrics,
     }
     missing = set(OPS) - set(handlers)

@@ -7,7 +7,8 @@ lookups). The model is systemd's manager API and that of atd, cron and Slurm:
 =========  =================================================  ===================================
 rule       who                                                operations
 =========  =================================================  ===================================
-read       whoever can connect (even without credentials)     ``ping``, ``status``, ``pool``
+read       whoever can connect (even without credentials)     ``ping``, ``status``, ``pool``,
+                                                              ``explain``, ``metrics``
 submit     any peer the kernel vouched for (SO_PEERCRED)      ``submit``
 owner      the job's submitter, or an administrator           ``cancel``, ``resume``, ``wait``,
                                                               ``logs``
@@ -73,6 +74,7 @@ POLICY: dict[str, Access] = {
     "clean": Access(Rule.OWN_JOBS, "clean finished jobs"),
     "shutdown": Access(Rule.ADMIN, "stop the daemon"),
     "pool_resize": Access(Rule.ADMIN, "resize the pool"),
+    "explain": Access(Rule.READ),
     "metrics": Access(Rule.READ),
 }
 

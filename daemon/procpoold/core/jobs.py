@@ -19,13 +19,17 @@ task that has not started is ``cancelled``; running ones finish.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from procpool.contract.tree import JobSpec, Plan, TaskSpec, compile_job
+from procpoold.core import reasons as why
 from procpoold.core.changes import ChangeLog
+from procpoold.core.reasons import Reasons
 from procpoold.core.states import (
+    ACTIVE_JOB_STATES,
     FINAL_TASK_STATES,
     JOB_STATES,
     TASK_STATES,
@@ -37,6 +41,8 @@ from procpoold.core.states import (
 )
 
 Node = tuple[str, int]
+#: Most tags a job's summary lists (and a job list's tag filter looks at): those first met.
+MAX_JOB_TAGS = 32
 #: Lines of output a task keeps for its status (shown when it failed).
 TAIL_LINES = 20
 
@@ -92,7 +98,7 @@ def replay_task_log(entries: list[Any]) -> dict[int, dict[str, Any]]:
             last[3:7] = [finished_at, "completed", pid, worker]
             td["attempts"] = [*td["attempts"][:-1], last]
             td["state"], td["finished_at"] = "completed", finished_at
-            for key in ("error", "reason", "retry_at"):
+            for key in ("error", "reason", "retry_at", "why"):
                 td.pop(key, None)
             for key, value in (("result", result), ("exit_code", exit_code)):
                 if value is None:
@@ -223,6 +229,10 @@ class FinishedJob:
     uid: int | None
     created_at: float
     finished_at: float
+    #: the job's name and tags, for the filters of a job list; ``tags`` None: not read yet (an
+    #: entry read from the store at start: the list reads them from the summary when asked)
+    name: str = ""
+    tags: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -240,6 +250,13 @@ class Effects:
         self.finished_tasks += other.finished_tasks
         self.run_finished = self.run_finished or other.run_finished
         return self
+
+
+#: Each job's noted reasons (core.reasons), kept outside the Job's own attributes: a Job holds 29,
+#: and a 30th on every instance makes every attribute access of the scheduler's hot path slower
+#: (Job.complete and mark_running: 8 % on CPython 3.11; a class default set on the instance by the
+#: first note still cost 2 % for the jobs made after one). Made by the first note of a run.
+_REASONS: weakref.WeakKeyDictionary[Job, Reasons] = weakref.WeakKeyDictionary()
 
 
 class Job:
@@ -287,6 +304,7 @@ class Job:
         #: (task kind, engine named) -> the engine's name, and whether every task runs on the local
         #: engine of its kind: made by core.status on first use (a job's routes do not change)
         self.engine_routes: tuple[dict[tuple[str, str | None], str | None], bool] | None = None
+        self._tags: list[str] | None = None  # (see tag_list)
         # blockers and their reverse, from the plan (see the module docstring)
         # (a group's chain is computed once and shared by its tasks, which only read it)
         chains: dict[int | None, list[int]] = {None: []}
@@ -369,6 +387,9 @@ class Job:
                 out[key] = value
         if t.cancel_requested:
             out["cancel_requested"] = True
+        reasons = _REASONS.get(self) if _REASONS else None
+        if reasons is not None and (noted := reasons.dump(index, t.state)) is not None:
+            out["why"] = noted
         if t.tail:
             out["tail"] = list(t.tail)
         return out
@@ -418,6 +439,10 @@ class Job:
             t.result, t.exit_code, t.error = td.get("result"), td.get("exit_code"), td.get("error")
             t.reason, t.progress = td.get("reason"), td.get("progress")
             t.cancel_requested = bool(td.get("cancel_requested"))
+            noted = td.get("why")
+            if (isinstance(noted, list) and len(noted) == 2 and all(type(v) is int for v in noted)
+                    and 0 < noted[0] < len(why.NAMES) and -(2**31) <= noted[1] < 2**31):
+                self.note(index, noted[0], noted[1])
             for line in td.get("tail", ()):
                 t.remember(line)
         self._recount()
@@ -465,6 +490,7 @@ class Job:
             else:
                 t.move("pending")
                 t.error = error
+                self.note(t.spec.index, why.INTERRUPTED, attempt.number)
         held = self.state == "held"  # held at an earlier start and not resumed: it stays held
         if held or (self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished):
             self.state = "held"
@@ -505,11 +531,12 @@ class Job:
         t.move("pending")
         t.error = error
         t.move("ready")
+        self.note(index, why.REQUEUED, attempt.number if attempt is not None else len(t.attempts))
         return Effects(ready=[index])
 
     def resume(self) -> Effects:
         """Release a held job (its tasks that were ready when it was stored are ready again)."""
-        self.state = "running"
+        self.state = "running" if self.started_at is not None else "queued"
         effects = Effects()
         for t in self.tasks:
             if t.state == "ready":
@@ -536,10 +563,12 @@ class Job:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start_run(self, now: float) -> Effects:
-        """Reset every task to pending and return those ready at once."""
-        self.state = "running"
-        if self.started_at is None:
-            self.started_at = now
+        """Reset every task to pending and return those ready at once. The job is ``queued``
+        until its first attempt starts (:meth:`mark_running`), ``running`` from then on (a repeat
+        run of a job that ran stays ``running``)."""
+        self.state = "running" if self.started_at is not None else "queued"
+        if _REASONS:
+            _REASONS.pop(self, None)
         self._complete = set()
         self._scan = 0
         self._group_left = [len(g.children) for g in self.spec.groups]
@@ -558,13 +587,16 @@ class Job:
                 effects.ready.append(t.spec.index)
         return effects
 
-    def fail_before_start(self, reason: str, now: float) -> Effects:
-        """A prerequisite (``after``) failed: skip every task and fail the job."""
-        self.state = "running"
+    def fail_before_start(self, reason: str, now: float, code: int = why.AFTER_FAILED) -> Effects:
+        """A prerequisite (``after``) failed: skip every task and fail the job (it never started:
+        queued until its run is finished, with no start time; ``code``: the tasks' reason, see
+        core.reasons; a cancel of the waiting job passes CANCELLED)."""
+        self.state = "queued"
         self._group_left = [len(g.children) for g in self.spec.groups]
         effects = Effects()
         for t in self.tasks:
             t.move("skipped")
+            self.note(t.spec.index, code)
             t.reason = reason
             t.finished_at = now
             effects.finished_tasks.append(t.spec.index)
@@ -575,6 +607,9 @@ class Job:
     def mark_running(self, index: int, attempt_id: str, now: float) -> Attempt:
         t = self.tasks[index]
         t.move("running")
+        if self.state == "queued":  # the job's first attempt: it starts now
+            self.state = "running"
+            self.started_at = now
         attempt = Attempt(len(t.attempts) + 1, attempt_id, started_at=now)
         t.attempts.append(attempt)
         if t.started_at is None:
@@ -624,6 +659,7 @@ class Job:
         t = self.tasks[index]
         t.move("pending")
         t.retry_at = retry_at
+        self.note(index, why.RETRY_WAIT, len(t.attempts))
 
     def retry_due(self, index: int) -> bool:
         """The retry delay ran out: back to ready (False if the task was cancelled meanwhile)."""
@@ -632,6 +668,7 @@ class Job:
             return False
         t.retry_at = None
         t.move("ready")
+        self.note(index, why.RETRY_DUE, len(t.attempts))
         return True
 
     def end_unsuccessfully(
@@ -651,6 +688,8 @@ class Job:
         t.error, t.reason = error, reason
         if exit_code is not None:
             t.exit_code = exit_code
+        if state == "cancelled":
+            self.note(index, why.CANCELLED)
         effects = Effects(finished_tasks=[index])
         self._doom(index, effects)
         if self.spec.on_failure == "stop" and state != "cancelled" and not self.cancel_requested:
@@ -660,6 +699,7 @@ class Job:
             for other in self.tasks:
                 if other.state in ("pending", "ready"):
                     other.move("cancelled")
+                    self.note(other.spec.index, why.STOPPED, index)
                     other.reason = stop_reason
                     other.finished_at = now
                     other.retry_at = None
@@ -688,6 +728,7 @@ class Job:
                 w = self.tasks[i]
                 if w.state in ("pending", "ready"):
                     w.move("skipped")
+                    self.note(i, why.UPSTREAM, index)
                     w.reason = reason
                     w.retry_at = None
                     effects.finished_tasks.append(i)
@@ -724,7 +765,7 @@ class Job:
         while scan < len(tasks) and tasks[scan].state in FINAL_TASK_STATES:
             scan += 1
         self._scan = scan
-        if self.state in ("running", "held") and scan == len(tasks):  # held: cancelled while held
+        if self.state in ACTIVE_JOB_STATES and scan == len(tasks):  # held: cancelled while held
             effects.run_finished = True
 
     def finish_run(self, now: float) -> bool:
@@ -754,7 +795,34 @@ class Job:
             cancelled = cancelled or t.state == "cancelled"
         return cancelled
 
+    def note(self, index: int, code: int, arg: int = 0) -> None:
+        """Record why task ``index`` enters its new state, where that is not the state's ordinary
+        cause (see core.reasons); the job's table is made on the first note of a run."""
+        reasons = _REASONS.get(self)
+        if reasons is None:
+            reasons = _REASONS[self] = Reasons(len(self.tasks))
+        reasons.note(index, code, arg)
+
+    @property
+    def reasons(self) -> Reasons | None:
+        """The reasons noted in this run (None: none yet; see :meth:`note`)."""
+        return _REASONS.get(self)
+
     # -- queries ------------------------------------------------------------------------------
+
+    def incomplete_blockers(self, index: int) -> list[Node]:
+        """Task ``index``'s blockers that are not complete yet, in order (its own predecessors,
+        then those of its groups, innermost first); for explain: O(its blockers)."""
+        left, tasks = self._group_left, self.tasks
+        return [
+            b for b in self._blockers[index]
+            if (tasks[b[1]].state != "completed" if b[0] == "task" else not left or left[b[1]] > 0)
+        ]
+
+    def group_left(self, group: int) -> int:
+        """Children of ``group`` not complete yet in this run (all of them before it started)."""
+        left = self._group_left
+        return left[group] if left else len(self.spec.groups[group].children)
 
     def index_entry(self) -> FinishedJob:
         """The small entry that stands for this job once it has finished (see FinishedJob)."""
@@ -765,7 +833,26 @@ class Job:
             self.submitter_uid,
             self.created_at,
             self.finished_at or 0.0,
+            self.spec.name,
+            tuple(self.tag_list()),
         )
+
+    def tag_list(self) -> list[str]:
+        """The tags of the job's tasks (the job's own are inherited by each), each once, in the
+        order first met, at most :data:`MAX_JOB_TAGS`: what a job list shows and filters by.
+        One pass over the tasks on the first call (shared tag lists once), then kept."""
+        if self._tags is None:
+            found: dict[str, None] = dict.fromkeys(self.spec.tags)
+            seen: set[int] = set()
+            for t in self.spec.tasks:
+                tags = t.tags
+                if tags and id(tags) not in seen:
+                    seen.add(id(tags))
+                    found.update(dict.fromkeys(tags))
+                    if len(found) >= MAX_JOB_TAGS:
+                        break
+            self._tags = list(found)[:MAX_JOB_TAGS]
+        return self._tags
 
     @property
     def finished(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Hashable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from procpool.contract.tree import PRIORITIES
 
@@ -33,7 +33,7 @@ class ReadyQueue(Generic[T]):
 
     def __init__(self, aging: float = 30.0) -> None:
         self.aging = aging
-        #: [key, seq, items, next position]: ordered by (key, seq), seq is unique
+        #: [key, seq, items, next position, rank]: ordered by (key, seq), seq is unique
         self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._live: dict[T, int] = {}
@@ -47,7 +47,8 @@ class ReadyQueue(Generic[T]):
             return
         seq = next(self._seq)
         self._live.update(dict.fromkeys(items, seq))
-        heapq.heappush(self._heap, [now + RANK[priority] * self.aging, seq, items, 0])
+        rank = RANK[priority]
+        heapq.heappush(self._heap, [now + rank * self.aging, seq, items, 0, rank])
 
     def discard(self, item: T) -> None:
         self._live.pop(item, None)
@@ -56,7 +57,7 @@ class ReadyQueue(Generic[T]):
         heap, live = self._heap, self._live
         while heap:
             entry = heap[0]
-            _, seq, items, pos = entry
+            _, seq, items, pos, _ = entry
             end = len(items)
             while pos < end:
                 item: T = items[pos]
@@ -80,3 +81,43 @@ class ReadyQueue(Generic[T]):
 
     def __contains__(self, item: object) -> bool:
         return item in self._live
+
+    def where(self, targets: set[T]) -> dict[T, Place]:
+        """Where each of ``targets`` that is queued stands: what :meth:`pop` would return before
+        it, by priority rank, and when it was queued (see :class:`Place`).
+
+        For ``procctl explain``, not for the scheduler's own use: it walks the queue in pop order
+        (the heap's entries sorted, and their live items) up to the last target, O(entries log
+        entries + items before it). Changes nothing.
+        """
+        found: dict[T, Place] = {}
+        wanted = {t for t in targets if t in self._live}
+        if not wanted:
+            return found
+        live = self._live
+        ahead = [0] * len(RANK)
+        position = 0
+        for key, seq, items, pos, rank in sorted(self._heap, key=lambda e: (e[0], e[1])):
+            for item in itertools.islice(items, pos, None):
+                if live.get(item) != seq:
+                    continue
+                if item in wanted:
+                    found[item] = Place(position, tuple(ahead), rank, key - rank * self.aging)
+                    if len(found) == len(wanted):
+                        return found
+                ahead[rank] += 1
+                position += 1
+        return found
+
+
+class Place(NamedTuple):
+    """Where a queued item stands (:meth:`ReadyQueue.where`)."""
+
+    #: how many queued items :meth:`ReadyQueue.pop` returns before it
+    position: int
+    #: of those, how many at each priority rank (0: critical ... 4: batch)
+    ahead: tuple[int, ...]
+    #: its own priority rank
+    rank: int
+    #: when it was queued (the time given to push, the scheduler's monotonic clock)
+    queued_at: float

@@ -7,6 +7,7 @@ them too) and re-exported here for the daemon; only the daemon's own error type 
 from __future__ import annotations
 
 from procpool.contract.states import (
+    ACTIVE_JOB_STATES,
     FINAL_JOB_STATES,
     FINAL_TASK_STATES,
     JOB_STATES,
@@ -20,6 +21,7 @@ from procpool.contract.states import (
 )
 
 __all__ = [
+    "ACTIVE_JOB_STATES",
     "FINAL_JOB_STATES",
     "FINAL_TASK_STATES",
     "JOB_STATES",

@@ -79,6 +79,7 @@ def summary(job: Job) -> JobSummary:
         "tasks": len(job.tasks),
         "counts": job.counts(),
         "reason": job.reason,
+        "tags": job.tag_list(),
     }
 
 
@@ -210,18 +211,42 @@ def full(job: Job, tasks: list[TaskStatus] | None = None, with_groups: bool = Tr
     }
 
 
-def full_page(job: Job, first: int, limit: int, max_bytes: int = PAGE_BYTES) -> FullStatus:
+def full_page(
+    job: Job, first: int, limit: int, max_bytes: int = PAGE_BYTES, state: str | None = None
+) -> FullStatus:
     """:func:`full` with at most ``limit`` tasks from index ``first`` (and about ``max_bytes`` of
     results): the reply to ``status JOB`` stays bounded however big the job. ``page`` says where
     the next page starts (None: this was the last); groups come with the first page only.
     Runs on the loop's thread; costs O(page) plus the job's counts.
+
+    With ``state`` only the tasks in that state (``tasks_state``): ``count`` is how many the page
+    holds, ``next`` the index the next page's scan starts from; a state no task is in (the job's
+    counts say so) costs no scan at all, any other one scan of the tasks' states from ``first``.
     """
     total = len(job.tasks)
     first = max(0, min(first, total))
+    routes = engine_routes(job)[0]
+    if state is not None:
+        tasks: list[TaskStatus] = []
+        nxt = total
+        if job.counts().get(state):
+            budget = max_bytes
+            for i in range(first, total):
+                t = job.tasks[i]
+                if t.state != state:
+                    continue
+                if len(tasks) >= max(1, limit) or budget <= 0:
+                    nxt = i
+                    break
+                tasks.append(task_status(t, routes))
+                budget -= _approx_size(t.result) + _approx_size(t.error) + _approx_size(t.progress) + 300
+        out = full(job, tasks=tasks, with_groups=first == 0)
+        out["page"] = {"from": first, "count": len(tasks), "total": total,
+                       "next": nxt if nxt < total else None}
+        return out
     end = min(total, first + max(1, limit))
     tasks = []
     budget = max_bytes
-    routes = engine_routes(job)[0]
     for t in job.tasks[first:end]:
         tasks.append(task_status(t, routes))
         budget -= _approx_size(t.result) + _approx_size(t.error) + _approx_size(t.progress) + 300
@@ -415,12 +440,17 @@ def page(
     limit: int,
     columns_limit: int | None = None,
     changes_since: str | None = None,
+    tasks_state: str | None = None,
 ) -> FullStatus | ColumnStatusWire | SummaryStatus:
     """One page of the job's status in ``view``: at most ``limit`` tasks in the full view, and
     ``columns_limit`` (default and at most COLUMN_PAGE_TASKS) in the columnar one; none in the
-    summary view. With ``changes_since`` (columns view only) what changed since that cursor."""
+    summary view. With ``changes_since`` (columns view only) what changed since that cursor;
+    with ``tasks_state`` (the full view; the summary's head carries the counts either way) only
+    the tasks in that state."""
     if view == "summary":
         return summary_status(job)
+    if tasks_state is not None:
+        return full_page(job, first, limit, state=tasks_state)
     columns = COLUMN_PAGE_TASKS if columns_limit is None else columns_limit
     if changes_since is not None:
         return changes_page(job, changes_since, columns)

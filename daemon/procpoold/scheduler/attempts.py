@@ -93,6 +93,7 @@ class Attempts(SchedulerState):
         now: float | None = None
         engines = self.engines.by_name
         outliving = self._outliving
+        stalls = self.stalls
         for name, queue in self.queues.items():
             executor = engines[name]
             outlives = executor.outlives_daemon
@@ -115,6 +116,11 @@ class Attempts(SchedulerState):
                 if outlives:
                     outliving.add(spec.attempt_id)
                 free -= 1
+            if free == 0 and queue:  # tasks left waiting for a free slot (for explain)
+                if name not in stalls:
+                    stalls[name] = self.clock()
+            elif stalls:
+                stalls.pop(name, None)
         if not batch:
             return
         self.counters["attempts"] += len(batch)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import itertools
+import re
+from collections.abc import Callable
 from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
@@ -167,13 +170,23 @@ class Queries(SchedulerState):
         return self._drop_jobs(victims), len(matching) - len(victims)
 
     def job_list(
-        self, state: str | None = None, since: float | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Summaries of jobs, newest first (at most ``limit`` and ``status_page_size``).
+        self,
+        state: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+        name: str | None = None,
+        uid: int | None = None,
+        tag: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Summaries of the jobs that match, newest first (at most ``limit`` and
+        ``status_page_size``), and how many match in all.
 
-        Loop thread. Optionally only those in ``state`` or created at or after ``since``. Unfinished jobs
-        come from memory, finished ones' summaries from the store; changes nothing. Raises
-        ``invalid_argument`` for an unknown state.
+        Loop thread. Filters: ``state``; created at or after ``since``; ``name`` (a shell pattern,
+        as fnmatch: ``nightly-*``; a name without ``*?[`` matches itself only); submitted by
+        ``uid``; carrying ``tag`` (see Job.tag_list). Unfinished jobs come from memory, finished
+        ones from the index (their summaries read from the store; a finished job's tags the first
+        time a tag filter needs them); changes nothing. Raises ``invalid_argument`` for an
+        unknown state.
         """
         if state is not None and state not in JOB_STATES:
             raise ProcpoolError(
@@ -181,21 +194,35 @@ class Queries(SchedulerState):
                 f"unknown job state {shorten(state, 64)}",
                 f"use one of {', '.join(JOB_STATES)}",
             )
-        # Newest first up to the limit (at most status_page_size): unfinished jobs from memory,
-        # finished ones from the index, their summaries read from the store.
-        cap = self.status_page_size if limit is None else max(0, min(limit, self.status_page_size))
-        live = (
+        named = _name_matcher(name)
+        if tag is not None:
+            self._read_tags()
+        live = [
             (int(j.id), j.id, j)
             for j in self.jobs.values()
             if j.id not in self.finished
             and (state is None or j.state == state)
             and (since is None or j.created_at >= since)
-        )
-        done = (
+            and (uid is None or j.submitter_uid == uid)
+            and (named is None or named(j.spec.name))
+            and (tag is None or tag in j.tag_list())
+        ]
+        if uid is not None and state is None and since is None and named is None and tag is None:
+            done_entries: Any = (self.finished[i] for i in self._finished_by_uid.get(uid, {}))
+        else:
+            done_entries = self.finished.values()
+        done = [
             (int(e.id), e.id, None)
-            for e in self.finished.values()
-            if (state is None or e.state == state) and (since is None or e.created_at >= since)
-        )
+            for e in done_entries
+            if (state is None or e.state == state)
+            and (since is None or e.created_at >= since)
+            and (uid is None or e.uid == uid)
+            and (named is None or named(e.name))
+            and (tag is None or tag in (e.tags or ()))
+        ]
+        # Newest first up to the limit (at most status_page_size): unfinished jobs from memory,
+        # finished ones from the index, their summaries read from the store.
+        cap = self.status_page_size if limit is None else max(0, min(limit, self.status_page_size))
         picked: list[tuple[int, str, Job | None]] = sorted(
             heapq.nlargest(cap, itertools.chain(live, done), key=lambda item: item[0])
         )
@@ -208,7 +235,19 @@ class Queries(SchedulerState):
                 out.append(dict(status.summary(job)))
             elif job_id in stored:
                 out.append(stored[job_id])
-        return out
+        return out, len(live) + len(done)
+
+    def _read_tags(self) -> None:
+        """Give every finished job of the index its tags (read from the stored summaries of those
+        indexed at start, once each)."""
+        missing = [e.id for e in self.finished.values() if e.tags is None]
+        if not missing:
+            return
+        stored = self.store.summaries(missing) if self.store is not None else {}
+        for job_id in missing:
+            tags = (stored.get(job_id) or {}).get("tags")
+            self.finished[job_id].tags = tuple(t for t in tags if isinstance(t, str)) if isinstance(
+                tags, list) else ()
 
     def by_state(self) -> dict[str, int]:
         """How many jobs are in each state (unfinished and finished); loop thread, changes nothing."""
@@ -253,3 +292,13 @@ class Queries(SchedulerState):
         if index is None:
             return {**status.wait_reply(job, view, self.status_page_size, changes_since), "id": ref}
         return {**status.task_reply(job, index), "id": ref}
+
+
+def _name_matcher(pattern: str | None) -> Callable[[str], bool] | None:
+    """A job name filter: a shell pattern (``*``, ``?``, ``[...]``) or, without those, the name."""
+    if pattern is None:
+        return None
+    if not any(c in pattern for c in "*?["):
+        return lambda name: name == pattern
+    rx = re.compile(fnmatch.translate(pattern))
+    return lambda name: rx.match(name) is not None

@@ -16,6 +16,7 @@ delays are loop timers. Executors report back through the
 - :mod:`.persistence`: what changed, and the group commit of it to the store;
 - :mod:`.recovery`: jobs read back from the store at start, leftovers of a crash;
 - :mod:`.queries`: finished jobs (index, cache, retention) and status queries;
+- :mod:`.explain`: why a task is in its state (``procctl explain``);
 
 and this module, the engine room: carrying out the state changes a job returns.
 """
@@ -28,6 +29,7 @@ from procpool.contract.words import plural
 from procpoold import failures, journal
 from procpoold.core.jobs import Effects, Job
 from procpoold.scheduler.attempts import Attempts
+from procpoold.scheduler.explain import Explain
 from procpoold.scheduler.persistence import Persistence
 from procpoold.scheduler.queries import Queries
 from procpoold.scheduler.recovery import Recovery
@@ -35,7 +37,7 @@ from procpoold.scheduler.state import _user_fields, log, task_log
 from procpoold.scheduler.submission import Submission
 
 
-class Scheduler(Submission, Attempts, Persistence, Recovery, Queries):
+class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
     """Jobs, queues, attempts; see the module docstring.
 
     The parts (mixins over :class:`~procpoold.scheduler.state.SchedulerState`): submission, attempts,

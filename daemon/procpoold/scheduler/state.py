@@ -118,6 +118,9 @@ class SchedulerState(abc.ABC):
         self._next_id = 1
         #: ready tasks per engine name
         self.queues: dict[str, ReadyQueue[Ref]] = {name: ReadyQueue(aging) for name in engines.by_name}
+        #: engine name -> since when (clock) the pump has found it without a free slot while tasks
+        #: waited in its queue; a pass that leaves its queue empty or a slot free ends it (explain)
+        self.stalls: dict[str, float] = {}
         self.attempts: dict[str, Ref] = {}
         #: attempts handed to an engine whose processes outlive the daemon, not reported started yet
         #: (their pid is committed soon after the start: see Executor.recover)

@@ -10,6 +10,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.tree import JobSpec, TreeError, parse_job
 from procpool.contract.words import plural
 from procpoold import failures, journal
+from procpoold.core import reasons
 from procpoold.core.jobs import Job, scoped_key
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.identity import (
@@ -130,7 +131,7 @@ class Submission(SchedulerState):
         reason = failures.cancelled_by(by)
         if index is None:
             if job.state == "pending":  # still waiting for prerequisites: none of its tasks began
-                effects = job.fail_before_start(reason, now)
+                effects = job.fail_before_start(reason, now, reasons.CANCELLED)
                 job.cancel_requested = True
             else:
                 effects = job.cancel(now, reason=reason)

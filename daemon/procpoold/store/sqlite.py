@@ -631,11 +631,13 @@ class StateStore:
     def finished_index(self) -> Iterator[FinishedJob]:
         """Every finished job that has its summary, in no particular order (read at start)."""
         self.settle()
-        for job_id, key, state, uid, created_at, finished_at in self.db.execute(
-            "SELECT id, key, state, uid, created_at, finished_at FROM jobs"
+        for job_id, key, state, uid, created_at, finished_at, name in self.db.execute(
+            "SELECT id, key, state, uid, created_at, finished_at, name FROM jobs"
             f" WHERE state IN {_FINISHED_SQL} AND summary IS NOT NULL"
         ):
-            yield FinishedJob(str(job_id), key, state, uid, float(created_at), float(finished_at or 0.0))
+            yield FinishedJob(
+                str(job_id), key, state, uid, float(created_at), float(finished_at or 0.0), str(name)
+            )
 
     def summaries(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored summaries of these jobs (finished ones; others have none)."""

@@ -43,7 +43,7 @@ def test_a_summary_lists_failures_then_running_tasks_and_counts_the_rest() -> No
     job = running_job(1_000, failures=25, running=3)
     text = render.job_summary(decoded(job), now=110.0, hint="; --all lists every task")
     lines = text.splitlines()
-    assert lines[0].startswith('job 5 "big"  running  run 1/1  10.0s')
+    assert lines[0].startswith('job 5 "big"  running  run 1/1  9.0s')  # from its first attempt
     assert lines[1] == "  1000 tasks: 3 running, 972 completed, 25 failed"
     assert lines[2] == "  ✘ t0  failed  1 attempt  1.0s  ValueError: bad 0"
     assert [line.split()[1] for line in lines[2:22]] == [f"t{i}" for i in range(20)]
@@ -68,11 +68,24 @@ def test_a_job_that_completed_is_two_lines() -> None:
     job = running_job(20_000, failures=0, running=0)
     job.finish_run(103.0)
     lines = render.job_summary(decoded(job), now=110.0).splitlines()
-    assert lines == ['job 5 "big"  completed  run 1/1  3.0s  -', "  20000 tasks: 20000 completed"]
+    assert lines == ['job 5 "big"  completed  run 1/1  2.0s  -', "  20000 tasks: 20000 completed"]
 
 
 def test_the_progress_line_reads_the_columns() -> None:
     job = running_job(100, failures=10, running=6)
-    line = render.progress_line(decoded(job), width=10)
-    assert line.startswith("[#########.] 94/100  run 1  running  running: ")
-    assert line.endswith("t94 3/4, t95 3/4, t96 3/4, t97 3/4 +2")
+    line = render.progress_line(decoded(job), width=120)
+    assert line == ("[############################..] 94/100  run 1  running  10 failed  "
+                    "running: t94 3/4, t95 3/4, t96 3/4, t97 3/4 +2")
+
+
+def test_the_progress_line_fits_a_narrow_terminal() -> None:
+    status = decoded(running_job(100, failures=10, running=6))
+    # as many running tasks as fit, then how many run in all, then cut with an ellipsis
+    assert render.progress_line(status, width=80) == (
+        "[##################..] 94/100  run 1  running  10 failed  running: t94 3/4 +5")
+    assert render.progress_line(status, width=64) == (
+        "[###############.] 94/100  run 1  running  10 failed  6 running")
+    for width in (80, 60, 40, 20, 10):
+        line = render.progress_line(status, width=width)
+        assert len(line) <= width, (width, line)
+    assert render.progress_line(status, width=20) == "[####.] 94/100  run…"

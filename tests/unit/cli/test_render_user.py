@@ -12,5 +12,5 @@ def test_the_user_column_and_the_job_header() -> None:
     assert render.user({**job, "user": "1000"}) == "1000"
     assert render.user({**job, "uid": None, "user": None}) == "-"
     table = render.job_table([job], now=10.0).splitlines()
-    assert table[0].split() == ["ID", "NAME", "USER", "STATE", "RUN", "TASKS", "AGE"]
+    assert table[0].split() == ["ID", "NAME", "USER", "STATE", "TASKS", "START", "END", "DURATION"]
     assert "alice (1000)" in table[1]

@@ -101,6 +101,8 @@ NOT_STATES = {
     ("cli/jobs.py", '"timeout": _POLL'),  # the progress wait's argument
     ("cli/pool.py", "counters = ("),  # the pool's statistics counters
     ("cli/render.py", "jobs.get('running', 0)"),  # the daemon summary's count of running attempts
+    ("cli/top.py", 'queued=int(jobs.get("queued")'),  # the daemon summary's count of queued attempts
+    ("cli/explain.py", '"queued": "ready (queued)"'),  # explain's reason name, not a state
 }
 
 

@@ -35,9 +35,9 @@ def test_a_finished_job_leaves_memory_and_is_read_back_from_the_store(tmp_path: 
     job, _ = scheduler.resolve(done)  # read back
     assert job.state == "completed" and job.tasks[0].result == "root"
     assert scheduler.is_finished(done) and scheduler.finished_status(f"{done}.0")["state"] == "completed"
-    assert [j["id"] for j in scheduler.job_list()] == [done, running]
-    assert [j["name"] for j in scheduler.job_list(state="completed")] == ["done"]
-    assert scheduler.job_list(limit=1)[0]["id"] == running
+    assert [j["id"] for j in scheduler.job_list()[0]] == [done, running]
+    assert [j["name"] for j in scheduler.job_list(state="completed")[0]] == ["done"]
+    assert scheduler.job_list(limit=1)[0][0]["id"] == running
     assert scheduler.by_state() == {"completed": 1, "running": 1}
     again, existing = scheduler.submit({"name": "done", "key": "k1", "root": {"cmd": ["true"]}})
     assert existing and again.id == done
@@ -47,9 +47,9 @@ def test_a_finished_job_leaves_memory_and_is_read_back_from_the_store(tmp_path: 
     store = StateStore(tmp_path / "state.db")  # a restart reads only the index of finished jobs
     loop, executor, scheduler = run_scheduler(store)
     assert list(scheduler.jobs) == [running] and list(scheduler.finished) == [done]
-    assert scheduler.job_list(state="completed")[0]["counts"] == {"completed": 1}
+    assert scheduler.job_list(state="completed")[0][0]["counts"] == {"completed": 1}
     assert scheduler.clean() == ([done], 0)
-    assert scheduler.job_list() == [status.summary(scheduler.jobs[running])]
+    assert scheduler.job_list()[0] == [status.summary(scheduler.jobs[running])]
     loop.close()
     store.close()
 
@@ -73,7 +73,7 @@ def test_rows_of_finished_jobs_from_schema_3_get_their_summary_at_start(tmp_path
     store.settle()
     row = store.db.execute("SELECT uid, summary IS NOT NULL FROM jobs").fetchone()
     assert row == (7, 1)
-    assert scheduler.job_list()[0]["name"] == "old"
+    assert scheduler.job_list()[0][0]["name"] == "old"
     loop.close()
     store.close()
 

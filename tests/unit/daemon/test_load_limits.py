@@ -214,9 +214,9 @@ def test_job_list_is_newest_first_bounded_by_its_limit() -> None:
     try:
         for i in range(10):
             scheduler.submit({"name": f"j{i}", "root": {"cmd": ["true"]}})
-        assert [j["name"] for j in scheduler.job_list(limit=3)] == ["j7", "j8", "j9"]
-        assert len(scheduler.job_list(limit=0)) == 0
-        assert [j["name"] for j in scheduler.job_list()] == ["j6", "j7", "j8", "j9"]  # capped
+        assert [j["name"] for j in scheduler.job_list(limit=3)[0]] == ["j7", "j8", "j9"]
+        assert len(scheduler.job_list(limit=0)[0]) == 0
+        assert [j["name"] for j in scheduler.job_list()[0]] == ["j6", "j7", "j8", "j9"]  # capped
     finally:
         loop.close()
 
