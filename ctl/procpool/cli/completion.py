@@ -49,6 +49,9 @@ def completion(shell: str) -> None:
       bash:  eval "$(procctl completion bash)"   in ~/.bashrc (bash 4.4 or later)
       zsh:   eval "$(procctl completion zsh)"    in ~/.zshrc, after compinit
       fish:  procctl completion fish > ~/.config/fish/completions/procctl.fish
+
+    \b
+      procctl completion bash > /etc/bash_completion.d/procctl   for every user
     """
     from click.shell_completion import get_completion_class
 

@@ -167,7 +167,14 @@ def _columns(status: Any) -> JobStatus:
 def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], every_task: bool) -> None:
     """Submit the job tree in FILE (or - for stdin); prints the job id.
 
-    With --wait, a progress line while it runs, then the job's counts and what failed."""
+    With --wait, a progress line while it runs, then the job's counts and what failed.
+
+    \b
+      procctl submit examples/hello.json           prints the job's id
+      procctl submit nightly.json --wait           waits; exit 0 if it completed
+      procctl submit step2.json --after 12         starts once job 12 completed
+      generate-tree | procctl submit -             the tree from stdin
+    """
     raw = read_job_file(file)
     with settings.client() as client:
         try:
@@ -197,7 +204,14 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], e
 @click.argument("file")
 @pass_settings
 def validate(settings: Settings, file: str) -> None:
-    """Check a job file without submitting it; print the order tasks could start in."""
+    """Check a job file without submitting it; print the order tasks could start in.
+
+    Warns (exit still 0) when a callable's module or a command's program cannot be found here.
+
+    \b
+      procctl validate nightly.json
+      procctl --json validate nightly.json         the order as JSON
+    """
     job = check_job(file, read_job_file(file), DEFAULT_LIMITS.following(settings.max_message_size))
     from procpool.contract.tree import compile_job
 
@@ -350,6 +364,12 @@ def run(
       130    Ctrl-C: procctl stopped waiting; the task goes on (it says its id)
 
     Reusing a --key submits nothing: procctl names the job that has that key.
+
+    \b
+      procctl run -- make -C /srv/build            prints the job's id
+      procctl run --wait --timeout 60 -- ./backup.sh
+      procctl run --wait procpool.demo:checksum '"abc"'
+      procctl run --retries 3 --env MODE=fast pkg.jobs:refresh 10
     """
     words = list(argv)
     dashdash = bool(click.get_current_context().meta.get("run_dashdash"))
@@ -617,7 +637,13 @@ def _status_of(settings: Settings, client: Client, ref: str, state: str | None, 
 @pass_settings
 def wait(settings: Settings, id: str, wait_timeout: float | None, every_task: bool) -> None:
     """Wait until a job or task has finished; print a job's counts and what failed; exit 0 if
-    it completed, 1 if not."""
+    it completed, 1 if not, 124 if --timeout gave up first.
+
+    \b
+      procctl wait 12                              the job
+      procctl wait 12.3                            one of its tasks (or 12/name)
+      procctl wait 12 --timeout 600 || echo "not done yet"
+    """
     _waiting_for(id)
     with settings.client() as client:
         result = client.wait(id, timeout=wait_timeout, view="full" if settings.json else "columns")
@@ -638,7 +664,14 @@ def wait(settings: Settings, id: str, wait_timeout: float | None, every_task: bo
 @click.argument("id")
 @pass_settings
 def cancel(settings: Settings, id: str) -> None:
-    """Cancel a job, or a single task (12.3 or 12/name)."""
+    """Cancel a job, or a single task (12.3 or 12/name).
+
+    Running attempts get SIGTERM, then SIGKILL after the daemon's kill_grace.
+
+    \b
+      procctl cancel 12                            the whole job
+      procctl cancel 12/fetch                      only its task "fetch"
+    """
     with settings.client() as client:
         result = client.cancel(id)
     emit(
@@ -653,7 +686,12 @@ def cancel(settings: Settings, id: str) -> None:
 @click.argument("id")
 @pass_settings
 def resume(settings: Settings, id: str) -> None:
-    """Release a job held after a daemon restart (on_interrupt: hold)."""
+    """Release a job held after a daemon restart (on_interrupt: hold).
+
+    \b
+      procctl status --state held                  which jobs are held
+      procctl resume 12
+    """
     with settings.client() as client:
         result = client.resume(id)
     emit(settings, result, f"job {result['id']} resumed")
@@ -669,7 +707,12 @@ def resume(settings: Settings, id: str) -> None:
 )
 @pass_settings
 def clean(settings: Settings, state: str | None, older_than: float | None) -> None:
-    """Remove finished jobs from the daemon's history (only your own unless you are an administrator)."""
+    """Remove finished jobs from the daemon's history (only your own unless you are an administrator).
+
+    \b
+      procctl clean                                every finished job of yours
+      procctl clean --state completed --older-than 1w
+    """
     before = time.time() - older_than if older_than is not None else None
     args: dict[str, Any] = {}
     if state is not None:

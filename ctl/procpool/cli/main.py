@@ -410,7 +410,12 @@ pass_settings = click.make_pass_decorator(Settings)
 @cli.command()
 @pass_settings
 def ping(settings: Settings) -> None:
-    """Check that the daemon answers; print its version."""
+    """Check that the daemon answers; print its version.
+
+    \b
+      procctl ping                                 the default socket
+      procctl ping --socket ./run/control.sock     a daemon of one's own
+    """
     with settings.client() as client:
         info = client.ping()
     emit(settings, info, f"procpoold {info['version']} (protocol {info['protocol']}, pid {info['pid']})")
@@ -419,7 +424,13 @@ def ping(settings: Settings) -> None:
 @cli.command()
 @pass_settings
 def shutdown(settings: Settings) -> None:
-    """Ask the daemon to stop gracefully."""
+    """Ask the daemon to stop gracefully: running attempts drain for up to its drain timeout.
+
+    Accepted work is kept in its state store and goes on at its next start.
+
+    \b
+      procctl shutdown                             (under systemd: systemctl stop procpoold)
+    """
     with settings.client() as client:
         client.shutdown()
     emit(settings, {"stopping": True}, f"procpoold on {settings.socket} is stopping")

@@ -97,7 +97,12 @@ def pool_summary(info: dict[str, Any]) -> str:
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def pool(ctx: click.Context) -> None:
-    """Show the worker pool (pid, state, current task, tasks done, memory)."""
+    """Show the worker pool (pid, state, current task, tasks done, memory).
+
+    \b
+      procctl pool                                 the workers and the pool's counters
+      procctl pool resize 8                        eight workers from now on
+    """
     if ctx.invoked_subcommand is None:
         settings = ctx.find_object(Settings)
         assert settings is not None
@@ -110,7 +115,11 @@ def pool(ctx: click.Context) -> None:
 @click.argument("workers", type=click.IntRange(0, WORKERS_MAX))
 @pass_settings
 def resize(settings: Settings, workers: int) -> None:
-    """Change the number of workers at run time (running work is not dropped); at least 1."""
+    """Change the number of workers at run time (running work is not dropped); at least 1.
+
+    \b
+      procctl pool resize 4
+    """
     if workers < 1:  # the daemon refuses it too: a pool of 0 workers would leave all work waiting
         fail("a pool of 0 workers would start no task (run --wait and wait would hang)", POOL_RESIZE_HINT)
     with settings.client() as client:
