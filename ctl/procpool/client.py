@@ -347,3 +347,8 @@ class Client:
         ``upstream``, ...) and the data behind them (see docs/protocol.md)."""
         result: dict[str, Any] = self.call("explain", {"id": id})
         return result
+
+    def metrics(self) -> dict[str, Any]:
+        """The daemon's metrics and health verdict (docs/protocol.md, ``metrics``)."""
+        result: dict[str, Any] = self.call("metrics")
+        return result

@@ -83,6 +83,18 @@ log = logging.getLogger("procpoold")
     metavar="ADDRESS",
     help="Address of a Dask scheduler (tcp://HOST:8786): tasks may then run on it (\"engine\": \"dask\").",
 )
+@click.option(
+    "--metrics-textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write Prometheus metrics to this *.prom file for node_exporter's textfile collector "
+    "(needs prometheus_client: procpool[metrics]) [default off].",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="ADDRESS",
+    help="Serve Prometheus metrics over HTTP on a loopback HOST:PORT (127.0.0.1:9464) or a Unix "
+    "socket (unix:/PATH) [default off].",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on fatal errors.")
 @click.version_option(__version__, prog_name="procpoold")
 def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
@@ -103,6 +115,8 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         "log_job_max_bytes": options["log_job_max_bytes"],
         "engine": options["engine"],
         "dask_scheduler": options["dask_scheduler"],
+        "metrics_textfile": options["metrics_textfile"],
+        "metrics_listen": options["metrics_listen"],
     }
     try:
         config = load(config_file, overrides)

@@ -216,6 +216,11 @@ OPS: dict[str, Op] = {
             "unfinished tasks are where they are.",
             id=Arg(_STR, required=True),
         ),
+        _op(
+            "metrics",
+            "The daemon's metrics: uptime, tasks by outcome, success rate, durations per task name, "
+            "throughput, queue by priority, workers, dropped log records, store size, and health.",
+        ),
     )
 }
 

@@ -70,6 +70,7 @@ class DaemonAPI(Protocol):
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
     def explain(self, ref: str) -> dict[str, Any]: ...
+    def metrics(self) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -169,6 +170,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def explain(req: Request, peer: Peer | None) -> Any:
         return api.explain(req.args["id"])
 
+    def metrics(req: Request, peer: Peer | None) -> Any:
+        return api.metrics()
+
     handlers: dict[str, Handler] = {
         "pool": pool,
         "pool_resize": pool_resize,
@@ -182,6 +186,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "logs": logs,
         "clean": clean,
         "explain": explain,
+        "metrics": metrics,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start
