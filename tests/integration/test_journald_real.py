@@ -160,3 +160,27 @@ def test_procctl_logs_reads_the_journal(jdaemon: NamespacedDaemon, journald: Jou
     follow = jdaemon.procctl_ns("logs", "-f", job)
     assert follow.returncode == 0, follow.stderr
     assert "stdout: late" in follow.stdout and time.monotonic() - started < 20
+
+
+def test_log_context_fields_are_journal_fields(jdaemon: NamespacedDaemon, journald: Journald) -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    doc = {"name": "ctx", "log_fields": {"request_id": "r-77"}, "root": {"sequential": [
+        {"name": "talk", "call": "tests.support.log_tasks:log_extra",
+         "args": ["with context", {"step": "parse", "PROCPOOL_JOB_ID": "999"}]},
+        {"name": "shout", "cmd": ["echo", "from the command"], "log_fields": {"request_id": "r-78"}},
+    ]}}
+    status = run_job(jdaemon, doc["root"], name="ctx", log_fields=doc["log_fields"], python_path=[root])
+    assert status["job"]["state"] == "completed", status
+    job = status["job"]["id"]
+    [talk] = wait_until(lambda: journald.entries("PROCPOOL_X_REQUEST_ID=r-77"), lambda es: len(es) == 1,
+                        what="the task's record, matched by its log context field in the journal")
+    assert (talk["MESSAGE"], talk["PROCPOOL_X_STEP"], talk["PROCPOOL_JOB_ID"]) == ("with context", "parse", job)
+    assert talk["PROCPOOL_X_PROCPOOL_JOB_ID"] == "999"
+    [shout] = journald.entries("PROCPOOL_X_REQUEST_ID=r-78")
+    assert shout["MESSAGE"] == "from the command" and shout["PROCPOOL_STREAM"] == "stdout"
+    # procctl logs --field: a journal match.
+    out = jdaemon.procctl_ns("logs", "--json", job, "--field", "step=parse")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["message"] for r in records] == ["with context"]
+    assert records[0]["fields"]["PROCPOOL_X_REQUEST_ID"] == "r-77"
