@@ -47,7 +47,8 @@ def test_extra_and_tree_fields_are_shown_and_filtered(daemon: DaemonProcess) -> 
     assert status["job"]["state"] == "completed", status
     job = status["job"]["id"]
     got = {r["message"]: x_fields(r) for r in logs(daemon, job)}
-    assert got["own extra"] == {"PROCPOOL_X_REQUEST_ID": "r-own", "PROCPOOL_X_N": "5", "PROCPOOL_X_TEAM": "ops"}
+    assert got["own extra"] == {"PROCPOOL_X_REQUEST_ID": "r-own", "PROCPOOL_X_N": "5",
+                                "PROCPOOL_X_TEAM": "ops"}
     assert got["tree only"] == {"PROCPOOL_X_REQUEST_ID": "r-job", "PROCPOOL_X_TEAM": "ops"}
     assert got["overridden"] == {"PROCPOOL_X_REQUEST_ID": "r-task", "PROCPOOL_X_TEAM": "ops"}
     assert got["command line"] == {"PROCPOOL_X_REQUEST_ID": "r-job", "PROCPOOL_X_TEAM": "ops"}

@@ -28,10 +28,11 @@ _new_spec = object.__new__
 
 class _JobPass:
     """What the attempts of one job dispatched in one pump pass share: the job, the identity they
-    run as (looked up once per job per pass), the time they start, and the job's entry in the
-    scheduler's changed tasks (None without a store)."""
+    run as (looked up once per job per pass), the time they start, the job's entry in the
+    scheduler's changed tasks (None without a store), and the daemon's ``log_level`` (the level of
+    the tasks that name none; a SIGHUP may change it between passes)."""
 
-    __slots__ = ("job", "job_name", "now", "run", "started", "user")
+    __slots__ = ("job", "job_name", "level", "now", "run", "started", "user")
 
     def __init__(self, job: Job, user: Identity | None, now: float, started: dict[int, int] | None) -> None:
         self.job = job
@@ -40,6 +41,7 @@ class _JobPass:
         self.now = now
         self.run = job.run
         self.started = started
+        self.level = _root.level
 
 
 class Attempts(SchedulerState):
@@ -201,7 +203,7 @@ class Attempts(SchedulerState):
         spec.run = jp.run
         spec.priority = task.priority
         spec.user = jp.user
-        spec.log_level = task.log_level or _root.level  # (the daemon's: SIGHUP may change it)
+        spec.log_level = task.log_level or jp.level
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
