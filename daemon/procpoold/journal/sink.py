@@ -269,6 +269,10 @@ class LogSink:
         """The job has finished: its names leave the tables (once the forwarder is past them), and
         its log file is closed."""
         if self.files is not None and job_id.isdigit():
+            if self._ev and _get_ident() == self._loop_thread:
+                # The job's last lifecycle events go into its file before it is closed (a "job
+                # finished" record seals them first, but not at a log_level above info).
+                self.seal()
             self.files.finish(int(job_id))
         job = self.named.pop(job_id, None)
         if job is None:
