@@ -246,18 +246,13 @@ class TypedNamespace(Generic[T]):
 
     def _read(self, name: str, raw: dict[str, Any]) -> Any:
         """Field ``name`` of namespace values ``raw``, checked and built (its default if absent)."""
-        import dataclasses
-
         from procpool.contract import nsschema
 
         t = self._field(name)
         if name not in raw:
-            for f in dataclasses.fields(self._cls):  # type: ignore[arg-type]
-                if f.name == name:
-                    if f.default is not dataclasses.MISSING:
-                        return f.default
-                    if f.default_factory is not dataclasses.MISSING:
-                        return f.default_factory()
+            has_default, default = self._default(name)
+            if has_default:
+                return default
             owner = self._cls.__qualname__
             raise NamespaceTypeError(name, t.describe(), "nothing (not set, no default)", owner)
         value = raw[name]
@@ -321,15 +316,42 @@ class TypedNamespace(Generic[T]):
         return _namespace.append(name, wire)
 
     def cas(self, name: str, expected: Any, value: Any) -> bool:
-        """Set field ``name`` to ``value`` only if it now equals ``expected`` (and has its type;
-        missing is None)."""
+        """Set field ``name`` to ``value`` only if it now reads as ``expected`` through the view.
+
+        The daemon compares values and their types. A field the view reads as ``expected`` may be
+        stored otherwise, so when the first atomic try fails, one more is made for each other
+        spelling: not set (when ``expected`` is the field's default), and, for a ``float``
+        field, an int (a JSON ``2`` or a sum of int increments is read as ``2.0``).
+        """
         from procpool.contract import nsschema
 
         t = self._field(name)
         wire = nsschema.unbuild(value)
         self._check(name, t, wire)
         self._raw = None
-        return _namespace.cas(name, nsschema.unbuild(expected), wire)
+        old = nsschema.unbuild(expected)
+        tries = [old]
+        if isinstance(t, nsschema.Scalar) and t.name == "float" and type(old) is float and (
+            old.is_integer() and abs(old) < 2**63
+        ):
+            tries.append(int(old))
+        if old is not None:
+            has_default, default = self._default(name)
+            if has_default and nsschema.unbuild(default) == old:
+                tries.append(None)  # (the daemon's "missing")
+        return any(_namespace.cas(name, each, wire) for each in tries)
+
+    def _default(self, name: str) -> tuple[bool, Any]:
+        """Whether field ``name`` has a default, and a fresh copy of it."""
+        import dataclasses
+
+        for f in dataclasses.fields(self._cls):  # type: ignore[arg-type]
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    return True, f.default
+                if f.default_factory is not dataclasses.MISSING:
+                    return True, f.default_factory()
+        return False, None
 
     def delete(self, name: str) -> bool:
         """Remove field ``name`` (it reads as its default again); True if it was set."""

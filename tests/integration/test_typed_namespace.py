@@ -131,3 +131,15 @@ def test_validate_and_submit_refuse_bad_initial_values(daemon: DaemonProcess, tm
     doc["namespace_schema"] = SCHEMA
     path.write_text(json.dumps(doc))
     assert daemon.procctl("validate", str(path)).returncode == 0
+
+
+def test_the_example_job(daemon: DaemonProcess) -> None:
+    doc = json.loads((Path(ROOT) / "examples" / "typed-namespace.json").read_text())
+    with daemon.client() as client:
+        job_id = client.submit(doc)["id"]
+        result = client.wait(job_id, timeout=60)
+    status = result["status"]
+    assert status["job"]["state"] == "completed", [t["error"] for t in status["tasks"] if t["error"]][:3]
+    words = ["job", "namespace", "pool", "typed"]
+    assert tasks_by_name(status)["report"]["result"] == {"words": 4, "longest": "namespace", "seen": words}
+    assert sorted(tasks_by_name(status)[n]["result"] for n in "abcd") == [1, 2, 3, 4]

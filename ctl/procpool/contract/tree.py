@@ -357,7 +357,7 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
         try:
             return parse_schema(value, path)
         except SchemaError as exc:
-            hint = "see the namespace_schema section of docs/job-trees.md"
+            hint = "see \"Typed namespace\" in docs/job-trees.md"
             raise TreeError(exc.path, exc.message, hint) from None
     else:  # pragma: no cover - a table entry without a checker is a bug
         raise AssertionError(kind)

@@ -370,6 +370,33 @@ def test_a_wrong_type_in_the_namespace_is_a_task_error_naming_the_field(
         view.get(name)
 
 
+def test_cas_of_a_float_field_matches_an_int_stored(daemon_ns: FakeDaemon) -> None:
+    daemon_ns.ns["best"] = 2  # a JSON 2, or the sum of int increments
+    view = task.namespace(State)
+    assert view.best == 2.0
+    assert view.cas("best", 3.0, 4.0) is False  # no match, as float nor as int
+    assert daemon_ns.ops == ["snapshot", "cas", "cas"]
+    assert view.cas("best", view.get("best"), 2.5) is True
+    assert daemon_ns.ns["best"] == 2.5
+    assert view.cas("best", 2.5, 3.5) is True  # one round trip when the first try matches
+    assert daemon_ns.ops == ["snapshot", "cas", "cas", "get", "cas", "cas", "cas"]
+    daemon_ns.ns["count"] = 2
+    assert view.cas("count", 2.0, 3) is False  # an int field: compared exactly
+    assert daemon_ns.ns["count"] == 2
+
+
+def test_cas_of_a_field_not_set_matches_its_default(daemon_ns: FakeDaemon) -> None:
+    view = task.namespace(State)
+    assert view.count == 0  # not set: its default
+    assert view.cas("count", 0, 5) is True  # tried as 0, then as "not set"
+    assert daemon_ns.ns == {"count": 5}
+    assert view.cas("count", 0, 6) is False  # set now: neither 0 nor "not set"
+    assert view.cas("names", [], ["a"]) is True
+    assert view.cas("best", None, 1.5) is True  # the default is None: one try
+    assert daemon_ns.ops == ["snapshot", "cas", "cas", "cas", "cas", "cas", "cas", "cas"]
+    assert daemon_ns.ns == {"count": 5, "names": ["a"], "best": 1.5}
+
+
 def test_a_wrong_type_is_refused_before_it_is_sent(daemon_ns: FakeDaemon) -> None:
     view = task.namespace(State)
     cases: list[tuple[Any, str]] = [
