@@ -13,7 +13,7 @@ import pytest
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from tests.support.daemon import DaemonProcess
 from tests.support.fixtures import each_engine
-from tests.support.jobs import run_job, tasks_by_name
+from tests.support.jobs import run_job, tasks_by_name, wait_task_state
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -143,3 +143,40 @@ def test_the_example_job(daemon: DaemonProcess) -> None:
     words = ["job", "namespace", "pool", "typed"]
     assert tasks_by_name(status)["report"]["result"] == {"words": 4, "longest": "namespace", "seen": words}
     assert sorted(tasks_by_name(status)[n]["result"] for n in "abcd") == [1, 2, 3, 4]
+
+
+def test_the_schema_holds_after_a_restart(tmp_path: Path) -> None:
+    """The daemon restores a job's schema with the job (from the tree it stored): a task of a
+    job submitted before a crash is still refused a schema-breaking update after it."""
+    gate = tmp_path / "gate"
+    d = DaemonProcess(extra_args=["--workers", "2"])
+    try:
+        d.start()
+        with d.client() as client:
+            job_id = client.submit({
+                "name": "typed", "python_path": [ROOT], "namespace_schema": SCHEMA,
+                "namespace": {"count": 1}, "on_failure": "continue",
+                "root": {"sequential": [
+                    {"name": "hold", "call": "tests.support.tasks:pid_then_wait",
+                     "args": [str(tmp_path / "pid"), str(gate)]},
+                    {"concurrent": [{"name": "bad", **call("untyped_set", "count", "one")},
+                                    {"name": "good", **call("typed_incr")}]},
+                ]},
+            })["id"]
+            wait_task_state(client, job_id, "hold")
+        d.crash()
+        gate.touch()
+        d.restart()
+        with d.client() as client:
+            status = client.wait(job_id, timeout=60)["status"]
+        t = tasks_by_name(status)
+        assert t["hold"]["state"] == "completed"
+        assert t["bad"]["state"] == "failed"
+        assert t["bad"]["error"]["message"] == (
+            "namespace: set of 'count': declared int, got str (the job's namespace_schema)"
+        )
+        assert (t["good"]["state"], t["good"]["result"]) == ("completed", 2)
+        assert status["job"]["namespace"] == {"count": 2}
+        d.stop()
+    finally:
+        d.stop(check=False)

@@ -106,6 +106,7 @@ class Record:
 
 NsType = Scalar | ListOf | MapOf | Record
 
+
 def type_name(value: Any) -> str:
     """A value's type as errors name it (the schema's spelling where there is one)."""
     if value is None:
@@ -282,12 +283,13 @@ def mismatch(t: NsType, value: Any) -> tuple[str, str, str] | None:
     if type(value) is not dict:
         return ("", t.describe(), type_name(value))
     for k, v in value.items():
-        ft = t.fields.get(k) if type(k) is str else None
+        if type(k) is not str:
+            return (f"[{_shown(k)}]", "a str key", type_name(k))
+        ft = t.fields.get(k)
         if ft is None:
             ft = t.rest
             if ft is None:
-                where = f".{k}" if type(k) is str and FIELD_RE.match(k) else f"[{_shown(k)}]"
-                return (where, "no such field", type_name(v))
+                return (_child(k), "no such field", type_name(v))
         found = mismatch(ft, v)
         if found is not None:
             return (_child(k) + found[0], found[1], found[2])
@@ -384,10 +386,15 @@ def _from_dataclass(cls: Any, depth: int) -> Record:
         raise TypeError(f"a typed namespace needs a dataclass, got {cls!r}")
     if depth > MAX_DEPTH:
         raise TypeError(f"{cls.__qualname__}: dataclasses nested deeper than {MAX_DEPTH} levels")
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # a name the annotations use that is not found, a bad annotation
+        raise TypeError(f"{cls.__qualname__}: its annotations cannot be resolved: {exc}") from None
     fields: dict[str, NsType] = {}
     required: set[str] = set()
     for f in dataclasses.fields(cls):
+        if not f.init:  # (computed by the dataclass itself: not a namespace key)
+            continue
         fields[f.name] = _from_annotation(hints.get(f.name, Any), f"{cls.__qualname__}.{f.name}", depth)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.add(f.name)

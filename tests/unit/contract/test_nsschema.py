@@ -251,6 +251,15 @@ def test_the_daemon_applies_updates_that_fit_the_schema() -> None:
     assert ns == {"best": 0.5, "names": ["a"], "points": [{"x": 2}], "maybe": None, "extra": [1, {"x": None}]}
 
 
+def test_keys_that_are_not_strings_are_refused() -> None:
+    # (JSON has none; msgpack from a worker may)
+    schema = parse_schema({"m": "dict[str, int]", "r": {"a": "int", "*": "int"}})
+    assert nsschema.mismatch(schema.fields["m"], {1: 1}) == ("[1]", "a str key", "int")
+    assert nsschema.mismatch(schema.fields["r"], {b"a": 1}) == ("[b'a']", "a str key", "bytes")
+    with pytest.raises(ProcpoolError, match="set of 'r': r\\[1\\] is declared a str key, got int"):
+        namespace.apply({}, "set", {"key": "r", "value": {1: 2}}, None, schema)
+
+
 def test_an_untyped_namespace_is_unchanged() -> None:
     ns: dict[str, Any] = {}
     namespace.apply(ns, "set", {"key": "count", "value": "anything"})
@@ -275,6 +284,11 @@ class State:
     points: list[Point] = field(default_factory=list)
     by_host: dict[str, int] = field(default_factory=dict)
     extra: Any = None
+
+
+@dataclass
+class Tree:
+    children: list[Tree]
 
 
 class FakeDaemon:
@@ -441,6 +455,30 @@ def test_unsupported_annotations_are_named() -> None:
         nsschema.from_dataclass(Bad)
     with pytest.raises(TypeError, match="needs a dataclass"):
         nsschema.from_dataclass(dict)
+
+    @dataclass
+    class Unknown:
+        where: NotDefinedAnywhere  # type: ignore[name-defined]  # noqa: F821
+
+    with pytest.raises(TypeError, match=r"Unknown: its annotations cannot be resolved: name 'NotDefined"):
+        nsschema.from_dataclass(Unknown)
+
+    with pytest.raises(TypeError, match="nested deeper than 16 levels"):
+        nsschema.from_dataclass(Tree)  # (it refers to itself)
+
+
+def test_fields_outside_init_are_not_namespace_keys(daemon_ns: FakeDaemon) -> None:
+    @dataclass
+    class Derived:
+        n: int = 0
+        double: int = field(init=False, default=0)
+
+        def __post_init__(self) -> None:
+            self.double = 2 * self.n
+
+    daemon_ns.ns.update({"n": 4, "double": "not read"})
+    assert task.namespace(Derived).snapshot().double == 8
+    assert set(nsschema.from_dataclass(Derived).fields) == {"n"}
 
 
 def test_the_untyped_api_still_works(daemon_ns: FakeDaemon) -> None:
