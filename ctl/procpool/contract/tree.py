@@ -37,7 +37,7 @@ from procpool.contract.limits import (
     finite_number,
     shorten,
 )
-from procpool.contract.nsschema import MAX_TYPE_CHARS, SchemaError, check_values, parse_schema
+from procpool.contract.nsschema import FIELD_RE, MAX_TYPE_CHARS, SchemaError, check_values, parse_schema
 from procpool.contract.nsschema import Record as NamespaceSchema
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
@@ -1006,7 +1006,7 @@ def json_schema() -> dict[str, Any]:
             "nsrecord": {
                 "type": "object",
                 "properties": {"?": {"type": "boolean"}, "*": {"$ref": "#/$defs/nstype"}},
-                "propertyNames": {"pattern": r"^([A-Za-z_][A-Za-z0-9_]{0,63}|\?|\*)$"},
+                "propertyNames": {"pattern": f"^({FIELD_RE.pattern[1:-1]}|\\?|\\*)$"},
                 "additionalProperties": {"$ref": "#/$defs/nstype"},
             },
             "node": {
