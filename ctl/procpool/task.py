@@ -61,6 +61,10 @@ class NamespaceTypeError(TypeError):
         self.field = field
         self.expected = expected
         self.got = got
+        self.owner = owner
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (an exception pickles its args: these are not those)
+        return (type(self), (self.field, self.expected, self.got, self.owner))
 
 
 class Channel(Protocol):

@@ -436,6 +436,16 @@ def test_a_wrong_type_is_refused_before_it_is_sent(daemon_ns: FakeDaemon) -> Non
         _ = view.nope
 
 
+def test_the_error_pickles() -> None:
+    import pickle
+
+    error = task.NamespaceTypeError("count", "int", "str", "State")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.field, copy.expected, copy.got) == (
+        task.NamespaceTypeError, str(error), "count", "int", "str"
+    )
+
+
 def test_a_required_field_that_is_not_set(daemon_ns: FakeDaemon) -> None:
     @dataclass
     class Needs:
