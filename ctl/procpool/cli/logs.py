@@ -113,7 +113,7 @@ def _query(client: Client, id: str, attempt: int | None, source: str, **more: An
     type=click.Choice(["auto", "journal", "daemon"]),
     default="auto",
     show_default=True,
-    help="Read journald, or the daemon's own tail of recent lines; auto: whatever the daemon uses.",
+    help="Read journald, or the daemon's own copy (its job log files); auto: whatever the daemon uses.",
 )
 @pass_settings
 def logs(
@@ -128,9 +128,14 @@ def logs(
 ) -> None:
     """Show the log of a job or a task (ID: 12, 12.3 or 12/name): its output and lifecycle records.
 
+    Under journald it reads the journal; otherwise the daemon's own job log files, kept as long as
+    the job is.
+
     \b
-    Examples:
-      procctl logs 12 --json                       every record with its fields
+      procctl logs 12                              the whole job
+      procctl logs 12/fetch -n 50                  the last 50 lines of its task "fetch"
+      procctl logs 12 -f                           follow it until it finishes
+      procctl logs 12 --json | jq -r .message      one JSON object per record (fields included)
       procctl logs 12 --field request_id=r-42      the records of a request (PROCPOOL_X_REQUEST_ID)
     """
     fields = parse_fields(field_matches)

@@ -38,6 +38,8 @@ from procpool.contract.limits import (
     shorten,
 )
 from procpool.contract.logfields import FieldError, tree_fields, tree_level
+from procpool.contract.nsschema import FIELD_RE, MAX_TYPE_CHARS, SchemaError, check_values, parse_schema
+from procpool.contract.nsschema import Record as NamespaceSchema
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
@@ -117,6 +119,10 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     ),
     "priority": TASK_FIELDS["priority"],
     "namespace": FieldSpec("map", "Initial values of the job's shared namespace."),
+    "namespace_schema": FieldSpec(
+        "nsschema", 'Types of the namespace\'s keys, e.g. {"count": "int", "names": "list[str]", '
+        '"best": "float?"}: checked against the initial values, and every change a task makes.'
+    ),
     "env": TASK_FIELDS["env"],
     "cwd": TASK_FIELDS["cwd"],
     "python_path": FieldSpec("strings", "Extra import paths for call tasks."),
@@ -207,6 +213,8 @@ class JobSpec:
     engine: str | None = None
     #: the ordering, set by parse_job (compiled once, used by the daemon and by validate)
     plan: Plan | None = None
+    #: the parsed "namespace_schema" (None: the namespace is untyped)
+    namespace_schema: NamespaceSchema | None = None
 
 
 #: a TaskSpec without running its __init__: the parser sets every field by name (see _add_task)
@@ -365,6 +373,12 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
         except FieldError as exc:
             where = path if exc.where is None or len(exc.where) > 64 else f"{path}.{exc.where}"
             raise TreeError(where, str(exc)) from None
+    elif kind == "nsschema":
+        try:
+            return parse_schema(value, path)
+        except SchemaError as exc:
+            hint = "see \"Typed namespace\" in docs/job-trees.md"
+            raise TreeError(exc.path, exc.message, hint) from None
     else:  # pragma: no cover - a table entry without a checker is a bug
         raise AssertionError(kind)
     return value
@@ -771,6 +785,12 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
             values[key] = _check_value(spec.kind, value, key)
             if key in _LIMITED:
                 _check_limits(limits, key, values[key], "")
+    schema = values.get("namespace_schema")
+    if schema is not None and "namespace" in values:
+        try:
+            check_values(schema, values["namespace"])
+        except SchemaError as exc:
+            raise TreeError(exc.path, exc.message) from None
     parser = _Parser(limits, values.get("engine"))
     defaults = {k: values[k] for k in INHERITABLE if k in values}
     root = parser.node(raw["root"], "root", defaults, None, "root", 0)
@@ -793,6 +813,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         tags=list(values.get("tags", [])),
         user=values.get("user"),
         engine=values.get("engine"),
+        namespace_schema=schema,
     )
     job.plan = compile_job(job)
     return job
@@ -986,6 +1007,7 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     },
     "log_level": {"enum": ["debug", "info", "warning", "error", "critical"]},
     "node": {"$ref": "#/$defs/node"},
+    "nsschema": {"$ref": "#/$defs/nsrecord"},
 }
 
 
@@ -1006,6 +1028,20 @@ def json_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": _props(JOB_FIELDS),
         "$defs": {
+            # namespace_schema (procpool.contract.nsschema): a type is a string, a record or [type]
+            "nstype": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_CHARS},
+                    {"$ref": "#/$defs/nsrecord"},
+                    {"type": "array", "items": {"$ref": "#/$defs/nstype"}, "minItems": 1, "maxItems": 1},
+                ]
+            },
+            "nsrecord": {
+                "type": "object",
+                "properties": {"?": {"type": "boolean"}, "*": {"$ref": "#/$defs/nstype"}},
+                "propertyNames": {"pattern": f"^({FIELD_RE.pattern[1:-1]}|\\?|\\*)$"},
+                "additionalProperties": {"$ref": "#/$defs/nstype"},
+            },
             "node": {
                 "oneOf": [
                     {"$ref": "#/$defs/task"},
