@@ -70,6 +70,7 @@ class DaemonAPI(Protocol):
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
     def explain(self, ref: str) -> dict[str, Any]: ...
+    def retry(self, ref: str, tasks: list[str] | None, by: int | None) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -169,6 +170,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def explain(req: Request, peer: Peer | None) -> Any:
         return api.explain(req.args["id"])
 
+    def retry(req: Request, peer: Peer | None) -> Any:
+        return api.retry(req.args["id"], req.args.get("tasks"), peer.uid if peer else None)
+
     handlers: dict[str, Handler] = {
         "pool": pool,
         "pool_resize": pool_resize,
@@ -182,6 +186,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "logs": logs,
         "clean": clean,
         "explain": explain,
+        "retry": retry,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start
