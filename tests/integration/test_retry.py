@@ -12,6 +12,7 @@ import pytest
 from tests.support.daemon import DaemonProcess
 from tests.support.fixtures import each_engine
 from tests.support.jobs import run_job, tasks_by_name, wait_task_state
+from tests.support.waiting import wait_until
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -68,6 +69,8 @@ def test_retry_runs_what_failed_and_keeps_what_completed(daemon: DaemonProcess, 
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert out.stdout.startswith(f"job {job} run 2: 3 tasks again (b, c, d), 2 completed tasks kept")
     assert runs(log) == {"a": 1, "b": 2, "c": 1, "side": 1, "d": 1}  # a and side did not run again
+    record = f'job {job} "test" retried: run 2, 3 tasks again, 2 kept'
+    wait_until(lambda: record in daemon.log(), what="the retry's record in the daemon's log")
     status = procctl_json(daemon, "status", job)
     t = tasks_by_name(status)
     assert status["job"]["state"] == "completed" and status["job"]["run"] == 2

@@ -232,7 +232,7 @@ class Submission(SchedulerState):
                 "PROCPOOL_RUN": str(job.run),
                 **_user_fields(job),
                 **({"PROCPOOL_BY_UID": str(by)} if by is not None else {}),
-                "MESSAGE_ID": journal.MessageId.JOB_SUBMITTED,
+                "MESSAGE_ID": journal.MessageId.JOB_RETRIED,
             },
         )
         self._apply(job, effects)
