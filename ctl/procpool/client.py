@@ -348,6 +348,11 @@ class Client:
         result: dict[str, Any] = self.call("explain", {"id": id})
         return result
 
+    def metrics(self) -> dict[str, Any]:
+        """The daemon's metrics and health verdict (docs/protocol.md, ``metrics``)."""
+        result: dict[str, Any] = self.call("metrics")
+        return result
+
     def retry(self, id: str, tasks: list[str] | None = None) -> dict[str, Any]:
         """Run a finished job's tasks that did not complete again, as a new run of the same job
         (its completed tasks, their results and its namespace kept); ``tasks`` (ids such as

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from dataclasses import dataclass, field
 
 from procpool import task
 
@@ -45,3 +46,29 @@ def checksum(data: str) -> str:
 def fail(message: str = "something went wrong") -> None:
     """Always raise, to show failures, retries and skipped dependents."""
     raise RuntimeError(message)
+
+
+@dataclass
+class Tally:
+    """The namespace of ``examples/typed-namespace.json`` as its tasks read it (typed)."""
+
+    words: int = 0
+    longest: str = ""
+    seen: list[str] = field(default_factory=list)
+
+
+def tally(word: str) -> int:
+    """Count ``word`` and keep the longest word seen, through a typed view of the namespace."""
+    ns = task.namespace(Tally)
+    ns.append("seen", word)
+    while True:  # compare-and-set: concurrent tallies keep the longest
+        longest = ns.get("longest")
+        if len(word) <= len(longest) or ns.cas("longest", longest, word):
+            break
+    return int(ns.incr("words"))
+
+
+def tally_report() -> dict[str, object]:
+    """What the tallies left, read from one snapshot of the namespace."""
+    state = task.namespace(Tally).snapshot()
+    return {"words": state.words, "longest": state.longest, "seen": sorted(state.seen)}

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
+
+if TYPE_CHECKING:
+    from procpool.contract.nsschema import NsType, Record
+
+T = TypeVar("T")
 
 #: Namespace operations understood by the daemon, with their argument names.
 NAMESPACE_OPS: dict[str, tuple[str, ...]] = {
@@ -37,6 +42,29 @@ NAMESPACE_OPS: dict[str, tuple[str, ...]] = {
 
 class NotInTask(RuntimeError):
     """A task API was used outside a running procpool task."""
+
+
+class NamespaceTypeError(TypeError):
+    """A namespace value does not have the type a typed view declares (never coerced).
+
+    ``field`` is the value's path in the namespace (``count``, ``point.x``, ``names[2]``),
+    ``expected`` the declared type and ``got`` the type found, as ``int``, ``list[str]``,
+    ``float?`` (or null), ``null``.
+    """
+
+    def __init__(self, field: str, expected: str, got: str, owner: str) -> None:
+        if expected == "no such field":
+            message = f"namespace field {field} is not declared (by {owner}), got {got}"
+        else:
+            message = f"namespace field {field} is declared {expected} (by {owner}), got {got}"
+        super().__init__(message)
+        self.field = field
+        self.expected = expected
+        self.got = got
+        self.owner = owner
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (an exception pickles its args: these are not those)
+        return (type(self), (self.field, self.expected, self.got, self.owner))
 
 
 class Channel(Protocol):
@@ -183,7 +211,184 @@ class Namespace:
 _namespace = Namespace()
 
 
-def namespace() -> Namespace:
-    """The running task's job namespace."""
+class TypedNamespace(Generic[T]):
+    """The job's namespace seen through dataclass ``T`` (see :func:`namespace`).
+
+    Reads: ``view.FIELD`` reads the view's **snapshot** of the namespace (no round trip): taken
+    by the first such read (one ``snapshot`` round trip), renewed by :meth:`snapshot`, and
+    dropped by every update made through the view (so a task reads its own writes). A field that
+    is not set reads as its dataclass default. :meth:`get` is a **live** read (one round trip).
+    :meth:`snapshot` returns a whole ``T``.
+
+    Updates (:meth:`set`, :meth:`incr`, :meth:`append`, :meth:`cas`, :meth:`delete`) are the
+    namespace's atomic operations, one round trip each; their values are checked before they
+    are sent. A value of another type than declared raises :class:`NamespaceTypeError`, at a
+    read or an update, naming the field and both types: never a silent coercion (``bool`` is
+    not ``int``; an ``int`` read where ``float`` is declared is widened to a float, the only
+    conversion). Namespace keys that ``T`` does not declare are left alone.
+    """
+
+    __slots__ = ("_cls", "_raw", "_type")
+
+    def __init__(self, cls: type[T], record: Record) -> None:
+        self._cls = cls
+        self._type = record
+        self._raw: dict[str, Any] | None = None
+
+    def _field(self, name: str) -> NsType:
+        t = self._type.fields.get(name)
+        if t is None:
+            raise AttributeError(f"{self._cls.__qualname__} has no field {name!r}")
+        return t
+
+    def _check(self, name: str, t: NsType, value: Any) -> None:
+        from procpool.contract import nsschema
+
+        found = nsschema.mismatch(t, value)
+        if found is not None:
+            raise NamespaceTypeError(name + found[0], found[1], found[2], self._cls.__qualname__)
+
+    def _read(self, name: str, raw: dict[str, Any]) -> Any:
+        """Field ``name`` of namespace values ``raw``, checked and built (its default if absent)."""
+        from procpool.contract import nsschema
+
+        t = self._field(name)
+        if name not in raw:
+            has_default, default = self._default(name)
+            if has_default:
+                return default
+            owner = self._cls.__qualname__
+            raise NamespaceTypeError(name, t.describe(), "nothing (not set, no default)", owner)
+        value = raw[name]
+        self._check(name, t, value)
+        return nsschema.build(t, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._field(name)
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = _namespace.snapshot()
+        return self._read(name, raw)
+
+    def snapshot(self) -> T:
+        """The whole namespace as a ``T`` (one round trip); also becomes the view's snapshot."""
+        raw = self._raw = _namespace.snapshot()
+        values = {name: self._read(name, raw) for name in self._type.fields}
+        return self._cls(**values)
+
+    def get(self, name: str) -> Any:
+        """Field ``name`` as it is now (a live read: one round trip), or its default."""
+        self._field(name)
+        value = _namespace.get(name, _ABSENT)
+        return self._read(name, {} if value == _ABSENT else {name: value})
+
+    def set(self, name: str, value: Any) -> None:
+        """Set field ``name`` to ``value`` (a nested dataclass is stored as a map)."""
+        from procpool.contract import nsschema
+
+        t = self._field(name)
+        wire = nsschema.unbuild(value)
+        self._check(name, t, wire)
+        self._raw = None
+        _namespace.set(name, wire)
+
+    def incr(self, name: str, by: int | float = 1) -> Any:
+        """Add ``by`` to the number field ``name`` (missing counts as 0); returns the new value."""
+        from procpool.contract.nsschema import Scalar
+
+        t = self._field(name)
+        if not isinstance(t, Scalar) or t.name not in ("int", "float"):
+            raise NamespaceTypeError(name, t.describe(), "an increment (incr needs int or float)",
+                                     self._cls.__qualname__)
+        self._check(name, t if t.name == "int" else Scalar("float"), by)
+        self._raw = None
+        return self._read(name, {name: _namespace.incr(name, by)})
+
+    def append(self, name: str, value: Any) -> int:
+        """Append ``value`` to the list field ``name`` (missing counts as empty); returns its length."""
+        from procpool.contract import nsschema
+
+        t = self._field(name)
+        if not isinstance(t, nsschema.ListOf):
+            owner = self._cls.__qualname__
+            raise NamespaceTypeError(name, t.describe(), "an append (append needs a list)", owner)
+        wire = nsschema.unbuild(value)
+        self._check(f"{name}[]", t.item, wire)
+        self._raw = None
+        return _namespace.append(name, wire)
+
+    def cas(self, name: str, expected: Any, value: Any) -> bool:
+        """Set field ``name`` to ``value`` only if it now reads as ``expected`` through the view.
+
+        The daemon compares values and their types. A field the view reads as ``expected`` may be
+        stored otherwise, so when the first atomic try fails, one more is made for each other
+        spelling: not set (when ``expected`` is the field's default), and, for a ``float``
+        field, an int (a JSON ``2`` or a sum of int increments is read as ``2.0``).
+        """
+        from procpool.contract import nsschema
+
+        t = self._field(name)
+        wire = nsschema.unbuild(value)
+        self._check(name, t, wire)
+        self._raw = None
+        old = nsschema.unbuild(expected)
+        tries = [old]
+        if isinstance(t, nsschema.Scalar) and t.name == "float" and type(old) is float and (
+            old.is_integer() and abs(old) < 2**63
+        ):
+            tries.append(int(old))
+        if old is not None:
+            has_default, default = self._default(name)
+            if has_default and nsschema.unbuild(default) == old:
+                tries.append(None)  # (the daemon's "missing")
+        return any(_namespace.cas(name, each, wire) for each in tries)
+
+    def _default(self, name: str) -> tuple[bool, Any]:
+        """Whether field ``name`` has a default, and a fresh copy of it."""
+        import dataclasses
+
+        for f in dataclasses.fields(self._cls):  # type: ignore[arg-type]
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    return True, f.default
+                if f.default_factory is not dataclasses.MISSING:
+                    return True, f.default_factory()
+        return False, None
+
+    def delete(self, name: str) -> bool:
+        """Remove field ``name`` (it reads as its default again); True if it was set."""
+        self._field(name)
+        self._raw = None
+        return _namespace.delete(name)
+
+    def __repr__(self) -> str:
+        return f"<typed namespace view of {self._cls.__qualname__}>"
+
+
+#: The default a live read asks for, to tell "not set" from a stored null in one round trip.
+_ABSENT = "\0procpool: not set\0"
+
+
+#: the record type of each dataclass a view was made of (derived once per process)
+_types: dict[type, Record] = {}
+
+
+@overload
+def namespace() -> Namespace: ...
+@overload
+def namespace(cls: type[T]) -> TypedNamespace[T]: ...
+def namespace(cls: type[T] | None = None) -> Namespace | TypedNamespace[T]:
+    """The running task's job namespace; with a dataclass ``cls``, a typed view of it
+    (:class:`TypedNamespace`). Raises TypeError naming the field for a dataclass field of a
+    type a namespace cannot hold."""
     _need()
-    return _namespace
+    if cls is None:
+        return _namespace
+    record = _types.get(cls)
+    if record is None:
+        from procpool.contract.nsschema import from_dataclass
+
+        record = _types[cls] = from_dataclass(cls)
+    return TypedNamespace(cls, record)

@@ -67,6 +67,12 @@ log = logging.getLogger("procpoold")
     help="When the log queue is full: block (pause the task's output) or drop [default block].",
 )
 @click.option(
+    "--log-job-max-bytes",
+    type=click.IntRange(0, 1 << 40),
+    help="Without journald: most bytes of each job's log file in the state directory; its start is "
+    "kept (0: no files) [default 67108864, 64 MiB].",
+)
+@click.option(
     "--engine",
     type=click.Choice(ENGINES),
     help="Where call and cmd tasks run unless they say: this daemon (local) or the Dask cluster "
@@ -76,6 +82,18 @@ log = logging.getLogger("procpoold")
     "--dask-scheduler",
     metavar="ADDRESS",
     help="Address of a Dask scheduler (tcp://HOST:8786): tasks may then run on it (\"engine\": \"dask\").",
+)
+@click.option(
+    "--metrics-textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write Prometheus metrics to this *.prom file for node_exporter's textfile collector "
+    "(needs prometheus_client: procpool[metrics]) [default off].",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="ADDRESS",
+    help="Serve Prometheus metrics over HTTP on a loopback HOST:PORT (127.0.0.1:9464) or a Unix "
+    "socket (unix:/PATH) [default off].",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks on fatal errors.")
 @click.version_option(__version__, prog_name="procpoold")
@@ -94,8 +112,11 @@ def cli(debug: bool, config_file: Path | None, **options: Any) -> None:
         "log_target": options["log_target"],
         "log_queue_size": options["log_queue_size"],
         "log_policy": options["log_policy"],
+        "log_job_max_bytes": options["log_job_max_bytes"],
         "engine": options["engine"],
         "dask_scheduler": options["dask_scheduler"],
+        "metrics_textfile": options["metrics_textfile"],
+        "metrics_listen": options["metrics_listen"],
     }
     try:
         config = load(config_file, overrides)

@@ -30,6 +30,9 @@ from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The range of log_job_max_bytes (other than 0: no log files): 64 KiB to 1 TiB.
+LOG_JOB_MIN_BYTES = 64 * 1024
+LOG_JOB_MAX_BYTES = 1 << 40
 #: Where tasks run by default: on this daemon's own engines, or on a Dask cluster (docs/engines.md).
 ENGINES = ("local", "dask")
 #: The address schemes of a Dask scheduler the daemon accepts (those of distributed's comm layer
@@ -76,6 +79,9 @@ class Config:
     #: Seconds the log target may accept no record before the logger drops (and counts) records
     #: instead of pausing tasks whose output fills the log queue.
     log_put_timeout: float = 10.0
+    #: Without journald, each job's log is kept in a file of the state directory, of at most this
+    #: many bytes (the start is kept; docs/logging.md). 0: no files (the daemon's memory tail only).
+    log_job_max_bytes: int = 64 * 1024 * 1024
     #: "normal": commits survive a daemon crash; "full": they also survive power loss (fsync each).
     sync: str = "normal"
     #: false: keep jobs in memory only (nothing survives a restart; for benchmarks and throwaway daemons).
@@ -125,6 +131,19 @@ class Config:
     #: The Dask scheduler's address ("tcp://10.0.0.5:8786"); set, the daemon also runs the "dask"
     #: engine (which needs the optional ``distributed`` package: ``pip install 'procpool[dask]'``).
     dask_scheduler: str | None = None
+    #: Health thresholds (the [health] block: max_queued, min_success_rate, success_window; see
+    #: procpoold.metrics_report). Degraded past max_queued tasks queued (0: no threshold), or when
+    #: fewer than min_success_rate of the last success_window tasks succeeded (0: no threshold).
+    health_max_queued: int = 0
+    health_min_success_rate: float = 0.5
+    health_success_window: int = 100
+    #: The Prometheus export, off by default (the [metrics] block: textfile, listen, interval): a
+    #: file for node_exporter's textfile collector (``*.prom``), and/or an HTTP endpoint on a
+    #: loopback address ("127.0.0.1:9464", "[::1]:9464") or a Unix socket ("unix:/path"),
+    #: refreshed at most every ``metrics_interval`` seconds, only while something changes.
+    metrics_textfile: Path | None = None
+    metrics_listen: str | None = None
+    metrics_interval: float = 15.0
 
     def limits(self) -> Limits:
         """The size limits of jobs and requests from this config (0 resolved to max_message_size).
@@ -182,8 +201,12 @@ class Config:
             raise ConfigError(
                 f"log_put_timeout must be between 0.1 and 86400 seconds, got {self.log_put_timeout}"
             )
+        if self.log_job_max_bytes and not LOG_JOB_MIN_BYTES <= self.log_job_max_bytes <= LOG_JOB_MAX_BYTES:
+            raise ConfigError(f"log_job_max_bytes must be 0 (no log files) or between {LOG_JOB_MIN_BYTES} "
+                              f"and {LOG_JOB_MAX_BYTES}, got {self.log_job_max_bytes}")
         if self.drain_timeout < 0 or self.kill_grace < 0:
             raise ConfigError("drain_timeout and kill_grace must not be negative")
+        self._validate_metrics()
         self._validate_numbers()
         self._validate_engine()
         for name in ("group", "admin_group"):
@@ -197,6 +220,29 @@ class Config:
         if len(os.fsencode(self.socket)) > 107:
             raise ConfigError(f"socket path is longer than 107 bytes (a Unix socket limit): {self.socket}")
         return self
+
+    def _validate_metrics(self) -> None:
+        if not 0 <= self.health_max_queued <= 10**9:
+            raise ConfigError(
+                f"health_max_queued must be between 0 and 1000000000, got {self.health_max_queued}")
+        if not 0.0 <= self.health_min_success_rate <= 1.0:  # (NaN too)
+            raise ConfigError(
+                f"health_min_success_rate must be between 0 and 1, got {self.health_min_success_rate}")
+        if not 1 <= self.health_success_window <= 100_000:
+            raise ConfigError(
+                f"health_success_window must be between 1 and 100000, got {self.health_success_window}")
+        if not 1.0 <= self.metrics_interval <= 3600.0:
+            raise ConfigError(
+                f"metrics_interval must be between 1 and 3600 seconds, got {self.metrics_interval}")
+        textfile = self.metrics_textfile
+        if textfile is not None and (not textfile.is_absolute() or textfile.suffix != ".prom"):
+            raise ConfigError(
+                f"metrics_textfile must be an absolute path ending in .prom (node_exporter's textfile "
+                f"collector reads only those), got {str(textfile)[:200]!r}")
+        if self.metrics_listen is not None:
+            problem = listen_address_problem(self.metrics_listen)
+            if problem is not None:
+                raise ConfigError(f"metrics_listen {problem}")
 
     def _validate_engine(self) -> None:
         if self.engine not in ENGINES:
@@ -266,6 +312,7 @@ _CONVERT: dict[str, Any] = {
     "retention_count": int,
     "max_interruptions": int,
     "log_put_timeout": float,
+    "log_job_max_bytes": int,
     "sync": str,
     "store": bool,
     "async_per_worker": int,
@@ -286,7 +333,38 @@ _CONVERT: dict[str, Any] = {
     "status_page_size": int,
     "engine": str,
     "dask_scheduler": str,
+    "health_max_queued": int,
+    "health_min_success_rate": float,
+    "health_success_window": int,
+    "metrics_textfile": Path,
+    "metrics_listen": str,
+    "metrics_interval": float,
 }
+#: Blocks of the config file whose keys are settings with the block's name as a prefix
+#: (``[health] max_queued = 100`` is ``health_max_queued``).
+_BLOCKS = ("health", "metrics")
+
+
+#: The loopback hosts metrics_listen accepts (the metrics are for this machine's collector).
+_LOOPBACK = re.compile(r"(?P<host>127(?:\.[0-9]{1,3}){3}|localhost|\[::1\]):(?P<port>[0-9]{1,5})")
+
+
+def listen_address_problem(address: str) -> str | None:
+    """Why ``address`` is not one metrics_listen accepts ("must be ..."); None when it is one:
+    ``HOST:PORT`` on a loopback host, or ``unix:/absolute/path`` (at most 107 bytes)."""
+    shown = repr(address) if len(address) <= 200 else repr(address[:200]) + "..."
+    if address.startswith("unix:"):
+        path = address[len("unix:"):]
+        if not path.startswith("/") or len(os.fsencode(path)) > 107:
+            return f"must name an absolute socket path of at most 107 bytes after unix:, got {shown}"
+        return None
+    match = _LOOPBACK.fullmatch(address)
+    if match is None:
+        return ('must be a loopback address such as "127.0.0.1:9464" or "[::1]:9464", or a Unix socket '
+                f'such as "unix:/run/procpoold/metrics.sock", got {shown}')
+    if not 0 < int(match["port"]) < 65536:
+        return f"must have a port from 1 to 65535, got {match['port']} in {shown}"
+    return None
 
 
 def dask_address_problem(address: str) -> str | None:
@@ -302,6 +380,20 @@ def dask_address_problem(address: str) -> str | None:
     if not 0 < int(match["port"]) < 65536:
         return f"must have a port from 1 to 65535, got {match['port']} in {shown}"
     return None
+
+
+def _flatten(section: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The settings of a config file's section, the keys of its blocks (see _BLOCKS) prefixed."""
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if key in _BLOCKS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {key} must be a table ([{key}]), got {type(value).__name__}")
+            for inner, setting in value.items():
+                out[f"{key}_{inner}"] = setting
+        else:
+            out[key] = value
+    return out
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
@@ -335,7 +427,13 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> Config:
         section = data.get("procpoold", data)
         if not isinstance(section, dict):
             raise ConfigError(f"{origin}: procpoold must be a table, got {type(section).__name__}")
-        for key, value in section.items():
+        if section is not data:  # [health] and [metrics] beside [procpoold] (or in it: [procpoold.health])
+            for block in _BLOCKS:
+                if block in data:
+                    if block in section:
+                        raise ConfigError(f"{origin}: [{block}] is given twice (also as [procpoold.{block}])")
+                    section = {**section, block: data[block]}
+        for key, value in _flatten(section, origin).items():
             norm = key.replace("-", "_")
             if norm not in _CONVERT:
                 raise ConfigError(f"{origin}: unknown setting {key!r}")

@@ -1,9 +1,10 @@
 """The daemon's own bounded memory of recent log lines, per task (and per job for job-level records).
 
-``procctl logs`` reads it when the daemon does not write to journald (a terminal, the tests), and
-``procctl logs`` falls back to it when the client cannot read the journal. Every record that carries a
-job id goes here, whatever happens to it downstream: a record the log queue drops (policy ``drop``) is
-still in this tail.
+``procctl logs`` falls back to it when the client cannot read the journal, and reads it when the
+daemon writes to neither journald nor job log files (``log_job_max_bytes = 0``; with files, see
+:mod:`procpoold.logfiles`, the records of jobs go there instead and this tail keeps none). Every
+record that carries a job id goes here, whatever happens to it downstream: a record the log queue
+drops (policy ``drop``) is still in this tail.
 
 Memory is bounded twice: at most ``lines_per_owner`` records per task (older ones fall off), and at
 most ``max_owners`` tasks and jobs (the oldest are forgotten first).

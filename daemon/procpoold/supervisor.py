@@ -25,7 +25,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import shorten
 from procpool.contract.status import PingReply, View
 from procpool.contract.version import PROTOCOL_VERSION, __version__
-from procpoold import journal, systemd
+from procpoold import journal, metrics_report, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
 from procpoold.control.limits import ServerLimits, connection_cap, raise_fd_limit
@@ -35,7 +35,9 @@ from procpoold.core import status
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines.registry import Engines
 from procpoold.identity import Authority, UnknownUser, identity_by_name, identity_of
+from procpoold.logfiles import JobLogFiles
 from procpoold.loop import EventLoop, Timer
+from procpoold.metrics_export import PrometheusExport  # (prometheus_client only once the export starts)
 from procpoold.scheduler import Scheduler
 from procpoold.store.lock import StateLock
 from procpoold.store.protocol import StoreFailure
@@ -122,6 +124,12 @@ class Daemon:
                 engine.set_daemon_id(self.store.daemon_id)
             if sink is not None:  # the journal's watermark: lifecycle records of a crash are replayed
                 sink.keep_watermark(os.fspath(config.state_dir / "journal.seq"))
+            if sink is not None and sink.target != "journal" and config.log_job_max_bytes:
+                try:  # each job's log in a file (with journald, procctl logs reads journald)
+                    sink.keep_files(JobLogFiles(config.state_dir / "logs", config.log_job_max_bytes))
+                except OSError as exc:
+                    log.error("cannot keep the jobs' logs in %s (%s): procctl logs shows the daemon's "
+                              "recent lines only", config.state_dir / "logs", exc)
         authority = Authority(config.admin_group)  # one for the policy and the "user" field
         self.scheduler = Scheduler(
             self.loop,
@@ -160,6 +168,14 @@ class Daemon:
         )
         self.control.limits = config.limits()
         self.control.expect_work = self._expect_work
+        self.scheduler.metrics.recent.resize(config.health_success_window)
+        #: the verdict systemd's status line carries (sent again when it changes)
+        self._verdict: str | None = None
+        self.export: PrometheusExport | None = None
+        if config.metrics_textfile is not None or config.metrics_listen is not None:
+            self.export = PrometheusExport(self, config.metrics_textfile, config.metrics_listen,
+                                           config.metrics_interval)
+            self.scheduler.metrics.on_change = self.export.changed
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -167,6 +183,8 @@ class Daemon:
         """A submit by ``uid`` is arriving (not read yet): let the executors get ready for it."""
         for executor in self.engines.all():
             executor.expect_work(uid)
+        if self.export is not None:
+            self.export.changed()
 
     def start(self) -> None:
         """Recover the store, start the executors, bind the socket, then announce readiness."""
@@ -176,6 +194,11 @@ class Daemon:
             executor.start(self.loop, self.scheduler)
         recovered = self.scheduler.recover()
         self.scheduler.flush()
+        if self.sink is not None and self.sink.files is not None:
+            known = self.scheduler.jobs.keys() | self.scheduler.finished.keys()
+            swept = self.sink.files.sweep(lambda job: str(job) in known)
+            if swept:
+                log.info("removed the log files of %d job(s) the daemon no longer keeps", swept)
         if recovered.get("jobs"):
             log.info(
                 "state recovered: %(jobs)d jobs, %(resumed)d resumed, %(held)d held, "
@@ -198,6 +221,8 @@ class Daemon:
         self.scheduler.listeners.append(lambda _ref: self._status_changed())
         if self._watchdog_interval is not None:
             self.loop.call_later(self._watchdog_interval, self._watchdog_tick)
+        if self.export is not None:
+            self.export.start(self.loop)
         self._announce_when_warm(time.monotonic() + 30)
 
     def _announce_when_warm(self, deadline: float) -> None:
@@ -221,11 +246,17 @@ class Daemon:
             extra={"journal_fields": {"MESSAGE_ID": MESSAGE_READY}},
         )
         systemd.ready(self._status_text())
+        if self.export is not None:
+            self.export.render_now()
 
     def _status_text(self) -> str:
+        verdict = metrics_report.health(self)
+        self._verdict = verdict["health"]
         busy = self._workers_summary()["busy"]
         running = self.scheduler.by_state().get("running", 0)
+        why = f" ({'; '.join(verdict['reasons'])})" if verdict["reasons"] else ""
         return (
+            f"{verdict['health']}{why}: "
             f"{running} job{'s' if running != 1 else ''} running, {self.scheduler.queued()} queued, "
             f"{busy}/{self.config.workers} workers busy"
         )
@@ -246,6 +277,11 @@ class Daemon:
         restarts the daemon."""
         assert self._watchdog_interval is not None
         systemd.watchdog()
+        # The health verdict can change with no task ending (a worker crash-loops, the log target
+        # stalls): the status line follows it at the watchdog's pace, without a timer of its own.
+        if self._ready and self._notify_status and not self._draining and self._status_timer is None \
+                and metrics_report.health(self)["health"] != self._verdict:
+            systemd.status(self._status_text())
         self.loop.call_later(self._watchdog_interval, self._watchdog_tick)
 
     def _wedge(self, _signum: int) -> None:
@@ -268,7 +304,7 @@ class Daemon:
         fixed = [
             name
             for name in ("socket", "state_dir", "group", "admin_group", "max_message_size", "sync", *_SERVER,
-                         "engine", "dask_scheduler")
+                         "engine", "dask_scheduler", "metrics_textfile", "metrics_listen", "metrics_interval")
             if getattr(new, name) != getattr(self.config, name)
         ]
         if fixed:
@@ -282,7 +318,14 @@ class Daemon:
         sink = self.sink
         if sink is not None:
             sink.put_timeout = new.log_put_timeout
+            if sink.files is not None and new.log_job_max_bytes:
+                sink.files.set_max_bytes(new.log_job_max_bytes)
+            elif bool(sink.files) != bool(new.log_job_max_bytes) and new.log_target != "journal":
+                log.warning("reload: log_job_max_bytes 0 (no log files) or back takes effect only after a "
+                            "restart")
         self.scheduler.status_page_size = new.status_page_size
+        if new.health_success_window != self.config.health_success_window:
+            self.scheduler.metrics.recent.resize(new.health_success_window)
         self.scheduler.quota.max_queued_tasks = new.max_queued_tasks or None
         self.scheduler.quota.max_user_tasks = new.max_user_tasks or None
         for queue in self.scheduler.queues.values():
@@ -307,6 +350,9 @@ class Daemon:
     def close(self) -> None:
         """Release everything the daemon holds (safe to call after a failed start)."""
         systemd.stopping(f"stopping: {self.stop_reason or 'closing'}")
+        export = getattr(self, "export", None)  # (None after a failed start too)
+        if export is not None:
+            export.close()
         if hasattr(self, "scheduler"):
             self.scheduler.stop_accepting()
         for executor in self.engines.all():
@@ -388,9 +434,17 @@ class Daemon:
     def info(self) -> PingReply:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
 
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    def metrics(self) -> dict[str, Any]:
+        """The ``metrics`` operation's reply (see procpoold.metrics_report)."""
+        return metrics_report.report(self)
+
     def summary(self) -> dict[str, Any]:
         return {
             **self.info(),
+            "health": metrics_report.health(self),
             "started_at": self.started_at,
             "uptime": time.monotonic() - self._started_mono,
             "socket": os.fspath(self.config.socket),
@@ -545,15 +599,19 @@ class Daemon:
         if self.sink is None:
             raise RuntimeError("logging is not set up")
         job, index = self.scheduler.resolve(args["id"])
+        tasks = job.tasks
+
+        def name(i: int) -> str:
+            return tasks[i].spec.name if 0 <= i < len(tasks) else f"#{i}"
+
+        page = self.config.max_message_size // 2  # (the page's estimate of its size leaves room)
         if index is None:
-            return journal.logs_op(
-                self.sink, args, job_id=job.id, task_id=None, finished=job.finished, since=job.created_at
-            )
+            return journal.logs_op(self.sink, args, job_id=job.id, task_id=None, finished=job.finished,
+                                   since=job.created_at, names=name, page_bytes=page)
         t = job.tasks[index]
-        return journal.logs_op(
-            self.sink,
-            args, job_id=job.id, task_id=t.id, finished=t.state in FINAL_TASK_STATES, since=job.created_at
-        )
+        return journal.logs_op(self.sink, args, job_id=job.id, task_id=t.id,
+                               finished=t.state in FINAL_TASK_STATES, since=job.created_at, names=name,
+                               page_bytes=page)
 
     def clean(self, state: str | None, before: float | None, owner: int | None = None) -> dict[str, Any]:
         """Remove finished jobs; with ``owner`` (a uid) only that user's, counting the others left."""

@@ -68,7 +68,7 @@ def test_a_ready_task_behind_higher_priority_with_every_slot_busy(
         text = "\n".join(answer["text"])
         assert 'number 2 of the 2 ready tasks of engine "commands"; ahead of it: 1 at a higher ' \
             "priority" in text
-        assert 'no free slot: engine "commands" has 1 attempt(s) running and no room for another' in text
+        assert 'no free slot: engine "commands" has 1 attempt running and no room for another' in text
         assert "the scheduler found it full at" in text
         first = client.explain(f"{urgent}.0")
         assert first["queue"]["position"] == 1 and "the next to start" in first["text"][0]
@@ -156,7 +156,7 @@ def test_a_finished_task_tells_how_each_attempt_ended(daemon: DaemonProcess, tmp
     answer = explain(daemon, f"{job_id}.0")
     assert answer["reason"] == "completed" and len(answer["attempts"]) == 2
     text = answer["text"]
-    assert text[0].startswith("completed at ") and text[0].endswith("after 2 attempt(s)")
+    assert text[0].startswith("completed at ") and text[0].endswith("after 2 attempts")
     assert text[1].strip().startswith("attempt 1 failed: started") and "(pid " in text[1]
     assert "the next attempt started" in text[1]
     assert text[2].strip().startswith("attempt 2 completed: started")

@@ -345,6 +345,26 @@ class DaemonProcess:
             self.cleanup()
 
 
+def ctrl_c_after_submit(daemon: DaemonProcess, *args: str) -> tuple[str, str]:
+    """Run ``procctl ARGS`` (a ``--wait`` that submits), press Ctrl-C once it has said
+    ``job N "name" submitted``, and return the job's id and what procctl wrote on stderr; it must
+    exit 130 (procctl stops waiting, the job goes on)."""
+    cmd = [sys.executable, "-m", "procpool.cli", "--socket", str(daemon.socket), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # 'job 1 "name" submitted': procctl waits from here on
+        assert "submitted" in first, first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 130, (out, err)
+    return first.split()[1], err
+
+
 def _send(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)

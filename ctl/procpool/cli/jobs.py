@@ -513,7 +513,7 @@ class _RunOutput(_Printer):
         if time.monotonic() >= self.next_look:
             self.next_look = time.monotonic() + _PROGRESS_EVERY
             task = self.client.status(self.job_id or "")["tasks"][0]
-            text = render._progress(task.get("progress")) if task.get("state") == RUNNING else ""
+            text = render.progress_text(task.get("progress")) if task.get("state") == RUNNING else ""
             if text and text != self.shown:
                 click.echo(f"[{task['id']} progress] {text}", err=True)
                 self.shown = text

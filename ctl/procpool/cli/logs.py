@@ -1,10 +1,12 @@
-"""``procctl logs``: the log of a job or a task, from journald or from the daemon's own tail.
+"""``procctl logs``: the log of a job or a task, from journald or from the daemon's job log files.
 
 The daemon answers the ``logs`` operation with where its records go. When it writes to journald,
 procctl reads the journal itself (``systemd.journal.Reader``, matching the ``PROCPOOL_*`` fields
-the reply names); when it writes to stderr, or the journal cannot be read here, the reply carries
-the daemon's bounded tail of recent lines per task. ``-f`` keeps printing until the job or task
-has finished and its last records were written.
+the reply names); when it writes to stderr, the reply carries the job's records from its log file
+in the daemon's state directory, a page at a time (``more``: ask again from ``cursor``; with
+``-n``, ``older``: ask again further back), or, from a daemon that keeps no files (or when the
+journal cannot be read here), its bounded tail of recent lines per task. ``-f`` keeps printing
+until the job or task has finished and its last records were written.
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ class _Printer:
         self.count = 0
 
     def __call__(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self.count += 1
-            if self.as_json:
-                click.echo(json.dumps({"job_id": self.job_id, **record}, sort_keys=True, default=str))
-            else:
-                click.echo(format_record(record, self.job_id))
+        if not records:
+            return
+        self.count += len(records)
+        if self.as_json:
+            text = "\n".join(json.dumps({"job_id": self.job_id, **r}, sort_keys=True, default=str)
+                             for r in records)
+        else:
+            text = "\n".join(format_record(r, self.job_id) for r in records)
+        click.echo(text)  # (a page at once: one write, not one per line)
 
 
 def _query(client: Client, id: str, attempt: int | None, source: str, **more: Any) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def _query(client: Client, id: str, attempt: int | None, source: str, **more: An
     type=click.Choice(["auto", "journal", "daemon"]),
     default="auto",
     show_default=True,
-    help="Read journald, or the daemon's own tail of recent lines; auto: whatever the daemon uses.",
+    help="Read journald, or the daemon's own copy (its job log files); auto: whatever the daemon uses.",
 )
 @pass_settings
 def logs(
@@ -80,7 +85,17 @@ def logs(
     as_json: bool,
     source: str,
 ) -> None:
-    """Show the log of a job or a task (ID: 12, 12.3 or 12/name): its output and lifecycle records."""
+    """Show the log of a job or a task (ID: 12, 12.3 or 12/name): its output and lifecycle records.
+
+    Under journald it reads the journal; otherwise the daemon's own job log files, kept as long as
+    the job is.
+
+    \b
+      procctl logs 12                              the whole job
+      procctl logs 12/fetch -n 50                  the last 50 lines of its task "fetch"
+      procctl logs 12 -f                           follow it until it finishes
+      procctl logs 12 --json | jq -r .message      one JSON object per record
+    """
     with settings.client() as client:
         reply = _query(
             client,
@@ -114,21 +129,44 @@ def logs(
                 f"the daemon writes its log to {reply['target']}, not to journald",
                 "use --source daemon or leave --source out",
             )
-        _from_tail(client, reply, id, attempt, follow, show)
+        _from_tail(client, reply, id, attempt, follow, show, lines)
 
 
 def _from_tail(
-    client: Client, reply: dict[str, Any], id: str, attempt: int | None, follow: bool, show: _Printer
+    client: Client,
+    reply: dict[str, Any],
+    id: str,
+    attempt: int | None,
+    follow: bool,
+    show: _Printer,
+    lines: int | None = None,
 ) -> None:
-    show(reply["records"])
+    """Print the records of ``reply`` and of the pages after it (``more``), and with ``follow`` the
+    records that come until the job or task has finished. With ``lines`` (the ``-n`` the first
+    request asked for), pages further back (``older``) complete the last ``lines`` records first."""
+    records = reply["records"]
+    older = reply.get("older")
+    while lines is not None and older is not None and len(records) < lines:
+        back = _query(client, id, attempt, "tail", lines=lines - len(records), before=older)
+        records = back["records"] + records
+        older = back.get("older")
+    show(records)
     if reply.get("truncated") and not show.as_json and reply["records"]:
         click.echo("procctl: older lines are no longer kept by the daemon", err=True)
     cursor = reply["cursor"]
-    while follow and not reply["finished"]:
-        time.sleep(_POLL)
+    while reply.get("more") or (follow and not reply["finished"]):
+        if not reply.get("more"):
+            time.sleep(_POLL)
         reply = _query(client, id, attempt, "tail", after=cursor)
         show(reply["records"])
         cursor = reply["cursor"]
+    capped = reply.get("log_file") or {}
+    if capped.get("capped") and not show.as_json:
+        dropped = capped.get("dropped")
+        how_many = f": {dropped:,} record(s) dropped" if dropped else ""
+        click.echo(f"procctl: job {reply['job_id']}'s log reached its cap (log_job_max_bytes = "
+                   f"{capped.get('max_bytes', 0):,} bytes); its later output was not kept{how_many}",
+                   err=True)
 
 
 def _from_journal(

@@ -436,26 +436,6 @@ def shutdown(settings: Settings) -> None:
     emit(settings, {"stopping": True}, f"procpoold on {settings.socket} is stopping")
 
 
-@cli.command()
-@pass_settings
-def health(settings: Settings) -> None:
-    """Print healthy, degraded or unhealthy with the reasons; exit 0, 1 or 2.
-
-    Unhealthy when an engine is down (say, the Dask scheduler cannot be reached) or the log target
-    has stalled; degraded when log records were dropped. For monitors: 3 means the daemon did not
-    answer.
-    """
-    from procpool.cli.render import HEALTH_VERDICTS
-    from procpool.cli.render import health as verdict
-
-    with settings.client() as client:
-        data = client.status(limit=0)
-    level, reasons = verdict(data)
-    emit(settings, {"health": HEALTH_VERDICTS[level], "reasons": reasons},
-         "\n".join([HEALTH_VERDICTS[level], *(f"  {r}" for r in reasons)]))
-    sys.exit(level)
-
-
 #: The module that defines each command kept outside this one. A command module registers its
 #: commands on ``cli`` when it is imported; procctl imports it only when one of its commands runs
 #: (or ``--help`` lists them), so ``procctl ping`` loads none of them. A module imported here
@@ -469,6 +449,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "result": "procpool.cli.result",
     "top": "procpool.cli.top",
     "explain": "procpool.cli.explain",
+    "health": "procpool.cli.health",
+    "metrics": "procpool.cli.metrics",
     "retry": "procpool.cli.retry",
 }
 

@@ -121,8 +121,9 @@ MARKS = {
 }
 
 
-def _progress(p: dict[str, Any] | None) -> str:
-    if not p:
+def progress_text(p: Any) -> str:
+    """A task's progress in a few words: ``40%``, ``3/10 copying``, ``7`` (none: "")."""
+    if not p or not isinstance(p, dict):
         return ""
     if "fraction" in p:
         text = f"{p['fraction'] * 100:.0f}%"
@@ -157,7 +158,7 @@ def task_line(t: dict[str, Any], now: float, engine: bool = False) -> str:
     parts.append(took)
     if t.get("kept_from"):  # a retry kept it, completed in an earlier run
         parts.append(f"kept from run {t['kept_from']}")
-    progress = _progress(t.get("progress"))
+    progress = progress_text(t.get("progress"))
     if progress and t["state"] == RUNNING:
         parts.append(progress)
     what = failures.headline(t)
@@ -384,7 +385,7 @@ def progress_line(status: JobStatus, width: int = 80) -> str:
         names = []
         for i in status.indices(RUNNING):
             row = status.task(i)
-            progress = _progress(row.progress)
+            progress = progress_text(row.progress)
             names.append(f"{row.name or f'#{i}'}" + (f" {progress}" if progress else ""))
             if len(names) >= 4:
                 break

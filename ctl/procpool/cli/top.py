@@ -34,7 +34,7 @@ import click
 
 from procpool.cli.jobs import PRIORITIES
 from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, fail, pass_settings
-from procpool.cli.render import duration, user
+from procpool.cli.render import duration, progress_text, user
 from procpool.contract.states import (
     CANCELLED,
     COMPLETED,
@@ -139,18 +139,6 @@ def _what(row: Any) -> str:
     return str(row.reason or row.state)
 
 
-def _progress(p: dict[str, Any] | None) -> str:
-    if not isinstance(p, dict):
-        return ""
-    if "fraction" in p:
-        text = f"{p['fraction'] * 100:.0f}%"
-    elif "done" in p:
-        text = f"{p['done']}/{p['total']}" if "total" in p else str(p["done"])
-    else:
-        text = ""
-    return f"{text} {p.get('message') or ''}".strip()
-
-
 class Collector:
     """Reads what ``top`` shows, one :meth:`poll` per refresh, keeping what it can reuse: each
     followed job's columnar status and cursor, and the names and priorities of tasks read."""
@@ -203,7 +191,7 @@ class Collector:
             for i in status.indices(RUNNING):
                 row = status.task(i)
                 snap.running.append(RunningTask(f"{job_id}.{i}", row.name or f"#{i}", job_id, who,
-                                                row.started_at, _progress(row.progress)))
+                                                row.started_at, progress_text(row.progress)))
             ends = status.finished_at
             for i in heapq.nlargest(FAILURES_KEPT, status.indices(FAILED, TIMEOUT),
                                     key=lambda i: ends[i - status.first]):
@@ -593,7 +581,7 @@ def watch_view(status: JobStatus, now: float, width: int, height: int) -> Render
         for i in running[:rows[0]]:
             row = status.task(i)
             elapsed = duration(now - row.started_at) if row.started_at else "-"
-            cells.append((row.name or f"#{i}", elapsed, _progress(row.progress)))
+            cells.append((row.name or f"#{i}", elapsed, progress_text(row.progress)))
         columns: list[Column] = [("TASK", {"ratio": 1, "min_width": 4}, True),
                                  ("ELAPSED", {"justify": "right"}, True), ("PROGRESS", {}, False)]
         table = _table("Running", columns, cells, narrow)

@@ -195,6 +195,7 @@ OPS: dict[str, Op] = {
             lines=_COUNT,
             after=_COUNT,
             source=Arg(_STR),
+            before=_COUNT,
         ),
         _op(
             "resume",
@@ -215,6 +216,11 @@ OPS: dict[str, Op] = {
             "queue, its engine's free slots, how each attempt ended), or for a job, why it and its "
             "unfinished tasks are where they are.",
             id=Arg(_STR, required=True),
+        ),
+        _op(
+            "metrics",
+            "The daemon's metrics: uptime, tasks by outcome, success rate, durations per task name, "
+            "throughput, queue by priority, workers, dropped log records, store size, and health.",
         ),
         _op(
             "retry",

@@ -37,6 +37,8 @@ from procpool.contract.limits import (
     finite_number,
     shorten,
 )
+from procpool.contract.nsschema import FIELD_RE, MAX_TYPE_CHARS, SchemaError, check_values, parse_schema
+from procpool.contract.nsschema import Record as NamespaceSchema
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
@@ -109,6 +111,10 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     ),
     "priority": TASK_FIELDS["priority"],
     "namespace": FieldSpec("map", "Initial values of the job's shared namespace."),
+    "namespace_schema": FieldSpec(
+        "nsschema", 'Types of the namespace\'s keys, e.g. {"count": "int", "names": "list[str]", '
+        '"best": "float?"}: checked against the initial values, and every change a task makes.'
+    ),
     "env": TASK_FIELDS["env"],
     "cwd": TASK_FIELDS["cwd"],
     "python_path": FieldSpec("strings", "Extra import paths for call tasks."),
@@ -193,6 +199,8 @@ class JobSpec:
     engine: str | None = None
     #: the ordering, set by parse_job (compiled once, used by the daemon and by validate)
     plan: Plan | None = None
+    #: the parsed "namespace_schema" (None: the namespace is untyped)
+    namespace_schema: NamespaceSchema | None = None
 
 
 #: a TaskSpec without running its __init__: the parser sets every field by name (see _add_task)
@@ -345,6 +353,12 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     elif kind == "map":
         if not isinstance(value, dict):
             raise bad("an object")
+    elif kind == "nsschema":
+        try:
+            return parse_schema(value, path)
+        except SchemaError as exc:
+            hint = "see \"Typed namespace\" in docs/job-trees.md"
+            raise TreeError(exc.path, exc.message, hint) from None
     else:  # pragma: no cover - a table entry without a checker is a bug
         raise AssertionError(kind)
     return value
@@ -745,6 +759,12 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
             values[key] = _check_value(spec.kind, value, key)
             if key in _LIMITED:
                 _check_limits(limits, key, values[key], "")
+    schema = values.get("namespace_schema")
+    if schema is not None and "namespace" in values:
+        try:
+            check_values(schema, values["namespace"])
+        except SchemaError as exc:
+            raise TreeError(exc.path, exc.message) from None
     parser = _Parser(limits, values.get("engine"))
     defaults = {k: values[k] for k in INHERITABLE if k in values}
     root = parser.node(raw["root"], "root", defaults, None, "root", 0)
@@ -767,6 +787,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         tags=list(values.get("tags", [])),
         user=values.get("user"),
         engine=values.get("engine"),
+        namespace_schema=schema,
     )
     job.plan = compile_job(job)
     return job
@@ -953,6 +974,7 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     "list": {"type": "array"},
     "map": {"type": "object"},
     "node": {"$ref": "#/$defs/node"},
+    "nsschema": {"$ref": "#/$defs/nsrecord"},
 }
 
 
@@ -973,6 +995,20 @@ def json_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": _props(JOB_FIELDS),
         "$defs": {
+            # namespace_schema (procpool.contract.nsschema): a type is a string, a record or [type]
+            "nstype": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_CHARS},
+                    {"$ref": "#/$defs/nsrecord"},
+                    {"type": "array", "items": {"$ref": "#/$defs/nstype"}, "minItems": 1, "maxItems": 1},
+                ]
+            },
+            "nsrecord": {
+                "type": "object",
+                "properties": {"?": {"type": "boolean"}, "*": {"$ref": "#/$defs/nstype"}},
+                "propertyNames": {"pattern": f"^({FIELD_RE.pattern[1:-1]}|\\?|\\*)$"},
+                "additionalProperties": {"$ref": "#/$defs/nstype"},
+            },
             "node": {
                 "oneOf": [
                     {"$ref": "#/$defs/task"},

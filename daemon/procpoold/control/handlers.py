@@ -70,6 +70,7 @@ class DaemonAPI(Protocol):
     def pool_info(self) -> dict[str, Any]: ...
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
     def explain(self, ref: str) -> dict[str, Any]: ...
+    def metrics(self) -> dict[str, Any]: ...
     def retry(self, ref: str, tasks: list[str] | None, by: int | None) -> dict[str, Any]: ...
 
 
@@ -170,6 +171,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def explain(req: Request, peer: Peer | None) -> Any:
         return api.explain(req.args["id"])
 
+    def metrics(req: Request, peer: Peer | None) -> Any:
+        return api.metrics()
+
     def retry(req: Request, peer: Peer | None) -> Any:
         return api.retry(req.args["id"], req.args.get("tasks"), peer.uid if peer else None)
 
@@ -186,6 +190,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "logs": logs,
         "clean": clean,
         "explain": explain,
+        "metrics": metrics,
         "retry": retry,
     }
     missing = set(OPS) - set(handlers)

@@ -8,7 +8,7 @@ lookups). The model is systemd's manager API and that of atd, cron and Slurm:
 rule       who                                                operations
 =========  =================================================  ===================================
 read       whoever can connect (even without credentials)     ``ping``, ``status``, ``pool``,
-                                                              ``explain``
+                                                              ``explain``, ``metrics``
 submit     any peer the kernel vouched for (SO_PEERCRED)      ``submit``
 owner      the job's submitter, or an administrator           ``cancel``, ``resume``, ``wait``,
                                                               ``logs``, ``retry``
@@ -75,6 +75,7 @@ POLICY: dict[str, Access] = {
     "shutdown": Access(Rule.ADMIN, "stop the daemon"),
     "pool_resize": Access(Rule.ADMIN, "resize the pool"),
     "explain": Access(Rule.READ),
+    "metrics": Access(Rule.READ),
     "retry": Access(Rule.OWNER, "retry it"),
 }
 

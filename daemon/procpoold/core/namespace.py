@@ -12,6 +12,7 @@ from typing import Any
 from procpool.contract.codec import pack
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import shorten
+from procpool.contract.nsschema import Record, check_update
 from procpool.task import NAMESPACE_OPS
 
 #: Operations that may change a namespace's size.
@@ -63,17 +64,33 @@ class Sizes:
             self.total += new
 
 
-def apply(ns: dict[str, Any], op: str, args: dict[str, Any], sizes: Sizes | None = None) -> Any:
+def apply(
+    ns: dict[str, Any],
+    op: str,
+    args: dict[str, Any],
+    sizes: Sizes | None = None,
+    schema: Record | None = None,
+) -> Any:
     """Apply one operation to ``ns`` in place and return its result.
 
     With ``sizes`` (kept up to date here), an operation that would grow the namespace past
-    ``sizes.limit`` raises a ``limit_exceeded`` error and changes nothing.
+    ``sizes.limit`` raises a ``limit_exceeded`` error and changes nothing. With ``schema`` (the
+    job's ``namespace_schema``), an operation that would store a value of another type than the
+    schema declares, or a key it does not declare, raises an ``invalid_argument`` error naming the
+    key and both types, and changes nothing.
     """
     if op not in NAMESPACE_OPS:
         raise _bad(f"unknown operation {shorten(op, 64)}; known: {', '.join(NAMESPACE_OPS)}")
     extra = set(args) - set(NAMESPACE_OPS[op])
     if extra:
         raise _bad(f"{op}: unknown argument(s) {shorten(', '.join(sorted(map(str, extra))))}")
+    if schema is not None and op in _GROWING:
+        key = args.get("key")
+        if not isinstance(key, str):
+            raise _bad(f"{op}: key must be a string")
+        why = check_update(schema, op, key, args, ns.get(key))
+        if why is not None:
+            raise _bad(f"{why} (the job's namespace_schema)")
     if sizes is None or (op not in _GROWING and op != "delete"):
         return _apply(ns, op, args)
     key = args.get("key")

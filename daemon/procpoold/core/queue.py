@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from procpool.contract.tree import PRIORITIES
@@ -74,6 +74,10 @@ class ReadyQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def __iter__(self) -> Iterator[T]:
+        """The items queued, in no particular order (``procctl metrics`` counts them by priority)."""
+        return iter(self._live)
 
     def __contains__(self, item: object) -> bool:
         return item in self._live

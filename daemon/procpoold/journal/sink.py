@@ -71,7 +71,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procpoold.journal import encoding as enc
 from procpoold.journal.encoding import ITEM_INTS, STARTED
@@ -81,6 +81,9 @@ from procpoold.journal.process import RESTART_WINDOW, Channel, ForwarderProcess,
 from procpoold.journal.senders import JOURNAL_SOCKET, Sender, choose_target, make_sender
 from procpoold.logconfig import DEFAULT_QUEUE_SIZE, Policy, Target
 from procpoold.logstore import LogStore, Record
+
+if TYPE_CHECKING:
+    from procpoold.logfiles import JobLogFiles
 
 log = logging.getLogger("procpoold.journal")
 
@@ -117,6 +120,9 @@ class LogSink:
         self.low_water = queue_size // 2
         self.policy: Policy = policy
         self.store = store if store is not None else LogStore()
+        #: each job's log in a file of the state directory (see :meth:`keep_files`); while they are
+        #: kept, the memory tail (``store``) keeps nothing of the jobs
+        self.files: JobLogFiles | None = None
         #: seconds the target may accept no record before ``block`` turns into dropping (None: never)
         self.put_timeout = put_timeout
         #: the seq of the newest record (an event batch gets its seqs when it is packed)
@@ -258,7 +264,10 @@ class LogSink:
         return self.site(frame.f_code, frame.f_lineno)
 
     def forget_job(self, job_id: str) -> None:
-        """The job left the daemon: its names leave the tables (once the forwarder is past them)."""
+        """The job has finished: its names leave the tables (once the forwarder is past them), and
+        its log file is closed."""
+        if self.files is not None and job_id.isdigit():
+            self.files.finish(int(job_id))
         job = self.named.pop(job_id, None)
         if job is None:
             return
@@ -266,6 +275,21 @@ class LogSink:
         self._append(enc.FORGET.pack(enc.K_FORGET, job))
         self._retiring.append((self.seq, keys))
         self._prune_retiring()
+
+    def jobs_removed(self, job_ids: Sequence[str]) -> None:
+        """The daemon no longer keeps these jobs (retention, ``clean``): their logs go too."""
+        for job_id in job_ids:
+            self.store.forget_job(job_id)
+        if self.files is not None:
+            self.files.remove([int(j) for j in job_ids if j.isdigit()])
+
+    def keep_files(self, files: JobLogFiles) -> None:
+        """Keep each job's log in ``files`` from now on (called on the loop's thread, once the
+        daemon holds its state directory; not with journald: ``procctl logs`` reads journald)."""
+        files.current_seq = lambda: self.seq
+        self.files = files
+        if self._loop is not None:
+            files.attach(self._loop)
 
     def _prune_retiring(self) -> None:
         while self._retiring and self._retiring[0][0] <= self._acked:
@@ -341,7 +365,10 @@ class LogSink:
         last = self.seq = self.seq + count
         now = time.time()
         record = enc.events_record(first, now, ev, b"".join(texts))
-        self.store.add_events(first, now, ev, texts)
+        if self.files is not None:
+            self.files.add_events(first, now, ev, texts, record)
+        else:
+            self.store.add_events(first, now, ev, texts)
         if self.on_events is not None:
             self.on_events(first, last, record)
         self._accepted += 1  # (lifecycle events are never dropped)
@@ -351,11 +378,22 @@ class LogSink:
     def replay(self, items: Sequence[int], texts: list[bytes]) -> None:
         """Queue once more lifecycle items (from the durable log, after a crash: see
         :func:`~procpoold.journal.encoding.unpack_events`), with new seqs. Their jobs must be named
-        first."""
+        first. They are not written to the jobs' log files again: those were written as the
+        events happened, each loop iteration, whatever the forwarder had done."""
+        files = self.files
+        if files is not None:
+            self.seal()  # (what was gathered before is not a replay)
         self._ev += items
         self._ev_text += texts
         self._ev_bytes += sum(len(t) for t in texts)
-        self._events_added()
+        if files is None:
+            self._events_added()
+            return
+        self.files = None
+        try:
+            self.seal()
+        finally:
+            self.files = files
 
     def line(self, job_id: str, task_id: str, job: int, index: int, attempt: int, pid: int, stream: str,
              level: int, message: str, fields: Mapping[str, str] | None = None) -> bool:
@@ -374,12 +412,16 @@ class LogSink:
             self.seal()  # the attempt's start (and whatever came before) stays ahead of its output
         seq = self.seq = self.seq + 1
         now = time.time()
-        self.store.add(task_id, job_id, Record(seq, now, prio, stream, attempt, task_id, message))
+        files = self.files
+        if files is None:
+            self.store.add(task_id, job_id, Record(seq, now, prio, stream, attempt, task_id, message))
         data = message.encode("utf-8", "replace")
         rec = enc.LINE.pack(enc.K_LINE, prio, enc.STREAM_CODES.get(stream, 0), job, index, attempt, pid,
                             len(data), seq, now) + data
         if fields:
             rec += enc.encode_fields((k, str(v)) for k, v in fields.items())
+        if files is not None:
+            files.add(job, rec)
         return self.put(rec, seq, (job << 32) | index, False)
 
     def put(self, record: bytes, seq: int, owner: int, own: bool) -> bool:
@@ -448,13 +490,17 @@ class LogSink:
         seq = self.next_seq()
         job_id = fields.get("PROCPOOL_JOB_ID")
         task_id = fields.get("PROCPOOL_TASK_ID")
-        if job_id:
-            attempt = fields.get("PROCPOOL_ATTEMPT", "0")
-            self.store.add(task_id or job_id, job_id, Record(
-                seq, created, prio, fields.get("PROCPOOL_STREAM", "daemon"),
-                int(attempt) if attempt.isdigit() else 0, task_id, message))
         items = [*fields.items(), *extra.items()]
-        self.put(enc.plain_record(seq, created, prio, logger, message, items), seq, _owner(task_id), True)
+        record = enc.plain_record(seq, created, prio, logger, message, items)
+        if job_id:
+            if self.files is not None and job_id.isdigit() and len(job_id) <= 18:
+                self.files.add(int(job_id), record, True)
+            else:
+                attempt = fields.get("PROCPOOL_ATTEMPT", "0")
+                self.store.add(task_id or job_id, job_id, Record(
+                    seq, created, prio, fields.get("PROCPOOL_STREAM", "daemon"),
+                    int(attempt) if attempt.isdigit() else 0, task_id, message))
+        self.put(record, seq, _owner(task_id), True)
 
     # -- the hand-off ---------------------------------------------------------------------------
 
@@ -681,6 +727,8 @@ class LogSink:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._block = self.policy == "block"
+        if self.files is not None:
+            self.files.attach(loop)
         if self.spawn_forwarder:
             with self._lock:
                 self._push()  # what was logged so far, written here
@@ -748,6 +796,8 @@ class LogSink:
         if self._drop_timer is not None:
             self._drop_timer.cancel()
         self._report_drops()
+        if self.files is not None:
+            self.files.detach()  # what is buffered is written; later records are written at once
         forwarder, chan = self._forwarder, self._chan
         if forwarder.running and chan is not None:
             deadline = time.monotonic() + timeout
@@ -806,6 +856,7 @@ class LogSink:
             "stalled_for": time.monotonic() - self._stall_began if self._dropping else None,
             "stalls": self.stalls,
             "tail_lines": len(self.store),
+            "files": self.files.stats() if self.files is not None else None,
             "forwarder_pid": self.forwarder_pid,
             "forwarder_restarts": self.restarts,
         }
@@ -890,13 +941,21 @@ def logs_op(
     task_id: str | None,
     finished: bool,
     since: float | None = None,
+    names: Callable[[int], str] | None = None,
+    page_bytes: int = 4 * 1024 * 1024,
 ) -> dict[str, Any]:
-    """Answer ``logs``: where to read a job's or task's log, and the daemon's tail when asked.
+    """Answer ``logs``: where to read a job's or task's log, and the daemon's own records when asked.
 
     ``args``: ``id`` (echoed), ``attempt`` (int), ``lines`` (int: only the last N), ``after``
-    (int: records after this cursor, for ``--follow``), ``source`` (``auto`` or ``tail``).
-    ``finished`` is the job's (or task's) state; the reply says finished only once its last
-    record has been written, so a follower that stops then has seen everything.
+    (int: records after this cursor, for ``--follow`` and the next page), ``before`` (int: with
+    ``lines``, the ``older`` cursor of the previous reply: further back), ``source`` (``auto`` or
+    ``tail``). ``finished`` is the job's (or task's) state; the reply says finished only once its
+    last record has been written, so a follower that stops then (and has read every page: ``more``
+    false) has seen everything.
+
+    With log files (:attr:`LogSink.files`), the records come from the job's file, a page at a time
+    (at most ``page_bytes`` of records; ``names`` gives a task's name by its index); the cursor is
+    an offset in that file. Otherwise, from the memory tail, where the cursor is a ``seq``.
     """
     attempt = args.get("attempt")
     after = int(args.get("after") or 0)
@@ -908,7 +967,8 @@ def logs_op(
         match["PROCPOOL_TASK_ID"] = task_id
     if attempt is not None:
         match["PROCPOOL_ATTEMPT"] = str(attempt)
-    last = store.last_seq(job_id, task_id)
+    files = sink.files
+    last = store.last_seq(job_id, task_id) if files is None else 0
     reply: dict[str, Any] = {
         "id": args.get("id"),
         "job_id": job_id,
@@ -920,8 +980,20 @@ def logs_op(
         "records": [],
         "cursor": last,
         "truncated": False,
+        "more": False,
     }
-    if sink.target == "stderr" or source == "tail":
+    if files is not None and job_id.isdigit():
+        job = int(job_id)
+        if sink._loop is None or _get_ident() == sink._loop_thread:
+            sink.seal()  # (this iteration's lifecycle events too: a task's end is in the page)
+        index = int(task_id.rpartition(".")[2]) if task_id is not None else None
+        page = files.read(job, names or (lambda i: f"#{i}"), task=index, attempt=attempt, after=after,
+                          lines=limit, before=args.get("before"), page_bytes=page_bytes)
+        reply.update(page)
+        reply["finished"] = bool(finished)  # (its file holds every record up to now: read() wrote it)
+        reply["log_file"] = files.info(job)
+        reply["source"] = "file"
+    elif sink.target == "stderr" or source == "tail":
         records = store.records(job_id, task_id, attempt, after, limit)
         reply["records"] = [r.to_wire() for r in records]
         reply["cursor"] = records[-1].seq if records else after

@@ -299,6 +299,8 @@ class MessageHandling(PoolState):
                               str(err.get("traceback", "")))
             outcome = Outcome(aid, STOP_STATUS[run.stop] if run.stop else "failed", error=error)
         w.tasks_done += 1
+        if took is not None:
+            w.busy_time += took
         if not run.is_async:
             # The worker went on to the next call queued here when it pushed this result (a
             # while ago if it pushed without a wakeup: see _catch_up); last_beat: when it was read.

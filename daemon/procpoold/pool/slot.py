@@ -206,6 +206,8 @@ class WorkerSlot:
         #: Attempts queued here whose timeout is due from their start (``Running.timeout_due``).
         self.timeouts_due = 0
         self.tasks_done = 0
+        #: Seconds its calls ran, as the worker measured them (``procctl metrics``: utilization).
+        self.busy_time = 0.0
         self.spawned_at = time.monotonic()
         self.last_beat = self.spawned_at
         #: When it last became idle, as a sequence number (0: never used); the least recently
@@ -305,6 +307,18 @@ def read_rss(pid: int) -> int | None:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return None
+
+
+def read_peak_rss(pid: int) -> int | None:
+    """The largest resident set size ``pid`` has had, in bytes (``VmHWM``), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
 
 
 def read_uss(pid: int) -> int | None:

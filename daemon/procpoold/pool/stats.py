@@ -15,7 +15,8 @@ from collections import deque
 from typing import Any
 
 from procpoold.identity import user_name
-from procpoold.pool.slot import memory_info
+from procpoold.pool.lifecycle import DEATH_BURST, DEATH_WINDOW
+from procpoold.pool.slot import memory_info, read_peak_rss
 from procpoold.pool.state import PoolState
 
 
@@ -36,6 +37,9 @@ class Statistics(PoolState):
             "queued": len(self._pending),
             "free_slots": self.free_slots(),
             "broken": self._broken,
+            # worker deaths in the last DEATH_WINDOW s: as many as DEATH_BURST is a crash loop
+            "recent_deaths": sum(1 for t in self._deaths if t >= time.monotonic() - DEATH_WINDOW),
+            "crash_loop_deaths": DEATH_BURST,
             **self._stats,
             "round_trip": _percentiles(self._round_trips),
             "round_trip_woken": _percentiles(self._woken_trips),
@@ -57,6 +61,8 @@ class Statistics(PoolState):
                 "attempts": [{"attempt_id": aid, "task_name": r.spec.task_name}
                              for aid, r in w.running.items()],
                 "tasks_done": w.tasks_done,
+                "busy_time": w.busy_time,
+                "peak_rss": read_peak_rss(w.pid) if w.pid is not None else None,
                 "age": now - w.spawned_at,
                 "retiring": w.retire or self._slots.get(w.slot) is not w,
                 "log_paused": w.log_paused,

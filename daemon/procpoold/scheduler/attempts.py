@@ -478,7 +478,7 @@ class Attempts(SchedulerState):
         if sizes is None:  # once per job and daemon: later operations cost what they change
             sizes = self._ns_sizes[job] = namespace.Sizes(job.namespace, self.limits.max_namespace_bytes)
         sizes.limit = self.limits.max_namespace_bytes
-        result = namespace.apply(job.namespace, op, args, sizes)
+        result = namespace.apply(job.namespace, op, args, sizes, job.spec.namespace_schema)
         if op not in ("get", "snapshot"):
             self._touch(job, [])
         return result

@@ -17,6 +17,7 @@ from typing import Any
 
 from procpool.contract.errors import ProcpoolError
 from procpool.contract.tree import PRIORITIES
+from procpool.contract.words import plural
 from procpoold.core import reasons as why
 from procpoold.core.jobs import Attempt, Job, Node, TaskRun
 from procpoold.core.queue import Place
@@ -90,7 +91,7 @@ class Explain(SchedulerState):
         kept = job.kept
         if kept:
             runs = sorted(set(kept.values()))
-            text.append(f"{len(kept)} completed task(s) kept from run {', '.join(map(str, runs))} "
+            text.append(f"{plural(len(kept), 'completed task')} kept from run {', '.join(map(str, runs))} "
                         "by procctl retry")
         out: dict[str, Any] = {"job": job.id, "name": job.spec.name, "state": job.state, "counts": counts}
         condition = self._job_condition(job)
@@ -301,7 +302,7 @@ class Explain(SchedulerState):
                 capacity = f"{every} busy" if health.workers.get("busy") == workers else (
                     ", ".join(f"{n} {s}" for s, n in sorted(health.workers.items())) + " workers")
             else:
-                capacity = f"{health.busy} attempt(s) running and no room for another"
+                capacity = f"{plural(health.busy, 'attempt')} running and no room for another"
             line = f'no free slot: engine "{name}" has {capacity}'
             if full_since is not None:
                 line += (f" (the scheduler found it full at {clock(full_since)}, "
@@ -309,7 +310,8 @@ class Explain(SchedulerState):
             text.append(line)
         else:
             out["reason"] = "queued"
-            text.append(f'engine "{name}" has {free} free slot(s): it starts at the next dispatch pass')
+            slots = plural(free, "free slot")
+            text.append(f'engine "{name}" has {slots}: it starts at the next dispatch pass')
 
     def _finished(
         self, job: Job, t: TaskRun, code: int, arg: int, out: dict[str, Any], text: list[str]
@@ -323,7 +325,7 @@ class Explain(SchedulerState):
             out["upstream"] = {"id": origin.id, "name": origin.spec.name, "state": origin.state,
                                "message": message}
             verb = _VERB.get(origin.state, origin.state)
-            detail = f" after {len(origin.attempts)} attempt(s)" if origin.attempts else ""
+            detail = f" after {plural(len(origin.attempts), 'attempt')}" if origin.attempts else ""
             detail += f": {message}" if message else ""
             if code == why.UPSTREAM:
                 text.append(f'skipped: it comes after task "{origin.spec.name}" ({origin.id}), '
@@ -344,7 +346,7 @@ class Explain(SchedulerState):
         out["reason"] = state
         when = f" at {clock(t.finished_at)}" if t.finished_at is not None else ""
         if state == "completed":
-            text.append(f"completed{when} after {n} attempt(s)")
+            text.append(f"completed{when} after {plural(n, 'attempt')}")
             kept = job.kept
             if kept and t.spec.index in kept:
                 out["kept_from"] = kept[t.spec.index]
@@ -353,7 +355,8 @@ class Explain(SchedulerState):
         elif state in ("failed", "timeout"):
             err = t.error or {}
             what = f"{err.get('type')}: {err.get('message')}" if err.get("type") else err.get("message", "")
-            text.append(f"{'timed out' if state == 'timeout' else 'failed'}{when} after {n} attempt(s)"
+            ended = "timed out" if state == "timeout" else "failed"
+            text.append(f"{ended}{when} after {plural(n, 'attempt')}"
                         + (f" (retries: {t.spec.retries})" if t.spec.retries else "")
                         + (f": {what}" if what else "")
                         + (f"; exit status {t.exit_code}" if t.exit_code is not None else ""))

@@ -159,6 +159,8 @@ class Queries(SchedulerState):
             self.jobs.pop(job_id, None)
             if entry.key is not None and self.keys.get(entry.key) == job_id:
                 del self.keys[entry.key]
+        if self.journal is not None:
+            self.journal.jobs_removed(job_ids)  # their logs (files, tails) go with them
         return job_ids
 
     def clean(

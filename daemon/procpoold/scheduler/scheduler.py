@@ -93,6 +93,7 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
                     log.exception("the final record of task %s could not be made", job.tasks[i].id)
             return
         self.counters["completed"] += len(indices)
+        self.metrics.completed(job.tasks, indices)
         code = journal.encoding.COMPLETED
         number, site = self._event_keys(sink, job, code)
         tasks, event, notify = job.tasks, sink.event, self._notify
@@ -112,6 +113,7 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
             self.counters["completed"] += 1
         elif t.state not in ("skipped", "cancelled"):
             self.counters["failed"] += 1
+        self.metrics.ended(t)
         sink = self.journal
         code = journal.encoding.FINAL_EVENTS.get(t.state)
         if sink is not None and code is not None:  # a few integers in this iteration's events

@@ -28,6 +28,7 @@ from procpoold.core.quota import TaskQuota
 from procpoold.engines.registry import Engines
 from procpoold.identity import Authority
 from procpoold.loop import EventLoop, Timer
+from procpoold.metrics import TaskMetrics
 from procpoold.store.protocol import Store, StoredJob
 
 log = logging.getLogger("procpoold.scheduler")
@@ -134,6 +135,8 @@ class SchedulerState(abc.ABC):
         self.listeners: list[Listener] = []
         self._after: dict[str, list[str]] = {}  # prerequisite id -> job ids waiting on it
         self.counters = {"submitted": 0, "attempts": 0, "completed": 0, "failed": 0}
+        #: ended tasks by outcome and name, throughput, recent success (``procctl metrics``)
+        self.metrics = TaskMetrics()
         #: the size limits new jobs are checked against (the daemon's config sets them)
         self.limits: Limits = DEFAULT_LIMITS
         self._ns_sizes: weakref.WeakKeyDictionary[Job, namespace.Sizes] = weakref.WeakKeyDictionary()

@@ -64,7 +64,8 @@ def denied(p: Policy, op: str, uid: int | None, **args: Any) -> str:
 def test_every_operation_has_exactly_one_rule() -> None:
     assert set(POLICY) == set(OPS)
     check_complete()
-    assert {op for op, a in POLICY.items() if a.rule is Rule.READ} == {"ping", "status", "pool", "explain"}
+    assert {op for op, a in POLICY.items() if a.rule is Rule.READ} == {
+        "ping", "status", "pool", "explain", "metrics"}
     assert {op for op, a in POLICY.items() if a.rule is Rule.ADMIN} == {"shutdown", "pool_resize"}
     owner = {"cancel", "resume", "wait", "logs", "retry"}
     assert {op for op, a in POLICY.items() if a.rule is Rule.OWNER} == owner
