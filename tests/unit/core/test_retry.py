@@ -231,3 +231,26 @@ def test_a_repeat_run_keeps_nothing() -> None:
     job = make({"sequential": [t("a")]}, repeat=2)
     job.start_run(0.0)
     assert job.kept is None
+
+
+def test_status_views_carry_what_was_kept() -> None:
+    """The full view's kept_from, the columnar view's sparse column (decoded by the client), a
+    poll's changes, and the job's head; a job never retried sends none of it."""
+    from procpool.contract.status import JobStatus
+    from procpoold.core import status
+
+    job = make({"sequential": [t("a"), t("b"), t("c")]})
+    play(job, {"b": "failed"})
+    assert status.detail(job)["kept"] == 0
+    assert "kept_from" not in status.columns_page(job, 0)["sparse"]
+    assert [x["kept_from"] for x in status.full(job)["tasks"]] == [None, None, None]
+    cursor = status.changes_page(job, "")["cursor"]
+    job.retry(2.0, job.retry_plan())
+    assert status.detail(job)["kept"] == 1
+    assert [x["kept_from"] for x in status.full(job)["tasks"]] == [1, None, None]
+    decoded = JobStatus.decode(status.columns_page(job, 0))
+    assert [decoded.task(i).kept_from for i in range(3)] == [1, None, None]
+    assert JobStatus.decode(status.columns_page(job, 1)).task(1).kept_from is None  # a later page
+    assert status.task_reply(job, 0)["task"]["kept_from"] == 1
+    changes = status.changes_page(job, cursor)
+    assert changes["changes"] is True and "kept_from" not in changes["sparse"]  # b and c changed, not a
