@@ -100,3 +100,37 @@ def test_a_repeating_job_and_a_task_ref_are_refused(tmp_path: Path) -> None:
     assert info.value.code == ErrorCode.NOT_FOUND
     loop.close()
     store.close()
+
+
+def test_task_names_a_group_or_a_task_of_the_job(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = run_scheduler(store)
+    doc = {"name": "g", "on_failure": "continue", "root": {"concurrent": [
+        {"name": "left", "sequential": [{"name": "a", "cmd": ["true"]}, {"name": "b", "cmd": ["true"]}]},
+        {"name": "right", "sequential": [{"name": "c", "cmd": ["true"]}, {"name": "d", "cmd": ["true"]}]},
+    ]}}
+    job, _ = scheduler.submit(doc)
+    other, _ = scheduler.submit(DOC)
+    loop.run_once(0)
+    end_running(loop, executor, scheduler, {"a", "c"})
+    end_running(loop, executor, scheduler, {"a", "c"})
+    assert scheduler.finished[job.id].state == "failed"
+    with pytest.raises(ProcpoolError, match="no task or group named") as info:
+        scheduler.retry(job.id, ["middle"])
+    assert info.value.code == ErrorCode.NOT_FOUND
+    with pytest.raises(ProcpoolError, match=f"is not a task of job {job.id}"):
+        scheduler.retry(job.id, [f"{other.id}.0"])
+    reply = scheduler.retry(job.id, ["right"])  # a group: its tasks that did not complete
+    assert (reply["again"], reply["tasks"]) == (2, ["c", "d"])
+    loop.close()
+    store.close()
+
+
+def test_the_contract_checks_the_tasks_named() -> None:
+    from procpool.contract.codec import RequestError
+    from procpool.contract.ops import check_args
+
+    check_args("retry", {"id": "1", "tasks": ["a", "1.2"]})
+    for bad in ([], [""], [3], ["x" * 257], ["a"] * 1001):
+        with pytest.raises(RequestError, match="'tasks'"):
+            check_args("retry", {"id": "1", "tasks": bad})
