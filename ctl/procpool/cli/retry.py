@@ -25,16 +25,16 @@ def retry_text(result: dict[str, Any]) -> str:
 
 
 @cli.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job", metavar="JOB")  # (named so: the shell completes job and task ids)
 @click.option(
-    "--task", "tasks", multiple=True, metavar="ID_OR_NAME",
+    "--task", "task", multiple=True, metavar="ID_OR_NAME",
     help="Only this task (12.3, 12/name, or the name of a task or group of the job) and what waits "
     "on it that did not complete. Repeatable.",
 )
 @click.option("--wait", "wait_", is_flag=True, help="Then wait until the job has finished (as procctl wait).")
 @click.pass_context
 @pass_settings
-def retry(settings: Settings, ctx: click.Context, job_id: str, tasks: tuple[str, ...], wait_: bool) -> None:
+def retry(settings: Settings, ctx: click.Context, job: str, task: tuple[str, ...], wait_: bool) -> None:
     """Run a finished job's failed, timed-out, cancelled and skipped tasks again.
 
     The retry is a new run of the same job (same id, run number + 1): its completed tasks are
@@ -58,7 +58,7 @@ def retry(settings: Settings, ctx: click.Context, job_id: str, tasks: tuple[str,
       procctl status 12                            the run, and the tasks kept from earlier runs
     """
     with settings.client() as client:
-        result = client.retry(job_id, list(tasks) or None)
+        result = client.retry(job, list(task) or None)
     if wait_ and not settings.json:
         click.echo(retry_text(result))
     elif not wait_:
