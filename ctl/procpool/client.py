@@ -352,3 +352,15 @@ class Client:
         """The daemon's metrics and health verdict (docs/protocol.md, ``metrics``)."""
         result: dict[str, Any] = self.call("metrics")
         return result
+
+    def retry(self, id: str, tasks: list[str] | None = None) -> dict[str, Any]:
+        """Run a finished job's tasks that did not complete again, as a new run of the same job
+        (its completed tasks, their results and its namespace kept); ``tasks`` (ids such as
+        ``"12.3"``, or names of its tasks or groups) narrows it to those and what waits on them.
+        Returns ``id``, ``run`` (the new run's number), ``state``, ``again`` and ``kept`` (how many
+        tasks run again and were kept) and ``tasks`` (the names of the first 20 run again)."""
+        args: dict[str, Any] = {"id": id}
+        if tasks:
+            args["tasks"] = list(tasks)
+        result: dict[str, Any] = self.call("retry", args)
+        return result

@@ -591,6 +591,10 @@ class Daemon:
         """Why a task (or a job's unfinished tasks) is in its state: see Scheduler.explain."""
         return self.scheduler.explain(ref)
 
+    def retry(self, ref: str, tasks: list[str] | None, by: int | None) -> dict[str, Any]:
+        """Run a finished job's tasks that did not complete again: see Scheduler.retry."""
+        return self.scheduler.retry(ref, tasks, by)
+
     def logs(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.sink is None:
             raise RuntimeError("logging is not set up")

@@ -92,6 +92,21 @@ def test_another_user_may_read_a_job_but_not_touch_it(world: World) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_only_the_submitter_or_an_administrator_may_retry_a_job(world: World) -> None:
+    failing = {"name": "failing", "cwd": "/", "root": {"cmd": ["false"]}}
+    job = world.submit(world.alice, failing)
+    with world.daemon.client() as client:
+        assert client.wait(job, timeout=60)["state"] == "failed"
+    rule = f"only its submitter ({world.alice.name}) or an administrator (root, group '{world.admin_group}')"
+    assert_denied(world.procctl(world.bob, "retry", job), f"retry job {job}: {rule} may retry it")
+    with world.daemon.client() as client:
+        assert client.status(job)["job"]["run"] == 1  # untouched
+    out = world.procctl(world.alice, "retry", job, "--wait")
+    assert out.returncode == 1 and f"job {job} run 2: 1 task again" in out.stdout, (out.stdout, out.stderr)
+    out = world.procctl(world.boss, "retry", job, "--wait")  # an administrator may
+    assert out.returncode == 1 and f"job {job} run 3: 1 task again" in out.stdout, (out.stdout, out.stderr)
+
+
 def test_only_administrators_stop_or_resize_the_daemon(world: World) -> None:
     rule = f"only an administrator (root, group '{world.admin_group}')"
     assert_denied(world.procctl(world.bob, "shutdown"), f"shutdown: {rule} may stop the daemon")

@@ -80,8 +80,9 @@ def test_a_300_task_tree_is_its_counts_and_a_line_per_big_group(daemon: DaemonPr
         f"│     ✘ parse7  failed  1 attempt  {lines[5].split('attempt  ')[1]}",
         "└─ concurrent store  100 tasks: 100 skipped",
     ]
-    assert "exit 4" in lines[5] and len(lines) == 7
+    assert "command exited with status 4" in lines[5]
+    assert lines[7:] == ["── parse7 failed: command exited with status 4"]  # (it printed nothing)
     failed = daemon.procctl("status", job["id"], "--state", "failed").stdout.splitlines()
-    assert len(failed) == 3 and failed[2].split()[:3] == [f"{job['id']}.107", "✘", "parse7"]
+    assert len(failed) == 4 and failed[2].split()[:3] == [f"{job['id']}.107", "✘", "parse7"]
     every = daemon.procctl("status", job["id"], "--tasks").stdout.splitlines()
-    assert len(every) == 2 + 4 + 300
+    assert len(every) == 2 + 4 + 300 + 1

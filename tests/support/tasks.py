@@ -99,3 +99,18 @@ def pid_then_wait(path: str, gate: str) -> int:
     while not Path(gate).exists():
         time.sleep(0.01)
     return os.getpid()
+
+
+def record_run(log: str, name: str, needs: str = "", gate: str = "") -> str:
+    """Append ``name`` to the file ``log`` (a line per run of the task: a test counts them) and
+    count it in the namespace (``runs``); fail while the file ``needs`` (if given) is missing;
+    then wait (at most 60 s) for the file ``gate`` (if given). Returns ``name@run<N>``."""
+    with open(log, "a") as every:
+        every.write(f"{name}\n")
+    task.namespace().incr("runs")
+    if needs and not Path(needs).exists():
+        raise RuntimeError(f"{Path(needs).name} is missing")
+    deadline = time.monotonic() + 60
+    while gate and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return f"{name}@run{task.context().run}"

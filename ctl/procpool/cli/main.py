@@ -451,6 +451,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "explain": "procpool.cli.explain",
     "health": "procpool.cli.health",
     "metrics": "procpool.cli.metrics",
+    "retry": "procpool.cli.retry",
 }
 
 

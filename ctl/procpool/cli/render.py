@@ -156,6 +156,8 @@ def task_line(t: dict[str, Any], now: float, engine: bool = False) -> str:
     if attempts:
         parts.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
     parts.append(took)
+    if t.get("kept_from"):  # a retry kept it, completed in an earlier run
+        parts.append(f"kept from run {t['kept_from']}")
     progress = progress_text(t.get("progress"))
     if progress and t["state"] == RUNNING:
         parts.append(progress)
@@ -302,11 +304,16 @@ def _job_head(job: dict[str, Any], now: float) -> list[str]:
     """A job's first line (and the reason it ended, if any)."""
     repeat = job.get("repeat", 1)
     runs = f"run {job['run']}/{'∞' if repeat == 'forever' else repeat}"
+    if isinstance(repeat, int) and job["run"] > repeat:  # a run of procctl retry
+        runs = f"run {job['run']} (retry)"
     end = job.get("finished_at") or now
     took = duration(end - job["started_at"]) if job.get("started_at") else "-"
     lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
     if job.get("reason"):
         lines.append(f"  reason: {job['reason']}")
+    if job.get("kept"):
+        lines.append(f"  kept: {job['kept']} completed task{'s' if job['kept'] != 1 else ''} of earlier runs "
+                     "(their results too)")
     if job.get("all_local") is False:  # some task runs elsewhere than on this daemon's own engines
         lines.append("  engines: " + ", ".join(job.get("engines") or ()))
     return lines

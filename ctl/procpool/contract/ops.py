@@ -129,6 +129,19 @@ def _task_state(value: Any) -> str | None:
     return None if value in TASK_STATES else f"must be a task state ({', '.join(TASK_STATES)})"
 
 
+#: Most tasks one retry may name (``tasks``).
+MAX_RETRY_TASKS = 1_000
+
+
+def _retry_tasks(value: Any) -> str | None:
+    """The tasks a retry names: 1 to MAX_RETRY_TASKS strings of at most 256 characters."""
+    if not value or len(value) > MAX_RETRY_TASKS:
+        return f"must name 1 to {MAX_RETRY_TASKS} tasks, got {len(value)}"
+    if not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value):
+        return "must be a list of task ids or names (strings of 1 to 256 characters)"
+    return None
+
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
@@ -220,6 +233,16 @@ OPS: dict[str, Op] = {
             "metrics",
             "The daemon's metrics: uptime, tasks by outcome, success rate, durations per task name, "
             "throughput, queue by priority, workers, dropped log records, store size, and health.",
+        ),
+        _op(
+            "retry",
+            "Run a finished job's tasks that did not complete (failed, timed out, cancelled, skipped) "
+            "again as a new run of the same job, keeping its completed tasks, their results and its "
+            "namespace; 'tasks' (task ids, or names of its tasks or groups) narrows it to those tasks "
+            "and what waits on them that did not complete.",
+            mutating=True,
+            id=Arg(_STR, required=True),
+            tasks=Arg((list,), check=_retry_tasks),
         ),
     )
 }

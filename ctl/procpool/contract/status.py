@@ -66,7 +66,7 @@ CURSOR_MAX_CHARS = 40
 _CURSOR = re.compile(r"([0-9]{1,16})\.([0-9]{1,20})")
 #: The sparse columns of a columnar status, in the order they are sent.
 SPARSE: tuple[str, ...] = (
-    "name", "result", "error", "exit_code", "progress", "reason", "retry_at", "tail", "engine"
+    "name", "result", "error", "exit_code", "progress", "reason", "retry_at", "tail", "engine", "kept_from"
 )
 #: Bytes per task of the dense columns: state (1), attempts (4), started_at (8), finished_at (8).
 DENSE_BYTES_PER_TASK = 21
@@ -146,6 +146,8 @@ class JobDetail(JobSummary):
     #: the daemon's local engine of its kind ("pool" for call tasks, "commands" for cmd tasks)
     engines: NotRequired[list[str]]
     all_local: NotRequired[bool]
+    #: how many tasks a retried job kept from its earlier runs (procctl retry; 0: none)
+    kept: NotRequired[int]
 
 
 class GroupStatus(TypedDict):
@@ -191,6 +193,8 @@ class TaskStatus(TypedDict):
     tags: list[str]
     depends_on: list[str]
     tail: list[str]
+    #: the run it completed in, for a task a retry kept from an earlier run (else None)
+    kept_from: NotRequired[int | None]
 
 
 #: Which tasks a reply holds: ``count`` from ``from``; ``next`` is where the next page starts
@@ -387,6 +391,8 @@ class TaskRow:
     tail: list[str] = field(default_factory=list)
     #: the engine it runs on: sent with its name for a job not all on the local engines (else None)
     engine: str | None = None
+    #: the run it completed in, for a task a retry kept from an earlier run (else None)
+    kept_from: int | None = None
 
 
 @dataclass(slots=True)
@@ -546,6 +552,7 @@ class JobStatus:
             retry_at=sparse.get("retry_at", {}).get(index),
             tail=list(sparse.get("tail", {}).get(index) or ()),
             engine=sparse.get("engine", {}).get(index),
+            kept_from=sparse.get("kept_from", {}).get(index),
         )
 
 

@@ -71,6 +71,7 @@ class DaemonAPI(Protocol):
     def pool_resize(self, workers: int) -> dict[str, Any]: ...
     def explain(self, ref: str) -> dict[str, Any]: ...
     def metrics(self) -> dict[str, Any]: ...
+    def retry(self, ref: str, tasks: list[str] | None, by: int | None) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -173,6 +174,9 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def metrics(req: Request, peer: Peer | None) -> Any:
         return api.metrics()
 
+    def retry(req: Request, peer: Peer | None) -> Any:
+        return api.retry(req.args["id"], req.args.get("tasks"), peer.uid if peer else None)
+
     handlers: dict[str, Handler] = {
         "pool": pool,
         "pool_resize": pool_resize,
@@ -187,6 +191,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "clean": clean,
         "explain": explain,
         "metrics": metrics,
+        "retry": retry,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

@@ -11,7 +11,7 @@ read       whoever can connect (even without credentials)     ``ping``, ``status
                                                               ``explain``, ``metrics``
 submit     any peer the kernel vouched for (SO_PEERCRED)      ``submit``
 owner      the job's submitter, or an administrator           ``cancel``, ``resume``, ``wait``,
-                                                              ``logs``
+                                                              ``logs``, ``retry``
 own_jobs   any identified peer; only its own jobs unless it   ``clean``
            is an administrator (the handler scopes it)
 admin      administrators only                                ``shutdown``, ``pool_resize``
@@ -76,6 +76,7 @@ POLICY: dict[str, Access] = {
     "pool_resize": Access(Rule.ADMIN, "resize the pool"),
     "explain": Access(Rule.READ),
     "metrics": Access(Rule.READ),
+    "retry": Access(Rule.OWNER, "retry it"),
 }
 
 #: ``owner_of(ref)``: the job id and submitter uid of a job or task reference (None: unknown

@@ -176,6 +176,11 @@ class TaskRun:
             return self.attempts[-1]
         return None
 
+    def state_words(self) -> str:
+        """The task's final state as words: "failed", "timed out", "was cancelled", "was skipped"."""
+        return {"timeout": "timed out", "cancelled": "was cancelled", "skipped": "was skipped"}.get(
+            self.state, self.state)
+
     def remember(self, line: str) -> None:
         """Keep ``line`` among the last lines of output."""
         if self.tail is None:
@@ -257,6 +262,34 @@ class Effects:
 #: (Job.complete and mark_running: 8 % on CPython 3.11; a class default set on the instance by the
 #: first note still cost 2 % for the jobs made after one). Made by the first note of a run.
 _REASONS: weakref.WeakKeyDictionary[Job, Reasons] = weakref.WeakKeyDictionary()
+#: The tasks a retried job kept from its earlier runs (see :meth:`Job.retry`): task index -> the run
+#: it completed in. Outside the Job's attributes for the same reason as _REASONS; only retried jobs
+#: have an entry.
+_KEPT: weakref.WeakKeyDictionary[Job, dict[int, int]] = weakref.WeakKeyDictionary()
+
+
+class RetryRefused(ValueError):
+    """A retry that cannot be made (nothing to retry, a task named that completed, a task named
+    that waits on one that did not complete and is not named); the message says which."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def kept_ranges(kept: dict[int, int]) -> list[list[int]]:
+    """``kept`` (task index -> run) as ``[run, first index, count]`` runs of consecutive indices
+    kept from the same run: a big job retried for a few tasks stores a few triples, not a pair
+    per task."""
+    out: list[list[int]] = []
+    for index in sorted(kept):
+        run = kept[index]
+        last = out[-1] if out else None
+        if last is not None and last[0] == run and last[1] + last[2] == index:
+            last[2] += 1
+        else:
+            out.append([run, index, 1])
+    return out
 
 
 class Job:
@@ -358,6 +391,7 @@ class Job:
             "submitter_uid": self.submitter_uid,
             "run_as_uid": self.run_as_uid,
             "after": self.after,
+            **({"kept": kept_ranges(kept)} if self.run > 1 and (kept := _KEPT.get(self)) else {}),
         }
 
     def dump_task(self, index: int) -> dict[str, Any]:
@@ -426,6 +460,9 @@ class Job:
         self.started_at, self.finished_at = data["started_at"], data["finished_at"]
         self.namespace = dict(data["namespace"])
         self.reason, self.cancel_requested = data["reason"], data["cancel_requested"]
+        kept = data.get("kept")
+        if kept:
+            self._load_kept(kept)
         for index, td in tasks.items():
             if not isinstance(index, int) or not 0 <= index < len(self.tasks):
                 raise ValueError(f"no task {str(index)[:64]} in a job of {len(self.tasks)} tasks")
@@ -446,6 +483,19 @@ class Job:
             for line in td.get("tail", ()):
                 t.remember(line)
         self._recount()
+
+    def _load_kept(self, ranges: Any) -> None:
+        """Restore the tasks a retried job kept (``kept_ranges``); a malformed value fails the
+        restore, as any saved state that does not fit the tree does."""
+        kept: dict[int, int] = {}
+        for item in ranges:
+            if not (isinstance(item, list) and len(item) == 3 and all(type(v) is int for v in item)
+                    and 1 <= item[0] < self.run and item[2] > 0
+                    and item[1] >= 0 and item[1] + item[2] <= len(self.tasks)):
+                raise ValueError(f"kept tasks {str(item)[:64]} do not fit a job of {len(self.tasks)} tasks")
+            run, first, count = item
+            kept.update({i: run for i in range(first, first + count)})
+        _KEPT[self] = kept
 
     def recover(
         self, now: float, max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
@@ -569,6 +619,8 @@ class Job:
         self.state = "running" if self.started_at is not None else "queued"
         if _REASONS:
             _REASONS.pop(self, None)
+        if self.run > 1:  # (a retried job is never repeated: see Submission.retry)
+            _KEPT.pop(self, None)
         self._complete = set()
         self._scan = 0
         self._group_left = [len(g.children) for g in self.spec.groups]
@@ -586,6 +638,120 @@ class Job:
                 t.move("ready")
                 effects.ready.append(t.spec.index)
         return effects
+
+    def retry_plan(self, chosen: list[int] | None = None) -> list[int]:
+        """The tasks a retry of this finished job runs again, in index order (see :meth:`retry`).
+
+        Without ``chosen``: every task that did not complete (failed, timed out, cancelled,
+        skipped). With ``chosen`` (task indices): those tasks, plus every task that waits on them
+        (directly, or through a group) and did not complete. Raises :class:`RetryRefused` when
+        there is nothing to retry, when a chosen task completed, or when a task to run again
+        waits on one that did not complete and is not run again (it could never start).
+        Changes nothing; O(tasks).
+        """
+        tasks = self.tasks
+        if chosen is None:
+            again = [t.spec.index for t in tasks if t.state != "completed"]
+            if not again:
+                raise RetryRefused(
+                    f"job {self.id} completed: every task completed, there is nothing to retry",
+                    "submit the job again to run every task once more",
+                )
+            return again
+        selected: set[int] = set()
+        queue: deque[Node] = deque()
+        for i in chosen:
+            t = tasks[i]
+            if t.state == "completed":
+                raise RetryRefused(
+                    f'task {t.id} "{t.spec.name}" completed: retry runs again only tasks that did not '
+                    "complete",
+                    "name a task that failed, timed out, was cancelled or skipped",
+                )
+            if i not in selected:
+                selected.add(i)
+                queue.append(("task", i))
+                queue.extend(("group", g) for g in self._ancestors[i])
+        seen: set[Node] = set()
+        while queue:  # what waits on them (the edges _doom follows), if it did not complete
+            node = queue.popleft()
+            if node in seen:
+                continue
+            seen.add(node)
+            for w in self._waiters.get(node, ()):
+                if w not in selected and tasks[w].state != "completed":
+                    selected.add(w)
+                    queue.append(("task", w))
+                    queue.extend(("group", g) for g in self._ancestors[w])
+        # A task left unfinished (not run again) keeps its groups from completing: whatever waits
+        # on it, or on one of them, could never start.
+        dead: dict[Node, int] = {}
+        for t in tasks:
+            if t.state != "completed" and t.spec.index not in selected:
+                dead.setdefault(("task", t.spec.index), t.spec.index)
+                for g in self._ancestors[t.spec.index]:
+                    dead.setdefault(("group", g), t.spec.index)
+        again = sorted(selected)
+        if dead:
+            for i in again:
+                for b in self._blockers[i]:
+                    if b in dead:
+                        blocker = tasks[dead[b]]
+                        raise RetryRefused(
+                            f'task {tasks[i].id} "{tasks[i].spec.name}" waits on task {blocker.id} '
+                            f'"{blocker.spec.name}", which {blocker.state_words()} and is not retried',
+                            f"add --task {blocker.spec.name}, or retry without --task",
+                        )
+        return again
+
+    def retry(self, now: float, again: list[int]) -> Effects:
+        """A new run of this finished job that runs the tasks ``again`` (from :meth:`retry_plan`)
+        once more and keeps every other task as it ended: completed tasks with their results
+        (noted as kept from the run they completed in: :attr:`kept`), the others in their final
+        state. The namespace carries over. Each task run again starts afresh: no attempts (its
+        ``retries`` count anew), no result, error or output. Returns the tasks ready at once.
+        """
+        tasks = self.tasks
+        kept = _KEPT.get(self)
+        if kept is None:
+            kept = _KEPT[self] = {}
+        for t in tasks:
+            if t.state == "completed":
+                kept.setdefault(t.spec.index, self.run)
+        self.run += 1
+        self.state = "running" if self.started_at is not None else "queued"
+        self.finished_at = None
+        self.reason = None
+        self.cancel_requested = False
+        reasons = _REASONS.get(self)
+        for i in again:
+            t = tasks[i]
+            t.move("pending")
+            t.attempts = []
+            t.started_at = t.finished_at = t.retry_at = None
+            t.result = t.error = t.exit_code = t.reason = t.progress = None
+            t.cancel_requested = False
+            t.tail = None
+            if reasons is not None:
+                reasons.note(i, 0)
+        self._rebuild()
+        effects = Effects()
+        for i in again:
+            t = tasks[i]
+            if t.waiting == 0:
+                t.move("ready")
+                effects.ready.append(i)
+        return effects
+
+    def in_group(self, index: int, group: int) -> bool:
+        """Whether task ``index`` is inside ``group`` (at any depth)."""
+        return group in self._ancestors[index]
+
+    @property
+    def kept(self) -> dict[int, int] | None:
+        """The tasks this retried job kept from its earlier runs: index -> the run it completed in
+        (None: not retried, or none kept)."""
+        return (_KEPT.get(self) or None) if self.run > 1 else None
 
     def fail_before_start(self, reason: str, now: float, code: int = why.AFTER_FAILED) -> Effects:
         """A prerequisite (``after``) failed: skip every task and fail the job (it never started:
@@ -772,6 +938,8 @@ class Job:
         """Record the finished run; return True when another run should start (repeat)."""
         ok = all(t.state == "completed" for t in self.tasks)
         self.runs.append({"run": self.run, "state": "completed" if ok else "failed", "finished_at": now})
+        if self.run > 1 and (kept := _KEPT.get(self)):  # a retry's run: how many tasks it kept
+            self.runs[-1]["kept"] = len(kept)
         if len(self.runs) > KEPT_RUNS:
             del self.runs[:-KEPT_RUNS]
         more = self.spec.repeat is None or self.run < self.spec.repeat

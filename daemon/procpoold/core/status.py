@@ -16,7 +16,7 @@ poll with a cursor (:func:`changes_page`) costs the tasks changed since it (see 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from math import nan
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +121,7 @@ def detail(job: Job) -> JobDetail:
         "on_interrupt": job.spec.on_interrupt,
         "after": job.after,
         "root": list(job.spec.root),
+        "kept": len(job.kept or ()),
     }
 
 
@@ -174,8 +175,11 @@ def _runs(children: list[tuple[str, int]]) -> list[list[Any]]:
 # -- the full view (format 1) --------------------------------------------------------------------
 
 
-def task_status(t: TaskRun, routes: dict[tuple[str, str | None], str | None]) -> TaskStatus:
-    """One task in the full view; ``routes``: the first of :func:`engine_routes`."""
+def task_status(
+    t: TaskRun, routes: dict[tuple[str, str | None], str | None], kept: dict[int, int] | None = None
+) -> TaskStatus:
+    """One task in the full view; ``routes``: the first of :func:`engine_routes`; ``kept``: the
+    job's :attr:`~procpoold.core.jobs.Job.kept` (a retried job's tasks kept from earlier runs)."""
     spec = t.spec
     return {
         "id": t.id,
@@ -198,16 +202,20 @@ def task_status(t: TaskRun, routes: dict[tuple[str, str | None], str | None]) ->
         "tags": t.spec.tags,
         "depends_on": t.spec.depends_on,
         "tail": list(t.tail) if t.tail and t.state in UNSUCCESSFUL else [],
+        "kept_from": kept.get(spec.index) if kept else None,
     }
 
 
 def full(job: Job, tasks: list[TaskStatus] | None = None, with_groups: bool = True) -> FullStatus:
     """The full status (format 1, see docs/job-trees.md); every task unless ``tasks`` is given."""
+    if tasks is None:
+        routes, kept = engine_routes(job)[0], job.kept
+        tasks = [task_status(t, routes, kept) for t in job.tasks]
     return {
         "format": FORMAT_FULL,
         "job": detail(job),
         "groups": groups(job) if with_groups else [],
-        "tasks": [task_status(t, engine_routes(job)[0]) for t in job.tasks] if tasks is None else tasks,
+        "tasks": tasks,
     }
 
 
@@ -226,6 +234,7 @@ def full_page(
     total = len(job.tasks)
     first = max(0, min(first, total))
     routes = engine_routes(job)[0]
+    kept = job.kept
     if state is not None:
         tasks: list[TaskStatus] = []
         nxt = total
@@ -238,7 +247,7 @@ def full_page(
                 if len(tasks) >= max(1, limit) or budget <= 0:
                     nxt = i
                     break
-                tasks.append(task_status(t, routes))
+                tasks.append(task_status(t, routes, kept))
                 budget -= _approx_size(t.result) + _approx_size(t.error) + _approx_size(t.progress) + 300
         out = full(job, tasks=tasks, with_groups=first == 0)
         out["page"] = {"from": first, "count": len(tasks), "total": total,
@@ -248,7 +257,7 @@ def full_page(
     tasks = []
     budget = max_bytes
     for t in job.tasks[first:end]:
-        tasks.append(task_status(t, routes))
+        tasks.append(task_status(t, routes, kept))
         budget -= _approx_size(t.result) + _approx_size(t.error) + _approx_size(t.progress) + 300
         if budget <= 0:
             break
@@ -349,6 +358,9 @@ def columns_page(
     if covered < len(tasks):
         tasks = tasks[:covered]
     end = first + len(tasks)
+    kept = job.kept
+    if kept:  # a retried job: the run each kept task of the page completed in
+        sparse["kept_from"] = _kept_column(kept, (i for i in sorted(kept) if first <= i < end))
     states = bytes(_column(tasks, "state"))
     return {
         "format": FORMAT_COLUMNS,
@@ -406,6 +418,9 @@ def changes_page(
     nxt = log.first_change(changed[covered], cursor[1]) if more else log.seq
     if more:
         rows, changed = rows[:covered], changed[:covered]
+    kept = job.kept
+    if kept:
+        sparse["kept_from"] = _kept_column(kept, (i for i in changed if i in kept))
     return {
         "format": FORMAT_COLUMNS,
         "job": detail(job),
@@ -426,6 +441,12 @@ def changes_page(
         "changes": True,
         "more": more,
     }
+
+
+def _kept_column(kept: dict[int, int], indices: Iterable[int]) -> tuple[list[int], list[Any]]:
+    """The ``kept_from`` sparse column of the tasks ``indices`` (each one kept)."""
+    idx = list(indices)
+    return idx, [kept[i] for i in idx]
 
 
 def summary_status(job: Job) -> SummaryStatus:
@@ -479,7 +500,7 @@ def task_reply(job: Job, index: int) -> TaskReply:
         "id": t.id,
         "finished": t.state in FINAL_TASK_STATES,
         "state": t.state,
-        "task": task_status(t, engine_routes(job)[0]),
+        "task": task_status(t, engine_routes(job)[0], job.kept),
         "job": summary(job),
     }
 

@@ -74,6 +74,7 @@ class MessageId:
     DAEMON_STOPPING = "d443cedd6cb14258a645e56a8f406e64"
     LOG_DROPPED = "0b2dee34cd1b4b10b1c0689c56c5793a"
     LOG_STALLED = "ede317794a464965af7bb52e3eceb131"
+    JOB_RETRIED = "b884edc2e18a4bad980756fd6f7d971b"
 
 
 def message_ids() -> dict[str, str]:

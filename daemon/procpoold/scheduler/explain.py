@@ -85,7 +85,14 @@ class Explain(SchedulerState):
         head = f'job {job.id} "{job.spec.name}" is {job.state}'
         if job.spec.repeat != 1:
             head += f" (run {job.run}{'' if job.spec.repeat is None else f' of {job.spec.repeat}'})"
+        elif job.run > 1:
+            head += f" (run {job.run}, a retry)"
         text = [head + ": " + ", ".join(f"{n} {state}" for state, n in counts.items()) + f" of {total} tasks"]
+        kept = job.kept
+        if kept:
+            runs = sorted(set(kept.values()))
+            text.append(f"{plural(len(kept), 'completed task')} kept from run {', '.join(map(str, runs))} "
+                        "by procctl retry")
         out: dict[str, Any] = {"job": job.id, "name": job.spec.name, "state": job.state, "counts": counts}
         condition = self._job_condition(job)
         if condition is not None:
@@ -340,6 +347,11 @@ class Explain(SchedulerState):
         when = f" at {clock(t.finished_at)}" if t.finished_at is not None else ""
         if state == "completed":
             text.append(f"completed{when} after {plural(n, 'attempt')}")
+            kept = job.kept
+            if kept and t.spec.index in kept:
+                out["kept_from"] = kept[t.spec.index]
+                text.append(f"kept from run {kept[t.spec.index]} by procctl retry: it does not run again in "
+                            f"run {job.run}, and its result stays")
         elif state in ("failed", "timeout"):
             err = t.error or {}
             what = f"{err.get('type')}: {err.get('message')}" if err.get("type") else err.get("message", "")

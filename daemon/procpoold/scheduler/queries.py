@@ -88,6 +88,17 @@ class Queries(SchedulerState):
         self._finished_by_uid.setdefault(entry.uid, {})[entry.id] = None
         self._finished_states[entry.state] = self._finished_states.get(entry.state, 0) + 1
 
+    def _unindex_finished(self, job_id: str) -> None:
+        """Take a finished job out of the index (a retry makes it run again); its key stays."""
+        entry = self.finished.pop(job_id)
+        self._finished_states[entry.state] -= 1
+        own = self._finished_by_uid.get(entry.uid)
+        if own is not None:
+            own.pop(job_id, None)
+            if not own:
+                del self._finished_by_uid[entry.uid]
+        self._loaded.pop(job_id, None)
+
     def _prune(self, now: float, users: list[int | None] | None = None) -> None:
         """Drop finished jobs beyond the retention limits (decided in memory: usually nothing to do).
 

@@ -236,6 +236,10 @@ class SchedulerState(abc.ABC):
         """(queries) Add a finished job to the index."""
 
     @abc.abstractmethod
+    def _unindex_finished(self, job_id: str) -> None:
+        """(queries) Take a finished job out of the index (it runs again)."""
+
+    @abc.abstractmethod
     def _prune(self, now: float, users: list[int | None] | None = None) -> None:
         """(queries) Drop finished jobs beyond the retention limits."""
 

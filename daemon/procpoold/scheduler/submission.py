@@ -7,11 +7,12 @@ import os
 from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
+from procpool.contract.limits import shorten
 from procpool.contract.tree import JobSpec, TreeError, parse_job
 from procpool.contract.words import plural
 from procpoold import failures, journal
 from procpoold.core import reasons
-from procpoold.core.jobs import Job, scoped_key
+from procpoold.core.jobs import Job, RetryRefused, scoped_key
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.identity import (
     Authority,
@@ -24,6 +25,9 @@ from procpoold.identity import (
 )
 from procpoold.pathsafety import check_folders, unsafe_folder
 from procpoold.scheduler.state import SchedulerState, _job_row, _user_fields, log
+
+#: Names of the tasks run again that a retry's reply lists (the count is always there).
+RETRY_NAMES = 20
 
 
 class Submission(SchedulerState):
@@ -158,6 +162,124 @@ class Submission(SchedulerState):
             extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}},
         )
         return {"id": ref, "stopping": len(stopping)}
+
+    def retry(self, ref: str, tasks: list[str] | None = None, by: int | None = None) -> dict[str, Any]:
+        """Run a finished job's tasks that did not complete again, as a new run of the same job
+        (``procctl retry``): completed tasks keep their results, the namespace carries over.
+
+        ``tasks`` (ids ``12.3``, ``12/name`` or names of the job's tasks or groups) narrows it to
+        those tasks and what waits on them that did not complete (Job.retry_plan). Loop thread.
+        Refuses (``conflict``) a job that has not finished, a repeating job and a narrowing that
+        cannot run; ``not_found`` for a job no longer stored. A job that completed has nothing to
+        retry: the reply says so (``again`` 0) and nothing changes. Otherwise the job leaves the
+        finished index, counts against the quota again, and is durable (its run, the tasks reset)
+        before this returns.
+        """
+        if not self.accepting:
+            raise ProcpoolError(
+                ErrorCode.SHUTTING_DOWN, "procpoold is stopping and takes no retries",
+                "retry once it has restarted",
+            )
+        self.flush()  # a job that has just finished is stored as such (and retired) first
+        job, index = self.resolve(ref)
+        if index is not None:
+            raise ProcpoolError(
+                ErrorCode.INVALID_ARGUMENT, f"retry takes a job, not the task {shorten(ref)}",
+                f"procctl retry {job.id} --task {job.tasks[index].spec.name}",
+            )
+        if not job.finished:
+            raise ProcpoolError(
+                ErrorCode.CONFLICT,
+                f"job {job.id} is {job.state}: retry is for finished jobs",
+                f"wait for it (procctl wait {job.id}), or cancel it (procctl cancel {job.id}) and retry then",
+            )
+        if job.spec.repeat != 1:
+            raise ProcpoolError(
+                ErrorCode.CONFLICT,
+                f"job {job.id} repeats (repeat: {job.spec.repeat or 'forever'}): retry re-runs one run of "
+                "a job that runs once",
+                "submit the job again",
+            )
+        if not job.raw or job.id not in self.finished:  # a stand-in for a job that cannot be restored
+            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} cannot be restored: it cannot be retried")
+        if job.state == "completed" and not tasks:  # nothing to do: say so, change nothing
+            return {"id": job.id, "run": job.run, "state": job.state, "again": 0,
+                    "kept": len(job.tasks), "tasks": []}
+        chosen = None if tasks is None else self._retry_choice(job, tasks)
+        try:
+            again = job.retry_plan(chosen)
+        except RetryRefused as exc:
+            raise ProcpoolError(ErrorCode.CONFLICT, str(exc), exc.hint) from None
+        self.quota.check(job.submitter_uid, len(job.tasks))  # "queue full" before anything changes
+        self._unindex_finished(job.id)
+        job.engines = self.engines
+        self.jobs[job.id] = job
+        self.quota.hold(job.id, job.submitter_uid, len(job.tasks))
+        effects = job.retry(self.clock(), again)
+        kept = job.kept or {}
+        if self.store is not None:
+            self.store.reopen(job.id)
+            # One snapshot of every task: the log of the earlier runs goes, the run starts afresh.
+            self.store.snapshot_tasks(job.id, [job.full_entry(i) for i in range(len(job.tasks))])
+            self._touch(job, [])
+        self._record(
+            logging.INFO,
+            f'job {job.id} "{job.spec.name}" retried: run {job.run}, {plural(len(again), "task")} again, '
+            f"{len(kept)} kept",
+            {
+                "PROCPOOL_JOB_ID": job.id,
+                "PROCPOOL_JOB_NAME": job.spec.name,
+                "PROCPOOL_RUN": str(job.run),
+                **_user_fields(job),
+                **({"PROCPOOL_BY_UID": str(by)} if by is not None else {}),
+                "MESSAGE_ID": journal.MessageId.JOB_RETRIED,
+            },
+        )
+        self._apply(job, effects)
+        if self._pump_scheduled:
+            self._pump()  # now, so the first attempts' write-ahead shares the commit
+        self.flush()  # durable before the caller replies
+        return {
+            "id": job.id,
+            "run": job.run,
+            "state": job.state,
+            "again": len(again),
+            "kept": len(kept),
+            "tasks": [job.tasks[i].spec.name for i in again[:RETRY_NAMES]],
+        }
+
+    def _retry_choice(self, job: Job, refs: list[str]) -> list[int]:
+        """The task indices ``--task`` names: task ids (``12.3``), ``12/name``, or names of the
+        job's tasks or groups (a group: its tasks that did not complete)."""
+        chosen: list[int] = []
+        groups = {g.name: g.index for g in job.spec.groups if g.name}
+        for ref in refs:
+            if "/" in ref or ("." in ref and ref.partition(".")[0].isdigit()):
+                other, index = self.resolve(ref)
+                if other is not job or index is None:
+                    raise ProcpoolError(
+                        ErrorCode.INVALID_ARGUMENT, f"--task {shorten(ref)} is not a task of job {job.id}"
+                    )
+                chosen.append(index)
+            elif ref in job.by_name:
+                chosen.append(job.by_name[ref])
+            elif ref in groups:
+                inside = [
+                    t.spec.index for t in job.tasks
+                    if t.state != "completed" and job.in_group(t.spec.index, groups[ref])
+                ]
+                if not inside:
+                    raise ProcpoolError(
+                        ErrorCode.CONFLICT,
+                        f'group "{shorten(ref)[1:-1]}" of job {job.id} completed: nothing in it to retry',
+                    )
+                chosen += inside
+            else:
+                raise ProcpoolError(
+                    ErrorCode.NOT_FOUND, f"job {job.id} has no task or group named {shorten(ref)}",
+                    f"see its tasks with procctl status {job.id} --tasks",
+                )
+        return chosen
 
     def _prerequisite_done(self, job_id: str) -> None:
         """One of a pending job's prerequisites finished: evaluate them all again."""

@@ -118,6 +118,10 @@ class Store(Protocol):
     def forget(self, job_id: str) -> None:
         """Drop what is kept in memory about a job that will not be written again."""
 
+    def reopen(self, job_id: str) -> None:
+        """A finished job will be written again (``procctl retry``): pick up its task log's
+        numbering where it was left (see :meth:`forget`)."""
+
     def max_job_id(self) -> int:
         """The highest job id ever handed out (ids are never reused)."""
 

@@ -594,6 +594,14 @@ class StateStore:
         self._next_seq.pop(job_id, None)
         self.log_entries.pop(job_id, None)
 
+    def reopen(self, job_id: str) -> None:
+        """A finished job will be written again (a retry makes it run): its task log goes on from
+        its last row (:meth:`forget` dropped the numbering; a row numbered anew would replace an
+        older one). The caller snapshots its tasks next, which sets ``log_entries``."""
+        self.settle()
+        row = self.db.execute("SELECT max(seq) FROM task_log WHERE job_id=?", (int(job_id),)).fetchone()
+        self._next_seq[job_id] = max(self._next_seq.get(job_id, 0), 0 if row[0] is None else row[0] + 1)
+
     def stats(self) -> dict[str, Any]:
         """For ``status``: the loop's time in commits, and the compactor's progress off the loop."""
         compactor = self.compactor

@@ -67,7 +67,8 @@ def test_every_operation_has_exactly_one_rule() -> None:
     assert {op for op, a in POLICY.items() if a.rule is Rule.READ} == {
         "ping", "status", "pool", "explain", "metrics"}
     assert {op for op, a in POLICY.items() if a.rule is Rule.ADMIN} == {"shutdown", "pool_resize"}
-    assert {op for op, a in POLICY.items() if a.rule is Rule.OWNER} == {"cancel", "resume", "wait", "logs"}
+    owner = {"cancel", "resume", "wait", "logs", "retry"}
+    assert {op for op, a in POLICY.items() if a.rule is Rule.OWNER} == owner
 
 
 @pytest.mark.parametrize("op", ["ping", "status", "pool"])
