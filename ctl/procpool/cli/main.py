@@ -469,6 +469,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "result": "procpool.cli.result",
     "top": "procpool.cli.top",
     "explain": "procpool.cli.explain",
+    "stop": "procpool.cli.jobs",
 }
 
 

@@ -92,6 +92,10 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         'for call tasks and "commands" for cmd tasks), or another engine of the daemon such as "dask" '
         "(default: the job's engine, else the daemon's default for its kind)."
     ),
+    "kill_grace": FieldSpec(
+        "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
+        "SIGKILL (default: the job's kill_grace, else the daemon's).",
+    ),
 }
 GROUP_KEYS = ("sequential", "concurrent")
 GROUP_FIELDS: dict[str, FieldSpec] = {
@@ -124,6 +128,10 @@ JOB_FIELDS: dict[str, FieldSpec] = {
         "name", 'The engine of the tasks that name none: "local" or another engine of the daemon, '
         'such as "dask" (default: the daemon\'s default for each kind).'
     ),
+    "kill_grace": FieldSpec(
+        "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
+        "SIGKILL, for the tasks that set none (default: the daemon's kill_grace).",
+    ),
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -154,6 +162,8 @@ class TaskSpec:
     tags: list[str] = field(default_factory=list)
     parent: int | None = None  # index into JobSpec.groups
     engine: str | None = None  # the engine named by the task; None: the daemon's default for its kind
+    #: seconds from the stop signal to SIGKILL (its own "kill_grace"; None: the job's, else the daemon's)
+    kill_grace: float | None = None
 
 
 @dataclass
@@ -191,6 +201,8 @@ class JobSpec:
     user: str | None = None
     #: the engine named by the job ("engine"): every task that names none has it as its ``engine``
     engine: str | None = None
+    #: seconds from the stop signal to SIGKILL for tasks that set none ("kill_grace"; None: the daemon's)
+    kill_grace: float | None = None
     #: the ordering, set by parse_job (compiled once, used by the daemon and by validate)
     plan: Plan | None = None
 
@@ -544,6 +556,7 @@ class _Parser:
         t.depends_on = depends_on
         t.parent = parent
         t.engine = engine
+        t.kill_grace = None  # (a task's own is set by task(): the short cut has none)
         self.tasks.append(t)
         return index
 
@@ -591,6 +604,8 @@ class _Parser:
             parent,
             get("engine", self.engine),
         )
+        if "kill_grace" in values:
+            self.tasks[index].kill_grace = values["kill_grace"]
         return ("task", index)
 
 
@@ -767,6 +782,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         tags=list(values.get("tags", [])),
         user=values.get("user"),
         engine=values.get("engine"),
+        kill_grace=values.get("kill_grace"),
     )
     job.plan = compile_job(job)
     return job

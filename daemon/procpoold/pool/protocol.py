@@ -11,7 +11,9 @@ Request ring, daemon -> worker:
 
 * ``[CALL, id, fn, ctx, args, kwargs, env, cwd, python_path]``: run attempt ``id`` of ``fn``
   (``"pkg.mod:func"``); ``ctx`` is ``[job_id, job_name, task_id, task_name, attempt, run]``.
-* ``[CANCEL, id]``: stop attempt ``id`` (followed by ``SIGUSR1`` for a sync attempt).
+* ``[CANCEL, id]`` or ``[CANCEL, id, signal]``: stop attempt ``id`` (followed by ``SIGUSR1`` for a
+  sync attempt); ``signal`` names the stop's signal when it is not SIGTERM: ``"SIGINT"`` raises
+  ``KeyboardInterrupt`` in a sync attempt, any other ``TaskInterrupted`` naming it.
 * ``[REPLY, rid, ok, value_or_error]``: the answer to a ``REQUEST``.
 * ``[EXIT]``: finish and exit 0 (retirement, shutdown).
 * ``[WAKE, spin_us, restore]``: work is on its way (a client is submitting): an idle worker

@@ -462,10 +462,10 @@ def _mark(tag: str) -> None:
         _marks.popitem(last=False)
 
 
-def stop(run: str, aids: list[str], grace: float) -> int:
-    """Stop these attempts of daemon process ``run`` on this worker (SIGTERM to each session,
-    SIGKILL after ``grace``); one not started yet never starts. Returns how many were running.
-    Runs via ``Client.run``."""
+def stop(run: str, aids: list[str], grace: float, signum: int = signal.SIGTERM) -> int:
+    """Stop these attempts of daemon process ``run`` on this worker (``signum``, SIGTERM by
+    default, to each session, SIGKILL after ``grace``; a second stop sends its signal too); one
+    not started yet never starts. Returns how many were running. Runs via ``Client.run``."""
     found = 0
     with _lock:
         runs = []
@@ -478,7 +478,9 @@ def stop(run: str, aids: list[str], grace: float) -> int:
     for r in runs:
         found += 1
         r.stopped = True
-        r.signal(signal.SIGTERM)
+        r.signal(signum)
+        if signum == signal.SIGKILL:
+            continue
         if r.killer is None:
             r.killer = threading.Timer(grace, r.signal, (signal.SIGKILL,))
             r.killer.daemon = True

@@ -197,6 +197,7 @@ class Attempts(SchedulerState):
         spec.run = jp.run
         spec.priority = task.priority
         spec.user = jp.user
+        spec.kill_grace = task.kill_grace if task.kill_grace is not None else job_spec.kill_grace
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
