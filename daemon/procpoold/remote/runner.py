@@ -78,7 +78,9 @@ class _Run:
         self.ended = False
 
     def signal(self, signum: int) -> None:
-        for pgid in (self.pid, self.child):
+        """``signum`` to the harness's session; SIGKILL also to its command's (another signal the
+        harness passes on itself: sent to both, a command's trap would run twice)."""
+        for pgid in (self.pid, self.child if signum == signal.SIGKILL else 0):
             if pgid:
                 try:
                     os.killpg(pgid, signum)
@@ -429,8 +431,9 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
     if code is None:
         code = -signal.SIGKILL  # it never said how it ended: killed with its fork server
     if run.stopped:
-        if payload.get("kind") != "cmd":
-            return result(False, None, stopped=True)
+        if payload.get("kind") != "cmd":  # (the error the stop raised in it: where it was, which signal)
+            error = done[2] if done is not None and not done[1] and type(done[2]) is dict else None
+            return result(False, error, stopped=True)
         if done is not None and done[1] and type(done[2]) is int:
             code = done[2]  # the command's own status (-15 after a SIGTERM), as locally
         return result(False, None, stopped=True, exit_code=code)

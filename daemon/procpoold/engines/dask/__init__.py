@@ -75,6 +75,10 @@ MAX_RESULT = 64 * 1024 * 1024
 MAX_LINES = 1000
 
 
+#: The fields of a task's error map (each a string).
+_ERROR_KEYS = ("type", "message", "traceback")
+
+
 class _Attempt:
     __slots__ = ("host", "key", "spec", "started", "started_at", "stop_reason", "stop_timer",
                  "target", "timeout_timer", "worker")
@@ -483,7 +487,14 @@ class DaskExecutor:
         exit_code = info.get("exit_code")
         exit_code = exit_code if type(exit_code) is int else None
         if run.stop_reason is not None:
-            error = TaskError(NOT_STARTED, "stopped before it started") if info.get("not_started") else None
+            value = info.get("value")
+            if info.get("not_started"):
+                error: TaskError | None = TaskError(NOT_STARTED, "stopped before it started")
+            elif type(value) is dict and all(type(value.get(k, "")) is str for k in _ERROR_KEYS):
+                # what the stop raised in a call (its signal, its frames); the scheduler bounds it
+                error = TaskError(value.get("type", ""), value.get("message", ""), value.get("traceback", ""))
+            else:
+                error = None
             self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], exit_code=exit_code, error=error))
             return
         if info.get("stopped"):
