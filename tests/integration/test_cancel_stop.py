@@ -19,6 +19,7 @@ from procpool import Client, ProcpoolError
 from tests.support.daemon import DaemonProcess, serving
 from tests.support.fixtures import each_engine
 from tests.support.jobs import sh, tasks_by_name, wait_task_started
+from tests.support.terminal import Terminal, procctl
 from tests.support.users import ThrowawayUsers, probe_folder, procctl_as, throwaway_users
 from tests.support.waiting import wait_until
 
@@ -200,6 +201,26 @@ def test_a_filter_needs_yes_off_a_terminal(daemon: DaemonProcess) -> None:
         finished(client, other)
         out = daemon.procctl("cancel", "--all")
         assert out.returncode == 0 and "no unfinished job matches" in out.stdout
+
+
+@pytest.mark.daemon_args("--workers", "4")
+def test_a_filter_asks_on_a_terminal(daemon: DaemonProcess, engine: str) -> None:
+    if engine != "local":
+        pytest.skip("procctl's question is the same whatever the engine: tested once")
+    with daemon.client() as client:
+        jobs = [submit(client, sh("sleep 300"), name=f"ask-{i}") for i in range(2)]
+        with Terminal(procctl(daemon.socket, "cancel", "--name", "ask-*")) as term:
+            term.wait_for(lambda t: f"cancel 2 jobs ({jobs[0]}, {jobs[1]})? [y/N]" in t, "the question")
+            term.send("n\r")
+            assert term.finish() == 1
+        assert client.status(jobs[0])["job"]["state"] in ("queued", "running")
+        with Terminal(procctl(daemon.socket, "cancel", "--name", "ask-*")) as term:
+            term.wait_for(lambda t: "[y/N]" in t, "the question")
+            term.send("y\r")
+            term.wait_for(lambda t: f"cancelled {jobs[0]}, {jobs[1]}" in t, "the answer")
+            assert term.finish() == 0
+        for job_id in jobs:
+            assert finished(client, job_id)["job"]["state"] == "cancelled"
 
 
 def test_stop_ends_a_forever_job_after_its_current_run(daemon: DaemonProcess, tmp_path: Path) -> None:

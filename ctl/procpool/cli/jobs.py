@@ -28,7 +28,7 @@ from procpool.cli.main import (
     warn,
 )
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
-from procpool.contract.states import COMPLETED, FAILED, FINAL_JOB_STATES, JOB_STATES, PENDING, RUNNING
+from procpool.contract.states import COMPLETED, FAILED, FINAL_JOB_STATES, JOB_STATES, RUNNING
 from procpool.contract.status import JobStatus, follow, is_changes
 from procpool.contract.words import plural
 
@@ -776,9 +776,7 @@ def cancel(
             result = client.cancel_many(list(ids), signal=sig, grace=grace)
     cancelled, finished = list(result["cancelled"]), dict(result.get("finished") or {})
     lines = [f"cancelled {', '.join(cancelled) if cancelled else 'nothing'}" + _stopping(result["stopping"])]
-    lines += [f"  {ref}: already {state_}" if state_ != PENDING else
-              f"  {ref}: its job waits for its prerequisites (cancel the job)"
-              for ref, state_ in finished.items()]
+    lines += [f"  {ref}: already {state_}" for ref, state_ in finished.items()]
     if result.get("others_left"):
         lines.append(f"  left {result['others_left']} of other users (only an administrator may cancel them)")
     emit(settings, result, "\n".join(lines))

@@ -188,12 +188,19 @@ class Submission(SchedulerState):
     ) -> dict[str, Any]:
         """Cancel several jobs or tasks (``cancel`` with ``ids``): every reference is resolved and
         checked first (an unknown one is ``not_found``; one the peer may not change refuses the
-        whole request: ``may_change`` raises), then each unfinished one is cancelled as by
-        :meth:`cancel`; the finished ones are listed with their state. Loop thread."""
+        whole request: ``may_change`` raises; so does a task of a job waiting for its
+        prerequisites: ``conflict``), then each unfinished one is cancelled as by :meth:`cancel`;
+        the finished ones are listed with their state. Loop thread."""
         targets = []
         for ref in dict.fromkeys(refs):
             job, index = self.resolve(ref)
             may_change(job)
+            if index is not None and job.state == "pending":  # (see cancel)
+                raise ProcpoolError(
+                    ErrorCode.CONFLICT,
+                    f"job {job.id} waits for its prerequisites: none of its tasks has started ({ref})",
+                    f"cancel the whole job (procctl cancel {job.id}), or the task once the job runs",
+                )
             targets.append((ref, job, index))
         return self._cancel_targets(targets, by, signum, grace, dry_run, 0)
 
@@ -243,9 +250,6 @@ class Submission(SchedulerState):
         stopping = 0
         cancelled = []
         for ref, job, index in todo:
-            if index is not None and job.state == "pending":
-                finished[ref] = "pending"  # (a task of a job waiting for its prerequisites: see cancel)
-                continue
             stopping += self._cancel_job(job, index, reason, signum, grace)
             cancelled.append(ref)
         if cancelled:
