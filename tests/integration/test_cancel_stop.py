@@ -245,6 +245,27 @@ def test_stop_ends_a_forever_job_after_its_current_run(daemon: DaemonProcess, tm
     assert out.returncode == 1 and "already completed" in out.stderr
 
 
+def test_a_stop_survives_a_crash_of_the_daemon(daemon: DaemonProcess, tmp_path: Path, engine: str) -> None:
+    if engine != "local":
+        pytest.skip("the stop is the scheduler's state, whatever the engine: tested once")
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    script = f'echo run >> "{runs}"; until [ -e "{gate}" ]; do sleep 0.02; done'
+    with daemon.client() as client:
+        job_id = submit(client, {"name": "cycle", **sh(script)}, repeat="forever")
+        wait_until(lambda: runs.exists() and runs.read_text().count("run") == 1, what="run 1 to start")
+        assert daemon.procctl("stop", job_id).returncode == 0
+    daemon.crash()
+    daemon.restart()
+    with daemon.client() as client:
+        # the interrupted attempt of run 1 runs again (on_interrupt: retry), and no run follows
+        wait_until(lambda: runs.read_text().count("run") == 2, what="run 1's attempt to run again")
+        gate.write_text("")
+        status = finished(client, job_id)
+    assert status["job"]["state"] == "completed" and status["job"]["run"] == 1
+    assert "no run after run 1" in status["job"]["reason"]
+    assert runs.read_text().count("run") == 2
+
+
 def test_stop_of_a_job_that_does_not_repeat_is_refused(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
         job_id = submit(client, sh("sleep 300"))
