@@ -100,6 +100,28 @@ def test_a_tasks_kill_grace_overrides_its_jobs(daemon: DaemonProcess, tmp_path: 
     assert (tmp_path / "term").read_text() == "term\n"
 
 
+def test_a_tasks_kill_grace_applies_to_its_timeout(daemon: DaemonProcess, tmp_path: Path) -> None:
+    with daemon.client() as client:
+        job_id = submit(client, traps_term(tmp_path, kill_grace=0.2, timeout=0.5), kill_grace=LONG)
+        status = finished(client, job_id)
+    task = the_task(status)
+    assert task["state"] == "timeout" and task["exit_code"] == -9
+    assert (tmp_path / "term").read_text() == "term\n"
+
+
+def test_run_kill_grace_sets_the_tasks(daemon: DaemonProcess, tmp_path: Path) -> None:
+    out = daemon.procctl("run", "--kill-grace", "0.2", "--", "sh", "-c", TRAPS_TERM, str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    with daemon.client() as client:
+        started(client, job_id, tmp_path / "ready")
+        assert daemon.procctl("cancel", job_id).returncode == 0
+        status = finished(client, job_id)  # (the daemon's kill_grace is 5 s: both are quick here)
+    assert the_task(status)["exit_code"] == -9
+    out = daemon.procctl("run", "--kill-grace", "-1", "--", "true")
+    assert out.returncode == 2
+
+
 def test_a_second_cancel_with_kill_ends_the_first_ones_grace(daemon: DaemonProcess, tmp_path: Path) -> None:
     with daemon.client() as client:
         job_id = submit(client, traps_term(tmp_path), kill_grace=LONG)

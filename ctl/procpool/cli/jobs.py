@@ -322,6 +322,8 @@ def _looks_like_option(word: str) -> bool:
 )
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--retry-delay", type=click.FloatRange(min=0), help="Seconds before the first retry.")
+@click.option("--kill-grace", type=Seconds(), metavar="SECONDS",
+              help="Seconds from the signal that stops it (a timeout, a cancel) to SIGKILL.")
 @click.option("--priority", type=click.Choice(PRIORITIES), help="Dispatch priority.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("--cwd", help="Working directory.")
@@ -344,6 +346,7 @@ def run(
     task_timeout: float | None,
     retries: int | None,
     retry_delay: float | None,
+    kill_grace: float | None,
     priority: str | None,
     env: tuple[str, ...],
     cwd: str | None,
@@ -418,6 +421,7 @@ def run(
         ("timeout", task_timeout),
         ("retries", retries),
         ("retry_delay", retry_delay),
+        ("kill_grace", kill_grace),
         ("priority", priority),
         ("cwd", cwd),
     ):
