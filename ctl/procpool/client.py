@@ -259,14 +259,19 @@ class Client:
         wait: float | None = None,
         *,
         view: View = "full",
+        replace: bool = False,
     ) -> dict[str, Any]:
         """Submit a job tree (a dict in the job-file format); returns ``{"id", "existing", ...}``.
 
         With ``wait`` (seconds) the call returns once the job has finished (or ``wait`` ran out),
         in one round trip; the result then also has ``finished``, ``state`` and ``status`` (as
-        :meth:`wait` returns them, in ``view``).
+        :meth:`wait` returns them, in ``view``). With ``replace`` (the job needs a ``key``), the
+        unfinished jobs with the same key are cancelled (``replaced by job N``) and this one takes
+        their place (``replaced``: their ids).
         """
         args: dict[str, Any] = {"job": job}
+        if replace:
+            args["replace"] = True
         if after:
             args["after"] = after
         if wait is not None:
@@ -335,9 +340,56 @@ class Client:
         result: dict[str, Any] = self.call("clean", args)
         return list(result["removed"])
 
-    def cancel(self, id: str) -> CancelReply:
-        """Cancel a job or one task; returns what was cancelled."""
-        result: CancelReply = self.call("cancel", {"id": id})
+    def cancel(self, id: str, *, signal: str | None = None, grace: float | None = None) -> CancelReply:
+        """Cancel a job or one task; returns what was cancelled.
+
+        Its running attempts get ``signal`` (a name such as ``"SIGINT"``; default SIGTERM;
+        ``"SIGKILL"`` ends them at once), then SIGKILL after ``grace`` seconds (default: the
+        task's ``kill_grace``, else its job's, else the daemon's)."""
+        args: dict[str, Any] = {"id": id}
+        if signal is not None:
+            args["signal"] = signal
+        if grace is not None:
+            args["grace"] = grace
+        result: CancelReply = self.call("cancel", args)
+        return result
+
+    def cancel_many(
+        self,
+        ids: list[str] | None = None,
+        *,
+        state: str | None = None,
+        name: str | None = None,
+        user: str | None = None,
+        all: bool = False,
+        signal: str | None = None,
+        grace: float | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Cancel several jobs or tasks (``ids``), or the unfinished jobs that match every filter
+        given (``state``, ``name`` a shell pattern, ``user``; ``all``: every unfinished job) that
+        the caller may change. Returns ``cancelled`` (ids), ``stopping`` (running attempts being
+        stopped), ``finished`` (id: state of those that had finished already) and ``others_left``
+        (jobs that matched a filter but are other users'); with ``dry_run`` nothing changes and
+        ``matched`` lists what would be cancelled. ``signal`` and ``grace`` as for :meth:`cancel`."""
+        args: dict[str, Any] = {}
+        if ids is not None:
+            args["ids"] = list(ids)
+        for key, value in (("state", state), ("name", name), ("user", user), ("signal", signal),
+                           ("grace", grace)):
+            if value is not None:
+                args[key] = value
+        if all:
+            args["all"] = True
+        if dry_run:
+            args["dry_run"] = True
+        result: dict[str, Any] = self.call("cancel", args)
+        return result
+
+    def stop(self, id: str) -> dict[str, Any]:
+        """End a repeating job after its current run (that run finishes normally; no other
+        starts); returns ``{"id", "run", "state"}``."""
+        result: dict[str, Any] = self.call("stop", {"id": id})
         return result
 
     def explain(self, id: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from procpoold.control.limits import ServerLimits, connection_cap, raise_fd_limi
 from procpoold.control.policy import Policy
 from procpoold.control.server import ControlServer, Deferred, Peer
 from procpoold.core import status
+from procpoold.core.jobs import Job
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.engines.registry import Engines
 from procpoold.identity import Authority, UnknownUser, identity_by_name, identity_of
@@ -505,14 +506,19 @@ class Daemon:
         after: list[str] | None,
         wait: float | None = None,
         view: View = "full",
+        replace: Peer | None = None,
     ) -> dict[str, Any] | Deferred:
-        accepted, existing = self.scheduler.submit(job, uid, after)
-        reply = {
+        replaced: list[str] = []
+        check = None if replace is None else self._owner_check("submit", "replace it", replace, replaced)
+        accepted, existing = self.scheduler.submit(job, uid, after, check)
+        reply: dict[str, Any] = {
             "id": accepted.id,
             "name": accepted.spec.name,
             "existing": existing,
             "tasks": len(accepted.tasks),
         }
+        if replace is not None:
+            reply["replaced"] = replaced
         if wait is None:
             return reply
         # one round trip: the reply has the final status
@@ -556,8 +562,56 @@ class Daemon:
                                     "give a user name or a uid") from None
         return self.scheduler.job_list(state, since, limit, name, uid, tag)
 
-    def cancel(self, ref: str, by: int | None = None) -> dict[str, Any]:
-        return self.scheduler.cancel(ref, by)
+    def cancel(
+        self, ref: str, by: int | None = None, signum: int | None = None, grace: float | None = None
+    ) -> dict[str, Any]:
+        return self.scheduler.cancel(ref, by, signum, grace)
+
+    def cancel_many(self, args: dict[str, Any], peer: Peer | None, signum: int | None) -> dict[str, Any]:
+        """``cancel`` with ``ids`` or filters (or a dry run): each job checked against the owner
+        rule (see Policy.check_owner; a filter skips, and counts, the jobs the peer may not change)."""
+        by = peer.uid if peer else None
+        grace, dry_run = args.get("grace"), bool(args.get("dry_run"))
+        if peer is None:  # (the policy lets no such peer cancel; kept for the type)
+            raise ProcpoolError(ErrorCode.PERMISSION_DENIED, "cancel: your credentials could not be read")
+        if "id" in args or "ids" in args:
+            refs = [args["id"]] if "id" in args else list(args["ids"])
+            check = self._owner_check("cancel", "cancel it", peer)
+            return self.scheduler.cancel_many(refs, by, check, signum, grace, dry_run)
+        uid = None
+        user = args.get("user")
+        if user is not None:  # a uid, or a user name the password database knows
+            try:
+                uid = int(user) if user.isdigit() and len(user) <= 10 else identity_by_name(user).uid
+            except UnknownUser:
+                raise ProcpoolError(ErrorCode.INVALID_ARGUMENT, f"cancel: no user named {shorten(user, 64)}",
+                                    "give a user name or a uid") from None
+
+        def allowed(job: Job) -> bool:
+            return self.policy.may_change(peer, job.submitter_uid)
+
+        result = self.scheduler.cancel_matching(args.get("state"), args.get("name"), uid, by, allowed,
+                                                signum, grace, dry_run)
+        if not dry_run and peer.admin and result["cancelled"]:
+            log.info("administrator %s cancelled %d job(s) by filter", peer.uid, len(result["cancelled"]))
+        return result
+
+    def _owner_check(
+        self, op: str, verb: str, peer: Peer, seen: list[str] | None = None
+    ) -> Callable[[Job], bool]:
+        """The owner rule for each job an operation on several jobs changes (raises its refusal);
+        the ids of the jobs it allowed go to ``seen``."""
+
+        def check(job: Job) -> bool:
+            self.policy.check_owner(op, verb, job.id, job.id, job.submitter_uid, peer)
+            if seen is not None:
+                seen.append(job.id)
+            return True
+
+        return check
+
+    def stop(self, ref: str, by: int | None = None) -> dict[str, Any]:
+        return self.scheduler.stop(ref, by)
 
     def pool_info(self) -> dict[str, Any]:
         """The worker processes of every engine (each map names its ``engine``), and ``info``: the

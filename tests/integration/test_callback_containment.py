@@ -58,7 +58,9 @@ class ScriptedExecutor(StubEngine):
         self.running.discard(attempt_id)
         self.events.attempt_finished(Outcome(attempt_id, "completed", exit_code=0))
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
         raise RuntimeError("the process table is on fire")
 
     def shutdown(self, grace: float) -> None:

@@ -45,7 +45,9 @@ class InlineEngine:
 
     def expect_work(self, uid: int | None) -> None: ...
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
         spec = self._queued.pop(attempt_id, None)
         if spec is not None and self._events is not None:
             status = "interrupted" if reason == "shutdown" else reason

@@ -1,4 +1,4 @@
-"""Job commands: submit, validate, run, status, wait, cancel."""
+"""Job commands: submit, validate, run, status, wait, cancel, stop, resume, clean."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from procpool.cli.main import (
     warn,
 )
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
-from procpool.contract.states import COMPLETED, FAILED, FINAL_JOB_STATES, RUNNING
+from procpool.contract.states import COMPLETED, FAILED, FINAL_JOB_STATES, JOB_STATES, RUNNING
 from procpool.contract.status import JobStatus, follow, is_changes
 from procpool.contract.words import plural
 
@@ -163,8 +163,12 @@ def _columns(status: Any) -> JobStatus:
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
 @click.option("--tasks", "--all", "every_task", is_flag=True,
               help="With --wait: show every task at the end (its whole tree).")
+@click.option("--replace", is_flag=True,
+              help="Cancel the unfinished job(s) with the job's key and take their place.")
 @pass_settings
-def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], every_task: bool) -> None:
+def submit(
+    settings: Settings, file: str, wait_: bool, after: tuple[str, ...], every_task: bool, replace: bool
+) -> None:
     """Submit the job tree in FILE (or - for stdin); prints the job id.
 
     With --wait, a progress line while it runs, then the job's counts and what failed.
@@ -173,24 +177,29 @@ def submit(settings: Settings, file: str, wait_: bool, after: tuple[str, ...], e
       procctl submit examples/hello.json           prints the job's id
       procctl submit nightly.json --wait           waits; exit 0 if it completed
       procctl submit step2.json --after 12         starts once job 12 completed
+      procctl submit build.json --replace          cancels the running job with its key
       generate-tree | procctl submit -             the tree from stdin
     """
     raw = read_job_file(file)
+    if replace and not (isinstance(raw, dict) and raw.get("key")):
+        fail(f'{file}: --replace needs the job\'s "key"',
+             'give the job a "key": the job it replaces has it too')
     with settings.client() as client:
         try:
             # The daemon validates the tree; the client checks it only if the submission failed.
             if not wait_:
-                reply = client.submit(raw, list(after) or None)
+                reply = client.submit(raw, list(after) or None, replace=replace)
             elif settings.json:
-                reply = client.submit(raw, list(after) or None, wait=_SUBMIT_WAIT)
+                reply = client.submit(raw, list(after) or None, wait=_SUBMIT_WAIT, replace=replace)
             else:  # the first progress update comes with the reply
-                reply = client.submit(raw, list(after) or None, wait=_POLL, view="columns")
+                reply = client.submit(raw, list(after) or None, wait=_POLL, view="columns",
+                                      replace=replace)
         except Exception:
             # A tree the client refuses gets its error as before, whatever else went wrong (no
             # daemon, a request too large): the file, the JSON path of the problem, exit 2.
             check_job(file, raw, DEFAULT_LIMITS.following(settings.max_message_size))
             raise
-        note = " (already submitted with this key)" if reply["existing"] else ""
+        note = " (already submitted with this key)" if reply["existing"] else _replaced(reply)
         if not wait_:
             emit(settings, reply, f"{reply['id']}{note}")
             return
@@ -313,6 +322,8 @@ def _looks_like_option(word: str) -> bool:
 )
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--retry-delay", type=click.FloatRange(min=0), help="Seconds before the first retry.")
+@click.option("--kill-grace", type=Seconds(), metavar="SECONDS",
+              help="Seconds from the signal that stops it (a timeout, a cancel) to SIGKILL.")
 @click.option("--priority", type=click.Choice(PRIORITIES), help="Dispatch priority.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("--cwd", help="Working directory.")
@@ -321,6 +332,8 @@ def _looks_like_option(word: str) -> bool:
 @click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=JSON", help="Keyword argument of a callable.")
 @click.option("--after", multiple=True, metavar="ID", help="Start only after this job or task succeeded.")
 @click.option("--key", help="Idempotency key.")
+@click.option("--replace", is_flag=True,
+              help="With --key: cancel the unfinished job(s) with that key and take their place.")
 @click.option("--user", help="Run as this user (root or an administrator only).")
 @click.option(
     "--wait", "wait_", is_flag=True, help="Wait for the task, showing its output; exit with its exit status."
@@ -333,6 +346,7 @@ def run(
     task_timeout: float | None,
     retries: int | None,
     retry_delay: float | None,
+    kill_grace: float | None,
     priority: str | None,
     env: tuple[str, ...],
     cwd: str | None,
@@ -341,6 +355,7 @@ def run(
     kwargs: tuple[str, ...],
     after: tuple[str, ...],
     key: str | None,
+    replace: bool,
     user: str | None,
     wait_: bool,
 ) -> None:
@@ -363,14 +378,19 @@ def run(
              a cancel, a command that could not start
       130    Ctrl-C: procctl stopped waiting; the task goes on (it says its id)
 
-    Reusing a --key submits nothing: procctl names the job that has that key.
+    Reusing a --key submits nothing: procctl names the job that has that key. With --replace,
+    the unfinished job(s) with that key are cancelled ("replaced by job N") and the new one runs
+    in their place, as CI systems cancel a superseded build.
 
     \b
       procctl run -- make -C /srv/build            prints the job's id
       procctl run --wait --timeout 60 -- ./backup.sh
       procctl run --wait procpool.demo:checksum '"abc"'
       procctl run --retries 3 --env MODE=fast pkg.jobs:refresh 10
+      procctl run --key deploy --replace -- ./deploy.sh
     """
+    if replace and not key:
+        fail("--replace needs --key", "the job it replaces is the one with that key")
     words = list(argv)
     dashdash = bool(click.get_current_context().meta.get("run_dashdash"))
     stray = [w for w in words[1:] if _looks_like_option(w)] if not dashdash else []
@@ -401,6 +421,7 @@ def run(
         ("timeout", task_timeout),
         ("retries", retries),
         ("retry_delay", retry_delay),
+        ("kill_grace", kill_grace),
         ("priority", priority),
         ("cwd", cwd),
     ):
@@ -428,25 +449,32 @@ def run(
         fail(exc.message, exc.hint)
     with settings.client() as client:
         if not wait_:
-            reply = client.submit(job, list(after) or None)
-            if reply["existing"] and not settings.json:
-                click.echo(f"procctl: job {reply['id']}{_EXISTING}", err=True)
+            reply = client.submit(job, list(after) or None, replace=replace)
+            if (reply["existing"] or reply.get("replaced")) and not settings.json:
+                note = _EXISTING if reply["existing"] else _replaced(reply)
+                click.echo(f"procctl: job {reply['id']}{note}", err=True)
             emit(settings, reply, reply["id"])
             return
         if settings.json:  # one document: the job's full status once it finished
-            reply = client.submit(job, list(after) or None)
+            reply = client.submit(job, list(after) or None, replace=replace)
             _waiting_for(reply["id"])  # a Ctrl-C from now on names the job
             result = client.wait(reply["id"])
             emit(settings, result["status"], "")
             sys.exit(run_exit_status(result["status"]["tasks"][0]))
-        reply = client.submit(job, list(after) or None)
+        reply = client.submit(job, list(after) or None, replace=replace)
         _waiting_for(reply["id"])  # before it is said: a Ctrl-C from then on names the job
-        note = _EXISTING if reply["existing"] else ""
+        note = _EXISTING if reply["existing"] else _replaced(reply)
         click.echo(f'job {reply["id"]} "{reply["name"]}" submitted{note}', err=True)
         _follow_run(client, reply["id"])
 
 
 _EXISTING = " (already submitted with this key)"
+
+
+def _replaced(reply: dict[str, Any]) -> str:
+    """`` (replaced job 12)``: what a submit with --replace cancelled (nothing: "")."""
+    ids = reply.get("replaced") or []
+    return f" (replaced {'job' if len(ids) == 1 else 'jobs'} {', '.join(ids)})" if ids else ""
 #: Seconds between looks at a ``run --wait`` task's progress (its output comes as it is written).
 _PROGRESS_EVERY = 1.0
 
@@ -661,26 +689,123 @@ def wait(settings: Settings, id: str, wait_timeout: float | None, every_task: bo
     sys.exit(EXIT_OK if result["state"] == COMPLETED else EXIT_FAILED)
 
 
-@cli.command()
-@click.argument("id")
-@pass_settings
-def cancel(settings: Settings, id: str) -> None:
-    """Cancel a job, or a single task (12.3 or 12/name).
+#: The job states a cancel's --state may name: those of a job that has not finished.
+UNFINISHED_STATES: tuple[str, ...] = tuple(s for s in JOB_STATES if s not in FINAL_JOB_STATES)
 
-    Running attempts get SIGTERM, then SIGKILL after the daemon's kill_grace.
+
+@cli.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--kill", is_flag=True, help="SIGKILL the running attempts at once (no grace).")
+@click.option("--signal", "signame", metavar="NAME",
+              help="Send this signal first (TERM, INT, HUP, QUIT, USR1, USR2, ALRM, ABRT), then "
+                   "SIGKILL after the grace; default TERM.")
+@click.option("--grace", type=Seconds(), metavar="SECONDS",
+              help="Seconds from the signal to SIGKILL for this cancel (default: the task's "
+                   "kill_grace, else its job's, else the daemon's).")
+@click.option("--state", type=click.Choice(UNFINISHED_STATES), help="Filter: jobs in this state.")
+@click.option("--name", metavar="PATTERN", help="Filter: jobs whose name matches (a shell pattern).")
+@click.option("--user", help="Filter: jobs of this user (a name or uid).")
+@click.option("--all", "every", is_flag=True, help="Every unfinished job you may cancel.")
+@click.option("--yes", "-y", is_flag=True,
+              help="Cancel what a filter matches without asking (needed off a terminal when it "
+                   "matches more than one job).")
+@pass_settings
+def cancel(
+    settings: Settings,
+    ids: tuple[str, ...],
+    kill: bool,
+    signame: str | None,
+    grace: float | None,
+    state: str | None,
+    name: str | None,
+    user: str | None,
+    every: bool,
+    yes: bool,
+) -> None:
+    """Cancel jobs or tasks (12, 12.3, 12/name), or the unfinished jobs a filter matches.
+
+    Running attempts get SIGTERM (or --signal), then SIGKILL after the grace; --kill sends SIGKILL
+    at once (also to attempts an earlier cancel is still stopping). A filter acts only on jobs you
+    may cancel (your own, or any as an administrator) and says how many others it left; one that
+    matches more than one job asks first on a terminal, and needs --yes elsewhere.
 
     \b
       procctl cancel 12                            the whole job
       procctl cancel 12/fetch                      only its task "fetch"
+      procctl cancel 12 13 14                      several
+      procctl cancel 12 --kill                     SIGKILL now
+      procctl cancel 12 --signal INT --grace 30    SIGINT, SIGKILL 30 s later
+      procctl cancel --name 'nightly-*' --yes      every unfinished nightly job
+      procctl cancel --state queued --user alice   alice's jobs that have not started
+    """
+    if kill and signame is not None:
+        fail("--kill and --signal exclude each other", "--kill is --signal KILL")
+    sig: str | None = "SIGKILL" if kill else None
+    if signame is not None:
+        from procpool.contract.signals import STOP_SIGNALS, signal_name
+
+        sig = signal_name(signame)
+        if sig is None:
+            fail(f"--signal: unknown or unsuitable signal {signame!r}",
+                 f"use one of {', '.join(s.removeprefix('SIG') for s in STOP_SIGNALS)}")
+    filtered = state is not None or name is not None or user is not None or every
+    if filtered and ids:
+        fail("give ids or a filter (--state, --name, --user, --all), not both")
+    if not filtered and not ids:
+        fail("nothing to cancel",
+             "give ids (procctl cancel 12 13), or a filter: --state, --name, --user, --all")
+    with settings.client() as client:
+        if len(ids) == 1:
+            result: dict[str, Any] = dict(client.cancel(ids[0], signal=sig, grace=grace))
+            text = f"cancelled {ids[0]}" + _stopping(result["stopping"])
+            emit(settings, result, text)
+            return
+        if filtered:
+            found = client.cancel_many(state=state, name=name, user=user, all=every, dry_run=True)
+            matched, left = list(found["matched"]), int(found.get("others_left", 0))
+            if not matched:
+                note = f" ({left} of other users left)" if left else ""
+                emit(settings, {"cancelled": [], "stopping": 0, "finished": {}, "others_left": left},
+                     f"no unfinished job matches{note}")
+                return
+            if len(matched) > 1 and not yes:
+                shown = ", ".join(matched[:10]) + (", ..." if len(matched) > 10 else "")
+                if not (sys.stdin.isatty() and sys.stderr.isatty()) or settings.json:
+                    fail(f"the filter matches {len(matched)} jobs ({shown}): add --yes to cancel them",
+                         "a filter that matches more than one job asks first on a terminal")
+                if not click.confirm(f"cancel {len(matched)} jobs ({shown})?", err=True):
+                    fail("nothing cancelled", code=EXIT_FAILED)
+            result = client.cancel_many(matched, signal=sig, grace=grace)
+            result["others_left"] = left
+        else:
+            result = client.cancel_many(list(ids), signal=sig, grace=grace)
+    cancelled, finished = list(result["cancelled"]), dict(result.get("finished") or {})
+    lines = [f"cancelled {', '.join(cancelled) if cancelled else 'nothing'}" + _stopping(result["stopping"])]
+    lines += [f"  {ref}: already {state_}" for ref, state_ in finished.items()]
+    if result.get("others_left"):
+        lines.append(f"  left {result['others_left']} of other users (only an administrator may cancel them)")
+    emit(settings, result, "\n".join(lines))
+
+
+def _stopping(n: int) -> str:
+    return f"; stopping {plural(n, 'running attempt')}" if n else ""
+
+
+@cli.command()
+@click.argument("id")
+@pass_settings
+def stop(settings: Settings, id: str) -> None:
+    """End a repeating job after its current run: that run finishes normally, no other starts.
+
+    The job then ends as that run ends (completed, or failed); status and explain say who stopped
+    it. To stop the run itself, cancel the job.
+
+    \b
+      procctl stop 12                              a job with "repeat": "forever"
     """
     with settings.client() as client:
-        result = client.cancel(id)
-    emit(
-        settings,
-        result,
-        f"cancelled {id}"
-        + (f"; stopping {plural(result['stopping'], 'running attempt')}" if result["stopping"] else ""),
-    )
+        result = client.stop(id)
+    emit(settings, result, f"job {result['id']} ends after run {result['run']}, its current one")
 
 
 @cli.command()

@@ -452,6 +452,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "health": "procpool.cli.health",
     "metrics": "procpool.cli.metrics",
     "retry": "procpool.cli.retry",
+    "stop": "procpool.cli.jobs",
 }
 
 

@@ -23,7 +23,8 @@ from procpool.contract.limits import (
     shorten,
 )
 from procpool.contract.logfields import MAX_FIELDS, wire_field_ok
-from procpool.contract.states import TASK_STATES
+from procpool.contract.signals import signal_problem
+from procpool.contract.states import FINAL_JOB_STATES, JOB_STATES, TASK_STATES
 from procpool.contract.status import cursor_problem
 
 _TYPE_NAMES: dict[type, str] = {
@@ -142,6 +143,21 @@ def _retry_tasks(value: Any) -> str | None:
     return None
 
 
+def _unfinished_state(value: Any) -> str | None:
+    """A job state a job that has not finished can be in (``cancel``'s ``state`` filter)."""
+    states = [s for s in JOB_STATES if s not in FINAL_JOB_STATES]
+    return None if value in states else f"must be the state of an unfinished job ({', '.join(states)})"
+
+
+def _ids(value: Any) -> str | None:
+    """``cancel``'s ``ids``: 1 to 1,000 ids, each a string of at most 256 characters."""
+    if not 1 <= len(value) <= 1_000:
+        return f"must hold 1 to 1,000 ids, got {len(value)}"
+    if not all(isinstance(v, str) and len(v) <= 256 for v in value):
+        return "must be a list of ids (strings)"
+    return None
+
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
@@ -179,6 +195,8 @@ OPS: dict[str, Op] = {
             after=Arg((list,)),
             wait=_SECONDS,
             view=_VIEW,
+            # with the job's key: cancel the unfinished job(s) with that key and take their place
+            replace=Arg((bool,)),
         ),
         _op(
             "wait",
@@ -189,7 +207,25 @@ OPS: dict[str, Op] = {
             view=_VIEW,
             changes_since=_CHANGES_SINCE,
         ),
-        _op("cancel", "Cancel a job or a single task.", mutating=True, id=Arg(_STR, required=True)),
+        _op(
+            "cancel",
+            "Cancel a job or a single task ('id'), several ('ids'), or the unfinished jobs that match "
+            "every filter given ('state', 'name' a shell pattern, 'user' a name or uid, or 'all'; only "
+            "those the caller may change). Running attempts get 'signal' (default SIGTERM; SIGKILL "
+            "ends them at once), then SIGKILL after 'grace' seconds (default: the task's kill_grace, "
+            "else its job's, else the daemon's). With 'dry_run' nothing changes: the reply lists what "
+            "would be cancelled.",
+            mutating=True,
+            id=Arg(_STR),
+            ids=Arg((list,), check=_ids),
+            signal=Arg(_STR, check=signal_problem),
+            grace=_SECONDS,
+            state=Arg(_STR, check=_unfinished_state),
+            name=Arg(_STR, check=_short),
+            user=Arg(_STR, check=_short),
+            all=Arg((bool,)),
+            dry_run=Arg((bool,)),
+        ),
         _op("pool", "The worker pool: one entry per worker (pid, state, current task, tasks done, memory)."),
         _op(
             "pool_resize",
@@ -243,6 +279,12 @@ OPS: dict[str, Op] = {
             mutating=True,
             id=Arg(_STR, required=True),
             tasks=Arg((list,), check=_retry_tasks),
+        ),
+        _op(
+            "stop",
+            "End a repeating job after its current run: that run finishes normally, no other starts.",
+            mutating=True,
+            id=Arg(_STR, required=True),
         ),
     )
 }

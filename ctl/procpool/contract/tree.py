@@ -102,6 +102,10 @@ TASK_FIELDS: dict[str, FieldSpec] = {
     "log_level": FieldSpec(
         "log_level", "The least severe level of the task's own logging records that is kept: debug, info, "
         "warning, error or critical (default: the daemon's log_level).", True),
+    "kill_grace": FieldSpec(
+        "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
+        "SIGKILL (default: the job's kill_grace, else the daemon's).",
+    ),
 }
 GROUP_KEYS = ("sequential", "concurrent")
 GROUP_FIELDS: dict[str, FieldSpec] = {
@@ -140,6 +144,10 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     ),
     "log_fields": TASK_FIELDS["log_fields"],
     "log_level": TASK_FIELDS["log_level"],
+    "kill_grace": FieldSpec(
+        "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
+        "SIGKILL, for the tasks that set none (default: the daemon's kill_grace).",
+    ),
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -174,6 +182,8 @@ class TaskSpec:
     #: of the task's logging records (a ``logging`` number; None: the daemon's ``log_level``)
     log_fields: dict[str, str] = field(default_factory=dict)
     log_level: int | None = None
+    #: seconds from the stop signal to SIGKILL (its own "kill_grace"; None: the job's, else the daemon's)
+    kill_grace: float | None = None
 
 
 @dataclass
@@ -211,6 +221,8 @@ class JobSpec:
     user: str | None = None
     #: the engine named by the job ("engine"): every task that names none has it as its ``engine``
     engine: str | None = None
+    #: seconds from the stop signal to SIGKILL for tasks that set none ("kill_grace"; None: the daemon's)
+    kill_grace: float | None = None
     #: the ordering, set by parse_job (compiled once, used by the daemon and by validate)
     plan: Plan | None = None
     #: the parsed "namespace_schema" (None: the namespace is untyped)
@@ -579,6 +591,7 @@ class _Parser:
         t.depends_on = depends_on
         t.parent = parent
         t.engine = engine
+        t.kill_grace = None  # (a task's own is set by task(): the short cut has none)
         self.tasks.append(t)
         return index
 
@@ -626,6 +639,8 @@ class _Parser:
             parent,
             get("engine", self.engine),
         )
+        if "kill_grace" in values:
+            self.tasks[index].kill_grace = values["kill_grace"]
         return ("task", index)
 
 
@@ -814,6 +829,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         user=values.get("user"),
         engine=values.get("engine"),
         namespace_schema=schema,
+        kill_grace=values.get("kill_grace"),
     )
     job.plan = compile_job(job)
     return job

@@ -7,6 +7,7 @@ and call the narrow :class:`DaemonAPI`; they hold no state of their own.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any, Protocol
 
 from procpool.contract.codec import Request, RequestError
@@ -35,6 +36,7 @@ class DaemonAPI(Protocol):
         after: list[str] | None,
         wait: float | None = None,
         view: View = "full",
+        replace: Peer | None = None,
     ) -> dict[str, Any] | Deferred: ...
     def job_status(
         self,
@@ -63,7 +65,11 @@ class DaemonAPI(Protocol):
         view: View = "full",
         changes_since: str | None = None,
     ) -> dict[str, Any] | Deferred: ...
-    def cancel(self, ref: str, by: int | None = None) -> dict[str, Any]: ...
+    def cancel(
+        self, ref: str, by: int | None = None, signum: int | None = None, grace: float | None = None
+    ) -> dict[str, Any]: ...
+    def cancel_many(self, args: dict[str, Any], peer: Peer | None, signum: int | None) -> dict[str, Any]: ...
+    def stop(self, ref: str, by: int | None = None) -> dict[str, Any]: ...
     def resume(self, ref: str) -> dict[str, Any]: ...
     def clean(self, state: str | None, before: float | None, owner: int | None) -> dict[str, Any]: ...
     def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
@@ -125,7 +131,11 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
                     hint="wait for a job's ids (12) rather than each of its tasks (12.3)",
                 )
         uid = peer.uid if peer else None
-        return api.submit(req.args["job"], uid, after, req.args.get("wait"), _view(req))
+        replace = peer if req.args.get("replace") else None
+        if replace is None and req.args.get("replace"):
+            raise RequestError(ErrorCode.PERMISSION_DENIED, "submit: 'replace' needs a peer with "
+                               "credentials (it cancels jobs)", req.id)
+        return api.submit(req.args["job"], uid, after, req.args.get("wait"), _view(req), replace)
 
     def wait(req: Request, peer: Peer | None) -> Any:
         return api.wait(
@@ -136,7 +146,26 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         )
 
     def cancel(req: Request, peer: Peer | None) -> Any:
-        return api.cancel(req.args["id"], peer.uid if peer else None)
+        a = req.args
+        filters = [k for k in ("state", "name", "user", "all") if k in a]
+        forms = [k for k in ("id", "ids") if k in a] + (["filters"] if filters else [])
+        if len(forms) != 1:
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT,
+                "cancel: give one of 'id', 'ids', or filters ('state', 'name', 'user', 'all')"
+                + (f"; got {', '.join(forms)}" if forms else ""),
+                req.id,
+            )
+        if a.get("all") is False:
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, "cancel: 'all' must be true when given", req.id)
+        signame = a.get("signal")
+        signum = None if signame is None else int(signal.Signals[signame])  # (a STOP_SIGNALS name)
+        if "id" in a and not a.get("dry_run"):
+            return api.cancel(a["id"], peer.uid if peer else None, signum, a.get("grace"))
+        return api.cancel_many(a, peer, signum)
+
+    def stop(req: Request, peer: Peer | None) -> Any:
+        return api.stop(req.args["id"], peer.uid if peer else None)
 
     def resume(req: Request, peer: Peer | None) -> Any:
         return api.resume(req.args["id"])
@@ -192,6 +221,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "explain": explain,
         "metrics": metrics,
         "retry": retry,
+        "stop": stop,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

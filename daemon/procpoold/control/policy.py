@@ -11,7 +11,10 @@ read       whoever can connect (even without credentials)     ``ping``, ``status
                                                               ``explain``, ``metrics``
 submit     any peer the kernel vouched for (SO_PEERCRED)      ``submit``
 owner      the job's submitter, or an administrator           ``cancel``, ``resume``, ``wait``,
-                                                              ``logs``, ``retry``
+                                                              ``logs``, ``retry``, ``stop`` (``cancel`` of
+                                                              several jobs, and ``submit`` with
+                                                              ``replace``: each job, see
+                                                              :meth:`Policy.check_owner`)
 own_jobs   any identified peer; only its own jobs unless it   ``clean``
            is an administrator (the handler scopes it)
 admin      administrators only                                ``shutdown``, ``pool_resize``
@@ -77,6 +80,7 @@ POLICY: dict[str, Access] = {
     "explain": Access(Rule.READ),
     "metrics": Access(Rule.READ),
     "retry": Access(Rule.OWNER, "retry it"),
+    "stop": Access(Rule.OWNER, "stop it"),
 }
 
 #: ``owner_of(ref)``: the job id and submitter uid of a job or task reference (None: unknown
@@ -138,15 +142,33 @@ class Policy:
                     "ask an administrator (admin_group in the daemon's config names who they are)",
                 )
             return peer
-        ref = request.args["id"]  # OWNER operations all name a job or task (required by the contract)
-        job_id, owner = self.owner_of(ref)
-        if owner == peer.uid:
+        ref = request.args.get("id")
+        if ref is None:
+            # cancel of several jobs (ids or filters): the handler checks each (check_owner,
+            # may_change); every other OWNER operation requires "id" (the contract)
             return peer
+        job_id, owner = self.owner_of(ref)
+        self.check_owner(op, access.verb, ref, job_id, owner, peer)
+        return peer
+
+    def may_change(self, peer: Peer | None, owner: int | None) -> bool:
+        """Whether ``peer`` may change (cancel, stop, replace) a job submitted by ``owner``."""
+        if peer is None:
+            return False
+        return (owner is not None and owner == peer.uid) or self.authority.is_admin(peer.uid)
+
+    def check_owner(
+        self, op: str, verb: str, ref: str, job_id: str, owner: int | None, peer: Peer
+    ) -> None:
+        """The owner rule for one job: return if ``peer`` submitted it, log and return if ``peer``
+        is an administrator, else raise the refusal naming the rule and the job."""
+        if owner == peer.uid:
+            return
         submitter = user_name(owner) if owner is not None else "unknown"
-        if not admin:
+        if not self.authority.is_admin(peer.uid):
             raise self._denied(
                 f"{op} job {job_id}: only its submitter ({submitter}) or an administrator "
-                f"({self.admins()}) may {access.verb}",
+                f"({self.admins()}) may {verb}",
                 "ask the submitter or an administrator",
             )
         log.info(
@@ -164,7 +186,6 @@ class Policy:
                 }
             },
         )
-        return peer
 
     def may_read_logs(self, peer: Peer | None, owner: int | None) -> bool:
         """Whether ``peer`` may read the log lines of a job submitted by ``owner`` (the ``logs`` rule,

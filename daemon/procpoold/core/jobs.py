@@ -292,8 +292,25 @@ def kept_ranges(kept: dict[int, int]) -> list[list[int]]:
     return out
 
 
+#: The jobs whose current run is their last (``procctl stop``), kept outside the Job's attributes
+#: for the reason given at _REASONS: see :attr:`Job.stop_requested`.
+_STOPPED: weakref.WeakSet[Job] = weakref.WeakSet()
+
+
 class Job:
     """A submitted job tree and the state of its current run."""
+
+    @property
+    def stop_requested(self) -> bool:
+        """``procctl stop``: the current run is the last; the job ends as that run ends."""
+        return bool(_STOPPED) and self in _STOPPED
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        if value:
+            _STOPPED.add(self)
+        else:
+            _STOPPED.discard(self)
 
     def __init__(
         self,
@@ -378,7 +395,12 @@ class Job:
     # -- persistence ----------------------------------------------------------------------------
 
     def dump(self) -> dict[str, Any]:
-        """The job's own mutable fields, for the state store."""
+        """The job's own mutable fields, for the state store (``stop_requested`` only when set)."""
+        if self.stop_requested:
+            return {**self._dump(), "stop_requested": True}
+        return self._dump()
+
+    def _dump(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "run": self.run,
@@ -463,6 +485,7 @@ class Job:
         kept = data.get("kept")
         if kept:
             self._load_kept(kept)
+        self.stop_requested = bool(data.get("stop_requested"))  # (absent from jobs stored before it)
         for index, td in tasks.items():
             if not isinstance(index, int) or not 0 <= index < len(self.tasks):
                 raise ValueError(f"no task {str(index)[:64]} in a job of {len(self.tasks)} tasks")
@@ -943,7 +966,7 @@ class Job:
         if len(self.runs) > KEPT_RUNS:
             del self.runs[:-KEPT_RUNS]
         more = self.spec.repeat is None or self.run < self.spec.repeat
-        if ok and more and not self.cancel_requested:
+        if ok and more and not self.cancel_requested and not self.stop_requested:
             self.run += 1
             return True
         self.finished_at = now

@@ -79,6 +79,9 @@ class AttemptSpec:
     #: the least severe ``logging`` level of the task's own records that is kept: the task's
     #: ``log_level`` from the tree, else the daemon's ``log_level`` when the attempt was made
     log_level: int | None = None
+    #: seconds between the signal that stops the attempt and SIGKILL: the task's ``kill_grace``,
+    #: else its job's; None: the engine's own (the daemon's ``kill_grace``)
+    kill_grace: float | None = None
 
     def identity_env(self) -> dict[str, str]:
         """The variables that tell a task's process which attempt it is (``PROCPOOL_JOB_ID`` ...)."""
@@ -221,9 +224,16 @@ class Executor(Protocol):
         is arriving and has not been read yet. An executor may get ready for it (wake a sleeping
         worker); it must stay cheap, bounded, and never fail the request."""
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
         """Stop a running attempt; its outcome is later reported with status = ``timeout``,
-        ``cancelled`` or ``interrupted`` (for ``shutdown``), unless it finished first."""
+        ``cancelled`` or ``interrupted`` (for ``shutdown``), unless it finished first.
+
+        ``signum`` (None: SIGTERM) is sent first, SIGKILL ``grace`` seconds later (None: the
+        attempt's ``kill_grace``, else the engine's); SIGKILL ends it at once. A call task sees the
+        signal as an exception (see docs/job-trees.md, Cancel). A second stop of an attempt being
+        stopped sends its signal too (a SIGKILL ends the wait for the first one's grace)."""
 
     def shutdown(self, grace: float) -> None:
         """Stop everything: running attempts are stopped (``interrupted``), processes reaped.

@@ -43,6 +43,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -433,16 +434,32 @@ class CommandExecutor:
             raise
         return child, child.pidfd, (out_r, err_r)
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
+        """Send ``signum`` (SIGTERM) to the command's process group, SIGKILL ``grace`` seconds later
+        (the attempt's ``kill_grace``, else the engine's). A second stop sends its signal too, and
+        its grace shortens the wait for SIGKILL (never lengthens it)."""
         run = self._running.get(attempt_id)
-        if run is None or run.stop_reason is not None:
+        if run is None:
             return
-        run.stop_reason = reason
-        self._signal_group(run, signal.SIGTERM)
+        signum = signal.SIGTERM if signum is None else signum
+        if grace is None:
+            grace = self.kill_grace if run.spec.kill_grace is None else run.spec.kill_grace
+        first = run.stop_reason is None
+        if first:
+            run.stop_reason = reason
+        self._signal_group(run, signum)
+        if signum == signal.SIGKILL:
+            if run.kill_timer is not None:
+                run.kill_timer.cancel()
+            return
         assert self._loop is not None
-        run.kill_timer = self._loop.call_later(
-            self.kill_grace, lambda: self._signal_group(run, signal.SIGKILL)
-        )
+        if not first and run.kill_timer is not None:
+            if run.kill_timer.when <= time.monotonic() + grace:
+                return  # SIGKILL comes sooner already
+            run.kill_timer.cancel()
+        run.kill_timer = self._loop.call_later(grace, lambda: self._signal_group(run, signal.SIGKILL))
 
     def shutdown(self, grace: float) -> None:
         """Stop every command: SIGTERM, up to ``kill_grace`` seconds, then SIGKILL; reap all."""

@@ -159,13 +159,15 @@ class WorkerLifecycle(PoolState):
         if w.pid is not None and self._zygote is not None:
             self._zygote.kill(w.pid, signal.SIGKILL)
 
-    def _kill_stopped(self, w: WorkerSlot, aid: str) -> None:
+    def _kill_stopped(self, w: WorkerSlot, aid: str, grace: float | None) -> None:
+        """SIGKILL the worker of stopped attempt ``aid``: its ``grace`` ran out, or (None) the stop
+        asked for SIGKILL."""
         run = w.running.get(aid)
         if run is None or w.closed:
             return
-        self._kill(w, ("WorkerKilled", f"task {run.spec.task_name!r} did not stop within "
-                                       f"{self.settings.kill_grace:g} s of the {run.stop} request; "
-                                       f"{w.describe()} was killed"))
+        why = ("was stopped with SIGKILL" if grace is None
+               else f"did not stop within {grace:g} s of the {run.stop} request")
+        self._kill(w, ("WorkerKilled", f"task {run.spec.task_name!r} {why}; {w.describe()} was killed"))
 
     def _interrupt_for_shutdown(self, aid: str) -> None:
         w = self._where.get(aid)

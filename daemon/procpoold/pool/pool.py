@@ -44,6 +44,7 @@ inside the daemon.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from typing import Any
 
@@ -172,8 +173,14 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
         self._pending.append(spec)
         self._schedule_dispatch()
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
-        """Interrupt the attempt; SIGKILL its worker if it has not ended ``kill_grace`` later.
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
+        """Interrupt the attempt; SIGKILL its worker if it has not ended ``grace`` seconds later (the
+        attempt's ``kill_grace``, else the pool's). ``signum`` SIGKILL kills its worker at once; any
+        other signal is named in the interrupt (SIGINT raises ``KeyboardInterrupt`` in a sync
+        function, any other ``TaskInterrupted``; an async one is cancelled): the worker, which
+        serves other attempts, never gets the signal itself.
 
         A timeout counts from the attempt's start: one that runs out while the attempt waits (in
         this queue, or queued on a worker behind other attempts) or that started after it was
@@ -181,7 +188,7 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
         """
         if reason == "timeout" and self._put_off_timeout(attempt_id):
             return
-        self._stop(attempt_id, reason)
+        self._stop(attempt_id, reason, signum, grace)
 
     def _put_off_timeout(self, attempt_id: str) -> bool:
         """The scheduler's timeout of the attempt ran out (it counts from the hand-over): True if
@@ -229,7 +236,9 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
 
         run.timeout_timer = self._loop.call_later(left, due)
 
-    def _stop(self, attempt_id: str, reason: StopReason) -> None:
+    def _stop(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
         status = STOP_STATUS[reason]
         for spec in self._pending:
             if spec.attempt_id == attempt_id:
@@ -243,6 +252,8 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
             return  # already ended (its outcome was or will be reported)
         run = w.running[attempt_id]
         if run.stop is not None:
+            if signum == signal.SIGKILL:  # a second stop hurries the first one
+                self._kill_stopped(w, attempt_id, None)
             return
         if not run.is_async and self._head(w) is not run:
             # The worker pushes results without a wakeup while calls are queued behind them: it
@@ -259,12 +270,17 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
             self._schedule_dispatch()
             return
         run.stop = reason
-        self._send(w, [_packb([CANCEL, attempt_id])])
+        if signum == signal.SIGKILL:
+            self._kill_stopped(w, attempt_id, None)
+            return
+        if grace is None:
+            grace = self.settings.kill_grace if run.spec.kill_grace is None else run.spec.kill_grace
+        name = None if signum in (None, signal.SIGTERM) else signal.Signals(signum).name
+        self._send(w, [_packb([CANCEL, attempt_id] if name is None else [CANCEL, attempt_id, name])])
         if not run.is_async and w.pid is not None and self._zygote is not None:
             self._zygote.kill(w.pid, INTERRUPT_SIGNAL)
         assert self._loop is not None
-        run.kill_timer = self._loop.call_later(
-            self.settings.kill_grace, lambda: self._kill_stopped(w, attempt_id))
+        run.kill_timer = self._loop.call_later(grace, lambda: self._kill_stopped(w, attempt_id, grace))
 
     def shutdown(self, grace: float) -> None:
         """Let running attempts finish for ``grace`` s, interrupt the rest, stop and reap everything."""

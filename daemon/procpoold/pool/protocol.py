@@ -13,7 +13,9 @@ Request ring, daemon -> worker:
   ``fn`` (``"pkg.mod:func"``); ``ctx`` is ``[job_id, job_name, task_id, task_name, attempt, run]``;
   ``log_level`` the least severe ``logging`` level of the task's records the worker passes on
   (the task's own ``log_level``, else the daemon's, as it is when the attempt starts).
-* ``[CANCEL, id]``: stop attempt ``id`` (followed by ``SIGUSR1`` for a sync attempt).
+* ``[CANCEL, id]`` or ``[CANCEL, id, signal]``: stop attempt ``id`` (followed by ``SIGUSR1`` for a
+  sync attempt); ``signal`` names the stop's signal when it is not SIGTERM: ``"SIGINT"`` raises
+  ``KeyboardInterrupt`` in a sync attempt, any other ``TaskInterrupted`` naming it.
 * ``[REPLY, rid, ok, value_or_error]``: the answer to a ``REQUEST``.
 * ``[EXIT]``: finish and exit 0 (retirement, shutdown).
 * ``[WAKE, spin_us, restore]``: work is on its way (a client is submitting): an idle worker

@@ -165,6 +165,11 @@ class TaskInterrupted(BaseException):
     """
 
 
+def _stop_signal(msg: list[Any]) -> str | None:
+    """The signal a ``[CANCEL, id, signal]`` names (None: the default stop, SIGTERM)."""
+    return msg[2] if len(msg) > 2 and type(msg[2]) is str else None
+
+
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
@@ -499,6 +504,8 @@ class Worker:
         #: handler leaves it alone then, and sets :attr:`interrupted` for it to look when done).
         self.requesting = False
         self.interrupted = False
+        #: the exception the interrupt handler raised last in a sync attempt (a stop)
+        self.raised: BaseException | None = None
         self.exiting = False
         #: A ``WAKE`` came: before the next wait, spin for ``wake_spin`` seconds (or none at all).
         self.woken = False
@@ -634,7 +641,7 @@ class Worker:
         if kind == CALL:
             self._start(msg)
         elif kind == CANCEL:
-            self._cancel(msg[1])
+            self._cancel(msg[1], _stop_signal(msg))
         elif kind == EXIT:
             self.exiting = True
         elif kind == WAKE:
@@ -728,10 +735,10 @@ class Worker:
             if not self.async_tasks:
                 self.busy = False
 
-    def _cancel(self, aid: str) -> None:
+    def _cancel(self, aid: str, signame: str | None = None) -> None:
         task = self.async_tasks.get(aid)
         if task is not None:
-            task.cancel()
+            task.cancel(f"stopped by {signame or 'SIGTERM'}")
             return
         for i, m in enumerate(self.inbox):
             if m[0] == CALL and m[CALL_ID] == aid:  # not started yet: it ends right here
@@ -813,7 +820,9 @@ class Worker:
         except TaskInterrupted as exc:
             out = self._pack([DONE, aid, False, _error(exc), F_STOPPED | self._flags(), None])
         except BaseException as exc:  # task code may raise anything, SystemExit included
-            out = self._pack([DONE, aid, False, _error(exc), self._flags(), None])
+            # (a KeyboardInterrupt this worker raised for a stop by SIGINT is a stop too)
+            flags = F_STOPPED if exc is self.raised else 0
+            out = self._pack([DONE, aid, False, _error(exc), flags | self._flags(), None])
         finally:
             leave()
             self._end_output(aid)
@@ -973,7 +982,14 @@ class Worker:
         for i, m in enumerate(self.inbox):
             if m[0] == CANCEL and m[1] == current:
                 del self.inbox[i]
-                raise TaskInterrupted(f"attempt {current} was stopped by procpoold")
+                signame = _stop_signal(m)
+                if signame == "SIGINT":  # as Python does on Ctrl-C
+                    exc: BaseException = KeyboardInterrupt(f"attempt {current} was stopped by SIGINT")
+                else:
+                    by = "" if signame in (None, "SIGTERM") else f" ({signame})"
+                    exc = TaskInterrupted(f"attempt {current} was stopped by procpoold{by}")
+                self.raised = exc
+                raise exc
 
     # -- talking to the daemon ---------------------------------------------------------------------
 

@@ -15,7 +15,9 @@ If stdin reaches its end before the attempt ended, the runner (or the Dask worke
 is gone: the harness kills its whole session, so nothing of an attempt outlives its worker.
 SIGTERM (a timeout, a cancel) interrupts a sync function (``TaskInterrupted``), cancels an async
 one (``CancelledError``, as in the pool) and is passed on to a command by the kernel (the
-runner signals the session's process group).
+runner signals the session's process group). The other signals a cancel may choose
+(``procctl cancel --signal``) do the same, but SIGINT, which raises ``KeyboardInterrupt`` in a sync
+function, as Python does; a command gets each of them as it is.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ OUT_FD = 3
 
 class TaskInterrupted(BaseException):
     """Raised in a sync task's code when the attempt is stopped (a timeout or a cancel)."""
+
+
+#: The signals a stop may send that the harness handles (procpool.contract.signals.STOP_SIGNALS
+#: but SIGKILL, which nothing catches): left at their default, most would end the harness
+#: without its "done" frame.
+_STOPS = tuple(getattr(signal, name) for name in (
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGABRT"))
+
+
+def _on_stop_signals(handler: Any) -> None:
+    for signum in _STOPS:
+        signal.signal(signum, handler)
 
 
 def _type_name(exc: BaseException) -> str:
@@ -171,12 +185,15 @@ def _run_call(link: _Link, payload: dict[str, Any]) -> list[Any]:
     def on_term(signum: int, frame: Any) -> None:
         task = running.get("task")
         if task is not None:
-            running["loop"].call_soon_threadsafe(task.cancel)
+            running["loop"].call_soon_threadsafe(task.cancel, f"stopped by {signal.Signals(signum).name}")
             return
         if not running.get("ended"):  # the function runs, or is still being imported or set up
-            raise TaskInterrupted(f"stopped by {signal.Signals(signum).name}")
+            name = signal.Signals(signum).name
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt(f"stopped by {name}")
+            raise TaskInterrupted(f"stopped by {name}")
 
-    signal.signal(signal.SIGTERM, on_term)
+    _on_stop_signals(on_term)
     try:
         fn = _resolve(payload["call"], payload.get("python_path") or [])
         if _is_async(fn):
@@ -225,7 +242,7 @@ def _killpg(pgid: int, signum: int) -> None:
 
 def _run_cmd(link: _Link, payload: dict[str, Any]) -> list[Any]:
     """Run the command as the leader of a session of its own (as the local commands engine does),
-    pass SIGTERM on to its group, and end what it leaves in that session when it exits."""
+    pass a stop's signal on to its group, and end what it leaves in that session when it exits."""
     import subprocess
 
     cmd = payload["cmd"]
@@ -237,7 +254,7 @@ def _run_cmd(link: _Link, payload: dict[str, Any]) -> list[Any]:
         else:
             link.term = signum  # before the command exists: it gets it as soon as it does
 
-    signal.signal(signal.SIGTERM, on_term)
+    _on_stop_signals(on_term)
     try:
         proc = subprocess.Popen(cmd, shell=shell, stdin=subprocess.DEVNULL, close_fds=True,
                                 start_new_session=True)

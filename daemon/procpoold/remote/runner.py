@@ -79,7 +79,9 @@ class _Run:
         self.ended = False
 
     def signal(self, signum: int) -> None:
-        for pgid in (self.pid, self.child):
+        """``signum`` to the harness's session; SIGKILL also to its command's (another signal the
+        harness passes on itself: sent to both, a command's trap would run twice)."""
+        for pgid in (self.pid, self.child if signum == signal.SIGKILL else 0):
             if pgid:
                 try:
                     os.killpg(pgid, signum)
@@ -430,8 +432,9 @@ def _relay(run: _Run, payload: dict[str, Any], r_frames: int, worker: Any, topic
     if code is None:
         code = -signal.SIGKILL  # it never said how it ended: killed with its fork server
     if run.stopped:
-        if payload.get("kind") != "cmd":
-            return result(False, None, stopped=True)
+        if payload.get("kind") != "cmd":  # (the error the stop raised in it: where it was, which signal)
+            error = done[2] if done is not None and not done[1] and type(done[2]) is dict else None
+            return result(False, error, stopped=True)
         if done is not None and done[1] and type(done[2]) is int:
             code = done[2]  # the command's own status (-15 after a SIGTERM), as locally
         return result(False, None, stopped=True, exit_code=code)
@@ -464,10 +467,10 @@ def _mark(tag: str) -> None:
         _marks.popitem(last=False)
 
 
-def stop(run: str, aids: list[str], grace: float) -> int:
-    """Stop these attempts of daemon process ``run`` on this worker (SIGTERM to each session,
-    SIGKILL after ``grace``); one not started yet never starts. Returns how many were running.
-    Runs via ``Client.run``."""
+def stop(run: str, aids: list[str], grace: float, signum: int = signal.SIGTERM) -> int:
+    """Stop these attempts of daemon process ``run`` on this worker (``signum``, SIGTERM by
+    default, to each session, SIGKILL after ``grace``; a second stop sends its signal too); one
+    not started yet never starts. Returns how many were running. Runs via ``Client.run``."""
     found = 0
     with _lock:
         runs = []
@@ -480,7 +483,9 @@ def stop(run: str, aids: list[str], grace: float) -> int:
     for r in runs:
         found += 1
         r.stopped = True
-        r.signal(signal.SIGTERM)
+        r.signal(signum)
+        if signum == signal.SIGKILL:
+            continue
         if r.killer is None:
             r.killer = threading.Timer(grace, r.signal, (signal.SIGKILL,))
             r.killer.daemon = True

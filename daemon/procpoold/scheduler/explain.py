@@ -103,6 +103,10 @@ class Explain(SchedulerState):
             out["reason"] = job.state
             if job.reason:
                 text.append(f"reason: {job.reason}")
+        if job.stop_requested:  # (procctl stop: its reason says who, and after which run)
+            out["stopped"] = True
+            if condition is not None and job.reason:
+                text.append(f"reason: {job.reason}")
         # Unfinished tasks first (each classified cheaply); for a finished job, those that failed.
         by_reason: dict[str, int] = {}
         shown: list[int] = []

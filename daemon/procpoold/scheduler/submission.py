@@ -1,9 +1,12 @@
-"""Submission: accept a job (keys, quota, prerequisites), cancel it, release it when held."""
+"""Submission: accept a job (keys, quota, prerequisites, replacing a job of the same key), cancel
+it (with a signal and grace of the caller's choosing), stop a repeating one after its run,
+release it when held."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
@@ -24,19 +27,33 @@ from procpoold.identity import (
     user_name,
 )
 from procpoold.pathsafety import check_folders, unsafe_folder
+from procpoold.scheduler.queries import _name_matcher
 from procpoold.scheduler.state import SchedulerState, _job_row, _user_fields, log
 
 #: Names of the tasks run again that a retry's reply lists (the count is always there).
 RETRY_NAMES = 20
+#: ``may_change(job)``: whether the peer asking may change (cancel, replace) that job: the access
+#: policy's owner rule (procpoold.control.policy.Policy.may_change), given by the caller.
+MayChange = Callable[[Job], bool]
 
 
 class Submission(SchedulerState):
     """Accepting jobs: validation, idempotency keys, quota, prerequisites; cancel and resume."""
 
     def submit(
-        self, raw: dict[str, Any], uid: int | None = None, after: list[str] | None = None
+        self,
+        raw: dict[str, Any],
+        uid: int | None = None,
+        after: list[str] | None = None,
+        replace: MayChange | None = None,
     ) -> tuple[Job, bool]:
         """Validate and accept a job; returns (job, existing) where existing means a known key.
+
+        With ``replace`` (the job must have a ``key``), the unfinished jobs of any submitter with
+        the same key are cancelled (reason ``replaced by job N``) and the new job is accepted in
+        their place; ``replace(job)`` says whether the submitter may change each (a job it may not
+        change refuses the whole submit with ``permission_denied``, before anything changes). A
+        key whose jobs have all finished: the new job is accepted all the same.
 
         Loop thread. Adds the job to ``jobs`` (and ``keys``, the quota, the prerequisite waits), starts
         its run when its prerequisites allow, and commits it (with the write-ahead of its first
@@ -57,7 +74,13 @@ class Submission(SchedulerState):
         if unsafe is not None:
             raise TreeError("", unsafe, "use a folder that only its owner (and root) may write")
         key = scoped_key(uid, spec.key)
-        if key is not None and key in self.keys:
+        replaced: list[Job] = []
+        if replace is not None:
+            if spec.key is None:
+                raise ProcpoolError(ErrorCode.INVALID_ARGUMENT, "submit: 'replace' needs the job's \"key\"",
+                                    'give the job a "key" (procctl --key K): the job it replaces has it too')
+            replaced = self._same_key(spec.key, replace)
+        elif key is not None and key in self.keys:
             known = self._job(self.keys[key])
             if known is not None:
                 return known, True
@@ -91,6 +114,11 @@ class Submission(SchedulerState):
                 "MESSAGE_ID": journal.MessageId.JOB_SUBMITTED,
             },
         )
+        for old in replaced:  # (the new job's id names it in their reason)
+            stopping = self._cancel_job(old, None, f"replaced by job {job_id}")
+            log.info("job %s replaced by job %s (key %s): %d running attempt(s) being stopped",
+                     old.id, job_id, spec.key[:64] if spec.key else "", stopping,
+                     extra={"journal_fields": {"PROCPOOL_JOB_ID": old.id, **_user_fields(old)}})
         self._start_when_prerequisites_allow(job)
         if self._pump_scheduled:
             self._pump()  # now, so the first attempts' write-ahead shares the job's commit
@@ -119,9 +147,21 @@ class Submission(SchedulerState):
             return
         self._apply(job, job.start_run(self.clock()))
 
-    def cancel(self, ref: str, by: int | None = None) -> dict[str, Any]:
+    def _same_key(self, key: str, may_change: MayChange) -> list[Job]:
+        """The unfinished jobs of any submitter whose key is ``key`` (a walk of the unfinished
+        jobs: a replace is rare); raises ``permission_denied`` for one the submitter may not
+        change (``may_change`` raises it, naming the job and the rule)."""
+        found = [j for j in self.jobs.values() if not j.finished and j.spec.key == key]
+        for job in found:
+            may_change(job)
+        return found
+
+    def cancel(
+        self, ref: str, by: int | None = None, signum: int | None = None, grace: float | None = None
+    ) -> dict[str, Any]:
         """Cancel a job, or one task of a running job; returns the id and how many attempts stop.
-        ``by``: the uid who asked (the reason names them: ``cancelled by alice (uid 1000)``).
+        ``by``: the uid who asked (the reason names them: ``cancelled by alice (uid 1000)``);
+        ``signum`` and ``grace``: what stops its running attempts (see :meth:`_cancel_job`).
 
         Loop thread. Unfinished tasks end ``cancelled`` (a pending job fails before it starts); their
         queue entries and retry timers go, running attempts are asked to stop (their outcomes arrive
@@ -131,8 +171,114 @@ class Submission(SchedulerState):
         job, index = self.resolve(ref)
         if job.finished:
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} already {job.state}")
-        now = self.clock()
+        stopping = self._cancel_job(job, index, failures.cancelled_by(by), signum, grace)
+        log.info(
+            "cancel %s: %d running attempt(s) being stopped",
+            ref,
+            stopping,
+            extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}},
+        )
+        return {"id": ref, "stopping": stopping}
+
+    def cancel_many(
+        self,
+        refs: list[str],
+        by: int | None,
+        may_change: MayChange,
+        signum: int | None = None,
+        grace: float | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Cancel several jobs or tasks (``cancel`` with ``ids``): every reference is resolved and
+        checked first (an unknown one is ``not_found``; one the peer may not change refuses the
+        whole request: ``may_change`` raises; so does a task of a job waiting for its
+        prerequisites: ``conflict``), then each unfinished one is cancelled as by :meth:`cancel`;
+        the finished ones are listed with their state. Loop thread."""
+        targets = []
+        for ref in dict.fromkeys(refs):
+            job, index = self.resolve(ref)
+            may_change(job)
+            if index is not None and job.state == "pending":  # (see cancel)
+                raise ProcpoolError(
+                    ErrorCode.CONFLICT,
+                    f"job {job.id} waits for its prerequisites: none of its tasks has started ({ref})",
+                    f"cancel the whole job (procctl cancel {job.id}), or the task once the job runs",
+                )
+            targets.append((ref, job, index))
+        return self._cancel_targets(targets, by, signum, grace, dry_run, 0)
+
+    def cancel_matching(
+        self,
+        state: str | None,
+        name: str | None,
+        uid: int | None,
+        by: int | None,
+        may_change: Callable[[Job], bool],
+        signum: int | None = None,
+        grace: float | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Cancel the unfinished jobs that match every filter given (``state``, ``name`` a shell
+        pattern, submitter ``uid``; none: every unfinished job), those ``may_change`` allows;
+        ``others_left`` counts the others. A walk of the unfinished jobs. Loop thread."""
+        named = _name_matcher(name)
+        found = [
+            j for j in self.jobs.values()
+            if not j.finished
+            and (state is None or j.state == state)
+            and (uid is None or j.submitter_uid == uid)
+            and (named is None or named(j.spec.name))
+        ]
+        allowed = [j for j in found if may_change(j)]
+        targets: list[tuple[str, Job, int | None]] = [
+            (j.id, j, None) for j in sorted(allowed, key=lambda j: int(j.id))
+        ]
+        return self._cancel_targets(targets, by, signum, grace, dry_run, len(found) - len(allowed))
+
+    def _cancel_targets(
+        self,
+        targets: list[tuple[str, Job, int | None]],
+        by: int | None,
+        signum: int | None,
+        grace: float | None,
+        dry_run: bool,
+        others: int,
+    ) -> dict[str, Any]:
+        finished = {ref: job.state for ref, job, index in targets if job.finished or (
+            index is not None and job.tasks[index].state in FINAL_TASK_STATES)}
+        todo = [(ref, job, index) for ref, job, index in targets if ref not in finished]
+        if dry_run:
+            return {"matched": [ref for ref, _, _ in todo], "finished": finished, "others_left": others}
         reason = failures.cancelled_by(by)
+        stopping = 0
+        cancelled = []
+        for ref, job, index in todo:
+            stopping += self._cancel_job(job, index, reason, signum, grace)
+            cancelled.append(ref)
+        if cancelled:
+            log.info("cancel %s: %d running attempt(s) being stopped", ", ".join(cancelled)[:200], stopping)
+        return {"cancelled": cancelled, "stopping": stopping, "finished": finished, "others_left": others}
+
+    def _cancel_job(
+        self,
+        job: Job,
+        index: int | None,
+        reason: str,
+        signum: int | None = None,
+        grace: float | None = None,
+    ) -> int:
+        """Cancel ``job`` (``index`` None) or one of its tasks with ``reason``; returns how many
+        running attempts are being stopped. They get ``signum`` (None: SIGTERM), then SIGKILL after
+        ``grace`` (None: the task's kill_grace, else its job's, else the engine's). With a signal
+        or a grace, the attempts an earlier cancel is stopping get them too (``cancel --kill``
+        after a ``cancel`` ends the wait for its grace)."""
+        now = self.clock()
+        hurried: list[str] = []
+        if signum is not None or grace is not None:
+            for t in job.tasks if index is None else [job.tasks[index]]:
+                attempt = t.running_attempt
+                if t.cancel_requested and attempt is not None:
+                    hurried.append(attempt.attempt_id)
         if index is None:
             if job.state == "pending":  # still waiting for prerequisites: none of its tasks began
                 effects = job.fail_before_start(reason, now, reasons.CANCELLED)
@@ -153,15 +299,41 @@ class Submission(SchedulerState):
             effects = job.cancel(now, [index], reason)
         for ref_ in [(job.id, i) for i in effects.finished_tasks]:
             self._forget_queued(ref_)
-        stopping = list(effects.stop)
+        stopping = [*effects.stop, *hurried]
+        effects.stop = []  # (stopped below, with the signal and grace asked for)
         self._apply(job, effects)
-        log.info(
-            "cancel %s: %d running attempt(s) being stopped",
-            ref,
-            len(stopping),
-            extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}},
-        )
-        return {"id": ref, "stopping": len(stopping)}
+        for attempt_id in stopping:
+            ref = self.attempts.get(attempt_id)
+            if ref is not None:
+                spec = job.tasks[ref[1]].spec
+                engine = self.engines.route(spec.kind, spec.engine)
+                engine.stop_attempt(attempt_id, "cancelled", signum, grace)
+        return len(stopping)
+
+    def stop(self, ref: str, by: int | None = None) -> dict[str, Any]:
+        """End a repeating job after its current run (``procctl stop``): that run goes on as it
+        would, no other starts, and the job ends in the state that run ends in; its reason says
+        who stopped it. Loop thread. Raises ``conflict`` for a finished job, a task id, or a job
+        that does not repeat (it ends after this run anyway)."""
+        job, index = self.resolve(ref)
+        if index is not None:
+            raise ProcpoolError(ErrorCode.CONFLICT, f"{ref} is a task: only a job repeats",
+                                f"procctl stop {job.id} ends the job after its current run")
+        if job.finished:
+            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} already {job.state}")
+        if job.spec.repeat is not None and job.run >= job.spec.repeat:
+            what = "does not repeat" if job.spec.repeat == 1 else f"is in its last run ({job.run})"
+            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} {what}: it ends after this run anyway",
+                                f"procctl cancel {job.id} stops it now")
+        who = failures.cancelled_by(by).removeprefix("cancelled by ")
+        if not job.stop_requested:
+            job.stop_requested = True
+            job.reason = f"stopped by {who}: no run after run {job.run}"
+            self._touch(job, [])
+            self.flush()  # durable before the reply: a restart does not start another run
+        log.info("stop %s: job %s ends after run %d", ref, job.id, job.run,
+                 extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}})
+        return {"id": job.id, "run": job.run, "state": job.state}
 
     def retry(self, ref: str, tasks: list[str] | None = None, by: int | None = None) -> dict[str, Any]:
         """Run a finished job's tasks that did not complete again, as a new run of the same job

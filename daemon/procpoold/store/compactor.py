@@ -76,6 +76,7 @@ class Applier:
         rows: dict[int, list[tuple[int, bytes]]] = {}  # task_log rows, from the last snapshot on
         snapshots: dict[int, int] = {}  # job -> seq of its last snapshot in the batch
         deleted: list[int] = []
+        keyed: dict[str, int] = {}  # idempotency key -> the job of this batch that has it
         next_job_id: int | None = None
         for _lsn, ops in records:
             for op in ops:
@@ -89,6 +90,11 @@ class Applier:
                         op = [*op[:5], summary, before[6] if op[6] is None else op[6]]
                     jobs[op[1]] = op
                 elif code == ADD:
+                    if op[2] is not None:  # a key moves to the newest job (see below)
+                        older = keyed.get(op[2])
+                        if older is not None and older in adds:
+                            adds[older] = [*adds[older][:2], None, *adds[older][3:]]
+                        keyed[op[2]] = op[1]
                     adds[op[1]] = op
                 elif code == SNAPSHOT:
                     snapshots[op[1]] = op[2]
@@ -101,6 +107,10 @@ class Applier:
                 else:
                     raise ValueError(f"unknown log operation {code!r}")
         db = self.db
+        if keyed:
+            # A job submitted with "replace" takes the key of the job it replaced (the key is
+            # UNIQUE, and INSERT OR REPLACE would otherwise delete that job's row).
+            db.executemany("UPDATE jobs SET key=NULL WHERE key=? AND id<>?", list(keyed.items()))
         if adds:
             db.executemany(
                 "INSERT OR REPLACE INTO jobs(id, key, name, state, created_at, finished_at, doc,"

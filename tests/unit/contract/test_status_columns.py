@@ -103,6 +103,8 @@ NOT_STATES = {
     ("cli/render.py", "jobs.get('running', 0)"),  # the daemon summary's count of running attempts
     ("cli/top.py", 'queued=int(jobs.get("queued")'),  # the daemon summary's count of queued attempts
     ("cli/explain.py", '"queued": "ready (queued)"'),  # explain's reason name, not a state
+    ("cli/jobs.py", 'list(result["cancelled"])'),  # cancel's reply: the ids it cancelled
+    ("cli/jobs.py", '{"cancelled": [], "stopping": 0'),  # (the same, when nothing matched)
 }
 
 

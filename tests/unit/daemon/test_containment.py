@@ -105,7 +105,9 @@ class BrokenExecutor(RecordingExecutor):
         if self.fail_submit:
             raise ValueError("embedded null byte")
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
         if self.fail_stop:
             raise RuntimeError("stop failed")
 

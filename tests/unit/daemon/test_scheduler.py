@@ -40,7 +40,9 @@ class RecordingExecutor(StubEngine):
         self.submitted.append(spec)
         self.running.add(spec.attempt_id)
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None: ...
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None: ...
 
     def shutdown(self, grace: float) -> None: ...
 

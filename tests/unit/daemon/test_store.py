@@ -402,3 +402,19 @@ def test_written_values_have_their_pages_handed_back_and_still_read_back(
     synced.put("1", "doc", data[0])
     synced.release()  # synced: clean already, dropped at once
     assert synced.unreleased == 0 and synced.get("1", "doc", b"") == data[0]
+
+
+def test_a_key_moves_to_the_newest_job_without_removing_the_old_row(tmp_path: Path) -> None:
+    # (submit with "replace": the new job takes the key of the job it replaced; the key is UNIQUE)
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    store.add_job("1", "0:k", "j", "running", 1.0, {"root": {}}, {"state": "running"})
+    store.flush()
+    store.settle()
+    store.add_job("2", "0:k", "j", "running", 2.0, {"root": {}}, {"state": "running"})
+    store.add_job("3", "0:k", "j", "running", 3.0, {"root": {}}, {"state": "running"})  # same batch
+    store.flush()
+    store.settle()
+    rows = store.db.execute("SELECT id, key FROM jobs ORDER BY id").fetchall()
+    assert rows == [(1, None), (2, None), (3, "0:k")]
+    store.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -72,6 +73,10 @@ STOP_SLACK = 10.0
 MAX_RESULT = 64 * 1024 * 1024
 #: Lines of one log event accepted at most (the runner sends up to 500).
 MAX_LINES = 1000
+
+
+#: The fields of a task's error map (each a string).
+_ERROR_KEYS = ("type", "message", "traceback")
 
 
 class _Attempt:
@@ -212,12 +217,25 @@ class DaskExecutor:
         priority = DASK_PRIORITY.get(spec.priority, 20)
         self._bridge.command("submit", spec.attempt_id, run.key, data, priority, target)
 
-    def stop_attempt(self, attempt_id: str, reason: StopReason) -> None:
-        """Stop it (see :class:`Executor`). A timeout counts from the attempt's start, as in the
-        pool: the scheduler's runs from the hand-over, so one that runs out while the attempt
-        waits in Dask's queue (or before it has run that long) is put off until then."""
+    def stop_attempt(
+        self, attempt_id: str, reason: StopReason, signum: int | None = None, grace: float | None = None
+    ) -> None:
+        """Stop it (see :class:`Executor`): its worker sends ``signum`` (SIGTERM) to the attempt's
+        session, SIGKILL ``grace`` seconds later (the attempt's ``kill_grace``, else the engine's).
+        A timeout counts from the attempt's start, as in the pool: the scheduler's runs from the
+        hand-over, so one that runs out while the attempt waits in Dask's queue (or before it has
+        run that long) is put off until then. A second stop sends its signal too."""
         run = self._running.get(attempt_id)
-        if run is None or run.stop_reason is not None:
+        if run is None:
+            return
+        signum = signal.SIGTERM if signum is None else signum
+        if grace is None:
+            grace = self.kill_grace if run.spec.kill_grace is None else run.spec.kill_grace
+        # (the signal travels only when it is not the default: the runner's own is SIGTERM)
+        how = (grace,) if signum == signal.SIGTERM else (grace, signum)
+        if run.stop_reason is not None:
+            if self._bridge is not None:  # (a SIGKILL ends the first one's grace: the worker's timer)
+                self._bridge.command("stop", [attempt_id], run.worker or run.target or None, *how)
             return
         assert self._bridge is not None and self._loop is not None
         if reason == "timeout" and run.spec.timeout is not None:
@@ -232,9 +250,9 @@ class DaskExecutor:
         # Not started as far as the daemon knows, its start may be on its way: its worker stops it
         # if it runs, or marks it so that it ends at once, unstarted, when Dask starts it (it
         # does at once: one attempt per thread). The outcome says which it was.
-        self._bridge.command("stop", [attempt_id], run.worker or run.target or None, self.kill_grace)
+        self._bridge.command("stop", [attempt_id], run.worker or run.target or None, *how)
         run.stop_timer = self._loop.call_later(
-            self.kill_grace + STOP_SLACK, lambda: self._stop_unanswered(attempt_id))
+            grace + STOP_SLACK, lambda: self._stop_unanswered(attempt_id))
 
     def shutdown(self, grace: float) -> None:
         bridge = self._bridge
@@ -470,7 +488,14 @@ class DaskExecutor:
         exit_code = info.get("exit_code")
         exit_code = exit_code if type(exit_code) is int else None
         if run.stop_reason is not None:
-            error = TaskError(NOT_STARTED, "stopped before it started") if info.get("not_started") else None
+            value = info.get("value")
+            if info.get("not_started"):
+                error: TaskError | None = TaskError(NOT_STARTED, "stopped before it started")
+            elif type(value) is dict and all(type(value.get(k, "")) is str for k in _ERROR_KEYS):
+                # what the stop raised in a call (its signal, its frames); the scheduler bounds it
+                error = TaskError(value.get("type", ""), value.get("message", ""), value.get("traceback", ""))
+            else:
+                error = None
             self._end(run, Outcome(aid, STOP_STATUS[run.stop_reason], exit_code=exit_code, error=error))
             return
         if info.get("stopped"):

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -282,10 +283,11 @@ class Bridge:
             waiter = asyncio.get_running_loop().create_task(self._await(aid, fut))
             self._waiters.add(waiter)
             waiter.add_done_callback(self._waiters.discard)
-        elif op == "stop":  # aids on one worker (None: all workers), and the grace
-            _, aids, worker, grace = cmd
-            self._spawn(
-                self._broadcast(runner.stop, self.run, aids, grace, workers=[worker] if worker else None))
+        elif op == "stop":  # aids on one worker (None: all workers), the grace, and the signal
+            _, aids, worker, grace = cmd[:4]
+            signum = cmd[4] if len(cmd) > 4 else signal.SIGTERM
+            self._spawn(self._broadcast(runner.stop, self.run, aids, grace, int(signum),
+                                        workers=[worker] if worker else None))
         elif op == "cancel":  # queued attempts: drop them from Dask, and mark them on every worker
             _, aids, grace = cmd
             futs = [self._futures[a] for a in aids if a in self._futures]
