@@ -25,6 +25,7 @@ from procpool.contract.limits import (
     Limits,
 )
 from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
+from procpool.contract.tree import LOCK_NAME_MAX, LOCK_NAME_RE, LOCK_UNITS_MAX
 from procpoold.control.limits import ServerLimits
 from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
@@ -144,6 +145,9 @@ class Config:
     metrics_textfile: Path | None = None
     metrics_listen: str | None = None
     metrics_interval: float = 15.0
+    #: [locks]: each named lock's limit (how many units its holders may hold at once; a name not
+    #: given here is a mutex, 1). See docs/job-trees.md, Limits and locks.
+    locks: dict[str, int] = field(default_factory=dict)
 
     def limits(self) -> Limits:
         """The size limits of jobs and requests from this config (0 resolved to max_message_size).
@@ -396,6 +400,22 @@ def _flatten(section: dict[str, Any], origin: str) -> dict[str, Any]:
     return out
 
 
+def _locks(block: Any, origin: str) -> dict[str, int]:
+    """The [locks] block: lock name -> limit (a positive integer)."""
+    if not isinstance(block, dict):
+        raise ConfigError(f"{origin}: locks must be a table ([locks]), got {type(block).__name__}")
+    out: dict[str, int] = {}
+    for name, limit in block.items():
+        if not LOCK_NAME_RE.fullmatch(name):
+            raise ConfigError(f"{origin}: [locks] {name[:80]!r} is not a lock name (letters, digits and "
+                              f"_ . -, at most {LOCK_NAME_MAX})")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LOCK_UNITS_MAX:
+            raise ConfigError(f"{origin}: [locks] {name} must be an integer from 1 to {LOCK_UNITS_MAX}, "
+                              f"got {limit!r}")
+        out[name] = limit
+    return out
+
+
 def _coerce(key: str, value: Any, origin: str) -> Any:
     convert = _CONVERT[key]
     if convert is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -427,6 +447,14 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> Config:
         section = data.get("procpoold", data)
         if not isinstance(section, dict):
             raise ConfigError(f"{origin}: procpoold must be a table, got {type(section).__name__}")
+        locks = section.get("locks")  # ([locks] beside [procpoold], or in it)
+        if section is not data and "locks" in data:
+            if locks is not None:
+                raise ConfigError(f"{origin}: [locks] is given twice (also as [procpoold.locks])")
+            locks = data["locks"]
+        if locks is not None:
+            values["locks"] = _locks(locks, origin)
+            section = {k: v for k, v in section.items() if k != "locks"}
         if section is not data:  # [health] and [metrics] beside [procpoold] (or in it: [procpoold.health])
             for block in _BLOCKS:
                 if block in data:

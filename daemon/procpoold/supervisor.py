@@ -145,6 +145,7 @@ class Daemon:
         )
         self.scheduler.listeners.append(self._on_finished)
         self.scheduler.limits = config.limits()
+        self.scheduler.gates.set_limits(config.locks)
         self.scheduler.status_page_size = config.status_page_size
         self.scheduler.quota.max_queued_tasks = config.max_queued_tasks or None
         self.scheduler.quota.max_user_tasks = config.max_user_tasks or None
@@ -331,6 +332,7 @@ class Daemon:
         self.scheduler.quota.max_user_tasks = new.max_user_tasks or None
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
+        self.scheduler.gates.set_limits(new.locks)
         self.config = replace(
             new, **{name: getattr(self.config, name) for name in fixed}, workers=self.config.workers
         )

@@ -51,6 +51,13 @@ USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}\$?$")
 RETRY_DELAY_CAP = 300.0
 MAX_NODES = DEFAULT_LIMITS.max_nodes
 MAX_DEPTH = DEFAULT_LIMITS.max_depth
+#: Lock names ("locks"; the daemon's config [locks] gives their limits), and the bounds of the fields
+#: of limits and locks.
+LOCK_NAME_MAX = 64
+LOCK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+LOCK_UNITS_MAX = 1_000_000
+LOCKS_MAX = 16
+MAX_PARALLEL_MAX = 1_000_000
 #: The engine name that means "this daemon's own engine for the task's kind" (the first the daemon
 #: registered that runs it: its pool for call tasks, its commands engine for cmd tasks), whatever
 #: engine the daemon runs such tasks on by default.
@@ -106,12 +113,23 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
         "SIGKILL (default: the job's kill_grace, else the daemon's).",
     ),
+    # limits and locks (docs/job-trees.md, Limits and locks)
+    "locks": FieldSpec(
+        "locks", 'Named locks the task holds while an attempt runs: "db" (one unit of "db") or "gpu:2" '
+        "(two units); each name's limit is in the daemon's config [locks] (default 1: a mutex). A group's "
+        "or the job's locks are held by each of its tasks.",
+    ),
 }
+#: "max_parallel" of a group or the job: at most this many of its tasks run at once
+MAX_PARALLEL_FIELD = FieldSpec(
+    "max_parallel", "At most this many of the tasks inside run at once (nested limits all apply).")
 GROUP_KEYS = ("sequential", "concurrent")
 GROUP_FIELDS: dict[str, FieldSpec] = {
     "name": FieldSpec("name", "Name of the group (usable in depends_on)."),
     "depends_on": TASK_FIELDS["depends_on"],
     **{k: v for k, v in TASK_FIELDS.items() if v.inheritable},
+    "max_parallel": MAX_PARALLEL_FIELD,
+    "locks": TASK_FIELDS["locks"],
 }
 JOB_FIELDS: dict[str, FieldSpec] = {
     "name": FieldSpec("string", "Name of the job."),
@@ -148,6 +166,8 @@ JOB_FIELDS: dict[str, FieldSpec] = {
         "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
         "SIGKILL, for the tasks that set none (default: the daemon's kill_grace).",
     ),
+    "max_parallel": MAX_PARALLEL_FIELD,
+    "locks": TASK_FIELDS["locks"],
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -184,6 +204,8 @@ class TaskSpec:
     log_level: int | None = None
     #: seconds from the stop signal to SIGKILL (its own "kill_grace"; None: the job's, else the daemon's)
     kill_grace: float | None = None
+    #: its own "locks": (name, units) pairs (None: none; its groups' and job's are added by the daemon)
+    locks: list[tuple[str, int]] | None = None
 
 
 @dataclass
@@ -197,6 +219,10 @@ class GroupSpec:
     children: list[tuple[str, int]] = field(default_factory=list)
     depends_on: list[str] = field(default_factory=list)
     parent: int | None = None
+    #: at most this many of its tasks run at once ("max_parallel"; None: no limit)
+    max_parallel: int | None = None
+    #: the locks each of its tasks holds ("locks": (name, units) pairs)
+    locks: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -227,6 +253,12 @@ class JobSpec:
     plan: Plan | None = None
     #: the parsed "namespace_schema" (None: the namespace is untyped)
     namespace_schema: NamespaceSchema | None = None
+    #: at most this many of its tasks run at once ("max_parallel"; None: no limit)
+    max_parallel: int | None = None
+    #: the locks each of its tasks holds ("locks": (name, units) pairs)
+    locks: list[tuple[str, int]] = field(default_factory=list)
+    #: whether any max_parallel or locks stand in the job (the daemon's dispatch checks them only then)
+    gated: bool = False
 
 
 #: a TaskSpec without running its __init__: the parser sets every field by name (see _add_task)
@@ -385,6 +417,30 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
         except FieldError as exc:
             where = path if exc.where is None or len(exc.where) > 64 else f"{path}.{exc.where}"
             raise TreeError(where, str(exc)) from None
+    elif kind == "max_parallel":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a positive integer")
+        if value < 1:
+            raise TreeError(path, f"must be a positive integer, got {value}")
+        if value > MAX_PARALLEL_MAX:
+            raise TreeError(path, f"{shorten(value)} is more than {MAX_PARALLEL_MAX}, the most allowed")
+    elif kind == "locks":
+        if not isinstance(value, list):
+            raise bad('an array of lock names such as "db" or "gpu:2"')
+        if len(value) > LOCKS_MAX:
+            raise TreeError(path, f"{len(value)} locks is more than {LOCKS_MAX}, the most allowed")
+        out: list[tuple[str, int]] = []
+        for i, item in enumerate(value):
+            parsed = parse_lock(item)
+            if parsed is None:
+                shown = _quote(item) if isinstance(item, str) else _type_name(item)
+                raise TreeError(f"{path}[{i}]", f"invalid lock {shown}: "
+                                f'use a name (letters, digits and _ . -, max {LOCK_NAME_MAX}), or name:units '
+                                f'such as "gpu:2" (units 1 to {LOCK_UNITS_MAX})')
+            if any(name == parsed[0] for name, _ in out):
+                raise TreeError(f"{path}[{i}]", f'lock "{parsed[0]}" is named twice')
+            out.append(parsed)
+        return out
     elif kind == "nsschema":
         try:
             return parse_schema(value, path)
@@ -394,6 +450,20 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     else:  # pragma: no cover - a table entry without a checker is a bug
         raise AssertionError(kind)
     return value
+
+
+def parse_lock(item: Any) -> tuple[str, int] | None:
+    """A lock as a tree names it, ``"name"`` or ``"name:units"``: (name, units), or None if invalid."""
+    if not isinstance(item, str):
+        return None
+    name, sep, units = item.partition(":")
+    if not LOCK_NAME_RE.fullmatch(name):
+        return None
+    if not sep:
+        return name, 1
+    if not units.isdigit() or not units.isascii() or len(units) > 7 or not 1 <= int(units) <= LOCK_UNITS_MAX:
+        return None
+    return name, int(units)
 
 
 def _quote(value: Any, limit: int = 64) -> str:
@@ -433,6 +503,8 @@ class _Parser:
         self._inherited: dict[int, tuple[dict[str, Any], _Inherited]] = {}
         #: callable references already found well-formed
         self._callables: set[str] = set()
+        #: whether a max_parallel or locks stands in a group or task
+        self.gated = False
 
     def claim(self, name: str, path: str) -> None:
         if name in self.names:
@@ -511,6 +583,10 @@ class _Parser:
         self.claim(name, path)
         index = len(self.groups)
         group = GroupSpec(index, name, path, kind, [], list(values.get("depends_on", [])), parent)  # type: ignore[arg-type]
+        if "max_parallel" in values or values.get("locks"):
+            group.max_parallel = values.get("max_parallel")
+            group.locks = values.get("locks", [])
+            self.gated = True
         self.groups.append(group)
         inner = _merge_defaults(defaults, values)
         children = group.children
@@ -592,6 +668,7 @@ class _Parser:
         t.parent = parent
         t.engine = engine
         t.kill_grace = None  # (a task's own is set by task(): the short cut has none)
+        t.locks = None  # (likewise)
         self.tasks.append(t)
         return index
 
@@ -641,6 +718,9 @@ class _Parser:
         )
         if "kill_grace" in values:
             self.tasks[index].kill_grace = values["kill_grace"]
+        if values.get("locks"):
+            self.tasks[index].locks = values["locks"]
+            self.gated = True
         return ("task", index)
 
 
@@ -830,6 +910,9 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         engine=values.get("engine"),
         namespace_schema=schema,
         kill_grace=values.get("kill_grace"),
+        max_parallel=values.get("max_parallel"),
+        locks=values.get("locks", []),
+        gated=parser.gated or "max_parallel" in values or bool(values.get("locks")),
     )
     job.plan = compile_job(job)
     return job
@@ -1022,6 +1105,12 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
         "additionalProperties": {"type": ["string", "number", "boolean"]},
     },
     "log_level": {"enum": ["debug", "info", "warning", "error", "critical"]},
+    "max_parallel": {"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL_MAX},
+    "locks": {
+        "type": "array",
+        "maxItems": LOCKS_MAX,
+        "items": {"type": "string", "pattern": f"^{LOCK_NAME_RE.pattern}(:[0-9]{{1,7}})?$"},
+    },
     "node": {"$ref": "#/$defs/node"},
     "nsschema": {"$ref": "#/$defs/nsrecord"},
 }

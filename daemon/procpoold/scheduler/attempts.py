@@ -56,10 +56,25 @@ class Attempts(SchedulerState):
         timer = self._retry_timers.pop(ref, None)
         if timer is not None:
             timer.cancel()
+        gates = self.gates
+        if gates.parked or gates.woken or gates.group_woken:
+            gates.dropped(ref)
+
+    def _requeue_parked(self, ref: Ref) -> None:
+        job = self.jobs.get(ref[0])
+        if job is not None and job.tasks[ref[1]].state == "ready":
+            self._enqueue(job, [ref[1]])
+            self._schedule_pump()
+
+    def _still_ready(self, ref: Ref) -> bool:
+        job = self.jobs.get(ref[0])
+        return job is not None and job.tasks[ref[1]].state == "ready"
 
     def _enqueue(self, job: Job, indices: list[int]) -> None:
         """Queue ready tasks on their engines' queues, one queue entry per run of tasks of the same
         route (kind and engine named) and priority."""
+        if job.spec.gated:
+            self.gates.add_job(job.id, job.spec)  # (once per job: its tasks' limits and locks)
         now_mono = time.monotonic()
         tasks, job_id = job.tasks, job.id
         route = self.engines.route_name
@@ -100,6 +115,8 @@ class Attempts(SchedulerState):
         engines = self.engines.by_name
         outliving = self._outliving
         stalls = self.stalls
+        gates = self.gates
+        gated = gates.jobs  # (empty unless a job has a max_parallel or locks: then see core.gates)
         for name, queue in self.queues.items():
             executor = engines[name]
             outlives = executor.outlives_daemon
@@ -112,12 +129,21 @@ class Attempts(SchedulerState):
                 job = jobs[job_id]
                 if job.tasks[index].state != "ready":
                     continue
+                if gated:
+                    its = gated.get(job_id)
+                    task_gates = its[index] if its is not None else None
+                    if task_gates is not None and not gates.admit(ref, task_gates):
+                        continue  # parked: its limit or lock wakes it
+                else:
+                    task_gates = None
                 jp = passes.get(job_id)
                 if jp is None:
                     if now is None:
                         now = self.clock()
                     jp = passes[job_id] = self._job_pass(job, now)
                 spec = self._prepare(jp, ref, executor)
+                if task_gates is not None:
+                    gates.hold(spec.attempt_id, job_id, task_gates)
                 batch.append((executor, spec))
                 if outlives:
                     outliving.add(spec.attempt_id)
@@ -271,6 +297,8 @@ class Attempts(SchedulerState):
         """
         ref = self.attempts.pop(outcome.attempt_id, None)
         self._outliving.discard(outcome.attempt_id)  # (one that ended before it was reported started)
+        if self.gates.by_attempt:
+            self.gates.release(outcome.attempt_id)  # its limits' places and locks
         self._attempt_finished(ref, outcome)
 
     def attempts_finished(self, outcomes: list[Outcome]) -> None:
@@ -284,6 +312,7 @@ class Attempts(SchedulerState):
         logged and does not keep the rest of the batch from being applied.
         """
         attempts, jobs, timeouts, outliving = self.attempts, self.jobs, self._timeouts, self._outliving
+        holding = self.gates.by_attempt
         now: float | None = None
         job: Job | None = None  # the job of the completions gathered in ``effects``
         effects = Effects()
@@ -301,6 +330,8 @@ class Attempts(SchedulerState):
                 continue
             del attempts[aid]
             try:
+                if holding:
+                    self.gates.release(aid)
                 if outliving:
                     outliving.discard(aid)
                 if timeouts:

@@ -19,6 +19,7 @@ from procpool.contract.errors import ProcpoolError
 from procpool.contract.tree import PRIORITIES
 from procpool.contract.words import plural
 from procpoold.core import reasons as why
+from procpoold.core.gates import JOB, Waiting
 from procpoold.core.jobs import Attempt, Job, Node, TaskRun
 from procpoold.core.queue import Place
 from procpoold.core.states import FINAL_TASK_STATES
@@ -143,7 +144,10 @@ class Explain(SchedulerState):
             if t.retry_at is not None:
                 return "retry_delay"
             return "dependency" if t.waiting else "pending"
-        return "queued" if state == "ready" else state
+        if state == "ready":
+            parked = self.gates.parked.get((job.id, t.spec.index)) if self.gates.parked else None
+            return "queued" if parked is None else parked.kind
+        return state
 
     def _job_condition(self, job: Job) -> tuple[str, list[str], dict[str, Any]] | None:
         """What holds every task of the job back, if anything: prerequisites, or a hold."""
@@ -258,6 +262,10 @@ class Explain(SchedulerState):
         elif code == why.INTERRUPTED:
             text.append(f"its attempt {arg} was interrupted by a restart of the daemon: it runs again "
                         "without using a retry")
+        parked = self.gates.parked.get((job.id, t.spec.index)) if self.gates.parked else None
+        if parked is not None:  # held back by a max_parallel or a lock: it is in no queue meanwhile
+            self._parked(job, t, parked, out, text)
+            return
         name = self._engine_of(t)
         queue = self.queues.get(name)
         place = places.get((job.id, t.spec.index))
@@ -316,6 +324,40 @@ class Explain(SchedulerState):
             out["reason"] = "queued"
             slots = plural(free, "free slot")
             text.append(f'engine "{name}" has {slots}: it starts at the next dispatch pass')
+
+    def _parked(self, job: Job, t: TaskRun, parked: Waiting, out: dict[str, Any], text: list[str]) -> None:
+        """A ready task that waits for a place under a max_parallel, or for a lock (core.gates)."""
+        gates = self.gates
+        out["reason"] = parked.kind
+        if parked.kind == "lock":
+            name = str(parked.what)
+            holders = sorted({aid.partition("@")[0] for aid in gates.holders.get(name, {})})
+            held = gates.held.get(name, 0)
+            ahead = 0
+            for ref, _, token in gates.lock_waiters.get(name, ()):
+                if ref == (job.id, t.spec.index):
+                    break
+                w = gates.parked.get(ref)
+                ahead += w is not None and w.token == token
+            its = gates.jobs.get(job.id)
+            mine = its[t.spec.index] if its is not None else None
+            units = dict(mine.locks).get(name, 1) if mine is not None else 1
+            out["lock"] = {"name": name, "limit": parked.limit, "held": held, "units": units,
+                           "holders": holders, "waiting_ahead": ahead}
+            line = (f'waits for lock "{name}" ({units} of its {parked.limit} '
+                    f'{"unit" if parked.limit == 1 else "units"}; {held} held')
+            line += f" by task {', '.join(holders)})" if holders else ")"
+            if ahead:
+                line += f"; {plural(ahead, 'earlier waiter')} ahead of it (first come, first served)"
+            text.append(line)
+            return
+        index = int(parked.what)
+        group = f"job {job.id}" if index == JOB else f'group "{job.spec.groups[index].name}"'
+        running = gates.running.get((job.id, index), 0)
+        out["limit"] = {"group": None if index == JOB else job.spec.groups[index].name,
+                        "max_parallel": parked.limit, "running": running}
+        text.append(f"waits for a free place in {group}: max_parallel {parked.limit}, "
+                    f"{running} of its tasks running")
 
     def _finished(
         self, job: Job, t: TaskRun, code: int, arg: int, out: dict[str, Any], text: list[str]

@@ -192,6 +192,7 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
         if self.store is not None:
             self._retiring.append(job.id)
         self.quota.release(job.id)
+        self.gates.forget_job(job.id)
         self._notify(job.id)
         self._prune(now, [job.submitter_uid])
 

@@ -22,6 +22,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import DEFAULT_LIMITS, Limits, shorten
 from procpoold import journal
 from procpoold.core import namespace
+from procpoold.core.gates import Gates
 from procpoold.core.jobs import DEFAULT_MAX_INTERRUPTIONS, Effects, FinishedJob, Job
 from procpoold.core.queue import ReadyQueue
 from procpoold.core.quota import TaskQuota
@@ -144,6 +145,9 @@ class SchedulerState(abc.ABC):
         self.quota = TaskQuota()
         #: tasks in one page of a job's full status (see core.status.full_page)
         self.status_page_size = 1_000
+        #: max_parallel and locks (core.gates): the lock limits are the config's [locks]
+        self.gates = Gates(requeue=lambda ref: self._requeue_parked(ref),
+                           ready=lambda ref: self._still_ready(ref))
 
     # -- provided by the parts -----------------------------------------------------------------
 
@@ -186,6 +190,14 @@ class SchedulerState(abc.ABC):
     @abc.abstractmethod
     def _forget_queued(self, ref: Ref) -> None:
         """(attempts) Take the task out of the ready queues and cancel its retry timer."""
+
+    @abc.abstractmethod
+    def _requeue_parked(self, ref: Ref) -> None:
+        """(attempts) A task parked by a limit or lock may try again: back into its ready queue."""
+
+    @abc.abstractmethod
+    def _still_ready(self, ref: Ref) -> bool:
+        """(attempts) Whether the task of ``ref`` is ready in an unfinished job."""
 
     @abc.abstractmethod
     def _pump(self) -> None:

@@ -1,0 +1,296 @@
+"""Limits and locks: whether a ready task may start now (``max_parallel`` and ``locks`` in a tree).
+
+A job or group with ``max_parallel: N`` runs at most N of its tasks at once; nested limits all
+apply. A task holding ``locks`` (its own, its groups' and its job's) starts only when it can take
+every unit of every lock at once (all or none), and gives them back when its attempt ends, however
+it ends. Each lock name's limit comes from the daemon's config ``[locks]`` (default 1: a mutex).
+
+The scheduler's pump asks :meth:`Gates.admit` for each popped task of a job that has any of these
+(the common job has none and costs nothing here). A refused task is *parked*: it leaves the ready
+queue and waits in a FIFO of the gate that refused it (a group's, or a lock's), until that gate has
+room again; then the gate *wakes* it (puts it back in its ready queue through ``requeue``).
+
+No starvation at a lock: a lock with waiters lets no newcomer take it; the units given back go to
+its waiters in order (promised to the one woken until it is dispatched, so a later task cannot
+take them in between). A task with several locks waits for each in turn. Nothing here is stored:
+after a restart of the daemon no attempt is running, so no lock is held.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from procpool.contract.tree import JobSpec, TreeError
+
+Ref = tuple[str, int]  # (job id, task index)
+#: a group's key: (job id, group index; JOB for the job itself)
+GroupKey = tuple[str, int]
+JOB = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGates:
+    """What one task must get before it starts."""
+
+    #: the groups (their index, JOB for the job) with a max_parallel, and that limit, innermost first
+    groups: tuple[tuple[int, int], ...]
+    #: (lock name, units), sorted by name
+    locks: tuple[tuple[str, int], ...]
+
+
+def task_gates(spec: JobSpec) -> list[TaskGates | None]:
+    """Each task's gates (None for a task that has none); O(tasks x depth)."""
+    groups = spec.groups
+    out: list[TaskGates | None] = []
+    for t in spec.tasks:
+        limits: list[tuple[int, int]] = []
+        locks: dict[str, int] = {}
+        for name, units in t.locks or ():
+            locks[name] = units
+        g = t.parent
+        while g is not None:
+            gs = groups[g]
+            if gs.max_parallel is not None:
+                limits.append((g, gs.max_parallel))
+            for name, units in gs.locks:
+                locks.setdefault(name, units)  # an inner node's units win
+            g = gs.parent
+        if spec.max_parallel is not None:
+            limits.append((JOB, spec.max_parallel))
+        for name, units in spec.locks:
+            locks.setdefault(name, units)
+        out.append(TaskGates(tuple(limits), tuple(sorted(locks.items()))) if limits or locks else None)
+    return out
+
+
+def check_locks(spec: JobSpec, limits: dict[str, int]) -> None:
+    """Refuse a job that names more units of a lock than its limit (it could never start)."""
+    nodes = [(t.path, t.locks or []) for t in spec.tasks] + [(g.path, g.locks) for g in spec.groups]
+    nodes.append(("", spec.locks))
+    for path, locks in nodes:
+        for i, (name, units) in enumerate(locks):
+            limit = limits.get(name, 1)
+            if units > limit:
+                where = f"{path}.locks[{i}]" if path else f"locks[{i}]"
+                raise TreeError(where, f'needs {units} units of lock "{name}", whose limit is {limit}',
+                                "the daemon's config [locks] sets each lock's limit (default 1)")
+
+
+@dataclass(slots=True)
+class Waiting:
+    """Why a parked task waits (``procctl explain``)."""
+
+    #: "lock" or "max_parallel"
+    kind: str
+    #: the lock's name, or the group's index (JOB: the job)
+    what: str | int
+    #: the lock's or group's limit
+    limit: int
+    #: the number of this parking (an entry of an older one in a FIFO is stale)
+    token: int
+
+
+@dataclass(slots=True)
+class _Held:
+    job_id: str
+    gates: TaskGates
+
+
+@dataclass
+class Gates:
+    """The state of every max_parallel and lock (loop thread)."""
+
+    #: puts a woken task back in its ready queue
+    requeue: Callable[[Ref], None]
+    #: whether a task is still ready (its job unfinished): a parked entry of one that is not is dropped
+    ready: Callable[[Ref], bool]
+    #: lock name -> its limit (the config's [locks]; a name not there has 1)
+    limits: dict[str, int] = field(default_factory=dict)
+    #: job id -> each task's gates, for the unfinished jobs that have any (see task_gates)
+    jobs: dict[str, list[TaskGates | None]] = field(default_factory=dict)
+    #: tasks running per group with a max_parallel
+    running: dict[GroupKey, int] = field(default_factory=dict)
+    #: lock name -> units held
+    held: dict[str, int] = field(default_factory=dict)
+    #: lock name -> attempt id -> units (who holds it, for explain)
+    holders: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: lock name -> units promised to woken waiters not dispatched yet
+    promised: dict[str, int] = field(default_factory=dict)
+    #: the FIFOs of parked tasks: per lock (ref, units, token), per group (ref, token)
+    lock_waiters: dict[str, deque[tuple[Ref, int, int]]] = field(default_factory=dict)
+    group_waiters: dict[GroupKey, deque[tuple[Ref, int]]] = field(default_factory=dict)
+    #: parked tasks: why they wait
+    parked: dict[Ref, Waiting] = field(default_factory=dict)
+    #: woken tasks not dispatched yet: the lock whose units they were promised, and how many
+    woken: dict[Ref, tuple[str, int]] = field(default_factory=dict)
+    #: tasks woken by a group not dispatched yet
+    group_woken: dict[Ref, GroupKey] = field(default_factory=dict)
+    #: attempt id -> what it holds
+    by_attempt: dict[str, _Held] = field(default_factory=dict)
+    _tokens: int = 0
+
+    def add_job(self, job_id: str, spec: JobSpec) -> None:
+        if job_id not in self.jobs:
+            self.jobs[job_id] = task_gates(spec)
+
+    def forget_job(self, job_id: str) -> None:
+        """The job finished (its parked entries are stale, and dropped as they are met)."""
+        self.jobs.pop(job_id, None)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def admit(self, ref: Ref, gates: TaskGates) -> bool:
+        """Take what ``gates`` asks for, all or none; False: the task is parked instead."""
+        job_id = ref[0]
+        woke = self.woken.pop(ref, None) if self.woken else None
+        if woke is not None:
+            self._unpromise(woke)
+        if self.group_woken:
+            self.group_woken.pop(ref, None)
+        running = self.running
+        for index, most in gates.groups:
+            if running.get((job_id, index), 0) >= most:
+                self._park_group(ref, (job_id, index), most)
+                self._rewake(woke)
+                return False
+        held, promised, waiters = self.held, self.promised, self.lock_waiters
+        for name, units in gates.locks:
+            limit = self.limits.get(name, 1)
+            queue = waiters.get(name)
+            if queue and (woke is None or woke[0] != name):
+                self._prune(queue)
+            if held.get(name, 0) + promised.get(name, 0) + units > limit or (
+                queue and (woke is None or woke[0] != name)
+            ):
+                self._park_lock(ref, name, units, limit)
+                self._rewake(woke)
+                return False
+        for index, _ in gates.groups:
+            key = (job_id, index)
+            running[key] = running.get(key, 0) + 1
+        for name, units in gates.locks:
+            held[name] = held.get(name, 0) + units
+        self.parked.pop(ref, None)
+        return True
+
+    def hold(self, attempt_id: str, job_id: str, gates: TaskGates) -> None:
+        """The admitted task's attempt: what it took is given back by :meth:`release`."""
+        self.by_attempt[attempt_id] = _Held(job_id, gates)
+        for name, units in gates.locks:
+            self.holders.setdefault(name, {})[attempt_id] = units
+
+    def release(self, attempt_id: str) -> None:
+        """The attempt ended (however): give back what it took and wake who waits for it."""
+        h = self.by_attempt.pop(attempt_id, None)
+        if h is None:
+            return
+        running = self.running
+        for index, _ in h.gates.groups:
+            key = (h.job_id, index)
+            n = running.get(key, 0) - 1
+            if n > 0:
+                running[key] = n
+            else:
+                running.pop(key, None)
+            self._wake_group(key)
+        for name, units in h.gates.locks:
+            n = self.held.get(name, 0) - units
+            if n > 0:
+                self.held[name] = n
+            else:
+                self.held.pop(name, None)
+            holders = self.holders.get(name)
+            if holders is not None:
+                holders.pop(attempt_id, None)
+                if not holders:
+                    del self.holders[name]
+            self._wake_lock(name)
+
+    def dropped(self, ref: Ref) -> None:
+        """The task left the ready queue without being dispatched (cancelled): a promise made to
+        it goes to the next waiter."""
+        woke = self.woken.pop(ref, None)
+        if woke is not None:
+            self._unpromise(woke)
+            self._wake_lock(woke[0])
+        key = self.group_woken.pop(ref, None)
+        if key is not None:
+            self._wake_group(key)
+        self.parked.pop(ref, None)
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """New limits (a config reload): a lock that grew wakes its waiters."""
+        self.limits = dict(limits)
+        for name in list(self.lock_waiters):
+            self._wake_lock(name)
+
+    # -- parking and waking ----------------------------------------------------------------------
+
+    def _token(self) -> int:
+        self._tokens += 1
+        return self._tokens
+
+    def _park_group(self, ref: Ref, key: GroupKey, most: int) -> None:
+        token = self._token()
+        self.parked[ref] = Waiting("max_parallel", key[1], most, token)
+        self.group_waiters.setdefault(key, deque()).append((ref, token))
+
+    def _park_lock(self, ref: Ref, name: str, units: int, limit: int) -> None:
+        token = self._token()
+        self.parked[ref] = Waiting("lock", name, limit, token)
+        self.lock_waiters.setdefault(name, deque()).append((ref, units, token))
+
+    def _live(self, ref: Ref, token: int) -> bool:
+        w = self.parked.get(ref)
+        return w is not None and w.token == token and self.ready(ref)
+
+    def _prune(self, queue: deque[tuple[Ref, int, int]]) -> None:
+        while queue and not self._live(queue[0][0], queue[0][2]):
+            queue.popleft()
+
+    def _unpromise(self, woke: tuple[str, int]) -> None:
+        name, units = woke
+        n = self.promised.get(name, 0) - units
+        if n > 0:
+            self.promised[name] = n
+        else:
+            self.promised.pop(name, None)
+
+    def _rewake(self, woke: tuple[str, int] | None) -> None:
+        """A woken task was parked again elsewhere: the units promised to it go to the next one."""
+        if woke is not None:
+            self._wake_lock(woke[0])
+
+    def _wake_lock(self, name: str) -> None:
+        """Wake the lock's first waiters while its free units suffice for the first."""
+        queue = self.lock_waiters.get(name)
+        if not queue:
+            return
+        limit = self.limits.get(name, 1)
+        while True:
+            self._prune(queue)
+            if not queue:
+                del self.lock_waiters[name]
+                return
+            ref, units, _ = queue[0]
+            if self.held.get(name, 0) + self.promised.get(name, 0) + units > limit:
+                return
+            queue.popleft()
+            self.parked.pop(ref, None)
+            self.promised[name] = self.promised.get(name, 0) + units
+            self.woken[ref] = (name, units)
+            self.requeue(ref)
+
+    def _wake_group(self, key: GroupKey) -> None:
+        queue = self.group_waiters.get(key)
+        while queue:
+            ref, token = queue.popleft()
+            if self._live(ref, token):
+                self.parked.pop(ref, None)
+                self.group_woken[ref] = key
+                self.requeue(ref)
+                break
+        if not queue:
+            self.group_waiters.pop(key, None)
