@@ -204,8 +204,6 @@ class TaskSpec:
     log_level: int | None = None
     #: seconds from the stop signal to SIGKILL (its own "kill_grace"; None: the job's, else the daemon's)
     kill_grace: float | None = None
-    #: its own "locks": (name, units) pairs (None: none; its groups' and job's are added by the daemon)
-    locks: list[tuple[str, int]] | None = None
 
 
 @dataclass
@@ -259,6 +257,9 @@ class JobSpec:
     locks: list[tuple[str, int]] = field(default_factory=list)
     #: whether any max_parallel or locks stand in the job (the daemon's dispatch checks them only then)
     gated: bool = False
+    #: task index -> its own "locks" ((name, units) pairs), for the tasks that name any (kept off
+    #: TaskSpec: the parse of a task without them costs nothing more)
+    task_locks: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
 
 
 #: a TaskSpec without running its __init__: the parser sets every field by name (see _add_task)
@@ -505,6 +506,8 @@ class _Parser:
         self._callables: set[str] = set()
         #: whether a max_parallel or locks stands in a group or task
         self.gated = False
+        #: task index -> its own locks (see JobSpec.task_locks)
+        self.task_locks: dict[int, list[tuple[str, int]]] = {}
 
     def claim(self, name: str, path: str) -> None:
         if name in self.names:
@@ -668,7 +671,6 @@ class _Parser:
         t.parent = parent
         t.engine = engine
         t.kill_grace = None  # (a task's own is set by task(): the short cut has none)
-        t.locks = None  # (likewise)
         self.tasks.append(t)
         return index
 
@@ -719,7 +721,7 @@ class _Parser:
         if "kill_grace" in values:
             self.tasks[index].kill_grace = values["kill_grace"]
         if values.get("locks"):
-            self.tasks[index].locks = values["locks"]
+            self.task_locks[index] = values["locks"]
             self.gated = True
         return ("task", index)
 
@@ -913,6 +915,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         max_parallel=values.get("max_parallel"),
         locks=values.get("locks", []),
         gated=parser.gated or "max_parallel" in values or bool(values.get("locks")),
+        task_locks=parser.task_locks,
     )
     job.plan = compile_job(job)
     return job

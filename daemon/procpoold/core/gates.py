@@ -42,12 +42,12 @@ class TaskGates:
 
 def task_gates(spec: JobSpec) -> list[TaskGates | None]:
     """Each task's gates (None for a task that has none); O(tasks x depth)."""
-    groups = spec.groups
+    groups, own = spec.groups, spec.task_locks
     out: list[TaskGates | None] = []
     for t in spec.tasks:
         limits: list[tuple[int, int]] = []
         locks: dict[str, int] = {}
-        for name, units in t.locks or ():
+        for name, units in own.get(t.index, ()):
             locks[name] = units
         g = t.parent
         while g is not None:
@@ -67,7 +67,8 @@ def task_gates(spec: JobSpec) -> list[TaskGates | None]:
 
 def check_locks(spec: JobSpec, limits: dict[str, int]) -> None:
     """Refuse a job that names more units of a lock than its limit (it could never start)."""
-    nodes = [(t.path, t.locks or []) for t in spec.tasks] + [(g.path, g.locks) for g in spec.groups]
+    nodes = [(spec.tasks[i].path, locks) for i, locks in spec.task_locks.items()]
+    nodes += [(g.path, g.locks) for g in spec.groups]
     nodes.append(("", spec.locks))
     for path, locks in nodes:
         for i, (name, units) in enumerate(locks):
