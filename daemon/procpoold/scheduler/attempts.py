@@ -128,6 +128,8 @@ class Attempts(SchedulerState):
                 job_id, index = ref
                 job = jobs[job_id]
                 if job.tasks[index].state != "ready":
+                    if gates.woken or gates.group_woken:
+                        gates.dropped(ref)  # (a promise made to it goes on to the next waiter)
                     continue
                 if gated:
                     its = gated.get(job_id)

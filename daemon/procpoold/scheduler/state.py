@@ -145,9 +145,21 @@ class SchedulerState(abc.ABC):
         self.quota = TaskQuota()
         #: tasks in one page of a job's full status (see core.status.full_page)
         self.status_page_size = 1_000
-        #: max_parallel and locks (core.gates): the lock limits are the config's [locks]
-        self.gates = Gates(requeue=lambda ref: self._requeue_parked(ref),
-                           ready=lambda ref: self._still_ready(ref))
+        #: max_parallel and locks (core.gates): the lock limits are the config's [locks]. (Its
+        #: callbacks reach the scheduler through a weak reference: no cycle keeps a dropped
+        #: scheduler, and every job it held, alive until a garbage collection.)
+        me = weakref.ref(self)
+
+        def requeue(ref: Ref) -> None:
+            scheduler = me()
+            if scheduler is not None:
+                scheduler._requeue_parked(ref)
+
+        def ready(ref: Ref) -> bool:
+            scheduler = me()
+            return scheduler is not None and scheduler._still_ready(ref)
+
+        self.gates = Gates(requeue=requeue, ready=ready)
 
     # -- provided by the parts -----------------------------------------------------------------
 
