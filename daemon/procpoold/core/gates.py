@@ -41,10 +41,16 @@ class TaskGates:
 
 
 def task_gates(spec: JobSpec) -> list[TaskGates | None]:
-    """Each task's gates (None for a task that has none); O(tasks x depth)."""
+    """Each task's gates (None for a task that has none); O(tasks x depth), one object per group
+    for the tasks that name no locks of their own (a big group's tasks share it)."""
     groups, own = spec.groups, spec.task_locks
     out: list[TaskGates | None] = []
+    shared: dict[int | None, TaskGates | None] = {}  # parent group -> the gates of its plain tasks
     for t in spec.tasks:
+        plain = t.index not in own
+        if plain and t.parent in shared:
+            out.append(shared[t.parent])
+            continue
         limits: list[tuple[int, int]] = []
         locks: dict[str, int] = {}
         for name, units in own.get(t.index, ()):
@@ -61,7 +67,10 @@ def task_gates(spec: JobSpec) -> list[TaskGates | None]:
             limits.append((JOB, spec.max_parallel))
         for name, units in spec.locks:
             locks.setdefault(name, units)
-        out.append(TaskGates(tuple(limits), tuple(sorted(locks.items()))) if limits or locks else None)
+        gates = TaskGates(tuple(limits), tuple(sorted(locks.items()))) if limits or locks else None
+        if plain:
+            shared[t.parent] = gates
+        out.append(gates)
     return out
 
 

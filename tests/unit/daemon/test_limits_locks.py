@@ -215,6 +215,8 @@ def test_a_tasks_gates_gather_its_groups_and_job() -> None:
     gates = task_gates(spec)
     assert gates[0] is not None and gates[0].groups == ((1, 1), (-1, 4))
     assert gates[0].locks == (("db", 1), ("gpu", 2), ("net", 1))
+    assert gates[1] is not None and gates[1].groups == ((1, 1), (-1, 4))
+    assert gates[1].locks == (("db", 1), ("net", 1))  # (its group's and job's, not its sibling's)
     assert gates[2] is not None and gates[2].groups == ((-1, 4),) and gates[2].locks == (("db", 1),)
     assert not parse_job({"root": {"concurrent": [{"cmd": ["x"]}]}}).gated
 
