@@ -106,6 +106,11 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
         "SIGKILL (default: the job's kill_grace, else the daemon's).",
     ),
+    # resource hint (docs/pool.md, I/O-bound and CPU-bound tasks)
+    "io": FieldSpec(
+        "bool", "An I/O-bound async def task: it shares a pool worker's event loop with other such "
+        "attempts of its job (up to the daemon's async_per_worker); false (default): the attempt holds "
+        "its worker alone. call tasks only (inherited).", True),
 }
 GROUP_KEYS = ("sequential", "concurrent")
 GROUP_FIELDS: dict[str, FieldSpec] = {
@@ -148,6 +153,7 @@ JOB_FIELDS: dict[str, FieldSpec] = {
         "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
         "SIGKILL, for the tasks that set none (default: the daemon's kill_grace).",
     ),
+    "io": TASK_FIELDS["io"],
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -184,6 +190,9 @@ class TaskSpec:
     log_level: int | None = None
     #: seconds from the stop signal to SIGKILL (its own "kill_grace"; None: the job's, else the daemon's)
     kill_grace: float | None = None
+    #: resource hint ("io", inherited): an I/O-bound async def attempt that may share a pool
+    #: worker's event loop; False: it holds its worker alone (always False for a cmd task)
+    io: bool = False
 
 
 @dataclass
@@ -587,7 +596,8 @@ class _Parser:
         t.cmd = cmd
         t.shell = shell
         (t.timeout, t.retries, t.retry_delay, t.priority, t.env, t.cwd, t.tags, t.log_fields,
-         t.log_level) = inherited
+         t.log_level, io) = inherited
+        t.io = io and kind == "call"  # (a cmd task inherits nothing of it: it has no event loop)
         t.depends_on = depends_on
         t.parent = parent
         t.engine = engine
@@ -613,6 +623,9 @@ class _Parser:
                 raise TreeError(f"{path}.cmd", 'a string command needs "shell": true (or use an argv array)')
             if isinstance(values["cmd"], list) and shell:
                 raise TreeError(f"{path}.shell", "shell: true takes the command as one string")
+            if values.get("io"):
+                raise TreeError(f"{path}.io", '"io": true is for call tasks (an async def function); '
+                                "a command runs in a process of its own")
         merged = _merge_defaults(defaults, values)
         if merged is not defaults:
             if "env" in values and merged["env"] is not values["env"]:
@@ -729,9 +742,10 @@ def _suggest_keys(raw: dict[str, Any], wanted: tuple[str, ...]) -> str:
 
 
 #: A task's inheritable fields, resolved: timeout, retries, retry_delay, priority, env, cwd, tags,
-#: log_fields, log_level.
+#: log_fields, log_level, io.
 _Inherited = tuple[
-    float | None, int, float, str, dict[str, str], str | None, list[str], dict[str, str], int | None
+    float | None, int, float, str, dict[str, str], str | None, list[str], dict[str, str], int | None,
+    bool,
 ]
 
 
@@ -752,6 +766,7 @@ def _inherited(merged: dict[str, Any]) -> _Inherited:
         list(get("tags") or ()),
         dict(get("log_fields") or ()),
         get("log_level"),
+        bool(get("io", False)),
     )
 
 

@@ -205,6 +205,7 @@ class Attempts(SchedulerState):
         spec.user = jp.user
         spec.log_level = task.log_level or jp.level
         spec.kill_grace = task.kill_grace if task.kill_grace is not None else job_spec.kill_grace
+        spec.io = task.io
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
