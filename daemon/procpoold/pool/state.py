@@ -54,9 +54,11 @@ class PoolState(abc.ABC):
         #: Attempts still queued here whose timeout ran out before they started: their timeout
         #: counts from their start instead (see :meth:`PoolExecutor.stop_attempt`).
         self._due_on_start: set[str] = set()
-        #: Functions known to be ``async def``, and the mean run time of each sync function (moving
-        #: average of ``done.d``): a worker says so, so each user's tasks speak only for that user's
-        #: functions (keys: the call, or (uid, call) for an attempt of another user than the daemon's).
+        #: Functions known to be ``async def`` (stopping one sends no SIGUSR1: its loop reads the
+        #: cancel; whether an attempt shares a loop is its ``io`` hint's to say), and the mean run
+        #: time of each sync function (moving average of ``done.d``): a worker says so, so each
+        #: user's tasks speak only for that user's functions (keys: the call, or (uid, call) for an
+        #: attempt of another user than the daemon's).
         self._async_calls: set[str | tuple[int, str]] = set()
         self._fn_mean: dict[str | tuple[int, str], float] = {}
         #: The last attempt dispatched was I/O-bound (``io``): free_slots() counts an idle worker
