@@ -327,7 +327,8 @@ class Submission(SchedulerState):
                                 f"procctl stop {job.id} ends the job after its current run")
         if job.finished:
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} already {job.state}")
-        if job.spec.repeat is not None and job.run >= job.spec.repeat:
+        # (a scheduled job's run number is that of the run it waits for: stopping it ends it now)
+        if job.state != "scheduled" and job.spec.repeat is not None and job.run >= job.spec.repeat:
             what = "does not repeat" if job.spec.repeat == 1 else f"is in its last run ({job.run})"
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} {what}: it ends after this run anyway",
                                 f"procctl cancel {job.id} stops it now")

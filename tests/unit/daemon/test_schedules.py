@@ -153,6 +153,10 @@ def test_cancel_and_stop_while_scheduled_end_the_job_without_a_run() -> None:
     reply = scheduler.stop(ran.id, by=None)
     assert reply["state"] == "completed" and ran.run == 1 and "no run after run 1" in str(ran.reason)
     assert ran.tasks[0].result is not None  # the last run's results stay
+    last, _ = scheduler.submit(tree(every=60, repeat=2))
+    finish_running(loop, executor, scheduler)
+    assert last.state == "scheduled" and last.run == 2  # waits for its last run: stop ends it now
+    assert scheduler.stop(last.id, by=None)["state"] == "completed" and last.run == 1
     other, _ = scheduler.submit(tree(every=60))
     finish_running(loop, executor, scheduler)
     with pytest.raises(ProcpoolError, match="already completed"):  # (its last run's outcome)
@@ -211,5 +215,25 @@ def test_an_every_job_after_a_restart_keeps_its_cadence_when_skipping(tmp_path: 
     store = StateStore(tmp_path / "state.db")
     loop, executor, scheduler = start(clock, store)
     assert scheduler.jobs[job.id].next_run_at == T0 + 300
+    loop.close()
+    store.close()
+
+
+def test_a_restart_before_the_time_keeps_the_time_and_arms_its_timer(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    job, _ = scheduler.submit(tree(schedule="@hourly", timezone="Asia/Kolkata"))  # a half-hour zone
+    assert job.next_run_at == T0 - 30 + 30 * 60  # 10:30 UTC is 16:00 in Kolkata
+    scheduler.flush()
+    loop.close()
+    store.close()
+    clock.now = T0 + 60
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    again = scheduler.jobs[job.id]
+    assert again.state == "scheduled" and again.next_run_at == T0 - 30 + 30 * 60
+    assert job.id in scheduler._schedule_timers and scheduler.wake_due() == 0
+    assert finish_running(loop, executor, scheduler) == 0
     loop.close()
     store.close()
