@@ -311,6 +311,10 @@ def _job_head(job: dict[str, Any], now: float) -> list[str]:
     lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
     if job.get("reason"):
         lines.append(f"  reason: {job['reason']}")
+    if job.get("next_run_at"):
+        when = job["next_run_at"]
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        lines.append(f"  next run: {stamp} (in {duration(max(0.0, when - now))})")
     if job.get("kept"):
         lines.append(f"  kept: {job['kept']} completed task{'s' if job['kept'] != 1 else ''} of earlier runs "
                      "(their results too)")

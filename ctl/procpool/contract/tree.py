@@ -40,6 +40,7 @@ from procpool.contract.limits import (
 from procpool.contract.logfields import FieldError, tree_fields, tree_level
 from procpool.contract.nsschema import FIELD_RE, MAX_TYPE_CHARS, SchemaError, check_values, parse_schema
 from procpool.contract.nsschema import Record as NamespaceSchema
+from procpool.contract.schedule import CRON_MAX_CHARS, MISSED_POLICIES, ScheduleError, check_cron, zone
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
@@ -154,6 +155,19 @@ JOB_FIELDS: dict[str, FieldSpec] = {
         "SIGKILL, for the tasks that set none (default: the daemon's kill_grace).",
     ),
     "io": TASK_FIELDS["io"],
+    # schedules (docs/job-trees.md, Schedules)
+    "every": FieldSpec(
+        "positive", "Seconds from the end of a run to the start of the next (repeat defaults to \"forever\")."
+    ),
+    "schedule": FieldSpec(
+        "cron", 'Start the runs at these times: a cron expression ("*/15 * * * *", "@daily"), read in '
+        '"timezone" (repeat defaults to "forever").'
+    ),
+    "timezone": FieldSpec("timezone", 'IANA time zone of "schedule" (default: "UTC").'),
+    "missed": FieldSpec(
+        "missed", 'Runs whose time passed while the daemon was down: "run_once" (default: one run at '
+        'start) or "skip" (wait for the next time).'
+    ),
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -236,6 +250,13 @@ class JobSpec:
     plan: Plan | None = None
     #: the parsed "namespace_schema" (None: the namespace is untyped)
     namespace_schema: NamespaceSchema | None = None
+    #: seconds from the end of a run to the start of the next ("every"; None: at once)
+    every: float | None = None
+    #: cron expression of the runs' start times ("schedule") and its zone ("timezone")
+    schedule: str | None = None
+    timezone: str = "UTC"
+    #: runs missed while the daemon was down ("missed"): "run_once" or "skip"
+    missed: str = "run_once"
 
 
 #: a TaskSpec without running its __init__: the parser sets every field by name (see _add_task)
@@ -362,6 +383,23 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     elif kind == "on_interrupt":
         if value not in ON_INTERRUPT:
             raise TreeError(path, f'must be "retry", "fail" or "hold", got {shorten(value)}')
+    elif kind == "cron":
+        if not isinstance(value, str):
+            raise bad('a cron expression such as "*/15 * * * *"')
+        try:
+            check_cron(value)
+        except ScheduleError as exc:
+            raise TreeError(path, str(exc), 'see "Schedules" in docs/job-trees.md') from None
+    elif kind == "timezone":
+        if not isinstance(value, str):
+            raise bad('an IANA time zone name such as "Europe/Paris"')
+        try:
+            zone(value)
+        except ScheduleError as exc:
+            raise TreeError(path, str(exc)) from None
+    elif kind == "missed":
+        if value not in MISSED_POLICIES:
+            raise TreeError(path, f'must be "run_once" or "skip", got {shorten(value)}')
     elif kind == "repeat":
         if value == "forever":
             return None
@@ -821,6 +859,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
             check_values(schema, values["namespace"])
         except SchemaError as exc:
             raise TreeError(exc.path, exc.message) from None
+    _check_schedule(values)
     parser = _Parser(limits, values.get("engine"))
     defaults = {k: values[k] for k in INHERITABLE if k in values}
     root = parser.node(raw["root"], "root", defaults, None, "root", 0)
@@ -831,7 +870,8 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         root=root,
         tasks=parser.tasks,
         groups=parser.groups,
-        repeat=values.get("repeat", 1),
+        # (a job that runs on a clock repeats for ever unless it says otherwise)
+        repeat=values.get("repeat", None if "every" in values or "schedule" in values else 1),
         on_failure=str(values.get("on_failure", "stop")),
         on_interrupt=str(values.get("on_interrupt", "retry")),
         priority=str(values.get("priority", "normal")),
@@ -845,9 +885,24 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         engine=values.get("engine"),
         namespace_schema=schema,
         kill_grace=values.get("kill_grace"),
+        every=values.get("every"),
+        schedule=values.get("schedule"),
+        timezone=str(values.get("timezone", "UTC")),
+        missed=str(values.get("missed", "run_once")),
     )
     job.plan = compile_job(job)
     return job
+
+
+def _check_schedule(values: dict[str, Any]) -> None:
+    """The schedule fields that only make sense together: one clock per job."""
+    if "every" in values and "schedule" in values:
+        raise TreeError("every", 'a job has "every" or "schedule", not both',
+                        'use "schedule" for start times, "every" for a pause between runs')
+    if "timezone" in values and "schedule" not in values:
+        raise TreeError("timezone", '"timezone" applies to a "schedule", and the job has none')
+    if "missed" in values and "every" not in values and "schedule" not in values:
+        raise TreeError("missed", '"missed" applies to a job with "every" or "schedule"')
 
 
 # -- ordering -----------------------------------------------------------------------------------
@@ -1025,6 +1080,9 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     "on_failure": {"enum": list(ON_FAILURE)},
     "on_interrupt": {"enum": list(ON_INTERRUPT)},
     "repeat": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": REPEAT_MAX}, {"const": "forever"}]},
+    "cron": {"type": "string", "minLength": 1, "maxLength": CRON_MAX_CHARS},
+    "timezone": {"type": "string", "minLength": 1, "maxLength": 64},
+    "missed": {"enum": list(MISSED_POLICIES)},
     "names": {"type": "array", "items": {"type": "string"}},
     "strings": {"type": "array", "items": {"type": "string"}},
     "env": {"type": "object", "additionalProperties": {"type": "string"}},

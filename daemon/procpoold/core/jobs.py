@@ -19,6 +19,7 @@ task that has not started is ``cancelled``; running ones finish.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -266,6 +267,9 @@ _REASONS: weakref.WeakKeyDictionary[Job, Reasons] = weakref.WeakKeyDictionary()
 #: it completed in. Outside the Job's attributes for the same reason as _REASONS; only retried jobs
 #: have an entry.
 _KEPT: weakref.WeakKeyDictionary[Job, dict[int, int]] = weakref.WeakKeyDictionary()
+#: When a ``scheduled`` job's next run starts (wall clock); outside the Job's attributes for the
+#: same reason as _REASONS: only jobs with a ``schedule`` or ``every`` ever have an entry.
+_NEXT_RUN: weakref.WeakKeyDictionary[Job, float] = weakref.WeakKeyDictionary()
 
 
 class RetryRefused(ValueError):
@@ -311,6 +315,18 @@ class Job:
             _STOPPED.add(self)
         else:
             _STOPPED.discard(self)
+
+    @property
+    def next_run_at(self) -> float | None:
+        """When the next run starts (wall clock) while the job is ``scheduled``; None otherwise."""
+        return _NEXT_RUN.get(self) if _NEXT_RUN else None
+
+    @next_run_at.setter
+    def next_run_at(self, value: float | None) -> None:
+        if value is None:
+            _NEXT_RUN.pop(self, None)
+        else:
+            _NEXT_RUN[self] = value
 
     def __init__(
         self,
@@ -396,8 +412,11 @@ class Job:
 
     def dump(self) -> dict[str, Any]:
         """The job's own mutable fields, for the state store (``stop_requested`` only when set)."""
-        if self.stop_requested:
-            return {**self._dump(), "stop_requested": True}
+        if self.stop_requested or (_NEXT_RUN and self in _NEXT_RUN):
+            extra: dict[str, Any] = {"stop_requested": True} if self.stop_requested else {}
+            if (next_run_at := self.next_run_at) is not None:
+                extra["next_run_at"] = next_run_at
+            return {**self._dump(), **extra}
         return self._dump()
 
     def _dump(self) -> dict[str, Any]:
@@ -486,6 +505,12 @@ class Job:
         if kept:
             self._load_kept(kept)
         self.stop_requested = bool(data.get("stop_requested"))  # (absent from jobs stored before it)
+        next_run_at = data.get("next_run_at")
+        if next_run_at is not None and not (type(next_run_at) in (int, float) and math.isfinite(next_run_at)):
+            raise ValueError(f"next run time {str(next_run_at)[:64]} is not a time")
+        if (next_run_at is None) != (self.state != "scheduled"):
+            raise ValueError(f"a {self.state} job cannot have the next run time {next_run_at}")
+        self.next_run_at = None if next_run_at is None else float(next_run_at)
         for index, td in tasks.items():
             if not isinstance(index, int) or not 0 <= index < len(self.tasks):
                 raise ValueError(f"no task {str(index)[:64]} in a job of {len(self.tasks)} tasks")
@@ -975,6 +1000,29 @@ class Job:
         else:
             self.state = "completed" if ok else "failed"
         return False
+
+    def wait_for_run(self, when: float) -> None:
+        """Wait until ``when`` (wall clock) to start the next run (or the first): the job is
+        ``scheduled`` meanwhile, its tasks as the last run left them (pending before the first)."""
+        self.state = "scheduled"
+        self.next_run_at = when
+
+    def end_while_scheduled(self, now: float, reason: str, cancelled: bool) -> Effects:
+        """End a ``scheduled`` job without another run: cancelled (``cancelled``), or stopped
+        (``procctl stop``), when it ends in the state its last run ended in. A job that never
+        ran has its tasks skipped, as a cancelled job waiting for its prerequisites has."""
+        self.next_run_at = None
+        if self.started_at is None and not self.runs:  # its first run never began
+            effects = self.fail_before_start(reason, now, why.CANCELLED)
+            self.cancel_requested = True  # (stopped or cancelled: it never ran)
+            return effects
+        self.run -= 1  # (finish_run counted the run that will not start)
+        self.finished_at = now
+        self.reason = reason
+        self.cancel_requested = self.cancel_requested or cancelled
+        last = self.runs[-1]["state"] if self.runs else "completed"
+        self.state = "cancelled" if cancelled else ("completed" if last == "completed" else "failed")
+        return Effects()
 
     def _only_cancelled(self) -> bool:
         """Whether the run's unfinished tasks were cancelled (or skipped after a cancel), with

@@ -137,6 +137,8 @@ class Explain(SchedulerState):
         state = t.state
         if job.state == "pending":
             return "after"
+        if job.state == "scheduled":
+            return "scheduled"
         if job.state == "held" and state in ("pending", "ready"):
             return "held"
         if state == "pending":
@@ -161,6 +163,14 @@ class Explain(SchedulerState):
                 f"job {job.id} waits for its prerequisites (--after) to complete: {named}; "
                 f"its tasks start once they have (if one fails, they are skipped)"
             ], {"after": after}
+        if job.state == "scheduled" and (when := job.next_run_at) is not None:
+            spec = job.spec
+            clock_of = (f'its schedule "{spec.schedule}" ({spec.timezone})' if spec.schedule is not None
+                        else f"every: {spec.every:g} s after the previous run ended")
+            return "scheduled", [
+                f"job {job.id} is scheduled: run {job.run} starts at {clock(when)} "
+                f"(in {seconds(max(0.0, when - self.clock()))}; {clock_of})"
+            ], {"next_run_at": when}
         if job.state == "held":
             return "held", [
                 f"job {job.id} is held: the daemon restarted while its attempts ran, and the job "

@@ -129,6 +129,8 @@ class SchedulerState(abc.ABC):
         self._sites: dict[int, int] = {}
         self._timeouts: dict[str, Timer] = {}
         self._retry_timers: dict[Ref, Timer] = {}
+        #: job id -> the timer of its next run, while it is ``scheduled`` (see .timing)
+        self._schedule_timers: dict[str, Timer] = {}
         self._pump_scheduled = False
         self.accepting = True
         #: called with a job or task id whenever that job or task reaches a final state
@@ -178,6 +180,22 @@ class SchedulerState(abc.ABC):
     @abc.abstractmethod
     def _fields(self, job: Job, index: int) -> dict[str, str]:
         """(scheduler) The journal fields of a task's records."""
+
+    @abc.abstractmethod
+    def _job_ended(self, job: Job, now: float) -> None:
+        """(scheduler) A job reached its final state: record, index, release its quota, notify."""
+
+    @abc.abstractmethod
+    def _begin_first_run(self, job: Job) -> None:
+        """(timing) Start a job's first run, or wait for the first time of its schedule."""
+
+    @abc.abstractmethod
+    def _end_scheduled(self, job: Job, reason: str, cancelled: bool) -> Effects:
+        """(timing) End a ``scheduled`` job (cancelled, or stopped) without another run."""
+
+    @abc.abstractmethod
+    def _recover_scheduled(self, job: Job) -> None:
+        """(timing) A ``scheduled`` job read back at start: its ``missed`` policy, its timer."""
 
     @abc.abstractmethod
     def _start_when_prerequisites_allow(self, job: Job) -> None:
