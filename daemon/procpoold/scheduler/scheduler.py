@@ -12,6 +12,7 @@ delays are loop timers. Executors report back through the
 (:class:`procpoold.scheduler.state.SchedulerState`), as the pool executor is:
 
 - :mod:`.submission`: submit (validation, keys, quota, prerequisites), cancel, resume;
+- :mod:`.pausing`: pause and resume of a job or of the whole daemon;
 - :mod:`.attempts`: the pump and dispatch, the executor events, retries, timeouts;
 - :mod:`.persistence`: what changed, and the group commit of it to the store;
 - :mod:`.recovery`: jobs read back from the store at start, leftovers of a crash;
@@ -30,6 +31,7 @@ from procpoold import failures, journal
 from procpoold.core.jobs import Effects, Job
 from procpoold.scheduler.attempts import Attempts
 from procpoold.scheduler.explain import Explain
+from procpoold.scheduler.pausing import Pausing
 from procpoold.scheduler.persistence import Persistence
 from procpoold.scheduler.queries import Queries
 from procpoold.scheduler.recovery import Recovery
@@ -37,7 +39,7 @@ from procpoold.scheduler.state import _user_fields, log, task_log
 from procpoold.scheduler.submission import Submission
 
 
-class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
+class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, Pausing):
     """Jobs, queues, attempts; see the module docstring.
 
     The parts (mixins over :class:`~procpoold.scheduler.state.SchedulerState`): submission, attempts,
