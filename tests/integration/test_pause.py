@@ -100,7 +100,7 @@ def test_a_paused_job_finishes_what_runs_starts_nothing_and_completes_at_resume(
         assert finished(client, job_id)["job"]["state"] == "completed"
         assert (tmp_path / "log").read_text() == "a\nb\nc\n"
         out = daemon.procctl("resume", job_id)
-        assert out.returncode != 0 and "neither held nor paused" in out.stderr
+        assert out.returncode != 0 and "not held or paused" in out.stderr
 
 
 def test_pause_stop_runs_the_stopped_attempt_again_at_resume_without_using_a_retry(

@@ -468,13 +468,13 @@ class Submission(SchedulerState):
 
         Loop thread. Its held tasks become ready and are queued, or its ready tasks of a pause are
         queued again; ``released`` says which (``held`` or ``paused``). Raises ``conflict`` if it
-        is neither held nor paused.
+        is not held or paused.
         """
         job, _ = self.resolve(ref)
         if job.state == "paused":
             return self.unpause(job)
         if job.state != "held":
-            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, neither held nor paused")
+            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, not held or paused")
         self._apply(job, job.resume())
         return {"id": job.id, "state": job.state, "released": "held"}
 

@@ -112,10 +112,40 @@ def test_what_cannot_be_paused_is_refused() -> None:
     job, _ = scheduler.submit({"name": "j", "root": {"name": "a", "cmd": ["x"]}})
     with pytest.raises(ProcpoolError, match="is a task"):
         scheduler.pause(f"{job.id}.0", None)
-    with pytest.raises(ProcpoolError, match="neither held nor paused"):
+    with pytest.raises(ProcpoolError, match="not held or paused"):
         scheduler.resume(job.id)
     loop.run_once(0)
     finish(executor, scheduler, executor.submitted[0].attempt_id)
     with pytest.raises(ProcpoolError, match="finished"):
         scheduler.pause(job.id, None)
+    loop.close()
+
+
+def test_pause_all_stop_runs_the_stopped_attempts_again_at_resume_all() -> None:
+    loop, executor, scheduler = make()
+    job, _ = scheduler.submit({"name": "j", "root": {"name": "a", "cmd": ["x"], "retries": 0}})
+    loop.run_once(0)
+    [a] = executor.submitted
+    assert scheduler.pause_all(0, stop=True)["stopping"] == 1
+    finish(executor, scheduler, a.attempt_id, "interrupted")
+    loop.run_once(0)
+    assert job.tasks[0].state == "ready" and len(executor.submitted) == 1 and job.state == "running"
+    scheduler.resume_all()
+    loop.run_once(0)
+    t = job.tasks[0]  # (its second attempt runs: the first one counts as interrupted, not failed)
+    assert len(executor.submitted) == 2 and [a.status for a in t.attempts] == ["interrupted", None]
+    assert t.interruptions == 1 and t.failures == 1
+    loop.close()
+
+
+def test_a_paused_job_can_be_cancelled() -> None:
+    loop, executor, scheduler = make()
+    job, _ = scheduler.submit({"name": "j", "root": SEQ})
+    loop.run_once(0)
+    [a] = executor.submitted
+    scheduler.pause(job.id, None)
+    finish(executor, scheduler, a.attempt_id)
+    scheduler.cancel(job.id)
+    loop.run_once(0)
+    assert job.state == "cancelled" and job.tasks[1].state == "cancelled" and len(executor.submitted) == 1
     loop.close()
