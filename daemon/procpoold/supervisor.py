@@ -655,6 +655,8 @@ class Daemon:
         if self.config.store:
             pausefile.save(self.config.state_dir, None)  # (an OSError is the reply: still paused)
         self.scheduler.resume_all()
+        if self.export is not None:
+            self.export.changed()  # (its health line)
         return {"all": True, "released": "paused", "paused_by": was["by"], "paused_at": was["at"]}
 
     def pause(self, ref: str | None, by: int | None, stop: bool = False) -> dict[str, Any]:
