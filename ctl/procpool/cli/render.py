@@ -53,6 +53,7 @@ def summary(data: dict[str, Any]) -> str:
     lines = [
         f"procpoold {data['version']}  pid {data['pid']}  up {duration(data.get('uptime'))}",
         f"socket   {data.get('socket', '-')}",
+        *_paused_line(data.get("paused")),
         f"workers  {workers.get('configured', '-')} configured, {workers.get('busy', 0)} busy"
         + (f" ({states})" if states else ""),
         "jobs     "
@@ -76,6 +77,15 @@ def summary(data: dict[str, Any]) -> str:
                      " records are dropped until it does")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _paused_line(paused: Any) -> list[str]:
+    """The summary's line of a paused daemon (``procctl pause --all``), or none."""
+    if not isinstance(paused, dict):
+        return []
+    at = paused.get("at")
+    when = f" at {clock(at, time.time())}" if isinstance(at, (int, float)) else ""
+    return [f"PAUSED   by {paused.get('by', '?')}{when}: nothing new starts; procctl resume --all"]
 
 
 def _by_job_state(by_state: dict[str, int]) -> list[str]:

@@ -12,6 +12,7 @@ delays are loop timers. Executors report back through the
 (:class:`procpoold.scheduler.state.SchedulerState`), as the pool executor is:
 
 - :mod:`.submission`: submit (validation, keys, quota, prerequisites), cancel, resume;
+- :mod:`.pausing`: pause and resume of a job or of the whole daemon;
 - :mod:`.attempts`: the pump and dispatch, the executor events, retries, timeouts;
 - :mod:`.persistence`: what changed, and the group commit of it to the store;
 - :mod:`.recovery`: jobs read back from the store at start, leftovers of a crash;
@@ -31,6 +32,7 @@ from procpoold import failures, journal
 from procpoold.core.jobs import Effects, Job
 from procpoold.scheduler.attempts import Attempts
 from procpoold.scheduler.explain import Explain
+from procpoold.scheduler.pausing import Pausing
 from procpoold.scheduler.persistence import Persistence
 from procpoold.scheduler.queries import Queries
 from procpoold.scheduler.recovery import Recovery
@@ -39,7 +41,7 @@ from procpoold.scheduler.submission import Submission
 from procpoold.scheduler.timing import Schedules
 
 
-class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, Schedules):
+class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, Schedules, Pausing):
     """Jobs, queues, attempts; see the module docstring.
 
     The parts (mixins over :class:`~procpoold.scheduler.state.SchedulerState`): submission, attempts,

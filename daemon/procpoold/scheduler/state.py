@@ -133,6 +133,11 @@ class SchedulerState(abc.ABC):
         self._schedule_timers: dict[str, Timer] = {}
         self._pump_scheduled = False
         self.accepting = True
+        #: the daemon's pause (``procctl pause --all``): who paused it and when; None: not paused.
+        #: The pump dispatches nothing while it is set (see scheduler.pausing).
+        self.paused: dict[str, Any] | None = None
+        #: attempts that ``pause --stop`` stopped: their tasks run again, using no retry
+        self._pause_stopped: set[str] = set()
         #: called with a job or task id whenever that job or task reaches a final state
         self.listeners: list[Listener] = []
         self._after: dict[str, list[str]] = {}  # prerequisite id -> job ids waiting on it
@@ -204,6 +209,14 @@ class SchedulerState(abc.ABC):
     @abc.abstractmethod
     def _forget_queued(self, ref: Ref) -> None:
         """(attempts) Take the task out of the ready queues and cancel its retry timer."""
+
+    @abc.abstractmethod
+    def _schedule_pump(self) -> None:
+        """(attempts) Schedule a pump pass (at most one per loop iteration)."""
+
+    @abc.abstractmethod
+    def unpause(self, job: Job) -> dict[str, Any]:
+        """(pausing) Release a paused job: its ready tasks are queued."""
 
     @abc.abstractmethod
     def _pump(self) -> None:

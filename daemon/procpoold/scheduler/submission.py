@@ -480,15 +480,19 @@ class Submission(SchedulerState):
         self._start_when_prerequisites_allow(job)
 
     def resume(self, ref: str) -> dict[str, Any]:
-        """Release a job held after a restart (on_interrupt: hold).
+        """Release a job held after a restart (on_interrupt: hold) or paused (procctl pause).
 
-        Loop thread. Its held tasks become ready and are queued; raises ``conflict`` if it is not held.
+        Loop thread. Its held tasks become ready and are queued, or its ready tasks of a pause are
+        queued again; ``released`` says which (``held`` or ``paused``). Raises ``conflict`` if it
+        is not held or paused.
         """
         job, _ = self.resolve(ref)
+        if job.state == "paused":
+            return self.unpause(job)
         if job.state != "held":
-            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, not held")
+            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, not held or paused")
         self._apply(job, job.resume())
-        return {"id": job.id, "state": job.state}
+        return {"id": job.id, "state": job.state, "released": "held"}
 
 
 def job_user(spec: JobSpec, submitter: int | None, authority: Authority) -> int | None:
