@@ -664,8 +664,8 @@ class Job:
         if self.state == "pending":
             return f"job {self.id} is pending (waiting for its prerequisites): its run has not begun"
         if self.state == "scheduled":
-            return (f"job {self.id} is scheduled (waiting for its next run): a schedule cannot be paused yet; "
-                    f"procctl stop {self.id} ends it, procctl pause --all holds every run")
+            return (f"job {self.id} is scheduled (waiting for its next run): a schedule cannot be "
+                    f"paused yet; procctl stop {self.id} ends it, procctl pause --all holds every run")
         return f"job {self.id} is {self.state}: it has finished"
 
     def unpause(self) -> Effects:
