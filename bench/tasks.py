@@ -41,3 +41,10 @@ def spew(lines: int) -> int:
 def sleep_ms(ms: float = 5.0) -> None:
     """Sleep ``ms`` milliseconds (a task that waits, not one that computes)."""
     time.sleep(ms / 1000.0)
+
+
+async def io_sleep_ms(ms: float = 50.0) -> None:
+    """An I/O-bound ``async def`` task: awaits ``ms`` milliseconds (a network call, say)."""
+    import asyncio
+
+    await asyncio.sleep(ms / 1000.0)

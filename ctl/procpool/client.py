@@ -321,9 +321,13 @@ class Client:
         """Change the number of workers at run time."""
         self.call("pool_resize", {"workers": workers})
 
-    def resume(self, id: str) -> dict[str, Any]:
-        """Release a job held after a restart (``on_interrupt: hold``)."""
-        result: dict[str, Any] = self.call("resume", {"id": id})
+    def resume(self, id: str | None = None, *, all: bool = False) -> dict[str, Any]:
+        """Release a job held after a restart (``on_interrupt: hold``) or paused (:meth:`pause`),
+        or with ``all`` end the daemon's pause (administrators only). The reply's ``released``
+        says which it was (``held`` or ``paused``)."""
+        if (id is None) == (not all):
+            raise ValueError("give either a job id or all=True")
+        result: dict[str, Any] = self.call("resume", {"id": id} if id is not None else {"all": True})
         return result
 
     def clean(self, state: str | None = None, before: float | None = None) -> list[str]:
@@ -415,4 +419,19 @@ class Client:
         if tasks:
             args["tasks"] = list(tasks)
         result: dict[str, Any] = self.call("retry", args)
+        return result
+
+    def pause(self, id: str | None = None, *, all: bool = False, stop: bool = False) -> dict[str, Any]:
+        """Pause a job (``id``): nothing new of it starts until :meth:`resume`, its running
+        attempts finish; or with ``all`` the whole daemon (administrators only): nothing new starts
+        for any job, new submissions are accepted and wait. With ``stop`` the running attempts are
+        stopped now and run again at resume, using none of their retries. Returns ``id`` and
+        ``state`` (a job), or the pause's ``by`` and ``at`` (``all``), and ``stopping`` (attempts
+        being stopped)."""
+        if (id is None) == (not all):
+            raise ValueError("give either a job id or all=True")
+        args: dict[str, Any] = {"id": id} if id is not None else {"all": True}
+        if stop:
+            args["stop"] = True
+        result: dict[str, Any] = self.call("pause", args)
         return result

@@ -12,7 +12,8 @@ with one sentence per reason.
   backoff);
 - degraded: log records were dropped; the pool has fewer live workers than its size; more tasks
   queued than ``health_max_queued``; a success rate under ``health_min_success_rate`` over the last
-  ``health_success_window`` tasks (judged once that many have ended).
+  ``health_success_window`` tasks (judged once that many have ended); the daemon is paused
+  (``procctl pause --all``: nothing new starts until ``procctl resume --all``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def health(daemon: Daemon) -> dict[str, Any]:
     store_error = daemon.store_failure or (daemon.store.failed if daemon.store is not None else None)
     if store_error:
         add(UNHEALTHY, f"the state file cannot be written: {store_error}")
+    paused = daemon.scheduler.paused
+    if paused is not None:
+        add(DEGRADED, f"the daemon is paused (by {paused.get('by')} at "
+                      f"{time.strftime('%H:%M:%S', time.localtime(paused['at']))}): nothing new starts "
+                      "until procctl resume --all")
     queued = daemon.scheduler.queued()
     if config.health_max_queued and queued > config.health_max_queued:
         add(DEGRADED, f"{queued} tasks queued, more than health_max_queued ({config.health_max_queued})")

@@ -25,7 +25,7 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import shorten
 from procpool.contract.status import PingReply, View
 from procpool.contract.version import PROTOCOL_VERSION, __version__
-from procpoold import journal, metrics_report, systemd
+from procpoold import journal, metrics_report, pausefile, systemd
 from procpoold.config import Config
 from procpoold.control.handlers import build_handlers
 from procpoold.control.limits import ServerLimits, connection_cap, raise_fd_limit
@@ -194,8 +194,13 @@ class Daemon:
         self.control.bind()  # first: a second daemon must be refused before it touches anything
         for executor in self.engines.all():
             executor.start(self.loop, self.scheduler)
+        if self.config.store:  # (before recovery: its first pump pass sees the pause)
+            self.scheduler.paused = pausefile.load(self.config.state_dir)
         recovered = self.scheduler.recover()
         self.scheduler.flush()
+        if self.scheduler.paused is not None:
+            log.warning("procpoold is paused (by %s): nothing new starts until procctl resume --all",
+                        self.scheduler.paused["by"])
         if self.sink is not None and self.sink.files is not None:
             known = self.scheduler.jobs.keys() | self.scheduler.finished.keys()
             swept = self.sink.files.sweep(lambda job: str(job) in known)
@@ -447,6 +452,7 @@ class Daemon:
     def summary(self) -> dict[str, Any]:
         return {
             **self.info(),
+            "paused": self.scheduler.paused,
             "health": metrics_report.health(self),
             "started_at": self.started_at,
             "uptime": time.monotonic() - self._started_mono,
@@ -640,8 +646,37 @@ class Daemon:
         self.scheduler.kick()
         return {"workers": workers}
 
-    def resume(self, ref: str) -> dict[str, Any]:
-        return self.scheduler.resume(ref)
+    def resume(self, ref: str | None) -> dict[str, Any]:
+        """Release a held or paused job, or (``ref`` None) end the daemon's pause."""
+        if ref is not None:
+            return self.scheduler.resume(ref)
+        was = self.scheduler.paused
+        if was is None:
+            raise ProcpoolError(ErrorCode.CONFLICT, "procpoold is not paused",
+                                "procctl resume ID releases a held or paused job")
+        if self.config.store:
+            pausefile.save(self.config.state_dir, None)  # (an OSError is the reply: still paused)
+        self.scheduler.resume_all()
+        if self.export is not None:
+            self.export.changed()  # (its health line)
+        return {"all": True, "released": "paused", "paused_by": was["by"], "paused_at": was["at"]}
+
+    def pause(self, ref: str | None, by: int | None, stop: bool = False) -> dict[str, Any]:
+        """Pause a job (see Scheduler.pause) or, with ``ref`` None, the whole daemon (stored
+        before the reply, so that a restart comes back paused)."""
+        if ref is not None:
+            return self.scheduler.pause(ref, by, stop)
+        first = self.scheduler.paused is None
+        reply = self.scheduler.pause_all(by, stop)
+        if first and self.config.store:
+            try:
+                pausefile.save(self.config.state_dir, reply)
+            except OSError:
+                self.scheduler.resume_all()  # not durable: not paused, and the caller is told
+                raise
+        if self.export is not None:
+            self.export.changed()
+        return {"all": True, **reply, "already": not first}
 
     def explain(self, ref: str) -> dict[str, Any]:
         """Why a task (or a job's unfinished tasks) is in its state: see Scheduler.explain."""

@@ -11,8 +11,9 @@ from tests.support.daemon import DaemonProcess
 
 
 def complete(daemon: DaemonProcess, words: str, socket_in: str = "env") -> list[str]:
+    # (the daemon's answer may take more than the interactive half second on a loaded machine)
     env = {**os.environ, "_PROCCTL_COMPLETE": "bash_complete", "COMP_WORDS": words,
-           "COMP_CWORD": str(len(words.split(" ")) - 1)}
+           "COMP_CWORD": str(len(words.split(" ")) - 1), "PROCPOOL_COMPLETE_TIMEOUT": "30"}
     if socket_in == "env":
         env["PROCPOOL_SOCKET"] = str(daemon.socket)
     out = subprocess.run([sys.executable, "-m", "procpool.cli"], env=env, capture_output=True, text=True,

@@ -114,3 +114,18 @@ def record_run(log: str, name: str, needs: str = "", gate: str = "") -> str:
     while gate and not Path(gate).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return f"{name}@run{task.context().run}"
+
+
+async def io_wait(seconds: float) -> list[float]:
+    """An I/O-bound task: waits ``seconds`` without holding the CPU; returns [its worker's pid,
+    start, end] (CLOCK_MONOTONIC, the same in every process of the machine)."""
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    return [os.getpid(), start, time.monotonic()]
+
+
+def sync_wait(seconds: float) -> list[float]:
+    """As ``io_wait``, a plain function."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    return [os.getpid(), start, time.monotonic()]

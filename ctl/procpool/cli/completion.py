@@ -3,8 +3,9 @@
 The script comes from click's shell completion: the shell calls ``procctl`` back with
 ``_PROCCTL_COMPLETE`` set, and click answers with the commands and options. On top of that, every
 command's arguments and options are completed by what they name (see :func:`attach`): a job or
-task id by asking the daemon for the ids it knows (with a short timeout: a daemon that does not
-answer completes nothing, it never blocks the shell for long), a state by the state names, a job
+task id by asking the daemon for the ids it knows (with a short timeout, half a second unless
+PROCPOOL_COMPLETE_TIMEOUT says: a daemon that does not answer completes nothing, it never blocks the
+shell for long), a state by the state names, a job
 file by the shell's file completion.
 """
 
@@ -19,8 +20,20 @@ from click.shell_completion import CompletionItem
 from procpool.cli.main import cli
 from procpool.contract.states import JOB_STATES, TASK_STATES
 
-#: Seconds a completion waits for the daemon's answer.
+#: Seconds a completion waits for the daemon's answer (env PROCPOOL_COMPLETE_TIMEOUT overrides it).
 ASK_TIMEOUT = 0.5
+
+
+def ask_timeout() -> float:
+    """How long a completion waits for the daemon: PROCPOOL_COMPLETE_TIMEOUT (seconds, 0.01 to
+    60) for a slow machine, else :data:`ASK_TIMEOUT`."""
+    import os
+
+    try:
+        seconds = float(os.environ.get("PROCPOOL_COMPLETE_TIMEOUT", ASK_TIMEOUT))
+    except ValueError:
+        return ASK_TIMEOUT
+    return min(max(seconds, 0.01), 60.0) if seconds == seconds else ASK_TIMEOUT
 #: At most this many ids are offered (the newest jobs first).
 MAX_IDS = 200
 #: Names of the parameters completed as ids, states and files.
@@ -79,7 +92,7 @@ def complete_ids(ctx: click.Context, param: click.Parameter, incomplete: str) ->
     from procpool.client import Client
 
     try:
-        with Client(_socket(ctx), timeout=ASK_TIMEOUT) as client:
+        with Client(_socket(ctx), timeout=ask_timeout()) as client:
             job_id, dot, _ = incomplete.partition(".")
             if dot:
                 data = client.status(job_id)

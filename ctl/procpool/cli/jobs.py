@@ -17,6 +17,7 @@ from procpool.cli.logs import _from_tail, _Printer, _Query
 from procpool.cli.main import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     EXIT_WAIT_TIMEOUT,
     Age,
     Seconds,
@@ -28,7 +29,7 @@ from procpool.cli.main import (
     warn,
 )
 from procpool.contract.limits import DEFAULT_LIMITS, Limits
-from procpool.contract.states import COMPLETED, FAILED, FINAL_JOB_STATES, JOB_STATES, RUNNING
+from procpool.contract.states import COMPLETED, FAILED, FINAL_JOB_STATES, HELD, JOB_STATES, RUNNING
 from procpool.contract.status import JobStatus, follow, is_changes
 from procpool.contract.words import plural
 
@@ -808,19 +809,64 @@ def stop(settings: Settings, id: str) -> None:
     emit(settings, result, f"job {result['id']} ends after run {result['run']}, its current one")
 
 
+def _job_or_all(command: str, id: str | None, all_: bool) -> None:
+    if (id is None) == (not all_):
+        fail(f"{command}: give a job ID or --all (the whole daemon), not both", None, EXIT_USAGE)
+
+
 @cli.command()
-@click.argument("id")
+@click.argument("id", required=False)
+@click.option("--all", "all_", is_flag=True, help="End the daemon's pause (administrators only).")
 @pass_settings
-def resume(settings: Settings, id: str) -> None:
-    """Release a job held after a daemon restart (on_interrupt: hold).
+def resume(settings: Settings, id: str | None, all_: bool) -> None:
+    """Release a paused job, or one held after a daemon restart (on_interrupt: hold); with --all
+    end the pause of the whole daemon.
 
     \b
       procctl status --state held                  which jobs are held
-      procctl resume 12
+      procctl status --state paused                which jobs are paused
+      procctl resume 12                            a held or paused job
+      procctl resume --all                         the daemon, after procctl pause --all
     """
+    _job_or_all("resume", id, all_)
     with settings.client() as client:
-        result = client.resume(id)
-    emit(settings, result, f"job {result['id']} resumed")
+        result = client.resume(id, all=all_)
+    if all_:
+        emit(settings, result, "procpoold resumed: new work starts again")
+        return
+    was = result.get("released", HELD)  # (a daemon before pause says nothing: it was held)
+    emit(settings, result, f"job {result['id']} resumed (it was {was})")
+
+
+@cli.command()
+@click.argument("id", required=False)
+@click.option("--all", "all_", is_flag=True,
+              help="Pause the whole daemon: nothing new starts for any job (administrators only).")
+@click.option("--stop", is_flag=True,
+              help="Stop the running attempts now; they run again at resume, using no retry.")
+@pass_settings
+def pause(settings: Settings, id: str | None, all_: bool, stop: bool) -> None:
+    """Pause a job: nothing new of it starts until procctl resume, its running attempts finish
+    (with --stop they are stopped and run again at resume, using none of their retries). With
+    --all pause the whole daemon: nothing new starts for any job; new submissions are accepted and
+    wait. A pause survives a daemon restart.
+
+    \b
+      procctl pause 12                             finish what runs, start nothing new
+      procctl pause 12 --stop                      stop what runs too; it runs again at resume
+      procctl pause --all                          the whole daemon (procctl health: degraded)
+      procctl resume 12                            and procctl resume --all
+    """
+    _job_or_all("pause", id, all_)
+    with settings.client() as client:
+        result = client.pause(id, all=all_, stop=stop)
+    stopping = _stopping(result.get("stopping", 0))
+    if all_:
+        again = " (it was paused already)" if result.get("already") else ""
+        emit(settings, result, f"procpoold paused{again}: nothing new starts{stopping}; "
+                               "procctl resume --all ends it")
+        return
+    emit(settings, result, f"job {result['id']} paused{stopping}; procctl resume {result['id']} ends it")
 
 
 @cli.command()

@@ -453,6 +453,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "metrics": "procpool.cli.metrics",
     "retry": "procpool.cli.retry",
     "stop": "procpool.cli.jobs",
+    "pause": "procpool.cli.jobs",
 }
 
 

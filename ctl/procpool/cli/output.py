@@ -26,6 +26,7 @@ from procpool.contract.states import (
     QUEUED,
     READY,
     RUNNING,
+    SCHEDULED,
     SKIPPED,
     TIMEOUT,
 )
@@ -47,6 +48,7 @@ STATE_STYLES: dict[str, str] = {
     PENDING: "dim",
     READY: "blue",
     HELD: "magenta",
+    SCHEDULED: "blue",
 }
 MARK_STYLES: dict[str, str] = {
     "✔": "green", "✘": "bold red", "⏱": "red", "⊘": "yellow", "↷": "dim", "▶": "cyan", "○": "blue",

@@ -53,6 +53,7 @@ def summary(data: dict[str, Any]) -> str:
     lines = [
         f"procpoold {data['version']}  pid {data['pid']}  up {duration(data.get('uptime'))}",
         f"socket   {data.get('socket', '-')}",
+        *_paused_line(data.get("paused")),
         f"workers  {workers.get('configured', '-')} configured, {workers.get('busy', 0)} busy"
         + (f" ({states})" if states else ""),
         "jobs     "
@@ -76,6 +77,15 @@ def summary(data: dict[str, Any]) -> str:
                      " records are dropped until it does")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _paused_line(paused: Any) -> list[str]:
+    """The summary's line of a paused daemon (``procctl pause --all``), or none."""
+    if not isinstance(paused, dict):
+        return []
+    at = paused.get("at")
+    when = f" at {clock(at, time.time())}" if isinstance(at, (int, float)) else ""
+    return [f"PAUSED   by {paused.get('by', '?')}{when}: nothing new starts; procctl resume --all"]
 
 
 def _by_job_state(by_state: dict[str, int]) -> list[str]:
@@ -311,6 +321,10 @@ def _job_head(job: dict[str, Any], now: float) -> list[str]:
     lines = [f'job {job["id"]} "{job["name"]}"  {job["state"]}  {runs}  {took}  {user(job)}'.rstrip()]
     if job.get("reason"):
         lines.append(f"  reason: {job['reason']}")
+    if job.get("next_run_at"):
+        when = job["next_run_at"]
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        lines.append(f"  next run: {stamp} (in {duration(max(0.0, when - now))})")
     if job.get("kept"):
         lines.append(f"  kept: {job['kept']} completed task{'s' if job['kept'] != 1 else ''} of earlier runs "
                      "(their results too)")

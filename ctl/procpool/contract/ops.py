@@ -92,11 +92,10 @@ def _op(name: str, summary: str, /, mutating: bool = False, **args: Arg) -> Op:
     return Op(name, summary, dict(args), mutating)
 
 
-#: Said when a pool of 0 workers is asked for (there is no pause of the pool yet).
+#: Said when a pool of 0 workers is asked for: pausing is what keeps new work from starting.
 POOL_RESIZE_HINT = (
-    "a pool needs at least 1 worker (it cannot be paused yet); to stop work, cancel its jobs "
-    "(procctl cancel ID); "
-    "to keep new work from starting, submit it --after a job that has not finished"
+    "a pool needs at least 1 worker; to keep new work from starting, pause the daemon "
+    "(procctl pause --all; procctl resume --all ends it) or one job (procctl pause ID)"
 )
 
 _STR = (str,)
@@ -247,9 +246,12 @@ OPS: dict[str, Op] = {
         ),
         _op(
             "resume",
-            "Release a job held after a restart (on_interrupt: hold).",
+            "Release a job held after a restart (on_interrupt: hold) or paused ('id'), or end the "
+            "daemon's pause ('all', administrators only); the reply's 'released' says which "
+            "('held' or 'paused').",
             mutating=True,
-            id=Arg(_STR, required=True),
+            id=Arg(_STR),
+            all=Arg((bool,)),
         ),
         _op(
             "clean",
@@ -285,6 +287,17 @@ OPS: dict[str, Op] = {
             "End a repeating job after its current run: that run finishes normally, no other starts.",
             mutating=True,
             id=Arg(_STR, required=True),
+        ),
+        _op(
+            "pause",
+            "Pause a job ('id'): nothing new of it starts until resume, its running attempts finish; "
+            "or the whole daemon ('all', administrators only): nothing new starts for any job, new "
+            "submissions are accepted and wait. With 'stop' the running attempts are stopped now "
+            "and run again at resume, using none of their retries.",
+            mutating=True,
+            id=Arg(_STR),
+            all=Arg((bool,)),
+            stop=Arg((bool,)),
         ),
     )
 }

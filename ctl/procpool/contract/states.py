@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Final, Literal
 
 TaskState = Literal["pending", "ready", "running", "completed", "failed", "timeout", "cancelled", "skipped"]
-JobState = Literal["pending", "running", "held", "completed", "failed", "cancelled", "queued"]
+JobState = Literal[
+    "pending", "running", "held", "completed", "failed", "cancelled", "queued", "scheduled", "paused"
+]
 
 # Each state's name once. Job and task states share the names they have in common.
 PENDING: Final = "pending"
@@ -20,6 +22,8 @@ READY: Final = "ready"
 QUEUED: Final = "queued"
 RUNNING: Final = "running"
 HELD: Final = "held"
+SCHEDULED: Final = "scheduled"
+PAUSED: Final = "paused"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
 TIMEOUT: Final = "timeout"
@@ -30,10 +34,14 @@ SKIPPED: Final = "skipped"
 TASK_STATES: tuple[TaskState, ...] = (PENDING, READY, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED, SKIPPED)
 #: Every job state. ``pending``: accepted, waiting for its ``after`` prerequisites; ``queued``: its
 #: run began but none of its attempts has started yet; ``running``: an attempt started; ``held``:
-#: parked after a restart until ``resume``; then one of the final states.
-JOB_STATES: tuple[JobState, ...] = (PENDING, QUEUED, RUNNING, HELD, COMPLETED, FAILED, CANCELLED)
+#: parked after a restart until ``resume``; ``scheduled``: waiting for the start time of its next
+#: run (a job's ``schedule`` or ``every``); ``paused``: ``procctl pause`` keeps it from starting
+#: anything new until ``resume`` (its running attempts finish); then one of the final states.
+JOB_STATES: tuple[JobState, ...] = (
+    PENDING, QUEUED, RUNNING, HELD, COMPLETED, FAILED, CANCELLED, SCHEDULED, PAUSED
+)
 #: Job states of a job whose run began and has not ended (it counts against the queue's limits).
-ACTIVE_JOB_STATES: frozenset[str] = frozenset({QUEUED, RUNNING, HELD})
+ACTIVE_JOB_STATES: frozenset[str] = frozenset({QUEUED, RUNNING, HELD, PAUSED})
 #: Code of each task state in the columnar status (the inverse of TASK_STATES).
 TASK_STATE_CODES: dict[str, int] = {state: code for code, state in enumerate(TASK_STATES)}
 

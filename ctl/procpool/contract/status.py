@@ -148,6 +148,8 @@ class JobDetail(JobSummary):
     all_local: NotRequired[bool]
     #: how many tasks a retried job kept from its earlier runs (procctl retry; 0: none)
     kept: NotRequired[int]
+    #: when the next run of a ``scheduled`` job starts (wall clock; its "schedule" or "every")
+    next_run_at: NotRequired[float | None]
 
 
 class GroupStatus(TypedDict):

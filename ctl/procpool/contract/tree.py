@@ -40,6 +40,7 @@ from procpool.contract.limits import (
 from procpool.contract.logfields import FieldError, tree_fields, tree_level
 from procpool.contract.nsschema import FIELD_RE, MAX_TYPE_CHARS, SchemaError, check_values, parse_schema
 from procpool.contract.nsschema import Record as NamespaceSchema
+from procpool.contract.schedule import CRON_MAX_CHARS, MISSED_POLICIES, ScheduleError, check_cron, zone
 
 PRIORITIES: tuple[str, ...] = ("critical", "high", "normal", "low", "batch")
 ON_FAILURE: tuple[str, ...] = ("stop", "continue")
@@ -119,6 +120,11 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         "(two units); each name's limit is in the daemon's config [locks] (default 1: a mutex). A group's "
         "or the job's locks are held by each of its tasks.",
     ),
+    # resource hint (docs/pool.md, I/O-bound and CPU-bound tasks)
+    "io": FieldSpec(
+        "bool", "An I/O-bound async def task: it shares a pool worker's event loop with other such "
+        "attempts of its job (up to the daemon's async_per_worker); false (default): the attempt holds "
+        "its worker alone. call tasks only (inherited).", True),
 }
 #: "max_parallel" of a group or the job: at most this many of its tasks run at once
 MAX_PARALLEL_FIELD = FieldSpec(
@@ -168,6 +174,20 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     ),
     "max_parallel": MAX_PARALLEL_FIELD,
     "locks": TASK_FIELDS["locks"],
+    "io": TASK_FIELDS["io"],
+    # schedules (docs/job-trees.md, Schedules)
+    "every": FieldSpec(
+        "positive", "Seconds from the end of a run to the start of the next (repeat defaults to \"forever\")."
+    ),
+    "schedule": FieldSpec(
+        "cron", 'Start the runs at these times: a cron expression ("*/15 * * * *", "@daily"), read in '
+        '"timezone" (repeat defaults to "forever").'
+    ),
+    "timezone": FieldSpec("timezone", 'IANA time zone of "schedule" (default: "UTC").'),
+    "missed": FieldSpec(
+        "missed", 'Runs whose time passed while the daemon was down: "run_once" (default: one run at '
+        'start) or "skip" (wait for the next time).'
+    ),
 }
 INHERITABLE = tuple(k for k, v in TASK_FIELDS.items() if v.inheritable)
 
@@ -204,6 +224,9 @@ class TaskSpec:
     log_level: int | None = None
     #: seconds from the stop signal to SIGKILL (its own "kill_grace"; None: the job's, else the daemon's)
     kill_grace: float | None = None
+    #: resource hint ("io", inherited): an I/O-bound async def attempt that may share a pool
+    #: worker's event loop; False: it holds its worker alone (always False for a cmd task)
+    io: bool = False
 
 
 @dataclass
@@ -260,6 +283,13 @@ class JobSpec:
     #: task index -> its own "locks" ((name, units) pairs), for the tasks that name any (kept off
     #: TaskSpec: the parse of a task without them costs nothing more)
     task_locks: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
+    #: seconds from the end of a run to the start of the next ("every"; None: at once)
+    every: float | None = None
+    #: cron expression of the runs' start times ("schedule") and its zone ("timezone")
+    schedule: str | None = None
+    timezone: str = "UTC"
+    #: runs missed while the daemon was down ("missed"): "run_once" or "skip"
+    missed: str = "run_once"
 
 
 #: a TaskSpec without running its __init__: the parser sets every field by name (see _add_task)
@@ -386,6 +416,23 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     elif kind == "on_interrupt":
         if value not in ON_INTERRUPT:
             raise TreeError(path, f'must be "retry", "fail" or "hold", got {shorten(value)}')
+    elif kind == "cron":
+        if not isinstance(value, str):
+            raise bad('a cron expression such as "*/15 * * * *"')
+        try:
+            check_cron(value)
+        except ScheduleError as exc:
+            raise TreeError(path, str(exc), 'see "Schedules" in docs/job-trees.md') from None
+    elif kind == "timezone":
+        if not isinstance(value, str):
+            raise bad('an IANA time zone name such as "Europe/Paris"')
+        try:
+            zone(value)
+        except ScheduleError as exc:
+            raise TreeError(path, str(exc)) from None
+    elif kind == "missed":
+        if value not in MISSED_POLICIES:
+            raise TreeError(path, f'must be "run_once" or "skip", got {shorten(value)}')
     elif kind == "repeat":
         if value == "forever":
             return None
@@ -666,7 +713,8 @@ class _Parser:
         t.cmd = cmd
         t.shell = shell
         (t.timeout, t.retries, t.retry_delay, t.priority, t.env, t.cwd, t.tags, t.log_fields,
-         t.log_level) = inherited
+         t.log_level, io) = inherited
+        t.io = io and kind == "call"  # (a cmd task inherits nothing of it: it has no event loop)
         t.depends_on = depends_on
         t.parent = parent
         t.engine = engine
@@ -692,6 +740,9 @@ class _Parser:
                 raise TreeError(f"{path}.cmd", 'a string command needs "shell": true (or use an argv array)')
             if isinstance(values["cmd"], list) and shell:
                 raise TreeError(f"{path}.shell", "shell: true takes the command as one string")
+            if values.get("io"):
+                raise TreeError(f"{path}.io", '"io": true is for call tasks (an async def function); '
+                                "a command runs in a process of its own")
         merged = _merge_defaults(defaults, values)
         if merged is not defaults:
             if "env" in values and merged["env"] is not values["env"]:
@@ -811,9 +862,10 @@ def _suggest_keys(raw: dict[str, Any], wanted: tuple[str, ...]) -> str:
 
 
 #: A task's inheritable fields, resolved: timeout, retries, retry_delay, priority, env, cwd, tags,
-#: log_fields, log_level.
+#: log_fields, log_level, io.
 _Inherited = tuple[
-    float | None, int, float, str, dict[str, str], str | None, list[str], dict[str, str], int | None
+    float | None, int, float, str, dict[str, str], str | None, list[str], dict[str, str], int | None,
+    bool,
 ]
 
 
@@ -834,6 +886,7 @@ def _inherited(merged: dict[str, Any]) -> _Inherited:
         list(get("tags") or ()),
         dict(get("log_fields") or ()),
         get("log_level"),
+        bool(get("io", False)),
     )
 
 
@@ -888,6 +941,7 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
             check_values(schema, values["namespace"])
         except SchemaError as exc:
             raise TreeError(exc.path, exc.message) from None
+    _check_schedule(values)
     parser = _Parser(limits, values.get("engine"))
     defaults = {k: values[k] for k in INHERITABLE if k in values}
     root = parser.node(raw["root"], "root", defaults, None, "root", 0)
@@ -898,7 +952,8 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         root=root,
         tasks=parser.tasks,
         groups=parser.groups,
-        repeat=values.get("repeat", 1),
+        # (a job that runs on a clock repeats for ever unless it says otherwise)
+        repeat=values.get("repeat", None if "every" in values or "schedule" in values else 1),
         on_failure=str(values.get("on_failure", "stop")),
         on_interrupt=str(values.get("on_interrupt", "retry")),
         priority=str(values.get("priority", "normal")),
@@ -916,9 +971,24 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         locks=values.get("locks", []),
         gated=parser.gated or "max_parallel" in values or bool(values.get("locks")),
         task_locks=parser.task_locks,
+        every=values.get("every"),
+        schedule=values.get("schedule"),
+        timezone=str(values.get("timezone", "UTC")),
+        missed=str(values.get("missed", "run_once")),
     )
     job.plan = compile_job(job)
     return job
+
+
+def _check_schedule(values: dict[str, Any]) -> None:
+    """The schedule fields that only make sense together: one clock per job."""
+    if "every" in values and "schedule" in values:
+        raise TreeError("every", 'a job has "every" or "schedule", not both',
+                        'use "schedule" for start times, "every" for a pause between runs')
+    if "timezone" in values and "schedule" not in values:
+        raise TreeError("timezone", '"timezone" applies to a "schedule", and the job has none')
+    if "missed" in values and "every" not in values and "schedule" not in values:
+        raise TreeError("missed", '"missed" applies to a job with "every" or "schedule"')
 
 
 # -- ordering -----------------------------------------------------------------------------------
@@ -1096,6 +1166,9 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
     "on_failure": {"enum": list(ON_FAILURE)},
     "on_interrupt": {"enum": list(ON_INTERRUPT)},
     "repeat": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": REPEAT_MAX}, {"const": "forever"}]},
+    "cron": {"type": "string", "minLength": 1, "maxLength": CRON_MAX_CHARS},
+    "timezone": {"type": "string", "minLength": 1, "maxLength": 64},
+    "missed": {"enum": list(MISSED_POLICIES)},
     "names": {"type": "array", "items": {"type": "string"}},
     "strings": {"type": "array", "items": {"type": "string"}},
     "env": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -11,7 +11,7 @@ import signal
 from typing import Any, Protocol
 
 from procpool.contract.codec import Request, RequestError
-from procpool.contract.errors import ErrorCode
+from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import WORKERS_MAX, shorten
 from procpool.contract.ops import OPS, POOL_RESIZE_HINT
 from procpool.contract.status import VIEWS, PingReply, View
@@ -70,7 +70,7 @@ class DaemonAPI(Protocol):
     ) -> dict[str, Any]: ...
     def cancel_many(self, args: dict[str, Any], peer: Peer | None, signum: int | None) -> dict[str, Any]: ...
     def stop(self, ref: str, by: int | None = None) -> dict[str, Any]: ...
-    def resume(self, ref: str) -> dict[str, Any]: ...
+    def resume(self, ref: str | None) -> dict[str, Any]: ...
     def clean(self, state: str | None, before: float | None, owner: int | None) -> dict[str, Any]: ...
     def logs(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def pool_info(self) -> dict[str, Any]: ...
@@ -78,6 +78,7 @@ class DaemonAPI(Protocol):
     def explain(self, ref: str) -> dict[str, Any]: ...
     def metrics(self) -> dict[str, Any]: ...
     def retry(self, ref: str, tasks: list[str] | None, by: int | None) -> dict[str, Any]: ...
+    def pause(self, ref: str | None, by: int | None, stop: bool = False) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -167,8 +168,29 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
     def stop(req: Request, peer: Peer | None) -> Any:
         return api.stop(req.args["id"], peer.uid if peer else None)
 
+    def _job_or_all(req: Request, peer: Peer | None) -> str | None:
+        """``pause``/``resume``: the job id, or None for the whole daemon (administrators only)."""
+        a = req.args
+        if ("id" in a) == bool(a.get("all")):
+            raise RequestError(ErrorCode.INVALID_ARGUMENT,
+                               f"{req.op}: give either 'id' (a job) or 'all' true (the daemon)", req.id)
+        if "id" in a:
+            ref: str = a["id"]
+            return ref
+        if peer is None or not peer.admin:
+            raise ProcpoolError(
+                ErrorCode.PERMISSION_DENIED,
+                f"{req.op} --all: only an administrator may {req.op} the whole daemon; you are {_who(peer)}",
+                f"procctl {req.op} ID {'pauses' if req.op == 'pause' else 'resumes'} one of your jobs",
+            )
+        log.info("%s of the whole daemon by %s", req.op, _who(peer))
+        return None
+
     def resume(req: Request, peer: Peer | None) -> Any:
-        return api.resume(req.args["id"])
+        return api.resume(_job_or_all(req, peer))
+
+    def pause(req: Request, peer: Peer | None) -> Any:
+        return api.pause(_job_or_all(req, peer), peer.uid if peer else None, bool(req.args.get("stop")))
 
     def logs(req: Request, peer: Peer | None) -> Any:
         return api.logs(req.args)
@@ -222,6 +244,7 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "metrics": metrics,
         "retry": retry,
         "stop": stop,
+        "pause": pause,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

@@ -11,10 +11,13 @@ read       whoever can connect (even without credentials)     ``ping``, ``status
                                                               ``explain``, ``metrics``
 submit     any peer the kernel vouched for (SO_PEERCRED)      ``submit``
 owner      the job's submitter, or an administrator           ``cancel``, ``resume``, ``wait``,
-                                                              ``logs``, ``retry``, ``stop`` (``cancel`` of
+                                                              ``logs``, ``retry``, ``stop``,
+                                                              ``pause`` (``cancel`` of
                                                               several jobs, and ``submit`` with
                                                               ``replace``: each job, see
-                                                              :meth:`Policy.check_owner`)
+                                                              :meth:`Policy.check_owner`;
+                                                              ``pause`` and ``resume`` with
+                                                              ``all``: administrators only)
 own_jobs   any identified peer; only its own jobs unless it   ``clean``
            is an administrator (the handler scopes it)
 admin      administrators only                                ``shutdown``, ``pool_resize``
@@ -81,6 +84,8 @@ POLICY: dict[str, Access] = {
     "metrics": Access(Rule.READ),
     "retry": Access(Rule.OWNER, "retry it"),
     "stop": Access(Rule.OWNER, "stop it"),
+    # (pause and resume of the whole daemon, "all": administrators only, checked by the handler)
+    "pause": Access(Rule.OWNER, "pause it"),
 }
 
 #: ``owner_of(ref)``: the job id and submitter uid of a job or task reference (None: unknown
@@ -145,7 +150,8 @@ class Policy:
         ref = request.args.get("id")
         if ref is None:
             # cancel of several jobs (ids or filters): the handler checks each (check_owner,
-            # may_change); every other OWNER operation requires "id" (the contract)
+            # may_change); pause and resume with "all": the handler requires an administrator;
+            # every other OWNER operation requires "id" (the contract)
             return peer
         job_id, owner = self.owner_of(ref)
         self.check_owner(op, access.verb, ref, job_id, owner, peer)

@@ -19,6 +19,7 @@ task that has not started is ``cancelled``; running ones finish.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -266,6 +267,9 @@ _REASONS: weakref.WeakKeyDictionary[Job, Reasons] = weakref.WeakKeyDictionary()
 #: it completed in. Outside the Job's attributes for the same reason as _REASONS; only retried jobs
 #: have an entry.
 _KEPT: weakref.WeakKeyDictionary[Job, dict[int, int]] = weakref.WeakKeyDictionary()
+#: When a ``scheduled`` job's next run starts (wall clock); outside the Job's attributes for the
+#: same reason as _REASONS: only jobs with a ``schedule`` or ``every`` ever have an entry.
+_NEXT_RUN: weakref.WeakKeyDictionary[Job, float] = weakref.WeakKeyDictionary()
 
 
 class RetryRefused(ValueError):
@@ -312,6 +316,18 @@ class Job:
         else:
             _STOPPED.discard(self)
 
+    @property
+    def next_run_at(self) -> float | None:
+        """When the next run starts (wall clock) while the job is ``scheduled``; None otherwise."""
+        return _NEXT_RUN.get(self) if _NEXT_RUN else None
+
+    @next_run_at.setter
+    def next_run_at(self, value: float | None) -> None:
+        if value is None:
+            _NEXT_RUN.pop(self, None)
+        else:
+            _NEXT_RUN[self] = value
+
     def __init__(
         self,
         job_id: str,
@@ -341,6 +357,9 @@ class Job:
         self.after = list(after or [])
         self.reason: str | None = None
         self.cancel_requested = False
+        #: ``procctl pause``: who paused the job and when (``{"by", "uid", "at", "stop"}``), None
+        #: when it is not paused (see :meth:`pause`)
+        self.paused: dict[str, Any] | None = None
         #: tasks per state, kept as they move (status pages read it instead of counting)
         self._counts: dict[str, int] = dict.fromkeys(TASK_STATES, 0)
         self._counts["pending"] = len(spec.tasks)
@@ -396,8 +415,13 @@ class Job:
 
     def dump(self) -> dict[str, Any]:
         """The job's own mutable fields, for the state store (``stop_requested`` only when set)."""
-        if self.stop_requested:
-            return {**self._dump(), "stop_requested": True}
+        if self.stop_requested or (_NEXT_RUN and self in _NEXT_RUN) or self.paused is not None:
+            extra: dict[str, Any] = {"stop_requested": True} if self.stop_requested else {}
+            if (next_run_at := self.next_run_at) is not None:
+                extra["next_run_at"] = next_run_at
+            if self.paused is not None:
+                extra["paused"] = self.paused
+            return {**self._dump(), **extra}
         return self._dump()
 
     def _dump(self) -> dict[str, Any]:
@@ -486,6 +510,17 @@ class Job:
         if kept:
             self._load_kept(kept)
         self.stop_requested = bool(data.get("stop_requested"))  # (absent from jobs stored before it)
+        next_run_at = data.get("next_run_at")
+        if next_run_at is not None and not (type(next_run_at) in (int, float) and math.isfinite(next_run_at)):
+            raise ValueError(f"next run time {str(next_run_at)[:64]} is not a time")
+        if (next_run_at is None) != (self.state != "scheduled"):
+            raise ValueError(f"a {self.state} job cannot have the next run time {next_run_at}")
+        self.next_run_at = None if next_run_at is None else float(next_run_at)
+        paused = data.get("paused")
+        if self.state == "paused":  # (the record of who paused it: a malformed one fails the restore)
+            if not (isinstance(paused, dict) and isinstance(paused.get("at"), (int, float))):
+                raise ValueError(f"job {self.id} is paused without a valid record of the pause")
+            self.paused = dict(paused)
         for index, td in tasks.items():
             if not isinstance(index, int) or not 0 <= index < len(self.tasks):
                 raise ValueError(f"no task {str(index)[:64]} in a job of {len(self.tasks)} tasks")
@@ -565,7 +600,9 @@ class Job:
                 t.error = error
                 self.note(t.spec.index, why.INTERRUPTED, attempt.number)
         held = self.state == "held"  # held at an earlier start and not resumed: it stays held
-        if held or (self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished):
+        # (a paused job stays paused, its ready tasks unqueued until resume: see Job.pause)
+        hold = held or (self.spec.on_interrupt == "hold" and interrupted and not effects.run_finished)
+        if hold and self.state != "paused":
             self.state = "held"
             return effects, interrupted
         for t in self.tasks:
@@ -607,6 +644,47 @@ class Job:
         self.note(index, why.REQUEUED, attempt.number if attempt is not None else len(t.attempts))
         return Effects(ready=[index])
 
+    def pause(self, by: str, uid: int | None, now: float, stop: bool = False) -> None:
+        """``procctl pause``: the job starts nothing new until :meth:`unpause` (the scheduler
+        queues none of its ready tasks while its state is ``paused``); its running attempts run on
+        (or, with ``stop``, the scheduler stops them and they run again at resume, using no retry).
+        Only a job whose run began and has not ended, and that is not held, can be paused (the
+        caller checks: :meth:`pause_refusal`)."""
+        self.paused = {"by": by, "uid": uid, "at": now, "stop": stop, "was": self.state}
+        self.state = "paused"
+
+    def pause_refusal(self) -> str | None:
+        """Why this job cannot be paused now (None: it can)."""
+        if self.state in ("queued", "running"):
+            return None
+        if self.state == "paused":
+            return f"job {self.id} is paused already"
+        if self.state == "held":
+            return f"job {self.id} is held (after a restart): procctl resume {self.id} releases it"
+        if self.state == "pending":
+            return f"job {self.id} is pending (waiting for its prerequisites): its run has not begun"
+        if self.state == "scheduled":
+            return (f"job {self.id} is scheduled (waiting for its next run): a schedule cannot be "
+                    f"paused yet; procctl stop {self.id} ends it, procctl pause --all holds every run")
+        return f"job {self.id} is {self.state}: it has finished"
+
+    def unpause(self) -> Effects:
+        """Release a paused job: its ready tasks (those that became ready while it was paused, or
+        were stopped by the pause) are returned to be queued again."""
+        self.paused = None
+        self.state = "running" if self.started_at is not None else "queued"
+        return Effects(ready=[t.spec.index for t in self.tasks if t.state == "ready"])
+
+    def stopped_by_pause(self, index: int, error: dict[str, str] | None) -> Effects:
+        """The running attempt of task ``index`` was stopped by ``pause --stop`` (its status is
+        ``interrupted``: it uses no retry): the task is ready again (queued when the pause ends)."""
+        t = self.tasks[index]
+        t.move("pending")
+        t.error = error
+        t.move("ready")
+        self.note(index, why.REQUEUED, len(t.attempts))
+        return Effects(ready=[index])
+
     def resume(self) -> Effects:
         """Release a held job (its tasks that were ready when it was stored are ready again)."""
         self.state = "running" if self.started_at is not None else "queued"
@@ -638,8 +716,9 @@ class Job:
     def start_run(self, now: float) -> Effects:
         """Reset every task to pending and return those ready at once. The job is ``queued``
         until its first attempt starts (:meth:`mark_running`), ``running`` from then on (a repeat
-        run of a job that ran stays ``running``)."""
-        self.state = "running" if self.started_at is not None else "queued"
+        run of a job that ran stays ``running``; a paused job's next run stays ``paused``)."""
+        if self.state != "paused":
+            self.state = "running" if self.started_at is not None else "queued"
         if _REASONS:
             _REASONS.pop(self, None)
         if self.run > 1:  # (a retried job is never repeated: see Submission.retry)
@@ -975,6 +1054,29 @@ class Job:
         else:
             self.state = "completed" if ok else "failed"
         return False
+
+    def wait_for_run(self, when: float) -> None:
+        """Wait until ``when`` (wall clock) to start the next run (or the first): the job is
+        ``scheduled`` meanwhile, its tasks as the last run left them (pending before the first)."""
+        self.state = "scheduled"
+        self.next_run_at = when
+
+    def end_while_scheduled(self, now: float, reason: str, cancelled: bool) -> Effects:
+        """End a ``scheduled`` job without another run: cancelled (``cancelled``), or stopped
+        (``procctl stop``), when it ends in the state its last run ended in. A job that never
+        ran has its tasks skipped, as a cancelled job waiting for its prerequisites has."""
+        self.next_run_at = None
+        if self.started_at is None and not self.runs:  # its first run never began
+            effects = self.fail_before_start(reason, now, why.CANCELLED)
+            self.cancel_requested = True  # (stopped or cancelled: it never ran)
+            return effects
+        self.run -= 1  # (finish_run counted the run that will not start)
+        self.finished_at = now
+        self.reason = reason
+        self.cancel_requested = self.cancel_requested or cancelled
+        last = self.runs[-1]["state"] if self.runs else "completed"
+        self.state = "cancelled" if cancelled else ("completed" if last == "completed" else "failed")
+        return Effects()
 
     def _only_cancelled(self) -> bool:
         """Whether the run's unfinished tasks were cancelled (or skipped after a cancel), with

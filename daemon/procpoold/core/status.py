@@ -122,6 +122,7 @@ def detail(job: Job) -> JobDetail:
         "after": job.after,
         "root": list(job.spec.root),
         "kept": len(job.kept or ()),
+        "next_run_at": job.next_run_at,  # (None unless the job is scheduled)
     }
 
 

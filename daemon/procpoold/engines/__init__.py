@@ -82,6 +82,10 @@ class AttemptSpec:
     #: seconds between the signal that stops the attempt and SIGKILL: the task's ``kill_grace``,
     #: else its job's; None: the engine's own (the daemon's ``kill_grace``)
     kill_grace: float | None = None
+    #: resource hint (the task's ``io``, inherited in the tree): an I/O-bound ``async def``
+    #: attempt that may share a worker's event loop with others of its job; False: it holds its
+    #: worker alone. Engines without such workers ignore it.
+    io: bool = False
 
     def identity_env(self) -> dict[str, str]:
         """The variables that tell a task's process which attempt it is (``PROCPOOL_JOB_ID`` ...)."""

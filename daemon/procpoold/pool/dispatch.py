@@ -113,7 +113,8 @@ class Dispatch(PoolState):
             self._loop.call_soon(self._dispatch)
 
     def _pick(self, spec: AttemptSpec, is_async: bool, depth: int) -> WorkerSlot | None:
-        """The worker for an attempt: an async one joins a worker running only async attempts;
+        """The worker for an attempt: an I/O-bound one (``io``: async def, sharing an event loop)
+        joins a worker running only such attempts, up to ``async_per_worker``;
         a sync one takes an idle worker, or queues behind short attempts (``depth``: how many
         attempts of its function a worker may hold). Only a worker of the attempt's identity;
         a busy one only if it holds the attempt's job, an idle one of that job first."""
@@ -217,14 +218,14 @@ class Dispatch(PoolState):
         now = time.monotonic()
         pending = self._pending
         woke = False  # some worker was idle: its result is worth spinning for
-        async_calls, fn_mean = self._async_calls, self._fn_mean
+        fn_mean = self._fn_mean
         kept: dict[int | None, int] = {}
         queued: set[int | None] | None = None
         due = self._due_on_start
         while pending:
             spec = pending.popleft()
             fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
-            is_async = fn in async_calls
+            is_async = spec.io  # (the worker fails an io attempt whose function is not async def)
             depth = self._depth(fn_mean.get(fn))
             w = self._pick(spec, is_async, depth)
             if w is None:
@@ -240,6 +241,8 @@ class Dispatch(PoolState):
             head = is_async or w.sync_running == 0  # it starts now (else when those ahead end)
             if is_async:
                 run.started = now
+                if len(w.running) > self._stats["io_peak"]:
+                    self._stats["io_peak"] = len(w.running)  # most on one worker's loop at once
             elif head:
                 w.head_since = now
             if due and spec.attempt_id in due:
@@ -267,6 +270,7 @@ class Dispatch(PoolState):
         pending.extendleft(reversed(keep))  # O(skipped), not O(queued)
         if not batches:
             return
+        self._recent_io = is_async  # (what free_slots() expects of the next attempts)
         wakes = {w: w.req.wake_syscalls for w, _ in alone}
         sent = time.perf_counter()
         for w, msgs in batches.items():

@@ -145,6 +145,8 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
             return 0
         limit = self.settings.async_per_worker
         depth = self._depth(self._recent_mean)  # what recent attempts suggest comes next
+        if self._recent_io:
+            depth = max(depth, limit)  # I/O-bound attempts: an idle worker's loop takes as many
         free = 0
         for w in self._slots.values():
             if w is None or w.retire:
@@ -277,7 +279,11 @@ class PoolExecutor(WorkerLifecycle, Dispatch, MessageHandling, Statistics):
             grace = self.settings.kill_grace if run.spec.kill_grace is None else run.spec.kill_grace
         name = None if signum in (None, signal.SIGTERM) else signal.Signals(signum).name
         self._send(w, [_packb([CANCEL, attempt_id] if name is None else [CANCEL, attempt_id, name])])
-        if not run.is_async and w.pid is not None and self._zygote is not None:
+        spec = run.spec
+        fn = (spec.call or "") if spec.user is None else (spec.user.uid, spec.call or "")
+        if (not run.is_async and fn not in self._async_calls and w.pid is not None
+                and self._zygote is not None):
+            # (an async def function running alone needs no signal: the loop reads the cancel)
             self._zygote.kill(w.pid, INTERRUPT_SIGNAL)
         assert self._loop is not None
         run.kill_timer = self._loop.call_later(grace, lambda: self._kill_stopped(w, attempt_id, grace))

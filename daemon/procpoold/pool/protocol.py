@@ -9,10 +9,12 @@ daemon packs it with :func:`encode_call`, and the worker reads each field by its
 
 Request ring, daemon -> worker:
 
-* ``[CALL, id, fn, ctx, args, kwargs, env, cwd, python_path, log_level]``: run attempt ``id`` of
-  ``fn`` (``"pkg.mod:func"``); ``ctx`` is ``[job_id, job_name, task_id, task_name, attempt, run]``;
+* ``[CALL, id, fn, ctx, args, kwargs, env, cwd, python_path, log_level, io]``: run attempt ``id``
+  of ``fn`` (``"pkg.mod:func"``); ``ctx`` is ``[job_id, job_name, task_id, task_name, attempt, run]``;
   ``log_level`` the least severe ``logging`` level of the task's records the worker passes on
-  (the task's own ``log_level``, else the daemon's, as it is when the attempt starts).
+  (the task's own ``log_level``, else the daemon's, as it is when the attempt starts); ``io``
+  true: the task is I/O-bound (it may share the worker's event loop), and the worker fails it
+  (``TypeError``) unless ``fn`` is ``async def``.
 * ``[CANCEL, id]`` or ``[CANCEL, id, signal]``: stop attempt ``id`` (followed by ``SIGUSR1`` for a
   sync attempt); ``signal`` names the stop's signal when it is not SIGTERM: ``"SIGINT"`` raises
   ``KeyboardInterrupt`` in a sync attempt, any other ``TaskInterrupted`` naming it.
@@ -94,10 +96,10 @@ F_STOPPED = 2
 F_UNCLEAN = 4
 
 #: The fields of a ``CALL``, in their order on the wire (see the module docstring).
-CALL_FIELDS = ("kind", "id", "fn", "ctx", "args", "kwargs", "env", "cwd", "python_path", "log_level")
+CALL_FIELDS = ("kind", "id", "fn", "ctx", "args", "kwargs", "env", "cwd", "python_path", "log_level", "io")
 #: Their positions, by name: what the worker reads a ``CALL`` with.
 (CALL_ID, CALL_FN, CALL_CTX, CALL_ARGS, CALL_KWARGS, CALL_ENV, CALL_CWD, CALL_PATH,
- CALL_LOG_LEVEL) = range(1, len(CALL_FIELDS))
+ CALL_LOG_LEVEL, CALL_IO) = range(1, len(CALL_FIELDS))
 #: Keys of the ``ctx`` array, in order (the fields of ``procpool.task.TaskContext``).
 CTX_KEYS = ("job_id", "job_name", "task_id", "task_name", "attempt", "run")
 #: The positions of the job id and the task name in ``ctx``.
@@ -113,7 +115,7 @@ def encode_call(spec: AttemptSpec) -> bytes:
         CALL, spec.attempt_id, spec.call,
         [spec.job_id, spec.job_name, spec.task_id, spec.task_name, spec.attempt, spec.run],
         spec.args or None, spec.kwargs or None, spec.env or None, spec.cwd or None, spec.python_path or None,
-        spec.log_level,
+        spec.log_level, spec.io or None,
     ])
 
 EXIT_MESSAGE: bytes = msgpack.packb([EXIT])

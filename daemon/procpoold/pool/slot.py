@@ -135,7 +135,9 @@ class Running:
     """One attempt dispatched to a worker."""
 
     spec: AttemptSpec
-    #: The daemon believed the function is ``async def`` when it dispatched it.
+    #: Dispatched as I/O-bound (the attempt's ``io`` hint): an ``async def`` attempt that may share
+    #: its worker's event loop. A CPU-bound attempt (sync or async def) is booked as a sync one:
+    #: it holds its worker alone.
     is_async: bool
     #: Dispatched as a short sync attempt (prefetch allowed behind it).
     short: bool = False

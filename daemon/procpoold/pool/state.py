@@ -54,11 +54,16 @@ class PoolState(abc.ABC):
         #: Attempts still queued here whose timeout ran out before they started: their timeout
         #: counts from their start instead (see :meth:`PoolExecutor.stop_attempt`).
         self._due_on_start: set[str] = set()
-        #: Functions known to be ``async def``, and the mean run time of each sync function (moving
-        #: average of ``done.d``): a worker says so, so each user's tasks speak only for that user's
-        #: functions (keys: the call, or (uid, call) for an attempt of another user than the daemon's).
+        #: Functions known to be ``async def`` (stopping one sends no SIGUSR1: its loop reads the
+        #: cancel; whether an attempt shares a loop is its ``io`` hint's to say), and the mean run
+        #: time of each sync function (moving average of ``done.d``): a worker says so, so each
+        #: user's tasks speak only for that user's functions (keys: the call, or (uid, call) for an
+        #: attempt of another user than the daemon's).
         self._async_calls: set[str | tuple[int, str]] = set()
         self._fn_mean: dict[str | tuple[int, str], float] = {}
+        #: The last attempt dispatched was I/O-bound (``io``): free_slots() counts an idle worker
+        #: as ``async_per_worker`` attempts, not one (or the prefetch depth).
+        self._recent_io = False
         #: ... and of all of them.
         self._recent_mean: float | None = None
         self._gen = 0
@@ -75,7 +80,7 @@ class PoolState(abc.ABC):
         self._broken: str | None = None
         self._started_at = time.monotonic()
         self._stats = {"dispatched": 0, "completed": 0, "failed": 0, "deaths": 0, "recycled": 0,
-                       "prewakes": 0, "prewakes_used": 0, "rebalanced": 0}
+                       "prewakes": 0, "prewakes_used": 0, "rebalanced": 0, "io_peak": 0}
         #: When wakes for an expected attempt ran out unused (the last second's).
         self._prewake_waste: deque[float] = deque()
         #: seconds from push to result of attempts sent to an otherwise empty worker (newest last),

@@ -76,6 +76,7 @@ from procpoold.pool.protocol import (
     CALL_FIELDS,
     CALL_FN,
     CALL_ID,
+    CALL_IO,
     CALL_KWARGS,
     CALL_LOG_LEVEL,
     CALL_PATH,
@@ -232,7 +233,7 @@ def _decode_lenient(data: bytes) -> list[Any]:
             name = ctx[3] if isinstance(ctx, list) and len(ctx) > 3 else aid
             message = f"cannot decode the arguments of task {name!r}: {what}"
             bad = _Undecodable({"type": "ArgumentsNotDecodable", "message": message, "traceback": ""})
-            return [CALL, aid, bad, ctx, None, None, None, None, None, None]
+            return [CALL, aid, bad, ctx, None, None, None, None, None, None, None]
         if kind == REPLY and size == 4:
             rid = head.unpack()
             reply = ProcpoolError(ErrorCode.INTERNAL, f"cannot decode the daemon's reply: {what}")
@@ -726,6 +727,15 @@ class Worker:
             return
         except Exception as exc:
             self.post(self._pack([DONE, aid, False, _error(exc, 0), self._flags(), None]))
+            return
+        if msg[CALL_IO] and not is_async:
+            # The daemon may run other attempts on this worker's loop beside it: a plain function
+            # would hold them all up. It fails before it runs.
+            err = {"type": "TypeError", "message": (
+                f"{msg[CALL_FN]} is not an async def function, and only those can be I/O-bound "
+                '("io": true) tasks that share a worker; remove "io" (or set it to false) to run '
+                "it on a worker of its own"), "traceback": ""}
+            self.post(self._pack([DONE, aid, False, err, self._flags(), None]))
             return
         self._set_busy()
         if is_async:

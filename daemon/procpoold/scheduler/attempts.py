@@ -72,7 +72,9 @@ class Attempts(SchedulerState):
 
     def _enqueue(self, job: Job, indices: list[int]) -> None:
         """Queue ready tasks on their engines' queues, one queue entry per run of tasks of the same
-        route (kind and engine named) and priority."""
+        route (kind and engine named) and priority. A paused job's are queued at its resume."""
+        if job.state == "paused":
+            return
         if job.spec.gated:
             self.gates.add_job(job.id, job.spec)  # (once per job: its tasks' limits and locks)
         now_mono = time.monotonic()
@@ -104,7 +106,7 @@ class Attempts(SchedulerState):
     def _pump(self) -> None:
         """Hand ready tasks to executors while they have room, best first."""
         self._pump_scheduled = False
-        if not self.accepting:
+        if not self.accepting or self.paused is not None:  # stopping, or paused (pause --all)
             return
         batch: list[tuple[Executor, AttemptSpec]] = []
         jobs = self.jobs
@@ -233,6 +235,7 @@ class Attempts(SchedulerState):
         spec.user = jp.user
         spec.log_level = task.log_level or jp.level
         spec.kill_grace = task.kill_grace if task.kill_grace is not None else job_spec.kill_grace
+        spec.io = task.io
         self.attempts[attempt_id] = ref
         if task.timeout is not None:
             self._timeouts[attempt_id] = self.loop.call_later(
@@ -395,6 +398,16 @@ class Attempts(SchedulerState):
                 if self.accepting and not (t.cancel_requested or job.cancel_requested):
                     t.move("ready")
                     self._apply(job, Effects(ready=[index]))
+                return
+        if self._pause_stopped and outcome.attempt_id in self._pause_stopped:
+            self._pause_stopped.discard(outcome.attempt_id)
+            if outcome.status == "interrupted" and self.accepting and not (
+                t.cancel_requested or job.cancel_requested
+            ):
+                # Stopped by pause --stop: ready again (queued at the resume), using no retry.
+                self._retried(job, index, "stopped by pause --stop; it runs again at resume")
+                self._apply(job, job.stopped_by_pause(index, error))
+                self._schedule_pump()
                 return
         if outcome.status == "interrupted" and not self.accepting:
             # The daemon is stopping: leave the task "running" in the store, so the next start

@@ -4,6 +4,7 @@ What the scheduler decided is read as it recorded it: the reason the job noted f
 (:mod:`procpoold.core.reasons`: a retry delay, an interruption, the upstream task whose failure
 skipped it, ...), the readiness counters of the job (the dependencies not complete yet), the
 prerequisites a pending job was registered to wait for (``_after``), the held state a restart set,
+a pause (of the job or of the daemon: who paused it, and when),
 the attempts as they ended, and since when the pump has found an engine without a free slot
 (``stalls``). Only what is current by nature is read at the time of the question: a task's place
 in its engine's ready queue (walked in the order the pump pops it), the engine's health and free
@@ -138,8 +139,12 @@ class Explain(SchedulerState):
         state = t.state
         if job.state == "pending":
             return "after"
+        if job.state == "scheduled":
+            return "scheduled"
         if job.state == "held" and state in ("pending", "ready"):
             return "held"
+        if state in ("pending", "ready") and (job.state == "paused" or self.paused is not None):
+            return "paused"
         if state == "pending":
             if t.retry_at is not None:
                 return "retry_delay"
@@ -165,11 +170,32 @@ class Explain(SchedulerState):
                 f"job {job.id} waits for its prerequisites (--after) to complete: {named}; "
                 f"its tasks start once they have (if one fails, they are skipped)"
             ], {"after": after}
+        if job.state == "scheduled" and (when := job.next_run_at) is not None:
+            spec = job.spec
+            clock_of = (f'its schedule "{spec.schedule}" ({spec.timezone})' if spec.schedule is not None
+                        else f"every: {spec.every:g} s after the previous run ended")
+            return "scheduled", [
+                f"job {job.id} is scheduled: run {job.run} starts at {clock(when)} "
+                f"(in {seconds(max(0.0, when - self.clock()))}; {clock_of})"
+            ], {"next_run_at": when}
         if job.state == "held":
             return "held", [
                 f"job {job.id} is held: the daemon restarted while its attempts ran, and the job "
                 f"asks to wait then (on_interrupt: hold); 'procctl resume {job.id}' releases it"
             ], {}
+        if job.state == "paused" and job.paused is not None:
+            p = job.paused
+            stopped = " (its running attempts were stopped: they run again)" if p.get("stop") else ""
+            return "paused", [
+                f"job {job.id} paused by {p.get('by')} at {clock(p['at'])}: nothing new of it starts"
+                f"{stopped}; procctl resume {job.id}"
+            ], {"paused": dict(p)}
+        if self.paused is not None and not job.finished:
+            p = self.paused
+            return "paused", [
+                f"procpoold paused by {p.get('by')} at {clock(p['at'])}: nothing new starts for any job; "
+                "procctl resume --all"
+            ], {"paused": dict(p), "daemon_paused": True}
         return None
 
     # -- a task ---------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class Recovery(SchedulerState):
             self.jobs[job_id] = job
             self._job_rows[job_id] = _job_row(job)
             self.quota.hold(job_id, job.submitter_uid, len(job.tasks))
-            if job.state == "pending":
+            if job.state in ("pending", "scheduled"):
                 resumable.append((job, Effects()))
                 continue
             task_of = {t.attempts[-1].attempt_id: t for t in job.tasks if t.state == "running"}
@@ -125,6 +125,8 @@ class Recovery(SchedulerState):
         for job, effects in resumable:
             if job.state == "pending":
                 self._start_when_prerequisites_allow(job)
+            elif job.state == "scheduled":
+                self._recover_scheduled(job)
             else:
                 self._apply(job, effects)
         return counts

@@ -12,11 +12,13 @@ delays are loop timers. Executors report back through the
 (:class:`procpoold.scheduler.state.SchedulerState`), as the pool executor is:
 
 - :mod:`.submission`: submit (validation, keys, quota, prerequisites), cancel, resume;
+- :mod:`.pausing`: pause and resume of a job or of the whole daemon;
 - :mod:`.attempts`: the pump and dispatch, the executor events, retries, timeouts;
 - :mod:`.persistence`: what changed, and the group commit of it to the store;
 - :mod:`.recovery`: jobs read back from the store at start, leftovers of a crash;
 - :mod:`.queries`: finished jobs (index, cache, retention) and status queries;
 - :mod:`.explain`: why a task is in its state (``procctl explain``);
+- :mod:`.timing`: jobs that wait for their next run's time (``schedule``, ``every``);
 
 and this module, the engine room: carrying out the state changes a job returns.
 """
@@ -30,14 +32,16 @@ from procpoold import failures, journal
 from procpoold.core.jobs import Effects, Job
 from procpoold.scheduler.attempts import Attempts
 from procpoold.scheduler.explain import Explain
+from procpoold.scheduler.pausing import Pausing
 from procpoold.scheduler.persistence import Persistence
 from procpoold.scheduler.queries import Queries
 from procpoold.scheduler.recovery import Recovery
 from procpoold.scheduler.state import _user_fields, log, task_log
 from procpoold.scheduler.submission import Submission
+from procpoold.scheduler.timing import Schedules
 
 
-class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
+class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, Schedules, Pausing):
     """Jobs, queues, attempts; see the module docstring.
 
     The parts (mixins over :class:`~procpoold.scheduler.state.SchedulerState`): submission, attempts,
@@ -166,6 +170,8 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
         now = self.clock()
         self._touch(job, [])
         if job.finish_run(now):
+            if self._after_run(job, now):  # a schedule or an interval: it waits (scheduled)
+                return
             log.info(
                 "job %s run %d starting",
                 job.id,
@@ -175,6 +181,10 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain):
             # Start the next run from the loop, not from inside the previous run's last callback.
             self.loop.call_soon(lambda: self._start_next_run(job))
             return
+        self._job_ended(job, now)
+
+    def _job_ended(self, job: Job, now: float) -> None:
+        """A job reached its final state: record it, index it, release its quota, notify."""
         self._record(
             logging.INFO,
             f'job {job.id} "{job.spec.name}" {job.state}',

@@ -130,8 +130,15 @@ class SchedulerState(abc.ABC):
         self._sites: dict[int, int] = {}
         self._timeouts: dict[str, Timer] = {}
         self._retry_timers: dict[Ref, Timer] = {}
+        #: job id -> the timer of its next run, while it is ``scheduled`` (see .timing)
+        self._schedule_timers: dict[str, Timer] = {}
         self._pump_scheduled = False
         self.accepting = True
+        #: the daemon's pause (``procctl pause --all``): who paused it and when; None: not paused.
+        #: The pump dispatches nothing while it is set (see scheduler.pausing).
+        self.paused: dict[str, Any] | None = None
+        #: attempts that ``pause --stop`` stopped: their tasks run again, using no retry
+        self._pause_stopped: set[str] = set()
         #: called with a job or task id whenever that job or task reaches a final state
         self.listeners: list[Listener] = []
         self._after: dict[str, list[str]] = {}  # prerequisite id -> job ids waiting on it
@@ -196,6 +203,22 @@ class SchedulerState(abc.ABC):
         """(scheduler) The journal fields of a task's records."""
 
     @abc.abstractmethod
+    def _job_ended(self, job: Job, now: float) -> None:
+        """(scheduler) A job reached its final state: record, index, release its quota, notify."""
+
+    @abc.abstractmethod
+    def _begin_first_run(self, job: Job) -> None:
+        """(timing) Start a job's first run, or wait for the first time of its schedule."""
+
+    @abc.abstractmethod
+    def _end_scheduled(self, job: Job, reason: str, cancelled: bool) -> Effects:
+        """(timing) End a ``scheduled`` job (cancelled, or stopped) without another run."""
+
+    @abc.abstractmethod
+    def _recover_scheduled(self, job: Job) -> None:
+        """(timing) A ``scheduled`` job read back at start: its ``missed`` policy, its timer."""
+
+    @abc.abstractmethod
     def _start_when_prerequisites_allow(self, job: Job) -> None:
         """(submission) Start the job's run, fail it, or wait for its unfinished prerequisites."""
 
@@ -210,6 +233,14 @@ class SchedulerState(abc.ABC):
     @abc.abstractmethod
     def _still_ready(self, ref: Ref) -> bool:
         """(attempts) Whether the task of ``ref`` is ready in an unfinished job."""
+
+    @abc.abstractmethod
+    def _schedule_pump(self) -> None:
+        """(attempts) Schedule a pump pass (at most one per loop iteration)."""
+
+    @abc.abstractmethod
+    def unpause(self, job: Job) -> dict[str, Any]:
+        """(pausing) Release a paused job: its ready tasks are queued."""
 
     @abc.abstractmethod
     def _pump(self) -> None:

@@ -148,7 +148,7 @@ class Submission(SchedulerState):
             for ref in pending:
                 self._after.setdefault(ref, []).append(job.id)
             return
-        self._apply(job, job.start_run(self.clock()))
+        self._begin_first_run(job)
 
     def _same_key(self, key: str, may_change: MayChange) -> list[Job]:
         """The unfinished jobs of any submitter whose key is ``key`` (a walk of the unfinished
@@ -282,7 +282,12 @@ class Submission(SchedulerState):
                 attempt = t.running_attempt
                 if t.cancel_requested and attempt is not None:
                     hurried.append(attempt.attempt_id)
-        if index is None:
+        if index is None and job.state == "scheduled":  # waiting for its next run: none starts
+            effects = self._end_scheduled(job, reason, cancelled=True)
+            if job.finished:
+                self._touch(job, [])
+                self._job_ended(job, now)
+        elif index is None:
             if job.state == "pending":  # still waiting for prerequisites: none of its tasks began
                 effects = job.fail_before_start(reason, now, reasons.CANCELLED)
                 job.cancel_requested = True
@@ -293,10 +298,11 @@ class Submission(SchedulerState):
                 raise ProcpoolError(
                     ErrorCode.CONFLICT, f"task {job.tasks[index].id} already {job.tasks[index].state}"
                 )
-            if job.state == "pending":  # its run resets every task when it starts
+            if job.state in ("pending", "scheduled"):  # its run resets every task when it starts
+                waits = "its prerequisites" if job.state == "pending" else "its next run"
                 raise ProcpoolError(
                     ErrorCode.CONFLICT,
-                    f"job {job.id} waits for its prerequisites: none of its tasks has started",
+                    f"job {job.id} waits for {waits}: none of its tasks is running",
                     f"cancel the whole job (procctl cancel {job.id}), or the task once the job runs",
                 )
             effects = job.cancel(now, [index], reason)
@@ -324,7 +330,8 @@ class Submission(SchedulerState):
                                 f"procctl stop {job.id} ends the job after its current run")
         if job.finished:
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} already {job.state}")
-        if job.spec.repeat is not None and job.run >= job.spec.repeat:
+        # (a scheduled job's run number is that of the run it waits for: stopping it ends it now)
+        if job.state != "scheduled" and job.spec.repeat is not None and job.run >= job.spec.repeat:
             what = "does not repeat" if job.spec.repeat == 1 else f"is in its last run ({job.run})"
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} {what}: it ends after this run anyway",
                                 f"procctl cancel {job.id} stops it now")
@@ -332,6 +339,15 @@ class Submission(SchedulerState):
         if not job.stop_requested:
             job.stop_requested = True
             job.reason = f"stopped by {who}: no run after run {job.run}"
+            if job.state == "scheduled":  # waiting for a run: it ends now
+                job.reason = (f"stopped by {who}: no run after run {job.run - 1}" if job.runs
+                              else f"stopped by {who} before its first run")
+                self._end_scheduled(job, job.reason, cancelled=False)
+                self._touch(job, [])
+                if job.finished:
+                    self._job_ended(job, self.clock())
+                self.flush()
+                return {"id": job.id, "run": job.run, "state": job.state}
             self._touch(job, [])
             self.flush()  # durable before the reply: a restart does not start another run
         log.info("stop %s: job %s ends after run %d", ref, job.id, job.run,
@@ -467,15 +483,19 @@ class Submission(SchedulerState):
         self._start_when_prerequisites_allow(job)
 
     def resume(self, ref: str) -> dict[str, Any]:
-        """Release a job held after a restart (on_interrupt: hold).
+        """Release a job held after a restart (on_interrupt: hold) or paused (procctl pause).
 
-        Loop thread. Its held tasks become ready and are queued; raises ``conflict`` if it is not held.
+        Loop thread. Its held tasks become ready and are queued, or its ready tasks of a pause are
+        queued again; ``released`` says which (``held`` or ``paused``). Raises ``conflict`` if it
+        is not held or paused.
         """
         job, _ = self.resolve(ref)
+        if job.state == "paused":
+            return self.unpause(job)
         if job.state != "held":
-            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, not held")
+            raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, not held or paused")
         self._apply(job, job.resume())
-        return {"id": job.id, "state": job.state}
+        return {"id": job.id, "state": job.state, "released": "held"}
 
 
 def job_user(spec: JobSpec, submitter: int | None, authority: Authority) -> int | None:

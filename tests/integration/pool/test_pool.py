@@ -47,18 +47,49 @@ def test_env_and_cwd_apply_to_the_attempt_only(pool: PoolHarness, tmp_path: Path
         assert after.result[0] is None and after.result[1] != str(tmp_path)
 
 
-def test_async_results_run_concurrently(make_pool: type) -> None:
+def test_io_async_results_run_concurrently(make_pool: type) -> None:
     pool = make_pool(workers=1, async_per_worker=4)
-    assert pool.call("async_echo", [1, "x"]).result == [1, "x"]  # the pool learns it is async
     assert pool.pool.free_slots() == 1
     start = time.monotonic()
-    aids = [pool.submit("async_context", 0.3, name=f"async{i}") for i in range(4)]
+    aids = [pool.submit("async_context", 0.3, name=f"async{i}", io=True) for i in range(4)]
     pool.run_until(lambda: pool.pool.free_slots() == 0 or len(pool.events.finished) > 4)
     outcomes = pool.wait(*aids)
     assert time.monotonic() - start < 1.0, "four 0.3 s async attempts on one worker ran one by one"
     assert [o.result for o in outcomes] == [f"async{i}/async{i}" for i in range(4)]
     lines = {(a, m) for a, s, _l, m, _f in pool.events.logs if s == "stdout"}
     assert lines == {(aids[i], f"async line of async{i}") for i in range(4)}
+    assert pool.pool.info()["io_peak"] == 4
+
+
+def test_an_async_task_without_io_holds_its_worker_alone(make_pool: type, tmp_path: Path) -> None:
+    """A CPU-bound task (no "io" hint) runs alone on its worker, async def or not: nothing joins
+    it there, nothing is queued behind it, even once the pool knows the function is async."""
+    pool = make_pool(workers=2, async_per_worker=8)
+    assert pool.call("async_echo", 1).result == 1  # (the pool knows async_echo is async def)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    aids = [pool.submit("async_gated", str(gate), f"a{i}") for i in range(4)]
+    running = lambda: sorted(p.name for p in gate.iterdir())  # noqa: E731
+    pool.run_until(lambda: len(running()) == 2, what="two attempts running")
+    end = time.monotonic() + 0.3
+    pool.run_until(lambda: time.monotonic() > end)
+    assert running() == ["started-a0", "started-a1"], "a CPU task shared its worker"
+    held = [len(w["attempts"]) for w in pool.pool.workers_info()]
+    assert held == [1, 1], held
+    assert pool.pool.info()["queued"] == 2 and pool.pool.free_slots() == 0
+    (gate / "open").touch()
+    outcomes = pool.wait(*aids)
+    assert [o.result for o in outcomes] == [1] * 4  # each worker saw one at a time
+    assert pool.pool.info()["io_peak"] == 0
+
+
+def test_io_on_a_plain_function_fails_before_it_runs(pool: PoolHarness, tmp_path: Path) -> None:
+    marker = tmp_path / "m"
+    out = pool.call("mark_then_wait", str(marker), str(tmp_path), io=True)
+    assert out.status == "failed" and out.error is not None and out.error.type == "TypeError", out
+    assert "is not an async def function" in out.error.message and '"io": true' in out.error.message
+    assert not marker.exists()
+    assert pool.call("async_echo", 2, io=True).result == 2  # the worker goes on
 
 
 def test_exceptions_carry_type_message_traceback(pool: PoolHarness) -> None:
@@ -420,10 +451,10 @@ def test_async_attempts_per_worker_are_limited(make_pool: type, tmp_path: Path) 
     warm = tmp_path / "warm"
     warm.mkdir()
     (warm / "open").touch()
-    assert pool.call("async_gated", str(warm), "warm").result == 1  # the pool learns it is async
+    assert pool.call("async_gated", str(warm), "warm", io=True).result == 1
     gate = tmp_path / "gate"
     gate.mkdir()
-    aids = [pool.submit("async_gated", str(gate), f"a{i}") for i in range(5)]
+    aids = [pool.submit("async_gated", str(gate), f"a{i}", io=True) for i in range(5)]
     running = lambda: sorted(p.name for p in gate.iterdir())  # noqa: E731
     pool.run_until(lambda: len(running()) == 2, what="two async attempts running")
     end = time.monotonic() + 0.3

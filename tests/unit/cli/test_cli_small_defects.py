@@ -31,7 +31,7 @@ def procctl(*args: str) -> tuple[int, str, str]:
 def test_a_pool_of_0_workers_is_refused_by_procctl_and_by_the_contract() -> None:
     code, _, err = procctl("pool", "resize", "0")
     assert code == EXIT_USAGE and "a pool of 0 workers" in err  # refused before connecting
-    assert "procctl cancel" in err and "cannot be paused yet" in err
+    assert "procctl pause --all" in err and "procctl resume --all" in err
     assert procctl("pool", "resize", "1")[0] == EXIT_UNREACHABLE  # 1 is fine: it went on to connect
     # The daemon checks every request against the same contract, so any client gets this.
     with pytest.raises(RequestError) as info:

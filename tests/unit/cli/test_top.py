@@ -251,7 +251,8 @@ def test_no_color_turns_every_style_off(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_the_states_top_asks_about_are_the_unfinished_ones() -> None:
-    assert {s for s in JOB_STATES if s not in FINAL_JOB_STATES} == {"pending", "queued", "running", "held"}
+    unfinished = {"pending", "queued", "running", "held", "scheduled", "paused"}
+    assert {s for s in JOB_STATES if s not in FINAL_JOB_STATES} == unfinished
 
 
 _PROBE = """

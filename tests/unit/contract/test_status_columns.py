@@ -105,6 +105,7 @@ NOT_STATES = {
     ("cli/explain.py", '"queued": "ready (queued)"'),  # explain's reason name, not a state
     ("cli/jobs.py", 'list(result["cancelled"])'),  # cancel's reply: the ids it cancelled
     ("cli/jobs.py", '{"cancelled": [], "stopping": 0'),  # (the same, when nothing matched)
+    ("cli/render.py", 'data.get("paused")'),  # the daemon summary's record of its pause
 }
 
 

@@ -41,7 +41,9 @@ def test_cancel_arguments_are_checked() -> None:
 def test_stop_is_appended_and_submit_takes_replace() -> None:
     from procpool.contract.ops import OPS
 
-    assert list(OPS)[-1] == "stop" and OPS["stop"].mutating and OPS["stop"].args["id"].required
+    names = list(OPS)  # (appended after retry; pause came later)
+    assert names.index("stop") == names.index("retry") + 1
+    assert OPS["stop"].mutating and OPS["stop"].args["id"].required
     check_args("submit", {"job": {}, "replace": True})
     with pytest.raises(RequestError, match="'replace' must be a boolean"):
         check_args("submit", {"job": {}, "replace": 1})

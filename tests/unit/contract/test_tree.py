@@ -200,3 +200,30 @@ def test_every_field_of_a_task_is_set_on_both_paths_of_the_parser() -> None:
         TaskSpec(index=2, name="c", path="root.concurrent[2]", kind="cmd", cmd=["true"], depends_on=["g.0"],
                  **shared),
     ]
+
+
+def test_io_is_inherited_from_the_job_and_groups_and_an_inner_value_wins() -> None:
+    spec = parse_job({"name": "j", "io": True, "root": {"sequential": [
+        {"call": "m:f"},  # the short cut: the job's io
+        {"name": "g", "io": False, "concurrent": [{"call": "m:f", "name": "cpu"},
+                                                  {"call": "m:f", "name": "net", "io": True}]},
+        {"cmd": ["true"], "name": "c"},  # a command inherits nothing of it
+        {"call": "m:f", "name": "own", "args": [1], "io": False},
+    ]}})
+    assert {t.name: t.io for t in spec.tasks} == {
+        "root.0": True, "cpu": False, "net": True, "c": False, "own": False}
+    assert [t.io for t in parse_job({"root": {"call": "m:f"}}).tasks] == [False]
+
+
+def test_io_errors_name_the_json_path() -> None:
+    bad = "root.concurrent[1].io: must be true or false, got a string"
+    with pytest.raises(TreeError, match=re.escape(bad)):
+        parse_job({"root": {"concurrent": [{"call": "m:f"}, {"call": "m:f", "io": "yes"}]}})
+    bad = "root.sequential[0].io: must be true or false, got an integer"
+    with pytest.raises(TreeError, match=re.escape(bad)):
+        parse_job({"root": {"sequential": [{"io": 1, "concurrent": [{"call": "m:f"}]}]}})
+    with pytest.raises(TreeError, match=re.escape('io: must be true or false')):
+        parse_job({"io": None, "root": {"call": "m:f"}})
+    with pytest.raises(TreeError, match=re.escape('root.concurrent[0].io: "io": true is for call tasks')):
+        parse_job({"root": {"concurrent": [{"cmd": ["true"], "io": True}]}})
+    assert parse_job({"root": {"cmd": ["true"], "io": False}}).tasks[0].io is False

@@ -37,7 +37,7 @@ def pool(idle: int = 2, busy: int = 0, deaths: int = 0, **states: int) -> Engine
 
 def daemon(*engines: Engine, queued: int = 0, logging: dict[str, Any] | None = None,
            config: Config | None = None, metrics: TaskMetrics | None = None,
-           store_failure: str | None = None) -> Any:
+           store_failure: str | None = None, paused: dict[str, Any] | None = None) -> Any:
     config = config or replace(Config(), workers=2)
     return SimpleNamespace(
         config=config,
@@ -47,13 +47,21 @@ def daemon(*engines: Engine, queued: int = 0, logging: dict[str, Any] | None = N
         store_failure=store_failure,
         stop_reason=None,
         scheduler=SimpleNamespace(
-            queued=lambda: queued, metrics=metrics or TaskMetrics(config.health_success_window)),
+            queued=lambda: queued, metrics=metrics or TaskMetrics(config.health_success_window),
+            paused=paused),
     )
 
 
 def test_a_full_pool_with_nothing_wrong_is_healthy() -> None:
     assert health(daemon()) == {"health": "healthy", "level": 0, "reasons": []}
     assert health(daemon(pool(idle=1, starting=1)))["health"] == "healthy"  # a worker being replaced
+
+
+def test_a_paused_daemon_is_degraded_and_says_who_paused_it() -> None:
+    verdict = health(daemon(paused={"by": "alice (uid 1000)", "uid": 1000, "at": 0.0, "stop": False}))
+    assert verdict["health"] == "degraded" and verdict["level"] == 1
+    [reason] = verdict["reasons"]
+    assert "paused (by alice (uid 1000)" in reason and "procctl resume --all" in reason
 
 
 def test_the_clients_old_verdicts_are_kept() -> None:

@@ -67,7 +67,7 @@ def test_every_operation_has_exactly_one_rule() -> None:
     assert {op for op, a in POLICY.items() if a.rule is Rule.READ} == {
         "ping", "status", "pool", "explain", "metrics"}
     assert {op for op, a in POLICY.items() if a.rule is Rule.ADMIN} == {"shutdown", "pool_resize"}
-    owner = {"cancel", "resume", "wait", "logs", "retry", "stop"}
+    owner = {"cancel", "resume", "wait", "logs", "retry", "stop", "pause"}
     assert {op for op, a in POLICY.items() if a.rule is Rule.OWNER} == owner
 
 

@@ -36,26 +36,26 @@ def test_a_call_is_laid_out_as_its_field_table_says() -> None:
 
     spec = AttemptSpec("7.3@4#2", "7", "nightly", "7.3", "resize", 2, "call", call="pkg.mod:fn",
                        args=[1], kwargs={"k": 2}, env={"A": "1"}, cwd="/srv", python_path=["/opt"], run=4,
-                       log_level=10)
+                       log_level=10, io=True)
     msg = msgpack.unpackb(protocol.encode_call(spec))
     assert len(msg) == len(protocol.CALL_FIELDS) and msg[0] == protocol.CALL
     named = dict(zip(protocol.CALL_FIELDS, msg, strict=True))
     assert named == {
         "kind": protocol.CALL, "id": "7.3@4#2", "fn": "pkg.mod:fn", "ctx": msg[protocol.CALL_CTX],
         "args": [1], "kwargs": {"k": 2}, "env": {"A": "1"}, "cwd": "/srv", "python_path": ["/opt"],
-        "log_level": 10,
+        "log_level": 10, "io": True,
     }
     positions = {"id": protocol.CALL_ID, "fn": protocol.CALL_FN, "ctx": protocol.CALL_CTX,
                  "args": protocol.CALL_ARGS, "kwargs": protocol.CALL_KWARGS, "env": protocol.CALL_ENV,
                  "cwd": protocol.CALL_CWD, "python_path": protocol.CALL_PATH,
-                 "log_level": protocol.CALL_LOG_LEVEL}
+                 "log_level": protocol.CALL_LOG_LEVEL, "io": protocol.CALL_IO}
     assert positions == {name: protocol.CALL_FIELDS.index(name) for name in positions}
     assert protocol.context_fields(msg[protocol.CALL_CTX]) == spec.context()
     ctx = msg[protocol.CALL_CTX]
     assert (ctx[protocol.CTX_JOB_ID], ctx[protocol.CTX_TASK_NAME]) == ("7", "resize")
     bare = AttemptSpec("a#1", "1", "j", "1.0", "t", 1, "call", call="m:f")
     empty = msgpack.unpackb(protocol.encode_call(bare))
-    assert empty[protocol.CALL_ARGS:] == [None] * 6  # absent optional fields go as nil
+    assert empty[protocol.CALL_ARGS:] == [None] * 7  # absent optional fields go as nil
 
 
 def test_context_fields_name_the_call_context() -> None:
