@@ -233,3 +233,23 @@ def test_config_locks_block(tmp_path: Path) -> None:
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=fragment):
             load(cfg, {})
+
+
+def test_a_paused_jobs_waiting_task_gives_its_turn_to_the_next_and_waits_again_at_resume() -> None:
+    loop, executor, scheduler = make(slots=4)
+    a, _ = scheduler.submit({"name": "a", "root": {"cmd": ["x"], "locks": ["db"]}})
+    b, _ = scheduler.submit({"name": "b", "root": {"cmd": ["x"], "locks": ["db"]}})
+    c, _ = scheduler.submit({"name": "c", "root": {"cmd": ["x"], "locks": ["db"]}})
+    loop.run_once(0)
+    assert (b.id, 0) in scheduler.gates.parked
+    scheduler.pause(b.id)
+    assert (b.id, 0) not in scheduler.gates.parked
+    finish(scheduler, executor, running(executor)[0])
+    loop.run_once(0)
+    assert [x.split(".")[0] for x in running(executor)] == [c.id]  # b's turn went to c
+    scheduler.unpause(b)
+    loop.run_once(0)
+    assert (b.id, 0) in scheduler.gates.parked  # it waits again, behind c
+    assert drain(scheduler, executor, loop, 1) == 2
+    assert (a.state, b.state, c.state) == ("completed", "completed", "completed")
+    loop.close()
