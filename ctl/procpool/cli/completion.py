@@ -37,7 +37,7 @@ def ask_timeout() -> float:
 #: At most this many ids are offered (the newest jobs first).
 MAX_IDS = 200
 #: Names of the parameters completed as ids, states and files.
-ID_PARAMS = frozenset({"id", "job", "task"})
+ID_PARAMS = frozenset({"id", "ids", "job", "task"})
 STATE_PARAMS = frozenset({"state"})
 FILE_PARAMS = frozenset({"file"})
 
