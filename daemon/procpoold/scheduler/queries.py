@@ -88,8 +88,9 @@ class Queries(SchedulerState):
         self._finished_by_uid.setdefault(entry.uid, {})[entry.id] = None
         self._finished_states[entry.state] = self._finished_states.get(entry.state, 0) + 1
 
-    def _unindex_finished(self, job_id: str) -> None:
-        """Take a finished job out of the index (a retry makes it run again); its key stays."""
+    def _unindex_finished(self, job_id: str) -> FinishedJob:
+        """Take a finished job out of the index (a retry makes it run again, a removal drops it);
+        its key stays. Returns its entry."""
         entry = self.finished.pop(job_id)
         self._finished_states[entry.state] -= 1
         own = self._finished_by_uid.get(entry.uid)
@@ -98,6 +99,7 @@ class Queries(SchedulerState):
             if not own:
                 del self._finished_by_uid[entry.uid]
         self._loaded.pop(job_id, None)
+        return entry
 
     def _prune(self, now: float, users: list[int | None] | None = None) -> None:
         """Drop finished jobs beyond the retention limits (decided in memory: usually nothing to do).
@@ -147,15 +149,8 @@ class Queries(SchedulerState):
         if self.store is not None:
             self.store.delete_jobs(job_ids)
         for job_id in job_ids:
-            entry = self.finished.pop(job_id)
-            self._finished_states[entry.state] -= 1
-            own = self._finished_by_uid.get(entry.uid)
-            if own is not None:
-                own.pop(job_id, None)
-                if not own:
-                    del self._finished_by_uid[entry.uid]
+            entry = self._unindex_finished(job_id)
             self._job_rows.pop(job_id, None)
-            self._loaded.pop(job_id, None)
             self.jobs.pop(job_id, None)
             if entry.key is not None and self.keys.get(entry.key) == job_id:
                 del self.keys[entry.key]

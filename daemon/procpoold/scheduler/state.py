@@ -291,8 +291,8 @@ class SchedulerState(abc.ABC):
         """(queries) Add a finished job to the index."""
 
     @abc.abstractmethod
-    def _unindex_finished(self, job_id: str) -> None:
-        """(queries) Take a finished job out of the index (it runs again)."""
+    def _unindex_finished(self, job_id: str) -> FinishedJob:
+        """(queries) Take a finished job out of the index (it runs again, or is removed)."""
 
     @abc.abstractmethod
     def _prune(self, now: float, users: list[int | None] | None = None) -> None:
