@@ -17,7 +17,6 @@ import errno
 import functools
 import os
 import re
-import signal
 from typing import Any
 
 import procpool
@@ -127,14 +126,6 @@ def stopped(error: dict[str, str] | None, kind: str, message: str) -> dict[str, 
         if len(lines) > 1:
             frames = "\n".join(lines) + f"\n{kind}: {message}\n"
     return {"type": kind, "message": message, "traceback": frames}
-
-
-def signal_name(signum: int) -> str:
-    """``SIGKILL``, or ``signal 40`` for one Python has no name for (the real-time signals)."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def seconds(value: float) -> str:

@@ -8,10 +8,10 @@ Pure functions of reply data (no I/O). A task is a status map (``procctl --json 
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterable
 from typing import Any
 
+from procpool.contract.signals import signal_label
 from procpool.contract.states import FAILED, SHOWS_TAIL
 
 #: The task states whose failure is shown in detail (a cancel or a skip is one line).
@@ -28,20 +28,12 @@ def _get(t: Any, key: str) -> Any:
     return t.get(key) if isinstance(t, dict) else getattr(t, key, None)
 
 
-def signal_name(number: int) -> str:
-    """``SIGKILL`` for 9; ``signal 77`` for a number without a name."""
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def exit_text(code: int | None) -> str:
     """A command's end: ``exit 3``, ``killed by SIGKILL`` (a negative code is the signal that
     ended it, as the daemon records it), ``""`` for none or 0."""
     if not code:
         return ""
-    return f"killed by {signal_name(-code)}" if code < 0 else f"exit {code}"
+    return f"killed by {signal_label(-code)}" if code < 0 else f"exit {code}"
 
 
 def headline(t: Any) -> str:

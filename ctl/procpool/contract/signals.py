@@ -2,10 +2,13 @@
 
 Leaf module (imports only the standard library). The wire carries a signal by its name
 (``"SIGINT"``): numbers differ between platforms, names do not. :func:`signal_name` turns what a
-user typed (``int``, ``INT``, ``SIGINT``) into that name, or None.
+user typed (``int``, ``INT``, ``SIGINT``) into that name, or None; :func:`signal_label` names a
+signal by its number (what ended a process) for the daemon's and procctl's words alike.
 """
 
 from __future__ import annotations
+
+import signal
 
 #: The signals a stop may send first, then SIGKILL after the grace: those that end a process by
 #: default (SIGSTOP and SIGCONT would not end anything, and the others are the kernel's to send).
@@ -24,6 +27,14 @@ def signal_name(text: str) -> str | None:
     if not name.startswith("SIG"):
         name = "SIG" + name
     return name if name in STOP_SIGNALS else None
+
+
+def signal_label(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 40`` for a number Python has no name for (the real-time ones)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def signal_problem(value: str) -> str | None:

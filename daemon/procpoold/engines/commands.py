@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from procpool.contract.limits import shorten
+from procpool.contract.signals import signal_label
 from procpoold import failures, journal, oom
 from procpoold.engines import (
     STOP_STATUS,
@@ -178,14 +179,6 @@ def _search_path(program: str, path: str | None) -> str | None:
                 if not stat.S_ISDIR(os.stat(candidate).st_mode):
                     return candidate
     return None
-
-
-def _signal_name(signum: int) -> str:
-    """``SIGTERM``, or ``signal 40`` for one Python has no name for (the real-time signals)."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -591,7 +584,7 @@ class CommandExecutor:
             outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code, error=TaskError(
                 "CommandFailed", "command killed by the kernel's OOM killer (SIGKILL): out of memory"))
         else:
-            what = f"killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+            what = f"killed by {signal_label(-code)}" if code < 0 else f"exited with status {code}"
             outcome = Outcome(run.spec.attempt_id, "failed", exit_code=code,
                               error=TaskError("CommandFailed", f"command {what}"))
         if wait_for_room:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import procpoold.pool.worker
 import procpoold.remote.harness
+from procpool.contract.signals import signal_label
 from procpoold import failures
 
 WORKER = procpoold.pool.worker.__file__
@@ -102,7 +103,7 @@ def test_who_cancelled_and_a_missing_working_directory_in_words() -> None:
         "'/etc/passwd' is not a directory")
     assert failures.cwd_problem("/root/x", OSError(errno.EACCES, "Permission denied")).endswith(
         "'/root/x' is not accessible (Permission denied)")
-    assert failures.signal_name(9) == "SIGKILL" and failures.signal_name(77) == "signal 77"
+    assert signal_label(9) == "SIGKILL" and signal_label(77) == "signal 77"
 
 
 def test_the_final_record_carries_the_traceback() -> None:

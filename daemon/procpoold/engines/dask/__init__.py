@@ -39,7 +39,7 @@ from typing import Any
 import msgpack
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
-from procpoold import failures
+from procpool.contract.signals import signal_label
 from procpoold.engines import (
     NOT_STARTED,
     STOP_STATUS,
@@ -508,7 +508,7 @@ class DaskExecutor:
                 if exit_code == 0:
                     self._end(run, Outcome(aid, "completed", exit_code=0))
                 else:
-                    what = (f"killed by {failures.signal_name(-exit_code)}"
+                    what = (f"killed by {signal_label(-exit_code)}"
                             if exit_code is not None and exit_code < 0 else f"exited with status {exit_code}")
                     self._end(run, Outcome(aid, "failed", exit_code=exit_code,
                                            error=TaskError("CommandFailed", f"command {what}")))
