@@ -67,6 +67,18 @@ _SERVER = (
 )
 
 
+def _uid_of(user: str | None, op: str) -> int | None:
+    """The uid a job filter's ``user`` names: a uid, or a name the password database knows (None:
+    no filter); an unknown name is ``invalid_argument`` for ``op``."""
+    if user is None:
+        return None
+    try:
+        return int(user) if user.isdigit() and len(user) <= 10 else identity_by_name(user).uid
+    except UnknownUser:
+        raise ProcpoolError(ErrorCode.INVALID_ARGUMENT, f"{op}: no user named {shorten(user, 64)}",
+                            "give a user name or a uid") from None
+
+
 class Daemon:
     """One running procpoold."""
 
@@ -561,14 +573,7 @@ class Daemon:
     def job_list(self, state: str | None, since: float | None, limit: int | None,
                  name: str | None = None, user: str | None = None, tag: str | None = None,
                  ) -> tuple[list[dict[str, Any]], int]:
-        uid = None
-        if user is not None:  # a uid, or a user name the password database knows
-            try:
-                uid = int(user) if user.isdigit() and len(user) <= 10 else identity_by_name(user).uid
-            except UnknownUser:
-                raise ProcpoolError(ErrorCode.INVALID_ARGUMENT, f"status: no user named {shorten(user, 64)}",
-                                    "give a user name or a uid") from None
-        return self.scheduler.job_list(state, since, limit, name, uid, tag)
+        return self.scheduler.job_list(state, since, limit, name, _uid_of(user, "status"), tag)
 
     def cancel(
         self, ref: str, by: int | None = None, signum: int | None = None, grace: float | None = None
@@ -586,14 +591,7 @@ class Daemon:
             refs = [args["id"]] if "id" in args else list(args["ids"])
             check = self._owner_check("cancel", "cancel it", peer)
             return self.scheduler.cancel_many(refs, by, check, signum, grace, dry_run)
-        uid = None
-        user = args.get("user")
-        if user is not None:  # a uid, or a user name the password database knows
-            try:
-                uid = int(user) if user.isdigit() and len(user) <= 10 else identity_by_name(user).uid
-            except UnknownUser:
-                raise ProcpoolError(ErrorCode.INVALID_ARGUMENT, f"cancel: no user named {shorten(user, 64)}",
-                                    "give a user name or a uid") from None
+        uid = _uid_of(args.get("user"), "cancel")
 
         def allowed(job: Job) -> bool:
             return self.policy.may_change(peer, job.submitter_uid)
