@@ -321,13 +321,22 @@ class Client:
         """Change the number of workers at run time."""
         self.call("pool_resize", {"workers": workers})
 
-    def resume(self, id: str | None = None, *, all: bool = False) -> dict[str, Any]:
+    def resume(self, id: str | None = None, *, all: bool = False, queue: str | None = None) -> dict[str, Any]:
         """Release a job held after a restart (``on_interrupt: hold``) or paused (:meth:`pause`),
-        or with ``all`` end the daemon's pause (administrators only). The reply's ``released``
-        says which it was (``held`` or ``paused``)."""
-        if (id is None) == (not all):
-            raise ValueError("give either a job id or all=True")
-        result: dict[str, Any] = self.call("resume", {"id": id} if id is not None else {"all": True})
+        or end the pause of a named ``queue`` or (``all``) of the daemon (administrators only).
+        The reply's ``released`` says which it was (``held`` or ``paused``)."""
+        result: dict[str, Any] = self.call("resume", _one_target(id, all, queue))
+        return result
+
+    def queues(self) -> list[dict[str, Any]]:
+        """The named queues: ``name``, ``parallel``, ``running``, ``waiting`` (for a place),
+        ``paused`` (who and when, or None) and ``source`` (``config`` or ``set`` at run time)."""
+        result: dict[str, Any] = self.call("queue")
+        return list(result["queues"])
+
+    def queue_set(self, name: str, parallel: int) -> dict[str, Any]:
+        """Make a named queue, or change its parallelism, at run time (administrators only)."""
+        result: dict[str, Any] = self.call("queue_set", {"name": name, "parallel": parallel})
         return result
 
     def clean(self, state: str | None = None, before: float | None = None) -> list[str]:
@@ -421,17 +430,26 @@ class Client:
         result: dict[str, Any] = self.call("retry", args)
         return result
 
-    def pause(self, id: str | None = None, *, all: bool = False, stop: bool = False) -> dict[str, Any]:
+    def pause(
+        self, id: str | None = None, *, all: bool = False, queue: str | None = None, stop: bool = False
+    ) -> dict[str, Any]:
         """Pause a job (``id``): nothing new of it starts until :meth:`resume`, its running
-        attempts finish; or with ``all`` the whole daemon (administrators only): nothing new starts
-        for any job, new submissions are accepted and wait. With ``stop`` the running attempts are
-        stopped now and run again at resume, using none of their retries. Returns ``id`` and
-        ``state`` (a job), or the pause's ``by`` and ``at`` (``all``), and ``stopping`` (attempts
-        being stopped)."""
-        if (id is None) == (not all):
-            raise ValueError("give either a job id or all=True")
-        args: dict[str, Any] = {"id": id} if id is not None else {"all": True}
+        attempts finish; or a named ``queue``, or with ``all`` the whole daemon (both
+        administrators only): nothing new of it starts, new submissions are accepted and wait.
+        With ``stop`` the running attempts are stopped now and run again at resume, using none of
+        their retries. Returns ``id`` and ``state`` (a job), or the pause's ``by`` and ``at``
+        (``queue``, ``all``), and ``stopping`` (attempts being stopped)."""
+        args = _one_target(id, all, queue)
         if stop:
             args["stop"] = True
         result: dict[str, Any] = self.call("pause", args)
         return result
+
+
+def _one_target(id: str | None, all: bool, queue: str | None) -> dict[str, Any]:
+    """The target of a pause or resume: a job, a named queue, or the daemon (exactly one)."""
+    if (id is not None) + bool(all) + (queue is not None) != 1:
+        raise ValueError("give one of a job id, queue=NAME or all=True")
+    if id is not None:
+        return {"id": id}
+    return {"queue": queue} if queue is not None else {"all": True}

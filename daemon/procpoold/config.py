@@ -20,12 +20,15 @@ from procpool.contract.limits import (
     CEILINGS,
     DEFAULT_LIMITS,
     FOLLOW_MESSAGE_SIZE,
+    LOCK_NAME_MAX,
+    LOCK_NAME_RE,
+    MAX_PARALLEL_MAX,
     SECONDS_MAX,
     WORKERS_MAX,
     Limits,
 )
 from procpool.contract.paths import SOCKET_ENV, default_socket, default_state_dir
-from procpool.contract.tree import LOCK_NAME_MAX, LOCK_NAME_RE, LOCK_UNITS_MAX
+from procpool.contract.tree import LOCK_UNITS_MAX
 from procpoold.control.limits import ServerLimits
 from procpoold.logconfig import DEFAULT_QUEUE_SIZE, LogConfig
 from procpoold.pool.slot import PoolSettings
@@ -148,6 +151,10 @@ class Config:
     #: [locks]: each named lock's limit (how many units its holders may hold at once; a name not
     #: given here is a mutex, 1). See docs/job-trees.md, Limits and locks.
     locks: dict[str, int] = field(default_factory=dict)
+    #: [queues]: each named queue's parallelism (how many of its tasks run at once, across jobs).
+    #: A job may name only a queue that exists: here, or made by ``procctl queue set`` (which is
+    #: kept in the state directory and wins over this). See docs/job-trees.md, Named queues.
+    queues: dict[str, int] = field(default_factory=dict)
 
     def limits(self) -> Limits:
         """The size limits of jobs and requests from this config (0 resolved to max_message_size).
@@ -400,17 +407,17 @@ def _flatten(section: dict[str, Any], origin: str) -> dict[str, Any]:
     return out
 
 
-def _locks(block: Any, origin: str) -> dict[str, int]:
-    """The [locks] block: lock name -> limit (a positive integer)."""
+def _named(block: Any, origin: str, what: str, most: int) -> dict[str, int]:
+    """The [locks] or [queues] block: name -> limit (locks) or parallelism (queues), from 1 to ``most``."""
     if not isinstance(block, dict):
-        raise ConfigError(f"{origin}: locks must be a table ([locks]), got {type(block).__name__}")
+        raise ConfigError(f"{origin}: {what} must be a table ([{what}]), got {type(block).__name__}")
     out: dict[str, int] = {}
     for name, limit in block.items():
         if not LOCK_NAME_RE.fullmatch(name):
-            raise ConfigError(f"{origin}: [locks] {name[:80]!r} is not a lock name (letters, digits and "
-                              f"_ . -, at most {LOCK_NAME_MAX})")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LOCK_UNITS_MAX:
-            raise ConfigError(f"{origin}: [locks] {name} must be an integer from 1 to {LOCK_UNITS_MAX}, "
+            raise ConfigError(f"{origin}: [{what}] {name[:80]!r} is not a {what[:-1]} name (letters, digits "
+                              f"and _ . -, at most {LOCK_NAME_MAX})")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+            raise ConfigError(f"{origin}: [{what}] {name} must be an integer from 1 to {most}, "
                               f"got {limit!r}")
         out[name] = limit
     return out
@@ -447,14 +454,15 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> Config:
         section = data.get("procpoold", data)
         if not isinstance(section, dict):
             raise ConfigError(f"{origin}: procpoold must be a table, got {type(section).__name__}")
-        locks = section.get("locks")  # ([locks] beside [procpoold], or in it)
-        if section is not data and "locks" in data:
-            if locks is not None:
-                raise ConfigError(f"{origin}: [locks] is given twice (also as [procpoold.locks])")
-            locks = data["locks"]
-        if locks is not None:
-            values["locks"] = _locks(locks, origin)
-            section = {k: v for k, v in section.items() if k != "locks"}
+        for what, most in (("locks", LOCK_UNITS_MAX), ("queues", MAX_PARALLEL_MAX)):
+            block = section.get(what)  # ([locks] beside [procpoold], or in it; [queues] too)
+            if section is not data and what in data:
+                if block is not None:
+                    raise ConfigError(f"{origin}: [{what}] is given twice (also as [procpoold.{what}])")
+                block = data[what]
+            if block is not None:
+                values[what] = _named(block, origin, what, most)
+                section = {k: v for k, v in section.items() if k != what}
         if section is not data:  # [health] and [metrics] beside [procpoold] (or in it: [procpoold.health])
             for block in _BLOCKS:
                 if block in data:

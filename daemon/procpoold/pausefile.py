@@ -1,10 +1,16 @@
-"""The daemon's pause (``procctl pause --all``), kept across restarts in the state directory.
+"""The daemon's pause (``procctl pause --all``) and its queues' settings (``procctl queue set``,
+``procctl pause --queue``), kept across restarts in the state directory.
 
 One small JSON file, ``paused.json``, present while the daemon is paused: who paused it and when
 (``{"by", "uid", "at", "stop"}``). It is written (fsynced, then renamed into place) before the
 ``pause`` reply and removed before the ``resume`` reply, so a restart comes back paused exactly
 when the last answer said it was. A file that cannot be read keeps the daemon paused (the safe
 side: nothing starts that an administrator held back) and is logged.
+
+``queues.json`` holds what was changed at run time of each named queue: ``{"queues": {NAME:
+{"parallel": N or null, "paused": a pause record or null}}}``, written the same way before the
+reply. A parallelism set at run time wins over the config's ``[queues]``. A file that cannot be
+read is logged and ignored (the config's queues apply, none paused).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from procpool.contract.limits import LOCK_NAME_RE, MAX_PARALLEL_MAX
 
 log = logging.getLogger("procpoold")
 
@@ -46,16 +54,27 @@ def load(state_dir: Path) -> dict[str, Any] | None:
 
 def save(state_dir: Path, record: dict[str, Any] | None) -> None:
     """Store the pause (None: remove it), durably; raises OSError if it cannot."""
-    path = state_dir / NAME
     if record is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            _sync_dir(state_dir)
+        remove(state_dir, NAME)
         return
-    tmp = path.with_name(f".{NAME}.{os.getpid()}.tmp")
+    write(state_dir, NAME, {k: record.get(k) for k in ("by", "uid", "at", "stop")})
+
+
+def remove(state_dir: Path, name: str) -> None:
+    """Remove ``name`` from the state directory, durably (nothing if it is not there)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_dir / name)
+        _sync_dir(state_dir)
+
+
+def write(state_dir: Path, name: str, data: Any) -> None:
+    """Write ``data`` as JSON to ``name`` in the state directory, durably (fsynced, then renamed
+    into place); raises OSError if it cannot."""
+    path = state_dir / name
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({k: record.get(k) for k in ("by", "uid", "at", "stop")}, f)
+            json.dump(data, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,6 +83,51 @@ def save(state_dir: Path, record: dict[str, Any] | None) -> None:
             os.unlink(tmp)
         raise
     _sync_dir(state_dir)
+
+
+QUEUES = "queues.json"
+
+
+def load_queues(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """The queues' settings changed at run time: name -> {"parallel": int | None, "paused": record
+    | None}; {} when there are none or the file cannot be read (logged)."""
+    path = state_dir / QUEUES
+    try:
+        raw = json.loads(path.read_bytes())
+        queues = raw["queues"]
+        if not isinstance(queues, dict):
+            raise ValueError("not a queues record")
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("cannot read %s (%s): the config's [queues] apply, none paused", path, exc)
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in queues.items():
+        if not (isinstance(name, str) and LOCK_NAME_RE.fullmatch(name) and isinstance(entry, dict)):
+            log.error("%s: ignored a malformed entry %.80r", path, name)
+            continue
+        parallel = entry.get("parallel")
+        if not (type(parallel) is int and 1 <= parallel <= MAX_PARALLEL_MAX):
+            parallel = None
+        paused = entry.get("paused")
+        if isinstance(paused, dict) and isinstance(paused.get("at"), (int, float)):
+            uid = paused.get("uid")
+            paused = {"by": str(paused.get("by", "?"))[:128], "uid": uid if type(uid) is int else None,
+                      "at": float(paused["at"]), "stop": bool(paused.get("stop"))}
+        else:
+            paused = None
+        if parallel is not None or paused is not None:
+            out[name] = {"parallel": parallel, "paused": paused}
+    return out
+
+
+def save_queues(state_dir: Path, queues: dict[str, dict[str, Any]]) -> None:
+    """Store the queues' settings changed at run time, durably; raises OSError if it cannot."""
+    if not queues:
+        remove(state_dir, QUEUES)
+        return
+    write(state_dir, QUEUES, {"queues": queues})
 
 
 def _sync_dir(path: Path) -> None:

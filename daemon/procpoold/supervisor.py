@@ -40,6 +40,7 @@ from procpoold.logfiles import JobLogFiles
 from procpoold.loop import EventLoop, Timer
 from procpoold.metrics_export import PrometheusExport  # (prometheus_client only once the export starts)
 from procpoold.scheduler import Scheduler
+from procpoold.scheduler.pausing import paused_by
 from procpoold.store.lock import StateLock
 from procpoold.store.protocol import StoreFailure
 from procpoold.store.sqlite import StateStore
@@ -158,6 +159,10 @@ class Daemon:
         self.scheduler.listeners.append(self._on_finished)
         self.scheduler.limits = config.limits()
         self.scheduler.gates.set_limits(config.locks)
+        #: what was changed at run time of each named queue (procctl queue set, pause --queue):
+        #: name -> {"parallel": int | None, "paused": record | None}; kept in queues.json
+        self._queue_settings: dict[str, dict[str, Any]] = {}
+        self._apply_queues()
         self.scheduler.status_page_size = config.status_page_size
         self.scheduler.quota.max_queued_tasks = config.max_queued_tasks or None
         self.scheduler.quota.max_user_tasks = config.max_user_tasks or None
@@ -206,8 +211,14 @@ class Daemon:
         self.control.bind()  # first: a second daemon must be refused before it touches anything
         for executor in self.engines.all():
             executor.start(self.loop, self.scheduler)
-        if self.config.store:  # (before recovery: its first pump pass sees the pause)
+        if self.config.store:  # (before recovery: its first pump pass sees the pauses)
             self.scheduler.paused = pausefile.load(self.config.state_dir)
+            self._queue_settings = pausefile.load_queues(self.config.state_dir)
+            self._apply_queues()
+            for name, entry in sorted(self._queue_settings.items()):
+                if entry["paused"] is not None:
+                    log.warning("queue %s is paused (by %s): nothing new of it starts until procctl "
+                                "resume --queue %s", name, entry["paused"]["by"], name)
         recovered = self.scheduler.recover()
         self.scheduler.flush()
         if self.scheduler.paused is not None:
@@ -350,6 +361,13 @@ class Daemon:
         for queue in self.scheduler.queues.values():
             queue.aging = new.priority_aging
         self.scheduler.gates.set_limits(new.locks)
+        kept = sorted(name for name, entry in self._queue_settings.items()
+                      if entry["parallel"] is not None and name in new.queues
+                      and new.queues[name] != entry["parallel"])
+        if kept:
+            log.warning("reload: the parallelism set at run time (procctl queue set) is kept for queue(s) "
+                        "%s; procctl queue set NAME --parallel N changes it", ", ".join(kept))
+        self._apply_queues(new.queues)
         self.config = replace(
             new, **{name: getattr(self.config, name) for name in fixed}, workers=self.config.workers
         )
@@ -465,6 +483,7 @@ class Daemon:
         return {
             **self.info(),
             "paused": self.scheduler.paused,
+            "queues": self.queue_info()["queues"],
             "health": metrics_report.health(self),
             "started_at": self.started_at,
             "uptime": time.monotonic() - self._started_mono,
@@ -633,7 +652,7 @@ class Daemon:
             workers.extend({**w, "engine": engine.name} for w in own)
         if info is None:
             info = engines[0].info() if engines else {}
-        return {"workers": workers, "info": info}
+        return {"workers": workers, "info": info, "queues": self.queue_info()["queues"]}
 
     def pool_resize(self, workers: int) -> dict[str, Any]:
         """Resize every engine that can be resized to ``workers`` (see Executor.resize)."""
@@ -675,6 +694,81 @@ class Daemon:
         if self.export is not None:
             self.export.changed()
         return {"all": True, **reply, "already": not first}
+
+    # -- named queues -----------------------------------------------------------------------------
+
+    def _apply_queues(self, configured: dict[str, int] | None = None) -> None:
+        """Give the scheduler every queue's parallelism (the config's, with what was set at run time
+        winning) and the queues' pauses."""
+        gates = self.scheduler.gates
+        queues = dict(self.config.queues if configured is None else configured)
+        for name, entry in self._queue_settings.items():
+            if entry["parallel"] is not None:
+                queues[name] = entry["parallel"]
+            if entry["paused"] is not None and name not in gates.queue_paused:
+                gates.pause_queue(name, entry["paused"])
+        gates.set_queues(queues)
+
+    def _save_queues(self, name: str, **change: Any) -> None:
+        """Store a queue's run-time change before the reply (an OSError is the reply, and nothing
+        changed)."""
+        settings = {k: dict(v) for k, v in self._queue_settings.items()}
+        entry = settings.setdefault(name, {"parallel": None, "paused": None})
+        entry.update(change)
+        if entry["parallel"] is None and entry["paused"] is None:
+            del settings[name]
+        if self.config.store:
+            pausefile.save_queues(self.config.state_dir, settings)
+        self._queue_settings = settings
+
+    def queue_info(self) -> dict[str, Any]:
+        """The ``queue`` operation: every named queue, by name."""
+        gates = self.scheduler.gates
+        waiting = gates.queue_waiting()
+        names = set(gates.queues) | set(gates.queue_running) | set(waiting)
+        out = []
+        for name in sorted(names):
+            set_here = (self._queue_settings.get(name) or {}).get("parallel") is not None
+            out.append({
+                "name": name,
+                "parallel": gates.queues.get(name, 1),
+                "running": gates.queue_running.get(name, 0),
+                "waiting": waiting.get(name, 0),
+                "paused": gates.queue_paused.get(name),
+                "source": "set" if set_here else "config" if name in self.config.queues else "unknown",
+            })
+        return {"queues": out}
+
+    def queue_set(self, name: str, parallel: int, by: int | None) -> dict[str, Any]:
+        """Make a queue or change its parallelism (stored before the reply)."""
+        gates = self.scheduler.gates
+        before = gates.queues.get(name)
+        self._save_queues(name, parallel=parallel)
+        gates.set_queue(name, parallel)
+        log.info("queue %s: parallel %d%s, set by %s", name, parallel,
+                 f" (was {before})" if before is not None else " (a new queue)", paused_by(by))
+        return {"name": name, "parallel": parallel, "was": before}
+
+    def pause_queue(self, name: str, by: int | None, stop: bool = False) -> dict[str, Any]:
+        """Pause a named queue (see Scheduler.pause_queue), stored before the reply."""
+        reply = self.scheduler.pause_queue(name, by, stop)
+        if not reply["already"]:
+            try:
+                self._save_queues(name, paused={k: reply[k] for k in ("by", "uid", "at", "stop")})
+            except OSError:
+                self.scheduler.resume_queue(name)  # not durable: not paused, and the caller is told
+                raise
+        return reply
+
+    def resume_queue(self, name: str) -> dict[str, Any]:
+        """End a named queue's pause (stored before the reply)."""
+        was = self.scheduler.gates.queue_paused.get(name)
+        if was is None:
+            raise ProcpoolError(ErrorCode.CONFLICT, f'queue "{name}" is not paused',
+                                "procctl queue shows which queues are paused")
+        self._save_queues(name, paused=None)
+        self.scheduler.resume_queue(name)
+        return {"queue": name, "released": "paused", "paused_by": was["by"], "paused_at": was["at"]}
 
     def explain(self, ref: str) -> dict[str, Any]:
         """Why a task (or a job's unfinished tasks) is in its state: see Scheduler.explain."""

@@ -149,7 +149,7 @@ def test_pause_all_holds_a_new_job_until_resume_all_and_the_daemon_says_so(
     out = daemon.procctl("resume", "--all")
     assert out.returncode != 0 and "not paused" in out.stderr
     out = daemon.procctl("pause")
-    assert out.returncode == 2 and "give a job ID or --all" in out.stderr
+    assert out.returncode == 2 and "give one of a job ID, --queue NAME" in out.stderr
 
 
 def test_a_pause_of_a_job_and_of_the_daemon_survives_a_restart(daemon: DaemonProcess, tmp_path: Path) -> None:

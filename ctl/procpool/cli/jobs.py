@@ -809,30 +809,36 @@ def stop(settings: Settings, id: str) -> None:
     emit(settings, result, f"job {result['id']} ends after run {result['run']}, its current one")
 
 
-def _job_or_all(command: str, id: str | None, all_: bool) -> None:
-    if (id is None) == (not all_):
-        fail(f"{command}: give a job ID or --all (the whole daemon), not both", None, EXIT_USAGE)
+def _one_target(command: str, id: str | None, all_: bool, queue: str | None) -> None:
+    if (id is not None) + all_ + (queue is not None) != 1:
+        fail(f"{command}: give one of a job ID, --queue NAME (a named queue) or --all (the whole daemon)",
+             None, EXIT_USAGE)
 
 
 @cli.command()
 @click.argument("id", required=False)
 @click.option("--all", "all_", is_flag=True, help="End the daemon's pause (administrators only).")
+@click.option("--queue", metavar="NAME", help="End the pause of a named queue (administrators only).")
 @pass_settings
-def resume(settings: Settings, id: str | None, all_: bool) -> None:
-    """Release a paused job, or one held after a daemon restart (on_interrupt: hold); with --all
-    end the pause of the whole daemon.
+def resume(settings: Settings, id: str | None, all_: bool, queue: str | None) -> None:
+    """Release a paused job, or one held after a daemon restart (on_interrupt: hold); with --queue
+    end the pause of a named queue, with --all that of the whole daemon.
 
     \b
       procctl status --state held                  which jobs are held
       procctl status --state paused                which jobs are paused
       procctl resume 12                            a held or paused job
+      procctl resume --queue io                    the queue io, after procctl pause --queue io
       procctl resume --all                         the daemon, after procctl pause --all
     """
-    _job_or_all("resume", id, all_)
+    _one_target("resume", id, all_, queue)
     with settings.client() as client:
-        result = client.resume(id, all=all_)
+        result = client.resume(id, all=all_, queue=queue)
     if all_:
         emit(settings, result, "procpoold resumed: new work starts again")
+        return
+    if queue is not None:
+        emit(settings, result, f"queue {queue} resumed: its tasks start again")
         return
     was = result.get("released", HELD)  # (a daemon before pause says nothing: it was held)
     emit(settings, result, f"job {result['id']} resumed (it was {was})")
@@ -842,29 +848,37 @@ def resume(settings: Settings, id: str | None, all_: bool) -> None:
 @click.argument("id", required=False)
 @click.option("--all", "all_", is_flag=True,
               help="Pause the whole daemon: nothing new starts for any job (administrators only).")
+@click.option("--queue", metavar="NAME",
+              help="Pause a named queue: nothing new of its tasks starts (administrators only).")
 @click.option("--stop", is_flag=True,
               help="Stop the running attempts now; they run again at resume, using no retry.")
 @pass_settings
-def pause(settings: Settings, id: str | None, all_: bool, stop: bool) -> None:
+def pause(settings: Settings, id: str | None, all_: bool, queue: str | None, stop: bool) -> None:
     """Pause a job: nothing new of it starts until procctl resume, its running attempts finish
     (with --stop they are stopped and run again at resume, using none of their retries). With
-    --all pause the whole daemon: nothing new starts for any job; new submissions are accepted and
-    wait. A pause survives a daemon restart.
+    --queue pause a named queue: nothing new of its tasks starts, in any job. With --all pause the
+    whole daemon: nothing new starts for any job; new submissions are accepted and wait. A pause
+    survives a daemon restart.
 
     \b
       procctl pause 12                             finish what runs, start nothing new
       procctl pause 12 --stop                      stop what runs too; it runs again at resume
+      procctl pause --queue io                     the tasks of queue io (procctl queue shows it)
       procctl pause --all                          the whole daemon (procctl health: degraded)
-      procctl resume 12                            and procctl resume --all
+      procctl resume 12                            and procctl resume --queue io, --all
     """
-    _job_or_all("pause", id, all_)
+    _one_target("pause", id, all_, queue)
     with settings.client() as client:
-        result = client.pause(id, all=all_, stop=stop)
+        result = client.pause(id, all=all_, queue=queue, stop=stop)
     stopping = _stopping(result.get("stopping", 0))
+    again = " (it was paused already)" if result.get("already") else ""
     if all_:
-        again = " (it was paused already)" if result.get("already") else ""
         emit(settings, result, f"procpoold paused{again}: nothing new starts{stopping}; "
                                "procctl resume --all ends it")
+        return
+    if queue is not None:
+        emit(settings, result, f"queue {queue} paused{again}: nothing new of it starts{stopping}; "
+                               f"procctl resume --queue {queue} ends it")
         return
     emit(settings, result, f"job {result['id']} paused{stopping}; procctl resume {result['id']} ends it")
 

@@ -445,6 +445,7 @@ LAZY_COMMANDS: dict[str, str] = {
                     "procpool.cli.jobs"),
     "logs": "procpool.cli.logs",
     "pool": "procpool.cli.pool",
+    "queue": "procpool.cli.pool",
     "completion": "procpool.cli.completion",
     "result": "procpool.cli.result",
     "top": "procpool.cli.top",

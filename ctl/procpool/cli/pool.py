@@ -63,7 +63,23 @@ def pool_table(data: dict[str, Any]) -> str:
             parts.append(summary)
     if remote:
         parts.append(remote_table(remote))
+    if data.get("queues"):
+        parts.append(queue_table(data["queues"]))
     return "\n\n".join(parts)
+
+
+def queue_table(queues: list[dict[str, Any]]) -> str:
+    """The named queues: parallelism, tasks running and waiting for a place, pause."""
+    if not queues:
+        return "no named queues (the daemon's config [queues], or procctl queue set NAME --parallel N)"
+    rows = [("QUEUE", "PARALLEL", "RUNNING", "WAITING", "STATE", "SET BY")]
+    for q in queues:
+        paused = q.get("paused")
+        state = f"paused by {paused.get('by', '?')}" if isinstance(paused, dict) else "open"
+        rows.append((str(q.get("name")), str(q.get("parallel", "-")), str(q.get("running", 0)),
+                     str(q.get("waiting", 0)), state,
+                     {"set": "procctl queue set", "config": "config"}.get(str(q.get("source")), "-")))
+    return _table(rows)
 
 
 def micros(us: float) -> str:
@@ -109,6 +125,46 @@ def pool(ctx: click.Context) -> None:
         with settings.client() as client:
             data = client.pool()
         emit(settings, data, lambda: pool_table(data))
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def queue(ctx: click.Context) -> None:
+    """Show the named queues: each one's parallelism, its tasks running and waiting, its pause.
+
+    A task runs in a queue named by its "queue" (or its group's, or its job's); at most the
+    queue's parallelism of its tasks run at once, across every job.
+
+    \b
+      procctl queue                                every queue
+      procctl queue set io --parallel 4            four tasks of queue io at once from now on
+      procctl pause --queue io                     nothing new of queue io starts
+    """
+    if ctx.invoked_subcommand is None:
+        settings = ctx.find_object(Settings)
+        assert settings is not None
+        with settings.client() as client:
+            queues = client.queues()
+        emit(settings, {"queues": queues}, lambda: queue_table(queues))
+
+
+@queue.command("set")
+@click.argument("name")
+@click.option("--parallel", type=click.IntRange(min=1), required=True, metavar="N",
+              help="How many of the queue's tasks may run at once.")
+@pass_settings
+def queue_set(settings: Settings, name: str, parallel: int) -> None:
+    """Make a named queue, or change its parallelism, at run time (administrators only). The
+    value is kept across restarts and wins over the config's [queues].
+
+    \b
+      procctl queue set io --parallel 4
+    """
+    with settings.client() as client:
+        result = client.queue_set(name, parallel)
+    was = result.get("was")
+    before = f" (was {was})" if was is not None else " (a new queue)"
+    emit(settings, result, f"queue {name}: {plural(parallel, 'task')} at once{before}")
 
 
 @pool.command()

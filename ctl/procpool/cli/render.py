@@ -60,6 +60,9 @@ def summary(data: dict[str, Any]) -> str:
         + (", ".join(f"{by_state[s]} {s}" for s in _by_job_state(by_state)) or "none")
         + f"; tasks: {jobs.get('running', 0)} running, {jobs.get('queued', 0)} waiting for a worker",
     ]
+    queues = data.get("queues")
+    if isinstance(queues, list) and queues:
+        lines.append("queues   " + ", ".join(queue_words(q) for q in queues if isinstance(q, dict)))
     engines = workers.get("engines") or {}
     if set(engines) - {"pool", "commands"} or any(not e.get("up", True) for e in engines.values()):
         # Shown when the daemon has more than its local engines, or one is down.
@@ -77,6 +80,16 @@ def summary(data: dict[str, Any]) -> str:
                      " records are dropped until it does")
         lines.append(line)
     return "\n".join(lines)
+
+
+def queue_words(q: dict[str, Any]) -> str:
+    """A named queue in a few words: ``io 2/4 running, 3 waiting`` (``PAUSED`` when it is)."""
+    text = f"{q.get('name')} {q.get('running', 0)}/{q.get('parallel', '-')} running"
+    if q.get("waiting"):
+        text += f", {q['waiting']} waiting"
+    if q.get("paused"):
+        text += " PAUSED"
+    return text
 
 
 def _paused_line(paused: Any) -> list[str]:

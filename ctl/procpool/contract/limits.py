@@ -14,6 +14,7 @@ it refuses (:func:`shorten`).
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -42,6 +43,12 @@ _REPR.maxstring = ECHO_MAX
 _REPR.maxother = ECHO_MAX
 _REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 8
 _REPR.maxlevel = 3
+
+#: Names of locks and of named queues ("locks", "queue" in a tree; the config's [locks] and
+#: [queues]), and the most a max_parallel or a queue's parallelism may be.
+LOCK_NAME_MAX = 64
+LOCK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+MAX_PARALLEL_MAX = 1_000_000
 
 
 def clip(text: str, limit: int = ECHO_MAX) -> str:

@@ -16,6 +16,9 @@ from procpool.contract.codec import RequestError
 from procpool.contract.errors import ErrorCode
 from procpool.contract.limits import (
     COUNT_MAX,
+    LOCK_NAME_MAX,
+    LOCK_NAME_RE,
+    MAX_PARALLEL_MAX,
     SECONDS_MAX,
     TIMESTAMP_MAX,
     WORKERS_MAX,
@@ -148,6 +151,14 @@ def _unfinished_state(value: Any) -> str | None:
     return None if value in states else f"must be the state of an unfinished job ({', '.join(states)})"
 
 
+def _queue_name(value: Any) -> str | None:
+    """A named queue (``queue``, ``queue_set``'s ``name``)."""
+    if LOCK_NAME_RE.fullmatch(value):
+        return None
+    return (f"must be a queue name (letters, digits and _ . -, at most {LOCK_NAME_MAX}), "
+            f"got {shorten(value, 80)}")
+
+
 def _ids(value: Any) -> str | None:
     """``cancel``'s ``ids``: 1 to 1,000 ids, each a string of at most 256 characters."""
     if not 1 <= len(value) <= 1_000:
@@ -247,11 +258,12 @@ OPS: dict[str, Op] = {
         _op(
             "resume",
             "Release a job held after a restart (on_interrupt: hold) or paused ('id'), or end the "
-            "daemon's pause ('all', administrators only); the reply's 'released' says which "
-            "('held' or 'paused').",
+            "pause of a named queue ('queue') or of the daemon ('all'; both administrators only); "
+            "the reply's 'released' says which ('held' or 'paused').",
             mutating=True,
             id=Arg(_STR),
             all=Arg((bool,)),
+            queue=Arg(_STR, check=_queue_name),
         ),
         _op(
             "clean",
@@ -291,13 +303,28 @@ OPS: dict[str, Op] = {
         _op(
             "pause",
             "Pause a job ('id'): nothing new of it starts until resume, its running attempts finish; "
+            "or a named queue ('queue', administrators only): nothing new of its tasks starts; "
             "or the whole daemon ('all', administrators only): nothing new starts for any job, new "
             "submissions are accepted and wait. With 'stop' the running attempts are stopped now "
             "and run again at resume, using none of their retries.",
             mutating=True,
             id=Arg(_STR),
             all=Arg((bool,)),
+            queue=Arg(_STR, check=_queue_name),
             stop=Arg((bool,)),
+        ),
+        _op(
+            "queue",
+            "The named queues: each one's parallelism, its tasks running and waiting for a place, "
+            "its pause, and where its parallelism comes from ('config' or 'set' at run time).",
+        ),
+        _op(
+            "queue_set",
+            "Make a named queue, or change its parallelism, at run time (kept across restarts; it "
+            "wins over the config's [queues]).",
+            mutating=True,
+            name=Arg(_STR, required=True, check=_queue_name),
+            parallel=Arg((int,), required=True, low=1, high=MAX_PARALLEL_MAX),
         ),
     )
 }

@@ -30,6 +30,9 @@ from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import (
     DEFAULT_LIMITS,
     ECHO_MAX,
+    LOCK_NAME_MAX,
+    LOCK_NAME_RE,
+    MAX_PARALLEL_MAX,
     REPEAT_MAX,
     RETRIES_MAX,
     SECONDS_MAX,
@@ -54,11 +57,8 @@ MAX_NODES = DEFAULT_LIMITS.max_nodes
 MAX_DEPTH = DEFAULT_LIMITS.max_depth
 #: Lock names ("locks"; the daemon's config [locks] gives their limits), and the bounds of the fields
 #: of limits and locks.
-LOCK_NAME_MAX = 64
-LOCK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 LOCK_UNITS_MAX = 1_000_000
 LOCKS_MAX = 16
-MAX_PARALLEL_MAX = 1_000_000
 #: The engine name that means "this daemon's own engine for the task's kind" (the first the daemon
 #: registered that runs it: its pool for call tasks, its commands engine for cmd tasks), whatever
 #: engine the daemon runs such tasks on by default.
@@ -120,6 +120,11 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         "(two units); each name's limit is in the daemon's config [locks] (default 1: a mutex). A group's "
         "or the job's locks are held by each of its tasks.",
     ),
+    "queue": FieldSpec(
+        "queue", 'The named queue the task runs in ("io"): at most the queue\'s parallelism of its tasks '
+        "run at once, across every job (the daemon's config [queues], or procctl queue set). A group's or "
+        "the job's queue is that of each task inside that names none.",
+    ),
     # resource hint (docs/pool.md, I/O-bound and CPU-bound tasks)
     "io": FieldSpec(
         "bool", "An I/O-bound async def task: it shares a pool worker's event loop with other such "
@@ -136,6 +141,7 @@ GROUP_FIELDS: dict[str, FieldSpec] = {
     **{k: v for k, v in TASK_FIELDS.items() if v.inheritable},
     "max_parallel": MAX_PARALLEL_FIELD,
     "locks": TASK_FIELDS["locks"],
+    "queue": TASK_FIELDS["queue"],
 }
 JOB_FIELDS: dict[str, FieldSpec] = {
     "name": FieldSpec("string", "Name of the job."),
@@ -174,6 +180,7 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     ),
     "max_parallel": MAX_PARALLEL_FIELD,
     "locks": TASK_FIELDS["locks"],
+    "queue": TASK_FIELDS["queue"],
     "io": TASK_FIELDS["io"],
     # schedules (docs/job-trees.md, Schedules)
     "every": FieldSpec(
@@ -244,6 +251,8 @@ class GroupSpec:
     max_parallel: int | None = None
     #: the locks each of its tasks holds ("locks": (name, units) pairs)
     locks: list[tuple[str, int]] = field(default_factory=list)
+    #: the named queue of the tasks inside that name none ("queue"; None: the enclosing node's)
+    queue: str | None = None
 
 
 @dataclass
@@ -283,6 +292,10 @@ class JobSpec:
     #: task index -> its own "locks" ((name, units) pairs), for the tasks that name any (kept off
     #: TaskSpec: the parse of a task without them costs nothing more)
     task_locks: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
+    #: the named queue of the tasks that name none in any enclosing group ("queue"; None: no queue)
+    queue: str | None = None
+    #: task index -> its own "queue", for the tasks that name one (kept off TaskSpec, as task_locks)
+    task_queues: dict[int, str] = field(default_factory=dict)
     #: seconds from the end of a run to the start of the next ("every"; None: at once)
     every: float | None = None
     #: cron expression of the runs' start times ("schedule") and its zone ("timezone")
@@ -489,6 +502,11 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
                 raise TreeError(f"{path}[{i}]", f'lock "{parsed[0]}" is named twice')
             out.append(parsed)
         return out
+    elif kind == "queue":
+        if not isinstance(value, str) or not LOCK_NAME_RE.fullmatch(value):
+            shown = _quote(value) if isinstance(value, str) else _type_name(value)
+            raise TreeError(path, f"invalid queue name {shown}: use letters, digits and _ . - "
+                            f"(max {LOCK_NAME_MAX})")
     elif kind == "nsschema":
         try:
             return parse_schema(value, path)
@@ -555,6 +573,8 @@ class _Parser:
         self.gated = False
         #: task index -> its own locks (see JobSpec.task_locks)
         self.task_locks: dict[int, list[tuple[str, int]]] = {}
+        #: task index -> its own queue (see JobSpec.task_queues)
+        self.task_queues: dict[int, str] = {}
 
     def claim(self, name: str, path: str) -> None:
         if name in self.names:
@@ -633,9 +653,10 @@ class _Parser:
         self.claim(name, path)
         index = len(self.groups)
         group = GroupSpec(index, name, path, kind, [], list(values.get("depends_on", [])), parent)  # type: ignore[arg-type]
-        if "max_parallel" in values or values.get("locks"):
+        if "max_parallel" in values or values.get("locks") or "queue" in values:
             group.max_parallel = values.get("max_parallel")
             group.locks = values.get("locks", [])
+            group.queue = values.get("queue")
             self.gated = True
         self.groups.append(group)
         inner = _merge_defaults(defaults, values)
@@ -773,6 +794,9 @@ class _Parser:
             self.tasks[index].kill_grace = values["kill_grace"]
         if values.get("locks"):
             self.task_locks[index] = values["locks"]
+            self.gated = True
+        if "queue" in values:
+            self.task_queues[index] = values["queue"]
             self.gated = True
         return ("task", index)
 
@@ -969,8 +993,10 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         kill_grace=values.get("kill_grace"),
         max_parallel=values.get("max_parallel"),
         locks=values.get("locks", []),
-        gated=parser.gated or "max_parallel" in values or bool(values.get("locks")),
+        gated=parser.gated or "max_parallel" in values or bool(values.get("locks")) or "queue" in values,
         task_locks=parser.task_locks,
+        queue=values.get("queue"),
+        task_queues=parser.task_queues,
         every=values.get("every"),
         schedule=values.get("schedule"),
         timezone=str(values.get("timezone", "UTC")),
@@ -1187,6 +1213,7 @@ _SCHEMA_KINDS: dict[str, dict[str, Any]] = {
         "maxItems": LOCKS_MAX,
         "items": {"type": "string", "pattern": f"^{LOCK_NAME_RE.pattern}(:[0-9]{{1,7}})?$"},
     },
+    "queue": {"type": "string", "pattern": f"^{LOCK_NAME_RE.pattern}$"},
     "node": {"$ref": "#/$defs/node"},
     "nsschema": {"$ref": "#/$defs/nsrecord"},
 }

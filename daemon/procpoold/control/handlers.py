@@ -79,6 +79,10 @@ class DaemonAPI(Protocol):
     def metrics(self) -> dict[str, Any]: ...
     def retry(self, ref: str, tasks: list[str] | None, by: int | None) -> dict[str, Any]: ...
     def pause(self, ref: str | None, by: int | None, stop: bool = False) -> dict[str, Any]: ...
+    def pause_queue(self, name: str, by: int | None, stop: bool = False) -> dict[str, Any]: ...
+    def resume_queue(self, name: str) -> dict[str, Any]: ...
+    def queue_info(self) -> dict[str, Any]: ...
+    def queue_set(self, name: str, parallel: int, by: int | None) -> dict[str, Any]: ...
 
 
 def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
@@ -169,28 +173,45 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         return api.stop(req.args["id"], peer.uid if peer else None)
 
     def _job_or_all(req: Request, peer: Peer | None) -> str | None:
-        """``pause``/``resume``: the job id, or None for the whole daemon (administrators only)."""
+        """``pause``/``resume``: the job id, or None for the whole daemon or a queue
+        (administrators only)."""
         a = req.args
-        if ("id" in a) == bool(a.get("all")):
+        if ("id" in a) + bool(a.get("all")) + ("queue" in a) != 1:
             raise RequestError(ErrorCode.INVALID_ARGUMENT,
-                               f"{req.op}: give either 'id' (a job) or 'all' true (the daemon)", req.id)
+                               f"{req.op}: give one of 'id' (a job), 'queue' (a named queue) or 'all' true "
+                               "(the daemon)", req.id)
         if "id" in a:
             ref: str = a["id"]
             return ref
+        what = f"--queue {a['queue']}" if "queue" in a else "--all"
+        whole = f"the queue {a['queue']}" if "queue" in a else "the whole daemon"
         if peer is None or not peer.admin:
             raise ProcpoolError(
                 ErrorCode.PERMISSION_DENIED,
-                f"{req.op} --all: only an administrator may {req.op} the whole daemon; you are {_who(peer)}",
+                f"{req.op} {what}: only an administrator may {req.op} {whole}; you are {_who(peer)}",
                 f"procctl {req.op} ID {'pauses' if req.op == 'pause' else 'resumes'} one of your jobs",
             )
-        log.info("%s of the whole daemon by %s", req.op, _who(peer))
+        log.info("%s of %s by %s", req.op, whole, _who(peer))
         return None
 
     def resume(req: Request, peer: Peer | None) -> Any:
-        return api.resume(_job_or_all(req, peer))
+        ref = _job_or_all(req, peer)
+        if "queue" in req.args:
+            return api.resume_queue(req.args["queue"])
+        return api.resume(ref)
 
     def pause(req: Request, peer: Peer | None) -> Any:
-        return api.pause(_job_or_all(req, peer), peer.uid if peer else None, bool(req.args.get("stop")))
+        ref = _job_or_all(req, peer)
+        stop = bool(req.args.get("stop"))
+        if "queue" in req.args:
+            return api.pause_queue(req.args["queue"], peer.uid if peer else None, stop)
+        return api.pause(ref, peer.uid if peer else None, stop)
+
+    def queue(req: Request, peer: Peer | None) -> Any:
+        return api.queue_info()
+
+    def queue_set(req: Request, peer: Peer | None) -> Any:
+        return api.queue_set(req.args["name"], req.args["parallel"], peer.uid if peer else None)
 
     def logs(req: Request, peer: Peer | None) -> Any:
         return api.logs(req.args)
@@ -245,6 +266,8 @@ def build_handlers(api: DaemonAPI) -> dict[str, Handler]:
         "retry": retry,
         "stop": stop,
         "pause": pause,
+        "queue": queue,
+        "queue_set": queue_set,
     }
     missing = set(OPS) - set(handlers)
     if missing:  # a new operation in the contract without a handler is a bug, caught at start

@@ -8,7 +8,8 @@ lookups). The model is systemd's manager API and that of atd, cron and Slurm:
 rule       who                                                operations
 =========  =================================================  ===================================
 read       whoever can connect (even without credentials)     ``ping``, ``status``, ``pool``,
-                                                              ``explain``, ``metrics``
+                                                              ``explain``, ``metrics``,
+                                                              ``queue``
 submit     any peer the kernel vouched for (SO_PEERCRED)      ``submit``
 owner      the job's submitter, or an administrator           ``cancel``, ``resume``, ``wait``,
                                                               ``logs``, ``retry``, ``stop``,
@@ -17,10 +18,12 @@ owner      the job's submitter, or an administrator           ``cancel``, ``resu
                                                               ``replace``: each job, see
                                                               :meth:`Policy.check_owner`;
                                                               ``pause`` and ``resume`` with
-                                                              ``all``: administrators only)
+                                                              ``all`` or ``queue``:
+                                                              administrators only)
 own_jobs   any identified peer; only its own jobs unless it   ``clean``
            is an administrator (the handler scopes it)
-admin      administrators only                                ``shutdown``, ``pool_resize``
+admin      administrators only                                ``shutdown``, ``pool_resize``,
+                                                              ``queue_set``
 =========  =================================================  ===================================
 
 Administrators are root, the daemon's own user and the members of ``admin_group``. A peer whose
@@ -84,8 +87,11 @@ POLICY: dict[str, Access] = {
     "metrics": Access(Rule.READ),
     "retry": Access(Rule.OWNER, "retry it"),
     "stop": Access(Rule.OWNER, "stop it"),
-    # (pause and resume of the whole daemon, "all": administrators only, checked by the handler)
+    # (pause and resume of the whole daemon, "all", or of a queue: administrators only, checked
+    # by the handler)
     "pause": Access(Rule.OWNER, "pause it"),
+    "queue": Access(Rule.READ),
+    "queue_set": Access(Rule.ADMIN, "change the queues"),
 }
 
 #: ``owner_of(ref)``: the job id and submitter uid of a job or task reference (None: unknown
@@ -150,7 +156,8 @@ class Policy:
         ref = request.args.get("id")
         if ref is None:
             # cancel of several jobs (ids or filters): the handler checks each (check_owner,
-            # may_change); pause and resume with "all": the handler requires an administrator;
+            # may_change); pause and resume with "all" or "queue": the handler requires an
+            # administrator;
             # every other OWNER operation requires "id" (the contract)
             return peer
         job_id, owner = self.owner_of(ref)

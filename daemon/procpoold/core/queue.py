@@ -37,6 +37,9 @@ class ReadyQueue(Generic[T]):
         self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._live: dict[T, int] = {}
+        #: the key of the entry :meth:`pop` last returned an item of (core.gates parks a task with
+        #: it, and puts it back with it: see :meth:`push_at`)
+        self.last_key = 0.0
 
     def push(self, item: T, priority: str, now: float) -> None:
         self.push_many([item], priority, now)
@@ -49,6 +52,13 @@ class ReadyQueue(Generic[T]):
         self._live.update(dict.fromkeys(items, seq))
         rank = RANK[priority]
         heapq.heappush(self._heap, [now + rank * self.aging, seq, items, 0, rank])
+
+    def push_at(self, item: T, key: float, rank: int) -> None:
+        """Queue ``item`` again with the ``key`` it had (a task that waited for a limit, a queue or
+        a lock keeps its place in the order: the time it waited counts for its aging)."""
+        seq = next(self._seq)
+        self._live[item] = seq
+        heapq.heappush(self._heap, [key, seq, [item], 0, rank])
 
     def discard(self, item: T) -> None:
         self._live.pop(item, None)
@@ -64,6 +74,7 @@ class ReadyQueue(Generic[T]):
                 pos += 1
                 if live.get(item) == seq:
                     del live[item]
+                    self.last_key = entry[0]
                     if pos == end:
                         heapq.heappop(heap)
                     else:

@@ -14,6 +14,7 @@ from procpool.contract.tree import RETRY_DELAY_CAP
 from procpoold import failures, journal
 from procpoold.core import namespace
 from procpoold.core.jobs import Effects, Job
+from procpoold.core.queue import RANK
 from procpoold.core.states import FINAL_TASK_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream, TaskError
 from procpoold.identity import Identity, identity_of, run_as_uid
@@ -57,13 +58,17 @@ class Attempts(SchedulerState):
         if timer is not None:
             timer.cancel()
         gates = self.gates
-        if gates.parked or gates.woken or gates.group_woken:
+        if gates.parked or gates.woken or gates.group_woken or gates.queue_woken:
             gates.dropped(ref)
 
-    def _requeue_parked(self, ref: Ref) -> None:
+    def _requeue_parked(self, ref: Ref, key: float) -> None:
+        """A task woken by its limit, queue or lock goes back to its ready queue with the key it
+        had there (see core.gates); nothing while its job is paused (its resume queues it)."""
         job = self.jobs.get(ref[0])
-        if job is not None and job.tasks[ref[1]].state == "ready":
-            self._enqueue(job, [ref[1]])
+        if job is not None and job.state != "paused" and job.tasks[ref[1]].state == "ready":
+            spec = job.tasks[ref[1]].spec
+            queue = self.queues[self.engines.route_name(spec.kind, spec.engine)]
+            queue.push_at(ref, key, RANK[spec.priority])
             self._schedule_pump()
 
     def _still_ready(self, ref: Ref) -> bool:
@@ -130,13 +135,13 @@ class Attempts(SchedulerState):
                 job_id, index = ref
                 job = jobs[job_id]
                 if job.tasks[index].state != "ready":
-                    if gates.woken or gates.group_woken:
+                    if gates.woken or gates.group_woken or gates.queue_woken:
                         gates.dropped(ref)  # (a promise made to it goes on to the next waiter)
                     continue
                 if gated:
                     its = gated.get(job_id)
                     task_gates = its[index] if its is not None else None
-                    if task_gates is not None and not gates.admit(ref, task_gates):
+                    if task_gates is not None and not gates.admit(ref, task_gates, queue.last_key):
                         continue  # parked: its limit or lock wakes it
                 else:
                     task_gates = None

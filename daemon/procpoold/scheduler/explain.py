@@ -360,7 +360,7 @@ class Explain(SchedulerState):
             holders = sorted({aid.partition("@")[0] for aid in gates.holders.get(name, {})})
             held = gates.held.get(name, 0)
             ahead = 0
-            for ref, _, token in gates.lock_waiters.get(name, ()):
+            for ref, _, token, _ in gates.lock_waiters.get(name, ()):
                 if ref == (job.id, t.spec.index):
                     break
                 w = gates.parked.get(ref)
@@ -375,6 +375,25 @@ class Explain(SchedulerState):
             line += f" by task {', '.join(holders)})" if holders else ")"
             if ahead:
                 line += f"; {plural(ahead, 'earlier waiter')} ahead of it (first come, first served)"
+            text.append(line)
+            return
+        if parked.kind == "queue":
+            name = str(parked.what)
+            running = gates.queue_running.get(name, 0)
+            ahead = gates.queue_ahead((job.id, t.spec.index))
+            paused = gates.queue_paused.get(name)
+            out["queue_limit"] = {"name": name, "parallel": parked.limit, "running": running,
+                                  "waiting_ahead": ahead, "paused": paused}
+            if paused is not None:
+                out["reason"] = "queue_paused"
+                text.append(f'queue "{name}" is paused (by {paused["by"]} at {clock(paused["at"])}): '
+                            f"nothing new of it starts until procctl resume --queue {name}")
+                return
+            line = (f'waits for a place in queue "{name}": parallel {parked.limit}, '
+                    f"{running} of its tasks running")
+            if ahead:
+                line += (f"; {plural(ahead, 'waiter')} ahead of it (by priority, and how long each "
+                         "waited: aging)")
             text.append(line)
             return
         index = int(parked.what)

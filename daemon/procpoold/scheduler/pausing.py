@@ -1,4 +1,5 @@
-"""Pause and resume (``procctl pause``, ``procctl resume``): of one job, or of the whole daemon.
+"""Pause and resume (``procctl pause``, ``procctl resume``): of one job, of a named queue, or of
+the whole daemon.
 
 A paused job (state ``paused``) has its ready tasks in no ready queue: :meth:`Attempts._enqueue`
 queues nothing of it (one state test per enqueue of a job's ready tasks, none per task), so the
@@ -6,7 +7,8 @@ pump never meets them; its running attempts run on, and what they make ready wai
 daemon (:attr:`SchedulerState.paused`) dispatches nothing: the pump returns at once (one test per
 pump pass); submissions are accepted and their tasks wait in the queues. With ``stop`` the running
 attempts are stopped as at a shutdown (``interrupted``): their tasks are ready again, using no
-retry, and run when the pause ends. Who paused and when is kept (the job's in its stored row, the
+retry, and run when the pause ends. A paused queue parks its tasks as a full one does (see
+core.gates), and its resume wakes them. Who paused and when is kept (the job's in its stored row, the
 daemon's by the supervisor) and said by status and explain.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpoold import failures
-from procpoold.core.jobs import Job
+from procpoold.core.jobs import Job, TaskRun
 from procpoold.scheduler.state import SchedulerState, _user_fields, log
 
 
@@ -80,6 +82,34 @@ class Pausing(SchedulerState):
         self._schedule_pump()
         return True
 
+    def pause_queue(self, name: str, by: int | None, stop: bool = False) -> dict[str, Any]:
+        """Pause a named queue: nothing new of its tasks starts until :meth:`resume_queue`; with
+        ``stop`` its running attempts are stopped now and run again at resume (using no retry).
+        Raises ``not_found`` for a queue the daemon does not have. Returns the pause's record
+        (``{"by", "uid", "at", "stop"}``), which the caller stores, and ``stopping``."""
+        gates = self.gates
+        if name not in gates.queues:
+            raise ProcpoolError(ErrorCode.NOT_FOUND, f'there is no queue "{name}"',
+                                "procctl queue lists the daemon's queues")
+        already = name in gates.queue_paused
+        gates.pause_queue(name, {"by": paused_by(by), "uid": by, "at": self.clock(), "stop": stop})
+        stopping = 0
+        if stop:
+            for aid, held in list(gates.by_attempt.items()):
+                ref = self.attempts.get(aid)
+                if held.gates.queue == name and ref is not None and ref[0] in self.jobs:
+                    stopping += self._stop_one_for_pause(self.jobs[ref[0]].tasks[ref[1]])
+        log.info("queue %s paused by %s%s", name, paused_by(by),
+                 f", {stopping} running attempt(s) stopped" if stop else "")
+        return {"queue": name, **gates.queue_paused[name], "stopping": stopping, "already": already}
+
+    def resume_queue(self, name: str) -> bool:
+        """End a named queue's pause; False if it was not paused."""
+        if not self.gates.resume_queue(name):
+            return False
+        log.info("queue %s resumed from its pause", name)
+        return True
+
     def _stop_for_pause(self, jobs: list[Job]) -> int:
         """Stop the running attempts of ``jobs`` as at a shutdown (``interrupted``): their tasks
         are ready again when the outcome comes (see Attempts._attempt_finished). How many."""
@@ -88,10 +118,15 @@ class Pausing(SchedulerState):
             if job.finished:
                 continue
             for t in job.tasks:
-                attempt = t.running_attempt
-                if attempt is None or t.cancel_requested or attempt.attempt_id not in self.attempts:
-                    continue
-                self._pause_stopped.add(attempt.attempt_id)
-                self.engines.route(t.spec.kind, t.spec.engine).stop_attempt(attempt.attempt_id, "shutdown")
-                stopping += 1
+                stopping += self._stop_one_for_pause(t)
         return stopping
+
+    def _stop_one_for_pause(self, t: TaskRun) -> int:
+        """Stop the running attempt of ``t`` for a pause (see :meth:`_stop_for_pause`): 1 if it
+        had one to stop, else 0."""
+        attempt = t.running_attempt
+        if attempt is None or t.cancel_requested or attempt.attempt_id not in self.attempts:
+            return 0
+        self._pause_stopped.add(attempt.attempt_id)
+        self.engines.route(t.spec.kind, t.spec.engine).stop_attempt(attempt.attempt_id, "shutdown")
+        return 1

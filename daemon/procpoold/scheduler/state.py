@@ -157,10 +157,10 @@ class SchedulerState(abc.ABC):
         #: scheduler, and every job it held, alive until a garbage collection.)
         me = weakref.ref(self)
 
-        def requeue(ref: Ref) -> None:
+        def requeue(ref: Ref, key: float) -> None:
             scheduler = me()
             if scheduler is not None:
-                scheduler._requeue_parked(ref)
+                scheduler._requeue_parked(ref, key)
 
         def ready(ref: Ref) -> bool:
             scheduler = me()
@@ -227,8 +227,9 @@ class SchedulerState(abc.ABC):
         """(attempts) Take the task out of the ready queues and cancel its retry timer."""
 
     @abc.abstractmethod
-    def _requeue_parked(self, ref: Ref) -> None:
-        """(attempts) A task parked by a limit or lock may try again: back into its ready queue."""
+    def _requeue_parked(self, ref: Ref, key: float) -> None:
+        """(attempts) A task parked by a limit, queue or lock may try again: back into its ready
+        queue, with its key there."""
 
     @abc.abstractmethod
     def _still_ready(self, ref: Ref) -> bool:

@@ -15,7 +15,7 @@ from procpool.contract.tree import JobSpec, TreeError, parse_job
 from procpool.contract.words import plural
 from procpoold import failures, journal
 from procpoold.core import reasons
-from procpoold.core.gates import check_locks
+from procpoold.core.gates import check_gates
 from procpoold.core.jobs import Job, RetryRefused, scoped_key
 from procpoold.core.states import FINAL_TASK_STATES
 from procpoold.identity import (
@@ -70,7 +70,7 @@ class Submission(SchedulerState):
             )
         spec = parse_job(raw, self.limits)
         if spec.gated:
-            check_locks(spec, self.gates.limits)  # a lock's units beyond its limit could never start
+            check_gates(spec, self.gates.limits, self.gates.queues)  # (else it could never start)
         self.engines.check_job(spec)  # a task naming an engine this daemon has not is refused now
         run_as = job_user(spec, uid, self.authority)  # raises permission_denied for another user
         unsafe = _unsafe_folder(spec, run_as)

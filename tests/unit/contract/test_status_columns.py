@@ -106,6 +106,10 @@ NOT_STATES = {
     ("cli/jobs.py", 'list(result["cancelled"])'),  # cancel's reply: the ids it cancelled
     ("cli/jobs.py", '{"cancelled": [], "stopping": 0'),  # (the same, when nothing matched)
     ("cli/render.py", 'data.get("paused")'),  # the daemon summary's record of its pause
+    ("cli/render.py", "q.get('running', 0)"),  # a named queue's count of running tasks
+    ("cli/render.py", 'q.get("paused")'),  # a named queue's pause
+    ("cli/pool.py", 'q.get("paused")'),  # (the same)
+    ("cli/pool.py", 'q.get("running", 0)'),  # (the same)
 }
 
 

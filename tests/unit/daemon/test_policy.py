@@ -65,8 +65,9 @@ def test_every_operation_has_exactly_one_rule() -> None:
     assert set(POLICY) == set(OPS)
     check_complete()
     assert {op for op, a in POLICY.items() if a.rule is Rule.READ} == {
-        "ping", "status", "pool", "explain", "metrics"}
-    assert {op for op, a in POLICY.items() if a.rule is Rule.ADMIN} == {"shutdown", "pool_resize"}
+        "ping", "status", "pool", "explain", "metrics", "queue"}
+    admin = {"shutdown", "pool_resize", "queue_set"}
+    assert {op for op, a in POLICY.items() if a.rule is Rule.ADMIN} == admin
     owner = {"cancel", "resume", "wait", "logs", "retry", "stop", "pause"}
     assert {op for op, a in POLICY.items() if a.rule is Rule.OWNER} == owner
 

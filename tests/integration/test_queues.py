@@ -1,0 +1,181 @@
+"""Named queues through ``procctl`` against a real daemon (commands engine): a queue's parallelism
+across jobs, ``procctl queue set`` at run time, ``pause --queue`` (and ``--stop``), all kept
+across a restart; a saturated queue holds back neither other work nor, thanks to priority aging, a
+low-priority task behind a steady stream of high-priority ones.
+
+Concurrency is observed through files the tasks write (see test_limits_locks), never by timing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procpool import Client
+from tests.integration.test_limits_locks import counts, finished, holder, notes, procctl_json, submit
+from tests.support.daemon import DaemonProcess, serving
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def go(tmp_path: Path) -> Iterator[Path]:
+    """Every holder may end once the test is over (torn down before the daemon)."""
+    yield tmp_path
+    (tmp_path / "go").touch()
+
+
+def queued_daemon(config: str) -> DaemonProcess:
+    proc = DaemonProcess(extra_args=["--workers", "6"])
+    path = proc.dir / "procpoold.toml"
+    path.write_text("[procpoold]\nworkers = 6\n" + config)
+    proc.extra_args += ["--config", str(path)]
+    return proc
+
+
+@pytest.fixture
+def daemon() -> Iterator[DaemonProcess]:
+    """6 command slots; [queues] io = 2, one = 1."""
+    with serving(queued_daemon("\n[queues]\nio = 2\none = 1\n").start()) as running:
+        yield running
+
+
+def ok(daemon: DaemonProcess, *args: str) -> str:
+    out = daemon.procctl(*args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def queue_row(daemon: DaemonProcess, name: str) -> dict[str, Any]:
+    rows = procctl_json(daemon, "queue")["queues"]
+    row: dict[str, Any] = next(q for q in rows if q["name"] == name)
+    return row
+
+
+def test_a_queue_holds_its_tasks_across_jobs_and_is_shown_and_changed_at_run_time(
+    daemon: DaemonProcess, go: Path
+) -> None:
+    tmp_path = go
+    a = submit(daemon, {"name": "a", "queue": "io",
+                        "root": {"concurrent": [holder(tmp_path, f"a{i}") for i in range(3)]}})
+    b = submit(daemon, {"name": "b", "root": {"concurrent": [holder(tmp_path, f"b{i}", queue="io")
+                                                             for i in range(3)]}})
+    wait_until(lambda: queue_row(daemon, "io"), lambda q: q["running"] == 2 and q["waiting"] == 4,
+               what="two of six running in queue io")
+    assert len(notes(tmp_path)) == 2
+    table = ok(daemon, "queue")
+    assert "QUEUE" in table and "io" in table and "config" in table
+    assert "io 2/2 running, 4 waiting" in ok(daemon, "status")
+    assert "QUEUE" in ok(daemon, "pool")
+    waiting = next(t for t in procctl_json(daemon, "status", b)["tasks"] if t["state"] == "ready")
+    out = procctl_json(daemon, "explain", waiting["id"])
+    assert out["reason"] == "queue" and out["queue_limit"]["parallel"] == 2
+    assert any('waits for a place in queue "io": parallel 2' in line for line in out["text"])
+    assert "queue io: 3 tasks at once (was 2)" in ok(daemon, "queue", "set", "io", "--parallel", "3")
+    wait_until(lambda: len(notes(tmp_path)), lambda n: n == 3, what="a third task started")
+    assert queue_row(daemon, "io")["source"] == "set"
+    (tmp_path / "go").touch()
+    assert (finished(daemon, a), finished(daemon, b)) == ("completed", "completed")
+    assert len(counts(tmp_path)) == 6 and max(counts(tmp_path)) <= 3
+
+
+def test_an_unknown_queue_is_refused_with_its_path(daemon: DaemonProcess, tmp_path: Path) -> None:
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"root": {"sequential": [{"cmd": ["true"], "queue": "gpu"}]}}))
+    out = daemon.procctl("submit", str(job))
+    assert out.returncode != 0
+    assert 'root.sequential[0].queue: there is no queue "gpu"' in out.stderr, out.stderr
+    assert "procctl queue set gpu --parallel N" in out.stderr
+    out = daemon.procctl("queue", "set", "bad name", "--parallel", "2")
+    assert out.returncode != 0 and "must be a queue name" in out.stderr, out.stderr
+
+
+def test_a_saturated_queue_holds_back_no_other_work(daemon: DaemonProcess, go: Path) -> None:
+    tmp_path = go
+    held = submit(daemon, {"name": "held", "queue": "one",
+                           "root": {"concurrent": [holder(tmp_path, f"h{i}") for i in range(3)]}})
+    wait_until(lambda: notes(tmp_path), lambda n: len(n) == 1, what="queue one full")
+    other = submit(daemon, {"name": "other", "root": {"cmd": ["true"]}})
+    assert finished(daemon, other) == "completed"  # while queue one stays full
+    assert len(notes(tmp_path)) == 1
+    (tmp_path / "go").touch()
+    assert finished(daemon, held) == "completed"
+    assert max(counts(tmp_path)) == 1
+
+
+def test_a_paused_queue_and_its_parallelism_survive_a_restart_and_stop_reruns_without_a_retry(
+    daemon: DaemonProcess, go: Path
+) -> None:
+    tmp_path = go
+    ok(daemon, "queue", "set", "io", "--parallel", "1")
+    first = submit(daemon, {"name": "first", "queue": "io", "root": holder(tmp_path, "first")})
+    wait_until(lambda: notes(tmp_path), lambda n: n == {"first"}, what="first running")
+    out = ok(daemon, "pause", "--queue", "io", "--stop")
+    assert "queue io paused" in out and "1 running attempt" in out, out
+    wait_until(lambda: procctl_json(daemon, "status", first)["tasks"][0]["state"], lambda s: s == "ready",
+               what="the stopped attempt's task ready again")
+    later = submit(daemon, {"name": "later", "queue": "io", "root": {"cmd": ["true"]}})
+    daemon.stop()
+    daemon.restart()
+    row = queue_row(daemon, "io")
+    assert row["paused"] is not None and row["parallel"] == 1 and row["source"] == "set"
+    assert "io 0/1 running" in ok(daemon, "status") and "PAUSED" in ok(daemon, "status")
+    explained = procctl_json(daemon, "explain", f"{later}.0")
+    assert explained["reason"] == "queue_paused"
+    (tmp_path / "go").touch()  # the holder may end at once when it runs again
+    assert "queue io resumed" in ok(daemon, "resume", "--queue", "io")
+    assert (finished(daemon, first), finished(daemon, later)) == ("completed", "completed")
+    task = procctl_json(daemon, "status", first)["tasks"][0]
+    assert [a["status"] for a in task["attempt_history"]] == ["interrupted", "completed"]
+    out = daemon.procctl("resume", "--queue", "io")
+    assert out.returncode != 0 and 'queue "io" is not paused' in out.stderr
+
+
+def test_priority_aging_lets_a_batch_task_through_a_queue_saturated_by_high_priority_work(
+    tmp_path: Path,
+) -> None:
+    """priority_aging 0.1 s: a batch task counts as ready 0.4 s after it was, a high one 0.1 s.
+    The test keeps queue q (parallel 1) saturated with high-priority jobs, always several waiting,
+    until the batch job has started. Without aging it would never start while they keep coming;
+    with it, it starts ahead of high-priority jobs that were submitted before it started."""
+    proc = queued_daemon("priority_aging = 0.1\n\n[queues]\nq = 1\n")
+    with serving(proc.start()) as daemon, daemon.client() as client:
+        high = {"priority": "high", "root": {"cmd": ["sleep", "0.05"], "queue": "q"}}
+        submitted: list[tuple[str, float]] = []  # (job id, when submitted, daemon's clock)
+
+        def feed(n: int) -> None:
+            for _ in range(n):
+                job_id = client.submit({"name": f"h{len(submitted)}", **high})["id"]
+                submitted.append((job_id, float(client.status(job_id)["job"]["created_at"])))
+
+        feed(4)
+        batch = client.submit({"name": "batch", "priority": "batch",
+                               "root": {"cmd": ["true"], "queue": "q"}})["id"]
+        started = None
+        while started is None and len(submitted) < 400:
+            feed(1)
+            waiting = queue_row(daemon, "q")["waiting"]
+            if waiting < 3:
+                feed(3 - waiting)
+            started = client.status(batch)["tasks"][0].get("started_at")
+        assert started is not None, "the batch task never started"
+        overtaken = []
+        for job_id, created in submitted:
+            assert _finished(client, job_id) == "completed"
+            task = client.status(job_id)["tasks"][0]
+            if created < started and task["started_at"] > started:
+                overtaken.append(job_id)
+        assert overtaken, "the batch task overtook no high-priority task: aging did not act"
+        assert _finished(client, batch) == "completed"
+
+
+def _finished(client: Client, job_id: str) -> str:
+    result = client.wait(job_id, timeout=60)
+    assert result["finished"], f"job {job_id} is still {result['state']}"
+    state: str = result["state"]
+    return state
