@@ -149,11 +149,11 @@ class Config:
     metrics_listen: str | None = None
     metrics_interval: float = 15.0
     #: [locks]: each named lock's limit (how many units its holders may hold at once; a name not
-    #: given here is a mutex, 1). See docs/job-trees.md, Limits and locks.
+    #: given here is a mutex, 1). See docs/job-trees.md, Limits, queues and locks.
     locks: dict[str, int] = field(default_factory=dict)
     #: [queues]: each named queue's parallelism (how many of its tasks run at once, across jobs).
     #: A job may name only a queue that exists: here, or made by ``procctl queue set`` (which is
-    #: kept in the state directory and wins over this). See docs/job-trees.md, Named queues.
+    #: kept in the state directory and wins over this). See docs/job-trees.md, Limits, queues and locks.
     queues: dict[str, int] = field(default_factory=dict)
 
     def limits(self) -> Limits:

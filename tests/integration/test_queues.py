@@ -179,3 +179,13 @@ def _finished(client: Client, job_id: str) -> str:
     assert result["finished"], f"job {job_id} is still {result['state']}"
     state: str = result["state"]
     return state
+
+
+def test_the_limits_example_runs_in_its_queue(daemon: DaemonProcess) -> None:
+    """examples/limits.json: its shards in queue io (the fixture's config has it), two at a time."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "limits.json"
+    out = daemon.procctl("submit", str(example), "--wait")
+    assert out.returncode == 0, out.stdout + out.stderr
+    [job] = procctl_json(daemon, "status", "--name", "nightly-shards")["jobs"]["list"]
+    assert job["state"] == "completed", job
+    assert queue_row(daemon, "io")["running"] == 0

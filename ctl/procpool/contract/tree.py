@@ -114,7 +114,7 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         "nonnegative", "Seconds between the signal that stops an attempt (a timeout, a cancel) and "
         "SIGKILL (default: the job's kill_grace, else the daemon's).",
     ),
-    # limits and locks (docs/job-trees.md, Limits and locks)
+    # limits and locks (docs/job-trees.md, Limits, queues and locks)
     "locks": FieldSpec(
         "locks", 'Named locks the task holds while an attempt runs: "db" (one unit of "db") or "gpu:2" '
         "(two units); each name's limit is in the daemon's config [locks] (default 1: a mutex). A group's "
