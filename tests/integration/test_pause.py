@@ -116,13 +116,13 @@ def test_pause_stop_runs_the_stopped_attempt_again_at_resume_without_using_a_ret
         assert "stopping 1 running attempt" in out
         status = wait_task_state(client, job_id, "a", "ready")  # stopped, and not started again
         (attempt,) = tasks_by_name(status)["a"]["attempt_history"]
-        assert attempt["status"] == "interrupted"
+        assert attempt["status"] == "paused"
         assert status["job"]["state"] == "paused"
         ok(daemon, "resume", job_id)
         status = finished(client, job_id)
     task = tasks_by_name(status)["a"]
     assert status["job"]["state"] == "completed" and task["state"] == "completed"
-    assert [a["status"] for a in task["attempt_history"]] == ["interrupted", "completed"]
+    assert [a["status"] for a in task["attempt_history"]] == ["paused", "completed"]
 
 
 def test_pause_all_holds_a_new_job_until_resume_all_and_the_daemon_says_so(

@@ -131,7 +131,7 @@ def test_a_paused_queue_and_its_parallelism_survive_a_restart_and_stop_reruns_wi
     assert "queue io resumed" in ok(daemon, "resume", "--queue", "io")
     assert (finished(daemon, first), finished(daemon, later)) == ("completed", "completed")
     task = procctl_json(daemon, "status", first)["tasks"][0]
-    assert [a["status"] for a in task["attempt_history"]] == ["interrupted", "completed"]
+    assert [a["status"] for a in task["attempt_history"]] == ["paused", "completed"]
     out = daemon.procctl("resume", "--queue", "io")
     assert out.returncode != 0 and 'queue "io" is not paused' in out.stderr
 

@@ -168,8 +168,9 @@ class TaskRun:
 
     @property
     def failures(self) -> int:
-        """Attempts that count against ``retries``: every attempt the daemon did not interrupt."""
-        return len(self.attempts) - self.interruptions
+        """Attempts that count against ``retries``: every attempt the daemon did not interrupt and
+        a ``pause --stop`` did not stop."""
+        return sum(1 for a in self.attempts if a.status != "interrupted" and a.status != "paused")
 
     @property
     def running_attempt(self) -> Attempt | None:

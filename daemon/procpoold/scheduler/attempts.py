@@ -409,7 +409,10 @@ class Attempts(SchedulerState):
             if outcome.status == "interrupted" and self.accepting and not (
                 t.cancel_requested or job.cancel_requested
             ):
-                # Stopped by pause --stop: ready again (queued at the resume), using no retry.
+                # Stopped by pause --stop: ready again (queued at the resume), using no retry,
+                # and not counted among the daemon's interruptions (max_interruptions) either.
+                if attempt is not None:
+                    attempt.status = "paused"
                 self._retried(job, index, "stopped by pause --stop; it runs again at resume")
                 self._apply(job, job.stopped_by_pause(index, error))
                 self._schedule_pump()

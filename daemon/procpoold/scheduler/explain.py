@@ -37,6 +37,7 @@ _OUTCOME = {
     "timeout": "timed out",
     "cancelled": "was cancelled",
     "interrupted": "was interrupted by the daemon (it used no retry)",
+    "paused": "was stopped by pause --stop (it used no retry)",
     None: "is running",
 }
 _VERB = {"failed": "failed", "timeout": "timed out", "cancelled": "was cancelled", "skipped": "was skipped"}

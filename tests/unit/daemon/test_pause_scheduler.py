@@ -132,9 +132,9 @@ def test_pause_all_stop_runs_the_stopped_attempts_again_at_resume_all() -> None:
     assert job.tasks[0].state == "ready" and len(executor.submitted) == 1 and job.state == "running"
     scheduler.resume_all()
     loop.run_once(0)
-    t = job.tasks[0]  # (its second attempt runs: the first one counts as interrupted, not failed)
-    assert len(executor.submitted) == 2 and [a.status for a in t.attempts] == ["interrupted", None]
-    assert t.interruptions == 1 and t.failures == 1
+    t = job.tasks[0]  # (its second attempt runs: the first one counts as neither failed nor interrupted)
+    assert len(executor.submitted) == 2 and [a.status for a in t.attempts] == ["paused", None]
+    assert t.interruptions == 0 and t.failures == 1
     loop.close()
 
 

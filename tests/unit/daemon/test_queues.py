@@ -120,7 +120,8 @@ def test_pause_stop_of_a_queue_stops_its_attempts_and_reruns_them_without_a_retr
     loop.run_once(0)
     assert len(running(executor, job.id)) == 2
     assert drain(scheduler, executor, loop, 3) == 3 and job.state == "completed"
-    assert all(len(t.attempts) == 2 and t.interruptions == 1 for t in job.tasks)  # (no retry used)
+    assert [[a.status for a in t.attempts] for t in job.tasks] == [["paused", "completed"]] * 2
+    assert all(t.failures == 1 and t.interruptions == 0 for t in job.tasks)  # (no retry used)
     loop.close()
 
 
@@ -237,3 +238,27 @@ def test_queue_settings_file_round_trip_and_damage(tmp_path: Path) -> None:
     (tmp_path / pausefile.QUEUES).write_text(json.dumps({"queues": {
         "bad name": {"parallel": 2}, "io": {"parallel": 0, "paused": "yes"}, "ok": {"parallel": 5}}}))
     assert pausefile.load_queues(tmp_path) == {"ok": {"parallel": 5, "paused": None}}
+
+
+def test_pause_stops_count_neither_as_retries_nor_toward_max_interruptions() -> None:
+    """Three pause --stop of a task with retries 0, under max_interruptions 1, then one
+    interruption by the daemon: the task runs again every time, and completes."""
+    loop, executor, scheduler = make(slots=2)
+    scheduler.max_interruptions = 1
+    job, _ = scheduler.submit({"name": "j", "root": {"cmd": ["x"], "retries": 0}})
+    loop.run_once(0)
+    for _ in range(3):
+        scheduler.pause(job.id, by=0, stop=True)
+        [aid] = running(executor)
+        finish(scheduler, executor, aid, "interrupted")
+        scheduler.resume(job.id)
+        loop.run_once(0)
+    [aid] = running(executor)
+    finish(scheduler, executor, aid, "interrupted")  # a worker lost: the daemon's interruption
+    loop.run_once(0)
+    [aid] = running(executor)
+    finish(scheduler, executor, aid)
+    t = job.tasks[0]
+    assert [a.status for a in t.attempts] == ["paused"] * 3 + ["interrupted", "completed"]
+    assert job.state == "completed" and t.interruptions == 1 and t.failures == 1
+    loop.close()
