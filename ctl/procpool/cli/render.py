@@ -62,7 +62,7 @@ def summary(data: dict[str, Any]) -> str:
     ]
     queues = data.get("queues")
     if isinstance(queues, list) and queues:
-        lines.append("queues   " + ", ".join(queue_words(q) for q in queues if isinstance(q, dict)))
+        lines.append("queues   " + "; ".join(queue_words(q) for q in queues if isinstance(q, dict)))
     engines = workers.get("engines") or {}
     if set(engines) - {"pool", "commands"} or any(not e.get("up", True) for e in engines.values()):
         # Shown when the daemon has more than its local engines, or one is down.

@@ -34,7 +34,7 @@ import click
 
 from procpool.cli.jobs import PRIORITIES
 from procpool.cli.main import EXIT_FAILED, EXIT_OK, Seconds, Settings, cli, fail, pass_settings
-from procpool.cli.render import duration, progress_text, user
+from procpool.cli.render import duration, progress_text, queue_words, user
 from procpool.contract.states import (
     CANCELLED,
     COMPLETED,
@@ -318,6 +318,9 @@ def top_line(snap: Snapshot) -> str:
         "jobs " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"),
         f"recent failures {len(snap.failures)}",
     ]
+    queues = _queues(snap)
+    if queues:
+        parts.append(f"queues {queues}")
     if snap.running:
         parts.append("now: " + ", ".join(f"{r.id} {r.name}" for r in snap.running[:3])
                      + (f" +{len(snap.running) - 3}" if len(snap.running) > 3 else ""))
@@ -330,6 +333,14 @@ def _running(snap: Snapshot) -> str:
     engines = ((snap.daemon.get("workers") or {}).get("engines") or {})
     busy = [f"{name} {e['busy']}" for name, e in sorted(engines.items()) if e.get("busy")]
     return f"running {len(snap.running)}" + (f" ({', '.join(busy)})" if busy and len(engines) > 1 else "")
+
+
+def _queues(snap: Snapshot) -> str:
+    """The named queues in a few words each (``io 2/4 running, 3 waiting``), or ""."""
+    queues = snap.daemon.get("queues")
+    if not isinstance(queues, list):
+        return ""
+    return "; ".join(queue_words(q) for q in queues if isinstance(q, dict))
 
 
 def _priorities(snap: Snapshot) -> str:
@@ -460,6 +471,9 @@ def top_view(snap: Snapshot, width: int, height: int, interval: float) -> Render
     down = [name for name, e in (workers.get("engines") or {}).items() if not e.get("up", True)]
     if down:
         line2.append("  DOWN: " + ", ".join(down), style="bold red")
+    queues = _queues(snap)
+    if queues:
+        line2.append(f"  queues {queues}")
     foot = Text(f"q quits · every {interval:g}s", style="dim", no_wrap=True, overflow="ellipsis")
     if snap.unfinished > snap.listed:
         foot.append(f" · the newest {snap.listed} of {snap.unfinished} unfinished jobs looked at")

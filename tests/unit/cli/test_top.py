@@ -100,6 +100,11 @@ def test_the_collector_shows_running_queued_by_priority_and_failures() -> None:
     assert [(f.id, f.what) for f in snap.failures] == [("1.1", "ValueError: bad")]
     line = top.top_line(snap)
     assert "running 1 (pool 1)  queued 6 (high 2, normal 3, low 1)" in line and "now: 1.0 t0" in line
+    assert "queues" not in line
+    snap.daemon["queues"] = [{"name": "io", "parallel": 4, "running": 2, "waiting": 3, "paused": None},
+                             {"name": "gpu", "parallel": 1, "running": 0, "waiting": 0,
+                              "paused": {"by": "root"}}]
+    assert "queues io 2/4 running, 3 waiting; gpu 0/1 running PAUSED" in top.top_line(snap)
 
 
 def test_the_next_tasks_come_by_priority_across_jobs_and_failures_newest_first() -> None:
