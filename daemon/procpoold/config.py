@@ -454,16 +454,17 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> Config:
         section = data.get("procpoold", data)
         if not isinstance(section, dict):
             raise ConfigError(f"{origin}: procpoold must be a table, got {type(section).__name__}")
+        nested = section is not data  # (a [procpoold] table, with blocks beside it or in it)
         for what, most in (("locks", LOCK_UNITS_MAX), ("queues", MAX_PARALLEL_MAX)):
             block = section.get(what)  # ([locks] beside [procpoold], or in it; [queues] too)
-            if section is not data and what in data:
+            if nested and what in data:
                 if block is not None:
                     raise ConfigError(f"{origin}: [{what}] is given twice (also as [procpoold.{what}])")
                 block = data[what]
             if block is not None:
                 values[what] = _named(block, origin, what, most)
                 section = {k: v for k, v in section.items() if k != what}
-        if section is not data:  # [health] and [metrics] beside [procpoold] (or in it: [procpoold.health])
+        if nested:  # [health] and [metrics] beside [procpoold] (or in it: [procpoold.health])
             for block in _BLOCKS:
                 if block in data:
                     if block in section:

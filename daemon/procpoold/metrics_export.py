@@ -247,6 +247,21 @@ def families(daemon: Daemon) -> Iterator[Any]:
     g = GaugeMetricFamily(f"{PREFIX}_running_tasks", "Attempts in flight.")
     g.add_metric([], data["running"])
     yield g
+    if data["queues"]:
+        fams = {
+            "parallel": GaugeMetricFamily(f"{PREFIX}_queue_parallel",
+                                          "Tasks of a named queue that may run at once.", labels=["queue"]),
+            "running": GaugeMetricFamily(f"{PREFIX}_queue_running_tasks",
+                                         "Tasks of a named queue running.", labels=["queue"]),
+            "waiting": GaugeMetricFamily(f"{PREFIX}_queue_waiting_tasks",
+                                         "Tasks waiting for a place in a named queue.", labels=["queue"]),
+            "paused": GaugeMetricFamily(f"{PREFIX}_queue_paused", "1 while a named queue is paused.",
+                                        labels=["queue"]),
+        }
+        for q in data["queues"]:
+            for part, fam in fams.items():
+                fam.add_metric([q["name"]], int(q[part] is not None) if part == "paused" else q[part])
+        yield from fams.values()
     labels = ["engine", "slot", "pid"]
     done = CounterMetricFamily(f"{PREFIX}_worker_tasks", "Tasks a worker process ran.", labels=labels)
     busy = CounterMetricFamily(f"{PREFIX}_worker_busy_seconds", "Seconds a worker process ran calls.",

@@ -13,7 +13,8 @@ with one sentence per reason.
 - degraded: log records were dropped; the pool has fewer live workers than its size; more tasks
   queued than ``health_max_queued``; a success rate under ``health_min_success_rate`` over the last
   ``health_success_window`` tasks (judged once that many have ended); the daemon is paused
-  (``procctl pause --all``: nothing new starts until ``procctl resume --all``).
+  (``procctl pause --all``: nothing new starts until ``procctl resume --all``), or a named queue is
+  (``procctl pause --queue``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def health(daemon: Daemon) -> dict[str, Any]:
         add(DEGRADED, f"the daemon is paused (by {paused.get('by')} at "
                       f"{time.strftime('%H:%M:%S', time.localtime(paused['at']))}): nothing new starts "
                       "until procctl resume --all")
+    for name, record in sorted(daemon.scheduler.gates.queue_paused.items()):
+        add(DEGRADED, f"the queue {name} is paused (by {record.get('by')} at "
+                      f"{time.strftime('%H:%M:%S', time.localtime(record['at']))}): nothing new of it "
+                      f"starts until procctl resume --queue {name}")
     queued = daemon.scheduler.queued()
     if config.health_max_queued and queued > config.health_max_queued:
         add(DEGRADED, f"{queued} tasks queued, more than health_max_queued ({config.health_max_queued})")
@@ -157,6 +162,7 @@ def report(daemon: Daemon) -> dict[str, Any]:
         **scheduler.metrics.snapshot(now),
         "queue": {"total": sum(by_priority.values()), "by_priority": by_priority},
         "running": scheduler.running(),
+        "queues": daemon.queue_info()["queues"],
         "workers": workers(daemon),
         "logging": {"dropped": sink.stats()["dropped"] if sink is not None else 0},
         "store": store_size(daemon.config.state_dir) if daemon.store is not None else None,

@@ -253,7 +253,7 @@ def test_the_status_line_follows_a_verdict_that_changed_with_no_task_ending() ->
 
 def test_the_prometheus_textfile_is_written_while_things_change(tmp_path: Path) -> None:
     textfile = tmp_path / "procpoold.prom"
-    config = f'[metrics]\ntextfile = "{textfile}"\ninterval = 1\n'
+    config = f'[metrics]\ntextfile = "{textfile}"\ninterval = 1\n\n[queues]\nio = 3\n'
     with daemon_with(config) as d, d.client() as client:
         fams = families(wait_until(lambda: textfile.read_text() if textfile.exists() else "",
                                    what="the first textfile"))
@@ -269,6 +269,9 @@ def test_the_prometheus_textfile_is_written_while_things_change(tmp_path: Path) 
         assert sample(fams, "procpoold_task_duration_seconds", "_count", name="w*") == 5.0
         assert sample(fams, "procpoold_task_duration_seconds", "_bucket", name="w*", le="+Inf") == 5.0
         assert sample(fams, "procpoold_queued_tasks", priority="normal") == 0.0
+        assert sample(fams, "procpoold_queue_parallel", queue="io") == 3.0
+        assert sample(fams, "procpoold_queue_running_tasks", queue="io") == 0.0
+        assert sample(fams, "procpoold_queue_paused", queue="io") == 0.0
         assert sample(fams, "procpoold_store_bytes", part="database") > 0
         assert sum(s.value for s in fams["procpoold_worker_tasks"].samples) == 6.0
         assert fams["procpoold_worker_peak_memory_bytes"].samples

@@ -127,6 +127,9 @@ def test_a_paused_queue_and_its_parallelism_survive_a_restart_and_stop_reruns_wi
     assert "io 0/1 running" in ok(daemon, "status") and "PAUSED" in ok(daemon, "status")
     explained = procctl_json(daemon, "explain", f"{later}.0")
     assert explained["reason"] == "queue_paused"
+    health = daemon.procctl("health")
+    assert health.returncode == 1 and "the queue io is paused" in health.stdout, health.stdout
+    assert "io 0/1 running, 2 waiting PAUSED" in ok(daemon, "metrics")  # (first and later)
     (tmp_path / "go").touch()  # the holder may end at once when it runs again
     assert "queue io resumed" in ok(daemon, "resume", "--queue", "io")
     assert (finished(daemon, first), finished(daemon, later)) == ("completed", "completed")

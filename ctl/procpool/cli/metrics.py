@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from procpool.cli.main import Settings, cli, emit, pass_settings
+from procpool.cli.render import queue_words
 from procpool.contract.states import CANCELLED, FAILED, RUNNING, SKIPPED
 
 
@@ -55,6 +56,7 @@ def metrics_text(m: dict[str, Any]) -> str:
         f"(the last {_tasks(recent['tasks'])}: {_percent(recent['success_rate'])})",
         f"throughput    {tp['rate']:.2f}/s over the last minute ({_tasks(tp['last_minute'])})",
         f"queue         {queue['total']} queued ({by_priority}); {m[RUNNING]} running",
+        *([f"queues        {'; '.join(queue_words(q) for q in m['queues'])}"] if m.get("queues") else []),
         f"log records   {m['logging']['dropped']} dropped",
     ]
     store = m.get("store")

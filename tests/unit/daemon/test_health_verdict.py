@@ -37,7 +37,8 @@ def pool(idle: int = 2, busy: int = 0, deaths: int = 0, **states: int) -> Engine
 
 def daemon(*engines: Engine, queued: int = 0, logging: dict[str, Any] | None = None,
            config: Config | None = None, metrics: TaskMetrics | None = None,
-           store_failure: str | None = None, paused: dict[str, Any] | None = None) -> Any:
+           store_failure: str | None = None, paused: dict[str, Any] | None = None,
+           queues_paused: dict[str, Any] | None = None) -> Any:
     config = config or replace(Config(), workers=2)
     return SimpleNamespace(
         config=config,
@@ -48,7 +49,7 @@ def daemon(*engines: Engine, queued: int = 0, logging: dict[str, Any] | None = N
         stop_reason=None,
         scheduler=SimpleNamespace(
             queued=lambda: queued, metrics=metrics or TaskMetrics(config.health_success_window),
-            paused=paused),
+            paused=paused, gates=SimpleNamespace(queue_paused=queues_paused or {})),
     )
 
 
@@ -62,6 +63,13 @@ def test_a_paused_daemon_is_degraded_and_says_who_paused_it() -> None:
     assert verdict["health"] == "degraded" and verdict["level"] == 1
     [reason] = verdict["reasons"]
     assert "paused (by alice (uid 1000)" in reason and "procctl resume --all" in reason
+
+
+def test_a_paused_queue_is_degraded_and_names_the_queue() -> None:
+    verdict = health(daemon(queues_paused={"io": {"by": "root (uid 0)", "uid": 0, "at": 0.0, "stop": False}}))
+    assert verdict["level"] == 1
+    [reason] = verdict["reasons"]
+    assert "the queue io is paused (by root (uid 0)" in reason and "procctl resume --queue io" in reason
 
 
 def test_the_clients_old_verdicts_are_kept() -> None:

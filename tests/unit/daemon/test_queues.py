@@ -262,3 +262,12 @@ def test_pause_stops_count_neither_as_retries_nor_toward_max_interruptions() -> 
     assert [a.status for a in t.attempts] == ["paused"] * 3 + ["interrupted", "completed"]
     assert job.state == "completed" and t.interruptions == 1 and t.failures == 1
     loop.close()
+
+
+def test_a_config_without_a_procpoold_table_takes_queues_locks_and_blocks_together(tmp_path: Path) -> None:
+    """(A file of top-level settings with [locks] or [queues] and [metrics] was refused: "[metrics]
+    is given twice".)"""
+    config = tmp_path / "c.toml"
+    config.write_text("workers = 2\n\n[metrics]\ninterval = 1\n\n[queues]\nio = 3\n\n[locks]\ngpu = 2\n")
+    loaded = load(config, {})
+    assert (loaded.queues, loaded.locks, loaded.metrics_interval) == ({"io": 3}, {"gpu": 2}, 1.0)
