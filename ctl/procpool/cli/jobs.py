@@ -798,15 +798,17 @@ def _stopping(n: int) -> str:
 def stop(settings: Settings, id: str) -> None:
     """End a repeating job after its current run: that run finishes normally, no other starts.
 
-    The job then ends as that run ends (completed, or failed); status and explain say who stopped
-    it. To stop the run itself, cancel the job.
+    A group or task with its own "repeat" or "every" ends after its current cycle (one waiting
+    for its next cycle, at once). The job then ends as that run ends (completed, or failed);
+    status and explain say who stopped it. To stop the run itself, cancel the job.
 
     \b
       procctl stop 12                              a job with "repeat": "forever"
     """
     with settings.client() as client:
         result = client.stop(id)
-    emit(settings, result, f"job {result['id']} ends after run {result['run']}, its current one")
+    cycles = ", and its repeating groups and tasks after their current cycle" if result.get("cycles") else ""
+    emit(settings, result, f"job {result['id']} ends after run {result['run']}, its current one{cycles}")
 
 
 def _job_or_all(command: str, id: str | None, all_: bool) -> None:
