@@ -30,6 +30,7 @@ the job's row, and arms the timers of waiting nodes).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from procpoold.core.jobs import _KEPT, _REASONS, Effects, Job, Node, RetryRefused
@@ -323,27 +324,31 @@ class CyclingJob(Job):
 
     # -- status -------------------------------------------------------------------------------
 
-    def cycles_status(self) -> list[dict[str, Any]]:
-        """Each cycling node's cycle, for the status: kind, index, name, cycle, repeat (None:
-        forever) and, while it waits, next_cycle_at."""
-        return [
-            {
-                "kind": node[0],
-                "index": node[1],
-                "name": self.node_name(node),
-                "cycle": self.cycle[node],
-                "repeat": repeat,
-                "next_cycle_at": self.waits.get(node),
-            }
-            for node, (repeat, _every) in self.cycling.items()
-        ]
+    # -- explain ------------------------------------------------------------------------------
 
-    def waiting_cycle(self, index: int) -> tuple[Node, float] | None:
-        """The innermost node around task ``index`` (or the task itself) that waits for its next
-        cycle, and when that cycle starts; None when none does (for explain)."""
-        found: tuple[Node, float] | None = None
-        for node, when in self.waits.items():
-            if index in self.members[node] and (found is None or len(self.members[node]) <
-                                                len(self.members[found[0]])):
-                found = (node, when)
-        return found
+    def cycle_words(self, node: Node, clock: Callable[[float], str]) -> str:
+        """``cycle 2 of 5`` (``cycle 7`` for ever), and ``, waits for cycle 3 at 14:03:07`` while it waits."""
+        repeat = self.cycling[node][0]
+        cycle = self.cycle[node]
+        words = f"cycle {cycle}" + ("" if repeat is None else f" of {repeat}")
+        when = self.waits.get(node)
+        if when is not None:
+            words += f", waits for cycle {cycle + 1} at {clock(when)}"
+        return words
+
+    def explain_lines(self, index: int | None, clock: Callable[[float], str]) -> list[str]:
+        """For explain: of a task (``index``), the next cycle it waits for (the innermost waiting
+        node around it); of the job (None), a line per cycling node."""
+        if index is None:
+            return [f"{self.node_words(node)}: {self.cycle_words(node, clock)}" for node in self.cycling]
+        found: Node | None = None
+        for node in self.waits:
+            if index in self.members[node] and (
+                found is None or len(self.members[node]) < len(self.members[found])
+            ):
+                found = node
+        if found is None:
+            return []
+        return [f"waits for the next cycle of {self.node_words(found)} at {clock(self.waits[found])} "
+                f"(cycle {self.cycle[found] + 1}"
+                + ("" if self.cycling[found][0] is None else f" of {self.cycling[found][0]}") + ")"]

@@ -307,3 +307,30 @@ def test_the_run_does_not_end_while_a_restarted_cycle_runs() -> None:
     assert not d.finished and d.job.tasks[d.index("a")].state == "running"
     d.done("a")
     assert d.finished
+
+
+def test_the_status_carries_each_cycling_node_and_procctl_shows_it_on_its_line() -> None:
+    from procpool.cli import render
+    from procpoold.core import status
+
+    job = make({"concurrent": [
+        {"name": "fast", "repeat": 10, "sequential": [{"name": "a", "cmd": ["a"]},
+                                                      {"name": "poll", "cmd": ["p"], "every": 4}]},
+        {"name": "slow", "cmd": ["s"]},
+    ]})
+    assert "cycles" not in status.detail(make({"cmd": ["x"]}))  # a plain job's head is as it was
+    d = Driver(job)
+    d.done("a")
+    d.done("poll")  # "poll" waits 4 s for its next cycle, inside cycle 1 of "fast"
+    full = status.full(job)
+    assert full["job"]["cycles"] == [
+        {"kind": "group", "index": 1, "name": "fast", "cycle": 1, "repeat": 10, "next_cycle_at": None},
+        {"kind": "task", "index": 1, "name": "poll", "cycle": 1, "repeat": "forever", "next_cycle_at": 4.0},
+    ]
+    assert status.summary_status(job)["job"]["cycles"] == full["job"]["cycles"]
+    tree = render.job_tree(dict(full), now=0.0)
+    assert "sequential fast  (cycle 1/10)" in tree, tree
+    poll_line = next(line for line in tree.splitlines() if "poll" in line)
+    assert poll_line.endswith("(cycle 1, next cycle in 4.0s)"), tree
+    digest = render.job_digest(dict(full["job"]), [], now=0.0)
+    assert "cycles: group fast cycle 1/10; task poll cycle 1, next cycle in 4.0s" in digest, digest
