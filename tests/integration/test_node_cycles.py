@@ -198,6 +198,7 @@ def test_the_example_runs_its_fast_branch_beside_the_slow_one(daemon: DaemonProc
     path = ROOT / "examples" / "cycles.json"
     out = daemon.procctl("validate", str(path))
     assert out.returncode == 0, out.stderr
+    assert "group poll cycles on its own clock: repeat 5, every 0.2 s" in out.stdout, out.stdout
     with daemon.client() as client:
         job_id = client.submit(json.loads(path.read_text()))["id"]
         status = finished(client, job_id)
