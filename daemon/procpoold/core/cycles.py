@@ -260,7 +260,9 @@ class CyclingJob(Job):
         for node in self.cycle:
             self.cycle[node] = 1
         self.waits.clear()
-        return super().start_run(now)
+        effects = super().start_run(now)
+        effects.cycled = []  # (the job's row holds the cycles: written with the run's start)
+        return effects
 
     def _rebuild(self) -> None:
         """As :meth:`Job._rebuild`, but a node waiting for its next cycle is not complete."""

@@ -124,3 +124,25 @@ def test_retry_resumes_a_node_in_the_cycle_where_it_failed(tmp_path: Path) -> No
     assert again.state == "completed" and again.cycle[("task", 0)] == 3
     loop.close()
     store.close()
+
+
+def test_a_job_run_stores_its_nodes_back_at_cycle_one(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    job, _ = scheduler.submit({"name": "runs", "repeat": 2,
+                               "root": {"name": "tick", "cmd": ["true"], "repeat": 2}})
+    assert finish(loop, executor, scheduler, "tick") == 1
+    loop.run_once(0)  # its cycle 2
+    assert finish(loop, executor, scheduler, "tick") == 1  # the end of run 1: run 2 starts
+    loop.run_once(0)
+    assert isinstance(job, CyclingJob) and job.run == 2 and job.cycle[("task", 0)] == 1
+    scheduler.flush()
+    loop.close()
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    again = scheduler.jobs[job.id]
+    assert isinstance(again, CyclingJob) and again.run == 2 and again.cycle[("task", 0)] == 1
+    loop.close()
+    store.close()
