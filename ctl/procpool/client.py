@@ -401,7 +401,8 @@ class Client:
 
     def stop(self, id: str) -> dict[str, Any]:
         """End a repeating job after its current run (that run finishes normally; no other
-        starts); returns ``{"id", "run", "state"}``."""
+        starts), and each node that cycles on its own clock after its current cycle; returns
+        ``{"id", "run", "state"}`` (and ``"cycles": true`` for a job with such nodes)."""
         result: dict[str, Any] = self.call("stop", {"id": id})
         return result
 

@@ -231,7 +231,15 @@ def validate(settings: Settings, file: str) -> None:
         for i in plan.start_order()
     ]
     warnings = [w for task in job.tasks for w in _not_found_here(task, job.python_path)]
-    data = {"valid": True, "name": job.name, "tasks": len(job.tasks), "order": order, "warnings": warnings}
+    data: dict[str, Any] = {
+        "valid": True, "name": job.name, "tasks": len(job.tasks), "order": order, "warnings": warnings}
+    cycling = [  # the groups and tasks with their own repeat/every (docs/job-trees.md, Cycles)
+        {"kind": kind, "name": (job.tasks[i] if kind == "task" else job.groups[i]).name,
+         "repeat": "forever" if repeat is None else repeat, "every": every}
+        for (kind, i), (repeat, every) in job.cycles.items()
+    ]
+    if cycling:
+        data["cycles"] = cycling
     if not settings.json:
         for warning in warnings:
             warn(warning)
@@ -239,6 +247,8 @@ def validate(settings: Settings, file: str) -> None:
     def text() -> str:
         lines = [f'{file}: valid job "{job.name}" with {plural(len(job.tasks), "task")}; start order:']
         lines += [f"  {n + 1:>3}. {o['name']}  ({o['kind']} at {o['path']})" for n, o in enumerate(order)]
+        lines += [f"  {c['kind']} {c['name']} cycles on its own clock: repeat {c['repeat']}"
+                  + (f", every {c['every']:g} s" if c["every"] is not None else "") for c in cycling]
         return "\n".join(lines)
 
     emit(settings, data, text)
@@ -798,15 +808,17 @@ def _stopping(n: int) -> str:
 def stop(settings: Settings, id: str) -> None:
     """End a repeating job after its current run: that run finishes normally, no other starts.
 
-    The job then ends as that run ends (completed, or failed); status and explain say who stopped
-    it. To stop the run itself, cancel the job.
+    A group or task with its own "repeat" or "every" ends after its current cycle (one waiting
+    for its next cycle, at once). The job then ends as that run ends (completed, or failed);
+    status and explain say who stopped it. To stop the run itself, cancel the job.
 
     \b
       procctl stop 12                              a job with "repeat": "forever"
     """
     with settings.client() as client:
         result = client.stop(id)
-    emit(settings, result, f"job {result['id']} ends after run {result['run']}, its current one")
+    cycles = ", and its repeating groups and tasks after their current cycle" if result.get("cycles") else ""
+    emit(settings, result, f"job {result['id']} ends after run {result['run']}, its current one{cycles}")
 
 
 def _one_target(command: str, id: str | None, all_: bool, queue: str | None) -> None:

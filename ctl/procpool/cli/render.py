@@ -209,9 +209,14 @@ def job_tree(status: dict[str, Any], now: float, collapse: int | None = COLLAPSE
     job = status["job"]
     groups = status["groups"]
     tasks = status["tasks"]
-    lines = _job_head(job, now)
+    lines = _job_head(job, now, cycles=False)
     lines.append("  " + counts_line(job.get("counts") or _count(tasks), int(job.get("tasks", len(tasks)))))
     engine = job.get("all_local") is False  # (a daemon from before engines had names: no field)
+    cycling = _cycles_of(job)
+
+    def cycle(kind: str, index: int) -> str:
+        c = cycling.get((kind, index)) if cycling else None
+        return f"  ({cycle_words(c, now)})" if c is not None else ""
 
     def under(index: int) -> list[dict[str, Any]]:
         """The tasks of group ``index`` and of the groups in it, in order."""
@@ -224,14 +229,14 @@ def job_tree(status: dict[str, Any], now: float, collapse: int | None = COLLAPSE
         kind, index = node
         branch = "" if top else ("└─ " if last else "├─ ")
         if kind == "task":
-            lines.append(prefix + branch + task_line(tasks[index], now, engine))
+            lines.append(prefix + branch + task_line(tasks[index], now, engine) + cycle(kind, index))
             return
         g = groups[index]
         inner = prefix + ("" if top else ("   " if last else "│  "))
         if collapse is not None and len(g["children"]) > collapse:
             members = under(index)
             counted = counts_line(_count(members), len(members))
-            lines.append(f"{prefix}{branch}{g['kind']} {g['name']}  {counted}")
+            lines.append(f"{prefix}{branch}{g['kind']} {g['name']}  {counted}{cycle(kind, index)}")
             shown = [t for t in members if t["state"] in (FAILED, TIMEOUT)]
             shown += [t for t in members if t["state"] == RUNNING]
             for t in shown[:COLLAPSED_LISTED]:
@@ -240,7 +245,7 @@ def job_tree(status: dict[str, Any], now: float, collapse: int | None = COLLAPSE
                 more = len(shown) - COLLAPSED_LISTED
                 lines.append(f"{inner}   … and {more} more failed or running task{'s' if more != 1 else ''}")
             return
-        lines.append(f"{prefix}{branch}{g['kind']} {g['name']}")
+        lines.append(f"{prefix}{branch}{g['kind']} {g['name']}{cycle(kind, index)}")
         for i, child in enumerate(g["children"]):
             walk(child, inner, i == len(g["children"]) - 1, False)
 
@@ -323,8 +328,24 @@ def job_table(jobs: list[dict[str, Any]], now: float, matched: int | None = None
     return "\n".join(lines)
 
 
-def _job_head(job: dict[str, Any], now: float) -> list[str]:
-    """A job's first line (and the reason it ended, if any)."""
+def cycle_words(c: dict[str, Any], now: float) -> str:
+    """A node's cycle: ``cycle 3/10``, ``cycle 7`` (repeat forever), ``cycle 2/5, next cycle in 4.0s``."""
+    repeat = c.get("repeat")
+    words = f"cycle {c.get('cycle')}" + (f"/{repeat}" if isinstance(repeat, int) else "")
+    when = c.get("next_cycle_at")
+    if isinstance(when, (int, float)):
+        words += f", next cycle in {duration(max(0.0, when - now))}"
+    return words
+
+
+def _cycles_of(job: dict[str, Any]) -> dict[tuple[Any, Any], dict[str, Any]]:
+    """The job's nodes that cycle on their own clock, by (kind, index) (none: empty)."""
+    return {(c.get("kind"), c.get("index")): c for c in job.get("cycles") or () if isinstance(c, dict)}
+
+
+def _job_head(job: dict[str, Any], now: float, cycles: bool = True) -> list[str]:
+    """A job's first line (and the reason it ended, if any); with ``cycles``, a line of its nodes
+    that cycle on their own clock (a tree shows each on its own line instead)."""
     repeat = job.get("repeat", 1)
     runs = f"run {job['run']}/{'∞' if repeat == 'forever' else repeat}"
     if isinstance(repeat, int) and job["run"] > repeat:  # a run of procctl retry
@@ -338,6 +359,9 @@ def _job_head(job: dict[str, Any], now: float) -> list[str]:
         when = job["next_run_at"]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
         lines.append(f"  next run: {stamp} (in {duration(max(0.0, when - now))})")
+    if cycles and job.get("cycles"):
+        lines.append("  cycles: " + "; ".join(
+            f"{c.get('kind')} {c.get('name')} {cycle_words(c, now)}" for c in _cycles_of(job).values()))
     if job.get("kept"):
         lines.append(f"  kept: {job['kept']} completed task{'s' if job['kept'] != 1 else ''} of earlier runs "
                      "(their results too)")

@@ -150,6 +150,21 @@ class JobDetail(JobSummary):
     kept: NotRequired[int]
     #: when the next run of a ``scheduled`` job starts (wall clock; its "schedule" or "every")
     next_run_at: NotRequired[float | None]
+    #: each group or task with its own "repeat"/"every", in tree order (absent: the job has none)
+    cycles: NotRequired[list[NodeCycle]]
+
+
+class NodeCycle(TypedDict):
+    """A node that cycles on its own clock, in a job's status: ``cycle`` (its current one, from
+    1; its last once it completed), of ``repeat`` ("forever": no last), and, while it waits for
+    its next cycle, when that starts (``next_cycle_at``, wall clock; else None)."""
+
+    kind: Literal["task", "group"]
+    index: int
+    name: str
+    cycle: int
+    repeat: int | Literal["forever"]
+    next_cycle_at: float | None
 
 
 class GroupStatus(TypedDict):

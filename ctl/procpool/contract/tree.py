@@ -131,6 +131,18 @@ TASK_FIELDS: dict[str, FieldSpec] = {
         "attempts of its job (up to the daemon's async_per_worker); false (default): the attempt holds "
         "its worker alone. call tasks only (inherited).", True),
 }
+#: "repeat" and "every" of a group or a task: the node cycles on its own clock (docs/job-trees.md,
+#: Schedules); neither is inherited
+NODE_CYCLE_FIELDS: dict[str, FieldSpec] = {
+    "repeat": FieldSpec(
+        "repeat", 'Run this node this many cycles (a positive integer or "forever"), each cycle once '
+        "every task inside it completed, without waiting for its siblings; it counts as complete after "
+        "its last cycle."),
+    "every": FieldSpec(
+        "positive", "Seconds from the end of one cycle of this node to the start of the next (repeat "
+        'defaults to "forever").'),
+}
+TASK_FIELDS.update(NODE_CYCLE_FIELDS)
 #: "max_parallel" of a group or the job: at most this many of its tasks run at once
 MAX_PARALLEL_FIELD = FieldSpec(
     "max_parallel", "At most this many of the tasks inside run at once (nested limits all apply).")
@@ -142,6 +154,7 @@ GROUP_FIELDS: dict[str, FieldSpec] = {
     "max_parallel": MAX_PARALLEL_FIELD,
     "locks": TASK_FIELDS["locks"],
     "queue": TASK_FIELDS["queue"],
+    **NODE_CYCLE_FIELDS,
 }
 JOB_FIELDS: dict[str, FieldSpec] = {
     "name": FieldSpec("string", "Name of the job."),
@@ -303,6 +316,9 @@ class JobSpec:
     timezone: str = "UTC"
     #: runs missed while the daemon was down ("missed"): "run_once" or "skip"
     missed: str = "run_once"
+    #: the nodes that cycle on their own clock: ("task", i) or ("group", i) -> (repeat, every), from
+    #: their "repeat" (None: forever) and "every" (None: the next cycle at once); empty for most jobs
+    cycles: dict[tuple[str, int], tuple[int | None, float | None]] = field(default_factory=dict)
 
 
 #: a TaskSpec without running its __init__: the parser sets every field by name (see _add_task)
@@ -575,6 +591,16 @@ class _Parser:
         self.task_locks: dict[int, list[tuple[str, int]]] = {}
         #: task index -> its own queue (see JobSpec.task_queues)
         self.task_queues: dict[int, str] = {}
+        #: the nodes with a "repeat" or "every" (see JobSpec.cycles)
+        self.cycles: dict[tuple[str, int], tuple[int | None, float | None]] = {}
+
+    def cycle(self, node: tuple[str, int], values: dict[str, Any]) -> None:
+        """Note a node's own "repeat" and "every" (a node with "every" and no "repeat" cycles for
+        ever, as the job does). A node that runs once is no cycling node."""
+        every = values.get("every")
+        repeat = values.get("repeat", None if every is not None else 1)
+        if repeat != 1:
+            self.cycles[node] = (repeat, every)
 
     def claim(self, name: str, path: str) -> None:
         if name in self.names:
@@ -659,6 +685,8 @@ class _Parser:
             group.queue = values.get("queue")
             self.gated = True
         self.groups.append(group)
+        if "repeat" in values or "every" in values:
+            self.cycle(("group", index), values)
         inner = _merge_defaults(defaults, values)
         children = group.children
         tasks, groups, callables = self.tasks, self.groups, self._callables
@@ -798,6 +826,8 @@ class _Parser:
         if "queue" in values:
             self.task_queues[index] = values["queue"]
             self.gated = True
+        if "repeat" in values or "every" in values:
+            self.cycle(("task", index), values)
         return ("task", index)
 
 
@@ -1001,9 +1031,43 @@ def parse_job(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
         schedule=values.get("schedule"),
         timezone=str(values.get("timezone", "UTC")),
         missed=str(values.get("missed", "run_once")),
+        cycles=parser.cycles,
     )
     job.plan = compile_job(job)
+    if parser.cycles:
+        _check_cycling(job, job.plan)
     return job
+
+
+def _check_cycling(job: JobSpec, plan: Plan) -> None:
+    """A node outside a cycling group may depend on the group, not on a node inside it: that node
+    completes once per cycle, and only the group's last cycle completes it for the rest of the job."""
+    cycling = {g for kind, g in job.cycles if kind == "group"}
+    if not cycling:
+        return
+
+    def groups_of(node: tuple[str, int]) -> set[int]:  # the enclosing groups (and itself)
+        out: set[int] = {node[1]} if node[0] == "group" else set()
+        g = job.tasks[node[1]].parent if node[0] == "task" else job.groups[node[1]].parent
+        while g is not None:
+            out.add(g)
+            g = job.groups[g].parent
+        return out
+
+    for node, preds in plan.preds.items():
+        for pred in preds:
+            inside = (groups_of(pred) - ({pred[1]} if pred[0] == "group" else set())) & cycling
+            outside = inside - groups_of(node)
+            if outside:
+                group = job.groups[min(outside)]
+                spec = job.tasks[node[1]] if node[0] == "task" else job.groups[node[1]]
+                what = job.tasks[pred[1]].name if pred[0] == "task" else job.groups[pred[1]].name
+                raise TreeError(
+                    f"{spec.path}.depends_on",
+                    f'{_quote(what)} is inside the repeating group "{group.name}", and this node is not: '
+                    "it completes once per cycle",
+                    f'depend on "{group.name}" (complete after its last cycle) instead',
+                )
 
 
 def _check_schedule(values: dict[str, Any]) -> None:

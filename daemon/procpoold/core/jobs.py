@@ -250,12 +250,18 @@ class Effects:
     stop: list[str] = field(default_factory=list)  # attempt ids to stop (cancelled)
     finished_tasks: list[int] = field(default_factory=list)  # tasks that reached a final state
     run_finished: bool = False
+    #: a node's cycle ended (core.cycles; None in a job without cycling nodes, so the scheduler
+    #: looks no further): the tasks its next cycle reset, to be written (and a node may now wait
+    #: for its next cycle: the scheduler arms its timer)
+    cycled: list[int] | None = None
 
     def merge(self, other: Effects) -> Effects:
         self.ready += other.ready
         self.stop += other.stop
         self.finished_tasks += other.finished_tasks
         self.run_finished = self.run_finished or other.run_finished
+        if other.cycled is not None:
+            self.cycled = [*(self.cycled or ()), *other.cycled]
         return self
 
 
@@ -304,6 +310,15 @@ _STOPPED: weakref.WeakSet[Job] = weakref.WeakSet()
 
 class Job:
     """A submitted job tree and the state of its current run."""
+
+    def __new__(cls, job_id: str, spec: JobSpec, *args: Any, **kwargs: Any) -> Job:
+        # A tree with a node that cycles on its own clock ("repeat"/"every" on a group or task)
+        # makes a CyclingJob (core.cycles): every other job runs this class's code alone.
+        if spec.cycles and cls is Job:
+            from procpoold.core.cycles import CyclingJob
+
+            return object.__new__(CyclingJob)
+        return object.__new__(cls)
 
     @property
     def stop_requested(self) -> bool:

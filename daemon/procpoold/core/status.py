@@ -16,9 +16,9 @@ poll with a cursor (:func:`changes_page`) costs the tasks changed since it (see 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from math import nan
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from procpool.contract.states import (
     COMPLETED,
@@ -38,6 +38,7 @@ from procpool.contract.status import (
     GroupStatus,
     JobDetail,
     JobSummary,
+    NodeCycle,
     SummaryStatus,
     TaskReply,
     TaskStatus,
@@ -111,7 +112,7 @@ def detail(job: Job) -> JobDetail:
     """The head of a job's status: its summary and the job-wide fields (no task is read, but once
     for the job's engines: see :func:`engine_routes`)."""
     routes, all_local = engine_routes(job)
-    return {
+    head: dict[str, Any] = {
         **summary(job),
         "engines": sorted({name for name in routes.values() if name is not None}),
         "all_local": all_local,
@@ -124,6 +125,44 @@ def detail(job: Job) -> JobDetail:
         "kept": len(job.kept or ()),
         "next_run_at": job.next_run_at,  # (None unless the job is scheduled)
     }
+    if job.spec.cycles:  # a node with its own "repeat"/"every" (core.cycles)
+        head["cycles"] = cycles(job)
+    return cast(JobDetail, head)  # ("cycles" only for such a job: the others' heads are as they were)
+
+
+def cycles(job: Job) -> list[NodeCycle]:
+    """Each node of the job that cycles on its own clock (see :class:`NodeCycle`), in tree order."""
+    from procpoold.core.cycles import CyclingJob  # (as Job: this module is imported before the core)
+
+    if not isinstance(job, CyclingJob):  # (a stand-in for a job that could not be restored)
+        return []
+    return [
+        {
+            "kind": "task" if node[0] == "task" else "group",
+            "index": node[1],
+            "name": job.node_name(node),
+            "cycle": job.cycle[node],
+            "repeat": "forever" if repeat is None else repeat,
+            "next_cycle_at": job.waits.get(node),
+        }
+        for node, (repeat, _every) in sorted(job.cycling.items(), key=_tree_order(job))
+    ]
+
+
+def _tree_order(job: Job) -> Callable[[tuple[tuple[str, int], Any]], tuple[int, int]]:
+    """The key of a node's item in the tree's order: a group before what is in it (by its first
+    task, and outer groups first)."""
+    groups = job.spec.groups
+
+    def first_task(item: tuple[tuple[str, int], Any]) -> tuple[int, int]:
+        kind, index = item[0]
+        depth = 0
+        while kind == "group":
+            kind, index = groups[index].children[0]
+            depth -= 1
+        return (index, depth)
+
+    return first_task
 
 
 #: Each job's groups with their children as runs, made once (a job's tree does not change), by

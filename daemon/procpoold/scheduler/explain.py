@@ -20,6 +20,7 @@ from procpool.contract.errors import ProcpoolError
 from procpool.contract.tree import PRIORITIES
 from procpool.contract.words import plural
 from procpoold.core import reasons as why
+from procpoold.core.cycles import CyclingJob
 from procpoold.core.gates import JOB, Waiting
 from procpoold.core.jobs import Attempt, Job, Node, TaskRun
 from procpoold.core.queue import Place
@@ -132,6 +133,8 @@ class Explain(SchedulerState):
         failed = counts.get("failed", 0) + counts.get("timeout", 0)
         listed = failed if job.finished else sum(by_reason.values())
         out["more"] = max(0, listed - len(shown))
+        if isinstance(job, CyclingJob):  # its nodes with their own repeat/every (core.cycles)
+            text += job.explain_lines(None, clock)
         out["text"] = text
         return out
 
@@ -241,6 +244,8 @@ class Explain(SchedulerState):
                 text.append("it was cancelled: the attempt is being stopped")
         else:
             self._finished(job, t, code, arg, out, text)
+        if isinstance(job, CyclingJob):  # (its node waits for its next cycle: core.cycles)
+            text += job.explain_lines(index, clock)
         if state in FINAL_TASK_STATES:  # how each attempt ended (a job's answer: the last one)
             text += _attempt_lines(t.attempts[-1:] if brief else t.attempts, t.attempts)
         elif not brief:  # the attempts that ended before (a running task's current one is above)
@@ -493,8 +498,12 @@ class Explain(SchedulerState):
                 words += f" since {clock(t.attempts[-1].started_at)}"
             elif t.state == "pending" and t.waiting:
                 words += ", itself waiting"
+            if isinstance(job, CyclingJob) and node in job.cycling:  # it completes after its last cycle
+                words += f", {job.cycle_words(node, clock)}"
             return words + ")"
         group = job.spec.groups[i]
+        if isinstance(job, CyclingJob) and node in job.cycling:  # it completes after its last cycle
+            return f'{group.kind} group "{group.name}" ({job.cycle_words(node, clock)})'
         return (f'{group.kind} group "{group.name}" ({job.group_left(i)} of its '
                 f"{len(group.children)} parts not complete yet)")
 

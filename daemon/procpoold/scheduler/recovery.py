@@ -129,6 +129,7 @@ class Recovery(SchedulerState):
                 self._recover_scheduled(job)
             else:
                 self._apply(job, effects)
+                self._recover_cycles(job)
         return counts
 
     def _replay_journal(self) -> int:

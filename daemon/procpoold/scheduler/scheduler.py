@@ -19,6 +19,7 @@ delays are loop timers. Executors report back through the
 - :mod:`.queries`: finished jobs (index, cache, retention) and status queries;
 - :mod:`.explain`: why a task is in its state (``procctl explain``);
 - :mod:`.timing`: jobs that wait for their next run's time (``schedule``, ``every``);
+- :mod:`.cycles`: nodes that wait for their next cycle (``repeat``/``every`` on a group or task);
 
 and this module, the engine room: carrying out the state changes a job returns.
 """
@@ -31,6 +32,7 @@ from procpool.contract.words import plural
 from procpoold import failures, journal
 from procpoold.core.jobs import Effects, Job
 from procpoold.scheduler.attempts import Attempts
+from procpoold.scheduler.cycles import NodeCycles
 from procpoold.scheduler.explain import Explain
 from procpoold.scheduler.pausing import Pausing
 from procpoold.scheduler.persistence import Persistence
@@ -41,7 +43,8 @@ from procpoold.scheduler.submission import Submission
 from procpoold.scheduler.timing import Schedules
 
 
-class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, Schedules, Pausing):
+class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, Schedules, Pausing,
+                NodeCycles):
     """Jobs, queues, attempts; see the module docstring.
 
     The parts (mixins over :class:`~procpoold.scheduler.state.SchedulerState`): submission, attempts,
@@ -52,6 +55,8 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, S
     def _apply(self, job: Job, effects: Effects) -> None:
         # "ready" is derived again at recovery, so only final states need writing here.
         self._touch(job, effects.finished_tasks)
+        if effects.cycled is not None:  # (a node's cycle ended or began: core.cycles)
+            self._cycled(job, effects.cycled)
         if effects.ready:
             self._enqueue(job, effects.ready)
         for attempt_id in effects.stop:
@@ -76,6 +81,8 @@ class Scheduler(Submission, Attempts, Persistence, Recovery, Queries, Explain, S
         """
         finished = effects.finished_tasks
         self._touch(job, finished)
+        if effects.cycled is not None:  # (a node's cycle ended: core.cycles)
+            self._cycled(job, effects.cycled)
         if effects.ready:
             self._enqueue(job, effects.ready)
         self._completed_final(job, finished)

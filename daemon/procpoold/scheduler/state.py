@@ -132,6 +132,8 @@ class SchedulerState(abc.ABC):
         self._retry_timers: dict[Ref, Timer] = {}
         #: job id -> the timer of its next run, while it is ``scheduled`` (see .timing)
         self._schedule_timers: dict[str, Timer] = {}
+        #: (job id, node) -> the timer of the node's next cycle, while it waits (see .cycles)
+        self._cycle_timers: dict[tuple[str, tuple[str, int]], Timer] = {}
         self._pump_scheduled = False
         self.accepting = True
         #: the daemon's pause (``procctl pause --all``): who paused it and when; None: not paused.
@@ -217,6 +219,18 @@ class SchedulerState(abc.ABC):
     @abc.abstractmethod
     def _recover_scheduled(self, job: Job) -> None:
         """(timing) A ``scheduled`` job read back at start: its ``missed`` policy, its timer."""
+
+    @abc.abstractmethod
+    def _cycled(self, job: Job, reset: list[int]) -> None:
+        """(cycles) A node's cycle ended or began: write it, arm the timers of waiting nodes."""
+
+    @abc.abstractmethod
+    def _recover_cycles(self, job: Job) -> None:
+        """(cycles) A job read back at start: arm the timers of its nodes waiting for a cycle."""
+
+    @abc.abstractmethod
+    def _stop_cycles(self, job: Job) -> Effects | None:
+        """(cycles) ``procctl stop``: end the job's cycling nodes (None: it has none)."""
 
     @abc.abstractmethod
     def _start_when_prerequisites_allow(self, job: Job) -> None:

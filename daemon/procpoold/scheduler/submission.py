@@ -322,16 +322,21 @@ class Submission(SchedulerState):
     def stop(self, ref: str, by: int | None = None) -> dict[str, Any]:
         """End a repeating job after its current run (``procctl stop``): that run goes on as it
         would, no other starts, and the job ends in the state that run ends in; its reason says
-        who stopped it. Loop thread. Raises ``conflict`` for a finished job, a task id, or a job
-        that does not repeat (it ends after this run anyway)."""
+        who stopped it. A node that cycles on its own clock (core.cycles) ends after its current
+        cycle (one waiting for its next cycle, at once). Loop thread. Raises ``conflict`` for a
+        finished job, a task id, or a job that repeats neither itself nor a node (it ends after
+        this run anyway)."""
         job, index = self.resolve(ref)
         if index is not None:
             raise ProcpoolError(ErrorCode.CONFLICT, f"{ref} is a task: only a job repeats",
                                 f"procctl stop {job.id} ends the job after its current run")
         if job.finished:
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} already {job.state}")
-        # (a scheduled job's run number is that of the run it waits for: stopping it ends it now)
-        if job.state != "scheduled" and job.spec.repeat is not None and job.run >= job.spec.repeat:
+        # (a scheduled job's run number is that of the run it waits for: stopping it ends it now;
+        # a job with a node that cycles on its own clock ends each such node after its cycle)
+        cycling = bool(job.spec.cycles)
+        if (job.state != "scheduled" and job.spec.repeat is not None and job.run >= job.spec.repeat
+                and not cycling):
             what = "does not repeat" if job.spec.repeat == 1 else f"is in its last run ({job.run})"
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} {what}: it ends after this run anyway",
                                 f"procctl cancel {job.id} stops it now")
@@ -348,10 +353,19 @@ class Submission(SchedulerState):
                     self._job_ended(job, self.clock())
                 self.flush()
                 return {"id": job.id, "run": job.run, "state": job.state}
+            if cycling:
+                last = job.spec.repeat is not None and job.run >= job.spec.repeat
+                job.reason = (f"stopped by {who}: no node cycle after the current ones"
+                              + ("" if last else f", no run after run {job.run}"))
+                effects = self._stop_cycles(job)  # waiting nodes end now, the others after their cycle
+                if effects is not None:
+                    self._apply(job, effects)
             self._touch(job, [])
             self.flush()  # durable before the reply: a restart does not start another run
         log.info("stop %s: job %s ends after run %d", ref, job.id, job.run,
                  extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}})
+        if cycling:  # (said only of such a job: the reply of any other is as it was)
+            return {"id": job.id, "run": job.run, "state": job.state, "cycles": True}
         return {"id": job.id, "run": job.run, "state": job.state}
 
     def retry(self, ref: str, tasks: list[str] | None = None, by: int | None = None) -> dict[str, Any]:
@@ -495,6 +509,7 @@ class Submission(SchedulerState):
         if job.state != "held":
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} is {job.state}, not held or paused")
         self._apply(job, job.resume())
+        self._recover_cycles(job)  # (a held job's waiting nodes wait from its release)
         return {"id": job.id, "state": job.state, "released": "held"}
 
 

@@ -1,0 +1,148 @@
+"""Nodes that cycle on their own clock, in the scheduler: the timer of a node's next cycle, its
+time kept across a restart (re-armed, or started at once when due), ``stop`` of a job whose only
+repetition is on nodes, and ``retry`` resuming a node in its cycle (a store and a clock of the
+test's own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procpool.contract.errors import ProcpoolError
+from procpoold.core.cycles import CyclingJob
+from procpoold.engines import Outcome
+from procpoold.loop import EventLoop
+from procpoold.scheduler import Scheduler
+from procpoold.store.sqlite import StateStore
+from tests.unit.daemon.test_scheduler import RecordingExecutor
+from tests.unit.daemon.test_schedules import T0, Clock, start
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+
+def doc(**node: Any) -> dict[str, Any]:
+    return {"name": "cycling", "root": {"concurrent": [
+        {"name": "tick", "cmd": ["true"], **node},
+        {"name": "slow", "cmd": ["sleep", "1"]},
+    ]}}
+
+
+def fail_running(loop: EventLoop, executor: RecordingExecutor, scheduler: Scheduler, name: str) -> None:
+    loop.run_once(0)
+    for spec in list(executor.submitted):
+        if spec.attempt_id in executor.running and spec.task_name == name:
+            executor.running.discard(spec.attempt_id)
+            scheduler.attempt_finished(Outcome(spec.attempt_id, "failed"))
+    loop.run_once(0)
+
+
+def finish(loop: EventLoop, executor: RecordingExecutor, scheduler: Scheduler, name: str) -> int:
+    """Complete the running attempts of task ``name`` only."""
+    loop.run_once(0)
+    done = 0
+    for spec in list(executor.submitted):
+        if spec.attempt_id in executor.running and spec.task_name == name:
+            executor.running.discard(spec.attempt_id)
+            scheduler.attempt_finished(Outcome(spec.attempt_id, "completed"))
+            done += 1
+    loop.run_once(0)
+    return done
+
+
+def test_a_waiting_node_keeps_its_time_across_a_restart_and_starts_when_due(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    job, _ = scheduler.submit(doc(every=100, repeat=3))
+    assert finish(loop, executor, scheduler, "tick") == 1
+    assert isinstance(job, CyclingJob) and job.waits == {("task", 0): T0 + 100}
+    assert (job.id, ("task", 0)) in scheduler._cycle_timers
+    scheduler.flush()
+    loop.close()
+    store.close()
+
+    clock.now = T0 + 50  # before the time: the timer is armed again, nothing starts
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    again = scheduler.jobs[job.id]
+    assert isinstance(again, CyclingJob) and again.waits == {("task", 0): T0 + 100}
+    assert (job.id, ("task", 0)) in scheduler._cycle_timers
+    loop.run_once(0)
+    assert again.tasks[0].state == "completed" and again.cycle[("task", 0)] == 1
+    scheduler.flush()
+    loop.close()
+    store.close()
+
+    clock.now = T0 + 500  # after it: the next cycle starts at once
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    again = scheduler.jobs[job.id]
+    loop.run_once(0)
+    assert isinstance(again, CyclingJob) and not again.waits and again.cycle[("task", 0)] == 2
+    assert finish(loop, executor, scheduler, "tick") == 1
+    assert again.waits == {("task", 0): T0 + 600}
+    loop.close()
+    store.close()
+
+
+def test_stop_takes_a_job_that_repeats_only_a_node_and_ends_its_wait_at_once() -> None:
+    clock = Clock(T0)
+    loop, executor, scheduler = start(clock)
+    job, _ = scheduler.submit(doc(every=100))
+    finish(loop, executor, scheduler, "tick")
+    reply = scheduler.stop(job.id)
+    assert reply["cycles"] is True and job.stop_requested
+    assert isinstance(job, CyclingJob) and not job.waits and not scheduler._cycle_timers
+    assert "no node cycle after the current ones" in (job.reason or "")
+    finish(loop, executor, scheduler, "slow")
+    assert job.state == "completed"
+    plain, _ = scheduler.submit({"root": {"cmd": ["sleep", "9"]}})
+    with pytest.raises(ProcpoolError, match="does not repeat"):
+        scheduler.stop(plain.id)
+    loop.close()
+
+
+def test_retry_resumes_a_node_in_the_cycle_where_it_failed(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    job, _ = scheduler.submit({"name": "r", "on_failure": "continue", "root": {"concurrent": [
+        {"name": "tick", "cmd": ["true"], "repeat": 3}]}})
+    assert finish(loop, executor, scheduler, "tick") == 1
+    loop.run_once(0)  # cycle 2 starts
+    fail_running(loop, executor, scheduler, "tick")
+    assert job.state == "failed"
+    scheduler.flush()  # (the finished job leaves memory: the retry reads it back)
+    reply = scheduler.retry(job.id)
+    again = scheduler.jobs[job.id]
+    assert reply["again"] == 1 and isinstance(again, CyclingJob) and again.cycle[("task", 0)] == 2
+    assert finish(loop, executor, scheduler, "tick") == 1
+    loop.run_once(0)
+    assert finish(loop, executor, scheduler, "tick") == 1  # cycle 3, the last
+    assert again.state == "completed" and again.cycle[("task", 0)] == 3
+    loop.close()
+    store.close()
+
+
+def test_a_job_run_stores_its_nodes_back_at_cycle_one(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    job, _ = scheduler.submit({"name": "runs", "repeat": 2,
+                               "root": {"name": "tick", "cmd": ["true"], "repeat": 2}})
+    assert finish(loop, executor, scheduler, "tick") == 1
+    loop.run_once(0)  # its cycle 2
+    assert finish(loop, executor, scheduler, "tick") == 1  # the end of run 1: run 2 starts
+    loop.run_once(0)
+    assert isinstance(job, CyclingJob) and job.run == 2 and job.cycle[("task", 0)] == 1
+    scheduler.flush()
+    loop.close()
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    again = scheduler.jobs[job.id]
+    assert isinstance(again, CyclingJob) and again.run == 2 and again.cycle[("task", 0)] == 1
+    loop.close()
+    store.close()
