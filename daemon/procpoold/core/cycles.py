@@ -91,6 +91,23 @@ class CyclingJob(Job):
                     outer.append(node)
                 g = groups[g].parent
 
+    def cycle_stamp(self, index: int) -> str:
+        """The cycles task ``index`` is in, outermost first (``"3.1"``), or "" for a task in no
+        cycling node: with the run, it makes each attempt id unique across cycles (an engine may
+        key its work by it: Dask does), and it survives a restart (the cycles are stored)."""
+        node: Node = ("task", index)
+        stamp: list[int] = []
+        if node in self.cycling:
+            stamp.append(self.cycle[node])
+        g = self.spec.tasks[index].parent
+        groups = self.spec.groups
+        while g is not None:
+            n = self.cycle.get(("group", g))
+            if n is not None:
+                stamp.append(n)
+            g = groups[g].parent
+        return ".".join(map(str, reversed(stamp)))
+
     # -- names --------------------------------------------------------------------------------
 
     def node_name(self, node: Node) -> str:

@@ -13,6 +13,7 @@ from procpool.contract.limits import shorten
 from procpool.contract.tree import RETRY_DELAY_CAP
 from procpoold import failures, journal
 from procpoold.core import namespace
+from procpoold.core.cycles import CyclingJob
 from procpoold.core.jobs import Effects, Job
 from procpoold.core.queue import RANK
 from procpoold.core.states import FINAL_TASK_STATES, TaskState
@@ -33,7 +34,7 @@ class _JobPass:
     scheduler's changed tasks (None without a store), and the daemon's ``log_level`` (the level of
     the tasks that name none; a SIGHUP may change it between passes)."""
 
-    __slots__ = ("job", "job_name", "level", "now", "run", "started", "user")
+    __slots__ = ("cycling", "job", "job_name", "level", "now", "run", "started", "user")
 
     def __init__(self, job: Job, user: Identity | None, now: float, started: dict[int, int] | None) -> None:
         self.job = job
@@ -43,6 +44,8 @@ class _JobPass:
         self.run = job.run
         self.started = started
         self.level = _root.level
+        #: the job, when some of its nodes cycle on their own clock (their attempt ids name the cycle)
+        self.cycling = job if isinstance(job, CyclingJob) else None
 
 
 class Attempts(SchedulerState):
@@ -211,7 +214,11 @@ class Attempts(SchedulerState):
         job, index = jp.job, ref[1]
         t = job.tasks[index]
         task = t.spec
-        attempt_id = f"{t.id}@{jp.run}#{len(t.attempts) + 1}"
+        if jp.cycling is None:
+            attempt_id = f"{t.id}@{jp.run}#{len(t.attempts) + 1}"
+        else:  # (the same attempt number comes back in each cycle: the id names the cycle too)
+            stamp = jp.cycling.cycle_stamp(index)
+            attempt_id = f"{t.id}@{jp.run}{'~' if stamp else ''}{stamp}#{len(t.attempts) + 1}"
         attempt = job.mark_running(index, attempt_id, jp.now)
         if jp.started is not None:
             jp.started.setdefault(index, _STARTED)  # (see Persistence._starts_of)

@@ -13,6 +13,7 @@ import pytest
 from procpool.contract.errors import ProcpoolError
 from procpoold.core.cycles import CyclingJob
 from procpoold.engines import Outcome
+from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
 from procpoold.store.sqlite import StateStore
@@ -146,3 +147,24 @@ def test_a_job_run_stores_its_nodes_back_at_cycle_one(tmp_path: Path) -> None:
     assert isinstance(again, CyclingJob) and again.run == 2 and again.cycle[("task", 0)] == 1
     loop.close()
     store.close()
+
+
+def test_each_cycle_gives_its_attempts_ids_of_their_own() -> None:
+    """An engine may key its work by attempt id (Dask does: a second submit of a finished key was
+    never run), so the ids name the cycles: a task in cycle 2 of an inner node in cycle 1 of an
+    outer one is ``@1~1.2#1``; a task in no cycling node keeps the plain form."""
+    loop = EventLoop()
+    executor = RecordingExecutor(4)
+    scheduler = Scheduler(loop, Engines([executor]))
+    job, _ = scheduler.submit({"name": "nested", "root": {"concurrent": [
+        {"name": "outer", "repeat": 2, "sequential": [
+            {"name": "inner", "repeat": 2, "concurrent": [{"name": "tick", "cmd": ["true"]}]}]},
+        {"name": "plain", "cmd": ["true"]},
+    ]}})
+    for _ in range(4):
+        assert finish(loop, executor, scheduler, "tick") == 1
+    ids = [s.attempt_id for s in executor.submitted]
+    tick = [i for i in ids if i.startswith(f"{job.id}.0@")]
+    assert tick == [f"{job.id}.0@1~{o}.{i}#1" for o in (1, 2) for i in (1, 2)]
+    assert f"{job.id}.1@1#1" in ids and len(set(ids)) == len(ids)
+    loop.close()
