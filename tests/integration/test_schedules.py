@@ -139,3 +139,27 @@ def test_the_example_scheduled_job_waits_for_its_next_five_minutes(daemon: Daemo
         assert head["next_run_at"] % 300 == 0 and 0 < head["next_run_at"] - time.time() <= 300
         client.cancel(job_id)
         assert job_of(client, job_id)["state"] == "cancelled"
+
+
+def test_a_scheduled_job_paused_keeps_its_next_run_and_waits_again_at_resume(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    with daemon.client() as client:
+        job_id = client.submit(stamping(marks, every=600))["id"]
+        head = scheduled(client, job_id, 2)
+        out = daemon.procctl("pause", job_id)
+        assert out.returncode == 0, out.stderr
+        paused = job_of(client, job_id)
+        assert paused["state"] == "paused" and paused["next_run_at"] == head["next_run_at"]
+        daemon.stop()
+        daemon.restart()
+    with daemon.client() as client:
+        assert job_of(client, job_id)["state"] == "paused"
+        out = daemon.procctl("resume", job_id)
+        assert out.returncode == 0 and "it was paused" in out.stdout, out.stderr
+        again = job_of(client, job_id)
+        assert again["state"] == "scheduled" and again["next_run_at"] == head["next_run_at"]
+        assert len(stamps(marks)) == 1
+        out = daemon.procctl("cancel", job_id)
+        assert out.returncode == 0, out.stderr

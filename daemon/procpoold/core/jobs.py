@@ -529,10 +529,12 @@ class Job:
         next_run_at = data.get("next_run_at")
         if next_run_at is not None and not (type(next_run_at) in (int, float) and math.isfinite(next_run_at)):
             raise ValueError(f"next run time {str(next_run_at)[:64]} is not a time")
-        if (next_run_at is None) != (self.state != "scheduled"):
+        paused = data.get("paused")
+        waits = self.state == "scheduled" or (
+            self.state == "paused" and isinstance(paused, dict) and paused.get("was") == "scheduled")
+        if (next_run_at is None) == waits:
             raise ValueError(f"a {self.state} job cannot have the next run time {next_run_at}")
         self.next_run_at = None if next_run_at is None else float(next_run_at)
-        paused = data.get("paused")
         if self.state == "paused":  # (the record of who paused it: a malformed one fails the restore)
             if not (isinstance(paused, dict) and isinstance(paused.get("at"), (int, float))):
                 raise ValueError(f"job {self.id} is paused without a valid record of the pause")
@@ -671,7 +673,7 @@ class Job:
 
     def pause_refusal(self) -> str | None:
         """Why this job cannot be paused now (None: it can)."""
-        if self.state in ("queued", "running"):
+        if self.state in ("queued", "running", "scheduled"):
             return None
         if self.state == "paused":
             return f"job {self.id} is paused already"
@@ -679,15 +681,17 @@ class Job:
             return f"job {self.id} is held (after a restart): procctl resume {self.id} releases it"
         if self.state == "pending":
             return f"job {self.id} is pending (waiting for its prerequisites): its run has not begun"
-        if self.state == "scheduled":
-            return (f"job {self.id} is scheduled (waiting for its next run): a schedule cannot be "
-                    f"paused yet; procctl stop {self.id} ends it, procctl pause --all holds every run")
         return f"job {self.id} is {self.state}: it has finished"
 
     def unpause(self) -> Effects:
         """Release a paused job: its ready tasks (those that became ready while it was paused, or
-        were stopped by the pause) are returned to be queued again."""
+        were stopped by the pause) are returned to be queued again. A job paused while it waited
+        for its next run (or whose run ended while paused, on a clock) is ``scheduled`` again: the
+        scheduler arms its timer (see Schedules._resume_scheduled)."""
         self.paused = None
+        if self.next_run_at is not None:
+            self.state = "scheduled"
+            return Effects()
         self.state = "running" if self.started_at is not None else "queued"
         return Effects(ready=[t.spec.index for t in self.tasks if t.state == "ready"])
 
@@ -1073,15 +1077,21 @@ class Job:
 
     def wait_for_run(self, when: float) -> None:
         """Wait until ``when`` (wall clock) to start the next run (or the first): the job is
-        ``scheduled`` meanwhile, its tasks as the last run left them (pending before the first)."""
-        self.state = "scheduled"
+        ``scheduled`` meanwhile, its tasks as the last run left them (pending before the first).
+        A paused job stays ``paused`` (its run ended while paused): the wait begins at its resume."""
+        if self.state != "paused":
+            self.state = "scheduled"
+        elif self.paused is not None:
+            self.paused["was"] = "scheduled"
         self.next_run_at = when
 
     def end_while_scheduled(self, now: float, reason: str, cancelled: bool) -> Effects:
         """End a ``scheduled`` job without another run: cancelled (``cancelled``), or stopped
         (``procctl stop``), when it ends in the state its last run ended in. A job that never
-        ran has its tasks skipped, as a cancelled job waiting for its prerequisites has."""
+        ran has its tasks skipped, as a cancelled job waiting for its prerequisites has. (A job
+        paused while it waited for its run ends the same way.)"""
         self.next_run_at = None
+        self.paused = None
         if self.started_at is None and not self.runs:  # its first run never began
             effects = self.fail_before_start(reason, now, why.CANCELLED)
             self.cancel_requested = True  # (stopped or cancelled: it never ran)

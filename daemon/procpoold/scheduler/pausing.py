@@ -43,6 +43,9 @@ class Pausing(SchedulerState):
         if refusal is not None:
             raise ProcpoolError(ErrorCode.CONFLICT, refusal)
         job.pause(paused_by(by), by, self.clock(), stop)
+        timer = self._schedule_timers.pop(job.id, None)  # (a job waiting for its next run)
+        if timer is not None:
+            timer.cancel()
         for t in job.tasks:  # out of the ready queues (Job.unpause returns them)
             if t.state == "ready":
                 self._forget_queued((job.id, t.spec.index))
@@ -55,8 +58,12 @@ class Pausing(SchedulerState):
         return {"id": job.id, "state": job.state, "stopping": stopping}
 
     def unpause(self, job: Job) -> dict[str, Any]:
-        """Release a paused job (the caller checked that it is): its ready tasks are queued."""
+        """Release a paused job (the caller checked that it is): its ready tasks are queued; a job
+        paused while it waited for its next run waits again (a time that passed meanwhile follows
+        its ``missed`` policy)."""
         self._apply(job, job.unpause())
+        if job.state == "scheduled":
+            self._recover_scheduled(job, "while the job was paused")
         self.flush()
         log.info("job %s resumed from its pause", job.id,
                  extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}})

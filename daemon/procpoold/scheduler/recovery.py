@@ -96,7 +96,9 @@ class Recovery(SchedulerState):
             self.jobs[job_id] = job
             self._job_rows[job_id] = _job_row(job)
             self.quota.hold(job_id, job.submitter_uid, len(job.tasks))
-            if job.state in ("pending", "scheduled"):
+            if job.state in ("pending", "scheduled") or job.next_run_at is not None:
+                # (waiting for prerequisites or a run; or paused while waiting for a run: no task
+                # of it runs, and its resume arms the wait)
                 resumable.append((job, Effects()))
                 continue
             task_of = {t.attempts[-1].attempt_id: t for t in job.tasks if t.state == "running"}
@@ -127,7 +129,7 @@ class Recovery(SchedulerState):
                 self._start_when_prerequisites_allow(job)
             elif job.state == "scheduled":
                 self._recover_scheduled(job)
-            else:
+            elif job.next_run_at is None:  # (a job paused while waiting for a run waits for its resume)
                 self._apply(job, effects)
                 self._recover_cycles(job)
         return counts

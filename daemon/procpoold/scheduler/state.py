@@ -217,7 +217,7 @@ class SchedulerState(abc.ABC):
         """(timing) End a ``scheduled`` job (cancelled, or stopped) without another run."""
 
     @abc.abstractmethod
-    def _recover_scheduled(self, job: Job) -> None:
+    def _recover_scheduled(self, job: Job, cause: str = "while the daemon was down") -> None:
         """(timing) A ``scheduled`` job read back at start: its ``missed`` policy, its timer."""
 
     @abc.abstractmethod

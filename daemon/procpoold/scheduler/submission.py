@@ -282,7 +282,7 @@ class Submission(SchedulerState):
                 attempt = t.running_attempt
                 if t.cancel_requested and attempt is not None:
                     hurried.append(attempt.attempt_id)
-        if index is None and job.state == "scheduled":  # waiting for its next run: none starts
+        if index is None and job.next_run_at is not None:  # waiting for its next run (or paused so)
             effects = self._end_scheduled(job, reason, cancelled=True)
             if job.finished:
                 self._touch(job, [])
@@ -335,7 +335,7 @@ class Submission(SchedulerState):
         # (a scheduled job's run number is that of the run it waits for: stopping it ends it now;
         # a job with a node that cycles on its own clock ends each such node after its cycle)
         cycling = bool(job.spec.cycles)
-        if (job.state != "scheduled" and job.spec.repeat is not None and job.run >= job.spec.repeat
+        if (job.next_run_at is None and job.spec.repeat is not None and job.run >= job.spec.repeat
                 and not cycling):
             what = "does not repeat" if job.spec.repeat == 1 else f"is in its last run ({job.run})"
             raise ProcpoolError(ErrorCode.CONFLICT, f"job {job.id} {what}: it ends after this run anyway",
@@ -344,7 +344,7 @@ class Submission(SchedulerState):
         if not job.stop_requested:
             job.stop_requested = True
             job.reason = f"stopped by {who}: no run after run {job.run}"
-            if job.state == "scheduled":  # waiting for a run: it ends now
+            if job.next_run_at is not None:  # waiting for a run (scheduled, or paused so): it ends now
                 job.reason = (f"stopped by {who}: no run after run {job.run - 1}" if job.runs
                               else f"stopped by {who} before its first run")
                 self._end_scheduled(job, job.reason, cancelled=False)

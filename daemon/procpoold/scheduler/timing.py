@@ -68,14 +68,17 @@ class Schedules(SchedulerState):
     def _wait_for_run(self, job: Job, when: float) -> None:
         job.wait_for_run(when)
         self._touch(job, [])
+        paused = job.state == "paused"  # (its run ended while paused: the wait begins at its resume)
         log.info(
-            "job %s waits for run %d at %s",
+            "job %s waits for run %d at %s%s",
             job.id,
             job.run,
             _stamp(when),
+            " (paused: from its resume)" if paused else "",
             extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}},
         )
-        self._arm(job)
+        if not paused:
+            self._arm(job)
 
     def _arm(self, job: Job) -> None:
         timers = self._schedule_timers
@@ -120,8 +123,9 @@ class Schedules(SchedulerState):
             self._start_scheduled(job)
         return len(due)
 
-    def _recover_scheduled(self, job: Job) -> None:
-        """A ``scheduled`` job read back at start: apply its ``missed`` policy, then wait."""
+    def _recover_scheduled(self, job: Job, cause: str = "while the daemon was down") -> None:
+        """A ``scheduled`` job read back at start, or released from a pause (``cause`` says which):
+        apply its ``missed`` policy, then wait."""
         when = job.next_run_at
         assert when is not None
         now = self.clock()
@@ -133,12 +137,12 @@ class Schedules(SchedulerState):
                 else:
                     assert spec.every is not None
                     later = next_interval(spec.every, when - spec.every, now, "skip")
-                log.info("job %s: its run at %s was missed while the daemon was down; skipped "
-                         "(missed: skip)", job.id, _stamp(when))
+                log.info("job %s: its run at %s was missed %s; skipped (missed: skip)",
+                         job.id, _stamp(when), cause)
                 self._wait_for_run(job, later)
                 return
-            log.info("job %s: its run at %s was missed while the daemon was down; it runs now "
-                     "(missed: run_once)", job.id, _stamp(when))
+            log.info("job %s: its run at %s was missed %s; it runs now (missed: run_once)",
+                     job.id, _stamp(when), cause)
         self._arm(job)
 
     def _end_scheduled(self, job: Job, reason: str, cancelled: bool) -> Effects:

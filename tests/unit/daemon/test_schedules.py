@@ -237,3 +237,71 @@ def test_a_restart_before_the_time_keeps_the_time_and_arms_its_timer(tmp_path: P
     assert finish_running(loop, executor, scheduler) == 0
     loop.close()
     store.close()
+
+
+@pytest.mark.parametrize("missed", ["run_once", "skip"])
+def test_a_scheduled_job_paused_waits_for_no_time_and_its_resume_follows_the_missed_policy(
+    tmp_path: Path, missed: str
+) -> None:
+    """Paused while it waits for its next run: the timer goes, the pause survives a restart, and
+    at resume a time that passed meanwhile follows ``missed``."""
+    clock = Clock(T0)
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    job, _ = scheduler.submit(tree(every=100, missed=missed))
+    finish_running(loop, executor, scheduler)
+    assert job.state == "scheduled" and job.next_run_at == T0 + 100
+    scheduler.pause(job.id, by=0)
+    assert job.state == "paused" and job.paused is not None and job.paused["was"] == "scheduled"
+    assert job.id not in scheduler._schedule_timers
+    clock.now = T0 + 250
+    assert scheduler.wake_due() == 0  # paused: no run starts, however due
+    scheduler.flush()
+    loop.close()
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    loop, executor, scheduler = start(clock, store)
+    job = scheduler.jobs[job.id]
+    assert job.state == "paused" and job.next_run_at == T0 + 100
+    assert scheduler.resume(job.id)["released"] == "paused"
+    if missed == "run_once":  # (its timer, due at once, starts the run at the next loop iteration)
+        loop.run_once(0)
+        assert job.state in ("queued", "running") and job.run == 2
+    else:
+        assert job.state == "scheduled" and job.next_run_at == T0 + 300
+        assert job.id in scheduler._schedule_timers
+    loop.close()
+    store.close()
+
+
+def test_a_run_that_ends_while_its_job_is_paused_does_not_arm_the_next_one() -> None:
+    clock = Clock(T0)
+    loop, executor, scheduler = start(clock)
+    job, _ = scheduler.submit(tree(every=100))
+    loop.run_once(0)
+    scheduler.pause(job.id, by=0)  # while its first run's task runs
+    finish_running(loop, executor, scheduler)
+    assert job.state == "paused" and job.next_run_at == T0 + 100
+    assert job.paused is not None and job.paused["was"] == "scheduled"
+    assert job.id not in scheduler._schedule_timers
+    scheduler.resume(job.id)
+    assert job.state == "scheduled" and job.id in scheduler._schedule_timers
+    clock.now = T0 + 100
+    assert scheduler.wake_due() == 1 and job.run == 2
+    loop.close()
+
+
+def test_cancel_and_stop_of_a_job_paused_while_scheduled_end_it_without_a_run() -> None:
+    clock = Clock(T0)
+    loop, executor, scheduler = start(clock)
+    a, _ = scheduler.submit(tree(every=100))
+    b, _ = scheduler.submit(tree(every=100))
+    finish_running(loop, executor, scheduler)
+    for job in (a, b):
+        scheduler.pause(job.id, by=0)
+    scheduler.cancel(a.id)
+    scheduler.stop(b.id)
+    assert (a.state, b.state) == ("cancelled", "completed")
+    assert a.paused is None and a.next_run_at is None and a.run == 1 and b.run == 1
+    assert len(executor.submitted) == 2  # the first run of each, nothing more
+    loop.close()
