@@ -206,12 +206,7 @@ class CyclingJob(Job):
         members = self.members[node]
         for i in members:
             t = tasks[i]
-            t.move("pending")
-            t.attempts = []
-            t.started_at = t.finished_at = t.retry_at = None
-            t.result = t.error = t.exit_code = t.reason = t.progress = None
-            t.cancel_requested = False
-            t.tail = None
+            t.reset()
             if reasons is not None:
                 reasons.note(i, 0)
             if kept:

@@ -206,6 +206,17 @@ class TaskRun:
         if self.changes is not None:
             self.changes.note(self.spec.index)
 
+    def reset(self) -> None:
+        """Back to ``pending`` with nothing of its attempts (a new run, a retry, a node's next
+        cycle): no attempt, times, result, error, output or progress."""
+        if self.state != "pending":
+            self.move("pending")
+        self.attempts = []
+        self.started_at = self.finished_at = self.retry_at = None
+        self.result = self.error = self.exit_code = self.reason = self.progress = None
+        self.cancel_requested = False
+        self.tail = None
+
 
 def scoped_key(uid: int | None, key: str | None) -> str | None:
     """An idempotency key as the scheduler and the store know it: one namespace per submitter, so
@@ -748,13 +759,7 @@ class Job:
         self._group_left = [len(g.children) for g in self.spec.groups]
         effects = Effects()
         for t in self.tasks:
-            if t.state != "pending":
-                t.move("pending")
-            t.attempts = []
-            t.started_at = t.finished_at = t.retry_at = None
-            t.result = t.error = t.exit_code = t.reason = t.progress = None
-            t.cancel_requested = False
-            t.tail = None
+            t.reset()
             t.waiting = len(self._blockers[t.spec.index])
             if t.waiting == 0:
                 t.move("ready")
@@ -848,12 +853,7 @@ class Job:
         reasons = _REASONS.get(self)
         for i in again:
             t = tasks[i]
-            t.move("pending")
-            t.attempts = []
-            t.started_at = t.finished_at = t.retry_at = None
-            t.result = t.error = t.exit_code = t.reason = t.progress = None
-            t.cancel_requested = False
-            t.tail = None
+            t.reset()
             if reasons is not None:
                 reasons.note(i, 0)
         self._rebuild()

@@ -15,10 +15,9 @@ from procpool.contract.tree import TreeError, parse_job
 from procpoold import pausefile
 from procpoold.config import ConfigError, load
 from procpoold.core.gates import task_gates
-from procpoold.scheduler import Scheduler
 from procpoold.scheduler import attempts as attempts_module
 from tests.unit.daemon.test_limits_locks import drain, finish, running
-from tests.unit.daemon.test_scheduler import RecordingExecutor, make
+from tests.unit.daemon.test_scheduler import make
 
 
 def in_queue(n: int, queue: str = "io", **group: Any) -> dict[str, Any]:
@@ -145,10 +144,15 @@ class _Clock:
         return getattr(time, name)
 
 
-def _stream(scheduler: Scheduler, executor: RecordingExecutor, loop: Any, clock: _Clock,
-            rounds: int) -> tuple[list[str], Any]:
-    """A queue of 1 saturated by a steady stream of high-priority jobs, one arriving every 4 s,
-    and a batch job that became ready at the start. The job names in the order they started."""
+def _stream(monkeypatch: pytest.MonkeyPatch, aging: float, rounds: int) -> tuple[list[str], Any]:
+    """A queue of 1 saturated by a steady stream of high-priority jobs, one arriving every 4 s (a
+    clock of the test's own), and a batch job that became ready at the start, under ``aging``.
+    The job names in the order they started, and the batch job."""
+    clock = _Clock()
+    monkeypatch.setattr(attempts_module, "time", clock)
+    loop, executor, scheduler = make(slots=4)
+    for q in scheduler.queues.values():
+        q.aging = aging
     scheduler.gates.set_queues({"q": 1})
     scheduler.submit({"name": "h0", "priority": "high", "root": {"cmd": ["x"], "queue": "q"}})
     loop.run_once(0)
@@ -161,6 +165,7 @@ def _stream(scheduler: Scheduler, executor: RecordingExecutor, loop: Any, clock:
         [aid] = running(executor)
         finish(scheduler, executor, aid)
         loop.run_once(0)
+    loop.close()
     return [s.job_name for s in executor.submitted], batch
 
 
@@ -168,28 +173,16 @@ def test_aging_lets_a_batch_task_through_a_saturated_queue(monkeypatch: pytest.M
     """aging 10 s: the batch task (rank 4) counts as ready 40 s later than it was, a high one (rank
     1) 10 s later. So it goes after the high tasks that arrived within 30 s of it, and before
     every later one, however steady the stream."""
-    clock = _Clock()
-    monkeypatch.setattr(attempts_module, "time", clock)
-    loop, executor, scheduler = make(slots=4)
-    for q in scheduler.queues.values():
-        q.aging = 10.0
-    order, batch = _stream(scheduler, executor, loop, clock, 14)
+    order, batch = _stream(monkeypatch, 10.0, 14)
     assert batch.tasks[0].state in ("running", "completed")
     # high jobs h1..h7 arrived at +4..+28 s (keys 1014..1038), the batch job's key is 1040
     assert order[:9] == ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "batch"], order
-    loop.close()
 
 
 def test_without_aging_the_stream_starves_the_batch_task(monkeypatch: pytest.MonkeyPatch) -> None:
     """The control of the test above: the same stream with an aging of 10^9 s never lets it in."""
-    clock = _Clock()
-    monkeypatch.setattr(attempts_module, "time", clock)
-    loop, executor, scheduler = make(slots=4)
-    for q in scheduler.queues.values():
-        q.aging = 1e9
-    order, batch = _stream(scheduler, executor, loop, clock, 14)
+    order, batch = _stream(monkeypatch, 1e9, 14)
     assert "batch" not in order and batch.tasks[0].state == "ready"
-    loop.close()
 
 
 def test_a_queue_and_a_lock_together() -> None:
