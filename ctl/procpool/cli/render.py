@@ -338,6 +338,10 @@ def cycle_words(c: dict[str, Any], now: float) -> str:
     return words
 
 
+#: Cycling nodes named on the ``cycles:`` line of a job's head (a tree names each on its line).
+CYCLES_LISTED = 5
+
+
 def _cycles_of(job: dict[str, Any]) -> dict[tuple[Any, Any], dict[str, Any]]:
     """The job's nodes that cycle on their own clock, by (kind, index) (none: empty)."""
     return {(c.get("kind"), c.get("index")): c for c in job.get("cycles") or () if isinstance(c, dict)}
@@ -360,8 +364,13 @@ def _job_head(job: dict[str, Any], now: float, cycles: bool = True) -> list[str]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
         lines.append(f"  next run: {stamp} (in {duration(max(0.0, when - now))})")
     if cycles and job.get("cycles"):
-        lines.append("  cycles: " + "; ".join(
-            f"{c.get('kind')} {c.get('name')} {cycle_words(c, now)}" for c in _cycles_of(job).values()))
+        nodes = list(_cycles_of(job).values())
+        total = job.get("cycles_total") or len(nodes)
+        line = "  cycles: " + "; ".join(
+            f"{c.get('kind')} {c.get('name')} {cycle_words(c, now)}" for c in nodes[:CYCLES_LISTED])
+        if total > CYCLES_LISTED:
+            line += f"; and {total - CYCLES_LISTED} more"
+        lines.append(line)
     if job.get("kept"):
         lines.append(f"  kept: {job['kept']} completed task{'s' if job['kept'] != 1 else ''} of earlier runs "
                      "(their results too)")

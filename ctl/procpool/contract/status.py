@@ -150,8 +150,10 @@ class JobDetail(JobSummary):
     kept: NotRequired[int]
     #: when the next run of a ``scheduled`` job starts (wall clock; its "schedule" or "every")
     next_run_at: NotRequired[float | None]
-    #: each group or task with its own "repeat"/"every", in tree order (absent: the job has none)
+    #: each group or task with its own "repeat"/"every", in tree order (absent: the job has none),
+    #: the first 1,000 of them; ``cycles_total``: how many there are, when more than that
     cycles: NotRequired[list[NodeCycle]]
+    cycles_total: NotRequired[int]
 
 
 class NodeCycle(TypedDict):

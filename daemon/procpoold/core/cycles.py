@@ -55,6 +55,8 @@ class CyclingJob(Job):
         self.cycle: dict[Node, int] = dict.fromkeys(self.cycling, 1)
         #: node -> when its next cycle starts (wall clock), while it waits for it (``every``)
         self.waits: dict[Node, float] = {}
+        #: the cycling nodes in tree order (core.status sorts them at its first status of the job)
+        self.ordered: list[Node] | None = None
         #: node -> the tasks inside it, in index order
         self.members: dict[Node, list[int]] = {}
         #: node -> every node inside it (tasks and groups), itself excluded

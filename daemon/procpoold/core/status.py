@@ -127,26 +127,38 @@ def detail(job: Job) -> JobDetail:
     }
     if job.spec.cycles:  # a node with its own "repeat"/"every" (core.cycles)
         head["cycles"] = cycles(job)
+        if len(job.spec.cycles) > CYCLES_SHOWN:
+            head["cycles_total"] = len(job.spec.cycles)
     return cast(JobDetail, head)  # ("cycles" only for such a job: the others' heads are as they were)
 
 
+#: Cycling nodes a job's status head names (the first in tree order; ``cycles_total`` says how
+#: many there are beyond): every status reply carries them, a poll of changes too.
+CYCLES_SHOWN = 1_000
+
+
 def cycles(job: Job) -> list[NodeCycle]:
-    """Each node of the job that cycles on its own clock (see :class:`NodeCycle`), in tree order."""
+    """The first :data:`CYCLES_SHOWN` nodes of the job that cycle on their own clock (see
+    :class:`NodeCycle`), in tree order (sorted once per job)."""
     from procpoold.core.cycles import CyclingJob  # (as Job: this module is imported before the core)
 
     if not isinstance(job, CyclingJob):  # (a stand-in for a job that could not be restored)
         return []
-    return [
-        {
+    if job.ordered is None:
+        job.ordered = [node for node, _ in sorted(job.cycling.items(), key=_tree_order(job))]
+    cycling = job.cycling
+    out: list[NodeCycle] = []
+    for node in job.ordered[:CYCLES_SHOWN]:
+        repeat = cycling[node][0]
+        out.append({
             "kind": "task" if node[0] == "task" else "group",
             "index": node[1],
             "name": job.node_name(node),
             "cycle": job.cycle[node],
             "repeat": "forever" if repeat is None else repeat,
             "next_cycle_at": job.waits.get(node),
-        }
-        for node, (repeat, _every) in sorted(job.cycling.items(), key=_tree_order(job))
-    ]
+        })
+    return out
 
 
 def _tree_order(job: Job) -> Callable[[tuple[tuple[str, int], Any]], tuple[int, int]]:

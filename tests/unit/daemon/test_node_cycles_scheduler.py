@@ -168,3 +168,16 @@ def test_each_cycle_gives_its_attempts_ids_of_their_own() -> None:
     assert tick == [f"{job.id}.0@1~{o}.{i}#1" for o in (1, 2) for i in (1, 2)]
     assert f"{job.id}.1@1#1" in ids and len(set(ids)) == len(ids)
     loop.close()
+
+
+def test_a_status_names_at_most_the_first_thousand_cycling_nodes() -> None:
+    from procpoold.core import status
+
+    loop = EventLoop()
+    scheduler = Scheduler(loop, Engines([RecordingExecutor(0)]))
+    tasks = [{"name": f"t{i}", "cmd": ["true"], "repeat": 2} for i in range(1_200)]
+    job, _ = scheduler.submit({"name": "many", "root": {"concurrent": tasks}})
+    head = status.detail(job)
+    assert len(head["cycles"]) == status.CYCLES_SHOWN and head["cycles_total"] == 1_200
+    assert [c["name"] for c in head["cycles"][:3]] == ["t0", "t1", "t2"]
+    loop.close()
