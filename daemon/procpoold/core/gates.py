@@ -32,7 +32,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from procpool.contract.tree import JobSpec, TreeError
 
@@ -262,25 +262,16 @@ class Gates:
         h = self.by_attempt.pop(attempt_id, None)
         if h is None:
             return
-        running = self.running
         for index, _ in h.gates.groups:
             key = (h.job_id, index)
-            n = running.get(key, 0) - 1
-            if n > 0:
-                running[key] = n
-            else:
-                running.pop(key, None)
+            _less(self.running, key, 1)
             self._wake_group(key)
         queue = h.gates.queue
         if queue is not None:
             _less(self.queue_running, queue, 1)
             self._wake_queue(queue)
         for name, units in h.gates.locks:
-            n = self.held.get(name, 0) - units
-            if n > 0:
-                self.held[name] = n
-            else:
-                self.held.pop(name, None)
+            _less(self.held, name, units)
             holders = self.holders.get(name)
             if holders is not None:
                 holders.pop(attempt_id, None)
@@ -385,12 +376,7 @@ class Gates:
             heapq.heappop(heap)
 
     def _unpromise(self, woke: tuple[str, int]) -> None:
-        name, units = woke
-        n = self.promised.get(name, 0) - units
-        if n > 0:
-            self.promised[name] = n
-        else:
-            self.promised.pop(name, None)
+        _less(self.promised, *woke)
 
     def _rewake(self, woke: tuple[str, int] | None, queue: str | None = None) -> None:
         """A woken task was parked again elsewhere: the units or the place promised to it go to
@@ -454,10 +440,13 @@ class Gates:
         del self.queue_waiters[name]
 
 
-def _less(counts: dict[str, int], name: str, n: int) -> None:
-    """Take ``n`` from a count, dropping it at 0."""
-    left = counts.get(name, 0) - n
+K = TypeVar("K")
+
+
+def _less(counts: dict[K, int], key: K, n: int) -> None:
+    """Take ``n`` from a count, dropping it at 0 (a running, held, promised or queue count)."""
+    left = counts.get(key, 0) - n
     if left > 0:
-        counts[name] = left
+        counts[key] = left
     else:
-        counts.pop(name, None)
+        counts.pop(key, None)
