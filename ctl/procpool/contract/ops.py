@@ -296,7 +296,8 @@ OPS: dict[str, Op] = {
         ),
         _op(
             "stop",
-            "End a repeating job after its current run: that run finishes normally, no other starts.",
+            "End a repeating job after its current run: that run finishes normally, no other starts; "
+            "a group or task that cycles on its own clock ends after its current cycle.",
             mutating=True,
             id=Arg(_STR, required=True),
         ),
