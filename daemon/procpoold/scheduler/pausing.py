@@ -43,9 +43,7 @@ class Pausing(SchedulerState):
         if refusal is not None:
             raise ProcpoolError(ErrorCode.CONFLICT, refusal)
         job.pause(paused_by(by), by, self.clock(), stop)
-        timer = self._schedule_timers.pop(job.id, None)  # (a job waiting for its next run)
-        if timer is not None:
-            timer.cancel()
+        self._disarm(job.id)  # (a job waiting for its next run)
         for t in job.tasks:  # out of the ready queues (Job.unpause returns them)
             if t.state == "ready":
                 self._forget_queued((job.id, t.spec.index))

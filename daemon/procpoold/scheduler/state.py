@@ -188,6 +188,12 @@ class SchedulerState(abc.ABC):
     def _name_job(self, sink: journal.LogSink, job: Job) -> int:
         """(scheduler) Send the job's names to the journal (once); returns the job's number."""
 
+    def _disarm(self, job_id: str) -> None:
+        """Cancel the timer of a job's next run, if it has one (see .timing)."""
+        timer = self._schedule_timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
     def _event_keys(self, sink: journal.LogSink, job: Job, code: int) -> tuple[int, int]:
         """What an event of ``job`` needs from the journal: the job's number (its names are sent
         the first time) and the code site of events ``code`` (the caller's location, found once

@@ -81,15 +81,12 @@ class Schedules(SchedulerState):
             self._arm(job)
 
     def _arm(self, job: Job) -> None:
-        timers = self._schedule_timers
-        old = timers.pop(job.id, None)
-        if old is not None:
-            old.cancel()
+        self._disarm(job.id)
         when = job.next_run_at
         assert when is not None
         delay = min(max(0.0, when - self.clock()), MAX_TIMER_DELAY)
         job_id = job.id
-        timers[job_id] = self.loop.call_later(delay, lambda: self._run_due(job_id))
+        self._schedule_timers[job_id] = self.loop.call_later(delay, lambda: self._run_due(job_id))
 
     def _run_due(self, job_id: str) -> None:
         """A job's timer fired: start its run if its time has come (else wait on)."""
@@ -117,9 +114,7 @@ class Schedules(SchedulerState):
         now = self.clock()
         due = [j for j in self.jobs.values() if j.state == "scheduled" and (j.next_run_at or 0) <= now]
         for job in due:
-            timer = self._schedule_timers.pop(job.id, None)
-            if timer is not None:
-                timer.cancel()
+            self._disarm(job.id)
             self._start_scheduled(job)
         return len(due)
 
@@ -147,9 +142,7 @@ class Schedules(SchedulerState):
 
     def _end_scheduled(self, job: Job, reason: str, cancelled: bool) -> Effects:
         """Cancel (or stop) a ``scheduled`` job: its timer goes, no run starts."""
-        timer = self._schedule_timers.pop(job.id, None)
-        if timer is not None:
-            timer.cancel()
+        self._disarm(job.id)
         log.log(logging.INFO, "job %s ends while waiting for run %d: %s", job.id, job.run, reason,
                 extra={"journal_fields": {"PROCPOOL_JOB_ID": job.id, **_user_fields(job)}})
         return job.end_while_scheduled(self.clock(), reason, cancelled)
