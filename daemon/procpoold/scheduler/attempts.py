@@ -19,7 +19,7 @@ from procpoold.core.queue import RANK
 from procpoold.core.states import FINAL_TASK_STATES, TaskState
 from procpoold.engines import NOT_STARTED, AttemptSpec, Executor, Outcome, Stream, TaskError
 from procpoold.identity import Identity, identity_of, run_as_uid
-from procpoold.scheduler.state import _RETRIED, _STARTED, Ref, SchedulerState, log, task_log
+from procpoold.scheduler.state import _RETRIED, _STARTED, Ref, SchedulerState, cancel, log, task_log
 
 #: the daemon's root logger: its level (``log_level``, changed by SIGHUP) is the level of the
 #: records kept of a task that names none
@@ -57,9 +57,7 @@ class Attempts(SchedulerState):
     def _forget_queued(self, ref: Ref) -> None:
         for q in self.queues.values():
             q.discard(ref)
-        timer = self._retry_timers.pop(ref, None)
-        if timer is not None:
-            timer.cancel()
+        cancel(self._retry_timers, ref)
         gates = self.gates
         if gates.parked or gates.woken or gates.group_woken or gates.queue_woken:
             gates.dropped(ref)

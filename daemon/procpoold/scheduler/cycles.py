@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from procpoold.core.cycles import CyclingJob
 from procpoold.core.jobs import Effects, Job, Node
-from procpoold.scheduler.state import SchedulerState, _user_fields, log
+from procpoold.scheduler.state import SchedulerState, _user_fields, cancel, log
 from procpoold.scheduler.timing import MAX_TIMER_DELAY
 
 
@@ -36,9 +36,7 @@ class NodeCycles(SchedulerState):
 
     def _arm_cycle(self, job: CyclingJob, node: Node) -> None:
         key = (job.id, node)
-        old = self._cycle_timers.pop(key, None)
-        if old is not None:
-            old.cancel()
+        cancel(self._cycle_timers, key)
         delay = min(max(0.0, job.waits[node] - self.clock()), MAX_TIMER_DELAY)
         self._cycle_timers[key] = self.loop.call_later(delay, lambda: self._cycle_due(key))
 
@@ -75,8 +73,6 @@ class NodeCycles(SchedulerState):
         if not isinstance(job, CyclingJob):
             return None
         for node in list(job.waits):
-            timer = self._cycle_timers.pop((job.id, node), None)
-            if timer is not None:
-                timer.cancel()
+            cancel(self._cycle_timers, (job.id, node))
         return job.stop_cycles(self.clock())
 

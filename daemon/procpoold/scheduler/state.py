@@ -16,7 +16,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from procpool.contract.limits import DEFAULT_LIMITS, Limits, shorten
@@ -190,9 +190,7 @@ class SchedulerState(abc.ABC):
 
     def _disarm(self, job_id: str) -> None:
         """Cancel the timer of a job's next run, if it has one (see .timing)."""
-        timer = self._schedule_timers.pop(job_id, None)
-        if timer is not None:
-            timer.cancel()
+        cancel(self._schedule_timers, job_id)
 
     def _event_keys(self, sink: journal.LogSink, job: Job, code: int) -> tuple[int, int]:
         """What an event of ``job`` needs from the journal: the job's number (its names are sent
@@ -318,6 +316,17 @@ class SchedulerState(abc.ABC):
     @abc.abstractmethod
     def _prune(self, now: float, users: list[int | None] | None = None) -> None:
         """(queries) Drop finished jobs beyond the retention limits."""
+
+
+K = TypeVar("K")
+
+
+def cancel(timers: dict[K, Timer], key: K) -> None:
+    """Cancel the timer of ``key`` among ``timers`` (a retry delay, a next run, a node's next
+    cycle), if it has one, and forget it."""
+    timer = timers.pop(key, None)
+    if timer is not None:
+        timer.cancel()
 
 
 def _user_fields(job: Job) -> dict[str, str]:
