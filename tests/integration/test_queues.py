@@ -9,6 +9,7 @@ Concurrency is observed through files the tasks write (see test_limits_locks), n
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,39 +143,43 @@ def test_a_paused_queue_and_its_parallelism_survive_a_restart_and_stop_reruns_wi
 def test_priority_aging_lets_a_batch_task_through_a_queue_saturated_by_high_priority_work(
     tmp_path: Path,
 ) -> None:
-    """priority_aging 0.1 s: a batch task counts as ready 0.4 s after it was, a high one 0.1 s.
-    The test keeps queue q (parallel 1) saturated with high-priority jobs, always several waiting,
-    until the batch job has started. Without aging it would never start while they keep coming;
-    with it, it starts ahead of high-priority jobs that were submitted before it started."""
-    proc = queued_daemon("priority_aging = 0.1\n\n[queues]\nq = 1\n")
-    with serving(proc.start()) as daemon, daemon.client() as client:
-        high = {"priority": "high", "root": {"cmd": ["sleep", "0.05"], "queue": "q"}}
-        submitted: list[tuple[str, float]] = []  # (job id, when submitted, daemon's clock)
+    """priority_aging 1.5 s: a waiter's key is when it became ready plus its rank times 1.5 s
+    (high 1, batch 4), so a batch task goes ahead of every high-priority task that became ready
+    more than 4.5 s after it, and behind those that came sooner. Queue q (parallel 1) is held
+    full by a blocker while the batch job and two high-priority jobs wait: one submitted right
+    after the batch job, one once the daemon's clock is 5 s past it. Each task appends its name
+    to a file when it starts, so the order is read from the file: nothing depends on how fast
+    the test submits or the tasks run (the unit tests of the gates follow a steady stream with a
+    controlled clock)."""
+    proc = queued_daemon("priority_aging = 1.5\n\n[queues]\nq = 1\n")
+    order = tmp_path / "order"
+    go = tmp_path / "go"
 
-        def feed(n: int) -> None:
-            for _ in range(n):
-                job_id = client.submit({"name": f"h{len(submitted)}", **high})["id"]
-                submitted.append((job_id, float(client.status(job_id)["job"]["created_at"])))
+    def job(name: str, priority: str, then: str = "true") -> dict[str, Any]:
+        script = f'echo "$N" >> "$D/order"; {then}'
+        return {"name": name, "priority": priority,
+                "root": {"cmd": ["sh", "-c", script], "env": {"D": str(tmp_path), "N": name}, "queue": "q"}}
 
-        feed(4)
-        batch = client.submit({"name": "batch", "priority": "batch",
-                               "root": {"cmd": ["true"], "queue": "q"}})["id"]
-        started = None
-        while started is None and len(submitted) < 400:
-            feed(1)
-            waiting = queue_row(daemon, "q")["waiting"]
-            if waiting < 3:
-                feed(3 - waiting)
-            started = client.status(batch)["tasks"][0].get("started_at")
-        assert started is not None, "the batch task never started"
-        overtaken = []
-        for job_id, created in submitted:
-            assert _finished(client, job_id) == "completed"
-            task = client.status(job_id)["tasks"][0]
-            if created < started and task["started_at"] > started:
-                overtaken.append(job_id)
-        assert overtaken, "the batch task overtook no high-priority task: aging did not act"
-        assert _finished(client, batch) == "completed"
+    try:
+        with serving(proc.start()) as daemon, daemon.client() as client:
+            hold = 'while [ ! -e "$D/go" ]; do sleep 0.05; done'
+            blocker = client.submit(job("blocker", "high", hold))["id"]
+            wait_until(lambda: order.exists(), lambda seen: seen, what="the blocker holds queue q")
+            batch = client.submit(job("batch", "batch"))["id"]
+            soon = client.submit(job("soon", "high"))["id"]
+            created = {j: float(client.status(j)["job"]["created_at"]) for j in (batch, soon)}
+            gap = created[soon] - created[batch]
+            assert gap < 4.0, f"'soon' was submitted {gap:.1f} s after the batch job (not within 4.5 s)"
+            time.sleep(max(0.0, created[batch] + 5.0 - time.time()))  # the daemon's clock is this one
+            late = client.submit(job("late", "high"))["id"]
+            assert queue_row(daemon, "q")["waiting"] == 3
+            go.touch()
+            for job_id in (blocker, batch, soon, late):
+                assert _finished(client, job_id) == "completed"
+            # Without aging "late" would go ahead of "batch"; by rank alone "soon" goes first.
+            assert order.read_text().split() == ["blocker", "soon", "batch", "late"]
+    finally:
+        go.touch()
 
 
 def _finished(client: Client, job_id: str) -> str:
