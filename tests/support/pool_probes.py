@@ -62,7 +62,10 @@ def env_and_cwd(key: str) -> list[Any]:
 
 
 def stubborn(seconds: float, marker: str | None = None) -> str:
-    """Ignores interrupts (a task stuck in C code behaves the same): only SIGKILL stops it."""
+    """Ignores interrupts (a task stuck in C code behaves the same): only SIGKILL stops it.
+    Writes ``marker.started`` once it runs."""
+    if marker:
+        Path(f"{marker}.started").touch()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:
@@ -74,7 +77,9 @@ def stubborn(seconds: float, marker: str | None = None) -> str:
 
 
 def interruptible(seconds: float, marker: str) -> str:
-    """Records the exception that stopped it, then lets it propagate."""
+    """Records the exception that stopped it, then lets it propagate (``marker.started`` once it
+    runs)."""
+    Path(f"{marker}.started").touch()
     try:
         time.sleep(seconds)
     except BaseException as exc:
@@ -337,7 +342,8 @@ async def async_fail() -> None:
 
 
 async def async_cancellable(seconds: float, marker: str) -> str:
-    """Counts the CancelledErrors it sees into ``marker``."""
+    """Counts the CancelledErrors it sees into ``marker`` (``marker.started`` once it runs)."""
+    Path(f"{marker}.started").touch()
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:

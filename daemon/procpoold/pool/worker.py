@@ -505,6 +505,9 @@ class Worker:
         #: handler leaves it alone then, and sets :attr:`interrupted` for it to look when done).
         self.requesting = False
         self.interrupted = False
+        #: A stop's signal came while no sync attempt's code ran (the attempt may be on its way:
+        #: its function being imported); the next one looks for its cancel before it runs.
+        self.signalled = False
         #: the exception the interrupt handler raised last in a sync attempt (a stop)
         self.raised: BaseException | None = None
         self.exiting = False
@@ -821,6 +824,10 @@ class Worker:
             try:
                 # From here a signal may raise TaskInterrupted; ``current`` bounds the window.
                 self.current = aid
+                if self.signalled:  # stopped while it was being prepared (a slow import)
+                    self.signalled = False
+                    self._drain()
+                    self._take_cancel()
                 started = _clock()
                 result = fn(*(msg[CALL_ARGS] or ()), **(msg[CALL_KWARGS] or {}))
             finally:
@@ -974,7 +981,8 @@ class Worker:
     def _on_interrupt(self, signum: int, frame: Any) -> None:
         # Runs on the main thread between two bytecodes of whatever it was doing.
         if self.current is None:
-            return  # not in sync task code
+            self.signalled = True  # not in sync task code (yet: _run_sync looks)
+            return
         if self.draining or self.requesting:
             # The main thread is reading the ring, or waits for a reply (and must be the only
             # one to take messages then: were the reply taken here, its wait would go on with
