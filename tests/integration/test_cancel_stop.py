@@ -82,7 +82,7 @@ def test_grace_overrides_the_jobs_kill_grace(daemon: DaemonProcess, tmp_path: Pa
     with daemon.client() as client:
         job_id = submit(client, traps_term(tmp_path), kill_grace=LONG)
         started(client, job_id, tmp_path / "ready")
-        out = daemon.procctl("cancel", job_id, "--grace", "0.2")
+        out = daemon.procctl("cancel", job_id, "--grace", "2")
         assert out.returncode == 0, out.stderr
         status = finished(client, job_id)  # within 30 s: the job's grace of 300 s did not apply
     task = the_task(status)
@@ -92,7 +92,7 @@ def test_grace_overrides_the_jobs_kill_grace(daemon: DaemonProcess, tmp_path: Pa
 
 def test_a_tasks_kill_grace_overrides_its_jobs(daemon: DaemonProcess, tmp_path: Path) -> None:
     with daemon.client() as client:
-        job_id = submit(client, traps_term(tmp_path, kill_grace=0.2), kill_grace=LONG)
+        job_id = submit(client, traps_term(tmp_path, kill_grace=2), kill_grace=LONG)
         started(client, job_id, tmp_path / "ready")
         assert daemon.procctl("cancel", job_id).returncode == 0
         status = finished(client, job_id)
@@ -102,7 +102,8 @@ def test_a_tasks_kill_grace_overrides_its_jobs(daemon: DaemonProcess, tmp_path: 
 
 def test_a_tasks_kill_grace_applies_to_its_timeout(daemon: DaemonProcess, tmp_path: Path) -> None:
     with daemon.client() as client:
-        job_id = submit(client, traps_term(tmp_path, kill_grace=0.2, timeout=0.5), kill_grace=LONG)
+        # (the timeout counts from dispatch: long enough for a loaded machine's sh to set its trap)
+        job_id = submit(client, traps_term(tmp_path, kill_grace=2, timeout=3), kill_grace=LONG)
         status = finished(client, job_id)
     task = the_task(status)
     assert task["state"] == "timeout" and task["exit_code"] == -9

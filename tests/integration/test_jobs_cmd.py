@@ -14,7 +14,7 @@ import pytest
 from procpool.contract.errors import ErrorCode, ProcpoolError
 from tests.support.daemon import DaemonProcess
 from tests.support.fixtures import each_engine
-from tests.support.jobs import run_job, sh, tasks_by_name, wait_task_started
+from tests.support.jobs import run_job, sh, tasks_by_name, wait_task_started, wait_task_state
 
 engine = each_engine()
 
@@ -94,18 +94,19 @@ def test_failure_skips_what_comes_after_and_stop_cancels_the_rest(daemon: Daemon
     assert t["side"]["state"] == "completed"  # it was already running: it finishes
 
 
-def test_on_failure_stop_cancels_unstarted_branches(daemon: DaemonProcess) -> None:
-    status = run_job(
-        daemon,
-        {
-            "concurrent": [
-                {"name": "bad", "cmd": ["false"]},
-                {"name": "gate", **sh("sleep 0.3")},
-                {"name": "later", "cmd": ["true"], "depends_on": ["gate"]},
-            ]
-        },
-    )
-    t = tasks_by_name(status)
+def test_on_failure_stop_cancels_unstarted_branches(daemon: DaemonProcess, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with daemon.client() as client:
+        job_id = client.submit({"name": "stop", "root": {"concurrent": [
+            {"name": "bad", "cmd": ["false"]},
+            {"name": "gate", **sh(f'until [ -e "{gate}" ]; do sleep 0.02; done')},
+            {"name": "later", "cmd": ["true"], "depends_on": ["gate"]},
+        ]}})["id"]
+        wait_task_state(client, job_id, "bad", "failed")
+        gate.touch()  # (gate ends only now: "later" could not start before the failure)
+        result = client.wait(job_id, timeout=60)
+    assert result["finished"], result
+    t = tasks_by_name(result["status"])
     assert t["later"]["state"] == "cancelled" and "job stopped" in t["later"]["reason"]
 
 
@@ -175,7 +176,8 @@ def test_sigterm_is_followed_by_sigkill_after_the_grace(tmp_path: Path, engine_a
     cfg = tmp_path / "c.toml"
     cfg.write_text("kill_grace = 0.3\n")
     with DaemonProcess(extra_args=["--config", str(cfg), *engine_args]) as d:
-        status = run_job(d, {"name": "stubborn", **sh("trap '' TERM; sleep 100; sleep 100"), "timeout": 0.2})
+        # (a timeout of 2 s: a shorter one could send SIGTERM before a loaded machine's sh set its trap)
+        status = run_job(d, {"name": "stubborn", **sh("trap '' TERM; sleep 100; sleep 100"), "timeout": 2})
         t = tasks_by_name(status)["stubborn"]
         assert t["state"] == "timeout" and t["exit_code"] == -9
 

@@ -177,7 +177,8 @@ def test_log_context_fields_are_journal_fields(jdaemon: NamespacedDaemon, journa
     assert (talk["MESSAGE"], talk["PROCPOOL_X_STEP"]) == ("with context", "parse")
     assert talk["PROCPOOL_JOB_ID"] == job
     assert talk["PROCPOOL_X_PROCPOOL_JOB_ID"] == "999"
-    [shout] = journald.entries("PROCPOOL_X_REQUEST_ID=r-78")
+    [shout] = wait_until(lambda: journald.entries("PROCPOOL_X_REQUEST_ID=r-78"), lambda es: len(es) == 1,
+                         what="the command's line, matched by its own log context field")
     assert shout["MESSAGE"] == "from the command" and shout["PROCPOOL_STREAM"] == "stdout"
     # procctl logs --field: a journal match.
     out = jdaemon.procctl_ns("logs", "--json", job, "--field", "step=parse")

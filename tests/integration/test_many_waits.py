@@ -30,12 +30,12 @@ def test_waits_answered_in_reverse_order_cost_linear_time(tmp_path: Path) -> Non
             deferred.bind(i, answered.append)
         [entries] = daemon._waits.values()
         answers = [answer for _deferred, answer in entries]
-        started = time.perf_counter()
+        started = time.process_time()
         for answer in reversed(answers):  # as their timers would fire
             answer()
-        took = time.perf_counter() - started
+        took = time.process_time() - started
         assert len(answered) == WAITS and daemon._waits == {}
-        assert took < 2.5, f"{WAITS} timed-out waits took {took:.1f} s to answer"
+        assert took < 2.5, f"{WAITS} timed-out waits took {took:.1f} s of CPU to answer"
     finally:
         executor.running.clear()
         daemon.close()
@@ -61,10 +61,10 @@ def test_many_waiters_on_a_big_job_are_answered_without_stalling_the_loop(tmp_pa
         longest = 0.0
         deadline = time.monotonic() + 120
         while len(answered) < waiters and time.monotonic() < deadline:
-            started = time.perf_counter()
+            started = time.process_time()
             daemon.loop.run_once(0)
-            longest = max(longest, time.perf_counter() - started)
+            longest = max(longest, time.process_time() - started)
         assert job.state == "completed" and len(answered) == waiters
-        assert longest < 1.0, f"one turn of the loop took {longest:.1f} s"
+        assert longest < 1.0, f"one turn of the loop took {longest:.1f} s of CPU"
     finally:
         daemon.close()

@@ -262,7 +262,8 @@ def test_the_prometheus_textfile_is_written_while_things_change(tmp_path: Path) 
         client.submit(job("p", *[call("ok", name=f"w{i}") for i in range(5)]), wait=60)
         client.submit(job("x", call("fail", name="x")), wait=60)
         text = wait_until(lambda: textfile.read_text(),
-                          lambda t: 'procpoold_tasks_total{outcome="completed"} 5.0' in t,
+                          lambda t: 'procpoold_tasks_total{outcome="completed"} 5.0' in t
+                          and 'procpoold_tasks_total{outcome="failed"} 1.0' in t,
                           what="the textfile with the job's tasks")
         fams = families(text)
         assert sample(fams, "procpoold_tasks", "_total", outcome="failed") == 1.0

@@ -104,7 +104,7 @@ def test_a_run_missed_while_the_daemon_was_down_follows_the_missed_policy(
     tmp_path: Path, missed: str
 ) -> None:
     marks = tmp_path / "marks"
-    every = 5.0
+    every = 10.0  # (the restart and the checks below must come before the next slot)
     d = DaemonProcess()
     try:
         d.start()
