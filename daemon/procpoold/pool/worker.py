@@ -825,8 +825,10 @@ class Worker:
                 # From here a signal may raise TaskInterrupted; ``current`` bounds the window.
                 self.current = aid
                 if self.signalled:  # stopped while it was being prepared (a slow import)
-                    self.signalled = False
-                    self._drain()
+                    # (a signal during this drain finds it draining and sets ``interrupted``)
+                    while self.signalled or self.interrupted:
+                        self.signalled = self.interrupted = False
+                        self._drain()
                     self._take_cancel()
                 started = _clock()
                 result = fn(*(msg[CALL_ARGS] or ()), **(msg[CALL_KWARGS] or {}))
