@@ -12,13 +12,12 @@ import pytest
 
 from procpool.contract.errors import ProcpoolError
 from procpoold.core.cycles import CyclingJob
-from procpoold.engines import Outcome
 from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
 from procpoold.store.sqlite import StateStore
 from tests.unit.daemon.test_scheduler import RecordingExecutor
-from tests.unit.daemon.test_schedules import T0, Clock, start
+from tests.unit.daemon.test_schedules import T0, Clock, finish_running, restart, start
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -30,59 +29,31 @@ def doc(**node: Any) -> dict[str, Any]:
     ]}}
 
 
-def fail_running(loop: EventLoop, executor: RecordingExecutor, scheduler: Scheduler, name: str) -> None:
-    loop.run_once(0)
-    for spec in list(executor.submitted):
-        if spec.attempt_id in executor.running and spec.task_name == name:
-            executor.running.discard(spec.attempt_id)
-            scheduler.attempt_finished(Outcome(spec.attempt_id, "failed"))
-    loop.run_once(0)
-
-
-def finish(loop: EventLoop, executor: RecordingExecutor, scheduler: Scheduler, name: str) -> int:
-    """Complete the running attempts of task ``name`` only."""
-    loop.run_once(0)
-    done = 0
-    for spec in list(executor.submitted):
-        if spec.attempt_id in executor.running and spec.task_name == name:
-            executor.running.discard(spec.attempt_id)
-            scheduler.attempt_finished(Outcome(spec.attempt_id, "completed"))
-            done += 1
-    loop.run_once(0)
-    return done
-
-
 def test_a_waiting_node_keeps_its_time_across_a_restart_and_starts_when_due(tmp_path: Path) -> None:
     clock = Clock(T0)
     store = StateStore(tmp_path / "state.db")
     loop, executor, scheduler = start(clock, store)
     job, _ = scheduler.submit(doc(every=100, repeat=3))
-    assert finish(loop, executor, scheduler, "tick") == 1
+    assert finish_running(loop, executor, scheduler, "tick") == 1
     assert isinstance(job, CyclingJob) and job.waits == {("task", 0): T0 + 100}
     assert (job.id, ("task", 0)) in scheduler._cycle_timers
     scheduler.flush()
-    loop.close()
-    store.close()
 
     clock.now = T0 + 50  # before the time: the timer is armed again, nothing starts
-    store = StateStore(tmp_path / "state.db")
-    loop, executor, scheduler = start(clock, store)
+    store, loop, executor, scheduler = restart(clock, tmp_path / "state.db", loop, store)
     again = scheduler.jobs[job.id]
     assert isinstance(again, CyclingJob) and again.waits == {("task", 0): T0 + 100}
     assert (job.id, ("task", 0)) in scheduler._cycle_timers
     loop.run_once(0)
     assert again.tasks[0].state == "completed" and again.cycle[("task", 0)] == 1
     scheduler.flush()
-    loop.close()
-    store.close()
 
     clock.now = T0 + 500  # after it: the next cycle starts at once
-    store = StateStore(tmp_path / "state.db")
-    loop, executor, scheduler = start(clock, store)
+    store, loop, executor, scheduler = restart(clock, tmp_path / "state.db", loop, store)
     again = scheduler.jobs[job.id]
     loop.run_once(0)
     assert isinstance(again, CyclingJob) and not again.waits and again.cycle[("task", 0)] == 2
-    assert finish(loop, executor, scheduler, "tick") == 1
+    assert finish_running(loop, executor, scheduler, "tick") == 1
     assert again.waits == {("task", 0): T0 + 600}
     loop.close()
     store.close()
@@ -92,12 +63,12 @@ def test_stop_takes_a_job_that_repeats_only_a_node_and_ends_its_wait_at_once() -
     clock = Clock(T0)
     loop, executor, scheduler = start(clock)
     job, _ = scheduler.submit(doc(every=100))
-    finish(loop, executor, scheduler, "tick")
+    finish_running(loop, executor, scheduler, "tick")
     reply = scheduler.stop(job.id)
     assert reply["cycles"] is True and job.stop_requested
     assert isinstance(job, CyclingJob) and not job.waits and not scheduler._cycle_timers
     assert "no node cycle after the current ones" in (job.reason or "")
-    finish(loop, executor, scheduler, "slow")
+    finish_running(loop, executor, scheduler, "slow")
     assert job.state == "completed"
     plain, _ = scheduler.submit({"root": {"cmd": ["sleep", "9"]}})
     with pytest.raises(ProcpoolError, match="does not repeat"):
@@ -111,17 +82,17 @@ def test_retry_resumes_a_node_in_the_cycle_where_it_failed(tmp_path: Path) -> No
     loop, executor, scheduler = start(clock, store)
     job, _ = scheduler.submit({"name": "r", "on_failure": "continue", "root": {"concurrent": [
         {"name": "tick", "cmd": ["true"], "repeat": 3}]}})
-    assert finish(loop, executor, scheduler, "tick") == 1
+    assert finish_running(loop, executor, scheduler, "tick") == 1
     loop.run_once(0)  # cycle 2 starts
-    fail_running(loop, executor, scheduler, "tick")
+    finish_running(loop, executor, scheduler, "tick", "failed")
     assert job.state == "failed"
     scheduler.flush()  # (the finished job leaves memory: the retry reads it back)
     reply = scheduler.retry(job.id)
     again = scheduler.jobs[job.id]
     assert reply["again"] == 1 and isinstance(again, CyclingJob) and again.cycle[("task", 0)] == 2
-    assert finish(loop, executor, scheduler, "tick") == 1
+    assert finish_running(loop, executor, scheduler, "tick") == 1
     loop.run_once(0)
-    assert finish(loop, executor, scheduler, "tick") == 1  # cycle 3, the last
+    assert finish_running(loop, executor, scheduler, "tick") == 1  # cycle 3, the last
     assert again.state == "completed" and again.cycle[("task", 0)] == 3
     loop.close()
     store.close()
@@ -133,16 +104,13 @@ def test_a_job_run_stores_its_nodes_back_at_cycle_one(tmp_path: Path) -> None:
     loop, executor, scheduler = start(clock, store)
     job, _ = scheduler.submit({"name": "runs", "repeat": 2,
                                "root": {"name": "tick", "cmd": ["true"], "repeat": 2}})
-    assert finish(loop, executor, scheduler, "tick") == 1
+    assert finish_running(loop, executor, scheduler, "tick") == 1
     loop.run_once(0)  # its cycle 2
-    assert finish(loop, executor, scheduler, "tick") == 1  # the end of run 1: run 2 starts
+    assert finish_running(loop, executor, scheduler, "tick") == 1  # the end of run 1: run 2 starts
     loop.run_once(0)
     assert isinstance(job, CyclingJob) and job.run == 2 and job.cycle[("task", 0)] == 1
     scheduler.flush()
-    loop.close()
-    store.close()
-    store = StateStore(tmp_path / "state.db")
-    loop, executor, scheduler = start(clock, store)
+    store, loop, executor, scheduler = restart(clock, tmp_path / "state.db", loop, store)
     again = scheduler.jobs[job.id]
     assert isinstance(again, CyclingJob) and again.run == 2 and again.cycle[("task", 0)] == 1
     loop.close()
@@ -162,7 +130,7 @@ def test_each_cycle_gives_its_attempts_ids_of_their_own() -> None:
         {"name": "plain", "cmd": ["true"]},
     ]}})
     for _ in range(4):
-        assert finish(loop, executor, scheduler, "tick") == 1
+        assert finish_running(loop, executor, scheduler, "tick") == 1
     ids = [s.attempt_id for s in executor.submitted]
     tick = [i for i in ids if i.startswith(f"{job.id}.0@")]
     assert tick == [f"{job.id}.0@1~{o}.{i}#1" for o in (1, 2) for i in (1, 2)]

@@ -14,7 +14,7 @@ from procpool.contract.errors import ProcpoolError
 from procpool.contract.schedule import next_interval, next_time
 from procpool.contract.tree import TreeError, parse_job
 from procpoold.core import status
-from procpoold.engines import Outcome
+from procpoold.engines import Outcome, OutcomeStatus
 from procpoold.engines.registry import Engines
 from procpoold.loop import EventLoop
 from procpoold.scheduler import Scheduler
@@ -44,13 +44,29 @@ def start(clock: Clock, store: StateStore | None = None) -> tuple[EventLoop, Rec
     return loop, executor, scheduler
 
 
-def finish_running(loop: EventLoop, executor: RecordingExecutor, scheduler: Scheduler) -> int:
+def restart(
+    clock: Clock, path: Path, loop: EventLoop, store: StateStore
+) -> tuple[StateStore, EventLoop, RecordingExecutor, Scheduler]:
+    """The daemon stops (its loop and store closed; flush first to keep what it holds) and starts
+    again on the same state file."""
+    loop.close()
+    store.close()
+    store = StateStore(path)
+    return (store, *start(clock, store))
+
+
+def finish_running(
+    loop: EventLoop, executor: RecordingExecutor, scheduler: Scheduler, name: str | None = None,
+    status: OutcomeStatus = "completed",
+) -> int:
+    """End the running attempts (of task ``name`` only, if given) with ``status``; how many."""
     loop.run_once(0)
     done = 0
     for spec in list(executor.submitted):
-        if spec.attempt_id in executor.running:
+        if spec.attempt_id in executor.running and name in (None, spec.task_name):
             executor.running.discard(spec.attempt_id)
-            scheduler.attempt_finished(Outcome(spec.attempt_id, "completed", result=spec.task_name))
+            result = spec.task_name if status == "completed" else None
+            scheduler.attempt_finished(Outcome(spec.attempt_id, status, result=result))
             done += 1
     loop.run_once(0)
     return done
@@ -183,12 +199,9 @@ def test_runs_missed_while_the_daemon_was_down_follow_the_missed_policy(
     finish_running(loop, executor, scheduler)
     assert job.state == "scheduled" and job.run == 2 and job.next_run_at == T0 + 90  # 10:02
     scheduler.flush()
-    loop.close()
-    store.close()
 
     clock.now = T0 + 3600 + 10  # an hour later: 60 runs missed
-    store = StateStore(tmp_path / "state.db")
-    loop, executor, scheduler = start(clock, store)
+    store, loop, executor, scheduler = restart(clock, tmp_path / "state.db", loop, store)
     again = scheduler.jobs[job.id]
     assert again.run == 2 and again.tasks[0].state == "completed"
     if missed == "skip":  # the next minute still to come
@@ -209,11 +222,8 @@ def test_an_every_job_after_a_restart_keeps_its_cadence_when_skipping(tmp_path: 
     finish_running(loop, executor, scheduler)
     assert job.next_run_at == T0 + 100
     scheduler.flush()
-    loop.close()
-    store.close()
     clock.now = T0 + 250
-    store = StateStore(tmp_path / "state.db")
-    loop, executor, scheduler = start(clock, store)
+    store, loop, executor, scheduler = restart(clock, tmp_path / "state.db", loop, store)
     assert scheduler.jobs[job.id].next_run_at == T0 + 300
     loop.close()
     store.close()
@@ -226,11 +236,8 @@ def test_a_restart_before_the_time_keeps_the_time_and_arms_its_timer(tmp_path: P
     job, _ = scheduler.submit(tree(schedule="@hourly", timezone="Asia/Kolkata"))  # a half-hour zone
     assert job.next_run_at == T0 - 30 + 30 * 60  # 10:30 UTC is 16:00 in Kolkata
     scheduler.flush()
-    loop.close()
-    store.close()
     clock.now = T0 + 60
-    store = StateStore(tmp_path / "state.db")
-    loop, executor, scheduler = start(clock, store)
+    store, loop, executor, scheduler = restart(clock, tmp_path / "state.db", loop, store)
     again = scheduler.jobs[job.id]
     assert again.state == "scheduled" and again.next_run_at == T0 - 30 + 30 * 60
     assert job.id in scheduler._schedule_timers and scheduler.wake_due() == 0
@@ -257,10 +264,7 @@ def test_a_scheduled_job_paused_waits_for_no_time_and_its_resume_follows_the_mis
     clock.now = T0 + 250
     assert scheduler.wake_due() == 0  # paused: no run starts, however due
     scheduler.flush()
-    loop.close()
-    store.close()
-    store = StateStore(tmp_path / "state.db")
-    loop, executor, scheduler = start(clock, store)
+    store, loop, executor, scheduler = restart(clock, tmp_path / "state.db", loop, store)
     job = scheduler.jobs[job.id]
     assert job.state == "paused" and job.next_run_at == T0 + 100
     assert scheduler.resume(job.id)["released"] == "paused"
