@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -41,15 +42,25 @@ def load(state_dir: Path) -> dict[str, Any] | None:
         log.error("cannot read %s (%s): the daemon stays paused; procctl resume --all ends it", path, exc)
         return {"by": "an unreadable record", "uid": None, "at": time.time(), "stop": False}
     try:
-        record = json.loads(data)
-        if not (isinstance(record, dict) and isinstance(record.get("at"), (int, float))):
+        record = _pause_record(json.loads(data))
+        if record is None:
             raise ValueError("not a pause record")
     except ValueError as exc:
         log.error("%s is malformed (%s): the daemon stays paused; procctl resume --all ends it", path, exc)
         return {"by": "an unreadable record", "uid": None, "at": time.time(), "stop": False}
-    uid = record.get("uid")
+    return record
+
+
+def _pause_record(record: Any) -> dict[str, Any] | None:
+    """A stored pause (``{"by", "uid", "at", "stop"}``, the daemon's or a queue's) with each field
+    of its type, or None when it is not one (no finite time ``at``)."""
+    if not isinstance(record, dict):
+        return None
+    at, uid = record.get("at"), record.get("uid")
+    if not (isinstance(at, (int, float)) and math.isfinite(at)):
+        return None
     return {"by": str(record.get("by", "?"))[:128], "uid": uid if type(uid) is int else None,
-            "at": float(record["at"]), "stop": bool(record.get("stop"))}
+            "at": float(at), "stop": bool(record.get("stop"))}
 
 
 def save(state_dir: Path, record: dict[str, Any] | None) -> None:
@@ -110,13 +121,7 @@ def load_queues(state_dir: Path) -> dict[str, dict[str, Any]]:
         parallel = entry.get("parallel")
         if not (type(parallel) is int and 1 <= parallel <= MAX_PARALLEL_MAX):
             parallel = None
-        paused = entry.get("paused")
-        if isinstance(paused, dict) and isinstance(paused.get("at"), (int, float)):
-            uid = paused.get("uid")
-            paused = {"by": str(paused.get("by", "?"))[:128], "uid": uid if type(uid) is int else None,
-                      "at": float(paused["at"]), "stop": bool(paused.get("stop"))}
-        else:
-            paused = None
+        paused = _pause_record(entry.get("paused"))
         if parallel is not None or paused is not None:
             out[name] = {"parallel": parallel, "paused": paused}
     return out

@@ -21,7 +21,8 @@ def test_a_pause_is_stored_read_back_and_removed(tmp_path: Path) -> None:
     pausefile.save(tmp_path, None)  # (removing what is not there is fine)
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"by": "x"}', '{"at": "noon"}'])
+@pytest.mark.parametrize("text", ["{", "[]", '{"by": "x"}', '{"at": "noon"}', '{"at": NaN}',
+                                  '{"at": Infinity}'])
 def test_a_record_that_cannot_be_read_keeps_the_daemon_paused(tmp_path: Path, text: str) -> None:
     (tmp_path / pausefile.NAME).write_text(text)
     record = pausefile.load(tmp_path)

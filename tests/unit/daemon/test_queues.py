@@ -229,7 +229,8 @@ def test_queue_settings_file_round_trip_and_damage(tmp_path: Path) -> None:
     (tmp_path / pausefile.QUEUES).write_text("{not json")
     assert pausefile.load_queues(tmp_path) == {}  # logged; the config's queues apply
     (tmp_path / pausefile.QUEUES).write_text(json.dumps({"queues": {
-        "bad name": {"parallel": 2}, "io": {"parallel": 0, "paused": "yes"}, "ok": {"parallel": 5}}}))
+        "bad name": {"parallel": 2}, "io": {"parallel": 0, "paused": "yes"}, "ok": {"parallel": 5},
+        "nan": {"paused": {"at": float("nan")}}}}))  # (json writes NaN, and reads it back)
     assert pausefile.load_queues(tmp_path) == {"ok": {"parallel": 5, "paused": None}}
 
 
