@@ -418,8 +418,8 @@ def _check_value(kind: str, value: Any, where: str, key: str | None = None) -> A
     elif kind in ("positive", "nonnegative"):
         if not finite_number(value) or value < 0 or (kind == "positive" and value == 0):
             expected = "a positive number" if kind == "positive" else "a number >= 0"
-            if isinstance(value, float):  # NaN or an infinity
-                raise TreeError(path, f"must be {expected} of seconds, got {value!r}")
+            if type(value) in (int, float):  # below the bound, NaN or an infinity: say which
+                raise TreeError(path, f"must be {expected} of seconds, got {shorten(value)}")
             raise bad(expected)
         if value > SECONDS_MAX:
             raise TreeError(
