@@ -129,6 +129,7 @@ def test_a_run_missed_while_the_daemon_was_down_follows_the_missed_policy(
         d.stop()
     finally:
         d.stop(check=False)
+        d.cleanup()  # (its work dir too)
 
 
 def test_the_example_scheduled_job_waits_for_its_next_five_minutes(daemon: DaemonProcess) -> None:

@@ -180,3 +180,4 @@ def test_the_schema_holds_after_a_restart(tmp_path: Path) -> None:
         d.stop()
     finally:
         d.stop(check=False)
+        d.cleanup()  # (its work dir too)
